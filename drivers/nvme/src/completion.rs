@@ -1,0 +1,64 @@
+//! The 16-byte completion queue entry — NVMe Base Specification 2.0, §4.6 (Figure 90).
+
+use crate::status::Status;
+
+/// A completion queue entry (Base Specification 2.0, §4.6, Figure 90).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// DW0: command specific (e.g. Get Features value, Abort result, AER event).
+    pub dw0: u32,
+    /// DW1: command specific.
+    pub dw1: u32,
+    /// SQHD: the submission queue head pointer at the time of this completion.
+    pub sqhd: u16,
+    /// SQID: the submission queue the command was issued to.
+    pub sqid: u16,
+    /// CID: the command identifier of the completed command.
+    pub cid: u16,
+    /// The phase tag (bit 0) and the status field (bits 15:1).
+    pub status: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<Completion>() == 16);
+
+impl Completion {
+    /// The phase tag (P, DW3 bit 16). The controller inverts it on each pass through the
+    /// queue, so an entry is new when its phase tag equals the host's expected phase.
+    pub const fn phase(&self) -> bool {
+        self.status & 1 != 0
+    }
+
+    /// The status field (DW3 bits 31:17).
+    pub const fn status(&self) -> Status {
+        Status::from_raw(self.status >> 1)
+    }
+
+    /// Builds a completion (used by the simulated controller and by tests).
+    pub const fn new(cid: u16, sqid: u16, sqhd: u16, status: Status, phase: bool, dw0: u32) -> Completion {
+        Completion {
+            dw0,
+            dw1: 0,
+            sqhd,
+            sqid,
+            cid,
+            status: status.raw() << 1 | phase as u16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_and_status_share_the_last_word() {
+        let c = Completion::new(5, 1, 9, Status::UNRECOVERED_READ_ERROR.with_dnr(true), true, 0);
+        assert!(c.phase());
+        assert_eq!(c.status(), Status::UNRECOVERED_READ_ERROR.with_dnr(true));
+        assert_eq!(c.status, (0x4000 | 0x281) << 1 | 1);
+        let ok = Completion::new(5, 1, 9, Status::SUCCESS, false, 7);
+        assert!(!ok.phase());
+        assert!(ok.status().is_success());
+    }
+}

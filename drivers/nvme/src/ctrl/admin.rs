@@ -1,0 +1,282 @@
+//! The admin queue: synchronous admin commands and asynchronous events.
+//!
+//! Admin commands are rare and may block; the queue lives behind a mutex in the
+//! controller. Data moves through one preallocated buffer (admin commands use PRPs
+//! only, as QEMU requires). Asynchronous Event Requests stay outstanding in the same
+//! CID table; their completions are turned into [`AsyncEvent`]s whenever the queue is
+//! polled, and the request is sent again.
+
+use super::Error;
+use crate::cmd::Command;
+use crate::completion::Completion;
+use crate::hw::{DmaAllocator, DmaBuf, Registers};
+use crate::prp;
+use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
+use crate::regs::{Cap, Csts, offset};
+use std::collections::VecDeque;
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
+
+/// Bytes of the admin data buffer; larger log pages are read in pieces.
+pub(crate) const ADMIN_DATA_BYTES: usize = 64 * 1024;
+/// Asynchronous events kept until the caller collects them; older ones are dropped.
+const MAX_QUEUED_EVENTS: usize = 64;
+
+/// An asynchronous event reported by the controller (Base Specification 2.0, §5.2,
+/// Figure 146: completion DW0 of an Asynchronous Event Request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncEvent {
+    /// Asynchronous Event Type (bits 2:0): 0 error, 1 SMART / health, 2 notice,
+    /// 6 I/O command set specific, 7 vendor specific.
+    pub event_type: u8,
+    /// Asynchronous Event Information (bits 15:8).
+    pub info: u8,
+    /// Log Page Identifier to read (with RAE clear) to clear the event (bits 23:16).
+    pub log_page: u8,
+}
+
+impl AsyncEvent {
+    /// Decodes completion DW0.
+    pub fn from_dw0(dw0: u32) -> AsyncEvent {
+        AsyncEvent {
+            event_type: (dw0 & 0x7) as u8,
+            info: (dw0 >> 8) as u8,
+            log_page: (dw0 >> 16) as u8,
+        }
+    }
+
+    /// The specification's name of the event type.
+    pub fn type_name(&self) -> &'static str {
+        match self.event_type {
+            0 => "Error status",
+            1 => "SMART / Health status",
+            2 => "Notice",
+            6 => "I/O Command specific status",
+            7 => "Vendor specific",
+            _ => "Reserved",
+        }
+    }
+}
+
+/// What an admin CID is waiting for.
+enum AdminSlot {
+    /// A synchronous command the caller is waiting on.
+    Waiting,
+    /// An outstanding Asynchronous Event Request.
+    Aer,
+    /// A command whose caller gave up (timed out); its completion is discarded.
+    Abandoned,
+}
+
+/// Direction and size of an admin command's data.
+pub(crate) enum AdminData<'a> {
+    /// No data.
+    None,
+    /// Controller to host: this many bytes land in the admin buffer.
+    FromDevice(usize),
+    /// Host to controller: these bytes are copied into the admin buffer first.
+    ToDevice(&'a [u8]),
+}
+
+pub(crate) struct AdminQueue {
+    sq: SubmissionQueue,
+    cq: CompletionQueue,
+    cids: CidTable<AdminSlot>,
+    data: DmaBuf,
+    prp_list: DmaBuf,
+    page_size: usize,
+    sq_db: u32,
+    cq_db: u32,
+    events: VecDeque<AsyncEvent>,
+    aer_limit: u32,
+}
+
+impl AdminQueue {
+    /// Allocates the admin queue pair and its data buffer.
+    pub(crate) fn new(dma: &dyn DmaAllocator, cap: Cap, entries: u32, page_size: usize) -> Result<AdminQueue, Error> {
+        let sq = SubmissionQueue::new(dma.allocate(entries as usize * 64)?, entries)?;
+        let cq = CompletionQueue::new(dma.allocate(entries as usize * 16)?, entries)?;
+        let data = dma.allocate(ADMIN_DATA_BYTES)?;
+        let list_pages = prp::list_pages_for_transfer(ADMIN_DATA_BYTES, page_size).max(1);
+        let prp_list = dma.allocate(list_pages * page_size)?;
+        Ok(AdminQueue {
+            sq,
+            cq,
+            cids: CidTable::new(entries as usize - 1),
+            data,
+            prp_list,
+            page_size,
+            sq_db: cap.sq_tail_doorbell(0),
+            cq_db: cap.cq_head_doorbell(0),
+            events: VecDeque::with_capacity(MAX_QUEUED_EVENTS),
+            aer_limit: 0,
+        })
+    }
+
+    pub(crate) fn sq_iova(&self) -> u64 {
+        self.sq.iova()
+    }
+
+    pub(crate) fn cq_iova(&self) -> u64 {
+        self.cq.iova()
+    }
+
+    pub(crate) fn entries(&self) -> u32 {
+        self.sq.entries()
+    }
+
+    /// The admin buffer's first `len` bytes, after a command that read data.
+    pub(crate) fn data(&self, len: usize) -> &[u8] {
+        &self.data.as_slice()[..len]
+    }
+
+    /// Posts `cmd` with `data`, rings the doorbell, and polls until it completes or
+    /// `timeout` passes.
+    ///
+    /// Errors: [`Error::Command`] with the decoded status if the controller fails the
+    /// command; [`Error::Timeout`], [`Error::Fatal`] or [`Error::Removed`] if it does not
+    /// answer (the CID is then abandoned: a late completion is discarded).
+    pub(crate) fn execute<R: Registers>(
+        &mut self,
+        regs: &R,
+        mut cmd: Command,
+        data: AdminData<'_>,
+        timeout: Duration,
+    ) -> Result<Completion, Error> {
+        let name = cmd.name(true);
+        let len = match data {
+            AdminData::None => 0,
+            AdminData::FromDevice(n) => n,
+            AdminData::ToDevice(bytes) => bytes.len(),
+        };
+        if len > ADMIN_DATA_BYTES {
+            return Err(Error::TransferTooLarge {
+                bytes: len,
+                max: ADMIN_DATA_BYTES,
+            });
+        }
+        if len > 0 {
+            self.data.set_window(0, len)?;
+            if let AdminData::ToDevice(bytes) = data {
+                self.data.as_mut_slice().copy_from_slice(bytes);
+            }
+            let (prp1, prp2) = prp::build_prps(self.data.iova(), len, self.page_size, &mut self.prp_list)?;
+            cmd.set_prp(prp1, prp2);
+            self.data.reset_window();
+        }
+        let cid = self.post(regs, cmd, AdminSlot::Waiting)?;
+        let deadline = Instant::now() + timeout;
+        let mut spins = 0u32;
+        loop {
+            if let Some(done) = self.reap(regs, Some(cid)) {
+                return if done.status().is_success() {
+                    Ok(done)
+                } else {
+                    Err(Error::Command {
+                        command: name,
+                        status: done.status(),
+                    })
+                };
+            }
+            spins += 1;
+            if spins % 64 == 0 {
+                let csts = Csts(regs.read32(offset::CSTS));
+                let failure = if csts.is_all_ones() {
+                    Some(Error::Removed { during: name })
+                } else if csts.cfs() {
+                    Some(Error::Fatal { during: name })
+                } else if Instant::now() >= deadline {
+                    Some(Error::Timeout { command: name, timeout })
+                } else {
+                    None
+                };
+                if let Some(e) = failure {
+                    if let Some(slot) = self.cids.get_mut(cid) {
+                        *slot = AdminSlot::Abandoned;
+                    }
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    fn post<R: Registers>(&mut self, regs: &R, mut cmd: Command, slot: AdminSlot) -> Result<u16, Error> {
+        if self.sq.is_full() {
+            return Err(Error::QueueFull(self.cids.outstanding()));
+        }
+        let cid = self
+            .cids
+            .insert(slot)
+            .map_err(|_| Error::QueueFull(self.cids.outstanding()))?;
+        cmd.set_cid(cid);
+        self.sq.push(&cmd).expect("checked not full");
+        if let Some(tail) = self.sq.take_doorbell() {
+            fence(Ordering::Release);
+            regs.write32(self.sq_db, tail);
+        }
+        Ok(cid)
+    }
+
+    /// Consumes available completions: records asynchronous events (and sends the AER
+    /// again), drops abandoned ones, and returns the completion for `want` if it arrived.
+    fn reap<R: Registers>(&mut self, regs: &R, want: Option<u16>) -> Option<Completion> {
+        let mut found = None;
+        let mut resend_aers = 0;
+        while let Some(c) = self.cq.pop() {
+            self.sq.update_head(c.sqhd);
+            match self.cids.remove(c.cid) {
+                Some(AdminSlot::Waiting) if Some(c.cid) == want => found = Some(c),
+                Some(AdminSlot::Aer) => {
+                    if c.status().is_success() {
+                        if self.events.len() == MAX_QUEUED_EVENTS {
+                            self.events.pop_front();
+                        }
+                        self.events.push_back(AsyncEvent::from_dw0(c.dw0));
+                        resend_aers += 1;
+                    } else {
+                        // Aborted by a queue deletion or refused: stop asking.
+                        self.aer_limit = self.aer_limit.saturating_sub(1);
+                        tracing::debug!(status = %c.status(), "asynchronous event request ended");
+                    }
+                }
+                Some(AdminSlot::Waiting | AdminSlot::Abandoned) | None => {
+                    tracing::debug!(cid = c.cid, "discarding admin completion nobody waits for");
+                }
+            }
+        }
+        if let Some(head) = self.cq.take_doorbell() {
+            regs.write32(self.cq_db, head);
+        }
+        for _ in 0..resend_aers {
+            if self.post(regs, Command::async_event_request(), AdminSlot::Aer).is_err() {
+                self.aer_limit = self.aer_limit.saturating_sub(1);
+            }
+        }
+        found
+    }
+
+    /// Sends Asynchronous Event Requests until `count` are outstanding.
+    pub(crate) fn start_async_events<R: Registers>(&mut self, regs: &R, count: u32) -> Result<(), Error> {
+        // Leave room in the queue for synchronous commands.
+        let count = count.min(self.entries() / 4).max(1);
+        self.aer_limit = count;
+        for _ in 0..count {
+            self.post(regs, Command::async_event_request(), AdminSlot::Aer)?;
+        }
+        Ok(())
+    }
+
+    /// Polls for completions and returns the asynchronous events received so far.
+    pub(crate) fn take_events<R: Registers>(&mut self, regs: &R) -> Vec<AsyncEvent> {
+        self.reap(regs, None);
+        self.events.drain(..).collect()
+    }
+
+    /// Asynchronous Event Requests currently outstanding.
+    pub(crate) fn outstanding_aers(&self) -> usize {
+        self.cids.iter().filter(|(_, s)| matches!(s, AdminSlot::Aer)).count()
+    }
+}

@@ -1,0 +1,70 @@
+//! Controller driver configuration.
+
+use std::time::Duration;
+
+/// How I/O commands describe their data buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DataPointerMode {
+    /// Always PRPs (§4.1.1).
+    Prp,
+    /// SGLs (§4.1.2) when the controller supports them for I/O, else PRPs.
+    Sgl,
+    /// SGLs for transfers that would need a PRP list (more than two memory pages) when
+    /// the controller supports them; PRPs otherwise.
+    #[default]
+    Auto,
+}
+
+/// Tunables of the controller driver. `Default` gives values suitable for real devices
+/// and QEMU's emulated controller.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Admin queue size in entries (2..=4096, clamped to CAP.MQES + 1). Default 32.
+    pub admin_queue_entries: u32,
+    /// I/O queue size in entries (2..=65536, clamped to CAP.MQES + 1). A queue holds one
+    /// command fewer than its size. Default 256.
+    pub io_queue_entries: u32,
+    /// I/O queue pairs to ask for with Set Features Number of Queues. The driver uses
+    /// min(asked, granted). Default 16.
+    pub io_queues: u16,
+    /// Memory page size (CC.MPS) in bytes: a power of two within CAP.MPSMIN..=MPSMAX.
+    /// Default 4096.
+    pub page_size: usize,
+    /// Largest transfer per command in bytes, further limited by MDTS. Larger requests
+    /// are refused with [`crate::ctrl::Error::TransferTooLarge`], never split. Default
+    /// 1 MiB.
+    pub max_transfer_bytes: usize,
+    /// PRPs or SGLs for I/O data. Default [`DataPointerMode::Auto`].
+    pub data_pointer: DataPointerMode,
+    /// Deadline of an admin command. Default 10 s.
+    pub admin_timeout: Duration,
+    /// Deadline of an I/O command. Default 30 s (Linux's `nvme_core.io_timeout`).
+    pub io_timeout: Duration,
+    /// Longest wait for CSTS.SHST on shutdown when the controller reports no RTD3E.
+    /// Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// Configure asynchronous events and keep Asynchronous Event Requests outstanding.
+    /// Default true.
+    pub async_events: bool,
+    /// Set the controller's Timestamp feature from the host clock at init when supported.
+    /// Default true.
+    pub set_timestamp: bool,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> ControllerConfig {
+        ControllerConfig {
+            admin_queue_entries: 32,
+            io_queue_entries: 256,
+            io_queues: 16,
+            page_size: 4096,
+            max_transfer_bytes: 1 << 20,
+            data_pointer: DataPointerMode::Auto,
+            admin_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            async_events: true,
+            set_timestamp: true,
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Controller initialisation as an explicit, polled state machine.
+//!
+//! The order follows NVMe Base Specification 2.0, §3.5.1 ("Memory-based Controller
+//! Initialization"): read CAP and VS; disable and wait for CSTS.RDY = 0; program the
+//! admin queue (AQA, ASQ, ACQ); write CC (MPS, IOSQES = 6, IOCQES = 4, CSS, AMS) with
+//! EN = 1 and wait for CSTS.RDY = 1 within CAP.TO; Identify Controller; Set Features
+//! Number of Queues; Identify the active namespaces; configure asynchronous events and
+//! keep requests outstanding; set the Timestamp.
+
+use super::admin::{AdminData, AdminQueue};
+use super::{ControllerConfig, Error, Namespace};
+use crate::cmd::Command;
+use crate::features::{AsyncEventConfig, FeatureId, NumberOfQueues, Timestamp};
+use crate::hw::{DmaAllocator, Registers};
+use crate::identify::{Cns, IdentifyController, IdentifyNamespace, NamespaceList, Oncs};
+use crate::regs::{Aqa, Cap, Cc, Csts, MAX_ADMIN_QUEUE_ENTRIES, Vs, offset};
+use std::time::{Duration, Instant};
+
+/// The states of controller initialisation, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitState {
+    /// Read CAP and VS; check the NVM command set and the memory page size.
+    ReadCapabilities,
+    /// Clear CC.EN if set.
+    Disable,
+    /// Wait for CSTS.RDY = 0 within CAP.TO.
+    WaitNotReady,
+    /// Allocate the admin queues; write AQA, ASQ, ACQ.
+    ConfigureAdminQueue,
+    /// Write CC with the configuration and EN = 1.
+    Enable,
+    /// Wait for CSTS.RDY = 1 within CAP.TO.
+    WaitReady,
+    /// Identify Controller (CNS 01h).
+    IdentifyController,
+    /// Set Features Number of Queues; use min(asked, granted).
+    SetNumberOfQueues,
+    /// Identify the active namespace list (CNS 02h) and each namespace (CNS 00h).
+    IdentifyNamespaces,
+    /// Set Features Asynchronous Event Configuration; send Asynchronous Event Requests.
+    ConfigureAsyncEvents,
+    /// Set Features Timestamp from the host clock.
+    SetTimestamp,
+    /// Initialisation is complete.
+    Ready,
+}
+
+/// What initialisation found out; becomes the controller's state.
+pub(crate) struct Initialized {
+    pub(crate) cap: Cap,
+    pub(crate) vs: Vs,
+    pub(crate) page_size: usize,
+    pub(crate) admin: AdminQueue,
+    pub(crate) identify: IdentifyController,
+    pub(crate) io_queues: u16,
+    pub(crate) namespaces: Vec<Namespace>,
+    pub(crate) max_transfer: usize,
+    pub(crate) trace: Vec<InitState>,
+}
+
+/// Polls CSTS until RDY equals `want`, CFS appears, the device vanishes, or `timeout`.
+pub(crate) fn wait_ready<R: Registers>(regs: &R, want: bool, timeout: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(10);
+    loop {
+        let csts = Csts(regs.read32(offset::CSTS));
+        if csts.is_all_ones() {
+            return Err(Error::Removed {
+                during: "waiting for CSTS.RDY",
+            });
+        }
+        if csts.rdy() == want {
+            return Ok(());
+        }
+        if want && csts.cfs() {
+            return Err(Error::Fatal {
+                during: "while enabling",
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::ReadyTimeout { want, timeout });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+struct Machine<'a, R: Registers> {
+    regs: &'a R,
+    dma: &'a dyn DmaAllocator,
+    config: &'a ControllerConfig,
+    cap: Cap,
+    vs: Vs,
+    page_size: usize,
+    admin: Option<AdminQueue>,
+    identify: Option<IdentifyController>,
+    io_queues: u16,
+    namespaces: Vec<Namespace>,
+    max_transfer: usize,
+}
+
+/// Runs the state machine to [`InitState::Ready`].
+pub(crate) fn initialize<R: Registers>(
+    regs: &R,
+    dma: &dyn DmaAllocator,
+    config: &ControllerConfig,
+) -> Result<Initialized, Error> {
+    let mut m = Machine {
+        regs,
+        dma,
+        config,
+        cap: Cap(0),
+        vs: Vs(0),
+        page_size: config.page_size,
+        admin: None,
+        identify: None,
+        io_queues: 0,
+        namespaces: Vec::new(),
+        max_transfer: 0,
+    };
+    let mut state = InitState::ReadCapabilities;
+    let mut trace = Vec::with_capacity(12);
+    while state != InitState::Ready {
+        trace.push(state);
+        tracing::debug!(?state, "nvme controller init");
+        state = m.step(state)?;
+    }
+    trace.push(InitState::Ready);
+    Ok(Initialized {
+        cap: m.cap,
+        vs: m.vs,
+        page_size: m.page_size,
+        admin: m.admin.expect("set in ConfigureAdminQueue"),
+        identify: m.identify.expect("set in IdentifyController"),
+        io_queues: m.io_queues,
+        namespaces: m.namespaces,
+        max_transfer: m.max_transfer,
+        trace,
+    })
+}
+
+impl<R: Registers> Machine<'_, R> {
+    fn admin(&mut self) -> &mut AdminQueue {
+        self.admin
+            .as_mut()
+            .expect("admin queue exists after ConfigureAdminQueue")
+    }
+
+    fn step(&mut self, state: InitState) -> Result<InitState, Error> {
+        Ok(match state {
+            InitState::ReadCapabilities => {
+                self.read_capabilities()?;
+                InitState::Disable
+            }
+            InitState::Disable => {
+                let cc = Cc(self.regs.read32(offset::CC));
+                if cc.en() {
+                    self.regs.write32(offset::CC, cc.with_en(false).0);
+                }
+                InitState::WaitNotReady
+            }
+            InitState::WaitNotReady => {
+                wait_ready(self.regs, false, self.cap.ready_timeout())?;
+                InitState::ConfigureAdminQueue
+            }
+            InitState::ConfigureAdminQueue => {
+                self.configure_admin_queue()?;
+                InitState::Enable
+            }
+            InitState::Enable => {
+                let mps = self.page_size.trailing_zeros() as u8 - 12;
+                let cc = Cc(0)
+                    .with_css(0)
+                    .with_mps(mps)
+                    .with_ams(0)
+                    .with_iosqes(6)
+                    .with_iocqes(4)
+                    .with_en(true);
+                self.regs.write32(offset::CC, cc.0);
+                InitState::WaitReady
+            }
+            InitState::WaitReady => {
+                wait_ready(self.regs, true, self.cap.ready_timeout())?;
+                InitState::IdentifyController
+            }
+            InitState::IdentifyController => {
+                self.identify_controller()?;
+                InitState::SetNumberOfQueues
+            }
+            InitState::SetNumberOfQueues => {
+                self.set_number_of_queues()?;
+                InitState::IdentifyNamespaces
+            }
+            InitState::IdentifyNamespaces => {
+                self.identify_namespaces()?;
+                InitState::ConfigureAsyncEvents
+            }
+            InitState::ConfigureAsyncEvents => {
+                if self.config.async_events {
+                    self.configure_async_events()?;
+                }
+                InitState::SetTimestamp
+            }
+            InitState::SetTimestamp => {
+                let supported = self
+                    .identify
+                    .as_ref()
+                    .is_some_and(|id| id.oncs.contains(Oncs::TIMESTAMP));
+                if self.config.set_timestamp && supported {
+                    self.set_timestamp()?;
+                }
+                InitState::Ready
+            }
+            InitState::Ready => InitState::Ready,
+        })
+    }
+
+    fn read_capabilities(&mut self) -> Result<(), Error> {
+        let cap = Cap(self.regs.read64(offset::CAP));
+        if cap.0 == u64::MAX {
+            return Err(Error::Removed { during: "reading CAP" });
+        }
+        self.cap = cap;
+        self.vs = Vs(self.regs.read32(offset::VS));
+        if !cap.supports_nvm_command_set() {
+            return Err(Error::Unsupported(format!(
+                "no NVM command set (CAP.CSS = {:#x})",
+                cap.css()
+            )));
+        }
+        let ps = self.page_size;
+        if !ps.is_power_of_two() || ps < cap.min_page_size() || ps > cap.max_page_size() {
+            return Err(Error::Config(format!(
+                "page size {ps} bytes is outside the controller's {}..={} (CAP.MPSMIN..MPSMAX)",
+                cap.min_page_size(),
+                cap.max_page_size()
+            )));
+        }
+        Ok(())
+    }
+
+    fn configure_admin_queue(&mut self) -> Result<(), Error> {
+        let entries = self
+            .config
+            .admin_queue_entries
+            .min(MAX_ADMIN_QUEUE_ENTRIES as u32)
+            .min(self.cap.max_queue_entries());
+        if entries < 2 {
+            return Err(Error::Config(format!(
+                "admin queue of {entries} entries; at least 2 needed"
+            )));
+        }
+        let admin = AdminQueue::new(self.dma, self.cap, entries, self.page_size)?;
+        self.regs
+            .write32(offset::AQA, Aqa::new(entries as u16, entries as u16).0);
+        self.regs.write64(offset::ASQ, admin.sq_iova());
+        self.regs.write64(offset::ACQ, admin.cq_iova());
+        self.admin = Some(admin);
+        Ok(())
+    }
+
+    fn run(&mut self, cmd: Command, data: AdminData<'_>) -> Result<crate::Completion, Error> {
+        let (regs, timeout) = (self.regs, self.config.admin_timeout);
+        self.admin().execute(regs, cmd, data, timeout)
+    }
+
+    fn identify_controller(&mut self) -> Result<(), Error> {
+        self.run(Command::identify(Cns::CONTROLLER, 0, 0), AdminData::FromDevice(4096))?;
+        let id = IdentifyController::parse(self.admin().data(4096))?;
+        let mdts = id
+            .max_transfer_bytes(self.cap.min_page_size() as u64)
+            .unwrap_or(u64::MAX);
+        self.max_transfer = (self.config.max_transfer_bytes as u64).min(mdts) as usize;
+        if self.max_transfer < self.page_size {
+            return Err(Error::Unsupported(format!(
+                "maximum transfer of {} bytes is below one page",
+                self.max_transfer
+            )));
+        }
+        tracing::info!(vid = id.vid, model = %id.mn, serial = %id.sn, firmware = %id.fr, version = %self.vs, "nvme controller identified");
+        self.identify = Some(id);
+        Ok(())
+    }
+
+    fn set_number_of_queues(&mut self) -> Result<(), Error> {
+        let asked = NumberOfQueues {
+            sq: self.config.io_queues.max(1),
+            cq: self.config.io_queues.max(1),
+        };
+        let done = self.run(
+            Command::set_features(FeatureId::NUMBER_OF_QUEUES, 0, asked.to_dw11(), false),
+            AdminData::None,
+        )?;
+        let granted = NumberOfQueues::granted(asked, done.dw0);
+        self.io_queues = granted.sq.min(granted.cq);
+        Ok(())
+    }
+
+    fn identify_namespaces(&mut self) -> Result<(), Error> {
+        let nn = self.identify.as_ref().map_or(0, |id| id.nn);
+        // The active namespace list (CNS 02h) exists from NVMe 1.1 on.
+        let nsids = if self.vs >= Vs::new(1, 1, 0) {
+            self.run(
+                Command::identify(Cns::ACTIVE_NAMESPACE_LIST, 0, 0),
+                AdminData::FromDevice(4096),
+            )?;
+            NamespaceList::parse(self.admin().data(4096))?
+        } else {
+            (1..=nn.min(1024)).collect()
+        };
+        for nsid in nsids {
+            self.run(Command::identify(Cns::NAMESPACE, nsid, 0), AdminData::FromDevice(4096))?;
+            let id = IdentifyNamespace::parse(self.admin().data(4096))?;
+            let ctrl = self.identify.as_ref().expect("identified");
+            match Namespace::new(nsid, id, ctrl, self.max_transfer) {
+                Some(ns) => self.namespaces.push(ns),
+                None => tracing::warn!(nsid, "skipping inactive namespace or one with an unusable LBA format"),
+            }
+        }
+        Ok(())
+    }
+
+    fn configure_async_events(&mut self) -> Result<(), Error> {
+        let aec = AsyncEventConfig::SMART_CRITICAL_WARNINGS
+            | AsyncEventConfig::NAMESPACE_ATTRIBUTE
+            | AsyncEventConfig::FIRMWARE_ACTIVATION;
+        self.run(
+            Command::set_features(FeatureId::ASYNC_EVENT_CONFIG, 0, aec.bits(), false),
+            AdminData::None,
+        )?;
+        let aerl = self.identify.as_ref().map_or(0, |id| id.aerl) as u32 + 1;
+        let regs = self.regs;
+        self.admin().start_async_events(regs, aerl.min(4))
+    }
+
+    fn set_timestamp(&mut self) -> Result<(), Error> {
+        let ts = Timestamp::from_system_time(std::time::SystemTime::now());
+        let bytes = ts.encode();
+        self.run(
+            Command::set_features(FeatureId::TIMESTAMP, 0, 0, false),
+            AdminData::ToDevice(&bytes),
+        )?;
+        Ok(())
+    }
+}

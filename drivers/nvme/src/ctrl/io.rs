@@ -1,0 +1,509 @@
+//! I/O queue pairs: the polled data path.
+//!
+//! One [`IoQueuePair`] belongs to one thread; nothing on its path takes a lock, makes a
+//! syscall or allocates. Command slots, PRP list pages and the rings are allocated when
+//! the pair is created. A command takes ownership of its [`DmaBuf`]; the completion gives
+//! it back, so memory the device may still touch can't be freed or reused early.
+//!
+//! Submitting posts commands without ringing the doorbell; [`IoQueuePair::ring`] (or the
+//! next [`IoQueuePair::poll`]) writes the SQ tail doorbell once for the whole batch, and a
+//! poll writes the CQ head doorbell once for all the completions it consumed.
+
+use super::config::DataPointerMode;
+use super::{Error, Inner, Namespace};
+use crate::cmd::{Command, DsmAttributes, DsmRange, MAX_DSM_RANGES};
+use crate::hw::{DmaBuf, Registers};
+use crate::prp;
+use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
+use crate::sgl::SglDescriptor;
+use crate::status::Status;
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
+
+/// A finished I/O command.
+#[derive(Debug)]
+pub struct IoCompletion {
+    /// The caller's tag given at submission.
+    pub tag: u64,
+    /// The data buffer given at submission, returned.
+    pub buf: Option<DmaBuf>,
+    /// The completion status; [`Status::ABORTED_BY_HOST`] when the driver completed the
+    /// command itself (controller reset or queue teardown).
+    pub status: Status,
+    /// Completion DW0 (command specific).
+    pub dw0: u32,
+}
+
+impl IoCompletion {
+    /// `Ok(())` on success, else the command's error with its decoded status.
+    pub fn result(&self) -> Result<(), Status> {
+        if self.status.is_success() {
+            Ok(())
+        } else {
+            Err(self.status)
+        }
+    }
+}
+
+/// A command that could not be submitted, with its buffer given back.
+#[derive(Debug)]
+pub struct IoError {
+    /// Why.
+    pub error: Error,
+    /// The buffer the caller passed, returned unchanged.
+    pub buf: Option<DmaBuf>,
+}
+
+impl std::fmt::Display for IoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+fn refuse(error: Error, buf: Option<DmaBuf>) -> IoError {
+    IoError { error, buf }
+}
+
+/// An outstanding command.
+struct InFlight {
+    tag: u64,
+    buf: Option<DmaBuf>,
+}
+
+/// An I/O submission queue and its completion queue (one CQ per SQ), owned by one thread.
+///
+/// Created by [`super::Controller::create_io_queue_pair`]; deleted from the controller
+/// when dropped (Delete I/O SQ, then Delete I/O CQ).
+pub struct IoQueuePair<R: Registers> {
+    inner: Arc<Inner<R>>,
+    qid: u16,
+    // Device-visible memory is dropped only after the controller deleted the queues.
+    sq: ManuallyDrop<SubmissionQueue>,
+    cq: ManuallyDrop<CompletionQueue>,
+    slots: CidTable<InFlight>,
+    lists: ManuallyDrop<DmaBuf>,
+    list_bytes: usize,
+    sq_db: u32,
+    cq_db: u32,
+    use_sgl_above: Option<usize>,
+    dead: Option<&'static str>,
+}
+
+impl<R: Registers> IoQueuePair<R> {
+    pub(super) fn new(
+        inner: Arc<Inner<R>>,
+        qid: u16,
+        sq: SubmissionQueue,
+        cq: CompletionQueue,
+        lists: DmaBuf,
+        list_bytes: usize,
+    ) -> IoQueuePair<R> {
+        let depth = sq.entries() as usize - 1;
+        let use_sgl_above = match (inner.sgl_supported, inner.config.data_pointer) {
+            (false, _) | (_, DataPointerMode::Prp) => None,
+            (true, DataPointerMode::Sgl) => Some(0),
+            (true, DataPointerMode::Auto) => Some(2 * inner.page_size),
+        };
+        IoQueuePair {
+            sq_db: inner.cap.sq_tail_doorbell(qid),
+            cq_db: inner.cap.cq_head_doorbell(qid),
+            inner,
+            qid,
+            sq: ManuallyDrop::new(sq),
+            cq: ManuallyDrop::new(cq),
+            slots: CidTable::new(depth),
+            lists: ManuallyDrop::new(lists),
+            list_bytes,
+            use_sgl_above,
+            dead: None,
+        }
+    }
+
+    /// The queue ID (1..=granted).
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// The most commands that can be outstanding at once (queue size − 1).
+    pub fn depth(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    /// Commands submitted and not yet completed.
+    pub fn outstanding(&self) -> usize {
+        self.slots.outstanding()
+    }
+
+    /// Whether another command can be submitted now.
+    pub fn has_room(&self) -> bool {
+        !self.slots.is_full() && !self.sq.is_full()
+    }
+
+    /// Posts `cmd` with optional data buffer `buf` under the caller's `tag`, without
+    /// ringing the doorbell. The command's CID and data pointer are filled in here; the
+    /// buffer (its window) must hold the command's whole transfer.
+    ///
+    /// Errors (the buffer comes back in [`IoError::buf`]): [`Error::QueueFull`],
+    /// [`Error::WrongDomain`], [`Error::TransferTooLarge`], [`Error::Misaligned`] (not
+    /// dword aligned), [`Error::QueueDead`].
+    pub fn submit(&mut self, mut cmd: Command, buf: Option<DmaBuf>, tag: u64) -> Result<(), IoError> {
+        if let Some(reason) = self.dead {
+            return Err(refuse(Error::QueueDead { qid: self.qid, reason }, buf));
+        }
+        if !self.has_room() {
+            return Err(refuse(Error::QueueFull(self.outstanding()), buf));
+        }
+        let data = buf.as_ref().map(|b| self.check_buffer(b).map(|()| (b.iova(), b.len())));
+        let data = match data.transpose() {
+            Ok(d) => d,
+            Err(e) => return Err(refuse(e, buf)),
+        };
+        let cid = match self.slots.insert(InFlight { tag, buf }) {
+            Ok(cid) => cid,
+            Err(f) => return Err(refuse(Error::QueueFull(self.outstanding()), f.buf)),
+        };
+        if let Some((iova, len)) = data {
+            if let Err(e) = self.set_data_pointer(&mut cmd, cid, iova, len) {
+                let f = self.slots.remove(cid).expect("just inserted");
+                return Err(refuse(e, f.buf));
+            }
+        }
+        cmd.set_cid(cid);
+        self.sq.push(&cmd).expect("room was checked");
+        Ok(())
+    }
+
+    fn check_buffer(&self, b: &DmaBuf) -> Result<(), Error> {
+        if b.domain() != self.inner.domain {
+            return Err(Error::WrongDomain {
+                buf: b.domain(),
+                queue: self.inner.domain,
+            });
+        }
+        if b.is_empty() || b.len() > self.inner.max_transfer {
+            return Err(Error::TransferTooLarge {
+                bytes: b.len(),
+                max: self.inner.max_transfer,
+            });
+        }
+        if b.iova() % 4 != 0 {
+            return Err(Error::Misaligned {
+                iova: b.iova(),
+                align: 4,
+            });
+        }
+        Ok(())
+    }
+
+    fn set_data_pointer(&mut self, cmd: &mut Command, cid: u16, iova: u64, len: usize) -> Result<(), Error> {
+        if self.use_sgl_above.is_some_and(|above| len > above) {
+            // A contiguous buffer is one SGL Data Block descriptor in the command itself.
+            cmd.set_sgl(SglDescriptor::data_block(iova, len as u32));
+            return Ok(());
+        }
+        self.lists.set_window(cid as usize * self.list_bytes, self.list_bytes)?;
+        let (prp1, prp2) = prp::build_prps(iova, len, self.inner.page_size, &mut self.lists)?;
+        cmd.set_prp(prp1, prp2);
+        Ok(())
+    }
+
+    /// Writes the SQ tail doorbell if commands were posted since the last ring: one MMIO
+    /// write for the whole batch.
+    pub fn ring(&mut self) {
+        if let Some(tail) = self.sq.take_doorbell() {
+            // The commands must be in memory before the controller hears of them.
+            fence(Ordering::Release);
+            self.inner.regs.write32(self.sq_db, tail);
+        }
+    }
+
+    /// Rings any pending submissions, then consumes up to `max` completions, calling
+    /// `on_complete` for each, and writes the CQ head doorbell once. Returns how many
+    /// completed.
+    pub fn poll(&mut self, max: usize, mut on_complete: impl FnMut(IoCompletion)) -> usize {
+        self.ring();
+        let mut n = 0;
+        while n < max {
+            let Some(c) = self.cq.pop() else { break };
+            n += 1;
+            if !self.sq.update_head(c.sqhd) {
+                tracing::warn!(
+                    qid = self.qid,
+                    sqhd = c.sqhd,
+                    "controller reported an impossible SQ head"
+                );
+            }
+            match self.slots.remove(c.cid) {
+                Some(f) => on_complete(IoCompletion {
+                    tag: f.tag,
+                    buf: f.buf,
+                    status: c.status(),
+                    dw0: c.dw0,
+                }),
+                None => tracing::warn!(
+                    qid = self.qid,
+                    cid = c.cid,
+                    "completion for a command that is not outstanding"
+                ),
+            }
+        }
+        if let Some(head) = self.cq.take_doorbell() {
+            self.inner.regs.write32(self.cq_db, head);
+        }
+        n
+    }
+
+    // --- Typed submissions over a namespace ---
+
+    fn blocks_of(ns: &Namespace, buf: &DmaBuf) -> Result<u64, Error> {
+        let bs = ns.block_size as usize;
+        if buf.is_empty() || buf.len() % bs != 0 {
+            return Err(Error::BadLength {
+                len: buf.len(),
+                block_size: ns.block_size,
+            });
+        }
+        Ok((buf.len() / bs) as u64)
+    }
+
+    fn submit_data(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buf: DmaBuf,
+        tag: u64,
+        build: impl FnOnce(u32) -> Command,
+    ) -> Result<(), IoError> {
+        let checked = Self::blocks_of(ns, &buf).and_then(|blocks| ns.check_range(slba, blocks).map(|()| blocks));
+        match checked {
+            Ok(blocks) => self.submit(build(blocks as u32), Some(buf), tag),
+            Err(e) => Err(refuse(e, Some(buf))),
+        }
+    }
+
+    /// Reads `buf.len()` bytes (a whole number of blocks) from `slba`.
+    ///
+    /// Errors: [`Error::BadLength`], [`Error::LbaOutOfRange`], [`Error::TransferTooLarge`]
+    /// before anything is sent; then as [`Self::submit`].
+    pub fn read(&mut self, ns: &Namespace, slba: u64, buf: DmaBuf, tag: u64) -> Result<(), IoError> {
+        self.submit_data(ns, slba, buf, tag, |n| Command::read(ns.nsid, slba, n))
+    }
+
+    /// Writes `buf` (a whole number of blocks) at `slba`; `fua` asks for durability at
+    /// completion (ignored by QEMU — use [`Self::flush`]).
+    ///
+    /// Errors: as [`Self::read`].
+    pub fn write(&mut self, ns: &Namespace, slba: u64, buf: DmaBuf, fua: bool, tag: u64) -> Result<(), IoError> {
+        self.submit_data(ns, slba, buf, tag, |n| Command::write(ns.nsid, slba, n, fua))
+    }
+
+    /// Compares `buf` with the blocks at `slba`; a mismatch completes with Compare
+    /// Failure (0x285).
+    ///
+    /// Errors: as [`Self::read`].
+    pub fn compare(&mut self, ns: &Namespace, slba: u64, buf: DmaBuf, tag: u64) -> Result<(), IoError> {
+        self.submit_data(ns, slba, buf, tag, |n| Command::compare(ns.nsid, slba, n))
+    }
+
+    fn submit_range(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        blocks: u64,
+        tag: u64,
+        cmd: impl FnOnce(u32) -> Command,
+    ) -> Result<(), IoError> {
+        // No data moves, so MDTS does not apply; NLB's 16 bits do.
+        let end_ok = slba.checked_add(blocks).is_some_and(|e| e <= ns.blocks);
+        if blocks == 0 || !end_ok {
+            return Err(refuse(
+                Error::LbaOutOfRange {
+                    nsid: ns.nsid,
+                    slba,
+                    blocks,
+                    nsze: ns.blocks,
+                },
+                None,
+            ));
+        }
+        if blocks > crate::cmd::MAX_BLOCKS_PER_COMMAND as u64 {
+            return Err(refuse(
+                Error::TransferTooLarge {
+                    bytes: blocks as usize * ns.block_size as usize,
+                    max: crate::cmd::MAX_BLOCKS_PER_COMMAND as usize * ns.block_size as usize,
+                },
+                None,
+            ));
+        }
+        self.submit(cmd(blocks as u32), None, tag)
+    }
+
+    /// Verifies `blocks` blocks (1..=65536) at `slba` without transferring data.
+    ///
+    /// Errors: [`Error::LbaOutOfRange`], [`Error::TransferTooLarge`]; then as
+    /// [`Self::submit`].
+    pub fn verify(&mut self, ns: &Namespace, slba: u64, blocks: u64, tag: u64) -> Result<(), IoError> {
+        self.submit_range(ns, slba, blocks, tag, |n| Command::verify(ns.nsid, slba, n))
+    }
+
+    /// Zeroes `blocks` blocks (1..=65536) at `slba`; `deallocate` lets the controller
+    /// deallocate them instead (DEAC).
+    ///
+    /// Errors: as [`Self::verify`].
+    pub fn write_zeroes(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        blocks: u64,
+        deallocate: bool,
+        tag: u64,
+    ) -> Result<(), IoError> {
+        self.submit_range(ns, slba, blocks, tag, |n| {
+            Command::write_zeroes(ns.nsid, slba, n, deallocate)
+        })
+    }
+
+    /// Flushes the namespace: every write completed before the flush is durable when it
+    /// completes.
+    ///
+    /// Errors: as [`Self::submit`].
+    pub fn flush(&mut self, ns: &Namespace, tag: u64) -> Result<(), IoError> {
+        self.submit(Command::flush(ns.nsid), None, tag)
+    }
+
+    /// Deallocates the `(slba, blocks)` ranges with Dataset Management; the range list is
+    /// written into `buf` (16 bytes per range, at most 256 ranges).
+    ///
+    /// Errors: [`Error::LbaOutOfRange`] for a range outside the namespace, or a block count
+    /// above 2^32-1; [`Error::BadLength`] if `buf` cannot hold the list; then as
+    /// [`Self::submit`].
+    pub fn deallocate(
+        &mut self,
+        ns: &Namespace,
+        ranges: &[(u64, u64)],
+        mut buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), IoError> {
+        let need = ranges.len() * std::mem::size_of::<DsmRange>();
+        if ranges.is_empty() || ranges.len() > MAX_DSM_RANGES || buf.capacity() < need {
+            return Err(refuse(
+                Error::BadLength {
+                    len: buf.capacity(),
+                    block_size: 16,
+                },
+                Some(buf),
+            ));
+        }
+        for &(slba, blocks) in ranges {
+            let fits =
+                slba.checked_add(blocks).is_some_and(|e| e <= ns.blocks) && blocks > 0 && blocks <= u32::MAX as u64;
+            if !fits {
+                return Err(refuse(
+                    Error::LbaOutOfRange {
+                        nsid: ns.nsid,
+                        slba,
+                        blocks,
+                        nsze: ns.blocks,
+                    },
+                    Some(buf),
+                ));
+            }
+        }
+        buf.set_window(0, need).expect("capacity checked");
+        for (i, &(slba, blocks)) in ranges.iter().enumerate() {
+            let bytes = &mut buf.as_mut_slice()[i * 16..i * 16 + 16];
+            bytes[0..4].copy_from_slice(&0u32.to_le_bytes());
+            bytes[4..8].copy_from_slice(&(blocks as u32).to_le_bytes());
+            bytes[8..16].copy_from_slice(&slba.to_le_bytes());
+        }
+        let attrs = DsmAttributes {
+            deallocate: true,
+            ..Default::default()
+        };
+        self.submit(
+            Command::dataset_management(ns.nsid, ranges.len(), attrs),
+            Some(buf),
+            tag,
+        )
+    }
+
+    // --- Synchronous helpers: thin loops over submit + poll ---
+
+    /// Submits one command built by `submit` and polls until it completes. The queue must
+    /// be idle, so no other caller's completion is consumed here.
+    ///
+    /// Errors: [`Error::QueueBusy`] if commands are outstanding; the submission's error;
+    /// or [`Error::Command`] with the completion status.
+    pub fn wait_for(
+        &mut self,
+        submit: impl FnOnce(&mut Self) -> Result<(), IoError>,
+    ) -> Result<Option<DmaBuf>, IoError> {
+        if !self.slots.is_idle() {
+            return Err(refuse(Error::QueueBusy(self.outstanding()), None));
+        }
+        submit(self)?;
+        let mut done = None;
+        while done.is_none() {
+            self.poll(1, |c| done = Some(c));
+            if done.is_none() {
+                std::hint::spin_loop();
+            }
+        }
+        let c = done.expect("loop ends when set");
+        match c.result() {
+            Ok(()) => Ok(c.buf),
+            Err(status) => Err(refuse(
+                Error::Command {
+                    command: "I/O command",
+                    status,
+                },
+                c.buf,
+            )),
+        }
+    }
+
+    /// Reads into `buf` from `slba` and waits. Returns the filled buffer.
+    ///
+    /// Errors: as [`Self::read`] and [`Self::wait_for`].
+    pub fn read_at(&mut self, ns: &Namespace, slba: u64, buf: DmaBuf) -> Result<DmaBuf, IoError> {
+        self.wait_for(|q| q.read(ns, slba, buf, 0))
+            .map(|b| b.expect("read returns its buffer"))
+    }
+
+    /// Writes `buf` at `slba` and waits. Returns the buffer.
+    ///
+    /// Errors: as [`Self::write`] and [`Self::wait_for`].
+    pub fn write_at(&mut self, ns: &Namespace, slba: u64, buf: DmaBuf) -> Result<DmaBuf, IoError> {
+        self.wait_for(|q| q.write(ns, slba, buf, false, 0))
+            .map(|b| b.expect("write returns its buffer"))
+    }
+}
+
+impl<R: Registers> Drop for IoQueuePair<R> {
+    fn drop(&mut self) {
+        if let Err(e) = self.inner.delete_io_queue_pair(self.qid) {
+            // The controller may still own the rings and outstanding buffers: keep their
+            // memory mapped forever rather than let the device write into freed memory.
+            tracing::warn!(qid = self.qid, error = %e, outstanding = self.outstanding(), "could not delete I/O queue pair; leaking its memory");
+            while let Some((_, f)) = self.slots.pop_any() {
+                std::mem::forget(f.buf);
+            }
+            return;
+        }
+        // SAFETY: the controller deleted both queues, so it no longer reads or writes the
+        // rings or the PRP lists; this is the only place they are dropped and `self` is not
+        // used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.sq) };
+        // SAFETY: the CQ was deleted too (see above); dropped once, here.
+        unsafe { ManuallyDrop::drop(&mut self.cq) };
+        // SAFETY: no command is outstanding on a deleted SQ, so no PRP list is in use.
+        unsafe { ManuallyDrop::drop(&mut self.lists) };
+    }
+}

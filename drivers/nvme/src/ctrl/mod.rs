@@ -1,0 +1,575 @@
+//! The PCIe NVMe controller driver, generic over register access and DMA memory.
+//!
+//! The same code drives a controller whose BAR is mapped through VFIO and the in-process
+//! simulated controller. [`Controller::init`] runs the initialisation state machine
+//! ([`InitState`]); the controller then hands out [`IoQueuePair`]s, one per thread, and
+//! offers the admin commands (Identify, Get Log Page, Get/Set Features, Format NVM,
+//! Firmware Image Download/Commit, Abort). Dropping the last handle shuts the controller
+//! down normally (CC.SHN, CSTS.SHST).
+
+mod admin;
+mod config;
+mod error;
+mod init;
+mod io;
+mod namespace;
+#[cfg(test)]
+mod tests;
+
+pub use admin::AsyncEvent;
+pub use config::{ControllerConfig, DataPointerMode};
+pub use error::Error;
+pub use init::InitState;
+pub use io::{IoCompletion, IoError, IoQueuePair};
+pub use namespace::Namespace;
+
+use crate::cmd::Command;
+use crate::completion::Completion;
+use crate::features::{FeatureId, FeatureSelect};
+use crate::hw::{DmaAllocator, Registers};
+use crate::identify::{Cns, IdentifyController, IdentifyNamespace, NamespaceDescriptor, NamespaceList, Oacs};
+use crate::log::{ErrorLogEntry, FirmwareSlotLog, LogPageId, SmartLog};
+use crate::queue::{CompletionQueue, SubmissionQueue};
+use crate::regs::{Cap, Cc, Csts, ShutdownNotification, ShutdownStatus, Vs, offset};
+use admin::{ADMIN_DATA_BYTES, AdminData, AdminQueue};
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+/// NSID meaning "all namespaces" / "the controller" in log pages and Flush.
+pub const NSID_ALL: u32 = 0xFFFF_FFFF;
+
+/// State shared by the controller handle and its I/O queue pairs.
+pub(crate) struct Inner<R: Registers> {
+    pub(crate) regs: R,
+    pub(crate) dma: Arc<dyn DmaAllocator>,
+    pub(crate) domain: u64,
+    pub(crate) cap: Cap,
+    pub(crate) vs: Vs,
+    pub(crate) page_size: usize,
+    pub(crate) config: ControllerConfig,
+    pub(crate) identify: IdentifyController,
+    pub(crate) max_transfer: usize,
+    pub(crate) sgl_supported: bool,
+    pub(crate) io_queues: u16,
+    /// Dropped only after a successful shutdown: until then the controller may DMA to it.
+    admin: ManuallyDrop<Mutex<AdminQueue>>,
+    namespaces: RwLock<Vec<Namespace>>,
+    /// `qids[i]` is true when QID i + 1 is in use.
+    qids: Mutex<Vec<bool>>,
+    init_trace: Vec<InitState>,
+}
+
+/// An initialised NVMe controller. Cheap to clone: clones share the controller.
+pub struct Controller<R: Registers> {
+    inner: Arc<Inner<R>>,
+}
+
+impl<R: Registers> Clone for Controller<R> {
+    fn clone(&self) -> Self {
+        Controller {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<R: Registers> Controller<R> {
+    /// Initialises the controller behind `regs`, allocating queue memory from `dma`.
+    ///
+    /// Errors: [`Error::Removed`] if registers read all ones; [`Error::ReadyTimeout`] if
+    /// CSTS.RDY does not follow CC.EN within CAP.TO; [`Error::Fatal`] on CSTS.CFS;
+    /// [`Error::Unsupported`] / [`Error::Config`] for capabilities ironvme cannot use;
+    /// [`Error::Command`] if an init command fails; [`Error::Dma`] if memory runs out.
+    pub fn init(regs: R, dma: Arc<dyn DmaAllocator>, config: ControllerConfig) -> Result<Controller<R>, Error> {
+        let done = init::initialize(&regs, dma.as_ref(), &config)?;
+        let sgl_supported = done.identify.sgl_supported();
+        let inner = Inner {
+            domain: dma.domain(),
+            dma,
+            cap: done.cap,
+            vs: done.vs,
+            page_size: done.page_size,
+            identify: done.identify,
+            max_transfer: done.max_transfer,
+            sgl_supported,
+            io_queues: done.io_queues,
+            admin: ManuallyDrop::new(Mutex::new(done.admin)),
+            namespaces: RwLock::new(done.namespaces),
+            qids: Mutex::new(vec![false; done.io_queues as usize]),
+            init_trace: done.trace,
+            regs,
+            config,
+        };
+        Ok(Controller { inner: Arc::new(inner) })
+    }
+
+    /// CAP as read at init.
+    pub fn cap(&self) -> Cap {
+        self.inner.cap
+    }
+
+    /// VS as read at init.
+    pub fn version(&self) -> Vs {
+        self.inner.vs
+    }
+
+    /// Identify Controller data read at init.
+    pub fn identify(&self) -> &IdentifyController {
+        &self.inner.identify
+    }
+
+    /// The states initialisation went through, in order.
+    pub fn init_trace(&self) -> &[InitState] {
+        &self.inner.init_trace
+    }
+
+    /// Memory page size in bytes (CC.MPS).
+    pub fn page_size(&self) -> usize {
+        self.inner.page_size
+    }
+
+    /// Largest transfer per command in bytes: min(MDTS, `max_transfer_bytes`).
+    pub fn max_transfer_bytes(&self) -> usize {
+        self.inner.max_transfer
+    }
+
+    /// Whether I/O commands use SGLs (the controller supports them and the configuration
+    /// allows them).
+    pub fn sgl_supported(&self) -> bool {
+        self.inner.sgl_supported
+    }
+
+    /// I/O queue pairs available: min(asked, granted).
+    pub fn io_queue_limit(&self) -> u16 {
+        self.inner.io_queues
+    }
+
+    /// The DMA allocator whose buffers this controller's queues accept.
+    pub fn dma(&self) -> &Arc<dyn DmaAllocator> {
+        &self.inner.dma
+    }
+
+    /// The register access, for diagnostics.
+    pub fn registers(&self) -> &R {
+        &self.inner.regs
+    }
+
+    /// The active namespaces found at init (or by [`Self::rescan_namespaces`]).
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.inner.namespaces.read().expect("namespace lock").clone()
+    }
+
+    /// The active namespace `nsid`.
+    ///
+    /// Errors: [`Error::NoSuchNamespace`].
+    pub fn namespace(&self, nsid: u32) -> Result<Namespace, Error> {
+        let all = self.inner.namespaces.read().expect("namespace lock");
+        all.iter()
+            .find(|n| n.nsid == nsid)
+            .cloned()
+            .ok_or(Error::NoSuchNamespace(nsid))
+    }
+
+    /// Creates an I/O queue pair of the configured size (clamped to CAP.MQES + 1): Create I/O Completion Queue, then
+    /// Create I/O Submission Queue, with rings and PRP list pages allocated here.
+    ///
+    /// Errors: [`Error::NoQueuesLeft`] when every granted queue is in use; [`Error::Dma`];
+    /// [`Error::Command`] if the controller refuses a queue.
+    pub fn create_io_queue_pair(&self) -> Result<IoQueuePair<R>, Error> {
+        let entries = self
+            .inner
+            .config
+            .io_queue_entries
+            .min(self.inner.cap.max_queue_entries());
+        self.create_io_queue_pair_sized(entries)
+    }
+
+    /// As [`Self::create_io_queue_pair`] with `entries` entries (2..=CAP.MQES + 1; the
+    /// pair holds `entries − 1` outstanding commands).
+    ///
+    /// Errors: as [`Self::create_io_queue_pair`], and [`Error::Queue`] for a size outside
+    /// the controller's limits.
+    pub fn create_io_queue_pair_sized(&self, entries: u32) -> Result<IoQueuePair<R>, Error> {
+        let inner = &self.inner;
+        crate::queue::check_entries(entries, inner.cap.max_queue_entries())?;
+        let qid = inner.allocate_qid()?;
+        let made = inner.create_queues(qid, entries);
+        match made {
+            Ok((sq, cq, lists, list_bytes)) => Ok(IoQueuePair::new(Arc::clone(inner), qid, sq, cq, lists, list_bytes)),
+            Err(e) => {
+                inner.release_qid(qid);
+                Err(e)
+            }
+        }
+    }
+
+    fn admin(&self) -> MutexGuard<'_, AdminQueue> {
+        self.inner.admin()
+    }
+
+    /// Sends an admin command and waits for it. With `data_len > 0` the command reads
+    /// that many bytes (at most 64 KiB) from the controller, returned with the
+    /// completion. The command's data pointer is set here.
+    ///
+    /// Errors: [`Error::Command`] with the decoded status; [`Error::Timeout`],
+    /// [`Error::Fatal`], [`Error::Removed`].
+    pub fn admin_command(&self, cmd: Command, data_len: usize) -> Result<(Completion, Vec<u8>), Error> {
+        let mut admin = self.admin();
+        let data = if data_len > 0 {
+            AdminData::FromDevice(data_len)
+        } else {
+            AdminData::None
+        };
+        let c = admin.execute(&self.inner.regs, cmd, data, self.inner.config.admin_timeout)?;
+        Ok((c, admin.data(data_len).to_vec()))
+    }
+
+    /// Sends an admin command that writes `data` (at most 64 KiB) to the controller.
+    ///
+    /// Errors: as [`Self::admin_command`].
+    pub fn admin_command_write(&self, cmd: Command, data: &[u8]) -> Result<Completion, Error> {
+        self.admin().execute(
+            &self.inner.regs,
+            cmd,
+            AdminData::ToDevice(data),
+            self.inner.config.admin_timeout,
+        )
+    }
+
+    /// Identify Controller (CNS 01h), read now.
+    ///
+    /// Errors: as [`Self::admin_command`]; [`Error::Parse`].
+    pub fn identify_controller(&self) -> Result<IdentifyController, Error> {
+        let (_, data) = self.admin_command(Command::identify(Cns::CONTROLLER, 0, 0), 4096)?;
+        Ok(IdentifyController::parse(&data)?)
+    }
+
+    /// Identify Namespace (CNS 00h) of `nsid`.
+    ///
+    /// Errors: as [`Self::identify_controller`].
+    pub fn identify_namespace(&self, nsid: u32) -> Result<IdentifyNamespace, Error> {
+        let (_, data) = self.admin_command(Command::identify(Cns::NAMESPACE, nsid, 0), 4096)?;
+        Ok(IdentifyNamespace::parse(&data)?)
+    }
+
+    /// The active namespace ID list (CNS 02h).
+    ///
+    /// Errors: as [`Self::identify_controller`].
+    pub fn active_namespace_ids(&self) -> Result<Vec<u32>, Error> {
+        let (_, data) = self.admin_command(Command::identify(Cns::ACTIVE_NAMESPACE_LIST, 0, 0), 4096)?;
+        Ok(NamespaceList::parse(&data)?)
+    }
+
+    /// The namespace identification descriptor list (CNS 03h) of `nsid`.
+    ///
+    /// Errors: as [`Self::identify_controller`].
+    pub fn namespace_descriptors(&self, nsid: u32) -> Result<Vec<NamespaceDescriptor>, Error> {
+        let (_, data) = self.admin_command(Command::identify(Cns::NAMESPACE_ID_DESCRIPTORS, nsid, 0), 4096)?;
+        Ok(crate::identify::parse_namespace_descriptors(&data)?)
+    }
+
+    /// Reads the active namespaces again (after Format NVM or a namespace change).
+    ///
+    /// Errors: as [`Self::identify_controller`].
+    pub fn rescan_namespaces(&self) -> Result<Vec<Namespace>, Error> {
+        let mut found = Vec::new();
+        for nsid in self.active_namespace_ids()? {
+            if let Some(ns) = Namespace::new(
+                nsid,
+                self.identify_namespace(nsid)?,
+                &self.inner.identify,
+                self.inner.max_transfer,
+            ) {
+                found.push(ns);
+            }
+        }
+        *self.inner.namespaces.write().expect("namespace lock") = found.clone();
+        Ok(found)
+    }
+
+    /// Get Log Page: `len` bytes (a multiple of 4) of log `lid` for `nsid` from byte
+    /// `offset` (a multiple of 4), read in pieces of at most 64 KiB.
+    ///
+    /// Errors: [`Error::Config`] for a length or offset that is not dword aligned; as
+    /// [`Self::admin_command`].
+    pub fn get_log_page(&self, lid: LogPageId, nsid: u32, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::with_capacity(len);
+        let piece_max = ADMIN_DATA_BYTES.min(self.inner.max_transfer);
+        while out.len() < len {
+            let piece = (len - out.len()).min(piece_max);
+            let at = offset + out.len() as u64;
+            let cmd = Command::get_log_page(lid, nsid, at, piece as u32, 0, false).ok_or_else(|| {
+                Error::Config(format!(
+                    "log page length {len} and offset {offset} must be multiples of 4"
+                ))
+            })?;
+            let (_, data) = self.admin_command(cmd, piece)?;
+            out.extend_from_slice(&data);
+        }
+        Ok(out)
+    }
+
+    /// The SMART / Health Information log (LID 02h) for the whole controller.
+    ///
+    /// Errors: as [`Self::get_log_page`]; [`Error::Parse`].
+    pub fn smart_log(&self) -> Result<SmartLog, Error> {
+        Ok(SmartLog::parse(&self.get_log_page(
+            LogPageId::SMART_HEALTH,
+            NSID_ALL,
+            0,
+            512,
+        )?)?)
+    }
+
+    /// The Error Information log (LID 01h): up to ELPE + 1 entries, empty ones left out.
+    ///
+    /// Errors: as [`Self::smart_log`].
+    pub fn error_log(&self) -> Result<Vec<ErrorLogEntry>, Error> {
+        let entries = self.inner.identify.elpe as usize + 1;
+        let data = self.get_log_page(LogPageId::ERROR_INFORMATION, NSID_ALL, 0, entries * 64)?;
+        Ok(crate::log::parse_error_log(&data)?)
+    }
+
+    /// The Firmware Slot Information log (LID 03h).
+    ///
+    /// Errors: as [`Self::smart_log`].
+    pub fn firmware_slot_log(&self) -> Result<FirmwareSlotLog, Error> {
+        Ok(FirmwareSlotLog::parse(&self.get_log_page(
+            LogPageId::FIRMWARE_SLOT,
+            NSID_ALL,
+            0,
+            512,
+        )?)?)
+    }
+
+    /// Get Features `fid` with select `sel`; returns completion DW0 (the value for most
+    /// features) and `data_len` bytes of data for features that return a buffer
+    /// (e.g. Timestamp: 8).
+    ///
+    /// Errors: as [`Self::admin_command`].
+    pub fn get_features(
+        &self,
+        fid: FeatureId,
+        sel: FeatureSelect,
+        nsid: u32,
+        cdw11: u32,
+        data_len: usize,
+    ) -> Result<(u32, Vec<u8>), Error> {
+        let (c, data) = self.admin_command(Command::get_features(fid, sel, nsid, cdw11), data_len)?;
+        Ok((c.dw0, data))
+    }
+
+    /// Set Features `fid` to `cdw11` (with `data` for features that take a buffer);
+    /// returns completion DW0.
+    ///
+    /// Errors: as [`Self::admin_command`].
+    pub fn set_features(&self, fid: FeatureId, nsid: u32, cdw11: u32, save: bool, data: &[u8]) -> Result<u32, Error> {
+        let cmd = Command::set_features(fid, nsid, cdw11, save);
+        let c = if data.is_empty() {
+            self.admin_command(cmd, 0)?.0
+        } else {
+            self.admin_command_write(cmd, data)?
+        };
+        Ok(c.dw0)
+    }
+
+    /// Format NVM: formats namespace `nsid` with LBA format `lbaf` and secure erase
+    /// setting `ses`, then reads the namespaces again. Destroys the namespace's data.
+    /// I/O queue pairs must not be using the namespace.
+    ///
+    /// Errors: as [`Self::admin_command`] (the deadline is 10 × the admin timeout).
+    pub fn format_nvm(&self, nsid: u32, lbaf: u8, ses: u8) -> Result<Vec<Namespace>, Error> {
+        let timeout = self.inner.config.admin_timeout * 10;
+        self.admin().execute(
+            &self.inner.regs,
+            Command::format_nvm(nsid, lbaf, ses, 0, false, false),
+            AdminData::None,
+            timeout,
+        )?;
+        self.rescan_namespaces()
+    }
+
+    /// Firmware Image Download of `image`, in pieces of at most 64 KiB (or FWUG).
+    ///
+    /// Errors: [`Error::Config`] if the image length is not a multiple of 4;
+    /// [`Error::Unsupported`] if OACS says the controller has no firmware commands; as
+    /// [`Self::admin_command`] (QEMU 7.2 answers Invalid Command Opcode).
+    pub fn firmware_download(&self, image: &[u8]) -> Result<(), Error> {
+        if image.is_empty() || image.len() % 4 != 0 {
+            return Err(Error::Config(format!(
+                "firmware image of {} bytes is not a non-zero multiple of 4",
+                image.len()
+            )));
+        }
+        let piece = match self.inner.identify.fwug {
+            0 | 0xFF => ADMIN_DATA_BYTES,
+            units => (units as usize * 4096).min(ADMIN_DATA_BYTES),
+        };
+        for (i, chunk) in image.chunks(piece).enumerate() {
+            let cmd = Command::firmware_image_download((i * piece) as u32, chunk.len() as u32)
+                .expect("pieces are dword multiples");
+            self.admin_command_write(cmd, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Firmware Commit with commit action `action` into `slot`.
+    ///
+    /// Errors: as [`Self::admin_command`].
+    pub fn firmware_commit(&self, slot: u8, action: u8) -> Result<u32, Error> {
+        Ok(self
+            .admin_command(Command::firmware_commit(slot, action, false), 0)?
+            .0
+            .dw0)
+    }
+
+    /// Whether OACS advertises Firmware Commit / Image Download.
+    pub fn supports_firmware_update(&self) -> bool {
+        self.inner.identify.oacs.contains(Oacs::FIRMWARE)
+    }
+
+    /// Abort the command `cid` on submission queue `sqid`. Returns whether the controller
+    /// says it aborted it (completion DW0 bit 0 clear).
+    ///
+    /// Errors: as [`Self::admin_command`].
+    pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool, Error> {
+        Ok(self.admin_command(Command::abort(sqid, cid), 0)?.0.dw0 & 1 == 0)
+    }
+
+    /// Asynchronous events the controller reported since the last call (polls the admin
+    /// queue).
+    pub fn take_async_events(&self) -> Vec<AsyncEvent> {
+        let mut admin = self.admin();
+        admin.take_events(&self.inner.regs)
+    }
+
+    /// Asynchronous Event Requests outstanding now.
+    pub fn outstanding_async_event_requests(&self) -> usize {
+        self.admin().outstanding_aers()
+    }
+
+    /// CSTS as the controller reports it now.
+    pub fn status_register(&self) -> Csts {
+        Csts(self.inner.regs.read32(offset::CSTS))
+    }
+}
+
+impl<R: Registers> Inner<R> {
+    fn admin(&self) -> MutexGuard<'_, AdminQueue> {
+        // A panic while holding the lock leaves the queue usable (its state is rings and
+        // CIDs); recover the guard rather than poison every later admin command.
+        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn allocate_qid(&self) -> Result<u16, Error> {
+        let mut qids = self.qids.lock().expect("qid lock");
+        let free = qids
+            .iter()
+            .position(|used| !used)
+            .ok_or(Error::NoQueuesLeft(self.io_queues))?;
+        qids[free] = true;
+        Ok(free as u16 + 1)
+    }
+
+    fn release_qid(&self, qid: u16) {
+        if let Some(slot) = self.qids.lock().expect("qid lock").get_mut(qid as usize - 1) {
+            *slot = false;
+        }
+    }
+
+    /// Allocates the rings and list pages of queue `qid` and creates the CQ, then the SQ.
+    fn create_queues(
+        &self,
+        qid: u16,
+        entries: u32,
+    ) -> Result<(SubmissionQueue, CompletionQueue, crate::DmaBuf, usize), Error> {
+        let dma = self.dma.as_ref();
+        let depth = entries as usize - 1;
+        let sq = SubmissionQueue::new(dma.allocate(entries as usize * 64)?, entries)?;
+        let cq = CompletionQueue::new(dma.allocate(entries as usize * 16)?, entries)?;
+        let list_bytes = crate::prp::list_pages_for_transfer(self.max_transfer, self.page_size).max(1) * self.page_size;
+        let lists = dma.allocate(depth * list_bytes)?;
+        let contiguous = true; // one IOVA-contiguous allocation each, as CAP.CQR asks
+        let mut admin = self.admin();
+        let timeout = self.config.admin_timeout;
+        admin.execute(
+            &self.regs,
+            Command::create_io_cq(qid, entries, cq.iova(), contiguous, None),
+            AdminData::None,
+            timeout,
+        )?;
+        let created = admin.execute(
+            &self.regs,
+            Command::create_io_sq(qid, entries, sq.iova(), contiguous, 0, qid),
+            AdminData::None,
+            timeout,
+        );
+        if let Err(e) = created {
+            if let Err(undo) = admin.execute(&self.regs, Command::delete_io_cq(qid), AdminData::None, timeout) {
+                tracing::warn!(qid, error = %undo, "could not delete the CQ of a half-created queue pair");
+                std::mem::forget(cq);
+            }
+            return Err(e);
+        }
+        Ok((sq, cq, lists, list_bytes))
+    }
+
+    /// Delete I/O SQ then CQ `qid` and free the QID.
+    pub(crate) fn delete_io_queue_pair(&self, qid: u16) -> Result<(), Error> {
+        let mut admin = self.admin();
+        let timeout = self.config.admin_timeout;
+        admin.execute(&self.regs, Command::delete_io_sq(qid), AdminData::None, timeout)?;
+        admin.execute(&self.regs, Command::delete_io_cq(qid), AdminData::None, timeout)?;
+        drop(admin);
+        self.release_qid(qid);
+        Ok(())
+    }
+
+    /// Normal shutdown: CC.SHN = 01b, then wait for CSTS.SHST = complete.
+    fn shutdown(&self) -> Result<(), Error> {
+        let cc = Cc(self.regs.read32(offset::CC));
+        if Csts(self.regs.read32(offset::CSTS)).is_all_ones() {
+            return Err(Error::Removed {
+                during: "shutting down",
+            });
+        }
+        self.regs
+            .write32(offset::CC, cc.with_shn(ShutdownNotification::Normal).0);
+        let timeout = match self.identify.rtd3e {
+            0 => self.config.shutdown_timeout,
+            us => Duration::from_micros(us as u64).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let csts = Csts(self.regs.read32(offset::CSTS));
+            if csts.is_all_ones() {
+                return Err(Error::Removed {
+                    during: "shutting down",
+                });
+            }
+            if csts.shst() == ShutdownStatus::Complete {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::ShutdownTimeout(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl<R: Registers> Drop for Inner<R> {
+    fn drop(&mut self) {
+        match self.shutdown() {
+            Ok(()) => {
+                tracing::debug!("nvme controller shut down");
+                // SAFETY: shutdown completed, so the controller no longer touches the admin
+                // rings or buffers; `admin` is not used after this point.
+                unsafe { ManuallyDrop::drop(&mut self.admin) };
+            }
+            // The controller may still own the admin rings: never free them (they stay
+            // in the ManuallyDrop, leaked).
+            Err(e) => tracing::warn!(error = %e, "nvme controller shutdown failed; leaking admin queue memory"),
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! Controller driver scenarios on the simulated controller.
+
+use super::*;
+use crate::hw::DmaBuf;
+use crate::regs::Aqa;
+use crate::sim::{FaultAction, FaultRule, SimConfig, SimController, SimNamespace};
+use crate::status::Status;
+
+fn sim_with(config: SimConfig) -> SimController {
+    SimController::new(config)
+}
+
+fn two_namespaces() -> SimConfig {
+    SimConfig {
+        namespaces: vec![
+            SimNamespace {
+                block_size: 512,
+                blocks: 32768,
+            },
+            SimNamespace {
+                block_size: 4096,
+                blocks: 4096,
+            },
+        ],
+        ..SimConfig::default()
+    }
+}
+
+fn start(sim: &SimController, config: ControllerConfig) -> Controller<SimController> {
+    Controller::init(sim.clone(), Arc::new(sim.dma()), config).expect("controller init")
+}
+
+fn buffer(ctrl: &Controller<SimController>, len: usize) -> DmaBuf {
+    ctrl.dma().allocate(len).expect("dma")
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn init_walks_every_state_and_programs_the_registers() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    assert_eq!(
+        ctrl.init_trace(),
+        [
+            InitState::ReadCapabilities,
+            InitState::Disable,
+            InitState::WaitNotReady,
+            InitState::ConfigureAdminQueue,
+            InitState::Enable,
+            InitState::WaitReady,
+            InitState::IdentifyController,
+            InitState::SetNumberOfQueues,
+            InitState::IdentifyNamespaces,
+            InitState::ConfigureAsyncEvents,
+            InitState::SetTimestamp,
+            InitState::Ready,
+        ]
+    );
+    let writes: Vec<(u32, u64)> = sim
+        .register_log()
+        .iter()
+        .filter(|a| a.write)
+        .map(|a| (a.offset, a.value))
+        .collect();
+    let aqa = writes.iter().find(|w| w.0 == offset::AQA).expect("AQA written").1;
+    assert_eq!(aqa, Aqa::new(32, 32).0 as u64);
+    assert!(writes.iter().any(|w| w.0 == offset::ASQ && w.1 != 0 && w.1 % 4096 == 0));
+    assert!(writes.iter().any(|w| w.0 == offset::ACQ && w.1 != 0 && w.1 % 4096 == 0));
+    let cc = Cc(writes.iter().find(|w| w.0 == offset::CC).expect("CC written").1 as u32);
+    assert!(cc.en());
+    assert_eq!(
+        (cc.iosqes(), cc.iocqes(), cc.mps(), cc.css(), cc.ams()),
+        (6, 4, 0, 0, 0)
+    );
+    // The queues were set up before enabling.
+    let pos = |off| writes.iter().position(|w| w.0 == off).unwrap();
+    assert!(
+        pos(offset::AQA) < pos(offset::CC) && pos(offset::ASQ) < pos(offset::CC) && pos(offset::ACQ) < pos(offset::CC)
+    );
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+}
+
+#[test]
+fn identify_data_matches_the_device() {
+    let sim = sim_with(SimConfig {
+        serial: "sim-serial".into(),
+        model: "ironvme sim".into(),
+        ..two_namespaces()
+    });
+    let ctrl = start(&sim, ControllerConfig::default());
+    let id = ctrl.identify();
+    assert_eq!(
+        (id.vid, id.sn.as_str(), id.mn.as_str(), id.mdts),
+        (0x1b36, "sim-serial", "ironvme sim", 7)
+    );
+    assert_eq!(ctrl.max_transfer_bytes(), 512 * 1024, "MDTS 7 with 4 KiB pages");
+    let ns = ctrl.namespaces();
+    assert_eq!(ns.len(), 2);
+    assert_eq!((ns[0].nsid, ns[0].block_size, ns[0].blocks), (1, 512, 32768));
+    assert_eq!((ns[1].nsid, ns[1].block_size, ns[1].blocks), (2, 4096, 4096));
+    assert_eq!(ns[1].max_transfer_blocks, 128);
+    assert!(ns[0].write_zeroes && ns[0].deallocate && ns[0].compare);
+    assert_eq!(ctrl.active_namespace_ids().unwrap(), [1, 2]);
+    assert_eq!(ctrl.identify_controller().unwrap(), *id);
+    assert!(matches!(ctrl.namespace(9), Err(Error::NoSuchNamespace(9))));
+}
+
+#[test]
+fn number_of_queues_uses_the_smaller_of_asked_and_granted() {
+    // The simulated controller, like QEMU, answers its maximum whatever is asked.
+    let sim = sim_with(SimConfig {
+        max_io_queues: 64,
+        ..SimConfig::default()
+    });
+    let ctrl = start(
+        &sim,
+        ControllerConfig {
+            io_queues: 3,
+            ..Default::default()
+        },
+    );
+    assert_eq!(ctrl.io_queue_limit(), 3);
+    let pairs: Vec<_> = (0..3).map(|_| ctrl.create_io_queue_pair().unwrap()).collect();
+    assert!(matches!(ctrl.create_io_queue_pair(), Err(Error::NoQueuesLeft(3))));
+    let qids: Vec<u16> = pairs.iter().map(IoQueuePair::qid).collect();
+    assert_eq!(qids, [1, 2, 3]);
+    drop(pairs);
+    assert_eq!(
+        ctrl.create_io_queue_pair().unwrap().qid(),
+        1,
+        "dropping a pair frees its QID"
+    );
+    let granted_less = sim_with(SimConfig {
+        max_io_queues: 2,
+        answer_max_queues: false,
+        ..SimConfig::default()
+    });
+    assert_eq!(
+        start(
+            &granted_less,
+            ControllerConfig {
+                io_queues: 8,
+                ..Default::default()
+            }
+        )
+        .io_queue_limit(),
+        2
+    );
+}
+
+#[test]
+fn queue_sizes_are_bounded_by_mqes() {
+    let sim = sim_with(SimConfig {
+        mqes: 63,
+        ..SimConfig::default()
+    });
+    let ctrl = start(&sim, ControllerConfig::default());
+    assert!(matches!(ctrl.create_io_queue_pair_sized(65), Err(Error::Queue(_))));
+    assert!(matches!(ctrl.create_io_queue_pair_sized(1), Err(Error::Queue(_))));
+    let q = ctrl.create_io_queue_pair_sized(64).unwrap();
+    assert_eq!(q.depth(), 63);
+    drop(q);
+    assert_eq!(
+        ctrl.create_io_queue_pair().unwrap().depth(),
+        63,
+        "the configured 256 entries are clamped to CAP.MQES + 1"
+    );
+}
+
+fn round_trip(
+    ctrl: &Controller<SimController>,
+    q: &mut IoQueuePair<SimController>,
+    ns: &Namespace,
+    slba: u64,
+    len: usize,
+    offset: usize,
+    seed: u64,
+) {
+    let mut buf = buffer(ctrl, offset + len);
+    buf.set_window(offset, len).unwrap();
+    let data = pattern(seed, len);
+    buf.as_mut_slice().copy_from_slice(&data);
+    let buf = q
+        .write_at(ns, slba, buf)
+        .unwrap_or_else(|e| panic!("write {len} bytes at window offset {offset}: {e}"));
+    let mut back = buffer(ctrl, offset + len);
+    back.set_window(offset, len).unwrap();
+    let back = q.read_at(ns, slba, back).unwrap();
+    assert!(
+        back.as_slice() == data.as_slice(),
+        "data mismatch for {len} bytes at window offset {offset}"
+    );
+    drop(buf);
+}
+
+#[test]
+fn round_trips_from_one_block_to_mdts_with_prps_and_sgls() {
+    for mode in [DataPointerMode::Prp, DataPointerMode::Sgl, DataPointerMode::Auto] {
+        let sim = sim_with(two_namespaces());
+        let ctrl = start(
+            &sim,
+            ControllerConfig {
+                data_pointer: mode,
+                ..Default::default()
+            },
+        );
+        let mut q = ctrl.create_io_queue_pair().unwrap();
+        for ns in ctrl.namespaces() {
+            let bs = ns.block_size as usize;
+            let max = ns.max_transfer_bytes();
+            // One block, two pages, a PRP list, exactly MDTS; buffers starting mid-page.
+            for (i, &len) in [bs, 2 * bs, 4096, 8192, 3 * 4096, 64 * 1024 + bs, max]
+                .iter()
+                .enumerate()
+            {
+                for offset in [0, 512, 4096 - 512] {
+                    if offset % 4 == 0 && offset + len <= offset + max {
+                        round_trip(&ctrl, &mut q, &ns, (i * 256) as u64, len, offset, (i + offset) as u64);
+                    }
+                }
+            }
+        }
+        assert!(sim.dma_violations().is_empty(), "{mode:?}: {:?}", sim.dma_violations());
+        assert!(
+            sim.protocol_violations().is_empty(),
+            "{mode:?}: {:?}",
+            sim.protocol_violations()
+        );
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_before_the_device_sees_them() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    let ns = ctrl.namespace(2).unwrap();
+    let before = sim.stats();
+    let e = q.read(&ns, ns.blocks, buffer(&ctrl, 4096), 1).unwrap_err();
+    assert!(matches!(e.error, Error::LbaOutOfRange { .. }), "{e}");
+    assert!(e.buf.is_some(), "the buffer comes back");
+    let e = q.read(&ns, 0, buffer(&ctrl, 1024 * 1024), 1).unwrap_err();
+    assert!(matches!(e.error, Error::TransferTooLarge { .. }), "{e}");
+    let e = q.write(&ns, 0, buffer(&ctrl, 1000), false, 1).unwrap_err();
+    assert!(matches!(e.error, Error::BadLength { .. }), "{e}");
+    let mut odd = buffer(&ctrl, 8192);
+    odd.set_window(2, 4096).unwrap();
+    let e = q.read(&ns, 0, odd, 1).unwrap_err();
+    assert!(matches!(e.error, Error::Misaligned { .. }), "{e}");
+    let other = sim_with(SimConfig::default());
+    let foreign = other.dma().allocate(4096).unwrap();
+    let e = q.read(&ns, 0, foreign, 1).unwrap_err();
+    assert!(matches!(e.error, Error::WrongDomain { .. }), "{e}");
+    assert_eq!(
+        sim.stats().sq_doorbells,
+        before.sq_doorbells,
+        "nothing reached the device"
+    );
+    // The queue still works.
+    round_trip(&ctrl, &mut q, &ns, 0, 4096, 0, 7);
+}
+
+#[test]
+fn device_errors_come_back_decoded_and_the_queue_keeps_working() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    sim.inject(FaultRule {
+        opcode: Some(crate::cmd::nvm::READ),
+        lba: Some(16..17),
+        times: Some(1),
+        action: FaultAction::Status(Status::UNRECOVERED_READ_ERROR),
+        ..Default::default()
+    });
+    let e = q.read_at(&ns, 16, buffer(&ctrl, 512)).unwrap_err();
+    assert_eq!(e.error.status(), Some(Status::UNRECOVERED_READ_ERROR));
+    assert!(e.buf.is_some());
+    q.read_at(&ns, 16, buffer(&ctrl, 512)).expect("the fault fired once");
+    // A raw command the driver does not validate: the device's own range check.
+    let raw = crate::cmd::Command::read(1, ns.blocks, 1);
+    let e = q.wait_for(|q| q.submit(raw, Some(buffer(&ctrl, 512)), 9)).unwrap_err();
+    assert_eq!(e.error.status(), Some(Status::LBA_OUT_OF_RANGE));
+}
+
+#[test]
+fn compare_zeroes_and_deallocate() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    let ns = ctrl.namespace(2).unwrap();
+    let mut b = buffer(&ctrl, 8192);
+    b.as_mut_slice().fill(0x5A);
+    let b = q.write_at(&ns, 10, b).unwrap();
+    let b = q.wait_for(|q| q.compare(&ns, 10, b, 0)).unwrap().unwrap();
+    let mut other = b;
+    other.as_mut_slice()[100] ^= 1;
+    let e = q.wait_for(|q| q.compare(&ns, 10, other, 0)).unwrap_err();
+    assert_eq!(e.error.status(), Some(Status::COMPARE_FAILURE));
+    assert_eq!(e.error.status().unwrap().code(), 0x285);
+
+    q.wait_for(|q| q.write_zeroes(&ns, 10, 1, false, 0)).unwrap();
+    q.wait_for(|q| q.deallocate(&ns, &[(11, 1)], buffer(&ctrl, 4096), 0))
+        .unwrap();
+    let back = q.read_at(&ns, 10, buffer(&ctrl, 8192)).unwrap();
+    assert!(back.as_slice().iter().all(|&x| x == 0));
+    q.wait_for(|q| q.verify(&ns, 0, 100, 0)).unwrap();
+    q.wait_for(|q| q.flush(&ns, 0)).unwrap();
+}
+
+#[test]
+fn doorbells_are_batched() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    let bufs = buffer(&ctrl, 32 * 512).into_chunks(512, 32).unwrap();
+    let before = sim.stats();
+    for (i, b) in bufs.into_iter().enumerate() {
+        q.read(&ns, i as u64, b, i as u64).unwrap();
+    }
+    assert_eq!(sim.stats().sq_doorbells, before.sq_doorbells, "submit does not ring");
+    q.ring();
+    assert_eq!(
+        sim.stats().sq_doorbells,
+        before.sq_doorbells + 1,
+        "32 commands, one SQ doorbell write"
+    );
+    let mut tags = Vec::new();
+    while tags.len() < 32 {
+        q.poll(64, |c| {
+            assert!(c.result().is_ok());
+            tags.push(c.tag);
+        });
+    }
+    tags.sort_unstable();
+    assert_eq!(tags, (0..32).collect::<Vec<u64>>());
+    assert_eq!(
+        sim.stats().cq_doorbells,
+        before.cq_doorbells + 1,
+        "one CQ doorbell write for the batch"
+    );
+}
+
+#[test]
+fn a_full_queue_refuses_more_until_polled() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let mut q = ctrl.create_io_queue_pair_sized(8).unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    for i in 0..7 {
+        q.flush(&ns, i).unwrap();
+    }
+    let e = q.flush(&ns, 7).unwrap_err();
+    assert!(matches!(e.error, Error::QueueFull(7)));
+    let mut done = 0;
+    while done < 7 {
+        done += q.poll(8, |_| {});
+    }
+    q.flush(&ns, 8).unwrap();
+}
+
+#[test]
+fn threads_each_own_a_queue_pair() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let ns = ctrl.namespace(1).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (ctrl, ns) = (ctrl.clone(), ns.clone());
+            s.spawn(move || {
+                let mut q = ctrl.create_io_queue_pair().unwrap();
+                for i in 0..20u64 {
+                    round_trip(&ctrl, &mut q, &ns, t * 1000 + i * 8, 4096, 0, t * 100 + i);
+                }
+            });
+        }
+    });
+    assert!(sim.dma_violations().is_empty());
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+}
+
+#[test]
+fn async_events_reach_the_caller_and_requests_are_resent() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let outstanding = ctrl.outstanding_async_event_requests();
+    assert!(outstanding >= 1);
+    sim.set_critical_warning(0x02);
+    sim.raise_async_event(1, 0x01, 0x02);
+    let events = ctrl.take_async_events();
+    assert_eq!(
+        events,
+        [AsyncEvent {
+            event_type: 1,
+            info: 1,
+            log_page: 2
+        }]
+    );
+    assert_eq!(events[0].type_name(), "SMART / Health status");
+    assert_eq!(
+        ctrl.outstanding_async_event_requests(),
+        outstanding,
+        "the request was sent again"
+    );
+    assert_eq!(ctrl.smart_log().unwrap().critical_warning.bits(), 0x02);
+}
+
+#[test]
+fn admin_commands_the_device_rejects_return_their_status() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let e = ctrl.firmware_download(&[0u8; 4096]).unwrap_err();
+    assert_eq!(e.status(), Some(Status::INVALID_OPCODE));
+    let e = ctrl
+        .get_log_page(crate::log::LogPageId(0x7F), NSID_ALL, 0, 512)
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::INVALID_LOG_PAGE));
+    assert!(
+        ctrl.get_log_page(crate::log::LogPageId::SMART_HEALTH, NSID_ALL, 0, 6)
+            .is_err()
+    );
+    // The admin queue still works.
+    assert_eq!(ctrl.firmware_slot_log().unwrap().active_slot(), 1);
+    assert!(
+        ctrl.error_log()
+            .unwrap()
+            .iter()
+            .any(|e| e.status_raw15() & 0x7FF == 0x001)
+    );
+}
+
+#[test]
+fn features_round_trip() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    ctrl.set_features(crate::features::FeatureId::VOLATILE_WRITE_CACHE, 0, 0, false, &[])
+        .unwrap();
+    let (dw0, _) = ctrl
+        .get_features(
+            crate::features::FeatureId::VOLATILE_WRITE_CACHE,
+            crate::features::FeatureSelect::Current,
+            0,
+            0,
+            0,
+        )
+        .unwrap();
+    assert_eq!(dw0 & 1, 0);
+    let (_, ts) = ctrl
+        .get_features(
+            crate::features::FeatureId::TIMESTAMP,
+            crate::features::FeatureSelect::Current,
+            0,
+            0,
+            8,
+        )
+        .unwrap();
+    let ts = crate::features::Timestamp::parse(&ts).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        now_ms.abs_diff(ts.millis) < 60_000,
+        "init set the timestamp from the host clock"
+    );
+}
+
+#[test]
+fn format_changes_the_block_size() {
+    let sim = sim_with(SimConfig {
+        namespaces: vec![SimNamespace {
+            block_size: 512,
+            blocks: 8192,
+        }],
+        ..SimConfig::default()
+    });
+    let ctrl = start(&sim, ControllerConfig::default());
+    let ns = ctrl.format_nvm(1, 1, 0).unwrap();
+    assert_eq!((ns[0].block_size, ns[0].blocks), (4096, 1024));
+    assert_eq!(ctrl.namespace(1).unwrap().block_size, 4096);
+    assert_eq!(
+        ctrl.format_nvm(1, 5, 0).unwrap_err().status(),
+        Some(Status::INVALID_FORMAT)
+    );
+}
+
+#[test]
+fn dropping_the_controller_shuts_it_down() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let q = ctrl.create_io_queue_pair().unwrap();
+    sim.clear_register_log();
+    drop(ctrl);
+    assert!(
+        sim.register_log().iter().all(|a| !(a.write && a.offset == offset::CC)),
+        "queue pairs keep the controller alive"
+    );
+    drop(q);
+    let cc_writes: Vec<u64> = sim
+        .register_log()
+        .iter()
+        .filter(|a| a.write && a.offset == offset::CC)
+        .map(|a| a.value)
+        .collect();
+    assert_eq!(cc_writes.len(), 1);
+    assert_eq!(Cc(cc_writes[0] as u32).shn(), 1, "normal shutdown notification");
+    assert_eq!(Csts(sim.read32(offset::CSTS)).shst(), ShutdownStatus::Complete);
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+}
+
+#[test]
+fn init_fails_cleanly_on_a_dead_or_missing_device() {
+    let gone = sim_with(SimConfig::default());
+    gone.set_removed(true);
+    let e = Controller::init(gone.clone(), Arc::new(gone.dma()), ControllerConfig::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Removed { .. }), "{e}");
+    let slow = sim_with(SimConfig {
+        ready_delay: std::time::Duration::from_secs(5),
+        cap_to: 1,
+        ..SimConfig::default()
+    });
+    let e = Controller::init(slow.clone(), Arc::new(slow.dma()), ControllerConfig::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::ReadyTimeout { want: true, .. }), "{e}");
+    let bad_page = sim_with(SimConfig::default());
+    let e = Controller::init(
+        bad_page.clone(),
+        Arc::new(bad_page.dma()),
+        ControllerConfig {
+            page_size: 2 << 20,
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, Error::Config(_)), "{e}");
+}

@@ -1,0 +1,310 @@
+//! An in-process simulated NVMe controller: a test double behind [`Registers`] and
+//! [`DmaAllocator`](crate::hw::DmaAllocator), so driver logic — initialization, admin
+//! commands, I/O, timeouts, aborts and resets — runs in host tests in seconds, on any
+//! machine.
+//!
+//! It mimics QEMU 7.2's emulated controller (1b36:0010; see DESIGN.md) and the NVMe Base
+//! Specification 2.0 / NVM Command Set 1.0, and it is strict: instead of papering over
+//! driver bugs it records them — bad register sequences and doorbell values in
+//! [`SimController::protocol_violations`], DMA to unmapped or freed memory in
+//! [`SimController::dma_violations`] — and answers the way a controller would (CSTS.CFS,
+//! Data Transfer Error, PRP Offset Invalid, …). Tests should assert both lists are empty.
+//!
+//! # How it works
+//!
+//! - Memory: allocate with [`SimController::dma`]. Buffers get synthetic IOVAs from
+//!   0x1_0000_0000 that are never reused, with an unmapped guard page after each, and the
+//!   controller reaches host memory only through its translation table.
+//! - Commands run synchronously, in the thread that writes the SQ tail doorbell: every
+//!   command between the SQ head and the new tail is fetched, executed and completed before
+//!   the doorbell write returns. A completion that does not fit in its CQ (tail + 1 == head
+//!   as last written to the CQ head doorbell) waits until the head doorbell makes room.
+//! - CSTS.RDY follows CC.EN after [`SimConfig::ready_delay`]; doorbells before RDY = 1 are
+//!   violations and are ignored.
+//! - One mutex guards the state; the per-command work is small (the simulator is also used
+//!   by microbenchmarks of the driver's submit and complete paths).
+//! - Faults ([`FaultRule`]) make commands fail, hang, vanish or complete late; see
+//!   [`SimController::set_fatal`] and [`SimController::set_removed`] for whole-controller
+//!   failures.
+//!
+//! # Differences from QEMU 7.2, on purpose
+//!
+//! - Doorbell Buffer Config (shadow doorbells) is Invalid Command Opcode: not implemented.
+//! - The Error Information log lists the errors the simulator returned (QEMU's is zeros).
+//! - With [`SimConfig::answer_max_queues`] the Number of Queues answer is the maximum, as on
+//!   QEMU, but Create I/O SQ/CQ only accepts queue IDs up to what the host *asked for* —
+//!   the limit a real controller may enforce — so a driver that trusts the quirky answer
+//!   fails here.
+//! - Identify Controller NN is the number of configured namespaces (QEMU reports 256).
+//! - Verify and Write Zeroes have no size limit; Dataset Management fails with LBA Out of
+//!   Range if any range is past the end (and then deallocates nothing).
+//!
+//! # Not modelled
+//!
+//! Interrupts (IEN/IV are accepted and ignored), metadata and protection information,
+//! fused commands, weighted round robin, the CMB/PMR, NVM subsystem reset, non-contiguous
+//! (PRP-list) queues, the Commands Supported and Effects log, asynchronous event masking
+//! until the log page is read, and power states beyond PS0.
+
+mod admin;
+mod config;
+mod dma;
+mod fault;
+mod features;
+mod identify_data;
+mod io;
+mod logs;
+mod namespace;
+mod regs;
+mod state;
+mod ticker;
+mod xfer;
+
+#[cfg(test)]
+mod testing;
+
+pub use config::{SimConfig, SimNamespace};
+pub use dma::{IOVA_BASE, SimDma};
+pub use fault::{FaultAction, FaultId, FaultRule};
+pub use regs::RegAccess;
+
+use crate::hw::Registers;
+use state::{State, ViolationKind};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// What the controller did, counted since it was created.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Admin commands fetched, by opcode (only opcodes seen at least once).
+    pub admin_commands: BTreeMap<u8, u64>,
+    /// I/O commands fetched, by opcode (only opcodes seen at least once).
+    pub io_commands: BTreeMap<u8, u64>,
+    /// Writes to SQ tail doorbells (valid or not).
+    pub sq_doorbells: u64,
+    /// Writes to CQ head doorbells (valid or not).
+    pub cq_doorbells: u64,
+    /// Successful CC.EN 0→1 transitions.
+    pub enables: u64,
+    /// Controller resets: CC.EN 1→0 transitions.
+    pub resets: u64,
+    /// Shutdown notifications (CC.SHN written non-zero).
+    pub shutdowns: u64,
+    /// Completion queue entries written (admin and I/O).
+    pub completions_posted: u64,
+    /// Commands a fault rule applied to.
+    pub faults_applied: u64,
+}
+
+impl SimStats {
+    /// Admin commands fetched with `opcode`.
+    pub fn admin(&self, opcode: u8) -> u64 {
+        self.admin_commands.get(&opcode).copied().unwrap_or(0)
+    }
+
+    /// I/O commands fetched with `opcode`.
+    pub fn io(&self, opcode: u8) -> u64 {
+        self.io_commands.get(&opcode).copied().unwrap_or(0)
+    }
+
+    /// I/O commands fetched, all opcodes.
+    pub fn io_total(&self) -> u64 {
+        self.io_commands.values().sum()
+    }
+}
+
+/// The controller shared by all clones of a [`SimController`].
+struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A simulated NVMe controller. Clones share one controller.
+///
+/// Drive it through [`Registers`] (BAR0: registers at 0x0–0xFFF, doorbells from 0x1000
+/// with the configured stride) and memory from [`SimController::dma`].
+#[derive(Clone)]
+pub struct SimController {
+    shared: Arc<Shared>,
+    dma: SimDma,
+}
+
+impl SimController {
+    /// A controller described by `config`, disabled (CC = 0, CSTS.RDY = 0).
+    ///
+    /// # Panics
+    ///
+    /// If the configuration is impossible: a namespace block size other than 512 or 4096,
+    /// `mpsmin > mpsmax`, `mqes` or `max_io_queues` of 0, and the like.
+    pub fn new(config: SimConfig) -> SimController {
+        config.check();
+        let dma = SimDma {
+            table: dma::DmaTable::new(),
+        };
+        let table = Arc::clone(&dma.table);
+        let shared = Arc::new_cyclic(|me| Shared {
+            state: Mutex::new(State::new(config, table, me.clone())),
+        });
+        SimController { shared, dma }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    /// The configuration the controller was created with.
+    pub fn config(&self) -> SimConfig {
+        self.lock().cfg.clone()
+    }
+
+    /// The DMA allocator whose memory this controller can reach.
+    pub fn dma(&self) -> SimDma {
+        self.dma.clone()
+    }
+
+    /// Adds a fault rule after the existing ones; returns its id.
+    pub fn inject(&self, rule: FaultRule) -> FaultId {
+        self.lock().faults.insert(rule)
+    }
+
+    /// Removes a fault rule (no effect if it is gone already).
+    pub fn remove_fault(&self, id: FaultId) {
+        self.lock().faults.remove(id);
+    }
+
+    /// Removes every fault rule. Commands already held or delayed stay so.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Sets or clears a controller fatal status: CSTS.CFS = 1 and no command is processed
+    /// (doorbells are ignored) until CC.EN goes 1→0, which clears it.
+    pub fn set_fatal(&self, on: bool) {
+        self.lock().fatal = on;
+    }
+
+    /// Surprise removal: while on, every register read returns all ones, writes are
+    /// ignored and nothing is processed (held commands stay held).
+    pub fn set_removed(&self, on: bool) {
+        self.lock().removed = on;
+    }
+
+    /// Reports an asynchronous event: completes the oldest outstanding Asynchronous Event
+    /// Request with DW0 = `event_type | info << 8 | log_page << 16`, or queues the event
+    /// until a request arrives.
+    pub fn raise_async_event(&self, event_type: u8, info: u8, log_page: u8) {
+        self.lock()
+            .async_event(event_type as u32 & 0x7 | (info as u32) << 8 | (log_page as u32) << 16);
+    }
+
+    /// Sets the SMART critical warning bits (byte 0 of the SMART / Health log). No event is
+    /// raised: where QEMU's `qom-set smart_critical_warning` also sends a SMART / Health
+    /// event, follow this with [`SimController::raise_async_event`]`(1, info, 0x02)`.
+    pub fn set_critical_warning(&self, bits: u8) {
+        self.lock().health.critical_warning = bits;
+    }
+
+    /// Every non-doorbell register access, oldest first (the last 4096).
+    pub fn register_log(&self) -> Vec<RegAccess> {
+        self.lock().reg_log.iter().copied().collect()
+    }
+
+    /// Empties the register log.
+    pub fn clear_register_log(&self) {
+        self.lock().reg_log.clear();
+    }
+
+    fn violations(&self, kind: ViolationKind) -> Vec<String> {
+        self.lock()
+            .violations
+            .iter()
+            .filter(|v| v.kind == kind)
+            .map(|v| v.message.clone())
+            .collect()
+    }
+
+    /// Every device access to an IOVA that is not mapped (never allocated, freed, or past
+    /// the end of a buffer), with the queue and command that made it, oldest first.
+    /// Tests assert this is empty.
+    pub fn dma_violations(&self) -> Vec<String> {
+        self.violations(ViolationKind::Dma)
+    }
+
+    /// Every register or doorbell mistake: unaligned or out-of-range accesses, writes to
+    /// read-only registers, doorbell values past the ring or for missing queues, doorbells
+    /// before CSTS.RDY = 1, enable with a bad CC or admin queue. Tests assert this is empty.
+    pub fn protocol_violations(&self) -> Vec<String> {
+        self.violations(ViolationKind::Protocol)
+    }
+
+    /// Why the controller last set CSTS.CFS by itself (refused enable, unreachable queue
+    /// memory), if it ever did.
+    pub fn last_error(&self) -> Option<String> {
+        self.lock().last_error.clone()
+    }
+
+    /// Counters since the controller was created.
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats()
+    }
+
+    /// A copy of namespace `nsid`'s contents (empty for an unknown or inactive NSID).
+    /// Allocates the whole capacity: meant for small namespaces.
+    pub fn namespace_data(&self, nsid: u32) -> Vec<u8> {
+        let st = self.lock();
+        match (nsid as usize).checked_sub(1).and_then(|i| st.namespaces.get(i)) {
+            Some(ns) => ns.contents(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Commands currently held by [`FaultAction::Hang`] or [`FaultAction::Lost`].
+    pub fn held_commands(&self) -> usize {
+        self.lock().held()
+    }
+
+    /// Runs every held command now, as if it had just arrived (without fault matching), so
+    /// it normally completes successfully — like `resume` of QEMU's blkdebug. Does nothing
+    /// while the controller is not processing commands.
+    pub fn release_held(&self) {
+        self.lock().release_held();
+    }
+}
+
+impl Registers for SimController {
+    fn read32(&self, offset: u32) -> u32 {
+        self.lock().read_reg(offset, 4) as u32
+    }
+
+    fn write32(&self, offset: u32, value: u32) {
+        self.lock().write_reg(offset, 4, value as u64);
+    }
+
+    fn read64(&self, offset: u32) -> u64 {
+        self.lock().read_reg(offset, 8)
+    }
+
+    fn write64(&self, offset: u32, value: u64) {
+        self.lock().write_reg(offset, 8, value);
+    }
+}
+
+impl fmt::Debug for SimController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
+        f.debug_struct("SimController")
+            .field("cc", &format_args!("{:#x}", st.cc.0))
+            .field("enabled", &st.enabled)
+            .field("cfs", &(st.cfs || st.fatal))
+            .field("removed", &st.removed)
+            .field("io_sqs", &st.sqs.iter().skip(1).flatten().count())
+            .field("held", &st.held())
+            .finish()
+    }
+}

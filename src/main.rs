@@ -1,0 +1,2 @@
+//! The `ironvme` command-line tool.
+fn main() {}
