@@ -1,2 +1,47 @@
 //! ironvme: a userspace NVMe driver stack.
+//!
+//! - [`nvme`] (crate `ironvme-nvme`): the NVMe protocol core and the PCIe controller
+//!   driver, written against register-access and DMA traits.
+//! - [`vfio`] (crate `ironvme-vfio`): VFIO plumbing that gives the driver a controller's
+//!   BAR0 and IOMMU-mapped memory.
+//! - [`admin`]: admin commands (Identify, log pages, features, Format NVM) over any device
+//!   that can issue them.
+//! - [`open_vfio`]: a controller bound to vfio-pci, initialised by ironvme's driver.
+
+pub mod admin;
+pub mod cli;
+mod error;
+
+pub use error::Error;
 pub use ironvme_nvme as nvme;
+pub use ironvme_vfio as vfio;
+
+use ironvme_nvme::ctrl::{Controller, ControllerConfig};
+use ironvme_vfio::{MmioBar, NvmeDeviceInfo};
+use std::sync::Arc;
+
+/// An NVMe controller driven by ironvme's polled driver through VFIO.
+pub struct VfioController {
+    /// The initialised controller.
+    pub controller: Controller<MmioBar>,
+    /// PCI and IOMMU facts about the device.
+    pub info: NvmeDeviceInfo,
+}
+
+/// Opens the controller at PCI address `bdf` (`0000:00:05.0`, `00:05.0` or
+/// `pci:0000:00:05.0`), which must be bound to vfio-pci, and initialises it.
+///
+/// Errors: [`Error::Vfio`] names the BDF, the IOMMU group and the fix (bound to nvme,
+/// group not viable, no permission, ...); [`Error::Nvme`] if initialisation fails.
+pub fn open_vfio(bdf: &str, config: ControllerConfig) -> Result<VfioController, Error> {
+    let bdf = bdf.strip_prefix("pci:").unwrap_or(bdf);
+    let dev = ironvme_vfio::open_nvme(bdf)?;
+    let controller = Controller::init(dev.bar, Arc::clone(&dev.dma) as _, config).map_err(|source| Error::Init {
+        device: bdf.to_string(),
+        source,
+    })?;
+    Ok(VfioController {
+        controller,
+        info: dev.info,
+    })
+}

@@ -1,2 +1,37 @@
-//! The `ironvme` command-line tool.
-fn main() {}
+//! The `ironvme` command-line tool. See `ironvme --help`, and [`ironvme::cli`] for the
+//! subcommands.
+
+use clap::Parser;
+use ironvme::cli::{self, Cli, CliError};
+use std::io::{self, IsTerminal};
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+/// Sends the driver's tracing spans and events to stderr, filtered by `RUST_LOG`
+/// (`RUST_LOG=debug`, `RUST_LOG=ironvme_nvme=trace`, ...). Nothing is printed without it.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
+        .init();
+}
+
+fn main() -> ExitCode {
+    // Usage errors, --help and --version exit here (status 2 for usage errors, 0 else).
+    let args = Cli::parse();
+    init_tracing();
+    let mut stdout = io::stdout().lock();
+    match cli::run(&args, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`ironvme list | head -1`): not a failure.
+        Err(CliError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ironvme: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -12,71 +12,19 @@
 //! qemu/run -- target/debug/deps/guest_vfio_plumbing-<hash> --ignored --test-threads=1 --nocapture
 //! ```
 
+mod common;
+
+use common::{OnVfio, driver_of, env};
 use ironvme_nvme::ctrl::Controller;
 use ironvme_nvme::hw::{DmaAllocator, DmaBuf, Registers};
 use ironvme_nvme::regs::{Cap, Vs, offset};
 use ironvme_vfio::{DmaOptions, Error, HugePages, OpenOptions, Sysfs, VfioNvme, open_nvme, open_nvme_with};
-use std::path::Path;
-use std::process::Command;
 
 /// QEMU's NVMe controller: vendor Red Hat (1b36), device 0010.
 const QEMU_NVME_IDS: (u16, u16) = (0x1b36, 0x0010);
 /// EBUSY on Linux (the root package does not depend on libc).
 const EBUSY: i32 = 16;
 const HUGEPAGES_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
-
-fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run this test inside the guest (qemu/run)"))
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn driver_of(bdf: &str) -> Option<String> {
-    Sysfs::system().driver(bdf.parse().unwrap()).unwrap()
-}
-
-/// Runs `scripts/setup.sh <action> <bdf>` (`bind`: to vfio-pci; `unbind`: back to nvme).
-fn setup(action: &str, bdf: &str) {
-    let script = repo().join("scripts/setup.sh");
-    let out = Command::new(&script)
-        .args([action, bdf])
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "scripts/setup.sh {action} {bdf} failed ({}):\n{text}",
-        out.status
-    );
-    eprintln!("{}", text.trim());
-}
-
-/// A controller handed to vfio-pci for the duration of a test, given back to the kernel
-/// nvme driver on drop.
-struct OnVfio {
-    bdf: String,
-}
-
-impl OnVfio {
-    fn bind(var: &str) -> OnVfio {
-        let bdf = env(var);
-        setup("bind", &bdf);
-        assert_eq!(driver_of(&bdf).as_deref(), Some("vfio-pci"), "{bdf} after bind");
-        OnVfio { bdf }
-    }
-}
-
-impl Drop for OnVfio {
-    fn drop(&mut self) {
-        setup("unbind", &self.bdf);
-    }
-}
 
 /// Sets the number of reserved 2 MiB hugepages for a test, restoring it on drop.
 struct Hugepages {

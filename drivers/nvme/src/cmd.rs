@@ -311,6 +311,27 @@ impl Command {
         Some(c)
     }
 
+    /// The Get Log Page commands that read `len` bytes of log `lid` from byte `offset`
+    /// in pieces of at most `piece_max` bytes (rounded down to a multiple of 4), each with
+    /// its length. `None` if `len` or `offset` is not a multiple of 4 or `len` is 0.
+    pub fn get_log_page_pieces(
+        lid: LogPageId,
+        nsid: u32,
+        offset: u64,
+        len: usize,
+        piece_max: usize,
+    ) -> Option<impl Iterator<Item = (Command, usize)>> {
+        let piece_max = piece_max & !3;
+        if len == 0 || len % 4 != 0 || offset % 4 != 0 || piece_max == 0 {
+            return None;
+        }
+        Some((0..len).step_by(piece_max).map(move |done| {
+            let piece = (len - done).min(piece_max);
+            let cmd = Command::get_log_page(lid, nsid, offset + done as u64, piece as u32, 0, false);
+            (cmd.expect("pieces are dword multiples at dword offsets"), piece)
+        }))
+    }
+
     /// Get Features (§5.15) of feature `fid`, selecting current, default, saved or
     /// capabilities with `sel`. `cdw11` carries feature-specific input (usually 0).
     pub fn get_features(fid: FeatureId, sel: FeatureSelect, nsid: u32, cdw11: u32) -> Command {
@@ -565,6 +586,18 @@ mod tests {
         assert!(Command::get_log_page(LogPageId::SMART_HEALTH, 0, 0, 6, 0, false).is_none());
         assert!(Command::get_log_page(LogPageId::SMART_HEALTH, 0, 2, 8, 0, false).is_none());
         assert!(Command::get_log_page(LogPageId::SMART_HEALTH, 0, 0, 0, 0, false).is_none());
+    }
+
+    #[test]
+    fn log_pages_are_read_in_dword_pieces() {
+        let pieces: Vec<(u64, usize)> = Command::get_log_page_pieces(LogPageId::ERROR_INFORMATION, 0, 64, 10_000, 4096)
+            .unwrap()
+            .map(|(c, n)| ((c.cdw12 as u64) | (c.cdw13 as u64) << 32, n))
+            .collect();
+        assert_eq!(pieces, [(64, 4096), (64 + 4096, 4096), (64 + 8192, 1808)]);
+        assert!(Command::get_log_page_pieces(LogPageId::ERROR_INFORMATION, 0, 0, 6, 4096).is_none());
+        assert!(Command::get_log_page_pieces(LogPageId::ERROR_INFORMATION, 0, 2, 8, 4096).is_none());
+        assert!(Command::get_log_page_pieces(LogPageId::ERROR_INFORMATION, 0, 0, 0, 4096).is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::parse::{ParseError, need};
 
 /// Feature Identifier (FID), CDW10 bits 7:0 of Get/Set Features (Base 2.0 §5.27.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct FeatureId(pub u8);
 
 impl FeatureId {
@@ -78,6 +79,7 @@ impl FeatureId {
 
 /// Select (SEL) field of Get Features, CDW10 bits 10:8 (Base 2.0 §5.15, Get Features).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[repr(u8)]
 pub enum FeatureSelect {
     /// 000b: the value in use now.
@@ -119,6 +121,7 @@ impl FeatureSelect {
 /// fits a `u16`: decoding clamps a reserved FFFFh to 65535, encoding clamps a count of 0
 /// up to 1 (a host cannot ask for no queues).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct NumberOfQueues {
     /// Number of I/O submission queues, 1..=65535.
     pub sq: u16,
@@ -162,6 +165,7 @@ impl NumberOfQueues {
 /// Volatile Write Cache (FID 06h, Base 2.0 §5.27.1.6): CDW11 / DW0 bit 0 WCE. Only valid
 /// when Identify Controller VWC bit 0 is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct VolatileWriteCache {
     /// WCE (bit 0): the volatile write cache is enabled.
     pub enabled: bool,
@@ -220,6 +224,14 @@ bitflags::bitflags! {
     }
 }
 
+/// Serialized as the raw bits (a number), as nvme-cli prints the field.
+#[cfg(feature = "serde")]
+impl serde::Serialize for AsyncEventConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.bits(), serializer)
+    }
+}
+
 impl AsyncEventConfig {
     /// Decodes completion DW0; every bit is kept.
     pub fn from_dw0(dw0: u32) -> AsyncEventConfig {
@@ -235,6 +247,7 @@ impl AsyncEventConfig {
 /// Arbitration (FID 01h, Base 2.0 §5.27.1.1): command arbitration between submission
 /// queues. Layout: AB bits 2:0, LPW bits 15:8, MPW bits 23:16, HPW bits 31:24.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Arbitration {
     /// AB (bits 2:0): arbitration burst, 2^AB commands per queue per round; 7 = no limit.
     pub ab: u8,
@@ -276,6 +289,7 @@ impl Arbitration {
 
 /// Power Management (FID 02h, Base 2.0 §5.27.1.2). Layout: PS bits 4:0, WH bits 7:5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PowerManagement {
     /// PS (bits 4:0): power state, an index into Identify Controller's descriptors
     /// (0..=NPSS).
@@ -303,6 +317,7 @@ impl PowerManagement {
 /// Temperature Threshold (FID 04h, Base 2.0 §5.27.1.4). Layout: TMPTH bits 15:0,
 /// TMPSEL bits 19:16, THSEL bits 21:20.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct TemperatureThreshold {
     /// TMPTH (bits 15:0): the threshold, Kelvin.
     pub tmpth: u16,
@@ -347,6 +362,7 @@ impl TemperatureThreshold {
 /// Features only bytes 5:0 count; bytes 7:6 are reserved and should be zero, which is what
 /// [`Timestamp::from_system_time`] produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Timestamp {
     /// Milliseconds since the Unix epoch; 48 bits on the wire.
     pub millis: u64,

@@ -18,6 +18,7 @@ pub const IDENTIFY_DATA_LEN: usize = 4096;
 /// Controller or Namespace Structure (CNS) value, CDW10 bits 7:0 of the Identify command
 /// (Base 2.0 §5.17).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Cns(pub u8);
 
 impl Cns {
@@ -44,6 +45,14 @@ bitflags::bitflags! {
         const SRIOV_VF = 1 << 2;
         /// Bit 3: Asymmetric Namespace Access reporting is supported.
         const ANA_REPORTING = 1 << 3;
+    }
+}
+
+/// Serialized as the raw bits (a number), as nvme-cli prints the field.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Cmic {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.bits(), serializer)
     }
 }
 
@@ -77,6 +86,14 @@ bitflags::bitflags! {
     }
 }
 
+/// Serialized as the raw bits (a number), as nvme-cli prints the field.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Oacs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.bits(), serializer)
+    }
+}
+
 bitflags::bitflags! {
     /// Optional NVM Command Support (ONCS, Identify Controller bytes 521:520).
     /// Unknown bits are kept.
@@ -103,6 +120,14 @@ bitflags::bitflags! {
     }
 }
 
+/// Serialized as the raw bits (a number), as nvme-cli prints the field.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Oncs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.bits(), serializer)
+    }
+}
+
 bitflags::bitflags! {
     /// Log Page Attributes (LPA, Identify Controller byte 261). Unknown bits are kept.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,8 +149,17 @@ bitflags::bitflags! {
     }
 }
 
+/// Serialized as the raw bits (a number), as nvme-cli prints the field.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Lpa {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.bits(), serializer)
+    }
+}
+
 /// Firmware Updates (FRMW, Identify Controller byte 260), decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Frmw {
     /// Bit 0: firmware slot 1 is read only.
     pub slot1_read_only: bool,
@@ -169,9 +203,18 @@ bitflags::bitflags! {
     }
 }
 
+/// Serialized as the raw bits (a number), as nvme-cli prints the field.
+#[cfg(feature = "serde")]
+impl serde::Serialize for PsdFlags {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.bits(), serializer)
+    }
+}
+
 /// One Power State Descriptor: 32 bytes at Identify Controller offset 2048 + 32 × n
 /// (Base 2.0 §5.17.2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct PowerStateDescriptor {
     /// MP (bytes 1:0): maximum power, in centiwatts (0.01 W) when `flags` lacks MXPS, in
     /// 0.0001 W units when MXPS is set. See [`PowerStateDescriptor::max_power_microwatts`].
@@ -246,6 +289,7 @@ impl PowerStateDescriptor {
 /// Identify Controller data structure (CNS 01h), 4096 bytes: NVMe Base Specification 2.0
 /// §5.17.2.1, Figure 275 (2.0c). Field names are the specification's, in snake case.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct IdentifyController {
     /// VID (bytes 1:0): PCI Vendor ID.
     pub vid: u16,
@@ -512,6 +556,7 @@ impl IdentifyController {
 /// One LBA Format descriptor (LBAF), 4 bytes at Identify Namespace offset 128 + 4 × n
 /// (NVM Command Set Specification 1.0 §4.1.5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LbaFormat {
     /// MS (bits 15:0): metadata size per logical block, bytes.
     pub ms: u16,
@@ -555,6 +600,7 @@ impl LbaFormat {
 /// An inactive (or unallocated) NSID returns an all-zero structure; it parses to a value
 /// with `nsze == 0`, see [`IdentifyNamespace::is_active`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct IdentifyNamespace {
     /// NSZE (bytes 7:0): namespace size, logical blocks.
     pub nsze: u64,
@@ -806,6 +852,7 @@ impl NamespaceList {
 
 /// One Namespace Identification Descriptor (CNS 03h, Base 2.0 §5.17.2.3).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum NamespaceDescriptor {
     /// NIDT 1h: IEEE Extended Unique Identifier, NIDL 8.
     Eui64([u8; 8]),

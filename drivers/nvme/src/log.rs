@@ -10,6 +10,7 @@ use crate::parse::{ParseError, ascii, le16, le32, le64, le128, need};
 
 /// Log Page Identifier (LID), CDW10 bits 7:0 of Get Log Page (Base 2.0 §5.16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LogPageId(pub u8);
 
 impl LogPageId {
@@ -67,6 +68,7 @@ impl LogPageId {
 
 /// One Error Information log entry, 64 bytes (Base 2.0 §5.16.1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ErrorLogEntry {
     /// Error Count (bytes 7:0): a unique, incrementing identifier of the error; 0 marks an
     /// empty entry.
@@ -195,6 +197,14 @@ bitflags::bitflags! {
     }
 }
 
+/// Serialized as the raw bits (a number), as nvme-cli prints the field.
+#[cfg(feature = "serde")]
+impl serde::Serialize for CriticalWarning {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.bits(), serializer)
+    }
+}
+
 /// Converts a SMART Data Units Read/Written count to bytes: one data unit is 1000 units
 /// of 512 bytes (512 000 bytes). Saturates at `u128::MAX`.
 pub fn data_units_to_bytes(units: u128) -> u128 {
@@ -204,6 +214,7 @@ pub fn data_units_to_bytes(units: u128) -> u128 {
 /// SMART / Health Information log page, 512 bytes (Base 2.0 §5.16.1.3).
 /// Counters are 128-bit as on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct SmartLog {
     /// Critical Warning (byte 0).
     pub critical_warning: CriticalWarning,
@@ -318,6 +329,7 @@ impl SmartLog {
 
 /// Firmware Slot Information log page, 512 bytes (Base 2.0 §5.16.1.4).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct FirmwareSlotLog {
     /// AFI (byte 0): Active Firmware Info — bits 2:0 the slot running now, bits 6:4 the
     /// slot activated at the next reset (0 = none indicated).

@@ -130,6 +130,16 @@ impl AdminQueue {
         &self.data.as_slice()[..len]
     }
 
+    /// Forgets every outstanding command (synchronous ones time out on their own; AERs are
+    /// sent again after the reset) and empties both rings. Only after the controller was
+    /// disabled (CSTS.RDY = 0), which discards its view of the queues.
+    pub(crate) fn reset_rings(&mut self) {
+        while self.cids.pop_any().is_some() {}
+        self.sq.reset();
+        self.cq.reset();
+        self.aer_limit = 0;
+    }
+
     /// Posts `cmd` with `data`, rings the doorbell, and polls until it completes or
     /// `timeout` passes.
     ///

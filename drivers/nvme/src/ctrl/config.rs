@@ -1,5 +1,6 @@
 //! Controller driver configuration.
 
+use super::recovery::RecoveryObserver;
 use std::time::Duration;
 
 /// How I/O commands describe their data buffer.
@@ -38,8 +39,13 @@ pub struct ControllerConfig {
     pub data_pointer: DataPointerMode,
     /// Deadline of an admin command. Default 10 s.
     pub admin_timeout: Duration,
-    /// Deadline of an I/O command. Default 30 s (Linux's `nvme_core.io_timeout`).
+    /// Deadline of an I/O command. When it passes the driver sends Abort; see
+    /// [`Self::abort_timeout`]. Default 30 s (Linux's `nvme_core.io_timeout`).
     pub io_timeout: Duration,
+    /// How long an aborted command may take to complete before the controller is reset.
+    /// A controller that answers the Abort with "not aborted" (QEMU always does) is reset
+    /// at once. Default 5 s.
+    pub abort_timeout: Duration,
     /// Longest wait for CSTS.SHST on shutdown when the controller reports no RTD3E.
     /// Default 10 s.
     pub shutdown_timeout: Duration,
@@ -49,6 +55,9 @@ pub struct ControllerConfig {
     /// Set the controller's Timestamp feature from the host clock at init when supported.
     /// Default true.
     pub set_timestamp: bool,
+    /// Called on each recovery step (timeout, abort, reset), in the thread doing it.
+    /// Default none.
+    pub recovery_observer: Option<RecoveryObserver>,
 }
 
 impl Default for ControllerConfig {
@@ -62,9 +71,11 @@ impl Default for ControllerConfig {
             data_pointer: DataPointerMode::Auto,
             admin_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
+            abort_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             async_events: true,
             set_timestamp: true,
+            recovery_observer: None,
         }
     }
 }

@@ -49,6 +49,9 @@ pub enum Error {
         /// The deadline it missed.
         timeout: Duration,
     },
+    /// Recovery failed earlier; the controller cannot be used.
+    #[error("controller failed: {0}")]
+    ControllerFailed(String),
     /// The controller does not support something ironvme needs.
     #[error("controller unsupported: {0}")]
     Unsupported(String),
@@ -115,6 +118,13 @@ pub enum Error {
     /// A synchronous helper was called while asynchronous commands are outstanding.
     #[error("queue has {0} outstanding commands; synchronous helpers need an idle queue")]
     QueueBusy(usize),
+    /// The controller was reset; the pair must be polled (to collect its outstanding
+    /// commands, which complete with an error) before new commands are accepted.
+    #[error("queue pair {qid} is recovering from a controller reset: poll it, then submit again")]
+    Recovering {
+        /// Queue ID.
+        qid: u16,
+    },
     /// The queue pair cannot be used any more (the controller failed and was not recovered).
     #[error("queue pair {qid} is dead: {reason}")]
     QueueDead {

@@ -85,6 +85,61 @@ pub(crate) fn wait_ready<R: Registers>(regs: &R, want: bool, timeout: Duration) 
     }
 }
 
+/// Writes AQA, ASQ and ACQ for `admin` (the controller must be disabled).
+pub(crate) fn program_admin_queue<R: Registers>(regs: &R, admin: &AdminQueue) {
+    let entries = admin.entries() as u16;
+    regs.write32(offset::AQA, Aqa::new(entries, entries).0);
+    regs.write64(offset::ASQ, admin.sq_iova());
+    regs.write64(offset::ACQ, admin.cq_iova());
+}
+
+/// CC for the NVM command set, round robin, 64-byte SQEs, 16-byte CQEs, memory page
+/// `page_size` bytes, and EN = 1.
+pub(crate) fn enabled_cc(page_size: usize) -> Cc {
+    let mps = (page_size.trailing_zeros() - 12) as u8;
+    Cc(0)
+        .with_css(0)
+        .with_mps(mps)
+        .with_ams(0)
+        .with_iosqes(6)
+        .with_iocqes(4)
+        .with_en(true)
+}
+
+/// Set Features Number of Queues asking for `asked` SQ/CQ pairs; returns the pairs the
+/// driver may use: min(asked, granted).
+pub(crate) fn set_number_of_queues<R: Registers>(
+    regs: &R,
+    admin: &mut AdminQueue,
+    asked: u16,
+    timeout: Duration,
+) -> Result<u16, Error> {
+    let asked = NumberOfQueues {
+        sq: asked.max(1),
+        cq: asked.max(1),
+    };
+    let cmd = Command::set_features(FeatureId::NUMBER_OF_QUEUES, 0, asked.to_dw11(), false);
+    let done = admin.execute(regs, cmd, AdminData::None, timeout)?;
+    let granted = NumberOfQueues::granted(asked, done.dw0);
+    Ok(granted.sq.min(granted.cq))
+}
+
+/// Asynchronous Event Configuration (SMART critical warnings, namespace attribute and
+/// firmware activation notices), then min(AERL + 1, 4) Asynchronous Event Requests.
+pub(crate) fn configure_async_events<R: Registers>(
+    regs: &R,
+    admin: &mut AdminQueue,
+    aerl: u8,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let aec = AsyncEventConfig::SMART_CRITICAL_WARNINGS
+        | AsyncEventConfig::NAMESPACE_ATTRIBUTE
+        | AsyncEventConfig::FIRMWARE_ACTIVATION;
+    let cmd = Command::set_features(FeatureId::ASYNC_EVENT_CONFIG, 0, aec.bits(), false);
+    admin.execute(regs, cmd, AdminData::None, timeout)?;
+    admin.start_async_events(regs, (aerl as u32 + 1).min(4))
+}
+
 struct Machine<'a, R: Registers> {
     regs: &'a R,
     dma: &'a dyn DmaAllocator,

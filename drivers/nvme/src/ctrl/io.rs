@@ -10,11 +10,13 @@
 //! poll writes the CQ head doorbell once for all the completions it consumed.
 
 use super::config::DataPointerMode;
-use super::{Error, Inner, Namespace};
+use super::recovery::{Health, RecoveryEvent, ResetReason};
+use super::{Error, Inner, Namespace, clock};
 use crate::cmd::{Command, DsmAttributes, DsmRange, MAX_DSM_RANGES};
 use crate::hw::{DmaBuf, Registers};
 use crate::prp;
 use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
+use crate::regs::{Csts, offset};
 use crate::sgl::SglDescriptor;
 use crate::status::Status;
 use std::mem::ManuallyDrop;
@@ -75,6 +77,14 @@ fn refuse(error: Error, buf: Option<DmaBuf>) -> IoError {
 struct InFlight {
     tag: u64,
     buf: Option<DmaBuf>,
+    opcode: u8,
+    /// Clock ticks after which the command has timed out (or, once aborted, after which
+    /// the abort has failed).
+    deadline: u64,
+    aborted: bool,
+    /// Given up on: a reset is under way because of it, so its completion, if it still
+    /// arrives, is discarded and it completes with [`Status::ABORTED_BY_HOST`].
+    expired: bool,
 }
 
 /// An I/O submission queue and its completion queue (one CQ per SQ), owned by one thread.
@@ -94,6 +104,12 @@ pub struct IoQueuePair<R: Registers> {
     cq_db: u32,
     use_sgl_above: Option<usize>,
     dead: Option<&'static str>,
+    /// The controller generation the queues were created in.
+    generation: u64,
+    timeout_ticks: u64,
+    abort_ticks: u64,
+    scan_ticks: u64,
+    next_scan: u64,
 }
 
 impl<R: Registers> IoQueuePair<R> {
@@ -104,6 +120,7 @@ impl<R: Registers> IoQueuePair<R> {
         cq: CompletionQueue,
         lists: DmaBuf,
         list_bytes: usize,
+        generation: u64,
     ) -> IoQueuePair<R> {
         let depth = sq.entries() as usize - 1;
         let use_sgl_above = match (inner.sgl_supported, inner.config.data_pointer) {
@@ -111,7 +128,18 @@ impl<R: Registers> IoQueuePair<R> {
             (true, DataPointerMode::Sgl) => Some(0),
             (true, DataPointerMode::Auto) => Some(2 * inner.page_size),
         };
+        let timeout_ticks = clock::ticks_for(inner.config.io_timeout);
+        // Look for expired commands a few times per timeout period, at most every 500 ms.
+        let scan_ticks = clock::ticks_for((inner.config.io_timeout / 8).clamp(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(500),
+        ));
         IoQueuePair {
+            timeout_ticks,
+            abort_ticks: clock::ticks_for(inner.config.abort_timeout),
+            scan_ticks,
+            next_scan: clock::now().saturating_add(scan_ticks),
+            generation,
             sq_db: inner.cap.sq_tail_doorbell(qid),
             cq_db: inner.cap.cq_head_doorbell(qid),
             inner,
@@ -152,10 +180,25 @@ impl<R: Registers> IoQueuePair<R> {
     ///
     /// Errors (the buffer comes back in [`IoError::buf`]): [`Error::QueueFull`],
     /// [`Error::WrongDomain`], [`Error::TransferTooLarge`], [`Error::Misaligned`] (not
-    /// dword aligned), [`Error::QueueDead`].
+    /// dword aligned), [`Error::QueueDead`], [`Error::Recovering`] (a controller reset is
+    /// in progress or this pair's outstanding commands must be collected with
+    /// [`Self::poll`] first).
     pub fn submit(&mut self, mut cmd: Command, buf: Option<DmaBuf>, tag: u64) -> Result<(), IoError> {
         if let Some(reason) = self.dead {
             return Err(refuse(Error::QueueDead { qid: self.qid, reason }, buf));
+        }
+        if !self.queues_current() {
+            // A reset happened (or is happening). An idle pair re-creates its queues now;
+            // one with outstanding commands must hand them back through poll first.
+            if self.slots.is_idle() && self.inner.health() == Health::Live {
+                self.recover(&mut |_| {});
+            }
+            if let Some(reason) = self.dead {
+                return Err(refuse(Error::QueueDead { qid: self.qid, reason }, buf));
+            }
+            if !self.queues_current() {
+                return Err(refuse(Error::Recovering { qid: self.qid }, buf));
+            }
         }
         if !self.has_room() {
             return Err(refuse(Error::QueueFull(self.outstanding()), buf));
@@ -165,7 +208,16 @@ impl<R: Registers> IoQueuePair<R> {
             Ok(d) => d,
             Err(e) => return Err(refuse(e, buf)),
         };
-        let cid = match self.slots.insert(InFlight { tag, buf }) {
+        let deadline = clock::now().saturating_add(self.timeout_ticks);
+        let flight = InFlight {
+            tag,
+            buf,
+            opcode: cmd.opcode(),
+            deadline,
+            aborted: false,
+            expired: false,
+        };
+        let cid = match self.slots.insert(flight) {
             Ok(cid) => cid,
             Err(f) => return Err(refuse(Error::QueueFull(self.outstanding()), f.buf)),
         };
@@ -214,9 +266,19 @@ impl<R: Registers> IoQueuePair<R> {
         Ok(())
     }
 
+    /// Whether the queues on the controller are the ones this pair owns: the controller is
+    /// live and has not been reset since they were created.
+    fn queues_current(&self) -> bool {
+        self.inner.health() == Health::Live && self.inner.generation.load(Ordering::Acquire) == self.generation
+    }
+
     /// Writes the SQ tail doorbell if commands were posted since the last ring: one MMIO
-    /// write for the whole batch.
+    /// write for the whole batch. Nothing is written while the controller is being reset;
+    /// the next poll takes care of the commands.
     pub fn ring(&mut self) {
+        if self.dead.is_some() || !self.queues_current() {
+            return;
+        }
         if let Some(tail) = self.sq.take_doorbell() {
             // The commands must be in memory before the controller hears of them.
             fence(Ordering::Release);
@@ -227,12 +289,34 @@ impl<R: Registers> IoQueuePair<R> {
     /// Rings any pending submissions, then consumes up to `max` completions, calling
     /// `on_complete` for each, and writes the CQ head doorbell once. Returns how many
     /// completed.
+    ///
+    /// This is also where recovery happens for this pair: commands past their deadline are
+    /// aborted (and the controller reset if that fails), and after a reset the outstanding
+    /// commands complete with [`Status::ABORTED_BY_HOST`] and the queues are created again.
     pub fn poll(&mut self, max: usize, mut on_complete: impl FnMut(IoCompletion)) -> usize {
+        if self.dead.is_some() || !self.queues_current() {
+            return self.recover(&mut on_complete);
+        }
         self.ring();
+        let n = self.reap(max, &mut on_complete);
+        if let Some(head) = self.cq.take_doorbell() {
+            self.inner.regs.write32(self.cq_db, head);
+        }
+        if !self.slots.is_idle() {
+            let now = clock::now();
+            if now >= self.next_scan {
+                self.next_scan = now.saturating_add(self.scan_ticks);
+                return n + self.check_deadlines(now, &mut on_complete);
+            }
+        }
+        n
+    }
+
+    /// Consumes up to `max` completions from the CQ.
+    fn reap(&mut self, max: usize, on_complete: &mut impl FnMut(IoCompletion)) -> usize {
         let mut n = 0;
         while n < max {
             let Some(c) = self.cq.pop() else { break };
-            n += 1;
             if !self.sq.update_head(c.sqhd) {
                 tracing::warn!(
                     qid = self.qid,
@@ -241,12 +325,16 @@ impl<R: Registers> IoQueuePair<R> {
                 );
             }
             match self.slots.remove(c.cid) {
-                Some(f) => on_complete(IoCompletion {
-                    tag: f.tag,
-                    buf: f.buf,
-                    status: c.status(),
-                    dw0: c.dw0,
-                }),
+                Some(f) => {
+                    n += 1;
+                    let status = if f.expired { Status::ABORTED_BY_HOST } else { c.status() };
+                    on_complete(IoCompletion {
+                        tag: f.tag,
+                        buf: f.buf,
+                        status,
+                        dw0: c.dw0,
+                    });
+                }
                 None => tracing::warn!(
                     qid = self.qid,
                     cid = c.cid,
@@ -254,8 +342,113 @@ impl<R: Registers> IoQueuePair<R> {
                 ),
             }
         }
-        if let Some(head) = self.cq.take_doorbell() {
-            self.inner.regs.write32(self.cq_db, head);
+        n
+    }
+
+    /// The slow path of [`Self::poll`]: looks for expired commands and a failed device.
+    /// Returns completions delivered.
+    #[cold]
+    fn check_deadlines(&mut self, now: u64, on_complete: &mut impl FnMut(IoCompletion)) -> usize {
+        let csts = Csts(self.inner.regs.read32(offset::CSTS));
+        if csts.is_all_ones() {
+            self.inner
+                .fail("device gone: register reads return all ones".into(), true);
+            return self.recover(on_complete);
+        }
+        if csts.cfs() {
+            self.start_reset(ResetReason::FatalStatus);
+            return self.recover(on_complete);
+        }
+        let expired = self.slots.iter().find(|(_, f)| now >= f.deadline && !f.expired);
+        let Some((cid, already_aborted, opcode)) = expired.map(|(cid, f)| (cid, f.aborted, f.opcode)) else {
+            return 0;
+        };
+        let qid = self.qid;
+        if !already_aborted {
+            self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
+            let aborted = self.inner.abort_command(qid, cid).unwrap_or(false);
+            self.inner.notify(RecoveryEvent::AbortSent { qid, cid, aborted });
+            if aborted {
+                // Its completion (Command Abort Requested) should arrive on this CQ soon.
+                if let Some(f) = self.slots.get_mut(cid) {
+                    f.aborted = true;
+                    f.deadline = now.saturating_add(self.abort_ticks);
+                }
+                return self.reap(usize::MAX, on_complete);
+            }
+        }
+        self.start_reset(ResetReason::IoTimeout { qid, cid });
+        self.recover(on_complete)
+    }
+
+    /// Gives up on the commands past their deadline (all of them for a fatal controller
+    /// status) and resets the controller.
+    fn start_reset(&mut self, reason: ResetReason) {
+        let now = clock::now();
+        let expire_all = reason == ResetReason::FatalStatus;
+        for cid in 0..self.slots.capacity() as u16 {
+            if let Some(f) = self.slots.get_mut(cid) {
+                if expire_all || now >= f.deadline {
+                    f.expired = true;
+                }
+            }
+        }
+        // On failure the controller is marked failed, which recover() handles.
+        let _ = self.inner.reset(reason, self.generation);
+    }
+
+    /// After a reset or a failure: hands back what the CQ still holds, completes every
+    /// other outstanding command with [`Status::ABORTED_BY_HOST`] exactly once, and
+    /// creates the queues again (or marks the pair dead). Returns completions delivered.
+    #[cold]
+    fn recover(&mut self, on_complete: &mut impl FnMut(IoCompletion)) -> usize {
+        if self.dead.is_some() {
+            return 0;
+        }
+        let health = self.inner.health();
+        if health == Health::Resetting {
+            return 0; // another thread is resetting; come back later
+        }
+        let quiesced = health == Health::Live || self.inner.quiesced.load(Ordering::Acquire);
+        // The controller was disabled (or is gone): the CQ no longer changes. Completions
+        // it posted before that are real; everything else never finished.
+        let mut n = if quiesced {
+            self.reap(usize::MAX, on_complete)
+        } else {
+            0
+        };
+        while let Some((_, f)) = self.slots.pop_any() {
+            // Memory a device may still be writing is never handed back.
+            let buf = if quiesced {
+                f.buf
+            } else {
+                std::mem::forget(f.buf);
+                None
+            };
+            on_complete(IoCompletion {
+                tag: f.tag,
+                buf,
+                status: Status::ABORTED_BY_HOST,
+                dw0: 0,
+            });
+            n += 1;
+        }
+        if health == Health::Failed {
+            self.dead = Some("the controller failed");
+            return n;
+        }
+        self.sq.reset();
+        self.cq.reset();
+        let entries = self.sq.entries();
+        match self
+            .inner
+            .create_on_controller(self.qid, entries, self.sq.iova(), self.cq.iova())
+        {
+            Ok(generation) => self.generation = generation,
+            Err((e, _)) => {
+                tracing::error!(qid = self.qid, error = %e, "could not re-create I/O queues after a reset");
+                self.dead = Some("its queues could not be re-created after a reset");
+            }
         }
         n
     }
@@ -488,7 +681,7 @@ impl<R: Registers> IoQueuePair<R> {
 
 impl<R: Registers> Drop for IoQueuePair<R> {
     fn drop(&mut self) {
-        if let Err(e) = self.inner.delete_io_queue_pair(self.qid) {
+        if let Err(e) = self.inner.delete_io_queue_pair(self.qid, self.generation) {
             // The controller may still own the rings and outstanding buffers: keep their
             // memory mapped forever rather than let the device write into freed memory.
             tracing::warn!(qid = self.qid, error = %e, outstanding = self.outstanding(), "could not delete I/O queue pair; leaking its memory");

@@ -8,11 +8,15 @@
 //! down normally (CC.SHN, CSTS.SHST).
 
 mod admin;
+mod clock;
 mod config;
 mod error;
 mod init;
 mod io;
 mod namespace;
+mod recovery;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +26,7 @@ pub use error::Error;
 pub use init::InitState;
 pub use io::{IoCompletion, IoError, IoQueuePair};
 pub use namespace::Namespace;
+pub use recovery::{RecoveryEvent, RecoveryObserver, ResetReason};
 
 use crate::cmd::Command;
 use crate::completion::Completion;
@@ -32,7 +37,9 @@ use crate::log::{ErrorLogEntry, FirmwareSlotLog, LogPageId, SmartLog};
 use crate::queue::{CompletionQueue, SubmissionQueue};
 use crate::regs::{Cap, Cc, Csts, ShutdownNotification, ShutdownStatus, Vs, offset};
 use admin::{ADMIN_DATA_BYTES, AdminData, AdminQueue};
+use recovery::Health;
 use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -52,6 +59,17 @@ pub(crate) struct Inner<R: Registers> {
     pub(crate) max_transfer: usize,
     pub(crate) sgl_supported: bool,
     pub(crate) io_queues: u16,
+    /// I/O queues asked for with Set Features Number of Queues (sent again after a reset).
+    pub(crate) asked_queues: u16,
+    /// [`Health`] as a `u8`: read by every queue pair's poll.
+    pub(crate) health: AtomicU8,
+    /// Completed resets. A queue pair whose queues belong to an older generation must
+    /// create them again.
+    pub(crate) generation: AtomicU64,
+    /// After a failure: whether the device is known to have stopped touching host memory.
+    pub(crate) quiesced: AtomicBool,
+    failure: Mutex<Option<String>>,
+    reset_lock: Mutex<()>,
     /// Dropped only after a successful shutdown: until then the controller may DMA to it.
     admin: ManuallyDrop<Mutex<AdminQueue>>,
     namespaces: RwLock<Vec<Namespace>>,
@@ -93,6 +111,12 @@ impl<R: Registers> Controller<R> {
             max_transfer: done.max_transfer,
             sgl_supported,
             io_queues: done.io_queues,
+            asked_queues: config.io_queues,
+            health: AtomicU8::new(Health::Live as u8),
+            generation: AtomicU64::new(0),
+            quiesced: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            reset_lock: Mutex::new(()),
             admin: ManuallyDrop::new(Mutex::new(done.admin)),
             namespaces: RwLock::new(done.namespaces),
             qids: Mutex::new(vec![false; done.io_queues as usize]),
@@ -195,7 +219,15 @@ impl<R: Registers> Controller<R> {
         let qid = inner.allocate_qid()?;
         let made = inner.create_queues(qid, entries);
         match made {
-            Ok((sq, cq, lists, list_bytes)) => Ok(IoQueuePair::new(Arc::clone(inner), qid, sq, cq, lists, list_bytes)),
+            Ok((sq, cq, lists, list_bytes, generation)) => Ok(IoQueuePair::new(
+                Arc::clone(inner),
+                qid,
+                sq,
+                cq,
+                lists,
+                list_bytes,
+                generation,
+            )),
             Err(e) => {
                 inner.release_qid(qid);
                 Err(e)
@@ -209,31 +241,49 @@ impl<R: Registers> Controller<R> {
 
     /// Sends an admin command and waits for it. With `data_len > 0` the command reads
     /// that many bytes (at most 64 KiB) from the controller, returned with the
-    /// completion. The command's data pointer is set here.
+    /// completion. The command's data pointer is set here. A command that times out, or
+    /// CSTS.CFS, resets the controller before the error is returned.
     ///
     /// Errors: [`Error::Command`] with the decoded status; [`Error::Timeout`],
-    /// [`Error::Fatal`], [`Error::Removed`].
+    /// [`Error::Fatal`], [`Error::Removed`]; [`Error::ControllerFailed`].
     pub fn admin_command(&self, cmd: Command, data_len: usize) -> Result<(Completion, Vec<u8>), Error> {
-        let mut admin = self.admin();
+        let mut out = Vec::new();
         let data = if data_len > 0 {
             AdminData::FromDevice(data_len)
         } else {
             AdminData::None
         };
-        let c = admin.execute(&self.inner.regs, cmd, data, self.inner.config.admin_timeout)?;
-        Ok((c, admin.data(data_len).to_vec()))
+        let c = self
+            .inner
+            .run_admin_with(cmd, data, |bytes| out.extend_from_slice(&bytes[..data_len]))?;
+        Ok((c, out))
     }
 
     /// Sends an admin command that writes `data` (at most 64 KiB) to the controller.
     ///
     /// Errors: as [`Self::admin_command`].
     pub fn admin_command_write(&self, cmd: Command, data: &[u8]) -> Result<Completion, Error> {
-        self.admin().execute(
-            &self.inner.regs,
-            cmd,
-            AdminData::ToDevice(data),
-            self.inner.config.admin_timeout,
-        )
+        self.inner.run_admin(cmd, AdminData::ToDevice(data))
+    }
+
+    /// Resets the controller (CC.EN 1 → 0 → 1) and brings the admin queue back. Commands
+    /// outstanding on I/O queue pairs complete with [`crate::Status::ABORTED_BY_HOST`] at
+    /// their next poll, and the pairs create their queues again.
+    ///
+    /// Errors: the controller did not come back (it is then marked failed).
+    pub fn reset(&self) -> Result<(), Error> {
+        let seen = self.inner.generation.load(Ordering::Acquire);
+        self.inner.reset(ResetReason::Requested, seen)
+    }
+
+    /// Resets completed since init.
+    pub fn reset_count(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Why the controller failed for good, or `None` while it works.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure()
     }
 
     /// Identify Controller (CNS 01h), read now.
@@ -293,18 +343,15 @@ impl<R: Registers> Controller<R> {
     /// Errors: [`Error::Config`] for a length or offset that is not dword aligned; as
     /// [`Self::admin_command`].
     pub fn get_log_page(&self, lid: LogPageId, nsid: u32, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
-        let mut out = Vec::with_capacity(len);
         let piece_max = ADMIN_DATA_BYTES.min(self.inner.max_transfer);
-        while out.len() < len {
-            let piece = (len - out.len()).min(piece_max);
-            let at = offset + out.len() as u64;
-            let cmd = Command::get_log_page(lid, nsid, at, piece as u32, 0, false).ok_or_else(|| {
-                Error::Config(format!(
-                    "log page length {len} and offset {offset} must be multiples of 4"
-                ))
-            })?;
-            let (_, data) = self.admin_command(cmd, piece)?;
-            out.extend_from_slice(&data);
+        let pieces = Command::get_log_page_pieces(lid, nsid, offset, len, piece_max).ok_or_else(|| {
+            Error::Config(format!(
+                "log page length {len} and offset {offset} must be non-zero multiples of 4"
+            ))
+        })?;
+        let mut out = Vec::with_capacity(len);
+        for (cmd, piece) in pieces {
+            out.extend_from_slice(&self.admin_command(cmd, piece)?.1);
         }
         Ok(out)
     }
@@ -380,12 +427,8 @@ impl<R: Registers> Controller<R> {
     /// Errors: as [`Self::admin_command`] (the deadline is 10 × the admin timeout).
     pub fn format_nvm(&self, nsid: u32, lbaf: u8, ses: u8) -> Result<Vec<Namespace>, Error> {
         let timeout = self.inner.config.admin_timeout * 10;
-        self.admin().execute(
-            &self.inner.regs,
-            Command::format_nvm(nsid, lbaf, ses, 0, false, false),
-            AdminData::None,
-            timeout,
-        )?;
+        let cmd = Command::format_nvm(nsid, lbaf, ses, 0, false, false);
+        self.inner.run_admin_timeout(cmd, AdminData::None, timeout, |_| ())?;
         self.rescan_namespaces()
     }
 
@@ -433,7 +476,7 @@ impl<R: Registers> Controller<R> {
     ///
     /// Errors: as [`Self::admin_command`].
     pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool, Error> {
-        Ok(self.admin_command(Command::abort(sqid, cid), 0)?.0.dw0 & 1 == 0)
+        self.inner.abort_command(sqid, cid)
     }
 
     /// Asynchronous events the controller reported since the last call (polls the admin
@@ -461,6 +504,51 @@ impl<R: Registers> Inner<R> {
         self.admin.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs an admin command with the configured deadline.
+    pub(crate) fn run_admin(&self, cmd: Command, data: AdminData<'_>) -> Result<Completion, Error> {
+        self.run_admin_timeout(cmd, data, self.config.admin_timeout, |_| ())
+    }
+
+    /// Runs an admin command; `read` sees the admin data buffer before the lock drops.
+    fn run_admin_with(&self, cmd: Command, data: AdminData<'_>, read: impl FnOnce(&[u8])) -> Result<Completion, Error> {
+        self.run_admin_timeout(cmd, data, self.config.admin_timeout, read)
+    }
+
+    /// Runs an admin command with deadline `timeout`. A timeout or CSTS.CFS resets the
+    /// controller (after the admin lock is released) before the error is returned; all ones
+    /// marks it failed.
+    fn run_admin_timeout(
+        &self,
+        cmd: Command,
+        data: AdminData<'_>,
+        timeout: Duration,
+        read: impl FnOnce(&[u8]),
+    ) -> Result<Completion, Error> {
+        if self.health() == Health::Failed {
+            return Err(Error::ControllerFailed(self.failure().unwrap_or_default()));
+        }
+        let seen = self.generation.load(Ordering::Acquire);
+        let result = {
+            let mut admin = self.admin();
+            let r = admin.execute(&self.regs, cmd, data, timeout);
+            if r.is_ok() {
+                read(admin.data(ADMIN_DATA_BYTES));
+            }
+            r
+        };
+        match &result {
+            Err(Error::Timeout { .. }) => {
+                let _ = self.reset(ResetReason::AdminTimeout, seen);
+            }
+            Err(Error::Fatal { .. }) => {
+                let _ = self.reset(ResetReason::FatalStatus, seen);
+            }
+            Err(Error::Removed { during }) => self.fail(format!("device gone while {during}"), true),
+            _ => {}
+        }
+        result
+    }
+
     fn allocate_qid(&self) -> Result<u16, Error> {
         let mut qids = self.qids.lock().expect("qid lock");
         let free = qids
@@ -477,52 +565,85 @@ impl<R: Registers> Inner<R> {
         }
     }
 
-    /// Allocates the rings and list pages of queue `qid` and creates the CQ, then the SQ.
+    /// Allocates the rings and list pages of queue `qid` and creates them on the
+    /// controller.
+    #[allow(clippy::type_complexity)]
     fn create_queues(
         &self,
         qid: u16,
         entries: u32,
-    ) -> Result<(SubmissionQueue, CompletionQueue, crate::DmaBuf, usize), Error> {
+    ) -> Result<(SubmissionQueue, CompletionQueue, crate::DmaBuf, usize, u64), Error> {
         let dma = self.dma.as_ref();
         let depth = entries as usize - 1;
         let sq = SubmissionQueue::new(dma.allocate(entries as usize * 64)?, entries)?;
         let cq = CompletionQueue::new(dma.allocate(entries as usize * 16)?, entries)?;
         let list_bytes = crate::prp::list_pages_for_transfer(self.max_transfer, self.page_size).max(1) * self.page_size;
         let lists = dma.allocate(depth * list_bytes)?;
-        let contiguous = true; // one IOVA-contiguous allocation each, as CAP.CQR asks
-        let mut admin = self.admin();
-        let timeout = self.config.admin_timeout;
-        admin.execute(
-            &self.regs,
-            Command::create_io_cq(qid, entries, cq.iova(), contiguous, None),
-            AdminData::None,
-            timeout,
-        )?;
-        let created = admin.execute(
-            &self.regs,
-            Command::create_io_sq(qid, entries, sq.iova(), contiguous, 0, qid),
-            AdminData::None,
-            timeout,
-        );
-        if let Err(e) = created {
-            if let Err(undo) = admin.execute(&self.regs, Command::delete_io_cq(qid), AdminData::None, timeout) {
-                tracing::warn!(qid, error = %undo, "could not delete the CQ of a half-created queue pair");
-                std::mem::forget(cq);
+        match self.create_on_controller(qid, entries, sq.iova(), cq.iova()) {
+            Ok(generation) => Ok((sq, cq, lists, list_bytes, generation)),
+            Err((e, cq_may_exist)) => {
+                if cq_may_exist {
+                    tracing::warn!(qid, "could not delete the CQ of a half-created queue pair; leaking it");
+                    std::mem::forget(cq);
+                }
+                Err(e)
             }
-            return Err(e);
         }
-        Ok((sq, cq, lists, list_bytes))
     }
 
-    /// Delete I/O SQ then CQ `qid` and free the QID.
-    pub(crate) fn delete_io_queue_pair(&self, qid: u16) -> Result<(), Error> {
+    /// Create I/O CQ then SQ `qid` over rings at the given IOVAs (one IOVA-contiguous
+    /// allocation each, as CAP.CQR asks). Returns the controller generation the queues
+    /// belong to; on error, whether the CQ may still exist on the controller.
+    pub(crate) fn create_on_controller(
+        &self,
+        qid: u16,
+        entries: u32,
+        sq_iova: u64,
+        cq_iova: u64,
+    ) -> Result<u64, (Error, bool)> {
+        if self.health() == Health::Failed {
+            return Err((Error::ControllerFailed(self.failure().unwrap_or_default()), false));
+        }
+        let contiguous = true;
+        let create_cq = Command::create_io_cq(qid, entries, cq_iova, contiguous, None);
+        let create_sq = Command::create_io_sq(qid, entries, sq_iova, contiguous, 0, qid);
+        // Under the admin lock, so no reset can slip between creating the queues and
+        // reading the generation they belong to.
         let mut admin = self.admin();
         let timeout = self.config.admin_timeout;
-        admin.execute(&self.regs, Command::delete_io_sq(qid), AdminData::None, timeout)?;
-        admin.execute(&self.regs, Command::delete_io_cq(qid), AdminData::None, timeout)?;
-        drop(admin);
+        admin
+            .execute(&self.regs, create_cq, AdminData::None, timeout)
+            .map_err(|e| (e, false))?;
+        if let Err(e) = admin.execute(&self.regs, create_sq, AdminData::None, timeout) {
+            let undone = admin
+                .execute(&self.regs, Command::delete_io_cq(qid), AdminData::None, timeout)
+                .is_ok();
+            return Err((e, !undone));
+        }
+        Ok(self.generation.load(Ordering::Acquire))
+    }
+
+    /// Delete I/O SQ then CQ `qid` (if they still exist: created in `generation`) and
+    /// free the QID. `Ok` means the controller no longer touches the queues' memory.
+    pub(crate) fn delete_io_queue_pair(&self, qid: u16, generation: u64) -> Result<(), Error> {
+        let result = match self.health() {
+            Health::Failed if self.quiesced.load(Ordering::Acquire) => Ok(()),
+            Health::Failed => Err(Error::ControllerFailed(self.failure().unwrap_or_default())),
+            _ => {
+                let mut admin = self.admin();
+                if self.generation.load(Ordering::Acquire) != generation {
+                    Ok(()) // a reset deleted them
+                } else {
+                    let timeout = self.config.admin_timeout;
+                    let delete_sq = admin.execute(&self.regs, Command::delete_io_sq(qid), AdminData::None, timeout);
+                    delete_sq
+                        .and_then(|_| admin.execute(&self.regs, Command::delete_io_cq(qid), AdminData::None, timeout))
+                        .map(|_| ())
+                }
+            }
+        };
         self.release_qid(qid);
-        Ok(())
+        result
     }
 
     /// Normal shutdown: CC.SHN = 01b, then wait for CSTS.SHST = complete.

@@ -90,6 +90,11 @@ fn init_walks_every_state_and_programs_the_registers() {
     );
     assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
     assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+    assert_eq!(
+        sim.stats().admin(crate::cmd::admin::DOORBELL_BUFFER_CONFIG),
+        0,
+        "shadow doorbells are never set up"
+    );
 }
 
 #[test]

@@ -1,0 +1,218 @@
+//! Recovery: command deadlines, Abort, controller reset.
+//!
+//! Every command has a deadline. An I/O command past its deadline is aborted (Abort,
+//! §5.1); if the controller says it did not abort it, or it still has not completed after
+//! [`super::ControllerConfig::abort_timeout`], the controller is reset. An admin command
+//! past its deadline, CSTS.CFS = 1, or a failed Abort also lead to a reset. Register reads
+//! of all ones mean the device is gone: the controller is marked failed.
+//!
+//! A reset (§3.7.2, Controller Level Reset through CC.EN) disables the controller, which
+//! makes it forget every queue and stop touching host memory, then brings the admin queue
+//! back and re-sends Number of Queues and asynchronous event configuration. It runs in the
+//! thread that found the problem, under the admin lock. I/O queue pairs notice the new
+//! generation on their next poll: they hand back completions already in their CQ, complete
+//! every other outstanding command with [`Status::ABORTED_BY_HOST`] — each exactly once —
+//! and create their queues again. The data path only ever reads two atomics for this.
+
+use super::admin::AdminQueue;
+use super::init;
+use super::{Error, Inner};
+use crate::cmd::Command;
+use crate::hw::Registers;
+use crate::regs::{Cc, Csts, offset};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Why the controller is being reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// An I/O command passed its deadline and Abort did not complete it.
+    IoTimeout {
+        /// Queue of the command.
+        qid: u16,
+        /// Its command identifier.
+        cid: u16,
+    },
+    /// An admin command passed its deadline.
+    AdminTimeout,
+    /// The controller reported a fatal error (CSTS.CFS = 1).
+    FatalStatus,
+    /// The caller asked for it ([`super::Controller::reset`]).
+    Requested,
+}
+
+/// A step of recovery, reported to [`super::ControllerConfig::recovery_observer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryEvent {
+    /// An I/O command passed its deadline.
+    CommandTimedOut {
+        /// Queue ID.
+        qid: u16,
+        /// Command identifier.
+        cid: u16,
+        /// Opcode.
+        opcode: u8,
+    },
+    /// Abort was sent for a timed-out command; `aborted` is the controller's answer.
+    AbortSent {
+        /// Queue ID.
+        qid: u16,
+        /// Command identifier.
+        cid: u16,
+        /// Whether the controller says it aborted the command.
+        aborted: bool,
+    },
+    /// A reset is about to disable the controller. Commands the device still holds are
+    /// given up on from here.
+    ResetStarting(ResetReason),
+    /// The controller is ready again; I/O queue pairs re-create their queues.
+    ResetDone {
+        /// Resets so far, this one included.
+        generation: u64,
+    },
+    /// Recovery failed; the controller is unusable.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A callback for [`RecoveryEvent`]s.
+#[derive(Clone)]
+pub struct RecoveryObserver(pub Arc<dyn Fn(&RecoveryEvent) + Send + Sync>);
+
+impl fmt::Debug for RecoveryObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RecoveryObserver(..)")
+    }
+}
+
+/// Controller health as the data path sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Health {
+    /// Working.
+    Live = 0,
+    /// A reset is in progress.
+    Resetting = 1,
+    /// Unusable: the device is gone or did not come back from a reset.
+    Failed = 2,
+}
+
+impl Health {
+    pub(crate) fn from_u8(v: u8) -> Health {
+        match v {
+            0 => Health::Live,
+            1 => Health::Resetting,
+            _ => Health::Failed,
+        }
+    }
+}
+
+impl<R: Registers> Inner<R> {
+    pub(crate) fn notify(&self, event: RecoveryEvent) {
+        match &event {
+            RecoveryEvent::Failed { reason } => tracing::error!(%reason, "nvme controller failed"),
+            other => tracing::warn!(event = ?other, "nvme recovery"),
+        }
+        if let Some(observer) = &self.config.recovery_observer {
+            (observer.0)(&event);
+        }
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Acquire))
+    }
+
+    /// Marks the controller failed for good. `quiesced` says whether the device is known
+    /// to have stopped touching host memory (disabled, or gone from the bus).
+    pub(crate) fn fail(&self, reason: String, quiesced: bool) {
+        self.quiesced.store(quiesced, Ordering::Release);
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+        self.health.store(Health::Failed as u8, Ordering::Release);
+        self.notify(RecoveryEvent::Failed { reason });
+    }
+
+    /// Why the controller failed, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Resets the controller unless another thread already did since `seen_generation`.
+    ///
+    /// Errors: the reset's own failure (the controller is then marked failed).
+    pub(crate) fn reset(&self, reason: ResetReason, seen_generation: u64) -> Result<(), Error> {
+        let _only_one = self.reset_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation.load(Ordering::Acquire) != seen_generation {
+            return Ok(()); // someone else reset it meanwhile
+        }
+        if self.health() == Health::Failed {
+            return Err(Error::QueueDead {
+                qid: 0,
+                reason: "controller failed",
+            });
+        }
+        self.health.store(Health::Resetting as u8, Ordering::Release);
+        self.notify(RecoveryEvent::ResetStarting(reason));
+        let mut admin = self.admin();
+        match self.disable_and_reinit(&mut admin) {
+            Ok(()) => {
+                let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                self.health.store(Health::Live as u8, Ordering::Release);
+                self.notify(RecoveryEvent::ResetDone { generation });
+                Ok(())
+            }
+            Err((e, quiesced)) => {
+                self.fail(format!("reset after {reason:?} failed: {e}"), quiesced);
+                Err(e)
+            }
+        }
+    }
+
+    /// Disables the controller, then brings it back. On error, also says whether the
+    /// device is known to have stopped DMA.
+    fn disable_and_reinit(&self, admin: &mut AdminQueue) -> Result<(), (Error, bool)> {
+        let regs = &self.regs;
+        let cc = Cc(regs.read32(offset::CC));
+        if Csts(regs.read32(offset::CSTS)).is_all_ones() {
+            return Err((Error::Removed { during: "resetting" }, true));
+        }
+        regs.write32(offset::CC, cc.with_en(false).0);
+        if let Err(e) = init::wait_ready(regs, false, self.cap.ready_timeout()) {
+            let gone = matches!(e, Error::Removed { .. });
+            return Err((e, gone));
+        }
+        // CSTS.RDY = 0: the controller has forgotten every queue and no longer touches
+        // host memory. From here a failure leaves memory safe to reuse.
+        admin.reset_rings();
+        self.bring_up(admin).map_err(|e| (e, true))
+    }
+
+    /// Re-enables a disabled controller with the admin queue at `admin` and repeats the
+    /// configuration a reset loses: Number of Queues and asynchronous events.
+    fn bring_up(&self, admin: &mut AdminQueue) -> Result<(), Error> {
+        let regs = &self.regs;
+        init::program_admin_queue(regs, admin);
+        regs.write32(offset::CC, init::enabled_cc(self.page_size).0);
+        init::wait_ready(regs, true, self.cap.ready_timeout())?;
+        let timeout = self.config.admin_timeout;
+        let granted = init::set_number_of_queues(regs, admin, self.asked_queues, timeout)?;
+        if granted < self.io_queues {
+            return Err(Error::Unsupported(format!(
+                "after reset the controller grants {granted} I/O queues, fewer than the {} in use",
+                self.io_queues
+            )));
+        }
+        if self.config.async_events {
+            init::configure_async_events(regs, admin, self.identify.aerl, timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Abort command `cid` on SQ `qid`; `Ok(true)` if the controller says it aborted it.
+    pub(crate) fn abort_command(&self, qid: u16, cid: u16) -> Result<bool, Error> {
+        let c = self.run_admin(Command::abort(qid, cid), super::admin::AdminData::None)?;
+        Ok(c.dw0 & 1 == 0)
+    }
+}

@@ -1,0 +1,382 @@
+//! Recovery scenarios on the simulated controller: every fault hook, with every
+//! outstanding command completed exactly once and the queue usable afterwards.
+
+use super::*;
+use crate::cmd::nvm;
+use crate::sim::{FaultAction, FaultRule, SimConfig, SimController};
+use crate::status::Status;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+struct Rig {
+    sim: SimController,
+    ctrl: Controller<SimController>,
+    events: Arc<Mutex<Vec<RecoveryEvent>>>,
+}
+
+fn rig(sim_config: SimConfig) -> Rig {
+    rig_with_timeout(sim_config, Duration::from_millis(100))
+}
+
+fn rig_with_timeout(sim_config: SimConfig, io_timeout: Duration) -> Rig {
+    let sim = SimController::new(sim_config);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    let config = ControllerConfig {
+        io_timeout,
+        abort_timeout: Duration::from_millis(100),
+        admin_timeout: Duration::from_millis(500),
+        recovery_observer: Some(RecoveryObserver(Arc::new(move |e| {
+            sink.lock().unwrap().push(e.clone())
+        }))),
+        ..Default::default()
+    };
+    let ctrl = Controller::init(sim.clone(), Arc::new(sim.dma()), config).expect("init");
+    Rig { sim, ctrl, events }
+}
+
+impl Rig {
+    fn events(&self) -> Vec<RecoveryEvent> {
+        self.events.lock().unwrap().clone()
+    }
+    fn buf(&self, len: usize) -> crate::DmaBuf {
+        self.ctrl.dma().allocate(len).unwrap()
+    }
+}
+
+/// Polls until `count` completions arrived; fails the test instead of hanging.
+fn collect(q: &mut IoQueuePair<SimController>, count: usize) -> BTreeMap<u64, (Status, bool)> {
+    let mut seen = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < count {
+        q.poll(usize::MAX, |c| {
+            let previous = seen.insert(c.tag, (c.status, c.buf.is_some()));
+            assert!(previous.is_none(), "tag {} completed twice", c.tag);
+        });
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} completions arrived: {seen:?}",
+            seen.len()
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // Nothing more trickles in afterwards.
+    std::thread::sleep(Duration::from_millis(5));
+    q.poll(usize::MAX, |c| {
+        panic!("extra completion for tag {} ({})", c.tag, c.status)
+    });
+    seen
+}
+
+fn works(r: &Rig, q: &mut IoQueuePair<SimController>) {
+    let ns = r.ctrl.namespace(1).unwrap();
+    let mut b = r.buf(4096);
+    b.as_mut_slice().fill(0xC3);
+    q.write_at(&ns, 100, b).expect("write after recovery");
+    let back = q.read_at(&ns, 100, r.buf(4096)).expect("read after recovery");
+    assert!(back.as_slice().iter().all(|&x| x == 0xC3));
+}
+
+/// Submits `n` reads with tags 0..n; the fault rules decide which ones get stuck.
+fn submit_reads(r: &Rig, q: &mut IoQueuePair<SimController>, n: u64) {
+    let ns = r.ctrl.namespace(1).unwrap();
+    for tag in 0..n {
+        q.read(&ns, tag * 8, r.buf(4096), tag).unwrap();
+    }
+    q.ring();
+}
+
+#[test]
+fn a_lost_completion_is_aborted_then_the_controller_reset() {
+    // Like QEMU: Abort answers "not aborted", so a reset follows at once.
+    let r = rig(SimConfig {
+        abort_works: false,
+        ..SimConfig::default()
+    });
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        lba: Some(24..25),
+        times: Some(1),
+        action: FaultAction::Lost,
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, 40);
+    let done = collect(&mut q, 40);
+    assert_eq!(
+        done[&3],
+        (Status::ABORTED_BY_HOST, true),
+        "the lost read fails, its buffer comes back"
+    );
+    assert!(
+        done.iter()
+            .filter(|(t, _)| **t != 3)
+            .all(|(_, (s, b))| s.is_success() && *b),
+        "{done:?}"
+    );
+    assert_eq!(r.sim.stats().resets, 1);
+    assert_eq!(r.ctrl.reset_count(), 1);
+    let ev = r.events();
+    assert!(
+        matches!(
+            ev[0],
+            RecoveryEvent::CommandTimedOut {
+                qid: 1,
+                opcode: nvm::READ,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    assert!(
+        matches!(ev[1], RecoveryEvent::AbortSent { aborted: false, .. }),
+        "{ev:?}"
+    );
+    assert!(
+        matches!(
+            ev[2],
+            RecoveryEvent::ResetStarting(ResetReason::IoTimeout { qid: 1, .. })
+        ),
+        "{ev:?}"
+    );
+    assert!(matches!(ev[3], RecoveryEvent::ResetDone { generation: 1 }), "{ev:?}");
+    works(&r, &mut q);
+    assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
+}
+
+#[test]
+fn a_hung_command_the_controller_can_abort_needs_no_reset() {
+    let r = rig(SimConfig {
+        abort_works: true,
+        ..SimConfig::default()
+    });
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        lba: Some(0..1),
+        times: Some(1),
+        action: FaultAction::Hang,
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, 4);
+    let done = collect(&mut q, 4);
+    assert_eq!(done[&0].0, Status::ABORT_REQUESTED);
+    assert!(done[&1].0.is_success() && done[&3].0.is_success());
+    assert_eq!(r.sim.stats().resets, 0);
+    assert!(matches!(r.events()[1], RecoveryEvent::AbortSent { aborted: true, .. }));
+    works(&r, &mut q);
+}
+
+#[test]
+fn an_abort_that_does_not_complete_the_command_leads_to_a_reset() {
+    // Abort says "aborted" but the command still never completes.
+    let r = rig(SimConfig {
+        abort_works: true,
+        ..SimConfig::default()
+    });
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        times: Some(1),
+        action: FaultAction::Lost,
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, 2);
+    let done = collect(&mut q, 2);
+    assert_eq!(done[&0].0, Status::ABORTED_BY_HOST);
+    assert!(done[&1].0.is_success());
+    assert_eq!(r.sim.stats().resets, 1);
+    works(&r, &mut q);
+}
+
+#[test]
+fn fatal_status_resets_and_every_outstanding_command_fails_once() {
+    let r = rig(SimConfig::default());
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        action: FaultAction::Hang,
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, 16);
+    q.poll(usize::MAX, |c| panic!("nothing completes while held: {}", c.tag));
+    r.sim.clear_faults();
+    r.sim.set_fatal(true);
+    let done = collect(&mut q, 16);
+    assert!(
+        done.values().all(|&(s, b)| s == Status::ABORTED_BY_HOST && b),
+        "{done:?}"
+    );
+    assert!(matches!(
+        r.events()[0],
+        RecoveryEvent::ResetStarting(ResetReason::FatalStatus)
+    ));
+    works(&r, &mut q);
+}
+
+#[test]
+fn a_vanished_device_fails_everything_without_hanging() {
+    let r = rig(SimConfig::default());
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        action: FaultAction::Hang,
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, 8);
+    r.sim.set_removed(true);
+    let done = collect(&mut q, 8);
+    assert!(
+        done.values().all(|&(s, b)| s == Status::ABORTED_BY_HOST && b),
+        "a gone device cannot DMA: buffers come back"
+    );
+    let ns = r.ctrl.namespace(1).unwrap();
+    let e = q.read(&ns, 0, r.buf(512), 99).unwrap_err();
+    assert!(matches!(e.error, Error::QueueDead { .. }), "{e}");
+    assert!(matches!(r.ctrl.identify_controller(), Err(Error::ControllerFailed(_))));
+    assert!(r.ctrl.failure().unwrap().contains("gone"));
+    assert!(matches!(r.events().last(), Some(RecoveryEvent::Failed { .. })));
+}
+
+#[test]
+fn an_admin_timeout_resets_the_controller() {
+    let r = rig(SimConfig::default());
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::GET_FEATURES),
+        times: Some(1),
+        action: FaultAction::Lost,
+        ..Default::default()
+    });
+    let e = r.ctrl.get_features(
+        crate::features::FeatureId::ARBITRATION,
+        crate::features::FeatureSelect::Current,
+        0,
+        0,
+        0,
+    );
+    assert!(matches!(e, Err(Error::Timeout { .. })), "{e:?}");
+    assert_eq!(r.ctrl.reset_count(), 1);
+    assert!(matches!(
+        r.events()[0],
+        RecoveryEvent::ResetStarting(ResetReason::AdminTimeout)
+    ));
+    // The admin queue and the I/O pair both work again.
+    r.ctrl
+        .get_features(
+            crate::features::FeatureId::ARBITRATION,
+            crate::features::FeatureSelect::Current,
+            0,
+            0,
+            0,
+        )
+        .unwrap();
+    assert!(
+        r.ctrl.outstanding_async_event_requests() >= 1,
+        "asynchronous event requests were sent again"
+    );
+    works(&r, &mut q);
+}
+
+#[test]
+fn a_reset_reaches_every_thread_s_queue_pair() {
+    let r = rig(SimConfig {
+        abort_works: false,
+        ..SimConfig::default()
+    });
+    let ns = r.ctrl.namespace(1).unwrap();
+    let mut other = r.ctrl.create_io_queue_pair().unwrap();
+    let mut mine = r.ctrl.create_io_queue_pair().unwrap();
+    // The other pair has commands held in the device when the reset happens.
+    r.sim.inject(FaultRule {
+        qid: Some(other.qid()),
+        opcode: Some(nvm::WRITE),
+        action: FaultAction::Hang,
+        ..Default::default()
+    });
+    for tag in 0..5 {
+        other.write(&ns, 1000 + tag, r.buf(512), false, tag).unwrap();
+    }
+    other.ring();
+    r.sim.inject(FaultRule {
+        qid: Some(mine.qid()),
+        opcode: Some(nvm::READ),
+        times: Some(1),
+        action: FaultAction::Lost,
+        ..Default::default()
+    });
+    mine.read(&ns, 0, r.buf(512), 7).unwrap();
+    let done = collect(&mut mine, 1);
+    assert_eq!(done[&7].0, Status::ABORTED_BY_HOST);
+    r.sim.clear_faults();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let done = collect(&mut other, 5);
+            assert!(
+                done.values().all(|&(st, b)| st == Status::ABORTED_BY_HOST && b),
+                "{done:?}"
+            );
+            works(&r, &mut other);
+        });
+    });
+    works(&r, &mut mine);
+    assert_eq!(r.sim.stats().resets, 1);
+}
+
+#[test]
+fn a_requested_reset_keeps_idle_pairs_usable() {
+    let r = rig(SimConfig::default());
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    works(&r, &mut q);
+    r.ctrl.reset().unwrap();
+    r.ctrl.reset().unwrap();
+    assert_eq!(r.ctrl.reset_count(), 2);
+    works(&r, &mut q);
+    drop(q);
+    let q2 = r.ctrl.create_io_queue_pair().unwrap();
+    assert_eq!(q2.qid(), 1);
+    assert!(
+        r.sim.protocol_violations().is_empty(),
+        "{:?}",
+        r.sim.protocol_violations()
+    );
+}
+
+#[test]
+fn delayed_completions_within_the_deadline_are_not_timeouts() {
+    let r = rig_with_timeout(SimConfig::default(), Duration::from_secs(2));
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        action: FaultAction::Delay(Duration::from_millis(30)),
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, 8);
+    let done = collect(&mut q, 8);
+    assert!(done.values().all(|&(s, _)| s.is_success()));
+    assert!(r.events().is_empty(), "{:?}", r.events());
+}
+
+#[test]
+fn a_delayed_completion_past_the_deadline_is_given_up_on() {
+    // The completion would arrive after the reset decided to give up: it must not
+    // complete the command a second time.
+    let r = rig(SimConfig {
+        abort_works: false,
+        ..SimConfig::default()
+    });
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        times: Some(1),
+        action: FaultAction::Delay(Duration::from_millis(400)),
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, 3);
+    let done = collect(&mut q, 3);
+    assert_eq!(done[&0].0, Status::ABORTED_BY_HOST);
+    std::thread::sleep(Duration::from_millis(500));
+    q.poll(usize::MAX, |c| panic!("late completion for tag {}", c.tag));
+    works(&r, &mut q);
+}

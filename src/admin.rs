@@ -1,0 +1,163 @@
+//! Admin commands over any device that can issue them.
+//!
+//! [`AdminCommands`] is the one thing a backend provides: run a command and move its data.
+//! ironvme's VFIO driver implements it; the kernel's NVMe ioctl and io_uring passthrough
+//! backends do too. The helpers here build the commands and parse the answers, so the CLI
+//! prints the same thing whichever backend is underneath.
+
+use crate::Error;
+use ironvme_nvme::cmd::Command;
+use ironvme_nvme::ctrl::{Controller, NSID_ALL};
+use ironvme_nvme::features::{FeatureId, FeatureSelect};
+use ironvme_nvme::hw::Registers;
+use ironvme_nvme::identify::{Cns, IdentifyController, IdentifyNamespace, NamespaceDescriptor, NamespaceList};
+use ironvme_nvme::log::{ErrorLogEntry, FirmwareSlotLog, LogPageId, SmartLog};
+
+/// Bytes one Get Log Page command reads at most; larger logs are read in pieces.
+pub const LOG_PIECE_BYTES: usize = 64 * 1024;
+
+/// A device that runs NVMe admin commands (Base Specification 2.0, §5).
+pub trait AdminCommands {
+    /// Runs `cmd`, which reads `len` bytes (at most [`LOG_PIECE_BYTES`]) from the
+    /// controller; returns completion DW0 and the data. The data pointer is set by the
+    /// implementation.
+    ///
+    /// Errors: the command's decoded NVMe status, or why it could not be sent.
+    fn admin_read(&self, cmd: Command, len: usize) -> Result<(u32, Vec<u8>), Error>;
+
+    /// Runs `cmd`, sending `data` (possibly empty) to the controller; returns DW0.
+    ///
+    /// Errors: as [`AdminCommands::admin_read`].
+    fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, Error>;
+}
+
+impl<R: Registers> AdminCommands for Controller<R> {
+    fn admin_read(&self, cmd: Command, len: usize) -> Result<(u32, Vec<u8>), Error> {
+        let (c, data) = self.admin_command(cmd, len)?;
+        Ok((c.dw0, data))
+    }
+
+    fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, Error> {
+        if data.is_empty() {
+            return Ok(self.admin_command(cmd, 0)?.0.dw0);
+        }
+        Ok(self.admin_command_write(cmd, data)?.dw0)
+    }
+}
+
+/// Identify Controller (CNS 01h).
+///
+/// Errors: as [`AdminCommands::admin_read`]; [`Error::Parse`].
+pub fn identify_controller(dev: &dyn AdminCommands) -> Result<IdentifyController, Error> {
+    let (_, data) = dev.admin_read(Command::identify(Cns::CONTROLLER, 0, 0), 4096)?;
+    Ok(IdentifyController::parse(&data)?)
+}
+
+/// Identify Namespace (CNS 00h) of `nsid`.
+///
+/// Errors: as [`identify_controller`].
+pub fn identify_namespace(dev: &dyn AdminCommands, nsid: u32) -> Result<IdentifyNamespace, Error> {
+    let (_, data) = dev.admin_read(Command::identify(Cns::NAMESPACE, nsid, 0), 4096)?;
+    Ok(IdentifyNamespace::parse(&data)?)
+}
+
+/// The active namespace IDs (CNS 02h).
+///
+/// Errors: as [`identify_controller`].
+pub fn active_namespaces(dev: &dyn AdminCommands) -> Result<Vec<u32>, Error> {
+    let (_, data) = dev.admin_read(Command::identify(Cns::ACTIVE_NAMESPACE_LIST, 0, 0), 4096)?;
+    Ok(NamespaceList::parse(&data)?)
+}
+
+/// The namespace identification descriptors (CNS 03h) of `nsid`.
+///
+/// Errors: as [`identify_controller`].
+pub fn namespace_descriptors(dev: &dyn AdminCommands, nsid: u32) -> Result<Vec<NamespaceDescriptor>, Error> {
+    let (_, data) = dev.admin_read(Command::identify(Cns::NAMESPACE_ID_DESCRIPTORS, nsid, 0), 4096)?;
+    Ok(ironvme_nvme::identify::parse_namespace_descriptors(&data)?)
+}
+
+/// `len` bytes (a multiple of 4) of log page `lid` for `nsid` from byte `offset` (a
+/// multiple of 4), read in pieces of [`LOG_PIECE_BYTES`].
+///
+/// Errors: [`Error::Unsupported`] for unaligned lengths or offsets; as
+/// [`AdminCommands::admin_read`].
+pub fn get_log_page(
+    dev: &dyn AdminCommands,
+    lid: LogPageId,
+    nsid: u32,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let piece = (len - out.len()).min(LOG_PIECE_BYTES);
+        let at = offset + out.len() as u64;
+        let cmd = Command::get_log_page(lid, nsid, at, piece as u32, 0, false).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "log page length {len} and offset {offset} must be multiples of 4"
+            ))
+        })?;
+        out.extend_from_slice(&dev.admin_read(cmd, piece)?.1);
+    }
+    Ok(out)
+}
+
+/// The SMART / Health Information log (LID 02h), controller-wide.
+///
+/// Errors: as [`get_log_page`]; [`Error::Parse`].
+pub fn smart_log(dev: &dyn AdminCommands) -> Result<SmartLog, Error> {
+    Ok(SmartLog::parse(&get_log_page(
+        dev,
+        LogPageId::SMART_HEALTH,
+        NSID_ALL,
+        0,
+        512,
+    )?)?)
+}
+
+/// The Error Information log (LID 01h): `entries` 64-byte entries (ELPE + 1), empty
+/// ones left out.
+///
+/// Errors: as [`smart_log`].
+pub fn error_log(dev: &dyn AdminCommands, entries: usize) -> Result<Vec<ErrorLogEntry>, Error> {
+    let data = get_log_page(dev, LogPageId::ERROR_INFORMATION, NSID_ALL, 0, entries.max(1) * 64)?;
+    Ok(ironvme_nvme::log::parse_error_log(&data)?)
+}
+
+/// The Firmware Slot Information log (LID 03h).
+///
+/// Errors: as [`smart_log`].
+pub fn firmware_slot_log(dev: &dyn AdminCommands) -> Result<FirmwareSlotLog, Error> {
+    Ok(FirmwareSlotLog::parse(&get_log_page(
+        dev,
+        LogPageId::FIRMWARE_SLOT,
+        NSID_ALL,
+        0,
+        512,
+    )?)?)
+}
+
+/// Get Features `fid` (select `sel`, namespace `nsid`, input `cdw11`); returns DW0 and
+/// `data_len` bytes of data for features that return a buffer (Timestamp: 8).
+///
+/// Errors: as [`AdminCommands::admin_read`].
+pub fn get_feature(
+    dev: &dyn AdminCommands,
+    fid: FeatureId,
+    sel: FeatureSelect,
+    nsid: u32,
+    cdw11: u32,
+    data_len: usize,
+) -> Result<(u32, Vec<u8>), Error> {
+    dev.admin_read(Command::get_features(fid, sel, nsid, cdw11), data_len)
+}
+
+/// Format NVM of `nsid` to LBA format `lbaf` with secure erase setting `ses`.
+/// Destroys the namespace's data.
+///
+/// Errors: as [`AdminCommands::admin_write`].
+pub fn format_nvm(dev: &dyn AdminCommands, nsid: u32, lbaf: u8, ses: u8) -> Result<(), Error> {
+    dev.admin_write(Command::format_nvm(nsid, lbaf, ses, 0, false, false), &[])?;
+    Ok(())
+}

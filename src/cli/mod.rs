@@ -1,0 +1,482 @@
+//! The `ironvme` command-line tool: argument definitions (clap), dispatch, and errors.
+//!
+//! One module per concern: [`device`] (what DEV names and how it is opened),
+//! [`output`] (nvme-cli's value formats, one field list for text and JSON),
+//! [`identify`], [`logs`], [`features`], [`format`](mod@format), [`list`]. Each
+//! subcommand module has pure `render_*` functions from parsed data to text or JSON,
+//! unit-tested with hand-built buffers, and a `run` that opens the device and prints.
+//!
+//! # Decisions
+//!
+//! - **Output follows nvme-cli** (`nvme id-ctrl`, `id-ns`, `smart-log`, `error-log`,
+//!   `fw-log`, `get-feature -H`, as nvme-cli 2.3 on Debian bookworm prints them): the
+//!   same field names, order and value formats (C's `%#x`, so zero is `0`), so eyes and
+//!   scripts used to nvme-cli read it unchanged. Each structure is one
+//!   [`output::Record`] that renders both the text and the `--json` object, so the two
+//!   cannot drift apart. JSON keys are nvme-cli's JSON keys (`avail_spare`, `psds`,
+//!   `lbafs`, ...); 128-bit counters are strings, as nvme-cli writes them. The
+//!   `serde` feature of `ironvme-nvme` gives the library's own representation (the
+//!   specification's field names, bitflags as raw numbers); the CLI uses it where
+//!   nvme-cli has no JSON of its own (`get-feature`'s `value`).
+//! - **Fields the parser does not decode are left out**, never printed as zeros.
+//! - **DEV is resolved in one place** ([`device::parse_device`], [`device::open`]).
+//!   Today only PCI addresses of vfio-pci-bound controllers; kernel device paths are
+//!   refused with the command that binds a controller. Kernel backends will be added
+//!   there without touching the subcommands.
+//! - **`identify-ns` without `--nsid` prints every active namespace**: DEV names a
+//!   controller, not a namespace (nvme-cli's `id-ns` on a controller node needs `-n`),
+//!   and NSID 1 need not exist. An inactive NSID is an error, not a page of zeros.
+//! - **`format` asks first**: it checks the request against Identify data, describes it,
+//!   and formats only after "yes" is typed on the terminal; without a terminal it refuses
+//!   unless `--force`, before opening anything (opening resets the controller). Without
+//!   `--nsid` it formats the only active namespace, and refuses to guess among several.
+//! - **`list` never opens a device**: it reads sysfs only, because opening a
+//!   vfio-pci-bound controller would reset it under whoever uses it.
+//! - **Errors** are one `ironvme: ` line on stderr and exit status 1; usage errors are
+//!   clap's (status 2). A failed NVMe command shows its decoded status.
+
+pub mod device;
+pub mod features;
+pub mod format;
+pub mod identify;
+pub mod list;
+pub mod logs;
+pub mod output;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::{self, Write};
+
+/// Exit status of every failure other than a usage error.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit status of a usage error (clap's own).
+pub const EXIT_USAGE: i32 = 2;
+
+/// The DEV help shared by every subcommand that opens a controller.
+const DEV_HELP: &str = "PCI address of an NVMe controller bound to vfio-pci: 0000:00:05.0, 00:05.0 or \
+                        pci:0000:00:05.0 (bind with `scripts/setup.sh bind BDF`). Opening it resets the controller.";
+
+/// ironvme: inspect and manage NVMe controllers through ironvme's userspace driver.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ironvme",
+    version,
+    about = "Inspect and manage NVMe controllers through ironvme's userspace (VFIO) driver",
+    long_about = "Inspect and manage NVMe controllers through ironvme's userspace (VFIO) driver.\n\n\
+                  Output is shaped like nvme-cli's (same field names and order); --json prints one JSON \
+                  object with nvme-cli's keys.\n\n\
+                  DEV is the PCI address of a controller bound to vfio-pci (`scripts/setup.sh bind BDF`); \
+                  opening it resets the controller. Kernel device paths (/dev/nvme0) are not supported by \
+                  this build.\n\n\
+                  Set RUST_LOG=debug (or e.g. RUST_LOG=ironvme_nvme=trace) to see the driver's spans and \
+                  events on stderr."
+)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Identify Controller (CNS 01h), like `nvme id-ctrl`.
+    ///
+    /// Units as in the specification: mdts is a power of two of the minimum memory page
+    /// size (CAP.MPSMIN, 4 KiB on most controllers), wctemp/cctemp are Kelvin, rtd3r/rtd3e
+    /// µs, tnvmcap/unvmcap bytes, crdt1-3 and mtfa 100 ms units; power states show mp in
+    /// watts and enlat/exlat in µs. Fields ironvme does not decode yet are left out.
+    Identify(IdentifyArgs),
+    /// Identify Namespace (CNS 00h), like `nvme id-ns`.
+    ///
+    /// Prints every active namespace unless --nsid is given. Sizes (nsze, ncap, nuse) are
+    /// logical blocks, nvmcap bytes; each LBA format line gives its metadata bytes (ms),
+    /// log2 of the data size (lbads: 9 = 512 B, 12 = 4096 B) and relative performance
+    /// (rp); the format in use is marked "(in use)".
+    #[command(name = "identify-ns")]
+    IdentifyNs(IdentifyNsArgs),
+    /// SMART / Health Information log (LID 02h), like `nvme smart-log`.
+    ///
+    /// Controller-wide (NSID FFFFFFFFh). Temperatures in °C and Kelvin; Data Units are
+    /// thousands of 512-byte units (the size in bytes follows in parentheses);
+    /// controller_busy_time and the temperature times are minutes, power_on_hours hours,
+    /// the thermal management total times seconds.
+    SmartLog(DeviceArgs),
+    /// Error Information log (LID 01h), like `nvme error-log`.
+    ///
+    /// Reads ELPE + 1 entries (from Identify Controller) and prints the non-empty ones
+    /// (error_count ≠ 0), in the order the controller returns them.
+    ErrorLog(DeviceArgs),
+    /// Firmware Slot Information log (LID 03h), like `nvme fw-log`.
+    ///
+    /// afi: bits 2:0 the active slot, bits 6:4 the slot activated at the next reset;
+    /// frsN: the firmware revision text in slot N, for non-empty slots.
+    FwLog(DeviceArgs),
+    /// Get Features, like `nvme get-feature -H`.
+    ///
+    /// Decodes Arbitration (01h), Power Management (02h), Temperature Threshold (04h,
+    /// Kelvin and °C), Volatile Write Cache (06h), Number of Queues (07h),
+    /// Asynchronous Event Configuration (0Bh) and Timestamp (0Eh, milliseconds since the
+    /// Unix epoch); prints raw DW0 for the others, with a hex dump of the data buffer
+    /// for features that return one.
+    GetFeature(GetFeatureArgs),
+    /// Format NVM: re-formats a namespace to another LBA format. DESTROYS ITS DATA.
+    ///
+    /// Checks the request first (Format NVM supported, the LBA format exists, crypto
+    /// erase supported if asked for), shows what will happen and asks you to type "yes".
+    Format(FormatArgs),
+    /// The NVMe controllers on the PCI bus (class 010802h), from sysfs only.
+    ///
+    /// For each controller: BDF, vendor:device ID, bound driver (nvme, vfio-pci or none)
+    /// and IOMMU group. Controllers owned by the kernel nvme driver also show the serial
+    /// number, model and firmware revision from /sys/class/nvme/ and their namespaces
+    /// (/sys/block/nvmeXnY: size in bytes, LBA size in bytes). Controllers bound to
+    /// vfio-pci are NOT opened (opening resets the device under whoever uses it), so only
+    /// what sysfs knows is shown for them; use `ironvme identify BDF` to ask the
+    /// controller itself.
+    List(ListArgs),
+}
+
+/// Arguments of subcommands that take only a device.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The controller.
+    #[arg(value_name = "DEV", help = DEV_HELP)]
+    pub dev: String,
+    /// Print one JSON object (nvme-cli's keys) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `identify`.
+#[derive(Debug, Args)]
+pub struct IdentifyArgs {
+    /// The controller and output format.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Arguments of `identify-ns`.
+#[derive(Debug, Args)]
+pub struct IdentifyNsArgs {
+    /// The controller and output format.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Namespace ID (1-based, decimal or 0x hex). Default: every active namespace, each
+    /// printed in turn; with --json, `{"namespaces": [{"nsid": N, ...}, ...]}`. With
+    /// --nsid, exactly the namespace's object as `nvme id-ns -o json` prints it.
+    #[arg(long, short = 'n', value_name = "N", value_parser = parse_nsid)]
+    pub nsid: Option<u32>,
+}
+
+/// Get Features Select (SEL, CDW10 bits 10:8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Select {
+    /// The value in use now (SEL 0).
+    #[value(alias = "0")]
+    Current,
+    /// The default value (SEL 1).
+    #[value(alias = "1")]
+    Default,
+    /// The saved value (SEL 2; needs ONCS bit 4).
+    #[value(alias = "2")]
+    Saved,
+    /// The feature's capabilities: saveable, namespace specific, changeable (SEL 3).
+    #[value(alias = "3")]
+    Supported,
+}
+
+impl Select {
+    /// The driver's [`crate::nvme::features::FeatureSelect`].
+    pub fn to_nvme(self) -> crate::nvme::features::FeatureSelect {
+        use crate::nvme::features::FeatureSelect;
+        match self {
+            Select::Current => FeatureSelect::Current,
+            Select::Default => FeatureSelect::Default,
+            Select::Saved => FeatureSelect::Saved,
+            Select::Supported => FeatureSelect::SupportedCapabilities,
+        }
+    }
+}
+
+/// Arguments of `get-feature`.
+#[derive(Debug, Args)]
+pub struct GetFeatureArgs {
+    /// The controller and output format.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Feature Identifier (FID), decimal or 0x hex: 1 Arbitration, 2 Power Management,
+    /// 4 Temperature Threshold, 6 Volatile Write Cache, 7 Number of Queues, 0xb Async Event
+    /// Configuration, 0xe Timestamp; any other FID prints raw DW0.
+    #[arg(long, short = 'f', value_name = "F", value_parser = parse_u8)]
+    pub fid: u8,
+    /// Which value: current, default, saved or supported (capabilities); 0-3 also work.
+    #[arg(long, short = 's', value_enum, default_value_t = Select::Current, value_name = "SEL")]
+    pub sel: Select,
+    /// Namespace ID for namespace-specific features (decimal or 0x hex); 0 means the
+    /// controller.
+    #[arg(long, short = 'n', value_name = "N", value_parser = parse_u32, default_value = "0")]
+    pub nsid: u32,
+    /// Command Dword 11 (decimal or 0x hex): feature-specific input, e.g. TMPSEL (bits
+    /// 19:16) and THSEL (bits 21:20) for Temperature Threshold.
+    #[arg(long, short = 'c', value_name = "V", value_parser = parse_u32, default_value = "0")]
+    pub cdw11: u32,
+}
+
+/// Arguments of `format`.
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    /// The controller.
+    #[arg(value_name = "DEV", help = DEV_HELP)]
+    pub dev: String,
+    /// Namespace to format (decimal or 0x hex; 0xffffffff = all namespaces, when the
+    /// controller formats them together). Default: the controller's only active
+    /// namespace; required when it has several.
+    #[arg(long, short = 'n', value_name = "N", value_parser = parse_nsid)]
+    pub nsid: Option<u32>,
+    /// LBA format index (0-based, as `identify-ns` lists them).
+    #[arg(long, short = 'l', value_name = "L", value_parser = clap::value_parser!(u8).range(0..64))]
+    pub lbaf: u8,
+    /// Secure Erase Setting: 0 none, 1 user data erase, 2 cryptographic erase.
+    #[arg(long, short = 's', value_name = "S", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub ses: u8,
+    /// Do not ask for confirmation. Without it, format asks you to type "yes" on the
+    /// terminal, and refuses (exit 1, nothing done) when stdin is not a terminal.
+    #[arg(long)]
+    pub force: bool,
+    /// How long Format NVM may take before the driver gives up and resets the
+    /// controller, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
+
+/// Arguments of `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print one JSON object (`{"controllers": [...]}`) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Why a subcommand failed. Every variant exits with [`EXIT_FAILURE`]; the message is one
+/// line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The device is of a kind this build cannot open (kernel device paths).
+    #[error("{0}")]
+    Unsupported(String),
+    /// DEV is not something ironvme can name.
+    #[error("{0}")]
+    Device(String),
+    /// An argument does not fit the device (an inactive namespace, an LBA format the
+    /// namespace does not have, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The operation was refused or not confirmed; nothing was done.
+    #[error("{0}")]
+    Refused(String),
+    /// Opening the device failed (the message names the BDF and the fix).
+    #[error(transparent)]
+    Ironvme(#[from] crate::Error),
+    /// A command on an opened device failed (the NVMe status is decoded in the message).
+    #[error("{device}: {source}")]
+    OnDevice {
+        /// The device, as printed in headers.
+        device: String,
+        /// What failed.
+        source: crate::Error,
+    },
+    /// Reading sysfs, the terminal, or writing the output failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        EXIT_FAILURE
+    }
+
+    /// Wraps a failure of a command on `device`.
+    pub fn on(device: &device::OpenDevice) -> impl FnOnce(crate::Error) -> CliError + '_ {
+        move |source| CliError::OnDevice {
+            device: device.name(),
+            source,
+        }
+    }
+}
+
+/// Runs the parsed command line, writing results to `out` (stdout in the binary).
+///
+/// Errors: see [`CliError`]; output errors are [`CliError::Io`] (a closed pipe is
+/// `ErrorKind::BrokenPipe`, which the binary treats as a normal end).
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Identify(a) => identify::run_controller(&a.device, out),
+        Command::IdentifyNs(a) => identify::run_namespace(a, out),
+        Command::SmartLog(a) => logs::run_smart(a, out),
+        Command::ErrorLog(a) => logs::run_error(a, out),
+        Command::FwLog(a) => logs::run_firmware(a, out),
+        Command::GetFeature(a) => features::run(a, out),
+        Command::Format(a) => format::run(a, out),
+        Command::List(a) => list::run(a, &crate::vfio::Sysfs::system(), out),
+    }?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes `value` as pretty-printed JSON and a newline.
+pub(crate) fn write_json(out: &mut dyn Write, value: &serde_json::Value) -> Result<(), CliError> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Parses a number in decimal or with a `0x` prefix in hex.
+fn parse_number(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| format!("`{s}` is not a number (decimal, or hex with 0x)"))
+}
+
+/// A `u32` in decimal or 0x hex.
+pub fn parse_u32(s: &str) -> Result<u32, String> {
+    let v = parse_number(s)?;
+    u32::try_from(v).map_err(|_| format!("{s} does not fit in 32 bits"))
+}
+
+/// A `u8` in decimal or 0x hex.
+pub fn parse_u8(s: &str) -> Result<u8, String> {
+    let v = parse_number(s)?;
+    u8::try_from(v).map_err(|_| format!("{s} does not fit in 8 bits (0..=0xff)"))
+}
+
+/// A namespace ID: 1..=0xffffffff, decimal or 0x hex.
+pub fn parse_nsid(s: &str) -> Result<u32, String> {
+    match parse_u32(s)? {
+        0 => Err("namespace IDs start at 1".to_string()),
+        n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ironvme").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn get_feature_arguments() {
+        let cli = parse(&["get-feature", "00:05.0", "--fid", "0x7"]).unwrap();
+        let Command::GetFeature(a) = cli.command else { panic!() };
+        assert_eq!((a.fid, a.sel, a.nsid, a.cdw11), (7, Select::Current, 0, 0));
+        assert_eq!(a.device.dev, "00:05.0");
+        assert!(!a.device.json);
+
+        for (text, sel) in [
+            ("current", Select::Current),
+            ("default", Select::Default),
+            ("saved", Select::Saved),
+            ("supported", Select::Supported),
+            ("0", Select::Current),
+            ("3", Select::Supported),
+        ] {
+            let cli = parse(&["get-feature", "00:05.0", "-f", "4", "--sel", text, "--json"]).unwrap();
+            let Command::GetFeature(a) = cli.command else { panic!() };
+            assert_eq!(a.sel, sel, "{text}");
+            assert!(a.device.json);
+        }
+        let cli = parse(&["get-feature", "00:05.0", "-f", "4", "-c", "0x100000", "-n", "1"]).unwrap();
+        let Command::GetFeature(a) = cli.command else { panic!() };
+        assert_eq!((a.cdw11, a.nsid), (0x10_0000, 1));
+
+        assert_eq!(
+            Select::Supported.to_nvme(),
+            crate::nvme::features::FeatureSelect::SupportedCapabilities
+        );
+        for bad in [
+            &["get-feature", "00:05.0", "--fid", "7", "--sel", "changed"][..],
+            &["get-feature", "00:05.0", "--fid", "0x100"],
+            &["get-feature", "00:05.0"],
+            &["get-feature", "--fid", "7"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), EXIT_USAGE, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn format_arguments() {
+        let cli = parse(&["format", "pci:0000:00:05.0", "--lbaf", "4"]).unwrap();
+        let Command::Format(a) = cli.command else { panic!() };
+        assert_eq!((a.nsid, a.lbaf, a.ses, a.force, a.timeout), (None, 4, 0, false, 600));
+        let cli = parse(&[
+            "format",
+            "00:05.0",
+            "-n",
+            "0xffffffff",
+            "-l",
+            "0",
+            "--ses",
+            "2",
+            "--force",
+        ])
+        .unwrap();
+        let Command::Format(a) = cli.command else { panic!() };
+        assert_eq!((a.nsid, a.lbaf, a.ses, a.force), (Some(u32::MAX), 0, 2, true));
+        for bad in [
+            &["format", "00:05.0"][..],
+            &["format", "00:05.0", "--lbaf", "64"],
+            &["format", "00:05.0", "--lbaf", "1", "--ses", "3"],
+            &["format", "00:05.0", "--lbaf", "1", "--nsid", "0"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), EXIT_USAGE, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn other_subcommands() {
+        let cli = parse(&["identify-ns", "00:05.0", "--nsid", "2", "--json"]).unwrap();
+        let Command::IdentifyNs(a) = cli.command else { panic!() };
+        assert_eq!((a.nsid, a.device.json), (Some(2), true));
+        assert!(matches!(
+            parse(&["smart-log", "x"]).unwrap().command,
+            Command::SmartLog(_)
+        ));
+        assert!(matches!(
+            parse(&["error-log", "x"]).unwrap().command,
+            Command::ErrorLog(_)
+        ));
+        assert!(matches!(parse(&["fw-log", "x"]).unwrap().command, Command::FwLog(_)));
+        assert!(matches!(
+            parse(&["list", "--json"]).unwrap().command,
+            Command::List(ListArgs { json: true })
+        ));
+        assert_eq!(parse(&["identify"]).unwrap_err().exit_code(), EXIT_USAGE);
+        assert_eq!(parse(&["frobnicate"]).unwrap_err().exit_code(), EXIT_USAGE);
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u32("0x1f"), Ok(31));
+        assert_eq!(parse_u32("0XFFFFFFFF"), Ok(u32::MAX));
+        assert_eq!(parse_u32("42"), Ok(42));
+        assert!(parse_u32("0x100000000").is_err());
+        assert!(parse_u32("-1").is_err());
+        assert!(parse_u32("ten").unwrap_err().contains("not a number"));
+        assert_eq!(parse_u8("0xe"), Ok(14));
+        assert!(parse_u8("256").is_err());
+        assert_eq!(parse_nsid("1"), Ok(1));
+        assert!(parse_nsid("0").is_err());
+    }
+}

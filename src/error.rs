@@ -1,0 +1,27 @@
+//! The error type of the `ironvme` crate.
+
+/// Why an ironvme operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The VFIO side: the device could not be opened (the message names the BDF, the
+    /// IOMMU group and the fix).
+    #[error(transparent)]
+    Vfio(#[from] ironvme_vfio::Error),
+    /// The controller could not be initialised.
+    #[error("{device}: controller initialisation failed: {source}")]
+    Init {
+        /// The device as named by the user.
+        device: String,
+        /// What went wrong.
+        source: ironvme_nvme::ctrl::Error,
+    },
+    /// A command or operation of the NVMe driver failed.
+    #[error(transparent)]
+    Nvme(#[from] ironvme_nvme::ctrl::Error),
+    /// Data from the device could not be parsed.
+    #[error(transparent)]
+    Parse(#[from] ironvme_nvme::parse::ParseError),
+    /// The device cannot do what was asked.
+    #[error("{0}")]
+    Unsupported(String),
+}

@@ -1,0 +1,141 @@
+//! Host tests of the `ironvme` binary: help, argument errors and refusals that need no
+//! NVMe hardware. The commands that talk to a controller are tested in the guest
+//! (`tests/guest_cli.rs`).
+
+use std::process::{Command, Output, Stdio};
+
+/// A PCI address no machine has (PCI domain 0xdead).
+const ABSENT_BDF: &str = "dead:be:1f.7";
+
+fn ironvme(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ironvme"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ironvme")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a failure with exit status 1 and one `ironvme: ` line on stderr; returns it.
+fn one_line_failure(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(o.stdout.is_empty(), "stdout: {}", stdout(o));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("ironvme: "), "{err}");
+    err
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let o = ironvme(&["--help"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for sub in [
+        "identify",
+        "identify-ns",
+        "smart-log",
+        "error-log",
+        "fw-log",
+        "get-feature",
+        "format",
+        "list",
+    ] {
+        assert!(text.contains(sub), "{sub} missing from\n{text}");
+    }
+    assert!(text.contains("RUST_LOG"), "{text}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for (sub, wanted) in [
+        ("identify", "vfio-pci"),
+        ("identify-ns", "every active namespace"),
+        ("smart-log", "DEV"),
+        ("error-log", "ELPE"),
+        ("fw-log", "DEV"),
+        ("get-feature", "Number of Queues"),
+        ("format", "seconds"),
+        ("list", "NOT opened"),
+    ] {
+        let o = ironvme(&[sub, "--help"]);
+        assert!(o.status.success(), "{sub}: {}", stderr(&o));
+        let text = stdout(&o);
+        assert!(text.contains(wanted), "{sub} --help lacks {wanted:?}:\n{text}");
+    }
+    let format = stdout(&ironvme(&["format", "--help"]));
+    assert!(format.contains("\"yes\"") && format.contains("--force"), "{format}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["identify"][..],
+        &["get-feature", "00:05.0"],
+        &["get-feature", "00:05.0", "--fid", "7", "--sel", "sometimes"],
+        &["format", "00:05.0"],
+        &["no-such-subcommand"],
+    ] {
+        let o = ironvme(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn device_paths_are_refused_with_a_clear_message() {
+    for dev in ["/dev/nvme0", "/dev/nvme0n1"] {
+        let o = ironvme(&["identify", dev]);
+        let err = one_line_failure(&o);
+        assert!(
+            err.starts_with(&format!("ironvme: {dev}: kernel device paths are not supported")),
+            "{err}"
+        );
+        assert!(
+            err.contains("vfio-pci") && err.contains("scripts/setup.sh bind BDF"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_bdf_gives_the_vfio_error_naming_it() {
+    for sub in ["identify", "smart-log", "fw-log"] {
+        let err = one_line_failure(&ironvme(&[sub, ABSENT_BDF]));
+        assert!(err.contains("no PCI device dead:be:1f.7"), "{err}");
+    }
+    let err = one_line_failure(&ironvme(&["identify", "pci:0000:00:1f.8"]));
+    assert!(err.contains("not a PCI address"), "{err}");
+}
+
+#[test]
+fn format_without_force_and_without_a_terminal_refuses() {
+    // A BDF that does not exist: if format tried to open it, the error would say so.
+    let o = ironvme(&["format", ABSENT_BDF, "--lbaf", "0"]);
+    let err = one_line_failure(&o);
+    assert!(err.contains("refusing to format dead:be:1f.7"), "{err}");
+    assert!(err.contains("not a terminal") && err.contains("--force"), "{err}");
+    assert!(err.contains("nothing was done"), "{err}");
+    // With --force it goes on, and fails only at opening the device.
+    let err = one_line_failure(&ironvme(&["format", ABSENT_BDF, "--lbaf", "0", "--force"]));
+    assert!(err.contains("no PCI device dead:be:1f.7"), "{err}");
+}
+
+#[test]
+fn list_reads_sysfs_and_prints_json() {
+    let o = ironvme(&["list", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.trim_start().starts_with('{') && text.contains("\"controllers\""),
+        "{text}"
+    );
+    assert!(ironvme(&["list"]).status.success());
+}

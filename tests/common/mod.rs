@@ -1,0 +1,135 @@
+//! Helpers shared by the guest tests (`tests/guest_*.rs`), which run inside the QEMU
+//! guest started by `qemu/run` (see the README's "QEMU test hardware").
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// An environment variable `qemu/run` sets in the guest.
+pub fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run this test inside the guest (qemu/run)"))
+}
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The driver `bdf` is bound to, if any.
+pub fn driver_of(bdf: &str) -> Option<String> {
+    let link = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver")).ok()?;
+    Some(link.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Runs `scripts/setup.sh <action> <bdf>` and fails the test if it fails.
+pub fn setup(action: &str, bdf: &str) {
+    let script = repo().join("scripts/setup.sh");
+    let out = Command::new(&script)
+        .args([action, bdf])
+        .output()
+        .expect("run scripts/setup.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "scripts/setup.sh {action} {bdf} failed ({}):\n{text}",
+        out.status
+    );
+}
+
+/// A controller handed to vfio-pci for as long as the guard lives; given back to the
+/// kernel nvme driver when it drops (also when the test fails).
+pub struct OnVfio {
+    /// The controller's PCI address.
+    pub bdf: String,
+}
+
+impl OnVfio {
+    /// Binds the controller named by environment variable `var` to vfio-pci.
+    pub fn bind(var: &str) -> OnVfio {
+        let bdf = env(var);
+        setup("bind", &bdf);
+        assert_eq!(driver_of(&bdf).as_deref(), Some("vfio-pci"), "{bdf} after bind");
+        OnVfio { bdf }
+    }
+}
+
+impl Drop for OnVfio {
+    fn drop(&mut self) {
+        setup("unbind", &self.bdf);
+    }
+}
+
+/// The kernel's controller node (`/dev/nvmeN`) for `bdf` while bound to nvme.
+pub fn kernel_ctrl(bdf: &str) -> PathBuf {
+    let dir = format!("/sys/bus/pci/devices/{bdf}/nvme");
+    let name = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e} (is {bdf} bound to nvme?)"))
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("nvme"))
+        .unwrap_or_else(|| panic!("no nvme controller under {dir}"));
+    PathBuf::from("/dev").join(name)
+}
+
+/// Runs a command and returns its standard output; fails the test if it fails.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `key : value` lines as nvme-cli prints Identify data; the value of `key`, trimmed.
+pub fn nvme_cli_field(output: &str, key: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+/// Parses a number nvme-cli printed in decimal or 0x-hex.
+pub fn number(s: &str) -> u64 {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .unwrap_or_else(|e| panic!("{s:?} is not a number: {e}"))
+}
+
+/// A deterministic byte pattern stamped with `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends one HMP command to QEMU through the guest's monitor channel (`qemu/monitor`,
+/// README "The monitor channel") and returns the reply; fails the test if QEMU reports an
+/// error.
+pub fn monitor(command: &str) -> String {
+    let script = repo().join("qemu/monitor");
+    let out = Command::new(&script).arg(command).output().expect("run qemu/monitor");
+    let reply = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "qemu/monitor {command:?}: {}{reply}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reply
+}

@@ -1,0 +1,354 @@
+//! Guest tests of the `ironvme` command-line tool on QEMU's emulated NVMe controllers.
+//!
+//! They run inside the guest started by `qemu/run`, which exports `IRONVME_<CTRL>_BDF`
+//! and `IRONVME_<CTRL>_SERIAL` for every controller and boots with all of them bound to
+//! the kernel nvme driver. A test that needs a controller on vfio-pci binds it with
+//! `scripts/setup.sh bind` and gives it back with `scripts/setup.sh unbind` when it ends
+//! (also on failure). One at a time, since they share the controllers:
+//!
+//! ```text
+//! cargo test --no-run --test guest_cli
+//! qemu/run -- target/debug/deps/guest_cli-<hash> --ignored --test-threads=1
+//! ```
+
+mod common;
+
+use common::{OnVfio, driver_of, env};
+use serde_json::Value;
+use std::process::{Command, Output, Stdio};
+
+/// Runs the ironvme binary with stdin from /dev/null and no RUST_LOG.
+fn ironvme(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ironvme"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ironvme")
+}
+
+/// Runs ironvme, expects success, returns stdout.
+fn ok(args: &[&str]) -> String {
+    let o = ironvme(args);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "ironvme {args:?} failed ({}):\n{err}{out}",
+        o.status
+    );
+    assert!(err.is_empty(), "ironvme {args:?} wrote to stderr:\n{err}");
+    out.into_owned()
+}
+
+/// Runs ironvme with --json, expects success, returns the parsed object.
+fn ok_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let text = ok(&all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("ironvme {all:?}: not JSON ({e}):\n{text}"))
+}
+
+/// The value of `key` in `key : value` lines.
+fn field(output: &str, key: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+/// Every controller of the topology: (BDF, serial), from `IRONVME_<CTRL>_BDF` and
+/// `IRONVME_<CTRL>_SERIAL`.
+fn topology() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(k, v)| {
+            let ctrl = k.strip_prefix("IRONVME_")?.strip_suffix("_BDF")?;
+            Some((v, env(&format!("IRONVME_{ctrl}_SERIAL"))))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn identify_prints_the_controller_like_nvme_cli() {
+    let dev = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let serial = env("IRONVME_VFIO_4K_SERIAL");
+    let text = ok(&["identify", &dev.bdf]);
+    assert!(text.starts_with("NVME Identify Controller:\n"), "{text}");
+    assert!(text.contains(&format!("\nsn        : {serial}\n")), "{text}");
+    assert_eq!(field(&text, "vid").as_deref(), Some("0x1b36"));
+    assert_eq!(field(&text, "mn").as_deref(), Some("QEMU NVMe Ctrl"));
+    assert_eq!(field(&text, "mdts").as_deref(), Some("7"));
+    assert_eq!(field(&text, "ver").as_deref(), Some("0x10400"));
+    assert!(text.contains("ps       0 : mp:25.00W operational"), "{text}");
+
+    let v = ok_json(&["identify", &dev.bdf]);
+    assert_eq!(v["sn"], serial.as_str());
+    assert_eq!(v["mdts"], 7);
+    assert_eq!(v["vid"], 0x1b36);
+    assert_eq!(v["subnqn"], format!("nqn.2019-08.org.qemu:{serial}").as_str());
+    assert!(v["psds"].as_array().is_some_and(|p| !p.is_empty()), "{v}");
+    // The pci: spelling and the short BDF name the same controller.
+    let short = dev.bdf.strip_prefix("0000:").unwrap();
+    assert_eq!(ok_json(&["identify", &format!("pci:{short}")])["sn"], serial.as_str());
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn identify_ns_marks_the_4096_byte_format_in_use() {
+    let dev = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let text = ok(&["identify-ns", &dev.bdf, "--nsid", "1"]);
+    assert!(text.starts_with("NVME Identify Namespace 1:\n"), "{text}");
+    let in_use: Vec<&str> = text.lines().filter(|l| l.ends_with("(in use)")).collect();
+    assert_eq!(in_use.len(), 1, "{text}");
+    assert!(in_use[0].contains("lbads:12"), "{text}");
+    assert_eq!(
+        field(&text, "nsze").as_deref(),
+        Some("0x40000"),
+        "1 GiB of 4 KiB blocks"
+    );
+
+    let v = ok_json(&["identify-ns", &dev.bdf, "--nsid", "1"]);
+    let flbas = v["flbas"].as_u64().unwrap() as usize;
+    assert_eq!(v["lbafs"][flbas & 0xf]["ds"], 12, "{v}");
+
+    // Without --nsid: every active namespace (just one here).
+    assert_eq!(ok(&["identify-ns", &dev.bdf]), text);
+    let all = ok_json(&["identify-ns", &dev.bdf]);
+    assert_eq!(all["namespaces"].as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all["namespaces"][0]["nsid"], 1);
+
+    // An inactive namespace is an error, not a page of zeros.
+    let o = ironvme(&["identify-ns", &dev.bdf, "--nsid", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("namespace 2 is not active (active namespaces: 1)"),
+        "{err}"
+    );
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn smart_firmware_and_error_logs() {
+    let dev = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let smart = ok(&["smart-log", &dev.bdf]);
+    assert!(
+        smart.starts_with(&format!(
+            "Smart Log for NVME device:{} namespace-id:ffffffff\n",
+            dev.bdf
+        )),
+        "{smart}"
+    );
+    let temp = field(&smart, "temperature").unwrap();
+    assert!(temp.ends_with("Kelvin)"), "{smart}");
+    assert!(field(&smart, "Data Units Read").is_some(), "{smart}");
+    let v = ok_json(&["smart-log", &dev.bdf]);
+    assert!(v["temperature"].as_u64().is_some_and(|k| k > 273), "{v}");
+    assert!(v["power_on_hours"].is_string(), "{v}");
+
+    let fw = ok(&["fw-log", &dev.bdf]);
+    assert!(
+        fw.starts_with(&format!("Firmware Log for device:{}\nafi  : 0x1\n", dev.bdf)),
+        "{fw}"
+    );
+    assert!(fw.contains("frs1 : "), "{fw}");
+    let v = ok_json(&["fw-log", &dev.bdf]);
+    assert_eq!(v[&dev.bdf]["Active Firmware Slot (afi)"], 1, "{v}");
+
+    // QEMU 7.2's error log is always zeros: no entries.
+    let errors = ok(&["error-log", &dev.bdf]);
+    assert!(
+        errors.starts_with(&format!("Error Log Entries for device:{} entries:0\n", dev.bdf)),
+        "{errors}"
+    );
+    assert_eq!(ok_json(&["error-log", &dev.bdf]), serde_json::json!({ "errors": [] }));
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn get_feature_decodes_number_of_queues() {
+    let dev = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let text = ok(&["get-feature", &dev.bdf, "--fid", "7"]);
+    assert!(
+        text.starts_with("get-feature:0x07 (Number of Queues), Current value:0x"),
+        "{text}"
+    );
+    let nsqa: u32 = field(&text, "Number of IO Submission Queues Allocated (NSQA)")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no NSQA in\n{text}"));
+    assert!(nsqa >= 1, "{text}");
+    let v = ok_json(&["get-feature", &dev.bdf, "--fid", "7"]);
+    assert_eq!(v["value"]["sq"], nsqa, "{v}");
+    assert_eq!(
+        v["dw0"].as_u64(),
+        Some(u64::from(
+            (nsqa - 1) | (v["value"]["cq"].as_u64().unwrap() as u32 - 1) << 16
+        ))
+    );
+
+    let caps = ok(&["get-feature", &dev.bdf, "--fid", "7", "--sel", "supported"]);
+    assert!(caps.contains("Supported capabilities value:"), "{caps}");
+
+    let vwc = ok(&["get-feature", &dev.bdf, "-f", "6"]);
+    assert!(vwc.contains("Volatile Write Cache Enable (WCE): Enabled"), "{vwc}");
+    let ts = ok(&["get-feature", &dev.bdf, "-f", "0xe"]);
+    assert!(ts.contains("The timestamp is : "), "{ts}");
+    let tt = ok(&["get-feature", &dev.bdf, "-f", "4"]);
+    assert!(tt.contains("(TMPTH): 70°C (343 Kelvin)"), "{tt}");
+
+    // A failing command prints its decoded NVMe status: QEMU wants a namespace for Error
+    // Recovery.
+    let o = ironvme(&["get-feature", &dev.bdf, "--fid", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "ironvme: {}: Get Features failed: Invalid Namespace or Format (0x00b, DNR)",
+            dev.bdf
+        ),
+    );
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn list_shows_every_controller_with_its_driver() {
+    let controllers = topology();
+    assert!(controllers.len() >= 3, "{controllers:?}");
+    let text = ok(&["list"]);
+    for (bdf, serial) in &controllers {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(bdf.as_str()))
+            .unwrap_or_else(|| panic!("{bdf} missing from\n{text}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((cols[1], cols[2]), ("1b36:0010", "nvme"), "{line}");
+        assert_eq!(cols[5], serial, "{line}");
+    }
+
+    let dev = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let v = ok_json(&["list"]);
+    let list = v["controllers"].as_array().unwrap();
+    for (bdf, serial) in &controllers {
+        let c = list
+            .iter()
+            .find(|c| c["bdf"] == bdf.as_str())
+            .unwrap_or_else(|| panic!("{bdf} missing from {v}"));
+        assert!(c["iommu_group"].is_u64(), "{c}");
+        if *bdf == dev.bdf {
+            assert_eq!(c["driver"], "vfio-pci", "{c}");
+            assert_eq!(
+                c["serial"],
+                Value::Null,
+                "list must not open a vfio-pci controller: {c}"
+            );
+        } else {
+            assert_eq!(c["driver"], "nvme", "{c}");
+            assert_eq!(c["serial"], serial.as_str(), "{c}");
+            assert!(!c["namespaces"].as_array().unwrap().is_empty(), "{c}");
+        }
+    }
+    let kernel = env("IRONVME_KERNEL_BDF");
+    let k = list.iter().find(|c| c["bdf"] == kernel.as_str()).unwrap();
+    let sizes: Vec<u64> = k["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["lba_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [512, 4096], "{k}");
+    let text = ok(&["list"]);
+    let line = text.lines().find(|l| l.starts_with(dev.bdf.as_str())).unwrap();
+    assert_eq!(line.split_whitespace().nth(2), Some("vfio-pci"), "{line}");
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn a_kernel_owned_controller_is_refused_with_the_fix() {
+    let bdf = env("IRONVME_KERNEL_BDF");
+    let o = ironvme(&["identify", &bdf]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with(&format!("ironvme: {bdf} (IOMMU group ")), "{err}");
+    assert!(err.contains("bound to the kernel nvme driver"), "{err}");
+    assert!(err.contains(&format!("scripts/setup.sh bind {bdf}")), "{err}");
+    assert_eq!(driver_of(&bdf).as_deref(), Some("nvme"), "untouched");
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn rust_log_shows_the_driver_spans() {
+    let dev = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let o = Command::new(env!("CARGO_BIN_EXE_ironvme"))
+        .args(["identify", &dev.bdf])
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("vfio_open"), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("NVME Identify Controller:"));
+}
+
+/// Puts the VFIO 512 namespace back to 512-byte blocks (LBA format 0) when dropped, so
+/// a failing format test leaves the topology as it found it.
+struct RestoreFormat<'a> {
+    bdf: &'a str,
+}
+
+impl Drop for RestoreFormat<'_> {
+    fn drop(&mut self) {
+        let o = ironvme(&["format", self.bdf, "--lbaf", "0", "--force"]);
+        if !o.status.success() {
+            eprintln!("restoring LBA format 0 failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn format_changes_the_lba_format() {
+    let dev = OnVfio::bind("IRONVME_VFIO_512_BDF");
+    let before = ok_json(&["identify-ns", &dev.bdf, "--nsid", "1"]);
+    let flbas = before["flbas"].as_u64().unwrap() as usize & 0xf;
+    assert_eq!(before["lbafs"][flbas]["ds"], 9, "starts with 512-byte blocks: {before}");
+    let four_k = before["lbafs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|f| f["ds"] == 12 && f["ms"] == 0)
+        .expect("a 4096 + 0 format");
+
+    // No terminal and no --force: refused, nothing done.
+    let o = ironvme(&["format", &dev.bdf, "--lbaf", &four_k.to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to format"));
+    assert_eq!(
+        ok_json(&["identify-ns", &dev.bdf, "--nsid", "1"])["flbas"],
+        before["flbas"]
+    );
+
+    let _restore = RestoreFormat { bdf: &dev.bdf };
+    let out = ok(&["format", &dev.bdf, "--lbaf", &four_k.to_string(), "--force"]);
+    assert!(out.starts_with("Success formatting namespace:1\n"), "{out}");
+    assert!(
+        out.contains(&format!("LBA format {four_k} in use, 4096-byte blocks")),
+        "{out}"
+    );
+    let after = ok(&["identify-ns", &dev.bdf, "--nsid", "1"]);
+    let in_use: Vec<&str> = after.lines().filter(|l| l.ends_with("(in use)")).collect();
+    assert_eq!(
+        in_use,
+        [format!("lbaf  {four_k} : ms:0   lbads:12 rp:0 (in use)")],
+        "{after}"
+    );
+
+    // A format the namespace does not have is refused before anything is sent.
+    let o = ironvme(&["format", &dev.bdf, "--lbaf", "63", "--force"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("LBA format 63 does not exist"), "{err}");
+}
