@@ -89,15 +89,13 @@ pub fn get_log_page(
     offset: u64,
     len: usize,
 ) -> Result<Vec<u8>, Error> {
+    let pieces = Command::get_log_page_pieces(lid, nsid, offset, len, LOG_PIECE_BYTES).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "log page length {len} and offset {offset} must be non-zero multiples of 4"
+        ))
+    })?;
     let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let piece = (len - out.len()).min(LOG_PIECE_BYTES);
-        let at = offset + out.len() as u64;
-        let cmd = Command::get_log_page(lid, nsid, at, piece as u32, 0, false).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "log page length {len} and offset {offset} must be multiples of 4"
-            ))
-        })?;
+    for (cmd, piece) in pieces {
         out.extend_from_slice(&dev.admin_read(cmd, piece)?.1);
     }
     Ok(out)
