@@ -2,19 +2,13 @@
 //! NVMe hardware. The commands that talk to a controller are tested in the guest
 //! (`tests/guest_cli.rs`).
 
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use common::ironvme;
+use std::process::Output;
 
 /// A PCI address no machine has (PCI domain 0xdead).
 const ABSENT_BDF: &str = "dead:be:1f.7";
-
-fn ironvme(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ironvme"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ironvme")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -13,19 +13,9 @@
 
 mod common;
 
-use common::{OnVfio, driver_of, env};
+use common::{OnVfio, driver_of, env, ironvme};
 use serde_json::Value;
-use std::process::{Command, Output, Stdio};
-
-/// Runs the ironvme binary with stdin from /dev/null and no RUST_LOG.
-fn ironvme(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ironvme"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ironvme")
-}
+use std::process::{Command, Stdio};
 
 /// Runs ironvme, expects success, returns stdout.
 fn ok(args: &[&str]) -> String {

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 
 /// An environment variable `qemu/run` sets in the guest.
 pub fn env(var: &str) -> String {
@@ -132,4 +132,14 @@ pub fn monitor(command: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     reply
+}
+
+/// Runs the `ironvme` binary with stdin from /dev/null and no RUST_LOG.
+pub fn ironvme(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ironvme"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ironvme")
 }
