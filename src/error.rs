@@ -21,6 +21,17 @@ pub enum Error {
     /// Data from the device could not be parsed.
     #[error(transparent)]
     Parse(#[from] ironvme_nvme::parse::ParseError),
+    /// A kernel backend failed (its message names the backend, the device and why).
+    #[error(transparent)]
+    Kernel(ironvme_kernel::KernelError),
+    /// A device argument names nothing usable.
+    #[error("{device}: {why}")]
+    Open {
+        /// The device as named by the user.
+        device: String,
+        /// Why it cannot be opened.
+        why: String,
+    },
     /// The device cannot do what was asked.
     #[error("{0}")]
     Unsupported(String),

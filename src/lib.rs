@@ -10,10 +10,13 @@
 
 pub mod admin;
 pub mod cli;
+pub mod device;
 mod error;
 
+pub use device::{Backend, Device, IoQueue, OpenOptions, Target, choose_backend};
 pub use error::Error;
 pub use ironvme_nvme as nvme;
+pub use ironvme_nvme::block;
 pub use ironvme_vfio as vfio;
 
 use ironvme_nvme::ctrl::{Controller, ControllerConfig};

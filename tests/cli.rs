@@ -84,19 +84,21 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn device_paths_are_refused_with_a_clear_message() {
-    for dev in ["/dev/nvme0", "/dev/nvme0n1"] {
-        let o = ironvme(&["identify", dev]);
-        let err = one_line_failure(&o);
-        assert!(
-            err.starts_with(&format!("ironvme: {dev}: kernel device paths are not supported")),
-            "{err}"
-        );
-        assert!(
-            err.contains("vfio-pci") && err.contains("scripts/setup.sh bind BDF"),
-            "{err}"
-        );
-    }
+fn devices_that_cannot_answer_admin_commands_say_why() {
+    // A path that does not exist.
+    let o = ironvme(&["identify", "/dev/nvme-absent-77"]);
+    let err = one_line_failure(&o);
+    assert!(
+        err.starts_with("ironvme: /dev/nvme-absent-77: No such file or directory"),
+        "{err}"
+    );
+    // A regular file goes to the ioctl passthrough backend, which explains what it needs.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk.img");
+    std::fs::write(&file, [0u8; 4096]).unwrap();
+    let o = ironvme(&["identify", file.to_str().unwrap()]);
+    let err = one_line_failure(&o);
+    assert!(err.contains("ioctl") && err.contains("/dev/nvmeX"), "{err}");
 }
 
 #[test]

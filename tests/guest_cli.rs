@@ -342,3 +342,27 @@ fn format_changes_the_lba_format() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("LBA format 63 does not exist"), "{err}");
 }
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn a_kernel_owned_controller_is_inspected_through_the_ioctl_passthrough() {
+    let ctrl = common::kernel_ctrl(&env("IRONVME_KERNEL_BDF")).display().to_string();
+    let ours = ok(&["identify", &ctrl]);
+    let theirs = common::run("nvme", &["id-ctrl", &ctrl]);
+    for key in ["vid", "sn", "mn", "fr", "mdts", "nn", "oncs", "vwc"] {
+        assert_eq!(
+            field(&ours, key),
+            field(&theirs, key),
+            "{key}: ironvme vs nvme-cli on {ctrl}"
+        );
+    }
+    // A namespace's block and generic nodes answer too, and list every namespace's format.
+    let ns2 = ok(&["identify-ns", &format!("{ctrl}n2"), "--nsid", "2"]);
+    assert!(
+        ns2.lines().any(|l| l.contains("lbads:12") && l.contains("(in use)")),
+        "{ns2}"
+    );
+    let generic = ctrl.replace("/dev/nvme", "/dev/ng");
+    let smart = ok_json(&["smart-log", &format!("{generic}n1")]);
+    assert!(smart.get("critical_warning").is_some(), "{smart}");
+}

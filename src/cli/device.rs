@@ -1,105 +1,112 @@
 //! The DEV argument: what it may name, and how it is opened.
 //!
-//! This is the one place that knows which backends the CLI can use. Today that is a PCI
-//! address of a controller bound to vfio-pci, driven by ironvme's own driver. Kernel
-//! device paths (`/dev/nvme0`, `/dev/ng0n1`) are recognised and refused with a message
-//! that says what to do instead; the kernel backends will add a variant to
-//! [`DeviceSpec`] and [`OpenDevice`] here, and no subcommand changes.
+//! This is the one place that knows which backends the CLI's admin subcommands use:
+//!
+//! - a PCI address (`0000:00:05.0`, `00:05.0`, `pci:0000:00:05.0`) of a controller bound to
+//!   vfio-pci is driven by ironvme's own polled driver;
+//! - a kernel NVMe device — the controller `/dev/nvmeX`, a namespace's block device
+//!   `/dev/nvmeXnY` or its generic device `/dev/ngXnY` — goes through the kernel's NVMe
+//!   admin ioctl passthrough, so a controller the kernel owns can be inspected in place.
+//!
+//! Anything else (a regular file, a non-NVMe block device) cannot answer admin commands,
+//! and the ioctl backend says so.
 
 use super::CliError;
 use crate::admin::AdminCommands;
 use crate::nvme::ctrl::ControllerConfig;
 use crate::vfio::Bdf;
-use crate::{VfioController, open_vfio};
+use crate::{Backend, Device, OpenOptions};
+use std::path::PathBuf;
 
 /// What a DEV argument names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
-    /// A PCI address (`0000:00:05.0`, `00:05.0` or `pci:0000:00:05.0`): a controller bound
-    /// to vfio-pci, driven by ironvme's polled driver.
+    /// A controller bound to vfio-pci, driven by ironvme's polled driver.
     Pci(Bdf),
+    /// A kernel NVMe device node, used through the admin ioctl passthrough.
+    Path(PathBuf),
 }
 
 impl std::fmt::Display for DeviceSpec {
-    /// The canonical name used in output headers: the full BDF (`0000:00:05.0`).
+    /// The canonical name used in output headers: the full BDF (`0000:00:05.0`) or the path.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DeviceSpec::Pci(bdf) => write!(f, "{bdf}"),
+            DeviceSpec::Path(p) => write!(f, "{}", p.display()),
         }
     }
 }
 
-/// Parses a DEV argument.
+/// Parses a DEV argument: a PCI address, or a path (a bare kernel name such as `nvme0` or
+/// `ng0n1` means `/dev/nvme0`, `/dev/ng0n1`).
 ///
-/// Errors: [`CliError::Unsupported`] for a kernel device path (`/dev/...`, `nvme0`,
-/// `ng0n1`), which this build cannot open; [`CliError::Device`] when the text is not a
-/// PCI address.
+/// Errors: [`CliError::Device`] when the text is neither a PCI address nor a path.
 pub fn parse_device(dev: &str) -> Result<DeviceSpec, CliError> {
     let text = dev.trim();
-    if looks_like_kernel_device(text) {
-        return Err(CliError::Unsupported(format!(
-            "{text}: kernel device paths are not supported by this build; only PCI addresses of controllers bound to \
-             vfio-pci (e.g. 0000:00:05.0) are: bind one with `scripts/setup.sh bind BDF`"
-        )));
+    if text.starts_with('/') {
+        return Ok(DeviceSpec::Path(PathBuf::from(text)));
+    }
+    if is_kernel_name(text) {
+        return Ok(DeviceSpec::Path(PathBuf::from("/dev").join(text)));
     }
     let bdf_text = text.strip_prefix("pci:").unwrap_or(text);
-    let bdf = bdf_text.parse::<Bdf>().map_err(|e| CliError::Device(e.to_string()))?;
+    let bdf = bdf_text
+        .parse::<Bdf>()
+        .map_err(|e| CliError::Device(format!("{e} (or give a kernel NVMe device such as /dev/nvme0)")))?;
     Ok(DeviceSpec::Pci(bdf))
 }
 
-/// `/dev/...`, or a bare kernel name such as `nvme0`, `nvme0n1` or `ng0n1`.
-fn looks_like_kernel_device(text: &str) -> bool {
-    if text.starts_with('/') {
-        return true;
-    }
+/// A bare kernel name such as `nvme0`, `nvme0n1` or `ng0n1`.
+fn is_kernel_name(text: &str) -> bool {
     let rest = text.strip_prefix("nvme").or_else(|| text.strip_prefix("ng"));
     rest.is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
 }
 
-/// An opened device, whatever backend is underneath.
-pub enum OpenDevice {
-    /// A controller bound to vfio-pci, initialised by ironvme's driver.
-    Vfio {
-        /// What the user named.
-        spec: DeviceSpec,
-        /// The controller.
-        controller: Box<VfioController>,
-    },
+/// An opened device that answers admin commands.
+pub struct OpenDevice {
+    spec: DeviceSpec,
+    device: Device,
 }
 
 impl OpenDevice {
     /// The admin command interface of the device.
     pub fn admin(&self) -> &dyn AdminCommands {
-        match self {
-            OpenDevice::Vfio { controller, .. } => &controller.controller,
-        }
+        self.device
+            .admin()
+            .expect("opened with a backend that issues admin commands")
     }
 
-    /// The device as named in output headers (`0000:00:05.0`).
+    /// The device as named in output headers (`0000:00:05.0`, `/dev/nvme0`).
     pub fn name(&self) -> String {
-        match self {
-            OpenDevice::Vfio { spec, .. } => spec.to_string(),
-        }
+        self.spec.to_string()
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.device.backend()
     }
 }
 
-/// Opens `spec` with the driver configuration `config`.
+/// Opens `spec`; `config` configures ironvme's driver (VFIO only).
 ///
 /// Opening a VFIO controller resets it: whatever the device was doing for another user
 /// stops. The controller is shut down normally when the [`OpenDevice`] is dropped.
+/// Opening a kernel device changes nothing.
 ///
-/// Errors: [`CliError::Ironvme`] with the VFIO error (which names the BDF, its IOMMU
-/// group and the fix) or the initialisation error.
+/// Errors: [`CliError::Ironvme`] with the backend's error (for VFIO it names the BDF, its
+/// IOMMU group and the fix; for the ioctl backend the path and why).
 pub fn open(spec: DeviceSpec, config: ControllerConfig) -> Result<OpenDevice, CliError> {
-    match spec {
-        DeviceSpec::Pci(bdf) => {
-            let controller = open_vfio(&bdf.to_string(), config)?;
-            Ok(OpenDevice::Vfio {
-                spec,
-                controller: Box::new(controller),
-            })
-        }
-    }
+    let (text, backend) = match &spec {
+        DeviceSpec::Pci(bdf) => (bdf.to_string(), Backend::Vfio),
+        DeviceSpec::Path(p) => (p.display().to_string(), Backend::Ioctl),
+    };
+    let options = OpenOptions {
+        backend: Some(backend),
+        controller: config,
+        ..Default::default()
+    };
+    let device = Device::open(&text, &options)?;
+    Ok(OpenDevice { spec, device })
 }
 
 #[cfg(test)]
@@ -121,26 +128,16 @@ mod tests {
     }
 
     #[test]
-    fn kernel_paths_are_refused_with_the_way_out() {
-        for dev in [
-            "/dev/nvme0",
-            "/dev/nvme0n1",
-            "/dev/ng0n1",
-            "nvme0",
-            "nvme1n1",
-            "ng0n1",
-            "/tmp/img",
-        ] {
-            let e = parse_device(dev).unwrap_err();
-            assert!(matches!(e, CliError::Unsupported(_)), "{dev}: {e:?}");
-            let msg = e.to_string();
-            assert!(msg.starts_with(dev), "{msg}");
-            assert!(
-                msg.contains("vfio-pci") && msg.contains("scripts/setup.sh bind BDF"),
-                "{msg}"
-            );
-            assert!(!msg.contains('\n'), "{msg}");
-        }
+    fn kernel_devices_are_paths() {
+        assert_eq!(
+            parse_device("/dev/nvme0").unwrap(),
+            DeviceSpec::Path("/dev/nvme0".into())
+        );
+        assert_eq!(
+            parse_device("nvme1n1").unwrap(),
+            DeviceSpec::Path("/dev/nvme1n1".into())
+        );
+        assert_eq!(parse_device("ng0n1").unwrap().to_string(), "/dev/ng0n1");
     }
 
     #[test]

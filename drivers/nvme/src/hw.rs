@@ -286,6 +286,13 @@ impl DmaBuf {
         Ok(out)
     }
 
+    /// The host address and length in bytes of the whole region this buffer was carved
+    /// from (for backends that register memory with the kernel, such as io_uring fixed
+    /// buffers).
+    pub fn region_span(&self) -> (usize, usize) {
+        (self.region.vaddr().as_ptr() as usize, self.region.len())
+    }
+
     /// Whether `other` was carved from the same region as `self`.
     pub fn same_region(&self, other: &DmaBuf) -> bool {
         Arc::ptr_eq(&self.region, &other.region)

@@ -20,6 +20,7 @@
 #[cfg(not(target_endian = "little"))]
 compile_error!("ironvme-nvme lays NVMe structures out in native byte order and needs a little-endian target");
 
+pub mod block;
 pub mod cmd;
 pub mod completion;
 pub mod ctrl;

@@ -8,6 +8,7 @@
 //! down normally (CC.SHN, CSTS.SHST).
 
 mod admin;
+mod block;
 mod clock;
 mod config;
 mod error;
@@ -21,6 +22,7 @@ mod recovery_tests;
 mod tests;
 
 pub use admin::AsyncEvent;
+pub use block::NamespaceQueue;
 pub use config::{ControllerConfig, DataPointerMode};
 pub use error::Error;
 pub use init::InitState;

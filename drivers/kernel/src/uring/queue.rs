@@ -1,0 +1,583 @@
+//! [`UringQueue`]: one ring (two with IOPOLL), a fixed table of operation slots, and the
+//! registered-buffer table.
+
+use super::Shared;
+use super::fixed::FixedBuffers;
+use crate::error::{BACKEND_URING, KernelError};
+use crate::geometry::os;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use ironvme_nvme::block::{self, BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
+use ironvme_nvme::hw::DmaBuf;
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+/// `Slot::fixed` of an operation that uses no registered buffer.
+const NO_FIXED: u16 = u16::MAX;
+
+/// One operation slot; its index is the SQE's `user_data`.
+struct Slot {
+    tag: u64,
+    buf: Option<DmaBuf>,
+    /// Bytes a read or write must transfer; 0 for operations without data.
+    expect: u32,
+    /// The registered-buffer slot the operation uses, or [`NO_FIXED`].
+    fixed: u16,
+    /// The operation went to the auxiliary ring.
+    aux: bool,
+    /// An operation is in flight in this slot.
+    busy: bool,
+}
+
+/// Counters of one queue, for tests and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UringStats {
+    /// Memory regions registered as fixed buffers (one `io_uring_register` each).
+    pub buffer_registrations: u64,
+    /// Regions the kernel refused to register (locked-memory limit, over 1 GiB); their
+    /// reads and writes are plain.
+    pub registration_refusals: u64,
+    /// Reads and writes from a registered buffer (`READ_FIXED` / `WRITE_FIXED`).
+    pub fixed_ios: u64,
+    /// Plain reads and writes (`IORING_OP_READ` / `WRITE`): fixed buffers off or
+    /// unavailable, the region refused, or the table full.
+    pub plain_ios: u64,
+    /// Of `plain_ios`, those whose region found the registered-buffer table full.
+    pub table_full_ios: u64,
+}
+
+/// How an SQE names the device's file.
+#[derive(Clone, Copy)]
+enum FileRef {
+    /// Index 0 of the ring's registered files.
+    Fixed,
+    /// The raw descriptor.
+    Raw(i32),
+}
+
+/// Builds an opcode with the right file argument type (`types::Fixed` or `types::Fd`).
+macro_rules! with_file {
+    ($file:expr, $fd:ident => $e:expr) => {
+        match $file {
+            FileRef::Fixed => {
+                let $fd = types::Fixed(0);
+                $e
+            }
+            FileRef::Raw(raw) => {
+                let $fd = types::Fd(raw);
+                $e
+            }
+        }
+    };
+}
+
+/// An I/O queue on an io_uring: the uring backend of the block interface. See the
+/// [module documentation](super) for how each operation is issued.
+///
+/// A read or write that transfers fewer bytes than asked (`res` < length) completes with
+/// `EIO`: on a block device or a file of fixed size that only happens when something
+/// changed underneath (the file was truncated, the device resized). A negative `res`
+/// completes with that errno ([`IoStatus::Os`]).
+///
+/// Dropping the queue waits for every operation still in flight (the kernel may be
+/// writing to their buffers), then unregisters the buffers and closes the ring.
+pub struct UringQueue {
+    ring: IoUring,
+    /// An ordinary ring for Flush, Write Zeroes and Deallocate, which an IOPOLL ring
+    /// refuses; only with IOPOLL.
+    aux: Option<IoUring>,
+    shared: Arc<Shared>,
+    file: FileRef,
+    depth: usize,
+    slots: Box<[Slot]>,
+    free: Vec<u32>,
+    /// SQEs written since the last `io_uring_enter`, per ring.
+    pending: bool,
+    aux_pending: bool,
+    /// Operations in flight per ring.
+    inflight: usize,
+    aux_inflight: usize,
+    fixed: FixedBuffers,
+    stats: UringStats,
+    /// A queue belongs to one thread at a time: `Send`, not `Sync`.
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl UringQueue {
+    pub(super) fn new(shared: Arc<Shared>, depth: usize) -> Result<UringQueue, KernelError> {
+        let path = shared.path.as_path();
+        let opts = &shared.opts;
+        if depth == 0 || depth > super::MAX_QUEUE_DEPTH {
+            return Err(KernelError::BadOption {
+                backend: BACKEND_URING,
+                why: format!("queue depth {depth}: must be from 1 to {}", super::MAX_QUEUE_DEPTH),
+            });
+        }
+        let mut builder = IoUring::builder();
+        if opts.sqpoll {
+            builder.setup_sqpoll(super::SQPOLL_IDLE_MS);
+        }
+        if opts.iopoll {
+            builder.setup_iopoll();
+        }
+        let ring = builder.build(depth as u32).map_err(|e| ring_setup_error(&shared, e))?;
+        if opts.sqpoll && !opts.fixed_files && !ring.params().is_feature_sqpoll_nonfixed() {
+            return Err(KernelError::BadOption {
+                backend: BACKEND_URING,
+                why: "SQPOLL without fixed files needs Linux 5.11+ (IORING_FEAT_SQPOLL_NONFIXED): enable fixed files"
+                    .into(),
+            });
+        }
+        let raw = shared.file.as_raw_fd();
+        let file = if opts.fixed_files {
+            let register = |r: &IoUring| r.submitter().register_files(&[raw]);
+            register(&ring).map_err(|e| os(BACKEND_URING, "IORING_REGISTER_FILES", path, e))?;
+            FileRef::Fixed
+        } else {
+            FileRef::Raw(raw)
+        };
+        let aux = if opts.iopoll {
+            let aux = IoUring::new(depth as u32).map_err(|e| ring_setup_error(&shared, e))?;
+            if opts.fixed_files {
+                aux.submitter()
+                    .register_files(&[raw])
+                    .map_err(|e| os(BACKEND_URING, "IORING_REGISTER_FILES", path, e))?;
+            }
+            Some(aux)
+        } else {
+            None
+        };
+        let fixed_active = opts.fixed_buffers
+            && match ring
+                .submitter()
+                .register_buffers_sparse(super::FIXED_BUFFER_SLOTS as u32)
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    // Sparse tables need Linux 5.19 (IORING_RSRC_REGISTER_SPARSE).
+                    tracing::info!(error = %e, "uring: no sparse registered-buffer table: plain reads and writes");
+                    false
+                }
+            };
+        let slots = (0..depth)
+            .map(|_| Slot {
+                tag: 0,
+                buf: None,
+                expect: 0,
+                fixed: NO_FIXED,
+                aux: false,
+                busy: false,
+            })
+            .collect();
+        let free = (0..depth as u32).rev().collect();
+        tracing::debug!(
+            path = %path.display(),
+            depth,
+            sq_entries = ring.params().sq_entries(),
+            cq_entries = ring.params().cq_entries(),
+            fixed_active,
+            "uring: queue created"
+        );
+        Ok(UringQueue {
+            ring,
+            aux,
+            file,
+            depth,
+            slots,
+            free,
+            pending: false,
+            aux_pending: false,
+            inflight: 0,
+            aux_inflight: 0,
+            fixed: FixedBuffers::new(fixed_active),
+            stats: UringStats::default(),
+            shared,
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> UringStats {
+        let c = self.fixed.counters;
+        UringStats {
+            buffer_registrations: c.registrations,
+            registration_refusals: c.refusals,
+            table_full_ios: c.table_full,
+            ..self.stats
+        }
+    }
+
+    /// Whether the ring has a registered-buffer table (fixed buffers asked for, and the
+    /// kernel has sparse tables: Linux 5.19+).
+    pub fn fixed_buffers_active(&self) -> bool {
+        self.fixed.active()
+    }
+
+    /// Memory regions the registered-buffer table holds.
+    pub fn registered_regions(&self) -> usize {
+        self.fixed.regions()
+    }
+
+    /// Unregisters every region with no read or write in flight and lets the table's
+    /// hold on it go, so that memory freed by its users is unmapped; returns how many.
+    /// Costs one system call per region; a region used again is registered again.
+    pub fn release_idle_buffers(&mut self) -> usize {
+        self.fixed.release_idle(&self.ring.submitter())
+    }
+
+    /// Builds the SQE for `op` on `buf`, choosing a fixed buffer if the table has (or
+    /// can take) the buffer's region.
+    fn build(&mut self, op: &Op, buf: Option<&mut DmaBuf>, blocks: u64) -> (squeue::Entry, u32, u16) {
+        let bs = self.shared.info.block_size as u64;
+        let file = self.file;
+        let rw = |lba: u64, buf: &mut DmaBuf, fixed: &mut FixedBuffers, ring: &IoUring| {
+            let slot = fixed.slot_for(&ring.submitter(), buf);
+            (lba * bs, buf.as_ptr(), buf.len() as u32, slot)
+        };
+        match (*op, buf) {
+            (Op::Read { lba }, Some(buf)) => {
+                let (off, ptr, len, slot) = rw(lba, buf, &mut self.fixed, &self.ring);
+                self.count(slot);
+                let e = match slot {
+                    Some(i) => with_file!(file, fd => opcode::ReadFixed::new(fd, ptr, len, i).offset(off).build()),
+                    None => with_file!(file, fd => opcode::Read::new(fd, ptr, len).offset(off).build()),
+                };
+                (e, len, slot.unwrap_or(NO_FIXED))
+            }
+            (Op::Write { lba, fua }, Some(buf)) => {
+                let (off, ptr, len, slot) = rw(lba, buf, &mut self.fixed, &self.ring);
+                self.count(slot);
+                let flags = if fua { libc::RWF_DSYNC } else { 0 };
+                let e = match slot {
+                    Some(i) => with_file!(file, fd => opcode::WriteFixed::new(fd, ptr, len, i)
+                        .offset(off)
+                        .rw_flags(flags)
+                        .build()),
+                    None => {
+                        with_file!(file, fd => opcode::Write::new(fd, ptr, len).offset(off).rw_flags(flags).build())
+                    }
+                };
+                (e, len, slot.unwrap_or(NO_FIXED))
+            }
+            (Op::Flush, _) => {
+                let e = with_file!(file, fd => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build());
+                (e, 0, NO_FIXED)
+            }
+            (Op::WriteZeroes { lba, deallocate, .. }, _) => {
+                let mode = if deallocate {
+                    self.shared.zero_unmap_mode
+                } else {
+                    self.shared.zero_mode
+                };
+                (
+                    self.fallocate(lba * bs, blocks * bs, mode.expect("checked: write zeroes is supported")),
+                    0,
+                    NO_FIXED,
+                )
+            }
+            (Op::Deallocate { lba, .. }, _) => {
+                let mode = self.shared.deallocate_mode.expect("checked: deallocate is supported");
+                (self.fallocate(lba * bs, blocks * bs, mode), 0, NO_FIXED)
+            }
+            (op, _) => unreachable!("{} passed check() without support or a buffer", op.name()),
+        }
+    }
+
+    /// With IOPOLL on a device with `chunk_sectors`: the chunk size in bytes if the read
+    /// or write crosses a chunk boundary.
+    fn crossed_chunk(&self, op: &Op, buf: Option<&DmaBuf>) -> Option<u64> {
+        let chunk = self.shared.polled_chunk_bytes;
+        let (Op::Read { lba } | Op::Write { lba, .. }) = *op else {
+            return None;
+        };
+        let len = buf?.len() as u64;
+        let start = lba * self.shared.info.block_size as u64;
+        (chunk > 0 && start / chunk != (start + len - 1) / chunk).then_some(chunk)
+    }
+
+    fn fallocate(&self, offset: u64, len: u64, mode: i32) -> squeue::Entry {
+        with_file!(self.file, fd => opcode::Fallocate::new(fd, len).offset(offset).mode(mode).build())
+    }
+
+    fn count(&mut self, fixed: Option<u16>) {
+        match fixed {
+            Some(_) => self.stats.fixed_ios += 1,
+            None => self.stats.plain_ios += 1,
+        }
+    }
+
+    /// Takes a slot's operation back after its CQE (`res`) arrived.
+    fn finish(&mut self, index: usize, res: i32) -> Option<Completion> {
+        let slot = self.slots.get_mut(index)?;
+        if !slot.busy {
+            debug_assert!(false, "CQE for idle slot {index}");
+            return None;
+        }
+        slot.busy = false;
+        let result = if res < 0 {
+            Err(IoStatus::Os(-res))
+        } else if slot.expect != 0 && res as u32 != slot.expect {
+            Err(IoStatus::Os(libc::EIO))
+        } else {
+            Ok(())
+        };
+        let (tag, buf, fixed, aux) = (slot.tag, slot.buf.take(), slot.fixed, slot.aux);
+        slot.expect = 0;
+        slot.fixed = NO_FIXED;
+        if fixed != NO_FIXED {
+            self.fixed.complete(fixed);
+        }
+        if aux {
+            self.aux_inflight -= 1;
+        } else {
+            self.inflight -= 1;
+        }
+        self.free.push(index as u32);
+        Some(Completion { tag, buf, result })
+    }
+
+    /// Reaps up to `max` CQEs from one ring.
+    fn reap<F: FnMut(Completion)>(&mut self, aux: bool, max: usize, on_complete: &mut F) -> usize {
+        const BATCH: usize = 32;
+        let mut n = 0;
+        while n < max {
+            let ring = if aux {
+                self.aux.as_mut().expect("aux ring exists")
+            } else {
+                &mut self.ring
+            };
+            let mut batch = [(0u64, 0i32); BATCH];
+            let mut got = 0;
+            // The CQ head moves once per batch, when the iterator drops.
+            for (i, cqe) in ring.completion().take(BATCH.min(max - n)).enumerate() {
+                let cqe: cqueue::Entry = cqe;
+                batch[i] = (cqe.user_data(), cqe.result());
+                got = i + 1;
+            }
+            if got == 0 {
+                break;
+            }
+            for &(user_data, res) in &batch[..got] {
+                if let Some(c) = self.finish(user_data as usize, res) {
+                    on_complete(c);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Submits pending SQEs of one ring.
+    fn enter(&mut self, aux: bool) -> Result<(), BlockError> {
+        let sqpoll = self.shared.opts.sqpoll && !aux;
+        let ring = if aux {
+            self.aux.as_mut().expect("aux ring exists")
+        } else {
+            &mut self.ring
+        };
+        ring.submit().map_err(|source| BlockError::Os {
+            op: "io_uring_enter",
+            source,
+        })?;
+        // Without SQPOLL the kernel consumes every SQE it is given unless it fails; with
+        // SQPOLL its thread takes them when it runs.
+        let left = !sqpoll && !ring.submission().is_empty();
+        if aux {
+            self.aux_pending = left
+        } else {
+            self.pending = left
+        }
+        Ok(())
+    }
+
+    /// Waits in the kernel until one operation completes, on the ring that has some in
+    /// flight.
+    fn wait_one(&mut self) -> std::io::Result<()> {
+        let ring = if self.inflight > 0 {
+            &self.ring
+        } else {
+            self.aux.as_ref().unwrap_or(&self.ring)
+        };
+        loop {
+            match ring.submit_and_wait(1) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for UringQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringQueue")
+            .field("path", &self.shared.path)
+            .field("depth", &self.depth)
+            .field("outstanding", &self.outstanding())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl BlockQueue for UringQueue {
+    fn namespace(&self) -> &NamespaceInfo {
+        &self.shared.info
+    }
+
+    fn depth(&self) -> usize {
+        self.depth
+    }
+
+    fn outstanding(&self) -> usize {
+        self.depth - self.free.len()
+    }
+
+    fn submit(&mut self, op: Op, mut buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
+        let blocks = match block::check(&self.shared.info, &op, buf.as_ref()) {
+            Ok(n) => n,
+            Err(error) => return Err(SubmitError { error, buf }),
+        };
+        if let Some(chunk) = self.crossed_chunk(&op, buf.as_ref()) {
+            let reason = format!(
+                "with IOPOLL a transfer may not cross a multiple of {chunk} bytes (the device's chunk_sectors): the \
+                 kernel cannot split polled I/O"
+            );
+            return Err(SubmitError {
+                error: BlockError::Unsupported { op: op.name(), reason },
+                buf,
+            });
+        }
+        let aux = self.aux.is_some() && !op.needs_buffer();
+        let sq_full = match self.aux.as_mut() {
+            Some(r) if aux => r.submission().is_full(),
+            _ => self.ring.submission().is_full(),
+        };
+        if self.free.is_empty() || sq_full {
+            return Err(SubmitError {
+                error: BlockError::QueueFull(self.outstanding()),
+                buf,
+            });
+        }
+        let index = self.free.pop().expect("checked non-empty");
+        let (entry, expect, fixed) = self.build(&op, buf.as_mut(), blocks);
+        let entry = entry.user_data(index as u64);
+        let ring = if aux {
+            self.aux.as_mut().expect("aux ring exists")
+        } else {
+            &mut self.ring
+        };
+        // SAFETY: the SQE's buffer (if any) is `buf`, which moves into slot `index` below
+        // and stays there — alive, not accessed by us — until the CQE with this user_data
+        // is reaped; a fixed buffer's region is also held by the buffer table. The file
+        // (registered or raw) is kept open by `shared` for as long as the queue lives.
+        let pushed = unsafe { ring.submission().push(&entry) };
+        if pushed.is_err() {
+            if fixed != NO_FIXED {
+                self.fixed.complete(fixed);
+            }
+            self.free.push(index);
+            return Err(SubmitError {
+                error: BlockError::QueueFull(self.outstanding()),
+                buf,
+            });
+        }
+        let slot = &mut self.slots[index as usize];
+        *slot = Slot {
+            tag,
+            buf,
+            expect,
+            fixed,
+            aux,
+            busy: true,
+        };
+        if aux {
+            self.aux_pending = true;
+            self.aux_inflight += 1;
+        } else {
+            self.pending = true;
+            self.inflight += 1;
+        }
+        Ok(())
+    }
+
+    fn ring(&mut self) -> Result<(), BlockError> {
+        let main = if self.pending { self.enter(false) } else { Ok(()) };
+        let aux = if self.aux_pending { self.enter(true) } else { Ok(()) };
+        main.and(aux)
+    }
+
+    fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        // An error leaves the SQEs queued; the next poll or ring tries again.
+        let _ = self.ring();
+        if self.shared.opts.iopoll && self.inflight > 0 && self.ring.completion().is_empty() {
+            // IOPOLL: completions are found by polling the device, which only
+            // io_uring_enter(GETEVENTS) does (`submit` sets it on IOPOLL rings).
+            let _ = self.ring.submit();
+        }
+        let n = self.reap(false, max, &mut on_complete);
+        if self.aux.is_some() {
+            n + self.reap(true, max - n, &mut on_complete)
+        } else {
+            n
+        }
+    }
+
+    fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        loop {
+            let n = self.poll(max, &mut on_complete);
+            if n > 0 || self.outstanding() == 0 || max == 0 {
+                return n;
+            }
+            if self.wait_one().is_err() {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+impl Drop for UringQueue {
+    fn drop(&mut self) {
+        // The kernel may still write into the buffers of operations in flight: wait for
+        // all of them before anything is unmapped.
+        let _ = self.ring();
+        while self.outstanding() > 0 {
+            if self.poll(usize::MAX, drop) > 0 {
+                continue;
+            }
+            if let Err(e) = self.wait_one() {
+                tracing::error!(
+                    error = %e,
+                    outstanding = self.outstanding(),
+                    "uring: cannot wait for operations in flight; leaking their buffers"
+                );
+                for slot in self.slots.iter_mut() {
+                    if let Some(b) = slot.buf.take() {
+                        std::mem::forget(b);
+                    }
+                }
+                self.fixed.leak();
+                return;
+            }
+        }
+        self.fixed.unregister(&self.ring.submitter());
+    }
+}
+
+/// Turns an `io_uring_setup` failure for a queue into an error that says why.
+fn ring_setup_error(shared: &Shared, e: std::io::Error) -> KernelError {
+    let opts = &shared.opts;
+    let why = match e.raw_os_error() {
+        Some(libc::EPERM) if opts.sqpoll => {
+            "io_uring_setup with SQPOLL: EPERM: before Linux 5.11 SQPOLL needs CAP_SYS_ADMIN".to_string()
+        }
+        Some(libc::EINVAL) if opts.sqpoll || opts.iopoll => {
+            format!("io_uring_setup: {e}: this kernel refuses the SQPOLL/IOPOLL setup flags")
+        }
+        _ => super::setup_error(&e),
+    };
+    KernelError::Unavailable {
+        backend: BACKEND_URING,
+        why: format!("{}: {why}", shared.path.display()),
+    }
+}

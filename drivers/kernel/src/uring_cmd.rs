@@ -1,0 +1,741 @@
+//! The io_uring NVMe passthrough backend: NVMe I/O commands sent with
+//! `IORING_OP_URING_CMD` to a namespace's generic character device `/dev/ngXnY`
+//! (Linux 5.19+).
+//!
+//! - The ring has 128-byte SQEs and 32-byte CQEs (`IORING_SETUP_SQE128 |
+//!   IORING_SETUP_CQE32`): each SQE carries `cmd_op = NVME_URING_CMD_IO` and the 72-byte
+//!   `struct nvme_uring_cmd` in its 80-byte command area; each CQE carries `res` — 0 for
+//!   success (not a byte count), a positive NVMe status (the 15-bit status field), or
+//!   `-errno` — and completion DW0 in the big CQE (`big_cqe()[0]`).
+//! - Submission is batched: [`BlockQueue::submit`] only writes an SQE; [`BlockQueue::ring`]
+//!   is one `io_uring_enter` for everything queued. Completions are reaped by polling the
+//!   CQ ring in memory ([`BlockQueue::poll`] makes no system call when nothing is waiting
+//!   to be submitted); [`BlockQueue::wait`] sleeps in `io_uring_enter` instead of spinning.
+//! - Every operation has a slot, allocated with the queue (`depth` of them, at most
+//!   [`MAX_QUEUE_DEPTH`](crate::ioctl::MAX_QUEUE_DEPTH)): the slot index is the SQE's `user_data`, and the slot holds the
+//!   caller's buffer until the CQE arrives. A Deallocate's 16-byte range lives in the
+//!   slot's part of a per-queue range buffer. Nothing is allocated per operation.
+//! - Fixed buffers: the queue registers a sparse table of [`FIXED_REGIONS`] buffers at
+//!   creation, and the first time a buffer from a new DMA region can use it, registers the
+//!   whole region (one `IORING_REGISTER_BUFFERS_UPDATE`, once per region) and keeps a
+//!   zero-length buffer of that region so it stays mapped while registered. Commands on
+//!   registered memory carry `IORING_URING_CMD_FIXED` and the table index, so the kernel
+//!   skips pinning user pages per command. Linux 6.0 added fixed-buffer uring_cmd
+//!   (`io_uring_cmd_import_fixed`), and Linux 6.1 honours the flag (a command whose address
+//!   lies outside the registered buffer it names fails with `EFAULT`), with one limit:
+//!   its `blk_rq_map_user_bvec` refuses (`EINVAL`) a command when the registered buffer has
+//!   more pages from the command's first page to the buffer's end than the queue's
+//!   `max_segments` (127 for QEMU's controller) — it counts the rest of the registration,
+//!   not the transfer. Linux 6.12 dropped that check ("block: fix queue limits checks in
+//!   blk_rq_map_user_bvec for real"); Debian's 6.1 has only the earlier fix. So a command
+//!   uses its region's fixed buffer only when it starts within `max_segments` pages of the
+//!   region's end, and a plain user address otherwise: regions of at most `max_segments`
+//!   pages (508 KiB here) always use fixed buffers; in larger ones, only their tail does.
+//!   When the table cannot be registered or is full, or a region cannot be registered
+//!   (`RLIMIT_MEMLOCK`, regions over 1 GiB), commands also use plain addresses, which the
+//!   kernel pins per command.
+//! - The namespace's node is a registered file (`IOSQE_FIXED_FILE`) when the kernel
+//!   allows it.
+//! - Admin commands go through the admin ioctl on the same `/dev/ngXnY` node
+//!   (`NVME_IOCTL_ADMIN64_CMD`, see [`crate::ioctl`]). Admin commands over io_uring
+//!   (`NVME_URING_CMD_ADMIN`) exist from Linux 6.0 but only on the controller node
+//!   `/dev/nvmeX`, which this backend does not open; they need `CAP_SYS_ADMIN` either way.
+//!
+//! Errors say which kernel feature is missing: a ring with big SQEs/CQEs refused
+//! (`EINVAL`), no `IORING_OP_URING_CMD` in the opcode probe, or `EOPNOTSUPP`/`EINVAL` for
+//! the first command (a Flush sent when the queue is created) mean the kernel is older
+//! than 5.19; `EPERM` from `io_uring_setup` is explained with
+//! `/proc/sys/kernel/io_uring_disabled` when the kernel has it (6.6+).
+
+use crate::dma::KernelDma;
+use crate::error::{BACKEND_URING_CMD, KernelError};
+use crate::ioctl::{
+    DSM_RANGE_BYTES, Node, PassthruFile, check_depth, check_op, classify, command_for, controller_namespaces,
+    dsm_range, namespace_info, queue_limits,
+};
+use crate::nvme_ioctl::{NVME_URING_CMD_IO, NvmeUringCmd, decode_return};
+use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
+use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
+use ironvme_nvme::cmd::{Command, DsmRange};
+use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
+use ironvme_nvme::identify::IdentifyController;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Entries in a queue's sparse table of registered buffers: the most DMA regions one
+/// queue uses as fixed buffers (each further region's commands use plain addresses).
+pub const FIXED_REGIONS: usize = 64;
+
+/// How long dropping a queue waits for outstanding commands: longer than the kernel's
+/// default I/O timeout (30 s) plus its abort and controller reset.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Page size of registered buffers, in bytes.
+const PAGE: usize = 4096;
+
+/// `max_segments` to assume when sysfs does not say.
+const DEFAULT_MAX_SEGMENTS: usize = 64;
+
+/// What this backend takes, for error messages.
+const NEEDS: &str = "io_uring NVMe passthrough needs a namespace's generic character device, /dev/ngXnY";
+
+/// The kernel version io_uring NVMe passthrough needs, for error messages.
+const NEEDS_KERNEL: &str = "io_uring NVMe passthrough needs Linux 5.19+";
+
+/// A namespace opened for io_uring NVMe passthrough (`/dev/ngXnY`).
+#[derive(Debug)]
+pub struct UringCmdDevice {
+    file: Arc<PassthruFile>,
+    identify: IdentifyController,
+    info: NamespaceInfo,
+    /// The kernel queue's `max_segments`.
+    max_segments: usize,
+}
+
+impl UringCmdDevice {
+    /// Opens the generic character device `/dev/ngXnY` of a namespace read-write and
+    /// reads its geometry with Identify (through the admin ioctl) and sysfs, as
+    /// [`crate::ioctl::IoctlDevice`] does.
+    ///
+    /// Errors: [`KernelError::WrongDevice`] for anything but an NVMe generic node — a
+    /// namespace's block device (`/dev/nvmeXnY`: use its `/dev/ngXnY`, or the uring backend
+    /// for block I/O), the controller node (`/dev/nvmeX`: use one of its namespaces'
+    /// nodes), or a non-NVMe file; [`KernelError::PermissionDenied`]; [`KernelError::Os`];
+    /// [`KernelError::Status`] or [`KernelError::Parse`] if Identify fails;
+    /// [`KernelError::Invalid`] if the namespace is inactive or its format unusable.
+    pub fn open(path: &Path) -> Result<UringCmdDevice, KernelError> {
+        let wrong = |why: String| KernelError::WrongDevice {
+            backend: BACKEND_URING_CMD,
+            path: path.to_owned(),
+            why,
+        };
+        let disk = match classify(BACKEND_URING_CMD, path, NEEDS)? {
+            node @ Node::Generic(_) => node.disk().unwrap_or_default(),
+            Node::Block(name) => {
+                return Err(wrong(format!(
+                    "{name} is the block device of an NVMe namespace; {NEEDS}: use /dev/ng{} \
+                     (or the uring backend for block I/O on /dev/{name})",
+                    &name[4..]
+                )));
+            }
+            Node::Controller(name) => {
+                let nodes: Vec<String> = controller_namespaces(Path::new("/sys"), &name)
+                    .iter()
+                    .map(|n| format!("/dev/{}", n.generic()))
+                    .collect();
+                let list = if nodes.is_empty() {
+                    "one of its namespaces' /dev/ngXnY".to_string()
+                } else {
+                    nodes.join(", ")
+                };
+                return Err(wrong(format!(
+                    "{name} is an NVMe controller's character device; {NEEDS}: use {list}"
+                )));
+            }
+        };
+        let file = Arc::new(PassthruFile::open(BACKEND_URING_CMD, path, false)?);
+        let nsid = file.namespace_id()?;
+        let identify = file.identify_controller()?;
+        let ns = file.identify_namespace(nsid)?;
+        let limits = queue_limits(Path::new("/sys"), &disk);
+        let info = namespace_info(nsid, &ns, &identify, &limits).ok_or_else(|| KernelError::Invalid {
+            backend: BACKEND_URING_CMD,
+            why: format!(
+                "{}: namespace {nsid} is inactive or has an unusable LBA format",
+                path.display()
+            ),
+        })?;
+        tracing::debug!(path = %path.display(), nsid, "uring-cmd: opened");
+        let max_segments = limits.max_segments.unwrap_or(DEFAULT_MAX_SEGMENTS);
+        Ok(UringCmdDevice {
+            file,
+            identify,
+            info,
+            max_segments,
+        })
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &NamespaceInfo {
+        &self.info
+    }
+
+    /// The device node this was opened from.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Identify Controller, as read at open.
+    pub fn identify(&self) -> &IdentifyController {
+        &self.identify
+    }
+
+    /// Runs an admin command that transfers `len` bytes from the controller (0 for none)
+    /// and returns completion DW0 and the data — through the admin ioctl on this node
+    /// (`NVME_IOCTL_ADMIN64_CMD`), not io_uring.
+    ///
+    /// Errors: as [`crate::ioctl::IoctlDevice::admin_read`].
+    pub fn admin_read(&self, cmd: Command, len: usize) -> Result<(u32, Vec<u8>), KernelError> {
+        self.file.admin_read(cmd, len)
+    }
+
+    /// Runs an admin command that transfers `data` to the controller (empty for none)
+    /// and returns completion DW0, through the admin ioctl on this node.
+    ///
+    /// Errors: as [`crate::ioctl::IoctlDevice::admin_write`].
+    pub fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, KernelError> {
+        self.file.admin_write(cmd, data)
+    }
+
+    /// An I/O queue of `depth` operations (1..=[`MAX_QUEUE_DEPTH`](crate::ioctl::MAX_QUEUE_DEPTH)) on its own io_uring
+    /// (SQ of `depth` rounded up to a power of two, CQ twice that). Sends one Flush to
+    /// check that the kernel takes NVMe commands over io_uring.
+    ///
+    /// Errors: [`KernelError::Unavailable`] when io_uring is missing or disabled or the
+    /// kernel is older than 5.19; [`KernelError::Invalid`] for a depth out of range;
+    /// [`KernelError::PermissionDenied`]; [`KernelError::Os`]; [`KernelError::Dma`].
+    pub fn create_queue(&self, depth: usize) -> Result<UringCmdQueue, KernelError> {
+        check_depth(BACKEND_URING_CMD, depth)?;
+        UringCmdQueue::new(Arc::clone(&self.file), self.info.clone(), depth, self.max_segments)
+    }
+}
+
+/// What a slot of the queue holds while its command is outstanding.
+#[derive(Debug, Default)]
+struct Slot {
+    buf: Option<DmaBuf>,
+    tag: u64,
+    busy: bool,
+}
+
+/// A region registered (or not) as a fixed buffer.
+#[derive(Debug)]
+struct Registered {
+    base: usize,
+    /// The table index, or `None` if registration failed.
+    index: Option<u16>,
+    /// A zero-length buffer of the region: keeps it mapped while registered.
+    _keep: Option<DmaBuf>,
+}
+
+/// The queue's registered-buffer table.
+#[derive(Debug)]
+struct FixedBuffers {
+    /// The sparse table is registered.
+    enabled: bool,
+    regions: Vec<Registered>,
+    next_index: u16,
+    /// The queue's `max_segments`: see [`FixedBuffers::index_for`].
+    max_segments: usize,
+}
+
+impl FixedBuffers {
+    /// The table index of `buf`'s region, registering the region the first time it is
+    /// used; `None` to use a plain address (see the module documentation for when).
+    fn index_for(&mut self, ring: &IoUring<squeue::Entry128, cqueue::Entry32>, buf: &mut DmaBuf) -> Option<u16> {
+        if !self.enabled {
+            return None;
+        }
+        let (base, len) = buf.region_span();
+        if pages_to_end(base, len, buf.as_ptr() as usize) > self.max_segments {
+            return None;
+        }
+        if let Some(r) = self.regions.iter().find(|r| r.base == base) {
+            return r.index;
+        }
+        if self.regions.len() == FIXED_REGIONS {
+            return None;
+        }
+        let index = self.next_index;
+        let iov = libc::iovec {
+            iov_base: base as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: the region (base, len) is mapped while any buffer of it exists; on success
+        // we keep one (`_keep`) until the queue drops, after the ring (declared first in
+        // `UringCmdQueue`), whose closing ends the registration.
+        let registered = unsafe { ring.submitter().register_buffers_update(index as u32, &[iov], None) };
+        match registered {
+            Ok(()) => {
+                self.next_index += 1;
+                self.regions.push(Registered {
+                    base,
+                    index: Some(index),
+                    _keep: Some(keeper(buf)),
+                });
+                Some(index)
+            }
+            Err(e) => {
+                tracing::info!(len, error = %e, "uring-cmd: cannot register a buffer region; its commands use plain addresses");
+                self.regions.push(Registered {
+                    base,
+                    index: None,
+                    _keep: None,
+                });
+                None
+            }
+        }
+    }
+}
+
+/// Pages (bvecs) the kernel's iterator over a registered region `base..base + len` holds
+/// from the page of `addr` to the region's end: Linux 6.1 refuses a command when this
+/// exceeds the queue's `max_segments`.
+fn pages_to_end(base: usize, len: usize, addr: usize) -> usize {
+    (base + len).div_ceil(PAGE) - addr / PAGE
+}
+
+/// A zero-length buffer of `buf`'s region (which it keeps alive), leaving `buf` as it was.
+fn keeper(buf: &mut DmaBuf) -> DmaBuf {
+    let (offset, len) = (buf.window_offset(), buf.len());
+    let keep = buf
+        .split_off(buf.capacity())
+        .expect("splitting at the capacity is in bounds");
+    buf.set_window(offset, len)
+        .expect("the window was inside the unchanged capacity");
+    keep
+}
+
+/// How the queue names the namespace's node in its SQEs.
+#[derive(Clone, Copy, Debug)]
+enum FileRef {
+    /// Registered file 0.
+    Fixed,
+    /// The plain file descriptor.
+    Fd(i32),
+}
+
+/// An I/O queue on one namespace over io_uring NVMe passthrough.
+pub struct UringCmdQueue {
+    // Field order is drop order: the ring closes before the regions it registered and the
+    // node it submits to are released.
+    ring: IoUring<squeue::Entry128, cqueue::Entry32>,
+    fixed: FixedBuffers,
+    file: Arc<PassthruFile>,
+    file_ref: FileRef,
+    info: NamespaceInfo,
+    slots: Box<[Slot]>,
+    free: Vec<u32>,
+    outstanding: usize,
+    /// `depth` DSM ranges, slot i's at byte 16 × i.
+    ranges: DmaBuf,
+}
+
+impl std::fmt::Debug for UringCmdQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringCmdQueue")
+            .field("path", &self.file.path())
+            .field("nsid", &self.info.nsid)
+            .field("depth", &self.slots.len())
+            .field("outstanding", &self.outstanding)
+            .field("fixed_regions", &self.fixed.regions.len())
+            .finish()
+    }
+}
+
+impl UringCmdQueue {
+    fn new(
+        file: Arc<PassthruFile>,
+        info: NamespaceInfo,
+        depth: usize,
+        max_segments: usize,
+    ) -> Result<UringCmdQueue, KernelError> {
+        let entries = depth.next_power_of_two() as u32;
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
+            .build(entries)
+            .map_err(|e| setup_error(file.path(), e))?;
+        let mut probe = Probe::new();
+        if ring.submitter().register_probe(&mut probe).is_ok() && !probe.is_supported(opcode::UringCmd80::CODE) {
+            return Err(unavailable(format!(
+                "{NEEDS_KERNEL}: this kernel's io_uring has no IORING_OP_URING_CMD"
+            )));
+        }
+        let enabled = match ring.submitter().register_buffers_sparse(FIXED_REGIONS as u32) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "uring-cmd: no sparse registered-buffer table; using plain addresses");
+                false
+            }
+        };
+        let fd = file.fd().as_raw_fd();
+        let file_ref = match ring.submitter().register_files(&[fd]) {
+            Ok(()) => FileRef::Fixed,
+            Err(_) => FileRef::Fd(fd),
+        };
+        let ranges = KernelDma::new(false).allocate(depth * DSM_RANGE_BYTES)?;
+        let mut q = UringCmdQueue {
+            ring,
+            fixed: FixedBuffers {
+                enabled,
+                regions: Vec::with_capacity(FIXED_REGIONS),
+                next_index: 0,
+                max_segments,
+            },
+            file,
+            file_ref,
+            info,
+            slots: (0..depth).map(|_| Slot::default()).collect(),
+            free: (0..depth as u32).rev().collect(),
+            outstanding: 0,
+            ranges,
+        };
+        q.check_passthrough()?;
+        Ok(q)
+    }
+
+    /// The node the queue's commands go to.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// How many DMA regions are registered as fixed buffers.
+    pub fn fixed_regions(&self) -> usize {
+        self.fixed.regions.iter().filter(|r| r.index.is_some()).count()
+    }
+
+    /// Sends a Flush and waits for it: proves the kernel runs NVMe commands from this
+    /// ring before the queue is handed out.
+    fn check_passthrough(&mut self) -> Result<(), KernelError> {
+        let mut result = None;
+        self.submit(Op::Flush, None, 0)
+            .map_err(|e| unavailable(format!("cannot queue a Flush: {e}")))?;
+        if let Err(e) = self.ring() {
+            return Err(match e {
+                BlockError::Os { source, .. } => self.file.os_error("io_uring_enter", source),
+                other => unavailable(other.to_string()),
+            });
+        }
+        while result.is_none() {
+            self.wait(1, |c| result = Some(c.result));
+        }
+        match result.expect("loop ends when set") {
+            Ok(()) | Err(IoStatus::Nvme(_)) => Ok(()),
+            Err(IoStatus::Os(errno)) if errno == libc::EOPNOTSUPP || errno == libc::EINVAL => {
+                Err(unavailable(format!(
+                    "{NEEDS_KERNEL}: a Flush through NVME_URING_CMD_IO on {} failed with {}",
+                    self.file.path().display(),
+                    io::Error::from_raw_os_error(errno)
+                )))
+            }
+            Err(IoStatus::Os(errno)) => Err(self
+                .file
+                .os_error("IORING_OP_URING_CMD", io::Error::from_raw_os_error(errno))),
+        }
+    }
+
+    /// Builds and queues the SQE for `cmd` in `slot`, moving `len` bytes at `addr`.
+    fn push(&mut self, slot: u32, cmd: &Command, addr: u64, len: u32, fixed: Option<u16>) -> bool {
+        let payload = NvmeUringCmd::from_command(cmd, addr, len).to_sqe_cmd();
+        let sqe = match self.file_ref {
+            FileRef::Fixed => opcode::UringCmd80::new(Fixed(0), NVME_URING_CMD_IO),
+            FileRef::Fd(fd) => opcode::UringCmd80::new(Fd(fd), NVME_URING_CMD_IO),
+        }
+        .cmd(payload)
+        .buf_index(fixed)
+        .build()
+        .user_data(slot as u64);
+        // SAFETY: the SQE names memory that stays valid until its CQE is reaped: the
+        // caller's buffer moves into `slots[slot]` (kept there until `poll` takes the CQE),
+        // a DSM range lives in `self.ranges` (owned by the queue, slot's part untouched
+        // while the slot is busy), and a registered region is kept mapped by `fixed`.
+        // Dropping the queue waits for outstanding commands or leaks their memory.
+        unsafe { self.ring.submission().push(&sqe) }.is_ok()
+    }
+
+    fn complete(slots: &mut [Slot], free: &mut Vec<u32>, cqe: &cqueue::Entry32) -> Option<Completion> {
+        let slot = slots.get_mut(cqe.user_data() as usize).filter(|s| s.busy)?;
+        slot.busy = false;
+        free.push(cqe.user_data() as u32);
+        let res = cqe.result();
+        let result = if res < 0 {
+            Err(IoStatus::Os(-res))
+        } else {
+            decode_return(res).map_err(IoStatus::Nvme)
+        };
+        Some(Completion {
+            tag: slot.tag,
+            buf: slot.buf.take(),
+            result,
+        })
+    }
+}
+
+impl BlockQueue for UringCmdQueue {
+    fn namespace(&self) -> &NamespaceInfo {
+        &self.info
+    }
+
+    fn depth(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
+        if self.free.is_empty() {
+            return Err(SubmitError {
+                error: BlockError::QueueFull(self.outstanding),
+                buf,
+            });
+        }
+        let blocks = match check_op(&self.info, &op, buf.as_ref()) {
+            Ok(n) => n,
+            Err(error) => return Err(SubmitError { error, buf }),
+        };
+        let slot = self.free.pop().expect("checked non-empty");
+        let cmd = command_for(self.info.nsid, &op, blocks);
+        let mut buf = buf;
+        let (addr, len, fixed) = match (&mut buf, op) {
+            (Some(b), _) => {
+                let index = self.fixed.index_for(&self.ring, b);
+                (b.as_ptr() as u64, b.len() as u32, index)
+            }
+            (None, Op::Deallocate { .. }) => {
+                let range: DsmRange = dsm_range(&op);
+                let at = slot as usize * DSM_RANGE_BYTES;
+                // SAFETY: slot `slot` is free, so no outstanding command reads its 16 bytes
+                // of `ranges` (which holds `depth` of them, so `at + 16` is in bounds); the
+                // write goes through a raw pointer, leaving other slots' bytes — which the
+                // kernel may be reading — unborrowed.
+                unsafe { std::ptr::write_unaligned(self.ranges.as_ptr().add(at).cast::<DsmRange>(), range) };
+                // SAFETY: as above, `at` is within the buffer.
+                (
+                    unsafe { self.ranges.as_ptr().add(at) } as u64,
+                    DSM_RANGE_BYTES as u32,
+                    None,
+                )
+            }
+            (None, _) => (0, 0, None),
+        };
+        if !self.push(slot, &cmd, addr, len, fixed) {
+            self.free.push(slot);
+            return Err(SubmitError {
+                error: BlockError::QueueFull(self.outstanding),
+                buf,
+            });
+        }
+        self.slots[slot as usize] = Slot { buf, tag, busy: true };
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    fn ring(&mut self) -> Result<(), BlockError> {
+        loop {
+            if self.ring.submission().is_empty() {
+                return Ok(());
+            }
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(BlockError::Os {
+                        op: "io_uring_enter",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        if !self.ring.submission().is_empty() {
+            // A failure leaves the SQEs queued; the next poll or ring tries again.
+            let _ = self.ring();
+        }
+        let UringCmdQueue {
+            ring,
+            slots,
+            free,
+            outstanding,
+            ..
+        } = self;
+        let mut n = 0;
+        for cqe in ring.completion().take(max) {
+            if let Some(c) = Self::complete(slots, free, &cqe) {
+                *outstanding -= 1;
+                n += 1;
+                on_complete(c);
+            }
+        }
+        n
+    }
+
+    fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        loop {
+            let n = self.poll(max, &mut on_complete);
+            if n > 0 || self.outstanding == 0 {
+                return n;
+            }
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for UringCmdQueue {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.outstanding > 0 && Instant::now() < deadline {
+            let ts = Timespec::new().sec(1);
+            let args = SubmitArgs::new().timespec(&ts);
+            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) {
+                    break;
+                }
+            }
+            self.poll(usize::MAX, drop);
+        }
+        if self.outstanding > 0 {
+            // The kernel may still write to these buffers: leak them rather than free them.
+            tracing::error!(
+                path = %self.file.path().display(),
+                outstanding = self.outstanding,
+                "uring-cmd: dropping a queue with commands the kernel has not completed; leaking their buffers"
+            );
+            for s in self.slots.iter_mut() {
+                std::mem::forget(s.buf.take());
+            }
+            if let Ok(all) = self.ranges.split_off(0) {
+                std::mem::forget(all);
+            }
+        }
+    }
+}
+
+fn unavailable(why: String) -> KernelError {
+    KernelError::Unavailable {
+        backend: BACKEND_URING_CMD,
+        why,
+    }
+}
+
+/// Explains an `io_uring_setup` failure.
+fn setup_error(path: &Path, e: io::Error) -> KernelError {
+    match e.raw_os_error() {
+        Some(libc::EINVAL) => unavailable(format!(
+            "{NEEDS_KERNEL}: this kernel refuses a ring with 128-byte SQEs and 32-byte CQEs (io_uring_setup: EINVAL)"
+        )),
+        Some(libc::ENOSYS) => unavailable(
+            "this kernel has no io_uring (io_uring_setup: ENOSYS; CONFIG_IO_URING off, or a seccomp filter)".into(),
+        ),
+        Some(libc::EPERM) => unavailable(disabled_reason(
+            std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok(),
+        )),
+        _ => KernelError::Os {
+            backend: BACKEND_URING_CMD,
+            op: "io_uring_setup for",
+            path: path.to_owned(),
+            source: e,
+        },
+    }
+}
+
+/// Why `io_uring_setup` said `EPERM`, given `/proc/sys/kernel/io_uring_disabled`.
+fn disabled_reason(sysctl: Option<String>) -> String {
+    match sysctl.as_deref().map(str::trim) {
+        Some("2") => "io_uring is disabled on this system (sysctl kernel.io_uring_disabled = 2); set it to 0".into(),
+        Some("1") => "io_uring is limited to members of the group in kernel.io_uring_group \
+                      (sysctl kernel.io_uring_disabled = 1)"
+            .into(),
+        _ => "io_uring_setup: permission denied (EPERM), though io_uring is not disabled by sysctl: \
+              a seccomp filter or container policy?"
+            .into(),
+    }
+}
+
+// Queues are created on one thread and may move to the one that uses them.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<UringCmdQueue>();
+    send::<crate::ioctl::IoctlQueue>();
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<UringCmdDevice>();
+    send_sync::<crate::ioctl::IoctlDevice>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_nodes_are_refused_with_the_fix() {
+        let e = UringCmdDevice::open(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.starts_with("uring-cmd: /dev/null: character device null"), "{e}");
+        assert!(e.contains("/dev/ngXnY"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = UringCmdDevice::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("a directory, not a character or block device"), "{e}");
+    }
+
+    #[test]
+    fn disabled_io_uring_is_explained() {
+        assert!(disabled_reason(Some("2\n".into())).contains("kernel.io_uring_disabled = 2"));
+        assert!(disabled_reason(Some("1".into())).contains("io_uring_group"));
+        assert!(disabled_reason(None).contains("seccomp"));
+        let e = setup_error(Path::new("/dev/ng0n1"), io::Error::from_raw_os_error(libc::EINVAL)).to_string();
+        assert_eq!(
+            e,
+            "uring-cmd: unavailable: io_uring NVMe passthrough needs Linux 5.19+: this kernel refuses a ring with \
+             128-byte SQEs and 32-byte CQEs (io_uring_setup: EINVAL)"
+        );
+    }
+
+    #[test]
+    fn fixed_buffers_are_used_within_max_segments_pages_of_the_region_end() {
+        let base = 0x7f00_0000_0000;
+        assert_eq!(pages_to_end(base, 8192, base), 2);
+        assert_eq!(pages_to_end(base, 8192, base + 4100), 1);
+        // A 2 MiB region (512 pages): only buffers starting in its last 127 pages qualify.
+        assert_eq!(pages_to_end(base, 2 << 20, base), 512);
+        assert_eq!(pages_to_end(base, 2 << 20, base + 385 * 4096), 127);
+        assert_eq!(pages_to_end(base, 2 << 20, base + 385 * 4096 - 4), 128);
+    }
+
+    #[test]
+    fn a_keeper_holds_the_region_and_leaves_the_buffer_alone() {
+        let dma = KernelDma::new(false);
+        let mut b = dma.allocate(8192).unwrap();
+        b.set_window(512, 1024).unwrap();
+        let keep = keeper(&mut b);
+        assert_eq!((b.window_offset(), b.len(), b.capacity()), (512, 1024, 8192));
+        assert_eq!((keep.len(), keep.capacity()), (0, 0));
+        assert!(keep.same_region(&b));
+        assert_eq!(keep.region_span(), b.region_span());
+        drop(b);
+        assert_eq!(keep.region_span().1, 8192); // the region is still there
+    }
+
+    #[test]
+    fn sqes_carry_cmd_op_the_command_and_the_fixed_buffer() {
+        let cmd = NvmeUringCmd::from_command(&Command::read(1, 8, 2), 0x1000, 1024);
+        let sqe = opcode::UringCmd80::new(Fixed(0), NVME_URING_CMD_IO)
+            .cmd(cmd.to_sqe_cmd())
+            .buf_index(Some(5))
+            .build()
+            .user_data(7);
+        assert_eq!(std::mem::size_of_val(&sqe), 128);
+        // SAFETY: Entry128 is a 128-byte repr(C) SQE of plain integers (size checked above).
+        let b: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+        // struct io_uring_sqe (include/uapi/linux/io_uring.h): opcode at 0, flags at 1,
+        // cmd_op at 8, uring_cmd_flags at 28, user_data at 32, buf_index at 40, cmd at 48.
+        assert_eq!(b[0], 46, "IORING_OP_URING_CMD");
+        assert_eq!(b[1] & 1, 1, "IOSQE_FIXED_FILE");
+        assert_eq!(&b[8..12], &NVME_URING_CMD_IO.to_le_bytes());
+        assert_eq!(&b[28..32], &1u32.to_le_bytes(), "IORING_URING_CMD_FIXED");
+        assert_eq!(&b[32..40], &7u64.to_le_bytes());
+        assert_eq!(&b[40..42], &5u16.to_le_bytes());
+        assert_eq!(&b[48..128], &cmd.to_sqe_cmd());
+    }
+}

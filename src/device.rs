@@ -1,0 +1,557 @@
+//! Opening a device by path or PCI address, and the one block interface over every
+//! backend.
+//!
+//! [`Device::open`] picks the backend from what it is given — a PCI address is a
+//! controller for ironvme's VFIO driver; `/dev/ngXnY` goes to io_uring NVMe passthrough;
+//! `/dev/nvmeXnY` (and any block device) to io_uring; `/dev/nvmeX` to the NVMe ioctl
+//! passthrough; a regular file to io_uring, or to psync when io_uring is unavailable —
+//! and [`OpenOptions::backend`] overrides the choice. A backend that cannot work says
+//! which backend and why; nothing falls back silently (the one automatic choice, psync
+//! for a file when io_uring is unavailable, is explained by [`choose_backend`] and logged).
+//!
+//! [`Device`] and [`IoQueue`] are enums over the backends: one `match` per call at the
+//! top, static dispatch inside each backend (as firecracker's `FileEngine`).
+
+use crate::admin::AdminCommands;
+use crate::{Error, VfioController};
+use ironvme_kernel::{
+    IoctlDevice, IoctlQueue, KernelDma, KernelError, PsyncDevice, PsyncQueue, UringCmdDevice, UringCmdQueue,
+    UringDevice, UringOptions, UringQueue,
+};
+use ironvme_nvme::block::{BlockError, BlockQueue, Completion, NamespaceInfo, Op, SubmitError};
+use ironvme_nvme::cmd::Command;
+use ironvme_nvme::ctrl::{ControllerConfig, NamespaceQueue};
+use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
+use ironvme_vfio::MmioBar;
+use std::fmt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// ironvme's polled driver through VFIO (a PCI address bound to vfio-pci).
+    Vfio,
+    /// The kernel's NVMe ioctl passthrough (`/dev/nvmeX`, `/dev/nvmeXnY`, `/dev/ngXnY`).
+    Ioctl,
+    /// io_uring block I/O with `O_DIRECT` (block devices and regular files).
+    Uring,
+    /// io_uring NVMe passthrough, `IORING_OP_URING_CMD` (`/dev/ngXnY`).
+    UringCmd,
+    /// `pread`/`pwrite` (any file or block device).
+    Psync,
+    /// The in-process simulated controller (tests and benchmarks).
+    #[cfg(feature = "sim")]
+    Sim,
+}
+
+impl Backend {
+    /// Every backend that works on real devices, in the order users see them.
+    pub const ALL: [Backend; 5] = [
+        Backend::Vfio,
+        Backend::Ioctl,
+        Backend::Uring,
+        Backend::UringCmd,
+        Backend::Psync,
+    ];
+
+    /// The name users write (`--backend uring-cmd`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Vfio => "vfio",
+            Backend::Ioctl => ironvme_kernel::error::BACKEND_IOCTL,
+            Backend::Uring => ironvme_kernel::error::BACKEND_URING,
+            Backend::UringCmd => ironvme_kernel::error::BACKEND_URING_CMD,
+            Backend::Psync => ironvme_kernel::error::BACKEND_PSYNC,
+            #[cfg(feature = "sim")]
+            Backend::Sim => "sim",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Backend, String> {
+        Backend::ALL.into_iter().find(|b| b.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
+            format!("unknown backend {s:?}; one of: {}", names.join(", "))
+        })
+    }
+}
+
+/// How to open a device.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Use this backend instead of the one the device's kind suggests.
+    pub backend: Option<Backend>,
+    /// The VFIO driver's configuration.
+    pub controller: ControllerConfig,
+    /// io_uring options (block backend).
+    pub uring: UringOptions,
+    /// Logical block size for regular files (default: the filesystem's direct I/O
+    /// alignment, else 4096).
+    pub file_block_size: Option<u32>,
+    /// Back kernel-backend buffers with 2 MiB hugepages when reserved.
+    pub hugepages: bool,
+}
+
+/// What a device argument names, before any backend is chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A PCI address (`0000:00:05.0`, `00:05.0`, `pci:0000:00:05.0`).
+    Pci(String),
+    /// An NVMe controller character device (`/dev/nvmeX`).
+    NvmeController(PathBuf),
+    /// An NVMe namespace generic character device (`/dev/ngXnY`).
+    NvmeGeneric(PathBuf),
+    /// An NVMe namespace block device (`/dev/nvmeXnY`).
+    NvmeBlock(PathBuf),
+    /// Any other block device.
+    Block(PathBuf),
+    /// A regular file.
+    File(PathBuf),
+}
+
+impl Target {
+    /// Classifies `spec`: a PCI address, or a path that must exist.
+    ///
+    /// Errors: [`Error::Open`] when the path does not exist or is neither a block device,
+    /// an NVMe character device, nor a regular file.
+    pub fn parse(spec: &str) -> Result<Target, Error> {
+        let bdf = spec.strip_prefix("pci:").unwrap_or(spec);
+        if bdf.parse::<ironvme_vfio::Bdf>().is_ok() && !Path::new(spec).exists() {
+            return Ok(Target::Pci(bdf.to_string()));
+        }
+        let path = PathBuf::from(spec);
+        let meta = std::fs::metadata(&path).map_err(|e| Error::Open {
+            device: spec.to_string(),
+            why: format!("{e} (give a PCI address such as 0000:00:05.0, a device under /dev, or a file)"),
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ft = meta.file_type();
+        Ok(if ft.is_block_device() {
+            if is_nvme_name(&name, "nvme", true) {
+                Target::NvmeBlock(path)
+            } else {
+                Target::Block(path)
+            }
+        } else if ft.is_char_device() && is_nvme_name(&name, "ng", true) {
+            Target::NvmeGeneric(path)
+        } else if ft.is_char_device() && is_nvme_name(&name, "nvme", false) {
+            Target::NvmeController(path)
+        } else if ft.is_file() {
+            Target::File(path)
+        } else {
+            return Err(Error::Open {
+                device: spec.to_string(),
+                why: "not a block device, an NVMe character device (/dev/nvmeX, /dev/ngXnY) or a regular file".into(),
+            });
+        })
+    }
+
+    /// The backend this kind of target uses unless told otherwise.
+    pub fn default_backend(&self) -> Backend {
+        match self {
+            Target::Pci(_) => Backend::Vfio,
+            Target::NvmeController(_) => Backend::Ioctl,
+            Target::NvmeGeneric(_) => Backend::UringCmd,
+            Target::NvmeBlock(_) | Target::Block(_) | Target::File(_) => Backend::Uring,
+        }
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Target::Pci(_) => None,
+            Target::NvmeController(p)
+            | Target::NvmeGeneric(p)
+            | Target::NvmeBlock(p)
+            | Target::Block(p)
+            | Target::File(p) => Some(p),
+        }
+    }
+}
+
+/// `nvme0`, `nvme0n1` (`namespace`), `ng0n1`, with an optional `cN`/`pN` suffix.
+fn is_nvme_name(name: &str, prefix: &str, namespace: bool) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    if digits == 0 {
+        return false;
+    }
+    let rest = &rest[digits..];
+    match rest.strip_prefix('n') {
+        Some(ns) => namespace && ns.starts_with(|c: char| c.is_ascii_digit()) && !ns.contains('p'),
+        None => !namespace && rest.is_empty(),
+    }
+}
+
+/// The backend [`Device::open`] uses for `target`: the one `options` asks for, else the
+/// one the target's kind suggests — except a regular file when io_uring is unavailable,
+/// which gets psync; the second value then says why.
+pub fn choose_backend(target: &Target, options: &OpenOptions) -> (Backend, Option<String>) {
+    if let Some(b) = options.backend {
+        return (b, None);
+    }
+    match (target, target.default_backend()) {
+        (Target::File(_), Backend::Uring) => match ironvme_kernel::io_uring_available() {
+            Ok(()) => (Backend::Uring, None),
+            Err(why) => (
+                Backend::Psync,
+                Some(format!("io_uring is unavailable ({why}); using psync")),
+            ),
+        },
+        (_, b) => (b, None),
+    }
+}
+
+/// An open device, whatever backend is underneath.
+pub enum Device {
+    /// ironvme's driver through VFIO.
+    Vfio(Box<VfioController>),
+    /// NVMe ioctl passthrough.
+    Ioctl(IoctlDevice, Arc<KernelDma>),
+    /// io_uring block I/O.
+    Uring(UringDevice, Arc<KernelDma>),
+    /// io_uring NVMe passthrough.
+    UringCmd(UringCmdDevice, Arc<KernelDma>),
+    /// pread/pwrite.
+    Psync(PsyncDevice, Arc<KernelDma>),
+    /// The simulated controller with ironvme's driver.
+    #[cfg(feature = "sim")]
+    Sim(ironvme_nvme::ctrl::Controller<ironvme_nvme::sim::SimController>),
+}
+
+impl Device {
+    /// Opens `spec` (a PCI address or a path) with the backend `options` asks for, or the
+    /// one its kind suggests.
+    ///
+    /// Errors: [`Error::Open`] for a missing or unusable path; the chosen backend's error,
+    /// which names the backend and the reason ([`Error::Vfio`], [`Error::Kernel`], ...).
+    pub fn open(spec: &str, options: &OpenOptions) -> Result<Device, Error> {
+        let target = Target::parse(spec)?;
+        let (backend, why) = choose_backend(&target, options);
+        if let Some(why) = why {
+            tracing::warn!(device = spec, %backend, "{why}");
+        }
+        Device::open_with(&target, spec, backend, options)
+    }
+
+    fn open_with(target: &Target, spec: &str, backend: Backend, options: &OpenOptions) -> Result<Device, Error> {
+        let dma = || Arc::new(KernelDma::new(options.hugepages));
+        let path = || {
+            target.path().ok_or_else(|| Error::Open {
+                device: spec.to_string(),
+                why: format!("the {backend} backend needs a device path, not a PCI address"),
+            })
+        };
+        Ok(match backend {
+            Backend::Vfio => {
+                let bdf = match target {
+                    Target::Pci(bdf) => bdf.clone(),
+                    other => pci_address_of(other).ok_or_else(|| Error::Open {
+                        device: spec.to_string(),
+                        why: "the vfio backend needs an NVMe controller's PCI address (DDDD:BB:DD.F)".into(),
+                    })?,
+                };
+                Device::Vfio(Box::new(crate::open_vfio(&bdf, options.controller.clone())?))
+            }
+            Backend::Ioctl => Device::Ioctl(IoctlDevice::open(path()?)?, dma()),
+            Backend::Uring => Device::Uring(
+                UringDevice::open(path()?, &options.uring_with_block_size(options.file_block_size))?,
+                dma(),
+            ),
+            Backend::UringCmd => Device::UringCmd(UringCmdDevice::open(path()?)?, dma()),
+            Backend::Psync => Device::Psync(PsyncDevice::open(path()?, options.file_block_size)?, dma()),
+            #[cfg(feature = "sim")]
+            Backend::Sim => {
+                return Err(Error::Open {
+                    device: spec.to_string(),
+                    why: "use Device::simulated for the sim backend".into(),
+                });
+            }
+        })
+    }
+
+    /// ironvme's driver on a fresh simulated controller (host tests and benchmarks).
+    ///
+    /// Errors: initialisation errors of the driver.
+    #[cfg(feature = "sim")]
+    pub fn simulated(sim: ironvme_nvme::sim::SimController, config: ControllerConfig) -> Result<Device, Error> {
+        let dma = Arc::new(sim.dma());
+        let ctrl = ironvme_nvme::ctrl::Controller::init(sim, dma, config).map_err(|source| Error::Init {
+            device: "sim".into(),
+            source,
+        })?;
+        Ok(Device::Sim(ctrl))
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Device::Vfio(_) => Backend::Vfio,
+            Device::Ioctl(..) => Backend::Ioctl,
+            Device::Uring(..) => Backend::Uring,
+            Device::UringCmd(..) => Backend::UringCmd,
+            Device::Psync(..) => Backend::Psync,
+            #[cfg(feature = "sim")]
+            Device::Sim(_) => Backend::Sim,
+        }
+    }
+
+    /// The namespaces (one for block devices, files and `/dev/ngXnY`).
+    pub fn namespaces(&self) -> Vec<NamespaceInfo> {
+        match self {
+            Device::Vfio(v) => v.controller.namespaces().iter().map(|n| n.info()).collect(),
+            Device::Ioctl(d, _) => d.namespaces().to_vec(),
+            Device::Uring(d, _) => vec![d.namespace().clone()],
+            Device::UringCmd(d, _) => vec![d.namespace().clone()],
+            Device::Psync(d, _) => vec![d.namespace().clone()],
+            #[cfg(feature = "sim")]
+            Device::Sim(c) => c.namespaces().iter().map(|n| n.info()).collect(),
+        }
+    }
+
+    /// The namespace `nsid`, or the first one for `None`.
+    ///
+    /// Errors: [`Error::Open`] if there is no such namespace.
+    pub fn namespace(&self, nsid: Option<u32>) -> Result<NamespaceInfo, Error> {
+        let all = self.namespaces();
+        let found = match nsid {
+            Some(id) => all.into_iter().find(|n| n.nsid == id),
+            None => all.into_iter().next(),
+        };
+        found.ok_or_else(|| Error::Open {
+            device: self.backend().to_string(),
+            why: format!(
+                "no active namespace {}",
+                nsid.map_or("at all".into(), |n| n.to_string())
+            ),
+        })
+    }
+
+    /// The allocator for buffers this device's queues accept.
+    pub fn dma(&self) -> Arc<dyn DmaAllocator> {
+        match self {
+            Device::Vfio(v) => Arc::clone(v.controller.dma()),
+            Device::Ioctl(_, dma) | Device::Uring(_, dma) | Device::UringCmd(_, dma) | Device::Psync(_, dma) => {
+                Arc::clone(dma) as Arc<dyn DmaAllocator>
+            }
+            #[cfg(feature = "sim")]
+            Device::Sim(c) => Arc::clone(c.dma()),
+        }
+    }
+
+    /// Admin commands, on backends that can issue them (VFIO, ioctl, io_uring
+    /// passthrough).
+    pub fn admin(&self) -> Option<&dyn AdminCommands> {
+        match self {
+            Device::Vfio(v) => Some(&v.controller),
+            Device::Ioctl(d, _) => Some(d),
+            Device::UringCmd(d, _) => Some(d),
+            Device::Uring(..) | Device::Psync(..) => None,
+            #[cfg(feature = "sim")]
+            Device::Sim(c) => Some(c),
+        }
+    }
+
+    /// Creates an I/O queue of `depth` operations on namespace `nsid` (the first one for
+    /// `None`), for the calling thread.
+    ///
+    /// Errors: the backend's (ring setup, queue creation on the controller, no such
+    /// namespace).
+    pub fn create_queue(&self, nsid: Option<u32>, depth: usize) -> Result<IoQueue, Error> {
+        let ns = self.namespace(nsid)?;
+        let entries = (depth + 1).min(u32::MAX as usize) as u32;
+        Ok(match self {
+            Device::Vfio(v) => IoQueue::Vfio(NamespaceQueue::new(&v.controller, ns.nsid, entries)?),
+            Device::Ioctl(d, _) => IoQueue::Ioctl(d.create_queue(ns.nsid, depth)?),
+            Device::Uring(d, _) => IoQueue::Uring(d.create_queue(depth)?),
+            Device::UringCmd(d, _) => IoQueue::UringCmd(d.create_queue(depth)?),
+            Device::Psync(d, _) => IoQueue::Psync(d.create_queue(depth)?),
+            #[cfg(feature = "sim")]
+            Device::Sim(c) => IoQueue::Sim(NamespaceQueue::new(c, ns.nsid, entries)?),
+        })
+    }
+}
+
+impl OpenOptions {
+    fn uring_with_block_size(&self, block_size: Option<u32>) -> UringOptions {
+        UringOptions {
+            block_size: block_size.or(self.uring.block_size),
+            ..self.uring.clone()
+        }
+    }
+}
+
+/// The PCI address of the controller behind a kernel NVMe device node, from sysfs.
+fn pci_address_of(target: &Target) -> Option<String> {
+    let path = target.path()?;
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    // nvme0 / nvme0n1 / ng0n1 → controller nvme0
+    let digits: String = name
+        .trim_start_matches("nvme")
+        .trim_start_matches("ng")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let device = std::fs::canonicalize(format!("/sys/class/nvme/nvme{digits}/device")).ok()?;
+    Some(device.file_name()?.to_string_lossy().into_owned())
+}
+
+/// An I/O queue on one namespace, whatever backend is underneath.
+// The variants differ in size (an io_uring queue carries its ring state inline). A queue
+// is created once per thread and used for its lifetime; boxing the large variants would
+// add a pointer chase to every call instead.
+#[allow(clippy::large_enum_variant)]
+pub enum IoQueue {
+    /// ironvme's VFIO driver.
+    Vfio(NamespaceQueue<MmioBar>),
+    /// NVMe ioctl passthrough.
+    Ioctl(IoctlQueue),
+    /// io_uring block I/O.
+    Uring(UringQueue),
+    /// io_uring NVMe passthrough.
+    UringCmd(UringCmdQueue),
+    /// pread/pwrite.
+    Psync(PsyncQueue),
+    /// The simulated controller.
+    #[cfg(feature = "sim")]
+    Sim(NamespaceQueue<ironvme_nvme::sim::SimController>),
+}
+
+macro_rules! each_backend {
+    ($queue:expr, $q:ident => $body:expr) => {
+        match $queue {
+            IoQueue::Vfio($q) => $body,
+            IoQueue::Ioctl($q) => $body,
+            IoQueue::Uring($q) => $body,
+            IoQueue::UringCmd($q) => $body,
+            IoQueue::Psync($q) => $body,
+            #[cfg(feature = "sim")]
+            IoQueue::Sim($q) => $body,
+        }
+    };
+}
+
+impl BlockQueue for IoQueue {
+    #[inline]
+    fn namespace(&self) -> &NamespaceInfo {
+        each_backend!(self, q => q.namespace())
+    }
+
+    #[inline]
+    fn depth(&self) -> usize {
+        each_backend!(self, q => q.depth())
+    }
+
+    #[inline]
+    fn outstanding(&self) -> usize {
+        each_backend!(self, q => q.outstanding())
+    }
+
+    #[inline]
+    fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
+        each_backend!(self, q => q.submit(op, buf, tag))
+    }
+
+    #[inline]
+    fn ring(&mut self) -> Result<(), BlockError> {
+        each_backend!(self, q => q.ring())
+    }
+
+    #[inline]
+    fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
+        each_backend!(self, q => q.poll(max, on_complete))
+    }
+
+    #[inline]
+    fn wait<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
+        each_backend!(self, q => q.wait(max, on_complete))
+    }
+}
+
+impl AdminCommands for IoctlDevice {
+    fn admin_read(&self, cmd: Command, len: usize) -> Result<(u32, Vec<u8>), Error> {
+        Ok(IoctlDevice::admin_read(self, cmd, len)?)
+    }
+    fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, Error> {
+        Ok(IoctlDevice::admin_write(self, cmd, data)?)
+    }
+}
+
+impl AdminCommands for UringCmdDevice {
+    fn admin_read(&self, cmd: Command, len: usize) -> Result<(u32, Vec<u8>), Error> {
+        Ok(UringCmdDevice::admin_read(self, cmd, len)?)
+    }
+    fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, Error> {
+        Ok(UringCmdDevice::admin_write(self, cmd, data)?)
+    }
+}
+
+impl From<KernelError> for Error {
+    fn from(e: KernelError) -> Error {
+        Error::Kernel(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvme_names_are_recognised() {
+        assert!(is_nvme_name("nvme0", "nvme", false));
+        assert!(is_nvme_name("nvme12", "nvme", false));
+        assert!(!is_nvme_name("nvme0n1", "nvme", false));
+        assert!(is_nvme_name("nvme0n1", "nvme", true));
+        assert!(is_nvme_name("ng3n2", "ng", true));
+        assert!(
+            !is_nvme_name("nvme0n1p1", "nvme", true),
+            "a partition is not a namespace"
+        );
+        assert!(!is_nvme_name("nvme-fabrics", "nvme", false));
+        assert!(!is_nvme_name("sda", "nvme", true));
+    }
+
+    #[test]
+    fn targets_pick_their_backend() {
+        assert_eq!(
+            Target::parse("0000:00:05.0").unwrap(),
+            Target::Pci("0000:00:05.0".into())
+        );
+        assert_eq!(Target::parse("pci:00:05.0").unwrap().default_backend(), Backend::Vfio);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk.img");
+        std::fs::write(&file, vec![0u8; 8192]).unwrap();
+        let t = Target::parse(file.to_str().unwrap()).unwrap();
+        assert_eq!(
+            (t.clone(), t.default_backend()),
+            (Target::File(file.clone()), Backend::Uring)
+        );
+        let e = Target::parse(dir.path().join("missing").to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("No such file"), "{e}");
+        let e = Target::parse(dir.path().to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("not a block device"), "{e}");
+    }
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in Backend::ALL {
+            assert_eq!(b.name().parse::<Backend>().unwrap(), b);
+        }
+        assert!("spdk".parse::<Backend>().unwrap_err().contains("uring-cmd"));
+    }
+}
