@@ -42,6 +42,8 @@ pub mod identify;
 pub mod list;
 pub mod logs;
 pub mod output;
+pub mod perf;
+pub mod verify;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::{self, Write};
@@ -134,6 +136,23 @@ pub enum Command {
     /// what sysfs knows is shown for them; use `ironvme identify BDF` to ask the
     /// controller itself.
     List(ListArgs),
+    /// An I/O benchmark like fio or spdk_nvme_perf: IOPS, bandwidth, latency percentiles
+    /// and CPU use of a timed workload on any backend.
+    ///
+    /// fio's meanings: --rw read|write|randread|randwrite|randrw, --bs SIZE, --qd (iodepth,
+    /// per thread), --threads (numjobs, one queue each), --time (runtime), --ramp
+    /// (ramp_time), --size, --offset, --rwmixread. Latency is submit to completion, in µs.
+    /// Write workloads destroy data: on a device they need --allow-write (regular files do
+    /// not). Exits 1 if any I/O failed.
+    Perf(perf::PerfArgs),
+    /// Data integrity check: writes every block of a region stamped with its LBA, the pass
+    /// number and a seed (plus an xxh3 checksum), flushes, reads it all back and reports
+    /// every block that is wrong — misdirected, stale (lost write), corrupt, or all zeros.
+    ///
+    /// Destroys the data in the region (default: the first 64 MiB); on a device it needs
+    /// --allow-write (regular files do not). --read-only checks what an earlier run wrote
+    /// (e.g. after a power cycle) without writing. Exits 1 on any mismatch or I/O error.
+    Verify(verify::VerifyArgs),
 }
 
 /// Arguments of subcommands that take only a device.
@@ -285,6 +304,10 @@ pub enum CliError {
         /// What failed.
         source: crate::Error,
     },
+    /// The command ran and found failures (failed I/Os, mismatched data); its report has
+    /// been printed.
+    #[error("{0}")]
+    Failed(String),
     /// Reading sysfs, the terminal, or writing the output failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -319,6 +342,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::GetFeature(a) => features::run(a, out),
         Command::Format(a) => format::run(a, out),
         Command::List(a) => list::run(a, &crate::vfio::Sysfs::system(), out),
+        Command::Perf(a) => perf::run(a, out),
+        Command::Verify(a) => verify::run(a, out),
     }?;
     out.flush()?;
     Ok(())

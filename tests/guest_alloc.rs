@@ -1,14 +1,18 @@
-//! Zero heap allocations per I/O on the VFIO data path, counted by a global allocator.
+//! Zero heap allocations per I/O on the VFIO and io_uring data paths, counted by a global
+//! allocator.
 //!
 //! The allocator counts allocations made by the current thread while counting is on. A
-//! queue pair at queue depth 32 runs a few thousand reads and writes (submit, ring, poll,
-//! resubmit) with counting on: the count must stay zero. Runs inside the guest
-//! (`scripts/test`).
+//! queue at depth 32 runs a few thousand reads and writes (submit, ring, poll, resubmit)
+//! with counting on: the count must stay zero — through the driver's own queue pair, and
+//! through the block interface (`ironvme::IoQueue`) on VFIO and on io_uring. Runs inside
+//! the guest (`scripts/test`).
 
 mod common;
 
-use common::{OnVfio, env};
+use common::{OnVfio, env, kernel_ctrl};
+use ironvme::block::{BlockQueue, Completion, Op};
 use ironvme::nvme::ctrl::{ControllerConfig, IoCompletion};
+use ironvme::{Backend, Device, IoQueue, OpenOptions};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,4 +114,68 @@ fn no_heap_allocation_per_io_on_the_vfio_path() {
     let n = allocations_in(|| run(IOS, &mut q));
     eprintln!("{IOS} I/Os at QD {QD}: {n} heap allocations");
     assert_eq!(n, 0, "heap allocations on the VFIO data path");
+}
+
+/// Runs `ios` alternating 4 KiB reads and writes at depth `qd` through the block
+/// interface; returns the heap allocations counted while the warm queue ran them.
+fn block_interface_allocations(device: &Device, qd: usize, ios: u64) -> u64 {
+    let mut q: IoQueue = device.create_queue(None, qd).unwrap();
+    let bs = 4096;
+    let mut free = device.dma().allocate(qd * bs).unwrap().into_chunks(bs, qd).unwrap();
+    let mut done: Vec<Completion> = Vec::with_capacity(qd);
+    let blocks = (bs as u64) / u64::from(q.namespace().block_size);
+    let mut run = |ios: u64, q: &mut IoQueue| {
+        let (mut submitted, mut completed) = (0u64, 0u64);
+        while completed < ios {
+            while submitted < ios {
+                let Some(b) = free.pop() else { break };
+                let lba = (submitted * 7919) % 50_000 * blocks;
+                let op = if submitted % 2 == 0 {
+                    Op::Read { lba }
+                } else {
+                    Op::Write { lba, fua: false }
+                };
+                q.submit(op, Some(b), submitted).expect("submit");
+                submitted += 1;
+            }
+            q.ring().expect("ring");
+            q.poll(qd, |c| done.push(c));
+            for c in done.drain(..) {
+                assert!(c.result.is_ok(), "{:?}", c.result);
+                free.push(c.buf.expect("buffer back"));
+                completed += 1;
+            }
+        }
+    };
+    run(200, &mut q); // warm up: lazily registered buffers, clock calibration, ...
+    allocations_in(|| run(ios, &mut q))
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn no_heap_allocation_per_io_through_the_block_interface_on_vfio_and_io_uring() {
+    const QD: usize = 32;
+    const IOS: u64 = 4000;
+    let uring = format!("{}n2", kernel_ctrl(&env("IRONVME_KERNEL_BDF")).display());
+    let options = OpenOptions {
+        backend: Some(Backend::Uring),
+        ..Default::default()
+    };
+    let device = Device::open(&uring, &options).unwrap();
+    let n = block_interface_allocations(&device, QD, IOS);
+    eprintln!("io_uring {uring}: {IOS} I/Os at QD {QD}: {n} heap allocations");
+    assert_eq!(n, 0, "heap allocations on the io_uring data path");
+
+    let vfio = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let options = OpenOptions {
+        backend: Some(Backend::Vfio),
+        ..Default::default()
+    };
+    let device = Device::open(&vfio.bdf, &options).unwrap();
+    let n = block_interface_allocations(&device, QD, IOS);
+    eprintln!("vfio {}: {IOS} I/Os at QD {QD}: {n} heap allocations", vfio.bdf);
+    assert_eq!(
+        n, 0,
+        "heap allocations on the VFIO data path through the block interface"
+    );
 }
