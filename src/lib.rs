@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cli;
 pub mod device;
 mod error;
+pub mod vde;
 
 pub use device::{Backend, Device, IoQueue, OpenOptions, Target, choose_backend};
 pub use error::Error;

@@ -43,6 +43,7 @@ pub mod list;
 pub mod logs;
 pub mod output;
 pub mod perf;
+pub mod vde;
 pub mod verify;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -153,6 +154,13 @@ pub enum Command {
     /// --allow-write (regular files do not). --read-only checks what an earlier run wrote
     /// (e.g. after a power cycle) without writing. Exits 1 on any mismatch or I/O error.
     Verify(verify::VerifyArgs),
+    /// The Virtual Disk Engine: a crash-safe, checksummed object store on DEV (any
+    /// backend): format, put, get, rm, ls, stat, fsck, info, bench.
+    Vde {
+        /// What to do.
+        #[command(subcommand)]
+        command: vde::VdeCommand,
+    },
 }
 
 /// Arguments of subcommands that take only a device.
@@ -344,6 +352,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::List(a) => list::run(a, &crate::vfio::Sysfs::system(), out),
         Command::Perf(a) => perf::run(a, out),
         Command::Verify(a) => verify::run(a, out),
+        Command::Vde { command } => vde::run(command, out),
     }?;
     out.flush()?;
     Ok(())

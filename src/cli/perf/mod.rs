@@ -475,7 +475,7 @@ fn progress_bar(total: Duration) -> indicatif::ProgressBar {
 
 /// (user, system) CPU seconds of the whole process so far, and its peak resident set in
 /// KiB (`ru_maxrss`).
-fn rusage_self() -> (f64, f64, u64) {
+pub(crate) fn rusage_self() -> (f64, f64, u64) {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `ru` is a writable, properly aligned rusage; getrusage fills it and has no
     // other effect. RUSAGE_SELF cannot fail with a valid pointer.

@@ -35,6 +35,14 @@ pub struct IoDevice {
     _claim: Option<File>,
 }
 
+impl IoDevice {
+    /// The device and the exclusive claim on it (`None` unless it is a block device
+    /// opened for writing); keep the claim for as long as the device is written.
+    pub fn into_parts(self) -> (Device, Option<File>) {
+        (self.device, self._claim)
+    }
+}
+
 /// Why writing to `target` is refused without `--allow-write`, or `None` if it is not.
 /// `what` says what would write (`"perf --rw randwrite"`).
 pub fn write_refusal(target: &Target, dev: &str, what: &str, allow_write: bool) -> Option<String> {

@@ -171,7 +171,8 @@ impl State {
     }
 
     /// Format NVM (§5.23): LBA format 0 (512-byte blocks) or 1 (4096-byte blocks), keeping
-    /// the capacity in bytes and erasing the data.
+    /// the capacity in bytes and erasing the data. The erase is durable at completion: a
+    /// later power cut loses none of the namespace's earlier writes either.
     fn format_nvm(&mut self, cmd: &Command) -> Result<u32, Status> {
         let lbaf = (cmd.cdw10 & 0xF) | ((cmd.cdw10 >> 12) & 0x3) << 4;
         let pi = (cmd.cdw10 >> 5) & 0x7;
@@ -192,6 +193,7 @@ impl State {
         for (i, ns) in self.namespaces.iter_mut().enumerate() {
             if ns.is_active() && (nsid == NSID_ALL || nsid as usize == i + 1) {
                 ns.format(block_size);
+                self.power.forget_namespace(i);
             }
         }
         Ok(0)

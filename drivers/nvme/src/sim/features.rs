@@ -49,6 +49,11 @@ impl FeatureState {
         *self = FeatureState::new(cfg);
     }
 
+    /// Whether the volatile write cache is enabled (feature 06h WCE).
+    pub(super) fn write_cache_enabled(&self) -> bool {
+        self.write_cache
+    }
+
     /// The I/O submission and completion queues the host may create (1-based).
     pub(super) fn allowed_queues(&self, cfg: &SimConfig) -> (u16, u16) {
         match self.queues {
@@ -142,7 +147,13 @@ impl State {
                     _ => return Err(Status::INVALID_FIELD),
                 }
             }
-            FeatureId::VOLATILE_WRITE_CACHE => self.features.write_cache = v & 1 != 0,
+            FeatureId::VOLATILE_WRITE_CACHE => {
+                // Disabling the cache writes its contents back, as a Flush of everything.
+                if v & 1 == 0 {
+                    self.flushed(None);
+                }
+                self.features.write_cache = v & 1 != 0;
+            }
             FeatureId::NUMBER_OF_QUEUES => {
                 if v & 0xFFFF == 0xFFFF || v >> 16 == 0xFFFF {
                     return Err(Status::INVALID_FIELD);

@@ -37,10 +37,14 @@ impl State {
         }
     }
 
-    /// Flush: nothing is volatile in the simulator; the broadcast NSID is accepted.
+    /// Flush: makes the namespace's completed writes durable (all namespaces' for the
+    /// broadcast NSID), which matters only to the power-loss model.
     fn flush(&mut self, cmd: &Command) -> Result<u32, Status> {
-        if cmd.nsid != NSID_ALL {
-            self.active_namespace(cmd.nsid)?;
+        if cmd.nsid == NSID_ALL {
+            self.flushed(None);
+        } else {
+            let ns = self.active_namespace(cmd.nsid)?;
+            self.flushed(Some(ns));
         }
         Ok(0)
     }
@@ -73,9 +77,11 @@ impl State {
                 self.health.read_commands += 1;
             }
             nvm::WRITE => {
-                // FUA is accepted; everything is as durable as it gets in RAM.
+                // FUA (CDW12 bit 30) makes the write durable at completion for the
+                // power-loss model; otherwise it is volatile until a Flush.
                 self.map(sqid, cmd, bytes)?;
                 self.copy_in(sqid, cmd, bytes as usize)?;
+                self.before_media_change(ns, op, cmd.cdw12 & 1 << 30 != 0, &[(slba, nlb)]);
                 let data = std::mem::take(&mut self.scratch);
                 self.namespaces[ns].write(offset, &data[..bytes as usize]);
                 self.scratch = data;
@@ -93,6 +99,7 @@ impl State {
             nvm::VERIFY => self.health.read_commands += 1,
             _ => {
                 // Write Zeroes; DEAC (bit 25) may deallocate, which reads back as zeros too.
+                self.before_media_change(ns, op, cmd.cdw12 & 1 << 30 != 0, &[(slba, nlb)]);
                 self.namespaces[ns].zero(offset, bytes);
                 self.health.write_commands += 1;
             }
@@ -119,7 +126,8 @@ impl State {
             parsed.push((slba, nlb));
         }
         if cmd.cdw11 & 0x4 != 0 {
-            let bs = namespace.block_size as u64;
+            self.before_media_change(ns, cmd.opcode(), false, &parsed);
+            let bs = self.namespaces[ns].block_size as u64;
             for (slba, nlb) in parsed {
                 self.namespaces[ns].zero(slba * bs, nlb * bs);
             }

@@ -27,6 +27,32 @@
 //!   [`SimController::set_fatal`] and [`SimController::set_removed`] for whole-controller
 //!   failures.
 //!
+//! # Power loss
+//!
+//! For crash tests of software that must place its flushes correctly, turn on the model of
+//! the volatile write cache with [`SimController::set_volatile_write_cache`]. Completed
+//! writes then stay visible to reads as usual, but until a Flush covers them they are only
+//! in the (simulated) cache: [`SimController::power_cut`] kills the controller for good and
+//! loses a seeded subset of them, leaving the media a crash could have left. Copy it out
+//! with [`SimController::namespace_data`] and "reboot" onto it with a new controller and
+//! [`SimController::restore_namespace`]:
+//!
+//! ```
+//! use ironvme_nvme::sim::{SimConfig, SimController};
+//!
+//! let sim = SimController::new(SimConfig::default());
+//! sim.set_volatile_write_cache(true);
+//! // ... run the software under test against `sim`, through the driver ...
+//! let report = sim.power_cut(42);
+//! assert!(report.dropped <= report.unflushed);
+//! let image = sim.namespace_data(1);
+//!
+//! let rebooted = SimController::new(sim.config());
+//! rebooted.restore_namespace(1, &image);
+//! // ... start a new driver on `rebooted` and check recovery ...
+//! # assert_eq!(rebooted.namespace_data(1), image);
+//! ```
+//!
 //! # Differences from QEMU 7.2, on purpose
 //!
 //! - Doorbell Buffer Config (shadow doorbells) is Invalid Command Opcode: not implemented.
@@ -36,6 +62,9 @@
 //!   the limit a real controller may enforce — so a driver that trusts the quirky answer
 //!   fails here.
 //! - Identify Controller NN is the number of configured namespaces (QEMU reports 256).
+//! - With the power-loss model on ([`SimController::set_volatile_write_cache`]), a Write or
+//!   Write Zeroes with FUA is durable at completion, as the specification says; QEMU 7.2
+//!   ignores FUA.
 //! - Verify and Write Zeroes have no size limit; Dataset Management fails with LBA Out of
 //!   Range if any range is past the end (and then deallocates nothing).
 //!
@@ -44,7 +73,8 @@
 //! Interrupts (IEN/IV are accepted and ignored), metadata and protection information,
 //! fused commands, weighted round robin, the CMB/PMR, NVM subsystem reset, non-contiguous
 //! (PRP-list) queues, the Commands Supported and Effects log, asynchronous event masking
-//! until the log page is read, and power states beyond PS0.
+//! until the log page is read, power states beyond PS0, and torn writes (a power cut loses
+//! or keeps each command whole).
 
 mod admin;
 mod config;
@@ -55,6 +85,7 @@ mod identify_data;
 mod io;
 mod logs;
 mod namespace;
+mod power;
 mod regs;
 mod state;
 mod ticker;
@@ -66,6 +97,7 @@ mod testing;
 pub use config::{SimConfig, SimNamespace};
 pub use dma::{IOVA_BASE, SimDma};
 pub use fault::{FaultAction, FaultId, FaultRule};
+pub use power::{PowerCutReport, UnflushedWrite};
 pub use regs::RegAccess;
 
 use crate::hw::Registers;
@@ -254,7 +286,8 @@ impl SimController {
         self.lock().stats()
     }
 
-    /// A copy of namespace `nsid`'s contents (empty for an unknown or inactive NSID).
+    /// A copy of namespace `nsid`'s contents (empty for an unknown or inactive NSID): the
+    /// media as reads see it, and after [`SimController::power_cut`] the crashed media.
     /// Allocates the whole capacity: meant for small namespaces.
     pub fn namespace_data(&self, nsid: u32) -> Vec<u8> {
         let st = self.lock();
@@ -262,6 +295,92 @@ impl SimController {
             Some(ns) => ns.contents(),
             None => Vec::new(),
         }
+    }
+
+    /// Replaces namespace `nsid`'s contents with `data`, byte for byte from LBA 0 (bytes
+    /// past `data.len()` read as zeros): how a test boots a new controller onto a disk image,
+    /// such as [`SimController::namespace_data`] of a controller after
+    /// [`SimController::power_cut`]. Meant for a controller the host has not started yet;
+    /// the image counts as flushed (a later power cut never undoes it).
+    ///
+    /// # Panics
+    ///
+    /// If `nsid` is not an active namespace or `data` is longer than its capacity.
+    pub fn restore_namespace(&self, nsid: u32, data: &[u8]) {
+        let mut st = self.lock();
+        let i = (nsid as usize).wrapping_sub(1);
+        let Some(ns) = st.namespaces.get_mut(i).filter(|ns| ns.is_active()) else {
+            panic!("restore_namespace: NSID {nsid} is not an active namespace");
+        };
+        assert!(
+            data.len() as u64 <= ns.bytes(),
+            "restore_namespace: {} bytes do not fit namespace {nsid} of {} bytes",
+            data.len(),
+            ns.bytes()
+        );
+        ns.load(data);
+        st.power.forget_namespace(i);
+    }
+
+    /// Turns the power-loss model of the volatile write cache on or off (default off).
+    ///
+    /// While on, and while the host has the cache enabled (Identify VWC is reported when
+    /// [`SimConfig::vwc`] is set, and feature 06h WCE is on, its default; with `vwc` false
+    /// nothing is ever volatile), each Write, Write Zeroes and Dataset Management
+    /// deallocate that completes successfully is *unflushed* until a Flush of its
+    /// namespace (or of NSID FFFFFFFFh) completes: reads see it as usual, but
+    /// [`SimController::power_cut`] may lose it. The simulator keeps the old contents of
+    /// the blocks each unflushed command changed (an undo log; zero runs are free), so
+    /// memory grows with the data written between flushes.
+    ///
+    /// Also durable at once: a Write or Write Zeroes with FUA, everything when the host
+    /// disables the cache (Set Features WCE = 0) or sends a shutdown notification (CC.SHN),
+    /// and a namespace that is formatted or [restored](SimController::restore_namespace).
+    /// A controller reset (CC.EN 1→0) does not write the cache back.
+    ///
+    /// Turning the model off makes every write completed so far durable.
+    pub fn set_volatile_write_cache(&self, on: bool) {
+        let mut st = self.lock();
+        st.power.enabled = on;
+        if !on {
+            st.power.forget();
+        }
+    }
+
+    /// Completed writes the next [`SimController::power_cut`] could lose (see
+    /// [`SimController::set_volatile_write_cache`]); 0 while the model is off.
+    pub fn unflushed_writes(&self) -> usize {
+        self.lock().power.unflushed()
+    }
+
+    /// Simulates losing power now.
+    ///
+    /// The controller is dead from here on, for good: like [`SimController::set_removed`]
+    /// (which can no longer undo it) every register read returns all ones and every
+    /// register or doorbell write is ignored, so no command on any queue — admin or I/O,
+    /// new, held by a fault rule, delayed, or waiting for room in its CQ — ever completes
+    /// or touches the media again. (The driver notices the all-ones registers and fails
+    /// its outstanding commands with Aborted by Host.)
+    ///
+    /// Of the unflushed writes (see [`SimController::set_volatile_write_cache`]), a subset
+    /// chosen by `seed` is lost: `seed` first picks a loss rate in [0, 1), then each
+    /// unflushed write is lost with that probability, so some seeds lose almost nothing and
+    /// some almost everything. The choice is deterministic: the same seed after the same
+    /// command sequence loses the same writes. A lost write is lost whole (never torn); its
+    /// blocks go back to what they held before it, except blocks that a newer surviving
+    /// write also changed, which keep that write's data. The media ends up exactly as if
+    /// only the flushed and the surviving writes had been applied, in completion order.
+    /// Writes covered by a completed Flush (or written with FUA) are never lost.
+    ///
+    /// [`SimController::namespace_data`] then returns the crashed media. Calling this again
+    /// loses nothing more (there is nothing unflushed left).
+    pub fn power_cut(&self, seed: u64) -> PowerCutReport {
+        self.lock().power_cut(seed)
+    }
+
+    /// Whether [`SimController::power_cut`] was called.
+    pub fn is_powered_off(&self) -> bool {
+        self.lock().power.off
     }
 
     /// Commands currently held by [`FaultAction::Hang`] or [`FaultAction::Lost`].
@@ -303,6 +422,7 @@ impl fmt::Debug for SimController {
             .field("enabled", &st.enabled)
             .field("cfs", &(st.cfs || st.fatal))
             .field("removed", &st.removed)
+            .field("powered_off", &st.power.off)
             .field("io_sqs", &st.sqs.iter().skip(1).flatten().count())
             .field("held", &st.held())
             .finish()

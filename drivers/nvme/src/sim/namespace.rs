@@ -7,6 +7,17 @@ use std::collections::BTreeMap;
 /// Bytes per storage chunk.
 const CHUNK: u64 = 64 * 1024;
 
+/// The contents of one byte range of a namespace, saved before a command changed it: the
+/// bytes, or `None` where the range read as zeros (so zero runs cost no memory).
+pub(super) struct Saved {
+    /// Byte offset in the namespace.
+    pub(super) offset: u64,
+    /// Length in bytes.
+    pub(super) len: u64,
+    /// The bytes (`len` of them), or `None` for zeros.
+    pub(super) old: Option<Box<[u8]>>,
+}
+
 /// One namespace: its format and its data.
 pub(super) struct Namespace {
     /// Logical block size in bytes (512 or 4096).
@@ -104,6 +115,60 @@ impl Namespace {
         }
     }
 
+    /// Appends the current contents of `len` bytes at `offset` to `out`, at most one piece
+    /// per chunk; ranges that read as zeros are stored as `None` and merged with a
+    /// preceding zero piece.
+    pub(super) fn save(&self, offset: u64, len: u64, out: &mut Vec<Saved>) {
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let in_chunk = at % CHUNK;
+            let n = (CHUNK - in_chunk).min(end - at);
+            let bytes = self
+                .chunks
+                .get(&(at / CHUNK))
+                .map(|c| &c[in_chunk as usize..(in_chunk + n) as usize])
+                .filter(|b| b.iter().any(|&x| x != 0));
+            match (bytes, out.last_mut()) {
+                (Some(b), _) => out.push(Saved {
+                    offset: at,
+                    len: n,
+                    old: Some(b.into()),
+                }),
+                (None, Some(last)) if last.old.is_none() && last.offset + last.len == at => last.len += n,
+                (None, _) => out.push(Saved {
+                    offset: at,
+                    len: n,
+                    old: None,
+                }),
+            }
+            at += n;
+        }
+    }
+
+    /// Writes back bytes `from..to` of `saved`, which must lie inside it.
+    pub(super) fn put_back(&mut self, saved: &Saved, from: u64, to: u64) {
+        debug_assert!(saved.offset <= from && from <= to && to <= saved.offset + saved.len);
+        match &saved.old {
+            Some(old) => self.write(from, &old[(from - saved.offset) as usize..(to - saved.offset) as usize]),
+            None => self.zero(from, to - from),
+        }
+    }
+
+    /// Replaces the whole contents with `data` (at most the capacity; the rest reads as
+    /// zeros). All-zero chunks are not stored.
+    pub(super) fn load(&mut self, data: &[u8]) {
+        debug_assert!(data.len() as u64 <= self.bytes());
+        self.chunks.clear();
+        for (i, piece) in data.chunks(CHUNK as usize).enumerate() {
+            if piece.iter().any(|&b| b != 0) {
+                let mut c = vec![0u8; CHUNK as usize].into_boxed_slice();
+                c[..piece.len()].copy_from_slice(piece);
+                self.chunks.insert(i as u64, c);
+            }
+        }
+    }
+
     /// Formats to `block_size` bytes per block: all data is erased and the capacity in
     /// bytes is kept (rounded down to whole blocks).
     pub(super) fn format(&mut self, block_size: u32) {
@@ -145,6 +210,47 @@ mod tests {
         assert!(back[50..50 + 2 * CHUNK as usize].iter().all(|&b| b == 0));
         assert_eq!(back[50 + 2 * CHUNK as usize], data[50 + 2 * CHUNK as usize]);
         assert_eq!(ns.contents().len(), 512 * 1024);
+    }
+
+    #[test]
+    fn save_and_put_back_restore_old_contents_sparsely() {
+        let mut ns = Namespace::new(&SimNamespace::new(512, 1024));
+        let data: Vec<u8> = (0..CHUNK as u32 + 1000).map(|i| (i % 251) as u8 + 1).collect();
+        ns.write(CHUNK / 2, &data);
+        let before = ns.contents();
+        // A range that starts in an unwritten chunk, covers written data and ends in
+        // another unwritten stretch.
+        let mut saved = Vec::new();
+        ns.save(0, 3 * CHUNK, &mut saved);
+        let zeros: u64 = saved.iter().filter(|s| s.old.is_none()).map(|s| s.len).sum();
+        assert_eq!(saved.iter().map(|s| s.len).sum::<u64>(), 3 * CHUNK);
+        assert_eq!(zeros, 3 * CHUNK - 2 * CHUNK, "zero runs are not copied");
+        ns.write(0, &vec![0xEE; 3 * CHUNK as usize]);
+        for s in &saved {
+            ns.put_back(s, s.offset, s.offset + s.len);
+        }
+        assert_eq!(ns.contents(), before);
+        // Part of a piece only.
+        ns.write(CHUNK, &[0xAA; 16]);
+        let piece = saved.iter().find(|s| s.offset == CHUNK).unwrap();
+        ns.put_back(piece, CHUNK + 8, CHUNK + 16);
+        let mut back = [0u8; 16];
+        ns.read(CHUNK, &mut back);
+        assert_eq!(back[..8], [0xAA; 8]);
+        assert_eq!(back[8..], before[CHUNK as usize + 8..CHUNK as usize + 16]);
+    }
+
+    #[test]
+    fn load_replaces_the_contents() {
+        let mut ns = Namespace::new(&SimNamespace::new(512, 300));
+        ns.write(0, &[9; 512]);
+        let mut image = vec![0u8; 512 * 300];
+        image[512 * 299..].fill(7);
+        ns.load(&image);
+        assert_eq!(ns.contents(), image);
+        assert_eq!(ns.chunks.len(), 1, "zero chunks are not stored");
+        ns.load(&[1; 100]);
+        assert!(ns.equals(0, &[1; 100]) && ns.equals(100, &[0; 412]));
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl State {
     /// A register read of `width` bytes (4 or 8).
     pub(super) fn read_reg(&mut self, offset: u32, width: u8) -> u64 {
         let all_ones = if width == 8 { u64::MAX } else { u32::MAX as u64 };
-        if self.removed {
+        if self.removed || self.power.off {
             if offset < offset::DOORBELL_BASE {
                 self.log_access(false, offset, width, all_ones);
             }
@@ -138,7 +138,7 @@ impl State {
         if offset < offset::DOORBELL_BASE {
             self.log_access(true, offset, width, value);
         }
-        if self.removed || !self.check_access(true, offset, width) {
+        if self.removed || self.power.off || !self.check_access(true, offset, width) {
             return;
         }
         if offset >= offset::DOORBELL_BASE {
@@ -236,8 +236,10 @@ impl State {
         }
     }
 
-    /// CC.SHN written: processing stops and CSTS.SHST reports complete at once.
+    /// CC.SHN written: processing stops, the volatile write cache is written back (as a
+    /// Flush of every namespace) and CSTS.SHST reports complete at once.
     fn shutdown_notification(&mut self) {
+        self.flushed(None);
         self.shutdown = true;
         self.shst = 2;
         self.counters.shutdowns += 1;

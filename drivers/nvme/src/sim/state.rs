@@ -8,6 +8,7 @@ use super::fault::{FaultAction, FaultTable};
 use super::features::FeatureState;
 use super::logs::ErrorLog;
 use super::namespace::Namespace;
+use super::power::PowerModel;
 use super::regs::RegAccess;
 use super::{Shared, SimStats, ticker};
 use crate::cmd::{Command, admin};
@@ -212,6 +213,8 @@ pub(super) struct State {
     /// CSTS.SHST.
     pub(super) shst: u8,
     pub(super) removed: bool,
+    /// The power-loss model of the volatile write cache; `power.off` after a power cut.
+    pub(super) power: PowerModel,
     /// CC.MPS in bytes, fixed at enable.
     pub(super) page_size: usize,
 
@@ -268,6 +271,7 @@ impl State {
             shutdown: false,
             shst: 0,
             removed: false,
+            power: PowerModel::default(),
             page_size: 4096,
             sqs: (0..queues).map(|_| None).collect(),
             cqs: (0..queues).map(|_| None).collect(),
@@ -303,7 +307,13 @@ impl State {
 
     /// Whether the controller processes commands now.
     pub(super) fn operational(&self) -> bool {
-        self.enabled && !self.cfs && !self.fatal && !self.shutdown && !self.removed && self.ready.value()
+        self.enabled
+            && !self.cfs
+            && !self.fatal
+            && !self.shutdown
+            && !self.removed
+            && !self.power.off
+            && self.ready.value()
     }
 
     pub(super) fn violation(&mut self, kind: ViolationKind, message: String) {

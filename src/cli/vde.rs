@@ -1,0 +1,506 @@
+//! `ironvme vde ...`: the Virtual Disk Engine's object store from the command line.
+//!
+//! Every subcommand opens the store on DEV (any backend), does one thing, and closes it
+//! with a checkpoint. `format` destroys what DEV holds and asks first; `put` and `rm`
+//! change only the store's own objects.
+
+use super::perf::target;
+use super::perf::units::{parse_nonzero_size, parse_positive_duration};
+use super::perf::{BACKEND_HELP, IO_DEV_HELP};
+use super::{CliError, parse_nsid, write_json};
+use crate::Backend;
+use crate::vde::{Vde, VdeError, VdeOptions};
+use clap::{Args, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// `ironvme vde` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VdeCommand {
+    /// Writes an empty store on DEV. DESTROYS ITS DATA; asks for "yes" unless --force.
+    Format(FormatArgs),
+    /// Stores FILE (or standard input for `-`) under KEY, replacing any object there.
+    Put(PutArgs),
+    /// Writes the object under KEY to standard output (or --output FILE).
+    Get(GetArgs),
+    /// Removes the object under KEY.
+    Rm(KeyArgs),
+    /// Lists keys (starting with PREFIX), in byte order.
+    Ls(LsArgs),
+    /// Shows an object's size, inode, version and extents.
+    Stat(KeyArgs),
+    /// Checks every invariant of the store and every checksum; exits 1 on any violation.
+    Fsck(StoreJson),
+    /// Shows the store's layout and usage.
+    Info(StoreJson),
+    /// Put or get throughput and latency of objects of one size, like `ironvme perf`.
+    Bench(BenchArgs),
+}
+
+/// DEV and how to open it.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The device holding the store.
+    #[arg(value_name = "DEV", help = IO_DEV_HELP)]
+    pub dev: String,
+    /// The backend.
+    #[arg(long, value_name = "B", help = BACKEND_HELP)]
+    pub backend: Option<Backend>,
+    /// Namespace ID. Default: the device's first namespace.
+    #[arg(long, short = 'n', value_name = "N", value_parser = parse_nsid)]
+    pub nsid: Option<u32>,
+}
+
+/// Arguments of `vde format`.
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Inodes (the most objects the store will hold). Default: one per 32 KiB of space.
+    #[arg(long, default_value_t = 0)]
+    pub inodes: u64,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `vde put`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The key (1 to 255 bytes).
+    pub key: String,
+    /// The file to store, or `-` for standard input.
+    pub file: String,
+}
+
+/// Arguments of `vde get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The key.
+    pub key: String,
+    /// Write the object here instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<String>,
+}
+
+/// Arguments of subcommands taking a key.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The key.
+    pub key: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `vde ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only keys starting with this.
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// Also show each object's size in bytes.
+    #[arg(long, short = 'l')]
+    pub long: bool,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of subcommands taking only the store.
+#[derive(Debug, Args)]
+pub struct StoreJson {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `vde bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchOp {
+    /// Overwrite objects (each put durable before the next on its thread).
+    Put,
+    /// Read objects written first.
+    Get,
+}
+
+/// Arguments of `vde bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The device (formatted with `vde format` first).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Operation.
+    #[arg(long, value_enum, default_value = "put")]
+    pub op: BenchOp,
+    /// Object size (4k, 1m, ...).
+    #[arg(long, default_value = "4k", value_parser = parse_nonzero_size)]
+    pub size: u64,
+    /// Threads, each with its own keys.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Keys per thread (objects are overwritten in turn).
+    #[arg(long, default_value_t = 64)]
+    pub keys: usize,
+    /// Measured time (5s, 500ms, ...).
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    pub time: Duration,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Opens the store; the second value is the exclusive claim on a block device, held
+/// while the store is open.
+fn open(s: &StoreArgs) -> Result<(Vde, Option<std::fs::File>), CliError> {
+    let (device, claim) = target::open(&s.dev, s.backend, Some("vde"), true)?.into_parts();
+    let vde = Vde::open(
+        device,
+        VdeOptions {
+            nsid: s.nsid,
+            ..VdeOptions::default()
+        },
+    )
+    .map_err(|e| fail(&s.dev, e))?;
+    Ok((vde, claim))
+}
+
+fn fail(dev: &str, e: VdeError) -> CliError {
+    match e {
+        VdeError::NotFound(_) | VdeError::BadKey(_) | VdeError::ObjectTooLarge(_) => {
+            CliError::Invalid(format!("{dev}: {e}"))
+        }
+        _ => CliError::Failed(format!("{dev}: {e}")),
+    }
+}
+
+fn close(vde: Vde, dev: &str) -> Result<(), CliError> {
+    vde.close().map_err(|e| fail(dev, e))
+}
+
+/// Runs `ironvme vde ...`.
+///
+/// Errors: [`CliError::Invalid`] for a missing key or bad argument, [`CliError::Failed`]
+/// for store errors (corruption, I/O) and fsck violations, [`CliError::Refused`] for an
+/// unconfirmed format.
+pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match cmd {
+        VdeCommand::Format(a) => format(a, out, &mut io::stdin().lock(), &mut io::stderr()),
+        VdeCommand::Put(a) => {
+            let data = if a.file == "-" {
+                let mut v = Vec::new();
+                io::stdin().lock().read_to_end(&mut v)?;
+                v
+            } else {
+                std::fs::read(&a.file).map_err(|e| CliError::Invalid(format!("{}: {e}", a.file)))?
+            };
+            let (vde, _dev) = open(&a.store)?;
+            vde.put(a.key.as_bytes(), &data).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)
+        }
+        VdeCommand::Get(a) => {
+            let (vde, _dev) = open(&a.store)?;
+            let data = vde.get(a.key.as_bytes()).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)?;
+            match &a.output {
+                Some(path) => std::fs::write(path, &data).map_err(|e| CliError::Invalid(format!("{path}: {e}")))?,
+                None => out.write_all(&data)?,
+            }
+            Ok(())
+        }
+        VdeCommand::Rm(a) => {
+            let (vde, _dev) = open(&a.store)?;
+            vde.delete(a.key.as_bytes()).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)
+        }
+        VdeCommand::Stat(a) => {
+            let (vde, _dev) = open(&a.store)?;
+            let st = vde.stat(a.key.as_bytes()).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)?;
+            if a.json {
+                let mut v = serde_json::to_value(&st).map_err(io::Error::from)?;
+                v["key"] = a.key.clone().into();
+                return write_json(out, &v);
+            }
+            writeln!(out, "key      : {}", a.key)?;
+            writeln!(out, "size     : {} bytes", st.size)?;
+            writeln!(out, "inode    : {}", st.inode)?;
+            writeln!(out, "version  : {}", st.version)?;
+            let ex: Vec<String> = st.extents.iter().map(|(s, n)| format!("{s}+{n}")).collect();
+            writeln!(out, "extents  : {} (4 KiB blocks: start+count)", ex.join(" "))?;
+            Ok(())
+        }
+        VdeCommand::Ls(a) => ls(a, out),
+        VdeCommand::Fsck(a) => {
+            let (vde, _dev) = open(&a.store)?;
+            let r = vde.fsck().map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)?;
+            if a.json {
+                write_json(out, &serde_json::to_value(&r).map_err(io::Error::from)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{}: {} objects, {} inodes, {} index nodes (depth {}), {} data blocks, {} bytes checksummed",
+                    a.store.dev, r.objects, r.inodes, r.index_nodes, r.depth, r.data_blocks, r.bytes_checked
+                )?;
+                for v in &r.violations {
+                    writeln!(out, "VIOLATION: {v}")?;
+                }
+                writeln!(out, "{}", if r.clean() { "clean" } else { "NOT CLEAN" })?;
+            }
+            if r.clean() {
+                Ok(())
+            } else {
+                Err(CliError::Failed(format!(
+                    "{}: fsck found {} violations",
+                    a.store.dev,
+                    r.violations.len()
+                )))
+            }
+        }
+        VdeCommand::Info(a) => {
+            let (vde, _dev) = open(&a.store)?;
+            let info = vde.info().map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)?;
+            if a.json {
+                return write_json(out, &serde_json::to_value(info).map_err(io::Error::from)?);
+            }
+            let l = info.layout;
+            writeln!(out, "{}: VDE of {} blocks of 4 KiB", a.store.dev, l.total_blocks)?;
+            for (name, r) in crate::vde::format::REGIONS.iter().zip(l.regions()) {
+                writeln!(
+                    out,
+                    "  {name:<30} blocks {:>10} .. {:>10}  ({} blocks)",
+                    r.start,
+                    r.end(),
+                    r.blocks
+                )?;
+            }
+            writeln!(
+                out,
+                "objects {}, inodes {}/{}",
+                info.objects,
+                info.inodes_used,
+                l.inode_count()
+            )?;
+            writeln!(out, "data blocks used {}/{}", info.data_blocks_used, l.data.blocks)?;
+            writeln!(
+                out,
+                "journal sequence {}, superblock generation {}",
+                info.seq, info.generation
+            )?;
+            Ok(())
+        }
+        VdeCommand::Bench(a) => bench(a, out),
+    }
+}
+
+fn format(
+    a: &FormatArgs,
+    out: &mut dyn Write,
+    answers: &mut dyn io::BufRead,
+    prompt: &mut dyn Write,
+) -> Result<(), CliError> {
+    if !a.force {
+        let q = format!(
+            "vde format writes a new, empty object store on {}: EVERYTHING ON IT IS LOST.",
+            a.store.dev
+        );
+        if !super::format::confirm(&q, answers, prompt)? {
+            return Err(CliError::Refused("not confirmed; nothing was written".into()));
+        }
+    }
+    let (device, _claim) = target::open(&a.store.dev, a.store.backend, Some("vde format"), true)?.into_parts();
+    let opts = VdeOptions {
+        nsid: a.store.nsid,
+        ..VdeOptions::default()
+    };
+    let vde = Vde::format(device, a.inodes, opts).map_err(|e| fail(&a.store.dev, e))?;
+    let info = vde.info().map_err(|e| fail(&a.store.dev, e))?;
+    close(vde, &a.store.dev)?;
+    writeln!(
+        out,
+        "{}: formatted: {} data blocks of 4 KiB ({} MiB), {} inodes, journal {} blocks",
+        a.store.dev,
+        info.layout.data.blocks,
+        info.layout.data.blocks * 4 / 1024,
+        info.layout.inode_count(),
+        info.layout.journal.blocks
+    )?;
+    Ok(())
+}
+
+fn ls(a: &LsArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let (vde, _dev) = open(&a.store)?;
+    let mut json = Vec::new();
+    for k in vde.keys(a.prefix.as_bytes()) {
+        let k = k.map_err(|e| fail(&a.store.dev, e))?;
+        let name = String::from_utf8_lossy(&k).into_owned();
+        let size = if a.long || a.json {
+            Some(vde.stat(&k).map_err(|e| fail(&a.store.dev, e))?.size)
+        } else {
+            None
+        };
+        if a.json {
+            json.push(serde_json::json!({"key": name, "size": size}));
+        } else if let Some(size) = size {
+            writeln!(out, "{size:>12}  {name}")?;
+        } else {
+            writeln!(out, "{name}")?;
+        }
+    }
+    close(vde, &a.store.dev)?;
+    if a.json {
+        write_json(out, &serde_json::Value::Array(json))?;
+    }
+    Ok(())
+}
+
+/// The result of `vde bench`.
+#[derive(Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// "put" or "get".
+    pub op: &'static str,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Threads.
+    pub threads: usize,
+    /// The backend.
+    pub backend: String,
+    /// Operations completed in the measured time.
+    pub ops: u64,
+    /// Operations per second.
+    pub ops_per_s: f64,
+    /// Object bytes per second, in MiB.
+    pub mib_per_s: f64,
+    /// Latency per operation in µs: min, mean, max, p50, p90, p99, p99_9, p99_99.
+    pub lat_us: serde_json::Value,
+    /// Measured seconds.
+    pub time_s: f64,
+    /// CPU time of the process (user + system) over the run, in percent of one CPU.
+    pub cpu_percent: f64,
+}
+
+fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let (vde, _dev) = open(&a.store)?;
+    let threads = a.threads.max(1);
+    let size = a.size as usize;
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes()[7])
+        .collect();
+    let key = |t: usize, i: usize| format!("bench/{t}/{i:06}");
+    if a.op == BenchOp::Get {
+        for t in 0..threads {
+            for i in 0..a.keys {
+                vde.put(key(t, i).as_bytes(), &data)
+                    .map_err(|e| fail(&a.store.dev, e))?;
+            }
+        }
+    }
+    let stop = AtomicBool::new(false);
+    let (user0, sys0, _) = super::perf::rusage_self();
+    let start = Instant::now();
+    let results: Vec<Result<Histogram<u64>, VdeError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (vde, data, stop) = (&vde, &data, &stop);
+                s.spawn(move || {
+                    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let k = key(t, i % a.keys);
+                        let t0 = Instant::now();
+                        match a.op {
+                            BenchOp::Put => vde.put(k.as_bytes(), data)?,
+                            BenchOp::Get => {
+                                let got = vde.get(k.as_bytes())?;
+                                debug_assert_eq!(got.len(), data.len());
+                            }
+                        }
+                        h.saturating_record(t0.elapsed().as_nanos() as u64);
+                        i += 1;
+                    }
+                    Ok(h)
+                })
+            })
+            .collect();
+        std::thread::sleep(a.time);
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread panicked"))
+            .collect()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let (user1, sys1, _) = super::perf::rusage_self();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    for r in results {
+        all.add(r.map_err(|e| fail(&a.store.dev, e))?).expect("same bounds");
+    }
+    let backend = vde.device().backend().to_string();
+    close(vde, &a.store.dev)?;
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let ops = all.len();
+    let report = BenchReport {
+        op: if a.op == BenchOp::Put { "put" } else { "get" },
+        size: a.size,
+        threads,
+        backend,
+        ops,
+        ops_per_s: ops as f64 / secs,
+        mib_per_s: ops as f64 * a.size as f64 / secs / (1 << 20) as f64,
+        lat_us: serde_json::json!({
+            "min": us(all.min()), "mean": all.mean() / 1000.0, "max": us(all.max()),
+            "p50": us(all.value_at_quantile(0.50)), "p90": us(all.value_at_quantile(0.90)),
+            "p99": us(all.value_at_quantile(0.99)), "p99_9": us(all.value_at_quantile(0.999)),
+            "p99_99": us(all.value_at_quantile(0.9999)),
+        }),
+        time_s: secs,
+        cpu_percent: (user1 - user0 + sys1 - sys0) / secs * 100.0,
+    };
+    if a.json {
+        return write_json(out, &serde_json::to_value(&report).map_err(io::Error::from)?);
+    }
+    writeln!(
+        out,
+        "vde {} {} B x {} threads on {} ({}): {} ops in {:.1} s",
+        report.op, report.size, threads, a.store.dev, report.backend, ops, secs
+    )?;
+    writeln!(
+        out,
+        "  ops/s {:.0}   MiB/s {:.1}   cpu {:.0}%",
+        report.ops_per_s, report.mib_per_s, report.cpu_percent
+    )?;
+    let l = &report.lat_us;
+    writeln!(
+        out,
+        "  lat (us): min {:.1} mean {:.1} max {:.1} | p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} p99.99 {:.1}",
+        l["min"].as_f64().unwrap_or(0.0),
+        l["mean"].as_f64().unwrap_or(0.0),
+        l["max"].as_f64().unwrap_or(0.0),
+        l["p50"].as_f64().unwrap_or(0.0),
+        l["p90"].as_f64().unwrap_or(0.0),
+        l["p99"].as_f64().unwrap_or(0.0),
+        l["p99_9"].as_f64().unwrap_or(0.0),
+        l["p99_99"].as_f64().unwrap_or(0.0),
+    )?;
+    Ok(())
+}
