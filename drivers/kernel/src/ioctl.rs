@@ -842,10 +842,10 @@ impl IoctlQueue {
             (None, Op::Deallocate { .. }) => (&range as *const DsmRange as u64, DSM_RANGE_BYTES as u32),
             (None, _) => (0, 0),
         };
-        // SAFETY: the buffer belongs to the queue (moved in at submit) and is not touched
-        // until the ioctl returns; its window is `len` bytes at `addr`, writable for reads
-        // (the queue owns it exclusively). The DSM range is a local that outlives the
-        // call and is only read by the kernel (opcode 09h is host-to-controller).
+        // The DSM range is a local that outlives the call and is only read by the kernel
+        // (opcode 09h is host-to-controller).
+        // SAFETY: the queue owns the buffer (moved in at submit) and does not touch it until
+        // the ioctl returns; its window is `len` writable bytes at `addr`.
         match unsafe { self.file.passthru(false, &cmd, addr, len) } {
             Ok(_) => Ok(()),
             Err(IoctlFailure::Status(s)) => Err(IoStatus::Nvme(s)),

@@ -438,11 +438,10 @@ impl UringCmdQueue {
         .buf_index(fixed)
         .build()
         .user_data(slot as u64);
-        // SAFETY: the SQE names memory that stays valid until its CQE is reaped: the
-        // caller's buffer moves into `slots[slot]` (kept there until `poll` takes the CQE),
-        // a DSM range lives in `self.ranges` (owned by the queue, slot's part untouched
-        // while the slot is busy), and a registered region is kept mapped by `fixed`.
-        // Dropping the queue waits for outstanding commands or leaks their memory.
+        // The caller's buffer moves into `slots[slot]` until `poll` takes the CQE; a DSM
+        // range lives in the queue's `ranges`; a registered region is kept mapped by
+        // `fixed`; dropping the queue waits for outstanding commands or leaks their memory.
+        // SAFETY: per the above, every address in the SQE stays valid until its CQE is reaped.
         unsafe { self.ring.submission().push(&sqe) }.is_ok()
     }
 
@@ -499,10 +498,10 @@ impl BlockQueue for UringCmdQueue {
             (None, Op::Deallocate { .. }) => {
                 let range: DsmRange = dsm_range(&op);
                 let at = slot as usize * DSM_RANGE_BYTES;
-                // SAFETY: slot `slot` is free, so no outstanding command reads its 16 bytes
-                // of `ranges` (which holds `depth` of them, so `at + 16` is in bounds); the
-                // write goes through a raw pointer, leaving other slots' bytes — which the
-                // kernel may be reading — unborrowed.
+                // A raw-pointer write leaves other slots' bytes, which the kernel may be
+                // reading, unborrowed.
+                // SAFETY: slot `slot` is free, so no command reads its 16 bytes of `ranges`,
+                // which holds `depth` ranges, so `at + 16` is in bounds.
                 unsafe { std::ptr::write_unaligned(self.ranges.as_ptr().add(at).cast::<DsmRange>(), range) };
                 // SAFETY: as above, `at` is within the buffer.
                 (

@@ -113,10 +113,10 @@ impl FixedBuffers {
             iov_base: addr as *mut libc::c_void,
             iov_len: len,
         };
-        // SAFETY: the iovec describes the whole of a live region (`region_span`), and the
-        // entry created with it holds the region's Arc (`keep_region`) until the slot is
-        // emptied again (`release_idle`) or the table is unregistered (`unregister`), so
-        // the memory stays mapped for as long as the kernel has it registered.
+        // The entry holds the region's Arc (`keep_region`) until the slot is emptied
+        // (`release_idle`) or the table is unregistered (`unregister`).
+        // SAFETY: the iovec covers a live region (`region_span`) that, per the above, stays
+        // mapped for as long as the kernel has it registered.
         match unsafe { submitter.register_buffers_update(index as u32, &[iov], None) } {
             Ok(()) => {
                 self.counters.registrations += 1;

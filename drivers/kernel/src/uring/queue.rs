@@ -467,10 +467,10 @@ impl BlockQueue for UringQueue {
         } else {
             &mut self.ring
         };
-        // SAFETY: the SQE's buffer (if any) is `buf`, which moves into slot `index` below
-        // and stays there — alive, not accessed by us — until the CQE with this user_data
-        // is reaped; a fixed buffer's region is also held by the buffer table. The file
-        // (registered or raw) is kept open by `shared` for as long as the queue lives.
+        // A fixed buffer's region is also held by the buffer table; the file (registered or
+        // raw) is kept open by `shared` for as long as the queue lives.
+        // SAFETY: the SQE's buffer (if any) is `buf`, which moves into slot `index` below and
+        // stays there, alive and untouched, until the CQE with this user_data is reaped.
         let pushed = unsafe { ring.submission().push(&entry) };
         if pushed.is_err() {
             if fixed != NO_FIXED {

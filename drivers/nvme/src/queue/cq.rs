@@ -80,10 +80,10 @@ impl CompletionQueue {
 
     fn cell(&self, index: u32) -> &CqeCells {
         let base = self.mem.as_ptr().cast::<CqeCells>();
-        // SAFETY: index < entries and the memory holds `entries` 16-byte entries, aligned
-        // (checked in new). The cells are UnsafeCell-based volatile registers, so a shared
-        // reference to memory the device writes concurrently is sound; every read is a
-        // single volatile load.
+        // The cells are UnsafeCell-based volatile registers read with single volatile
+        // loads, so sharing memory the device writes concurrently is sound.
+        // SAFETY: index < entries, and the memory holds `entries` aligned 16-byte entries
+        // (checked in new).
         unsafe { &*base.add(index as usize) }
     }
 

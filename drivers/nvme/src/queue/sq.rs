@@ -88,10 +88,10 @@ impl SubmissionQueue {
             return Err(*cmd);
         }
         let slot = self.mem.as_ptr().cast::<Command>();
-        // SAFETY: tail < entries and the memory holds `entries` commands (checked in new);
-        // the pointer is 64-byte aligned. The controller reads only slots between head and
-        // the last doorbelled tail, and this slot is outside that range because the ring is
-        // not full. A volatile write keeps the compiler from eliding or deferring it.
+        // The controller reads only slots between head and the last doorbelled tail; this
+        // one is outside that range because the ring is not full.
+        // SAFETY: tail < entries, the memory holds `entries` 64-byte aligned commands
+        // (checked in new), and per the above the device is not reading this slot.
         unsafe { slot.add(self.tail as usize).write_volatile(*cmd) };
         self.tail = (self.tail + 1) % self.entries;
         Ok(())
