@@ -182,7 +182,7 @@ impl Lane {
         if let Err(e) = self.q.submit(op, Some(buf), tag) {
             if err.is_none() {
                 *err = Some(VdeError::Io {
-                    what: format!("{} at LBA {}", op.name(), lba_of(&op)),
+                    what: describe(self.current, tag),
                     source: Box::new(e.error),
                 });
             }
@@ -208,11 +208,7 @@ impl Lane {
                 Err(status) => {
                     if err.is_none() {
                         *err = Some(VdeError::Io {
-                            what: if c.tag == u64::MAX {
-                                format!("{} of metadata blocks", current.1)
-                            } else {
-                                format!("{} at block {}", current.1, current.0 + c.tag / BLOCK as u64)
-                            },
+                            what: describe(*current, c.tag),
                             source: Box::new(crate::block::IoError::Failed { op: current.1, status }),
                         });
                     }
@@ -244,10 +240,12 @@ impl Lane {
     }
 }
 
-fn lba_of(op: &Op) -> u64 {
-    match *op {
-        Op::Read { lba } | Op::Write { lba, .. } | Op::Compare { lba } => lba,
-        Op::Verify { lba, .. } | Op::WriteZeroes { lba, .. } | Op::Deallocate { lba, .. } => lba,
-        Op::Flush => 0,
+/// Names the piece with `tag` of the transfer `current` (first block, direction), for
+/// errors: tags are byte offsets into the transfer, or `u64::MAX` for scattered blocks.
+fn describe(current: (u64, &'static str), tag: u64) -> String {
+    if tag == u64::MAX {
+        format!("{} of metadata blocks", current.1)
+    } else {
+        format!("{} at block {}", current.1, current.0 + tag / BLOCK as u64)
     }
 }

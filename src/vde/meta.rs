@@ -167,6 +167,10 @@ impl Meta {
     ///
     /// Errors: reading the committed state (the caller then poisons the store).
     pub fn rollback(&mut self) -> Result<(), VdeError> {
+        // Every in-memory change puts a block in the transaction: none, nothing to undo.
+        if self.tx.is_empty() {
+            return Ok(());
+        }
         self.tx.clear();
         self.tx_data.clear();
         self.load_committed()

@@ -365,20 +365,8 @@ impl Vde {
                 return Err(e);
             }
         };
-        let mut meta = self.meta()?;
-        match commit_put(&mut meta, key, data.len() as u64, &extents) {
-            Ok(freed) => {
-                drop(meta);
-                self.unreserve(&freed);
-                Ok(())
-            }
-            Err(e) => {
-                rollback(&mut meta, &e);
-                drop(meta);
-                self.unreserve(&runs);
-                Err(e)
-            }
-        }
+        self.commit(|meta| commit_put(meta, key, data.len() as u64, &extents))
+            .inspect_err(|_| self.unreserve(&runs))
     }
 
     /// The object stored under `key`.
@@ -418,19 +406,7 @@ impl Vde {
     pub fn delete(&self, key: &[u8]) -> Result<(), VdeError> {
         check_key(key)?;
         let _w = self.stripe(key).write().unwrap_or_else(|e| e.into_inner());
-        let mut meta = self.meta()?;
-        meta.check_poison()?;
-        match commit_delete(&mut meta, key) {
-            Ok(freed) => {
-                drop(meta);
-                self.unreserve(&freed);
-                Ok(())
-            }
-            Err(e) => {
-                rollback(&mut meta, &e);
-                Err(e)
-            }
-        }
+        self.commit(|meta| commit_delete(meta, key))
     }
 
     /// The metadata of the object under `key`.
@@ -527,6 +503,25 @@ impl Vde {
     /// Errors: I/O errors of the checkpoint (the journal still holds every change).
     pub fn close(self) -> Result<(), VdeError> {
         self.checkpoint()
+    }
+
+    /// Applies `change` to the metadata under the global lock and commits it; the data
+    /// blocks it freed become allocatable once that is durable. On failure the in-memory
+    /// state is rolled back to the committed one.
+    fn commit(&self, change: impl FnOnce(&mut Meta) -> Result<Vec<DataExtent>, VdeError>) -> Result<(), VdeError> {
+        let mut meta = self.meta()?;
+        meta.check_poison()?;
+        match change(&mut meta) {
+            Ok(freed) => {
+                drop(meta);
+                self.unreserve(&freed);
+                Ok(())
+            }
+            Err(e) => {
+                rollback(&mut meta, &e);
+                Err(e)
+            }
+        }
     }
 
     fn stripe(&self, key: &[u8]) -> &RwLock<()> {

@@ -616,6 +616,37 @@ pub(crate) fn os(backend: &'static str, op: &'static str, path: &Path, source: s
     }
 }
 
+/// Refuses anything but a block device or regular file for the read/write backend
+/// `backend` (uring, psync), saying what to use instead.
+///
+/// Errors: [`KernelError::WrongDevice`] naming the backend, the path and the alternative.
+pub fn refuse_non_block(kind: FileKind, path: &Path, backend: &'static str) -> Result<(), KernelError> {
+    let why = match kind {
+        FileKind::BlockDevice { .. } | FileKind::Regular => return Ok(()),
+        FileKind::CharDevice {
+            class: CharDeviceClass::NvmeGeneric,
+            ..
+        } => "is an NVMe generic char device, which has no read/write: use the uring-cmd or ioctl backend, or the \
+             namespace's block device /dev/nvmeXnY"
+            .to_string(),
+        FileKind::CharDevice {
+            class: CharDeviceClass::NvmeController,
+            ..
+        } => "is an NVMe controller char device: name one of its namespaces' block devices (/dev/nvmeXnY), or use the \
+             ioctl backend for admin commands"
+            .to_string(),
+        FileKind::CharDevice { .. } => {
+            format!("is a character device: the {backend} backend needs a block device or a regular file")
+        }
+        FileKind::Other(what) => format!("is {what}: the {backend} backend needs a block device or a regular file"),
+    };
+    Err(KernelError::WrongDevice {
+        backend,
+        path: path.into(),
+        why,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@
 //! runs on the others.
 
 use crate::error::{BACKEND_PSYNC, KernelError};
-use crate::geometry::{self, CharDeviceClass, FallocateSupport, FileKind, os};
+use crate::geometry::{self, FallocateSupport, FileKind, os};
 use ironvme_nvme::block::{self, BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
 use ironvme_nvme::hw::DmaBuf;
 use std::collections::VecDeque;
@@ -64,7 +64,7 @@ impl PsyncDevice {
     /// system, ...) or an ioctl fails.
     pub fn open(path: &Path, block_size: Option<u32>) -> Result<PsyncDevice, KernelError> {
         let meta = std::fs::metadata(path).map_err(|e| os(BACKEND_PSYNC, "stat", path, e))?;
-        refuse_non_block(geometry::kind_of(&meta, path), path)?;
+        geometry::refuse_non_block(geometry::kind_of(&meta, path), path, BACKEND_PSYNC)?;
         let open = |flags: i32| OpenOptions::new().read(true).write(true).custom_flags(flags).open(path);
         let (file, direct) = match open(libc::O_DIRECT | libc::O_CLOEXEC) {
             Ok(f) => (f, true),
@@ -77,7 +77,7 @@ impl PsyncDevice {
         };
         let meta = file.metadata().map_err(|e| os(BACKEND_PSYNC, "fstat", path, e))?;
         let kind = geometry::kind_of(&meta, path);
-        refuse_non_block(kind, path)?;
+        geometry::refuse_non_block(kind, path, BACKEND_PSYNC)?;
         let (info, target) = match kind {
             FileKind::BlockDevice { .. } => {
                 let g = geometry::block_device_geometry(&file, path, BACKEND_PSYNC)?;
@@ -145,32 +145,6 @@ impl std::fmt::Debug for PsyncDevice {
             .field("info", &self.shared.info)
             .finish()
     }
-}
-
-/// Refuses anything but a block device or regular file, saying what to use instead.
-fn refuse_non_block(kind: FileKind, path: &Path) -> Result<(), KernelError> {
-    let why = match kind {
-        FileKind::BlockDevice { .. } | FileKind::Regular => return Ok(()),
-        FileKind::CharDevice {
-            class: CharDeviceClass::NvmeGeneric,
-            ..
-        } => "is an NVMe generic char device, which has no read/write: use the uring-cmd or ioctl backend, or the \
-             namespace's block device /dev/nvmeXnY"
-            .to_string(),
-        FileKind::CharDevice {
-            class: CharDeviceClass::NvmeController,
-            ..
-        } => "is an NVMe controller char device: name one of its namespaces' block devices (/dev/nvmeXnY)".to_string(),
-        FileKind::CharDevice { .. } => {
-            "is a character device: the psync backend needs a block device or a regular file".to_string()
-        }
-        FileKind::Other(what) => format!("is {what}: the psync backend needs a block device or a regular file"),
-    };
-    Err(KernelError::WrongDevice {
-        backend: BACKEND_PSYNC,
-        path: path.into(),
-        why,
-    })
 }
 
 /// One queued operation.

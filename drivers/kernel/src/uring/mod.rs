@@ -67,7 +67,7 @@ pub use fixed::FIXED_BUFFER_SLOTS;
 pub use queue::{UringQueue, UringStats};
 
 use crate::error::{BACKEND_URING, KernelError};
-use crate::geometry::{self, BlockDeviceGeometry, CharDeviceClass, FallocateSupport, FileKind, falloc, os};
+use crate::geometry::{self, BlockDeviceGeometry, FallocateSupport, FileKind, falloc, os};
 use io_uring::{IoUring, opcode};
 use ironvme_nvme::block::NamespaceInfo;
 #[cfg(doc)]
@@ -225,7 +225,7 @@ impl UringDevice {
         })?;
         let meta = std::fs::metadata(path).map_err(|e| os(BACKEND_URING, "stat", path, e))?;
         let kind = geometry::kind_of(&meta, path);
-        refuse_non_block(kind, path)?;
+        geometry::refuse_non_block(kind, path, BACKEND_URING)?;
         if opts.iopoll && kind == FileKind::Regular {
             return Err(iopoll_on_file(path));
         }
@@ -237,7 +237,7 @@ impl UringDevice {
             .map_err(|e| open_error(path, e))?;
         let meta = file.metadata().map_err(|e| os(BACKEND_URING, "fstat", path, e))?;
         let kind = geometry::kind_of(&meta, path);
-        refuse_non_block(kind, path)?;
+        geometry::refuse_non_block(kind, path, BACKEND_URING)?;
         let mut polled_chunk_bytes = 0;
         let (info, zero_mode, zero_unmap_mode, deallocate_mode) = match kind {
             FileKind::BlockDevice { .. } => {
@@ -311,34 +311,6 @@ impl std::fmt::Debug for UringDevice {
             .field("info", &self.shared.info)
             .finish()
     }
-}
-
-/// Refuses anything but a block device or regular file, saying what to use instead.
-fn refuse_non_block(kind: FileKind, path: &Path) -> Result<(), KernelError> {
-    let why = match kind {
-        FileKind::BlockDevice { .. } | FileKind::Regular => return Ok(()),
-        FileKind::CharDevice {
-            class: CharDeviceClass::NvmeGeneric,
-            ..
-        } => "is an NVMe generic char device: use the uring-cmd backend (or ioctl), or the namespace's block device \
-             /dev/nvmeXnY with this one"
-            .to_string(),
-        FileKind::CharDevice {
-            class: CharDeviceClass::NvmeController,
-            ..
-        } => "is an NVMe controller char device: name one of its namespaces' block devices (/dev/nvmeXnY), or use the \
-             ioctl backend for admin commands"
-            .to_string(),
-        FileKind::CharDevice { .. } => {
-            "is a character device: the uring backend needs a block device or a regular file".to_string()
-        }
-        FileKind::Other(what) => format!("is {what}: the uring backend needs a block device or a regular file"),
-    };
-    Err(KernelError::WrongDevice {
-        backend: BACKEND_URING,
-        path: path.into(),
-        why,
-    })
 }
 
 /// Turns an `open` failure into an error that says what to do.
