@@ -4,15 +4,17 @@
 //! The VDE moves bytes between callers' memory and the device through a lane. Transfers
 //! are cut into pieces of at most one command ([`NamespaceInfo::max_transfer_bytes`],
 //! capped at 256 KiB), and as many pieces as there are staging buffers are outstanding at
-//! once, so a 1 MiB extent is written at queue depth 4 or more with one doorbell per
-//! batch. The staging buffers are allocated once, when the lane is made; nothing on these
-//! paths allocates.
+//! once, so a 1 MiB extent is written at queue depth 4 or more. A write rings the
+//! doorbell for each piece as soon as it is staged, and hashes the piece (xxh3-64,
+//! streaming) while the device writes it; reads ring once per batch. The staging buffers
+//! are allocated once, when the lane is made; nothing on these paths allocates.
 
 use super::VdeError;
 use super::format::BLOCK;
 use crate::block::{BlockQueue, NamespaceInfo, Op};
 use crate::nvme::hw::DmaBuf;
 use crate::{Device, IoQueue};
+use xxhash_rust::xxh3::Xxh3;
 
 /// Largest piece one command moves, in bytes.
 const MAX_PIECE: usize = 256 * 1024;
@@ -28,10 +30,10 @@ pub struct Lane {
     current: (u64, &'static str),
 }
 
-/// The direction of a transfer.
+/// The direction of a transfer; a write may hash what it writes.
 enum Dir<'a> {
     Read(&'a mut [u8]),
-    Write(&'a [u8]),
+    Write(&'a [u8], Option<&'a mut Xxh3>),
 }
 
 impl Lane {
@@ -89,7 +91,18 @@ impl Lane {
     ///
     /// Errors: [`VdeError::Io`] naming the first failed piece.
     pub fn write(&mut self, start: u64, data: &[u8]) -> Result<(), VdeError> {
-        self.transfer(start, Dir::Write(data))
+        self.transfer(start, Dir::Write(data, None))
+    }
+
+    /// Writes `data` like [`Lane::write`] and returns its xxh3-64, computed piece by piece
+    /// while the device writes the pieces before (each piece's doorbell is rung as soon
+    /// as it is staged), so hashing costs no time the device is busy anyway.
+    ///
+    /// Errors: [`VdeError::Io`] naming the first failed piece.
+    pub fn write_hashed(&mut self, start: u64, data: &[u8]) -> Result<u64, VdeError> {
+        let mut h = Xxh3::new();
+        self.transfer(start, Dir::Write(data, Some(&mut h)))?;
+        Ok(h.digest())
     }
 
     /// Writes single blocks at the given block numbers, runs of consecutive blocks
@@ -138,9 +151,9 @@ impl Lane {
 
     fn transfer(&mut self, start: u64, dir: Dir<'_>) -> Result<(), VdeError> {
         let mut err = None;
-        let (mut out, src) = match dir {
-            Dir::Read(o) => (Some(o), None),
-            Dir::Write(d) => (None, Some(d)),
+        let (mut out, src, mut hash) = match dir {
+            Dir::Read(o) => (Some(o), None, None),
+            Dir::Write(d, h) => (None, Some(d), h),
         };
         let len = match (&out, src) {
             (Some(o), _) => o.len(),
@@ -154,14 +167,18 @@ impl Lane {
             let n = (len - at).min(self.piece);
             let mut buf = self.take_buf(&mut out, &mut err);
             let lba = (start + (at / BLOCK) as u64) * self.lbas_per_block;
-            let op = match src {
+            match src {
                 Some(s) => {
                     buf.as_mut_slice()[..n].copy_from_slice(&s[at..at + n]);
-                    Op::Write { lba, fua: false }
+                    self.submit(Op::Write { lba, fua: false }, buf, n, at as u64, &mut err);
+                    // The device starts on this piece while the next is hashed and staged.
+                    self.ring(&mut err);
+                    if let Some(h) = hash.as_deref_mut() {
+                        h.update(&s[at..at + n]);
+                    }
                 }
-                None => Op::Read { lba },
-            };
-            self.submit(op, buf, n, at as u64, &mut err);
+                None => self.submit(Op::Read { lba }, buf, n, at as u64, &mut err),
+            }
             at += n;
         }
         self.drain(&mut out, &mut err);
@@ -224,7 +241,7 @@ impl Lane {
         }
     }
 
-    fn drain(&mut self, out: &mut Option<&mut [u8]>, err: &mut Option<VdeError>) {
+    fn ring(&mut self, err: &mut Option<VdeError>) {
         if let Err(e) = self.q.ring()
             && err.is_none()
         {
@@ -233,6 +250,10 @@ impl Lane {
                 source: Box::new(e),
             });
         }
+    }
+
+    fn drain(&mut self, out: &mut Option<&mut [u8]>, err: &mut Option<VdeError>) {
+        self.ring(err);
         while self.q.outstanding() > 0 {
             self.reap(true, out, err);
         }

@@ -630,11 +630,11 @@ impl Vde {
                 tail.resize(n, 0);
                 &tail[..]
             };
-            lane.write(r.start, bytes)?;
+            let checksum = lane.write_hashed(r.start, bytes)?;
             out.push(DataExtent {
                 start: r.start,
                 blocks: r.blocks,
-                checksum: xxh3_64(bytes),
+                checksum,
             });
             at = end;
         }
