@@ -1,6 +1,7 @@
 //! The conformance suite on the host: io_uring and psync on regular files, and ironvme's
 //! driver on the simulated controller.
 
+mod common;
 mod conformance;
 
 use conformance::{REGION_BLOCKS, Subject, run};

@@ -7,11 +7,12 @@
 //! requests refused before submission with the buffer returned; hundreds of outstanding
 //! operations each completing exactly once; several threads with their own queues.
 //!
-//! Host runners: `tests/conformance_host.rs` (io_uring and psync on files, the simulated
+//! Runners include `tests/common` too (for [`pattern`]). Host runners: `tests/conformance_host.rs` (io_uring and psync on files, the simulated
 //! controller). Guest runner: `tests/guest_conformance.rs` (every backend on QEMU's
 //! controllers).
 #![allow(dead_code)] // each runner uses part of it
 
+use super::common::pattern;
 use ironvme::block::{BlockError, BlockQueue, Completion, IoError, NamespaceInfo, Op, run_one};
 use ironvme::nvme::hw::DmaBuf;
 use ironvme::{Device, IoQueue};
@@ -57,18 +58,6 @@ impl Subject {
     }
 }
 
-/// A deterministic pattern for `seed`.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Runs every check against `s`, printing what was skipped and why.
 pub fn run(s: &Subject) {
