@@ -58,7 +58,6 @@ impl Subject {
     }
 }
 
-
 /// Runs every check against `s`, printing what was skipped and why.
 pub fn run(s: &Subject) {
     let ns = s.ns();

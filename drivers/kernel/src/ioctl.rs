@@ -22,22 +22,20 @@
 //! (sysfs `queue/max_hw_sectors_kb`, `queue/max_segments`, `queue/dma_alignment` of the
 //! namespace's disk). See [`IoctlDevice::namespaces`].
 //!
-//! The queue ([`IoctlQueue`]) is synchronous underneath: [`BlockQueue::submit`] queues
-//! into a ring of `depth` entries allocated with the queue; [`BlockQueue::ring`] runs the
-//! queued commands in order, one blocking ioctl each; [`BlockQueue::poll`] hands back
-//! their completions. Commands are not retried by the kernel (passthrough requests are
+//! The queue ([`IoctlQueue`], a [`SyncQueue`]) is synchronous underneath: `submit` queues
+//! into a ring of `depth` entries allocated with the queue; `ring` runs the queued
+//! commands in order, one blocking ioctl each; `poll` hands back their completions. Commands are not retried by the kernel (passthrough requests are
 //! fail-fast), so a device error comes back as the device reported it.
 
 use crate::error::{BACKEND_IOCTL, KernelError};
 use crate::nvme_ioctl::{self, NvmePassthruCmd, NvmePassthruCmd64, Passthru};
-use ironvme_nvme::block::SubmitError;
-use ironvme_nvme::block::{self, BlockError, BlockQueue, Completion, GeometrySource, IoStatus, NamespaceInfo, Op};
+use crate::sync_queue::{Executor, SyncQueue};
+use ironvme_nvme::block::{self, BlockError, GeometrySource, IoStatus, NamespaceInfo, Op};
 use ironvme_nvme::cmd::{Command, DsmAttributes, DsmRange, MAX_BLOCKS_PER_COMMAND};
 use ironvme_nvme::hw::DmaBuf;
 use ironvme_nvme::identify::{Cns, IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, NamespaceList, Oncs};
 use ironvme_nvme::status::Status;
 use nix::errno::Errno;
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -689,7 +687,7 @@ impl IoctlDevice {
             Node::Controller(ctrl) => Arc::new(self.open_namespace_node(ctrl, nsid)?),
             _ => Arc::clone(&self.file),
         };
-        Ok(IoctlQueue::new(file, info, depth))
+        Ok(SyncQueue::new(IoctlNamespace { file, info }, depth))
     }
 
     fn open_namespace_node(&self, ctrl: &str, nsid: u32) -> Result<PassthruFile, KernelError> {
@@ -792,52 +790,43 @@ pub(crate) const DSM_RANGE_BYTES: usize = std::mem::size_of::<DsmRange>();
 
 // ---- the queue --------------------------------------------------------------------------------
 
-/// An operation submitted and not yet run.
+/// One namespace's node for I/O passthrough: what an [`IoctlQueue`] runs its commands on.
 #[derive(Debug)]
-struct Queued {
-    op: Op,
-    blocks: u32,
-    buf: Option<DmaBuf>,
-    tag: u64,
+pub struct IoctlNamespace {
+    file: Arc<PassthruFile>,
+    info: NamespaceInfo,
 }
 
 /// An I/O queue over NVMe ioctl passthrough on one namespace.
 ///
-/// Synchronous underneath: `submit` queues into a ring of `depth` entries, `ring` runs
-/// the queued commands in order (each ioctl blocks until its command completes), `poll`
-/// hands back completions. Both rings are allocated with the queue; nothing is allocated
-/// per operation. A Deallocate's 16-byte range lives on the stack of `ring` for the
-/// duration of its ioctl — commands run one at a time, so the per-queue pool of range
-/// buffers the asynchronous backends need is a pool of one here.
-#[derive(Debug)]
-pub struct IoctlQueue {
-    file: Arc<PassthruFile>,
-    info: NamespaceInfo,
-    depth: usize,
-    queued: VecDeque<Queued>,
-    done: VecDeque<Completion>,
-}
+/// Synchronous underneath ([`SyncQueue`]): `submit` queues into a ring of `depth`
+/// entries, `ring` runs the queued commands in order (each ioctl blocks until its command
+/// completes), `poll` hands back completions. A Deallocate's 16-byte range lives on the
+/// stack for the duration of its ioctl — commands run one at a time, so the per-queue
+/// pool of range buffers the asynchronous backends need is a pool of one here.
+pub type IoctlQueue = SyncQueue<IoctlNamespace>;
 
-impl IoctlQueue {
-    fn new(file: Arc<PassthruFile>, info: NamespaceInfo, depth: usize) -> IoctlQueue {
-        IoctlQueue {
-            file,
-            info,
-            depth,
-            queued: VecDeque::with_capacity(depth),
-            done: VecDeque::with_capacity(depth),
-        }
-    }
-
+impl SyncQueue<IoctlNamespace> {
     /// The node the queue's ioctls go to (`/dev/ngXnY` or `/dev/nvmeXnY`).
     pub fn path(&self) -> &Path {
-        self.file.path()
+        self.executor().file.path()
+    }
+}
+
+impl Executor for IoctlNamespace {
+    fn namespace(&self) -> &NamespaceInfo {
+        &self.info
     }
 
-    fn run(&self, q: &Queued) -> Result<(), IoStatus> {
-        let cmd = command_for(self.info.nsid, &q.op, q.blocks);
-        let range = dsm_range(&q.op);
-        let (addr, len) = match (&q.buf, q.op) {
+    fn check(&self, op: &Op, buf: Option<&DmaBuf>) -> Result<u64, BlockError> {
+        check_op(&self.info, op, buf).map(u64::from)
+    }
+
+    fn execute(&self, op: &Op, buf: Option<&mut DmaBuf>, blocks: u64) -> Result<(), IoStatus> {
+        // `check` bounded `blocks` to 32 bits.
+        let cmd = command_for(self.info.nsid, op, blocks as u32);
+        let range = dsm_range(op);
+        let (addr, len) = match (&buf, *op) {
             (Some(b), _) => (b.as_ptr() as u64, b.len() as u32),
             (None, Op::Deallocate { .. }) => (&range as *const DsmRange as u64, DSM_RANGE_BYTES as u32),
             (None, _) => (0, 0),
@@ -854,62 +843,11 @@ impl IoctlQueue {
     }
 }
 
-impl BlockQueue for IoctlQueue {
-    fn namespace(&self) -> &NamespaceInfo {
-        &self.info
-    }
-
-    fn depth(&self) -> usize {
-        self.depth
-    }
-
-    fn outstanding(&self) -> usize {
-        self.queued.len() + self.done.len()
-    }
-
-    fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
-        if self.outstanding() >= self.depth {
-            return Err(SubmitError {
-                error: BlockError::QueueFull(self.outstanding()),
-                buf,
-            });
-        }
-        let blocks = match check_op(&self.info, &op, buf.as_ref()) {
-            Ok(n) => n,
-            Err(error) => return Err(SubmitError { error, buf }),
-        };
-        self.queued.push_back(Queued { op, blocks, buf, tag });
-        Ok(())
-    }
-
-    fn ring(&mut self) -> Result<(), BlockError> {
-        while let Some(q) = self.queued.pop_front() {
-            let result = self.run(&q);
-            self.done.push_back(Completion {
-                tag: q.tag,
-                buf: q.buf,
-                result,
-            });
-        }
-        Ok(())
-    }
-
-    fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
-        if !self.queued.is_empty() {
-            let _ = self.ring();
-        }
-        let n = max.min(self.done.len());
-        for c in self.done.drain(..n) {
-            on_complete(c);
-        }
-        n
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dma::KernelDma;
+    use ironvme_nvme::block::BlockQueue;
     use ironvme_nvme::hw::DmaAllocator;
 
     fn id_ctrl(mdts: u8, oncs: u16, vwc: u8) -> IdentifyController {
@@ -1076,7 +1014,13 @@ mod tests {
         // /dev/null stands in for the node: nothing reaches it, because every request is
         // refused before `ring`.
         let file = PassthruFile::open(BACKEND_IOCTL, Path::new("/dev/null"), true).unwrap();
-        let mut q = IoctlQueue::new(Arc::new(file), info(), 2);
+        let mut q = SyncQueue::new(
+            IoctlNamespace {
+                file: Arc::new(file),
+                info: info(),
+            },
+            2,
+        );
         let dma = KernelDma::new(false);
         let e = q
             .submit(Op::Read { lba: 999 }, Some(dma.allocate(1024).unwrap()), 1)
@@ -1108,7 +1052,13 @@ mod tests {
         // On /dev/null the ioctl fails with ENOTTY, twice (64-bit, then 32-bit): every
         // operation completes once, in order, with that errno and its buffer.
         let file = PassthruFile::open(BACKEND_IOCTL, Path::new("/dev/null"), true).unwrap();
-        let mut q = IoctlQueue::new(Arc::new(file), info(), 3);
+        let mut q = SyncQueue::new(
+            IoctlNamespace {
+                file: Arc::new(file),
+                info: info(),
+            },
+            3,
+        );
         let dma = KernelDma::new(false);
         for tag in 0..3 {
             q.submit(

@@ -21,6 +21,7 @@ pub mod geometry;
 pub mod ioctl;
 pub mod nvme_ioctl;
 pub mod psync;
+pub mod sync_queue;
 pub mod uring;
 pub mod uring_cmd;
 

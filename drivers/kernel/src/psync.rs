@@ -20,9 +20,9 @@
 
 use crate::error::{BACKEND_PSYNC, KernelError};
 use crate::geometry::{self, FallocateSupport, FileKind, os};
-use ironvme_nvme::block::{self, BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
+use crate::sync_queue::{Executor, SyncQueue};
+use ironvme_nvme::block::{self, BlockError, IoStatus, NamespaceInfo, Op};
 use ironvme_nvme::hw::DmaBuf;
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -38,7 +38,9 @@ enum Target {
     File(FallocateSupport),
 }
 
-struct Shared {
+/// An open file and its geometry: what a [`PsyncQueue`] runs its operations on.
+#[derive(Debug)]
+pub struct PsyncFile {
     file: File,
     path: PathBuf,
     info: NamespaceInfo,
@@ -49,7 +51,7 @@ struct Shared {
 /// A block device or regular file open for `pread`/`pwrite` (`O_RDWR`, with `O_DIRECT`
 /// where the file system allows it).
 pub struct PsyncDevice {
-    shared: Arc<Shared>,
+    shared: Arc<PsyncFile>,
 }
 
 impl PsyncDevice {
@@ -91,7 +93,7 @@ impl PsyncDevice {
         };
         tracing::debug!(path = %path.display(), direct, ?info, "psync: opened");
         Ok(PsyncDevice {
-            shared: Arc::new(Shared {
+            shared: Arc::new(PsyncFile {
                 file,
                 path: path.into(),
                 info,
@@ -128,12 +130,7 @@ impl PsyncDevice {
                 why: "queue depth 0: must be at least 1".into(),
             });
         }
-        Ok(PsyncQueue {
-            shared: Arc::clone(&self.shared),
-            depth,
-            queued: VecDeque::with_capacity(depth),
-            done: VecDeque::with_capacity(depth),
-        })
+        Ok(SyncQueue::new(Arc::clone(&self.shared), depth))
     }
 }
 
@@ -147,41 +144,36 @@ impl std::fmt::Debug for PsyncDevice {
     }
 }
 
-/// One queued operation.
-struct Queued {
-    op: Op,
-    buf: Option<DmaBuf>,
-    tag: u64,
-    blocks: u64,
-}
-
-/// A queue of synchronous operations: the psync backend of the block interface.
+/// A queue of synchronous operations: the psync backend of the block interface
+/// ([`SyncQueue`]).
 ///
 /// At most `depth` operations are queued or completed-but-not-polled at once. A read or
 /// write is repeated until all of it is transferred; one that hits the end of the file
 /// (the file shrank) completes with `EIO`.
-pub struct PsyncQueue {
-    shared: Arc<Shared>,
-    depth: usize,
-    queued: VecDeque<Queued>,
-    done: VecDeque<Completion>,
-}
+pub type PsyncQueue = SyncQueue<Arc<PsyncFile>>;
 
-impl PsyncQueue {
-    /// Executes one operation.
+impl Executor for Arc<PsyncFile> {
+    fn namespace(&self) -> &NamespaceInfo {
+        &self.info
+    }
+
+    fn check(&self, op: &Op, buf: Option<&DmaBuf>) -> Result<u64, BlockError> {
+        block::check(&self.info, op, buf)
+    }
+
     fn execute(&self, op: &Op, buf: Option<&mut DmaBuf>, blocks: u64) -> Result<(), IoStatus> {
-        let bs = self.shared.info.block_size as u64;
-        let file = &self.shared.file;
+        let bs = self.info.block_size as u64;
+        let file = &self.file;
         let errno = |e: std::io::Error| IoStatus::Os(e.raw_os_error().unwrap_or(libc::EIO));
         match (*op, buf) {
             (Op::Read { lba }, Some(buf)) => read_all(file, buf.as_mut_slice(), lba * bs),
             (Op::Write { lba, fua }, Some(buf)) => write_all(file, buf.as_slice(), lba * bs, fua),
             (Op::Flush, _) => file.sync_data().map_err(errno),
-            (Op::WriteZeroes { lba, deallocate, .. }, _) => match self.shared.target {
+            (Op::WriteZeroes { lba, deallocate, .. }, _) => match self.target {
                 Target::BlockDevice => geometry::blk_zero_out(file, lba * bs, blocks * bs).map_err(errno),
                 Target::File(f) => fallocate(file, f.zero_mode(deallocate), lba * bs, blocks * bs),
             },
-            (Op::Deallocate { lba, .. }, _) => match self.shared.target {
+            (Op::Deallocate { lba, .. }, _) => match self.target {
                 Target::BlockDevice => geometry::blk_discard(file, lba * bs, blocks * bs).map_err(errno),
                 Target::File(f) => fallocate(file, f.deallocate_mode(), lba * bs, blocks * bs),
             },
@@ -246,67 +238,5 @@ fn fallocate(file: &File, mode: Option<i32>, offset: u64, len: u64) -> Result<()
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(IoStatus::Os(e as i32)),
         }
-    }
-}
-
-impl std::fmt::Debug for PsyncQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PsyncQueue")
-            .field("path", &self.shared.path)
-            .field("depth", &self.depth)
-            .field("queued", &self.queued.len())
-            .field("done", &self.done.len())
-            .finish()
-    }
-}
-
-impl BlockQueue for PsyncQueue {
-    fn namespace(&self) -> &NamespaceInfo {
-        &self.shared.info
-    }
-
-    fn depth(&self) -> usize {
-        self.depth
-    }
-
-    fn outstanding(&self) -> usize {
-        self.queued.len() + self.done.len()
-    }
-
-    fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
-        let blocks = match block::check(&self.shared.info, &op, buf.as_ref()) {
-            Ok(n) => n,
-            Err(error) => return Err(SubmitError { error, buf }),
-        };
-        if self.outstanding() >= self.depth {
-            return Err(SubmitError {
-                error: BlockError::QueueFull(self.outstanding()),
-                buf,
-            });
-        }
-        self.queued.push_back(Queued { op, buf, tag, blocks });
-        Ok(())
-    }
-
-    /// Executes every queued operation, in order, before returning.
-    fn ring(&mut self) -> Result<(), BlockError> {
-        while let Some(mut q) = self.queued.pop_front() {
-            let result = self.execute(&q.op, q.buf.as_mut(), q.blocks);
-            self.done.push_back(Completion {
-                tag: q.tag,
-                buf: q.buf,
-                result,
-            });
-        }
-        Ok(())
-    }
-
-    fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
-        let _ = self.ring();
-        let n = max.min(self.done.len());
-        for c in self.done.drain(..n) {
-            on_complete(c);
-        }
-        n
     }
 }
