@@ -223,15 +223,7 @@ impl<R: Registers> Machine<'_, R> {
                 InitState::Enable
             }
             InitState::Enable => {
-                let mps = self.page_size.trailing_zeros() as u8 - 12;
-                let cc = Cc(0)
-                    .with_css(0)
-                    .with_mps(mps)
-                    .with_ams(0)
-                    .with_iosqes(6)
-                    .with_iocqes(4)
-                    .with_en(true);
-                self.regs.write32(offset::CC, cc.0);
+                self.regs.write32(offset::CC, enabled_cc(self.page_size).0);
                 InitState::WaitReady
             }
             InitState::WaitReady => {
@@ -306,10 +298,7 @@ impl<R: Registers> Machine<'_, R> {
             )));
         }
         let admin = AdminQueue::new(self.dma, self.cap, entries, self.page_size)?;
-        self.regs
-            .write32(offset::AQA, Aqa::new(entries as u16, entries as u16).0);
-        self.regs.write64(offset::ASQ, admin.sq_iova());
-        self.regs.write64(offset::ACQ, admin.cq_iova());
+        program_admin_queue(self.regs, &admin);
         self.admin = Some(admin);
         Ok(())
     }
@@ -338,16 +327,8 @@ impl<R: Registers> Machine<'_, R> {
     }
 
     fn set_number_of_queues(&mut self) -> Result<(), Error> {
-        let asked = NumberOfQueues {
-            sq: self.config.io_queues.max(1),
-            cq: self.config.io_queues.max(1),
-        };
-        let done = self.run(
-            Command::set_features(FeatureId::NUMBER_OF_QUEUES, 0, asked.to_dw11(), false),
-            AdminData::None,
-        )?;
-        let granted = NumberOfQueues::granted(asked, done.dw0);
-        self.io_queues = granted.sq.min(granted.cq);
+        let (regs, timeout, asked) = (self.regs, self.config.admin_timeout, self.config.io_queues);
+        self.io_queues = set_number_of_queues(regs, self.admin(), asked, timeout)?;
         Ok(())
     }
 
@@ -376,16 +357,9 @@ impl<R: Registers> Machine<'_, R> {
     }
 
     fn configure_async_events(&mut self) -> Result<(), Error> {
-        let aec = AsyncEventConfig::SMART_CRITICAL_WARNINGS
-            | AsyncEventConfig::NAMESPACE_ATTRIBUTE
-            | AsyncEventConfig::FIRMWARE_ACTIVATION;
-        self.run(
-            Command::set_features(FeatureId::ASYNC_EVENT_CONFIG, 0, aec.bits(), false),
-            AdminData::None,
-        )?;
-        let aerl = self.identify.as_ref().map_or(0, |id| id.aerl) as u32 + 1;
-        let regs = self.regs;
-        self.admin().start_async_events(regs, aerl.min(4))
+        let aerl = self.identify.as_ref().map_or(0, |id| id.aerl);
+        let (regs, timeout) = (self.regs, self.config.admin_timeout);
+        configure_async_events(regs, self.admin(), aerl, timeout)
     }
 
     fn set_timestamp(&mut self) -> Result<(), Error> {

@@ -61,8 +61,6 @@ pub(crate) struct Inner<R: Registers> {
     pub(crate) max_transfer: usize,
     pub(crate) sgl_supported: bool,
     pub(crate) io_queues: u16,
-    /// I/O queues asked for with Set Features Number of Queues (sent again after a reset).
-    pub(crate) asked_queues: u16,
     /// [`Health`] as a `u8`: read by every queue pair's poll.
     pub(crate) health: AtomicU8,
     /// Completed resets. A queue pair whose queues belong to an older generation must
@@ -113,7 +111,6 @@ impl<R: Registers> Controller<R> {
             max_transfer: done.max_transfer,
             sgl_supported,
             io_queues: done.io_queues,
-            asked_queues: config.io_queues,
             health: AtomicU8::new(Health::Live as u8),
             generation: AtomicU64::new(0),
             quiesced: AtomicBool::new(false),

@@ -197,7 +197,7 @@ impl<R: Registers> Inner<R> {
         regs.write32(offset::CC, init::enabled_cc(self.page_size).0);
         init::wait_ready(regs, true, self.cap.ready_timeout())?;
         let timeout = self.config.admin_timeout;
-        let granted = init::set_number_of_queues(regs, admin, self.asked_queues, timeout)?;
+        let granted = init::set_number_of_queues(regs, admin, self.config.io_queues, timeout)?;
         if granted < self.io_queues {
             return Err(Error::Unsupported(format!(
                 "after reset the controller grants {granted} I/O queues, fewer than the {} in use",
