@@ -10,9 +10,9 @@
 //!   which `fallocate(2)` modes work is probed once, past the end of the file (see
 //!   [`probe_fallocate`]).
 //!
-//! [`probe_block_device`] and [`probe_file`] give a generic [`NamespaceInfo`]; backends
-//! that implement an operation differently adjust the capability flags from the raw facts
-//! in [`BlockDeviceGeometry`] and [`FileGeometry`].
+//! [`BlockDeviceGeometry::namespace_info`] and [`FileGeometry::namespace_info`] give a
+//! generic [`NamespaceInfo`]; backends that implement an operation differently adjust the
+//! capability flags from the raw facts in those structs.
 
 use crate::error::KernelError;
 use ironvme_nvme::block::{GeometrySource, NamespaceInfo};
@@ -325,13 +325,6 @@ pub fn block_device_geometry(
     })
 }
 
-/// A block device's namespace description (see [`BlockDeviceGeometry::namespace_info`]).
-///
-/// Errors: as [`block_device_geometry`].
-pub fn probe_block_device(file: &File, path: &Path, backend: &'static str) -> Result<NamespaceInfo, KernelError> {
-    Ok(block_device_geometry(file, path, backend)?.namespace_info())
-}
-
 /// The `queue/` directory of a block device in sysfs: its own, or its disk's for a
 /// partition (partitions have no `queue/`).
 fn sysfs_queue_dir(major: u32, minor: u32) -> Option<PathBuf> {
@@ -541,19 +534,6 @@ pub fn file_geometry(
         dio_align,
         fallocate,
     })
-}
-
-/// A regular file's namespace description (see [`FileGeometry::namespace_info`]).
-///
-/// Errors: as [`file_geometry`].
-pub fn probe_file(
-    file: &File,
-    path: &Path,
-    block_size: Option<u32>,
-    direct: bool,
-    backend: &'static str,
-) -> Result<NamespaceInfo, KernelError> {
-    Ok(file_geometry(file, path, block_size, direct, backend)?.namespace_info())
 }
 
 /// Zeroes `len` bytes at byte `offset` of a block device (`BLKZEROOUT`: the device's

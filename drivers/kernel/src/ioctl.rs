@@ -735,20 +735,10 @@ pub(crate) fn check_depth(backend: &'static str, depth: usize) -> Result<(), Ker
 
 // ---- operations as NVMe commands -------------------------------------------------------------
 
-/// Checks `op` as [`block::check`] does, and that a Write Zeroes fits one command (NLB is
-/// 16 bits); returns the number of blocks.
+/// [`block::check`], with the block count as the 32 bits a command carries: Deallocate's
+/// range length is 32 bits, and `block::check` keeps the others to one command.
 pub(crate) fn check_op(ns: &NamespaceInfo, op: &Op, buf: Option<&DmaBuf>) -> Result<u32, BlockError> {
-    let blocks = block::check(ns, op, buf)?;
-    if let Op::WriteZeroes { blocks: n, .. } = *op {
-        if n > MAX_BLOCKS_PER_COMMAND {
-            return Err(BlockError::TransferTooLarge {
-                bytes: (n as usize).saturating_mul(ns.block_size as usize),
-                max: MAX_BLOCKS_PER_COMMAND as usize * ns.block_size as usize,
-            });
-        }
-    }
-    // Deallocate's range length is 32 bits, the others are bounded by the checks above.
-    Ok(blocks as u32)
+    Ok(block::check(ns, op, buf)? as u32)
 }
 
 /// The NVMe command for `op` on namespace `nsid`, `blocks` blocks long (as [`check_op`]

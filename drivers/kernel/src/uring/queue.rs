@@ -97,7 +97,6 @@ pub struct UringQueue {
     aux_pending: bool,
     /// Operations in flight per ring.
     inflight: usize,
-    aux_inflight: usize,
     fixed: FixedBuffers,
     stats: UringStats,
     /// A queue belongs to one thread at a time: `Send`, not `Sync`.
@@ -189,7 +188,6 @@ impl UringQueue {
             pending: false,
             aux_pending: false,
             inflight: 0,
-            aux_inflight: 0,
             fixed: FixedBuffers::new(fixed_active),
             stats: UringStats::default(),
             shared,
@@ -328,9 +326,7 @@ impl UringQueue {
         if fixed != NO_FIXED {
             self.fixed.complete(fixed);
         }
-        if aux {
-            self.aux_inflight -= 1;
-        } else {
+        if !aux {
             self.inflight -= 1;
         }
         self.free.push(index as u32);
@@ -493,7 +489,6 @@ impl BlockQueue for UringQueue {
         };
         if aux {
             self.aux_pending = true;
-            self.aux_inflight += 1;
         } else {
             self.pending = true;
             self.inflight += 1;
