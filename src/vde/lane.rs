@@ -19,6 +19,9 @@ use xxhash_rust::xxh3::Xxh3;
 /// Largest piece one command moves, in bytes.
 const MAX_PIECE: usize = 256 * 1024;
 
+/// The padding of a write that ends inside a block, for its checksum.
+static ZEROS: [u8; BLOCK] = [0; BLOCK];
+
 /// An I/O queue and its staging buffers.
 pub struct Lane {
     q: IoQueue,
@@ -74,11 +77,6 @@ impl Lane {
         })
     }
 
-    /// Bytes a lane moves per command.
-    pub fn piece_bytes(&self) -> usize {
-        self.piece
-    }
-
     /// Reads `out.len()` bytes (a whole number of blocks) from block `start` on.
     ///
     /// Errors: [`VdeError::Io`] naming the first failed piece.
@@ -94,9 +92,10 @@ impl Lane {
         self.transfer(start, Dir::Write(data, None))
     }
 
-    /// Writes `data` like [`Lane::write`] and returns its xxh3-64, computed piece by piece
-    /// while the device writes the pieces before (each piece's doorbell is rung as soon
-    /// as it is staged), so hashing costs no time the device is busy anyway.
+    /// Writes `data` like [`Lane::write`], zero-padded to a whole number of blocks, and
+    /// returns the xxh3-64 of the padded bytes, computed piece by piece while the device
+    /// writes the pieces before (each piece's doorbell is rung as soon as it is staged),
+    /// so hashing costs no time the device is busy anyway.
     ///
     /// Errors: [`VdeError::Io`] naming the first failed piece.
     pub fn write_hashed(&mut self, start: u64, data: &[u8]) -> Result<u64, VdeError> {
@@ -151,14 +150,12 @@ impl Lane {
 
     fn transfer(&mut self, start: u64, dir: Dir<'_>) -> Result<(), VdeError> {
         let mut err = None;
-        let (mut out, src, mut hash) = match dir {
-            Dir::Read(o) => (Some(o), None, None),
-            Dir::Write(d, h) => (None, Some(d), h),
-        };
-        let len = match (&out, src) {
-            (Some(o), _) => o.len(),
-            (None, Some(s)) => s.len(),
-            (None, None) => 0,
+        let (mut out, src, mut hash, len) = match dir {
+            Dir::Read(o) => {
+                let len = o.len();
+                (Some(o), None, None, len)
+            }
+            Dir::Write(d, h) => (None, Some(d), h, d.len().next_multiple_of(BLOCK)),
         };
         debug_assert_eq!(len % BLOCK, 0);
         self.current = (start, if src.is_some() { "write" } else { "read" });
@@ -169,12 +166,17 @@ impl Lane {
             let lba = (start + (at / BLOCK) as u64) * self.lbas_per_block;
             match src {
                 Some(s) => {
-                    buf.as_mut_slice()[..n].copy_from_slice(&s[at..at + n]);
+                    // Only the last piece can end past the data, by less than a block.
+                    let k = (s.len() - at).min(n);
+                    let staged = &mut buf.as_mut_slice()[..n];
+                    staged[..k].copy_from_slice(&s[at..at + k]);
+                    staged[k..].fill(0);
                     self.submit(Op::Write { lba, fua: false }, buf, n, at as u64, &mut err);
                     // The device starts on this piece while the next is hashed and staged.
                     self.ring(&mut err);
                     if let Some(h) = hash.as_deref_mut() {
-                        h.update(&s[at..at + n]);
+                        h.update(&s[at..at + k]);
+                        h.update(&ZEROS[..n - k]);
                     }
                 }
                 None => self.submit(Op::Read { lba }, buf, n, at as u64, &mut err),
@@ -190,7 +192,7 @@ impl Lane {
             if let Some(b) = self.free.pop() {
                 return b;
             }
-            self.reap(true, out, err);
+            self.reap(out, err);
         }
     }
 
@@ -209,7 +211,7 @@ impl Lane {
         }
     }
 
-    fn reap(&mut self, wait: bool, out: &mut Option<&mut [u8]>, err: &mut Option<VdeError>) {
+    fn reap(&mut self, out: &mut Option<&mut [u8]>, err: &mut Option<VdeError>) {
         let Lane { q, free, current, .. } = self;
         let on = |c: crate::block::Completion| {
             let mut b = c.buf.expect("lane I/O carries a buffer");
@@ -234,11 +236,7 @@ impl Lane {
             b.reset_window();
             free.push(b);
         };
-        if wait {
-            q.wait(usize::MAX, on);
-        } else {
-            q.poll(usize::MAX, on);
-        }
+        q.wait(usize::MAX, on);
     }
 
     fn ring(&mut self, err: &mut Option<VdeError>) {
@@ -255,7 +253,7 @@ impl Lane {
     fn drain(&mut self, out: &mut Option<&mut [u8]>, err: &mut Option<VdeError>) {
         self.ring(err);
         while self.q.outstanding() > 0 {
-            self.reap(true, out, err);
+            self.reap(out, err);
         }
         debug_assert_eq!(self.free.len(), self.pieces);
     }

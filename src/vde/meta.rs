@@ -83,7 +83,7 @@ impl Meta {
     /// allocation maps and the index header.
     ///
     /// Errors: [`VdeError::NotFormatted`], [`VdeError::Corrupt`], I/O errors.
-    pub fn open(mut lane: Lane, device_blocks: u64, lba_size: u32, cache_blocks: usize) -> Result<Meta, VdeError> {
+    pub fn open(mut lane: Lane, device_blocks: u64, cache_blocks: usize) -> Result<Meta, VdeError> {
         let mut sbs = Vec::new();
         let mut errors = Vec::new();
         let mut raw = vec![0u8; 2 * BLOCK];
@@ -104,8 +104,8 @@ impl Meta {
         };
         let bad_superblocks: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         // The format counts 4 KiB blocks, so a store reads the same through any logical
-        // block size that divides 4 KiB (a file opened with 512 B or 4 KiB blocks).
-        let _ = lba_size;
+        // block size that divides 4 KiB (a file opened with 512 B or 4 KiB blocks): the
+        // superblock's lba_size is informational.
         let mut dir = Box::new([0u8; BLOCK]);
         lane.read(REGION_DIR_BLOCK, &mut dir[..])?;
         let layout = Layout::decode(&dir, device_blocks)?;
@@ -316,11 +316,6 @@ impl Meta {
         }
         self.write(blockno, Kind::Inodes, b);
         Ok(())
-    }
-
-    /// Whether the current transaction has changes.
-    pub fn tx_is_empty(&self) -> bool {
-        self.tx.is_empty()
     }
 
     /// Makes the current transaction durable: journal write and flush (checkpointing
@@ -586,11 +581,6 @@ impl Meta {
     /// Marks the store poisoned (a failure left memory and device out of step).
     pub fn poison_now(&mut self, why: String) -> VdeError {
         self.poison::<()>(why).expect_err("poison always fails")
-    }
-
-    /// Blocks that the current journal holds (for reports).
-    pub fn journal_used(&self) -> u64 {
-        self.jpos
     }
 }
 

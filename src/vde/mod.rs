@@ -313,7 +313,7 @@ impl Vde {
         })?;
         let total = check_geometry(&ns)?;
         let lane = Lane::new(&device, &ns, opts.staging_bytes.min(512 * 1024))?;
-        let meta = Meta::open(lane, total, ns.block_size, opts.cache_blocks)?;
+        let meta = Meta::open(lane, total, opts.cache_blocks)?;
         let layout = meta.layout;
         let used = DataUse {
             map: meta.data_map.clone(),
@@ -356,7 +356,8 @@ impl Vde {
             return Err(VdeError::ObjectTooLarge(data.len() as u64));
         }
         let _w = self.stripe(key).write().unwrap_or_else(|e| e.into_inner());
-        self.meta()?.check_poison()?;
+        // No metadata lock until the commit (which refuses a poisoned store): a put's
+        // data write never waits for another put's journal write and flush.
         let runs = self.reserve(data.len().div_ceil(BLOCK) as u64)?;
         let extents = match self.write_data(&runs, data) {
             Ok(e) => e,
@@ -618,19 +619,10 @@ impl Vde {
         let mut lane = self.lane()?;
         let mut out = Vec::with_capacity(runs.len());
         let mut at = 0;
-        let mut tail = Vec::new();
         for r in runs {
-            let n = r.blocks as usize * BLOCK;
-            let end = (at + n).min(data.len());
-            let bytes = if end - at == n {
-                &data[at..end]
-            } else {
-                tail.clear();
-                tail.extend_from_slice(&data[at..end]);
-                tail.resize(n, 0);
-                &tail[..]
-            };
-            let checksum = lane.write_hashed(r.start, bytes)?;
+            // The last extent's data may end inside its last block: the lane pads it.
+            let end = (at + r.blocks as usize * BLOCK).min(data.len());
+            let checksum = lane.write_hashed(r.start, &data[at..end])?;
             out.push(DataExtent {
                 start: r.start,
                 blocks: r.blocks,
