@@ -110,6 +110,7 @@ pub fn round_trips_across_sizes_and_alignments(s: &Subject) {
     let max = ns.max_transfer_bytes.min(1 << 20);
     let mut sizes: Vec<usize> = vec![bs, 2 * bs, 4096, 8192, 12288, 64 * 1024 + bs, max];
     sizes.retain(|&n| n % bs == 0 && n <= max);
+    sizes.sort_unstable();
     sizes.dedup();
     let offsets: BTreeSet<usize> = [0, ns.buffer_alignment, 512, 2048, 4096 - bs.min(4096)]
         .into_iter()
