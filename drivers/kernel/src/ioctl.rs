@@ -31,7 +31,7 @@ use crate::error::{BACKEND_IOCTL, KernelError};
 use crate::nvme_ioctl::{self, NvmePassthruCmd, NvmePassthruCmd64, Passthru};
 use crate::sync_queue::{Executor, SyncQueue};
 use ironvme_nvme::block::{self, BlockError, GeometrySource, IoStatus, NamespaceInfo, Op};
-use ironvme_nvme::cmd::{Command, DsmAttributes, DsmRange, MAX_BLOCKS_PER_COMMAND};
+use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange, MAX_BLOCKS_PER_COMMAND};
 use ironvme_nvme::hw::DmaBuf;
 use ironvme_nvme::identify::{Cns, IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, NamespaceList, Oncs};
 use ironvme_nvme::status::Status;
@@ -741,43 +741,6 @@ pub(crate) fn check_op(ns: &NamespaceInfo, op: &Op, buf: Option<&DmaBuf>) -> Res
     Ok(block::check(ns, op, buf)? as u32)
 }
 
-/// The NVMe command for `op` on namespace `nsid`, `blocks` blocks long (as [`check_op`]
-/// counted them). Deallocate is Dataset Management (AD) with one range: its data is
-/// [`dsm_range`].
-pub(crate) fn command_for(nsid: u32, op: &Op, blocks: u32) -> Command {
-    match *op {
-        Op::Read { lba } => Command::read(nsid, lba, blocks),
-        Op::Write { lba, fua } => Command::write(nsid, lba, blocks, fua),
-        Op::Compare { lba } => Command::compare(nsid, lba, blocks),
-        Op::Verify { lba, .. } => Command::verify(nsid, lba, blocks),
-        Op::WriteZeroes { lba, deallocate, .. } => Command::write_zeroes(nsid, lba, blocks, deallocate),
-        Op::Deallocate { .. } => Command::dataset_management(
-            nsid,
-            1,
-            DsmAttributes {
-                deallocate: true,
-                ..Default::default()
-            },
-        ),
-        Op::Flush => Command::flush(nsid),
-    }
-}
-
-/// The one Dataset Management range of a Deallocate.
-pub(crate) fn dsm_range(op: &Op) -> DsmRange {
-    match *op {
-        Op::Deallocate { lba, blocks } => DsmRange {
-            context_attributes: 0,
-            nlb: blocks,
-            slba: lba,
-        },
-        _ => DsmRange::default(),
-    }
-}
-
-/// Bytes of one Dataset Management range.
-pub(crate) const DSM_RANGE_BYTES: usize = std::mem::size_of::<DsmRange>();
-
 // ---- the queue --------------------------------------------------------------------------------
 
 /// One namespace's node for I/O passthrough: what an [`IoctlQueue`] runs its commands on.
@@ -814,8 +777,8 @@ impl Executor for IoctlNamespace {
 
     fn execute(&self, op: &Op, buf: Option<&mut DmaBuf>, blocks: u64) -> Result<(), IoStatus> {
         // `check` bounded `blocks` to 32 bits.
-        let cmd = command_for(self.info.nsid, op, blocks as u32);
-        let range = dsm_range(op);
+        let cmd = op.command(self.info.nsid, blocks as u32);
+        let range = op.dsm_range();
         let (addr, len) = match (&buf, *op) {
             (Some(b), _) => (b.as_ptr() as u64, b.len() as u32),
             (None, Op::Deallocate { .. }) => (&range as *const DsmRange as u64, DSM_RANGE_BYTES as u32),
@@ -920,49 +883,6 @@ mod tests {
         // Inactive namespaces and unusable formats are left out.
         assert!(namespace_info(1, &id_ns(0, 9, 0), &ctrl, &limits).is_none());
         assert!(namespace_info(1, &id_ns(8, 5, 0), &ctrl, &limits).is_none());
-    }
-
-    #[test]
-    fn operations_become_nvm_commands() {
-        let c = command_for(3, &Op::Write { lba: 10, fua: true }, 8);
-        assert_eq!(
-            (c.opcode(), c.nsid, c.slba(), c.nlb(), c.cdw12 >> 30 & 1),
-            (0x01, 3, 10, 8, 1)
-        );
-        assert_eq!(command_for(3, &Op::Read { lba: 1 }, 1).opcode(), 0x02);
-        assert_eq!(command_for(3, &Op::Compare { lba: 1 }, 1).opcode(), 0x05);
-        assert_eq!(command_for(3, &Op::Verify { lba: 1, blocks: 4 }, 4).nlb(), 4);
-        let wz = command_for(
-            3,
-            &Op::WriteZeroes {
-                lba: 5,
-                blocks: 2,
-                deallocate: true,
-            },
-            2,
-        );
-        assert_eq!((wz.opcode(), wz.nlb(), wz.cdw12 >> 25 & 1), (0x08, 2, 1));
-        let dsm = command_for(
-            3,
-            &Op::Deallocate {
-                lba: 7,
-                blocks: 100_000,
-            },
-            100_000,
-        );
-        assert_eq!((dsm.opcode(), dsm.cdw10, dsm.cdw11), (0x09, 0, 4));
-        assert_eq!(
-            dsm_range(&Op::Deallocate {
-                lba: 7,
-                blocks: 100_000
-            }),
-            DsmRange {
-                context_attributes: 0,
-                nlb: 100_000,
-                slba: 7
-            }
-        );
-        assert_eq!(command_for(3, &Op::Flush, 0).opcode(), 0x00);
     }
 
     fn info() -> NamespaceInfo {

@@ -50,14 +50,13 @@
 use crate::dma::KernelDma;
 use crate::error::{BACKEND_URING_CMD, KernelError};
 use crate::ioctl::{
-    DSM_RANGE_BYTES, Node, PassthruFile, check_depth, check_op, classify, command_for, controller_namespaces,
-    dsm_range, namespace_info, queue_limits,
+    Node, PassthruFile, check_depth, check_op, classify, controller_namespaces, namespace_info, queue_limits,
 };
 use crate::nvme_ioctl::{NVME_URING_CMD_IO, NvmeUringCmd, decode_return};
 use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
-use ironvme_nvme::cmd::{Command, DsmRange};
+use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange};
 use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
 use ironvme_nvme::identify::IdentifyController;
 use std::io;
@@ -488,7 +487,7 @@ impl BlockQueue for UringCmdQueue {
             Err(error) => return Err(SubmitError { error, buf }),
         };
         let slot = self.free.pop().expect("checked non-empty");
-        let cmd = command_for(self.info.nsid, &op, blocks);
+        let cmd = op.command(self.info.nsid, blocks);
         let mut buf = buf;
         let (addr, len, fixed) = match (&mut buf, op) {
             (Some(b), _) => {
@@ -496,7 +495,7 @@ impl BlockQueue for UringCmdQueue {
                 (b.as_ptr() as u64, b.len() as u32, index)
             }
             (None, Op::Deallocate { .. }) => {
-                let range: DsmRange = dsm_range(&op);
+                let range: DsmRange = op.dsm_range();
                 let at = slot as usize * DSM_RANGE_BYTES;
                 // A raw-pointer write leaves other slots' bytes, which the kernel may be
                 // reading, unborrowed.

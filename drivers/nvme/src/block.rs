@@ -16,6 +16,7 @@
 //!
 //! Nothing here allocates per I/O.
 
+use crate::cmd::{Command, DsmAttributes, DsmRange};
 use crate::hw::DmaBuf;
 use crate::status::Status;
 use std::fmt;
@@ -87,6 +88,41 @@ impl Op {
     /// Whether the operation moves data through a buffer (read, write, compare).
     pub const fn needs_buffer(&self) -> bool {
         matches!(self, Op::Read { .. } | Op::Write { .. } | Op::Compare { .. })
+    }
+
+    /// The NVM command for the operation on namespace `nsid`, `blocks` long (as [`check`]
+    /// counted them). A Deallocate is Dataset Management with AD set over one range,
+    /// [`Op::dsm_range`], which goes in the command's data buffer.
+    pub fn command(&self, nsid: u32, blocks: u32) -> Command {
+        match *self {
+            Op::Read { lba } => Command::read(nsid, lba, blocks),
+            Op::Write { lba, fua } => Command::write(nsid, lba, blocks, fua),
+            Op::Compare { lba } => Command::compare(nsid, lba, blocks),
+            Op::Verify { lba, .. } => Command::verify(nsid, lba, blocks),
+            Op::WriteZeroes { lba, deallocate, .. } => Command::write_zeroes(nsid, lba, blocks, deallocate),
+            Op::Deallocate { .. } => Command::dataset_management(
+                nsid,
+                1,
+                DsmAttributes {
+                    deallocate: true,
+                    ..Default::default()
+                },
+            ),
+            Op::Flush => Command::flush(nsid),
+        }
+    }
+
+    /// The one Dataset Management range of a Deallocate (an empty range for any other
+    /// operation).
+    pub fn dsm_range(&self) -> DsmRange {
+        match *self {
+            Op::Deallocate { lba, blocks } => DsmRange {
+                context_attributes: 0,
+                nlb: blocks,
+                slba: lba,
+            },
+            _ => DsmRange::default(),
+        }
     }
 }
 
@@ -501,6 +537,49 @@ pub enum IoError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operations_become_nvm_commands() {
+        let c = (Op::Write { lba: 10, fua: true }).command(3, 8);
+        assert_eq!(
+            (c.opcode(), c.nsid, c.slba(), c.nlb(), c.cdw12 >> 30 & 1),
+            (0x01, 3, 10, 8, 1)
+        );
+        assert_eq!((Op::Read { lba: 1 }).command(3, 1).opcode(), 0x02);
+        assert_eq!((Op::Compare { lba: 1 }).command(3, 1).opcode(), 0x05);
+        assert_eq!((Op::Verify { lba: 1, blocks: 4 }).command(3, 4).nlb(), 4);
+        let wz = (Op::WriteZeroes {
+            lba: 5,
+            blocks: 2,
+            deallocate: true,
+        })
+        .command(3, 2);
+        assert_eq!((wz.opcode(), wz.nlb(), wz.cdw12 >> 25 & 1), (0x08, 2, 1));
+        let dsm = (Op::Deallocate {
+            lba: 7,
+            blocks: 100_000,
+        })
+        .command(3, 100_000);
+        assert_eq!((dsm.opcode(), dsm.cdw10, dsm.cdw11), (0x09, 0, 4));
+        assert_eq!(
+            (Op::Deallocate {
+                lba: 7,
+                blocks: 100_000
+            })
+            .dsm_range(),
+            DsmRange {
+                context_attributes: 0,
+                nlb: 100_000,
+                slba: 7
+            }
+        );
+        assert_eq!(
+            Op::Deallocate { lba: 7, blocks: 2 }.dsm_range().to_bytes(),
+            [0, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!((Op::Flush).command(3, 0).opcode(), 0x00);
+    }
+
     use crate::hw::HeapRegion;
     use std::sync::Arc;
 

@@ -198,7 +198,21 @@ pub struct DsmRange {
     pub slba: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<DsmRange>() == 16);
+const _: () = assert!(std::mem::size_of::<DsmRange>() == DSM_RANGE_BYTES);
+
+/// Bytes of one [`DsmRange`].
+pub const DSM_RANGE_BYTES: usize = 16;
+
+impl DsmRange {
+    /// The range as the controller reads it from the data buffer (little-endian).
+    pub fn to_bytes(&self) -> [u8; DSM_RANGE_BYTES] {
+        let mut b = [0u8; DSM_RANGE_BYTES];
+        b[0..4].copy_from_slice(&self.context_attributes.to_le_bytes());
+        b[4..8].copy_from_slice(&self.nlb.to_le_bytes());
+        b[8..16].copy_from_slice(&self.slba.to_le_bytes());
+        b
+    }
+}
 
 /// The most ranges one Dataset Management command carries (NR is 8 bits, 0's based).
 pub const MAX_DSM_RANGES: usize = 256;

@@ -4,11 +4,8 @@ use super::{Controller, Error, IoQueuePair, Namespace};
 use crate::block::{
     self, BlockError, BlockQueue, Completion, GeometrySource, IoStatus, NamespaceInfo, Op, SubmitError,
 };
-use crate::cmd::{Command, DsmAttributes};
+use crate::cmd::DSM_RANGE_BYTES;
 use crate::hw::{DmaBuf, Registers};
-
-/// Bytes of one Dataset Management range.
-const DSM_RANGE_BYTES: usize = 16;
 
 impl Namespace {
     /// The namespace as the block interface describes it.
@@ -118,31 +115,18 @@ impl<R: Registers> BlockQueue for NamespaceQueue<R> {
             Ok(n) => n as u32,
             Err(error) => return Err(SubmitError { error, buf }),
         };
-        let nsid = self.info.nsid;
-        let (cmd, buf) = match op {
-            Op::Read { lba } => (Command::read(nsid, lba, blocks), buf),
-            Op::Write { lba, fua } => (Command::write(nsid, lba, blocks, fua), buf),
-            Op::Compare { lba } => (Command::compare(nsid, lba, blocks), buf),
-            Op::Verify { lba, .. } => (Command::verify(nsid, lba, blocks), buf),
-            Op::WriteZeroes { lba, deallocate, .. } => (Command::write_zeroes(nsid, lba, blocks, deallocate), buf),
-            Op::Flush => (Command::flush(nsid), buf),
-            Op::Deallocate { lba, .. } => {
-                let Some(mut range) = self.ranges.pop() else {
-                    return Err(SubmitError {
-                        error: BlockError::QueueFull(self.outstanding()),
-                        buf,
-                    });
-                };
-                let bytes = range.as_mut_slice();
-                bytes[0..4].copy_from_slice(&0u32.to_le_bytes());
-                bytes[4..8].copy_from_slice(&blocks.to_le_bytes());
-                bytes[8..16].copy_from_slice(&lba.to_le_bytes());
-                let attrs = DsmAttributes {
-                    deallocate: true,
-                    ..Default::default()
-                };
-                (Command::dataset_management(nsid, 1, attrs), Some(range))
-            }
+        let cmd = op.command(self.info.nsid, blocks);
+        let buf = if let Op::Deallocate { .. } = op {
+            let Some(mut range) = self.ranges.pop() else {
+                return Err(SubmitError {
+                    error: BlockError::QueueFull(self.outstanding()),
+                    buf,
+                });
+            };
+            range.as_mut_slice().copy_from_slice(&op.dsm_range().to_bytes());
+            Some(range)
+        } else {
+            buf
         };
         self.pair.submit(cmd, buf, tag).map_err(|e| {
             // A refused Deallocate gives its range buffer back to the pool, not the caller.

@@ -12,7 +12,7 @@
 use super::config::DataPointerMode;
 use super::recovery::{Health, RecoveryEvent, ResetReason};
 use super::{Error, Inner, Namespace, clock};
-use crate::cmd::{Command, DsmAttributes, DsmRange, MAX_DSM_RANGES};
+use crate::cmd::{Command, DSM_RANGE_BYTES, DsmAttributes, DsmRange, MAX_DSM_RANGES};
 use crate::hw::{DmaBuf, Registers};
 use crate::prp;
 use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
@@ -584,7 +584,7 @@ impl<R: Registers> IoQueuePair<R> {
         mut buf: DmaBuf,
         tag: u64,
     ) -> Result<(), IoError> {
-        let need = ranges.len() * std::mem::size_of::<DsmRange>();
+        let need = ranges.len() * DSM_RANGE_BYTES;
         if ranges.is_empty() || ranges.len() > MAX_DSM_RANGES || buf.capacity() < need {
             return Err(refuse(
                 Error::BadLength {
@@ -610,11 +610,13 @@ impl<R: Registers> IoQueuePair<R> {
             }
         }
         buf.set_window(0, need).expect("capacity checked");
-        for (i, &(slba, blocks)) in ranges.iter().enumerate() {
-            let bytes = &mut buf.as_mut_slice()[i * 16..i * 16 + 16];
-            bytes[0..4].copy_from_slice(&0u32.to_le_bytes());
-            bytes[4..8].copy_from_slice(&(blocks as u32).to_le_bytes());
-            bytes[8..16].copy_from_slice(&slba.to_le_bytes());
+        for (chunk, &(slba, blocks)) in buf.as_mut_slice().chunks_exact_mut(DSM_RANGE_BYTES).zip(ranges) {
+            let range = DsmRange {
+                context_attributes: 0,
+                nlb: blocks as u32,
+                slba,
+            };
+            chunk.copy_from_slice(&range.to_bytes());
         }
         let attrs = DsmAttributes {
             deallocate: true,
