@@ -264,7 +264,7 @@ impl FixedBuffers {
                 self.regions.push(Registered {
                     base,
                     index: Some(index),
-                    _keep: Some(keeper(buf)),
+                    _keep: Some(buf.region_keeper()),
                 });
                 Some(index)
             }
@@ -286,17 +286,6 @@ impl FixedBuffers {
 /// exceeds the queue's `max_segments`.
 fn pages_to_end(base: usize, len: usize, addr: usize) -> usize {
     (base + len).div_ceil(PAGE) - addr / PAGE
-}
-
-/// A zero-length buffer of `buf`'s region (which it keeps alive), leaving `buf` as it was.
-fn keeper(buf: &mut DmaBuf) -> DmaBuf {
-    let (offset, len) = (buf.window_offset(), buf.len());
-    let keep = buf
-        .split_off(buf.capacity())
-        .expect("splitting at the capacity is in bounds");
-    buf.set_window(offset, len)
-        .expect("the window was inside the unchanged capacity");
-    keep
 }
 
 /// How the queue names the namespace's node in its SQEs.
@@ -699,20 +688,6 @@ mod tests {
         assert_eq!(pages_to_end(base, 2 << 20, base), 512);
         assert_eq!(pages_to_end(base, 2 << 20, base + 385 * 4096), 127);
         assert_eq!(pages_to_end(base, 2 << 20, base + 385 * 4096 - 4), 128);
-    }
-
-    #[test]
-    fn a_keeper_holds_the_region_and_leaves_the_buffer_alone() {
-        let dma = KernelDma::new(false);
-        let mut b = dma.allocate(8192).unwrap();
-        b.set_window(512, 1024).unwrap();
-        let keep = keeper(&mut b);
-        assert_eq!((b.window_offset(), b.len(), b.capacity()), (512, 1024, 8192));
-        assert_eq!((keep.len(), keep.capacity()), (0, 0));
-        assert!(keep.same_region(&b));
-        assert_eq!(keep.region_span(), b.region_span());
-        drop(b);
-        assert_eq!(keep.region_span().1, 8192); // the region is still there
     }
 
     #[test]

@@ -264,6 +264,20 @@ impl DmaBuf {
         Ok(tail)
     }
 
+    /// A zero-length buffer that keeps this buffer's region mapped while it lives, leaving
+    /// this buffer's window as it was (the empty tail: `split_off` at the capacity). For
+    /// tables that must keep a region alive after the buffer that named it goes away
+    /// (io_uring's registered buffers).
+    pub fn region_keeper(&mut self) -> DmaBuf {
+        let (offset, len) = (self.offset, self.len);
+        let keep = self
+            .split_off(self.capacity)
+            .expect("splitting at the capacity is in bounds");
+        self.set_window(offset, len)
+            .expect("the window fitted before and the capacity is unchanged");
+        keep
+    }
+
     /// Splits the buffer into `count` buffers of `size` bytes each, in address order, and
     /// returns them; any remainder is dropped with `self`. Used to carve a pool of equal
     /// buffers from one allocation.
@@ -386,6 +400,20 @@ mod tests {
 
     fn buf(len: usize) -> DmaBuf {
         DmaBuf::from_region(Arc::new(HeapRegion::new(len, 4096, 0x10_0000).unwrap()))
+    }
+
+    #[test]
+    fn the_keeper_holds_the_region_and_leaves_the_window_alone() {
+        let mut b = DmaBuf::from_region(Arc::new(HeapRegion::new(8192, 4096, 0).unwrap()));
+        b.set_window(512, 1024).unwrap();
+        let keep = b.region_keeper();
+        assert_eq!((b.window_offset(), b.len(), b.capacity()), (512, 1024, 8192));
+        assert_eq!((keep.len(), keep.capacity()), (0, 0));
+        assert!(keep.same_region(&b));
+        assert_eq!(keep.region_span(), b.region_span());
+        b.as_mut_slice().fill(3);
+        drop(b);
+        assert_eq!(keep.region_span().1, 8192); // the region is still there
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl FixedBuffers {
                 };
                 let registered = self.register(submitter, free, buf);
                 self.entries[free] = Some(Entry {
-                    keep: keep_region(buf),
+                    keep: buf.region_keeper(),
                     registered,
                     inflight: 0,
                 });
@@ -113,7 +113,7 @@ impl FixedBuffers {
             iov_base: addr as *mut libc::c_void,
             iov_len: len,
         };
-        // The entry holds the region's Arc (`keep_region`) until the slot is emptied
+        // The entry holds the region's Arc (`DmaBuf::region_keeper`) until the slot is emptied
         // (`release_idle`) or the table is unregistered (`unregister`).
         // SAFETY: the iovec covers a live region (`region_span`) that, per the above, stays
         // mapped for as long as the kernel has it registered.
@@ -186,37 +186,5 @@ impl FixedBuffers {
         for e in self.entries.iter_mut().filter_map(Option::take) {
             std::mem::forget(e.keep);
         }
-    }
-}
-
-/// A zero-length buffer that keeps `buf`'s region mapped, leaving `buf`'s window as it
-/// was. (It is the empty tail of `buf`: `split_off` at the capacity.)
-fn keep_region(buf: &mut DmaBuf) -> DmaBuf {
-    let (offset, len) = (buf.window_offset(), buf.len());
-    let keep = buf
-        .split_off(buf.capacity())
-        .expect("splitting at the capacity is in bounds");
-    buf.set_window(offset, len)
-        .expect("the window fitted before and the capacity is unchanged");
-    keep
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ironvme_nvme::hw::HeapRegion;
-    use std::sync::Arc;
-
-    #[test]
-    fn the_keeper_holds_the_region_and_leaves_the_window_alone() {
-        let mut b = DmaBuf::from_region(Arc::new(HeapRegion::new(8192, 4096, 0).unwrap()));
-        b.set_window(512, 1024).unwrap();
-        let keep = keep_region(&mut b);
-        assert_eq!((b.window_offset(), b.len(), b.capacity()), (512, 1024, 8192));
-        assert_eq!((keep.len(), keep.capacity()), (0, 0));
-        assert!(keep.same_region(&b));
-        b.as_mut_slice().fill(3);
-        drop(b);
-        assert_eq!(keep.region_span().1, 8192);
     }
 }
