@@ -4,6 +4,7 @@
 //! with a checkpoint. `format` destroys what DEV holds and asks first; `put` and `rm`
 //! change only the store's own objects.
 
+use super::perf::report::{Latency, PERCENTILES};
 use super::perf::target;
 use super::perf::units::{parse_nonzero_size, parse_positive_duration};
 use super::perf::{BACKEND_HELP, IO_DEV_HELP};
@@ -391,7 +392,8 @@ pub struct BenchReport {
     pub ops_per_s: f64,
     /// Object bytes per second, in MiB.
     pub mib_per_s: f64,
-    /// Latency per operation in µs: min, mean, max, p50, p90, p99, p99_9, p99_99.
+    /// Latency per operation in µs, as `ironvme perf` reports it: min, mean, max, stdev,
+    /// p50, p90, p99, p99_9, p99_99 (null if no operation completed).
     pub lat_us: serde_json::Value,
     /// Measured seconds.
     pub time_s: f64,
@@ -429,9 +431,10 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 let (vde, data, stop) = (&vde, &data, &stop);
                 s.spawn(move || {
                     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+                    let keys: Vec<String> = (0..a.keys).map(|i| key(t, i)).collect();
                     let mut i = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        let k = key(t, i % a.keys);
+                        let k = &keys[i % keys.len()];
                         let t0 = Instant::now();
                         match a.op {
                             BenchOp::Put => vde.put(k.as_bytes(), data)?,
@@ -462,7 +465,8 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     let backend = vde.device().backend().to_string();
     close(vde, &a.store.dev)?;
-    let us = |ns: u64| ns as f64 / 1000.0;
+    // Histogram values are ns: one tick per ns.
+    let lat = Latency::from_ticks(&all, (all.min(), all.max()), 1.0);
     let ops = all.len();
     let report = BenchReport {
         op: if a.op == BenchOp::Put { "put" } else { "get" },
@@ -472,12 +476,7 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         ops,
         ops_per_s: ops as f64 / secs,
         mib_per_s: ops as f64 * a.size as f64 / secs / (1 << 20) as f64,
-        lat_us: serde_json::json!({
-            "min": us(all.min()), "mean": all.mean() / 1000.0, "max": us(all.max()),
-            "p50": us(all.value_at_quantile(0.50)), "p90": us(all.value_at_quantile(0.90)),
-            "p99": us(all.value_at_quantile(0.99)), "p99_9": us(all.value_at_quantile(0.999)),
-            "p99_99": us(all.value_at_quantile(0.9999)),
-        }),
+        lat_us: lat.map_or(serde_json::Value::Null, |l| l.json()),
         time_s: secs,
         cpu_percent: (user1 - user0 + sys1 - sys0) / secs * 100.0,
         xxh3_mib_per_s,
@@ -495,19 +494,21 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         "  ops/s {:.0}   MiB/s {:.1}   cpu {:.0}%   (xxh3-64 on one thread: {:.0} MiB/s)",
         report.ops_per_s, report.mib_per_s, report.cpu_percent, report.xxh3_mib_per_s
     )?;
-    let l = &report.lat_us;
-    writeln!(
-        out,
-        "  lat (us): min {:.1} mean {:.1} max {:.1} | p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} p99.99 {:.1}",
-        l["min"].as_f64().unwrap_or(0.0),
-        l["mean"].as_f64().unwrap_or(0.0),
-        l["max"].as_f64().unwrap_or(0.0),
-        l["p50"].as_f64().unwrap_or(0.0),
-        l["p90"].as_f64().unwrap_or(0.0),
-        l["p99"].as_f64().unwrap_or(0.0),
-        l["p99_9"].as_f64().unwrap_or(0.0),
-        l["p99_99"].as_f64().unwrap_or(0.0),
-    )?;
+    if let Some(l) = lat {
+        let pct: Vec<String> = PERCENTILES
+            .iter()
+            .zip(l.pct)
+            .map(|((_, key, _), v)| format!("{key} {v:.1}"))
+            .collect();
+        writeln!(
+            out,
+            "  lat (us): min {:.1} mean {:.1} max {:.1} | {}",
+            l.min,
+            l.mean,
+            l.max,
+            pct.join(" ")
+        )?;
+    }
     Ok(())
 }
 

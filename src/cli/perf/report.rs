@@ -113,7 +113,8 @@ impl Latency {
         })
     }
 
-    fn json(&self) -> Value {
+    /// min, mean, max, stdev and the [`PERCENTILES`] by their JSON keys, in µs.
+    pub(crate) fn json(&self) -> Value {
         let mut m = serde_json::Map::new();
         m.insert("min".into(), round3(self.min));
         m.insert("mean".into(), round3(self.mean));
