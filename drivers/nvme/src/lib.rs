@@ -10,6 +10,7 @@
 //! - [`identify`], [`log`], [`features`]: total parsers for the data the controller returns;
 //! - [`queue`], [`prp`], [`sgl`]: submission/completion rings, command identifier tracking,
 //!   doorbell batching and data pointer construction, all on plain memory;
+//! - [`barrier`]: the DMA barriers every queue uses around doorbells and phase tags;
 //! - [`hw`]: the two small traits the controller logic is written against — register access
 //!   and DMA memory — so the same code drives a VFIO-mapped BAR and the simulated controller;
 //! - `sim` (feature `sim`): an in-process simulated controller for host tests.
@@ -20,6 +21,7 @@
 #[cfg(not(target_endian = "little"))]
 compile_error!("ironvme-nvme lays NVMe structures out in native byte order and needs a little-endian target");
 
+pub mod barrier;
 pub mod block;
 pub mod cmd;
 pub mod completion;

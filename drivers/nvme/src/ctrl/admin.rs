@@ -14,7 +14,6 @@ use crate::prp;
 use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
 use crate::regs::{Cap, Csts, offset};
 use std::collections::VecDeque;
-use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
 /// Bytes of the admin data buffer; larger log pages are read in pieces.
@@ -224,7 +223,7 @@ impl AdminQueue {
         cmd.set_cid(cid);
         self.sq.push(&cmd).expect("checked not full");
         if let Some(tail) = self.sq.take_doorbell() {
-            fence(Ordering::Release);
+            crate::barrier::dma_wmb();
             regs.write32(self.sq_db, tail);
         }
         Ok(cid)

@@ -21,7 +21,7 @@ use crate::sgl::SglDescriptor;
 use crate::status::Status;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::Ordering;
 
 /// A finished I/O command.
 #[derive(Debug)]
@@ -281,7 +281,7 @@ impl<R: Registers> IoQueuePair<R> {
         }
         if let Some(tail) = self.sq.take_doorbell() {
             // The commands must be in memory before the controller hears of them.
-            fence(Ordering::Release);
+            crate::barrier::dma_wmb();
             self.inner.regs.write32(self.sq_db, tail);
         }
     }

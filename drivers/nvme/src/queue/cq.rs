@@ -3,7 +3,6 @@
 use super::{CQ_ENTRY_SIZE, QueueError, check_entries};
 use crate::completion::Completion;
 use crate::hw::DmaBuf;
-use std::sync::atomic::{Ordering, fence};
 use volatile_register::RO;
 
 /// A completion queue entry as the device writes it: four dwords read one at a time with
@@ -96,7 +95,7 @@ impl CompletionQueue {
         }
         // The phase tag says the entry is complete; read the rest only after it, so we
         // never combine a new phase with stale contents.
-        fence(Ordering::Acquire);
+        crate::barrier::dma_rmb();
         let dw2 = cell.dw2.read();
         Some(Completion {
             dw0: cell.dw0.read(),
