@@ -28,8 +28,10 @@ pub struct ControllerConfig {
     /// I/O queue pairs to ask for with Set Features Number of Queues. The driver uses
     /// min(asked, granted). Default 16.
     pub io_queues: u16,
-    /// Memory page size (CC.MPS) in bytes: a power of two within CAP.MPSMIN..=MPSMAX.
-    /// Default 4096.
+    /// Memory page size (CC.MPS) in bytes: a power of two within CAP.MPSMIN..=MPSMAX and
+    /// at most the DMA allocator's alignment ([`crate::hw::DmaAllocator::page_size`], 4 KiB
+    /// for VFIO and the simulator), since every ring and PRP list must start on a memory
+    /// page. Other values fail init with [`super::Error::Config`]. Default 4096.
     pub page_size: usize,
     /// Largest transfer per command in bytes, further limited by MDTS. Larger requests
     /// are refused with [`crate::ctrl::Error::TransferTooLarge`], never split. Default

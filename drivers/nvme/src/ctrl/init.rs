@@ -283,6 +283,17 @@ impl<R: Registers> Machine<'_, R> {
                 cap.max_page_size()
             )));
         }
+        // Every ring, PRP list page and admin buffer must start on a memory page boundary
+        // (§3.3.1, §4.1.1), and the allocator only promises its own alignment. Larger
+        // pages buy nothing here (large transfers use SGLs), so they are refused rather
+        // than paid for with over-allocation.
+        let align = self.dma.page_size();
+        if ps > align {
+            return Err(Error::Config(format!(
+                "page size {ps} bytes is larger than the {align}-byte alignment of the DMA allocator; \
+                 queues would not be aligned to a memory page (CC.MPS): use a page size of {align} bytes"
+            )));
+        }
         Ok(())
     }
 

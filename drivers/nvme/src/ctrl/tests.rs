@@ -556,3 +556,25 @@ fn init_fails_cleanly_on_a_dead_or_missing_device() {
     .unwrap();
     assert!(matches!(e, Error::Config(_)), "{e}");
 }
+
+#[test]
+fn a_page_size_the_allocator_cannot_align_is_refused() {
+    // The simulator allows pages up to 64 KiB (CAP.MPSMAX = 4) but its allocator, like
+    // VFIO's, aligns to 4 KiB: an 8 KiB CC.MPS would put rings off a page boundary.
+    let sim = sim_with(SimConfig::default());
+    assert!(sim.config().mpsmax >= 1, "the controller itself accepts 8 KiB pages");
+    let e = Controller::init(
+        sim.clone(),
+        Arc::new(sim.dma()),
+        ControllerConfig {
+            page_size: 8192,
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("an 8 KiB page size with a 4 KiB-aligned allocator must be refused");
+    match e {
+        Error::Config(msg) => assert!(msg.contains("8192") && msg.contains("4096"), "{msg}"),
+        other => panic!("expected Error::Config, got {other}"),
+    }
+}
