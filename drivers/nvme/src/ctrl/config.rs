@@ -44,9 +44,9 @@ pub struct ControllerConfig {
     /// Deadline of an I/O command. When it passes the driver sends Abort; see
     /// [`Self::abort_timeout`]. Default 30 s (Linux's `nvme_core.io_timeout`).
     pub io_timeout: Duration,
-    /// How long an aborted command may take to complete before the controller is reset.
-    /// A controller that answers the Abort with "not aborted" (QEMU always does) is reset
-    /// at once. Default 5 s.
+    /// How long a command may take to complete after Abort was sent for it before the
+    /// controller is reset, whether the controller answered "aborted" or "not aborted"
+    /// (QEMU always does: the command may still complete by itself). Default 5 s.
     pub abort_timeout: Duration,
     /// Longest wait for CSTS.SHST on shutdown when the controller reports no RTD3E.
     /// Default 10 s.

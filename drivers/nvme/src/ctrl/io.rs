@@ -366,15 +366,30 @@ impl<R: Registers> IoQueuePair<R> {
         let qid = self.qid;
         if !already_aborted {
             self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
-            let aborted = self.inner.abort_command(qid, cid).unwrap_or(false);
-            self.inner.notify(RecoveryEvent::AbortSent { qid, cid, aborted });
-            if aborted {
-                // Its completion (Command Abort Requested) should arrive on this CQ soon.
-                if let Some(f) = self.slots.get_mut(cid) {
-                    f.aborted = true;
-                    f.deadline = now.saturating_add(self.abort_ticks);
+            match self.inner.abort_command(qid, cid) {
+                Ok(aborted) => {
+                    self.inner.notify(RecoveryEvent::AbortSent { qid, cid, aborted });
+                    // Aborted: its completion (Command Abort Requested) should arrive soon.
+                    // Not aborted: the controller may have completed it meanwhile, or still
+                    // be working on it (QEMU never aborts anything). Either way it gets
+                    // `abort_timeout` to show up before the controller is reset; look at the
+                    // CQ again now.
+                    if let Some(f) = self.slots.get_mut(cid) {
+                        f.aborted = true;
+                        f.deadline = now.saturating_add(self.abort_ticks);
+                    }
+                    return self.reap(usize::MAX, on_complete);
                 }
-                return self.reap(usize::MAX, on_complete);
+                Err(e) => {
+                    // The Abort itself failed (an admin timeout has already reset the
+                    // controller, or it is failing): recover now.
+                    tracing::warn!(qid, cid, error = %e, "Abort failed");
+                    self.inner.notify(RecoveryEvent::AbortSent {
+                        qid,
+                        cid,
+                        aborted: false,
+                    });
+                }
             }
         }
         self.start_reset(ResetReason::IoTimeout { qid, cid });

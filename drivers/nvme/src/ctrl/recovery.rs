@@ -1,9 +1,11 @@
 //! Recovery: command deadlines, Abort, controller reset.
 //!
 //! Every command has a deadline. An I/O command past its deadline is aborted (Abort,
-//! §5.1); if the controller says it did not abort it, or it still has not completed after
-//! [`super::ControllerConfig::abort_timeout`], the controller is reset. An admin command
-//! past its deadline, CSTS.CFS = 1, or a failed Abort also lead to a reset. Register reads
+//! §5.1); the CQ is looked at again, and if the command still has not completed after
+//! [`super::ControllerConfig::abort_timeout`] — whether the controller said it aborted it or
+//! not — the controller is reset. An admin command past its deadline (the reset then runs
+//! under the admin lock, so no other command reuses memory the late command may write),
+//! CSTS.CFS = 1, or a failed Abort also lead to a reset. Register reads
 //! of all ones mean the device is gone: the controller is marked failed.
 //!
 //! A reset (§3.7.2, Controller Level Reset through CC.EN) disables the controller, which

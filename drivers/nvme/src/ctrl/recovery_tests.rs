@@ -19,17 +19,27 @@ fn rig(sim_config: SimConfig) -> Rig {
 }
 
 fn rig_with_timeout(sim_config: SimConfig, io_timeout: Duration) -> Rig {
+    rig_with(
+        sim_config,
+        ControllerConfig {
+            io_timeout,
+            abort_timeout: Duration::from_millis(100),
+            ..Default::default()
+        },
+    )
+}
+
+/// A rig with `config` (its admin timeout is set to 500 ms, and the observer is added).
+fn rig_with(sim_config: SimConfig, config: ControllerConfig) -> Rig {
     let sim = SimController::new(sim_config);
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&events);
     let config = ControllerConfig {
-        io_timeout,
-        abort_timeout: Duration::from_millis(100),
         admin_timeout: Duration::from_millis(500),
         recovery_observer: Some(RecoveryObserver(Arc::new(move |e| {
             sink.lock().unwrap().push(e.clone())
         }))),
-        ..Default::default()
+        ..config
     };
     let ctrl = Controller::init(sim.clone(), Arc::new(sim.dma()), config).expect("init");
     Rig { sim, ctrl, events }
@@ -88,7 +98,8 @@ fn submit_reads(r: &Rig, q: &mut IoQueuePair<SimController>, n: u64) {
 
 #[test]
 fn a_lost_completion_is_aborted_then_the_controller_reset() {
-    // Like QEMU: Abort answers "not aborted", so a reset follows at once.
+    // Like QEMU: Abort answers "not aborted"; the command stays lost, so a reset follows
+    // after abort_timeout.
     let r = rig(SimConfig {
         abort_works: false,
         ..SimConfig::default()
@@ -379,4 +390,44 @@ fn a_delayed_completion_past_the_deadline_is_given_up_on() {
     std::thread::sleep(Duration::from_millis(500));
     q.poll(usize::MAX, |c| panic!("late completion for tag {}", c.tag));
     works(&r, &mut q);
+}
+
+#[test]
+fn a_command_the_controller_did_not_abort_gets_the_abort_timeout_to_complete() {
+    // Like QEMU: Abort answers "not aborted". The command is only slow: it completes
+    // 200 ms after its 100 ms deadline, well within the 2 s abort timeout, so no reset.
+    let r = rig_with(
+        SimConfig {
+            abort_works: false,
+            ..SimConfig::default()
+        },
+        ControllerConfig {
+            io_timeout: Duration::from_millis(100),
+            abort_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    );
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        times: Some(1),
+        action: FaultAction::Delay(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, 2);
+    let done = collect(&mut q, 2);
+    assert!(done.values().all(|&(s, b)| s.is_success() && b), "{done:?}");
+    assert_eq!(r.sim.stats().resets, 0, "events: {:?}", r.events());
+    assert_eq!(r.ctrl.reset_count(), 0);
+    let ev = r.events();
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [
+                RecoveryEvent::CommandTimedOut { qid: 1, .. },
+                RecoveryEvent::AbortSent { aborted: false, .. }
+            ]
+        ),
+        "{ev:?}"
+    );
 }
