@@ -178,7 +178,13 @@ pub(crate) fn initialize<R: Registers>(
     while state != InitState::Ready {
         trace.push(state);
         tracing::debug!(?state, "nvme controller init");
-        state = m.step(state)?;
+        state = match m.step(state) {
+            Ok(next) => next,
+            Err(e) => {
+                m.abandon();
+                return Err(e);
+            }
+        };
     }
     trace.push(InitState::Ready);
     Ok(Initialized {
@@ -195,6 +201,23 @@ pub(crate) fn initialize<R: Registers>(
 }
 
 impl<R: Registers> Machine<'_, R> {
+    /// After a failed step: the controller may hold admin commands that still write into
+    /// the admin queue's memory (a timed-out Identify, outstanding event requests). Free
+    /// that memory only once the controller is disabled (CC.EN = 0 and CSTS.RDY = 0 seen);
+    /// if it cannot be disabled, leak it.
+    fn abandon(&mut self) {
+        let Some(admin) = self.admin.take() else {
+            return; // nothing the controller could reach was allocated yet
+        };
+        match super::recovery::disable(self.regs, self.cap.ready_timeout()) {
+            Ok(()) => drop(admin),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not disable the controller after a failed init; leaking the admin queue memory");
+                std::mem::forget(admin);
+            }
+        }
+    }
+
     fn admin(&mut self) -> &mut AdminQueue {
         self.admin
             .as_mut()

@@ -460,9 +460,13 @@ impl<R: Registers> IoQueuePair<R> {
             .create_on_controller(self.qid, entries, self.sq.iova(), self.cq.iova())
         {
             Ok(generation) => self.generation = generation,
-            Err((e, _)) => {
-                tracing::error!(qid = self.qid, error = %e, "could not re-create I/O queues after a reset");
+            Err(failed) => {
+                tracing::error!(qid = self.qid, error = %failed.error, "could not re-create I/O queues after a reset");
                 self.dead = Some("its queues could not be re-created after a reset");
+                if failed.queues_may_exist {
+                    // Drop must delete them (or keep their memory) as for a live pair.
+                    self.generation = failed.generation;
+                }
             }
         }
         n
@@ -700,11 +704,29 @@ impl<R: Registers> Drop for IoQueuePair<R> {
     fn drop(&mut self) {
         if let Err(e) = self.inner.delete_io_queue_pair(self.qid, self.generation) {
             // The controller may still own the rings and outstanding buffers: keep their
-            // memory mapped forever rather than let the device write into freed memory.
-            tracing::warn!(qid = self.qid, error = %e, outstanding = self.outstanding(), "could not delete I/O queue pair; leaking its memory");
+            // memory (and the QID) until a reset makes the controller forget the queues,
+            // rather than let the device write into freed memory.
+            tracing::warn!(qid = self.qid, error = %e, outstanding = self.outstanding(), "could not delete I/O queue pair");
+            let mut buffers = Vec::with_capacity(self.outstanding() + 1);
             while let Some((_, f)) = self.slots.pop_any() {
-                std::mem::forget(f.buf);
+                buffers.extend(f.buf);
             }
+            // SAFETY: each ManuallyDrop is taken exactly once, here, and `self` is not used
+            // afterwards (its fields are never dropped: they are ManuallyDrop).
+            let (sq, cq, lists) = unsafe {
+                (
+                    ManuallyDrop::take(&mut self.sq),
+                    ManuallyDrop::take(&mut self.cq),
+                    ManuallyDrop::take(&mut self.lists),
+                )
+            };
+            buffers.push(lists);
+            self.inner.adopt_orphan(super::Orphan {
+                qid: self.qid,
+                sq,
+                cq,
+                buffers,
+            });
             return;
         }
         // SAFETY: the controller deleted both queues, so it no longer reads or writes the

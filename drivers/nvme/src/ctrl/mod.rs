@@ -69,13 +69,38 @@ pub(crate) struct Inner<R: Registers> {
     /// After a failure: whether the device is known to have stopped touching host memory.
     pub(crate) quiesced: AtomicBool,
     failure: Mutex<Option<String>>,
-    reset_lock: Mutex<()>,
     /// Dropped only after a successful shutdown: until then the controller may DMA to it.
+    /// Resets run while holding this lock, so no admin command reuses the admin buffers
+    /// between a timeout and the reset that makes the late command harmless.
     admin: ManuallyDrop<Mutex<AdminQueue>>,
+    /// Queues the controller may still have (their deletion failed): their QIDs stay taken
+    /// and their memory allocated until a reset makes the controller forget them.
+    orphans: Mutex<Vec<Orphan>>,
     namespaces: RwLock<Vec<Namespace>>,
     /// `qids[i]` is true when QID i + 1 is in use.
     qids: Mutex<Vec<bool>>,
     init_trace: Vec<InitState>,
+}
+
+/// Memory of an I/O queue pair the controller may still use (its deletion failed), kept
+/// with its QID until a reset makes the controller forget the queue. Its fields are never
+/// read: holding them keeps the memory allocated (and mapped).
+#[allow(dead_code)]
+pub(crate) struct Orphan {
+    pub(crate) qid: u16,
+    pub(crate) sq: SubmissionQueue,
+    pub(crate) cq: CompletionQueue,
+    /// PRP list pages and the buffers of commands that were outstanding.
+    pub(crate) buffers: Vec<crate::DmaBuf>,
+}
+
+/// Why creating an I/O queue pair on the controller failed.
+pub(crate) struct CreateFailed {
+    pub(crate) error: Error,
+    /// Whether the controller may still have the CQ or the SQ (so may use their rings).
+    pub(crate) queues_may_exist: bool,
+    /// The controller generation the attempt was made in.
+    pub(crate) generation: u64,
 }
 
 /// An initialised NVMe controller. Cheap to clone: clones share the controller.
@@ -115,7 +140,7 @@ impl<R: Registers> Controller<R> {
             generation: AtomicU64::new(0),
             quiesced: AtomicBool::new(false),
             failure: Mutex::new(None),
-            reset_lock: Mutex::new(()),
+            orphans: Mutex::new(Vec::new()),
             admin: ManuallyDrop::new(Mutex::new(done.admin)),
             namespaces: RwLock::new(done.namespaces),
             qids: Mutex::new(vec![false; done.io_queues as usize]),
@@ -216,22 +241,16 @@ impl<R: Registers> Controller<R> {
         let inner = &self.inner;
         crate::queue::check_entries(entries, inner.cap.max_queue_entries())?;
         let qid = inner.allocate_qid()?;
-        let made = inner.create_queues(qid, entries);
-        match made {
-            Ok((sq, cq, lists, list_bytes, generation)) => Ok(IoQueuePair::new(
-                Arc::clone(inner),
-                qid,
-                sq,
-                cq,
-                lists,
-                list_bytes,
-                generation,
-            )),
-            Err(e) => {
-                inner.release_qid(qid);
-                Err(e)
-            }
-        }
+        let (sq, cq, lists, list_bytes, generation) = inner.create_queues(qid, entries)?;
+        Ok(IoQueuePair::new(
+            Arc::clone(inner),
+            qid,
+            sq,
+            cq,
+            lists,
+            list_bytes,
+            generation,
+        ))
     }
 
     fn admin(&self) -> MutexGuard<'_, AdminQueue> {
@@ -513,9 +532,7 @@ impl<R: Registers> Inner<R> {
         self.run_admin_timeout(cmd, data, self.config.admin_timeout, read)
     }
 
-    /// Runs an admin command with deadline `timeout`. A timeout or CSTS.CFS resets the
-    /// controller (after the admin lock is released) before the error is returned; all ones
-    /// marks it failed.
+    /// Runs an admin command with deadline `timeout` (see [`Self::execute_locked`]).
     fn run_admin_timeout(
         &self,
         cmd: Command,
@@ -523,29 +540,68 @@ impl<R: Registers> Inner<R> {
         timeout: Duration,
         read: impl FnOnce(&[u8]),
     ) -> Result<Completion, Error> {
+        let mut admin = self.admin();
+        let r = self.execute_locked(&mut admin, cmd, data, timeout);
+        if r.is_ok() {
+            read(admin.data(ADMIN_DATA_BYTES));
+        }
+        r
+    }
+
+    /// Runs an admin command on the locked admin queue. A timeout or CSTS.CFS resets the
+    /// controller before the lock is released, so the next command cannot reuse the data
+    /// buffer or PRP list the late command may still write; all ones marks it failed.
+    pub(crate) fn execute_locked(
+        &self,
+        admin: &mut AdminQueue,
+        cmd: Command,
+        data: AdminData<'_>,
+        timeout: Duration,
+    ) -> Result<Completion, Error> {
         if self.health() == Health::Failed {
             return Err(Error::ControllerFailed(self.failure().unwrap_or_default()));
         }
         let seen = self.generation.load(Ordering::Acquire);
-        let result = {
-            let mut admin = self.admin();
-            let r = admin.execute(&self.regs, cmd, data, timeout);
-            if r.is_ok() {
-                read(admin.data(ADMIN_DATA_BYTES));
-            }
-            r
-        };
+        let result = admin.execute(&self.regs, cmd, data, timeout);
         match &result {
             Err(Error::Timeout { .. }) => {
-                let _ = self.reset(ResetReason::AdminTimeout, seen);
+                let _ = self.reset_locked(admin, ResetReason::AdminTimeout, seen);
             }
             Err(Error::Fatal { .. }) => {
-                let _ = self.reset(ResetReason::FatalStatus, seen);
+                let _ = self.reset_locked(admin, ResetReason::FatalStatus, seen);
             }
             Err(Error::Removed { during }) => self.fail(format!("device gone while {during}"), true),
             _ => {}
         }
         result
+    }
+
+    /// Whether the controller has forgotten every I/O queue created in `generation`: a
+    /// reset completed since, or it failed and is known to have stopped DMA.
+    fn forgot_queues_of(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::Acquire) != generation
+            || (self.health() == Health::Failed && self.quiesced.load(Ordering::Acquire))
+    }
+
+    /// Keeps the memory of a queue the controller may still have, and its QID, until a
+    /// reset (see [`Self::release_orphans`]).
+    pub(crate) fn adopt_orphan(&self, orphan: Orphan) {
+        tracing::warn!(
+            qid = orphan.qid,
+            "the controller may still use I/O queue {}; keeping its QID and memory until a reset",
+            orphan.qid
+        );
+        self.orphans.lock().unwrap_or_else(|p| p.into_inner()).push(orphan);
+    }
+
+    /// Frees the orphaned queues and their QIDs. Only once the controller has forgotten
+    /// every I/O queue (CSTS.RDY = 0 after CC.EN = 0).
+    pub(crate) fn release_orphans(&self) {
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
+        for o in orphans {
+            tracing::debug!(qid = o.qid, "controller reset: freeing an orphaned I/O queue");
+            self.release_qid(o.qid);
+        }
     }
 
     fn allocate_qid(&self) -> Result<u16, Error> {
@@ -564,8 +620,9 @@ impl<R: Registers> Inner<R> {
         }
     }
 
-    /// Allocates the rings and list pages of queue `qid` and creates them on the
-    /// controller.
+    /// Allocates the rings and list pages of queue `qid` (allocated by the caller) and
+    /// creates them on the controller. On error the QID is released, unless the controller
+    /// may still have one of the queues: then the QID and the rings are kept as an orphan.
     #[allow(clippy::type_complexity)]
     fn create_queues(
         &self,
@@ -574,74 +631,116 @@ impl<R: Registers> Inner<R> {
     ) -> Result<(SubmissionQueue, CompletionQueue, crate::DmaBuf, usize, u64), Error> {
         let dma = self.dma.as_ref();
         let depth = entries as usize - 1;
-        let sq = SubmissionQueue::new(dma.allocate(entries as usize * 64)?, entries)?;
-        let cq = CompletionQueue::new(dma.allocate(entries as usize * 16)?, entries)?;
-        let list_bytes = crate::prp::list_pages_for_transfer(self.max_transfer, self.page_size).max(1) * self.page_size;
-        let lists = dma.allocate(depth * list_bytes)?;
+        let allocated = (|| {
+            let sq = SubmissionQueue::new(dma.allocate(entries as usize * 64)?, entries)?;
+            let cq = CompletionQueue::new(dma.allocate(entries as usize * 16)?, entries)?;
+            let list_bytes =
+                crate::prp::list_pages_for_transfer(self.max_transfer, self.page_size).max(1) * self.page_size;
+            let lists = dma.allocate(depth * list_bytes)?;
+            Ok::<_, Error>((sq, cq, lists, list_bytes))
+        })();
+        let (sq, cq, lists, list_bytes) = match allocated {
+            Ok(a) => a,
+            Err(e) => {
+                self.release_qid(qid);
+                return Err(e);
+            }
+        };
         match self.create_on_controller(qid, entries, sq.iova(), cq.iova()) {
             Ok(generation) => Ok((sq, cq, lists, list_bytes, generation)),
-            Err((e, cq_may_exist)) => {
-                if cq_may_exist {
-                    tracing::warn!(qid, "could not delete the CQ of a half-created queue pair; leaking it");
-                    std::mem::forget(cq);
+            Err(failed) => {
+                if failed.queues_may_exist {
+                    self.adopt_orphan(Orphan {
+                        qid,
+                        sq,
+                        cq,
+                        buffers: vec![lists],
+                    });
+                } else {
+                    self.release_qid(qid);
                 }
-                Err(e)
+                Err(failed.error)
             }
         }
     }
 
     /// Create I/O CQ then SQ `qid` over rings at the given IOVAs (one IOVA-contiguous
     /// allocation each, as CAP.CQR asks). Returns the controller generation the queues
-    /// belong to; on error, whether the CQ may still exist on the controller.
+    /// belong to. A timeout resets the controller (which then forgets the queues).
     pub(crate) fn create_on_controller(
         &self,
         qid: u16,
         entries: u32,
         sq_iova: u64,
         cq_iova: u64,
-    ) -> Result<u64, (Error, bool)> {
-        if self.health() == Health::Failed {
-            return Err((Error::ControllerFailed(self.failure().unwrap_or_default()), false));
-        }
+    ) -> Result<u64, CreateFailed> {
         let contiguous = true;
         let create_cq = Command::create_io_cq(qid, entries, cq_iova, contiguous, None);
         let create_sq = Command::create_io_sq(qid, entries, sq_iova, contiguous, 0, qid);
         // Under the admin lock, so no reset can slip between creating the queues and
         // reading the generation they belong to.
         let mut admin = self.admin();
+        let generation = self.generation.load(Ordering::Acquire);
+        let failed = |error: Error, queues_may_exist: bool| CreateFailed {
+            error,
+            queues_may_exist,
+            generation,
+        };
         let timeout = self.config.admin_timeout;
-        admin
-            .execute(&self.regs, create_cq, AdminData::None, timeout)
-            .map_err(|e| (e, false))?;
-        if let Err(e) = admin.execute(&self.regs, create_sq, AdminData::None, timeout) {
-            let undone = admin
-                .execute(&self.regs, Command::delete_io_cq(qid), AdminData::None, timeout)
-                .is_ok();
-            return Err((e, !undone));
+        match self.execute_locked(&mut admin, create_cq, AdminData::None, timeout) {
+            Ok(_) => {}
+            // Refused: there is no CQ.
+            Err(e @ Error::Command { .. }) => return Err(failed(e, false)),
+            Err(e) => {
+                let forgot = self.forgot_queues_of(generation);
+                return Err(failed(e, !forgot));
+            }
         }
-        Ok(self.generation.load(Ordering::Acquire))
+        let e = match self.execute_locked(&mut admin, create_sq, AdminData::None, timeout) {
+            Ok(_) => return Ok(generation),
+            Err(e) => e,
+        };
+        if self.forgot_queues_of(generation) {
+            return Err(failed(e, false));
+        }
+        if !matches!(e, Error::Command { .. }) {
+            // The SQ may exist too, and the controller could not be reset.
+            return Err(failed(e, true));
+        }
+        let undone = self
+            .execute_locked(&mut admin, Command::delete_io_cq(qid), AdminData::None, timeout)
+            .is_ok();
+        let forgot = undone || self.forgot_queues_of(generation);
+        Err(failed(e, !forgot))
     }
 
     /// Delete I/O SQ then CQ `qid` (if they still exist: created in `generation`) and
-    /// free the QID. `Ok` means the controller no longer touches the queues' memory.
+    /// free the QID. `Ok` means the controller no longer touches the queues' memory; on
+    /// error the QID stays taken (the caller hands the memory to [`Self::adopt_orphan`]).
     pub(crate) fn delete_io_queue_pair(&self, qid: u16, generation: u64) -> Result<(), Error> {
-        let result = match self.health() {
-            Health::Failed if self.quiesced.load(Ordering::Acquire) => Ok(()),
-            Health::Failed => Err(Error::ControllerFailed(self.failure().unwrap_or_default())),
-            _ => {
-                let mut admin = self.admin();
-                if self.generation.load(Ordering::Acquire) != generation {
-                    Ok(()) // a reset deleted them
-                } else {
-                    let timeout = self.config.admin_timeout;
-                    let delete_sq = admin.execute(&self.regs, Command::delete_io_sq(qid), AdminData::None, timeout);
-                    delete_sq
-                        .and_then(|_| admin.execute(&self.regs, Command::delete_io_cq(qid), AdminData::None, timeout))
-                        .map(|_| ())
+        let result = if self.forgot_queues_of(generation) {
+            Ok(()) // a reset deleted them, or the controller is failed and quiet
+        } else if self.health() == Health::Failed {
+            Err(Error::ControllerFailed(self.failure().unwrap_or_default()))
+        } else {
+            let mut admin = self.admin();
+            let timeout = self.config.admin_timeout;
+            let deleted = self
+                .execute_locked(&mut admin, Command::delete_io_sq(qid), AdminData::None, timeout)
+                .and_then(|_| self.execute_locked(&mut admin, Command::delete_io_cq(qid), AdminData::None, timeout));
+            match deleted {
+                Ok(_) => Ok(()),
+                // A timeout reset the controller, which forgot the queues.
+                Err(e) if self.forgot_queues_of(generation) => {
+                    tracing::warn!(qid, error = %e, "deleting I/O queues failed, but a reset removed them");
+                    Ok(())
                 }
+                Err(e) => Err(e),
             }
         };
-        self.release_qid(qid);
+        if result.is_ok() {
+            self.release_qid(qid);
+        }
         result
     }
 
@@ -689,7 +788,11 @@ impl<R: Registers> Drop for Inner<R> {
             }
             // The controller may still own the admin rings: never free them (they stay
             // in the ManuallyDrop, leaked).
-            Err(e) => tracing::warn!(error = %e, "nvme controller shutdown failed; leaking admin queue memory"),
+            Err(e) => {
+                tracing::warn!(error = %e, "nvme controller shutdown failed; leaking admin queue memory");
+                let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
+                std::mem::forget(orphans);
+            }
         }
     }
 }

@@ -145,7 +145,18 @@ impl<R: Registers> Inner<R> {
     ///
     /// Errors: the reset's own failure (the controller is then marked failed).
     pub(crate) fn reset(&self, reason: ResetReason, seen_generation: u64) -> Result<(), Error> {
-        let _only_one = self.reset_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut admin = self.admin();
+        self.reset_locked(&mut admin, reason, seen_generation)
+    }
+
+    /// [`Self::reset`] for a caller that holds the admin lock. Resets happen only under
+    /// that lock, which makes them one at a time.
+    pub(crate) fn reset_locked(
+        &self,
+        admin: &mut AdminQueue,
+        reason: ResetReason,
+        seen_generation: u64,
+    ) -> Result<(), Error> {
         if self.generation.load(Ordering::Acquire) != seen_generation {
             return Ok(()); // someone else reset it meanwhile
         }
@@ -157,38 +168,40 @@ impl<R: Registers> Inner<R> {
         }
         self.health.store(Health::Resetting as u8, Ordering::Release);
         self.notify(RecoveryEvent::ResetStarting(reason));
-        let mut admin = self.admin();
-        match self.disable_and_reinit(&mut admin) {
+        match self.disable_and_reinit(admin) {
             Ok(()) => {
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 self.health.store(Health::Live as u8, Ordering::Release);
                 self.notify(RecoveryEvent::ResetDone { generation });
                 Ok(())
             }
-            Err((e, quiesced)) => {
-                self.fail(format!("reset after {reason:?} failed: {e}"), quiesced);
+            Err((e, disabled)) => {
+                self.fail(format!("reset after {reason:?} failed: {e}"), disabled);
                 Err(e)
             }
         }
     }
 
     /// Disables the controller, then brings it back. On error, also says whether the
-    /// device is known to have stopped DMA.
+    /// controller was left disabled (CSTS.RDY = 0 seen), so it no longer touches memory.
     fn disable_and_reinit(&self, admin: &mut AdminQueue) -> Result<(), (Error, bool)> {
-        let regs = &self.regs;
-        let cc = Cc(regs.read32(offset::CC));
-        if Csts(regs.read32(offset::CSTS)).is_all_ones() {
-            return Err((Error::Removed { during: "resetting" }, true));
-        }
-        regs.write32(offset::CC, cc.with_en(false).0);
-        if let Err(e) = init::wait_ready(regs, false, self.cap.ready_timeout()) {
+        if let Err(e) = disable(&self.regs, self.cap.ready_timeout()) {
             let gone = matches!(e, Error::Removed { .. });
             return Err((e, gone));
         }
         // CSTS.RDY = 0: the controller has forgotten every queue and no longer touches
-        // host memory. From here a failure leaves memory safe to reuse.
+        // host memory. From here memory is safe to reuse.
         admin.reset_rings();
-        self.bring_up(admin).map_err(|e| (e, true))
+        self.release_orphans();
+        match self.bring_up(admin) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Enabled again, maybe with a command outstanding: disable it once more
+                // before anyone may free memory.
+                let disabled = disable(&self.regs, self.cap.ready_timeout()).is_ok();
+                Err((e, disabled))
+            }
+        }
     }
 
     /// Re-enables a disabled controller with the admin queue at `admin` and repeats the
@@ -217,4 +230,17 @@ impl<R: Registers> Inner<R> {
         let c = self.run_admin(Command::abort(qid, cid), super::admin::AdminData::None)?;
         Ok(c.dw0 & 1 == 0)
     }
+}
+
+/// Clears CC.EN and waits for CSTS.RDY = 0 within `timeout`: afterwards the controller has
+/// forgotten every queue and touches no host memory (§3.7.2).
+///
+/// Errors: [`Error::Removed`] if registers read all ones; [`Error::ReadyTimeout`].
+pub(crate) fn disable<R: Registers>(regs: &R, timeout: std::time::Duration) -> Result<(), Error> {
+    let cc = Cc(regs.read32(offset::CC));
+    if Csts(regs.read32(offset::CSTS)).is_all_ones() {
+        return Err(Error::Removed { during: "disabling" });
+    }
+    regs.write32(offset::CC, cc.with_en(false).0);
+    init::wait_ready(regs, false, timeout)
 }

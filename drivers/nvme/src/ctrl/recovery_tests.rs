@@ -431,3 +431,154 @@ fn a_command_the_controller_did_not_abort_gets_the_abort_timeout_to_complete() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn an_admin_timeout_resets_before_the_admin_queue_is_free_again() {
+    // A late completion of the timed-out Identify would write into the admin data buffer:
+    // no other command may get the admin queue (and that buffer) before the reset.
+    use std::sync::{OnceLock, Weak};
+    let sim = SimController::new(SimConfig::default());
+    let inner: Arc<OnceLock<Weak<Inner<SimController>>>> = Arc::new(OnceLock::new());
+    let free_at_reset = Arc::new(Mutex::new(Vec::new()));
+    let (slot, seen) = (Arc::clone(&inner), Arc::clone(&free_at_reset));
+    let config = ControllerConfig {
+        admin_timeout: Duration::from_millis(200),
+        recovery_observer: Some(RecoveryObserver(Arc::new(move |e| {
+            if let RecoveryEvent::ResetStarting(_) = e {
+                let inner = slot.get().and_then(Weak::upgrade).expect("controller set");
+                // Another thread tries to take the admin queue now.
+                let free = std::thread::scope(|s| s.spawn(|| inner.admin.try_lock().is_ok()).join().unwrap());
+                seen.lock().unwrap().push(free);
+            }
+        }))),
+        ..Default::default()
+    };
+    let ctrl = Controller::init(sim.clone(), Arc::new(sim.dma()), config).expect("init");
+    inner.set(Arc::downgrade(&ctrl.inner)).ok().unwrap();
+    sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::IDENTIFY),
+        times: Some(1),
+        action: FaultAction::Delay(Duration::from_secs(1)),
+        ..Default::default()
+    });
+    let e = ctrl.identify_controller();
+    assert!(matches!(e, Err(Error::Timeout { .. })), "{e:?}");
+    assert_eq!(
+        *free_at_reset.lock().unwrap(),
+        [false],
+        "the admin queue was free for other commands between the timeout and the reset"
+    );
+    assert_eq!(ctrl.reset_count(), 1);
+    ctrl.identify_controller().expect("identify after the reset");
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+}
+
+#[test]
+fn a_timeout_while_creating_a_queue_resets_the_controller() {
+    let r = rig(SimConfig::default());
+    r.sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::CREATE_IO_CQ),
+        times: Some(1),
+        action: FaultAction::Delay(Duration::from_secs(1)),
+        ..Default::default()
+    });
+    let e = r.ctrl.create_io_queue_pair().err().expect("Create I/O CQ times out");
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert_eq!(
+        r.sim.stats().resets,
+        1,
+        "a timed-out Create I/O CQ must reset the controller"
+    );
+    let mut q = r.ctrl.create_io_queue_pair().expect("a queue pair after the reset");
+    assert_eq!(
+        q.qid(),
+        1,
+        "the reset made the controller forget the half-created queue"
+    );
+    works(&r, &mut q);
+    std::thread::sleep(Duration::from_millis(1100));
+    works(&r, &mut q);
+    assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
+    assert!(
+        r.sim.protocol_violations().is_empty(),
+        "{:?}",
+        r.sim.protocol_violations()
+    );
+}
+
+#[test]
+fn a_timeout_during_init_leaves_the_controller_disabled() {
+    use crate::regs::{Cc, Csts, offset};
+    let sim = SimController::new(SimConfig::default());
+    sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::IDENTIFY),
+        times: Some(1),
+        action: FaultAction::Lost,
+        ..Default::default()
+    });
+    let config = ControllerConfig {
+        admin_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let e = Controller::init(sim.clone(), Arc::new(sim.dma()), config)
+        .err()
+        .expect("the Identify times out");
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert!(
+        !Cc(sim.read32(offset::CC)).en(),
+        "CC.EN is still 1 after the failed init"
+    );
+    assert!(!Csts(sim.read32(offset::CSTS)).rdy(), "CSTS.RDY is still 1");
+    // Had the controller kept the command, it would now write into freed admin memory.
+    sim.release_held();
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+}
+
+#[test]
+fn a_queue_whose_deletion_failed_keeps_its_qid_until_a_reset() {
+    let r = rig(SimConfig::default());
+    let q = r.ctrl.create_io_queue_pair().unwrap();
+    assert_eq!(q.qid(), 1);
+    r.sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::DELETE_IO_SQ),
+        times: Some(1),
+        action: FaultAction::Status(Status::INTERNAL_ERROR),
+        ..Default::default()
+    });
+    drop(q); // the controller keeps SQ 1 and CQ 1
+    let mut q2 = r
+        .ctrl
+        .create_io_queue_pair()
+        .expect("a new pair next to the undeleted one");
+    assert_eq!(q2.qid(), 2, "QID 1 is still in use on the controller");
+    works(&r, &mut q2);
+    r.ctrl.reset().unwrap(); // the controller forgets queue 1: its QID and memory are freed
+    let mut q3 = r.ctrl.create_io_queue_pair().unwrap();
+    assert_eq!(q3.qid(), 1);
+    works(&r, &mut q3);
+    works(&r, &mut q2);
+    assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
+}
+
+#[test]
+fn a_half_created_queue_keeps_its_qid_when_its_cq_cannot_be_deleted() {
+    let r = rig(SimConfig::default());
+    for opcode in [crate::cmd::admin::CREATE_IO_SQ, crate::cmd::admin::DELETE_IO_CQ] {
+        r.sim.inject(FaultRule {
+            qid: Some(0),
+            opcode: Some(opcode),
+            times: Some(1),
+            action: FaultAction::Status(Status::INTERNAL_ERROR),
+            ..Default::default()
+        });
+    }
+    let e = r.ctrl.create_io_queue_pair().err().expect("Create I/O SQ fails");
+    assert_eq!(e.status(), Some(Status::INTERNAL_ERROR), "{e}");
+    let mut q = r.ctrl.create_io_queue_pair().expect("the next pair");
+    assert_eq!(q.qid(), 2, "CQ 1 still exists on the controller");
+    works(&r, &mut q);
+}
