@@ -1,9 +1,10 @@
 //! The two small traits the controller logic is written against, and DMA buffers.
 //!
 //! - [`Registers`]: 32- and 64-bit reads and writes at a byte offset into the
-//!   controller's register block (BAR0). Implemented over a VFIO-mapped BAR and by the
-//!   simulated controller. Never wider than 8 bytes: some controllers (QEMU's among them)
-//!   reject wider MMIO.
+//!   controller's register block (BAR0), and clearing Bus Master Enable in PCI
+//!   configuration space. Implemented over a VFIO-mapped BAR and by the simulated
+//!   controller. Never wider than 8 bytes: some controllers (QEMU's among them) reject
+//!   wider MMIO.
 //! - [`DmaAllocator`]: allocates memory the device can reach, returning [`DmaBuf`]s that
 //!   know both their host address and their IOVA.
 //!
@@ -38,7 +39,28 @@ pub trait Registers: Send + Sync {
         self.write32(offset, value as u32);
         self.write32(offset + 4, (value >> 32) as u32);
     }
+    /// Stops the device from issuing DMA: clears Bus Master Enable (bit 2 of the PCI
+    /// Command register, configuration space offset 04h; PCI Local Bus 3.0, §6.2.2) and
+    /// checks that it reads back clear. The driver calls it when the controller fails
+    /// without having been seen disabled (registers reading all ones, a disable that timed
+    /// out), before it hands back any buffer, as Linux's `nvme_dev_disable` does through
+    /// `pci_disable_device`.
+    ///
+    /// Errors: [`BusMasterError`] if configuration space cannot be reached or the bit does
+    /// not clear; the buffers of unfinished commands are then kept (leaked), never handed
+    /// back. The default implementation has no way to reach configuration space and always
+    /// fails.
+    fn disable_bus_master(&self) -> Result<(), BusMasterError> {
+        Err(BusMasterError(
+            "this register access has no way to reach PCI configuration space".into(),
+        ))
+    }
 }
+
+/// Bus Master Enable could not be cleared; the message says why (and names the device).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("could not clear Bus Master Enable: {0}")]
+pub struct BusMasterError(pub String);
 
 /// A contiguous range of memory mapped for device access.
 ///

@@ -10,10 +10,11 @@
 //! The BAR holds the [`Device`] (and through it the group and container) in an `Arc`,
 //! so the mapping and the VFIO fds stay valid for as long as the registers can be used.
 
+use crate::config::PciConfig;
 use crate::device::Device;
 use crate::error::Error;
 use crate::ioctl::RegionInfo;
-use ironvme_nvme::hw::Registers;
+use ironvme_nvme::hw::{BusMasterError, Registers};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fmt;
 use std::sync::Arc;
@@ -160,6 +161,15 @@ impl Registers for MmioBar {
 
     fn write64(&self, offset: u32, value: u64) {
         self.window.write64(offset, value)
+    }
+
+    /// Clears Bus Master Enable through the device's VFIO config region
+    /// ([`PciConfig::disable_bus_master`]).
+    fn disable_bus_master(&self) -> Result<(), BusMasterError> {
+        let bdf = self.device.bdf();
+        PciConfig::new(Arc::clone(&self.device))
+            .and_then(|config| config.disable_bus_master())
+            .map_err(|e| BusMasterError(format!("{bdf}: {e}")))
     }
 }
 

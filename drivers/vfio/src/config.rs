@@ -42,6 +42,13 @@ pub fn command_for_polling(cmd: u16) -> u16 {
     cmd | command::MEMORY_SPACE | command::BUS_MASTER | command::INTX_DISABLE
 }
 
+/// The Command register value that stops the function's DMA: `cmd` with Bus Master
+/// Enable clear, every other bit kept (Memory Space stays on, so the registers can still
+/// be read).
+pub fn command_without_bus_master(cmd: u16) -> u16 {
+    cmd & !command::BUS_MASTER
+}
+
 /// A device's PCI configuration space.
 #[derive(Debug)]
 pub struct PciConfig {
@@ -135,11 +142,58 @@ impl PciConfig {
         tracing::debug!(before = cmd, after = now, "PCI command register");
         Ok(now)
     }
+
+    /// Clears Bus Master Enable ([`command_without_bus_master`]) so the function issues no
+    /// more DMA, and reads it back; what Linux's `pci_disable_device` does to a failed
+    /// NVMe controller before its memory is freed.
+    ///
+    /// Errors: the OS error of the config access; `InvalidData` if the Command register
+    /// reads all ones (config space does not answer, so nothing can be confirmed) or Bus
+    /// Master Enable still reads set after the write.
+    pub fn disable_bus_master(&self) -> Result<(), OsError> {
+        let invalid = |what: String| {
+            let e = io::Error::new(io::ErrorKind::InvalidData, what);
+            OsError::new("clear Bus Master Enable", self.device.path(), e)
+        };
+        let cmd = self.command()?;
+        if cmd == u16::MAX {
+            return Err(invalid(
+                "the Command register reads all ones: config space does not answer".into(),
+            ));
+        }
+        self.write16(reg::COMMAND, command_without_bus_master(cmd))?;
+        let now = self.command()?;
+        if now & command::BUS_MASTER != 0 {
+            return Err(invalid(format!(
+                "Bus Master Enable still set (Command register {now:#06x})"
+            )));
+        }
+        tracing::warn!(
+            before = cmd,
+            after = now,
+            "Bus Master Enable cleared: the device can no longer DMA"
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stopping_dma_clears_only_bus_master() {
+        assert_eq!(
+            command_without_bus_master(0x0406),
+            0x0402,
+            "memory space and INTx disable kept"
+        );
+        assert_eq!(command_without_bus_master(0x0102), 0x0102);
+        assert_eq!(
+            command_without_bus_master(command_for_polling(0)) & command::BUS_MASTER,
+            0
+        );
+    }
 
     #[test]
     fn polling_sets_memory_bus_master_and_intx_disable() {

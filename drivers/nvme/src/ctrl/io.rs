@@ -352,7 +352,7 @@ impl<R: Registers> IoQueuePair<R> {
         let csts = Csts(self.inner.regs.read32(offset::CSTS));
         if csts.is_all_ones() {
             self.inner
-                .fail("device gone: register reads return all ones".into(), true);
+                .fail("device gone: register reads return all ones".into(), false);
             return self.recover(on_complete);
         }
         if csts.cfs() {

@@ -570,7 +570,7 @@ impl<R: Registers> Inner<R> {
             Err(Error::Fatal { .. }) => {
                 let _ = self.reset_locked(admin, ResetReason::FatalStatus, seen);
             }
-            Err(Error::Removed { during }) => self.fail(format!("device gone while {during}"), true),
+            Err(Error::Removed { during }) => self.fail(format!("device gone while {during}"), false),
             _ => {}
         }
         result

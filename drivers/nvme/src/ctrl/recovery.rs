@@ -6,7 +6,8 @@
 //! not — the controller is reset. An admin command past its deadline (the reset then runs
 //! under the admin lock, so no other command reuses memory the late command may write),
 //! CSTS.CFS = 1, or a failed Abort also lead to a reset. Register reads
-//! of all ones mean the device is gone: the controller is marked failed.
+//! of all ones mean the device is gone: Bus Master Enable is cleared and the controller is
+//! marked failed.
 //!
 //! A reset (§3.7.2, Controller Level Reset through CC.EN) disables the controller, which
 //! makes it forget every queue and stop touching host memory, then brings the admin queue
@@ -127,9 +128,20 @@ impl<R: Registers> Inner<R> {
         Health::from_u8(self.health.load(Ordering::Acquire))
     }
 
-    /// Marks the controller failed for good. `quiesced` says whether the device is known
-    /// to have stopped touching host memory (disabled, or gone from the bus).
-    pub(crate) fn fail(&self, reason: String, quiesced: bool) {
+    /// Marks the controller failed for good. `disabled` says whether CSTS.RDY = 0 was seen
+    /// after CC.EN = 0, so the device is known to have stopped touching host memory. If
+    /// not (registers read all ones, the disable timed out), Bus Master Enable is cleared
+    /// first, as Linux does; only if that works are buffers of unfinished commands handed
+    /// back (`quiesced`), else they are leaked.
+    pub(crate) fn fail(&self, reason: String, disabled: bool) {
+        let quiesced = disabled
+            || match self.regs.disable_bus_master() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "the device may still DMA; buffers of unfinished commands will be leaked");
+                    false
+                }
+            };
         self.quiesced.store(quiesced, Ordering::Release);
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
         self.health.store(Health::Failed as u8, Ordering::Release);
@@ -186,8 +198,7 @@ impl<R: Registers> Inner<R> {
     /// controller was left disabled (CSTS.RDY = 0 seen), so it no longer touches memory.
     fn disable_and_reinit(&self, admin: &mut AdminQueue) -> Result<(), (Error, bool)> {
         if let Err(e) = disable(&self.regs, self.cap.ready_timeout()) {
-            let gone = matches!(e, Error::Removed { .. });
-            return Err((e, gone));
+            return Err((e, false));
         }
         // CSTS.RDY = 0: the controller has forgotten every queue and no longer touches
         // host memory. From here memory is safe to reuse.

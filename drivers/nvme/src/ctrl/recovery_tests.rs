@@ -582,3 +582,42 @@ fn a_half_created_queue_keeps_its_qid_when_its_cq_cannot_be_deleted() {
     assert_eq!(q.qid(), 2, "CQ 1 still exists on the controller");
     works(&r, &mut q);
 }
+
+#[test]
+fn registers_reading_all_ones_clear_bus_master_before_buffers_come_back() {
+    // BAR0 stops answering, but the controller still holds a slow read that will move
+    // data when due. Its buffer may only come back once the device cannot DMA any more.
+    let r = rig(SimConfig::default());
+    let ns = r.ctrl.namespace(1).unwrap();
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    let mut b = r.buf(4096);
+    b.as_mut_slice().fill(0x5A);
+    q.write_at(&ns, 40, b).unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        times: Some(1),
+        action: FaultAction::Delay(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    q.read(&ns, 40, r.buf(4096), 1).unwrap();
+    q.ring();
+    r.sim.set_bar_unreachable(true);
+    let mut back = None;
+    let deadline = Instant::now() + Duration::from_millis(250);
+    while back.is_none() && Instant::now() < deadline {
+        q.poll(usize::MAX, |c| back = Some(c));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let c = back.expect("the read fails once the device is seen gone, before its data would move");
+    assert_eq!(c.status, Status::ABORTED_BY_HOST);
+    let mut buf = c.buf.expect("the buffer comes back: the device cannot DMA");
+    assert!(!r.sim.bus_master(), "Bus Master Enable was not cleared");
+    buf.as_mut_slice().fill(0xEE); // the caller reuses its buffer
+    std::thread::sleep(Duration::from_millis(400)); // past the read's due time
+    assert!(
+        buf.as_slice().iter().all(|&x| x == 0xEE),
+        "the device wrote into a buffer that was handed back"
+    );
+    assert_eq!(r.sim.stats().dma_blocked, 1);
+    assert!(r.ctrl.failure().unwrap().contains("gone"));
+}

@@ -127,6 +127,10 @@ pub struct SimStats {
     pub completions_posted: u64,
     /// Commands a fault rule applied to.
     pub faults_applied: u64,
+    /// Delayed commands that came due while Bus Master Enable was clear, and were dropped
+    /// without moving data or posting a completion (see
+    /// [`SimController::set_bar_unreachable`]).
+    pub dma_blocked: u64,
 }
 
 impl SimStats {
@@ -225,6 +229,29 @@ impl SimController {
     /// ignored and nothing is processed (held commands stay held).
     pub fn set_removed(&self, on: bool) {
         self.lock().removed = on;
+    }
+
+    /// BAR0 stops answering while the controller goes on working: register reads return
+    /// all ones and writes are lost (a PCIe error on the way to the BAR, a wedged
+    /// function), but commands the controller already fetched — delayed ones — still move
+    /// their data and post their completions when due, unless Bus Master Enable was
+    /// cleared ([`Registers::disable_bus_master`]). Unlike [`SimController::set_removed`],
+    /// under which nothing runs.
+    pub fn set_bar_unreachable(&self, on: bool) {
+        self.lock().bar_dead = on;
+    }
+
+    /// Bus Master Enable (PCI Command register bit 2): set when the controller is created,
+    /// cleared by [`Registers::disable_bus_master`]. While clear the controller issues no
+    /// DMA: it fetches no command, posts no completion, and drops delayed commands that
+    /// come due ([`SimStats::dma_blocked`]).
+    pub fn bus_master(&self) -> bool {
+        self.lock().bus_master
+    }
+
+    /// Sets Bus Master Enable, as a driver does when it takes the function.
+    pub fn set_bus_master(&self, on: bool) {
+        self.lock().bus_master = on;
     }
 
     /// Reports an asynchronous event: completes the oldest outstanding Asynchronous Event
@@ -411,6 +438,12 @@ impl Registers for SimController {
 
     fn write64(&self, offset: u32, value: u64) {
         self.lock().write_reg(offset, 8, value);
+    }
+
+    /// Configuration space stays reachable whatever BAR0 does.
+    fn disable_bus_master(&self) -> Result<(), crate::hw::BusMasterError> {
+        self.lock().bus_master = false;
+        Ok(())
     }
 }
 

@@ -88,7 +88,7 @@ impl State {
     /// A register read of `width` bytes (4 or 8).
     pub(super) fn read_reg(&mut self, offset: u32, width: u8) -> u64 {
         let all_ones = if width == 8 { u64::MAX } else { u32::MAX as u64 };
-        if self.removed || self.power.off {
+        if self.removed || self.bar_dead || self.power.off {
             if offset < offset::DOORBELL_BASE {
                 self.log_access(false, offset, width, all_ones);
             }
@@ -138,7 +138,7 @@ impl State {
         if offset < offset::DOORBELL_BASE {
             self.log_access(true, offset, width, value);
         }
-        if self.removed || self.power.off || !self.check_access(true, offset, width) {
+        if self.removed || self.bar_dead || self.power.off || !self.check_access(true, offset, width) {
             return;
         }
         if offset >= offset::DOORBELL_BASE {

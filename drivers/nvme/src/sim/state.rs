@@ -142,6 +142,7 @@ pub(super) struct Counters {
     pub(super) shutdowns: u64,
     pub(super) completions: u64,
     pub(super) faults: u64,
+    pub(super) dma_blocked: u64,
 }
 
 /// SMART / Health counters.
@@ -213,6 +214,12 @@ pub(super) struct State {
     /// CSTS.SHST.
     pub(super) shst: u8,
     pub(super) removed: bool,
+    /// Registers read all ones and ignore writes, but the controller keeps running.
+    pub(super) bar_dead: bool,
+    /// PCI Command register bit 2. While clear the controller issues no DMA: it fetches
+    /// nothing, and delayed commands that come due are dropped (counted in
+    /// `counters.dma_blocked`).
+    pub(super) bus_master: bool,
     /// The power-loss model of the volatile write cache; `power.off` after a power cut.
     pub(super) power: PowerModel,
     /// CC.MPS in bytes, fixed at enable.
@@ -271,6 +278,8 @@ impl State {
             shutdown: false,
             shst: 0,
             removed: false,
+            bar_dead: false,
+            bus_master: true,
             power: PowerModel::default(),
             page_size: 4096,
             sqs: (0..queues).map(|_| None).collect(),
@@ -294,6 +303,7 @@ impl State {
                 shutdowns: 0,
                 completions: 0,
                 faults: 0,
+                dma_blocked: 0,
             },
             reg_log: VecDeque::with_capacity(REG_LOG_LEN),
             violations: VecDeque::new(),
@@ -312,6 +322,7 @@ impl State {
             && !self.fatal
             && !self.shutdown
             && !self.removed
+            && self.bus_master
             && !self.power.off
             && self.ready.value()
     }
@@ -358,6 +369,7 @@ impl State {
             shutdowns: self.counters.shutdowns,
             completions_posted: self.counters.completions,
             faults_applied: self.counters.faults,
+            dma_blocked: self.counters.dma_blocked,
         }
     }
 
@@ -381,6 +393,8 @@ impl State {
         if !self.operational() {
             let why = if self.shutdown {
                 "after a shutdown notification"
+            } else if !self.bus_master {
+                "with Bus Master Enable clear"
             } else {
                 "while CSTS.RDY is 0"
             };
@@ -597,6 +611,15 @@ impl State {
             return;
         }
         let now = Instant::now();
+        if !self.bus_master && !self.removed && !self.power.off {
+            // Without Bus Master Enable a due command can neither move its data nor post
+            // its completion: it is lost.
+            let before = self.parked.len();
+            self.parked
+                .retain(|p| !matches!(p.kind, ParkKind::Delay(t) if t <= now));
+            self.counters.dma_blocked += (before - self.parked.len()) as u64;
+            return;
+        }
         while self.operational() {
             let due = self
                 .parked
