@@ -4,12 +4,21 @@
 //! controller. Data moves through one preallocated buffer (admin commands use PRPs
 //! only, as QEMU requires). Asynchronous Event Requests stay outstanding in the same
 //! CID table; their completions are turned into [`AsyncEvent`]s whenever the queue is
-//! polled, and the request is sent again.
+//! polled.
+//!
+//! A controller masks further events of a type until the host reads the log page the
+//! event names with Retain Asynchronous Event (RAE) clear (Base Specification 2.0, §5.2,
+//! §5.16). So before an event's request is sent again, that log page is read with RAE = 0
+//! into a buffer of its own. Completions are consumed inside other commands' wait loops,
+//! under the admin lock, so none of this waits: the Get Log Page is only posted, and its
+//! completion — consumed by a later poll, or the next round of the same one — sends the
+//! request again. One such read is outstanding at a time; the rest queue up.
 
 use super::Error;
 use crate::cmd::Command;
 use crate::completion::Completion;
 use crate::hw::{DmaAllocator, DmaBuf, Registers};
+use crate::log::LogPageId;
 use crate::prp;
 use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
 use crate::regs::{Cap, Csts, offset};
@@ -20,6 +29,23 @@ use std::time::{Duration, Instant};
 pub(crate) const ADMIN_DATA_BYTES: usize = 64 * 1024;
 /// Asynchronous events kept until the caller collects them; older ones are dropped.
 const MAX_QUEUED_EVENTS: usize = 64;
+/// Bytes of the buffer event log pages are read into.
+const EVENT_LOG_BYTES: usize = 4096;
+/// Rounds of consuming completions in one poll; another round runs only when the last one
+/// posted a command (an event's log read, a request sent again), which a controller that
+/// completes at once has already answered.
+const REAP_ROUNDS: usize = 4;
+
+/// How much of log page `lid` is read to clear an event: the whole page for the pages
+/// events name in the specification (the newest entry of the Error Information log),
+/// 512 bytes otherwise. Every one fits in [`EVENT_LOG_BYTES`], one memory page.
+fn event_log_len(lid: LogPageId) -> usize {
+    match lid {
+        LogPageId::ERROR_INFORMATION => 64,
+        LogPageId::CHANGED_NAMESPACE_LIST => 4096,
+        _ => 512,
+    }
+}
 
 /// An asynchronous event reported by the controller (Base Specification 2.0, §5.2,
 /// Figure 146: completion DW0 of an Asynchronous Event Request).
@@ -63,6 +89,9 @@ enum AdminSlot {
     Waiting,
     /// An outstanding Asynchronous Event Request.
     Aer,
+    /// Get Log Page (RAE = 0) of the log an event named; its completion sends the
+    /// Asynchronous Event Request again.
+    EventLog,
     /// A command whose caller gave up (timed out); its completion is discarded.
     Abandoned,
 }
@@ -88,6 +117,13 @@ pub(crate) struct AdminQueue {
     cq_db: u32,
     events: VecDeque<AsyncEvent>,
     aer_limit: u32,
+    /// Where event log pages are read (never the command data buffer, which a waiting
+    /// command may be using).
+    event_log: DmaBuf,
+    /// Log pages of received events still to read, oldest first.
+    logs_to_read: VecDeque<LogPageId>,
+    /// Whether an [`AdminSlot::EventLog`] read is outstanding (it owns `event_log`).
+    reading_log: bool,
 }
 
 impl AdminQueue {
@@ -98,6 +134,7 @@ impl AdminQueue {
         let data = dma.allocate(ADMIN_DATA_BYTES)?;
         let list_pages = prp::list_pages_for_transfer(ADMIN_DATA_BYTES, page_size).max(1);
         let prp_list = dma.allocate(list_pages * page_size)?;
+        let event_log = dma.allocate(EVENT_LOG_BYTES)?;
         Ok(AdminQueue {
             sq,
             cq,
@@ -109,6 +146,9 @@ impl AdminQueue {
             cq_db: cap.cq_head_doorbell(0),
             events: VecDeque::with_capacity(MAX_QUEUED_EVENTS),
             aer_limit: 0,
+            event_log,
+            logs_to_read: VecDeque::new(),
+            reading_log: false,
         })
     }
 
@@ -137,6 +177,8 @@ impl AdminQueue {
         self.sq.reset();
         self.cq.reset();
         self.aer_limit = 0;
+        self.logs_to_read.clear();
+        self.reading_log = false;
     }
 
     /// Posts `cmd` with `data`, rings the doorbell, and polls until it completes or
@@ -229,42 +271,86 @@ impl AdminQueue {
         Ok(cid)
     }
 
-    /// Consumes available completions: records asynchronous events (and sends the AER
-    /// again), drops abandoned ones, and returns the completion for `want` if it arrived.
+    /// Consumes available completions: records asynchronous events (reading the log page
+    /// each names, then sending the request again), drops abandoned ones, and returns the
+    /// completion for `want` if it arrived. Never waits, never recurses: at most
+    /// [`REAP_ROUNDS`] rounds.
     fn reap<R: Registers>(&mut self, regs: &R, want: Option<u16>) -> Option<Completion> {
         let mut found = None;
-        let mut resend_aers = 0;
-        while let Some(c) = self.cq.pop() {
-            self.sq.update_head(c.sqhd);
-            match self.cids.remove(c.cid) {
-                Some(AdminSlot::Waiting) if Some(c.cid) == want => found = Some(c),
-                Some(AdminSlot::Aer) => {
-                    if c.status().is_success() {
-                        if self.events.len() == MAX_QUEUED_EVENTS {
-                            self.events.pop_front();
+        for _ in 0..REAP_ROUNDS {
+            let mut resend_aers = 0;
+            while let Some(c) = self.cq.pop() {
+                self.sq.update_head(c.sqhd);
+                match self.cids.remove(c.cid) {
+                    Some(AdminSlot::Waiting) if Some(c.cid) == want => found = Some(c),
+                    Some(AdminSlot::Aer) => {
+                        if c.status().is_success() {
+                            let event = AsyncEvent::from_dw0(c.dw0);
+                            if self.events.len() == MAX_QUEUED_EVENTS {
+                                self.events.pop_front();
+                            }
+                            self.events.push_back(event);
+                            match event.log_page {
+                                0 => resend_aers += 1, // names no log page (reserved)
+                                lid => self.logs_to_read.push_back(LogPageId(lid)),
+                            }
+                        } else {
+                            // Aborted by a queue deletion or refused: stop asking.
+                            self.aer_limit = self.aer_limit.saturating_sub(1);
+                            tracing::debug!(status = %c.status(), "asynchronous event request ended");
                         }
-                        self.events.push_back(AsyncEvent::from_dw0(c.dw0));
+                    }
+                    Some(AdminSlot::EventLog) => {
+                        self.reading_log = false;
+                        if !c.status().is_success() {
+                            tracing::warn!(status = %c.status(), "reading an event's log page failed; events of its type may stay masked");
+                        }
                         resend_aers += 1;
-                    } else {
-                        // Aborted by a queue deletion or refused: stop asking.
-                        self.aer_limit = self.aer_limit.saturating_sub(1);
-                        tracing::debug!(status = %c.status(), "asynchronous event request ended");
+                    }
+                    Some(AdminSlot::Waiting | AdminSlot::Abandoned) | None => {
+                        tracing::debug!(cid = c.cid, "discarding admin completion nobody waits for");
                     }
                 }
-                Some(AdminSlot::Waiting | AdminSlot::Abandoned) | None => {
-                    tracing::debug!(cid = c.cid, "discarding admin completion nobody waits for");
+            }
+            if let Some(head) = self.cq.take_doorbell() {
+                regs.write32(self.cq_db, head);
+            }
+            let mut posted = false;
+            for _ in 0..resend_aers {
+                if self.post(regs, Command::async_event_request(), AdminSlot::Aer).is_err() {
+                    self.aer_limit = self.aer_limit.saturating_sub(1);
+                } else {
+                    posted = true;
                 }
             }
-        }
-        if let Some(head) = self.cq.take_doorbell() {
-            regs.write32(self.cq_db, head);
-        }
-        for _ in 0..resend_aers {
-            if self.post(regs, Command::async_event_request(), AdminSlot::Aer).is_err() {
-                self.aer_limit = self.aer_limit.saturating_sub(1);
+            posted |= self.read_next_event_log(regs);
+            if !posted {
+                break;
             }
         }
         found
+    }
+
+    /// Posts Get Log Page with RAE = 0 for the oldest event log still to read, unless one
+    /// is outstanding. Returns whether a command was posted.
+    fn read_next_event_log<R: Registers>(&mut self, regs: &R) -> bool {
+        if self.reading_log {
+            return false;
+        }
+        let Some(&lid) = self.logs_to_read.front() else {
+            return false;
+        };
+        let len = event_log_len(lid);
+        let mut cmd = Command::get_log_page(lid, super::NSID_ALL, 0, len as u32, 0, false)
+            .expect("event log lengths are non-zero multiples of 4");
+        // One page-aligned page: PRP1 alone describes it (§4.1.1).
+        cmd.set_prp(self.event_log.iova(), 0);
+        if self.post(regs, cmd, AdminSlot::EventLog).is_err() {
+            return false; // queue full: the next poll tries again
+        }
+        self.logs_to_read.pop_front();
+        self.reading_log = true;
+        true
     }
 
     /// Sends Asynchronous Event Requests until `count` are outstanding.

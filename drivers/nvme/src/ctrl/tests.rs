@@ -578,3 +578,46 @@ fn a_page_size_the_allocator_cannot_align_is_refused() {
         other => panic!("expected Error::Config, got {other}"),
     }
 }
+
+#[test]
+fn later_events_of_a_type_arrive_because_its_log_is_read_with_rae_clear() {
+    // A controller masks events of a type until the log page the event names is read
+    // with RAE = 0; a driver that only re-arms the request never hears of the type again.
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let outstanding = ctrl.outstanding_async_event_requests();
+    let logs_before = sim.stats().admin(crate::cmd::admin::GET_LOG_PAGE);
+    for round in 0..3u8 {
+        sim.raise_async_event(1, round, 0x02);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut got = Vec::new();
+        while got.is_empty() && std::time::Instant::now() < deadline {
+            got = ctrl.take_async_events();
+        }
+        assert_eq!(
+            got,
+            [AsyncEvent {
+                event_type: 1,
+                info: round,
+                log_page: 2
+            }],
+            "SMART event {round} did not arrive: events of its type stayed masked"
+        );
+    }
+    // The third event's log read may still be on its way; a poll collects it.
+    assert!(ctrl.take_async_events().is_empty());
+    assert_eq!(
+        ctrl.outstanding_async_event_requests(),
+        outstanding,
+        "every request was sent again"
+    );
+    assert_eq!(sim.stats().admin(crate::cmd::admin::GET_LOG_PAGE) - logs_before, 3);
+    // A synchronous admin command consumes event completions in its wait loop and still
+    // gets its own answer.
+    sim.raise_async_event(1, 9, 0x02);
+    ctrl.identify_controller()
+        .expect("identify while an event is processed");
+    assert_eq!(ctrl.take_async_events().len(), 1);
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+}

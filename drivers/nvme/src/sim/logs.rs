@@ -138,6 +138,11 @@ impl State {
         let start = offset as usize;
         let end = page.len().min(start.saturating_add(len as usize));
         self.copy_out(0, cmd, &page[start..end])?;
+        // Retain Asynchronous Event (CDW10 bit 15) clear: the read clears the events that
+        // name this log page.
+        if cmd.cdw10 & 1 << 15 == 0 {
+            self.log_read_clears_events(lid.0);
+        }
         Ok(0)
     }
 }

@@ -72,9 +72,8 @@
 //!
 //! Interrupts (IEN/IV are accepted and ignored), metadata and protection information,
 //! fused commands, weighted round robin, the CMB/PMR, NVM subsystem reset, non-contiguous
-//! (PRP-list) queues, the Commands Supported and Effects log, asynchronous event masking
-//! until the log page is read, power states beyond PS0, and torn writes (a power cut loses
-//! or keeps each command whole).
+//! (PRP-list) queues, the Commands Supported and Effects log, power states beyond PS0, and
+//! torn writes (a power cut loses or keeps each command whole).
 
 mod admin;
 mod config;
@@ -256,7 +255,9 @@ impl SimController {
 
     /// Reports an asynchronous event: completes the oldest outstanding Asynchronous Event
     /// Request with DW0 = `event_type | info << 8 | log_page << 16`, or queues the event
-    /// until a request arrives.
+    /// until a request arrives. Once an event of a type was reported, later events of that
+    /// type wait (masked) until the host reads `log_page` with Retain Asynchronous Event
+    /// clear (§5.2); a controller reset unmasks every type.
     pub fn raise_async_event(&self, event_type: u8, info: u8, log_page: u8) {
         self.lock()
             .async_event(event_type as u32 & 0x7 | (info as u32) << 8 | (log_page as u32) << 16);

@@ -327,6 +327,7 @@ impl State {
         self.cqs.iter_mut().for_each(|q| *q = None);
         self.parked.clear();
         self.aers.clear();
+        self.masked = [None; 8];
         self.features.reset(&self.cfg);
         self.cfs = false;
         self.fatal = false;

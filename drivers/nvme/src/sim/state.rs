@@ -231,6 +231,9 @@ pub(super) struct State {
     pub(super) parked: Vec<Parked>,
     pub(super) aers: Vec<Command>,
     pub(super) events: VecDeque<u32>,
+    /// Per Asynchronous Event Type (index = type): the Log Page Identifier whose read with
+    /// RAE = 0 unmasks that type, while an event of that type was reported and not cleared.
+    pub(super) masked: [Option<u8>; 8],
 
     // Device state.
     pub(super) features: FeatureState,
@@ -287,6 +290,7 @@ impl State {
             parked: Vec::new(),
             aers: Vec::new(),
             events: VecDeque::new(),
+            masked: [None; 8],
             features,
             timestamp: None,
             namespaces,
@@ -681,25 +685,55 @@ impl State {
 
     // --- Asynchronous events -----------------------------------------------------------
 
-    /// Reports an event: completes the oldest outstanding AER, or queues the event.
+    /// Reports an event: queues it, then completes the oldest outstanding AER with it if
+    /// its type is not masked.
     pub(super) fn async_event(&mut self, dw0: u32) {
-        if self.operational() && !self.aers.is_empty() {
+        if self.events.len() == EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(dw0);
+        self.deliver_events();
+    }
+
+    /// Takes the oldest queued event whose type is not masked, and masks its type until
+    /// its log page is read with RAE = 0 (§5.2, §5.16).
+    fn next_event(&mut self) -> Option<u32> {
+        let i = self
+            .events
+            .iter()
+            .position(|dw0| self.masked[(dw0 & 0x7) as usize].is_none())?;
+        let dw0 = self.events.remove(i)?;
+        self.masked[(dw0 & 0x7) as usize] = Some((dw0 >> 16) as u8);
+        Some(dw0)
+    }
+
+    /// Completes outstanding AERs with the queued events that are not masked.
+    pub(super) fn deliver_events(&mut self) {
+        while self.operational() && !self.aers.is_empty() {
+            let Some(dw0) = self.next_event() else { return };
             let aer = self.aers.remove(0);
             self.finish(0, &aer, Status::SUCCESS, dw0);
-        } else {
-            if self.events.len() == EVENTS_KEPT {
-                self.events.pop_front();
-            }
-            self.events.push_back(dw0);
         }
     }
 
-    /// Asynchronous Event Request (§5.2): completes at once with a queued event, else waits.
+    /// A Get Log Page of `lid` with RAE = 0 completed: events of the types it clears are
+    /// reported again.
+    pub(super) fn log_read_clears_events(&mut self, lid: u8) {
+        for m in &mut self.masked {
+            if *m == Some(lid) {
+                *m = None;
+            }
+        }
+        self.deliver_events();
+    }
+
+    /// Asynchronous Event Request (§5.2): completes at once with a queued event whose type
+    /// is not masked, else waits.
     pub(super) fn aer(&mut self, cmd: &Command) -> Outcome {
         if self.aers.len() > super::identify_data::AERL as usize {
             return Outcome::Done(Status::AER_LIMIT_EXCEEDED, 0);
         }
-        match self.events.pop_front() {
+        match self.next_event() {
             Some(dw0) => Outcome::Done(Status::SUCCESS, dw0),
             None => {
                 debug_assert_eq!(cmd.opcode(), admin::ASYNC_EVENT_REQUEST);
@@ -788,6 +822,34 @@ mod tests {
         );
         drop(io);
         assert!(h.admin(Command::delete_io_sq(1)).status() == Status::SUCCESS);
+    }
+
+    #[test]
+    fn an_event_masks_its_type_until_its_log_is_read_with_rae_clear() {
+        use crate::log::LogPageId;
+        let mut h = Harness::new();
+        let a = h.submit_admin(Command::async_event_request());
+        let b = h.submit_admin(Command::async_event_request());
+        h.sim.raise_async_event(0x1, 0x1, 0x02);
+        assert_eq!(h.poll_admin().map(|c| c.cid), Some(a));
+        h.sim.raise_async_event(0x1, 0x2, 0x02); // SMART again: masked
+        assert!(h.poll_admin().is_none(), "masked until the SMART log is read");
+        h.sim.raise_async_event(0x2, 0x0, 0x03); // another type is not masked
+        let notice = h.poll_admin().expect("a notice");
+        assert_eq!((notice.cid, notice.dw0), (b, 0x2 | 0x03 << 16));
+        let c = h.submit_admin(Command::async_event_request());
+        let retain = Command::get_log_page(LogPageId::SMART_HEALTH, u32::MAX, 0, 512, 0, true).unwrap();
+        assert!(h.admin_read(retain, 512).0.status().is_success());
+        assert!(h.poll_admin().is_none(), "RAE = 1 keeps the event");
+        let mut clear = Command::get_log_page(LogPageId::SMART_HEALTH, u32::MAX, 0, 512, 0, false).unwrap();
+        let buf = h.dma_buf(512);
+        clear.set_prp(buf.iova(), 0);
+        let cid = h.submit_admin(clear);
+        let mut done: Vec<(u16, u32)> = std::iter::from_fn(|| h.poll_admin()).map(|c| (c.cid, c.dw0)).collect();
+        done.sort();
+        let mut want = vec![(cid, 0), (c, 0x1 | 0x2 << 8 | 0x02 << 16)];
+        want.sort();
+        assert_eq!(done, want, "the read with RAE = 0 releases the masked SMART event");
     }
 
     #[test]
