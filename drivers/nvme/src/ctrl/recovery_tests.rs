@@ -621,3 +621,26 @@ fn registers_reading_all_ones_clear_bus_master_before_buffers_come_back() {
     assert_eq!(r.sim.stats().dma_blocked, 1);
     assert!(r.ctrl.failure().unwrap().contains("gone"));
 }
+
+#[test]
+fn a_timeout_while_deleting_a_queue_resets_the_controller() {
+    let r = rig(SimConfig::default());
+    let q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::DELETE_IO_SQ),
+        times: Some(1),
+        action: FaultAction::Delay(Duration::from_secs(1)),
+        ..Default::default()
+    });
+    drop(q);
+    assert_eq!(
+        r.sim.stats().resets,
+        1,
+        "a timed-out Delete I/O SQ must reset the controller"
+    );
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    assert_eq!(q.qid(), 1, "the reset deleted the queues, so their QID is free");
+    works(&r, &mut q);
+    assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
+}
