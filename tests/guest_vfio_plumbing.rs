@@ -136,6 +136,27 @@ fn vfio_controller_opens_and_bar0_reads_qemu_capabilities() {
 
 #[test]
 #[ignore = "guest: runs inside QEMU via scripts/test"]
+fn disabling_bus_master_clears_only_that_bit() {
+    // What the driver does to a controller that fails without being disabled, before it
+    // hands back buffers: clear Bus Master Enable through the VFIO config region.
+    let on = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let dev = open_nvme(&on.bdf).unwrap_or_else(|e| panic!("{e}"));
+    let before = dev.config.command().unwrap();
+    assert_eq!(
+        before & 0x0406,
+        0x0406,
+        "memory space, bus master, INTx disable after open"
+    );
+    dev.bar.disable_bus_master().unwrap_or_else(|e| panic!("{e}"));
+    let after = dev.config.command().unwrap();
+    eprintln!("PCI command {before:#06x} -> {after:#06x}");
+    assert_eq!(after, before & !0x0004, "only Bus Master Enable is cleared");
+    // Memory Space stays on: the registers still answer.
+    assert_ne!(dev.bar.read32(offset::VS), u32::MAX);
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
 fn iommu_reports_valid_iova_ranges() {
     let on = OnVfio::bind("IRONVME_VFIO_4K_BDF");
     let dev = open_nvme(&on.bdf).unwrap_or_else(|e| panic!("{e}"));

@@ -57,8 +57,9 @@ pub struct ControllerConfig {
     /// Set the controller's Timestamp feature from the host clock at init when supported.
     /// Default true.
     pub set_timestamp: bool,
-    /// Called on each recovery step (timeout, abort, reset), in the thread doing it.
-    /// Default none.
+    /// Called on each recovery step (timeout, abort, reset), in the thread doing it. During
+    /// a reset it runs with the admin queue locked, so it must not send admin commands
+    /// (that would deadlock). Default none.
     pub recovery_observer: Option<RecoveryObserver>,
 }
 

@@ -675,6 +675,13 @@ impl<R: Registers> Inner<R> {
         cq_iova: u64,
     ) -> Result<u64, CreateFailed> {
         let contiguous = true;
+        if self.health() == Health::Failed {
+            return Err(CreateFailed {
+                error: Error::ControllerFailed(self.failure().unwrap_or_default()),
+                queues_may_exist: false, // nothing was sent
+                generation: self.generation.load(Ordering::Acquire),
+            });
+        }
         let create_cq = Command::create_io_cq(qid, entries, cq_iova, contiguous, None);
         let create_sq = Command::create_io_sq(qid, entries, sq_iova, contiguous, 0, qid);
         // Under the admin lock, so no reset can slip between creating the queues and
@@ -724,6 +731,9 @@ impl<R: Registers> Inner<R> {
             Err(Error::ControllerFailed(self.failure().unwrap_or_default()))
         } else {
             let mut admin = self.admin();
+            if self.forgot_queues_of(generation) {
+                return self.deleted(qid); // a reset ran while we waited for the lock
+            }
             let timeout = self.config.admin_timeout;
             let deleted = self
                 .execute_locked(&mut admin, Command::delete_io_sq(qid), AdminData::None, timeout)
@@ -742,6 +752,12 @@ impl<R: Registers> Inner<R> {
             self.release_qid(qid);
         }
         result
+    }
+
+    /// The queues of `qid` are gone from the controller: frees the QID.
+    fn deleted(&self, qid: u16) -> Result<(), Error> {
+        self.release_qid(qid);
+        Ok(())
     }
 
     /// Normal shutdown: CC.SHN = 01b, then wait for CSTS.SHST = complete.
