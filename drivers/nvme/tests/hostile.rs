@@ -98,6 +98,7 @@ struct Tally {
     withheld: u64,
     init_refused: u64,
     controller_failed: u64,
+    admin_errors: u64,
 }
 
 struct Flight {
@@ -115,6 +116,7 @@ fn complete(c: IoCompletion, flights: &mut HashMap<u64, Flight>, tally: &mut Tal
     tally.completed += 1;
     if !c.status.is_success() {
         tally.errors += 1;
+        let _ = c.status.to_string();
     }
     match (f.iova, c.buf) {
         (Some(iova), Some(b)) if b.iova() != iova => {
@@ -183,12 +185,15 @@ fn submit_one(
 fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
     let mut rng = Rng(seed);
     let m = misbehaviour(&mut rng);
+    // A second way to misbehave, on later commands, in some scenarios.
+    let also = Some(misbehaviour(&mut rng)).filter(|a| rng.chance(30) && !matches!(a, Misbehaviour::Identify(_)));
+    let never_ready = m == Misbehaviour::ReadyNeverAgain || also == Some(Misbehaviour::ReadyNeverAgain);
     let never_ready_at_init = m == Misbehaviour::ReadyNeverAgain && rng.chance(20);
     let sim = SimController::new(SimConfig {
         namespaces: vec![SimNamespace::new(512, BLOCKS)],
         abort_works: rng.chance(50),
         // CAP.TO = 0 when RDY never comes, so the driver gives up at once.
-        cap_to: if m == Misbehaviour::ReadyNeverAgain { 0 } else { 1 },
+        cap_to: if never_ready { 0 } else { 1 },
         ready_delay: if never_ready_at_init {
             Duration::from_secs(3600)
         } else {
@@ -242,7 +247,22 @@ fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
         lba: Some(0..SLOW_LBAS),
         ..FaultRule::new(FaultAction::Delay(delay))
     });
-    if !matches!(m, Misbehaviour::Identify(_)) {
+    if let Misbehaviour::Identify(_) = m {
+        // Lie again, or not, when the driver asks after init.
+        sim.clear_faults();
+        if rng.chance(50) {
+            sim.inject(FaultRule {
+                opcode: Some(admin::IDENTIFY),
+                qid: Some(0),
+                ..FaultRule::new(FaultAction::Misbehave(m))
+            });
+        }
+        sim.inject(FaultRule {
+            qid: Some(q.qid()),
+            lba: Some(0..SLOW_LBAS),
+            ..FaultRule::new(FaultAction::Delay(delay))
+        });
+    } else {
         let times = if rng.chance(30) {
             None
         } else {
@@ -254,6 +274,13 @@ fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
             times,
             ..FaultRule::new(FaultAction::Misbehave(m))
         });
+        if let Some(also) = also {
+            sim.inject(FaultRule {
+                qid: Some(q.qid()),
+                times: Some(1 + rng.below(3) as u32),
+                ..FaultRule::new(FaultAction::Misbehave(also))
+            });
+        }
     }
 
     let mut flights = HashMap::new();
@@ -261,7 +288,19 @@ fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
     let ops = 8 + rng.below(40);
     let mut open = true;
     for _ in 0..ops {
-        if open && q.has_room() && rng.chance(60) {
+        if rng.chance(4) {
+            // Admin commands while the device misbehaves (on the admin queue too, in some
+            // scenarios, and with Identify lies after init).
+            let r = match rng.below(4) {
+                0 => ctrl.identify_controller().map(|_| ()),
+                1 => ctrl.smart_log().map(|_| ()),
+                2 => ctrl.error_log().map(|_| ()),
+                _ => ctrl.rescan_namespaces().map(|_| ()),
+            };
+            if r.is_err() {
+                tally.admin_errors += 1;
+            }
+        } else if open && q.has_room() && rng.chance(60) {
             tag += 1;
             open = submit_one(&mut rng, &ctrl, &mut q, &ns, tag, &mut flights)?;
             tally.submitted += flights.contains_key(&tag) as u64;
@@ -300,6 +339,70 @@ fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
         return Err(format!(
             "{m:?}: every tag completed but the pair counts {} outstanding",
             q.outstanding()
+        ));
+    }
+    // Liveness: once the device behaves again, the driver works again (a reset may be
+    // needed first), or it has failed the controller and says why.
+    sim.clear_faults();
+    let mut admin_ok = false;
+    for _ in 0..3 {
+        match ctrl.identify_controller() {
+            Ok(_) => {
+                admin_ok = true;
+                break;
+            }
+            Err(e) => {
+                let _ = e.to_string();
+                if ctrl.failure().is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    if !admin_ok && ctrl.failure().is_none() {
+        return Err(format!(
+            "{m:?}: the device behaves again but admin commands still fail, and the controller is not failed"
+        ));
+    }
+    // The namespace as the device describes it now that it tells the truth.
+    let ns = match ctrl.rescan_namespaces() {
+        Ok(_) => ctrl.namespace(1).unwrap_or(ns),
+        Err(_) => ns,
+    };
+    let mut io_ok = false;
+    let io_start = Instant::now();
+    while ctrl.failure().is_none() && io_start.elapsed() < DRAIN_BOUND {
+        tag += 1;
+        let b = ctrl.dma().allocate(ns.block_size as usize).expect("DMA allocation");
+        match q.write(&ns, SLOW_LBAS, b, false, tag) {
+            Ok(()) => {
+                flights.insert(tag, Flight { iova: None });
+                let mut ok = None;
+                while ok.is_none() && io_start.elapsed() < DRAIN_BOUND {
+                    q.poll(usize::MAX, |c| {
+                        flights.remove(&c.tag);
+                        ok = Some(c.status.is_success());
+                    });
+                }
+                if ok == Some(true) {
+                    io_ok = true;
+                    break;
+                }
+            }
+            Err(e) => {
+                let transient = e.to_string().contains("recovering") || e.to_string().contains("queue full");
+                if !transient {
+                    return Err(format!("{m:?}: the device behaves again but a write is refused: {e}"));
+                }
+                q.poll(usize::MAX, |c| {
+                    flights.remove(&c.tag);
+                });
+            }
+        }
+    }
+    if !io_ok && ctrl.failure().is_none() {
+        return Err(format!(
+            "{m:?}: the device behaves again but I/O still fails after {DRAIN_BOUND:?}, and the controller is not failed"
         ));
     }
     let failure = ctrl.failure();
@@ -396,12 +499,13 @@ fn hostile_controller_chaos() {
     println!(
         "hostile controller chaos: {survived} of {count} scenarios survived in {:.1} s; \
          {} commands submitted, {} completed ({} with an error, {} buffers withheld), \
-         {} inits refused, {} controllers failed; by misbehaviour: {kinds:?}",
+         {} admin commands failed, {} inits refused, {} controllers failed; by misbehaviour: {kinds:?}",
         started.elapsed().as_secs_f64(),
         tally.submitted,
         tally.completed,
         tally.errors,
         tally.withheld,
+        tally.admin_errors,
         tally.init_refused,
         tally.controller_failed,
     );
