@@ -556,3 +556,25 @@ fn init_fails_cleanly_on_a_dead_or_missing_device() {
     .unwrap();
     assert!(matches!(e, Error::Config(_)), "{e}");
 }
+
+#[test]
+fn a_namespace_whose_block_exceeds_the_largest_transfer_is_skipped() {
+    use crate::sim::{IdentifyLie, Misbehaviour};
+    for (lbads, usable) in [(31u8, false), (20, false), (19, true), (12, true)] {
+        let sim = sim_with(SimConfig::default()); // MDTS: 512 KiB = 2^19 bytes
+        sim.inject(FaultRule {
+            opcode: Some(crate::cmd::admin::IDENTIFY),
+            ..FaultRule::new(FaultAction::Misbehave(Misbehaviour::Identify(IdentifyLie::Lbads(
+                lbads,
+            ))))
+        });
+        let ctrl = start(&sim, ControllerConfig::default());
+        match ctrl.namespace(1) {
+            Ok(ns) => {
+                assert!(usable, "LBADS {lbads}: a {} byte block was accepted", ns.block_size);
+                assert!(ns.max_transfer_blocks >= 1);
+            }
+            Err(e) => assert!(!usable, "LBADS {lbads}: {e}"),
+        }
+    }
+}
