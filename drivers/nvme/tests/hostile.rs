@@ -644,3 +644,39 @@ fn a_bogus_sq_head_does_not_fill_the_ring() {
     }
     assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
 }
+
+/// Registers read all ones in the middle of I/O (surprise removal): every outstanding
+/// command completes exactly once, with Aborted by Host, and the controller's failure
+/// names the removal. (Clearing Bus Master Enable before handing buffers back is a
+/// separate fix; the simulated device stops all DMA when removed.)
+#[test]
+fn removal_mid_io_completes_each_command_once_and_names_the_removal() {
+    let (sim, ctrl, mut q, ns) = hostile_pair(8, Duration::from_millis(50), Misbehaviour::Removed);
+    let mut submitted = Vec::new();
+    for tag in 0..5u64 {
+        let slba = if tag < 2 { 0 } else { 100 + tag }; // two delayed, then the removal
+        q.read(&ns, slba, buffer(&ctrl, 1, 0), tag).unwrap();
+        submitted.push(tag);
+    }
+    let mut done = Vec::new();
+    let started = Instant::now();
+    while done.len() < submitted.len() {
+        q.poll(usize::MAX, |c| done.push((c.tag, c.status)));
+        assert!(started.elapsed() < DRAIN_BOUND, "only {done:?} completed");
+    }
+    done.sort_by_key(|d| d.0);
+    assert_eq!(
+        done.iter().map(|d| d.0).collect::<Vec<_>>(),
+        submitted,
+        "each exactly once"
+    );
+    assert!(
+        done.iter().all(|d| d.1 == ironvme_nvme::Status::ABORTED_BY_HOST),
+        "{done:?}"
+    );
+    let failure = ctrl.failure().expect("the controller is failed");
+    assert!(failure.contains("all ones"), "{failure}");
+    let e = q.read(&ns, 0, buffer(&ctrl, 1, 0), 9).unwrap_err();
+    assert!(e.to_string().contains("dead"), "{e}");
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+}
