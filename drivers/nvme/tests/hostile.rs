@@ -22,6 +22,7 @@
 use ironvme_nvme::DmaBuf;
 use ironvme_nvme::cmd::admin;
 use ironvme_nvme::ctrl::{Controller, ControllerConfig, IoCompletion, IoQueuePair, Namespace};
+use ironvme_nvme::features::{FeatureId, FeatureSelect};
 use ironvme_nvme::hw::Registers;
 use ironvme_nvme::regs::offset;
 use ironvme_nvme::sim::{FaultAction, FaultRule, IdentifyLie, Misbehaviour, SimConfig, SimController, SimNamespace};
@@ -291,8 +292,13 @@ fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
         if rng.chance(4) {
             // Admin commands while the device misbehaves (on the admin queue too, in some
             // scenarios, and with Identify lies after init).
-            let r = match rng.below(4) {
+            let r = match rng.below(5) {
                 0 => ctrl.identify_controller().map(|_| ()),
+                // A burst: more commands than the admin ring holds.
+                4 => (0..40).try_for_each(|_| {
+                    ctrl.get_features(FeatureId::ARBITRATION, FeatureSelect::Current, 0, 0, 0)
+                        .map(|_| ())
+                }),
                 1 => ctrl.smart_log().map(|_| ()),
                 2 => ctrl.error_log().map(|_| ()),
                 _ => ctrl.rescan_namespaces().map(|_| ()),
@@ -679,4 +685,22 @@ fn removal_mid_io_completes_each_command_once_and_names_the_removal() {
     let e = q.read(&ns, 0, buffer(&ctrl, 1, 0), 9).unwrap_err();
     assert!(e.to_string().contains("dead"), "{e}");
     assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+}
+
+/// With the admin queue's SQHD stuck past the end of the ring, admin commands keep working
+/// (the admin SQ never fills with commands that completed).
+#[test]
+fn a_bogus_admin_sq_head_does_not_fill_the_admin_ring() {
+    let (sim, ctrl, _q, _ns) = hostile_pair(4, Duration::ZERO, Misbehaviour::SqhdPastRing);
+    sim.clear_faults();
+    sim.inject(FaultRule {
+        qid: Some(0),
+        ..FaultRule::new(FaultAction::Misbehave(Misbehaviour::SqhdPastRing))
+    });
+    for i in 0..100 {
+        if let Err(e) = ctrl.identify_controller() {
+            panic!("admin command {i}: {e}");
+        }
+    }
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
 }
