@@ -242,12 +242,6 @@ fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
             return check_sim(&sim, &format!("{m:?}: no queue pair: {e}"));
         }
     };
-    // Slow LBAs first: rules match in order.
-    sim.inject(FaultRule {
-        qid: Some(q.qid()),
-        lba: Some(0..SLOW_LBAS),
-        ..FaultRule::new(FaultAction::Delay(delay))
-    });
     if let Misbehaviour::Identify(_) = m {
         // Lie again, or not, when the driver asks after init.
         sim.clear_faults();
@@ -258,12 +252,14 @@ fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
                 ..FaultRule::new(FaultAction::Misbehave(m))
             });
         }
-        sim.inject(FaultRule {
-            qid: Some(q.qid()),
-            lba: Some(0..SLOW_LBAS),
-            ..FaultRule::new(FaultAction::Delay(delay))
-        });
-    } else {
+    }
+    // Slow LBAs first: rules match in order.
+    sim.inject(FaultRule {
+        qid: Some(q.qid()),
+        lba: Some(0..SLOW_LBAS),
+        ..FaultRule::new(FaultAction::Delay(delay))
+    });
+    if !matches!(m, Misbehaviour::Identify(_)) {
         let times = if rng.chance(30) {
             None
         } else {
