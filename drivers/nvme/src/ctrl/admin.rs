@@ -312,6 +312,8 @@ impl AdminQueue {
                     }
                 }
             }
+            // A bogus SQHD must not fill the ring with commands that already completed.
+            self.sq.limit_in_ring(self.cids.outstanding() as u32);
             if let Some(head) = self.cq.take_doorbell() {
                 regs.write32(self.cq_db, head);
             }

@@ -260,7 +260,9 @@ impl<R: Registers> IoQueuePair<R> {
             cmd.set_sgl(SglDescriptor::data_block(iova, len as u32));
             return Ok(());
         }
-        self.lists.set_window(cid as usize * self.list_bytes, self.list_bytes)?;
+        // Each slot owns one list area; CIDs carry a generation above the slot index.
+        let slot = self.slots.slot(cid).expect("the command was just inserted");
+        self.lists.set_window(slot * self.list_bytes, self.list_bytes)?;
         let (prp1, prp2) = prp::build_prps(iova, len, self.inner.page_size, &mut self.lists)?;
         cmd.set_prp(prp1, prp2);
         Ok(())
@@ -317,6 +319,17 @@ impl<R: Registers> IoQueuePair<R> {
         let mut n = 0;
         while n < max {
             let Some(c) = self.cq.pop() else { break };
+            if c.sqid != self.qid {
+                // This CQ serves only this SQ: an entry naming another SQ is made up, and
+                // its CID may be that of a command here the device has not finished.
+                tracing::warn!(
+                    qid = self.qid,
+                    sqid = c.sqid,
+                    cid = c.cid,
+                    "controller posted a completion for another submission queue; ignored"
+                );
+                continue;
+            }
             if !self.sq.update_head(c.sqhd) {
                 tracing::warn!(
                     qid = self.qid,
@@ -338,10 +351,13 @@ impl<R: Registers> IoQueuePair<R> {
                 None => tracing::warn!(
                     qid = self.qid,
                     cid = c.cid,
-                    "completion for a command that is not outstanding"
+                    "completion for a command that is not outstanding (unknown, stale or duplicate CID); ignored"
                 ),
             }
         }
+        // Whatever SQHD said, commands that completed were fetched: a controller whose
+        // SQHD is stuck or bogus cannot fill the ring with commands it already finished.
+        self.sq.limit_in_ring(self.slots.outstanding() as u32);
         n
     }
 
@@ -401,11 +417,9 @@ impl<R: Registers> IoQueuePair<R> {
     fn start_reset(&mut self, reason: ResetReason) {
         let now = clock::now();
         let expire_all = reason == ResetReason::FatalStatus;
-        for cid in 0..self.slots.capacity() as u16 {
-            if let Some(f) = self.slots.get_mut(cid) {
-                if expire_all || now >= f.deadline {
-                    f.expired = true;
-                }
+        for f in self.slots.values_mut() {
+            if expire_all || now >= f.deadline {
+                f.expired = true;
             }
         }
         // On failure the controller is marked failed, which recover() handles.

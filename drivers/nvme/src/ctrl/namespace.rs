@@ -35,7 +35,9 @@ pub struct Namespace {
 
 impl Namespace {
     /// Builds the namespace record; `None` if the namespace is inactive or its current LBA
-    /// format is unusable (LBADS below 512 bytes or above 2^31).
+    /// format is unusable: missing (FLBAS past NLBAF), LBADS below 512 bytes or above
+    /// 2^31, or a block larger than the largest transfer (`max_transfer` bytes: MDTS and
+    /// the driver's limit), which no command could read or write.
     pub(crate) fn new(
         nsid: u32,
         id: IdentifyNamespace,
@@ -46,6 +48,9 @@ impl Namespace {
             return None;
         }
         let block_size = u32::try_from(id.block_size()?).ok()?;
+        if block_size as usize > max_transfer {
+            return None;
+        }
         let max_transfer_blocks =
             (max_transfer / block_size as usize).min(crate::cmd::MAX_BLOCKS_PER_COMMAND as usize) as u32;
         Some(Namespace {

@@ -621,3 +621,25 @@ fn later_events_of_a_type_arrive_because_its_log_is_read_with_rae_clear() {
     assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
     assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
 }
+
+#[test]
+fn a_namespace_whose_block_exceeds_the_largest_transfer_is_skipped() {
+    use crate::sim::{IdentifyLie, Misbehaviour};
+    for (lbads, usable) in [(31u8, false), (20, false), (19, true), (12, true)] {
+        let sim = sim_with(SimConfig::default()); // MDTS: 512 KiB = 2^19 bytes
+        sim.inject(FaultRule {
+            opcode: Some(crate::cmd::admin::IDENTIFY),
+            ..FaultRule::new(FaultAction::Misbehave(Misbehaviour::Identify(IdentifyLie::Lbads(
+                lbads,
+            ))))
+        });
+        let ctrl = start(&sim, ControllerConfig::default());
+        match ctrl.namespace(1) {
+            Ok(ns) => {
+                assert!(usable, "LBADS {lbads}: a {} byte block was accepted", ns.block_size);
+                assert!(ns.max_transfer_blocks >= 1);
+            }
+            Err(e) => assert!(!usable, "LBADS {lbads}: {e}"),
+        }
+    }
+}

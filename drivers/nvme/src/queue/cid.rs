@@ -5,13 +5,24 @@ use std::collections::VecDeque;
 
 /// A fixed-capacity table of outstanding commands keyed by command identifier.
 ///
-/// Everything is allocated up front: inserting and removing never allocate. Free CIDs are
-/// handed out first-in first-out, so a CID that just completed is reused as late as
-/// possible — an Abort or a late completion for an old CID is then unlikely to hit a new
-/// command.
+/// Everything is allocated up front: inserting and removing never allocate. Free slots are
+/// handed out first-in first-out, so a slot that just completed is reused as late as
+/// possible.
+///
+/// A CID is a slot index in its low bits and the slot's *generation* in the bits above
+/// (as Linux's `nvme_cid_install_genctr` does): each time a slot is freed its generation
+/// advances, so a completion that arrives late, twice, or made up — for a command that
+/// has completed and whose slot now holds a new command — carries an old generation and
+/// is refused instead of completing the new command, whose buffer the device may still
+/// be writing. With `capacity` slots there are `16 − ⌈log2 capacity⌉` generation bits:
+/// 13 for a 7-command queue, 4 for a 4095-command one.
 pub struct CidTable<T> {
     slots: Box<[Option<T>]>,
+    /// The generation each slot's next (or current) command carries.
+    generations: Box<[u16]>,
     free: VecDeque<u16>,
+    /// Bits of the CID holding the slot index.
+    index_bits: u32,
 }
 
 impl<T> CidTable<T> {
@@ -26,10 +37,47 @@ impl<T> CidTable<T> {
             (1..=0xFFFF).contains(&capacity),
             "CID table capacity {capacity} is outside 1..=65535"
         );
+        let index_bits = usize::BITS - (capacity - 1).leading_zeros();
         CidTable {
             slots: (0..capacity).map(|_| None).collect(),
+            generations: vec![0; capacity].into_boxed_slice(),
             free: (0..capacity as u16).collect(),
+            index_bits,
         }
+    }
+
+    /// The CID of slot `index` in its current generation.
+    fn cid(&self, index: u16) -> u16 {
+        // `index_bits` is 16 only when there are no generation bits (capacity > 32768).
+        let generation = self.generations[index as usize]
+            .checked_shl(self.index_bits)
+            .unwrap_or(0);
+        generation | index
+    }
+
+    /// The slot `cid` names, if its generation is the slot's current one.
+    fn index(&self, cid: u16) -> Option<usize> {
+        let mask = (1u32 << self.index_bits) - 1;
+        let index = (cid as u32 & mask) as usize;
+        (index < self.slots.len() && self.cid(index as u16) == cid).then_some(index)
+    }
+
+    /// Advances slot `index`'s generation, skipping the one that would make CID 0xFFFF.
+    fn next_generation(&mut self, index: u16) {
+        let generation_bits = 16 - self.index_bits;
+        let count = 1u32 << generation_bits;
+        let g = &mut self.generations[index as usize];
+        *g = ((*g as u32 + 1) % count) as u16;
+        if self.cid(index) == 0xFFFF {
+            let g = &mut self.generations[index as usize];
+            *g = ((*g as u32 + 1) % count) as u16;
+        }
+    }
+
+    /// The slot (0..capacity) of outstanding command `cid`: an index for per-command
+    /// resources such as PRP list pages, which CIDs are not (they carry a generation).
+    pub fn slot(&self, cid: u16) -> Option<usize> {
+        self.index(cid).filter(|&i| self.slots[i].is_some())
     }
 
     /// The most commands the table can track.
@@ -56,48 +104,57 @@ impl<T> CidTable<T> {
     /// CID is in use.
     pub fn insert(&mut self, value: T) -> Result<u16, T> {
         match self.free.pop_front() {
-            Some(cid) => {
-                self.slots[cid as usize] = Some(value);
-                Ok(cid)
+            Some(index) => {
+                self.slots[index as usize] = Some(value);
+                Ok(self.cid(index))
             }
             None => Err(value),
         }
     }
 
     /// Stops tracking `cid` and returns its value; `None` if `cid` is not outstanding
-    /// (a completion for an unknown or already completed command).
+    /// (a completion for an unknown, already completed or stale command).
     pub fn remove(&mut self, cid: u16) -> Option<T> {
-        let value = self.slots.get_mut(cid as usize)?.take()?;
-        self.free.push_back(cid);
+        let index = self.index(cid)?;
+        let value = self.slots[index].take()?;
+        self.next_generation(index as u16);
+        self.free.push_back(index as u16);
         Some(value)
     }
 
     /// The value tracked under `cid`, if outstanding.
     pub fn get(&self, cid: u16) -> Option<&T> {
-        self.slots.get(cid as usize)?.as_ref()
+        self.slots[self.index(cid)?].as_ref()
     }
 
     /// The value tracked under `cid`, mutably, if outstanding.
     pub fn get_mut(&mut self, cid: u16) -> Option<&mut T> {
-        self.slots.get_mut(cid as usize)?.as_mut()
+        let index = self.index(cid)?;
+        self.slots[index].as_mut()
     }
 
-    /// The outstanding commands, in CID order.
+    /// The outstanding commands, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (u16, &T)> {
         self.slots
             .iter()
             .enumerate()
-            .filter_map(|(cid, v)| Some((cid as u16, v.as_ref()?)))
+            .filter_map(|(i, v)| Some((self.cid(i as u16), v.as_ref()?)))
     }
 
-    /// Removes the first outstanding command (lowest CID) and returns it; `None` when
+    /// The outstanding commands' values, mutably, in slot order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slots.iter_mut().filter_map(Option::as_mut)
+    }
+
+    /// Removes the first outstanding command (lowest slot) and returns it; `None` when
     /// idle. Calling this until `None` completes every outstanding command exactly once,
     /// as a controller reset requires.
     pub fn pop_any(&mut self) -> Option<(u16, T)> {
         if self.is_idle() {
             return None;
         }
-        let cid = self.slots.iter().position(Option::is_some)? as u16;
+        let index = self.slots.iter().position(Option::is_some)? as u16;
+        let cid = self.cid(index);
         self.remove(cid).map(|v| (cid, v))
     }
 }
@@ -132,12 +189,50 @@ mod tests {
     }
 
     #[test]
-    fn reuses_cids_last() {
+    fn reuses_slots_last_with_a_new_generation() {
         let mut t = CidTable::new(4);
         let first = t.insert(()).unwrap();
         t.remove(first).unwrap();
         let next: Vec<u16> = (0..4).map(|_| t.insert(()).unwrap()).collect();
-        assert_eq!(next, [1, 2, 3, 0]);
+        assert_eq!(next, [1, 2, 3, 1 << 2], "slot 0 again, generation 1");
+    }
+
+    #[test]
+    fn a_completed_cid_never_matches_the_command_reusing_its_slot() {
+        let mut t = CidTable::new(1);
+        let a = t.insert("a").unwrap();
+        assert_eq!(t.remove(a), Some("a"));
+        let b = t.insert("b").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(t.remove(a), None, "a duplicate completion of a is refused");
+        assert_eq!(t.get(a), None);
+        assert_eq!(t.get(b), Some(&"b"));
+        assert_eq!(t.slot(b), Some(0));
+        assert_eq!(t.slot(a), None);
+        assert_eq!(t.remove(b), Some("b"));
+        assert_eq!(t.slot(b), None, "not outstanding");
+    }
+
+    #[test]
+    fn generations_wrap_and_never_make_cid_ffff() {
+        for capacity in [1, 2, 3, 4, 7, 8, 255, 256, 4096, 32768, 32769, 65535] {
+            let mut t = CidTable::new(capacity);
+            let last = (capacity - 1) as u16;
+            // Fill every slot but the last, so the last is the only one handed out.
+            let others: Vec<u16> = (0..last).map(|_| t.insert(()).unwrap()).collect();
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..70_000 {
+                let cid = t.insert(()).unwrap();
+                assert_ne!(cid, 0xFFFF, "capacity {capacity}");
+                seen.insert(cid);
+                t.remove(cid).unwrap();
+            }
+            assert!(!seen.is_empty());
+            for cid in others {
+                t.remove(cid).unwrap();
+            }
+            assert!(t.is_idle());
+        }
     }
 
     #[test]
@@ -151,7 +246,7 @@ mod tests {
         while let Some((cid, v)) = t.pop_any() {
             drained.push((cid, v));
         }
-        assert_eq!(drained, [(0, 0), (1, 1), (3, 3), (4, 4)]);
+        assert_eq!(drained, [(0, 0), (1, 1), (3, 3), (4, 4)], "first generation");
         assert!(t.is_idle());
     }
 

@@ -127,6 +127,18 @@ impl SubmissionQueue {
         true
     }
 
+    /// Bounds the commands the ring may still hold unfetched to `outstanding`, moving the
+    /// head forward if the host's view says more: the controller fetches commands in order
+    /// and fetches each before completing it, so only the last `outstanding` posted
+    /// commands (those not completed yet) can be unfetched. This keeps the ring usable when
+    /// SQHD is wrong (past the ring, or going backwards) and [`Self::update_head`] refuses
+    /// it; with `outstanding` = 0 every posted command has been fetched.
+    pub fn limit_in_ring(&mut self, outstanding: u32) {
+        if self.in_ring() > outstanding {
+            self.head = (self.tail + self.entries - outstanding.min(self.entries - 1)) % self.entries;
+        }
+    }
+
     /// Resets the ring to empty (after a controller reset, when the controller's view of
     /// the queue is gone). Stale entries stay in memory and are overwritten before reuse.
     pub fn reset(&mut self) {
@@ -210,6 +222,30 @@ mod tests {
         assert!(!q.update_head(3), "past the tail");
         assert!(q.update_head(2));
         assert!(q.update_head(2), "a repeated SQHD is fine");
+    }
+
+    #[test]
+    fn limit_in_ring_trusts_completions_over_a_stuck_head() {
+        let mut q = sq(4);
+        for _ in 0..3 {
+            q.push(&Command::flush(1)).unwrap();
+        }
+        assert!(!q.update_head(9), "a bogus SQHD is refused");
+        assert!(q.is_full());
+        q.limit_in_ring(1);
+        assert_eq!(
+            (q.in_ring(), q.head()),
+            (1, 2),
+            "only the last command may be unfetched"
+        );
+        q.limit_in_ring(2);
+        assert_eq!(q.in_ring(), 1, "never moves the head backwards");
+        q.limit_in_ring(0);
+        assert_eq!(q.head(), q.tail());
+        q.push(&Command::flush(1)).unwrap();
+        q.push(&Command::flush(1)).unwrap(); // wraps
+        q.limit_in_ring(1);
+        assert_eq!((q.head(), q.tail()), (0, 1));
     }
 
     #[test]

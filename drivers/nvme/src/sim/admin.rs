@@ -43,7 +43,7 @@ impl State {
     fn identify(&mut self, cmd: &Command) -> Result<u32, Status> {
         let nsid = cmd.nsid;
         let nn = self.namespaces.len() as u32;
-        let data = match Cns(cmd.cdw10 as u8) {
+        let mut data = match Cns(cmd.cdw10 as u8) {
             Cns::CONTROLLER => id::controller(&self.cfg),
             Cns::NAMESPACE | Cns::NAMESPACE_ID_DESCRIPTORS => {
                 if nsid == 0 || nsid > nn {
@@ -64,6 +64,9 @@ impl State {
             }
             _ => return Err(Status::INVALID_FIELD),
         };
+        if let Some(lie) = self.hostile.identify_lie {
+            super::hostile::lie_in_identify(lie, Cns(cmd.cdw10 as u8), &mut data);
+        }
         self.map(0, cmd, data.len() as u64)?;
         self.copy_out(0, cmd, &data)?;
         Ok(0)

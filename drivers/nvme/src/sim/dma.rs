@@ -138,6 +138,13 @@ impl DmaTable {
         Err(fault(freed))
     }
 
+    /// One past the last IOVA of the live region holding `iova`.
+    pub(super) fn region_end(&self, iova: u64) -> Option<u64> {
+        let t = self.lock();
+        let (&start, m) = t.live.range(..=iova).next_back()?;
+        (iova < start + m.len).then_some(start + m.len)
+    }
+
     /// Checks that `len` bytes at `iova` lie in one live region.
     pub(super) fn check(&self, iova: u64, len: u64) -> Result<(), DmaFault> {
         self.with_host(iova, len, |_| ())

@@ -6,6 +6,7 @@
 //! counterparts on real test hardware are QEMU's `blkdebug` errors (a status), `break` /
 //! `resume` (a held command) and `null-co,latency-ns` (a slow device).
 
+use super::hostile::Misbehaviour;
 use crate::cmd::{Command, nvm};
 use crate::status::Status;
 use std::ops::Range;
@@ -29,6 +30,8 @@ pub enum FaultAction {
     /// completion time, like a slow device). Posted by a background ticker thread, or at
     /// the next doorbell write, whichever comes first.
     Delay(Duration),
+    /// Break the protocol on purpose (the hostile controller): see [`Misbehaviour`].
+    Misbehave(Misbehaviour),
 }
 
 /// A fault rule: which commands it matches and what happens to them.

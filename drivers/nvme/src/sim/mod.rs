@@ -23,7 +23,8 @@
 //!   violations and are ignored.
 //! - One mutex guards the state; the per-command work is small (the simulator is also used
 //!   by microbenchmarks of the driver's submit and complete paths).
-//! - Faults ([`FaultRule`]) make commands fail, hang, vanish or complete late; see
+//! - Faults ([`FaultRule`]) make commands fail, hang, vanish or complete late, or make the
+//!   device break the protocol on purpose ([`Misbehaviour`]: the hostile controller); see
 //!   [`SimController::set_fatal`] and [`SimController::set_removed`] for whole-controller
 //!   failures.
 //!
@@ -80,6 +81,7 @@ mod config;
 mod dma;
 mod fault;
 mod features;
+mod hostile;
 mod identify_data;
 mod io;
 mod logs;
@@ -96,6 +98,7 @@ mod testing;
 pub use config::{SimConfig, SimNamespace};
 pub use dma::{IOVA_BASE, SimDma};
 pub use fault::{FaultAction, FaultId, FaultRule};
+pub use hostile::{IdentifyLie, Misbehaviour};
 pub use power::{PowerCutReport, UnflushedWrite};
 pub use regs::RegAccess;
 
@@ -301,6 +304,14 @@ impl SimController {
     /// before CSTS.RDY = 1, enable with a bad CC or admin queue. Tests assert this is empty.
     pub fn protocol_violations(&self) -> Vec<String> {
         self.violations(ViolationKind::Protocol)
+    }
+
+    /// Device accesses outside the host's buffers made on purpose by
+    /// [`Misbehaviour::DmaOutside`], oldest first: each blocked (as an IOMMU would block
+    /// it) or, if it hit mapped memory, what it wrote. Not host mistakes, so not in
+    /// [`SimController::dma_violations`].
+    pub fn hostile_dma_blocked(&self) -> Vec<String> {
+        self.violations(ViolationKind::HostileDma)
     }
 
     /// Why the controller last set CSTS.CFS by itself (refused enable, unreachable queue

@@ -314,7 +314,9 @@ impl State {
         self.enabled = true;
         self.cfs = false;
         self.shst = 0;
-        self.ready.go(true, self.cfg.ready_delay);
+        // A hostile device may never become ready again.
+        self.ready.go(!self.hostile.never_ready, self.cfg.ready_delay);
+        self.hostile.ready_dropped = self.hostile.never_ready;
         self.counters.enables += 1;
     }
 

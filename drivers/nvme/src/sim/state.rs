@@ -6,6 +6,7 @@ use super::config::SimConfig;
 use super::dma::{DmaFault, DmaTable};
 use super::fault::{FaultAction, FaultTable};
 use super::features::FeatureState;
+use super::hostile::HostileState;
 use super::logs::ErrorLog;
 use super::namespace::Namespace;
 use super::power::PowerModel;
@@ -34,6 +35,9 @@ pub(super) enum ViolationKind {
     Dma,
     /// A register, doorbell or initialization-sequence mistake.
     Protocol,
+    /// A device access outside mapped memory made on purpose by
+    /// [`super::Misbehaviour::DmaOutside`] (not a host mistake).
+    HostileDma,
 }
 
 /// A driver mistake the simulator noticed.
@@ -56,11 +60,11 @@ pub(super) struct Sq {
 /// A completion waiting for room in its CQ (phase tag not yet known).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Pending {
-    cid: u16,
-    sqid: u16,
-    sqhd: u16,
-    status: Status,
-    dw0: u32,
+    pub(super) cid: u16,
+    pub(super) sqid: u16,
+    pub(super) sqhd: u16,
+    pub(super) status: Status,
+    pub(super) dw0: u32,
 }
 
 /// A completion queue as the controller sees it.
@@ -241,6 +245,8 @@ pub(super) struct State {
     pub(super) timestamp: Option<(u64, Instant)>,
     pub(super) namespaces: Vec<Namespace>,
     pub(super) faults: FaultTable,
+    /// Misbehaviours in progress (the hostile controller).
+    pub(super) hostile: HostileState,
     pub(super) errors: ErrorLog,
     pub(super) health: Health,
 
@@ -295,6 +301,7 @@ impl State {
             timestamp: None,
             namespaces,
             faults: FaultTable::default(),
+            hostile: HostileState::default(),
             errors: ErrorLog::default(),
             health: Health::default(),
             counters: Counters {
@@ -394,6 +401,9 @@ impl State {
             return; // a failed controller ignores doorbells; the host learns it from CSTS
         }
         let which = if is_cq { "CQ head" } else { "SQ tail" };
+        if !self.operational() && self.hostile.ready_dropped {
+            return; // the device dropped CSTS.RDY by itself: not the host's mistake
+        }
         if !self.operational() {
             let why = if self.shutdown {
                 "after a shutdown notification"
@@ -519,6 +529,7 @@ impl State {
                         });
                         ticker::kick(self);
                     }
+                    FaultAction::Misbehave(m) => self.misbehave(sqid, cmd, m),
                 }
                 return;
             }
@@ -547,19 +558,21 @@ impl State {
             let phase = self.cqs[cqid as usize].as_ref().is_some_and(|c| c.phase);
             self.errors.record(sqid, cmd, status, phase);
         }
-        self.post(
-            cqid,
-            Pending {
-                cid: cmd.cid(),
-                sqid,
-                sqhd,
-                status,
-                dw0,
-            },
-        );
+        let p = Pending {
+            cid: cmd.cid(),
+            sqid,
+            sqhd,
+            status,
+            dw0,
+        };
+        match self.hostile.mangle.take() {
+            Some(m) => self.post_mangled(cqid, p, m),
+            None => self.post(cqid, p),
+        }
+        self.hostile.remember(p);
     }
 
-    fn post(&mut self, cqid: u16, p: Pending) {
+    pub(super) fn post(&mut self, cqid: u16, p: Pending) {
         let Some(cq) = self.cqs[cqid as usize].as_mut() else {
             return;
         };
