@@ -376,7 +376,15 @@ impl Device {
         let ns = self.namespace(nsid)?;
         let entries = (depth + 1).min(u32::MAX as usize) as u32;
         Ok(match self {
-            Device::Vfio(v) => IoQueue::Vfio(NamespaceQueue::new(&v.controller, ns.nsid, entries)?),
+            Device::Vfio(v) => IoQueue::Vfio(NamespaceQueue::new(&v.controller, ns.nsid, entries).map_err(
+                |e| match e {
+                    // Name the PCI address in the reformatting command.
+                    ironvme_nvme::ctrl::Error::MetadataUnsupported(m) => {
+                        ironvme_nvme::ctrl::Error::MetadataUnsupported(m.on_device(v.info.bdf.to_string()))
+                    }
+                    other => other,
+                },
+            )?),
             Device::Ioctl(d, _) => IoQueue::Ioctl(d.create_queue(ns.nsid, depth)?),
             Device::Uring(d, _) => IoQueue::Uring(d.create_queue(depth)?),
             Device::UringCmd(d, _) => IoQueue::UringCmd(d.create_queue(depth)?),

@@ -33,7 +33,9 @@ use crate::sync_queue::{Executor, SyncQueue};
 use ironvme_nvme::block::{self, BlockError, GeometrySource, IoStatus, NamespaceInfo, Op};
 use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange, MAX_BLOCKS_PER_COMMAND};
 use ironvme_nvme::hw::DmaBuf;
-use ironvme_nvme::identify::{Cns, IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, NamespaceList, Oncs};
+use ironvme_nvme::identify::{
+    Cns, IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, MetadataUnsupported, NamespaceList, Oncs,
+};
 use ironvme_nvme::status::Status;
 use nix::errno::Errno;
 use std::fs::{File, OpenOptions};
@@ -72,6 +74,30 @@ pub(crate) enum Node {
 }
 
 impl Node {
+    /// The controller's character device, `/dev/nvmeX` (for a namespace node, the `X` of
+    /// its name: under native multipath that is the subsystem's number).
+    pub(crate) fn controller_path(&self) -> String {
+        let name = match self {
+            Node::Controller(name) => name.as_str(),
+            Node::Generic(name) => name.strip_prefix("ng").unwrap_or(name),
+            Node::Block(name) => name.strip_prefix("nvme").unwrap_or(name),
+        };
+        let digits: String = name
+            .trim_start_matches("nvme")
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        format!("{DEV}/nvme{digits}")
+    }
+
+    /// Refuses I/O on a namespace formatted with metadata or protection information
+    /// ([`IdentifyNamespace::check_no_metadata`]), naming this node's controller in the
+    /// reformatting command.
+    pub(crate) fn check_no_metadata(&self, nsid: u32, ns: &IdentifyNamespace) -> Result<(), MetadataUnsupported> {
+        ns.check_no_metadata(nsid)
+            .map_err(|e| e.on_device(self.controller_path()))
+    }
+
     /// The block device (`nvmeXnY`) whose sysfs `queue/` holds this namespace's limits.
     pub(crate) fn disk(&self) -> Option<String> {
         match self {
@@ -568,6 +594,9 @@ pub struct IoctlDevice {
     node: Node,
     identify: IdentifyController,
     namespaces: Vec<NamespaceInfo>,
+    /// Namespaces of `namespaces` whose format ironvme cannot move data for (metadata,
+    /// protection information), for [`IoctlDevice::create_queue`] to refuse.
+    refused: Vec<MetadataUnsupported>,
 }
 
 impl IoctlDevice {
@@ -590,6 +619,7 @@ impl IoctlDevice {
             node,
             identify,
             namespaces: Vec::new(),
+            refused: Vec::new(),
         };
         dev.rescan()?;
         tracing::debug!(path = %path.display(), namespaces = dev.namespaces.len(), "ioctl: opened");
@@ -603,6 +633,13 @@ impl IoctlDevice {
         let sys = Path::new(SYSFS);
         self.identify = self.file.identify_controller()?;
         let mut found = Vec::new();
+        let mut refused = Vec::new();
+        let mut add = |nsid: u32, ns: &IdentifyNamespace, limits: &QueueLimits| {
+            found.extend(namespace_info(nsid, ns, &self.identify, limits));
+            if let Err(e) = self.node.check_no_metadata(nsid, ns) {
+                refused.push(e);
+            }
+        };
         match &self.node {
             Node::Controller(ctrl) => {
                 let nodes = controller_namespaces(sys, ctrl);
@@ -613,17 +650,18 @@ impl IoctlDevice {
                         .find(|n| n.nsid == nsid)
                         .map(|n| queue_limits(sys, &n.disk))
                         .unwrap_or_default();
-                    found.extend(namespace_info(nsid, &ns, &self.identify, &limits));
+                    add(nsid, &ns, &limits);
                 }
             }
             node => {
                 let nsid = self.file.namespace_id()?;
                 let ns = self.file.identify_namespace(nsid)?;
                 let limits = node.disk().map(|d| queue_limits(sys, &d)).unwrap_or_default();
-                found.extend(namespace_info(nsid, &ns, &self.identify, &limits));
+                add(nsid, &ns, &limits);
             }
         }
         self.namespaces = found;
+        self.refused = refused;
         Ok(())
     }
 
@@ -668,7 +706,9 @@ impl IoctlDevice {
     /// the controller node this opens the namespace's own node (`/dev/ngXnY`, else
     /// `/dev/nvmeXnY`, found in `/sys/class/nvme/nvmeX/`).
     ///
-    /// Errors: [`KernelError::NoSuchNamespace`]; [`KernelError::Invalid`] for a depth out
+    /// Errors: [`KernelError::NoSuchNamespace`]; [`KernelError::MetadataUnsupported`] for
+    /// a namespace formatted with metadata or protection information (see
+    /// [`IdentifyNamespace::check_no_metadata`]); [`KernelError::Invalid`] for a depth out
     /// of range; [`KernelError::WrongDevice`] if the kernel made no node for the
     /// namespace; as [`IoctlDevice::open`] for opening it.
     pub fn create_queue(&self, nsid: u32, depth: usize) -> Result<IoctlQueue, KernelError> {
@@ -683,6 +723,13 @@ impl IoctlDevice {
                 nsid,
             })?;
         check_depth(BACKEND_IOCTL, depth)?;
+        if let Some(why) = self.refused.iter().find(|m| m.nsid == nsid) {
+            return Err(KernelError::MetadataUnsupported {
+                backend: BACKEND_IOCTL,
+                path: self.path().to_owned(),
+                source: why.clone(),
+            });
+        }
         let file = match &self.node {
             Node::Controller(ctrl) => Arc::new(self.open_namespace_node(ctrl, nsid)?),
             _ => Arc::clone(&self.file),
@@ -1043,5 +1090,35 @@ mod tests {
         );
         assert_eq!(queue_limits(sys.path(), "nvme3n2"), QueueLimits::default());
         assert_eq!(Node::Generic("ng3n2".into()).disk().as_deref(), Some("nvme3n2"));
+    }
+
+    #[test]
+    fn metadata_refusals_name_the_controller_node_to_reformat() {
+        assert_eq!(Node::Generic("ng3n2".into()).controller_path(), "/dev/nvme3");
+        assert_eq!(Node::Block("nvme12n1".into()).controller_path(), "/dev/nvme12");
+        assert_eq!(Node::Controller("nvme0".into()).controller_path(), "/dev/nvme0");
+        let mut b = vec![0u8; 4096];
+        b[0..8].copy_from_slice(&8u64.to_le_bytes());
+        b[25] = 1;
+        b[26] = 1 | 1 << 4; // format 1, metadata at the end of each block
+        b[128..132].copy_from_slice(&(12u32 << 16).to_le_bytes());
+        b[132..136].copy_from_slice(&((12u32 << 16) | 8).to_le_bytes());
+        let ns = IdentifyNamespace::parse(&b).unwrap();
+        Node::Generic("ng3n2".into())
+            .check_no_metadata(2, &id_ns(8, 12, 0))
+            .unwrap();
+        let e = Node::Generic("ng3n2".into()).check_no_metadata(2, &ns).unwrap_err();
+        let e = KernelError::MetadataUnsupported {
+            backend: BACKEND_IOCTL,
+            path: "/dev/ng3n2".into(),
+            source: e,
+        }
+        .to_string();
+        assert!(
+            e.starts_with("ioctl: /dev/ng3n2: namespace 2 is formatted with LBA format 1 (LBADS 12"),
+            "{e}"
+        );
+        assert!(e.contains("`ironvme format /dev/nvme3 --nsid 2 --lbaf 0`"), "{e}");
+        assert!(e.contains("`nvme format /dev/nvme3 -n 2 -l 0`"), "{e}");
     }
 }

@@ -58,7 +58,7 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
 use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange};
 use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
-use ironvme_nvme::identify::IdentifyController;
+use ironvme_nvme::identify::{IdentifyController, MetadataUnsupported};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -93,6 +93,9 @@ pub struct UringCmdDevice {
     info: NamespaceInfo,
     /// The kernel queue's `max_segments`.
     max_segments: usize,
+    /// Why I/O on the namespace is refused: a format with metadata or protection
+    /// information ([`UringCmdDevice::create_queue`] refuses it).
+    refused: Option<MetadataUnsupported>,
 }
 
 impl UringCmdDevice {
@@ -112,7 +115,8 @@ impl UringCmdDevice {
             path: path.to_owned(),
             why,
         };
-        let disk = match classify(BACKEND_URING_CMD, path, NEEDS)? {
+        let node = classify(BACKEND_URING_CMD, path, NEEDS)?;
+        let disk = match &node {
             node @ Node::Generic(_) => node.disk().unwrap_or_default(),
             Node::Block(name) => {
                 return Err(wrong(format!(
@@ -155,6 +159,7 @@ impl UringCmdDevice {
             identify,
             info,
             max_segments,
+            refused: node.check_no_metadata(nsid, &ns).err(),
         })
     }
 
@@ -194,11 +199,21 @@ impl UringCmdDevice {
     /// (SQ of `depth` rounded up to a power of two, CQ twice that). Sends one Flush to
     /// check that the kernel takes NVMe commands over io_uring.
     ///
-    /// Errors: [`KernelError::Unavailable`] when io_uring is missing or disabled or the
+    /// Errors: [`KernelError::MetadataUnsupported`] for a namespace formatted with metadata
+    /// or protection information (see
+    /// [`IdentifyNamespace::check_no_metadata`](ironvme_nvme::identify::IdentifyNamespace::check_no_metadata));
+    /// [`KernelError::Unavailable`] when io_uring is missing or disabled or the
     /// kernel is older than 5.19; [`KernelError::Invalid`] for a depth out of range;
     /// [`KernelError::PermissionDenied`]; [`KernelError::Os`]; [`KernelError::Dma`].
     pub fn create_queue(&self, depth: usize) -> Result<UringCmdQueue, KernelError> {
         check_depth(BACKEND_URING_CMD, depth)?;
+        if let Some(why) = &self.refused {
+            return Err(KernelError::MetadataUnsupported {
+                backend: BACKEND_URING_CMD,
+                path: self.path().to_owned(),
+                source: why.clone(),
+            });
+        }
         UringCmdQueue::new(Arc::clone(&self.file), self.info.clone(), depth, self.max_segments)
     }
 }
