@@ -498,6 +498,9 @@ impl AdminCommands for IoctlDevice {
     fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, Error> {
         Ok(IoctlDevice::admin_write(self, cmd, data)?)
     }
+    fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: std::time::Duration) -> Result<u32, Error> {
+        Ok(IoctlDevice::admin_write_within(self, cmd, data, timeout)?)
+    }
 }
 
 impl AdminCommands for UringCmdDevice {
@@ -506,6 +509,9 @@ impl AdminCommands for UringCmdDevice {
     }
     fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, Error> {
         Ok(UringCmdDevice::admin_write(self, cmd, data)?)
+    }
+    fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: std::time::Duration) -> Result<u32, Error> {
+        Ok(UringCmdDevice::admin_write_within(self, cmd, data, timeout)?)
     }
 }
 

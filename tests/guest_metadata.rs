@@ -148,3 +148,38 @@ fn the_vfio_driver_initialises_but_refuses_io_on_namespaces_with_metadata() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert_refusal("perf", 1, &err, &vfio.bdf);
 }
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn reformatting_as_the_refusal_says_makes_the_namespace_usable() {
+    // The kernel node's Format NVM carries --timeout to the ioctl (timeout_ms); the
+    // kernel rescans the namespace after it.
+    let ctrl = kernel_ctrl(&env("IRONVME_META_BDF"));
+    let dev_text = ctrl.display().to_string();
+    let o = ironvme(&[
+        "format",
+        &dev_text,
+        "--nsid",
+        "1",
+        "--lbaf",
+        "4",
+        "--force",
+        "--timeout",
+        "600",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let restore = || {
+        // Back to 4 KiB + 8 bytes at the end of each block (LBA format 5, MSET = 1).
+        let o = std::process::Command::new("nvme")
+            .args(["format", &dev_text, "-n", "1", "-l", "5", "-m", "1", "-f"])
+            .output()
+            .expect("run nvme format");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let dev = IoctlDevice::open(&ctrl).unwrap();
+    let result = dev.create_queue(1, 4).map(|_| ());
+    restore();
+    result.unwrap_or_else(|e| panic!("after reformatting to LBA format 4: {e}"));
+    let e = IoctlDevice::open(&ctrl).unwrap().create_queue(1, 4).unwrap_err();
+    expect_metadata_refusal("after restoring LBA format 5", e, 1, &ctrl);
+}

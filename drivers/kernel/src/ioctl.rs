@@ -46,6 +46,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The most operations one kernel-backend queue holds (its `depth` bound).
 pub const MAX_QUEUE_DEPTH: usize = 4096;
@@ -382,14 +383,23 @@ impl PassthruFile {
 
     /// Runs `cmd` on the admin queue (`admin`) or as an I/O command, moving `len` bytes
     /// at `addr`, through the 64-bit ioctl or — after it answered `ENOTTY` once — the
-    /// 32-bit one.
+    /// 32-bit one. `timeout` replaces the kernel's default command timeout
+    /// (`nvme_core.admin_timeout`, 60 s, or `io_timeout`, 30 s) when given (see
+    /// [`timeout_ms`]).
     ///
     /// # Safety
     ///
     /// `addr` must point at `len` bytes that stay valid until this returns, writable if the
     /// opcode moves data from the controller (bit 0 clear: the kernel writes them), and
     /// not accessed by anyone else meanwhile.
-    pub(crate) unsafe fn passthru(&self, admin: bool, cmd: &Command, addr: u64, len: u32) -> Result<u64, IoctlFailure> {
+    pub(crate) unsafe fn passthru(
+        &self,
+        admin: bool,
+        cmd: &Command,
+        addr: u64,
+        len: u32,
+        timeout: Option<Duration>,
+    ) -> Result<u64, IoctlFailure> {
         let fd = self.fd();
         let done = |r: Result<Passthru, Errno>, op: &'static str| match r {
             Ok(Ok(result)) => Ok(result),
@@ -398,7 +408,10 @@ impl PassthruFile {
         };
         let wide = if admin { &self.wide_admin } else { &self.wide_io };
         if wide.load(Ordering::Relaxed) {
-            let mut c = NvmePassthruCmd64::from_command(cmd, addr, len);
+            let mut c = NvmePassthruCmd64 {
+                timeout_ms: timeout_ms(timeout),
+                ..NvmePassthruCmd64::from_command(cmd, addr, len)
+            };
             // SAFETY: `c` names the caller's buffer, valid and exclusive until we return.
             let r = unsafe {
                 if admin {
@@ -420,7 +433,10 @@ impl PassthruFile {
             tracing::info!(path = %self.path.display(), admin, "no 64-bit NVMe passthrough ioctl (Linux < 5.5): using the 32-bit one");
             wide.store(false, Ordering::Relaxed);
         }
-        let mut c = NvmePassthruCmd::from_command(cmd, addr, len);
+        let mut c = NvmePassthruCmd {
+            timeout_ms: timeout_ms(timeout),
+            ..NvmePassthruCmd::from_command(cmd, addr, len)
+        };
         // SAFETY: as above.
         let r = unsafe {
             if admin {
@@ -458,16 +474,16 @@ impl PassthruFile {
         let addr = if len == 0 { 0 } else { data.as_mut_ptr() as u64 };
         // SAFETY: `data` is `len` writable bytes owned by this frame and untouched until
         // the ioctl returns.
-        let r = unsafe { self.passthru(true, &cmd, addr, len32) };
+        let r = unsafe { self.passthru(true, &cmd, addr, len32, None) };
         let dw0 = self.admin_result(&cmd, r)?;
         Ok((dw0, data))
     }
 
     /// Runs an admin command that moves `data` to the controller (or none); returns
-    /// completion DW0.
+    /// completion DW0. `timeout`: as [`PassthruFile::passthru`].
     ///
     /// Errors: as [`PassthruFile::admin_read`], with a controller-to-host opcode refused.
-    pub(crate) fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, KernelError> {
+    pub(crate) fn admin_write(&self, cmd: Command, data: &[u8], timeout: Option<Duration>) -> Result<u32, KernelError> {
         if !data.is_empty() && cmd.opcode() & 1 == 0 {
             return Err(self.invalid(format!(
                 "admin_write: opcode {:#04x} ({}) moves data from the controller: use admin_read",
@@ -480,7 +496,7 @@ impl PassthruFile {
         // SAFETY: the opcode's bit 0 is set (checked above), so the kernel only reads the
         // `data.len()` bytes, which the shared borrow keeps valid and unchanged until the
         // ioctl returns.
-        let r = unsafe { self.passthru(true, &cmd, addr, len32) };
+        let r = unsafe { self.passthru(true, &cmd, addr, len32, timeout) };
         self.admin_result(&cmd, r)
     }
 
@@ -560,6 +576,17 @@ impl PassthruFile {
             }
         }
         Ok(all)
+    }
+}
+
+/// `timeout_ms` of a passthrough command: 0 (the kernel's default) for `None`, else the
+/// duration rounded up to whole milliseconds (so never 0), at most `u32::MAX`.
+pub(crate) fn timeout_ms(timeout: Option<Duration>) -> u32 {
+    match timeout {
+        None => 0,
+        Some(t) => u32::try_from(t.as_nanos().div_ceil(1_000_000))
+            .unwrap_or(u32::MAX)
+            .max(1),
     }
 }
 
@@ -699,7 +726,17 @@ impl IoctlDevice {
     ///
     /// Errors: as [`IoctlDevice::admin_read`].
     pub fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, KernelError> {
-        self.file.admin_write(cmd, data)
+        self.file.admin_write(cmd, data, None)
+    }
+
+    /// As [`IoctlDevice::admin_write`], with `timeout` instead of the kernel's admin
+    /// command timeout (`nvme_core.admin_timeout`, 60 s by default), which a Format NVM
+    /// with secure erase or a Sanitize can outlast: the kernel then aborts the command
+    /// and resets the controller. Rounded up to whole milliseconds, at most `u32::MAX`.
+    ///
+    /// Errors: as [`IoctlDevice::admin_read`].
+    pub fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: Duration) -> Result<u32, KernelError> {
+        self.file.admin_write(cmd, data, Some(timeout))
     }
 
     /// An I/O queue of `depth` entries (1..=[`MAX_QUEUE_DEPTH`]) on namespace `nsid`. On
@@ -835,7 +872,7 @@ impl Executor for IoctlNamespace {
         // (opcode 09h is host-to-controller).
         // SAFETY: the queue owns the buffer (moved in at submit) and does not touch it until
         // the ioctl returns; its window is `len` writable bytes at `addr`.
-        match unsafe { self.file.passthru(false, &cmd, addr, len) } {
+        match unsafe { self.file.passthru(false, &cmd, addr, len, None) } {
             Ok(_) => Ok(()),
             Err(IoctlFailure::Status(s)) => Err(IoStatus::Nvme(s)),
             Err(IoctlFailure::Os(e, _)) => Err(IoStatus::Os(e.raw_os_error().unwrap_or(libc::EIO))),
@@ -1090,6 +1127,15 @@ mod tests {
         );
         assert_eq!(queue_limits(sys.path(), "nvme3n2"), QueueLimits::default());
         assert_eq!(Node::Generic("ng3n2".into()).disk().as_deref(), Some("nvme3n2"));
+    }
+
+    #[test]
+    fn passthrough_timeouts_are_whole_milliseconds_and_never_zero_when_given() {
+        assert_eq!(timeout_ms(None), 0, "the kernel's default");
+        assert_eq!(timeout_ms(Some(Duration::from_secs(600))), 600_000);
+        assert_eq!(timeout_ms(Some(Duration::from_micros(1500))), 2);
+        assert_eq!(timeout_ms(Some(Duration::ZERO)), 1, "0 would mean the default");
+        assert_eq!(timeout_ms(Some(Duration::from_secs(u64::MAX))), u32::MAX);
     }
 
     #[test]

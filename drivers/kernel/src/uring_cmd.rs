@@ -192,7 +192,15 @@ impl UringCmdDevice {
     ///
     /// Errors: as [`crate::ioctl::IoctlDevice::admin_write`].
     pub fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, KernelError> {
-        self.file.admin_write(cmd, data)
+        self.file.admin_write(cmd, data, None)
+    }
+
+    /// As [`UringCmdDevice::admin_write`], with `timeout` instead of the kernel's admin
+    /// command timeout: see [`crate::ioctl::IoctlDevice::admin_write_within`].
+    ///
+    /// Errors: as [`crate::ioctl::IoctlDevice::admin_write`].
+    pub fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: Duration) -> Result<u32, KernelError> {
+        self.file.admin_write(cmd, data, Some(timeout))
     }
 
     /// An I/O queue of `depth` operations (1..=[`MAX_QUEUE_DEPTH`](crate::ioctl::MAX_QUEUE_DEPTH)) on its own io_uring
