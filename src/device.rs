@@ -379,9 +379,7 @@ impl Device {
             Device::Vfio(v) => IoQueue::Vfio(NamespaceQueue::new(&v.controller, ns.nsid, entries).map_err(
                 |e| match e {
                     // Name the PCI address in the reformatting command.
-                    ironvme_nvme::ctrl::Error::MetadataUnsupported(m) => {
-                        ironvme_nvme::ctrl::Error::MetadataUnsupported(m.on_device(v.info.bdf.to_string()))
-                    }
+                    ironvme_nvme::ctrl::Error::MetadataUnsupported(m) => m.on_device(v.info.bdf.to_string()).into(),
                     other => other,
                 },
             )?),

@@ -88,7 +88,7 @@ pub enum KernelError {
         /// The device node.
         path: PathBuf,
         /// The format, and the one to reformat to.
-        source: ironvme_nvme::identify::MetadataUnsupported,
+        source: Box<ironvme_nvme::identify::MetadataUnsupported>,
     },
     /// DMA (buffer) memory could not be allocated.
     #[error(transparent)]

@@ -764,7 +764,7 @@ impl IoctlDevice {
             return Err(KernelError::MetadataUnsupported {
                 backend: BACKEND_IOCTL,
                 path: self.path().to_owned(),
-                source: why.clone(),
+                source: Box::new(why.clone()),
             });
         }
         let file = match &self.node {
@@ -1157,7 +1157,7 @@ mod tests {
         let e = KernelError::MetadataUnsupported {
             backend: BACKEND_IOCTL,
             path: "/dev/ng3n2".into(),
-            source: e,
+            source: Box::new(e),
         }
         .to_string();
         assert!(

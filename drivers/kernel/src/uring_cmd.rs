@@ -53,12 +53,14 @@ use crate::ioctl::{
     Node, PassthruFile, check_depth, check_op, classify, controller_namespaces, namespace_info, queue_limits,
 };
 use crate::nvme_ioctl::{NVME_URING_CMD_IO, NvmeUringCmd, decode_return};
-use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
+use crate::uring::enter::{self, Enter, Retry, retry_for};
+use io_uring::types::{Fd, Fixed};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
 use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange};
 use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
 use ironvme_nvme::identify::{IdentifyController, MetadataUnsupported};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -68,10 +70,6 @@ use std::time::{Duration, Instant};
 /// Entries in a queue's sparse table of registered buffers: the most DMA regions one
 /// queue uses as fixed buffers (each further region's commands use plain addresses).
 pub const FIXED_REGIONS: usize = 64;
-
-/// How long dropping a queue waits for outstanding commands: longer than the kernel's
-/// default I/O timeout (30 s) plus its abort and controller reset.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Page size of registered buffers, in bytes.
 const PAGE: usize = 4096;
@@ -126,7 +124,7 @@ impl UringCmdDevice {
                 )));
             }
             Node::Controller(name) => {
-                let nodes: Vec<String> = controller_namespaces(Path::new("/sys"), &name)
+                let nodes: Vec<String> = controller_namespaces(Path::new("/sys"), name)
                     .iter()
                     .map(|n| format!("/dev/{}", n.generic()))
                     .collect();
@@ -219,7 +217,7 @@ impl UringCmdDevice {
             return Err(KernelError::MetadataUnsupported {
                 backend: BACKEND_URING_CMD,
                 path: self.path().to_owned(),
-                source: why.clone(),
+                source: Box::new(why.clone()),
             });
         }
         UringCmdQueue::new(Arc::clone(&self.file), self.info.clone(), depth, self.max_segments)
@@ -256,6 +254,15 @@ struct FixedBuffers {
 }
 
 impl FixedBuffers {
+    /// Forgets the registered regions without unmapping them (commands on them may still
+    /// be in flight), and uses plain addresses from now on.
+    fn leak(&mut self) {
+        for r in &mut self.regions {
+            std::mem::forget(r._keep.take());
+        }
+        self.enabled = false;
+    }
+
     /// The table index of `buf`'s region, registering the region the first time it is
     /// used; `None` to use a plain address (see the module documentation for when).
     fn index_for(&mut self, ring: &IoUring<squeue::Entry128, cqueue::Entry32>, buf: &mut DmaBuf) -> Option<u16> {
@@ -321,6 +328,13 @@ enum FileRef {
 }
 
 /// An I/O queue on one namespace over io_uring NVMe passthrough.
+///
+/// `io_uring_enter` failures are handled as by [`crate::UringQueue`] (see
+/// [`crate::uring::enter`]): `EINTR` retried, `EAGAIN`/`EBUSY` retried after reaping,
+/// `ring` gives up after a bounded number of tries; when `wait` cannot enter the kernel
+/// for 10 s the queue fails, completing its commands without their buffers (leaked: the
+/// kernel may still write them). Dropping the queue waits up to 75 s for outstanding
+/// commands, then leaks their buffers.
 pub struct UringCmdQueue {
     // Field order is drop order: the ring closes before the regions it registered and the
     // node it submits to are released.
@@ -334,6 +348,13 @@ pub struct UringCmdQueue {
     outstanding: usize,
     /// `depth` DSM ranges, slot i's at byte 16 × i.
     ranges: DmaBuf,
+    /// `io_uring_enter`, with its deadlines.
+    sys: Enter,
+    /// CQEs (`user_data`, `res`, DW0 unused) reaped by `ring` to make room in a full
+    /// completion queue, for the next `poll`; and the failed commands of a failed queue.
+    ready: VecDeque<(u64, i32)>,
+    /// Why the queue failed; it refuses everything after.
+    dead: Option<String>,
 }
 
 impl std::fmt::Debug for UringCmdQueue {
@@ -350,6 +371,18 @@ impl std::fmt::Debug for UringCmdQueue {
 
 impl UringCmdQueue {
     fn new(
+        file: Arc<PassthruFile>,
+        info: NamespaceInfo,
+        depth: usize,
+        max_segments: usize,
+    ) -> Result<UringCmdQueue, KernelError> {
+        let mut q = UringCmdQueue::build(file, info, depth, max_segments)?;
+        q.check_passthrough()?;
+        Ok(q)
+    }
+
+    /// The queue, before checking that the kernel runs commands from it.
+    fn build(
         file: Arc<PassthruFile>,
         info: NamespaceInfo,
         depth: usize,
@@ -378,7 +411,7 @@ impl UringCmdQueue {
             Err(_) => FileRef::Fd(fd),
         };
         let ranges = KernelDma::new(false).allocate(depth * DSM_RANGE_BYTES)?;
-        let mut q = UringCmdQueue {
+        Ok(UringCmdQueue {
             ring,
             fixed: FixedBuffers {
                 enabled,
@@ -393,9 +426,10 @@ impl UringCmdQueue {
             free: (0..depth as u32).rev().collect(),
             outstanding: 0,
             ranges,
-        };
-        q.check_passthrough()?;
-        Ok(q)
+            sys: Enter::new(),
+            ready: VecDeque::with_capacity(2 * depth),
+            dead: None,
+        })
     }
 
     /// The node the queue's commands go to.
@@ -456,11 +490,11 @@ impl UringCmdQueue {
         unsafe { self.ring.submission().push(&sqe) }.is_ok()
     }
 
-    fn complete(slots: &mut [Slot], free: &mut Vec<u32>, cqe: &cqueue::Entry32) -> Option<Completion> {
-        let slot = slots.get_mut(cqe.user_data() as usize).filter(|s| s.busy)?;
+    /// Takes a slot's command back after its CQE (`user_data`, `res`).
+    fn complete(slots: &mut [Slot], free: &mut Vec<u32>, user_data: u64, res: i32) -> Option<Completion> {
+        let slot = slots.get_mut(user_data as usize).filter(|s| s.busy)?;
         slot.busy = false;
-        free.push(cqe.user_data() as u32);
-        let res = cqe.result();
+        free.push(user_data as u32);
         let result = if res < 0 {
             Err(IoStatus::Os(-res))
         } else {
@@ -488,6 +522,12 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
+        if let Some(why) = &self.dead {
+            return Err(SubmitError {
+                error: BlockError::Dead(why.clone()),
+                buf,
+            });
+        }
         if self.free.is_empty() {
             return Err(SubmitError {
                 error: BlockError::QueueFull(self.outstanding),
@@ -536,24 +576,45 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
-        loop {
-            if self.ring.submission().is_empty() {
-                return Ok(());
+        if let Some(why) = &self.dead {
+            return Err(BlockError::Dead(why.clone()));
+        }
+        let mut tries = 0;
+        while !self.ring.submission().is_empty() {
+            let Err(e) = self.sys.enter(&self.ring.submitter(), 0, None) else {
+                break;
+            };
+            let retry = retry_for(&e);
+            if retry == Retry::No || tries == enter::RETRIES {
+                return Err(BlockError::Os {
+                    op: "io_uring_enter",
+                    source: e,
+                });
             }
-            match self.ring.submit() {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(BlockError::Os {
-                        op: "io_uring_enter",
-                        source,
-                    });
-                }
+            tries += 1;
+            if retry == Retry::AfterReaping && self.stash_completions() == 0 {
+                std::thread::yield_now();
             }
         }
+        Ok(())
     }
 
     fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some((user_data, res)) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(c) = Self::complete(&mut self.slots, &mut self.free, user_data, res) {
+                self.outstanding -= 1;
+                n += 1;
+                on_complete(c);
+            }
+        }
+        if self.dead.is_some() {
+            // The ring is not reaped again: its late CQEs belong to abandoned slots.
+            return n;
+        }
         if !self.ring.submission().is_empty() {
             // A failure leaves the SQEs queued; the next poll or ring tries again.
             let _ = self.ring();
@@ -565,9 +626,8 @@ impl BlockQueue for UringCmdQueue {
             outstanding,
             ..
         } = self;
-        let mut n = 0;
-        for cqe in ring.completion().take(max) {
-            if let Some(c) = Self::complete(slots, free, &cqe) {
+        for cqe in ring.completion().take(max - n) {
+            if let Some(c) = Self::complete(slots, free, cqe.user_data(), cqe.result()) {
                 *outstanding -= 1;
                 n += 1;
                 on_complete(c);
@@ -577,36 +637,87 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        // Since when every io_uring_enter failed (EINTR, a signal, does not count).
+        let mut failing_since: Option<Instant> = None;
         loop {
             let n = self.poll(max, &mut on_complete);
-            if n > 0 || self.outstanding == 0 {
+            if n > 0 || self.outstanding == 0 || max == 0 {
                 return n;
             }
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    std::hint::spin_loop();
+            let e = match self.sys.enter(&self.ring.submitter(), 1, None) {
+                Ok(_) => {
+                    failing_since = None;
+                    continue;
                 }
+                Err(e) => e,
+            };
+            let retry = retry_for(&e);
+            if retry == Retry::Now {
+                continue;
+            }
+            if failing_since.get_or_insert_with(Instant::now).elapsed() >= self.sys.error_deadline {
+                self.fail(&e);
+            } else if retry == Retry::No {
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
 }
 
+impl UringCmdQueue {
+    /// Moves every CQE into `ready`: the completion queue is full, and the kernel takes
+    /// no submissions until some are reaped. Returns how many.
+    fn stash_completions(&mut self) -> usize {
+        let before = self.ready.len();
+        self.ready
+            .extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        self.ready.len() - before
+    }
+
+    /// Fails the queue after `io_uring_enter` kept failing with `e`: every outstanding
+    /// command completes (through `ready`) with the errno and without its buffer, which is
+    /// leaked (the kernel may still write it), as are the DSM ranges.
+    fn fail(&mut self, e: &io::Error) {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let why = format!("io_uring_enter kept failing for {:?}: {e}", self.sys.error_deadline);
+        tracing::error!(
+            path = %self.file.path().display(),
+            outstanding = self.outstanding,
+            "uring-cmd: {why}; failing the queue and leaking the buffers of its outstanding commands"
+        );
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let reaped = self.ready.iter().any(|&(user_data, _)| user_data == i as u64);
+            if slot.busy && !reaped {
+                std::mem::forget(slot.buf.take());
+                self.ready.push_back((i as u64, -errno));
+            }
+        }
+        if let Ok(all) = self.ranges.split_off(0) {
+            std::mem::forget(all);
+        }
+        self.fixed.leak();
+        self.dead = Some(why);
+    }
+}
+
 impl Drop for UringCmdQueue {
     fn drop(&mut self) {
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.outstanding > 0 && Instant::now() < deadline {
-            let ts = Timespec::new().sec(1);
-            let args = SubmitArgs::new().timespec(&ts);
-            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                ) {
+        let deadline = Instant::now() + self.sys.drain_timeout;
+        while self.dead.is_none() && self.outstanding > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Waits of at most 1 s, so the deadline is checked.
+            let wait = (deadline - now).min(Duration::from_secs(1));
+            if let Err(e) = self.sys.enter(&self.ring.submitter(), 1, Some(wait)) {
+                if retry_for(&e) == Retry::No {
                     break;
                 }
             }
             self.poll(usize::MAX, drop);
         }
+        self.poll(usize::MAX, drop);
         if self.outstanding > 0 {
             // The kernel may still write to these buffers: leak them rather than free them.
             tracing::error!(
@@ -620,6 +731,7 @@ impl Drop for UringCmdQueue {
             if let Ok(all) = self.ranges.split_off(0) {
                 std::mem::forget(all);
             }
+            self.fixed.leak();
         }
     }
 }
@@ -678,6 +790,97 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A queue on `/dev/null`, without the check that the kernel runs NVMe commands
+    /// from it: every command completes at once with an error (no `uring_cmd` there).
+    fn null_queue() -> UringCmdQueue {
+        let file = PassthruFile::open(BACKEND_URING_CMD, Path::new("/dev/null"), true).unwrap();
+        let info = NamespaceInfo {
+            nsid: 1,
+            block_size: 512,
+            blocks: 1 << 20,
+            max_transfer_bytes: 1 << 20,
+            buffer_alignment: 4,
+            write_zeroes: true,
+            deallocate: true,
+            deallocate_zeroes: true,
+            compare: true,
+            verify: true,
+            volatile_write_cache: true,
+            source: ironvme_nvme::block::GeometrySource::Identify,
+        };
+        UringCmdQueue::build(Arc::new(file), info, 4, 64).unwrap()
+    }
+
+    /// Runs `f` on another thread; fails the test if it does not return within `limit`.
+    fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+    }
+
+    #[test]
+    fn ring_retries_signals_and_a_full_completion_queue() {
+        let mut q = null_queue();
+        q.submit(Op::Flush, None, 7).unwrap();
+        q.sys.inject.extend([libc::EINTR, libc::EAGAIN, libc::EBUSY]);
+        q.ring().expect("EINTR, EAGAIN and EBUSY are retried");
+        assert!(q.sys.inject.is_empty());
+        let mut done = Vec::new();
+        while done.is_empty() {
+            q.wait(1, |c| done.push(c.tag));
+        }
+        assert_eq!(done, [7]);
+        // A persistent EBUSY is reported after a bounded number of tries.
+        q.submit(Op::Flush, None, 8).unwrap();
+        q.sys.inject.push_back(libc::EBUSY);
+        q.sys.inject_forever = true;
+        let e = q.ring().unwrap_err();
+        assert!(
+            matches!(&e, BlockError::Os { source, .. } if source.raw_os_error() == Some(libc::EBUSY)),
+            "{e}"
+        );
+        // The Flush stayed queued: dropping the queue submits it and waits for it.
+        q.sys.inject.clear();
+        let started = Instant::now();
+        drop(q);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn wait_fails_the_queue_after_a_persistent_enter_error_and_keeps_the_buffer() {
+        let mut q = null_queue();
+        q.sys.error_deadline = Duration::from_millis(200);
+        let buf = KernelDma::new(false).allocate(4096).unwrap();
+        q.submit(Op::Read { lba: 0 }, Some(buf), 3).unwrap();
+        q.sys.inject.push_back(libc::EBADF);
+        q.sys.inject_forever = true;
+        let started = Instant::now();
+        let (mut q, done) = within(Duration::from_secs(10), "wait on a failing io_uring_enter", move || {
+            let mut done = Vec::new();
+            while done.is_empty() && q.outstanding() > 0 {
+                q.wait(8, |c| done.push((c.tag, c.buf.is_some(), c.result)));
+            }
+            (q, done)
+        });
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "not before the deadline"
+        );
+        assert_eq!(done, [(3, false, Err(IoStatus::Os(libc::EBADF)))]);
+        assert_eq!(q.outstanding(), 0);
+        let e = q.submit(Op::Flush, None, 4).unwrap_err();
+        assert!(
+            matches!(&e.error, BlockError::Dead(why) if why.contains("io_uring_enter")),
+            "{}",
+            e.error
+        );
+        assert!(matches!(q.ring(), Err(BlockError::Dead(_))));
+        within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
+    }
 
     #[test]
     fn wrong_nodes_are_refused_with_the_fix() {
