@@ -33,7 +33,10 @@
 //!   pages (508 KiB here) always use fixed buffers; in larger ones, only their tail does.
 //!   When the table cannot be registered or is full, or a region cannot be registered
 //!   (`RLIMIT_MEMLOCK`, regions over 1 GiB), commands also use plain addresses, which the
-//!   kernel pins per command.
+//!   kernel pins per command. Kernels before 6.1 fail every command carrying the flag
+//!   with `EINVAL` (5.19 refuses any `uring_cmd_flags`), so each queue reads one block
+//!   into a registered buffer when it is created and, if that fails with an OS error,
+//!   uses plain addresses only, with a warning.
 //! - The namespace's node is a registered file (`IOSQE_FIXED_FILE`) when the kernel
 //!   allows it.
 //! - Admin commands go through the admin ioctl on the same `/dev/ngXnY` node
@@ -202,8 +205,12 @@ impl UringCmdDevice {
     }
 
     /// An I/O queue of `depth` operations (1..=[`MAX_QUEUE_DEPTH`](crate::ioctl::MAX_QUEUE_DEPTH)) on its own io_uring
-    /// (SQ of `depth` rounded up to a power of two, CQ twice that). Sends one Flush to
-    /// check that the kernel takes NVMe commands over io_uring.
+    /// (SQ of `depth` rounded up to a power of two, CQ twice that), with registered
+    /// buffers where the kernel takes them. Sends one Flush to check that the kernel takes
+    /// NVMe commands over io_uring, then a 1-block read of LBA 0 from a registered buffer
+    /// to check that it takes those (`IORING_URING_CMD_FIXED`, Linux 6.1: older kernels
+    /// fail every such command with `EINVAL`); if not, the queue uses plain addresses and
+    /// a warning says so ([`UringCmdQueue::fixed_buffers_active`]).
     ///
     /// Errors: [`KernelError::MetadataUnsupported`] for a namespace formatted with metadata
     /// or protection information (see
@@ -212,6 +219,14 @@ impl UringCmdDevice {
     /// kernel is older than 5.19; [`KernelError::Invalid`] for a depth out of range;
     /// [`KernelError::PermissionDenied`]; [`KernelError::Os`]; [`KernelError::Dma`].
     pub fn create_queue(&self, depth: usize) -> Result<UringCmdQueue, KernelError> {
+        self.create_queue_with(depth, true)
+    }
+
+    /// As [`UringCmdDevice::create_queue`]; without `fixed_buffers`, every command uses a
+    /// plain user address (the kernel pins its pages per command) and nothing is probed.
+    ///
+    /// Errors: as [`UringCmdDevice::create_queue`].
+    pub fn create_queue_with(&self, depth: usize, fixed_buffers: bool) -> Result<UringCmdQueue, KernelError> {
         check_depth(BACKEND_URING_CMD, depth)?;
         if let Some(why) = &self.refused {
             return Err(KernelError::MetadataUnsupported {
@@ -220,7 +235,13 @@ impl UringCmdDevice {
                 source: Box::new(why.clone()),
             });
         }
-        UringCmdQueue::new(Arc::clone(&self.file), self.info.clone(), depth, self.max_segments)
+        UringCmdQueue::new(
+            Arc::clone(&self.file),
+            self.info.clone(),
+            depth,
+            self.max_segments,
+            fixed_buffers,
+        )
     }
 }
 
@@ -254,6 +275,24 @@ struct FixedBuffers {
 }
 
 impl FixedBuffers {
+    /// Empties table slot 0 when it holds the only region (the probe's, whose read has
+    /// completed), so the table starts empty; keeps it if the kernel refuses.
+    fn forget_first(&mut self, ring: &IoUring<squeue::Entry128, cqueue::Entry32>) {
+        if !matches!(self.regions.as_slice(), [Registered { index: Some(0), .. }]) {
+            return;
+        }
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY: a null, zero-length iovec names no memory: it empties the slot (sparse
+        // tables, Linux 5.19+); no command uses slot 0 (the probe's read has completed).
+        if unsafe { ring.submitter().register_buffers_update(0, &[empty], None) }.is_ok() {
+            self.regions.clear();
+            self.next_index = 0;
+        }
+    }
+
     /// Forgets the registered regions without unmapping them (commands on them may still
     /// be in flight), and uses plain addresses from now on.
     fn leak(&mut self) {
@@ -375,9 +414,13 @@ impl UringCmdQueue {
         info: NamespaceInfo,
         depth: usize,
         max_segments: usize,
+        fixed_buffers: bool,
     ) -> Result<UringCmdQueue, KernelError> {
-        let mut q = UringCmdQueue::build(file, info, depth, max_segments)?;
+        let mut q = UringCmdQueue::build(file, info, depth, max_segments, fixed_buffers)?;
         q.check_passthrough()?;
+        if q.fixed.enabled {
+            q.probe_fixed_buffers()?;
+        }
         Ok(q)
     }
 
@@ -387,6 +430,7 @@ impl UringCmdQueue {
         info: NamespaceInfo,
         depth: usize,
         max_segments: usize,
+        fixed_buffers: bool,
     ) -> Result<UringCmdQueue, KernelError> {
         let entries = depth.next_power_of_two() as u32;
         let ring = IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
@@ -398,13 +442,14 @@ impl UringCmdQueue {
                 "{NEEDS_KERNEL}: this kernel's io_uring has no IORING_OP_URING_CMD"
             )));
         }
-        let enabled = match ring.submitter().register_buffers_sparse(FIXED_REGIONS as u32) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::info!(error = %e, "uring-cmd: no sparse registered-buffer table; using plain addresses");
-                false
-            }
-        };
+        let enabled = fixed_buffers
+            && match ring.submitter().register_buffers_sparse(FIXED_REGIONS as u32) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(error = %e, "uring-cmd: no sparse registered-buffer table; using plain addresses");
+                    false
+                }
+            };
         let fd = file.fd().as_raw_fd();
         let file_ref = match ring.submitter().register_files(&[fd]) {
             Ok(()) => FileRef::Fixed,
@@ -440,6 +485,50 @@ impl UringCmdQueue {
     /// How many DMA regions are registered as fixed buffers.
     pub fn fixed_regions(&self) -> usize {
         self.fixed.regions.iter().filter(|r| r.index.is_some()).count()
+    }
+
+    /// Whether commands use registered buffers (`IORING_URING_CMD_FIXED`): asked for,
+    /// the kernel has sparse buffer tables (5.19+), and the probe at creation passed (the
+    /// kernel honours the flag: 6.1+).
+    pub fn fixed_buffers_active(&self) -> bool {
+        self.fixed.enabled
+    }
+
+    /// Reads LBA 0 into a registered buffer and waits: kernels before 6.1 fail every
+    /// command with `IORING_URING_CMD_FIXED` (`EINVAL`), so on any OS error the queue
+    /// stops using registered buffers ([`fixed_buffers_work`]), with a warning. The
+    /// probe's table slot is emptied again once its read has completed.
+    ///
+    /// Errors: [`KernelError::Dma`] if the buffer cannot be allocated;
+    /// [`KernelError::Unavailable`] if the read cannot be queued.
+    fn probe_fixed_buffers(&mut self) -> Result<(), KernelError> {
+        let mut buf = KernelDma::new(false).allocate(self.info.block_size as usize)?;
+        if self.fixed.index_for(&self.ring, &mut buf).is_none() {
+            // The region could not be registered: nothing to probe, and commands on
+            // regions that cannot be registered use plain addresses anyway.
+            return Ok(());
+        }
+        self.submit(Op::Read { lba: 0 }, Some(buf), 0)
+            .map_err(|e| unavailable(format!("cannot queue the registered-buffer probe: {}", e.error)))?;
+        let mut result = None;
+        while result.is_none() && self.outstanding > 0 {
+            self.wait(1, |c| result = Some(c.result));
+        }
+        let Some(result) = result else {
+            return Ok(());
+        };
+        self.fixed.forget_first(&self.ring);
+        if !fixed_buffers_work(&result) {
+            tracing::warn!(
+                path = %self.file.path().display(),
+                error = %result.expect_err("not working means an error"),
+                "uring-cmd: a read into a registered buffer (IORING_URING_CMD_FIXED) failed: this kernel does not \
+                 take registered buffers for NVMe passthrough (Linux 6.1+ does); using plain addresses, which the \
+                 kernel pins per command"
+            );
+            self.fixed.enabled = false;
+        }
+        Ok(())
     }
 
     /// Sends a Flush and waits for it: proves the kernel runs NVMe commands from this
@@ -736,6 +825,14 @@ impl Drop for UringCmdQueue {
     }
 }
 
+/// The verdict of the registered-buffer probe: the read reached the controller (success,
+/// or any NVMe status), so the kernel took the registered buffer. An OS error — `EINVAL`
+/// from a kernel before 6.1, which refuses `IORING_URING_CMD_FIXED` (5.19 rejects any
+/// `uring_cmd_flags`), or anything else — means it did not.
+fn fixed_buffers_work(probe: &Result<(), IoStatus>) -> bool {
+    !matches!(probe, Err(IoStatus::Os(_)))
+}
+
 fn unavailable(why: String) -> KernelError {
     KernelError::Unavailable {
         backend: BACKEND_URING_CMD,
@@ -792,9 +889,15 @@ mod tests {
     use super::*;
 
     /// A queue on `/dev/null`, without the check that the kernel runs NVMe commands
-    /// from it: every command completes at once with an error (no `uring_cmd` there).
+    /// from it: every command completes at once (Linux 6.1+ gives `/dev/null` a
+    /// `uring_cmd` that succeeds; before, it fails with `EOPNOTSUPP`).
     fn null_queue() -> UringCmdQueue {
-        let file = PassthruFile::open(BACKEND_URING_CMD, Path::new("/dev/null"), true).unwrap();
+        queue_on(Path::new("/dev/null"))
+    }
+
+    /// A queue on `path`, without the check that the kernel runs NVMe commands from it.
+    fn queue_on(path: &Path) -> UringCmdQueue {
+        let file = PassthruFile::open(BACKEND_URING_CMD, path, true).unwrap();
         let info = NamespaceInfo {
             nsid: 1,
             block_size: 512,
@@ -809,7 +912,7 @@ mod tests {
             volatile_write_cache: true,
             source: ironvme_nvme::block::GeometrySource::Identify,
         };
-        UringCmdQueue::build(Arc::new(file), info, 4, 64).unwrap()
+        UringCmdQueue::build(Arc::new(file), info, 4, 64, true).unwrap()
     }
 
     /// Runs `f` on another thread; fails the test if it does not return within `limit`.
@@ -880,6 +983,27 @@ mod tests {
         );
         assert!(matches!(q.ring(), Err(BlockError::Dead(_))));
         within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
+    }
+
+    #[test]
+    fn registered_buffers_are_dropped_when_the_probe_read_fails_with_an_os_error() {
+        let s = ironvme_nvme::status::Status::from_raw;
+        assert!(fixed_buffers_work(&Ok(())));
+        assert!(fixed_buffers_work(&Err(IoStatus::Nvme(s(0x281)))), "reached the device");
+        assert!(!fixed_buffers_work(&Err(IoStatus::Os(libc::EINVAL))), "Linux < 6.1");
+        assert!(!fixed_buffers_work(&Err(IoStatus::Os(libc::EFAULT))));
+        // A real kernel error: a regular file has no uring_cmd (EOPNOTSUPP).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-nvme");
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let mut q = queue_on(&path);
+        assert!(q.fixed_buffers_active());
+        q.probe_fixed_buffers().unwrap();
+        assert!(!q.fixed_buffers_active(), "the probe failed: plain addresses");
+        assert_eq!(q.fixed_regions(), 0, "the probe's slot was emptied");
+        assert_eq!(q.outstanding(), 0);
+        let mut buf = KernelDma::new(false).allocate(4096).unwrap();
+        assert_eq!(q.fixed.index_for(&q.ring, &mut buf), None);
     }
 
     #[test]
