@@ -56,7 +56,7 @@ use crate::ioctl::{
     Node, PassthruFile, check_depth, check_op, classify, controller_namespaces, namespace_info, queue_limits,
 };
 use crate::nvme_ioctl::{NVME_URING_CMD_IO, NvmeUringCmd, decode_return};
-use crate::uring::enter::{self, Enter, Retry, retry_for};
+use crate::uring::enter::{Enter, Retry, RingTries, WaitErrors, retry_for};
 use io_uring::types::{Fd, Fixed};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
@@ -368,8 +368,7 @@ enum FileRef {
 
 /// An I/O queue on one namespace over io_uring NVMe passthrough.
 ///
-/// `io_uring_enter` failures are handled as by [`crate::UringQueue`] (see
-/// [`crate::uring::enter`]): `EINTR` retried, `EAGAIN`/`EBUSY` retried after reaping,
+/// `io_uring_enter` failures are handled as by [`crate::UringQueue`]: `EINTR` retried, `EAGAIN`/`EBUSY` retried after reaping,
 /// `ring` gives up after a bounded number of tries; when `wait` cannot enter the kernel
 /// for 10 s the queue fails, completing its commands without their buffers (leaked: the
 /// kernel may still write them). Dropping the queue waits up to 75 s for outstanding
@@ -668,20 +667,16 @@ impl BlockQueue for UringCmdQueue {
         if let Some(why) = &self.dead {
             return Err(BlockError::Dead(why.clone()));
         }
-        let mut tries = 0;
+        let mut tries = RingTries::default();
         while !self.ring.submission().is_empty() {
             let Err(e) = self.sys.enter(&self.ring.submitter(), 0, None) else {
                 break;
             };
-            let retry = retry_for(&e);
-            if retry == Retry::No || tries == enter::RETRIES {
-                return Err(BlockError::Os {
-                    op: "io_uring_enter",
-                    source: e,
-                });
-            }
-            tries += 1;
-            if retry == Retry::AfterReaping && self.stash_completions() == 0 {
+            let reap = tries.after(e).map_err(|source| BlockError::Os {
+                op: "io_uring_enter",
+                source,
+            })?;
+            if reap && self.stash_completions() == 0 {
                 std::thread::yield_now();
             }
         }
@@ -726,28 +721,16 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
-        // Since when every io_uring_enter failed (EINTR, a signal, does not count).
-        let mut failing_since: Option<Instant> = None;
+        let mut errors = WaitErrors::default();
         loop {
             let n = self.poll(max, &mut on_complete);
             if n > 0 || self.outstanding == 0 || max == 0 {
                 return n;
             }
-            let e = match self.sys.enter(&self.ring.submitter(), 1, None) {
-                Ok(_) => {
-                    failing_since = None;
-                    continue;
-                }
-                Err(e) => e,
-            };
-            let retry = retry_for(&e);
-            if retry == Retry::Now {
-                continue;
-            }
-            if failing_since.get_or_insert_with(Instant::now).elapsed() >= self.sys.error_deadline {
-                self.fail(&e);
-            } else if retry == Retry::No {
-                std::thread::sleep(Duration::from_millis(1));
+            match self.sys.enter(&self.ring.submitter(), 1, None) {
+                Ok(_) => errors.ok(),
+                Err(e) if errors.failed(&e, self.sys.error_deadline) => self.fail(&e),
+                Err(_) => {}
             }
         }
     }
@@ -887,6 +870,7 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uring::enter::{wait_on_failing_enter, within};
 
     /// A queue on `/dev/null`, without the check that the kernel runs NVMe commands
     /// from it: every command completes at once (Linux 6.1+ gives `/dev/null` a
@@ -913,16 +897,6 @@ mod tests {
             source: ironvme_nvme::block::GeometrySource::Identify,
         };
         UringCmdQueue::build(Arc::new(file), info, 4, 64, true).unwrap()
-    }
-
-    /// Runs `f` on another thread; fails the test if it does not return within `limit`.
-    fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.recv_timeout(limit)
-            .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
     }
 
     #[test]
@@ -962,13 +936,7 @@ mod tests {
         q.sys.inject.push_back(libc::EBADF);
         q.sys.inject_forever = true;
         let started = Instant::now();
-        let (mut q, done) = within(Duration::from_secs(10), "wait on a failing io_uring_enter", move || {
-            let mut done = Vec::new();
-            while done.is_empty() && q.outstanding() > 0 {
-                q.wait(8, |c| done.push((c.tag, c.buf.is_some(), c.result)));
-            }
-            (q, done)
-        });
+        let (mut q, done) = wait_on_failing_enter(q);
         assert!(
             started.elapsed() >= Duration::from_millis(200),
             "not before the deadline"

@@ -22,7 +22,7 @@
 use io_uring::Submitter;
 use io_uring::types::{SubmitArgs, Timespec};
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How many times one `ring` enters again after `EINTR`, `EAGAIN` or `EBUSY` before it
 /// reports the error.
@@ -54,6 +54,83 @@ pub(crate) fn retry_for(e: &io::Error) -> Retry {
         Some(libc::EAGAIN | libc::EBUSY) => Retry::AfterReaping,
         _ => Retry::No,
     }
+}
+
+/// Counts the tries of one `ring`: [`RETRIES`] at most.
+#[derive(Debug, Default)]
+pub(crate) struct RingTries(u32);
+
+impl RingTries {
+    /// After `ring`'s `io_uring_enter` failed with `e`: `Ok(reap)` to enter again
+    /// (reaping the completion queue first if `reap`), or `Err(e)` to report it (not
+    /// retryable, or [`RETRIES`] reached).
+    pub(crate) fn after(&mut self, e: io::Error) -> io::Result<bool> {
+        let retry = retry_for(&e);
+        if retry == Retry::No || self.0 == RETRIES {
+            return Err(e);
+        }
+        self.0 += 1;
+        Ok(retry == Retry::AfterReaping)
+    }
+}
+
+/// Tracks how long `wait`'s `io_uring_enter` has been failing.
+#[derive(Debug, Default)]
+pub(crate) struct WaitErrors {
+    since: Option<Instant>,
+}
+
+impl WaitErrors {
+    /// An `io_uring_enter` succeeded.
+    pub(crate) fn ok(&mut self) {
+        self.since = None;
+    }
+
+    /// An `io_uring_enter` failed with `e`: true when it has been failing for `deadline`
+    /// and the queue must fail (`EINTR`, a signal, neither counts nor waits); after an
+    /// error that reaping cannot help, sleeps 1 ms before the next try.
+    pub(crate) fn failed(&mut self, e: &io::Error, deadline: Duration) -> bool {
+        let retry = retry_for(e);
+        if retry == Retry::Now {
+            return false;
+        }
+        if self.since.get_or_insert_with(Instant::now).elapsed() >= deadline {
+            return true;
+        }
+        if retry == Retry::No {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+}
+
+/// Runs `f` on another thread; fails the test if it does not return within `limit`.
+#[cfg(test)]
+pub(crate) fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+}
+
+/// Waits on `q` (on another thread, at most 10 s) until it hands back a completion or
+/// has nothing outstanding; returns the queue and the completions (tag, buffer given
+/// back, result). For queues whose `io_uring_enter` keeps failing.
+#[cfg(test)]
+#[allow(clippy::type_complexity)]
+pub(crate) fn wait_on_failing_enter<Q>(mut q: Q) -> (Q, Vec<(u64, bool, Result<(), ironvme_nvme::block::IoStatus>)>)
+where
+    Q: ironvme_nvme::block::BlockQueue + Send + 'static,
+{
+    within(Duration::from_secs(10), "wait on a failing io_uring_enter", move || {
+        let mut done = Vec::new();
+        while done.is_empty() && q.outstanding() > 0 {
+            q.wait(8, |c| done.push((c.tag, c.buf.is_some(), c.result)));
+        }
+        (q, done)
+    })
 }
 
 /// A queue's way into the kernel, with its deadlines.

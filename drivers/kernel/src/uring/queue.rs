@@ -2,7 +2,7 @@
 //! registered-buffer table.
 
 use super::Shared;
-use super::enter::{self, Enter, Retry, retry_for};
+use super::enter::{Enter, RingTries, WaitErrors, retry_for};
 use super::fixed::FixedBuffers;
 use crate::error::{BACKEND_URING, KernelError};
 use crate::geometry::os;
@@ -83,7 +83,7 @@ macro_rules! with_file {
 /// changed underneath (the file was truncated, the device resized). A negative `res`
 /// completes with that errno ([`IoStatus::Os`]).
 ///
-/// `io_uring_enter` failures (see [`super::enter`]): `EINTR` is retried; `EAGAIN` and
+/// `io_uring_enter` failures: `EINTR` is retried; `EAGAIN` and
 /// `EBUSY` (completion queue full) are retried after reaping the completion queue (`ring`
 /// keeps what it reaps for the next `poll`); `ring` reports an error that persists after a
 /// bounded number of tries, leaving the SQEs queued. When `wait` cannot enter the kernel
@@ -442,10 +442,10 @@ impl UringQueue {
     }
 
     /// Submits pending SQEs of one ring: retries `EINTR`, and `EAGAIN`/`EBUSY` after
-    /// reaping, at most [`enter::RETRIES`] times.
+    /// reaping ([`RingTries`]).
     fn enter(&mut self, aux: bool) -> Result<(), BlockError> {
         let sqpoll = self.shared.opts.sqpoll && !aux;
-        let mut tries = 0;
+        let mut tries = RingTries::default();
         loop {
             let ring = if aux {
                 self.aux.as_mut().expect("aux ring exists")
@@ -455,15 +455,11 @@ impl UringQueue {
             let Err(e) = self.sys.enter(&ring.submitter(), 0, None) else {
                 break;
             };
-            let retry = retry_for(&e);
-            if retry == Retry::No || tries == enter::RETRIES {
-                return Err(BlockError::Os {
-                    op: "io_uring_enter",
-                    source: e,
-                });
-            }
-            tries += 1;
-            if retry == Retry::AfterReaping && self.stash_completions() == 0 {
+            let reap = tries.after(e).map_err(|source| BlockError::Os {
+                op: "io_uring_enter",
+                source,
+            })?;
+            if reap && self.stash_completions() == 0 {
                 std::thread::yield_now();
             }
         }
@@ -624,28 +620,16 @@ impl BlockQueue for UringQueue {
     }
 
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
-        // Since when every io_uring_enter failed (EINTR, a signal, does not count).
-        let mut failing_since: Option<Instant> = None;
+        let mut errors = WaitErrors::default();
         loop {
             let n = self.poll(max, &mut on_complete);
             if n > 0 || self.outstanding() == 0 || max == 0 {
                 return n;
             }
-            let e = match self.wait_one(None) {
-                Ok(()) => {
-                    failing_since = None;
-                    continue;
-                }
-                Err(e) => e,
-            };
-            let retry = retry_for(&e);
-            if retry == Retry::Now {
-                continue;
-            }
-            if failing_since.get_or_insert_with(Instant::now).elapsed() >= self.sys.error_deadline {
-                self.fail(&e);
-            } else if retry == Retry::No {
-                std::thread::sleep(Duration::from_millis(1));
+            match self.wait_one(None) {
+                Ok(()) => errors.ok(),
+                Err(e) if errors.failed(&e, self.sys.error_deadline) => self.fail(&e),
+                Err(_) => {}
             }
         }
     }
@@ -667,7 +651,7 @@ impl Drop for UringQueue {
             }
             // Waits of at most 1 s, so the deadline is checked.
             match self.wait_one(Some((deadline - now).min(Duration::from_secs(1)))) {
-                Err(e) if retry_for(&e) == Retry::No => {
+                Err(e) if retry_for(&e) == super::enter::Retry::No => {
                     tracing::error!(error = %e, "uring: cannot wait for operations in flight");
                     break;
                 }
@@ -713,10 +697,10 @@ fn ring_setup_error(shared: &Shared, e: std::io::Error) -> KernelError {
 mod tests {
     use super::*;
     use crate::KernelDma;
+    use crate::uring::enter::{wait_on_failing_enter, within};
     use crate::uring::{UringDevice, UringOptions};
     use ironvme_nvme::block::GeometrySource;
     use ironvme_nvme::hw::DmaAllocator;
-    use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
     /// A queue on a 1 MiB scratch file.
@@ -767,16 +751,6 @@ mod tests {
         KernelDma::new(false).allocate(4096).unwrap()
     }
 
-    /// Runs `f` on another thread; fails the test if it does not return within `limit`.
-    fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.recv_timeout(limit)
-            .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
-    }
-
     #[test]
     fn ring_retries_signals_and_a_full_completion_queue() {
         let (_dir, mut q) = file_queue(4);
@@ -820,13 +794,7 @@ mod tests {
         q.sys.inject.push_back(libc::EBADF);
         q.sys.inject_forever = true;
         let started = Instant::now();
-        let (q, done) = within(Duration::from_secs(10), "wait on a failing io_uring_enter", move || {
-            let mut done = Vec::new();
-            while done.is_empty() && q.outstanding() > 0 {
-                q.wait(8, |c| done.push((c.tag, c.buf.is_some(), c.result)));
-            }
-            (q, done)
-        });
+        let (q, done) = wait_on_failing_enter(q);
         assert!(
             started.elapsed() >= Duration::from_millis(200),
             "not before the deadline"
