@@ -29,6 +29,16 @@ pub trait AdminCommands {
     ///
     /// Errors: as [`AdminCommands::admin_read`].
     fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, Error>;
+
+    /// As [`AdminCommands::admin_write`], for a command that may run longer than the
+    /// usual admin timeout (Format NVM with secure erase): the device gives it up to
+    /// `timeout`. The kernel backends pass it to the ioctl (`timeout_ms`; otherwise the
+    /// kernel's `nvme_core.admin_timeout`, 60 s, aborts it and resets the controller);
+    /// ironvme's VFIO driver applies the admin timeout it was opened with
+    /// ([`ironvme_nvme::ctrl::ControllerConfig::admin_timeout`]), so open it with this one.
+    ///
+    /// Errors: as [`AdminCommands::admin_read`].
+    fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: std::time::Duration) -> Result<u32, Error>;
 }
 
 impl<R: Registers> AdminCommands for Controller<R> {
@@ -42,6 +52,11 @@ impl<R: Registers> AdminCommands for Controller<R> {
             return Ok(self.admin_command(cmd, 0)?.0.dw0);
         }
         Ok(self.admin_command_write(cmd, data)?.dw0)
+    }
+
+    fn admin_write_within(&self, cmd: Command, data: &[u8], _timeout: std::time::Duration) -> Result<u32, Error> {
+        // The deadline is the controller's configured admin timeout (see the trait).
+        self.admin_write(cmd, data)
     }
 }
 
@@ -151,11 +166,50 @@ pub fn get_feature(
     dev.admin_read(Command::get_features(fid, sel, nsid, cdw11), data_len)
 }
 
-/// Format NVM of `nsid` to LBA format `lbaf` with secure erase setting `ses`.
-/// Destroys the namespace's data.
+/// Format NVM of `nsid` to LBA format `lbaf` with secure erase setting `ses`, allowed to
+/// take up to `timeout` ([`AdminCommands::admin_write_within`]). Destroys the namespace's
+/// data.
 ///
 /// Errors: as [`AdminCommands::admin_write`].
-pub fn format_nvm(dev: &dyn AdminCommands, nsid: u32, lbaf: u8, ses: u8) -> Result<(), Error> {
-    dev.admin_write(Command::format_nvm(nsid, lbaf, ses, 0, false, false), &[])?;
+pub fn format_nvm(
+    dev: &dyn AdminCommands,
+    nsid: u32,
+    lbaf: u8,
+    ses: u8,
+    timeout: std::time::Duration,
+) -> Result<(), Error> {
+    dev.admin_write_within(Command::format_nvm(nsid, lbaf, ses, 0, false, false), &[], timeout)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    /// Records the admin commands written and the timeout each was given.
+    #[derive(Default)]
+    struct Recorder(RefCell<Vec<(u8, Option<Duration>)>>);
+
+    impl AdminCommands for Recorder {
+        fn admin_read(&self, _cmd: Command, len: usize) -> Result<(u32, Vec<u8>), Error> {
+            Ok((0, vec![0; len]))
+        }
+        fn admin_write(&self, cmd: Command, _data: &[u8]) -> Result<u32, Error> {
+            self.0.borrow_mut().push((cmd.opcode(), None));
+            Ok(0)
+        }
+        fn admin_write_within(&self, cmd: Command, _data: &[u8], timeout: Duration) -> Result<u32, Error> {
+            self.0.borrow_mut().push((cmd.opcode(), Some(timeout)));
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn format_nvm_gives_the_device_the_callers_timeout() {
+        let dev = Recorder::default();
+        format_nvm(&dev, 1, 4, 1, Duration::from_secs(600)).unwrap();
+        assert_eq!(*dev.0.borrow(), [(0x80, Some(Duration::from_secs(600)))]);
+    }
 }

@@ -376,7 +376,13 @@ impl Device {
         let ns = self.namespace(nsid)?;
         let entries = (depth + 1).min(u32::MAX as usize) as u32;
         Ok(match self {
-            Device::Vfio(v) => IoQueue::Vfio(NamespaceQueue::new(&v.controller, ns.nsid, entries)?),
+            Device::Vfio(v) => IoQueue::Vfio(NamespaceQueue::new(&v.controller, ns.nsid, entries).map_err(
+                |e| match e {
+                    // Name the PCI address in the reformatting command.
+                    ironvme_nvme::ctrl::Error::MetadataUnsupported(m) => m.on_device(v.info.bdf.to_string()).into(),
+                    other => other,
+                },
+            )?),
             Device::Ioctl(d, _) => IoQueue::Ioctl(d.create_queue(ns.nsid, depth)?),
             Device::Uring(d, _) => IoQueue::Uring(d.create_queue(depth)?),
             Device::UringCmd(d, _) => IoQueue::UringCmd(d.create_queue(depth)?),
@@ -490,6 +496,9 @@ impl AdminCommands for IoctlDevice {
     fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, Error> {
         Ok(IoctlDevice::admin_write(self, cmd, data)?)
     }
+    fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: std::time::Duration) -> Result<u32, Error> {
+        Ok(IoctlDevice::admin_write_within(self, cmd, data, timeout)?)
+    }
 }
 
 impl AdminCommands for UringCmdDevice {
@@ -498,6 +507,9 @@ impl AdminCommands for UringCmdDevice {
     }
     fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, Error> {
         Ok(UringCmdDevice::admin_write(self, cmd, data)?)
+    }
+    fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: std::time::Duration) -> Result<u32, Error> {
+        Ok(UringCmdDevice::admin_write_within(self, cmd, data, timeout)?)
     }
 }
 

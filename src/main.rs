@@ -8,10 +8,16 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
+/// The log filter when `RUST_LOG` is unset or unparsable: warnings and errors, so that
+/// what the user should know (psync falling back to buffered I/O, io_uring unavailable
+/// and psync used instead, buffers leaked after a device stopped answering) reaches them.
+const DEFAULT_LOG_FILTER: &str = "warn";
+
 /// Sends the driver's tracing spans and events to stderr, filtered by `RUST_LOG`
-/// (`RUST_LOG=debug`, `RUST_LOG=ironvme_nvme=trace`, ...). Nothing is printed without it.
+/// (`RUST_LOG=debug`, `RUST_LOG=ironvme_nvme=trace`, `RUST_LOG=off`, ...); without it,
+/// warnings and errors ([`DEFAULT_LOG_FILTER`]).
 fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)

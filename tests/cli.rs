@@ -135,3 +135,90 @@ fn list_reads_sysfs_and_prints_json() {
     );
     assert!(ironvme(&["list"]).status.success());
 }
+
+/// Runs ironvme (without `RUST_LOG`, plus `env`) with io_uring blocked by a seccomp
+/// filter: `io_uring_setup` fails with `ENOSYS`, as on a kernel without io_uring.
+fn ironvme_without_io_uring(args: &[&str], env: &[(&str, &str)]) -> Output {
+    use std::os::unix::process::CommandExt;
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+    const DENY: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    // Classic BPF over `struct seccomp_data` (linux/seccomp.h): `nr` is at offset 0.
+    let filter = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: DENY,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: ALLOW,
+        },
+    ];
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ironvme"));
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only makes two prctl
+    // calls (async-signal-safe) on data it captured by value; `filter` outlives the call.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().expect("run ironvme")
+}
+
+#[test]
+fn warnings_are_printed_by_default() {
+    // Without io_uring, a regular file falls back to psync, with a warning.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = dir.path().join("disk.img");
+    std::fs::File::create(&file).unwrap().set_len(1 << 20).unwrap();
+    let args = [
+        "perf",
+        file.to_str().unwrap(),
+        "--rw",
+        "randread",
+        "--time",
+        "1",
+        "--json",
+    ];
+    let o = ironvme_without_io_uring(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let warning = err
+        .lines()
+        .find(|l| l.contains("io_uring is unavailable"))
+        .unwrap_or_else(|| panic!("no warning on stderr: {err:?}"));
+    assert!(warning.contains("WARN") && warning.contains("using psync"), "{warning}");
+    assert!(stdout(&o).contains("\"backend\": \"psync\""), "{}", stdout(&o));
+    // RUST_LOG still decides when set.
+    let o = ironvme_without_io_uring(&args, &[("RUST_LOG", "off")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+}

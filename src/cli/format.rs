@@ -167,8 +167,11 @@ pub fn run(args: &FormatArgs, out: &mut dyn Write) -> Result<(), CliError> {
              without confirmation (nothing was done)"
         )));
     }
+    // Both the VFIO driver's admin timeout and, for a kernel node, the ioctl's own
+    // (format_nvm), so that neither gives up on a long erase.
+    let timeout = Duration::from_secs(args.timeout);
     let config = ControllerConfig {
-        admin_timeout: Duration::from_secs(args.timeout),
+        admin_timeout: timeout,
         ..ControllerConfig::default()
     };
     let dev = device::open(spec, config)?;
@@ -186,7 +189,7 @@ pub fn run(args: &FormatArgs, out: &mut dyn Write) -> Result<(), CliError> {
         }
     }
     tracing::info!(device = %name, nsid, lbaf = args.lbaf, ses = args.ses, "Format NVM");
-    format_nvm(dev.admin(), nsid, args.lbaf, args.ses).map_err(CliError::on(&dev))?;
+    format_nvm(dev.admin(), nsid, args.lbaf, args.ses, timeout).map_err(CliError::on(&dev))?;
     writeln!(out, "Success formatting namespace:{nsid:x}")?;
     if nsid != NSID_ALL {
         let after = identify_namespace(dev.admin(), nsid).map_err(CliError::on(&dev))?;

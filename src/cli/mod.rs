@@ -70,8 +70,9 @@ const DEV_HELP: &str = "PCI address of an NVMe controller bound to vfio-pci: 000
                   DEV is the PCI address of a controller bound to vfio-pci (`scripts/setup.sh bind BDF`); \
                   opening it resets the controller. Kernel device paths (/dev/nvme0) are not supported by \
                   this build.\n\n\
-                  Set RUST_LOG=debug (or e.g. RUST_LOG=ironvme_nvme=trace) to see the driver's spans and \
-                  events on stderr."
+                  Warnings and errors are printed on stderr. Set RUST_LOG=debug (or e.g. \
+                  RUST_LOG=ironvme_nvme=trace) to see the driver's spans and events too, RUST_LOG=off for \
+                  nothing."
 )]
 pub struct Cli {
     /// The subcommand.

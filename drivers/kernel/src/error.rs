@@ -78,6 +78,18 @@ pub enum KernelError {
         /// The namespace ID asked for.
         nsid: u32,
     },
+    /// The namespace is formatted with metadata or protection information, which ironvme
+    /// does not transfer yet: I/O passthrough on it is refused (admin commands and the
+    /// namespace list still work). The message names the LBA format and how to reformat.
+    #[error("{backend}: {}: {source}", path.display())]
+    MetadataUnsupported {
+        /// The backend.
+        backend: &'static str,
+        /// The device node.
+        path: PathBuf,
+        /// The format, and the one to reformat to.
+        source: Box<ironvme_nvme::identify::MetadataUnsupported>,
+    },
     /// DMA (buffer) memory could not be allocated.
     #[error(transparent)]
     Dma(#[from] ironvme_nvme::hw::DmaError),

@@ -33,7 +33,9 @@ use crate::sync_queue::{Executor, SyncQueue};
 use ironvme_nvme::block::{self, BlockError, GeometrySource, IoStatus, NamespaceInfo, Op};
 use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange, MAX_BLOCKS_PER_COMMAND};
 use ironvme_nvme::hw::DmaBuf;
-use ironvme_nvme::identify::{Cns, IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, NamespaceList, Oncs};
+use ironvme_nvme::identify::{
+    Cns, IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, MetadataUnsupported, NamespaceList, Oncs,
+};
 use ironvme_nvme::status::Status;
 use nix::errno::Errno;
 use std::fs::{File, OpenOptions};
@@ -44,6 +46,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The most operations one kernel-backend queue holds (its `depth` bound).
 pub const MAX_QUEUE_DEPTH: usize = 4096;
@@ -72,6 +75,30 @@ pub(crate) enum Node {
 }
 
 impl Node {
+    /// The controller's character device, `/dev/nvmeX` (for a namespace node, the `X` of
+    /// its name: under native multipath that is the subsystem's number).
+    pub(crate) fn controller_path(&self) -> String {
+        let name = match self {
+            Node::Controller(name) => name.as_str(),
+            Node::Generic(name) => name.strip_prefix("ng").unwrap_or(name),
+            Node::Block(name) => name.strip_prefix("nvme").unwrap_or(name),
+        };
+        let digits: String = name
+            .trim_start_matches("nvme")
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        format!("{DEV}/nvme{digits}")
+    }
+
+    /// Refuses I/O on a namespace formatted with metadata or protection information
+    /// ([`IdentifyNamespace::check_no_metadata`]), naming this node's controller in the
+    /// reformatting command.
+    pub(crate) fn check_no_metadata(&self, nsid: u32, ns: &IdentifyNamespace) -> Result<(), MetadataUnsupported> {
+        ns.check_no_metadata(nsid)
+            .map_err(|e| e.on_device(self.controller_path()))
+    }
+
     /// The block device (`nvmeXnY`) whose sysfs `queue/` holds this namespace's limits.
     pub(crate) fn disk(&self) -> Option<String> {
         match self {
@@ -356,14 +383,23 @@ impl PassthruFile {
 
     /// Runs `cmd` on the admin queue (`admin`) or as an I/O command, moving `len` bytes
     /// at `addr`, through the 64-bit ioctl or — after it answered `ENOTTY` once — the
-    /// 32-bit one.
+    /// 32-bit one. `timeout` replaces the kernel's default command timeout
+    /// (`nvme_core.admin_timeout`, 60 s, or `io_timeout`, 30 s) when given (see
+    /// [`timeout_ms`]).
     ///
     /// # Safety
     ///
     /// `addr` must point at `len` bytes that stay valid until this returns, writable if the
     /// opcode moves data from the controller (bit 0 clear: the kernel writes them), and
     /// not accessed by anyone else meanwhile.
-    pub(crate) unsafe fn passthru(&self, admin: bool, cmd: &Command, addr: u64, len: u32) -> Result<u64, IoctlFailure> {
+    pub(crate) unsafe fn passthru(
+        &self,
+        admin: bool,
+        cmd: &Command,
+        addr: u64,
+        len: u32,
+        timeout: Option<Duration>,
+    ) -> Result<u64, IoctlFailure> {
         let fd = self.fd();
         let done = |r: Result<Passthru, Errno>, op: &'static str| match r {
             Ok(Ok(result)) => Ok(result),
@@ -372,7 +408,10 @@ impl PassthruFile {
         };
         let wide = if admin { &self.wide_admin } else { &self.wide_io };
         if wide.load(Ordering::Relaxed) {
-            let mut c = NvmePassthruCmd64::from_command(cmd, addr, len);
+            let mut c = NvmePassthruCmd64 {
+                timeout_ms: timeout_ms(timeout),
+                ..NvmePassthruCmd64::from_command(cmd, addr, len)
+            };
             // SAFETY: `c` names the caller's buffer, valid and exclusive until we return.
             let r = unsafe {
                 if admin {
@@ -394,7 +433,10 @@ impl PassthruFile {
             tracing::info!(path = %self.path.display(), admin, "no 64-bit NVMe passthrough ioctl (Linux < 5.5): using the 32-bit one");
             wide.store(false, Ordering::Relaxed);
         }
-        let mut c = NvmePassthruCmd::from_command(cmd, addr, len);
+        let mut c = NvmePassthruCmd {
+            timeout_ms: timeout_ms(timeout),
+            ..NvmePassthruCmd::from_command(cmd, addr, len)
+        };
         // SAFETY: as above.
         let r = unsafe {
             if admin {
@@ -432,16 +474,16 @@ impl PassthruFile {
         let addr = if len == 0 { 0 } else { data.as_mut_ptr() as u64 };
         // SAFETY: `data` is `len` writable bytes owned by this frame and untouched until
         // the ioctl returns.
-        let r = unsafe { self.passthru(true, &cmd, addr, len32) };
+        let r = unsafe { self.passthru(true, &cmd, addr, len32, None) };
         let dw0 = self.admin_result(&cmd, r)?;
         Ok((dw0, data))
     }
 
     /// Runs an admin command that moves `data` to the controller (or none); returns
-    /// completion DW0.
+    /// completion DW0. `timeout`: as [`PassthruFile::passthru`].
     ///
     /// Errors: as [`PassthruFile::admin_read`], with a controller-to-host opcode refused.
-    pub(crate) fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, KernelError> {
+    pub(crate) fn admin_write(&self, cmd: Command, data: &[u8], timeout: Option<Duration>) -> Result<u32, KernelError> {
         if !data.is_empty() && cmd.opcode() & 1 == 0 {
             return Err(self.invalid(format!(
                 "admin_write: opcode {:#04x} ({}) moves data from the controller: use admin_read",
@@ -454,7 +496,7 @@ impl PassthruFile {
         // SAFETY: the opcode's bit 0 is set (checked above), so the kernel only reads the
         // `data.len()` bytes, which the shared borrow keeps valid and unchanged until the
         // ioctl returns.
-        let r = unsafe { self.passthru(true, &cmd, addr, len32) };
+        let r = unsafe { self.passthru(true, &cmd, addr, len32, timeout) };
         self.admin_result(&cmd, r)
     }
 
@@ -537,6 +579,17 @@ impl PassthruFile {
     }
 }
 
+/// `timeout_ms` of a passthrough command: 0 (the kernel's default) for `None`, else the
+/// duration rounded up to whole milliseconds (so never 0), at most `u32::MAX`.
+pub(crate) fn timeout_ms(timeout: Option<Duration>) -> u32 {
+    match timeout {
+        None => 0,
+        Some(t) => u32::try_from(t.as_nanos().div_ceil(1_000_000))
+            .unwrap_or(u32::MAX)
+            .max(1),
+    }
+}
+
 fn is_permission(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
@@ -568,6 +621,9 @@ pub struct IoctlDevice {
     node: Node,
     identify: IdentifyController,
     namespaces: Vec<NamespaceInfo>,
+    /// Namespaces of `namespaces` whose format ironvme cannot move data for (metadata,
+    /// protection information), for [`IoctlDevice::create_queue`] to refuse.
+    refused: Vec<MetadataUnsupported>,
 }
 
 impl IoctlDevice {
@@ -590,6 +646,7 @@ impl IoctlDevice {
             node,
             identify,
             namespaces: Vec::new(),
+            refused: Vec::new(),
         };
         dev.rescan()?;
         tracing::debug!(path = %path.display(), namespaces = dev.namespaces.len(), "ioctl: opened");
@@ -603,6 +660,13 @@ impl IoctlDevice {
         let sys = Path::new(SYSFS);
         self.identify = self.file.identify_controller()?;
         let mut found = Vec::new();
+        let mut refused = Vec::new();
+        let mut add = |nsid: u32, ns: &IdentifyNamespace, limits: &QueueLimits| {
+            found.extend(namespace_info(nsid, ns, &self.identify, limits));
+            if let Err(e) = self.node.check_no_metadata(nsid, ns) {
+                refused.push(e);
+            }
+        };
         match &self.node {
             Node::Controller(ctrl) => {
                 let nodes = controller_namespaces(sys, ctrl);
@@ -613,17 +677,18 @@ impl IoctlDevice {
                         .find(|n| n.nsid == nsid)
                         .map(|n| queue_limits(sys, &n.disk))
                         .unwrap_or_default();
-                    found.extend(namespace_info(nsid, &ns, &self.identify, &limits));
+                    add(nsid, &ns, &limits);
                 }
             }
             node => {
                 let nsid = self.file.namespace_id()?;
                 let ns = self.file.identify_namespace(nsid)?;
                 let limits = node.disk().map(|d| queue_limits(sys, &d)).unwrap_or_default();
-                found.extend(namespace_info(nsid, &ns, &self.identify, &limits));
+                add(nsid, &ns, &limits);
             }
         }
         self.namespaces = found;
+        self.refused = refused;
         Ok(())
     }
 
@@ -661,14 +726,26 @@ impl IoctlDevice {
     ///
     /// Errors: as [`IoctlDevice::admin_read`].
     pub fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, KernelError> {
-        self.file.admin_write(cmd, data)
+        self.file.admin_write(cmd, data, None)
+    }
+
+    /// As [`IoctlDevice::admin_write`], with `timeout` instead of the kernel's admin
+    /// command timeout (`nvme_core.admin_timeout`, 60 s by default), which a Format NVM
+    /// with secure erase or a Sanitize can outlast: the kernel then aborts the command
+    /// and resets the controller. Rounded up to whole milliseconds, at most `u32::MAX`.
+    ///
+    /// Errors: as [`IoctlDevice::admin_read`].
+    pub fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: Duration) -> Result<u32, KernelError> {
+        self.file.admin_write(cmd, data, Some(timeout))
     }
 
     /// An I/O queue of `depth` entries (1..=[`MAX_QUEUE_DEPTH`]) on namespace `nsid`. On
     /// the controller node this opens the namespace's own node (`/dev/ngXnY`, else
     /// `/dev/nvmeXnY`, found in `/sys/class/nvme/nvmeX/`).
     ///
-    /// Errors: [`KernelError::NoSuchNamespace`]; [`KernelError::Invalid`] for a depth out
+    /// Errors: [`KernelError::NoSuchNamespace`]; [`KernelError::MetadataUnsupported`] for
+    /// a namespace formatted with metadata or protection information (see
+    /// [`IdentifyNamespace::check_no_metadata`]); [`KernelError::Invalid`] for a depth out
     /// of range; [`KernelError::WrongDevice`] if the kernel made no node for the
     /// namespace; as [`IoctlDevice::open`] for opening it.
     pub fn create_queue(&self, nsid: u32, depth: usize) -> Result<IoctlQueue, KernelError> {
@@ -683,6 +760,13 @@ impl IoctlDevice {
                 nsid,
             })?;
         check_depth(BACKEND_IOCTL, depth)?;
+        if let Some(why) = self.refused.iter().find(|m| m.nsid == nsid) {
+            return Err(KernelError::MetadataUnsupported {
+                backend: BACKEND_IOCTL,
+                path: self.path().to_owned(),
+                source: Box::new(why.clone()),
+            });
+        }
         let file = match &self.node {
             Node::Controller(ctrl) => Arc::new(self.open_namespace_node(ctrl, nsid)?),
             _ => Arc::clone(&self.file),
@@ -788,7 +872,7 @@ impl Executor for IoctlNamespace {
         // (opcode 09h is host-to-controller).
         // SAFETY: the queue owns the buffer (moved in at submit) and does not touch it until
         // the ioctl returns; its window is `len` writable bytes at `addr`.
-        match unsafe { self.file.passthru(false, &cmd, addr, len) } {
+        match unsafe { self.file.passthru(false, &cmd, addr, len, None) } {
             Ok(_) => Ok(()),
             Err(IoctlFailure::Status(s)) => Err(IoStatus::Nvme(s)),
             Err(IoctlFailure::Os(e, _)) => Err(IoStatus::Os(e.raw_os_error().unwrap_or(libc::EIO))),
@@ -1043,5 +1127,44 @@ mod tests {
         );
         assert_eq!(queue_limits(sys.path(), "nvme3n2"), QueueLimits::default());
         assert_eq!(Node::Generic("ng3n2".into()).disk().as_deref(), Some("nvme3n2"));
+    }
+
+    #[test]
+    fn passthrough_timeouts_are_whole_milliseconds_and_never_zero_when_given() {
+        assert_eq!(timeout_ms(None), 0, "the kernel's default");
+        assert_eq!(timeout_ms(Some(Duration::from_secs(600))), 600_000);
+        assert_eq!(timeout_ms(Some(Duration::from_micros(1500))), 2);
+        assert_eq!(timeout_ms(Some(Duration::ZERO)), 1, "0 would mean the default");
+        assert_eq!(timeout_ms(Some(Duration::from_secs(u64::MAX))), u32::MAX);
+    }
+
+    #[test]
+    fn metadata_refusals_name_the_controller_node_to_reformat() {
+        assert_eq!(Node::Generic("ng3n2".into()).controller_path(), "/dev/nvme3");
+        assert_eq!(Node::Block("nvme12n1".into()).controller_path(), "/dev/nvme12");
+        assert_eq!(Node::Controller("nvme0".into()).controller_path(), "/dev/nvme0");
+        let mut b = vec![0u8; 4096];
+        b[0..8].copy_from_slice(&8u64.to_le_bytes());
+        b[25] = 1;
+        b[26] = 1 | 1 << 4; // format 1, metadata at the end of each block
+        b[128..132].copy_from_slice(&(12u32 << 16).to_le_bytes());
+        b[132..136].copy_from_slice(&((12u32 << 16) | 8).to_le_bytes());
+        let ns = IdentifyNamespace::parse(&b).unwrap();
+        Node::Generic("ng3n2".into())
+            .check_no_metadata(2, &id_ns(8, 12, 0))
+            .unwrap();
+        let e = Node::Generic("ng3n2".into()).check_no_metadata(2, &ns).unwrap_err();
+        let e = KernelError::MetadataUnsupported {
+            backend: BACKEND_IOCTL,
+            path: "/dev/ng3n2".into(),
+            source: Box::new(e),
+        }
+        .to_string();
+        assert!(
+            e.starts_with("ioctl: /dev/ng3n2: namespace 2 is formatted with LBA format 1 (LBADS 12"),
+            "{e}"
+        );
+        assert!(e.contains("`ironvme format /dev/nvme3 --nsid 2 --lbaf 0`"), "{e}");
+        assert!(e.contains("`nvme format /dev/nvme3 -n 2 -l 0`"), "{e}");
     }
 }

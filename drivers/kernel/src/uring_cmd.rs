@@ -33,7 +33,10 @@
 //!   pages (508 KiB here) always use fixed buffers; in larger ones, only their tail does.
 //!   When the table cannot be registered or is full, or a region cannot be registered
 //!   (`RLIMIT_MEMLOCK`, regions over 1 GiB), commands also use plain addresses, which the
-//!   kernel pins per command.
+//!   kernel pins per command. Kernels before 6.1 fail every command carrying the flag
+//!   with `EINVAL` (5.19 refuses any `uring_cmd_flags`), so each queue reads one block
+//!   into a registered buffer when it is created and, if that fails with an OS error,
+//!   uses plain addresses only, with a warning.
 //! - The namespace's node is a registered file (`IOSQE_FIXED_FILE`) when the kernel
 //!   allows it.
 //! - Admin commands go through the admin ioctl on the same `/dev/ngXnY` node
@@ -53,12 +56,14 @@ use crate::ioctl::{
     Node, PassthruFile, check_depth, check_op, classify, controller_namespaces, namespace_info, queue_limits,
 };
 use crate::nvme_ioctl::{NVME_URING_CMD_IO, NvmeUringCmd, decode_return};
-use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
+use crate::uring::enter::{Enter, Retry, RingTries, WaitErrors, retry_for};
+use io_uring::types::{Fd, Fixed};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
 use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange};
 use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
-use ironvme_nvme::identify::IdentifyController;
+use ironvme_nvme::identify::{IdentifyController, MetadataUnsupported};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -68,10 +73,6 @@ use std::time::{Duration, Instant};
 /// Entries in a queue's sparse table of registered buffers: the most DMA regions one
 /// queue uses as fixed buffers (each further region's commands use plain addresses).
 pub const FIXED_REGIONS: usize = 64;
-
-/// How long dropping a queue waits for outstanding commands: longer than the kernel's
-/// default I/O timeout (30 s) plus its abort and controller reset.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Page size of registered buffers, in bytes.
 const PAGE: usize = 4096;
@@ -93,6 +94,9 @@ pub struct UringCmdDevice {
     info: NamespaceInfo,
     /// The kernel queue's `max_segments`.
     max_segments: usize,
+    /// Why I/O on the namespace is refused: a format with metadata or protection
+    /// information ([`UringCmdDevice::create_queue`] refuses it).
+    refused: Option<MetadataUnsupported>,
 }
 
 impl UringCmdDevice {
@@ -112,7 +116,8 @@ impl UringCmdDevice {
             path: path.to_owned(),
             why,
         };
-        let disk = match classify(BACKEND_URING_CMD, path, NEEDS)? {
+        let node = classify(BACKEND_URING_CMD, path, NEEDS)?;
+        let disk = match &node {
             node @ Node::Generic(_) => node.disk().unwrap_or_default(),
             Node::Block(name) => {
                 return Err(wrong(format!(
@@ -122,7 +127,7 @@ impl UringCmdDevice {
                 )));
             }
             Node::Controller(name) => {
-                let nodes: Vec<String> = controller_namespaces(Path::new("/sys"), &name)
+                let nodes: Vec<String> = controller_namespaces(Path::new("/sys"), name)
                     .iter()
                     .map(|n| format!("/dev/{}", n.generic()))
                     .collect();
@@ -155,6 +160,7 @@ impl UringCmdDevice {
             identify,
             info,
             max_segments,
+            refused: node.check_no_metadata(nsid, &ns).err(),
         })
     }
 
@@ -187,19 +193,55 @@ impl UringCmdDevice {
     ///
     /// Errors: as [`crate::ioctl::IoctlDevice::admin_write`].
     pub fn admin_write(&self, cmd: Command, data: &[u8]) -> Result<u32, KernelError> {
-        self.file.admin_write(cmd, data)
+        self.file.admin_write(cmd, data, None)
+    }
+
+    /// As [`UringCmdDevice::admin_write`], with `timeout` instead of the kernel's admin
+    /// command timeout: see [`crate::ioctl::IoctlDevice::admin_write_within`].
+    ///
+    /// Errors: as [`crate::ioctl::IoctlDevice::admin_write`].
+    pub fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: Duration) -> Result<u32, KernelError> {
+        self.file.admin_write(cmd, data, Some(timeout))
     }
 
     /// An I/O queue of `depth` operations (1..=[`MAX_QUEUE_DEPTH`](crate::ioctl::MAX_QUEUE_DEPTH)) on its own io_uring
-    /// (SQ of `depth` rounded up to a power of two, CQ twice that). Sends one Flush to
-    /// check that the kernel takes NVMe commands over io_uring.
+    /// (SQ of `depth` rounded up to a power of two, CQ twice that), with registered
+    /// buffers where the kernel takes them. Sends one Flush to check that the kernel takes
+    /// NVMe commands over io_uring, then a 1-block read of LBA 0 from a registered buffer
+    /// to check that it takes those (`IORING_URING_CMD_FIXED`, Linux 6.1: older kernels
+    /// fail every such command with `EINVAL`); if not, the queue uses plain addresses and
+    /// a warning says so ([`UringCmdQueue::fixed_buffers_active`]).
     ///
-    /// Errors: [`KernelError::Unavailable`] when io_uring is missing or disabled or the
+    /// Errors: [`KernelError::MetadataUnsupported`] for a namespace formatted with metadata
+    /// or protection information (see
+    /// [`IdentifyNamespace::check_no_metadata`](ironvme_nvme::identify::IdentifyNamespace::check_no_metadata));
+    /// [`KernelError::Unavailable`] when io_uring is missing or disabled or the
     /// kernel is older than 5.19; [`KernelError::Invalid`] for a depth out of range;
     /// [`KernelError::PermissionDenied`]; [`KernelError::Os`]; [`KernelError::Dma`].
     pub fn create_queue(&self, depth: usize) -> Result<UringCmdQueue, KernelError> {
+        self.create_queue_with(depth, true)
+    }
+
+    /// As [`UringCmdDevice::create_queue`]; without `fixed_buffers`, every command uses a
+    /// plain user address (the kernel pins its pages per command) and nothing is probed.
+    ///
+    /// Errors: as [`UringCmdDevice::create_queue`].
+    pub fn create_queue_with(&self, depth: usize, fixed_buffers: bool) -> Result<UringCmdQueue, KernelError> {
         check_depth(BACKEND_URING_CMD, depth)?;
-        UringCmdQueue::new(Arc::clone(&self.file), self.info.clone(), depth, self.max_segments)
+        if let Some(why) = &self.refused {
+            return Err(KernelError::MetadataUnsupported {
+                backend: BACKEND_URING_CMD,
+                path: self.path().to_owned(),
+                source: Box::new(why.clone()),
+            });
+        }
+        UringCmdQueue::new(
+            Arc::clone(&self.file),
+            self.info.clone(),
+            depth,
+            self.max_segments,
+            fixed_buffers,
+        )
     }
 }
 
@@ -233,6 +275,33 @@ struct FixedBuffers {
 }
 
 impl FixedBuffers {
+    /// Empties table slot 0 when it holds the only region (the probe's, whose read has
+    /// completed), so the table starts empty; keeps it if the kernel refuses.
+    fn forget_first(&mut self, ring: &IoUring<squeue::Entry128, cqueue::Entry32>) {
+        if !matches!(self.regions.as_slice(), [Registered { index: Some(0), .. }]) {
+            return;
+        }
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY: a null, zero-length iovec names no memory: it empties the slot (sparse
+        // tables, Linux 5.19+); no command uses slot 0 (the probe's read has completed).
+        if unsafe { ring.submitter().register_buffers_update(0, &[empty], None) }.is_ok() {
+            self.regions.clear();
+            self.next_index = 0;
+        }
+    }
+
+    /// Forgets the registered regions without unmapping them (commands on them may still
+    /// be in flight), and uses plain addresses from now on.
+    fn leak(&mut self) {
+        for r in &mut self.regions {
+            std::mem::forget(r._keep.take());
+        }
+        self.enabled = false;
+    }
+
     /// The table index of `buf`'s region, registering the region the first time it is
     /// used; `None` to use a plain address (see the module documentation for when).
     fn index_for(&mut self, ring: &IoUring<squeue::Entry128, cqueue::Entry32>, buf: &mut DmaBuf) -> Option<u16> {
@@ -298,6 +367,12 @@ enum FileRef {
 }
 
 /// An I/O queue on one namespace over io_uring NVMe passthrough.
+///
+/// `io_uring_enter` failures are handled as by [`crate::UringQueue`]: `EINTR` retried, `EAGAIN`/`EBUSY` retried after reaping,
+/// `ring` gives up after a bounded number of tries; when `wait` cannot enter the kernel
+/// for 10 s the queue fails, completing its commands without their buffers (leaked: the
+/// kernel may still write them). Dropping the queue waits up to 75 s for outstanding
+/// commands, then leaks their buffers.
 pub struct UringCmdQueue {
     // Field order is drop order: the ring closes before the regions it registered and the
     // node it submits to are released.
@@ -311,6 +386,13 @@ pub struct UringCmdQueue {
     outstanding: usize,
     /// `depth` DSM ranges, slot i's at byte 16 × i.
     ranges: DmaBuf,
+    /// `io_uring_enter`, with its deadlines.
+    sys: Enter,
+    /// CQEs (`user_data`, `res`, DW0 unused) reaped by `ring` to make room in a full
+    /// completion queue, for the next `poll`; and the failed commands of a failed queue.
+    ready: VecDeque<(u64, i32)>,
+    /// Why the queue failed; it refuses everything after.
+    dead: Option<String>,
 }
 
 impl std::fmt::Debug for UringCmdQueue {
@@ -331,6 +413,23 @@ impl UringCmdQueue {
         info: NamespaceInfo,
         depth: usize,
         max_segments: usize,
+        fixed_buffers: bool,
+    ) -> Result<UringCmdQueue, KernelError> {
+        let mut q = UringCmdQueue::build(file, info, depth, max_segments, fixed_buffers)?;
+        q.check_passthrough()?;
+        if q.fixed.enabled {
+            q.probe_fixed_buffers()?;
+        }
+        Ok(q)
+    }
+
+    /// The queue, before checking that the kernel runs commands from it.
+    fn build(
+        file: Arc<PassthruFile>,
+        info: NamespaceInfo,
+        depth: usize,
+        max_segments: usize,
+        fixed_buffers: bool,
     ) -> Result<UringCmdQueue, KernelError> {
         let entries = depth.next_power_of_two() as u32;
         let ring = IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
@@ -342,20 +441,21 @@ impl UringCmdQueue {
                 "{NEEDS_KERNEL}: this kernel's io_uring has no IORING_OP_URING_CMD"
             )));
         }
-        let enabled = match ring.submitter().register_buffers_sparse(FIXED_REGIONS as u32) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::info!(error = %e, "uring-cmd: no sparse registered-buffer table; using plain addresses");
-                false
-            }
-        };
+        let enabled = fixed_buffers
+            && match ring.submitter().register_buffers_sparse(FIXED_REGIONS as u32) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(error = %e, "uring-cmd: no sparse registered-buffer table; using plain addresses");
+                    false
+                }
+            };
         let fd = file.fd().as_raw_fd();
         let file_ref = match ring.submitter().register_files(&[fd]) {
             Ok(()) => FileRef::Fixed,
             Err(_) => FileRef::Fd(fd),
         };
         let ranges = KernelDma::new(false).allocate(depth * DSM_RANGE_BYTES)?;
-        let mut q = UringCmdQueue {
+        Ok(UringCmdQueue {
             ring,
             fixed: FixedBuffers {
                 enabled,
@@ -370,9 +470,10 @@ impl UringCmdQueue {
             free: (0..depth as u32).rev().collect(),
             outstanding: 0,
             ranges,
-        };
-        q.check_passthrough()?;
-        Ok(q)
+            sys: Enter::new(),
+            ready: VecDeque::with_capacity(2 * depth),
+            dead: None,
+        })
     }
 
     /// The node the queue's commands go to.
@@ -383,6 +484,50 @@ impl UringCmdQueue {
     /// How many DMA regions are registered as fixed buffers.
     pub fn fixed_regions(&self) -> usize {
         self.fixed.regions.iter().filter(|r| r.index.is_some()).count()
+    }
+
+    /// Whether commands use registered buffers (`IORING_URING_CMD_FIXED`): asked for,
+    /// the kernel has sparse buffer tables (5.19+), and the probe at creation passed (the
+    /// kernel honours the flag: 6.1+).
+    pub fn fixed_buffers_active(&self) -> bool {
+        self.fixed.enabled
+    }
+
+    /// Reads LBA 0 into a registered buffer and waits: kernels before 6.1 fail every
+    /// command with `IORING_URING_CMD_FIXED` (`EINVAL`), so on any OS error the queue
+    /// stops using registered buffers ([`fixed_buffers_work`]), with a warning. The
+    /// probe's table slot is emptied again once its read has completed.
+    ///
+    /// Errors: [`KernelError::Dma`] if the buffer cannot be allocated;
+    /// [`KernelError::Unavailable`] if the read cannot be queued.
+    fn probe_fixed_buffers(&mut self) -> Result<(), KernelError> {
+        let mut buf = KernelDma::new(false).allocate(self.info.block_size as usize)?;
+        if self.fixed.index_for(&self.ring, &mut buf).is_none() {
+            // The region could not be registered: nothing to probe, and commands on
+            // regions that cannot be registered use plain addresses anyway.
+            return Ok(());
+        }
+        self.submit(Op::Read { lba: 0 }, Some(buf), 0)
+            .map_err(|e| unavailable(format!("cannot queue the registered-buffer probe: {}", e.error)))?;
+        let mut result = None;
+        while result.is_none() && self.outstanding > 0 {
+            self.wait(1, |c| result = Some(c.result));
+        }
+        let Some(result) = result else {
+            return Ok(());
+        };
+        self.fixed.forget_first(&self.ring);
+        if !fixed_buffers_work(&result) {
+            tracing::warn!(
+                path = %self.file.path().display(),
+                error = %result.expect_err("not working means an error"),
+                "uring-cmd: a read into a registered buffer (IORING_URING_CMD_FIXED) failed: this kernel does not \
+                 take registered buffers for NVMe passthrough (Linux 6.1+ does); using plain addresses, which the \
+                 kernel pins per command"
+            );
+            self.fixed.enabled = false;
+        }
+        Ok(())
     }
 
     /// Sends a Flush and waits for it: proves the kernel runs NVMe commands from this
@@ -433,11 +578,11 @@ impl UringCmdQueue {
         unsafe { self.ring.submission().push(&sqe) }.is_ok()
     }
 
-    fn complete(slots: &mut [Slot], free: &mut Vec<u32>, cqe: &cqueue::Entry32) -> Option<Completion> {
-        let slot = slots.get_mut(cqe.user_data() as usize).filter(|s| s.busy)?;
+    /// Takes a slot's command back after its CQE (`user_data`, `res`).
+    fn complete(slots: &mut [Slot], free: &mut Vec<u32>, user_data: u64, res: i32) -> Option<Completion> {
+        let slot = slots.get_mut(user_data as usize).filter(|s| s.busy)?;
         slot.busy = false;
-        free.push(cqe.user_data() as u32);
-        let res = cqe.result();
+        free.push(user_data as u32);
         let result = if res < 0 {
             Err(IoStatus::Os(-res))
         } else {
@@ -465,6 +610,12 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
+        if let Some(why) = &self.dead {
+            return Err(SubmitError {
+                error: BlockError::Dead(why.clone()),
+                buf,
+            });
+        }
         if self.free.is_empty() {
             return Err(SubmitError {
                 error: BlockError::QueueFull(self.outstanding),
@@ -513,24 +664,41 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
-        loop {
-            if self.ring.submission().is_empty() {
-                return Ok(());
-            }
-            match self.ring.submit() {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(BlockError::Os {
-                        op: "io_uring_enter",
-                        source,
-                    });
-                }
+        if let Some(why) = &self.dead {
+            return Err(BlockError::Dead(why.clone()));
+        }
+        let mut tries = RingTries::default();
+        while !self.ring.submission().is_empty() {
+            let Err(e) = self.sys.enter(&self.ring.submitter(), 0, None) else {
+                break;
+            };
+            let reap = tries.after(e).map_err(|source| BlockError::Os {
+                op: "io_uring_enter",
+                source,
+            })?;
+            if reap && self.stash_completions() == 0 {
+                std::thread::yield_now();
             }
         }
+        Ok(())
     }
 
     fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some((user_data, res)) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(c) = Self::complete(&mut self.slots, &mut self.free, user_data, res) {
+                self.outstanding -= 1;
+                n += 1;
+                on_complete(c);
+            }
+        }
+        if self.dead.is_some() {
+            // The ring is not reaped again: its late CQEs belong to abandoned slots.
+            return n;
+        }
         if !self.ring.submission().is_empty() {
             // A failure leaves the SQEs queued; the next poll or ring tries again.
             let _ = self.ring();
@@ -542,9 +710,8 @@ impl BlockQueue for UringCmdQueue {
             outstanding,
             ..
         } = self;
-        let mut n = 0;
-        for cqe in ring.completion().take(max) {
-            if let Some(c) = Self::complete(slots, free, &cqe) {
+        for cqe in ring.completion().take(max - n) {
+            if let Some(c) = Self::complete(slots, free, cqe.user_data(), cqe.result()) {
                 *outstanding -= 1;
                 n += 1;
                 on_complete(c);
@@ -554,36 +721,75 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        let mut errors = WaitErrors::default();
         loop {
             let n = self.poll(max, &mut on_complete);
-            if n > 0 || self.outstanding == 0 {
+            if n > 0 || self.outstanding == 0 || max == 0 {
                 return n;
             }
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    std::hint::spin_loop();
-                }
+            match self.sys.enter(&self.ring.submitter(), 1, None) {
+                Ok(_) => errors.ok(),
+                Err(e) if errors.failed(&e, self.sys.error_deadline) => self.fail(&e),
+                Err(_) => {}
             }
         }
     }
 }
 
+impl UringCmdQueue {
+    /// Moves every CQE into `ready`: the completion queue is full, and the kernel takes
+    /// no submissions until some are reaped. Returns how many.
+    fn stash_completions(&mut self) -> usize {
+        let before = self.ready.len();
+        self.ready
+            .extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        self.ready.len() - before
+    }
+
+    /// Fails the queue after `io_uring_enter` kept failing with `e`: every outstanding
+    /// command completes (through `ready`) with the errno and without its buffer, which is
+    /// leaked (the kernel may still write it), as are the DSM ranges.
+    fn fail(&mut self, e: &io::Error) {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let why = format!("io_uring_enter kept failing for {:?}: {e}", self.sys.error_deadline);
+        tracing::error!(
+            path = %self.file.path().display(),
+            outstanding = self.outstanding,
+            "uring-cmd: {why}; failing the queue and leaking the buffers of its outstanding commands"
+        );
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let reaped = self.ready.iter().any(|&(user_data, _)| user_data == i as u64);
+            if slot.busy && !reaped {
+                std::mem::forget(slot.buf.take());
+                self.ready.push_back((i as u64, -errno));
+            }
+        }
+        if let Ok(all) = self.ranges.split_off(0) {
+            std::mem::forget(all);
+        }
+        self.fixed.leak();
+        self.dead = Some(why);
+    }
+}
+
 impl Drop for UringCmdQueue {
     fn drop(&mut self) {
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.outstanding > 0 && Instant::now() < deadline {
-            let ts = Timespec::new().sec(1);
-            let args = SubmitArgs::new().timespec(&ts);
-            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                ) {
+        let deadline = Instant::now() + self.sys.drain_timeout;
+        while self.dead.is_none() && self.outstanding > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Waits of at most 1 s, so the deadline is checked.
+            let wait = (deadline - now).min(Duration::from_secs(1));
+            if let Err(e) = self.sys.enter(&self.ring.submitter(), 1, Some(wait)) {
+                if retry_for(&e) == Retry::No {
                     break;
                 }
             }
             self.poll(usize::MAX, drop);
         }
+        self.poll(usize::MAX, drop);
         if self.outstanding > 0 {
             // The kernel may still write to these buffers: leak them rather than free them.
             tracing::error!(
@@ -597,8 +803,17 @@ impl Drop for UringCmdQueue {
             if let Ok(all) = self.ranges.split_off(0) {
                 std::mem::forget(all);
             }
+            self.fixed.leak();
         }
     }
+}
+
+/// The verdict of the registered-buffer probe: the read reached the controller (success,
+/// or any NVMe status), so the kernel took the registered buffer. An OS error — `EINVAL`
+/// from a kernel before 6.1, which refuses `IORING_URING_CMD_FIXED` (5.19 rejects any
+/// `uring_cmd_flags`), or anything else — means it did not.
+fn fixed_buffers_work(probe: &Result<(), IoStatus>) -> bool {
+    !matches!(probe, Err(IoStatus::Os(_)))
 }
 
 fn unavailable(why: String) -> KernelError {
@@ -655,6 +870,109 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uring::enter::{wait_on_failing_enter, within};
+
+    /// A queue on `/dev/null`, without the check that the kernel runs NVMe commands
+    /// from it: every command completes at once (Linux 6.1+ gives `/dev/null` a
+    /// `uring_cmd` that succeeds; before, it fails with `EOPNOTSUPP`).
+    fn null_queue() -> UringCmdQueue {
+        queue_on(Path::new("/dev/null"))
+    }
+
+    /// A queue on `path`, without the check that the kernel runs NVMe commands from it.
+    fn queue_on(path: &Path) -> UringCmdQueue {
+        let file = PassthruFile::open(BACKEND_URING_CMD, path, true).unwrap();
+        let info = NamespaceInfo {
+            nsid: 1,
+            block_size: 512,
+            blocks: 1 << 20,
+            max_transfer_bytes: 1 << 20,
+            buffer_alignment: 4,
+            write_zeroes: true,
+            deallocate: true,
+            deallocate_zeroes: true,
+            compare: true,
+            verify: true,
+            volatile_write_cache: true,
+            source: ironvme_nvme::block::GeometrySource::Identify,
+        };
+        UringCmdQueue::build(Arc::new(file), info, 4, 64, true).unwrap()
+    }
+
+    #[test]
+    fn ring_retries_signals_and_a_full_completion_queue() {
+        let mut q = null_queue();
+        q.submit(Op::Flush, None, 7).unwrap();
+        q.sys.inject.extend([libc::EINTR, libc::EAGAIN, libc::EBUSY]);
+        q.ring().expect("EINTR, EAGAIN and EBUSY are retried");
+        assert!(q.sys.inject.is_empty());
+        let mut done = Vec::new();
+        while done.is_empty() {
+            q.wait(1, |c| done.push(c.tag));
+        }
+        assert_eq!(done, [7]);
+        // A persistent EBUSY is reported after a bounded number of tries.
+        q.submit(Op::Flush, None, 8).unwrap();
+        q.sys.inject.push_back(libc::EBUSY);
+        q.sys.inject_forever = true;
+        let e = q.ring().unwrap_err();
+        assert!(
+            matches!(&e, BlockError::Os { source, .. } if source.raw_os_error() == Some(libc::EBUSY)),
+            "{e}"
+        );
+        // The Flush stayed queued: dropping the queue submits it and waits for it.
+        q.sys.inject.clear();
+        let started = Instant::now();
+        drop(q);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn wait_fails_the_queue_after_a_persistent_enter_error_and_keeps_the_buffer() {
+        let mut q = null_queue();
+        q.sys.error_deadline = Duration::from_millis(200);
+        let buf = KernelDma::new(false).allocate(4096).unwrap();
+        q.submit(Op::Read { lba: 0 }, Some(buf), 3).unwrap();
+        q.sys.inject.push_back(libc::EBADF);
+        q.sys.inject_forever = true;
+        let started = Instant::now();
+        let (mut q, done) = wait_on_failing_enter(q);
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "not before the deadline"
+        );
+        assert_eq!(done, [(3, false, Err(IoStatus::Os(libc::EBADF)))]);
+        assert_eq!(q.outstanding(), 0);
+        let e = q.submit(Op::Flush, None, 4).unwrap_err();
+        assert!(
+            matches!(&e.error, BlockError::Dead(why) if why.contains("io_uring_enter")),
+            "{}",
+            e.error
+        );
+        assert!(matches!(q.ring(), Err(BlockError::Dead(_))));
+        within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
+    }
+
+    #[test]
+    fn registered_buffers_are_dropped_when_the_probe_read_fails_with_an_os_error() {
+        let s = ironvme_nvme::status::Status::from_raw;
+        assert!(fixed_buffers_work(&Ok(())));
+        assert!(fixed_buffers_work(&Err(IoStatus::Nvme(s(0x281)))), "reached the device");
+        assert!(!fixed_buffers_work(&Err(IoStatus::Os(libc::EINVAL))), "Linux < 6.1");
+        assert!(!fixed_buffers_work(&Err(IoStatus::Os(libc::EFAULT))));
+        // A real kernel error: a regular file has no uring_cmd (EOPNOTSUPP).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-nvme");
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let mut q = queue_on(&path);
+        assert!(q.fixed_buffers_active());
+        q.probe_fixed_buffers().unwrap();
+        assert!(!q.fixed_buffers_active(), "the probe failed: plain addresses");
+        assert_eq!(q.fixed_regions(), 0, "the probe's slot was emptied");
+        assert_eq!(q.outstanding(), 0);
+        let mut buf = KernelDma::new(false).allocate(4096).unwrap();
+        assert_eq!(q.fixed.index_for(&q.ring, &mut buf), None);
+    }
 
     #[test]
     fn wrong_nodes_are_refused_with_the_fix() {

@@ -794,6 +794,124 @@ impl IdentifyNamespace {
     }
 }
 
+// ---- metadata and protection information: refused until ironvme transfers them ----------
+
+impl IdentifyNamespace {
+    /// Whether ironvme can move this namespace's data: `Err` when its current LBA format
+    /// carries metadata (MS ≠ 0) or end-to-end protection information is enabled
+    /// (DPS ≠ 0). ironvme's commands carry no metadata pointer, so on such a namespace
+    /// the controller would move NLB × (LBADS + MS) bytes into a buffer sized for
+    /// NLB × LBADS (metadata at the end of each block, FLBAS bit 4), or write metadata to
+    /// MPTR = 0 (separate metadata) — NVM Command Set Specification 1.0 §5.2.3 and
+    /// Base Specification 2.0 §5.2.3.
+    ///
+    /// The one check every backend makes (the VFIO driver, NVMe ioctl and io_uring
+    /// passthrough) before I/O on a namespace. A namespace whose current format is
+    /// missing passes: other checks refuse it. `nsid` only fills the error.
+    ///
+    /// Errors: [`MetadataUnsupported`], naming the format and a format to reformat to.
+    pub fn check_no_metadata(&self, nsid: u32) -> Result<(), MetadataUnsupported> {
+        let Some(current) = self.current_format() else {
+            return Ok(());
+        };
+        if current.ms == 0 && self.dps == 0 {
+            return Ok(());
+        }
+        let usable = |f: &&LbaFormat| f.ms == 0 && f.data_size().is_some();
+        let alternative = self
+            .lba_formats
+            .iter()
+            .position(|f| usable(&f) && f.lbads == current.lbads)
+            .or_else(|| self.lba_formats.iter().position(|f| usable(&f)))
+            .map(|i| (i, self.lba_formats[i]));
+        Err(MetadataUnsupported {
+            nsid,
+            format_index: self.current_format_index(),
+            format: *current,
+            extended: self.metadata_extended(),
+            dps: self.dps,
+            alternative,
+            device: None,
+        })
+    }
+}
+
+/// A namespace formatted with metadata or protection information, which ironvme does not
+/// transfer yet (see [`IdentifyNamespace::check_no_metadata`]). The message names the LBA
+/// format (index, LBADS, MS, DPS) and how to reformat the namespace.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct MetadataUnsupported {
+    /// Namespace ID.
+    pub nsid: u32,
+    /// Index of the namespace's current LBA format (FLBAS).
+    pub format_index: usize,
+    /// The current LBA format.
+    pub format: LbaFormat,
+    /// FLBAS bit 4: metadata at the end of each block (extended LBA), else a separate
+    /// buffer.
+    pub extended: bool,
+    /// DPS (Identify Namespace byte 29): bits 2:0 protection information type, bit 3 PI
+    /// position.
+    pub dps: u8,
+    /// A format of the namespace without metadata (the same data size if one exists):
+    /// its index and descriptor; `None` if the namespace lists none.
+    pub alternative: Option<(usize, LbaFormat)>,
+    /// The device as `ironvme format` takes it (a PCI address, `/dev/nvmeX`), when known.
+    pub device: Option<String>,
+}
+
+impl MetadataUnsupported {
+    /// The same error, naming `device` in the reformatting command.
+    pub fn on_device(mut self, device: impl Into<String>) -> MetadataUnsupported {
+        self.device = Some(device.into());
+        self
+    }
+
+    fn message(&self) -> String {
+        let f = &self.format;
+        let size = |f: &LbaFormat| f.data_size().map_or(String::new(), |b| format!(": {b}-byte blocks"));
+        let metadata = match (f.ms, self.extended) {
+            (0, _) => "MS 0: no metadata".to_string(),
+            (ms, true) => format!("MS {ms}: {ms} bytes of metadata at the end of each block (extended LBA)"),
+            (ms, false) => format!("MS {ms}: {ms} bytes of metadata per block in a separate buffer"),
+        };
+        let pi = match self.dps & 0x7 {
+            0 => "no protection information".to_string(),
+            t => format!("protection information type {t}"),
+        };
+        let mut m = format!(
+            "namespace {} is formatted with LBA format {} (LBADS {}{}; {metadata}; DPS {:#04x}: {pi}): ironvme does \
+             not transfer metadata or protection information yet, so it refuses I/O on this namespace",
+            self.nsid,
+            self.format_index,
+            f.lbads,
+            size(f),
+            self.dps
+        );
+        match &self.alternative {
+            Some((i, alt)) => {
+                let dev = self.device.as_deref().unwrap_or("DEV");
+                let nvme_dev = match self.device.as_deref() {
+                    Some(d) if d.starts_with("/dev/nvme") => d,
+                    _ => "/dev/nvmeX",
+                };
+                m.push_str(&format!(
+                    ". Reformat it to LBA format {i} (LBADS {}{}, no metadata), which ERASES the namespace: \
+                     `ironvme format {dev} --nsid {} --lbaf {i}`, or with nvme-cli \
+                     `nvme format {nvme_dev} -n {} -l {i}`",
+                    alt.lbads,
+                    size(alt),
+                    self.nsid,
+                    self.nsid
+                ));
+            }
+            None => m.push_str(". The namespace lists no LBA format without metadata, so ironvme cannot use it"),
+        }
+        m
+    }
+}
+
 /// The Active Namespace ID list (CNS 02h, Base 2.0 §5.17.2.2): up to 1024 NSIDs as
 /// little-endian `u32`s in one 4096-byte page, in strictly increasing order, the unused
 /// tail zero-filled.
@@ -1219,6 +1337,56 @@ mod tests {
         assert_eq!(ns.metadata_size(), Some(8));
         assert!(ns.metadata_extended());
         assert_eq!(ns.capacity_bytes(), Some((1 << 30) * 8));
+    }
+
+    #[test]
+    fn metadata_and_protection_information_are_refused_naming_the_format() {
+        let mut b = qemu_ns();
+        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1), Ok(()));
+        b[26] = 4;
+        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1), Ok(()));
+        // 4096 + 8 bytes at the end of each block: the 4096-byte format without metadata
+        // (index 4) is offered.
+        b[26] = 5 | (1 << 4);
+        let e = IdentifyNamespace::parse(&b).unwrap().check_no_metadata(2).unwrap_err();
+        assert_eq!(
+            (e.format_index, e.format.ms, e.format.lbads, e.extended),
+            (5, 8, 12, true)
+        );
+        assert_eq!(e.alternative.map(|(i, _)| i), Some(4));
+        assert_eq!(
+            e.clone().on_device("/dev/nvme1").to_string(),
+            "namespace 2 is formatted with LBA format 5 (LBADS 12: 4096-byte blocks; MS 8: 8 bytes of metadata at \
+             the end of each block (extended LBA); DPS 0x00: no protection information): ironvme does not transfer \
+             metadata or protection information yet, so it refuses I/O on this namespace. Reformat it to LBA \
+             format 4 (LBADS 12: 4096-byte blocks, no metadata), which ERASES the namespace: `ironvme format \
+             /dev/nvme1 --nsid 2 --lbaf 4`, or with nvme-cli `nvme format /dev/nvme1 -n 2 -l 4`"
+        );
+        let msg = e.on_device("0000:00:05.0").to_string();
+        assert!(msg.contains("`ironvme format 0000:00:05.0 --nsid 2 --lbaf 4`"), "{msg}");
+        assert!(msg.contains("`nvme format /dev/nvmeX -n 2 -l 4`"), "{msg}");
+        // Separate metadata with PI type 1.
+        b[26] = 1;
+        b[29] = 1;
+        let e = IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("LBA format 1 (LBADS 9: 512-byte blocks; MS 8: 8 bytes of metadata per block in a separate buffer; DPS 0x01: protection information type 1)"), "{msg}");
+        assert!(msg.contains("--lbaf 0`") && msg.contains("ironvme format DEV"), "{msg}");
+        // DPS alone is refused too.
+        b[26] = 0;
+        assert!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1).is_err());
+        // No format without metadata: said so.
+        b[29] = 0;
+        b[26] = 1;
+        b[25] = 0;
+        put32(&mut b, 128, LbaFormat { ms: 8, lbads: 9, rp: 0 }.to_raw());
+        b[26] = 0;
+        let e = IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("lists no LBA format without metadata, so ironvme cannot use it"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -60,6 +60,7 @@
 //! aligned to [`NamespaceInfo::buffer_alignment`] works, since the kernel reaches buffers
 //! by host address.
 
+pub(crate) mod enter;
 mod fixed;
 mod queue;
 

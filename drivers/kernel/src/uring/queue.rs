@@ -2,6 +2,7 @@
 //! registered-buffer table.
 
 use super::Shared;
+use super::enter::{Enter, RingTries, WaitErrors, retry_for};
 use super::fixed::FixedBuffers;
 use crate::error::{BACKEND_URING, KernelError};
 use crate::geometry::os;
@@ -9,9 +10,11 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use ironvme_nvme::block::{self, BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
 use ironvme_nvme::hw::DmaBuf;
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `Slot::fixed` of an operation that uses no registered buffer.
 const NO_FIXED: u16 = u16::MAX;
@@ -80,8 +83,19 @@ macro_rules! with_file {
 /// changed underneath (the file was truncated, the device resized). A negative `res`
 /// completes with that errno ([`IoStatus::Os`]).
 ///
-/// Dropping the queue waits for every operation still in flight (the kernel may be
-/// writing to their buffers), then unregisters the buffers and closes the ring.
+/// `io_uring_enter` failures: `EINTR` is retried; `EAGAIN` and
+/// `EBUSY` (completion queue full) are retried after reaping the completion queue (`ring`
+/// keeps what it reaps for the next `poll`); `ring` reports an error that persists after a
+/// bounded number of tries, leaving the SQEs queued. When `wait` cannot enter the kernel
+/// for 10 s, the queue fails: every operation in flight completes with the errno and
+/// **without its buffer**, which is leaked (the kernel may still write it), and the queue
+/// refuses everything after ([`BlockError::Dead`]).
+///
+/// Dropping the queue waits up to 75 s (the kernel's I/O timeout plus its recovery) for
+/// every operation still in flight (the kernel may be writing to their buffers), then
+/// unregisters the buffers and closes the ring. Operations still in flight after that,
+/// or on a failed queue, keep their buffers and registered regions forever: they are
+/// leaked deliberately rather than unmapped while the kernel may write into them.
 pub struct UringQueue {
     ring: IoUring,
     /// An ordinary ring for Flush, Write Zeroes and Deallocate, which an IOPOLL ring
@@ -99,6 +113,13 @@ pub struct UringQueue {
     inflight: usize,
     fixed: FixedBuffers,
     stats: UringStats,
+    /// `io_uring_enter`, with its deadlines.
+    sys: Enter,
+    /// CQEs (`user_data`, `res`) reaped by `ring` to make room in a full completion
+    /// queue, for the next `poll`; and the failed operations of a failed queue.
+    ready: VecDeque<(u64, i32)>,
+    /// Why the queue failed (`io_uring_enter` kept failing); it refuses everything after.
+    dead: Option<String>,
     /// A queue belongs to one thread at a time: `Send`, not `Sync`.
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -190,6 +211,9 @@ impl UringQueue {
             inflight: 0,
             fixed: FixedBuffers::new(fixed_active),
             stats: UringStats::default(),
+            sys: Enter::new(),
+            ready: VecDeque::with_capacity(2 * depth),
+            dead: None,
             shared,
             _not_sync: PhantomData,
         })
@@ -333,6 +357,59 @@ impl UringQueue {
         Some(Completion { tag, buf, result })
     }
 
+    /// Hands back up to `max` operations whose CQEs `ring` reaped, or that a failure
+    /// completed.
+    fn deliver_ready<F: FnMut(Completion)>(&mut self, max: usize, on_complete: &mut F) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some((user_data, res)) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.finish(user_data as usize, res) {
+                on_complete(c);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Moves every CQE of both rings into `ready`: the completion queue is full, and the
+    /// kernel takes no submissions until some are reaped. Returns how many.
+    fn stash_completions(&mut self) -> usize {
+        let before = self.ready.len();
+        for ring in [Some(&mut self.ring), self.aux.as_mut()].into_iter().flatten() {
+            self.ready.extend(
+                ring.completion()
+                    .map(|cqe: cqueue::Entry| (cqe.user_data(), cqe.result())),
+            );
+        }
+        self.ready.len() - before
+    }
+
+    /// Fails the queue after `io_uring_enter` kept failing with `e`: every operation in
+    /// flight completes (through `ready`) with the errno and without its buffer, which is
+    /// leaked with the registered regions, because the kernel may still write to them.
+    fn fail(&mut self, e: &std::io::Error) {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let why = format!("io_uring_enter kept failing for {:?}: {e}", self.sys.error_deadline);
+        tracing::error!(
+            path = %self.shared.path.display(),
+            outstanding = self.outstanding(),
+            "uring: {why}; failing the queue and leaking the buffers of its operations in flight"
+        );
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let reaped = self.ready.iter().any(|&(user_data, _)| user_data == i as u64);
+            if slot.busy && !reaped {
+                std::mem::forget(slot.buf.take());
+                // Its region stays counted in flight, so it is never released.
+                slot.fixed = NO_FIXED;
+                self.ready.push_back((i as u64, -errno));
+            }
+        }
+        self.fixed.leak();
+        self.dead = Some(why);
+    }
+
     /// Reaps up to `max` CQEs from one ring.
     fn reap<F: FnMut(Completion)>(&mut self, aux: bool, max: usize, on_complete: &mut F) -> usize {
         const BATCH: usize = 32;
@@ -364,18 +441,33 @@ impl UringQueue {
         n
     }
 
-    /// Submits pending SQEs of one ring.
+    /// Submits pending SQEs of one ring: retries `EINTR`, and `EAGAIN`/`EBUSY` after
+    /// reaping ([`RingTries`]).
     fn enter(&mut self, aux: bool) -> Result<(), BlockError> {
         let sqpoll = self.shared.opts.sqpoll && !aux;
+        let mut tries = RingTries::default();
+        loop {
+            let ring = if aux {
+                self.aux.as_mut().expect("aux ring exists")
+            } else {
+                &mut self.ring
+            };
+            let Err(e) = self.sys.enter(&ring.submitter(), 0, None) else {
+                break;
+            };
+            let reap = tries.after(e).map_err(|source| BlockError::Os {
+                op: "io_uring_enter",
+                source,
+            })?;
+            if reap && self.stash_completions() == 0 {
+                std::thread::yield_now();
+            }
+        }
         let ring = if aux {
             self.aux.as_mut().expect("aux ring exists")
         } else {
             &mut self.ring
         };
-        ring.submit().map_err(|source| BlockError::Os {
-            op: "io_uring_enter",
-            source,
-        })?;
         // Without SQPOLL the kernel consumes every SQE it is given unless it fails; with
         // SQPOLL its thread takes them when it runs.
         let left = !sqpoll && !ring.submission().is_empty();
@@ -387,21 +479,15 @@ impl UringQueue {
         Ok(())
     }
 
-    /// Waits in the kernel until one operation completes, on the ring that has some in
-    /// flight.
-    fn wait_one(&mut self) -> std::io::Result<()> {
+    /// Waits in the kernel until one operation completes (or `timeout` passes), on the
+    /// ring that has some in flight.
+    fn wait_one(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
         let ring = if self.inflight > 0 {
             &self.ring
         } else {
             self.aux.as_ref().unwrap_or(&self.ring)
         };
-        loop {
-            match ring.submit_and_wait(1) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        self.sys.enter(&ring.submitter(), 1, timeout).map(drop)
     }
 }
 
@@ -430,6 +516,12 @@ impl BlockQueue for UringQueue {
     }
 
     fn submit(&mut self, op: Op, mut buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
+        if let Some(why) = &self.dead {
+            return Err(SubmitError {
+                error: BlockError::Dead(why.clone()),
+                buf,
+            });
+        }
         let blocks = match block::check(&self.shared.info, &op, buf.as_ref()) {
             Ok(n) => n,
             Err(error) => return Err(SubmitError { error, buf }),
@@ -497,35 +589,47 @@ impl BlockQueue for UringQueue {
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
+        if let Some(why) = &self.dead {
+            return Err(BlockError::Dead(why.clone()));
+        }
         let main = if self.pending { self.enter(false) } else { Ok(()) };
         let aux = if self.aux_pending { self.enter(true) } else { Ok(()) };
         main.and(aux)
     }
 
     fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        let ready = self.deliver_ready(max, &mut on_complete);
+        if self.dead.is_some() {
+            // The rings are not reaped again: their late CQEs belong to abandoned slots.
+            return ready;
+        }
+        let max = max - ready;
         // An error leaves the SQEs queued; the next poll or ring tries again.
         let _ = self.ring();
         if self.shared.opts.iopoll && self.inflight > 0 && self.ring.completion().is_empty() {
             // IOPOLL: completions are found by polling the device, which only
             // io_uring_enter(GETEVENTS) does (`submit` sets it on IOPOLL rings).
-            let _ = self.ring.submit();
+            let _ = self.sys.enter(&self.ring.submitter(), 0, None);
         }
-        let n = self.reap(false, max, &mut on_complete);
+        let n = ready + self.reap(false, max, &mut on_complete);
         if self.aux.is_some() {
-            n + self.reap(true, max - n, &mut on_complete)
+            n + self.reap(true, max + ready - n, &mut on_complete)
         } else {
             n
         }
     }
 
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        let mut errors = WaitErrors::default();
         loop {
             let n = self.poll(max, &mut on_complete);
             if n > 0 || self.outstanding() == 0 || max == 0 {
                 return n;
             }
-            if self.wait_one().is_err() {
-                std::hint::spin_loop();
+            match self.wait_one(None) {
+                Ok(()) => errors.ok(),
+                Err(e) if errors.failed(&e, self.sys.error_deadline) => self.fail(&e),
+                Err(_) => {}
             }
         }
     }
@@ -534,26 +638,38 @@ impl BlockQueue for UringQueue {
 impl Drop for UringQueue {
     fn drop(&mut self) {
         // The kernel may still write into the buffers of operations in flight: wait for
-        // all of them before anything is unmapped.
+        // them (up to the drain timeout) before anything is unmapped.
+        let deadline = Instant::now() + self.sys.drain_timeout;
         let _ = self.ring();
-        while self.outstanding() > 0 {
+        while self.dead.is_none() && self.outstanding() > 0 {
             if self.poll(usize::MAX, drop) > 0 {
                 continue;
             }
-            if let Err(e) = self.wait_one() {
-                tracing::error!(
-                    error = %e,
-                    outstanding = self.outstanding(),
-                    "uring: cannot wait for operations in flight; leaking their buffers"
-                );
-                for slot in self.slots.iter_mut() {
-                    if let Some(b) = slot.buf.take() {
-                        std::mem::forget(b);
-                    }
-                }
-                self.fixed.leak();
-                return;
+            let now = Instant::now();
+            if now >= deadline {
+                break;
             }
+            // Waits of at most 1 s, so the deadline is checked.
+            match self.wait_one(Some((deadline - now).min(Duration::from_secs(1)))) {
+                Err(e) if retry_for(&e) == super::enter::Retry::No => {
+                    tracing::error!(error = %e, "uring: cannot wait for operations in flight");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        self.poll(usize::MAX, drop);
+        if self.dead.is_some() || self.outstanding() > 0 {
+            tracing::error!(
+                path = %self.shared.path.display(),
+                outstanding = self.outstanding(),
+                "uring: dropping a queue with operations the kernel has not completed; leaking their buffers"
+            );
+            for slot in self.slots.iter_mut() {
+                std::mem::forget(slot.buf.take());
+            }
+            self.fixed.leak();
+            return;
         }
         self.fixed.unregister(&self.ring.submitter());
     }
@@ -574,5 +690,145 @@ fn ring_setup_error(shared: &Shared, e: std::io::Error) -> KernelError {
     KernelError::Unavailable {
         backend: BACKEND_URING,
         why: format!("{}: {why}", shared.path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KernelDma;
+    use crate::uring::enter::{wait_on_failing_enter, within};
+    use crate::uring::{UringDevice, UringOptions};
+    use ironvme_nvme::block::GeometrySource;
+    use ironvme_nvme::hw::DmaAllocator;
+    use std::time::{Duration, Instant};
+
+    /// A queue on a 1 MiB scratch file.
+    fn file_queue(depth: usize) -> (tempfile::TempDir, UringQueue) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
+        let dev = UringDevice::open(&path, &UringOptions::default()).unwrap();
+        let q = dev.create_queue(depth).unwrap();
+        (dir, q)
+    }
+
+    /// A queue whose "device" is the read end of a pipe nobody writes to: a read never
+    /// completes while the write end (returned) is open.
+    fn pipe_queue() -> (UringQueue, std::os::fd::OwnedFd) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let shared = Shared {
+            file: std::fs::File::from(r),
+            path: "pipe".into(),
+            info: NamespaceInfo {
+                nsid: 1,
+                block_size: 512,
+                blocks: 1 << 20,
+                max_transfer_bytes: 1 << 20,
+                buffer_alignment: 512,
+                write_zeroes: false,
+                deallocate: false,
+                deallocate_zeroes: false,
+                compare: false,
+                verify: false,
+                volatile_write_cache: false,
+                source: GeometrySource::File,
+            },
+            opts: UringOptions {
+                fixed_buffers: false,
+                fixed_files: false,
+                ..UringOptions::default()
+            },
+            zero_mode: None,
+            zero_unmap_mode: None,
+            deallocate_mode: None,
+            polled_chunk_bytes: 0,
+        };
+        (UringQueue::new(Arc::new(shared), 4).unwrap(), w)
+    }
+
+    fn read_buf() -> DmaBuf {
+        KernelDma::new(false).allocate(4096).unwrap()
+    }
+
+    #[test]
+    fn ring_retries_signals_and_a_full_completion_queue() {
+        let (_dir, mut q) = file_queue(4);
+        q.submit(Op::Read { lba: 0 }, Some(read_buf()), 7).unwrap();
+        q.sys.inject.extend([libc::EINTR, libc::EAGAIN, libc::EBUSY]);
+        q.ring().expect("EINTR, EAGAIN and EBUSY are retried");
+        assert!(q.sys.inject.is_empty());
+        let mut done = Vec::new();
+        while done.is_empty() {
+            q.wait(1, |c| done.push((c.tag, c.result)));
+        }
+        assert_eq!(done, [(7, Ok(()))]);
+    }
+
+    #[test]
+    fn ring_gives_up_on_a_persistent_busy_after_a_bounded_number_of_tries() {
+        let (_dir, mut q) = file_queue(4);
+        q.submit(Op::Read { lba: 0 }, Some(read_buf()), 1).unwrap();
+        q.sys.inject.push_back(libc::EBUSY);
+        q.sys.inject_forever = true;
+        let e = q.ring().unwrap_err();
+        assert!(
+            matches!(&e, BlockError::Os { source, .. } if source.raw_os_error() == Some(libc::EBUSY)),
+            "{e}"
+        );
+        // The SQE stays queued: the next ring submits it.
+        q.sys.inject.clear();
+        q.ring().unwrap();
+        let mut done = Vec::new();
+        while done.is_empty() {
+            q.wait(1, |c| done.push((c.tag, c.result)));
+        }
+        assert_eq!(done, [(1, Ok(()))]);
+    }
+
+    #[test]
+    fn wait_fails_the_queue_after_a_persistent_enter_error_and_keeps_the_buffer() {
+        let (dir, mut q) = file_queue(4);
+        q.sys.error_deadline = Duration::from_millis(200);
+        q.submit(Op::Read { lba: 0 }, Some(read_buf()), 3).unwrap();
+        q.sys.inject.push_back(libc::EBADF);
+        q.sys.inject_forever = true;
+        let started = Instant::now();
+        let (q, done) = wait_on_failing_enter(q);
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "not before the deadline"
+        );
+        // The kernel may own the buffer: it is not handed back.
+        assert_eq!(done, [(3, false, Err(IoStatus::Os(libc::EBADF)))]);
+        let mut q = q;
+        assert_eq!(q.outstanding(), 0);
+        let e = q.submit(Op::Read { lba: 0 }, Some(read_buf()), 4).unwrap_err();
+        assert!(
+            matches!(&e.error, BlockError::Dead(why) if why.contains("io_uring_enter")),
+            "{}",
+            e.error
+        );
+        assert!(e.buf.is_some());
+        assert!(matches!(q.ring(), Err(BlockError::Dead(_))));
+        within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
+        drop(dir);
+    }
+
+    #[test]
+    fn dropping_a_queue_whose_read_never_completes_returns_after_the_drain_timeout() {
+        let (mut q, writer) = pipe_queue();
+        q.sys.drain_timeout = Duration::from_millis(300);
+        q.submit(Op::Read { lba: 0 }, Some(read_buf()), 1).unwrap();
+        q.ring().unwrap();
+        assert_eq!(q.poll(8, |_| panic!("nothing was written to the pipe")), 0);
+        let started = Instant::now();
+        within(Duration::from_secs(10), "dropping the queue", move || drop(q));
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "not before the deadline"
+        );
+        // The read's buffer was leaked, so the kernel may still complete into it.
+        drop(writer);
     }
 }

@@ -68,10 +68,12 @@ pub struct NamespaceQueue<R: Registers> {
 impl<R: Registers> NamespaceQueue<R> {
     /// A queue pair of `entries` entries (clamped to CAP.MQES + 1) on namespace `nsid`.
     ///
-    /// Errors: [`Error::NoSuchNamespace`]; as
+    /// Errors: [`Error::NoSuchNamespace`]; [`Error::MetadataUnsupported`] for a namespace
+    /// formatted with metadata or protection information; as
     /// [`Controller::create_io_queue_pair_sized`].
     pub fn new(ctrl: &Controller<R>, nsid: u32, entries: u32) -> Result<NamespaceQueue<R>, Error> {
         let ns = ctrl.namespace(nsid)?;
+        ns.check_usable()?;
         let pair = ctrl.create_io_queue_pair_sized(entries.min(ctrl.cap().max_queue_entries()))?;
         let depth = pair.depth();
         let mut ranges = ctrl

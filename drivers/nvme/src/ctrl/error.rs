@@ -61,6 +61,10 @@ pub enum Error {
     /// The namespace ID is not an active namespace of this controller.
     #[error("namespace {0} is not an active namespace of this controller")]
     NoSuchNamespace(u32),
+    /// The namespace is formatted with metadata or protection information, which the
+    /// driver does not transfer yet: I/O on it is refused (the namespace is still listed).
+    #[error(transparent)]
+    MetadataUnsupported(Box<crate::identify::MetadataUnsupported>),
     /// An I/O names logical blocks outside the namespace.
     #[error("LBA range {slba}+{blocks} blocks is outside namespace {nsid} ({nsze} blocks)")]
     LbaOutOfRange {
@@ -154,5 +158,11 @@ impl Error {
             Error::Command { status, .. } => Some(*status),
             _ => None,
         }
+    }
+}
+
+impl From<crate::identify::MetadataUnsupported> for Error {
+    fn from(e: crate::identify::MetadataUnsupported) -> Error {
+        Error::MetadataUnsupported(Box::new(e))
     }
 }

@@ -78,8 +78,20 @@ impl Namespace {
         self.max_transfer_blocks as usize * self.block_size as usize
     }
 
-    /// Checks that `blocks` blocks at `slba` lie inside the namespace and fit one command.
+    /// Whether the driver can move this namespace's data: refuses a format with metadata
+    /// or protection information ([`IdentifyNamespace::check_no_metadata`]). Opening a
+    /// queue on the namespace ([`super::NamespaceQueue::new`]) and every read, write and
+    /// compare ([`Self::check_range`]) check it; listing and Identify do not.
+    ///
+    /// Errors: [`super::Error::MetadataUnsupported`].
+    pub fn check_usable(&self) -> Result<(), super::Error> {
+        Ok(self.identify.check_no_metadata(self.nsid)?)
+    }
+
+    /// Checks that the namespace is usable ([`Self::check_usable`]) and that `blocks`
+    /// blocks at `slba` lie inside it and fit one command.
     pub fn check_range(&self, slba: u64, blocks: u64) -> Result<(), super::Error> {
+        self.check_usable()?;
         let end = slba.checked_add(blocks);
         if blocks == 0 || end.is_none_or(|e| e > self.blocks) {
             return Err(super::Error::LbaOutOfRange {
@@ -96,5 +108,41 @@ impl Namespace {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctrl::Error;
+    use crate::identify::LbaFormat;
+
+    /// Identify Namespace of 1000 blocks with QEMU's formats 0 (512 B) and 1 (512 + 8 B).
+    fn identify(flbas: u8, dps: u8) -> IdentifyNamespace {
+        let mut b = vec![0u8; 4096];
+        b[0..8].copy_from_slice(&1000u64.to_le_bytes());
+        b[25] = 1;
+        b[26] = flbas;
+        b[29] = dps;
+        b[128..132].copy_from_slice(&LbaFormat { ms: 0, lbads: 9, rp: 0 }.to_raw().to_le_bytes());
+        b[132..136].copy_from_slice(&LbaFormat { ms: 8, lbads: 9, rp: 0 }.to_raw().to_le_bytes());
+        IdentifyNamespace::parse(&b).unwrap()
+    }
+
+    #[test]
+    fn a_namespace_with_metadata_is_listed_but_its_io_refused() {
+        let ctrl = IdentifyController::parse(&[0u8; 4096]).unwrap();
+        let plain = Namespace::new(1, identify(0, 0), &ctrl, 128 * 1024).unwrap();
+        plain.check_usable().unwrap();
+        plain.check_range(0, 8).unwrap();
+        for (flbas, dps) in [(1 | 1 << 4, 0), (1, 0), (0, 1)] {
+            let ns = Namespace::new(3, identify(flbas, dps), &ctrl, 128 * 1024).expect("still listed");
+            assert_eq!(ns.block_size, 512);
+            let e = ns.check_usable().unwrap_err();
+            assert!(matches!(&e, Error::MetadataUnsupported(m) if m.nsid == 3), "{e}");
+            assert!(e.to_string().contains("--lbaf 0"), "{e}");
+            let e = ns.check_range(0, 8).unwrap_err();
+            assert!(matches!(e, Error::MetadataUnsupported(_)), "{flbas} {dps}: {e}");
+        }
     }
 }

@@ -1,0 +1,212 @@
+//! `io_uring_enter` for both io_uring backends ([`super::UringQueue`],
+//! [`crate::uring_cmd::UringCmdQueue`]): which failures are retried, and the deadlines that
+//! keep a queue from spinning forever on one that persists (`io_uring_enter(2)`, ERRORS):
+//!
+//! - `EINTR`: a signal arrived before anything was submitted or while waiting: enter
+//!   again at once;
+//! - `EAGAIN` (the kernel could not allocate what a request needs) and `EBUSY` (the
+//!   completion queue overflowed: with `IORING_FEAT_NODROP` the kernel keeps the extra
+//!   completions and takes no new submissions until the application has reaped some):
+//!   reap the completion queue, then enter again;
+//! - anything else fails the call.
+//!
+//! `ring` retries at most [`RETRIES`] times and then reports the error, leaving the
+//! SQEs queued; `wait` keeps trying (reaping in between) for [`Enter::error_deadline`]
+//! and then fails the queue; dropping a queue waits [`Enter::drain_timeout`] for the
+//! operations in flight, then leaks their buffers rather than free memory the kernel may
+//! still write.
+//!
+//! Tests put errnos into [`Enter::inject`]: the next calls fail with them without entering
+//! the kernel.
+
+use io_uring::Submitter;
+use io_uring::types::{SubmitArgs, Timespec};
+use std::io;
+use std::time::{Duration, Instant};
+
+/// How many times one `ring` enters again after `EINTR`, `EAGAIN` or `EBUSY` before it
+/// reports the error.
+pub(crate) const RETRIES: u32 = 64;
+
+/// How long `wait` keeps entering the kernel while every attempt fails, before it fails
+/// the queue.
+pub(crate) const ERROR_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long dropping a queue waits for operations in flight: longer than the kernel's
+/// default I/O timeout (30 s) plus its abort and controller reset.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// What to do after a failed `io_uring_enter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// `EINTR`: enter again.
+    Now,
+    /// `EAGAIN`, `EBUSY`: reap completions, then enter again.
+    AfterReaping,
+    /// Any other error.
+    No,
+}
+
+/// What to do after `e`.
+pub(crate) fn retry_for(e: &io::Error) -> Retry {
+    match e.raw_os_error() {
+        Some(libc::EINTR) => Retry::Now,
+        Some(libc::EAGAIN | libc::EBUSY) => Retry::AfterReaping,
+        _ => Retry::No,
+    }
+}
+
+/// Counts the tries of one `ring`: [`RETRIES`] at most.
+#[derive(Debug, Default)]
+pub(crate) struct RingTries(u32);
+
+impl RingTries {
+    /// After `ring`'s `io_uring_enter` failed with `e`: `Ok(reap)` to enter again
+    /// (reaping the completion queue first if `reap`), or `Err(e)` to report it (not
+    /// retryable, or [`RETRIES`] reached).
+    pub(crate) fn after(&mut self, e: io::Error) -> io::Result<bool> {
+        let retry = retry_for(&e);
+        if retry == Retry::No || self.0 == RETRIES {
+            return Err(e);
+        }
+        self.0 += 1;
+        Ok(retry == Retry::AfterReaping)
+    }
+}
+
+/// Tracks how long `wait`'s `io_uring_enter` has been failing.
+#[derive(Debug, Default)]
+pub(crate) struct WaitErrors {
+    since: Option<Instant>,
+}
+
+impl WaitErrors {
+    /// An `io_uring_enter` succeeded.
+    pub(crate) fn ok(&mut self) {
+        self.since = None;
+    }
+
+    /// An `io_uring_enter` failed with `e`: true when it has been failing for `deadline`
+    /// and the queue must fail (`EINTR`, a signal, neither counts nor waits); after an
+    /// error that reaping cannot help, sleeps 1 ms before the next try.
+    pub(crate) fn failed(&mut self, e: &io::Error, deadline: Duration) -> bool {
+        let retry = retry_for(e);
+        if retry == Retry::Now {
+            return false;
+        }
+        if self.since.get_or_insert_with(Instant::now).elapsed() >= deadline {
+            return true;
+        }
+        if retry == Retry::No {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+}
+
+/// Runs `f` on another thread; fails the test if it does not return within `limit`.
+#[cfg(test)]
+pub(crate) fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+}
+
+/// Waits on `q` (on another thread, at most 10 s) until it hands back a completion or
+/// has nothing outstanding; returns the queue and the completions (tag, buffer given
+/// back, result). For queues whose `io_uring_enter` keeps failing.
+#[cfg(test)]
+#[allow(clippy::type_complexity)]
+pub(crate) fn wait_on_failing_enter<Q>(mut q: Q) -> (Q, Vec<(u64, bool, Result<(), ironvme_nvme::block::IoStatus>)>)
+where
+    Q: ironvme_nvme::block::BlockQueue + Send + 'static,
+{
+    within(Duration::from_secs(10), "wait on a failing io_uring_enter", move || {
+        let mut done = Vec::new();
+        while done.is_empty() && q.outstanding() > 0 {
+            q.wait(8, |c| done.push((c.tag, c.buf.is_some(), c.result)));
+        }
+        (q, done)
+    })
+}
+
+/// A queue's way into the kernel, with its deadlines.
+#[derive(Debug)]
+pub(crate) struct Enter {
+    /// See [`ERROR_DEADLINE`].
+    pub(crate) error_deadline: Duration,
+    /// See [`DRAIN_TIMEOUT`].
+    pub(crate) drain_timeout: Duration,
+    /// Errnos the next calls fail with, first one first; the last one repeats forever
+    /// when `inject_forever`. Tests only.
+    #[cfg(test)]
+    pub(crate) inject: std::collections::VecDeque<i32>,
+    #[cfg(test)]
+    pub(crate) inject_forever: bool,
+}
+
+impl Enter {
+    pub(crate) fn new() -> Enter {
+        Enter {
+            error_deadline: ERROR_DEADLINE,
+            drain_timeout: DRAIN_TIMEOUT,
+            #[cfg(test)]
+            inject: std::collections::VecDeque::new(),
+            #[cfg(test)]
+            inject_forever: false,
+        }
+    }
+
+    /// Submits the queued SQEs and waits for `want` completions (0: does not wait), at
+    /// most `timeout` when given (`IORING_ENTER_EXT_ARG`, Linux 5.11+; running out is not
+    /// an error: `Ok(0)`). Returns what the kernel returned: SQEs consumed.
+    ///
+    /// Errors: the `io_uring_enter` errno (see [`retry_for`]).
+    pub(crate) fn enter(
+        &mut self,
+        submitter: &Submitter<'_>,
+        want: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        #[cfg(test)]
+        {
+            let errno = if self.inject_forever && self.inject.len() == 1 {
+                self.inject.front().copied()
+            } else {
+                self.inject.pop_front()
+            };
+            if let Some(errno) = errno {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
+        match timeout {
+            None => submitter.submit_and_wait(want),
+            Some(t) => {
+                let ts = Timespec::from(t);
+                let args = SubmitArgs::new().timespec(&ts);
+                match submitter.submit_with_args(want, &args) {
+                    Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(0),
+                    other => other,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_retried_at_once_and_a_full_completion_queue_after_reaping() {
+        let e = |errno| io::Error::from_raw_os_error(errno);
+        assert_eq!(retry_for(&e(libc::EINTR)), Retry::Now);
+        assert_eq!(retry_for(&e(libc::EAGAIN)), Retry::AfterReaping);
+        assert_eq!(retry_for(&e(libc::EBUSY)), Retry::AfterReaping);
+        assert_eq!(retry_for(&e(libc::EBADF)), Retry::No);
+        assert_eq!(retry_for(&e(libc::EFAULT)), Retry::No);
+    }
+}
