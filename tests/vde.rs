@@ -511,6 +511,64 @@ mod power_loss {
         }
     }
 
+    /// Runs `f` on a thread and fails the test if it takes longer than `limit` (a hang
+    /// fails instead of hanging the suite).
+    fn within<T: Send + 'static>(limit: std::time::Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("{what}: still waiting after {limit:?} (a hang)"))
+    }
+
+    /// A lane that fails to be made wakes the threads waiting for a lane: with one lane
+    /// allowed, a get waits while another thread makes it; that creation fails (Create
+    /// I/O SQ is refused after a slow Create I/O CQ); the waiting get must then make its
+    /// own lane rather than wait forever.
+    #[test]
+    fn a_failed_lane_creation_wakes_the_waiters() {
+        use ironvme::nvme::cmd::admin;
+        use ironvme::nvme::sim::{FaultAction, FaultRule};
+        use ironvme::nvme::status::Status;
+        let sim = SimController::new(config());
+        let dev = Device::simulated(sim.clone(), Default::default()).unwrap();
+        let opts = ironvme::vde::VdeOptions { lanes: 1, ..small() };
+        let vde = Vde::format(dev, 0, opts.clone()).unwrap();
+        vde.put(b"k", b"value").unwrap();
+        vde.close().unwrap();
+        let vde =
+            std::sync::Arc::new(Vde::open(Device::simulated(sim.clone(), Default::default()).unwrap(), opts).unwrap());
+        // The data lane is made at the first get: its Create I/O CQ is slow, its Create
+        // I/O SQ fails.
+        sim.inject(FaultRule {
+            qid: Some(0),
+            opcode: Some(admin::CREATE_IO_CQ),
+            times: Some(1),
+            ..FaultRule::new(FaultAction::Delay(std::time::Duration::from_millis(400)))
+        });
+        sim.inject(FaultRule {
+            qid: Some(0),
+            opcode: Some(admin::CREATE_IO_SQ),
+            times: Some(1),
+            ..FaultRule::new(FaultAction::Status(Status::INTERNAL_ERROR))
+        });
+        let first = {
+            let vde = std::sync::Arc::clone(&vde);
+            std::thread::spawn(move || vde.get(b"k").map(|_| ()))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let v = std::sync::Arc::clone(&vde);
+        let second = within(
+            std::time::Duration::from_secs(20),
+            "the get waiting for a lane",
+            move || v.get(b"k"),
+        );
+        assert_eq!(second.unwrap(), b"value");
+        let e = first.join().unwrap().expect_err("the lane creation failed");
+        assert!(e.to_string().contains("I/O queue"), "{e}");
+    }
+
     #[test]
     fn the_simulated_controller_runs_the_model() {
         let sim = SimController::new(config());

@@ -652,6 +652,9 @@ impl Vde {
                     }),
                     Err(e) => {
                         self.lanes.lock().unwrap_or_else(|e| e.into_inner()).1 -= 1;
+                        // A thread may be waiting because this lane was being made: it can
+                        // now try to make one itself (and, failing, wake the next).
+                        self.lane_free.notify_one();
                         Err(e)
                     }
                 };
