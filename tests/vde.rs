@@ -569,6 +569,44 @@ mod power_loss {
         assert!(e.to_string().contains("I/O queue"), "{e}");
     }
 
+    /// After a failed journal Flush the store is poisoned: reads fail with the poison
+    /// error instead of serving the failed transaction's in-memory state; reopening
+    /// recovers the committed state.
+    #[test]
+    fn a_poisoned_store_serves_no_reads() {
+        use ironvme::nvme::cmd::nvm;
+        use ironvme::nvme::sim::{FaultAction, FaultRule};
+        use ironvme::nvme::status::Status;
+        let sim = SimController::new(config());
+        let vde = Vde::format(Device::simulated(sim.clone(), Default::default()).unwrap(), 0, small()).unwrap();
+        vde.put(b"old", b"committed").unwrap();
+        sim.inject(FaultRule {
+            opcode: Some(nvm::FLUSH),
+            times: Some(1),
+            ..FaultRule::new(FaultAction::Status(Status::INTERNAL_ERROR))
+        });
+        let e = vde.put(b"new", b"never acknowledged").unwrap_err();
+        assert!(matches!(e, VdeError::Poisoned(_)), "{e}");
+        let poisoned = |what: &str, r: Result<String, VdeError>| match r {
+            Err(VdeError::Poisoned(_)) => {}
+            other => panic!("{what} on a poisoned store: {other:?}"),
+        };
+        poisoned("get", vde.get(b"old").map(|v| format!("{v:?}")));
+        poisoned("get", vde.get(b"new").map(|v| format!("{v:?}")));
+        poisoned("stat", vde.stat(b"old").map(|s| format!("{s:?}")));
+        poisoned("list", vde.list(b"", None, 10).map(|l| format!("{l:?}")));
+        poisoned("keys", vde.keys(b"").next().unwrap().map(|k| format!("{k:?}")));
+        poisoned("info", vde.info().map(|i| format!("{} objects", i.objects)));
+        poisoned("fsck", vde.fsck().map(|r| format!("{r:?}")));
+        std::mem::forget(vde);
+        let image = sim.namespace_data(1);
+        let again = SimController::new(config());
+        again.restore_namespace(1, &image);
+        let vde = Vde::open(Device::simulated(again, Default::default()).unwrap(), small()).unwrap();
+        assert_eq!(vde.get(b"old").unwrap(), b"committed");
+        assert!(vde.fsck().unwrap().clean());
+    }
+
     #[test]
     fn the_simulated_controller_runs_the_model() {
         let sim = SimController::new(config());
