@@ -383,6 +383,33 @@ fn killed_writers_lose_nothing_acknowledged() {
     }
 }
 
+/// `vde put KEY -` reads at most the largest object (30 MiB) and one byte more from
+/// standard input: an endless input is refused with a clear error, in bounded memory
+/// (here: under a 1 GiB address-space limit), and nothing is stored.
+#[test]
+fn an_endless_standard_input_is_refused_at_the_object_limit() {
+    let disk = Disk::new(Backend::Psync, 16);
+    format(disk.device()).close().unwrap();
+    let bin = env!("CARGO_BIN_EXE_ironvme");
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -v 1048576; exec {bin} vde put --backend psync {} k - < /dev/zero",
+                disk.path.display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{:?}: {err}", out.status);
+    assert!(
+        err.contains("standard input") && err.contains("31457280 bytes") && err.contains("nothing was stored"),
+        "{err}"
+    );
+    assert!(matches!(disk.open().unwrap().get(b"k"), Err(VdeError::NotFound(_))));
+}
+
 #[cfg(feature = "sim")]
 mod power_loss {
     use super::*;

@@ -10,7 +10,7 @@ use super::perf::units::{parse_nonzero_size, parse_positive_duration};
 use super::perf::{BACKEND_HELP, IO_DEV_HELP};
 use super::{CliError, parse_nsid, write_json};
 use crate::Backend;
-use crate::vde::{Vde, VdeError, VdeOptions};
+use crate::vde::{MAX_OBJECT, Vde, VdeError, VdeOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use std::io::{self, Read, Write};
@@ -207,11 +207,10 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
         VdeCommand::Format(a) => format(a, out, &mut io::stdin().lock(), &mut io::stderr()),
         VdeCommand::Put(a) => {
             let data = if a.file == "-" {
-                let mut v = Vec::new();
-                io::stdin().lock().read_to_end(&mut v)?;
-                v
+                read_object("standard input", io::stdin().lock())?
             } else {
-                std::fs::read(&a.file).map_err(|e| CliError::Invalid(format!("{}: {e}", a.file)))?
+                let f = std::fs::File::open(&a.file).map_err(|e| CliError::Invalid(format!("{}: {e}", a.file)))?;
+                read_object(&a.file, f)?
             };
             let (vde, _dev) = open(&a.store)?;
             vde.put(a.key.as_bytes(), &data).map_err(|e| fail(&a.store.dev, e))?;
@@ -312,6 +311,26 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
         }
         VdeCommand::Bench(a) => bench(a, out),
     }
+}
+
+/// Reads the object `vde put` stores from `source` (`name` for messages): at most
+/// [`MAX_OBJECT`] bytes and one more, so an input that never ends (a pipe, `/dev/zero`)
+/// is refused at the limit instead of filling memory.
+///
+/// Errors: [`CliError::Invalid`] when the input holds more than [`MAX_OBJECT`] bytes or
+/// cannot be read.
+fn read_object(name: &str, source: impl Read) -> Result<Vec<u8>, CliError> {
+    let mut data = Vec::new();
+    source
+        .take(MAX_OBJECT + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| CliError::Invalid(format!("{name}: {e}")))?;
+    if data.len() as u64 > MAX_OBJECT {
+        return Err(CliError::Invalid(format!(
+            "{name} holds more than {MAX_OBJECT} bytes, the VDE's largest object; nothing was stored"
+        )));
+    }
+    Ok(data)
 }
 
 fn format(
@@ -521,4 +540,20 @@ fn hash_speed(data: &[u8]) -> f64 {
         bytes += data.len() as u64;
     }
     bytes as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_up_to_the_limit_are_read_and_larger_ones_refused() {
+        let at_limit = read_object("in", io::repeat(7).take(MAX_OBJECT)).unwrap();
+        assert_eq!(at_limit.len() as u64, MAX_OBJECT);
+        let e = read_object("in", io::repeat(7).take(MAX_OBJECT + 1)).unwrap_err();
+        assert!(matches!(e, CliError::Invalid(_)), "{e}");
+        assert!(e.to_string().starts_with("in holds more than 31457280 bytes"), "{e}");
+        let e = read_object("in", io::repeat(7)).unwrap_err();
+        assert!(e.to_string().contains("nothing was stored"), "{e}");
+    }
 }
