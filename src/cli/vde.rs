@@ -3,6 +3,12 @@
 //! Every subcommand opens the store on DEV (any backend), does one thing, and closes it
 //! with a checkpoint. `format` destroys what DEV holds and asks first; `put` and `rm`
 //! change only the store's own objects.
+//!
+//! A store has one owner at a time ([`crate::claim`]): `format`, `put`, `rm` and `bench`
+//! claim DEV exclusively, `get`, `ls`, `stat`, `info` and `fsck` share a claim among
+//! themselves; a second opener is refused at once, naming the holder. (A reader may replay
+//! the journal of a store whose writer died, and write the same blocks another reader
+//! would: replay is deterministic.)
 
 use super::perf::report::{Latency, PERCENTILES};
 use super::perf::target;

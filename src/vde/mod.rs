@@ -38,6 +38,13 @@
 //! Checkpoints (writing journalled blocks home, then the superblock) run under the same
 //! global lock when the journal fills, and at close.
 //!
+//! # One owner
+//!
+//! A store belongs to one [`Vde`] at a time: two writers on one device (two processes,
+//! or two opens in one) would each journal and checkpoint over the other's metadata. The
+//! library does not know where its [`Device`] came from, so whoever opens it by path
+//! claims it first with [`crate::claim::Claim`], as the `ironvme vde` commands do.
+//!
 //! # Memory
 //!
 //! Bounded whatever the number of objects: the allocation maps (1 bit per data block,
