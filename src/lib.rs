@@ -6,9 +6,11 @@
 //!   BAR0 and IOMMU-mapped memory.
 //! - [`admin`]: admin commands (Identify, log pages, features, Format NVM) over any device
 //!   that can issue them.
+//! - [`claim`]: one writer per device, and none while the kernel uses it.
 //! - [`open_vfio`]: a controller bound to vfio-pci, initialised by ironvme's driver.
 
 pub mod admin;
+pub mod claim;
 pub mod cli;
 pub mod device;
 mod error;

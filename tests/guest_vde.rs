@@ -173,3 +173,123 @@ fn killed_writers_on_vfio() {
         vde.close().unwrap();
     }
 }
+
+/// A store held open by this process with an exclusive claim, as `ironvme vde put`
+/// holds it; the store is closed before the claim is released.
+struct Held {
+    vde: Vde,
+    _claim: ironvme::claim::Claim,
+}
+
+fn hold(spec: &str, backend: Backend) -> Held {
+    let target = ironvme::Target::parse(spec).unwrap();
+    let claim = ironvme::claim::Claim::acquire(&target, spec, ironvme::claim::Access::Exclusive)
+        .unwrap_or_else(|e| panic!("claim {spec}: {e}"));
+    let vde = Vde::format(open_device(spec, backend), INODES, small()).unwrap_or_else(|e| panic!("format {spec}: {e}"));
+    Held { vde, _claim: claim }
+}
+
+/// Runs `ironvme ARGS` and expects a refusal because the store is in use by this process.
+fn refused_as_in_use(args: &[&str], via: Option<&str>) {
+    let o = ironvme(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "ironvme {args:?} was not refused: {err}");
+    let me = format!("(pid {}) for writing", std::process::id());
+    assert!(
+        err.starts_with("ironvme: refusing to run vde ") && err.contains(" is in use") && err.contains(&me),
+        "ironvme {args:?}: {err}"
+    );
+    if let Some(node) = via {
+        assert!(
+            err.contains(&format!("(its block device {node})")),
+            "ironvme {args:?}: {err}"
+        );
+    }
+}
+
+/// The store's device and backend, the commands a second process tries, and the block
+/// device through which their claim meets the holder's (`None`: the device itself).
+type Case<'a> = (&'a str, Backend, Vec<Vec<&'a str>>, Option<&'a str>);
+
+/// A second process opening a store this process holds — on a regular file, on a block
+/// device, and on a generic node, by every path to the same namespace — is refused with
+/// an error naming this process; the store's data and fsck stay clean, and the store is
+/// usable again once released.
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn a_second_opener_is_refused() {
+    let dir = tempfile::tempdir_in("/run").unwrap();
+    let obj = dir.path().join("obj");
+    std::fs::write(&obj, bytes(9, 50_000)).unwrap();
+    let obj = obj.to_str().unwrap();
+    let image = dir.path().join("vde.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let image = image.to_str().unwrap().to_string();
+    let ctrl = kernel_ctrl(&env("IRONVME_KERNEL_BDF")).display().to_string();
+    let (block1, generic1) = (kernel_ns(1), kernel_ns(1).replace("/dev/nvme", "/dev/ng"));
+    let (block2, generic2) = (kernel_ns(2), kernel_ns(2).replace("/dev/nvme", "/dev/ng"));
+    let cases: Vec<Case> = vec![
+        (
+            &image,
+            Backend::Psync,
+            vec![
+                vec!["vde", "put", "--backend", "psync", &image, "x", obj],
+                vec!["vde", "get", "--backend", "psync", &image, "k"],
+                vec!["vde", "fsck", "--backend", "psync", &image],
+            ],
+            None,
+        ),
+        (
+            &block1,
+            Backend::Uring,
+            vec![
+                vec!["vde", "put", &block1, "x", obj],
+                vec!["vde", "ls", &block1],
+                vec!["vde", "put", &generic1, "x", obj],
+                vec!["vde", "stat", &generic1, "k"],
+                vec!["vde", "put", &ctrl, "--nsid", "1", "x", obj],
+            ],
+            Some(&block1),
+        ),
+        (
+            &generic2,
+            Backend::UringCmd,
+            vec![
+                vec!["vde", "put", &generic2, "x", obj],
+                vec!["vde", "get", &generic2, "k"],
+                vec!["vde", "rm", &block2, "k"],
+                vec!["vde", "info", &ctrl, "--nsid", "2"],
+                vec!["vde", "format", &block2, "--force"],
+            ],
+            Some(&block2),
+        ),
+    ];
+    for (dev, backend, attempts, via) in cases {
+        let held = hold(dev, backend);
+        let data = bytes(5, 300_000);
+        held.vde.put(b"k", &data).unwrap();
+        for args in attempts {
+            // The node named is the claimed one itself when it is the block device.
+            let via = via.filter(|v| !args.contains(v));
+            refused_as_in_use(&args, via);
+        }
+        assert_eq!(held.vde.get(b"k").unwrap(), data, "{dev}: the holder's data");
+        let r = held.vde.fsck().unwrap();
+        assert!(r.clean(), "{dev}: {:?}", r.violations);
+        assert_eq!(held.vde.list(b"", None, 10).unwrap(), [b"k".to_vec()], "{dev}");
+        drop(held);
+        // Released: the next opener gets the store, with the holder's data.
+        let mut put = vec!["vde", "put", dev, "x", obj];
+        let mut fsck = vec!["vde", "fsck", dev];
+        if backend == Backend::Psync {
+            put.insert(2, "--backend");
+            put.insert(3, "psync");
+            fsck.insert(2, "--backend");
+            fsck.insert(3, "psync");
+        }
+        for args in [put, fsck] {
+            let o = ironvme(&args);
+            assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}

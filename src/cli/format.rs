@@ -4,6 +4,7 @@
 use super::device::{self, OpenDevice};
 use super::{CliError, FormatArgs};
 use crate::admin::{active_namespaces, format_nvm, identify_controller, identify_namespace};
+use crate::claim::{Access, Claim};
 use crate::nvme::ctrl::{ControllerConfig, NSID_ALL};
 use crate::nvme::identify::{IdentifyController, IdentifyNamespace, Oacs};
 use std::io::{self, BufRead, IsTerminal, Write};
@@ -155,9 +156,11 @@ fn namespace_for_check(dev: &OpenDevice, nsid: u32) -> Result<IdentifyNamespace,
 /// `ironvme format DEV [--nsid N] --lbaf L [--ses S] [--force]`.
 ///
 /// Without `--force`, refuses before opening anything when stdin is not a terminal, and
-/// does nothing unless the answer is "yes".
+/// does nothing unless the answer is "yes". On a kernel node it refuses while any
+/// namespace of the controller is in use ([`crate::claim`]), and keeps them claimed until
+/// the format is done.
 ///
-/// Errors: [`CliError::Refused`] (not confirmed, or no terminal); [`CliError::Invalid`]
+/// Errors: [`CliError::Refused`] (not confirmed, no terminal, or in use); [`CliError::Invalid`]
 /// (see [`check_request`]); see [`CliError`].
 pub fn run(args: &FormatArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let spec = device::parse_device(&args.dev)?;
@@ -167,6 +170,20 @@ pub fn run(args: &FormatArgs, out: &mut dyn Write) -> Result<(), CliError> {
              without confirmation (nothing was done)"
         )));
     }
+    // A kernel node: refused while any namespace of its controller is in use (mounted,
+    // held by dm/md/swap, or claimed by another ironvme), and claimed until the format is
+    // done. A PCI address needs no claim: the controller is bound to vfio-pci.
+    let _claim = match &spec {
+        device::DeviceSpec::Path(path) => {
+            let text = path.display().to_string();
+            let target = crate::Target::parse(&text)?;
+            Some(
+                Claim::acquire_controller(&target, &text, Access::Exclusive)
+                    .map_err(|e| super::perf::target::refused("format", e))?,
+            )
+        }
+        device::DeviceSpec::Pci(_) => None,
+    };
     // Both the VFIO driver's admin timeout and, for a kernel node, the ioctl's own
     // (format_nvm), so that neither gives up on a long erase.
     let timeout = Duration::from_secs(args.timeout);

@@ -3,6 +3,12 @@
 //! Every subcommand opens the store on DEV (any backend), does one thing, and closes it
 //! with a checkpoint. `format` destroys what DEV holds and asks first; `put` and `rm`
 //! change only the store's own objects.
+//!
+//! A store has one owner at a time ([`crate::claim`]): `format`, `put`, `rm` and `bench`
+//! claim DEV exclusively, `get`, `ls`, `stat`, `info` and `fsck` share a claim among
+//! themselves; a second opener is refused at once, naming the holder. (A reader may replay
+//! the journal of a store whose writer died, and write the same blocks another reader
+//! would: replay is deterministic.)
 
 use super::perf::report::{Latency, PERCENTILES};
 use super::perf::target;
@@ -10,7 +16,8 @@ use super::perf::units::{parse_nonzero_size, parse_positive_duration};
 use super::perf::{BACKEND_HELP, IO_DEV_HELP};
 use super::{CliError, parse_nsid, write_json};
 use crate::Backend;
-use crate::vde::{Vde, VdeError, VdeOptions};
+use crate::claim::{Access, Claim};
+use crate::vde::{MAX_OBJECT, Vde, VdeError, VdeOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use std::io::{self, Read, Write};
@@ -169,19 +176,41 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// Opens the store; the second value is the exclusive claim on a block device, held
-/// while the store is open.
-fn open(s: &StoreArgs) -> Result<(Vde, Option<std::fs::File>), CliError> {
-    let (device, claim) = target::open(&s.dev, s.backend, Some("vde"), true)?.into_parts();
-    let vde = Vde::open(
-        device,
-        VdeOptions {
-            nsid: s.nsid,
-            ..VdeOptions::default()
-        },
-    )
-    .map_err(|e| fail(&s.dev, e))?;
-    Ok((vde, claim))
+/// An open store and the claim on its device ([`crate::claim`]): a store has one owner.
+/// Commands that change it hold an exclusive claim; those that only read it (`get`,
+/// `ls`, `stat`, `info`, `fsck`) a shared one, so readers run together but never beside
+/// a writer. The store is closed before the claim is released.
+struct Store {
+    // Declared first: dropped (checkpointed) before the claim.
+    vde: Vde,
+    _claim: Claim,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Vde;
+    fn deref(&self) -> &Vde {
+        &self.vde
+    }
+}
+
+/// Claims DEV for `access` on behalf of `what` (`"vde put"`) and opens the device.
+fn claim_device(s: &StoreArgs, access: Access, what: &str) -> Result<(crate::Device, Claim), CliError> {
+    // Naming the device in a `vde` command is the consent to write it.
+    Ok(target::open_claimed(&s.dev, s.backend, Some((access, what)), true)?.into_parts())
+}
+
+/// Opens the store for `access` on behalf of `what`.
+fn open(s: &StoreArgs, access: Access, what: &str) -> Result<Store, CliError> {
+    let (device, claim) = claim_device(s, access, what)?;
+    let vde = Vde::open(device, options(s)).map_err(|e| fail(&s.dev, e))?;
+    Ok(Store { vde, _claim: claim })
+}
+
+fn options(s: &StoreArgs) -> VdeOptions {
+    VdeOptions {
+        nsid: s.nsid,
+        ..VdeOptions::default()
+    }
 }
 
 fn fail(dev: &str, e: VdeError) -> CliError {
@@ -193,7 +222,9 @@ fn fail(dev: &str, e: VdeError) -> CliError {
     }
 }
 
-fn close(vde: Vde, dev: &str) -> Result<(), CliError> {
+/// Checkpoints and closes the store, then releases its claim.
+fn close(store: Store, dev: &str) -> Result<(), CliError> {
+    let Store { vde, _claim } = store;
     vde.close().map_err(|e| fail(dev, e))
 }
 
@@ -207,18 +238,17 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
         VdeCommand::Format(a) => format(a, out, &mut io::stdin().lock(), &mut io::stderr()),
         VdeCommand::Put(a) => {
             let data = if a.file == "-" {
-                let mut v = Vec::new();
-                io::stdin().lock().read_to_end(&mut v)?;
-                v
+                read_object("standard input", io::stdin().lock())?
             } else {
-                std::fs::read(&a.file).map_err(|e| CliError::Invalid(format!("{}: {e}", a.file)))?
+                let f = std::fs::File::open(&a.file).map_err(|e| CliError::Invalid(format!("{}: {e}", a.file)))?;
+                read_object(&a.file, f)?
             };
-            let (vde, _dev) = open(&a.store)?;
+            let vde = open(&a.store, Access::Exclusive, "vde put")?;
             vde.put(a.key.as_bytes(), &data).map_err(|e| fail(&a.store.dev, e))?;
             close(vde, &a.store.dev)
         }
         VdeCommand::Get(a) => {
-            let (vde, _dev) = open(&a.store)?;
+            let vde = open(&a.store, Access::Shared, "vde get")?;
             let data = vde.get(a.key.as_bytes()).map_err(|e| fail(&a.store.dev, e))?;
             close(vde, &a.store.dev)?;
             match &a.output {
@@ -228,12 +258,12 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
             Ok(())
         }
         VdeCommand::Rm(a) => {
-            let (vde, _dev) = open(&a.store)?;
+            let vde = open(&a.store, Access::Exclusive, "vde rm")?;
             vde.delete(a.key.as_bytes()).map_err(|e| fail(&a.store.dev, e))?;
             close(vde, &a.store.dev)
         }
         VdeCommand::Stat(a) => {
-            let (vde, _dev) = open(&a.store)?;
+            let vde = open(&a.store, Access::Shared, "vde stat")?;
             let st = vde.stat(a.key.as_bytes()).map_err(|e| fail(&a.store.dev, e))?;
             close(vde, &a.store.dev)?;
             if a.json {
@@ -251,7 +281,7 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
         }
         VdeCommand::Ls(a) => ls(a, out),
         VdeCommand::Fsck(a) => {
-            let (vde, _dev) = open(&a.store)?;
+            let vde = open(&a.store, Access::Shared, "vde fsck")?;
             let r = vde.fsck().map_err(|e| fail(&a.store.dev, e))?;
             close(vde, &a.store.dev)?;
             if a.json {
@@ -278,7 +308,7 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
             }
         }
         VdeCommand::Info(a) => {
-            let (vde, _dev) = open(&a.store)?;
+            let vde = open(&a.store, Access::Shared, "vde info")?;
             let info = vde.info().map_err(|e| fail(&a.store.dev, e))?;
             close(vde, &a.store.dev)?;
             if a.json {
@@ -314,6 +344,26 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
     }
 }
 
+/// Reads the object `vde put` stores from `source` (`name` for messages): at most
+/// [`MAX_OBJECT`] bytes and one more, so an input that never ends (a pipe, `/dev/zero`)
+/// is refused at the limit instead of filling memory.
+///
+/// Errors: [`CliError::Invalid`] when the input holds more than [`MAX_OBJECT`] bytes or
+/// cannot be read.
+fn read_object(name: &str, source: impl Read) -> Result<Vec<u8>, CliError> {
+    let mut data = Vec::new();
+    source
+        .take(MAX_OBJECT + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| CliError::Invalid(format!("{name}: {e}")))?;
+    if data.len() as u64 > MAX_OBJECT {
+        return Err(CliError::Invalid(format!(
+            "{name} holds more than {MAX_OBJECT} bytes, the VDE's largest object; nothing was stored"
+        )));
+    }
+    Ok(data)
+}
+
 fn format(
     a: &FormatArgs,
     out: &mut dyn Write,
@@ -329,12 +379,11 @@ fn format(
             return Err(CliError::Refused("not confirmed; nothing was written".into()));
         }
     }
-    let (device, _claim) = target::open(&a.store.dev, a.store.backend, Some("vde format"), true)?.into_parts();
-    let opts = VdeOptions {
-        nsid: a.store.nsid,
-        ..VdeOptions::default()
+    let (device, claim) = claim_device(&a.store, Access::Exclusive, "vde format")?;
+    let vde = Store {
+        vde: Vde::format(device, a.inodes, options(&a.store)).map_err(|e| fail(&a.store.dev, e))?,
+        _claim: claim,
     };
-    let vde = Vde::format(device, a.inodes, opts).map_err(|e| fail(&a.store.dev, e))?;
     let info = vde.info().map_err(|e| fail(&a.store.dev, e))?;
     close(vde, &a.store.dev)?;
     writeln!(
@@ -350,7 +399,7 @@ fn format(
 }
 
 fn ls(a: &LsArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let (vde, _dev) = open(&a.store)?;
+    let vde = open(&a.store, Access::Shared, "vde ls")?;
     let mut json = Vec::new();
     for k in vde.keys(a.prefix.as_bytes()) {
         let k = k.map_err(|e| fail(&a.store.dev, e))?;
@@ -406,7 +455,7 @@ pub struct BenchReport {
 }
 
 fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let (vde, _dev) = open(&a.store)?;
+    let vde = open(&a.store, Access::Exclusive, "vde bench")?;
     let threads = a.threads.max(1);
     let size = a.size as usize;
     let data: Vec<u8> = (0..size)
@@ -521,4 +570,20 @@ fn hash_speed(data: &[u8]) -> f64 {
         bytes += data.len() as u64;
     }
     bytes as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_up_to_the_limit_are_read_and_larger_ones_refused() {
+        let at_limit = read_object("in", io::repeat(7).take(MAX_OBJECT)).unwrap();
+        assert_eq!(at_limit.len() as u64, MAX_OBJECT);
+        let e = read_object("in", io::repeat(7).take(MAX_OBJECT + 1)).unwrap_err();
+        assert!(matches!(e, CliError::Invalid(_)), "{e}");
+        assert!(e.to_string().starts_with("in holds more than 31457280 bytes"), "{e}");
+        let e = read_object("in", io::repeat(7)).unwrap_err();
+        assert!(e.to_string().contains("nothing was stored"), "{e}");
+    }
 }

@@ -258,7 +258,9 @@ impl Layout {
         // after splits. One header block plus the nodes.
         let index_nodes = inodes / 4 + 16;
         let index_blocks = index_nodes + 1;
-        let index_map = index_nodes.div_ceil(BITS_PER_BITMAP_BLOCK);
+        // The index map has one bit per index block, the header's included
+        // ([`Layout::index_nodes`]).
+        let index_map = index_blocks.div_ceil(BITS_PER_BITMAP_BLOCK);
         let inode_map = inodes.div_ceil(BITS_PER_BITMAP_BLOCK);
         let fixed = 3 + journal + index_map + inode_map + inode_blocks + index_blocks;
         let rest = total_blocks.checked_sub(fixed).ok_or_else(too_small)?;
@@ -570,6 +572,48 @@ mod tests {
             assert_eq!(Layout::decode(&b, total).unwrap(), l);
         }
         assert!(Layout::plan(255, 0).is_err());
+    }
+
+    /// Every plan decodes: each allocation map holds a bit for every item of its region.
+    /// The index map once had room for `index_nodes` bits while the index has one block
+    /// more (its header), so `--inodes 390076..=390082` (and the default inodes of devices
+    /// of 3,120,608..3,120,663 blocks) gave stores that never opened again.
+    #[test]
+    fn every_plan_decodes() {
+        let check = |total: u64, inodes: u64| {
+            let Ok(l) = Layout::plan(total, inodes) else {
+                return;
+            };
+            assert_eq!(l.data.end(), total, "{total} blocks, {inodes} inodes");
+            if let Err(e) = Layout::decode(&l.encode(1), total) {
+                panic!("{total} blocks, {inodes} inodes: {e}");
+            }
+        };
+        for inodes in 390_060..390_100 {
+            check(1 << 20, inodes);
+        }
+        for total in 3_120_560..3_120_700 {
+            check(total, 0);
+        }
+        // Every inode count whose index needs one map block more than its node count, up
+        // to 2^24 inodes, and the sizes around them.
+        let mut nodes = BITS_PER_BITMAP_BLOCK;
+        while nodes < (1 << 22) {
+            let inodes = (nodes - 16) * 4;
+            for i in inodes.saturating_sub(8)..inodes + 8 {
+                check(i * 2, i);
+                check(i * 8, 0);
+                check(i * 8 + 7, 0);
+            }
+            nodes += BITS_PER_BITMAP_BLOCK;
+        }
+        // Device sizes around data-map block boundaries.
+        for k in 1..8u64 {
+            let edge = k * (BITS_PER_BITMAP_BLOCK + 1);
+            for total in edge..edge + 3000 {
+                check(total, 64);
+            }
+        }
     }
 
     #[test]

@@ -38,6 +38,13 @@
 //! Checkpoints (writing journalled blocks home, then the superblock) run under the same
 //! global lock when the journal fills, and at close.
 //!
+//! # One owner
+//!
+//! A store belongs to one [`Vde`] at a time: two writers on one device (two processes,
+//! or two opens in one) would each journal and checkpoint over the other's metadata. The
+//! library does not know where its [`Device`] came from, so whoever opens it by path
+//! claims it first with [`crate::claim::Claim`], as the `ironvme vde` commands do.
+//!
 //! # Memory
 //!
 //! Bounded whatever the number of objects: the allocation maps (1 bit per data block,
@@ -120,8 +127,10 @@ pub enum VdeError {
     /// The device or store cannot be used this way.
     #[error("{0}")]
     Unsupported(String),
-    /// An earlier metadata write failed; the store must be reopened.
-    #[error("the store stopped writing after an earlier failure ({0}); reopen it to recover from the journal")]
+    /// An earlier metadata write failed; the store must be reopened. Until then it serves
+    /// neither writes nor reads (its in-memory state may hold a transaction that never
+    /// became durable).
+    #[error("the store stopped after an earlier failure ({0}); reopen it to recover from the journal")]
     Poisoned(String),
     /// An I/O failed.
     #[error("{what}: {source}")]
@@ -373,7 +382,7 @@ impl Vde {
     /// The object stored under `key`.
     ///
     /// Errors: [`VdeError::NotFound`], [`VdeError::DataCorrupt`], [`VdeError::Corrupt`],
-    /// I/O errors.
+    /// I/O errors, [`VdeError::Poisoned`].
     pub fn get(&self, key: &[u8]) -> Result<Vec<u8>, VdeError> {
         check_key(key)?;
         let _r = self.stripe(key).read().unwrap_or_else(|e| e.into_inner());
@@ -412,7 +421,8 @@ impl Vde {
 
     /// The metadata of the object under `key`.
     ///
-    /// Errors: [`VdeError::NotFound`], [`VdeError::Corrupt`], I/O errors.
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Corrupt`], I/O errors,
+    /// [`VdeError::Poisoned`].
     pub fn stat(&self, key: &[u8]) -> Result<ObjectStat, VdeError> {
         check_key(key)?;
         let (ino, i) = self.find(key)?;
@@ -427,7 +437,7 @@ impl Vde {
     /// Up to `limit` keys starting with `prefix`, in byte order, after `after` (for the
     /// next page: pass the last key of the previous one).
     ///
-    /// Errors: [`VdeError::Corrupt`], I/O errors.
+    /// Errors: [`VdeError::Corrupt`], I/O errors, [`VdeError::Poisoned`].
     pub fn list(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, VdeError> {
         let mut meta = self.meta()?;
         let mut out = Vec::new();
@@ -466,7 +476,7 @@ impl Vde {
 
     /// Totals and layout.
     ///
-    /// Errors: [`VdeError::Poisoned`] is not an error here; none in practice.
+    /// Errors: [`VdeError::Poisoned`].
     pub fn info(&self) -> Result<VdeInfo, VdeError> {
         let meta = self.meta()?;
         Ok(VdeInfo {
@@ -484,7 +494,8 @@ impl Vde {
 
     /// Checks every invariant of the store (see [`fsck`]).
     ///
-    /// Errors: I/O errors that stop the check; violations are in the report.
+    /// Errors: I/O errors that stop the check, [`VdeError::Poisoned`]; violations are in
+    /// the report.
     pub fn fsck(&self) -> Result<FsckReport, VdeError> {
         let mut meta = self.meta()?;
         meta.checkpoint()?;
@@ -511,7 +522,6 @@ impl Vde {
     /// state is rolled back to the committed one.
     fn commit(&self, change: impl FnOnce(&mut Meta) -> Result<Vec<DataExtent>, VdeError>) -> Result<(), VdeError> {
         let mut meta = self.meta()?;
-        meta.check_poison()?;
         match change(&mut meta) {
             Ok(freed) => {
                 drop(meta);
@@ -529,17 +539,22 @@ impl Vde {
         &self.stripes[xxh3_64(key) as usize & (self.stripes.len() - 1)]
     }
 
+    /// The metadata, locked; [`VdeError::Poisoned`] once a metadata write failed: the
+    /// in-memory state may then hold a transaction that never became durable, so nothing
+    /// reads or writes it until the store is reopened (which recovers from the journal).
     fn meta(&self) -> Result<MutexGuard<'_, Meta>, VdeError> {
-        match self.meta.lock() {
-            Ok(m) => Ok(m),
+        let m = match self.meta.lock() {
+            Ok(m) => m,
             Err(e) => {
                 let mut m = e.into_inner();
                 if m.poisoned.is_none() {
                     m.poisoned = Some("a thread panicked while changing metadata".into());
                 }
-                Ok(m)
+                m
             }
-        }
+        };
+        m.check_poison()?;
+        Ok(m)
     }
 
     fn find(&self, key: &[u8]) -> Result<(u64, Inode), VdeError> {
@@ -652,6 +667,9 @@ impl Vde {
                     }),
                     Err(e) => {
                         self.lanes.lock().unwrap_or_else(|e| e.into_inner()).1 -= 1;
+                        // A thread may be waiting because this lane was being made: it can
+                        // now try to make one itself (and, failing, wake the next).
+                        self.lane_free.notify_one();
                         Err(e)
                     }
                 };

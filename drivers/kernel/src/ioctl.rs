@@ -192,7 +192,7 @@ fn is_nvme_disk(name: &str) -> bool {
 
 /// A namespace of a controller as the kernel shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct NamespaceNodes {
+pub struct NamespaceNodes {
     /// Namespace ID.
     pub nsid: u32,
     /// The namespace's disk, `nvmeXnY` (under native multipath, the head's disk).
@@ -208,8 +208,10 @@ impl NamespaceNodes {
 
 /// The namespaces the kernel created for controller `ctrl` (`nvmeX`): the entries
 /// `nvmeXnY` (or, under native multipath, the paths `nvmeScXnY` of disk `nvmeSnY`) of
-/// `/sys/class/nvme/nvmeX/`, each with its `nsid`.
-pub(crate) fn controller_namespaces(sys: &Path, ctrl: &str) -> Vec<NamespaceNodes> {
+/// `/sys/class/nvme/nvmeX/`, each with its `nsid`, in NSID order. `sys` is the sysfs
+/// root (`/sys`). Used by the I/O queues of a controller node and by ironvme's device
+/// claims (`ironvme::claim`).
+pub fn controller_namespaces(sys: &Path, ctrl: &str) -> Vec<NamespaceNodes> {
     let Ok(dir) = std::fs::read_dir(sys.join("class/nvme").join(ctrl)) else {
         return Vec::new();
     };

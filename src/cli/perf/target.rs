@@ -12,34 +12,37 @@
 //! stops before opening anything (opening a VFIO controller already resets it) and says
 //! which flag confirms.
 //!
-//! A block device is also opened with `O_EXCL` for as long as the command writes to it:
-//! the kernel refuses that while the device or one of its partitions is mounted or held
-//! by md, dm, swap or another exclusive opener, so a mounted disk is refused even with
-//! `--allow-write`, and nothing can mount it while ironvme writes. NVMe passthrough nodes
-//! (`/dev/nvmeX`, `/dev/ngXnY`) have no such check in the kernel; PCI addresses are
-//! covered by `scripts/setup.sh bind`, which refuses a controller with mounted namespaces.
+//! # One writer, and none while the kernel uses the device
+//!
+//! A command that writes holds an exclusive [`Claim`] on DEV for as long as it writes
+//! (see [`crate::claim`]): on a block device that is `O_EXCL`, which the kernel refuses
+//! while the device or one of its partitions is mounted or held by md, dm, swap or
+//! another exclusive opener, so a mounted disk is refused even with `--allow-write`, and
+//! nothing can mount it while ironvme writes. `/dev/ngXnY` claims its namespace's block
+//! device and `/dev/nvmeX` those of all its namespaces, since the passthrough nodes have
+//! no such check of their own. A regular file gets a `flock` lock, which every other
+//! ironvme writer and reader of it meets. PCI addresses need nothing more: the VFIO group
+//! is exclusive, and `scripts/setup.sh bind` refuses a controller with mounted namespaces.
 
+use crate::claim::{Access, Claim};
 use crate::cli::CliError;
 use crate::{Backend, Device, OpenOptions, Target};
-use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
 
-/// An opened device for I/O, with the exclusive claim that guards writes to a block
-/// device.
+/// An opened device for I/O, with the claim that guards it.
 pub struct IoDevice {
-    /// The device.
+    /// The device (dropped before the claim: closed before others may open it).
     pub device: Device,
     /// The device as the user named it (a `pci:` prefix dropped), for reports.
     pub name: String,
-    /// Held for as long as the device is written; released on drop.
-    _claim: Option<File>,
+    /// Held for as long as the device is used; released on drop.
+    claim: Claim,
 }
 
 impl IoDevice {
-    /// The device and the exclusive claim on it (`None` unless it is a block device
-    /// opened for writing); keep the claim for as long as the device is written.
-    pub fn into_parts(self) -> (Device, Option<File>) {
-        (self.device, self._claim)
+    /// The device and the claim on it; keep the claim for as long as the device is used,
+    /// and drop it last.
+    pub fn into_parts(self) -> (Device, Claim) {
+        (self.device, self.claim)
     }
 }
 
@@ -62,9 +65,11 @@ pub fn write_refusal(target: &Target, dev: &str, what: &str, allow_write: bool) 
 }
 
 /// Opens `dev` with `backend` (or the one its kind suggests). `writes` names what will
-/// write (`Some("verify")`), or is `None` for a read-only use.
+/// write (`Some("verify")`): it needs consent ([`write_refusal`]) and gets an exclusive
+/// claim; `None` is a read-only use, which claims nothing (reading a device in use is
+/// harmless).
 ///
-/// Errors: [`CliError::Refused`] for a write without consent or to a block device in use
+/// Errors: [`CliError::Refused`] for a write without consent or to a device in use
 /// (nothing is opened then); [`CliError::Ironvme`] when the device cannot be opened.
 pub fn open(
     dev: &str,
@@ -72,26 +77,36 @@ pub fn open(
     writes: Option<&str>,
     allow_write: bool,
 ) -> Result<IoDevice, CliError> {
-    let target = Target::parse(dev)?;
-    let mut claim = None;
-    if let Some(what) = writes {
-        if let Some(why) = write_refusal(&target, dev, what, allow_write) {
-            return Err(CliError::Refused(why));
-        }
-        if let Target::NvmeBlock(path) | Target::Block(path) = &target {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_EXCL)
-                .open(path)
-                .map_err(|e| {
-                    CliError::Refused(format!(
-                        "refusing to write: {dev} is in use (mounted, a partition mounted, or held by another driver): \
-                         {e}"
-                    ))
-                })?;
-            claim = Some(file);
-        }
+    match writes {
+        Some(what) => open_claimed(dev, backend, Some((Access::Exclusive, what)), allow_write),
+        None => open_claimed(dev, backend, None, allow_write),
     }
+}
+
+/// Opens `dev` like [`open`], holding a claim of the given access for `what` (`"vde
+/// get"`) — [`Access::Shared`] for readers that must not run beside a writer (a VDE
+/// store's), [`Access::Exclusive`] for writers, which also need consent on a device — or
+/// none.
+///
+/// Errors: as [`open`].
+pub fn open_claimed(
+    dev: &str,
+    backend: Option<Backend>,
+    claim: Option<(Access, &str)>,
+    allow_write: bool,
+) -> Result<IoDevice, CliError> {
+    let target = Target::parse(dev)?;
+    let claim = match claim {
+        Some((access, what)) => {
+            if access == Access::Exclusive
+                && let Some(why) = write_refusal(&target, dev, what, allow_write)
+            {
+                return Err(CliError::Refused(why));
+            }
+            Claim::acquire(&target, dev, access).map_err(|e| refused(what, e))?
+        }
+        None => Claim::none(),
+    };
     let options = OpenOptions {
         backend,
         ..Default::default()
@@ -101,11 +116,12 @@ pub fn open(
         Target::Pci(bdf) => bdf.clone(),
         _ => dev.to_string(),
     };
-    Ok(IoDevice {
-        device,
-        name,
-        _claim: claim,
-    })
+    Ok(IoDevice { device, name, claim })
+}
+
+/// The refusal of `what` because the device's claim was not granted (nothing was done).
+pub fn refused(what: &str, e: crate::claim::ClaimError) -> CliError {
+    CliError::Refused(format!("refusing to run {what}: {e}; nothing was done"))
 }
 
 #[cfg(test)]
