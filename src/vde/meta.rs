@@ -496,7 +496,21 @@ impl Meta {
                     ok = false;
                     break;
                 }
-                images.push((home, Box::new(<Block>::try_from(img).expect("one block"))));
+                let img: Box<Block> = Box::new(img.try_into().expect("one block"));
+                // The checksums above prove the image is what the writer journalled, not
+                // that it is a sealed metadata block for `home`: a block the cache would
+                // serve unchecked and the checkpoint would write home.
+                let sealed = Kind::from_u32(get32(&img[..], PAYLOAD + 4))
+                    .ok_or_else(|| "no metadata block kind".to_string())
+                    .and_then(|kind| verify(&img, kind, home).map_err(|e| e.to_string()));
+                if let Err(why) = sealed {
+                    return Err(VdeError::Corrupt {
+                        block: at,
+                        kind: Kind::JournalDescriptor.name(),
+                        reason: format!("journal transaction {seq_now}: the image of block {home}: {why}"),
+                    });
+                }
+                images.push((home, img));
             }
             if !ok {
                 break;
@@ -729,6 +743,72 @@ mod tests {
                 Ok(v) => panic!("get returned {} bytes ({why})", v.len()),
                 Err(e) => panic!("{why}: {e}"),
             }
+        }
+    }
+
+    fn block(image: &mut [u8], n: u64) -> &mut Block {
+        (&mut image[n as usize * BLOCK..(n as usize + 1) * BLOCK])
+            .try_into()
+            .unwrap()
+    }
+
+    /// Found by fuzz/fuzz_targets/vde_open.rs: a journal transaction whose descriptor,
+    /// image checksums and commit record all agree, but whose inode-table image has a
+    /// broken trailer, was replayed; the store served objects from that unverified block,
+    /// and the checkpoint wrote it home, where the next open found it corrupt.
+    #[test]
+    fn journal_images_must_be_sealed_blocks_of_their_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vde.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(256 * BLOCK as u64)
+            .unwrap();
+        let device = || {
+            let o = OpenOptions {
+                backend: Some(Backend::Psync),
+                file_block_size: Some(4096),
+                ..Default::default()
+            };
+            Device::open(path.to_str().unwrap(), &o).unwrap()
+        };
+        let vde = Vde::format(device(), 0, VdeOptions::default()).unwrap();
+        vde.checkpoint().unwrap();
+        vde.put(b"k", b"value").unwrap();
+        let layout = vde.info().unwrap().layout;
+        // The put's transaction is in the journal and not yet checkpointed.
+        let mut image = std::fs::read(&path).unwrap();
+        drop(vde);
+        let at = layout.journal.start;
+        let n = get32(&block(&mut image, at)[..], 8) as u64;
+        let i = (0..n)
+            .find(|&i| get64(&block(&mut image, at)[..], DESC_HEADER + 16 * i as usize) == layout.inodes.start)
+            .expect("the transaction holds the inode block");
+        // Break the image's trailer (its generation), then make every journal checksum
+        // agree again, as a buggy or malicious writer would.
+        block(&mut image, at + 1 + i)[PAYLOAD + 8] ^= 1;
+        let sum = xxh3_64(&block(&mut image, at + 1 + i)[..]);
+        put64(&mut block(&mut image, at)[..], DESC_HEADER + 16 * i as usize + 8, sum);
+        let generation = get64(&block(&mut image, at)[..], PAYLOAD + 8);
+        seal(block(&mut image, at), Kind::JournalDescriptor, generation, at);
+        let desc_sum = xxh3_64(&block(&mut image, at)[..]);
+        let commit = block(&mut image, at + n + 1);
+        put64(&mut commit[..], 16, desc_sum);
+        let generation = get64(&commit[..], PAYLOAD + 8);
+        seal(commit, Kind::JournalCommit, generation, at + n + 1);
+        std::fs::write(&path, &image).unwrap();
+        match Vde::open(device(), VdeOptions::default()) {
+            Err(VdeError::Corrupt { reason, .. }) => {
+                assert!(
+                    reason.contains(&format!("the image of block {}", layout.inodes.start)),
+                    "{reason}"
+                )
+            }
+            Ok(vde) => panic!(
+                "opened, and get(k) = {:?} from an inode block with a broken trailer",
+                vde.get(b"k").map(|v| v.len())
+            ),
+            Err(e) => panic!("{e}"),
         }
     }
 }
