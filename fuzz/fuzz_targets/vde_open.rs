@@ -52,6 +52,7 @@ use ironvme::{Backend, Device, OpenOptions};
 use libfuzzer_sys::fuzz_target;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -148,6 +149,8 @@ struct Base {
 }
 
 struct World {
+    /// The image file (unlinked), and its name through /proc/self/fd.
+    file: std::fs::File,
     path: PathBuf,
     bases: [Base; 2],
 }
@@ -186,10 +189,19 @@ fn world() -> &'static World {
             .map(PathBuf::from)
             .find(|d| d.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let path = dir.join(format!("ironvme-fuzz-vde-{}.img", std::process::id()));
-        std::fs::File::create(&path)
-            .and_then(|f| f.set_len((IMAGE_BLOCKS * BLOCK) as u64))
+        let named = dir.join(format!("ironvme-fuzz-vde-{}.img", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&named)
             .expect("create the image file");
+        file.set_len((IMAGE_BLOCKS * BLOCK) as u64)
+            .expect("size the image file");
+        // Nothing is left behind when the fuzzer exits: the store opens the file through
+        // this process's descriptor.
+        std::fs::remove_file(&named).expect("unlink the image file");
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         let mut objects = BTreeMap::new();
         let vde = Vde::format(device(&path), 0, options()).expect("format");
         let put = |vde: &Vde, objects: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: &[u8], len: usize| {
@@ -215,7 +227,7 @@ fn world() -> &'static World {
         put(&vde, &mut objects, b"more", 6000);
         vde.close().expect("close");
         let checkpointed = Base {
-            image: std::fs::read(&path).expect("read the image"),
+            image: read_image(&file),
             objects: objects.clone(),
         };
         // Three transactions left in the journal: copy the file while the store is open.
@@ -225,11 +237,12 @@ fn world() -> &'static World {
         objects.remove(&b"three"[..]);
         put(&vde, &mut objects, b"new", 3000);
         let journalled = Base {
-            image: std::fs::read(&path).expect("read the image"),
+            image: read_image(&file),
             objects,
         };
         drop(vde);
         let world = World {
+            file,
             path,
             bases: [checkpointed, journalled],
         };
@@ -244,6 +257,12 @@ fn world() -> &'static World {
         }
         world
     })
+}
+
+fn read_image(file: &std::fs::File) -> Vec<u8> {
+    let mut image = vec![0u8; IMAGE_BLOCKS * BLOCK];
+    file.read_exact_at(&mut image, 0).expect("read the image");
+    image
 }
 
 fn open(world: &World, image: &[u8]) -> Result<Vde, ironvme::vde::VdeError> {
@@ -378,7 +397,7 @@ fn check_get(world: &World, vde: &Vde, key: &[u8], got: &[u8]) {
     assert_eq!(got.len() as u64, st.size, "get returned another length than stat says");
     let inodes = vde.info().expect("info").layout.inodes;
     let blockno = inodes.start + st.inode / INODES_PER_BLOCK;
-    let file = std::fs::File::open(&world.path).expect("open the image");
+    let file = &world.file;
     let mut b = [0u8; BLOCK];
     file.read_exact_at(&mut b, blockno * BLOCK as u64)
         .expect("read the inode block");
