@@ -150,13 +150,12 @@ fn submit(
     let slba = u64::from(b.u16() % 2048);
     let accepted = match kind % 3 {
         2 => pair.flush(ns, tag).is_ok().then_some(None),
-        _ => {
+        op => {
             let Ok(buf) = dma.allocate(blocks * 512) else { return };
             let iova = buf.iova();
-            let r = if kind % 3 == 0 {
-                pair.read(ns, slba, buf, tag)
-            } else {
-                pair.write(ns, slba, buf, false, tag)
+            let r = match op {
+                0 => pair.read(ns, slba, buf, tag),
+                _ => pair.write(ns, slba, buf, false, tag),
             };
             r.is_ok().then_some(Some(iova))
         }

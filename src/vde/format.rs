@@ -604,10 +604,11 @@ mod tests {
         assert_eq!(Inode::decode(&[0u8; INODE_SIZE]).unwrap(), None);
     }
 
-    /// Found by fuzz/fuzz_targets/vde_open.rs: an inode (with a valid block checksum)
-    /// claiming an extent of 65536 blocks made `get` allocate 256 MiB before reading
-    /// anything; 30 such extents would be 8 GiB. No put writes an extent longer than
-    /// MAX_EXTENT_BLOCKS, so a longer one is corruption.
+    /// Caught by the allocation bound of fuzz/fuzz_targets/vde_open.rs (input
+    /// fuzz/corpus/vde_open/inode-extent-of-65536-blocks): an inode (with a valid block
+    /// checksum) claiming an extent of 65536 blocks made `get` allocate 256 MiB before
+    /// reading anything; 30 such extents would be 8 GiB. No put writes an extent longer
+    /// than MAX_EXTENT_BLOCKS, so a longer one is corruption.
     #[test]
     fn inodes_with_extents_longer_than_the_format_allows_are_corrupt() {
         let inode = |blocks: u64| Inode {

@@ -752,10 +752,12 @@ mod tests {
             .unwrap()
     }
 
-    /// Found by fuzz/fuzz_targets/vde_open.rs: a journal transaction whose descriptor,
-    /// image checksums and commit record all agree, but whose inode-table image has a
-    /// broken trailer, was replayed; the store served objects from that unverified block,
-    /// and the checkpoint wrote it home, where the next open found it corrupt.
+    /// Caught by the get oracle of fuzz/fuzz_targets/vde_open.rs (input
+    /// fuzz/corpus/vde_open/journal-image-with-broken-trailer): a journal transaction
+    /// whose descriptor, image checksums and commit record all agree, but whose
+    /// inode-table image has a broken trailer, was replayed; the store served objects from
+    /// that unverified block, and the checkpoint wrote it home, where the next open found
+    /// it corrupt.
     #[test]
     fn journal_images_must_be_sealed_blocks_of_their_home() {
         let dir = tempfile::tempdir().unwrap();
