@@ -518,6 +518,12 @@ impl Inode {
                 checksum: get64(slot, 40 + i * 16),
             });
         }
+        if let Some(e) = inode.extents.iter().find(|e| e.blocks > MAX_EXTENT_BLOCKS) {
+            return Err(format!(
+                "an extent of {} blocks (at most {MAX_EXTENT_BLOCKS})",
+                e.blocks
+            ));
+        }
         let blocks: u64 = inode.extents.iter().map(|e| e.blocks).sum();
         if inode.size.div_ceil(BLOCK as u64) != blocks || inode.key_len as usize > MAX_KEY || inode.key_len == 0 {
             return Err(format!(
@@ -640,5 +646,33 @@ mod tests {
         i.encode(&mut slot);
         assert_eq!(Inode::decode(&slot).unwrap(), Some(i));
         assert_eq!(Inode::decode(&[0u8; INODE_SIZE]).unwrap(), None);
+    }
+
+    /// Caught by the allocation bound of fuzz/fuzz_targets/vde_open.rs (input
+    /// fuzz/corpus/vde_open/inode-extent-of-65536-blocks): an inode (with a valid block
+    /// checksum) claiming an extent of 65536 blocks made `get` allocate 256 MiB before
+    /// reading anything; 30 such extents would be 8 GiB. No put writes an extent longer
+    /// than MAX_EXTENT_BLOCKS, so a longer one is corruption.
+    #[test]
+    fn inodes_with_extents_longer_than_the_format_allows_are_corrupt() {
+        let inode = |blocks: u64| Inode {
+            size: blocks * BLOCK as u64,
+            version: 1,
+            key_hash: 5,
+            key_len: 1,
+            extents: vec![DataExtent {
+                start: 300,
+                blocks,
+                checksum: 9,
+            }],
+        };
+        let mut slot = [0u8; INODE_SIZE];
+        inode(MAX_EXTENT_BLOCKS).encode(&mut slot);
+        assert_eq!(Inode::decode(&slot).unwrap(), Some(inode(MAX_EXTENT_BLOCKS)));
+        for blocks in [MAX_EXTENT_BLOCKS + 1, 1 << 16] {
+            inode(blocks).encode(&mut slot);
+            let e = Inode::decode(&slot).unwrap_err();
+            assert!(e.contains("at most 256"), "{blocks} blocks: {e}");
+        }
     }
 }
