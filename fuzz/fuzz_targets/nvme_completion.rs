@@ -14,13 +14,12 @@
 //! - when no forged entry was written, the controller never DMAs into freed memory, i.e.
 //!   the driver never handed back a buffer the device could still write.
 //!
-//! A surprise removal (registers reading all ones) is permanent within an input: the
-//! driver then declares the device gone and hands every buffer back, which is only safe
-//! if the device can no longer DMA. A device that reads all ones and then comes back can
-//! still complete a command into a buffer already handed back — issue 11's "clear Bus
-//! Master Enable before handing buffers back" defect, which this simulator (no BME) cannot
-//! show fixed. `IRONVME_FUZZ_REMOVAL_ENDS=1` lets the device come back, to reproduce it:
-//! `fuzz/known-defects/nvme_completion-all-ones-then-back` fails the DMA check with it.
+//! A surprise removal (registers reading all ones) may end: the device can come back and
+//! finish commands it still held. The driver must clear Bus Master Enable before it hands
+//! back the buffers of a controller it declared gone, so a device that returns cannot
+//! DMA into them (the DMA check catches it if it does). The seed
+//! `corpus/nvme_completion/all-ones-then-back` is such an input: before the driver
+//! cleared Bus Master Enable, it failed the DMA check.
 //!
 //! Input: a sequence of one-byte operations, each followed by its argument bytes (see
 //! `Op` below); missing bytes read as zero.
@@ -128,12 +127,6 @@ impl Ledger {
         }
         self.completed += 1;
     }
-}
-
-/// Whether a surprise removal may end (module docs).
-fn removal_ends() -> bool {
-    static ENDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENDS.get_or_init(|| std::env::var_os("IRONVME_FUZZ_REMOVAL_ENDS").is_some_and(|v| v == "1"))
 }
 
 fn config() -> ControllerConfig {
@@ -259,7 +252,7 @@ fuzz_target!(|data: &[u8]| {
                 sim.set_fatal(on & 1 != 0);
                 if on & 2 != 0 {
                     sim.set_removed(true);
-                } else if removal_ends() {
+                } else {
                     sim.set_removed(false);
                 }
             }
@@ -276,9 +269,7 @@ fuzz_target!(|data: &[u8]| {
     // The device behaves again: every accepted command must come back, once.
     sim.clear_faults();
     sim.set_fatal(false);
-    if removal_ends() {
-        sim.set_removed(false);
-    }
+    sim.set_removed(false);
     for _ in 0..400 {
         pair.poll(usize::MAX, |c| ledger.complete(c));
         if pair.outstanding() == 0 {
