@@ -455,6 +455,7 @@ impl UringCmdQueue {
             Err(_) => FileRef::Fd(fd),
         };
         let ranges = KernelDma::new(false).allocate(depth * DSM_RANGE_BYTES)?;
+        let sys = Enter::new(ring.params().is_feature_ext_arg());
         Ok(UringCmdQueue {
             ring,
             fixed: FixedBuffers {
@@ -470,7 +471,7 @@ impl UringCmdQueue {
             free: (0..depth as u32).rev().collect(),
             outstanding: 0,
             ranges,
-            sys: Enter::new(),
+            sys,
             ready: VecDeque::with_capacity(2 * depth),
             dead: None,
         })
@@ -782,7 +783,7 @@ impl Drop for UringCmdQueue {
             }
             // Waits of at most 1 s, so the deadline is checked.
             let wait = (deadline - now).min(Duration::from_secs(1));
-            if let Err(e) = self.sys.enter(&self.ring.submitter(), 1, Some(wait)) {
+            if let Err(e) = self.sys.wait_up_to(&self.ring.submitter(), wait) {
                 if retry_for(&e) == Retry::No {
                     break;
                 }

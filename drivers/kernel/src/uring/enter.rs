@@ -11,7 +11,8 @@
 //! - anything else fails the call.
 //!
 //! `ring` retries at most [`RETRIES`] times and then reports the error, leaving the
-//! SQEs queued; `wait` keeps trying (reaping in between) for [`Enter::error_deadline`]
+//! SQEs queued; `wait` keeps trying (reaping in between, pausing 100 µs doubling to 10 ms)
+//! for [`Enter::error_deadline`]
 //! and then fails the queue; dropping a queue waits [`Enter::drain_timeout`] for the
 //! operations in flight, then leaks their buffers rather than free memory the kernel may
 //! still write.
@@ -35,6 +36,17 @@ pub(crate) const ERROR_DEADLINE: Duration = Duration::from_secs(10);
 /// How long dropping a queue waits for operations in flight: longer than the kernel's
 /// default I/O timeout (30 s) plus its abort and controller reset.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// How long [`Enter::wait_up_to`] sleeps between looks at the completion queue on a
+/// kernel without `IORING_FEAT_EXT_ARG` (before Linux 5.11), which cannot bound a wait.
+pub(crate) const NO_EXT_ARG_PAUSE: Duration = Duration::from_millis(1);
+
+/// The first pause of `wait` after a failed `io_uring_enter`; it doubles up to
+/// [`MAX_BACKOFF`].
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_micros(100);
+
+/// The longest pause of `wait` between failed `io_uring_enter`s.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(10);
 
 /// What to do after a failed `io_uring_enter`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,28 +90,31 @@ impl RingTries {
 #[derive(Debug, Default)]
 pub(crate) struct WaitErrors {
     since: Option<Instant>,
+    /// The next pause; zero before the first failure.
+    backoff: Duration,
 }
 
 impl WaitErrors {
     /// An `io_uring_enter` succeeded.
     pub(crate) fn ok(&mut self) {
         self.since = None;
+        self.backoff = Duration::ZERO;
     }
 
     /// An `io_uring_enter` failed with `e`: true when it has been failing for `deadline`
-    /// and the queue must fail (`EINTR`, a signal, neither counts nor waits); after an
-    /// error that reaping cannot help, sleeps 1 ms before the next try.
+    /// and the queue must fail (`EINTR`, a signal, neither counts nor waits). Otherwise
+    /// sleeps before the next try, [`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`], so a
+    /// persistent `EAGAIN` or `EBUSY` (or any other error) does not spin a core for
+    /// the whole deadline.
     pub(crate) fn failed(&mut self, e: &io::Error, deadline: Duration) -> bool {
-        let retry = retry_for(e);
-        if retry == Retry::Now {
+        if retry_for(e) == Retry::Now {
             return false;
         }
         if self.since.get_or_insert_with(Instant::now).elapsed() >= deadline {
             return true;
         }
-        if retry == Retry::No {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+        std::thread::sleep(self.backoff);
         false
     }
 }
@@ -140,6 +155,8 @@ pub(crate) struct Enter {
     pub(crate) error_deadline: Duration,
     /// See [`DRAIN_TIMEOUT`].
     pub(crate) drain_timeout: Duration,
+    /// The kernel bounds waits (`IORING_FEAT_EXT_ARG`, Linux 5.11+).
+    pub(crate) ext_arg: bool,
     /// Errnos the next calls fail with, first one first; the last one repeats forever
     /// when `inject_forever`. Tests only.
     #[cfg(test)]
@@ -149,10 +166,12 @@ pub(crate) struct Enter {
 }
 
 impl Enter {
-    pub(crate) fn new() -> Enter {
+    /// `ext_arg`: the ring's `IORING_FEAT_EXT_ARG` (`io_uring_params.features`).
+    pub(crate) fn new(ext_arg: bool) -> Enter {
         Enter {
             error_deadline: ERROR_DEADLINE,
             drain_timeout: DRAIN_TIMEOUT,
+            ext_arg,
             #[cfg(test)]
             inject: std::collections::VecDeque::new(),
             #[cfg(test)]
@@ -164,7 +183,8 @@ impl Enter {
     /// most `timeout` when given (`IORING_ENTER_EXT_ARG`, Linux 5.11+; running out is not
     /// an error: `Ok(0)`). Returns what the kernel returned: SQEs consumed.
     ///
-    /// Errors: the `io_uring_enter` errno (see [`retry_for`]).
+    /// Errors: the `io_uring_enter` errno (see [`retry_for`]); `EINVAL` for a `timeout`
+    /// without [`Enter::ext_arg`], as such a kernel answers.
     pub(crate) fn enter(
         &mut self,
         submitter: &Submitter<'_>,
@@ -184,6 +204,7 @@ impl Enter {
         }
         match timeout {
             None => submitter.submit_and_wait(want),
+            Some(_) if !self.ext_arg => Err(io::Error::from_raw_os_error(libc::EINVAL)),
             Some(t) => {
                 let ts = Timespec::from(t);
                 let args = SubmitArgs::new().timespec(&ts);
@@ -196,9 +217,41 @@ impl Enter {
     }
 }
 
+impl Enter {
+    /// Waits at most `limit` for one completion, for a queue being dropped: in the kernel
+    /// with `IORING_FEAT_EXT_ARG`; without it (Linux 5.6–5.10 refuse a bounded wait, and
+    /// an unbounded one may never return) sleeps [`NO_EXT_ARG_PAUSE`] so the caller looks
+    /// at the completion queue again. Either way the caller reaps after.
+    ///
+    /// Errors: as [`Enter::enter`].
+    pub(crate) fn wait_up_to(&mut self, submitter: &Submitter<'_>, limit: Duration) -> io::Result<()> {
+        if !self.ext_arg {
+            std::thread::sleep(limit.min(NO_EXT_ARG_PAUSE));
+            return Ok(());
+        }
+        self.enter(submitter, 1, Some(limit)).map(drop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_persistent_busy_backs_off_instead_of_spinning() {
+        let busy = io::Error::from_raw_os_error(libc::EBUSY);
+        let deadline = Duration::from_millis(300);
+        let mut errors = WaitErrors::default();
+        let mut tries = 0u32;
+        let started = Instant::now();
+        while !errors.failed(&busy, deadline) {
+            tries += 1;
+        }
+        assert!(started.elapsed() >= deadline);
+        // 100 µs doubling to 10 ms: about 35 tries in 300 ms; spinning makes millions.
+        assert!(tries < 100, "{tries} tries in {deadline:?}");
+        assert!(tries > 10, "{tries} tries in {deadline:?}");
+    }
 
     #[test]
     fn signals_are_retried_at_once_and_a_full_completion_queue_after_reaping() {

@@ -199,6 +199,7 @@ impl UringQueue {
             fixed_active,
             "uring: queue created"
         );
+        let sys = Enter::new(ring.params().is_feature_ext_arg());
         Ok(UringQueue {
             ring,
             aux,
@@ -211,7 +212,7 @@ impl UringQueue {
             inflight: 0,
             fixed: FixedBuffers::new(fixed_active),
             stats: UringStats::default(),
-            sys: Enter::new(),
+            sys,
             ready: VecDeque::with_capacity(2 * depth),
             dead: None,
             shared,
@@ -479,15 +480,19 @@ impl UringQueue {
         Ok(())
     }
 
-    /// Waits in the kernel until one operation completes (or `timeout` passes), on the
-    /// ring that has some in flight.
-    fn wait_one(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+    /// Waits until one operation completes, on the ring that has some in flight: in the
+    /// kernel without a bound, or at most `limit` ([`Enter::wait_up_to`]: without
+    /// `IORING_FEAT_EXT_ARG` it only pauses).
+    fn wait_one(&mut self, limit: Option<Duration>) -> std::io::Result<()> {
         let ring = if self.inflight > 0 {
             &self.ring
         } else {
             self.aux.as_ref().unwrap_or(&self.ring)
         };
-        self.sys.enter(&ring.submitter(), 1, timeout).map(drop)
+        match limit {
+            None => self.sys.enter(&ring.submitter(), 1, None).map(drop),
+            Some(limit) => self.sys.wait_up_to(&ring.submitter(), limit),
+        }
     }
 }
 
@@ -813,6 +818,32 @@ mod tests {
         assert!(matches!(q.ring(), Err(BlockError::Dead(_))));
         within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
         drop(dir);
+    }
+
+    #[test]
+    fn dropping_a_queue_without_ext_arg_waits_for_a_late_completion_instead_of_leaking() {
+        let (mut q, writer) = pipe_queue();
+        // A Linux 5.6–5.10 kernel: no bounded waits (IORING_FEAT_EXT_ARG).
+        q.sys.ext_arg = false;
+        q.sys.drain_timeout = Duration::from_secs(10);
+        q.submit(Op::Read { lba: 0 }, Some(read_buf()), 1).unwrap();
+        q.ring().unwrap();
+        assert_eq!(q.poll(8, |_| panic!("nothing was written to the pipe")), 0);
+        let write_later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            // EPIPE if the queue (the read end) is gone already: the assertion below says so.
+            let _ = nix::unistd::write(&writer, &[0u8; 512]);
+            writer
+        });
+        let started = Instant::now();
+        within(Duration::from_secs(10), "dropping the queue", move || drop(q));
+        let took = started.elapsed();
+        drop(write_later.join().unwrap());
+        assert!(
+            took >= Duration::from_millis(200),
+            "the drop returned after {took:?}, before the read completed: it leaked the read's buffer"
+        );
+        assert!(took < Duration::from_secs(5), "the drop took {took:?}");
     }
 
     #[test]
