@@ -500,7 +500,8 @@ impl UringCmdQueue {
     /// probe's table slot is emptied again once its read has completed.
     ///
     /// Errors: [`KernelError::Dma`] if the buffer cannot be allocated;
-    /// [`KernelError::Unavailable`] if the read cannot be queued.
+    /// [`KernelError::Unavailable`] if the read cannot be queued, or if waiting for it
+    /// failed the queue (`io_uring_enter` kept failing).
     fn probe_fixed_buffers(&mut self) -> Result<(), KernelError> {
         let mut buf = KernelDma::new(false).allocate(self.info.block_size as usize)?;
         if self.fixed.index_for(&self.ring, &mut buf).is_none() {
@@ -513,6 +514,12 @@ impl UringCmdQueue {
         let mut result = None;
         while result.is_none() && self.outstanding > 0 {
             self.wait(1, |c| result = Some(c.result));
+        }
+        if let Some(why) = &self.dead {
+            return Err(unavailable(format!(
+                "{}: the registered-buffer probe failed the queue: {why}",
+                self.file.path().display()
+            )));
         }
         let Some(result) = result else {
             return Ok(());
@@ -973,6 +980,24 @@ mod tests {
         assert_eq!(q.outstanding(), 0);
         let mut buf = KernelDma::new(false).allocate(4096).unwrap();
         assert_eq!(q.fixed.index_for(&q.ring, &mut buf), None);
+    }
+
+    #[test]
+    fn a_queue_that_fails_during_the_registered_buffer_probe_is_not_handed_out() {
+        let mut q = null_queue();
+        q.sys.error_deadline = Duration::from_millis(100);
+        q.sys.inject.push_back(libc::EBADF);
+        q.sys.inject_forever = true;
+        let (q, e) = within(Duration::from_secs(10), "the probe", move || {
+            let e = q.probe_fixed_buffers();
+            (q, e)
+        });
+        let e = e.expect_err("the queue is dead").to_string();
+        assert!(
+            e.contains("/dev/null: the registered-buffer probe failed the queue: io_uring_enter kept failing"),
+            "{e}"
+        );
+        within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
     }
 
     #[test]
