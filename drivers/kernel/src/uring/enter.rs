@@ -21,7 +21,10 @@
 //! the kernel.
 
 use io_uring::Submitter;
+use io_uring::cqueue::EntryMarker;
 use io_uring::types::{SubmitArgs, Timespec};
+use ironvme_nvme::block::BlockError;
+use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -119,6 +122,85 @@ impl WaitErrors {
     }
 }
 
+/// An operation slot of a queue, as [`Ready::fail`] sees it.
+pub(crate) trait InFlight {
+    /// An operation is in flight in this slot.
+    fn busy(&self) -> bool;
+    /// The queue failed while the slot's operation was in flight: give up its buffer
+    /// (leak it: the kernel may still write it) and whatever else it holds.
+    fn abandon(&mut self);
+}
+
+/// The completions a queue has in hand for its next `poll` — CQEs `ring` reaped to make
+/// room in a full completion queue, and the operations of a failed queue — and why the
+/// queue failed. One per queue, shared by both io_uring backends.
+#[derive(Debug)]
+pub(crate) struct Ready {
+    /// (`user_data`, `res`), oldest first.
+    cqes: VecDeque<(u64, i32)>,
+    /// Why the queue failed (`io_uring_enter` kept failing); it refuses everything after.
+    dead: Option<String>,
+}
+
+impl Ready {
+    /// Room for `depth` operations without reallocating, twice over.
+    pub(crate) fn new(depth: usize) -> Ready {
+        Ready {
+            cqes: VecDeque::with_capacity(2 * depth),
+            dead: None,
+        }
+    }
+
+    /// Whether the queue failed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.is_some()
+    }
+
+    /// `Ok` while the queue works.
+    ///
+    /// Errors: [`BlockError::Dead`], saying why, once it failed.
+    pub(crate) fn alive(&self) -> Result<(), BlockError> {
+        match &self.dead {
+            Some(why) => Err(BlockError::Dead(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The oldest completion in hand: (`user_data`, `res`).
+    pub(crate) fn pop(&mut self) -> Option<(u64, i32)> {
+        self.cqes.pop_front()
+    }
+
+    /// Takes every CQE of `cq` (a completion queue: the kernel takes no submissions
+    /// while it is full). Returns how many.
+    pub(crate) fn stash<E: EntryMarker>(&mut self, cq: impl Iterator<Item = E>) -> usize {
+        let before = self.cqes.len();
+        self.cqes.extend(cq.map(|cqe| {
+            let cqe: io_uring::cqueue::Entry = cqe.into();
+            (cqe.user_data(), cqe.result())
+        }));
+        self.cqes.len() - before
+    }
+
+    /// Fails the queue after `io_uring_enter` kept failing with `e` for `deadline`: each
+    /// slot of `slots` (its index is its `user_data`) with an operation in flight and no
+    /// CQE in hand is abandoned ([`InFlight::abandon`]) and completes with the errno
+    /// (`EIO` if `e` has none). Returns why, for the log and [`BlockError::Dead`].
+    pub(crate) fn fail<S: InFlight>(&mut self, e: &io::Error, deadline: Duration, slots: &mut [S]) -> String {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let why = format!("io_uring_enter kept failing for {deadline:?}: {e}");
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let reaped = self.cqes.iter().any(|&(user_data, _)| user_data == i as u64);
+            if slot.busy() && !reaped {
+                slot.abandon();
+                self.cqes.push_back((i as u64, -errno));
+            }
+        }
+        self.dead = Some(why.clone());
+        why
+    }
+}
+
 /// Runs `f` on another thread; fails the test if it does not return within `limit`.
 #[cfg(test)]
 pub(crate) fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -130,22 +212,41 @@ pub(crate) fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnO
         .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
 }
 
-/// Waits on `q` (on another thread, at most 10 s) until it hands back a completion or
-/// has nothing outstanding; returns the queue and the completions (tag, buffer given
-/// back, result). For queues whose `io_uring_enter` keeps failing.
+/// Checks how `wait` fails a queue whose `io_uring_enter` fails with `EBADF` from now on
+/// (the test injected it, with an error deadline of `deadline`), with a 4 KiB Read of tag
+/// 3 in flight: `wait` (on another thread, at most 10 s) returns no sooner than the
+/// deadline, completing the Read with `EBADF` and without its buffer; the queue then
+/// refuses submissions (handing the buffer back) and `ring` with [`BlockError::Dead`],
+/// and drops within 10 s.
 #[cfg(test)]
-#[allow(clippy::type_complexity)]
-pub(crate) fn wait_on_failing_enter<Q>(mut q: Q) -> (Q, Vec<(u64, bool, Result<(), ironvme_nvme::block::IoStatus>)>)
+pub(crate) fn check_wait_fails_the_queue<Q>(mut q: Q, deadline: Duration)
 where
     Q: ironvme_nvme::block::BlockQueue + Send + 'static,
 {
-    within(Duration::from_secs(10), "wait on a failing io_uring_enter", move || {
+    use ironvme_nvme::block::{IoStatus, Op};
+    use ironvme_nvme::hw::DmaAllocator;
+    let started = Instant::now();
+    let (mut q, done) = within(Duration::from_secs(10), "wait on a failing io_uring_enter", move || {
         let mut done = Vec::new();
         while done.is_empty() && q.outstanding() > 0 {
             q.wait(8, |c| done.push((c.tag, c.buf.is_some(), c.result)));
         }
         (q, done)
-    })
+    });
+    assert!(started.elapsed() >= deadline, "not before the deadline");
+    // The kernel may own the buffer: it is not handed back.
+    assert_eq!(done, [(3, false, Err(IoStatus::Os(libc::EBADF)))]);
+    assert_eq!(q.outstanding(), 0);
+    let buf = crate::KernelDma::new(false).allocate(4096).unwrap();
+    let e = q.submit(Op::Read { lba: 0 }, Some(buf), 4).unwrap_err();
+    assert!(
+        matches!(&e.error, BlockError::Dead(why) if why.contains("io_uring_enter")),
+        "{}",
+        e.error
+    );
+    assert!(e.buf.is_some());
+    assert!(matches!(q.ring(), Err(BlockError::Dead(_))));
+    within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
 }
 
 /// A queue's way into the kernel, with its deadlines.
