@@ -75,9 +75,29 @@ pub(crate) enum Node {
 }
 
 impl Node {
-    /// The controller's character device, `/dev/nvmeX` (for a namespace node, the `X` of
-    /// its name: under native multipath that is the subsystem's number).
+    /// The controller's character device, `/dev/nvmeX`, from the sysfs under `/sys`
+    /// (see [`Node::controller_path_in`]).
     pub(crate) fn controller_path(&self) -> String {
+        self.controller_path_in(Path::new(SYSFS))
+    }
+
+    /// The controller's character device, `/dev/nvmeX`, with `sys` the sysfs root. For a
+    /// namespace node, a controller with a path to the namespace: the node's sysfs
+    /// `device` link names its controller, or under native multipath its subsystem
+    /// (`nvme-subsysS`), which lists its controllers (the lowest-numbered one with a path
+    /// to the namespace is taken). Without that sysfs, the `X` of the node's name, which
+    /// under native multipath is the subsystem's number and may name another controller.
+    pub(crate) fn controller_path_in(&self, sys: &Path) -> String {
+        let found = match self {
+            Node::Controller(name) => Some(name.clone()),
+            Node::Generic(name) => self
+                .disk()
+                .and_then(|disk| controller_of(sys, &sys.join("class/nvme-generic").join(name), &disk)),
+            Node::Block(name) => controller_of(sys, &sys.join("block").join(name), name),
+        };
+        if let Some(ctrl) = found {
+            return format!("{DEV}/{ctrl}");
+        }
         let name = match self {
             Node::Controller(name) => name.as_str(),
             Node::Generic(name) => name.strip_prefix("ng").unwrap_or(name),
@@ -173,6 +193,36 @@ fn classify_in(sys: &Path, backend: &'static str, path: &Path, needs: &str) -> R
             Err(wrong(format!("{what} is not an NVMe device: {needs}")))
         }
     }
+}
+
+/// A controller (`nvmeX`) of the namespace node whose sysfs directory is `node` and whose
+/// disk is `disk` (`nvmeXnY`), from the node's `device` link: the controller itself, or
+/// under native multipath the subsystem (`nvme-subsysS`, whose entries `nvmeX` are its
+/// controllers): the lowest-numbered one with a path to `disk`
+/// ([`controller_namespaces`]), else the lowest-numbered. `None` without that sysfs.
+fn controller_of(sys: &Path, node: &Path, disk: &str) -> Option<String> {
+    let parent = std::fs::canonicalize(node.join("device")).ok()?;
+    let name = parent.file_name()?.to_str()?;
+    let number = |n: &str| n.strip_prefix("nvme")?.parse::<u32>().ok();
+    if number(name).is_some() {
+        return Some(name.to_owned());
+    }
+    if !name.starts_with("nvme-subsys") {
+        return None;
+    }
+    let mut ctrls: Vec<(u32, String)> = std::fs::read_dir(&parent)
+        .ok()?
+        .filter_map(|e| {
+            let entry = e.ok()?.file_name().into_string().ok()?;
+            Some((number(&entry)?, entry))
+        })
+        .collect();
+    ctrls.sort();
+    ctrls
+        .iter()
+        .find(|(_, c)| controller_namespaces(sys, c).iter().any(|n| n.disk == disk))
+        .or(ctrls.first())
+        .map(|(_, c)| c.clone())
 }
 
 /// `nvmeXnY` (a namespace's disk, also under native multipath), not a partition
@@ -1141,10 +1191,51 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_of_a_multipath_namespace_is_found_in_sysfs() {
+        let sys = tempfile::tempdir().unwrap();
+        let root = sys.path();
+        let link = |target: &str, at: &str| {
+            std::fs::create_dir_all(root.join(at).parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(root.join(target), root.join(at)).unwrap();
+        };
+        // Subsystem 0 has controllers nvme2 and nvme5; only nvme5 has a path to namespace 1
+        // (disk nvme0n1, path nvme0c5n1). Controller nvme0 is of another subsystem.
+        let subsys = "devices/virtual/nvme-subsystem/nvme-subsys0";
+        for ctrl in ["nvme2", "nvme5", "nvme0"] {
+            std::fs::create_dir_all(root.join("devices/pci/nvme").join(ctrl)).unwrap();
+            link(&format!("devices/pci/nvme/{ctrl}"), &format!("class/nvme/{ctrl}"));
+        }
+        link("devices/pci/nvme/nvme2", &format!("{subsys}/nvme2"));
+        link("devices/pci/nvme/nvme5", &format!("{subsys}/nvme5"));
+        std::fs::create_dir_all(root.join("devices/pci/nvme/nvme5/nvme0c5n1")).unwrap();
+        std::fs::write(root.join("devices/pci/nvme/nvme5/nvme0c5n1/nsid"), "1\n").unwrap();
+        std::fs::create_dir_all(root.join(subsys).join("nvme0n1")).unwrap();
+        link(subsys, &format!("{subsys}/nvme0n1/device"));
+        link(&format!("{subsys}/nvme0n1"), "block/nvme0n1");
+        std::fs::create_dir_all(root.join(subsys).join("ng0n1")).unwrap();
+        link(subsys, &format!("{subsys}/ng0n1/device"));
+        link(&format!("{subsys}/ng0n1"), "class/nvme-generic/ng0n1");
+        // Without native multipath: the disk's parent is its controller.
+        std::fs::create_dir_all(root.join("devices/pci/nvme/nvme0/nvme0n2")).unwrap();
+        link("devices/pci/nvme/nvme0", "devices/pci/nvme/nvme0/nvme0n2/device");
+        link("devices/pci/nvme/nvme0/nvme0n2", "block/nvme9n2");
+        assert_eq!(Node::Block("nvme0n1".into()).controller_path_in(root), "/dev/nvme5");
+        assert_eq!(Node::Generic("ng0n1".into()).controller_path_in(root), "/dev/nvme5");
+        assert_eq!(Node::Block("nvme9n2".into()).controller_path_in(root), "/dev/nvme0");
+        // No path to the namespace found: the subsystem's first controller.
+        std::fs::remove_dir_all(root.join("devices/pci/nvme/nvme5/nvme0c5n1")).unwrap();
+        assert_eq!(Node::Block("nvme0n1".into()).controller_path_in(root), "/dev/nvme2");
+        // Without sysfs: the node's name.
+        assert_eq!(Node::Block("nvme7n1".into()).controller_path_in(root), "/dev/nvme7");
+    }
+
+    #[test]
     fn metadata_refusals_name_the_controller_node_to_reformat() {
-        assert_eq!(Node::Generic("ng3n2".into()).controller_path(), "/dev/nvme3");
-        assert_eq!(Node::Block("nvme12n1".into()).controller_path(), "/dev/nvme12");
-        assert_eq!(Node::Controller("nvme0".into()).controller_path(), "/dev/nvme0");
+        let no_sysfs = tempfile::tempdir().unwrap();
+        let at = |node: Node| node.controller_path_in(no_sysfs.path());
+        assert_eq!(at(Node::Generic("ng3n2".into())), "/dev/nvme3");
+        assert_eq!(at(Node::Block("nvme12n1".into())), "/dev/nvme12");
+        assert_eq!(at(Node::Controller("nvme0".into())), "/dev/nvme0");
         let mut b = vec![0u8; 4096];
         b[0..8].copy_from_slice(&8u64.to_le_bytes());
         b[25] = 1;

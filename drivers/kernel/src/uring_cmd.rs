@@ -56,14 +56,13 @@ use crate::ioctl::{
     Node, PassthruFile, check_depth, check_op, classify, controller_namespaces, namespace_info, queue_limits,
 };
 use crate::nvme_ioctl::{NVME_URING_CMD_IO, NvmeUringCmd, decode_return};
-use crate::uring::enter::{Enter, Retry, RingTries, WaitErrors, retry_for};
+use crate::uring::enter::{Enter, InFlight, Ready, Retry, RingTries, WaitErrors, retry_for};
 use io_uring::types::{Fd, Fixed};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
 use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange};
 use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
 use ironvme_nvme::identify::{IdentifyController, MetadataUnsupported};
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -253,6 +252,16 @@ struct Slot {
     busy: bool,
 }
 
+impl InFlight for Slot {
+    fn busy(&self) -> bool {
+        self.busy
+    }
+
+    fn abandon(&mut self) {
+        std::mem::forget(self.buf.take());
+    }
+}
+
 /// A region registered (or not) as a fixed buffer.
 #[derive(Debug)]
 struct Registered {
@@ -388,11 +397,9 @@ pub struct UringCmdQueue {
     ranges: DmaBuf,
     /// `io_uring_enter`, with its deadlines.
     sys: Enter,
-    /// CQEs (`user_data`, `res`, DW0 unused) reaped by `ring` to make room in a full
-    /// completion queue, for the next `poll`; and the failed commands of a failed queue.
-    ready: VecDeque<(u64, i32)>,
-    /// Why the queue failed; it refuses everything after.
-    dead: Option<String>,
+    /// CQEs (DW0 unused) reaped by `ring` to make room in a full completion queue, for
+    /// the next `poll`; the failed commands of a failed queue, and why it failed.
+    ready: Ready,
 }
 
 impl std::fmt::Debug for UringCmdQueue {
@@ -455,6 +462,7 @@ impl UringCmdQueue {
             Err(_) => FileRef::Fd(fd),
         };
         let ranges = KernelDma::new(false).allocate(depth * DSM_RANGE_BYTES)?;
+        let sys = Enter::new(ring.params().is_feature_ext_arg());
         Ok(UringCmdQueue {
             ring,
             fixed: FixedBuffers {
@@ -470,9 +478,8 @@ impl UringCmdQueue {
             free: (0..depth as u32).rev().collect(),
             outstanding: 0,
             ranges,
-            sys: Enter::new(),
-            ready: VecDeque::with_capacity(2 * depth),
-            dead: None,
+            sys,
+            ready: Ready::new(depth),
         })
     }
 
@@ -499,7 +506,8 @@ impl UringCmdQueue {
     /// probe's table slot is emptied again once its read has completed.
     ///
     /// Errors: [`KernelError::Dma`] if the buffer cannot be allocated;
-    /// [`KernelError::Unavailable`] if the read cannot be queued.
+    /// [`KernelError::Unavailable`] if the read cannot be queued, or if waiting for it
+    /// failed the queue (`io_uring_enter` kept failing).
     fn probe_fixed_buffers(&mut self) -> Result<(), KernelError> {
         let mut buf = KernelDma::new(false).allocate(self.info.block_size as usize)?;
         if self.fixed.index_for(&self.ring, &mut buf).is_none() {
@@ -512,6 +520,12 @@ impl UringCmdQueue {
         let mut result = None;
         while result.is_none() && self.outstanding > 0 {
             self.wait(1, |c| result = Some(c.result));
+        }
+        if let Err(e) = self.ready.alive() {
+            return Err(unavailable(format!(
+                "{}: waiting for the registered-buffer probe: {e}",
+                self.file.path().display()
+            )));
         }
         let Some(result) = result else {
             return Ok(());
@@ -610,11 +624,8 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
-        if let Some(why) = &self.dead {
-            return Err(SubmitError {
-                error: BlockError::Dead(why.clone()),
-                buf,
-            });
+        if let Err(error) = self.ready.alive() {
+            return Err(SubmitError { error, buf });
         }
         if self.free.is_empty() {
             return Err(SubmitError {
@@ -664,9 +675,7 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
-        if let Some(why) = &self.dead {
-            return Err(BlockError::Dead(why.clone()));
-        }
+        self.ready.alive()?;
         let mut tries = RingTries::default();
         while !self.ring.submission().is_empty() {
             let Err(e) = self.sys.enter(&self.ring.submitter(), 0, None) else {
@@ -686,7 +695,7 @@ impl BlockQueue for UringCmdQueue {
     fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
         let mut n = 0;
         while n < max {
-            let Some((user_data, res)) = self.ready.pop_front() else {
+            let Some((user_data, res)) = self.ready.pop() else {
                 break;
             };
             if let Some(c) = Self::complete(&mut self.slots, &mut self.free, user_data, res) {
@@ -695,7 +704,7 @@ impl BlockQueue for UringCmdQueue {
                 on_complete(c);
             }
         }
-        if self.dead.is_some() {
+        if self.ready.is_dead() {
             // The ring is not reaped again: its late CQEs belong to abandoned slots.
             return n;
         }
@@ -740,49 +749,38 @@ impl UringCmdQueue {
     /// Moves every CQE into `ready`: the completion queue is full, and the kernel takes
     /// no submissions until some are reaped. Returns how many.
     fn stash_completions(&mut self) -> usize {
-        let before = self.ready.len();
-        self.ready
-            .extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
-        self.ready.len() - before
+        self.ready.stash(self.ring.completion())
     }
 
     /// Fails the queue after `io_uring_enter` kept failing with `e`: every outstanding
     /// command completes (through `ready`) with the errno and without its buffer, which is
     /// leaked (the kernel may still write it), as are the DSM ranges.
     fn fail(&mut self, e: &io::Error) {
-        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        let why = format!("io_uring_enter kept failing for {:?}: {e}", self.sys.error_deadline);
+        let outstanding = self.outstanding;
+        let why = self.ready.fail(e, self.sys.error_deadline, &mut self.slots);
         tracing::error!(
             path = %self.file.path().display(),
-            outstanding = self.outstanding,
+            outstanding,
             "uring-cmd: {why}; failing the queue and leaking the buffers of its outstanding commands"
         );
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let reaped = self.ready.iter().any(|&(user_data, _)| user_data == i as u64);
-            if slot.busy && !reaped {
-                std::mem::forget(slot.buf.take());
-                self.ready.push_back((i as u64, -errno));
-            }
-        }
         if let Ok(all) = self.ranges.split_off(0) {
             std::mem::forget(all);
         }
         self.fixed.leak();
-        self.dead = Some(why);
     }
 }
 
 impl Drop for UringCmdQueue {
     fn drop(&mut self) {
         let deadline = Instant::now() + self.sys.drain_timeout;
-        while self.dead.is_none() && self.outstanding > 0 {
+        while !self.ready.is_dead() && self.outstanding > 0 {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
             // Waits of at most 1 s, so the deadline is checked.
             let wait = (deadline - now).min(Duration::from_secs(1));
-            if let Err(e) = self.sys.enter(&self.ring.submitter(), 1, Some(wait)) {
+            if let Err(e) = self.sys.wait_up_to(&self.ring.submitter(), wait) {
                 if retry_for(&e) == Retry::No {
                     break;
                 }
@@ -870,7 +868,7 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uring::enter::{wait_on_failing_enter, within};
+    use crate::uring::enter::{check_wait_fails_the_queue, within};
 
     /// A queue on `/dev/null`, without the check that the kernel runs NVMe commands
     /// from it: every command completes at once (Linux 6.1+ gives `/dev/null` a
@@ -935,22 +933,7 @@ mod tests {
         q.submit(Op::Read { lba: 0 }, Some(buf), 3).unwrap();
         q.sys.inject.push_back(libc::EBADF);
         q.sys.inject_forever = true;
-        let started = Instant::now();
-        let (mut q, done) = wait_on_failing_enter(q);
-        assert!(
-            started.elapsed() >= Duration::from_millis(200),
-            "not before the deadline"
-        );
-        assert_eq!(done, [(3, false, Err(IoStatus::Os(libc::EBADF)))]);
-        assert_eq!(q.outstanding(), 0);
-        let e = q.submit(Op::Flush, None, 4).unwrap_err();
-        assert!(
-            matches!(&e.error, BlockError::Dead(why) if why.contains("io_uring_enter")),
-            "{}",
-            e.error
-        );
-        assert!(matches!(q.ring(), Err(BlockError::Dead(_))));
-        within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
+        check_wait_fails_the_queue(q, Duration::from_millis(200));
     }
 
     #[test]
@@ -972,6 +955,26 @@ mod tests {
         assert_eq!(q.outstanding(), 0);
         let mut buf = KernelDma::new(false).allocate(4096).unwrap();
         assert_eq!(q.fixed.index_for(&q.ring, &mut buf), None);
+    }
+
+    #[test]
+    fn a_queue_that_fails_during_the_registered_buffer_probe_is_not_handed_out() {
+        let mut q = null_queue();
+        q.sys.error_deadline = Duration::from_millis(100);
+        q.sys.inject.push_back(libc::EBADF);
+        q.sys.inject_forever = true;
+        let (q, e) = within(Duration::from_secs(10), "the probe", move || {
+            let e = q.probe_fixed_buffers();
+            (q, e)
+        });
+        let e = e.expect_err("the queue is dead").to_string();
+        assert!(
+            e.contains(
+                "/dev/null: waiting for the registered-buffer probe: queue is dead: io_uring_enter kept failing"
+            ),
+            "{e}"
+        );
+        within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
     }
 
     #[test]

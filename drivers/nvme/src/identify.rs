@@ -799,7 +799,7 @@ impl IdentifyNamespace {
 impl IdentifyNamespace {
     /// Whether ironvme can move this namespace's data: `Err` when its current LBA format
     /// carries metadata (MS ≠ 0) or end-to-end protection information is enabled
-    /// (DPS ≠ 0). ironvme's commands carry no metadata pointer, so on such a namespace
+    /// (DPS bits 2:0, the PI type, ≠ 0; bit 3 alone, the PI position, enables nothing). ironvme's commands carry no metadata pointer, so on such a namespace
     /// the controller would move NLB × (LBADS + MS) bytes into a buffer sized for
     /// NLB × LBADS (metadata at the end of each block, FLBAS bit 4), or write metadata to
     /// MPTR = 0 (separate metadata) — NVM Command Set Specification 1.0 §5.2.3 and
@@ -814,7 +814,8 @@ impl IdentifyNamespace {
         let Some(current) = self.current_format() else {
             return Ok(());
         };
-        if current.ms == 0 && self.dps == 0 {
+        // DPS bits 2:0 are the PI type; bit 3 (PI position) means nothing while they are 0.
+        if current.ms == 0 && self.dps & 0x7 == 0 {
             return Ok(());
         }
         let usable = |f: &&LbaFormat| f.ms == 0 && f.data_size().is_some();
@@ -1374,6 +1375,12 @@ mod tests {
         assert!(msg.contains("--lbaf 0`") && msg.contains("ironvme format DEV"), "{msg}");
         // DPS alone is refused too.
         b[26] = 0;
+        assert!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1).is_err());
+        // Bit 3 (PI in the first bytes of metadata) with PI type 0 and no metadata is fine;
+        // with a PI type it is refused.
+        b[29] = 0x08;
+        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1), Ok(()));
+        b[29] = 0x09;
         assert!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1).is_err());
         // No format without metadata: said so.
         b[29] = 0;

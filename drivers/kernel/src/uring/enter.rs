@@ -11,7 +11,8 @@
 //! - anything else fails the call.
 //!
 //! `ring` retries at most [`RETRIES`] times and then reports the error, leaving the
-//! SQEs queued; `wait` keeps trying (reaping in between) for [`Enter::error_deadline`]
+//! SQEs queued; `wait` keeps trying (reaping in between, pausing 100 µs doubling to 10 ms)
+//! for [`Enter::error_deadline`]
 //! and then fails the queue; dropping a queue waits [`Enter::drain_timeout`] for the
 //! operations in flight, then leaks their buffers rather than free memory the kernel may
 //! still write.
@@ -20,7 +21,10 @@
 //! the kernel.
 
 use io_uring::Submitter;
+use io_uring::cqueue::EntryMarker;
 use io_uring::types::{SubmitArgs, Timespec};
+use ironvme_nvme::block::BlockError;
+use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -35,6 +39,17 @@ pub(crate) const ERROR_DEADLINE: Duration = Duration::from_secs(10);
 /// How long dropping a queue waits for operations in flight: longer than the kernel's
 /// default I/O timeout (30 s) plus its abort and controller reset.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// How long [`Enter::wait_up_to`] sleeps between looks at the completion queue on a
+/// kernel without `IORING_FEAT_EXT_ARG` (before Linux 5.11), which cannot bound a wait.
+pub(crate) const NO_EXT_ARG_PAUSE: Duration = Duration::from_millis(1);
+
+/// The first pause of `wait` after a failed `io_uring_enter`; it doubles up to
+/// [`MAX_BACKOFF`].
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_micros(100);
+
+/// The longest pause of `wait` between failed `io_uring_enter`s.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(10);
 
 /// What to do after a failed `io_uring_enter`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,29 +93,111 @@ impl RingTries {
 #[derive(Debug, Default)]
 pub(crate) struct WaitErrors {
     since: Option<Instant>,
+    /// The next pause; zero before the first failure.
+    backoff: Duration,
 }
 
 impl WaitErrors {
     /// An `io_uring_enter` succeeded.
     pub(crate) fn ok(&mut self) {
         self.since = None;
+        self.backoff = Duration::ZERO;
     }
 
     /// An `io_uring_enter` failed with `e`: true when it has been failing for `deadline`
-    /// and the queue must fail (`EINTR`, a signal, neither counts nor waits); after an
-    /// error that reaping cannot help, sleeps 1 ms before the next try.
+    /// and the queue must fail (`EINTR`, a signal, neither counts nor waits). Otherwise
+    /// sleeps before the next try, [`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`], so a
+    /// persistent `EAGAIN` or `EBUSY` (or any other error) does not spin a core for
+    /// the whole deadline.
     pub(crate) fn failed(&mut self, e: &io::Error, deadline: Duration) -> bool {
-        let retry = retry_for(e);
-        if retry == Retry::Now {
+        if retry_for(e) == Retry::Now {
             return false;
         }
         if self.since.get_or_insert_with(Instant::now).elapsed() >= deadline {
             return true;
         }
-        if retry == Retry::No {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+        std::thread::sleep(self.backoff);
         false
+    }
+}
+
+/// An operation slot of a queue, as [`Ready::fail`] sees it.
+pub(crate) trait InFlight {
+    /// An operation is in flight in this slot.
+    fn busy(&self) -> bool;
+    /// The queue failed while the slot's operation was in flight: give up its buffer
+    /// (leak it: the kernel may still write it) and whatever else it holds.
+    fn abandon(&mut self);
+}
+
+/// The completions a queue has in hand for its next `poll` — CQEs `ring` reaped to make
+/// room in a full completion queue, and the operations of a failed queue — and why the
+/// queue failed. One per queue, shared by both io_uring backends.
+#[derive(Debug)]
+pub(crate) struct Ready {
+    /// (`user_data`, `res`), oldest first.
+    cqes: VecDeque<(u64, i32)>,
+    /// Why the queue failed (`io_uring_enter` kept failing); it refuses everything after.
+    dead: Option<String>,
+}
+
+impl Ready {
+    /// Room for `depth` operations without reallocating, twice over.
+    pub(crate) fn new(depth: usize) -> Ready {
+        Ready {
+            cqes: VecDeque::with_capacity(2 * depth),
+            dead: None,
+        }
+    }
+
+    /// Whether the queue failed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.is_some()
+    }
+
+    /// `Ok` while the queue works.
+    ///
+    /// Errors: [`BlockError::Dead`], saying why, once it failed.
+    pub(crate) fn alive(&self) -> Result<(), BlockError> {
+        match &self.dead {
+            Some(why) => Err(BlockError::Dead(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The oldest completion in hand: (`user_data`, `res`).
+    pub(crate) fn pop(&mut self) -> Option<(u64, i32)> {
+        self.cqes.pop_front()
+    }
+
+    /// Takes every CQE of `cq` (a completion queue: the kernel takes no submissions
+    /// while it is full). Returns how many.
+    pub(crate) fn stash<E: EntryMarker>(&mut self, cq: impl Iterator<Item = E>) -> usize {
+        let before = self.cqes.len();
+        self.cqes.extend(cq.map(|cqe| {
+            let cqe: io_uring::cqueue::Entry = cqe.into();
+            (cqe.user_data(), cqe.result())
+        }));
+        self.cqes.len() - before
+    }
+
+    /// Fails the queue after `io_uring_enter` kept failing with `e` for `deadline`: each
+    /// slot of `slots` (its index is its `user_data`) with an operation in flight and no
+    /// CQE in hand is abandoned ([`InFlight::abandon`]) and completes with the errno
+    /// (`EIO` if `e` has none). Returns why, for the log and [`BlockError::Dead`].
+    pub(crate) fn fail<S: InFlight>(&mut self, e: &io::Error, deadline: Duration, slots: &mut [S]) -> String {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let why = format!("io_uring_enter kept failing for {deadline:?}: {e}");
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let reaped = self.cqes.iter().any(|&(user_data, _)| user_data == i as u64);
+            if slot.busy() && !reaped {
+                slot.abandon();
+                self.cqes.push_back((i as u64, -errno));
+            }
+        }
+        self.dead = Some(why.clone());
+        why
     }
 }
 
@@ -115,22 +212,41 @@ pub(crate) fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnO
         .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
 }
 
-/// Waits on `q` (on another thread, at most 10 s) until it hands back a completion or
-/// has nothing outstanding; returns the queue and the completions (tag, buffer given
-/// back, result). For queues whose `io_uring_enter` keeps failing.
+/// Checks how `wait` fails a queue whose `io_uring_enter` fails with `EBADF` from now on
+/// (the test injected it, with an error deadline of `deadline`), with a 4 KiB Read of tag
+/// 3 in flight: `wait` (on another thread, at most 10 s) returns no sooner than the
+/// deadline, completing the Read with `EBADF` and without its buffer; the queue then
+/// refuses submissions (handing the buffer back) and `ring` with [`BlockError::Dead`],
+/// and drops within 10 s.
 #[cfg(test)]
-#[allow(clippy::type_complexity)]
-pub(crate) fn wait_on_failing_enter<Q>(mut q: Q) -> (Q, Vec<(u64, bool, Result<(), ironvme_nvme::block::IoStatus>)>)
+pub(crate) fn check_wait_fails_the_queue<Q>(mut q: Q, deadline: Duration)
 where
     Q: ironvme_nvme::block::BlockQueue + Send + 'static,
 {
-    within(Duration::from_secs(10), "wait on a failing io_uring_enter", move || {
+    use ironvme_nvme::block::{IoStatus, Op};
+    use ironvme_nvme::hw::DmaAllocator;
+    let started = Instant::now();
+    let (mut q, done) = within(Duration::from_secs(10), "wait on a failing io_uring_enter", move || {
         let mut done = Vec::new();
         while done.is_empty() && q.outstanding() > 0 {
             q.wait(8, |c| done.push((c.tag, c.buf.is_some(), c.result)));
         }
         (q, done)
-    })
+    });
+    assert!(started.elapsed() >= deadline, "not before the deadline");
+    // The kernel may own the buffer: it is not handed back.
+    assert_eq!(done, [(3, false, Err(IoStatus::Os(libc::EBADF)))]);
+    assert_eq!(q.outstanding(), 0);
+    let buf = crate::KernelDma::new(false).allocate(4096).unwrap();
+    let e = q.submit(Op::Read { lba: 0 }, Some(buf), 4).unwrap_err();
+    assert!(
+        matches!(&e.error, BlockError::Dead(why) if why.contains("io_uring_enter")),
+        "{}",
+        e.error
+    );
+    assert!(e.buf.is_some());
+    assert!(matches!(q.ring(), Err(BlockError::Dead(_))));
+    within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
 }
 
 /// A queue's way into the kernel, with its deadlines.
@@ -140,6 +256,8 @@ pub(crate) struct Enter {
     pub(crate) error_deadline: Duration,
     /// See [`DRAIN_TIMEOUT`].
     pub(crate) drain_timeout: Duration,
+    /// The kernel bounds waits (`IORING_FEAT_EXT_ARG`, Linux 5.11+).
+    pub(crate) ext_arg: bool,
     /// Errnos the next calls fail with, first one first; the last one repeats forever
     /// when `inject_forever`. Tests only.
     #[cfg(test)]
@@ -149,10 +267,12 @@ pub(crate) struct Enter {
 }
 
 impl Enter {
-    pub(crate) fn new() -> Enter {
+    /// `ext_arg`: the ring's `IORING_FEAT_EXT_ARG` (`io_uring_params.features`).
+    pub(crate) fn new(ext_arg: bool) -> Enter {
         Enter {
             error_deadline: ERROR_DEADLINE,
             drain_timeout: DRAIN_TIMEOUT,
+            ext_arg,
             #[cfg(test)]
             inject: std::collections::VecDeque::new(),
             #[cfg(test)]
@@ -164,7 +284,8 @@ impl Enter {
     /// most `timeout` when given (`IORING_ENTER_EXT_ARG`, Linux 5.11+; running out is not
     /// an error: `Ok(0)`). Returns what the kernel returned: SQEs consumed.
     ///
-    /// Errors: the `io_uring_enter` errno (see [`retry_for`]).
+    /// Errors: the `io_uring_enter` errno (see [`retry_for`]); `EINVAL` for a `timeout`
+    /// without [`Enter::ext_arg`], as such a kernel answers.
     pub(crate) fn enter(
         &mut self,
         submitter: &Submitter<'_>,
@@ -184,6 +305,7 @@ impl Enter {
         }
         match timeout {
             None => submitter.submit_and_wait(want),
+            Some(_) if !self.ext_arg => Err(io::Error::from_raw_os_error(libc::EINVAL)),
             Some(t) => {
                 let ts = Timespec::from(t);
                 let args = SubmitArgs::new().timespec(&ts);
@@ -196,9 +318,41 @@ impl Enter {
     }
 }
 
+impl Enter {
+    /// Waits at most `limit` for one completion, for a queue being dropped: in the kernel
+    /// with `IORING_FEAT_EXT_ARG`; without it (Linux 5.6–5.10 refuse a bounded wait, and
+    /// an unbounded one may never return) sleeps [`NO_EXT_ARG_PAUSE`] so the caller looks
+    /// at the completion queue again. Either way the caller reaps after.
+    ///
+    /// Errors: as [`Enter::enter`].
+    pub(crate) fn wait_up_to(&mut self, submitter: &Submitter<'_>, limit: Duration) -> io::Result<()> {
+        if !self.ext_arg {
+            std::thread::sleep(limit.min(NO_EXT_ARG_PAUSE));
+            return Ok(());
+        }
+        self.enter(submitter, 1, Some(limit)).map(drop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_persistent_busy_backs_off_instead_of_spinning() {
+        let busy = io::Error::from_raw_os_error(libc::EBUSY);
+        let deadline = Duration::from_millis(300);
+        let mut errors = WaitErrors::default();
+        let mut tries = 0u32;
+        let started = Instant::now();
+        while !errors.failed(&busy, deadline) {
+            tries += 1;
+        }
+        assert!(started.elapsed() >= deadline);
+        // 100 µs doubling to 10 ms: about 35 tries in 300 ms; spinning makes millions.
+        assert!(tries < 100, "{tries} tries in {deadline:?}");
+        assert!(tries > 10, "{tries} tries in {deadline:?}");
+    }
 
     #[test]
     fn signals_are_retried_at_once_and_a_full_completion_queue_after_reaping() {

@@ -2,7 +2,7 @@
 //! registered-buffer table.
 
 use super::Shared;
-use super::enter::{Enter, RingTries, WaitErrors, retry_for};
+use super::enter::{Enter, InFlight, Ready, RingTries, WaitErrors, retry_for};
 use super::fixed::FixedBuffers;
 use crate::error::{BACKEND_URING, KernelError};
 use crate::geometry::os;
@@ -10,7 +10,6 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use ironvme_nvme::block::{self, BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
 use ironvme_nvme::hw::DmaBuf;
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -75,6 +74,18 @@ macro_rules! with_file {
     };
 }
 
+impl InFlight for Slot {
+    fn busy(&self) -> bool {
+        self.busy
+    }
+
+    fn abandon(&mut self) {
+        std::mem::forget(self.buf.take());
+        // Its region stays counted in flight, so it is never released.
+        self.fixed = NO_FIXED;
+    }
+}
+
 /// An I/O queue on an io_uring: the uring backend of the block interface. See the
 /// [module documentation](super) for how each operation is issued.
 ///
@@ -115,11 +126,9 @@ pub struct UringQueue {
     stats: UringStats,
     /// `io_uring_enter`, with its deadlines.
     sys: Enter,
-    /// CQEs (`user_data`, `res`) reaped by `ring` to make room in a full completion
-    /// queue, for the next `poll`; and the failed operations of a failed queue.
-    ready: VecDeque<(u64, i32)>,
-    /// Why the queue failed (`io_uring_enter` kept failing); it refuses everything after.
-    dead: Option<String>,
+    /// CQEs reaped by `ring` to make room in a full completion queue, for the next
+    /// `poll`; the failed operations of a failed queue, and why it failed.
+    ready: Ready,
     /// A queue belongs to one thread at a time: `Send`, not `Sync`.
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -199,6 +208,7 @@ impl UringQueue {
             fixed_active,
             "uring: queue created"
         );
+        let sys = Enter::new(ring.params().is_feature_ext_arg());
         Ok(UringQueue {
             ring,
             aux,
@@ -211,9 +221,8 @@ impl UringQueue {
             inflight: 0,
             fixed: FixedBuffers::new(fixed_active),
             stats: UringStats::default(),
-            sys: Enter::new(),
-            ready: VecDeque::with_capacity(2 * depth),
-            dead: None,
+            sys,
+            ready: Ready::new(depth),
             shared,
             _not_sync: PhantomData,
         })
@@ -362,7 +371,7 @@ impl UringQueue {
     fn deliver_ready<F: FnMut(Completion)>(&mut self, max: usize, on_complete: &mut F) -> usize {
         let mut n = 0;
         while n < max {
-            let Some((user_data, res)) = self.ready.pop_front() else {
+            let Some((user_data, res)) = self.ready.pop() else {
                 break;
             };
             if let Some(c) = self.finish(user_data as usize, res) {
@@ -376,38 +385,25 @@ impl UringQueue {
     /// Moves every CQE of both rings into `ready`: the completion queue is full, and the
     /// kernel takes no submissions until some are reaped. Returns how many.
     fn stash_completions(&mut self) -> usize {
-        let before = self.ready.len();
+        let mut n = 0;
         for ring in [Some(&mut self.ring), self.aux.as_mut()].into_iter().flatten() {
-            self.ready.extend(
-                ring.completion()
-                    .map(|cqe: cqueue::Entry| (cqe.user_data(), cqe.result())),
-            );
+            n += self.ready.stash(ring.completion());
         }
-        self.ready.len() - before
+        n
     }
 
     /// Fails the queue after `io_uring_enter` kept failing with `e`: every operation in
     /// flight completes (through `ready`) with the errno and without its buffer, which is
     /// leaked with the registered regions, because the kernel may still write to them.
     fn fail(&mut self, e: &std::io::Error) {
-        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        let why = format!("io_uring_enter kept failing for {:?}: {e}", self.sys.error_deadline);
+        let outstanding = self.outstanding();
+        let why = self.ready.fail(e, self.sys.error_deadline, &mut self.slots);
         tracing::error!(
             path = %self.shared.path.display(),
-            outstanding = self.outstanding(),
+            outstanding,
             "uring: {why}; failing the queue and leaking the buffers of its operations in flight"
         );
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let reaped = self.ready.iter().any(|&(user_data, _)| user_data == i as u64);
-            if slot.busy && !reaped {
-                std::mem::forget(slot.buf.take());
-                // Its region stays counted in flight, so it is never released.
-                slot.fixed = NO_FIXED;
-                self.ready.push_back((i as u64, -errno));
-            }
-        }
         self.fixed.leak();
-        self.dead = Some(why);
     }
 
     /// Reaps up to `max` CQEs from one ring.
@@ -479,15 +475,19 @@ impl UringQueue {
         Ok(())
     }
 
-    /// Waits in the kernel until one operation completes (or `timeout` passes), on the
-    /// ring that has some in flight.
-    fn wait_one(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+    /// Waits until one operation completes, on the ring that has some in flight: in the
+    /// kernel without a bound, or at most `limit` ([`Enter::wait_up_to`]: without
+    /// `IORING_FEAT_EXT_ARG` it only pauses).
+    fn wait_one(&mut self, limit: Option<Duration>) -> std::io::Result<()> {
         let ring = if self.inflight > 0 {
             &self.ring
         } else {
             self.aux.as_ref().unwrap_or(&self.ring)
         };
-        self.sys.enter(&ring.submitter(), 1, timeout).map(drop)
+        match limit {
+            None => self.sys.enter(&ring.submitter(), 1, None).map(drop),
+            Some(limit) => self.sys.wait_up_to(&ring.submitter(), limit),
+        }
     }
 }
 
@@ -516,11 +516,8 @@ impl BlockQueue for UringQueue {
     }
 
     fn submit(&mut self, op: Op, mut buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
-        if let Some(why) = &self.dead {
-            return Err(SubmitError {
-                error: BlockError::Dead(why.clone()),
-                buf,
-            });
+        if let Err(error) = self.ready.alive() {
+            return Err(SubmitError { error, buf });
         }
         let blocks = match block::check(&self.shared.info, &op, buf.as_ref()) {
             Ok(n) => n,
@@ -589,9 +586,7 @@ impl BlockQueue for UringQueue {
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
-        if let Some(why) = &self.dead {
-            return Err(BlockError::Dead(why.clone()));
-        }
+        self.ready.alive()?;
         let main = if self.pending { self.enter(false) } else { Ok(()) };
         let aux = if self.aux_pending { self.enter(true) } else { Ok(()) };
         main.and(aux)
@@ -599,7 +594,7 @@ impl BlockQueue for UringQueue {
 
     fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
         let ready = self.deliver_ready(max, &mut on_complete);
-        if self.dead.is_some() {
+        if self.ready.is_dead() {
             // The rings are not reaped again: their late CQEs belong to abandoned slots.
             return ready;
         }
@@ -641,7 +636,7 @@ impl Drop for UringQueue {
         // them (up to the drain timeout) before anything is unmapped.
         let deadline = Instant::now() + self.sys.drain_timeout;
         let _ = self.ring();
-        while self.dead.is_none() && self.outstanding() > 0 {
+        while !self.ready.is_dead() && self.outstanding() > 0 {
             if self.poll(usize::MAX, drop) > 0 {
                 continue;
             }
@@ -659,7 +654,7 @@ impl Drop for UringQueue {
             }
         }
         self.poll(usize::MAX, drop);
-        if self.dead.is_some() || self.outstanding() > 0 {
+        if self.ready.is_dead() || self.outstanding() > 0 {
             tracing::error!(
                 path = %self.shared.path.display(),
                 outstanding = self.outstanding(),
@@ -697,7 +692,7 @@ fn ring_setup_error(shared: &Shared, e: std::io::Error) -> KernelError {
 mod tests {
     use super::*;
     use crate::KernelDma;
-    use crate::uring::enter::{wait_on_failing_enter, within};
+    use crate::uring::enter::{check_wait_fails_the_queue, within};
     use crate::uring::{UringDevice, UringOptions};
     use ironvme_nvme::block::GeometrySource;
     use ironvme_nvme::hw::DmaAllocator;
@@ -788,31 +783,38 @@ mod tests {
 
     #[test]
     fn wait_fails_the_queue_after_a_persistent_enter_error_and_keeps_the_buffer() {
-        let (dir, mut q) = file_queue(4);
+        let (_dir, mut q) = file_queue(4);
         q.sys.error_deadline = Duration::from_millis(200);
         q.submit(Op::Read { lba: 0 }, Some(read_buf()), 3).unwrap();
         q.sys.inject.push_back(libc::EBADF);
         q.sys.inject_forever = true;
+        check_wait_fails_the_queue(q, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn dropping_a_queue_without_ext_arg_waits_for_a_late_completion_instead_of_leaking() {
+        let (mut q, writer) = pipe_queue();
+        // A Linux 5.6–5.10 kernel: no bounded waits (IORING_FEAT_EXT_ARG).
+        q.sys.ext_arg = false;
+        q.sys.drain_timeout = Duration::from_secs(10);
+        q.submit(Op::Read { lba: 0 }, Some(read_buf()), 1).unwrap();
+        q.ring().unwrap();
+        assert_eq!(q.poll(8, |_| panic!("nothing was written to the pipe")), 0);
+        let write_later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            // EPIPE if the queue (the read end) is gone already: the assertion below says so.
+            let _ = nix::unistd::write(&writer, &[0u8; 512]);
+            writer
+        });
         let started = Instant::now();
-        let (q, done) = wait_on_failing_enter(q);
+        within(Duration::from_secs(10), "dropping the queue", move || drop(q));
+        let took = started.elapsed();
+        drop(write_later.join().unwrap());
         assert!(
-            started.elapsed() >= Duration::from_millis(200),
-            "not before the deadline"
+            took >= Duration::from_millis(200),
+            "the drop returned after {took:?}, before the read completed: it leaked the read's buffer"
         );
-        // The kernel may own the buffer: it is not handed back.
-        assert_eq!(done, [(3, false, Err(IoStatus::Os(libc::EBADF)))]);
-        let mut q = q;
-        assert_eq!(q.outstanding(), 0);
-        let e = q.submit(Op::Read { lba: 0 }, Some(read_buf()), 4).unwrap_err();
-        assert!(
-            matches!(&e.error, BlockError::Dead(why) if why.contains("io_uring_enter")),
-            "{}",
-            e.error
-        );
-        assert!(e.buf.is_some());
-        assert!(matches!(q.ring(), Err(BlockError::Dead(_))));
-        within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
-        drop(dir);
+        assert!(took < Duration::from_secs(5), "the drop took {took:?}");
     }
 
     #[test]
