@@ -840,10 +840,8 @@ mod tests {
         let path = PathBuf::from(&spec);
         let holder = File::open(&path).unwrap();
         // SAFETY: flock(2) on a descriptor `holder` owns; no memory is passed.
-        assert_eq!(
-            unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) },
-            0
-        );
+        let locked = unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        assert_eq!(locked, 0);
         let file_node = Node {
             path: path.clone(),
             block: false,
