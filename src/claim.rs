@@ -34,10 +34,11 @@
 //!   hold it, nothing can mount it. NVMe passthrough nodes have no such check of their
 //!   own, which is why `/dev/ngXnY` and `/dev/nvmeX` claim the block devices.
 //! - **Then a `flock(2)` on the same open file**: `LOCK_EX` for a writer, `LOCK_SH` for a
-//!   reader, always `LOCK_NB` (on a block device retried every 20 ms for up to 3 s). flock locks belong to the open file description, so two
-//!   claims conflict even inside one process, and a reader (which takes no `O_EXCL`, so
-//!   it may share the device with other readers) meets a writer here. Regular files and
-//!   generic nodes have only this lock.
+//!   reader, always `LOCK_NB` (on a block device retried every 20 ms for up to 3 s).
+//!   flock locks belong to the open file description, so two claims conflict even inside
+//!   one process, and a reader (which takes no `O_EXCL`, so it may share the device with
+//!   other readers) meets a writer here. Regular files and generic nodes have only this
+//!   lock.
 //!
 //! # Who holds it
 //!
