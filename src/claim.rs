@@ -4,8 +4,11 @@
 //! `vde` command that changes the store, NVMe `format` on a kernel node) holds an
 //! [`Access::Exclusive`] [`Claim`] for as long as it writes; commands that only read a
 //! store (`vde get`, `ls`, `stat`, `info`, `fsck`) hold an [`Access::Shared`] one, so
-//! readers run together but never beside a writer. A second opener is refused at once
-//! (nothing waits) with an error naming the device and, where Linux can tell, who holds it.
+//! readers run together but never beside a writer. A second opener is refused with an
+//! error naming the device and, where Linux can tell, who holds it: at once, except that
+//! a lock on a block device is retried for up to 3 s, as systemd's BLOCK_DEVICE_LOCKING.md
+//! asks (systemd-udevd holds a shared lock on a disk while it probes it, e.g. just after
+//! another writer closed it).
 //!
 //! # What is claimed
 //!
@@ -16,7 +19,7 @@
 //! | --- | --- |
 //! | a regular file | the file |
 //! | a block device (`/dev/nvmeXnY`, `/dev/sdX`, ...) | the block device |
-//! | `/dev/ngXnY` | its namespace's block device `/dev/nvmeXnY` (from sysfs) |
+//! | `/dev/ngXnY` | its namespace's block device `/dev/nvmeXnY` (from sysfs: the disk with the same head instance `Y` beside the generic node, below its controller or, under native multipath, its subsystem `nvme-subsysX`) |
 //! | `/dev/nvmeX` | the block device of every namespace of the controller |
 //! | a PCI address (VFIO) | nothing: the VFIO group is already exclusive, and a controller bound to vfio-pci has no kernel block devices |
 //!
@@ -31,10 +34,11 @@
 //!   hold it, nothing can mount it. NVMe passthrough nodes have no such check of their
 //!   own, which is why `/dev/ngXnY` and `/dev/nvmeX` claim the block devices.
 //! - **Then a `flock(2)` on the same open file**: `LOCK_EX` for a writer, `LOCK_SH` for a
-//!   reader, always `LOCK_NB`. flock locks belong to the open file description, so two
-//!   claims conflict even inside one process, and a reader (which takes no `O_EXCL`, so
-//!   it may share the device with other readers) meets a writer here. Regular files and
-//!   generic nodes have only this lock.
+//!   reader, always `LOCK_NB` (on a block device retried every 20 ms for up to 3 s).
+//!   flock locks belong to the open file description, so two claims conflict even inside
+//!   one process, and a reader (which takes no `O_EXCL`, so it may share the device with
+//!   other readers) meets a writer here. Regular files and generic nodes have only this
+//!   lock.
 //!
 //! # Who holds it
 //!
@@ -53,6 +57,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// What the claim allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +123,7 @@ pub struct Claim {
 }
 
 /// A node to claim.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Node {
     path: PathBuf,
     /// A block device: a writer also opens it with `O_EXCL`.
@@ -145,18 +150,7 @@ impl Claim {
     ///
     /// Errors: as [`Claim::acquire`].
     pub fn acquire_controller(target: &Target, device: &str, access: Access) -> Result<Claim, ClaimError> {
-        let (sys, dev) = (Path::new("/sys"), Path::new("/dev"));
-        let nodes = match controllers_of(sys, target) {
-            Some(ctrls) => {
-                let mut nodes = Vec::new();
-                for ctrl in ctrls {
-                    nodes.extend(controller_nodes(sys, dev, &ctrl, device)?);
-                }
-                nodes.dedup();
-                nodes
-            }
-            None => nodes_for(sys, dev, target, device)?,
-        };
+        let nodes = controller_claim_nodes(Path::new("/sys"), Path::new("/dev"), target, device)?;
         Claim::take_all(nodes, device, access)
     }
 
@@ -218,11 +212,9 @@ fn take(node: &Node, device: &str, access: Access) -> Result<File, ClaimError> {
     let op = match access {
         Access::Shared => libc::LOCK_SH,
         Access::Exclusive => libc::LOCK_EX,
-    } | libc::LOCK_NB;
-    // SAFETY: flock(2) on a file descriptor `file` owns and keeps open for the call; it
-    // touches no memory of ours.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-        let e = io::Error::last_os_error();
+    };
+    let wait = if node.block { BLOCK_LOCK_WAIT } else { Duration::ZERO };
+    if let Err(e) = flock_within(&file, op, wait) {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let meta = file.metadata().map_err(|e| os("fstat", e))?;
             let holders = lock_holders(&read_or_empty("/proc/locks"), meta.dev(), meta.ino());
@@ -235,6 +227,55 @@ fn take(node: &Node, device: &str, access: Access) -> Result<File, ClaimError> {
         return Err(os("flock", e));
     }
     Ok(file)
+}
+
+/// How long a claim on a block device retries a conflicting flock lock before refusing.
+/// systemd-udevd takes `LOCK_SH | LOCK_NB` on a whole disk for every uevent it handles and
+/// probes the disk again after each close of a writer (`IN_CLOSE_WRITE`), so a writer
+/// that follows another one meets udevd's lock for a moment; systemd's
+/// BLOCK_DEVICE_LOCKING.md asks writers to take `LOCK_EX` and retry briefly. A regular
+/// file has no such visitor and is refused at once, as is every lock a real user holds
+/// for longer than this.
+const BLOCK_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// `flock(file, op | LOCK_NB)`, retried every 20 ms while it fails with `EWOULDBLOCK` (or
+/// `EINTR`) until `wait` has passed; the last error otherwise.
+fn flock_within(file: &File, op: libc::c_int, wait: Duration) -> io::Result<()> {
+    let start = Instant::now();
+    loop {
+        // SAFETY: flock(2) on a file descriptor `file` owns and keeps open for the call;
+        // it touches no memory of ours.
+        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        let left = wait.saturating_sub(start.elapsed());
+        let retry = matches!(e.raw_os_error(), Some(libc::EWOULDBLOCK) | Some(libc::EINTR));
+        if !retry || left.is_zero() {
+            return Err(e);
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
+/// The nodes [`Claim::acquire_controller`] claims: those of every namespace of every
+/// controller behind `target`, each once. Controllers of one subsystem share namespaces
+/// (native multipath: both list the head's block device), and a second `O_EXCL` open of
+/// the same block device would fail against our own first one, so duplicates anywhere in
+/// the list are dropped, not only neighbouring ones.
+fn controller_claim_nodes(sys: &Path, dev: &Path, target: &Target, device: &str) -> Result<Vec<Node>, ClaimError> {
+    Ok(match controllers_of(sys, target) {
+        Some(ctrls) => {
+            let mut nodes = Vec::new();
+            for ctrl in ctrls {
+                nodes.extend(controller_nodes(sys, dev, &ctrl, device)?);
+            }
+            nodes.sort();
+            nodes.dedup();
+            nodes
+        }
+        None => nodes_for(sys, dev, target, device)?,
+    })
 }
 
 /// The nodes that stand for `target`'s data; `sys` and `dev` are the sysfs and device
@@ -255,13 +296,11 @@ fn nodes_for(sys: &Path, dev: &Path, target: &Target, device: &str) -> Result<Ve
             block: true,
         }],
         Target::NvmeGeneric(p) => {
-            let (ctrl, name) = char_device_in_sysfs(sys, p)
+            let (parent, name) = char_device_in_sysfs(sys, p)
                 .ok_or_else(|| unknown(format!("sysfs does not show {} as an NVMe generic node", p.display())))?;
-            let head = head_instance(&name);
-            let disk = ironvme_kernel::ioctl::controller_namespaces(sys, &ctrl)
-                .into_iter()
-                .find(|n| head.is_some() && head_instance(&n.disk) == head)
-                .map(|n| dev.join(n.disk))
+            let disk = head_instance(&name)
+                .and_then(|head| disk_of_head(&parent, head))
+                .map(|d| dev.join(d))
                 .filter(|d| d.exists());
             vec![match disk {
                 Some(path) => Node { path, block: true },
@@ -277,6 +316,55 @@ fn nodes_for(sys: &Path, dev: &Path, target: &Target, device: &str) -> Result<Ve
             controller_nodes(sys, dev, &ctrl, device)?
         }
     })
+}
+
+/// The namespace disk (`nvmeXnY`) with head instance `head` among the entries of sysfs
+/// directory `parent`: the parent of a generic node, where the kernel also puts the
+/// namespace's disk. Without native multipath that is the controller (`nvme_add_ns_cdev`
+/// and the disk `nvme%dn%d` both hang below `ctrl->device`); with it, the subsystem
+/// `nvme-subsysS` (`nvme_add_ns_head_cdev` names `ng%dn%d` from the subsystem and head
+/// instances and hangs it below `subsys->dev`, as `nvme_mpath_set_live` does the head's
+/// disk `nvme%dn%d`; the kernel makes no per-path generic nodes), while the per-path
+/// disks `nvmeScXnY` stay below each controller. drivers/nvme/host/core.c, multipath.c.
+fn disk_of_head(parent: &Path, head: &str) -> Option<String> {
+    std::fs::read_dir(parent)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| {
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            n.strip_prefix("nvme")
+                .and_then(|r| r.split_once('n'))
+                .is_some_and(|(x, y)| digits(x) && y == head)
+        })
+}
+
+/// The last component of `dir`.
+fn dir_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The controllers (`nvme0`, ...) of the sysfs device directory `dir`: a controller's
+/// own directory names itself; a subsystem's (`nvme-subsysS`, native multipath) holds a
+/// link `nvmeX` to each of its controllers.
+fn controllers_in(dir: &Path) -> Option<Vec<String>> {
+    let name = dir_name(dir);
+    if !name.starts_with("nvme-subsys") {
+        return Some(vec![name]);
+    }
+    let mut ctrls: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("nvme")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    ctrls.sort();
+    Some(ctrls)
 }
 
 /// The nodes of every namespace of controller `ctrl` (`nvme0`): each one's block device,
@@ -314,7 +402,9 @@ fn controller_nodes(sys: &Path, dev: &Path, ctrl: &str, device: &str) -> Result<
 fn controllers_of(sys: &Path, target: &Target) -> Option<Vec<String>> {
     match target {
         Target::NvmeController(p) => Some(vec![char_device_in_sysfs(sys, p)?.1]),
-        Target::NvmeGeneric(p) => Some(vec![char_device_in_sysfs(sys, p)?.0]),
+        // The generic node's parent: its controller, or under native multipath its
+        // subsystem (see `disk_of_head`).
+        Target::NvmeGeneric(p) => controllers_in(&char_device_in_sysfs(sys, p)?.0),
         Target::NvmeBlock(p) => {
             let rdev = std::fs::metadata(p).ok()?.rdev();
             let dir = std::fs::canonicalize(sys.join("dev/block").join(format!(
@@ -323,32 +413,17 @@ fn controllers_of(sys: &Path, target: &Target) -> Option<Vec<String>> {
                 libc::minor(rdev)
             )))
             .ok()?;
-            let parent = dir.parent()?;
-            let name = parent.file_name()?.to_string_lossy().into_owned();
-            if name.starts_with("nvme-subsys") {
-                let mut ctrls: Vec<String> = std::fs::read_dir(parent)
-                    .ok()?
-                    .filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| {
-                        n.strip_prefix("nvme")
-                            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-                    })
-                    .collect();
-                ctrls.sort();
-                Some(ctrls)
-            } else {
-                Some(vec![name])
-            }
+            controllers_in(dir.parent()?)
         }
         _ => None,
     }
 }
 
-/// For the character device at `path`: (its parent device's name, its own name) in
-/// sysfs — for `/dev/ng0n1` (`nvme0`, `ng0n1`), for `/dev/nvme0` (`0000:00:04.0`,
-/// `nvme0`) — from `/sys/dev/char/MAJ:MIN`.
-fn char_device_in_sysfs(sys: &Path, path: &Path) -> Option<(String, String)> {
+/// For the character device at `path`: (its parent device's sysfs directory, its own
+/// name) — for `/dev/ng0n1` (`.../nvme/nvme0`, or `.../nvme-subsystem/nvme-subsys0` under
+/// native multipath, and `ng0n1`), for `/dev/nvme0` (`.../0000:00:04.0`, `nvme0`) — from
+/// `/sys/dev/char/MAJ:MIN`.
+fn char_device_in_sysfs(sys: &Path, path: &Path) -> Option<(PathBuf, String)> {
     let meta = std::fs::metadata(path).ok()?;
     if !meta.file_type().is_char_device() {
         return None;
@@ -360,8 +435,7 @@ fn char_device_in_sysfs(sys: &Path, path: &Path) -> Option<(String, String)> {
     )
     .ok()?;
     let name = dir.file_name()?.to_string_lossy().into_owned();
-    let parent = dir.parent()?.file_name()?.to_string_lossy().into_owned();
-    Some((parent, name))
+    Some((dir.parent()?.to_path_buf(), name))
 }
 
 /// The namespace head instance `Y` of `nvmeXnY`, `ngXnY` or `nvmeScXnY`: the number the
@@ -638,65 +712,157 @@ mod tests {
         assert_eq!(head_instance("sda"), None);
     }
 
-    /// A fake sysfs with controller nvme0 (namespaces 1 and 2, as nvme0n1 and the
-    /// multipath path nvme4c0n2 of disk nvme4n2) and its generic nodes.
+    /// A fake sysfs and /dev under a temporary directory. Character devices cannot be
+    /// made without privileges, so the generic or controller node under test is
+    /// `/dev/null`, and `sys/dev/char/MAJ:MIN` of /dev/null's number points where the
+    /// test wants it.
+    struct FakeSys {
+        _root: tempfile::TempDir,
+        sys: PathBuf,
+        dev: PathBuf,
+    }
+
+    impl FakeSys {
+        fn new() -> FakeSys {
+            let root = tempfile::tempdir().unwrap();
+            let (sys, dev) = (root.path().join("sys"), root.path().join("dev"));
+            for d in [sys.join("dev/char"), sys.join("class/nvme"), dev.clone()] {
+                std::fs::create_dir_all(d).unwrap();
+            }
+            FakeSys { _root: root, sys, dev }
+        }
+
+        /// A controller `nvmeN` below PCI function `bdf` with namespace entries
+        /// (`nvme0n1` or a multipath path `nvme0c1n1`, NSID), linked in class/nvme.
+        fn controller(&self, bdf: &str, name: &str, namespaces: &[(&str, u32)]) -> PathBuf {
+            let ctrl = self.sys.join("devices/pci0000:00").join(bdf).join("nvme").join(name);
+            std::fs::create_dir_all(&ctrl).unwrap();
+            for (entry, nsid) in namespaces {
+                std::fs::create_dir_all(ctrl.join(entry)).unwrap();
+                std::fs::write(ctrl.join(entry).join("nsid"), format!("{nsid}\n")).unwrap();
+            }
+            std::os::unix::fs::symlink(&ctrl, self.sys.join("class/nvme").join(name)).unwrap();
+            ctrl
+        }
+
+        /// Device nodes (regular files) under the fake /dev.
+        fn nodes(&self, names: &[&str]) {
+            for n in names {
+                std::fs::write(self.dev.join(n), b"").unwrap();
+            }
+        }
+
+        /// Makes `/dev/null` the character device at sysfs directory `to`.
+        fn null_is(&self, to: &Path) {
+            let null = std::fs::metadata("/dev/null").unwrap().rdev();
+            let link = self
+                .sys
+                .join("dev/char")
+                .join(format!("{}:{}", libc::major(null), libc::minor(null)));
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(to, link).unwrap();
+        }
+
+        fn block(&self, name: &str) -> Node {
+            Node {
+                path: self.dev.join(name),
+                block: true,
+            }
+        }
+    }
+
+    /// Without native multipath: controller nvme0 with namespaces 1 and 2 (disks
+    /// nvme0n1, nvme0n2) and their generic nodes ng0n1, ng0n2, all below the controller.
     #[test]
     fn nvme_character_devices_claim_their_namespaces_block_devices() {
-        let root = tempfile::tempdir().unwrap();
-        let (sys, dev) = (root.path().join("sys"), root.path().join("dev"));
-        let ctrl = sys.join("devices/pci0000:00/0000:00:04.0/nvme/nvme0");
-        for (entry, nsid) in [("nvme0n1", 1), ("nvme4c0n2", 2)] {
-            std::fs::create_dir_all(ctrl.join(entry)).unwrap();
-            std::fs::write(ctrl.join(entry).join("nsid"), format!("{nsid}\n")).unwrap();
+        let f = FakeSys::new();
+        let ctrl = f.controller("0000:00:04.0", "nvme0", &[("nvme0n1", 1), ("nvme0n2", 2)]);
+        for g in ["ng0n1", "ng0n2"] {
+            std::fs::create_dir_all(ctrl.join(g)).unwrap();
         }
-        std::fs::create_dir_all(ctrl.join("ng0n2")).unwrap();
-        std::fs::create_dir_all(sys.join("class/nvme")).unwrap();
-        std::os::unix::fs::symlink(&ctrl, sys.join("class/nvme/nvme0")).unwrap();
-        std::fs::create_dir_all(&dev).unwrap();
-        for d in ["nvme0n1", "nvme4n2"] {
-            std::fs::write(dev.join(d), b"").unwrap();
-        }
-        // Character devices cannot be made without privileges: resolve through a node
-        // the test's sysfs maps, /dev/null's device number.
-        let null = std::fs::metadata("/dev/null").unwrap().rdev();
-        let majmin = format!("{}:{}", libc::major(null), libc::minor(null));
-        std::fs::create_dir_all(sys.join("dev/char")).unwrap();
-        let check = |target: Target| nodes_for(&sys, &dev, &target, "DEV");
-        std::os::unix::fs::symlink(ctrl.join("ng0n2"), sys.join("dev/char").join(&majmin)).unwrap();
-        let got = check(Target::NvmeGeneric("/dev/null".into())).unwrap();
-        assert_eq!(
-            got,
-            [Node {
-                path: dev.join("nvme4n2"),
-                block: true
-            }]
-        );
-        std::fs::remove_file(sys.join("dev/char").join(&majmin)).unwrap();
-        std::os::unix::fs::symlink(&ctrl, sys.join("dev/char").join(&majmin)).unwrap();
-        let got = check(Target::NvmeController("/dev/null".into())).unwrap();
-        assert_eq!(
-            got,
-            [
-                Node {
-                    path: dev.join("nvme0n1"),
-                    block: true
-                },
-                Node {
-                    path: dev.join("nvme4n2"),
-                    block: true
-                }
-            ]
-        );
+        f.nodes(&["nvme0n1", "nvme0n2"]);
+        let null = || Target::NvmeGeneric("/dev/null".into());
+        f.null_is(&ctrl.join("ng0n2"));
+        assert_eq!(nodes_for(&f.sys, &f.dev, &null(), "DEV").unwrap(), [f.block("nvme0n2")]);
+        let both = [f.block("nvme0n1"), f.block("nvme0n2")];
+        assert_eq!(controller_claim_nodes(&f.sys, &f.dev, &null(), "DEV").unwrap(), both);
+        f.null_is(&ctrl);
+        let ctrl_target = Target::NvmeController("/dev/null".into());
+        assert_eq!(nodes_for(&f.sys, &f.dev, &ctrl_target, "DEV").unwrap(), both);
         // A namespace without a block device node is claimed on its generic node.
-        std::fs::remove_file(dev.join("nvme0n1")).unwrap();
-        std::fs::write(dev.join("ng0n1"), b"").unwrap();
-        let got = check(Target::NvmeController("/dev/null".into())).unwrap();
+        std::fs::remove_file(f.dev.join("nvme0n1")).unwrap();
+        f.nodes(&["ng0n1"]);
+        let got = nodes_for(&f.sys, &f.dev, &ctrl_target, "DEV").unwrap();
         assert_eq!(
             got[0],
             Node {
-                path: dev.join("ng0n1"),
+                path: f.dev.join("ng0n1"),
                 block: false
             }
         );
+    }
+
+    /// Native multipath as Linux lays it out: subsystem nvme-subsys0 holds the head
+    /// disks nvme0n1, nvme0n2, their generic nodes ng0n1, ng0n2 (the only ones: no
+    /// per-path generic nodes) and links to its controllers nvme0 and nvme1; each
+    /// controller holds its hidden path disks nvme0cXnY.
+    #[test]
+    fn multipath_generic_nodes_claim_the_head_block_devices() {
+        let f = FakeSys::new();
+        f.controller("0000:00:04.0", "nvme0", &[("nvme0c0n1", 1), ("nvme0c0n2", 2)]);
+        f.controller("0000:00:05.0", "nvme1", &[("nvme0c1n1", 1), ("nvme0c1n2", 2)]);
+        let subsys = f.sys.join("devices/virtual/nvme-subsystem/nvme-subsys0");
+        for d in ["nvme0n1", "nvme0n2", "ng0n1", "ng0n2"] {
+            std::fs::create_dir_all(subsys.join(d)).unwrap();
+        }
+        for c in ["nvme0", "nvme1"] {
+            std::os::unix::fs::symlink(f.sys.join("class/nvme").join(c), subsys.join(c)).unwrap();
+        }
+        f.nodes(&["nvme0n1", "nvme0n2", "ng0n1", "ng0n2"]);
+        f.null_is(&subsys.join("ng0n2"));
+        let ng = Target::NvmeGeneric("/dev/null".into());
+        assert_eq!(nodes_for(&f.sys, &f.dev, &ng, "DEV").unwrap(), [f.block("nvme0n2")]);
+        assert_eq!(controllers_of(&f.sys, &ng).unwrap(), ["nvme0", "nvme1"]);
+        // Both controllers list both namespaces: each block device once, or the second
+        // O_EXCL open would fail against the first.
+        assert_eq!(
+            controller_claim_nodes(&f.sys, &f.dev, &ng, "DEV").unwrap(),
+            [f.block("nvme0n1"), f.block("nvme0n2")]
+        );
+    }
+
+    /// udevd holds `LOCK_SH` on a whole disk while it probes; a writer's claim on a
+    /// block device waits for it (a bounded time) instead of failing. A regular file
+    /// is refused at once.
+    #[test]
+    fn a_block_device_claim_waits_for_a_brief_shared_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, spec) = file_target(&dir);
+        let path = PathBuf::from(&spec);
+        let holder = File::open(&path).unwrap();
+        // SAFETY: flock(2) on a descriptor `holder` owns; no memory is passed.
+        let locked = unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        assert_eq!(locked, 0);
+        let file_node = Node {
+            path: path.clone(),
+            block: false,
+        };
+        let e = take(&file_node, &spec, Access::Exclusive).unwrap_err();
+        assert!(matches!(e, ClaimError::InUse { .. }), "{e}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let release = std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(holder);
+        });
+        rx.recv().unwrap();
+        // O_EXCL without O_CREAT is ignored on a regular file (open(2)), so the file
+        // stands in for a block device here.
+        let block_node = Node { path, block: true };
+        let start = std::time::Instant::now();
+        let got = take(&block_node, &spec, Access::Exclusive);
+        release.join().unwrap();
+        assert!(got.is_ok(), "{:?}", got.err().map(|e| e.to_string()));
+        assert!(start.elapsed() < BLOCK_LOCK_WAIT, "{:?}", start.elapsed());
     }
 }

@@ -121,7 +121,10 @@ pub enum Target {
 }
 
 impl Target {
-    /// Classifies `spec`: a PCI address, or a path that must exist.
+    /// Classifies `spec`: a PCI address, or a path that must exist. A path is classified
+    /// by the name of the node it resolves to, so a udev link such as
+    /// `/dev/disk/by-id/nvme-<model>_<serial>` is the NVMe namespace `/dev/nvmeXnY` it points
+    /// to (and claimed like it, [`crate::claim`]); the target keeps the path as given.
     ///
     /// Errors: [`Error::Open`] when the path does not exist or is neither a block device,
     /// an NVMe character device, nor a regular file.
@@ -135,10 +138,7 @@ impl Target {
             device: spec.to_string(),
             why: format!("{e} (give a PCI address such as 0000:00:05.0, a device under /dev, or a file)"),
         })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = node_name(&path);
         let ft = meta.file_type();
         Ok(if ft.is_block_device() {
             if is_nvme_name(&name, "nvme", true) {
@@ -180,6 +180,18 @@ impl Target {
             | Target::File(p) => Some(p),
         }
     }
+}
+
+/// The file name of the node `path` resolves to (following symlinks), or of `path` itself
+/// when it cannot be resolved.
+fn node_name(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .ok()
+        .as_deref()
+        .and_then(Path::file_name)
+        .or_else(|| path.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// `nvme0`, `nvme0n1` (`namespace`), `ng0n1`, with an optional `cN`/`pN` suffix.
@@ -522,6 +534,23 @@ impl From<KernelError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A udev link (`/dev/disk/by-id/nvme-<model>_<serial>` -> `../../nvme0n1`) is
+    /// classified by the node it points to, and the target keeps the path as given.
+    #[test]
+    fn links_are_classified_by_the_node_they_point_to() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nvme0n1"), [0u8; 512]).unwrap();
+        let by_id = dir.path().join("disk/by-id");
+        std::fs::create_dir_all(&by_id).unwrap();
+        let link = by_id.join("nvme-QEMU_NVMe_Ctrl_deadbeef");
+        std::os::unix::fs::symlink("../../nvme0n1", &link).unwrap();
+        assert_eq!(node_name(&link), "nvme0n1");
+        assert!(is_nvme_name(&node_name(&link), "nvme", true));
+        assert_eq!(node_name(&dir.path().join("missing")), "missing");
+        let spec = link.display().to_string();
+        assert_eq!(Target::parse(&spec).unwrap(), Target::File(link));
+    }
 
     #[test]
     fn nvme_names_are_recognised() {

@@ -413,6 +413,12 @@ fn writes_to_a_mounted_namespace_are_refused_through_every_node() {
         .unwrap()
         & 0xf;
     let lbaf = lbaf.to_string();
+    // A udev-style link to namespace 1 (not mounted), as /dev/disk/by-id/nvme-... is:
+    // formatting through it claims every namespace of the controller, as the node does.
+    let links = tempfile::tempdir_in("/run").unwrap();
+    let by_id = links.path().join("nvme-QEMU_NVMe_Ctrl_link");
+    std::os::unix::fs::symlink(format!("{ctrl}n1"), &by_id).unwrap();
+    let by_id = by_id.display().to_string();
     let attempts: Vec<Vec<&str>> = vec![
         vec!["perf", &generic, "--rw", "randwrite", "--allow-write", "--time", "1s"],
         vec![
@@ -433,6 +439,7 @@ fn writes_to_a_mounted_namespace_are_refused_through_every_node() {
         // Format NVM of namespace 1 through the controller: namespace 2 is mounted, and
         // a controller node claims every namespace.
         vec!["format", &ctrl, "--nsid", "1", "--lbaf", &lbaf, "--force"],
+        vec!["format", &by_id, "--nsid", "1", "--lbaf", &lbaf, "--force"],
     ];
     for args in &attempts {
         let o = ironvme(args);

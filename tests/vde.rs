@@ -338,6 +338,127 @@ fn a_torn_journal_tail_is_discarded_whole() {
     assert!(reopened.fsck().unwrap().clean());
 }
 
+/// A store whose writer died before its checkpoint (an un-checkpointed journal), or
+/// whose superblock copy is damaged, opened read-only: the open fails with
+/// `NeedsRecovery` and not one byte of the image changes. A clean store opened read-only
+/// serves reads, refuses changes, and writes nothing, not even at close.
+#[test]
+fn a_read_only_store_never_writes() {
+    let disk = Disk::new(Backend::Psync, 16);
+    let vde = format(disk.device());
+    vde.put(b"k", b"old").unwrap();
+    vde.checkpoint().unwrap();
+    vde.put(b"k", b"new").unwrap();
+    std::mem::forget(vde); // no checkpoint at close: like a killed process
+    let read_only = ironvme::vde::VdeOptions {
+        read_only: true,
+        ..small()
+    };
+    let before = std::fs::read(&disk.path).unwrap();
+    let e = Vde::open(disk.device(), read_only.clone())
+        .err()
+        .expect("a store that needs recovery");
+    assert!(matches!(e, VdeError::NeedsRecovery(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("journal holds 1 transaction(s) not yet checkpointed"),
+        "{e}"
+    );
+    assert!(
+        std::fs::read(&disk.path).unwrap() == before,
+        "a read-only open wrote the image"
+    );
+
+    // Recovered by a writable open, the store opens read-only and stays byte for byte.
+    disk.open().unwrap().close().unwrap();
+    let before = std::fs::read(&disk.path).unwrap();
+    let vde = Vde::open(disk.device(), read_only.clone()).unwrap();
+    assert_eq!(vde.get(b"k").unwrap(), b"new");
+    assert!(vde.fsck().unwrap().clean());
+    assert!(matches!(vde.put(b"k2", b"x"), Err(VdeError::ReadOnly)));
+    assert!(matches!(vde.delete(b"k"), Err(VdeError::ReadOnly)));
+    assert_eq!(vde.get(b"k").unwrap(), b"new");
+    vde.checkpoint().unwrap();
+    drop(vde);
+    assert!(
+        std::fs::read(&disk.path).unwrap() == before,
+        "a read-only store wrote the image"
+    );
+
+    // A damaged superblock copy needs a write to repair: refused read-only.
+    disk.flip(1, 100);
+    let before = std::fs::read(&disk.path).unwrap();
+    let e = Vde::open(disk.device(), read_only)
+        .err()
+        .expect("a store that needs repair");
+    assert!(matches!(e, VdeError::NeedsRecovery(_)), "{e}");
+    assert!(e.to_string().contains("superblock copy is damaged"), "{e}");
+    assert!(
+        std::fs::read(&disk.path).unwrap() == before,
+        "a read-only open repaired the superblock"
+    );
+}
+
+/// `ironvme vde get` (a reader, shared claim) on a store whose writer died before its
+/// checkpoint: it recovers the store under an exclusive claim and prints the value the
+/// dead writer acknowledged; on the recovered store readers write nothing.
+#[test]
+fn a_cli_reader_recovers_a_store_that_needs_it() {
+    let bin = env!("CARGO_BIN_EXE_ironvme");
+    let disk = Disk::new(Backend::Psync, 16);
+    let vde = format(disk.device());
+    vde.put(b"k", b"old").unwrap();
+    vde.checkpoint().unwrap();
+    vde.put(b"k", b"new").unwrap();
+    std::mem::forget(vde);
+    let img = disk.path.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    // While another reader holds the store, recovery (a write) is refused and nothing
+    // is written.
+    let target = ironvme::Target::parse(img).unwrap();
+    let other = ironvme::claim::Claim::acquire(&target, img, ironvme::claim::Access::Shared).unwrap();
+    let before = std::fs::read(&disk.path).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["vde", "get", img, "k"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{err}");
+    assert!(
+        err.contains(&format!("{img} is in use: locked by ")) && err.contains("for reading"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&disk.path).unwrap() == before,
+        "a refused reader wrote the image"
+    );
+    drop(other);
+    assert_eq!(run(&["vde", "get", img, "k"]), b"new");
+    // Recovered: a writable open has nothing left to replay.
+    let vde = disk.open().unwrap();
+    assert_eq!(vde.info().unwrap().stats.replayed, 0);
+    vde.close().unwrap();
+    let before = std::fs::read(&disk.path).unwrap();
+    for args in [
+        &["vde", "get", img, "k"][..],
+        &["vde", "ls", img],
+        &["vde", "stat", img, "k"],
+        &["vde", "info", img],
+        &["vde", "fsck", img],
+    ] {
+        run(args);
+    }
+    assert!(std::fs::read(&disk.path).unwrap() == before, "a reader wrote the image");
+}
+
 /// Kills a process that keeps putting objects (`ironvme vde put`) at a random moment,
 /// again and again; after each kill every acknowledged put is there with its bytes, the
 /// one in flight is wholly there or wholly not, and fsck is clean.

@@ -6,9 +6,14 @@
 //!
 //! A store has one owner at a time ([`crate::claim`]): `format`, `put`, `rm` and `bench`
 //! claim DEV exclusively, `get`, `ls`, `stat`, `info` and `fsck` share a claim among
-//! themselves; a second opener is refused at once, naming the holder. (A reader may replay
-//! the journal of a store whose writer died, and write the same blocks another reader
-//! would: replay is deterministic.)
+//! themselves; a second opener is refused, naming the holder.
+//!
+//! Readers open the store read-only ([`VdeOptions::read_only`]): they never write DEV, which
+//! their shared claim (no `O_EXCL`) does not entitle them to — another program may have it
+//! mounted or open exclusively. Only when the store needs recovery (a writer died before
+//! its checkpoint, or a superblock copy is damaged) does a reader write: it then trades its
+//! shared claim for an exclusive one, refused like any writer's while someone else holds
+//! DEV, replays the journal and checkpoints, and reads on.
 
 use super::perf::report::{Latency, PERCENTILES};
 use super::perf::target;
@@ -199,16 +204,34 @@ fn claim_device(s: &StoreArgs, access: Access, what: &str) -> Result<(crate::Dev
     Ok(target::open_claimed(&s.dev, s.backend, Some((access, what)), true)?.into_parts())
 }
 
-/// Opens the store for `access` on behalf of `what`.
+/// Opens the store for `access` on behalf of `what`. A reader ([`Access::Shared`]) opens
+/// it read-only; if the store needs recovery first ([`VdeError::NeedsRecovery`]: a writer
+/// died before its checkpoint), it lets go of its shared claim, claims DEV exclusively
+/// (refused, as for any writer, while someone else holds it) and opens the store for
+/// writing, which recovers it, then goes on reading under that claim.
 fn open(s: &StoreArgs, access: Access, what: &str) -> Result<Store, CliError> {
     let (device, claim) = claim_device(s, access, what)?;
-    let vde = Vde::open(device, options(s)).map_err(|e| fail(&s.dev, e))?;
-    Ok(Store { vde, _claim: claim })
+    let read_only = access == Access::Shared;
+    match Vde::open(device, options(s, read_only)) {
+        Ok(vde) => Ok(Store { vde, _claim: claim }),
+        Err(VdeError::NeedsRecovery(why)) if read_only => {
+            tracing::info!(
+                device = s.dev,
+                "{what}: the store needs recovery ({why}); claiming it for writing"
+            );
+            drop(claim);
+            let (device, claim) = claim_device(s, Access::Exclusive, &format!("{what} (recovering the store)"))?;
+            let vde = Vde::open(device, options(s, false)).map_err(|e| fail(&s.dev, e))?;
+            Ok(Store { vde, _claim: claim })
+        }
+        Err(e) => Err(fail(&s.dev, e)),
+    }
 }
 
-fn options(s: &StoreArgs) -> VdeOptions {
+fn options(s: &StoreArgs, read_only: bool) -> VdeOptions {
     VdeOptions {
         nsid: s.nsid,
+        read_only,
         ..VdeOptions::default()
     }
 }
@@ -381,7 +404,7 @@ fn format(
     }
     let (device, claim) = claim_device(&a.store, Access::Exclusive, "vde format")?;
     let vde = Store {
-        vde: Vde::format(device, a.inodes, options(&a.store)).map_err(|e| fail(&a.store.dev, e))?,
+        vde: Vde::format(device, a.inodes, options(&a.store, false)).map_err(|e| fail(&a.store.dev, e))?,
         _claim: claim,
     };
     let info = vde.info().map_err(|e| fail(&a.store.dev, e))?;

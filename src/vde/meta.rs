@@ -62,6 +62,8 @@ pub struct Meta {
     /// Superblock copies that were damaged at open (the next checkpoint rewrote them).
     pub bad_superblocks: Vec<String>,
     repair_superblock: bool,
+    /// Opened read-only: nothing is ever written (see [`Meta::open`]).
+    read_only: bool,
 }
 
 /// Counters of metadata work since open.
@@ -82,8 +84,15 @@ impl Meta {
     /// the region directory, replays the journal and checkpoints, then loads the
     /// allocation maps and the index header.
     ///
-    /// Errors: [`VdeError::NotFormatted`], [`VdeError::Corrupt`], I/O errors.
-    pub fn open(mut lane: Lane, device_blocks: u64, cache_blocks: usize) -> Result<Meta, VdeError> {
+    /// `read_only`: only reads, ever. Replay then only reads the journal to see whether
+    /// the store is clean; if a checkpoint would have to write anything (transactions not
+    /// yet checkpointed, a damaged superblock copy to repair) the open fails with
+    /// [`VdeError::NeedsRecovery`]. Later commits fail with [`VdeError::ReadOnly`] and
+    /// checkpoints do nothing.
+    ///
+    /// Errors: [`VdeError::NotFormatted`], [`VdeError::Corrupt`], [`VdeError::NeedsRecovery`],
+    /// I/O errors.
+    pub fn open(mut lane: Lane, device_blocks: u64, cache_blocks: usize, read_only: bool) -> Result<Meta, VdeError> {
         let mut sbs = Vec::new();
         let mut errors = Vec::new();
         let mut raw = vec![0u8; 2 * BLOCK];
@@ -139,11 +148,38 @@ impl Meta {
             stats: MetaStats::default(),
             repair_superblock: !bad_superblocks.is_empty(),
             bad_superblocks,
+            read_only,
         };
         meta.replay()?;
+        if read_only {
+            meta.check_clean()?;
+        }
         meta.checkpoint()?;
         meta.load_committed()?;
         Ok(meta)
+    }
+
+    /// For a read-only open after replay: fails with [`VdeError::NeedsRecovery`] when a
+    /// checkpoint would write (replayed transactions, a superblock copy to repair).
+    fn check_clean(&self) -> Result<(), VdeError> {
+        let mut why = Vec::new();
+        if !self.dirty.is_empty() || self.seq != self.sb.journal_seq {
+            why.push(format!(
+                "its journal holds {} transaction(s) not yet checkpointed",
+                self.stats.replayed
+            ));
+        }
+        if self.repair_superblock {
+            why.push(format!(
+                "a superblock copy is damaged ({})",
+                self.bad_superblocks.join("; ")
+            ));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(VdeError::NeedsRecovery(why.join(", and ")))
+        }
     }
 
     /// Loads the allocation maps and the index header from the committed state.
@@ -346,6 +382,11 @@ impl Meta {
         if self.tx.is_empty() {
             return Ok(());
         }
+        if self.read_only {
+            self.tx.clear();
+            self.tx_data.clear();
+            return Err(VdeError::ReadOnly);
+        }
         let n = self.tx.len();
         let room = PAYLOAD - DESC_HEADER - 24 * self.tx_data.len();
         if n > MAX_TX_BLOCKS || n * 16 > room {
@@ -408,9 +449,15 @@ impl Meta {
     /// Writes every committed image home, flushes, records the empty journal in the
     /// other superblock copy, and flushes again.
     ///
+    /// Does nothing on a read-only store (which never has anything to write home: it
+    /// opens only when clean and commits nothing).
+    ///
     /// Errors: I/O errors; the store is then poisoned.
     pub fn checkpoint(&mut self) -> Result<(), VdeError> {
         self.check_poison()?;
+        if self.read_only {
+            return Ok(());
+        }
         if self.dirty.is_empty() && self.jpos == 0 && self.sb.journal_seq == self.seq && !self.repair_superblock {
             return Ok(());
         }

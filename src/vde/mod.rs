@@ -141,6 +141,17 @@ pub enum VdeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A read-only open ([`VdeOptions::read_only`]) found a store that must be written
+    /// before it can be served: a writer died before its last checkpoint, or a
+    /// superblock copy is damaged. Nothing was written; open it writable to recover.
+    #[error(
+        "the store needs recovery, which writes ({0}); it was opened read-only, so nothing was written: \
+         open it for writing to replay and checkpoint"
+    )]
+    NeedsRecovery(String),
+    /// A change was asked of a store opened read-only ([`VdeOptions::read_only`]).
+    #[error("the store was opened read-only: it cannot be changed")]
+    ReadOnly,
     /// The device could not provide a queue or buffers.
     #[error("cannot {what}: {source}")]
     Device {
@@ -165,6 +176,12 @@ pub struct VdeOptions {
     pub staging_bytes: usize,
     /// Clean metadata blocks kept in memory (4 KiB each).
     pub cache_blocks: usize,
+    /// Open read-only: the store never writes the device — not at open (no journal
+    /// replay, no superblock repair: [`Vde::open`] fails with [`VdeError::NeedsRecovery`]
+    /// instead), not for changes ([`VdeError::ReadOnly`]), not at close (no checkpoint).
+    /// For readers that share a device with other readers. [`Vde::format`] writes
+    /// regardless, then opens the new store read-only.
+    pub read_only: bool,
 }
 
 impl Default for VdeOptions {
@@ -175,6 +192,7 @@ impl Default for VdeOptions {
             lanes: 8,
             staging_bytes: 1 << 20,
             cache_blocks: 2048,
+            read_only: false,
         }
     }
 }
@@ -311,10 +329,11 @@ impl Vde {
         Vde::open(device, opts)
     }
 
-    /// Opens the store on `device`, replaying its journal.
+    /// Opens the store on `device`, replaying its journal (unless
+    /// [`VdeOptions::read_only`]).
     ///
     /// Errors: [`VdeError::NotFormatted`], [`VdeError::Corrupt`] (naming the block),
-    /// [`VdeError::Unsupported`], I/O errors.
+    /// [`VdeError::Unsupported`], [`VdeError::NeedsRecovery`] (read-only), I/O errors.
     pub fn open(device: Device, opts: VdeOptions) -> Result<Vde, VdeError> {
         let ns = device.namespace(opts.nsid).map_err(|e| VdeError::Device {
             what: "find the namespace",
@@ -322,7 +341,7 @@ impl Vde {
         })?;
         let total = check_geometry(&ns)?;
         let lane = Lane::new(&device, &ns, opts.staging_bytes.min(512 * 1024))?;
-        let meta = Meta::open(lane, total, opts.cache_blocks)?;
+        let meta = Meta::open(lane, total, opts.cache_blocks, opts.read_only)?;
         let layout = meta.layout;
         let used = DataUse {
             map: meta.data_map.clone(),
@@ -344,6 +363,14 @@ impl Vde {
         })
     }
 
+    /// [`VdeError::ReadOnly`] if opened read-only: checked before a put writes data.
+    fn check_writable(&self) -> Result<(), VdeError> {
+        if self.opts.read_only {
+            return Err(VdeError::ReadOnly);
+        }
+        Ok(())
+    }
+
     /// The device underneath.
     pub fn device(&self) -> &Device {
         &self.device
@@ -358,9 +385,10 @@ impl Vde {
     /// atomic when it returns `Ok`.
     ///
     /// Errors: [`VdeError::BadKey`], [`VdeError::ObjectTooLarge`], [`VdeError::NoSpace`],
-    /// I/O errors (nothing changed), [`VdeError::Poisoned`].
+    /// I/O errors (nothing changed), [`VdeError::Poisoned`], [`VdeError::ReadOnly`].
     pub fn put(&self, key: &[u8], data: &[u8]) -> Result<(), VdeError> {
         check_key(key)?;
+        self.check_writable()?;
         if data.len() as u64 > MAX_OBJECT {
             return Err(VdeError::ObjectTooLarge(data.len() as u64));
         }
@@ -412,9 +440,11 @@ impl Vde {
 
     /// Removes the object under `key`. Durable when it returns `Ok`.
     ///
-    /// Errors: [`VdeError::NotFound`], I/O errors, [`VdeError::Poisoned`].
+    /// Errors: [`VdeError::NotFound`], I/O errors, [`VdeError::Poisoned`],
+    /// [`VdeError::ReadOnly`].
     pub fn delete(&self, key: &[u8]) -> Result<(), VdeError> {
         check_key(key)?;
+        self.check_writable()?;
         let _w = self.stripe(key).write().unwrap_or_else(|e| e.into_inner());
         self.commit(|meta| commit_delete(meta, key))
     }
