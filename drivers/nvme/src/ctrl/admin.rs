@@ -280,6 +280,17 @@ impl AdminQueue {
         for _ in 0..REAP_ROUNDS {
             let mut resend_aers = 0;
             while let Some(c) = self.cq.pop() {
+                if c.sqid != 0 {
+                    // The admin CQ serves only the admin SQ: an entry naming another SQ is
+                    // made up, and its CID may be that of a command the device has not
+                    // run yet, whose data buffer and PRP list it will still write.
+                    tracing::warn!(
+                        sqid = c.sqid,
+                        cid = c.cid,
+                        "controller posted a completion for another submission queue on the admin completion queue; ignored"
+                    );
+                    continue;
+                }
                 self.sq.update_head(c.sqhd);
                 match self.cids.remove(c.cid) {
                     Some(AdminSlot::Waiting) if Some(c.cid) == want => found = Some(c),
