@@ -383,6 +383,21 @@ impl AdminQueue {
         self.events.drain(..).collect()
     }
 
+    /// Takes every free CID (as commands nobody waits for) without posting anything, so
+    /// the next command finds the queue full; returns the CIDs for [`Self::free_for_test`].
+    #[cfg(test)]
+    pub(crate) fn occupy_for_test(&mut self) -> Vec<u16> {
+        std::iter::from_fn(|| self.cids.insert(AdminSlot::Abandoned).ok()).collect()
+    }
+
+    /// Frees CIDs taken by [`Self::occupy_for_test`].
+    #[cfg(test)]
+    pub(crate) fn free_for_test(&mut self, cids: &[u16]) {
+        for &cid in cids {
+            self.cids.remove(cid);
+        }
+    }
+
     /// Asynchronous Event Requests currently outstanding.
     pub(crate) fn outstanding_aers(&self) -> usize {
         self.cids.iter().filter(|(_, s)| matches!(s, AdminSlot::Aer)).count()

@@ -98,6 +98,13 @@ pub(crate) struct Orphan {
 pub(crate) struct CreateFailed {
     pub(crate) error: Error,
     /// Whether the controller may still have the CQ or the SQ (so may use their rings).
+    /// False when Create I/O CQ never reached the controller (the controller was failed,
+    /// or the admin queue refused it: [`Error::QueueFull`] and the other errors raised
+    /// before a command is posted), when the controller refused it ([`Error::Command`]),
+    /// and when a reset or a quiesced failure made it forget every queue since. True when
+    /// a create command was posted and never answered ([`Error::Timeout`],
+    /// [`Error::Fatal`], [`Error::Removed`]) and no reset followed, or when the CQ exists
+    /// and deleting it again failed.
     pub(crate) queues_may_exist: bool,
     /// The controller generation the attempt was made in.
     pub(crate) generation: u64,
@@ -696,8 +703,8 @@ impl<R: Registers> Inner<R> {
         let timeout = self.config.admin_timeout;
         match self.execute_locked(&mut admin, create_cq, AdminData::None, timeout) {
             Ok(_) => {}
-            // Refused: there is no CQ.
-            Err(e @ Error::Command { .. }) => return Err(failed(e, false)),
+            // Refused, or never posted (e.g. the admin queue was full): there is no CQ.
+            Err(e) if !may_still_run(&e) => return Err(failed(e, false)),
             Err(e) => {
                 let forgot = self.forgot_queues_of(generation);
                 return Err(failed(e, !forgot));
@@ -710,7 +717,7 @@ impl<R: Registers> Inner<R> {
         if self.forgot_queues_of(generation) {
             return Err(failed(e, false));
         }
-        if !matches!(e, Error::Command { .. }) {
+        if may_still_run(&e) {
             // The SQ may exist too, and the controller could not be reset.
             return Err(failed(e, true));
         }
@@ -791,6 +798,15 @@ impl<R: Registers> Inner<R> {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// Whether an admin command that failed with `e` may still be run by the controller: it
+/// was posted and never answered ([`Error::Timeout`], [`Error::Fatal`], [`Error::Removed`]).
+/// Every other error means the controller completed it ([`Error::Command`]) or it was
+/// never posted ([`Error::QueueFull`], [`Error::ControllerFailed`], [`Error::Dma`],
+/// [`Error::TransferTooLarge`], [`Error::Prp`]).
+fn may_still_run(e: &Error) -> bool {
+    matches!(e, Error::Timeout { .. } | Error::Fatal { .. } | Error::Removed { .. })
 }
 
 impl<R: Registers> Drop for Inner<R> {

@@ -643,3 +643,33 @@ fn a_namespace_whose_block_exceeds_the_largest_transfer_is_skipped() {
         }
     }
 }
+
+#[test]
+fn a_create_queue_command_the_admin_queue_refused_does_not_keep_the_qid() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(
+        &sim,
+        ControllerConfig {
+            io_queues: 1,
+            ..ControllerConfig::default()
+        },
+    );
+    assert_eq!(ctrl.io_queue_limit(), 1);
+    let taken = ctrl.admin().occupy_for_test();
+    for _ in 0..3 {
+        match ctrl.create_io_queue_pair() {
+            Err(Error::QueueFull(_)) => {}
+            Err(e) => panic!("expected the full admin queue to refuse Create I/O CQ, got: {e}"),
+            Ok(_) => panic!("created a queue pair through a full admin queue"),
+        }
+    }
+    ctrl.admin().free_for_test(&taken);
+    // Create I/O CQ was never sent: the QID is free again, with no reset.
+    let q = ctrl
+        .create_io_queue_pair()
+        .expect("the only QID was orphaned by a command that was never sent");
+    assert_eq!(q.qid(), 1);
+    assert_eq!(ctrl.reset_count(), 0);
+    drop(q);
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+}
