@@ -12,7 +12,9 @@
 //! into a buffer of its own. Completions are consumed inside other commands' wait loops,
 //! under the admin lock, so none of this waits: the Get Log Page is only posted, and its
 //! completion — consumed by a later poll, or the next round of the same one — sends the
-//! request again. One such read is outstanding at a time; the rest queue up.
+//! request again. One such read is outstanding at a time; the rest queue up. A read that
+//! misses the admin timeout is handled as any late admin command: the controller is reset
+//! (by the holder of the admin lock), which sends the requests again.
 
 use super::Error;
 use crate::cmd::Command;
@@ -124,6 +126,12 @@ pub(crate) struct AdminQueue {
     logs_to_read: VecDeque<LogPageId>,
     /// Whether an [`AdminSlot::EventLog`] read is outstanding (it owns `event_log`).
     reading_log: bool,
+    /// When the outstanding event log read is overdue (posted + `event_log_timeout`):
+    /// past it the controller is treated as having missed an admin deadline and reset.
+    event_log_deadline: Option<Instant>,
+    /// Deadline of an event log read: the admin timeout given to
+    /// [`Self::start_async_events`].
+    event_log_timeout: Duration,
 }
 
 impl AdminQueue {
@@ -149,6 +157,8 @@ impl AdminQueue {
             event_log,
             logs_to_read: VecDeque::new(),
             reading_log: false,
+            event_log_deadline: None,
+            event_log_timeout: Duration::MAX,
         })
     }
 
@@ -179,6 +189,15 @@ impl AdminQueue {
         self.aer_limit = 0;
         self.logs_to_read.clear();
         self.reading_log = false;
+        self.event_log_deadline = None;
+    }
+
+    /// Whether the outstanding event log read has passed its deadline. The caller must
+    /// then reset the controller (under the admin lock it holds, as for any admin command
+    /// that missed its deadline): until then the read owns the event log buffer, and no
+    /// Asynchronous Event Request is sent again, so events would be lost.
+    pub(crate) fn event_log_overdue(&self) -> bool {
+        self.reading_log && self.event_log_deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Posts `cmd` with `data`, rings the doorbell, and polls until it completes or
@@ -313,6 +332,7 @@ impl AdminQueue {
                     }
                     Some(AdminSlot::EventLog) => {
                         self.reading_log = false;
+                        self.event_log_deadline = None;
                         if !c.status().is_success() {
                             tracing::warn!(status = %c.status(), "reading an event's log page failed; events of its type may stay masked");
                         }
@@ -363,11 +383,19 @@ impl AdminQueue {
         }
         self.logs_to_read.pop_front();
         self.reading_log = true;
+        self.event_log_deadline = Instant::now().checked_add(self.event_log_timeout);
         true
     }
 
-    /// Sends Asynchronous Event Requests until `count` are outstanding.
-    pub(crate) fn start_async_events<R: Registers>(&mut self, regs: &R, count: u32) -> Result<(), Error> {
+    /// Sends Asynchronous Event Requests until `count` are outstanding; the log page reads
+    /// events lead to must complete within `timeout` (see [`Self::event_log_overdue`]).
+    pub(crate) fn start_async_events<R: Registers>(
+        &mut self,
+        regs: &R,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.event_log_timeout = timeout;
         // Leave room in the queue for synchronous commands.
         let count = count.min(self.entries() / 4).max(1);
         self.aer_limit = count;

@@ -137,7 +137,7 @@ pub(crate) fn configure_async_events<R: Registers>(
         | AsyncEventConfig::FIRMWARE_ACTIVATION;
     let cmd = Command::set_features(FeatureId::ASYNC_EVENT_CONFIG, 0, aec.bits(), false);
     admin.execute(regs, cmd, AdminData::None, timeout)?;
-    admin.start_async_events(regs, (aerl as u32 + 1).min(4))
+    admin.start_async_events(regs, (aerl as u32 + 1).min(4), timeout)
 }
 
 struct Machine<'a, R: Registers> {

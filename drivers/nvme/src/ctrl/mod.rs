@@ -508,7 +508,9 @@ impl<R: Registers> Controller<R> {
     /// queue).
     pub fn take_async_events(&self) -> Vec<AsyncEvent> {
         let mut admin = self.admin();
-        admin.take_events(&self.inner.regs)
+        let events = admin.take_events(&self.inner.regs);
+        self.inner.reset_if_event_log_overdue(&mut admin);
+        events
     }
 
     /// Asynchronous Event Requests outstanding now.
@@ -568,6 +570,10 @@ impl<R: Registers> Inner<R> {
         if self.health() == Health::Failed {
             return Err(Error::ControllerFailed(self.failure().unwrap_or_default()));
         }
+        self.reset_if_event_log_overdue(admin);
+        if self.health() == Health::Failed {
+            return Err(Error::ControllerFailed(self.failure().unwrap_or_default()));
+        }
         let seen = self.generation.load(Ordering::Acquire);
         let result = admin.execute(&self.regs, cmd, data, timeout);
         match &result {
@@ -581,6 +587,22 @@ impl<R: Registers> Inner<R> {
             _ => {}
         }
         result
+    }
+
+    /// Resets the controller if the Get Log Page read for an asynchronous event missed its
+    /// deadline (the admin timeout), as for any admin command that did: under the admin
+    /// lock the caller holds, so nothing reuses the event log buffer before the controller
+    /// is disabled, and the reset sends the Asynchronous Event Requests again.
+    fn reset_if_event_log_overdue(&self, admin: &mut AdminQueue) {
+        if !admin.event_log_overdue() || self.health() == Health::Failed {
+            return;
+        }
+        tracing::warn!(
+            timeout = ?self.config.admin_timeout,
+            "the controller did not answer an asynchronous event's Get Log Page in time; resetting it"
+        );
+        let seen = self.generation.load(Ordering::Acquire);
+        let _ = self.reset_locked(admin, ResetReason::AdminTimeout, seen);
     }
 
     /// Whether the controller has forgotten every I/O queue created in `generation`: a

@@ -673,3 +673,53 @@ fn a_create_queue_command_the_admin_queue_refused_does_not_keep_the_qid() {
     drop(q);
     assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
 }
+
+#[test]
+fn an_event_log_read_the_controller_never_answers_resets_it_and_events_flow_again() {
+    let sim = sim_with(SimConfig::default());
+    let timeout = std::time::Duration::from_millis(50);
+    let ctrl = start(
+        &sim,
+        ControllerConfig {
+            admin_timeout: timeout,
+            ..ControllerConfig::default()
+        },
+    );
+    let outstanding = ctrl.outstanding_async_event_requests();
+    // The event's Get Log Page (RAE = 0) vanishes inside the device.
+    sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::GET_LOG_PAGE),
+        times: Some(1),
+        ..FaultRule::new(FaultAction::Lost)
+    });
+    sim.raise_async_event(1, 0, 0x02);
+    let started = std::time::Instant::now();
+    let mut events = Vec::new();
+    while ctrl.reset_count() == 0 {
+        events.extend(ctrl.take_async_events());
+        assert!(
+            started.elapsed() < timeout * 20,
+            "no reset {:?} after the event log read was lost ({} requests outstanding, {outstanding} before): \
+             events of every type stay unreported",
+            started.elapsed(),
+            ctrl.outstanding_async_event_requests()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(started.elapsed() >= timeout, "reset before the deadline");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(ctrl.outstanding_async_event_requests(), outstanding);
+    assert_eq!(ctrl.failure(), None);
+    // The reset unmasked the type and sent the requests again: the next event arrives.
+    sim.raise_async_event(1, 1, 0x02);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        got = ctrl.take_async_events();
+        assert!(started.elapsed() < timeout * 40, "the next event never arrived");
+    }
+    assert_eq!(got[0].info, 1);
+    ctrl.identify_controller().expect("admin commands work after the reset");
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+}
