@@ -568,11 +568,11 @@ impl<R: Registers> Inner<R> {
         timeout: Duration,
     ) -> Result<Completion, Error> {
         if self.health() == Health::Failed {
-            return Err(Error::ControllerFailed(self.failure().unwrap_or_default()));
+            return Err(self.failed_error());
         }
         self.reset_if_event_log_overdue(admin);
         if self.health() == Health::Failed {
-            return Err(Error::ControllerFailed(self.failure().unwrap_or_default()));
+            return Err(self.failed_error());
         }
         let seen = self.generation.load(Ordering::Acquire);
         let result = admin.execute(&self.regs, cmd, data, timeout);
@@ -706,7 +706,7 @@ impl<R: Registers> Inner<R> {
         let contiguous = true;
         if self.health() == Health::Failed {
             return Err(CreateFailed {
-                error: Error::ControllerFailed(self.failure().unwrap_or_default()),
+                error: self.failed_error(),
                 queues_may_exist: false, // nothing was sent
                 generation: self.generation.load(Ordering::Acquire),
             });
@@ -757,7 +757,7 @@ impl<R: Registers> Inner<R> {
         let result = if self.forgot_queues_of(generation) {
             Ok(()) // a reset deleted them, or the controller is failed and quiet
         } else if self.health() == Health::Failed {
-            Err(Error::ControllerFailed(self.failure().unwrap_or_default()))
+            Err(self.failed_error())
         } else {
             let mut admin = self.admin();
             if self.forgot_queues_of(generation) {

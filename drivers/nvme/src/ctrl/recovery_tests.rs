@@ -644,3 +644,56 @@ fn a_timeout_while_deleting_a_queue_resets_the_controller() {
     works(&r, &mut q);
     assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
 }
+
+#[test]
+fn a_failure_during_a_reset_is_not_undone_by_the_reset_succeeding() {
+    // fail() runs without the admin lock (a queue pair's deadline scan that read all
+    // ones): here it runs while a reset is under way, from the observer of its start. It
+    // says the device is quiet (`disabled`) so Bus Master Enable stays set and the
+    // simulated device still answers the reset's commands: the reset succeeds.
+    let inner_slot: Arc<std::sync::OnceLock<std::sync::Weak<Inner<SimController>>>> = Arc::default();
+    let failures = Arc::new(Mutex::new(0));
+    let (slot, count) = (Arc::clone(&inner_slot), Arc::clone(&failures));
+    let config = ControllerConfig {
+        recovery_observer: Some(RecoveryObserver(Arc::new(move |e| match e {
+            RecoveryEvent::ResetStarting(_) => {
+                if let Some(inner) = slot.get().and_then(std::sync::Weak::upgrade) {
+                    inner.fail("registers read all ones during the reset".into(), true);
+                    // Seen twice (another queue pair, the same scan again): changes nothing.
+                    inner.fail("a second report".into(), true);
+                }
+            }
+            RecoveryEvent::Failed { .. } => *count.lock().unwrap() += 1,
+            _ => {}
+        }))),
+        ..Default::default()
+    };
+    let sim = SimController::new(SimConfig::default());
+    let ctrl = Controller::init(sim.clone(), Arc::new(sim.dma()), config).expect("init");
+    inner_slot.set(Arc::downgrade(&ctrl.inner)).ok().unwrap();
+    let e = ctrl
+        .reset()
+        .expect_err("the reset must report the failure that happened meanwhile");
+    assert!(
+        matches!(&e, Error::ControllerFailed(r) if r.contains("all ones")),
+        "{e:?}"
+    );
+    assert_eq!(
+        ctrl.inner.health(),
+        recovery::Health::Failed,
+        "the reset made it live again"
+    );
+    assert_eq!(
+        ctrl.failure().as_deref(),
+        Some("registers read all ones during the reset")
+    );
+    assert_eq!(*failures.lock().unwrap(), 1, "the failure is reported once");
+    // A reset of a failed controller says why it failed.
+    let e = ctrl.reset().unwrap_err();
+    assert!(
+        matches!(&e, Error::ControllerFailed(r) if r.contains("all ones")),
+        "{e:?}"
+    );
+    let e = ctrl.identify_controller().unwrap_err();
+    assert!(matches!(e, Error::ControllerFailed(_)), "{e:?}");
+}
