@@ -396,8 +396,16 @@ impl AdminQueue {
         timeout: Duration,
     ) -> Result<(), Error> {
         self.event_log_timeout = timeout;
-        // Leave room in the queue for synchronous commands.
-        let count = count.min(self.entries() / 4).max(1);
+        // Leave room in the queue for synchronous commands: at least two slots stay free,
+        // one for a synchronous command and one for an event's log page read.
+        let capacity = self.cids.capacity() as u32;
+        if capacity < 3 {
+            return Err(Error::Config(format!(
+                "an admin queue of {} entries is too small for asynchronous events",
+                self.entries()
+            )));
+        }
+        let count = count.min(self.entries() / 4).max(1).min(capacity - 2);
         self.aer_limit = count;
         for _ in 0..count {
             self.post(regs, Command::async_event_request(), AdminSlot::Aer)?;

@@ -723,3 +723,61 @@ fn an_event_log_read_the_controller_never_answers_resets_it_and_events_flow_agai
     assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
     assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
 }
+
+#[test]
+fn admin_queues_too_small_for_async_events_are_refused_and_small_ones_still_work() {
+    for entries in [2, 3] {
+        let sim = sim_with(SimConfig::default());
+        let config = ControllerConfig {
+            admin_queue_entries: entries,
+            ..ControllerConfig::default()
+        };
+        match Controller::init(sim.clone(), Arc::new(sim.dma()), config) {
+            Err(Error::Config(msg)) => assert!(msg.contains("asynchronous events"), "{msg}"),
+            Err(e) => panic!("{entries} entries: wrong error {e}"),
+            Ok(ctrl) => {
+                let r = ctrl.identify_controller();
+                panic!(
+                    "{entries} admin entries with asynchronous events accepted \
+                     ({} requests outstanding); a synchronous command then gives {:?}",
+                    ctrl.outstanding_async_event_requests(),
+                    r.map(|i| i.vid)
+                );
+            }
+        }
+        // Without asynchronous events the small queue works.
+        let ctrl = start(
+            &sim_with(SimConfig::default()),
+            ControllerConfig {
+                admin_queue_entries: entries,
+                async_events: false,
+                ..ControllerConfig::default()
+            },
+        );
+        ctrl.identify_controller().expect("identify on a small admin queue");
+        assert_eq!(ctrl.outstanding_async_event_requests(), 0);
+    }
+    // The smallest queue that takes events: a request, the event's log read and a
+    // synchronous command fit together.
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(
+        &sim,
+        ControllerConfig {
+            admin_queue_entries: 4,
+            ..ControllerConfig::default()
+        },
+    );
+    assert_eq!(ctrl.outstanding_async_event_requests(), 1);
+    for round in 0..3u8 {
+        sim.raise_async_event(1, round, 0x02);
+        ctrl.identify_controller()
+            .expect("identify while an event is processed");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut got = Vec::new();
+        while got.is_empty() && std::time::Instant::now() < deadline {
+            got = ctrl.take_async_events();
+        }
+        assert_eq!(got.len(), 1, "event {round}");
+    }
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+}
