@@ -205,6 +205,11 @@ fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
         },
         ..SimConfig::default()
     });
+    // In some scenarios a removal takes PCI configuration space with it, as a real
+    // surprise removal does: Bus Master Enable cannot be cleared, so buffers of commands
+    // the driver gives up on must be withheld (leaked), never handed back.
+    let config_space_follows_bar = rng.chance(40);
+    sim.set_config_space_follows_bar(config_space_follows_bar);
     let delay = Duration::from_micros(200 + rng.below(2000));
     if let Misbehaviour::Identify(_) = m {
         sim.inject(FaultRule {
@@ -450,6 +455,11 @@ fn scenario(seed: u64, tally: &mut Tally) -> Result<String, String> {
     }
     // The device really was removed (the rule matched a command) when CSTS reads all ones.
     if m == Misbehaviour::Removed && sim.read32(offset::CSTS) == u32::MAX {
+        if config_space_follows_bar && !sim.bus_master() {
+            return Err(format!(
+                "{m:?}: Bus Master Enable was cleared though configuration space was gone"
+            ));
+        }
         let f = failure.clone().unwrap_or_default();
         if !f.contains("all ones") && !f.contains("gone") {
             return Err(format!(

@@ -697,3 +697,50 @@ fn a_failure_during_a_reset_is_not_undone_by_the_reset_succeeding() {
     let e = ctrl.identify_controller().unwrap_err();
     assert!(matches!(e, Error::ControllerFailed(_)), "{e:?}");
 }
+
+#[test]
+fn buffers_are_withheld_when_bus_master_cannot_be_cleared() {
+    // As above, but PCI configuration space is gone too (a real surprise removal): Bus
+    // Master Enable cannot be cleared, the controller still holds a slow read that moves
+    // its data when due, so the read's buffer must never come back. The test frees every
+    // buffer it gets back, so a device write into one would be a DMA violation.
+    let r = rig(SimConfig::default());
+    let ns = r.ctrl.namespace(1).unwrap();
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    let delay = Duration::from_millis(300);
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        times: Some(1),
+        action: FaultAction::Delay(delay),
+        ..Default::default()
+    });
+    q.read(&ns, 40, r.buf(4096), 1).unwrap();
+    q.ring();
+    r.sim.set_config_space_follows_bar(true);
+    r.sim.set_bar_unreachable(true);
+    let mut back = None;
+    let deadline = Instant::now() + Duration::from_millis(250);
+    while back.is_none() && Instant::now() < deadline {
+        q.poll(usize::MAX, |c| back = Some(c));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let c = back.expect("the read fails once the device is seen gone, before its data would move");
+    assert_eq!(c.status, Status::ABORTED_BY_HOST);
+    assert!(
+        c.buf.is_none(),
+        "the buffer came back though Bus Master Enable could not be cleared"
+    );
+    drop(c);
+    assert!(r.sim.bus_master(), "the simulated config space refused the write");
+    assert!(r.ctrl.failure().unwrap().contains("gone"));
+    std::thread::sleep(delay + Duration::from_millis(100)); // past the read's due time
+    let _ = r.sim.stats(); // runs due commands
+    assert_eq!(r.sim.stats().dma_blocked, 0, "the device still had Bus Master Enable");
+    assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
+    // The pair is dead and says so; dropping it and the controller leaks, never frees.
+    let e = q.read(&ns, 0, r.buf(4096), 2).unwrap_err();
+    assert!(e.to_string().contains("dead"), "{e}");
+    drop(q);
+    drop(r.ctrl);
+    assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
+}
