@@ -799,3 +799,51 @@ fn an_admin_completion_naming_another_sq_is_ignored() {
     assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
     assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
 }
+
+/// CSTS.RDY dropping to 0 by itself (without CSTS.CFS) means the controller stopped
+/// processing: the queue pair's deadline scan resets it at once instead of waiting for
+/// the command's deadline (5 s here) and then an Abort the controller cannot answer.
+#[test]
+fn ready_dropping_by_itself_resets_the_controller_at_once() {
+    let (sim, ctrl, mut q, ns) = hostile_pair(8, Duration::ZERO, Misbehaviour::ReadyDrops);
+    let started = Instant::now();
+    q.read(&ns, 100, buffer(&ctrl, 1, 0), 1).unwrap(); // dropped; RDY goes to 0
+    let mut done = Vec::new();
+    while done.is_empty() {
+        done = poll_tags(&mut q, usize::MAX);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "CSTS.RDY = 0 for {:?} and no reset ({} resets)",
+            started.elapsed(),
+            ctrl.reset_count()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].0, done[0].1), (1, false), "the dropped read fails");
+    assert_eq!(ctrl.reset_count(), 1);
+    assert_eq!(ctrl.failure(), None);
+    // The pair works again.
+    let mut tag = 2;
+    let done = loop {
+        match q.write(&ns, 100, buffer(&ctrl, 1, 3), false, tag) {
+            Ok(()) => {
+                break loop {
+                    let got = poll_tags(&mut q, usize::MAX);
+                    if !got.is_empty() {
+                        break got;
+                    }
+                    assert!(started.elapsed() < Duration::from_secs(4), "the write never completed");
+                };
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("recovering"), "{e}");
+                poll_tags(&mut q, usize::MAX);
+                tag += 1;
+            }
+        }
+    };
+    assert_eq!((done[0].0, done[0].1), (tag, true));
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+}

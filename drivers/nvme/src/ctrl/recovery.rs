@@ -5,7 +5,8 @@
 //! [`super::ControllerConfig::abort_timeout`] — whether the controller said it aborted it or
 //! not — the controller is reset. An admin command past its deadline (the reset then runs
 //! under the admin lock, so no other command reuses memory the late command may write),
-//! CSTS.CFS = 1, or a failed Abort also lead to a reset. Register reads
+//! CSTS.CFS = 1, CSTS.RDY = 0 seen by a
+//! queue pair while no reset runs, or a failed Abort also lead to a reset. Register reads
 //! of all ones mean the device is gone: Bus Master Enable is cleared and the controller is
 //! marked failed.
 //!
@@ -41,6 +42,9 @@ pub enum ResetReason {
     AdminTimeout,
     /// The controller reported a fatal error (CSTS.CFS = 1).
     FatalStatus,
+    /// CSTS.RDY went to 0 while the controller was enabled and working, without CSTS.CFS
+    /// (§3.1.4: the controller no longer processes commands).
+    ReadyLost,
     /// The caller asked for it ([`super::Controller::reset`]).
     Requested,
 }
