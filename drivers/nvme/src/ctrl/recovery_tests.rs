@@ -583,6 +583,35 @@ fn a_half_created_queue_keeps_its_qid_when_its_cq_cannot_be_deleted() {
     works(&r, &mut q);
 }
 
+/// Submits a read (tag 1, LBA 40) the controller holds for `delay`, then makes BAR0
+/// unreachable, and polls until the read comes back — it must, with Aborted by Host,
+/// before its data would move.
+fn read_held_while_the_bar_goes(
+    r: &Rig,
+    q: &mut IoQueuePair<SimController>,
+    ns: &Namespace,
+    delay: Duration,
+) -> IoCompletion {
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        times: Some(1),
+        action: FaultAction::Delay(delay),
+        ..Default::default()
+    });
+    q.read(ns, 40, r.buf(4096), 1).unwrap();
+    q.ring();
+    r.sim.set_bar_unreachable(true);
+    let mut back = None;
+    let deadline = Instant::now() + delay - Duration::from_millis(50);
+    while back.is_none() && Instant::now() < deadline {
+        q.poll(usize::MAX, |c| back = Some(c));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let c = back.expect("the read fails once the device is seen gone, before its data would move");
+    assert_eq!(c.status, Status::ABORTED_BY_HOST);
+    c
+}
+
 #[test]
 fn registers_reading_all_ones_clear_bus_master_before_buffers_come_back() {
     // BAR0 stops answering, but the controller still holds a slow read that will move
@@ -593,23 +622,7 @@ fn registers_reading_all_ones_clear_bus_master_before_buffers_come_back() {
     let mut b = r.buf(4096);
     b.as_mut_slice().fill(0x5A);
     q.write_at(&ns, 40, b).unwrap();
-    r.sim.inject(FaultRule {
-        opcode: Some(nvm::READ),
-        times: Some(1),
-        action: FaultAction::Delay(Duration::from_millis(300)),
-        ..Default::default()
-    });
-    q.read(&ns, 40, r.buf(4096), 1).unwrap();
-    q.ring();
-    r.sim.set_bar_unreachable(true);
-    let mut back = None;
-    let deadline = Instant::now() + Duration::from_millis(250);
-    while back.is_none() && Instant::now() < deadline {
-        q.poll(usize::MAX, |c| back = Some(c));
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let c = back.expect("the read fails once the device is seen gone, before its data would move");
-    assert_eq!(c.status, Status::ABORTED_BY_HOST);
+    let c = read_held_while_the_bar_goes(&r, &mut q, &ns, Duration::from_millis(300));
     let mut buf = c.buf.expect("the buffer comes back: the device cannot DMA");
     assert!(!r.sim.bus_master(), "Bus Master Enable was not cleared");
     buf.as_mut_slice().fill(0xEE); // the caller reuses its buffer
@@ -708,24 +721,8 @@ fn buffers_are_withheld_when_bus_master_cannot_be_cleared() {
     let ns = r.ctrl.namespace(1).unwrap();
     let mut q = r.ctrl.create_io_queue_pair().unwrap();
     let delay = Duration::from_millis(300);
-    r.sim.inject(FaultRule {
-        opcode: Some(nvm::READ),
-        times: Some(1),
-        action: FaultAction::Delay(delay),
-        ..Default::default()
-    });
-    q.read(&ns, 40, r.buf(4096), 1).unwrap();
-    q.ring();
     r.sim.set_config_space_follows_bar(true);
-    r.sim.set_bar_unreachable(true);
-    let mut back = None;
-    let deadline = Instant::now() + Duration::from_millis(250);
-    while back.is_none() && Instant::now() < deadline {
-        q.poll(usize::MAX, |c| back = Some(c));
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let c = back.expect("the read fails once the device is seen gone, before its data would move");
-    assert_eq!(c.status, Status::ABORTED_BY_HOST);
+    let c = read_held_while_the_bar_goes(&r, &mut q, &ns, delay);
     assert!(
         c.buf.is_none(),
         "the buffer came back though Bus Master Enable could not be cleared"
