@@ -62,6 +62,22 @@ pub fn dma_rmb() {
 
 #[cfg(test)]
 mod tests {
+    /// The calls a queue must not make itself: CPU fences (which do not order against the
+    /// device on aarch64) and compiler fences, under any path or spelling, and barrier
+    /// instructions of its own.
+    fn bare_barrier(code: &str) -> Option<&'static str> {
+        let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+        // `fence(` also finds `compiler_fence(` and `atomic::fence(`, whatever path names
+        // the ordering (`Ordering::Release`, `SeqCst`, ...).
+        if code.contains("fence(") {
+            Some("a fence call")
+        } else if code.contains("asm!(") {
+            Some("an inline assembly barrier")
+        } else {
+            None
+        }
+    }
+
     /// Every queue orders its device accesses through this module, never with a bare CPU
     /// fence (which does not order against the device on aarch64).
     #[test]
@@ -71,19 +87,41 @@ mod tests {
             ("ctrl/io.rs", include_str!("ctrl/io.rs")),
             ("queue/cq.rs", include_str!("queue/cq.rs")),
             ("queue/sq.rs", include_str!("queue/sq.rs")),
+            ("queue/mod.rs", include_str!("queue/mod.rs")),
+            ("queue/cid.rs", include_str!("queue/cid.rs")),
         ];
         for (path, text) in sources {
             for (n, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
-                assert!(
-                    !code.contains("fence(Ordering"),
-                    "{path}:{}: a CPU fence orders nothing against the device; use crate::barrier",
-                    n + 1
-                );
+                if let Some(what) = bare_barrier(code) {
+                    panic!(
+                        "{path}:{}: {what} outside barrier.rs orders nothing against the device (or \
+                         duplicates it); use crate::barrier: {line}",
+                        n + 1
+                    );
+                }
             }
         }
         for (path, text) in &sources[..3] {
             assert!(text.contains("crate::barrier::dma_"), "{path} uses no DMA barrier");
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_a_fence_is_caught() {
+        for code in [
+            "fence(Ordering::SeqCst);",
+            "atomic::fence(std::sync::atomic::Ordering::Release);",
+            "std::sync::atomic::fence(SeqCst);",
+            "fence (Acquire);",
+            "compiler_fence(Ordering::SeqCst);",
+            "core::sync::atomic::compiler_fence(SeqCst);",
+            "unsafe { std::arch::asm!(\"mfence\") }",
+        ] {
+            assert!(bare_barrier(code).is_some(), "{code}");
+        }
+        for code in ["crate::barrier::dma_wmb();", "let fenced = 1;", "self.sq.push(&cmd)"] {
+            assert_eq!(bare_barrier(code), None, "{code}");
         }
     }
 }

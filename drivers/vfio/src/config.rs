@@ -145,35 +145,92 @@ impl PciConfig {
 
     /// Clears Bus Master Enable ([`command_without_bus_master`]) so the function issues no
     /// more DMA, and reads it back; what Linux's `pci_disable_device` does to a failed
-    /// NVMe controller before its memory is freed.
+    /// NVMe controller before its memory is freed. If the Command register reads all ones
+    /// (config space does not answer, e.g. after a surprise removal) the write is still
+    /// attempted, with Memory Space and Interrupt Disable set and Bus Master Enable clear
+    /// (what [`Self::enable_for_polling`] set, less Bus Master Enable), in case only the
+    /// read failed.
     ///
-    /// Errors: the OS error of the config access; `InvalidData` if the Command register
-    /// reads all ones (config space does not answer, so nothing can be confirmed) or Bus
-    /// Master Enable still reads set after the write.
+    /// Errors: the OS error of the config access; `InvalidData` if the result cannot be
+    /// confirmed — the Command register reads all ones after the write — or Bus Master
+    /// Enable still reads set after the write.
     pub fn disable_bus_master(&self) -> Result<(), OsError> {
-        let invalid = |what: String| {
-            let e = io::Error::new(io::ErrorKind::InvalidData, what);
-            OsError::new("clear Bus Master Enable", self.device.path(), e)
-        };
-        let cmd = self.command()?;
-        if cmd == u16::MAX {
-            return Err(invalid(
-                "the Command register reads all ones: config space does not answer".into(),
-            ));
+        let outcome = clear_bus_master(|| self.command(), |v| self.write16(reg::COMMAND, v))?;
+        match outcome {
+            BusMasterOff::Cleared { before, after } => {
+                tracing::warn!(before, after, "Bus Master Enable cleared: the device can no longer DMA");
+                Ok(())
+            }
+            BusMasterOff::StillSet { after } => {
+                Err(self.invalid_command(format!("Bus Master Enable still set (Command register {after:#06x})")))
+            }
+            BusMasterOff::Unconfirmed { wrote, write_error } => Err(self.invalid_command(format!(
+                "the Command register reads all ones: config space does not answer; wrote {wrote:#06x} \
+                 (Bus Master Enable clear) anyway{}, but whether it took effect cannot be confirmed",
+                write_error
+                    .map(|e| format!(" (the write failed: {e})"))
+                    .unwrap_or_default()
+            ))),
         }
-        self.write16(reg::COMMAND, command_without_bus_master(cmd))?;
-        let now = self.command()?;
-        if now & command::BUS_MASTER != 0 {
-            return Err(invalid(format!(
-                "Bus Master Enable still set (Command register {now:#06x})"
-            )));
-        }
-        tracing::warn!(
-            before = cmd,
-            after = now,
-            "Bus Master Enable cleared: the device can no longer DMA"
-        );
-        Ok(())
+    }
+
+    fn invalid_command(&self, what: String) -> OsError {
+        let e = io::Error::new(io::ErrorKind::InvalidData, what);
+        OsError::new("clear Bus Master Enable", self.device.path(), e)
+    }
+}
+
+/// What clearing Bus Master Enable achieved ([`clear_bus_master`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BusMasterOff {
+    /// The Command register read back with Bus Master Enable clear.
+    Cleared {
+        /// The Command register before.
+        before: u16,
+        /// The Command register read back.
+        after: u16,
+    },
+    /// The write happened but Bus Master Enable still reads set.
+    StillSet {
+        /// The Command register read back.
+        after: u16,
+    },
+    /// Config space reads all ones: `wrote` was written (or the write failed with
+    /// `write_error`), and nothing can be read back to confirm it.
+    Unconfirmed {
+        /// The value written to the Command register.
+        wrote: u16,
+        /// The write's error, if it failed.
+        write_error: Option<String>,
+    },
+}
+
+/// Clears Bus Master Enable through `read` / `write` of the Command register: writes the
+/// value read without Bus Master Enable — or, when it reads FFFFh (no answer), Memory
+/// Space and Interrupt Disable alone — then reads it back.
+///
+/// Errors: `read`'s error, and `write`'s when the register could be read.
+pub fn clear_bus_master<E: std::fmt::Display>(
+    mut read: impl FnMut() -> Result<u16, E>,
+    mut write: impl FnMut(u16) -> Result<(), E>,
+) -> Result<BusMasterOff, E> {
+    let before = read()?;
+    if before == u16::MAX {
+        let wrote = command_without_bus_master(command_for_polling(0));
+        let write_error = write(wrote).err().map(|e| e.to_string());
+        return Ok(match read() {
+            Ok(after) if write_error.is_none() && after != u16::MAX && after & command::BUS_MASTER == 0 => {
+                BusMasterOff::Cleared { before, after }
+            }
+            _ => BusMasterOff::Unconfirmed { wrote, write_error },
+        });
+    }
+    write(command_without_bus_master(before))?;
+    let after = read()?;
+    if after & command::BUS_MASTER != 0 {
+        Ok(BusMasterOff::StillSet { after })
+    } else {
+        Ok(BusMasterOff::Cleared { before, after })
     }
 }
 
@@ -200,5 +257,71 @@ mod tests {
         assert_eq!(command_for_polling(0), 0x0406);
         assert_eq!(command_for_polling(0x0100), 0x0506, "SERR# enable kept");
         assert_eq!(command_for_polling(0x0406), 0x0406);
+    }
+
+    /// A config space that reads `reads` in turn and records writes.
+    fn fake(reads: &[u16], write_fails: bool) -> (Result<BusMasterOff, String>, Vec<u16>) {
+        let mut reads = reads.iter().copied();
+        let mut writes = Vec::new();
+        let r = clear_bus_master(
+            || reads.next().ok_or_else(|| "no more reads".to_string()),
+            |v| {
+                writes.push(v);
+                if write_fails { Err("EIO".to_string()) } else { Ok(()) }
+            },
+        );
+        (r, writes)
+    }
+
+    #[test]
+    fn a_command_register_reading_all_ones_still_gets_the_write() {
+        let (r, writes) = fake(&[0xFFFF, 0xFFFF], false);
+        assert_eq!(
+            writes,
+            [0x0402],
+            "Memory Space and INTx Disable, Bus Master Enable clear"
+        );
+        assert_eq!(
+            r,
+            Ok(BusMasterOff::Unconfirmed {
+                wrote: 0x0402,
+                write_error: None
+            })
+        );
+        let (r, writes) = fake(&[0xFFFF, 0xFFFF], true);
+        assert_eq!(writes, [0x0402]);
+        assert_eq!(
+            r,
+            Ok(BusMasterOff::Unconfirmed {
+                wrote: 0x0402,
+                write_error: Some("EIO".into())
+            })
+        );
+        // Only the first read failed: the read-back confirms it.
+        let (r, _) = fake(&[0xFFFF, 0x0402], false);
+        assert_eq!(
+            r,
+            Ok(BusMasterOff::Cleared {
+                before: 0xFFFF,
+                after: 0x0402
+            })
+        );
+    }
+
+    #[test]
+    fn clearing_bus_master_keeps_the_other_bits_and_checks_the_read_back() {
+        let (r, writes) = fake(&[0x0506, 0x0502], false);
+        assert_eq!(writes, [0x0502]);
+        assert_eq!(
+            r,
+            Ok(BusMasterOff::Cleared {
+                before: 0x0506,
+                after: 0x0502
+            })
+        );
+        let (r, _) = fake(&[0x0406, 0x0406], false);
+        assert_eq!(r, Ok(BusMasterOff::StillSet { after: 0x0406 }));
+        let (r, _) = fake(&[0x0406], true);
+        assert_eq!(r, Err("EIO".into()));
     }
 }

@@ -12,7 +12,9 @@
 //! into a buffer of its own. Completions are consumed inside other commands' wait loops,
 //! under the admin lock, so none of this waits: the Get Log Page is only posted, and its
 //! completion — consumed by a later poll, or the next round of the same one — sends the
-//! request again. One such read is outstanding at a time; the rest queue up.
+//! request again. One such read is outstanding at a time; the rest queue up. A read that
+//! misses the admin timeout is handled as any late admin command: the controller is reset
+//! (by the holder of the admin lock), which sends the requests again.
 
 use super::Error;
 use crate::cmd::Command;
@@ -124,6 +126,12 @@ pub(crate) struct AdminQueue {
     logs_to_read: VecDeque<LogPageId>,
     /// Whether an [`AdminSlot::EventLog`] read is outstanding (it owns `event_log`).
     reading_log: bool,
+    /// When the outstanding event log read is overdue (posted + `event_log_timeout`):
+    /// past it the controller is treated as having missed an admin deadline and reset.
+    event_log_deadline: Option<Instant>,
+    /// Deadline of an event log read: the admin timeout given to
+    /// [`Self::start_async_events`].
+    event_log_timeout: Duration,
 }
 
 impl AdminQueue {
@@ -149,6 +157,8 @@ impl AdminQueue {
             event_log,
             logs_to_read: VecDeque::new(),
             reading_log: false,
+            event_log_deadline: None,
+            event_log_timeout: Duration::MAX,
         })
     }
 
@@ -179,6 +189,15 @@ impl AdminQueue {
         self.aer_limit = 0;
         self.logs_to_read.clear();
         self.reading_log = false;
+        self.event_log_deadline = None;
+    }
+
+    /// Whether the outstanding event log read has passed its deadline. The caller must
+    /// then reset the controller (under the admin lock it holds, as for any admin command
+    /// that missed its deadline): until then the read owns the event log buffer, and no
+    /// Asynchronous Event Request is sent again, so events would be lost.
+    pub(crate) fn event_log_overdue(&self) -> bool {
+        self.reading_log && self.event_log_deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Posts `cmd` with `data`, rings the doorbell, and polls until it completes or
@@ -280,6 +299,17 @@ impl AdminQueue {
         for _ in 0..REAP_ROUNDS {
             let mut resend_aers = 0;
             while let Some(c) = self.cq.pop() {
+                if c.sqid != 0 {
+                    // The admin CQ serves only the admin SQ: an entry naming another SQ is
+                    // made up, and its CID may be that of a command the device has not
+                    // run yet, whose data buffer and PRP list it will still write.
+                    tracing::warn!(
+                        sqid = c.sqid,
+                        cid = c.cid,
+                        "controller posted a completion for another submission queue on the admin completion queue; ignored"
+                    );
+                    continue;
+                }
                 self.sq.update_head(c.sqhd);
                 match self.cids.remove(c.cid) {
                     Some(AdminSlot::Waiting) if Some(c.cid) == want => found = Some(c),
@@ -302,6 +332,7 @@ impl AdminQueue {
                     }
                     Some(AdminSlot::EventLog) => {
                         self.reading_log = false;
+                        self.event_log_deadline = None;
                         if !c.status().is_success() {
                             tracing::warn!(status = %c.status(), "reading an event's log page failed; events of its type may stay masked");
                         }
@@ -352,13 +383,29 @@ impl AdminQueue {
         }
         self.logs_to_read.pop_front();
         self.reading_log = true;
+        self.event_log_deadline = Instant::now().checked_add(self.event_log_timeout);
         true
     }
 
-    /// Sends Asynchronous Event Requests until `count` are outstanding.
-    pub(crate) fn start_async_events<R: Registers>(&mut self, regs: &R, count: u32) -> Result<(), Error> {
-        // Leave room in the queue for synchronous commands.
-        let count = count.min(self.entries() / 4).max(1);
+    /// Sends Asynchronous Event Requests until `count` are outstanding; the log page reads
+    /// events lead to must complete within `timeout` (see [`Self::event_log_overdue`]).
+    pub(crate) fn start_async_events<R: Registers>(
+        &mut self,
+        regs: &R,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.event_log_timeout = timeout;
+        // Leave room in the queue for synchronous commands: at least two slots stay free,
+        // one for a synchronous command and one for an event's log page read.
+        let capacity = self.cids.capacity() as u32;
+        if capacity < 3 {
+            return Err(Error::Config(format!(
+                "an admin queue of {} entries is too small for asynchronous events",
+                self.entries()
+            )));
+        }
+        let count = count.min(self.entries() / 4).max(1).min(capacity - 2);
         self.aer_limit = count;
         for _ in 0..count {
             self.post(regs, Command::async_event_request(), AdminSlot::Aer)?;
@@ -370,6 +417,21 @@ impl AdminQueue {
     pub(crate) fn take_events<R: Registers>(&mut self, regs: &R) -> Vec<AsyncEvent> {
         self.reap(regs, None);
         self.events.drain(..).collect()
+    }
+
+    /// Takes every free CID (as commands nobody waits for) without posting anything, so
+    /// the next command finds the queue full; returns the CIDs for [`Self::free_for_test`].
+    #[cfg(test)]
+    pub(crate) fn occupy_for_test(&mut self) -> Vec<u16> {
+        std::iter::from_fn(|| self.cids.insert(AdminSlot::Abandoned).ok()).collect()
+    }
+
+    /// Frees CIDs taken by [`Self::occupy_for_test`].
+    #[cfg(test)]
+    pub(crate) fn free_for_test(&mut self, cids: &[u16]) {
+        for &cid in cids {
+            self.cids.remove(cid);
+        }
     }
 
     /// Asynchronous Event Requests currently outstanding.

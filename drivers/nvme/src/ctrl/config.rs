@@ -20,7 +20,8 @@ pub enum DataPointerMode {
 /// and QEMU's emulated controller.
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
-    /// Admin queue size in entries (2..=4096, clamped to CAP.MQES + 1). Default 32.
+    /// Admin queue size in entries (2..=4096, clamped to CAP.MQES + 1; at least 4 with
+    /// [`Self::async_events`], else init fails with [`super::Error::Config`]). Default 32.
     pub admin_queue_entries: u32,
     /// I/O queue size in entries (2..=65536, clamped to CAP.MQES + 1). A queue holds one
     /// command fewer than its size. Default 256.

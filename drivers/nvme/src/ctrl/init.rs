@@ -14,6 +14,11 @@ use crate::features::{AsyncEventConfig, FeatureId, NumberOfQueues, Timestamp};
 use crate::hw::{DmaAllocator, Registers};
 use crate::identify::{Cns, IdentifyController, IdentifyNamespace, NamespaceList, Oncs};
 use crate::regs::{Aqa, Cap, Cc, Csts, MAX_ADMIN_QUEUE_ENTRIES, Vs, offset};
+
+/// Smallest admin queue (entries) that takes asynchronous events: a queue of N entries
+/// holds N − 1 commands, and at least one Asynchronous Event Request, the Get Log Page an
+/// event leads to, and one synchronous command must fit at once.
+pub(crate) const MIN_ADMIN_ENTRIES_WITH_EVENTS: u32 = 4;
 use std::time::{Duration, Instant};
 
 /// The states of controller initialisation, in order.
@@ -137,7 +142,7 @@ pub(crate) fn configure_async_events<R: Registers>(
         | AsyncEventConfig::FIRMWARE_ACTIVATION;
     let cmd = Command::set_features(FeatureId::ASYNC_EVENT_CONFIG, 0, aec.bits(), false);
     admin.execute(regs, cmd, AdminData::None, timeout)?;
-    admin.start_async_events(regs, (aerl as u32 + 1).min(4))
+    admin.start_async_events(regs, (aerl as u32 + 1).min(4), timeout)
 }
 
 struct Machine<'a, R: Registers> {
@@ -329,6 +334,16 @@ impl<R: Registers> Machine<'_, R> {
         if entries < 2 {
             return Err(Error::Config(format!(
                 "admin queue of {entries} entries; at least 2 needed"
+            )));
+        }
+        if self.config.async_events && entries < MIN_ADMIN_ENTRIES_WITH_EVENTS {
+            return Err(Error::Config(format!(
+                "admin queue of {entries} entries (asked {}, CAP.MQES allows {}) is too small for \
+                 asynchronous events: an Asynchronous Event Request, an event's log page read and a \
+                 synchronous command need {MIN_ADMIN_ENTRIES_WITH_EVENTS} entries; use more entries \
+                 or set async_events to false",
+                self.config.admin_queue_entries,
+                self.cap.max_queue_entries()
             )));
         }
         let admin = AdminQueue::new(self.dma, self.cap, entries, self.page_size)?;

@@ -375,6 +375,14 @@ impl<R: Registers> IoQueuePair<R> {
             self.start_reset(ResetReason::FatalStatus);
             return self.recover(on_complete);
         }
+        // RDY = 0 while no reset is under way (a reset marks the controller Resetting
+        // before it clears CC.EN): the controller stopped processing, and none of the
+        // outstanding commands will complete. Waiting for their deadlines, then for an
+        // Abort the controller cannot answer, only delays the reset.
+        if !csts.rdy() && self.inner.health() == Health::Live {
+            self.start_reset(ResetReason::ReadyLost);
+            return self.recover(on_complete);
+        }
         let expired = self.slots.iter().find(|(_, f)| now >= f.deadline && !f.expired);
         let Some((cid, already_aborted, opcode)) = expired.map(|(cid, f)| (cid, f.aborted, f.opcode)) else {
             return 0;
@@ -416,7 +424,7 @@ impl<R: Registers> IoQueuePair<R> {
     /// status) and resets the controller.
     fn start_reset(&mut self, reason: ResetReason) {
         let now = clock::now();
-        let expire_all = reason == ResetReason::FatalStatus;
+        let expire_all = matches!(reason, ResetReason::FatalStatus | ResetReason::ReadyLost);
         for f in self.slots.values_mut() {
             if expire_all || now >= f.deadline {
                 f.expired = true;
@@ -743,13 +751,17 @@ impl<R: Registers> Drop for IoQueuePair<R> {
             });
             return;
         }
-        // SAFETY: the controller deleted both queues, so it no longer reads or writes the
-        // rings or the PRP lists; this is the only place they are dropped and `self` is not
-        // used afterwards.
+        // SAFETY: `delete_io_queue_pair` returned Ok, so the controller no longer touches
+        // this pair's memory: it deleted both queues, or a reset since `self.generation`
+        // made it forget them (CSTS.RDY = 0 after CC.EN = 0), or it failed quiesced
+        // (disabled, or Bus Master Enable cleared) and issues no DMA. This is the only
+        // place the SQ ring is dropped, and `self` is not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.sq) };
-        // SAFETY: the CQ was deleted too (see above); dropped once, here.
+        // SAFETY: as for the SQ: the controller no longer writes the CQ ring; dropped
+        // once, here.
         unsafe { ManuallyDrop::drop(&mut self.cq) };
-        // SAFETY: no command is outstanding on a deleted SQ, so no PRP list is in use.
+        // SAFETY: as for the SQ: the controller fetches and runs no command of this pair
+        // any more, so it reads no PRP list page; dropped once, here.
         unsafe { ManuallyDrop::drop(&mut self.lists) };
     }
 }

@@ -98,6 +98,13 @@ pub(crate) struct Orphan {
 pub(crate) struct CreateFailed {
     pub(crate) error: Error,
     /// Whether the controller may still have the CQ or the SQ (so may use their rings).
+    /// False when Create I/O CQ never reached the controller (the controller was failed,
+    /// or the admin queue refused it: [`Error::QueueFull`] and the other errors raised
+    /// before a command is posted), when the controller refused it ([`Error::Command`]),
+    /// and when a reset or a quiesced failure made it forget every queue since. True when
+    /// a create command was posted and never answered ([`Error::Timeout`],
+    /// [`Error::Fatal`], [`Error::Removed`]) and no reset followed, or when the CQ exists
+    /// and deleting it again failed.
     pub(crate) queues_may_exist: bool,
     /// The controller generation the attempt was made in.
     pub(crate) generation: u64,
@@ -501,7 +508,9 @@ impl<R: Registers> Controller<R> {
     /// queue).
     pub fn take_async_events(&self) -> Vec<AsyncEvent> {
         let mut admin = self.admin();
-        admin.take_events(&self.inner.regs)
+        let events = admin.take_events(&self.inner.regs);
+        self.inner.reset_if_event_log_overdue(&mut admin);
+        events
     }
 
     /// Asynchronous Event Requests outstanding now.
@@ -559,7 +568,11 @@ impl<R: Registers> Inner<R> {
         timeout: Duration,
     ) -> Result<Completion, Error> {
         if self.health() == Health::Failed {
-            return Err(Error::ControllerFailed(self.failure().unwrap_or_default()));
+            return Err(self.failed_error());
+        }
+        self.reset_if_event_log_overdue(admin);
+        if self.health() == Health::Failed {
+            return Err(self.failed_error());
         }
         let seen = self.generation.load(Ordering::Acquire);
         let result = admin.execute(&self.regs, cmd, data, timeout);
@@ -574,6 +587,22 @@ impl<R: Registers> Inner<R> {
             _ => {}
         }
         result
+    }
+
+    /// Resets the controller if the Get Log Page read for an asynchronous event missed its
+    /// deadline (the admin timeout), as for any admin command that did: under the admin
+    /// lock the caller holds, so nothing reuses the event log buffer before the controller
+    /// is disabled, and the reset sends the Asynchronous Event Requests again.
+    fn reset_if_event_log_overdue(&self, admin: &mut AdminQueue) {
+        if !admin.event_log_overdue() || self.health() == Health::Failed {
+            return;
+        }
+        tracing::warn!(
+            timeout = ?self.config.admin_timeout,
+            "the controller did not answer an asynchronous event's Get Log Page in time; resetting it"
+        );
+        let seen = self.generation.load(Ordering::Acquire);
+        let _ = self.reset_locked(admin, ResetReason::AdminTimeout, seen);
     }
 
     /// Whether the controller has forgotten every I/O queue created in `generation`: a
@@ -677,7 +706,7 @@ impl<R: Registers> Inner<R> {
         let contiguous = true;
         if self.health() == Health::Failed {
             return Err(CreateFailed {
-                error: Error::ControllerFailed(self.failure().unwrap_or_default()),
+                error: self.failed_error(),
                 queues_may_exist: false, // nothing was sent
                 generation: self.generation.load(Ordering::Acquire),
             });
@@ -696,8 +725,8 @@ impl<R: Registers> Inner<R> {
         let timeout = self.config.admin_timeout;
         match self.execute_locked(&mut admin, create_cq, AdminData::None, timeout) {
             Ok(_) => {}
-            // Refused: there is no CQ.
-            Err(e @ Error::Command { .. }) => return Err(failed(e, false)),
+            // Refused, or never posted (e.g. the admin queue was full): there is no CQ.
+            Err(e) if !may_still_run(&e) => return Err(failed(e, false)),
             Err(e) => {
                 let forgot = self.forgot_queues_of(generation);
                 return Err(failed(e, !forgot));
@@ -710,7 +739,7 @@ impl<R: Registers> Inner<R> {
         if self.forgot_queues_of(generation) {
             return Err(failed(e, false));
         }
-        if !matches!(e, Error::Command { .. }) {
+        if may_still_run(&e) {
             // The SQ may exist too, and the controller could not be reset.
             return Err(failed(e, true));
         }
@@ -728,7 +757,7 @@ impl<R: Registers> Inner<R> {
         let result = if self.forgot_queues_of(generation) {
             Ok(()) // a reset deleted them, or the controller is failed and quiet
         } else if self.health() == Health::Failed {
-            Err(Error::ControllerFailed(self.failure().unwrap_or_default()))
+            Err(self.failed_error())
         } else {
             let mut admin = self.admin();
             if self.forgot_queues_of(generation) {
@@ -791,6 +820,15 @@ impl<R: Registers> Inner<R> {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// Whether an admin command that failed with `e` may still be run by the controller: it
+/// was posted and never answered ([`Error::Timeout`], [`Error::Fatal`], [`Error::Removed`]).
+/// Every other error means the controller completed it ([`Error::Command`]) or it was
+/// never posted ([`Error::QueueFull`], [`Error::ControllerFailed`], [`Error::Dma`],
+/// [`Error::TransferTooLarge`], [`Error::Prp`]).
+fn may_still_run(e: &Error) -> bool {
+    matches!(e, Error::Timeout { .. } | Error::Fatal { .. } | Error::Removed { .. })
 }
 
 impl<R: Registers> Drop for Inner<R> {

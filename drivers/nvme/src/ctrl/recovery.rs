@@ -5,7 +5,8 @@
 //! [`super::ControllerConfig::abort_timeout`] — whether the controller said it aborted it or
 //! not — the controller is reset. An admin command past its deadline (the reset then runs
 //! under the admin lock, so no other command reuses memory the late command may write),
-//! CSTS.CFS = 1, or a failed Abort also lead to a reset. Register reads
+//! CSTS.CFS = 1, CSTS.RDY = 0 seen by a
+//! queue pair while no reset runs, or a failed Abort also lead to a reset. Register reads
 //! of all ones mean the device is gone: Bus Master Enable is cleared and the controller is
 //! marked failed.
 //!
@@ -41,6 +42,9 @@ pub enum ResetReason {
     AdminTimeout,
     /// The controller reported a fatal error (CSTS.CFS = 1).
     FatalStatus,
+    /// CSTS.RDY went to 0 while the controller was enabled and working, without CSTS.CFS
+    /// (§3.1.4: the controller no longer processes commands).
+    ReadyLost,
     /// The caller asked for it ([`super::Controller::reset`]).
     Requested,
 }
@@ -133,7 +137,16 @@ impl<R: Registers> Inner<R> {
     /// not (registers read all ones, the disable timed out), Bus Master Enable is cleared
     /// first, as Linux does; only if that works are buffers of unfinished commands handed
     /// back (`quiesced`), else they are leaked.
+    ///
+    /// Idempotent: once failed and quiesced, later calls change nothing (no configuration
+    /// space write, no second report). Once failed but not quiesced, a later call tries to
+    /// quiesce again and keeps the first reason.
     pub(crate) fn fail(&self, reason: String, disabled: bool) {
+        let already_failed = self.health() == Health::Failed;
+        if already_failed && self.quiesced.load(Ordering::Acquire) {
+            tracing::debug!(%reason, "nvme controller already failed");
+            return;
+        }
         let quiesced = disabled
             || match self.regs.disable_bus_master() {
                 Ok(()) => true,
@@ -143,9 +156,21 @@ impl<R: Registers> Inner<R> {
                 }
             };
         self.quiesced.store(quiesced, Ordering::Release);
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+        {
+            let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            if failure.is_none() {
+                *failure = Some(reason.clone());
+            }
+        }
         self.health.store(Health::Failed as u8, Ordering::Release);
-        self.notify(RecoveryEvent::Failed { reason });
+        if !already_failed {
+            self.notify(RecoveryEvent::Failed { reason });
+        }
+    }
+
+    /// [`Error::ControllerFailed`] with the reason the controller failed.
+    pub(crate) fn failed_error(&self) -> Error {
+        Error::ControllerFailed(self.failure().unwrap_or_else(|| "controller failed".into()))
     }
 
     /// Why the controller failed, if it did.
@@ -155,7 +180,9 @@ impl<R: Registers> Inner<R> {
 
     /// Resets the controller unless another thread already did since `seen_generation`.
     ///
-    /// Errors: the reset's own failure (the controller is then marked failed).
+    /// Errors: the reset's own failure (the controller is then marked failed);
+    /// [`Error::ControllerFailed`] if the controller had failed already, or failed while
+    /// the reset ran (e.g. a queue pair saw its registers read all ones).
     pub(crate) fn reset(&self, reason: ResetReason, seen_generation: u64) -> Result<(), Error> {
         let mut admin = self.admin();
         self.reset_locked(&mut admin, reason, seen_generation)
@@ -173,17 +200,24 @@ impl<R: Registers> Inner<R> {
             return Ok(()); // someone else reset it meanwhile
         }
         if self.health() == Health::Failed {
-            return Err(Error::QueueDead {
-                qid: 0,
-                reason: "controller failed",
-            });
+            return Err(self.failed_error());
         }
         self.health.store(Health::Resetting as u8, Ordering::Release);
         self.notify(RecoveryEvent::ResetStarting(reason));
         match self.disable_and_reinit(admin) {
             Ok(()) => {
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                self.health.store(Health::Live as u8, Ordering::Release);
+                // fail() runs without the admin lock (a queue pair that read all ones):
+                // a failure during the reset stands, the reset's success does not undo it.
+                let back = self.health.compare_exchange(
+                    Health::Resetting as u8,
+                    Health::Live as u8,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if back.is_err() {
+                    return Err(self.failed_error());
+                }
                 self.notify(RecoveryEvent::ResetDone { generation });
                 Ok(())
             }

@@ -583,6 +583,35 @@ fn a_half_created_queue_keeps_its_qid_when_its_cq_cannot_be_deleted() {
     works(&r, &mut q);
 }
 
+/// Submits a read (tag 1, LBA 40) the controller holds for `delay`, then makes BAR0
+/// unreachable, and polls until the read comes back — it must, with Aborted by Host,
+/// before its data would move.
+fn read_held_while_the_bar_goes(
+    r: &Rig,
+    q: &mut IoQueuePair<SimController>,
+    ns: &Namespace,
+    delay: Duration,
+) -> IoCompletion {
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        times: Some(1),
+        action: FaultAction::Delay(delay),
+        ..Default::default()
+    });
+    q.read(ns, 40, r.buf(4096), 1).unwrap();
+    q.ring();
+    r.sim.set_bar_unreachable(true);
+    let mut back = None;
+    let deadline = Instant::now() + delay - Duration::from_millis(50);
+    while back.is_none() && Instant::now() < deadline {
+        q.poll(usize::MAX, |c| back = Some(c));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let c = back.expect("the read fails once the device is seen gone, before its data would move");
+    assert_eq!(c.status, Status::ABORTED_BY_HOST);
+    c
+}
+
 #[test]
 fn registers_reading_all_ones_clear_bus_master_before_buffers_come_back() {
     // BAR0 stops answering, but the controller still holds a slow read that will move
@@ -593,23 +622,7 @@ fn registers_reading_all_ones_clear_bus_master_before_buffers_come_back() {
     let mut b = r.buf(4096);
     b.as_mut_slice().fill(0x5A);
     q.write_at(&ns, 40, b).unwrap();
-    r.sim.inject(FaultRule {
-        opcode: Some(nvm::READ),
-        times: Some(1),
-        action: FaultAction::Delay(Duration::from_millis(300)),
-        ..Default::default()
-    });
-    q.read(&ns, 40, r.buf(4096), 1).unwrap();
-    q.ring();
-    r.sim.set_bar_unreachable(true);
-    let mut back = None;
-    let deadline = Instant::now() + Duration::from_millis(250);
-    while back.is_none() && Instant::now() < deadline {
-        q.poll(usize::MAX, |c| back = Some(c));
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let c = back.expect("the read fails once the device is seen gone, before its data would move");
-    assert_eq!(c.status, Status::ABORTED_BY_HOST);
+    let c = read_held_while_the_bar_goes(&r, &mut q, &ns, Duration::from_millis(300));
     let mut buf = c.buf.expect("the buffer comes back: the device cannot DMA");
     assert!(!r.sim.bus_master(), "Bus Master Enable was not cleared");
     buf.as_mut_slice().fill(0xEE); // the caller reuses its buffer
@@ -642,5 +655,89 @@ fn a_timeout_while_deleting_a_queue_resets_the_controller() {
     let mut q = r.ctrl.create_io_queue_pair().unwrap();
     assert_eq!(q.qid(), 1, "the reset deleted the queues, so their QID is free");
     works(&r, &mut q);
+    assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
+}
+
+#[test]
+fn a_failure_during_a_reset_is_not_undone_by_the_reset_succeeding() {
+    // fail() runs without the admin lock (a queue pair's deadline scan that read all
+    // ones): here it runs while a reset is under way, from the observer of its start. It
+    // says the device is quiet (`disabled`) so Bus Master Enable stays set and the
+    // simulated device still answers the reset's commands: the reset succeeds.
+    let inner_slot: Arc<std::sync::OnceLock<std::sync::Weak<Inner<SimController>>>> = Arc::default();
+    let failures = Arc::new(Mutex::new(0));
+    let (slot, count) = (Arc::clone(&inner_slot), Arc::clone(&failures));
+    let config = ControllerConfig {
+        recovery_observer: Some(RecoveryObserver(Arc::new(move |e| match e {
+            RecoveryEvent::ResetStarting(_) => {
+                if let Some(inner) = slot.get().and_then(std::sync::Weak::upgrade) {
+                    inner.fail("registers read all ones during the reset".into(), true);
+                    // Seen twice (another queue pair, the same scan again): changes nothing.
+                    inner.fail("a second report".into(), true);
+                }
+            }
+            RecoveryEvent::Failed { .. } => *count.lock().unwrap() += 1,
+            _ => {}
+        }))),
+        ..Default::default()
+    };
+    let sim = SimController::new(SimConfig::default());
+    let ctrl = Controller::init(sim.clone(), Arc::new(sim.dma()), config).expect("init");
+    inner_slot.set(Arc::downgrade(&ctrl.inner)).ok().unwrap();
+    let e = ctrl
+        .reset()
+        .expect_err("the reset must report the failure that happened meanwhile");
+    assert!(
+        matches!(&e, Error::ControllerFailed(r) if r.contains("all ones")),
+        "{e:?}"
+    );
+    assert_eq!(
+        ctrl.inner.health(),
+        recovery::Health::Failed,
+        "the reset made it live again"
+    );
+    assert_eq!(
+        ctrl.failure().as_deref(),
+        Some("registers read all ones during the reset")
+    );
+    assert_eq!(*failures.lock().unwrap(), 1, "the failure is reported once");
+    // A reset of a failed controller says why it failed.
+    let e = ctrl.reset().unwrap_err();
+    assert!(
+        matches!(&e, Error::ControllerFailed(r) if r.contains("all ones")),
+        "{e:?}"
+    );
+    let e = ctrl.identify_controller().unwrap_err();
+    assert!(matches!(e, Error::ControllerFailed(_)), "{e:?}");
+}
+
+#[test]
+fn buffers_are_withheld_when_bus_master_cannot_be_cleared() {
+    // As above, but PCI configuration space is gone too (a real surprise removal): Bus
+    // Master Enable cannot be cleared, the controller still holds a slow read that moves
+    // its data when due, so the read's buffer must never come back. The test frees every
+    // buffer it gets back, so a device write into one would be a DMA violation.
+    let r = rig(SimConfig::default());
+    let ns = r.ctrl.namespace(1).unwrap();
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    let delay = Duration::from_millis(300);
+    r.sim.set_config_space_follows_bar(true);
+    let c = read_held_while_the_bar_goes(&r, &mut q, &ns, delay);
+    assert!(
+        c.buf.is_none(),
+        "the buffer came back though Bus Master Enable could not be cleared"
+    );
+    drop(c);
+    assert!(r.sim.bus_master(), "the simulated config space refused the write");
+    assert!(r.ctrl.failure().unwrap().contains("gone"));
+    std::thread::sleep(delay + Duration::from_millis(100)); // past the read's due time
+    let _ = r.sim.stats(); // runs due commands
+    assert_eq!(r.sim.stats().dma_blocked, 0, "the device still had Bus Master Enable");
+    assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
+    // The pair is dead and says so; dropping it and the controller leaks, never frees.
+    let e = q.read(&ns, 0, r.buf(4096), 2).unwrap_err();
+    assert!(e.to_string().contains("dead"), "{e}");
+    drop(q);
+    drop(r.ctrl);
     assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
 }

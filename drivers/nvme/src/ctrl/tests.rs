@@ -643,3 +643,141 @@ fn a_namespace_whose_block_exceeds_the_largest_transfer_is_skipped() {
         }
     }
 }
+
+#[test]
+fn a_create_queue_command_the_admin_queue_refused_does_not_keep_the_qid() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(
+        &sim,
+        ControllerConfig {
+            io_queues: 1,
+            ..ControllerConfig::default()
+        },
+    );
+    assert_eq!(ctrl.io_queue_limit(), 1);
+    let taken = ctrl.admin().occupy_for_test();
+    for _ in 0..3 {
+        match ctrl.create_io_queue_pair() {
+            Err(Error::QueueFull(_)) => {}
+            Err(e) => panic!("expected the full admin queue to refuse Create I/O CQ, got: {e}"),
+            Ok(_) => panic!("created a queue pair through a full admin queue"),
+        }
+    }
+    ctrl.admin().free_for_test(&taken);
+    // Create I/O CQ was never sent: the QID is free again, with no reset.
+    let q = ctrl
+        .create_io_queue_pair()
+        .expect("the only QID was orphaned by a command that was never sent");
+    assert_eq!(q.qid(), 1);
+    assert_eq!(ctrl.reset_count(), 0);
+    drop(q);
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+}
+
+#[test]
+fn an_event_log_read_the_controller_never_answers_resets_it_and_events_flow_again() {
+    let sim = sim_with(SimConfig::default());
+    let timeout = std::time::Duration::from_millis(50);
+    let ctrl = start(
+        &sim,
+        ControllerConfig {
+            admin_timeout: timeout,
+            ..ControllerConfig::default()
+        },
+    );
+    let outstanding = ctrl.outstanding_async_event_requests();
+    // The event's Get Log Page (RAE = 0) vanishes inside the device.
+    sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::GET_LOG_PAGE),
+        times: Some(1),
+        ..FaultRule::new(FaultAction::Lost)
+    });
+    sim.raise_async_event(1, 0, 0x02);
+    let started = std::time::Instant::now();
+    let mut events = Vec::new();
+    while ctrl.reset_count() == 0 {
+        events.extend(ctrl.take_async_events());
+        assert!(
+            started.elapsed() < timeout * 20,
+            "no reset {:?} after the event log read was lost ({} requests outstanding, {outstanding} before): \
+             events of every type stay unreported",
+            started.elapsed(),
+            ctrl.outstanding_async_event_requests()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(started.elapsed() >= timeout, "reset before the deadline");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(ctrl.outstanding_async_event_requests(), outstanding);
+    assert_eq!(ctrl.failure(), None);
+    // The reset unmasked the type and sent the requests again: the next event arrives.
+    sim.raise_async_event(1, 1, 0x02);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        got = ctrl.take_async_events();
+        assert!(started.elapsed() < timeout * 40, "the next event never arrived");
+    }
+    assert_eq!(got[0].info, 1);
+    ctrl.identify_controller().expect("admin commands work after the reset");
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+}
+
+#[test]
+fn admin_queues_too_small_for_async_events_are_refused_and_small_ones_still_work() {
+    for entries in [2, 3] {
+        let sim = sim_with(SimConfig::default());
+        let config = ControllerConfig {
+            admin_queue_entries: entries,
+            ..ControllerConfig::default()
+        };
+        match Controller::init(sim.clone(), Arc::new(sim.dma()), config) {
+            Err(Error::Config(msg)) => assert!(msg.contains("asynchronous events"), "{msg}"),
+            Err(e) => panic!("{entries} entries: wrong error {e}"),
+            Ok(ctrl) => {
+                let r = ctrl.identify_controller();
+                panic!(
+                    "{entries} admin entries with asynchronous events accepted \
+                     ({} requests outstanding); a synchronous command then gives {:?}",
+                    ctrl.outstanding_async_event_requests(),
+                    r.map(|i| i.vid)
+                );
+            }
+        }
+        // Without asynchronous events the small queue works.
+        let ctrl = start(
+            &sim_with(SimConfig::default()),
+            ControllerConfig {
+                admin_queue_entries: entries,
+                async_events: false,
+                ..ControllerConfig::default()
+            },
+        );
+        ctrl.identify_controller().expect("identify on a small admin queue");
+        assert_eq!(ctrl.outstanding_async_event_requests(), 0);
+    }
+    // The smallest queue that takes events: a request, the event's log read and a
+    // synchronous command fit together.
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(
+        &sim,
+        ControllerConfig {
+            admin_queue_entries: 4,
+            ..ControllerConfig::default()
+        },
+    );
+    assert_eq!(ctrl.outstanding_async_event_requests(), 1);
+    for round in 0..3u8 {
+        sim.raise_async_event(1, round, 0x02);
+        ctrl.identify_controller()
+            .expect("identify while an event is processed");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut got = Vec::new();
+        while got.is_empty() && std::time::Instant::now() < deadline {
+            got = ctrl.take_async_events();
+        }
+        assert_eq!(got.len(), 1, "event {round}");
+    }
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+}

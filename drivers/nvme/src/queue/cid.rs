@@ -15,7 +15,12 @@ use std::collections::VecDeque;
 /// has completed and whose slot now holds a new command — carries an old generation and
 /// is refused instead of completing the new command, whose buffer the device may still
 /// be writing. With `capacity` slots there are `16 − ⌈log2 capacity⌉` generation bits:
-/// 13 for a 7-command queue, 4 for a 4095-command one.
+/// 13 for a 7-command queue, 4 for a 4095-command one, none above 32768 (such tables
+/// cannot tell a stale completion from a new command's). The generation that would make
+/// CID FFFFh is skipped, so when the capacity is a power of two the slot whose index bits
+/// are all ones has one generation fewer than the others. With one generation bit that
+/// slot would have a single generation, so a table asked for 32768 slots tracks 32767:
+/// whenever there are generation bits, every slot has at least two generations.
 pub struct CidTable<T> {
     slots: Box<[Option<T>]>,
     /// The generation each slot's next (or current) command carries.
@@ -27,7 +32,9 @@ pub struct CidTable<T> {
 
 impl<T> CidTable<T> {
     /// A table for `capacity` outstanding commands (1..=65535; CID 0xFFFF is never used
-    /// because the Error Information log reserves it to mean "no command").
+    /// because the Error Information log reserves it to mean "no command"). A capacity of
+    /// 32768 gives a table of 32767 (see the type's documentation): [`Self::capacity`]
+    /// says how many it tracks.
     ///
     /// # Panics
     ///
@@ -38,6 +45,13 @@ impl<T> CidTable<T> {
             "CID table capacity {capacity} is outside 1..=65535"
         );
         let index_bits = usize::BITS - (capacity - 1).leading_zeros();
+        // One generation bit, and slot 7FFFh exists: its second generation would make CID
+        // FFFFh, so it would never change generation. Leave that slot out.
+        let capacity = if index_bits == 15 && capacity == 1 << 15 {
+            capacity - 1
+        } else {
+            capacity
+        };
         CidTable {
             slots: (0..capacity).map(|_| None).collect(),
             generations: vec![0; capacity].into_boxed_slice(),
@@ -215,19 +229,50 @@ mod tests {
 
     #[test]
     fn generations_wrap_and_never_make_cid_ffff() {
-        for capacity in [1, 2, 3, 4, 7, 8, 255, 256, 4096, 32768, 32769, 65535] {
+        // (capacity asked, capacity tracked, generations of the last slot): 2^(generation
+        // bits), one fewer when the last slot's index bits are all ones (the generation
+        // making CID FFFFh is skipped), 1 without generation bits.
+        let cases = [
+            (1, 1, 65535),
+            (2, 2, 32767),
+            (3, 3, 16384),
+            (4, 4, 16383),
+            (7, 7, 8192),
+            (8, 8, 8191),
+            (255, 255, 256),
+            (256, 256, 255),
+            (4096, 4096, 15),
+            (32767, 32767, 2),
+            (32768, 32767, 2),
+            (32769, 32769, 1),
+            (65535, 65535, 1),
+        ];
+        for (capacity, tracked, generations) in cases {
             let mut t = CidTable::new(capacity);
-            let last = (capacity - 1) as u16;
+            assert_eq!(t.capacity(), tracked, "capacity {capacity}");
+            let last = (tracked - 1) as u16;
             // Fill every slot but the last, so the last is the only one handed out.
             let others: Vec<u16> = (0..last).map(|_| t.insert(()).unwrap()).collect();
-            let mut seen = std::collections::HashSet::new();
-            for _ in 0..70_000 {
+            // Two full turns of the last slot's generations and a bit.
+            let rounds = 2 * generations + 3;
+            let mut cids = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
                 let cid = t.insert(()).unwrap();
                 assert_ne!(cid, 0xFFFF, "capacity {capacity}");
-                seen.insert(cid);
+                assert_eq!(t.slot(cid), Some(last as usize), "capacity {capacity}");
+                cids.push(cid);
                 t.remove(cid).unwrap();
             }
-            assert!(!seen.is_empty());
+            let distinct: std::collections::HashSet<_> = cids.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                generations,
+                "capacity {capacity}: generations of slot {last}"
+            );
+            // Each generation once per turn, then the turn repeats: the generation wrapped.
+            for (i, &cid) in cids.iter().enumerate() {
+                assert_eq!(cid, cids[i % generations], "capacity {capacity}: CID {i} did not wrap");
+            }
             for cid in others {
                 t.remove(cid).unwrap();
             }

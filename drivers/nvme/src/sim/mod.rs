@@ -243,6 +243,16 @@ impl SimController {
         self.lock().bar_dead = on;
     }
 
+    /// Makes PCI configuration space fail together with BAR0, as a real surprise removal
+    /// does (config reads return all ones, writes are lost): while on, whenever registers
+    /// read all ones ([`SimController::set_removed`], [`SimController::set_bar_unreachable`],
+    /// [`Misbehaviour::Removed`], a power cut), [`Registers::disable_bus_master`] fails and
+    /// Bus Master Enable stays set — so a controller whose BAR is unreachable goes on moving
+    /// the data of commands it already holds. Off by default.
+    pub fn set_config_space_follows_bar(&self, on: bool) {
+        self.lock().config_follows_bar = on;
+    }
+
     /// Bus Master Enable (PCI Command register bit 2): set when the controller is created,
     /// cleared by [`Registers::disable_bus_master`]. While clear the controller issues no
     /// DMA: it fetches no command, posts no completion, and drops delayed commands that
@@ -452,9 +462,20 @@ impl Registers for SimController {
         self.lock().write_reg(offset, 8, value);
     }
 
-    /// Configuration space stays reachable whatever BAR0 does.
+    /// Configuration space stays reachable whatever BAR0 does, unless
+    /// [`SimController::set_config_space_follows_bar`] is on and BAR0 reads all ones: then
+    /// the PCI Command register reads FFFFh, Bus Master Enable stays as it was and this
+    /// fails.
     fn disable_bus_master(&self) -> Result<(), crate::hw::BusMasterError> {
-        self.lock().bus_master = false;
+        let mut st = self.lock();
+        if st.config_follows_bar && (st.removed || st.bar_dead || st.power.off) {
+            return Err(crate::hw::BusMasterError(
+                "simulated controller: PCI configuration space reads all ones (Command register \
+                 FFFFh) after a surprise removal; Bus Master Enable cannot be cleared"
+                    .into(),
+            ));
+        }
+        st.bus_master = false;
         Ok(())
     }
 }

@@ -224,6 +224,9 @@ pub(super) struct State {
     /// nothing, and delayed commands that come due are dropped (counted in
     /// `counters.dma_blocked`).
     pub(super) bus_master: bool,
+    /// PCI configuration space fails whenever BAR0 reads all ones (Bus Master Enable
+    /// cannot be cleared then).
+    pub(super) config_follows_bar: bool,
     /// The power-loss model of the volatile write cache; `power.off` after a power cut.
     pub(super) power: PowerModel,
     /// CC.MPS in bytes, fixed at enable.
@@ -289,6 +292,7 @@ impl State {
             removed: false,
             bar_dead: false,
             bus_master: true,
+            config_follows_bar: false,
             power: PowerModel::default(),
             page_size: 4096,
             sqs: (0..queues).map(|_| None).collect(),
