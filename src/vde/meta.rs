@@ -730,6 +730,28 @@ mod tests {
     use crate::{Backend, Device, OpenOptions};
     use std::os::unix::fs::FileExt;
 
+    /// A 256-block (1 MiB) image file in a fresh temporary directory (kept alive by the
+    /// returned guard).
+    fn scratch_image() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vde.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(256 * BLOCK as u64)
+            .unwrap();
+        (dir, path)
+    }
+
+    /// `path` opened on the psync backend with 4 KiB blocks.
+    fn psync(path: &std::path::Path) -> Device {
+        let o = OpenOptions {
+            backend: Some(Backend::Psync),
+            file_block_size: Some(4096),
+            ..Default::default()
+        };
+        Device::open(path.to_str().unwrap(), &o).unwrap()
+    }
+
     /// Caught by the allocation bound of fuzz/fuzz_targets/vde_open.rs: an inode (in a
     /// block with a valid checksum) whose extents lie outside the data region, or overlap
     /// to more blocks than the region holds, was served by `get`, which allocated the sum
@@ -737,20 +759,8 @@ mod tests {
     /// an extent on the superblock returned the superblock's bytes as the object.
     #[test]
     fn inodes_reaching_outside_the_data_region_are_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vde.img");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(256 * BLOCK as u64)
-            .unwrap();
-        let device = || {
-            let o = OpenOptions {
-                backend: Some(Backend::Psync),
-                file_block_size: Some(4096),
-                ..Default::default()
-            };
-            Device::open(path.to_str().unwrap(), &o).unwrap()
-        };
+        let (_dir, path) = scratch_image();
+        let device = || psync(&path);
         let vde = Vde::format(device(), 0, VdeOptions::default()).unwrap();
         vde.put(b"k", b"value").unwrap();
         let ino = vde.stat(b"k").unwrap().inode;
@@ -807,20 +817,8 @@ mod tests {
     /// it corrupt.
     #[test]
     fn journal_images_must_be_sealed_blocks_of_their_home() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vde.img");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(256 * BLOCK as u64)
-            .unwrap();
-        let device = || {
-            let o = OpenOptions {
-                backend: Some(Backend::Psync),
-                file_block_size: Some(4096),
-                ..Default::default()
-            };
-            Device::open(path.to_str().unwrap(), &o).unwrap()
-        };
+        let (_dir, path) = scratch_image();
+        let device = || psync(&path);
         let vde = Vde::format(device(), 0, VdeOptions::default()).unwrap();
         vde.checkpoint().unwrap();
         vde.put(b"k", b"value").unwrap();
