@@ -116,7 +116,7 @@ mod tests {
             "fence (Acquire);",
             "compiler_fence(Ordering::SeqCst);",
             "core::sync::atomic::compiler_fence(SeqCst);",
-            "unsafe { std::arch::asm!(\"mfence\") }",
+            "std::arch::asm!(\"mfence\")",
         ] {
             assert!(bare_barrier(code).is_some(), "{code}");
         }

@@ -751,11 +751,12 @@ impl<R: Registers> Drop for IoQueuePair<R> {
             });
             return;
         }
-        // SAFETY: `delete_io_queue_pair` returned Ok, so the controller no longer touches
-        // this pair's memory: it deleted both queues, or a reset since `self.generation`
-        // made it forget them (CSTS.RDY = 0 after CC.EN = 0), or it failed quiesced
-        // (disabled, or Bus Master Enable cleared) and issues no DMA. This is the only
-        // place the SQ ring is dropped, and `self` is not used afterwards.
+        // `delete_io_queue_pair` returned Ok, so the controller no longer touches this
+        // pair's memory: it deleted both queues, or a reset since `self.generation` made it
+        // forget them (CSTS.RDY = 0 after CC.EN = 0), or it failed quiesced (disabled, or
+        // Bus Master Enable cleared) and issues no DMA.
+        // SAFETY: the controller no longer reads the SQ ring (above); this is the only
+        // place it is dropped, and `self` is not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.sq) };
         // SAFETY: as for the SQ: the controller no longer writes the CQ ring; dropped
         // once, here.
