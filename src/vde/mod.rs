@@ -53,6 +53,7 @@
 //! journal's size), and each lane's staging buffers. Listing is paged ([`Vde::list`]).
 
 pub mod bitmap;
+pub mod block;
 pub mod btree;
 pub mod format;
 pub mod fsck;
@@ -88,6 +89,20 @@ pub enum VdeError {
         kind: &'static str,
         /// What is wrong.
         reason: String,
+    },
+    /// A format-2 metadata block is not what its parent (or, for blocks without a parent,
+    /// its own checksum) says it must be: a lost, stale, torn or misdirected write, or a
+    /// block of another store.
+    #[error("corrupt {kind} block {block}: expected {expected}, found {found}")]
+    Mismatch {
+        /// The block number (4 KiB blocks from the start of the namespace).
+        block: u64,
+        /// What the block should be.
+        kind: &'static str,
+        /// What its reader expected (generation and checksum from the parent pointer).
+        expected: String,
+        /// What the block holds.
+        found: String,
     },
     /// An object's data extent does not match its checksum.
     #[error("object {key:?}: data extent {extent} (blocks {start}..{end}) does not match its checksum")]
