@@ -59,6 +59,7 @@ pub mod format;
 pub mod fsck;
 pub mod lane;
 pub mod meta;
+pub mod space;
 pub mod tree;
 
 use self::bitmap::Bitmap;
