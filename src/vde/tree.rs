@@ -307,7 +307,7 @@ impl<'a> View<'a> {
                     Tree::MAX_KEY
                 )));
             }
-            let (vlen, end) = if level == 0 {
+            let end = if level == 0 {
                 let vlen = usize::from(get16(p, at + 2));
                 if klen + vlen > Tree::MAX_ENTRY {
                     return Err(bad(format!(
@@ -316,15 +316,14 @@ impl<'a> View<'a> {
                         Tree::MAX_ENTRY
                     )));
                 }
-                (vlen, at + 4 + klen + vlen)
+                at + 4 + klen + vlen
             } else {
-                (0, at + 2 + klen + BlockPtr::SIZE)
+                at + 2 + klen + BlockPtr::SIZE
             };
             if end > p.len() {
                 return Err(bad(format!("entry {i} of {n} runs beyond the payload")));
             }
             let key = &p[at + fixed..at + fixed + klen];
-            let _ = vlen;
             if level == 0 || i > 0 {
                 if let Some(q) = prev
                     && q >= key
@@ -1141,6 +1140,14 @@ mod tests {
         }
     }
 
+    /// Whether every dirty interior node's key 0 is empty.
+    fn key0_empty(c: &Child) -> bool {
+        match c {
+            Child::Clean(_) => true,
+            Child::Dirty(n) => (n.level == 0 || n.keys[0].is_empty()) && n.kids.iter().all(key0_empty),
+        }
+    }
+
     /// Every node of the committed tree, with its level, birth and entries (pre-order).
     type Walked = Vec<(BlockPtr, u16, Vec<(Vec<u8>, Vec<u8>)>)>;
 
@@ -1318,6 +1325,7 @@ mod tests {
                 }
             }
             assert_eq!(tree.dirty_nodes(), tree.root.as_ref().map_or(0, count_dirty));
+            assert!(tree.root.as_ref().is_none_or(key0_empty));
         }
         // Emptying the tree (in an order of its own, committing now and then) releases
         // every block.
@@ -1548,12 +1556,6 @@ mod tests {
         let mut t = Tree::open(KIND, Some(root));
         assert_eq!(t.remove(&mut io, b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(t.dirty_nodes(), t.root.as_ref().map_or(0, count_dirty));
-        fn key0_empty(c: &Child) -> bool {
-            match c {
-                Child::Clean(_) => true,
-                Child::Dirty(n) => (n.level == 0 || n.keys[0].is_empty()) && n.kids.iter().all(key0_empty),
-            }
-        }
         assert!(key0_empty(t.root.as_ref().unwrap()), "an interior key 0 is not empty");
         let r = t.commit(&mut io).unwrap();
         let all = walk_all(&mut io, r, 0);
