@@ -244,6 +244,8 @@ pub enum Device {
     /// The simulated controller with ironvme's driver.
     #[cfg(feature = "sim")]
     Sim(ironvme_nvme::ctrl::Controller<ironvme_nvme::sim::SimController>),
+    /// A VDE volume or snapshot (`vde:DEV:VOL[@SNAP]`) on a store on another device.
+    Volume(Box<crate::vde::volume::VolumeDevice>),
 }
 
 impl Device {
@@ -253,6 +255,11 @@ impl Device {
     /// Errors: [`Error::Open`] for a missing or unusable path; the chosen backend's error,
     /// which names the backend and the reason ([`Error::Vfio`], [`Error::Kernel`], ...).
     pub fn open(spec: &str, options: &OpenOptions) -> Result<Device, Error> {
+        if let Some(volume) = crate::vde::volume::VolumeSpec::parse(spec) {
+            return Ok(Device::Volume(Box::new(crate::vde::volume::VolumeDevice::open(
+                &volume?, options,
+            )?)));
+        }
         let target = Target::parse(spec)?;
         let (backend, why) = choose_backend(&target, options);
         if let Some(why) = why {
@@ -320,6 +327,7 @@ impl Device {
             Device::Psync(..) => Backend::Psync,
             #[cfg(feature = "sim")]
             Device::Sim(_) => Backend::Sim,
+            Device::Volume(v) => v.device().backend(),
         }
     }
 
@@ -333,6 +341,7 @@ impl Device {
             Device::Psync(d, _) => vec![d.namespace().clone()],
             #[cfg(feature = "sim")]
             Device::Sim(c) => c.namespaces().iter().map(|n| n.info()).collect(),
+            Device::Volume(v) => vec![v.namespace().clone()],
         }
     }
 
@@ -363,6 +372,7 @@ impl Device {
             }
             #[cfg(feature = "sim")]
             Device::Sim(c) => Arc::clone(c.dma()),
+            Device::Volume(v) => v.device().dma(),
         }
     }
 
@@ -373,7 +383,7 @@ impl Device {
             Device::Vfio(v) => Some(&v.controller),
             Device::Ioctl(d, _) => Some(d),
             Device::UringCmd(d, _) => Some(d),
-            Device::Uring(..) | Device::Psync(..) => None,
+            Device::Uring(..) | Device::Psync(..) | Device::Volume(_) => None,
             #[cfg(feature = "sim")]
             Device::Sim(c) => Some(c),
         }
@@ -401,6 +411,7 @@ impl Device {
             Device::Psync(d, _) => IoQueue::Psync(d.create_queue(depth)?),
             #[cfg(feature = "sim")]
             Device::Sim(c) => IoQueue::Sim(NamespaceQueue::new(c, ns.nsid, entries)?),
+            Device::Volume(v) => IoQueue::Volume(Box::new(v.create_queue(depth)?)),
         })
     }
 }
@@ -448,6 +459,8 @@ pub enum IoQueue {
     /// The simulated controller.
     #[cfg(feature = "sim")]
     Sim(NamespaceQueue<ironvme_nvme::sim::SimController>),
+    /// A VDE volume.
+    Volume(Box<crate::vde::volume::VolumeQueue>),
 }
 
 macro_rules! each_backend {
@@ -460,6 +473,7 @@ macro_rules! each_backend {
             IoQueue::Psync($q) => $body,
             #[cfg(feature = "sim")]
             IoQueue::Sim($q) => $body,
+            IoQueue::Volume($q) => $body,
         }
     };
 }

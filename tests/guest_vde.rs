@@ -12,7 +12,6 @@ use ironvme::{Backend, Device, OpenOptions};
 use vde_suite::*;
 
 /// Inodes for guest stores: enough for the tests, few enough that format is quick.
-const INODES: u64 = 4096;
 
 fn open_device(spec: &str, backend: Backend) -> Device {
     let o = OpenOptions {
@@ -28,7 +27,7 @@ fn options(nsid: Option<u32>) -> VdeOptions {
 
 /// The suite on one device: the model with reopens, refusals, and threads.
 fn suite(spec: &str, backend: Backend, nsid: Option<u32>) {
-    let vde = Vde::format(open_device(spec, backend), INODES, options(nsid))
+    let vde = Vde::format(open_device(spec, backend), options(nsid))
         .unwrap_or_else(|e| panic!("{backend} {spec}: format: {e}"));
     assert_eq!(vde.device().backend(), backend);
     refusals(&vde);
@@ -114,7 +113,7 @@ fn killed_writers_on_vfio() {
     use std::os::unix::process::CommandExt;
     let ctrl = OnVfio::bind("IRONVME_VFIO_4K_BDF");
     let dev = ctrl.bdf.clone();
-    Vde::format(open_device(&dev, Backend::Vfio), 2048, small())
+    Vde::format(open_device(&dev, Backend::Vfio), small())
         .unwrap()
         .close()
         .unwrap();
@@ -185,7 +184,7 @@ fn hold(spec: &str, backend: Backend) -> Held {
     let target = ironvme::Target::parse(spec).unwrap();
     let claim = ironvme::claim::Claim::acquire(&target, spec, ironvme::claim::Access::Exclusive)
         .unwrap_or_else(|e| panic!("claim {spec}: {e}"));
-    let vde = Vde::format(open_device(spec, backend), INODES, small()).unwrap_or_else(|e| panic!("format {spec}: {e}"));
+    let vde = Vde::format(open_device(spec, backend), small()).unwrap_or_else(|e| panic!("format {spec}: {e}"));
     Held { vde, _claim: claim }
 }
 

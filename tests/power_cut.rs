@@ -194,10 +194,10 @@ fn round_in_guest() {
         .expect("open the VFIO controller")
     };
     let vde = if round == 0 {
-        Vde::format(open(), 4096, options()).expect("format")
+        Vde::format(open(), options()).expect("format")
     } else {
         let vde = Vde::open(open(), options()).expect("open after the power cut");
-        let stats = vde.info().unwrap().stats;
+        let stats = vde.info().unwrap().pool;
         println!("round {round}: opened after the cut: {stats:?}");
         for r in 0..round {
             let log = std::fs::read_to_string(logs.join(format!("round{r}.log"))).unwrap();

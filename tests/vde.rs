@@ -115,7 +115,7 @@ proptest! {
     #[test]
     fn every_size_that_formats_opens_again((blocks, inodes) in store_sizes()) {
         let disk = sparse_disk(blocks);
-        let vde = match Vde::format(disk.device(), inodes, small()) {
+        let vde = match Vde::format(disk.device(), small()) {
             Ok(v) => v,
             Err(VdeError::TooSmall { .. }) => return Ok(()),
             Err(e) => panic!("{blocks} blocks, {inodes} inodes: format: {e}"),
@@ -148,7 +148,7 @@ fn a_blank_or_tiny_device_is_refused_clearly() {
     assert!(matches!(disk.open(), Err(VdeError::NotFormatted)));
     let tiny = Disk::new(Backend::Psync, 0);
     std::fs::File::create(&tiny.path).unwrap().set_len(512 * 1024).unwrap();
-    let e = Vde::format(tiny.device(), 0, small()).err().unwrap();
+    let e = Vde::format(tiny.device(), small()).err().unwrap();
     assert!(matches!(e, VdeError::TooSmall { .. }), "{e}");
     // The format counts 4 KiB blocks: a store made through 512 B logical blocks reads the
     // same through 4 KiB ones.
@@ -644,7 +644,7 @@ mod power_loss {
             let sim = SimController::new(config());
             sim.set_volatile_write_cache(true);
             let dev = Device::simulated(sim.clone(), Default::default()).unwrap();
-            let vde = Vde::format(dev, 0, small()).unwrap();
+            let vde = Vde::format(dev, small()).unwrap();
             // Baseline objects, acknowledged.
             for i in 0..6u64 {
                 vde.put(
@@ -765,7 +765,7 @@ mod power_loss {
         let sim = SimController::new(config());
         let dev = Device::simulated(sim.clone(), Default::default()).unwrap();
         let opts = ironvme::vde::VdeOptions { lanes: 1, ..small() };
-        let vde = Vde::format(dev, 0, opts.clone()).unwrap();
+        let vde = Vde::format(dev, opts.clone()).unwrap();
         vde.put(b"k", b"value").unwrap();
         vde.close().unwrap();
         let vde =
@@ -851,7 +851,7 @@ mod power_loss {
     fn the_simulated_controller_runs_the_model() {
         let sim = SimController::new(config());
         let dev = Device::simulated(sim.clone(), Default::default()).unwrap();
-        let vde = Vde::format(dev, 0, small()).unwrap();
+        let vde = Vde::format(dev, small()).unwrap();
         let current = std::cell::RefCell::new(sim);
         // Reopen = a fresh controller on the same media.
         model_run(vde, 11, 120, 25, &|v: Vde| {

@@ -42,7 +42,7 @@ pub enum VdeCommand {
     Rm(KeyArgs),
     /// Lists keys (starting with PREFIX), in byte order.
     Ls(LsArgs),
-    /// Shows an object's size, inode, version and extents.
+    /// Shows an object's size, version (txg) and extents.
     Stat(KeyArgs),
     /// Checks every invariant of the store and every checksum; exits 1 on any violation.
     Fsck(StoreJson),
@@ -50,6 +50,106 @@ pub enum VdeCommand {
     Info(StoreJson),
     /// Put or get throughput and latency of objects of one size, like `ironvme perf`.
     Bench(BenchArgs),
+    /// Thin volumes: create, ls, rm, resize. A volume opens as `vde:DEV:VOL` wherever a
+    /// device is taken (`perf`, `verify`).
+    #[command(subcommand)]
+    Vol(VolCommand),
+    /// Snapshots of volumes: create, ls, rm. A snapshot opens read-only as
+    /// `vde:DEV:VOL@SNAP`.
+    #[command(subcommand)]
+    Snap(SnapCommand),
+    /// Makes a writable volume NEWVOL from snapshot VOL@SNAP, sharing its blocks.
+    Clone(CloneArgs),
+    /// Discards every write to VOL since its newest snapshot VOL@SNAP.
+    Rollback(SnapArgs),
+}
+
+/// `ironvme vde vol` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VolCommand {
+    /// Creates a thin volume of --size bytes (nothing is allocated until written).
+    Create(VolSizeArgs),
+    /// Lists volumes with their size, referenced, used and unique bytes (ZFS's refer and
+    /// used).
+    Ls(StoreJson),
+    /// Deletes a volume (with --recursive, its snapshots too).
+    Rm(VolRmArgs),
+    /// Changes a volume's size; shrinking frees the blocks past the new end.
+    Resize(VolSizeArgs),
+}
+
+/// `ironvme vde snap` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapCommand {
+    /// Takes snapshot VOL@NAME: O(1) whatever the volume's size; it holds exactly the
+    /// writes completed before it.
+    Create(SnapArgs),
+    /// Lists snapshots (of VOL, or of every volume) with referenced and used bytes (used:
+    /// what deleting it frees).
+    Ls(SnapLsArgs),
+    /// Deletes snapshot VOL@NAME, freeing what nothing else references.
+    Rm(SnapArgs),
+}
+
+/// A volume name and a size.
+#[derive(Debug, Args)]
+pub struct VolSizeArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The volume's name (1 to 64 of A-Z a-z 0-9 _ . -).
+    pub name: String,
+    /// Size (64g, 512m, ...; a multiple of 4 KiB).
+    #[arg(long, value_parser = parse_nonzero_size)]
+    pub size: u64,
+}
+
+/// Arguments of `vde vol rm`.
+#[derive(Debug, Args)]
+pub struct VolRmArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The volume.
+    pub name: String,
+    /// Delete its snapshots too (refused whole if one of them has clones).
+    #[arg(long, short = 'r')]
+    pub recursive: bool,
+}
+
+/// A snapshot `VOL@NAME`.
+#[derive(Debug, Args)]
+pub struct SnapArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// VOL@NAME.
+    pub snapshot: String,
+}
+
+/// Arguments of `vde snap ls`.
+#[derive(Debug, Args)]
+pub struct SnapLsArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only this volume's snapshots.
+    pub volume: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `vde clone`.
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The origin, VOL@SNAP.
+    pub snapshot: String,
+    /// The new volume.
+    pub new: String,
 }
 
 /// DEV and how to open it.
@@ -72,9 +172,6 @@ pub struct FormatArgs {
     /// The device.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Inodes (the most objects the store will hold). Default: one per 32 KiB of space.
-    #[arg(long, default_value_t = 0)]
-    pub inodes: u64,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub force: bool,
@@ -238,7 +335,7 @@ fn options(s: &StoreArgs, read_only: bool) -> VdeOptions {
 
 fn fail(dev: &str, e: VdeError) -> CliError {
     match e {
-        VdeError::NotFound(_) | VdeError::BadKey(_) | VdeError::ObjectTooLarge(_) => {
+        VdeError::NotFound(_) | VdeError::BadKey(_) | VdeError::ObjectTooLarge(_) | VdeError::Exists(_) => {
             CliError::Invalid(format!("{dev}: {e}"))
         }
         _ => CliError::Failed(format!("{dev}: {e}")),
@@ -296,8 +393,7 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
             }
             writeln!(out, "key      : {}", a.key)?;
             writeln!(out, "size     : {} bytes", st.size)?;
-            writeln!(out, "inode    : {}", st.inode)?;
-            writeln!(out, "version  : {}", st.version)?;
+            writeln!(out, "version  : {} (the txg that wrote it)", st.version)?;
             let ex: Vec<String> = st.extents.iter().map(|(s, n)| format!("{s}+{n}")).collect();
             writeln!(out, "extents  : {} (4 KiB blocks: start+count)", ex.join(" "))?;
             Ok(())
@@ -312,8 +408,15 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
             } else {
                 writeln!(
                     out,
-                    "{}: {} objects, {} inodes, {} index nodes (depth {}), {} data blocks, {} bytes checksummed",
-                    a.store.dev, r.objects, r.inodes, r.index_nodes, r.depth, r.data_blocks, r.bytes_checked
+                    "{}: {} objects, {} volumes, {} snapshots, {} metadata blocks, {} data blocks, {} bytes checksummed, {} blocks in use",
+                    a.store.dev,
+                    r.objects,
+                    r.volumes,
+                    r.snapshots,
+                    r.meta_blocks,
+                    r.data_blocks,
+                    r.bytes_checked,
+                    r.used_blocks
                 )?;
                 for v in &r.violations {
                     writeln!(out, "VIOLATION: {v}")?;
@@ -337,33 +440,142 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
             if a.json {
                 return write_json(out, &serde_json::to_value(info).map_err(io::Error::from)?);
             }
-            let l = info.layout;
-            writeln!(out, "{}: VDE of {} blocks of 4 KiB", a.store.dev, l.total_blocks)?;
-            for (name, r) in crate::vde::format::REGIONS.iter().zip(l.regions()) {
-                writeln!(
-                    out,
-                    "  {name:<30} blocks {:>10} .. {:>10}  ({} blocks)",
-                    r.start,
-                    r.end(),
-                    r.blocks
-                )?;
-            }
             writeln!(
                 out,
-                "objects {}, inodes {}/{}",
-                info.objects,
-                info.inodes_used,
-                l.inode_count()
+                "{}: VDE format 2, {} blocks of 4 KiB, uuid {}",
+                a.store.dev, info.total_blocks, info.uuid
             )?;
-            writeln!(out, "data blocks used {}/{}", info.data_blocks_used, l.data.blocks)?;
             writeln!(
                 out,
-                "journal sequence {}, superblock generation {}",
-                info.seq, info.generation
+                "  intent log: blocks {} .. {} ({} blocks)",
+                info.log_start,
+                info.log_start + info.log_blocks,
+                info.log_blocks
             )?;
+            writeln!(
+                out,
+                "  blocks in use {}/{} ({:.1}%)",
+                info.used_blocks,
+                info.total_blocks,
+                info.used_blocks as f64 * 100.0 / info.total_blocks as f64
+            )?;
+            writeln!(out, "  objects {}, last committed txg {}", info.objects, info.txg)?;
             Ok(())
         }
         VdeCommand::Bench(a) => bench(a, out),
+        VdeCommand::Vol(c) => vol(c, out),
+        VdeCommand::Snap(c) => snap(c, out),
+        VdeCommand::Clone(a) => {
+            let (v, s) = split_snapshot(&a.snapshot)?;
+            let vde = open(&a.store, Access::Exclusive, "vde clone")?;
+            vde.clone_snapshot(v, s, &a.new).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)
+        }
+        VdeCommand::Rollback(a) => {
+            let (v, s) = split_snapshot(&a.snapshot)?;
+            let vde = open(&a.store, Access::Exclusive, "vde rollback")?;
+            vde.rollback(v, s).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)
+        }
+    }
+}
+
+/// `VOL@SNAP` as (VOL, SNAP).
+///
+/// Errors: [`CliError::Invalid`] without an `@`.
+fn split_snapshot(s: &str) -> Result<(&str, &str), CliError> {
+    s.split_once('@')
+        .filter(|(v, n)| !v.is_empty() && !n.is_empty())
+        .ok_or_else(|| CliError::Invalid(format!("{s:?} is not a snapshot: write VOL@NAME")))
+}
+
+/// Bytes for tables: 4.0K, 1.5M, 64.0G (binary units, as `zfs list` shows them).
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn datasets_table(out: &mut dyn Write, rows: &[crate::vde::DatasetInfo], json: bool) -> Result<(), CliError> {
+    if json {
+        return write_json(out, &serde_json::to_value(rows).map_err(io::Error::from)?);
+    }
+    writeln!(
+        out,
+        "{:<32} {:>9} {:>9} {:>9} {:>9}  ORIGIN",
+        "NAME", "SIZE", "USED", "REFER", "UNIQUE"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<32} {:>9} {:>9} {:>9} {:>9}  {}",
+            r.name,
+            human(r.size),
+            human(r.used),
+            human(r.refer),
+            human(r.unique),
+            r.origin.as_deref().unwrap_or("-")
+        )?;
+    }
+    Ok(())
+}
+
+fn vol(c: &VolCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match c {
+        VolCommand::Create(a) => {
+            let vde = open(&a.store, Access::Exclusive, "vde vol create")?;
+            vde.vol_create(&a.name, a.size).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)
+        }
+        VolCommand::Resize(a) => {
+            let vde = open(&a.store, Access::Exclusive, "vde vol resize")?;
+            vde.vol_resize(&a.name, a.size).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)
+        }
+        VolCommand::Rm(a) => {
+            let vde = open(&a.store, Access::Exclusive, "vde vol rm")?;
+            vde.vol_remove(&a.name, a.recursive)
+                .map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)
+        }
+        VolCommand::Ls(a) => {
+            let vde = open(&a.store, Access::Shared, "vde vol ls")?;
+            let rows = vde.vol_list().map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)?;
+            datasets_table(out, &rows, a.json)
+        }
+    }
+}
+
+fn snap(c: &SnapCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match c {
+        SnapCommand::Create(a) => {
+            let (v, s) = split_snapshot(&a.snapshot)?;
+            let vde = open(&a.store, Access::Exclusive, "vde snap create")?;
+            vde.snap_create(v, s).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)
+        }
+        SnapCommand::Rm(a) => {
+            let (v, s) = split_snapshot(&a.snapshot)?;
+            let vde = open(&a.store, Access::Exclusive, "vde snap rm")?;
+            vde.snap_remove(v, s).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)
+        }
+        SnapCommand::Ls(a) => {
+            let vde = open(&a.store, Access::Shared, "vde snap ls")?;
+            let rows = vde.snap_list(a.volume.as_deref()).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)?;
+            datasets_table(out, &rows, a.json)
+        }
     }
 }
 
@@ -404,19 +616,18 @@ fn format(
     }
     let (device, claim) = claim_device(&a.store, Access::Exclusive, "vde format")?;
     let vde = Store {
-        vde: Vde::format(device, a.inodes, options(&a.store, false)).map_err(|e| fail(&a.store.dev, e))?,
+        vde: Vde::format(device, options(&a.store, false)).map_err(|e| fail(&a.store.dev, e))?,
         _claim: claim,
     };
     let info = vde.info().map_err(|e| fail(&a.store.dev, e))?;
     close(vde, &a.store.dev)?;
     writeln!(
         out,
-        "{}: formatted: {} data blocks of 4 KiB ({} MiB), {} inodes, journal {} blocks",
+        "{}: formatted: VDE format 2, {} blocks of 4 KiB ({} MiB), intent log {} blocks",
         a.store.dev,
-        info.layout.data.blocks,
-        info.layout.data.blocks * 4 / 1024,
-        info.layout.inode_count(),
-        info.layout.journal.blocks
+        info.total_blocks,
+        info.total_blocks * 4 / 1024,
+        info.log_blocks
     )?;
     Ok(())
 }
@@ -475,6 +686,9 @@ pub struct BenchReport {
     /// MiB/s, measured for 0.2 s before the run. Every put and get hashes each object byte
     /// once, so one thread's `mib_per_s` stays below it.
     pub xxh3_mib_per_s: f64,
+    /// Device Flushes (intent log and commits) per acknowledged operation over the whole
+    /// run (puts made before a get run included).
+    pub flushes_per_op: f64,
 }
 
 fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
@@ -536,6 +750,7 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         all.add(r.map_err(|e| fail(&a.store.dev, e))?).expect("same bounds");
     }
     let backend = vde.device().backend().to_string();
+    let flushes_per_op = vde.info().map_err(|e| fail(&a.store.dev, e))?.flushes_per_op;
     close(vde, &a.store.dev)?;
     // Histogram values are ns: one tick per ns.
     let lat = Latency::from_ticks(&all, (all.min(), all.max()), 1.0);
@@ -552,6 +767,7 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         time_s: secs,
         cpu_percent: (user1 - user0 + sys1 - sys0) / secs * 100.0,
         xxh3_mib_per_s,
+        flushes_per_op,
     };
     if a.json {
         return write_json(out, &serde_json::to_value(&report).map_err(io::Error::from)?);
@@ -563,8 +779,8 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
     )?;
     writeln!(
         out,
-        "  ops/s {:.0}   MiB/s {:.1}   cpu {:.0}%   (xxh3-64 on one thread: {:.0} MiB/s)",
-        report.ops_per_s, report.mib_per_s, report.cpu_percent, report.xxh3_mib_per_s
+        "  ops/s {:.0}   MiB/s {:.1}   cpu {:.0}%   flushes/op {:.2}   (xxh3-64 on one thread: {:.0} MiB/s)",
+        report.ops_per_s, report.mib_per_s, report.cpu_percent, report.flushes_per_op, report.xxh3_mib_per_s
     )?;
     if let Some(l) = lat {
         let pct: Vec<String> = PERCENTILES

@@ -93,13 +93,13 @@ impl Lane {
     }
 
     /// Writes `data` like [`Lane::write`], zero-padded to a whole number of blocks, and
-    /// returns the xxh3-64 of the padded bytes, computed piece by piece while the device
+    /// returns the xxh3-64 (with `seed`; 0 is plain xxh3-64) of the padded bytes, computed piece by piece while the device
     /// writes the pieces before (each piece's doorbell is rung as soon as it is staged),
     /// so hashing costs no time the device is busy anyway.
     ///
     /// Errors: [`VdeError::Io`] naming the first failed piece.
-    pub fn write_hashed(&mut self, start: u64, data: &[u8]) -> Result<u64, VdeError> {
-        let mut h = Xxh3::new();
+    pub fn write_hashed(&mut self, start: u64, data: &[u8], seed: u64) -> Result<u64, VdeError> {
+        let mut h = Xxh3::with_seed(seed);
         self.transfer(start, Dir::Write(data, Some(&mut h)))?;
         Ok(h.digest())
     }

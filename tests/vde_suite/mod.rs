@@ -194,7 +194,7 @@ pub fn fill(vde: &Vde) {
 
 /// Formats `device` small enough for tests.
 pub fn format(device: Device) -> Vde {
-    Vde::format(device, 0, small()).expect("format")
+    Vde::format(device, small()).expect("format")
 }
 
 /// After a process writing keys `k0..k{n}` was killed in round `round` — its log has a

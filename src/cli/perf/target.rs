@@ -12,6 +12,9 @@
 //! stops before opening anything (opening a VFIO controller already resets it) and says
 //! which flag confirms.
 //!
+//! A VDE volume (`vde:DEV:VOL`) is written like a regular file: naming it is consent,
+//! since writing it changes only the volume; opening it claims the store's device.
+//!
 //! # One writer, and none while the kernel uses the device
 //!
 //! A command that writes holds an exclusive [`Claim`] on DEV for as long as it writes
@@ -95,6 +98,22 @@ pub fn open_claimed(
     claim: Option<(Access, &str)>,
     allow_write: bool,
 ) -> Result<IoDevice, CliError> {
+    if let Some(spec) = crate::vde::volume::VolumeSpec::parse(dev) {
+        // A VDE volume: writing it is consent enough (it changes only the volume, as
+        // writing a regular file changes only the file), and the device claims the
+        // store's device itself (exclusive for a volume, shared for a snapshot).
+        spec?;
+        let options = OpenOptions {
+            backend,
+            ..Default::default()
+        };
+        let device = Device::open(dev, &options)?;
+        return Ok(IoDevice {
+            device,
+            name: dev.to_string(),
+            claim: Claim::none(),
+        });
+    }
     let target = Target::parse(dev)?;
     let claim = match claim {
         Some((access, what)) => {

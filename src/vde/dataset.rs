@@ -1,0 +1,1425 @@
+//! Thin volumes, snapshots and clones (format 2), tracked ZFS's way: by birth txg and
+//! dead lists.
+//!
+//! A **volume** is a dataset whose extent map sends volume blocks (4 KiB) to data
+//! extents; unmapped blocks read as zeros. Every extent and every tree node records its
+//! birth txg. A **snapshot** `VOL@SNAP` is a dataset record holding the volume's extent
+//! map root as it was when txg `T` committed: creating one commits the open txg and
+//! copies one pointer, whatever the volume's size. The volume remembers `prev_txg`, the
+//! txg of its newest snapshot (or of its origin, for a clone).
+//!
+//! When the volume stops referencing a block (an overwrite, Write Zeroes, Deallocate, or
+//! copying a tree node on write), the block is freed at once if it was born after
+//! `prev_txg` (no snapshot can hold it), and otherwise goes on the volume's **dead
+//! list**, keyed by (birth, block). Creating a snapshot hands the volume's dead list to
+//! the snapshot and starts an empty one. Deleting snapshot S, between P (the one before,
+//! `S.prev_txg`) and N (the one after, or the volume):
+//!
+//! - the entries of N's dead list born in `(P.txg, S.txg]` were held by S alone: freed;
+//! - S's own dead list (blocks born before P, which P holds) moves to N's;
+//! - S's dead-list tree blocks are freed.
+//!
+//! No scan of the whole volume, and exactly the blocks nothing else references are
+//! freed. Why birth times rather than reference counts: a snapshot costs one pointer
+//! instead of touching a count for every shared extent, a partial overwrite of a shared
+//! extent needs no count splitting, and `send` finds what changed since a snapshot by
+//! pruning every subtree born before it (`docs/vde-format.md` has the longer argument).
+//!
+//! A **clone** is a volume whose extent map starts as a snapshot's; `prev_txg` is the
+//! snapshot's txg, so blocks it shares with its origin go on its dead list when it
+//! overwrites them. A snapshot with clones cannot be deleted (as in ZFS, without
+//! promotion).
+
+use super::VdeError;
+use super::block::{BLOCK, BlockPtr, NodeKind};
+use super::format::{get32, get64};
+use super::pool;
+use super::store::{State, Vde, rec};
+use super::tree::{Tree, Visit};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Longest data extent of a volume, in blocks (128 KiB): its per-block checksums fit a
+/// tree entry.
+pub const MAX_VOL_EXTENT: u64 = 32;
+/// Longest volume or snapshot name, bytes.
+pub const MAX_NAME: usize = 64;
+/// Dead list entry kinds.
+const DEAD_DATA: u8 = 0;
+const DEAD_META: u8 = 1;
+
+/// What a dataset record describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum DatasetKind {
+    /// A writable volume (or clone).
+    Volume,
+    /// A read-only snapshot.
+    Snapshot,
+}
+
+/// A dataset record in the dataset directory (key: `VOL` or `VOL@SNAP`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetRec {
+    /// Volume or snapshot.
+    pub kind: DatasetKind,
+    /// Unique id.
+    pub id: u64,
+    /// Size in bytes (a multiple of 4096).
+    pub size: u64,
+    /// The txg it was created in (a snapshot: the txg whose state it holds).
+    pub created_txg: u64,
+    /// A volume: its newest snapshot's txg, or its origin's, or 0. A snapshot: the txg of
+    /// the snapshot before it (or of the origin), or 0.
+    pub prev_txg: u64,
+    /// Root of the extent map.
+    pub extents: Option<BlockPtr>,
+    /// Root of the dead list.
+    pub deadlist: Option<BlockPtr>,
+    /// Data blocks the extent map references.
+    pub refer_blocks: u64,
+    /// Blocks (data and tree nodes) on the dead list.
+    pub dead_blocks: u64,
+    /// A snapshot: clones made from it.
+    pub clones: u32,
+    /// A clone: its origin snapshot `VOL@SNAP` (empty otherwise).
+    pub origin: Vec<u8>,
+}
+
+impl DatasetRec {
+    /// Encoded: `u8 kind, u8 0, u16 0, u32 block size (4096), u64 id, u64 size,
+    /// u64 created_txg, u64 prev_txg, BlockPtr extents, BlockPtr deadlist,
+    /// u64 refer_blocks, u64 dead_blocks, u32 clones, u8 origin length, origin`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![0u8; 109];
+        v[0] = match self.kind {
+            DatasetKind::Volume => 1,
+            DatasetKind::Snapshot => 2,
+        };
+        v[4..8].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+        for (at, x) in [
+            (8, self.id),
+            (16, self.size),
+            (24, self.created_txg),
+            (32, self.prev_txg),
+        ] {
+            v[at..at + 8].copy_from_slice(&x.to_le_bytes());
+        }
+        BlockPtr::put(self.extents, &mut v, 40);
+        BlockPtr::put(self.deadlist, &mut v, 64);
+        v[88..96].copy_from_slice(&self.refer_blocks.to_le_bytes());
+        v[96..104].copy_from_slice(&self.dead_blocks.to_le_bytes());
+        v[104..108].copy_from_slice(&self.clones.to_le_bytes());
+        v[108] = self.origin.len() as u8;
+        v.extend_from_slice(&self.origin);
+        v
+    }
+
+    /// Decodes a record.
+    ///
+    /// Errors: a description of what is wrong.
+    pub fn decode(v: &[u8]) -> Result<DatasetRec, String> {
+        if v.len() < 109 {
+            return Err(format!("dataset record of {} bytes is too short", v.len()));
+        }
+        let kind = match v[0] {
+            1 => DatasetKind::Volume,
+            2 => DatasetKind::Snapshot,
+            k => return Err(format!("unknown dataset kind {k}")),
+        };
+        if get32(v, 4) as usize != BLOCK {
+            return Err(format!("volume block size {} is not {BLOCK}", get32(v, 4)));
+        }
+        let olen = v[108] as usize;
+        if v.len() != 109 + olen || olen > 2 * MAX_NAME + 1 {
+            return Err(format!("dataset record of {} bytes with an origin of {olen}", v.len()));
+        }
+        let size = get64(v, 16);
+        if size % BLOCK as u64 != 0 {
+            return Err(format!("volume size {size} is not a multiple of {BLOCK}"));
+        }
+        Ok(DatasetRec {
+            kind,
+            id: get64(v, 8),
+            size,
+            created_txg: get64(v, 24),
+            prev_txg: get64(v, 32),
+            extents: BlockPtr::get(v, 40),
+            deadlist: BlockPtr::get(v, 64),
+            refer_blocks: get64(v, 88),
+            dead_blocks: get64(v, 96),
+            clones: get32(v, 104),
+            origin: v[109..].to_vec(),
+        })
+    }
+}
+
+/// One data extent of a volume: `len` blocks at `pba`, born in `birth`, with the
+/// xxh3-64 (seeded with the store tag) of each block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolExtent {
+    /// First block on the device.
+    pub pba: u64,
+    /// Blocks (1..=[`MAX_VOL_EXTENT`]).
+    pub len: u64,
+    /// The txg that wrote it.
+    pub birth: u64,
+    /// One checksum per block.
+    pub sums: Vec<u64>,
+}
+
+impl VolExtent {
+    /// Encoded: `u64 pba, u32 len, u64 birth, len × u64 checksum`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(20 + 8 * self.sums.len());
+        v.extend_from_slice(&self.pba.to_le_bytes());
+        v.extend_from_slice(&(self.len as u32).to_le_bytes());
+        v.extend_from_slice(&self.birth.to_le_bytes());
+        for s in &self.sums {
+            v.extend_from_slice(&s.to_le_bytes());
+        }
+        v
+    }
+
+    /// Decodes and checks an extent against a pool `first..total`.
+    ///
+    /// Errors: a description of what is wrong.
+    pub fn decode(v: &[u8], first: u64, total: u64) -> Result<VolExtent, String> {
+        if v.len() < 20 {
+            return Err(format!("extent of {} bytes is too short", v.len()));
+        }
+        let (pba, len, birth) = (get64(v, 0), get32(v, 8) as u64, get64(v, 12));
+        if len == 0 || len > MAX_VOL_EXTENT || v.len() as u64 != 20 + 8 * len {
+            return Err(format!("extent of {len} blocks in {} bytes", v.len()));
+        }
+        if pba < first || pba.saturating_add(len) > total {
+            return Err(format!("extent {pba}+{len} is outside the pool {first}..{total}"));
+        }
+        Ok(VolExtent {
+            pba,
+            len,
+            birth,
+            sums: (0..len as usize).map(|i| get64(v, 20 + 8 * i)).collect(),
+        })
+    }
+
+    /// The blocks `from..from + n` of this extent (offsets in blocks).
+    fn slice(&self, from: u64, n: u64) -> VolExtent {
+        VolExtent {
+            pba: self.pba + from,
+            len: n,
+            birth: self.birth,
+            sums: self.sums[from as usize..(from + n) as usize].to_vec(),
+        }
+    }
+}
+
+fn vkey(vblock: u64) -> [u8; 8] {
+    vblock.to_be_bytes()
+}
+
+fn dkey(birth: u64, addr: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&birth.to_be_bytes());
+    k[8..].copy_from_slice(&addr.to_be_bytes());
+    k
+}
+
+/// An open volume (or snapshot, read-only) in memory: its record and trees.
+pub struct Head {
+    /// The record (roots as last committed; counters current).
+    pub rec: DatasetRec,
+    /// The extent map.
+    pub extents: Tree,
+    /// The dead list.
+    pub deadlist: Tree,
+    /// Changed since the last commit.
+    pub dirty: bool,
+}
+
+impl Head {
+    fn new(rec: DatasetRec) -> Head {
+        Head {
+            extents: Tree::open(NodeKind::Extents, rec.extents),
+            deadlist: Tree::open(NodeKind::Deadlist, rec.deadlist),
+            rec,
+            dirty: false,
+        }
+    }
+
+    /// Dirty tree nodes held.
+    pub fn dirty_nodes(&self) -> usize {
+        self.extents.dirty_nodes() + self.deadlist.dirty_nodes()
+    }
+}
+
+fn corrupt(name: &[u8], reason: String) -> VdeError {
+    VdeError::Corrupt {
+        block: 0,
+        kind: NodeKind::Datasets.name(),
+        reason: format!("{}: {reason}", String::from_utf8_lossy(name)),
+    }
+}
+
+fn not_found(name: &[u8]) -> VdeError {
+    VdeError::NotFound(String::from_utf8_lossy(name).into_owned())
+}
+
+/// Checks a volume or snapshot name part: 1..=64 bytes of `[A-Za-z0-9_.:-]`.
+///
+/// Errors: [`VdeError::Unsupported`] saying what is wrong.
+pub fn check_name(what: &str, name: &str) -> Result<(), VdeError> {
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+    {
+        return Err(VdeError::Unsupported(format!(
+            "{what} name {name:?}: use 1 to {MAX_NAME} of A-Z a-z 0-9 _ . : -"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `f` on the tree taken out of `st.datasets` (so `st.io()` can be borrowed).
+fn with_datasets<R>(
+    st: &mut State,
+    f: impl FnOnce(&mut Tree, &mut State) -> Result<R, VdeError>,
+) -> Result<R, VdeError> {
+    let mut t = std::mem::replace(&mut st.datasets, Tree::open(NodeKind::Datasets, None));
+    let r = f(&mut t, st);
+    st.datasets = t;
+    st.free_released();
+    r
+}
+
+/// The record of `name`, from an open head or the directory.
+pub fn lookup(st: &mut State, name: &[u8]) -> Result<Option<DatasetRec>, VdeError> {
+    if let Some(h) = st.heads.get(name) {
+        return Ok(Some(h.rec.clone()));
+    }
+    let v = with_datasets(st, |t, st| t.get(&mut st.io(), name))?;
+    v.map(|v| DatasetRec::decode(&v).map_err(|r| corrupt(name, r)))
+        .transpose()
+}
+
+fn store_rec(st: &mut State, name: &[u8], rec: &DatasetRec) -> Result<(), VdeError> {
+    if let Some(h) = st.heads.get_mut(name) {
+        h.rec = rec.clone();
+    }
+    let v = rec.encode();
+    with_datasets(st, |t, st| t.insert(&mut st.io(), name, &v).map(|_| ()))
+}
+
+/// Opens `name`'s head in `st.heads` (loading its record) and returns it taken out of
+/// the map; put it back with [`put_head`].
+fn take_head(st: &mut State, name: &[u8]) -> Result<Head, VdeError> {
+    if let Some(h) = st.heads.remove(name) {
+        return Ok(h);
+    }
+    let rec = lookup(st, name)?.ok_or_else(|| not_found(name))?;
+    Ok(Head::new(rec))
+}
+
+fn put_head(st: &mut State, name: &[u8], h: Head) {
+    st.heads.insert(name.to_vec(), h);
+}
+
+/// Routes the blocks the head's extent map released: born after `prev_txg` → freed; else
+/// → the dead list (a snapshot holds them).
+fn route(st: &mut State, h: &mut Head) -> Result<(), VdeError> {
+    let released = std::mem::take(&mut st.released);
+    for (addr, birth) in released {
+        kill(st, h, addr, 1, birth, DEAD_META)?;
+    }
+    Ok(())
+}
+
+/// `len` blocks at `addr` born in `birth` left the head: free them, or put them on its dead
+/// list when a snapshot (or the origin) still holds them.
+fn kill(st: &mut State, h: &mut Head, addr: u64, len: u64, birth: u64, kind: u8) -> Result<(), VdeError> {
+    if birth > h.rec.prev_txg {
+        st.space.free(addr, len);
+        return Ok(());
+    }
+    let mut v = (len as u32).to_le_bytes().to_vec();
+    v.push(kind);
+    let saved = std::mem::take(&mut st.released);
+    let r = h.deadlist.insert(&mut st.io(), &dkey(birth, addr), &v);
+    // Dead-list blocks belong to this dataset alone: freed, never routed.
+    st.free_released();
+    st.released = saved;
+    r?;
+    h.rec.dead_blocks += len;
+    Ok(())
+}
+
+/// The extents overlapping `vblock..vblock + n`, in order, as (first volume block, extent).
+fn overlapping(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Vec<(u64, VolExtent)>, VdeError> {
+    let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
+    let end = vblock + n;
+    let mut out = Vec::new();
+    let decode = |k: &[u8], v: &[u8]| -> Result<(u64, VolExtent), VdeError> {
+        let e = VolExtent::decode(v, first, total).map_err(|r| VdeError::Corrupt {
+            block: 0,
+            kind: NodeKind::Extents.name(),
+            reason: r,
+        })?;
+        let k: [u8; 8] = k.try_into().map_err(|_| VdeError::Corrupt {
+            block: 0,
+            kind: NodeKind::Extents.name(),
+            reason: format!("extent key of {} bytes", k.len()),
+        })?;
+        Ok((u64::from_be_bytes(k), e))
+    };
+    let mut cursor = vkey(vblock).to_vec();
+    if let Some((k, v)) = h.extents.floor(&mut st.io(), &vkey(vblock))? {
+        let (s, e) = decode(&k, &v)?;
+        if s + e.len > vblock {
+            let covers = s + e.len >= end;
+            out.push((s, e));
+            if covers {
+                return Ok(out);
+            }
+        }
+        cursor = k;
+    }
+    // Pages grow: most ranges end within the next extent or two.
+    let mut limit = 2;
+    loop {
+        let page = h.extents.page(&mut st.io(), Some(&cursor), limit)?;
+        let Some(last) = page.last() else { break };
+        cursor = last.0.clone();
+        for (k, v) in &page {
+            let (s, e) = decode(k, v)?;
+            if s >= end {
+                return Ok(out);
+            }
+            if out.last().is_none_or(|l| l.0 != s) {
+                out.push((s, e));
+            }
+        }
+        if page.len() < limit {
+            break;
+        }
+        limit = (limit * 2).min(64);
+    }
+    Ok(out)
+}
+
+/// Removes the mapping of `vblock..vblock + n` from the head: the extents it overlaps are
+/// cut (a partly covered extent keeps its other pieces: at most a head and a tail), the
+/// covered blocks are killed.
+fn unmap(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<(), VdeError> {
+    let end = vblock + n;
+    for (s, e) in overlapping(st, h, vblock, n)? {
+        let r = h.extents.remove(&mut st.io(), &vkey(s));
+        route(st, h)?;
+        r?;
+        let cut_from = vblock.max(s) - s;
+        let cut_to = end.min(s + e.len) - s;
+        if cut_from > 0 {
+            let r = h.extents.insert(&mut st.io(), &vkey(s), &e.slice(0, cut_from).encode());
+            route(st, h)?;
+            r?;
+        }
+        if cut_to < e.len {
+            let r = h.extents.insert(
+                &mut st.io(),
+                &vkey(s + cut_to),
+                &e.slice(cut_to, e.len - cut_to).encode(),
+            );
+            route(st, h)?;
+            r?;
+        }
+        kill(st, h, e.pba + cut_from, cut_to - cut_from, e.birth, DEAD_DATA)?;
+        h.rec.refer_blocks -= cut_to - cut_from;
+    }
+    h.dirty = true;
+    Ok(())
+}
+
+/// Maps `vblock..` to the new extent `e` (written in the open txg).
+fn map(st: &mut State, h: &mut Head, vblock: u64, e: &VolExtent) -> Result<(), VdeError> {
+    unmap(st, h, vblock, e.len)?;
+    let r = h.extents.insert(&mut st.io(), &vkey(vblock), &e.encode());
+    route(st, h)?;
+    r?;
+    st.space.commit_use(e.pba, e.len);
+    h.rec.refer_blocks += e.len;
+    h.dirty = true;
+    Ok(())
+}
+
+/// Writes every dirty head's trees and stores its record (called by the commit).
+///
+/// Errors: I/O errors.
+pub fn commit_heads(st: &mut State) -> Result<(), VdeError> {
+    let names: Vec<Vec<u8>> = st
+        .heads
+        .iter()
+        .filter(|(_, h)| h.dirty)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in names {
+        let mut h = st.heads.remove(&name).expect("listed");
+        let r = (|| {
+            let root = h.extents.commit(&mut st.io())?;
+            route(st, &mut h)?;
+            h.rec.extents = root;
+            let saved = std::mem::take(&mut st.released);
+            let dl = h.deadlist.commit(&mut st.io());
+            st.free_released();
+            st.released = saved;
+            h.rec.deadlist = dl?;
+            store_rec(st, &name, &h.rec)
+        })();
+        h.dirty = false;
+        st.heads.insert(name, h);
+        r?;
+    }
+    // Heads stay open (their trees are clean now); drop them past a bound.
+    if st.heads.len() > 256 {
+        st.heads.clear();
+    }
+    Ok(())
+}
+
+/// Where a volume's data is for a read: pieces in order, `None` for a hole.
+pub type Pieces = Vec<(u64, u64, Option<VolExtent>)>;
+
+fn pieces(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Pieces, VdeError> {
+    let mut out = Vec::new();
+    let mut at = vblock;
+    let end = vblock + n;
+    for (s, e) in overlapping(st, h, vblock, n)? {
+        if s > at {
+            out.push((at, s - at, None));
+        }
+        let from = at.max(s);
+        let to = end.min(s + e.len);
+        out.push((from, to - from, Some(e.slice(from - s, to - from))));
+        at = to;
+    }
+    if at < end {
+        out.push((at, end - at, None));
+    }
+    Ok(out)
+}
+
+/// A volume's or snapshot's space, as `vol ls` and `snap ls` show it (bytes).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DatasetInfo {
+    /// `VOL` or `VOL@SNAP`.
+    pub name: String,
+    /// Volume or snapshot.
+    pub kind: DatasetKind,
+    /// Volume size in bytes.
+    pub size: u64,
+    /// Bytes of data the dataset references (ZFS `refer`).
+    pub refer: u64,
+    /// A volume: bytes it uses with its snapshots (ZFS `used`: what destroying the volume
+    /// and its snapshots frees). A snapshot: what deleting it frees (its unique bytes).
+    pub used: u64,
+    /// Bytes referenced by this dataset alone (a volume: written since its newest
+    /// snapshot or origin; a snapshot: equal to `used`).
+    pub unique: u64,
+    /// The txg it was created in.
+    pub created_txg: u64,
+    /// A clone's origin snapshot.
+    pub origin: Option<String>,
+    /// A snapshot's clones.
+    pub clones: u32,
+}
+
+impl Vde {
+    fn writable(&self) -> Result<(), VdeError> {
+        if self.opts.read_only {
+            return Err(VdeError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// Creates a thin volume of `size` bytes (a multiple of 4096; nothing is allocated
+    /// until written). Durable when it returns.
+    ///
+    /// Errors: [`VdeError::Unsupported`] (name, size), [`VdeError::Exists`], I/O errors.
+    pub fn vol_create(&self, name: &str, size: u64) -> Result<(), VdeError> {
+        self.writable()?;
+        check_name("volume", name)?;
+        if size == 0 || size % BLOCK as u64 != 0 || size > (1u64 << 60) {
+            return Err(VdeError::Unsupported(format!(
+                "volume size {size} bytes: use a non-zero multiple of {BLOCK} bytes"
+            )));
+        }
+        let mut st = self.state()?;
+        if lookup(&mut st, name.as_bytes())?.is_some() {
+            return Err(VdeError::Exists(name.to_string()));
+        }
+        let rec = DatasetRec {
+            kind: DatasetKind::Volume,
+            id: st.next_dataset_id,
+            size,
+            created_txg: st.txg,
+            prev_txg: 0,
+            extents: None,
+            deadlist: None,
+            refer_blocks: 0,
+            dead_blocks: 0,
+            clones: 0,
+            origin: Vec::new(),
+        };
+        st.next_dataset_id += 1;
+        store_rec(&mut st, name.as_bytes(), &rec).map_err(|e| st.poison(e))?;
+        st.commit(&self.log)
+    }
+
+    /// Every dataset whose name starts with `prefix`, in name order (paged through the
+    /// directory; memory is one page plus the result).
+    fn datasets_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, DatasetRec)>, VdeError> {
+        let mut st = self.state()?;
+        // Open heads hold newer records than the directory: commit them first.
+        if st.heads.values().any(|h| h.dirty) {
+            st.commit(&self.log)?;
+        }
+        let mut out = Vec::new();
+        let mut cursor = prefix.to_vec();
+        if let Some(v) = with_datasets(&mut st, |t, st| t.get(&mut st.io(), prefix))? {
+            out.push((prefix.to_vec(), DatasetRec::decode(&v).map_err(|r| corrupt(prefix, r))?));
+        }
+        loop {
+            let page = with_datasets(&mut st, |t, st| t.page(&mut st.io(), Some(&cursor), 256))?;
+            let Some(last) = page.last() else { break };
+            cursor = last.0.clone();
+            for (k, v) in page {
+                if !k.starts_with(prefix) {
+                    return Ok(out);
+                }
+                let r = DatasetRec::decode(&v).map_err(|r| corrupt(&k, r))?;
+                out.push((k, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The snapshots of volume `vol`, oldest first.
+    fn snapshots_of(&self, vol: &str) -> Result<Vec<(Vec<u8>, DatasetRec)>, VdeError> {
+        let mut v = self.datasets_with_prefix(format!("{vol}@").as_bytes())?;
+        v.sort_by_key(|(_, r)| r.created_txg);
+        Ok(v)
+    }
+
+    /// Blocks on `rec`'s dead list born in `(after, upto]` (data only when `data_only`).
+    fn dead_between(&self, rec: &DatasetRec, after: u64, upto: u64, data_only: bool) -> Result<u64, VdeError> {
+        let mut st = self.state()?;
+        let mut t = Tree::open(NodeKind::Deadlist, rec.deadlist);
+        let mut sum = 0;
+        let mut cursor = dkey(after, u64::MAX).to_vec();
+        loop {
+            let page = t.page(&mut st.io(), Some(&cursor), 256)?;
+            let Some(last) = page.last() else { break };
+            cursor = last.0.clone();
+            for (k, v) in &page {
+                if k.len() != 16 || v.len() != 5 {
+                    return Err(VdeError::Corrupt {
+                        block: 0,
+                        kind: NodeKind::Deadlist.name(),
+                        reason: format!("dead list entry of {}+{} bytes", k.len(), v.len()),
+                    });
+                }
+                if get64_be(k, 0) > upto {
+                    return Ok(sum);
+                }
+                if !data_only || v[4] == DEAD_DATA {
+                    sum += get32(v, 0) as u64;
+                }
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Data blocks of `rec`'s extent map born after `after`.
+    fn born_after(&self, rec: &DatasetRec, after: u64) -> Result<u64, VdeError> {
+        let mut st = self.state()?;
+        let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
+        let mut sum = 0;
+        Tree::walk(&mut st.io(), NodeKind::Extents, rec.extents, after, &mut |v| {
+            if let Visit::Entry { value, .. } = v {
+                let e = VolExtent::decode(value, first, total).map_err(|r| VdeError::Corrupt {
+                    block: 0,
+                    kind: NodeKind::Extents.name(),
+                    reason: r,
+                })?;
+                if e.birth > after {
+                    sum += e.len;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(sum)
+    }
+
+    /// Volumes (no snapshots), with their space.
+    ///
+    /// Errors: I/O errors, [`VdeError::Corrupt`].
+    pub fn vol_list(&self) -> Result<Vec<DatasetInfo>, VdeError> {
+        let all = self.datasets_with_prefix(b"")?;
+        let mut out = Vec::new();
+        for (name, rec) in all.iter().filter(|(_, r)| r.kind == DatasetKind::Volume) {
+            let n = String::from_utf8_lossy(name).into_owned();
+            let origin_txg = self.origin_txg(rec)?;
+            let unique = self.born_after(rec, rec.prev_txg)?;
+            // Space freed if every snapshot went: dead-list blocks born after the origin,
+            // on the volume's list and its snapshots'.
+            let mut snaps = self.dead_between(rec, origin_txg, u64::MAX, true)?;
+            for (_, s) in all.iter().filter(|(k, _)| k.starts_with(format!("{n}@").as_bytes())) {
+                snaps += self.dead_between(s, origin_txg, u64::MAX, true)?;
+            }
+            // Blocks the volume references born after its origin, plus the snapshots'.
+            let own = self.born_after(rec, origin_txg)?;
+            out.push(DatasetInfo {
+                name: n,
+                kind: DatasetKind::Volume,
+                size: rec.size,
+                refer: rec.refer_blocks * BLOCK as u64,
+                used: (own + snaps) * BLOCK as u64,
+                unique: unique * BLOCK as u64,
+                created_txg: rec.created_txg,
+                origin: (!rec.origin.is_empty()).then(|| String::from_utf8_lossy(&rec.origin).into_owned()),
+                clones: 0,
+            });
+        }
+        Ok(out)
+    }
+
+    fn origin_txg(&self, rec: &DatasetRec) -> Result<u64, VdeError> {
+        if rec.origin.is_empty() {
+            return Ok(0);
+        }
+        let mut st = self.state()?;
+        Ok(lookup(&mut st, &rec.origin)?.map_or(0, |o| o.created_txg))
+    }
+
+    /// Snapshots of `vol` (every volume's for `None`), oldest first per volume.
+    ///
+    /// Errors: I/O errors, [`VdeError::Corrupt`], [`VdeError::NotFound`].
+    pub fn snap_list(&self, vol: Option<&str>) -> Result<Vec<DatasetInfo>, VdeError> {
+        let vols: Vec<String> = match vol {
+            Some(v) => {
+                let mut st = self.state()?;
+                lookup(&mut st, v.as_bytes())?.ok_or_else(|| not_found(v.as_bytes()))?;
+                vec![v.to_string()]
+            }
+            None => self.vol_list()?.into_iter().map(|i| i.name).collect(),
+        };
+        let mut out = Vec::new();
+        for v in vols {
+            let snaps = self.snapshots_of(&v)?;
+            for (i, (name, s)) in snaps.iter().enumerate() {
+                let next = match snaps.get(i + 1) {
+                    Some((_, n)) => n.clone(),
+                    None => {
+                        let mut st = self.state()?;
+                        lookup(&mut st, v.as_bytes())?.ok_or_else(|| not_found(v.as_bytes()))?
+                    }
+                };
+                let unique = self.dead_between(&next, s.prev_txg, s.created_txg, true)? * BLOCK as u64;
+                out.push(DatasetInfo {
+                    name: String::from_utf8_lossy(name).into_owned(),
+                    kind: DatasetKind::Snapshot,
+                    size: s.size,
+                    refer: s.refer_blocks * BLOCK as u64,
+                    used: unique,
+                    unique,
+                    created_txg: s.created_txg,
+                    origin: None,
+                    clones: s.clones,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes snapshot `vol@snap`: commits the open txg with the volume's extent map
+    /// shared by the snapshot. Costs one commit whatever the volume's size; holds exactly
+    /// the writes that completed before it.
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Exists`], [`VdeError::Unsupported`]
+    /// (name), I/O errors.
+    pub fn snap_create(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
+        self.writable()?;
+        check_name("snapshot", snap)?;
+        let full = format!("{vol}@{snap}");
+        let mut st = self.state()?;
+        let rec = lookup(&mut st, vol.as_bytes())?.ok_or_else(|| not_found(vol.as_bytes()))?;
+        if rec.kind != DatasetKind::Volume {
+            return Err(VdeError::Unsupported(format!("{vol} is not a volume")));
+        }
+        if lookup(&mut st, full.as_bytes())?.is_some() {
+            return Err(VdeError::Exists(full));
+        }
+        let r = (|| {
+            let mut h = take_head(&mut st, vol.as_bytes())?;
+            let r = (|| {
+                let root = h.extents.commit(&mut st.io())?;
+                route(&mut st, &mut h)?;
+                h.rec.extents = root;
+                let saved = std::mem::take(&mut st.released);
+                let dl = h.deadlist.commit(&mut st.io());
+                st.free_released();
+                st.released = saved;
+                h.rec.deadlist = dl?;
+                let txg = st.txg;
+                let id = st.next_dataset_id;
+                st.next_dataset_id += 1;
+                let snap_rec = DatasetRec {
+                    kind: DatasetKind::Snapshot,
+                    id,
+                    created_txg: txg,
+                    origin: Vec::new(),
+                    clones: 0,
+                    ..h.rec.clone()
+                };
+                store_rec(&mut st, full.as_bytes(), &snap_rec)?;
+                h.rec.prev_txg = txg;
+                h.rec.deadlist = None;
+                h.rec.dead_blocks = 0;
+                h.deadlist = Tree::open(NodeKind::Deadlist, None);
+                h.dirty = true;
+                Ok(())
+            })();
+            put_head(&mut st, vol.as_bytes(), h);
+            r
+        })();
+        r.map_err(|e| st.poison(e))?;
+        st.commit(&self.log)
+    }
+
+    /// Deletes snapshot `vol@snap`, freeing exactly the blocks nothing else references.
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (it has clones), I/O
+    /// errors.
+    pub fn snap_remove(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
+        self.writable()?;
+        let full = format!("{vol}@{snap}");
+        let snaps = self.snapshots_of(vol)?;
+        let i = snaps
+            .iter()
+            .position(|(n, _)| n == full.as_bytes())
+            .ok_or_else(|| not_found(full.as_bytes()))?;
+        let s = snaps[i].1.clone();
+        if s.clones > 0 {
+            return Err(VdeError::Unsupported(format!(
+                "{full} has {} clone(s); delete them first (`ironvme vde vol rm`)",
+                s.clones
+            )));
+        }
+        let next_name = snaps.get(i + 1).map_or(vol.as_bytes().to_vec(), |n| n.0.clone());
+        let mut st = self.state()?;
+        let r = self.remove_snapshot(&mut st, &full, &s, &next_name);
+        r.map_err(|e| st.poison(e))?;
+        st.commit(&self.log)
+    }
+
+    fn remove_snapshot(&self, st: &mut State, full: &str, s: &DatasetRec, next_name: &[u8]) -> Result<(), VdeError> {
+        let mut n = take_head(st, next_name)?;
+        let r = (|| {
+            // 1. N's dead entries born in (S.prev, S.txg] were S's alone: free them.
+            let mut cursor = dkey(s.prev_txg, u64::MAX).to_vec();
+            loop {
+                let page = n.deadlist.page(&mut st.io(), Some(&cursor), 256)?;
+                st.free_released();
+                let Some(last) = page.last() else { break };
+                cursor = last.0.clone();
+                let mut done = false;
+                for (k, v) in &page {
+                    if k.len() != 16 || v.len() != 5 {
+                        return Err(VdeError::Corrupt {
+                            block: 0,
+                            kind: NodeKind::Deadlist.name(),
+                            reason: format!("dead list entry of {}+{} bytes", k.len(), v.len()),
+                        });
+                    }
+                    if get64_be(k, 0) > s.created_txg {
+                        done = true;
+                        break;
+                    }
+                    let (addr, len) = (get64_be(k, 8), get32(v, 0) as u64);
+                    n.deadlist.remove(&mut st.io(), k)?;
+                    st.free_released();
+                    st.space.free(addr, len);
+                    n.rec.dead_blocks -= len;
+                }
+                if done {
+                    break;
+                }
+            }
+            // 2. S's dead list (blocks P holds) moves to N's; its tree's blocks are freed.
+            let mut sdl = Tree::open(NodeKind::Deadlist, s.deadlist);
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let page = sdl.page(&mut st.io(), cursor.as_deref(), 256)?;
+                let Some(last) = page.last() else { break };
+                cursor = Some(last.0.clone());
+                for (k, v) in &page {
+                    n.deadlist.insert(&mut st.io(), k, v)?;
+                    st.free_released();
+                    if v.len() == 5 {
+                        n.rec.dead_blocks += get32(v, 0) as u64;
+                    }
+                }
+            }
+            free_tree(st, NodeKind::Deadlist, s.deadlist, 0)?;
+            n.rec.prev_txg = s.prev_txg;
+            n.dirty = true;
+            with_datasets(st, |t, st| t.remove(&mut st.io(), full.as_bytes()).map(|_| ()))?;
+            Ok(())
+        })();
+        st.heads.remove(full.as_bytes());
+        if r.is_ok() && n.rec.kind == DatasetKind::Snapshot {
+            // The next one is a snapshot, not a live head: store its record now.
+            let root = n.deadlist.commit(&mut st.io());
+            st.free_released();
+            n.rec.deadlist = root?;
+            n.dirty = false;
+            store_rec(st, next_name, &n.rec)?;
+        }
+        put_head(st, next_name, n);
+        r
+    }
+
+    /// Makes a writable volume `new` that starts as snapshot `vol@snap` and shares its
+    /// extents.
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Exists`], I/O errors.
+    pub fn clone_snapshot(&self, vol: &str, snap: &str, new: &str) -> Result<(), VdeError> {
+        self.writable()?;
+        check_name("volume", new)?;
+        let full = format!("{vol}@{snap}");
+        let mut st = self.state()?;
+        let mut s = lookup(&mut st, full.as_bytes())?.ok_or_else(|| not_found(full.as_bytes()))?;
+        if lookup(&mut st, new.as_bytes())?.is_some() {
+            return Err(VdeError::Exists(new.to_string()));
+        }
+        let rec = DatasetRec {
+            kind: DatasetKind::Volume,
+            id: st.next_dataset_id,
+            size: s.size,
+            created_txg: st.txg,
+            prev_txg: s.created_txg,
+            extents: s.extents,
+            deadlist: None,
+            refer_blocks: s.refer_blocks,
+            dead_blocks: 0,
+            clones: 0,
+            origin: full.clone().into_bytes(),
+        };
+        st.next_dataset_id += 1;
+        s.clones += 1;
+        let r = store_rec(&mut st, new.as_bytes(), &rec).and_then(|_| store_rec(&mut st, full.as_bytes(), &s));
+        r.map_err(|e| st.poison(e))?;
+        st.commit(&self.log)
+    }
+
+    /// Rolls volume `vol` back to its newest snapshot `vol@snap`: every write since is
+    /// discarded and its blocks freed.
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (not the newest
+    /// snapshot), I/O errors.
+    pub fn rollback(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
+        self.writable()?;
+        let full = format!("{vol}@{snap}");
+        let snaps = self.snapshots_of(vol)?;
+        let Some((last, s)) = snaps.last() else {
+            return Err(not_found(full.as_bytes()));
+        };
+        if last != full.as_bytes() {
+            if snaps.iter().any(|(n, _)| n == full.as_bytes()) {
+                return Err(VdeError::Unsupported(format!(
+                    "{full} is not {vol}'s newest snapshot ({}); delete the newer ones first",
+                    String::from_utf8_lossy(last)
+                )));
+            }
+            return Err(not_found(full.as_bytes()));
+        }
+        let s = s.clone();
+        let mut st = self.state()?;
+        let r = (|| {
+            let mut h = take_head(&mut st, vol.as_bytes())?;
+            let r = (|| {
+                let root = h.extents.commit(&mut st.io())?;
+                route(&mut st, &mut h)?;
+                // Blocks born after the snapshot are the volume's alone.
+                free_born_after(&mut st, root, s.created_txg)?;
+                let dl = h.deadlist.commit(&mut st.io())?;
+                free_tree(&mut st, NodeKind::Deadlist, dl, 0)?;
+                st.free_released();
+                h.rec.extents = s.extents;
+                h.rec.deadlist = None;
+                h.rec.dead_blocks = 0;
+                h.rec.refer_blocks = s.refer_blocks;
+                h.extents = Tree::open(NodeKind::Extents, s.extents);
+                h.deadlist = Tree::open(NodeKind::Deadlist, None);
+                h.dirty = true;
+                Ok(())
+            })();
+            put_head(&mut st, vol.as_bytes(), h);
+            r
+        })();
+        r.map_err(|e| st.poison(e))?;
+        st.commit(&self.log)
+    }
+
+    /// Deletes volume `vol` (with `recursive`, its snapshots first, newest first).
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (it has snapshots and
+    /// not `recursive`; a snapshot has clones), I/O errors.
+    pub fn vol_remove(&self, vol: &str, recursive: bool) -> Result<(), VdeError> {
+        self.writable()?;
+        let snaps = self.snapshots_of(vol)?;
+        if !snaps.is_empty() && !recursive {
+            return Err(VdeError::Unsupported(format!(
+                "{vol} has {} snapshot(s); delete them first or pass --recursive",
+                snaps.len()
+            )));
+        }
+        if let Some((name, s)) = snaps.iter().find(|(_, s)| s.clones > 0) {
+            return Err(VdeError::Unsupported(format!(
+                "{} has {} clone(s); delete them first; nothing was deleted",
+                String::from_utf8_lossy(name),
+                s.clones
+            )));
+        }
+        for (name, _) in snaps.iter().rev() {
+            let n = String::from_utf8_lossy(name).into_owned();
+            let snap = n.split_once('@').map(|x| x.1).unwrap_or_default().to_string();
+            self.snap_remove(vol, &snap)?;
+        }
+        let mut st = self.state()?;
+        let mut h = take_head(&mut st, vol.as_bytes())?;
+        if h.rec.kind != DatasetKind::Volume {
+            put_head(&mut st, vol.as_bytes(), h);
+            return Err(VdeError::Unsupported(format!("{vol} is not a volume")));
+        }
+        let r = (|| {
+            let root = h.extents.commit(&mut st.io())?;
+            route(&mut st, &mut h)?;
+            free_born_after(&mut st, root, h.rec.prev_txg)?;
+            let dl = h.deadlist.commit(&mut st.io())?;
+            free_tree(&mut st, NodeKind::Deadlist, dl, 0)?;
+            st.free_released();
+            if !h.rec.origin.is_empty()
+                && let Some(mut o) = lookup(&mut st, &h.rec.origin)?
+            {
+                o.clones = o.clones.saturating_sub(1);
+                store_rec(&mut st, &h.rec.origin.clone(), &o)?;
+            }
+            with_datasets(&mut st, |t, st| t.remove(&mut st.io(), vol.as_bytes()).map(|_| ()))
+        })();
+        r.map_err(|e| st.poison(e))?;
+        st.commit(&self.log)
+    }
+
+    /// Changes volume `vol`'s size; shrinking frees the blocks past the new end.
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (size), I/O errors.
+    pub fn vol_resize(&self, vol: &str, size: u64) -> Result<(), VdeError> {
+        self.writable()?;
+        if size == 0 || size % BLOCK as u64 != 0 || size > (1u64 << 60) {
+            return Err(VdeError::Unsupported(format!(
+                "volume size {size} bytes: use a non-zero multiple of {BLOCK} bytes"
+            )));
+        }
+        let mut st = self.state()?;
+        let mut h = take_head(&mut st, vol.as_bytes())?;
+        let r = (|| {
+            if h.rec.kind != DatasetKind::Volume {
+                return Err(VdeError::Unsupported(format!("{vol} is not a volume")));
+            }
+            let (old, new) = (h.rec.size / BLOCK as u64, size / BLOCK as u64);
+            if new < old {
+                unmap(&mut st, &mut h, new, old - new)?;
+            }
+            h.rec.size = size;
+            h.dirty = true;
+            Ok(())
+        })();
+        put_head(&mut st, vol.as_bytes(), h);
+        r.map_err(|e| st.poison(e))?;
+        st.commit(&self.log)
+    }
+
+    /// The size in bytes of volume or snapshot `name`, and whether it is a snapshot.
+    ///
+    /// Errors: [`VdeError::NotFound`], I/O errors.
+    pub fn dataset(&self, name: &str) -> Result<DatasetRec, VdeError> {
+        let mut st = self.state()?;
+        lookup(&mut st, name.as_bytes())?.ok_or_else(|| not_found(name.as_bytes()))
+    }
+
+    fn check_range(rec: &DatasetRec, name: &str, vblock: u64, n: u64) -> Result<(), VdeError> {
+        let blocks = rec.size / BLOCK as u64;
+        if vblock.checked_add(n).is_none_or(|e| e > blocks) {
+            return Err(VdeError::Unsupported(format!(
+                "blocks {vblock}..{} are past the end of {name} ({blocks} blocks of {BLOCK} bytes)",
+                vblock.saturating_add(n)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where blocks `vblock..vblock + n` of volume or snapshot `name` are: pieces in
+    /// order as (first volume block, blocks, extent piece or `None` for a hole that reads
+    /// as zeros).
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (range), I/O errors.
+    pub fn vol_read_plan(
+        &self,
+        name: &str,
+        vblock: u64,
+        n: u64,
+    ) -> Result<Vec<(u64, u64, Option<VolExtent>)>, VdeError> {
+        let mut st = self.state()?;
+        let mut h = take_head(&mut st, name.as_bytes())?;
+        let r = Self::check_range(&h.rec, name, vblock, n).and_then(|_| pieces(&mut st, &mut h, vblock, n));
+        put_head(&mut st, name.as_bytes(), h);
+        r
+    }
+
+    /// Reads `out.len() / 4096` blocks of volume or snapshot `name` from block `vblock`;
+    /// unwritten blocks read as zeros. Every block is checked against its checksum.
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (range),
+    /// [`VdeError::DataCorrupt`], I/O errors.
+    pub fn vol_read(&self, name: &str, vblock: u64, out: &mut [u8]) -> Result<(), VdeError> {
+        let ps = self.vol_read_plan(name, vblock, (out.len() / BLOCK) as u64)?;
+        let mut lane = self.lane()?;
+        for (v, len, e) in ps {
+            let at = ((v - vblock) as usize) * BLOCK;
+            let dst = &mut out[at..at + len as usize * BLOCK];
+            match e {
+                None => dst.fill(0),
+                Some(e) => {
+                    lane.read(e.pba, dst)?;
+                    self.vol_verify(name, v, &e, dst)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` (whole blocks) to volume `name` from block `vblock`, copy-on-write:
+    /// new blocks are written, then mapped. Not durable until [`Vde::vol_flush`] (a
+    /// disk with a volatile write cache), or at once with `fua`.
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::ReadOnly`] (a snapshot),
+    /// [`VdeError::Unsupported`] (range, alignment), [`VdeError::NoSpace`], I/O errors.
+    pub fn vol_write(&self, name: &str, vblock: u64, data: &[u8], fua: bool) -> Result<(), VdeError> {
+        if data.len() % BLOCK != 0 {
+            return Err(VdeError::Unsupported(format!(
+                "a volume write moves whole {BLOCK}-byte blocks; {} bytes is not",
+                data.len()
+            )));
+        }
+        let runs = self.vol_write_begin(name, vblock, (data.len() / BLOCK) as u64)?;
+        let written = (|| {
+            let mut lane = self.lane()?;
+            let mut at = 0usize;
+            let mut out = Vec::with_capacity(runs.len());
+            for &(pba, len) in &runs {
+                let bytes = &data[at..at + len as usize * BLOCK];
+                lane.write(pba, bytes)?;
+                out.push((pba, len, self.block_sums(bytes)));
+                at += len as usize * BLOCK;
+            }
+            Ok::<_, VdeError>(out)
+        })();
+        match written {
+            Ok(w) => self.vol_write_end(name, vblock, w, fua),
+            Err(e) => {
+                self.vol_write_abort(&runs);
+                Err(e)
+            }
+        }
+    }
+
+    /// The xxh3-64 (seeded with the store tag) of each 4 KiB block of `data`.
+    pub fn block_sums(&self, data: &[u8]) -> Vec<u64> {
+        data.chunks(BLOCK).map(|b| xxh3_64_with_seed(b, self.tag)).collect()
+    }
+
+    /// Checks `data`, read from the extent pieces of a [`Vde::vol_read_plan`], against
+    /// the checksums in `e`; `vblock` names the first block for the error.
+    ///
+    /// Errors: [`VdeError::DataCorrupt`] naming the volume block and device block.
+    pub fn vol_verify(&self, name: &str, vblock: u64, e: &VolExtent, data: &[u8]) -> Result<(), VdeError> {
+        for (i, (b, sum)) in data.chunks(BLOCK).zip(&e.sums).enumerate() {
+            if xxh3_64_with_seed(b, self.tag) != *sum {
+                return Err(VdeError::DataCorrupt {
+                    key: format!("{name} block {}", vblock + i as u64),
+                    extent: i,
+                    start: e.pba + i as u64,
+                    end: e.pba + i as u64 + 1,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// First step of a volume write of `n` blocks at `vblock`: checks the volume and the
+    /// range and reserves new blocks, as runs of at most [`MAX_VOL_EXTENT`] (device
+    /// block, blocks). Write the data there, then [`Vde::vol_write_end`] (or
+    /// [`Vde::vol_write_abort`]).
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::ReadOnly`], [`VdeError::Unsupported`]
+    /// (range), [`VdeError::NoSpace`].
+    pub fn vol_write_begin(&self, name: &str, vblock: u64, n: u64) -> Result<Vec<(u64, u64)>, VdeError> {
+        self.writable()?;
+        let mut st = self.state()?;
+        let rec = lookup(&mut st, name.as_bytes())?.ok_or_else(|| not_found(name.as_bytes()))?;
+        if rec.kind != DatasetKind::Volume {
+            return Err(VdeError::ReadOnly);
+        }
+        Self::check_range(&rec, name, vblock, n)?;
+        st.space.reserve(n, MAX_VOL_EXTENT)
+    }
+
+    /// Gives back the blocks of a write that failed.
+    pub fn vol_write_abort(&self, runs: &[(u64, u64)]) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for &(s, n) in runs {
+            st.space.unreserve(s, n);
+        }
+    }
+
+    /// Last step of a volume write: maps the written runs `(device block, blocks,
+    /// per-block checksums)` from `vblock` on, in the open txg. With `fua`, returns once
+    /// durable.
+    ///
+    /// Errors: [`VdeError::Poisoned`], I/O errors (of a commit or the log).
+    pub fn vol_write_end(
+        &self,
+        name: &str,
+        vblock: u64,
+        written: Vec<(u64, u64, Vec<u64>)>,
+        fua: bool,
+    ) -> Result<(), VdeError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = st.check_poison() {
+            for &(s, n, _) in &written {
+                st.space.unreserve(s, n);
+            }
+            return Err(e);
+        }
+        let txg = st.txg;
+        let mut records = Vec::new();
+        let r = (|| {
+            let mut h = take_head(&mut st, name.as_bytes())?;
+            let mut v = vblock;
+            let mut r = Ok(());
+            for (pba, len, sums) in written {
+                let e = VolExtent {
+                    pba,
+                    len,
+                    birth: txg,
+                    sums,
+                };
+                r = map(&mut st, &mut h, v, &e);
+                if r.is_err() {
+                    break;
+                }
+                let mut rec = pool::record(rec::VOL_MAP, txg);
+                rec.push(name.len() as u8);
+                rec.extend_from_slice(name.as_bytes());
+                rec.extend_from_slice(&v.to_le_bytes());
+                rec.extend_from_slice(&e.encode());
+                records.push(rec);
+                v += len;
+            }
+            put_head(&mut st, name.as_bytes(), h);
+            r
+        })();
+        r.map_err(|e| st.poison(e))?;
+        st.ops_since_commit += 1;
+        if fua {
+            drop(st);
+            let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+            self.append_records(txg, &refs)
+        } else {
+            st.pending_vol.extend(records);
+            if st.wants_commit(&self.log) {
+                st.commit(&self.log)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Makes `vblock..vblock + n` of volume `name` read as zeros, freeing its blocks
+    /// (Write Zeroes and Deallocate). Durable like a write.
+    ///
+    /// Errors: as [`Vde::vol_write`].
+    pub fn vol_unmap(&self, name: &str, vblock: u64, n: u64) -> Result<(), VdeError> {
+        self.writable()?;
+        let mut st = self.state()?;
+        let txg = st.txg;
+        let r = (|| {
+            let mut h = take_head(&mut st, name.as_bytes())?;
+            let r = if h.rec.kind != DatasetKind::Volume {
+                Err(VdeError::ReadOnly)
+            } else {
+                Self::check_range(&h.rec, name, vblock, n).and_then(|_| unmap(&mut st, &mut h, vblock, n))
+            };
+            put_head(&mut st, name.as_bytes(), h);
+            r
+        })();
+        match r {
+            Ok(()) => {}
+            Err(e @ (VdeError::ReadOnly | VdeError::Unsupported(_) | VdeError::NotFound(_))) => return Err(e),
+            Err(e) => return Err(st.poison(e)),
+        }
+        let mut rec = pool::record(rec::VOL_UNMAP, txg);
+        rec.push(name.len() as u8);
+        rec.extend_from_slice(name.as_bytes());
+        rec.extend_from_slice(&vblock.to_le_bytes());
+        rec.extend_from_slice(&n.to_le_bytes());
+        st.pending_vol.push(rec);
+        st.ops_since_commit += 1;
+        Ok(())
+    }
+
+    /// Makes every completed write and unmap of every volume durable (a volume's Flush):
+    /// appends their records to the intent log (group-committed with other callers).
+    ///
+    /// Errors: I/O errors, [`VdeError::Poisoned`].
+    pub fn vol_flush(&self) -> Result<(), VdeError> {
+        if self.opts.read_only {
+            return Ok(());
+        }
+        // Flushes are serialised: a Flush that finds nothing pending must still wait for
+        // one that took the records of writes completed before it.
+        let _one = self.vol_flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (txg, records) = {
+            let mut st = self.state()?;
+            (st.txg, std::mem::take(&mut st.pending_vol))
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+        self.append_records(txg, &refs)
+    }
+
+    fn append_records(&self, txg: u64, refs: &[&[u8]]) -> Result<(), VdeError> {
+        // One append per log-sized batch of records.
+        for chunk in refs.chunks(64) {
+            self.make_durable(txg, chunk)?;
+        }
+        Ok(())
+    }
+}
+
+fn get64_be(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Frees every block of the extent map at `root` born after `after` (tree nodes and
+/// data): the blocks a dataset owns alone when nothing newer shares them.
+fn free_born_after(st: &mut State, root: Option<BlockPtr>, after: u64) -> Result<(), VdeError> {
+    let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
+    let mut freed = Vec::new();
+    Tree::walk(&mut st.io(), NodeKind::Extents, root, after, &mut |v| {
+        match v {
+            Visit::Node { ptr, .. } => {
+                if ptr.birth > after {
+                    freed.push((ptr.addr, 1));
+                }
+            }
+            Visit::Entry { value, .. } => {
+                let e = VolExtent::decode(value, first, total).map_err(|r| VdeError::Corrupt {
+                    block: 0,
+                    kind: NodeKind::Extents.name(),
+                    reason: r,
+                })?;
+                if e.birth > after {
+                    freed.push((e.pba, e.len));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for (a, n) in freed {
+        st.space.free(a, n);
+    }
+    Ok(())
+}
+
+/// Frees every block of a tree born after `after` (dead lists: all of them with 0).
+fn free_tree(st: &mut State, kind: NodeKind, root: Option<BlockPtr>, after: u64) -> Result<(), VdeError> {
+    let mut freed = Vec::new();
+    Tree::walk(&mut st.io(), kind, root, after, &mut |v| {
+        if let Visit::Node { ptr, .. } = v {
+            freed.push(ptr.addr);
+        }
+        Ok(())
+    })?;
+    for a in freed {
+        st.space.free(a, 1);
+    }
+    Ok(())
+}
+
+/// Replays a volume record (map or unmap) newer than the committed txg; a map whose data
+/// does not verify is skipped (it was never flushed). Returns whether it was applied.
+///
+/// Errors: a malformed record ([`VdeError::Corrupt`]), I/O errors.
+pub fn replay_volume_record(store: &Vde, r: &[u8]) -> Result<bool, VdeError> {
+    let bad = |why: &str| VdeError::Corrupt {
+        block: 0,
+        kind: NodeKind::Log.name(),
+        reason: format!("volume record: {why}"),
+    };
+    let body = &r[pool::RECORD_HEADER..];
+    let nlen = *body.first().ok_or_else(|| bad("empty"))? as usize;
+    if nlen == 0 || body.len() < 1 + nlen + 8 {
+        return Err(bad("too short"));
+    }
+    let name = &body[1..1 + nlen];
+    let vblock = super::format::get64(body, 1 + nlen);
+    let rest = &body[1 + nlen + 8..];
+    let mut st = store.state()?;
+    let Some(rec) = lookup(&mut st, name)? else {
+        return Ok(false);
+    };
+    let blocks = rec.size / BLOCK as u64;
+    if r[0] == rec::VOL_UNMAP {
+        if rest.len() != 8 {
+            return Err(bad("unmap length"));
+        }
+        let n = super::format::get64(rest, 0);
+        if vblock.checked_add(n).is_none_or(|e| e > blocks) {
+            return Ok(false);
+        }
+        let mut h = take_head(&mut st, name)?;
+        let res = unmap(&mut st, &mut h, vblock, n);
+        put_head(&mut st, name, h);
+        res?;
+        return Ok(true);
+    }
+    let e = VolExtent::decode(rest, st.sb.pool_start(), st.sb.total_blocks).map_err(|w| bad(&w))?;
+    if vblock.checked_add(e.len).is_none_or(|end| end > blocks) {
+        return Ok(false);
+    }
+    drop(st);
+    let mut buf = vec![0u8; e.len as usize * BLOCK];
+    store.lane()?.read(e.pba, &mut buf)?;
+    if buf
+        .chunks(BLOCK)
+        .zip(&e.sums)
+        .any(|(b, s)| xxh3_64_with_seed(b, store.tag) != *s)
+    {
+        return Ok(false);
+    }
+    let mut st = store.state()?;
+    let mut h = take_head(&mut st, name)?;
+    let res = map(&mut st, &mut h, vblock, &e);
+    put_head(&mut st, name, h);
+    res?;
+    Ok(true)
+}
