@@ -27,6 +27,7 @@ use std::fmt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -440,6 +441,19 @@ fn pci_address_of(target: &Target) -> Option<String> {
     Some(device.file_name()?.to_string_lossy().into_owned())
 }
 
+/// Flush commands submitted through every [`IoQueue`] of this process (see
+/// [`flushes_submitted`]).
+static FLUSHES_SUBMITTED: AtomicU64 = AtomicU64::new(0);
+
+/// How many [`Op::Flush`] commands this process has submitted through [`IoQueue`]s so
+/// far, on every backend and device together (a count of commands, not bytes). A
+/// benchmark reads it before and after a run for its Flushes-per-operation figure
+/// (`ironvme vde bench`); the count covers the whole process, so only one workload
+/// should run while it is read.
+pub fn flushes_submitted() -> u64 {
+    FLUSHES_SUBMITTED.load(Ordering::Relaxed)
+}
+
 /// An I/O queue on one namespace, whatever backend is underneath.
 // The variants differ in size (an io_uring queue carries its ring state inline). A queue
 // is created once per thread and used for its lifetime; boxing the large variants would
@@ -496,7 +510,12 @@ impl BlockQueue for IoQueue {
 
     #[inline]
     fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
-        each_backend!(self, q => q.submit(op, buf, tag))
+        let flush = matches!(op, Op::Flush);
+        each_backend!(self, q => q.submit(op, buf, tag))?;
+        if flush {
+            FLUSHES_SUBMITTED.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     #[inline]

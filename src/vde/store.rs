@@ -387,8 +387,6 @@ pub struct VdeInfo {
     pub log_records: u64,
     /// Puts, deletes and volume flushes acknowledged since open.
     pub acked_ops: u64,
-    /// Device Flushes (log and commits) per acknowledged operation since open.
-    pub flushes_per_op: f64,
 }
 
 /// An open format-2 store. Share it between threads (`&Store` or `Arc<Store>`).
@@ -1018,7 +1016,6 @@ impl Vde {
         let st = self.state()?;
         let log = self.log.stats();
         let acked = self.acked_ops.load(std::sync::atomic::Ordering::Relaxed);
-        let flushes = log.flushes + st.stats.commit_flushes;
         Ok(VdeInfo {
             total_blocks: st.sb.total_blocks,
             log_start: st.sb.log_start,
@@ -1031,7 +1028,6 @@ impl Vde {
             log_flushes: log.flushes,
             log_records: log.records,
             acked_ops: acked,
-            flushes_per_op: if acked == 0 { 0.0 } else { flushes as f64 / acked as f64 },
         })
     }
 
