@@ -464,7 +464,7 @@ mod tests {
         assert_eq!((out.len(), end), (1, (1, 2)));
         // Hostile framing inside a block with a valid checksum ends the log too.
         let mut b = encode_block(&[b"abc"], 1, 1, START, TAG);
-        put16(payload_mut(&mut b), 10, 4000);
+        put16(payload_mut(&mut b), 10, 4050);
         seal(&mut b, NodeKind::Log, 0, 1, START, TAG);
         m.now.lock().unwrap()[START as usize] = b.to_vec();
         let (out, end) = replay_all(&m, blocks, 0, 1);

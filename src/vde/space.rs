@@ -610,6 +610,12 @@ impl SpaceMap {
         self.used
     }
 
+    /// Blocks not free for allocation: in use, reserved by operations in flight, or freed
+    /// and waiting out their deferral.
+    pub fn busy(&self) -> u64 {
+        self.busy_used
+    }
+
     /// Blocks on the device.
     pub fn total(&self) -> u64 {
         self.total

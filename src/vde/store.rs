@@ -205,7 +205,13 @@ impl State {
         let dirty = self.objects.dirty_nodes()
             + self.datasets.dirty_nodes()
             + self.heads.values().map(|h| h.dirty_nodes()).sum::<usize>();
-        dirty > self.dirty_limit || log.used() * 2 > self.sb.log_blocks || self.pending_vol.len() > 65536
+        // Freed blocks come back only through commits: commit when they (with the
+        // reservations in flight) pass 1/32 of the store.
+        let waiting = self.space.busy() - self.space.used();
+        dirty > self.dirty_limit
+            || log.used() * 2 > self.sb.log_blocks
+            || self.pending_vol.len() > 65536
+            || waiting > self.sb.total_blocks / 32
     }
 
     /// Commits the open txg: every dirty tree and the space map at new homes, Flush, the
@@ -387,6 +393,9 @@ pub struct VdeInfo {
     pub log_records: u64,
     /// Puts, deletes and volume flushes acknowledged since open.
     pub acked_ops: u64,
+    /// The most puts that were writing data at the same moment since open (greater than
+    /// one shows puts of different keys overlapping).
+    pub max_parallel_data_writes: usize,
 }
 
 /// An open format-2 store. Share it between threads (`&Store` or `Arc<Store>`).
@@ -403,6 +412,8 @@ pub struct Vde {
     pub(super) tag: u64,
     pub(super) acked_ops: std::sync::atomic::AtomicU64,
     pub(super) vol_flush_lock: Mutex<()>,
+    writing: std::sync::atomic::AtomicUsize,
+    max_writing: std::sync::atomic::AtomicUsize,
     // Dropped last: lanes and the state's lane hold queues on it.
     pub(super) device: Device,
 }
@@ -592,13 +603,17 @@ impl Vde {
                 format!("{} intent log records to replay", pending.len())
             }));
         }
+        // New blocks go after the valid prefix, numbered one lap ahead: a block of the
+        // region written before the crash (past a torn one, say) then never carries a
+        // sequence number a later replay expects. The commit below records this position
+        // before anything is appended.
         let log = IntentLog::new(
             Box::new(LaneLog::new(log_lane)) as Box<dyn LogDev>,
             sb.log_start,
             sb.log_blocks,
             tag,
             head,
-            seq,
+            seq + sb.log_blocks,
         );
         let store = Vde {
             stripes: (0..stripes).map(|_| RwLock::new(())).collect(),
@@ -610,17 +625,15 @@ impl Vde {
             tag,
             acked_ops: std::sync::atomic::AtomicU64::new(0),
             vol_flush_lock: Mutex::new(()),
+            writing: std::sync::atomic::AtomicUsize::new(0),
+            max_writing: std::sync::atomic::AtomicUsize::new(0),
             device,
         };
         if !read_only {
-            let replayed = !pending.is_empty();
             for r in pending {
                 store.replay_record(&r)?;
             }
-            if replayed || other_damaged || head != sb.log_head {
-                let mut st = store.state()?;
-                st.commit(&store.log)?;
-            }
+            store.state()?.commit(&store.log)?;
         }
         Ok(store)
     }
@@ -742,6 +755,21 @@ impl Vde {
         self.maybe_commit()
     }
 
+    /// Reserves `blocks` blocks as runs of at most `max_run`; when space is short but
+    /// freed blocks wait out their deferral, commits (twice at most: a free becomes
+    /// allocatable after two commits) and tries again.
+    ///
+    /// Errors: [`VdeError::NoSpace`], commit errors, [`VdeError::Poisoned`].
+    pub(super) fn reserve(&self, st: &mut State, blocks: u64, max_run: u64) -> Result<Vec<(u64, u64)>, VdeError> {
+        for _ in 0..2 {
+            match st.space.reserve(blocks, max_run) {
+                Err(VdeError::NoSpace { .. }) if st.space.busy() > st.space.used() => st.commit(&self.log)?,
+                r => return r,
+            }
+        }
+        st.space.reserve(blocks, max_run)
+    }
+
     /// Commits if dirty metadata or the log asks for it.
     pub(super) fn maybe_commit(&self) -> Result<(), VdeError> {
         let mut st = self.state()?;
@@ -766,7 +794,7 @@ impl Vde {
         let blocks = data.len().div_ceil(BLOCK) as u64;
         let runs = {
             let mut st = self.state()?;
-            st.space.reserve(blocks, MAX_EXTENT_BLOCKS)?
+            self.reserve(&mut st, blocks, MAX_EXTENT_BLOCKS)?
         };
         if runs.len() > MAX_EXTENTS {
             let mut st = self.state()?;
@@ -809,6 +837,15 @@ impl Vde {
     }
 
     fn write_runs(&self, runs: &[(u64, u64)], data: &[u8]) -> Result<Vec<(u64, u64, u64)>, VdeError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.writing.fetch_add(1, Relaxed) + 1;
+        self.max_writing.fetch_max(now, Relaxed);
+        let r = self.write_runs_on_a_lane(runs, data);
+        self.writing.fetch_sub(1, Relaxed);
+        r
+    }
+
+    fn write_runs_on_a_lane(&self, runs: &[(u64, u64)], data: &[u8]) -> Result<Vec<(u64, u64, u64)>, VdeError> {
         let mut lane = self.lane()?;
         let mut out = Vec::with_capacity(runs.len());
         let mut at = 0;
@@ -1028,6 +1065,7 @@ impl Vde {
             log_flushes: log.flushes,
             log_records: log.records,
             acked_ops: acked,
+            max_parallel_data_writes: self.max_writing.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 

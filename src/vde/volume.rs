@@ -200,6 +200,16 @@ enum Slot {
     },
 }
 
+/// What [`VolumeQueue::try_async`] did with an operation.
+enum Async {
+    /// On the device queue; it completes through [`VolumeQueue::reap_inner`].
+    Started,
+    /// Not one piece, or the device queue refused it: run it synchronously.
+    NotStarted(DmaBuf),
+    /// The store refused it (range, space, a snapshot): complete it with this error.
+    Failed(Box<VdeError>, DmaBuf),
+}
+
 /// An I/O queue on a volume; see the module documentation.
 pub struct VolumeQueue {
     store: Arc<Vde>,
@@ -252,18 +262,18 @@ impl VolumeQueue {
     }
 
     /// Starts `op` on the device queue if it is one piece; gives the buffer back if not.
-    fn try_async(&mut self, op: Op, buf: DmaBuf, blocks: u64, tag: u64) -> Result<Option<DmaBuf>, (VdeError, DmaBuf)> {
+    fn try_async(&mut self, op: Op, buf: DmaBuf, blocks: u64, tag: u64) -> Async {
         let Some(&slot) = self.free.last() else {
-            return Ok(Some(buf));
+            return Async::NotStarted(buf);
         };
         match op {
             Op::Read { lba } => {
                 let plan = match self.store.vol_read_plan(&self.name, lba, blocks) {
                     Ok(p) => p,
-                    Err(e) => return Err((e, buf)),
+                    Err(e) => return Async::Failed(Box::new(e), buf),
                 };
                 let [(_, _, Some(extent))] = plan.as_slice() else {
-                    return Ok(Some(buf));
+                    return Async::NotStarted(buf);
                 };
                 let inner_op = Op::Read {
                     lba: extent.pba * self.lbas_per_block,
@@ -276,19 +286,19 @@ impl VolumeQueue {
                             vblock: lba,
                             extent: extent.clone(),
                         });
-                        Ok(None)
+                        Async::Started
                     }
-                    Err(e) => Ok(e.buf),
+                    Err(e) => Async::NotStarted(e.buf.expect("a refused submission returns its buffer")),
                 }
             }
             Op::Write { lba, fua } if blocks <= MAX_VOL_EXTENT => {
                 let runs = match self.store.vol_write_begin(&self.name, lba, blocks) {
                     Ok(r) => r,
-                    Err(e) => return Err((e, buf)),
+                    Err(e) => return Async::Failed(Box::new(e), buf),
                 };
                 let [(pba, n)] = runs.as_slice() else {
                     self.store.vol_write_abort(&runs);
-                    return Ok(Some(buf));
+                    return Async::NotStarted(buf);
                 };
                 let sums = self.store.block_sums(buf.as_slice());
                 let inner_op = Op::Write {
@@ -306,15 +316,15 @@ impl VolumeQueue {
                             sums,
                             fua,
                         });
-                        Ok(None)
+                        Async::Started
                     }
                     Err(e) => {
                         self.store.vol_write_abort(&runs);
-                        Ok(e.buf)
+                        Async::NotStarted(e.buf.expect("a refused submission returns its buffer"))
                     }
                 }
             }
-            _ => Ok(Some(buf)),
+            _ => Async::NotStarted(buf),
         }
     }
 
@@ -417,10 +427,10 @@ impl BlockQueue for VolumeQueue {
         self.outstanding += 1;
         let buf = match buf {
             Some(b) if matches!(op, Op::Read { .. } | Op::Write { .. }) => match self.try_async(op, b, blocks, tag) {
-                Ok(None) => return Ok(()),
-                Ok(Some(b)) => Some(b),
-                Err((e, b)) => {
-                    self.finish(tag, Some(b), Err(e));
+                Async::Started => return Ok(()),
+                Async::NotStarted(b) => Some(b),
+                Async::Failed(e, b) => {
+                    self.finish(tag, Some(b), Err(*e));
                     return Ok(());
                 }
             },
