@@ -10,16 +10,16 @@
 //! `IRONVME_CRASH_STATES=all` the exhaustive-ish set; `IRONVME_CRASH_SEED` picks them
 //! and the workload.
 //!
-//! Format 1 has known crash behaviour this test found ([`format1_known`]): the states
+//! Format 1 has known crash behaviour this test found (`crash_suite::format1_known`): the states
 //! that show it are counted and printed, not failed, unless `IRONVME_CRASH_STRICT=1`.
 
 mod common;
 mod crash_suite;
 mod vde_suite;
 
-use crash_suite::{Tally, check_state, options, workload};
+use crash_suite::{check_all, check_positions, format1_known, options, workload};
 use ironvme::Device;
-use ironvme::nvme::crash::{CrashConfig, CrashState, CrashStates};
+use ironvme::nvme::crash::CrashConfig;
 use ironvme::nvme::sim::{SimConfig, SimController, SimNamespace};
 use ironvme::vde::Vde;
 use std::time::Instant;
@@ -33,40 +33,6 @@ fn config(ns: SimNamespace) -> SimConfig {
     SimConfig {
         namespaces: vec![ns],
         ..SimConfig::default()
-    }
-}
-
-/// A superblock write the crash tore (512 B namespaces) or left out: open recovers from the
-/// other copy and rewrites it, but fsck reports the damage found at open as a violation.
-const F1_REPAIRED: &str = "format 1: fsck reports a superblock copy the crash tore or lost, although open \
-                           repaired it (`found at open; rewritten from the other copy`)";
-/// A crash in format's superblock writes that leaves copy 0 good and copy 1 bad: the repair
-/// checkpoint writes generation 2 to copy 0 (format gave both copies generation 1), so
-/// copy 1 stays bad until the next checkpoint and fsck reports it.
-const F1_FORMAT_COPY1: &str = "format 1: a format cut in its superblock writes leaves copy 1 damaged after the \
-                               repair at open (both copies get generation 1; the repair writes copy 0)";
-/// A crash in format's superblock writes that leaves one copy blank and the other torn:
-/// open says the store is corrupt, not "not formatted" as `Vde::format` promises.
-const F1_FORMAT_CORRUPT: &str = "format 1: a format cut in its superblock writes leaves a device that open calls \
-                                 corrupt, not \"not formatted\"";
-
-/// Format 1's known crash behaviour (found by this test): the problem lines that show it,
-/// by name. `IRONVME_CRASH_STRICT=1`: none (they fail). Format 2 must have none.
-fn format1_known(format_acked: u64) -> impl Fn(&CrashState, &str) -> Option<&'static str> {
-    let strict = std::env::var("IRONVME_CRASH_STRICT").is_ok_and(|v| v == "1");
-    move |state, line| {
-        let in_format = (state.cut as u64) < format_acked;
-        if strict {
-            None
-        } else if line.starts_with("fsck: ") && line.ends_with("(found at open; rewritten from the other copy)") {
-            Some(F1_REPAIRED)
-        } else if in_format && line.starts_with("fsck: superblock copy 1: ") {
-            Some(F1_FORMAT_COPY1)
-        } else if in_format && line.starts_with("open: corrupt superblock block ") {
-            Some(F1_FORMAT_CORRUPT)
-        } else {
-            None
-        }
     }
 }
 
@@ -97,37 +63,21 @@ fn enumerate(ns: SimNamespace) {
     );
     // The log is the workload: replayed onto the start, it is the final media.
     assert!(log.apply_all(&start).unwrap() == sim.namespace_data(1));
+    check_positions(&ops, &log);
     let t = Instant::now();
-    let mut states = CrashStates::new(&log, start, &crash).unwrap();
-    let total = states.len();
-    let mut tally = Tally::default();
     let known = format1_known(ops[0].ack.unwrap());
-    while let Some((state, image)) = states.next_state() {
+    let tally = check_all(&log, start, &crash, &ops, &known, &mut |image| {
         let again = SimController::new(config(ns));
         again.restore_namespace(1, image);
-        let r = check_state(
-            state,
-            &ops,
-            || Vde::open(Device::simulated(again, Default::default()).unwrap(), options()),
-            &known,
-        );
-        tally.add(state, r);
-    }
+        Vde::open(Device::simulated(again, Default::default()).unwrap(), options())
+    });
     println!(
-        "{} B blocks: {} crash states checked ({} of them torn, {} before the format said \
-         \"not formatted\"), {} operations cut in flight of which {} landed whole, in {:.1} s \
-         ({:?})",
+        "{} B blocks: {}, in {:.1} s ({crash:?})",
         ns.block_size,
-        tally.states,
-        tally.torn,
-        tally.not_formatted,
-        tally.in_flight,
-        tally.landed,
-        t.elapsed().as_secs_f64(),
-        crash
+        tally.summary(),
+        t.elapsed().as_secs_f64()
     );
     print!("{}", tally.known_report());
-    assert_eq!(tally.states, total);
     assert!(
         tally.torn > 0 && tally.in_flight > 0,
         "the sample has torn and in-flight states"

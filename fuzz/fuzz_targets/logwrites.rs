@@ -30,6 +30,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert!(p.marks.iter().all(|&(at, _)| at <= p.log.entries.len()));
+    assert_eq!(p.ends.len(), p.log.entries.len());
+    assert!(p.ends.windows(2).all(|w| w[0] <= w[1]));
+    assert!(p.ends.last().is_none_or(|&end| end <= bytes.len() as u64));
+    assert_eq!(p.position(u64::MAX), p.log.entries.len());
     // Into crash states when the log fits 256 KiB.
     let end = p
         .log

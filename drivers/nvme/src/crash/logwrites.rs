@@ -52,6 +52,19 @@ pub struct Parsed {
     pub trailing: u64,
     /// Marks (kernel dm-log-writes): (number of [`WriteLog`] entries before the mark, text).
     pub marks: Vec<(usize, String)>,
+    /// For each [`WriteLog`] entry, the byte offset in the log file just past its record
+    /// (a preflush and its write share one record); ascending.
+    pub ends: Vec<u64>,
+}
+
+impl Parsed {
+    /// How many entries the log held when its file was `file_len` bytes long: those whose
+    /// records end within it. QEMU extends the file with an entry's record before it
+    /// completes the request, so a guest that sees the file at `file_len` bytes after a
+    /// request completed finds that request's entries counted.
+    pub fn position(&self, file_len: u64) -> usize {
+        self.ends.partition_point(|&end| end <= file_len)
+    }
 }
 
 /// Why bytes are not a dm-log-writes log.
@@ -215,6 +228,7 @@ pub fn parse(bytes: &[u8], trailing: bool) -> Result<Parsed, LogWritesError> {
                 if let Some(m) = mark {
                     parsed.marks.push((parsed.log.entries.len(), m));
                 }
+                parsed.ends.extend(std::iter::repeat_n(next, writes.len()));
                 parsed.log.entries.extend(writes);
                 at = next;
                 if !more {
@@ -286,6 +300,14 @@ mod tests {
         assert!(e[4].is_flush(), "the preflush comes first");
         assert_eq!((e[5].op, e[5].slba, e[5].durable), (LogOp::Write, 2, true));
         assert_eq!(p.marks, [(4, "acked 3".to_string())]);
+        // Records of 1 + 2, 1, 1 + 1, 1, 1 (the mark: no entry) and 1 + 1 sectors from
+        // sector 1.
+        assert_eq!(p.ends, [2048, 2560, 3584, 4096, 5632, 5632]);
+        assert_eq!(p.ends.len(), e.len());
+        assert_eq!(
+            [0, 2047, 2048, 3000, 5119, 5120, 1 << 20].map(|n| p.position(n)),
+            [0, 0, 1, 2, 4, 4, 6]
+        );
     }
 
     #[test]
