@@ -54,6 +54,30 @@
 //! # assert_eq!(rebooted.namespace_data(1), image);
 //! ```
 //!
+//! # Crash states
+//!
+//! The power cut above gives one crash per run. To check every crash a workload could
+//! suffer, record its namespace's writes and Flushes instead and enumerate the states with
+//! [`crate::crash::CrashStates`] (prefixes ending at a Flush, subsets of the writes after
+//! one, torn writes):
+//!
+//! ```
+//! use ironvme_nvme::crash::{CrashConfig, CrashStates};
+//! use ironvme_nvme::sim::{SimConfig, SimController};
+//!
+//! let sim = SimController::new(SimConfig::default());
+//! let start = sim.namespace_data(1);
+//! sim.record_writes(1);
+//! // ... run the workload against `sim`, noting sim.write_log_len() at each acknowledgement ...
+//! let log = sim.take_write_log().unwrap();
+//! let mut states = CrashStates::new(&log, start, &CrashConfig::bounded(100)).unwrap();
+//! while let Some((state, image)) = states.next_state() {
+//!     let rebooted = SimController::new(sim.config());
+//!     rebooted.restore_namespace(1, image);
+//!     // ... open the store on `rebooted`, check what was acknowledged before state.cut ...
+//! }
+//! ```
+//!
 //! # Differences from QEMU 7.2, on purpose
 //!
 //! - Doorbell Buffer Config (shadow doorbells) is Invalid Command Opcode: not implemented.
