@@ -62,7 +62,7 @@ fn workload_in_guest() {
         };
         let t = Instant::now();
         let size = || std::fs::metadata(&log).expect("the write log").len();
-        let ops = workload(|| Vde::format(dev, 0, opts).expect("format"), seed(), STEPS, &size);
+        let ops = workload(|| Vde::format(dev, 0, opts).expect("format"), seed(), STEPS, 1, &size);
         println!(
             "namespace {nsid} ({lba} B): {} operations in {:.1} s, write log {} KiB",
             ops.len(),

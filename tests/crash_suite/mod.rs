@@ -99,65 +99,87 @@ fn next(x: &mut u64) -> u64 {
 /// Keys of the workload.
 pub const KEYS: u64 = 8;
 
-/// Formats with `format` and runs `steps` puts, deletes and (now and then) checkpoints on
-/// [`KEYS`] keys, one at a time, calling `mark()` (the write log's position) before and
-/// after each; values from a few bytes to 1.2 MiB (two extents). Closes the store at the
-/// end (a checkpoint; logged as one).
-pub fn workload(format: impl FnOnce() -> Vde, seed: u64, steps: u64, mark: &dyn Fn() -> u64) -> Vec<Op> {
-    let mut ops = Vec::new();
+/// Formats with `format`, then `threads` writers each run `steps` puts, deletes and (now
+/// and then, writer 0) checkpoints on [`KEYS`] keys of their own (`t<writer>k<i>`), calling
+/// `mark()` (the write log's position) before and after each; values from a few bytes to
+/// 1.2 MiB (two extents). Closes the store at the end (a checkpoint; logged as one).
+/// Returns the operations ordered by start (each key's in the order they ran). With more
+/// than one writer the interleaving, and so the log, differs from run to run.
+pub fn workload(
+    format: impl FnOnce() -> Vde,
+    seed: u64,
+    steps: u64,
+    threads: u64,
+    mark: &(dyn Fn() -> u64 + Sync),
+) -> Vec<Op> {
     let start = mark();
     let vde = format();
-    ops.push(Op {
+    let format_op = Op {
         n: 0,
         kind: Kind::Format,
         key: String::new(),
         start,
         ack: Some(mark()),
-    });
-    let mut x = seed | 1;
-    let mut present = [false; KEYS as usize];
-    for n in 1..=steps {
-        let i = next(&mut x) % KEYS;
-        let key = format!("k{i}");
-        let kind = if n % 13 == 0 {
-            Kind::Checkpoint
-        } else if present[i as usize] && next(&mut x) % 4 == 0 {
-            Kind::Delete
-        } else {
-            Kind::Put(match next(&mut x) % 12 {
-                0 => 1_100_000 + (next(&mut x) % 100_000) as usize,
-                1..=4 => 5000 + (next(&mut x) % 60_000) as usize,
-                _ => (next(&mut x) % 3000) as usize,
-            })
-        };
-        let mut op = Op {
-            n,
-            kind: kind.clone(),
-            key: if kind == Kind::Checkpoint {
-                String::new()
+    };
+    let writer = |t: u64| {
+        let mut ops = Vec::new();
+        let mut x = (seed ^ t.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+        let mut present = [false; KEYS as usize];
+        for step in 1..=steps {
+            let n = (step - 1) * threads + t + 1;
+            let i = next(&mut x) % KEYS;
+            let key = format!("t{t}k{i}");
+            let kind = if t == 0 && step % 13 == 0 {
+                Kind::Checkpoint
+            } else if present[i as usize] && next(&mut x) % 4 == 0 {
+                Kind::Delete
             } else {
-                key.clone()
-            },
-            start: mark(),
-            ack: None,
-        };
-        let r = match &kind {
-            Kind::Put(_) => vde.put(key.as_bytes(), &op.bytes().unwrap()),
-            Kind::Delete => vde.delete(key.as_bytes()),
-            Kind::Checkpoint => vde.checkpoint(),
-            Kind::Format => unreachable!(),
-        };
-        r.unwrap_or_else(|e| panic!("op {n} {kind:?} {key}: {e}"));
-        op.ack = Some(mark());
-        match kind {
-            Kind::Put(_) => present[i as usize] = true,
-            Kind::Delete => present[i as usize] = false,
-            _ => {}
+                Kind::Put(match next(&mut x) % 12 {
+                    0 => 1_100_000 + (next(&mut x) % 100_000) as usize,
+                    1..=4 => 5000 + (next(&mut x) % 60_000) as usize,
+                    _ => (next(&mut x) % 3000) as usize,
+                })
+            };
+            let mut op = Op {
+                n,
+                kind: kind.clone(),
+                key: if kind == Kind::Checkpoint {
+                    String::new()
+                } else {
+                    key.clone()
+                },
+                start: mark(),
+                ack: None,
+            };
+            let r = match &kind {
+                Kind::Put(_) => vde.put(key.as_bytes(), &op.bytes().unwrap()),
+                Kind::Delete => vde.delete(key.as_bytes()),
+                Kind::Checkpoint => vde.checkpoint(),
+                Kind::Format => unreachable!(),
+            };
+            r.unwrap_or_else(|e| panic!("op {n} {kind:?} {key}: {e}"));
+            op.ack = Some(mark());
+            match kind {
+                Kind::Put(_) => present[i as usize] = true,
+                Kind::Delete => present[i as usize] = false,
+                _ => {}
+            }
+            ops.push(op);
         }
-        ops.push(op);
-    }
+        ops
+    };
+    let mut ops: Vec<Op> = std::thread::scope(|s| {
+        let writer = &writer;
+        let handles: Vec<_> = (0..threads).map(|t| s.spawn(move || writer(t))).collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a writer failed"))
+            .collect()
+    });
+    ops.sort_by_key(|op| (op.start, op.ack));
+    ops.insert(0, format_op);
     let mut close = Op {
-        n: steps + 1,
+        n: steps * threads + 1,
         kind: Kind::Checkpoint,
         key: String::new(),
         start: mark(),
@@ -473,9 +495,10 @@ pub fn check_all(
     tally
 }
 
-/// Checks the operations' log positions against the log: they never go back, and every
-/// acknowledged operation's last entry before its acknowledgement is a Flush (the store
-/// acknowledges only after a Flush; this also shows the positions were taken right).
+/// Checks the log positions of one writer's operations against the log: they never go
+/// back, and every acknowledged operation's last entry before its acknowledgement is a
+/// Flush (the store acknowledges only after a Flush; this also shows the positions were
+/// taken right).
 pub fn check_positions(ops: &[Op], log: &WriteLog) {
     let mut last = 0;
     for op in ops {
