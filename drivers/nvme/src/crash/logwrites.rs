@@ -310,6 +310,36 @@ mod tests {
         );
     }
 
+    /// A log QEMU 7.2 wrote (qemu/run --topology crash) while the guest's kernel driver did,
+    /// on the 512 B namespace: `dd` of two 1 KiB direct writes at LBA 0, `nvme flush`,
+    /// `nvme write-zeroes -s 8 -c 1`, `blkdiscard -o 65536 -l 65536`, `nvme flush`, a 512 B
+    /// write at LBA 20, and the Flush of the controller's shutdown.
+    #[test]
+    fn parses_a_log_qemu_wrote() {
+        let bytes = include_bytes!("testdata/qemu-7.2.writes");
+        let p = parse(bytes, false).unwrap();
+        assert_eq!((p.counted, p.trailing, p.log.lba_size), (8, 0, 512));
+        let ops: Vec<(LogOp, u64, u64)> = p.log.entries.iter().map(|e| (e.op, e.slba, e.nlb)).collect();
+        assert_eq!(
+            ops,
+            [
+                (LogOp::Write, 0, 2),
+                (LogOp::Write, 2, 2),
+                (LogOp::Flush, 0, 0),
+                (LogOp::Write, 8, 2), // Write Zeroes: logged as zeros
+                (LogOp::Deallocate, 128, 128),
+                (LogOp::Flush, 0, 0),
+                (LogOp::Write, 20, 1),
+                (LogOp::Flush, 0, 0),
+            ]
+        );
+        assert!(p.log.entries[3].data.iter().all(|&b| b == 0));
+        assert!(p.log.entries[0].data.iter().any(|&b| b != 0), "dd wrote random bytes");
+        assert!(p.log.entries.iter().all(|e| !e.durable), "QEMU never logs FUA");
+        assert_eq!(*p.ends.last().unwrap(), bytes.len() as u64);
+        assert_eq!(parse(bytes, true).unwrap(), p, "nothing past the count");
+    }
+
     #[test]
     fn entries_past_the_count_are_read_only_when_asked() {
         // Superblock counted 2 (the last Flush); two more followed, then zeros.
