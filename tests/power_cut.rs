@@ -1,5 +1,12 @@
-//! Power cuts in QEMU: the VDE on VFIO keeps every acknowledged put and delete when the
-//! guest is powered off abruptly, and nothing unacknowledged is half-visible.
+//! QEMU killed mid-write: the VDE on VFIO keeps every acknowledged put and delete when
+//! QEMU dies abruptly, and nothing unacknowledged is half-visible.
+//!
+//! This is a process crash, not a power loss: QEMU's disk images live in the host's page
+//! cache, which keeps every write QEMU made, flushed by the guest or not, so no write the
+//! guest's device completed is ever lost or torn. (The names say "power cut" for history.)
+//! The states a power loss can leave — unflushed writes lost in any subset, writes torn —
+//! are checked by crash-state enumeration: `tests/crash_states.rs` (the simulator's write
+//! log) and `tests/crash_logwrites.rs` (QEMU blklogwrites' log of a guest run).
 //!
 //! [`power_cuts_in_qemu`] runs on the host (scripts/test runs it): it boots the default
 //! topology with `qemu/run --disks DIR` [`ROUNDS`] + 1 times. Each boot runs

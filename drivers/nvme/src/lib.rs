@@ -13,7 +13,9 @@
 //! - [`barrier`]: the DMA barriers every queue uses around doorbells and phase tags;
 //! - [`hw`]: the two small traits the controller logic is written against — register access
 //!   and DMA memory — so the same code drives a VFIO-mapped BAR and the simulated controller;
-//! - `sim` (feature `sim`): an in-process simulated controller for host tests.
+//! - `sim` (feature `sim`): an in-process simulated controller for host tests;
+//! - `crash` (feature `sim`): crash-state enumeration from a log of writes and Flushes (the
+//!   simulator's, or QEMU `blklogwrites`'), for crash tests of stores.
 //!
 //! All multi-byte fields are little-endian on the wire. ironvme builds only for
 //! little-endian targets, where the in-memory layout of these structures is the wire layout.
@@ -25,6 +27,8 @@ pub mod barrier;
 pub mod block;
 pub mod cmd;
 pub mod completion;
+#[cfg(any(test, feature = "sim"))]
+pub mod crash;
 pub mod ctrl;
 pub mod features;
 pub mod hw;

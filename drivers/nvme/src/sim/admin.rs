@@ -195,6 +195,22 @@ impl State {
         let block_size = if lbaf == 0 { 512 } else { 4096 };
         for (i, ns) in self.namespaces.iter_mut().enumerate() {
             if ns.is_active() && (nsid == NSID_ALL || nsid as usize == i + 1) {
+                // A recording of the namespace logs the erase as a durable deallocation of
+                // every block and a Flush; a new block size ends the recording (the log's
+                // units would change), and take_write_log returns it as it was.
+                if let Some(log) = self.power.recording(i) {
+                    log.entries.push(crate::crash::LoggedWrite {
+                        op: crate::crash::LogOp::Deallocate,
+                        slba: 0,
+                        nlb: ns.blocks,
+                        data: Vec::new(),
+                        durable: true,
+                    });
+                    log.entries.push(crate::crash::LoggedWrite::flush());
+                    if let Some(r) = self.power.recording.as_mut().filter(|_| block_size != ns.block_size) {
+                        r.open = false;
+                    }
+                }
                 ns.format(block_size);
                 self.power.forget_namespace(i);
             }

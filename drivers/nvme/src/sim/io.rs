@@ -81,8 +81,14 @@ impl State {
                 // power-loss model; otherwise it is volatile until a Flush.
                 self.map(sqid, cmd, bytes)?;
                 self.copy_in(sqid, cmd, bytes as usize)?;
-                self.before_media_change(ns, op, cmd.cdw12 & 1 << 30 != 0, &[(slba, nlb)]);
                 let data = std::mem::take(&mut self.scratch);
+                self.before_media_change(
+                    ns,
+                    op,
+                    cmd.cdw12 & 1 << 30 != 0,
+                    &[(slba, nlb)],
+                    &data[..bytes as usize],
+                );
                 self.namespaces[ns].write(offset, &data[..bytes as usize]);
                 self.scratch = data;
                 self.health.bytes_written += bytes;
@@ -99,7 +105,7 @@ impl State {
             nvm::VERIFY => self.health.read_commands += 1,
             _ => {
                 // Write Zeroes; DEAC (bit 25) may deallocate, which reads back as zeros too.
-                self.before_media_change(ns, op, cmd.cdw12 & 1 << 30 != 0, &[(slba, nlb)]);
+                self.before_media_change(ns, op, cmd.cdw12 & 1 << 30 != 0, &[(slba, nlb)], &[]);
                 self.namespaces[ns].zero(offset, bytes);
                 self.health.write_commands += 1;
             }
@@ -126,7 +132,7 @@ impl State {
             parsed.push((slba, nlb));
         }
         if cmd.cdw11 & 0x4 != 0 {
-            self.before_media_change(ns, cmd.opcode(), false, &parsed);
+            self.before_media_change(ns, cmd.opcode(), false, &parsed, &[]);
             let bs = self.namespaces[ns].block_size as u64;
             for (slba, nlb) in parsed {
                 self.namespaces[ns].zero(slba * bs, nlb * bs);

@@ -54,6 +54,30 @@
 //! # assert_eq!(rebooted.namespace_data(1), image);
 //! ```
 //!
+//! # Crash states
+//!
+//! The power cut above gives one crash per run. To check every crash a workload could
+//! suffer, record its namespace's writes and Flushes instead and enumerate the states with
+//! [`crate::crash::CrashStates`] (prefixes ending at a Flush, subsets of the writes after
+//! one, torn writes):
+//!
+//! ```
+//! use ironvme_nvme::crash::{CrashConfig, CrashStates};
+//! use ironvme_nvme::sim::{SimConfig, SimController};
+//!
+//! let sim = SimController::new(SimConfig::default());
+//! let start = sim.namespace_data(1);
+//! sim.record_writes(1);
+//! // ... run the workload against `sim`, noting sim.write_log_len() at each acknowledgement ...
+//! let log = sim.take_write_log().unwrap();
+//! let mut states = CrashStates::new(&log, start, &CrashConfig::bounded(100)).unwrap();
+//! while let Some((state, image)) = states.next_state() {
+//!     let rebooted = SimController::new(sim.config());
+//!     rebooted.restore_namespace(1, image);
+//!     // ... open the store on `rebooted`, check what was acknowledged before state.cut ...
+//! }
+//! ```
+//!
 //! # Differences from QEMU 7.2, on purpose
 //!
 //! - Doorbell Buffer Config (shadow doorbells) is Invalid Command Opcode: not implemented.
@@ -74,7 +98,9 @@
 //! Interrupts (IEN/IV are accepted and ignored), metadata and protection information,
 //! fused commands, weighted round robin, the CMB/PMR, NVM subsystem reset, non-contiguous
 //! (PRP-list) queues, the Commands Supported and Effects log, power states beyond PS0, and
-//! torn writes (a power cut loses or keeps each command whole).
+//! torn writes (a power cut loses or keeps each command whole; for torn writes, record
+//! the writes with [`SimController::record_writes`] and build crash states with
+//! [`crate::crash::CrashStates`]).
 
 mod admin;
 mod config;
@@ -358,7 +384,7 @@ impl SimController {
     pub fn restore_namespace(&self, nsid: u32, data: &[u8]) {
         let mut st = self.lock();
         let i = (nsid as usize).wrapping_sub(1);
-        let Some(ns) = st.namespaces.get_mut(i).filter(|ns| ns.is_active()) else {
+        let Some(ns) = st.namespaces.get(i).filter(|ns| ns.is_active()) else {
             panic!("restore_namespace: NSID {nsid} is not an active namespace");
         };
         assert!(
@@ -367,8 +393,66 @@ impl SimController {
             data.len(),
             ns.bytes()
         );
+        assert!(
+            !st.power.recording.as_ref().is_some_and(|r| r.open && r.ns == i),
+            "restore_namespace: namespace {nsid} is being recorded (record_writes); take_write_log first"
+        );
+        let ns = &mut st.namespaces[i];
         ns.load(data);
         st.power.forget_namespace(i);
+    }
+
+    /// Starts recording namespace `nsid`'s completed media changes and Flushes (replacing
+    /// any recording in progress), for [`crate::crash::CrashStates`]: take the image to
+    /// start from with [`SimController::namespace_data`] first, run the workload, then
+    /// [`SimController::take_write_log`].
+    ///
+    /// Logged in the order the controller executes them (it executes each command whole,
+    /// at the doorbell, and completes it after; a Flush is logged after every change it
+    /// covers):
+    /// - each successful Write, with its data; Write Zeroes; each range of a Dataset
+    ///   Management with Deallocate ([`LogOp::Deallocate`](crate::crash::LogOp)); each
+    ///   marked [`durable`](crate::crash::LoggedWrite::durable) if written with FUA or
+    ///   while the host had the volatile write cache disabled (or [`SimConfig::vwc`] is off);
+    /// - each Flush of the namespace or of all namespaces, and what counts as one: the
+    ///   host disabling the write cache, a shutdown notification;
+    /// - a Format NVM of the namespace as a durable deallocation of every block and a
+    ///   Flush (a Format that changes the block size ends the recording).
+    ///
+    /// Independent of the power-loss model ([`SimController::set_volatile_write_cache`]).
+    /// Memory: every byte written while recording.
+    ///
+    /// # Panics
+    ///
+    /// If `nsid` is not an active namespace.
+    pub fn record_writes(&self, nsid: u32) {
+        let mut st = self.lock();
+        let i = (nsid as usize).wrapping_sub(1);
+        let Some(ns) = st.namespaces.get(i).filter(|ns| ns.is_active()) else {
+            panic!("record_writes: NSID {nsid} is not an active namespace");
+        };
+        let lba_size = ns.block_size;
+        st.power.recording = Some(power::Recording {
+            ns: i,
+            log: crate::crash::WriteLog {
+                lba_size,
+                entries: Vec::new(),
+            },
+            open: true,
+        });
+    }
+
+    /// Entries logged so far by the recording in progress (0 if none): an operation that
+    /// returns when this is `n` was acknowledged before any crash whose cut is at `n` or
+    /// later (see [`crate::crash::CrashState::cut`]).
+    pub fn write_log_len(&self) -> usize {
+        self.lock().power.recording.as_ref().map_or(0, |r| r.log.entries.len())
+    }
+
+    /// Ends the recording started by [`SimController::record_writes`] and returns its log,
+    /// or `None` if nothing was being recorded.
+    pub fn take_write_log(&self) -> Option<crate::crash::WriteLog> {
+        self.lock().power.recording.take().map(|r| r.log)
     }
 
     /// Turns the power-loss model of the volatile write cache on or off (default off).

@@ -10,9 +10,15 @@
 //! newer surviving write covers them, a surviving write marks its ranges covered. That
 //! yields exactly the media as if the surviving writes alone had been applied, in order,
 //! to the flushed contents.
+//!
+//! The same hooks feed the write recorder ([`super::SimController::record_writes`]): a
+//! redo log of one namespace's completed media changes, with their data, and its Flushes,
+//! from which [`crate::crash::CrashStates`] builds every state a crash could leave.
 
 use super::namespace::Saved;
 use super::state::State;
+use crate::cmd::nvm;
+use crate::crash::{LogOp, LoggedWrite, WriteLog};
 use std::collections::BTreeMap;
 
 /// What a power cut did to the media; see [`super::SimController::power_cut`].
@@ -69,6 +75,28 @@ pub(super) struct PowerModel {
     pub(super) off: bool,
     /// Unflushed media changes, oldest first.
     log: Vec<Undo>,
+    /// The write recorder, from `record_writes` to `take_write_log`.
+    pub(super) recording: Option<Recording>,
+}
+
+/// The write recorder's state.
+pub(super) struct Recording {
+    /// Index into `State::namespaces`.
+    pub(super) ns: usize,
+    /// What was logged so far.
+    pub(super) log: WriteLog,
+    /// Still logging (a Format that changed the block size ends it).
+    pub(super) open: bool,
+}
+
+impl PowerModel {
+    /// The log of namespace index `ns`, if it is being recorded.
+    pub(super) fn recording(&mut self, ns: usize) -> Option<&mut WriteLog> {
+        self.recording
+            .as_mut()
+            .filter(|r| r.open && r.ns == ns)
+            .map(|r| &mut r.log)
+    }
 }
 
 impl PowerModel {
@@ -155,8 +183,36 @@ impl State {
 
     /// Called just before a command changes the blocks `ranges` ((SLBA, NLB) pairs, all
     /// checked to be inside the namespace) of namespace index `ns`: remembers their
-    /// contents if the change will be volatile. `fua` makes the change durable at once.
-    pub(super) fn before_media_change(&mut self, ns: usize, opcode: u8, fua: bool, ranges: &[(u64, u64)]) {
+    /// contents if the change will be volatile, and logs the change if the namespace is
+    /// being recorded (`data`: what a Write writes, `ranges`' blocks in order). `fua`
+    /// makes the change durable at once.
+    pub(super) fn before_media_change(&mut self, ns: usize, opcode: u8, fua: bool, ranges: &[(u64, u64)], data: &[u8]) {
+        let durable = fua || !self.features.write_cache_enabled();
+        if let Some(log) = self.power.recording(ns) {
+            let op = match opcode {
+                nvm::WRITE => LogOp::Write,
+                nvm::WRITE_ZEROES => LogOp::WriteZeroes,
+                _ => LogOp::Deallocate,
+            };
+            let mut at = 0usize;
+            for &(slba, nlb) in ranges.iter().filter(|&&(_, nlb)| nlb > 0) {
+                let data = match op {
+                    LogOp::Write => {
+                        let len = (nlb * log.lba_size as u64) as usize;
+                        at += len;
+                        data[at - len..at].to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                log.entries.push(LoggedWrite {
+                    op,
+                    slba,
+                    nlb,
+                    data,
+                    durable,
+                });
+            }
+        }
         if !self.cache_is_volatile() {
             return;
         }
@@ -189,6 +245,11 @@ impl State {
     /// A Flush of namespace index `ns` (`None`: all namespaces) completed, or something
     /// equivalent happened: its completed writes are durable.
     pub(super) fn flushed(&mut self, ns: Option<usize>) {
+        if let Some(r) = self.power.recording.as_mut().filter(|r| r.open) {
+            if ns.is_none_or(|i| i == r.ns) {
+                r.log.entries.push(LoggedWrite::flush());
+            }
+        }
         match ns {
             Some(i) => self.power.forget_namespace(i),
             None => self.power.forget(),
@@ -545,6 +606,122 @@ mod tests {
     fn restore_refuses_an_unknown_namespace() {
         let h = Harness::new();
         h.sim.restore_namespace(2, &[]);
+    }
+
+    #[test]
+    fn the_recorder_logs_every_change_and_flush_of_its_namespace_in_order() {
+        use crate::crash::{LogOp, LoggedWrite};
+        let cfg = SimConfig {
+            namespaces: vec![SimNamespace::new(512, 256), SimNamespace::new(512, 256)],
+            ..SimConfig::default()
+        };
+        let mut h = Harness::with(cfg);
+        let mut io = h.create_io(1, 64);
+        write(&h, &mut io, 1, 0, 4, 0x01, false); // before the recording: not logged
+        let start = h.sim.namespace_data(1);
+        h.sim.record_writes(1);
+        assert_eq!(h.sim.write_log_len(), 0);
+        write(&h, &mut io, 1, 2, 8, 0x02, false);
+        write(&h, &mut io, 2, 0, 1, 0x03, false); // the other namespace: not logged
+        assert_eq!(h.sim.write_log_len(), 1);
+        run_ok(&h, &mut io, Command::flush(2)); // not this namespace's Flush
+        run_ok(&h, &mut io, Command::flush(1));
+        write(&h, &mut io, 1, 20, 1, 0x04, true);
+        run_ok(&h, &mut io, Command::write_zeroes(1, 3, 2, false));
+        let mut ranges = h.dma_buf(4096);
+        let m = ranges.as_mut_slice();
+        for (i, (slba, nlb)) in [(30u64, 2u32), (40, 0), (50, 1)].into_iter().enumerate() {
+            m[i * 16 + 4..i * 16 + 8].copy_from_slice(&nlb.to_le_bytes());
+            m[i * 16 + 8..i * 16 + 16].copy_from_slice(&slba.to_le_bytes());
+        }
+        let mut dsm = Command::dataset_management(
+            1,
+            3,
+            DsmAttributes {
+                deallocate: true,
+                ..Default::default()
+            },
+        );
+        dsm.set_prp(ranges.iova(), 0);
+        run_ok(&h, &mut io, dsm);
+        // A failed write is not logged.
+        let buf = h.dma_buf(512);
+        assert!(!io.write_prp(&h.sim, 300, &buf, 1).status().is_success());
+        run_ok(&h, &mut io, Command::flush(u32::MAX));
+        // Disabling the cache counts as a Flush, and later writes are durable.
+        let c = h.admin(Command::set_features(FeatureId::VOLATILE_WRITE_CACHE, 0, 0, false));
+        assert!(c.status().is_success());
+        write(&h, &mut io, 1, 60, 1, 0x05, false);
+        let end = h.sim.namespace_data(1);
+        let log = h.sim.take_write_log().expect("a recording");
+        assert!(h.sim.take_write_log().is_none(), "taking ends it");
+        write(&h, &mut io, 1, 61, 1, 0x06, false);
+        let kinds: Vec<(LogOp, u64, u64, bool)> =
+            log.entries.iter().map(|e| (e.op, e.slba, e.nlb, e.durable)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (LogOp::Write, 2, 8, false),
+                (LogOp::Flush, 0, 0, false),
+                (LogOp::Write, 20, 1, true),
+                (LogOp::WriteZeroes, 3, 2, false),
+                (LogOp::Deallocate, 30, 2, false),
+                (LogOp::Deallocate, 50, 1, false),
+                (LogOp::Flush, 0, 0, false),
+                (LogOp::Flush, 0, 0, false),
+                (LogOp::Write, 60, 1, true),
+            ]
+        );
+        assert_eq!(log.lba_size, 512);
+        assert_eq!(log.entries[0].data, vec![0x02; 8 * 512]);
+        assert!(
+            log.entries
+                .iter()
+                .filter(|e| e.op != LogOp::Write)
+                .all(|e| e.data.is_empty())
+        );
+        assert_eq!(log.entries[1], LoggedWrite::flush());
+        assert!(
+            log.apply_all(&start).unwrap() == end,
+            "replaying the log gives the media"
+        );
+    }
+
+    #[test]
+    fn the_recorder_logs_a_format_and_refuses_a_restore() {
+        use crate::crash::LogOp;
+        let (mut h, mut io) = model_on(SimConfig::default());
+        h.sim.record_writes(1);
+        write(&h, &mut io, 1, 0, 1, 0x66, false);
+        let c = h.admin(Command::format_nvm(1, 0, 0, 0, false, false));
+        assert!(c.status().is_success(), "{}", c.status());
+        write(&h, &mut io, 1, 1, 1, 0x67, false);
+        // A new block size ends the recording.
+        let c = h.admin(Command::format_nvm(1, 1, 0, 0, false, false));
+        assert!(c.status().is_success(), "{}", c.status());
+        let restore = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h.sim.restore_namespace(1, &[1; 512]);
+        }));
+        assert!(restore.is_ok(), "the recording ended: a restore is fine");
+        let log = h.sim.take_write_log().unwrap();
+        let ops: Vec<(LogOp, u64, u64, bool)> = log.entries.iter().map(|e| (e.op, e.slba, e.nlb, e.durable)).collect();
+        let all = 16 * 1024 * 1024 / 512;
+        assert_eq!(
+            ops,
+            [
+                (LogOp::Write, 0, 1, false),
+                (LogOp::Deallocate, 0, all, true),
+                (LogOp::Flush, 0, 0, false),
+                (LogOp::Write, 1, 1, false),
+                (LogOp::Deallocate, 0, all, true),
+                (LogOp::Flush, 0, 0, false),
+            ]
+        );
+        h.sim.record_writes(1);
+        let restore = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            h.sim.restore_namespace(1, &[1; 512]);
+        }));
+        assert!(restore.is_err(), "a restore under a recording would not be in the log");
     }
 
     #[test]
