@@ -1178,7 +1178,7 @@ impl Vde {
             return Err(VdeError::ReadOnly);
         }
         Self::check_range(&rec, name, vblock, n)?;
-        st.space.reserve(n, MAX_VOL_EXTENT)
+        st.reserve(&self.log, n, MAX_VOL_EXTENT)
     }
 
     /// Gives back the blocks of a write that failed.

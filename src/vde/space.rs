@@ -642,6 +642,11 @@ impl SpaceMap {
         self.total
     }
 
+    /// Blocks freed but not yet released for reuse (deferred until two more commits).
+    pub fn deferred_blocks(&self) -> u64 {
+        self.deferred.iter().map(|d| d.2).sum()
+    }
+
     /// Whether `block` is in use as of the next committed txg (`durable`); false past the
     /// device's end.
     pub fn is_used(&self, block: u64) -> bool {

@@ -200,6 +200,27 @@ impl State {
         e
     }
 
+    /// Reserves `blocks` data blocks in runs of at most `max_run` blocks. When the space
+    /// map has too few free blocks but holds deferred frees (blocks freed in the last two
+    /// txgs), commits until they are released (at most three times) and tries again, as
+    /// ZFS waits for a txg sync when space is short: a delete on a full store gives its
+    /// space back to the next write.
+    ///
+    /// Errors: [`VdeError::NoSpace`] (nothing reserved), commit errors (the store is then
+    /// poisoned).
+    pub fn reserve(&mut self, log: &IntentLog, blocks: u64, max_run: u64) -> Result<Vec<(u64, u64)>, VdeError> {
+        let mut commits = 0;
+        loop {
+            match self.space.reserve(blocks, max_run) {
+                Err(VdeError::NoSpace { .. }) if commits < 3 && self.space.deferred_blocks() > 0 => {
+                    self.commit(log)?;
+                    commits += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Whether dirty metadata or the log asks for a commit.
     pub fn wants_commit(&self, log: &IntentLog) -> bool {
         let dirty = self.objects.dirty_nodes()
@@ -769,7 +790,7 @@ impl Vde {
         let blocks = data.len().div_ceil(BLOCK) as u64;
         let runs = {
             let mut st = self.state()?;
-            st.space.reserve(blocks, MAX_EXTENT_BLOCKS)?
+            st.reserve(&self.log, blocks, MAX_EXTENT_BLOCKS)?
         };
         if runs.len() > MAX_EXTENTS {
             let mut st = self.state()?;
