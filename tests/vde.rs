@@ -3,8 +3,10 @@
 //! a volatile write cache.
 
 mod common;
+mod vde_image;
 mod vde_suite;
 
+use ironvme::vde::block::NodeKind;
 use ironvme::vde::{Vde, VdeError};
 use ironvme::{Backend, Device, OpenOptions};
 use proptest::prelude::*;
@@ -80,7 +82,7 @@ proptest! {
 }
 
 /// A sparse image file of `blocks` blocks of 4 KiB on psync, in memory (/dev/shm) where
-/// there is one: the large stores write hundreds of MiB of inode table.
+/// there is one.
 fn sparse_disk(blocks: u64) -> Disk {
     let shm = std::path::Path::new("/dev/shm");
     let dir = if shm.is_dir() {
@@ -97,35 +99,42 @@ fn sparse_disk(blocks: u64) -> Disk {
     }
 }
 
-/// (device blocks, `--inodes`): mostly small stores, and now and then the sizes whose
-/// index allocation map once came out one block short (`--inodes 390076..=390082`, or
-/// the default inodes on 3,120,608..=3,120,663 blocks).
-fn store_sizes() -> impl Strategy<Value = (u64, u64)> {
+/// Device blocks: mostly small stores, and now and then sizes at the edges of a space
+/// map bitmap block (32,448 blocks each) and of the intent log's clamp (64 blocks below
+/// 16,384 blocks, 4096 from 1,048,576).
+fn store_sizes() -> impl Strategy<Value = u64> {
+    let bitmap = ironvme::vde::space::BITS_PER_BITMAP;
     prop_oneof![
-        4 => (256u64..60_000, prop_oneof![Just(0u64), 1u64..4000]),
-        1 => (160_000u64..400_000, 390_070u64..390_090),
-        1 => (3_120_590u64..3_120_680, Just(0u64)),
+        4 => 100u64..60_000,
+        1 => (1u64..40, 0u64..7).prop_map(move |(k, d)| k * bitmap + d - 3),
+        1 => 16_380u64..16_390,
+        1 => 1_048_570u64..1_048_590,
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
-    /// Whatever the device size and `--inodes`, a store that formats opens again, holds an
-    /// object and fscks clean.
+    /// Whatever the device size, a store that formats opens again, holds an object and a
+    /// volume block, and fscks clean.
     #[test]
-    fn every_size_that_formats_opens_again((blocks, inodes) in store_sizes()) {
+    fn every_size_that_formats_opens_again(blocks in store_sizes()) {
         let disk = sparse_disk(blocks);
         let vde = match Vde::format(disk.device(), small()) {
             Ok(v) => v,
             Err(VdeError::TooSmall { .. }) => return Ok(()),
-            Err(e) => panic!("{blocks} blocks, {inodes} inodes: format: {e}"),
+            Err(e) => panic!("{blocks} blocks: format: {e}"),
         };
         vde.put(b"k", b"v").unwrap();
+        vde.vol_create("v", 1 << 20).unwrap();
+        vde.vol_write("v", 255, &[7u8; 4096], true).unwrap();
         vde.close().unwrap();
-        let vde = disk.open().unwrap_or_else(|e| panic!("{blocks} blocks, {inodes} inodes: open: {e}"));
+        let vde = disk.open().unwrap_or_else(|e| panic!("{blocks} blocks: open: {e}"));
         prop_assert_eq!(vde.get(b"k").unwrap(), b"v");
+        let mut buf = [0u8; 4096];
+        vde.vol_read("v", 255, &mut buf).unwrap();
+        prop_assert!(buf == [7u8; 4096]);
         let r = vde.fsck().unwrap();
-        prop_assert!(r.clean(), "{} blocks, {} inodes: {:?}", blocks, inodes, r.violations);
+        prop_assert!(r.clean(), "{} blocks: {:?}", blocks, r.violations);
     }
 }
 
@@ -157,7 +166,7 @@ fn a_blank_or_tiny_device_is_refused_clearly() {
         file_block_size: Some(512),
         ..Default::default()
     };
-    let vde = Vde::format(Device::open(disk.path.to_str().unwrap(), &o).unwrap(), 0, small()).unwrap();
+    let vde = Vde::format(Device::open(disk.path.to_str().unwrap(), &o).unwrap(), small()).unwrap();
     vde.put(b"k", b"on 512-byte blocks").unwrap();
     vde.close().unwrap();
     assert_eq!(disk.open().unwrap().get(b"k").unwrap(), b"on 512-byte blocks");
@@ -168,10 +177,17 @@ fn threads_write_different_keys_in_parallel() {
     for backend in BACKENDS {
         let disk = Disk::new(backend, 64);
         let vde = stress(format(disk.device()), 4, 150, 20_000);
+        // Group commit: concurrent puts and deletes share intent log Flushes.
         let info = vde.info().unwrap();
+        eprintln!(
+            "{backend}: {} operations acknowledged with {} log Flushes",
+            info.acked_ops, info.log_flushes
+        );
         assert!(
-            info.max_parallel_data_writes > 1,
-            "{backend}: puts of different keys never overlapped"
+            info.log_flushes < info.acked_ops,
+            "{backend}: {} log Flushes for {} operations: no group commit",
+            info.log_flushes,
+            info.acked_ops
         );
         vde.close().unwrap();
         let r = disk.open().unwrap().fsck().unwrap();
@@ -179,166 +195,278 @@ fn threads_write_different_keys_in_parallel() {
     }
 }
 
-/// A store with known contents: 26 small objects and one of 300 KiB; closed.
 /// Keys and values.
 type Objects = Vec<(Vec<u8>, Vec<u8>)>;
 
-fn populated(backend: Backend) -> (Disk, ironvme::vde::format::Layout, Objects) {
+/// Blocks of the test volume `v` (4 KiB each).
+const VOL_BLOCKS: u64 = 96;
+
+/// What a populated store holds: objects, and every block of `v` and `v@s`.
+struct Contents {
+    objects: Objects,
+    /// Dataset name and its blocks' bytes (VOL_BLOCKS × 4 KiB).
+    volumes: Vec<(String, Vec<u8>)>,
+}
+
+/// A store with known contents, closed: 226 small objects (an object index of two
+/// levels) and one of 300 KiB, a volume
+/// `v` of 96 blocks written in part, a snapshot `v@s`, then part of `v` overwritten
+/// after it (copy-on-write).
+fn populated(backend: Backend) -> (Disk, Contents) {
     let disk = Disk::new(backend, 16);
     let vde = format(disk.device());
-    let mut objs = Vec::new();
+    let mut objects = Vec::new();
     for c in b'a'..=b'z' {
-        objs.push((vec![c], bytes(c as u64, 100 + c as usize)));
+        objects.push((vec![c], bytes(c as u64, 100 + c as usize)));
     }
-    objs.push((b"big".to_vec(), bytes(7, 300 * 1024)));
-    for (k, v) in &objs {
+    objects.push((b"big".to_vec(), bytes(7, 300 * 1024)));
+    // Enough keys for an object index of more than one level.
+    for i in 0..200u64 {
+        objects.push((
+            format!("many/{i:04}/a-key-long-enough-to-fill-leaves").into_bytes(),
+            bytes(1000 + i, 10 + i as usize % 50),
+        ));
+    }
+    for (k, v) in &objects {
         vde.put(k, v).unwrap();
     }
-    let layout = vde.info().unwrap().layout;
+    let mut vol = vec![0u8; VOL_BLOCKS as usize * 4096];
+    vde.vol_create("v", VOL_BLOCKS * 4096).unwrap();
+    let first = bytes(100, 40 * 4096);
+    vde.vol_write("v", 8, &first, false).unwrap();
+    vol[8 * 4096..48 * 4096].copy_from_slice(&first);
+    vde.vol_flush().unwrap();
+    vde.snap_create("v", "s").unwrap();
+    let snap = vol.clone();
+    let second = bytes(101, 20 * 4096);
+    vde.vol_write("v", 30, &second, false).unwrap();
+    vol[30 * 4096..50 * 4096].copy_from_slice(&second);
+    vde.vol_flush().unwrap();
     vde.close().unwrap();
-    (disk, layout, objs)
-}
-
-/// Opening fails, naming the block and its kind.
-fn open_fails(disk: &Disk, block: u64, kind: &str) {
-    match disk.open() {
-        Err(VdeError::Corrupt { block: b, kind: k, .. }) => {
-            assert_eq!((b, k), (block, kind));
-        }
-        Err(e) => panic!("expected corruption of {kind} block {block}, got {e}"),
-        Ok(_) => panic!("opened despite a corrupt {kind} block {block}"),
-    }
-}
-
-#[test]
-fn every_kind_of_corruption_is_caught() {
-    // Superblocks: one bad copy is survived (and reported by fsck), two are not.
-    let (disk, _, objs) = populated(Backend::Psync);
-    disk.flip(0, 40);
-    let vde = disk.open().unwrap();
-    assert!(vde.get(&objs[0].0).unwrap() == objs[0].1);
-    let r = vde.fsck().unwrap();
-    assert!(
-        r.violations.iter().any(|v| v.contains("superblock block 0")),
-        "{:?}",
-        r.violations
-    );
-    drop(vde);
-    assert!(
-        disk.open().unwrap().fsck().unwrap().clean(),
-        "the bad copy was rewritten"
-    );
-    disk.flip(0, 40);
-    disk.flip(1, 40);
-    assert!(matches!(disk.open(), Err(VdeError::Corrupt { .. })));
-
-    // Region directory, allocation maps and the index header: the store will not open.
-    for which in ["region directory", "index map", "inode map", "data map", "index header"] {
-        let (disk, l, _) = populated(Backend::Psync);
-        let (block, kind) = match which {
-            "region directory" => (2, "region directory"),
-            "index map" => (l.index_map.start, "allocation map"),
-            "inode map" => (l.inode_map.start, "allocation map"),
-            "data map" => (l.data_map.start, "allocation map"),
-            _ => (l.index.start, "key index header"),
-        };
-        disk.flip(block, 9);
-        open_fails(&disk, block, kind);
-    }
-
-    // An inode block: the objects in it fail precisely, the others read; fsck reports.
-    let (disk, l, objs) = populated(Backend::Psync);
-    let vde = disk.open().unwrap();
-    let ino = vde.stat(b"a").unwrap().inode;
-    drop(vde);
-    let block = l.inodes.start + ino / ironvme::vde::format::INODES_PER_BLOCK;
-    disk.flip(block, 3);
-    let vde = disk.open().unwrap();
-    match vde.get(b"a") {
-        Err(VdeError::Corrupt { block: b, kind, .. }) => assert_eq!((b, kind), (block, "inode table")),
-        r => panic!("{:?}", r.map(|v| v.len())),
-    }
-    let r = vde.fsck().unwrap();
-    assert!(!r.clean());
-    drop(vde);
-
-    // A key-index node: lookups through it fail precisely.
-    let (disk, l, objs2) = populated(Backend::Psync);
-    let root = {
-        let vde = disk.open().unwrap();
-        let n = vde.info().unwrap().index_nodes_used;
-        assert!(n >= 2);
-        drop(vde);
-        // The only node of a small tree is node 1.
-        l.index.start + 1
+    let contents = Contents {
+        objects,
+        volumes: vec![("v".into(), vol), ("v@s".into(), snap)],
     };
-    disk.flip(root, 20);
-    let vde = disk.open().unwrap();
-    match vde.get(&objs2[3].0) {
-        Err(VdeError::Corrupt { block, .. }) => assert_eq!(block, root),
-        r => panic!("{:?}", r.map(|v| v.len())),
-    }
-    assert!(!vde.fsck().unwrap().clean());
-    drop(vde);
+    (disk, contents)
+}
 
-    // A data extent: that object fails with DataCorrupt, never other bytes.
-    let (disk, _, objs3) = populated(Backend::Psync);
-    let vde = disk.open().unwrap();
-    let ext = vde.stat(b"big").unwrap().extents[0];
-    drop(vde);
-    disk.flip(ext.0 + 10, 123);
-    let vde = disk.open().unwrap();
-    assert!(matches!(vde.get(b"big"), Err(VdeError::DataCorrupt { extent: 0, .. })));
-    for (k, v) in objs3.iter().filter(|(k, _)| k != b"big") {
-        assert!(vde.get(k).unwrap() == *v);
+/// Reads every object and every block of every volume and snapshot in `want`: each read
+/// returns the right bytes or an error, never other bytes. Returns the errors.
+fn read_everything(vde: &Vde, want: &Contents) -> Vec<VdeError> {
+    let mut errors = Vec::new();
+    for (k, v) in &want.objects {
+        match vde.get(k) {
+            Ok(got) => assert!(got == *v, "get {k:?} returned other bytes"),
+            Err(e) => errors.push(e),
+        }
     }
+    for (name, data) in &want.volumes {
+        let mut buf = vec![0u8; 4096];
+        for b in 0..VOL_BLOCKS {
+            match vde.vol_read(name, b, &mut buf) {
+                Ok(()) => assert!(
+                    buf[..] == data[b as usize * 4096..(b as usize + 1) * 4096],
+                    "{name} block {b}: other bytes"
+                ),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    errors
+}
+
+/// Whether a report line names `block`: "block N", or a run "S+N" or "S..E" holding it.
+fn names_in_text(line: &str, block: u64) -> bool {
+    if line.contains(&format!("block {block}")) {
+        return true;
+    }
+    line.split(|c: char| !(c.is_ascii_digit() || c == '+' || c == '.'))
+        .filter_map(|t| {
+            let (a, b, run) = match t.split_once('+') {
+                Some((a, b)) => (a, b, true),
+                None => {
+                    let (a, b) = t.split_once("..")?;
+                    (a, b, false)
+                }
+            };
+            let (a, b) = (a.parse::<u64>().ok()?, b.trim_end_matches('.').parse::<u64>().ok()?);
+            Some(if run { a..a + b } else { a..b })
+        })
+        .any(|r| r.contains(&block))
+}
+
+/// Opens `disk` after block `block` was damaged: either the open fails naming the
+/// block, or every read returns the right bytes or an error naming the block, at least
+/// one read fails when `reads_fail`, and fsck reports the block (or fails naming it).
+fn damage_is_named(disk: &Disk, want: &Contents, block: u64, what: &str, reads_fail: bool) {
+    let vde = match disk.open() {
+        Err(e) => {
+            assert!(
+                vde_image::names_block(&e, block),
+                "{what} (block {block}): open failed otherwise: {e}"
+            );
+            eprintln!("{what}: open refused: {e}");
+            return;
+        }
+        Ok(v) => v,
+    };
+    let errors = read_everything(&vde, want);
+    for e in &errors {
+        assert!(
+            vde_image::names_block(e, block),
+            "{what} (block {block}): a read failed otherwise: {e}"
+        );
+    }
+    assert!(
+        !reads_fail || !errors.is_empty(),
+        "{what} (block {block}): every read succeeded"
+    );
+    if let Some(e) = errors.first() {
+        eprintln!("{what}: {} reads failed, e.g. {e}", errors.len());
+    }
+    match vde.fsck() {
+        Ok(r) => assert!(
+            r.violations.iter().any(|v| names_in_text(v, block)),
+            "{what} (block {block}): fsck: {:?}",
+            r.violations
+        ),
+        Err(e) => assert!(vde_image::names_block(&e, block), "{what}: fsck failed otherwise: {e}"),
+    }
+}
+
+/// Damages one block of each kind the committed state reaches (found from the
+/// superblock's pointers), one fresh store per case; each is named by the error.
+#[test]
+fn every_kind_of_corruption_is_named() {
+    type Pick = fn(&vde_image::ImageMap) -> u64;
+    let cases: [(&str, Pick, bool); 8] = [
+        (
+            "object index root",
+            |m| {
+                assert!(m.objects[0].1 > 0, "the object index has one level");
+                m.objects[0].0.addr
+            },
+            true,
+        ),
+        (
+            "object index leaf",
+            |m| m.objects.iter().rfind(|n| n.1 == 0).unwrap().0.addr,
+            true,
+        ),
+        ("dataset directory node", |m| m.datasets[0].0.addr, true),
+        (
+            "extent map node of v",
+            |m| m.extents.iter().find(|e| e.0 == "v").unwrap().1.addr,
+            true,
+        ),
+        (
+            "extent map node of v@s",
+            |m| m.extents.iter().find(|e| e.0 == "v@s").unwrap().1.addr,
+            true,
+        ),
+        ("space map root", |m| m.space[0].0.addr, false),
+        (
+            "a data block of an object",
+            |m| {
+                let (_, start, blocks) = m.object_data.iter().find(|d| d.0 == b"big").unwrap();
+                start + blocks / 2
+            },
+            true,
+        ),
+        (
+            "a data block of a volume",
+            |m| m.volume_data.iter().find(|d| d.0 == "v" && d.1 == 35).unwrap().2,
+            true,
+        ),
+    ];
+    for (what, pick, reads_fail) in cases {
+        let (disk, want) = populated(Backend::Psync);
+        let map = vde_image::ImageMap::read(&std::fs::read(&disk.path).unwrap());
+        let block = pick(&map);
+        disk.flip(block, 100);
+        damage_is_named(&disk, &want, block, what, reads_fail);
+    }
+}
+
+/// One superblock copy damaged (either one): the store opens from the other with every
+/// byte, fsck reports the copy, a read-only open says NeedsRecovery, and a writable open
+/// rewrites it. Both damaged: the open fails naming a copy.
+#[test]
+fn a_store_survives_one_superblock_copy_and_not_two() {
+    let read_only = ironvme::vde::VdeOptions {
+        read_only: true,
+        ..small()
+    };
+    for copy in [0u64, 1] {
+        let (disk, want) = populated(Backend::Psync);
+        disk.flip(copy, 50);
+        let e = Vde::open(disk.device(), read_only.clone())
+            .err()
+            .expect("NeedsRecovery");
+        assert!(matches!(e, VdeError::NeedsRecovery(_)), "{e}");
+        let vde = disk.open().unwrap();
+        let errors = read_everything(&vde, &want);
+        assert!(errors.is_empty(), "copy {copy}: {errors:?}");
+        vde.close().unwrap();
+        let vde = Vde::open(disk.device(), read_only.clone()).expect("the copy was rewritten");
+        assert!(read_everything(&vde, &want).is_empty());
+        let r = vde.fsck().unwrap();
+        assert!(r.clean(), "copy {copy}: {:?}", r.violations);
+    }
+    // fsck reports a damaged copy. An open repairs one, and fsck commits first (which
+    // writes the older copy), so damage the newest copy of an open store.
+    let (disk, _) = populated(Backend::Psync);
+    let vde = disk.open().unwrap();
+    let newest = vde.info().unwrap().txg % 2;
+    disk.flip(newest, 50);
     let r = vde.fsck().unwrap();
     assert!(
-        r.violations.iter().any(|v| v.contains("does not match its checksum")),
+        r.violations
+            .iter()
+            .any(|v| v.contains(&format!("superblock copy {newest}"))),
         "{:?}",
         r.violations
     );
-    let _ = objs;
+    drop(vde);
+
+    let (disk, _) = populated(Backend::Psync);
+    disk.flip(0, 50);
+    disk.flip(1, 50);
+    match disk.open() {
+        Err(e @ (VdeError::Mismatch { .. } | VdeError::Corrupt { .. })) => {
+            assert!(vde_image::names_block(&e, 0) || vde_image::names_block(&e, 1), "{e}")
+        }
+        Err(e) => panic!("both copies damaged: {e}"),
+        Ok(_) => panic!("opened with both superblock copies damaged"),
+    }
 }
 
+/// A format-1 store (its superblock: magic `IRONVDE\0`, version 1 at offset 8) is
+/// refused with a message naming format 1, whichever copies look so.
 #[test]
-fn a_torn_journal_tail_is_discarded_whole() {
-    // A put whose transaction is in the journal but not checkpointed (the process died
-    // before closing): replayed at open. Damage its commit record and it is dropped
-    // whole: the key keeps its old value, nothing half-visible, fsck clean.
-    let disk = Disk::new(Backend::Psync, 16);
-    let vde = format(disk.device());
-    vde.put(b"k", b"old").unwrap();
-    vde.checkpoint().unwrap();
-    vde.put(b"k", b"new").unwrap();
-    let journal = vde.info().unwrap().layout.journal;
-    std::mem::forget(vde); // no checkpoint at close: like a killed process
-    let reopened = disk.open().unwrap();
-    assert_eq!(reopened.get(b"k").unwrap(), b"new");
-    assert_eq!(reopened.info().unwrap().stats.replayed, 1);
-    drop(reopened);
-
-    let disk = Disk::new(Backend::Psync, 16);
-    let vde = format(disk.device());
-    vde.put(b"k", b"old").unwrap();
-    vde.checkpoint().unwrap();
-    vde.put(b"k", b"new").unwrap();
-    let tx_blocks = 2 + 6; // descriptor + images + commit; find the commit by scanning
-    std::mem::forget(vde);
-    let raw = std::fs::read(&disk.path).unwrap();
-    let commit = (journal.start..journal.start + tx_blocks + 16)
-        .find(|b| {
-            let blk = &raw[*b as usize * 4096..(*b as usize + 1) * 4096];
-            u32::from_le_bytes(blk[4064 + 4..4064 + 8].try_into().unwrap()) == 4
-        })
-        .expect("a commit record");
-    disk.flip(commit, 0);
-    let reopened = disk.open().unwrap();
-    assert_eq!(reopened.get(b"k").unwrap(), b"old");
-    assert!(reopened.fsck().unwrap().clean());
+fn a_format_1_store_is_refused_clearly() {
+    for blocks in [&[0u64][..], &[0, 1]] {
+        let disk = Disk::new(Backend::Psync, 8);
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk.path).unwrap();
+        for &b in blocks {
+            let mut sb = vec![0u8; 4096];
+            sb[..8].copy_from_slice(b"IRONVDE\0");
+            sb[8..12].copy_from_slice(&1u32.to_le_bytes());
+            sb[12..20].copy_from_slice(&4096u64.to_le_bytes());
+            f.seek(SeekFrom::Start(b * 4096)).unwrap();
+            f.write_all(&sb).unwrap();
+        }
+        drop(f);
+        match disk.open() {
+            Err(VdeError::Unsupported(m)) => assert!(m.contains("format-1 VDE superblock"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a format-1 store opened"),
+        }
+    }
 }
 
-/// A store whose writer died before its checkpoint (an un-checkpointed journal), or
+/// A store whose writer died before its checkpoint (intent log records newer than the
+/// committed txg), or
 /// whose superblock copy is damaged, opened read-only: the open fails with
 /// `NeedsRecovery` and not one byte of the image changes. A clean store opened read-only
 /// serves reads, refuses changes, and writes nothing, not even at close.
@@ -359,11 +487,7 @@ fn a_read_only_store_never_writes() {
         .err()
         .expect("a store that needs recovery");
     assert!(matches!(e, VdeError::NeedsRecovery(_)), "{e}");
-    assert!(
-        e.to_string()
-            .contains("journal holds 1 transaction(s) not yet checkpointed"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("intent log records to replay"), "{e}");
     assert!(
         std::fs::read(&disk.path).unwrap() == before,
         "a read-only open wrote the image"
@@ -444,7 +568,7 @@ fn a_cli_reader_recovers_a_store_that_needs_it() {
     assert_eq!(run(&["vde", "get", img, "k"]), b"new");
     // Recovered: a writable open has nothing left to replay.
     let vde = disk.open().unwrap();
-    assert_eq!(vde.info().unwrap().stats.replayed, 0);
+    assert_eq!(vde.info().unwrap().pool.replayed, 0);
     vde.close().unwrap();
     let before = std::fs::read(&disk.path).unwrap();
     for args in [
@@ -818,7 +942,7 @@ mod power_loss {
         use ironvme::nvme::sim::{FaultAction, FaultRule};
         use ironvme::nvme::status::Status;
         let sim = SimController::new(config());
-        let vde = Vde::format(Device::simulated(sim.clone(), Default::default()).unwrap(), 0, small()).unwrap();
+        let vde = Vde::format(Device::simulated(sim.clone(), Default::default()).unwrap(), small()).unwrap();
         vde.put(b"old", b"committed").unwrap();
         sim.inject(FaultRule {
             opcode: Some(nvm::FLUSH),
@@ -865,29 +989,112 @@ mod power_loss {
     }
 }
 
+/// A put acknowledged through the intent log only (the writer died before a commit) is
+/// replayed at open, and its data blocks are in use from then on: later writes do not
+/// get them (the space map loaded at open knows only the committed txg).
 #[test]
-fn a_damaged_transaction_before_others_refuses_to_open() {
+fn a_replayed_put_keeps_its_blocks() {
     let disk = Disk::new(Backend::Psync, 16);
     let vde = format(disk.device());
     vde.checkpoint().unwrap();
-    let journal = vde.info().unwrap().layout.journal;
-    vde.put(b"one", b"1").unwrap();
-    vde.put(b"two", b"2").unwrap();
-    std::mem::forget(vde); // both transactions only in the journal
-    let raw = std::fs::read(&disk.path).unwrap();
-    let first_commit = (journal.start..journal.end())
-        .find(|b| {
-            let blk = &raw[*b as usize * 4096..(*b as usize + 1) * 4096];
-            u32::from_le_bytes(blk[4064 + 4..4064 + 8].try_into().unwrap()) == 4
-        })
-        .expect("a commit record");
-    disk.flip(first_commit, 0);
-    match disk.open() {
-        Err(VdeError::Corrupt { kind, reason, .. }) => {
-            assert_eq!(kind, "journal descriptor");
-            assert!(reason.contains("would lose acknowledged changes"), "{reason}");
-        }
-        Err(e) => panic!("{e}"),
-        Ok(_) => panic!("opened, dropping an acknowledged change"),
+    let v = bytes(5, 200 * 1024);
+    vde.put(b"logged", &v).unwrap();
+    std::mem::forget(vde); // no commit: the put is only in the intent log
+    let vde = disk.open().unwrap();
+    assert_eq!(vde.info().unwrap().pool.replayed, 1);
+    for i in 0..8u64 {
+        vde.put(format!("later{i}").as_bytes(), &bytes(i, 100 * 1024)).unwrap();
     }
+    vde.vol_create("v", 1 << 20).unwrap();
+    vde.vol_write("v", 0, &bytes(9, 1 << 20), true).unwrap();
+    assert!(
+        vde.get(b"logged").unwrap() == v,
+        "a later write took the replayed put's blocks"
+    );
+    let r = vde.fsck().unwrap();
+    assert!(r.clean(), "{:?}", r.violations);
+}
+
+/// Lost and misdirected metadata writes of one commit, on file images: the blocks one
+/// `checkpoint` wrote (the diff of the image before and after it) that are format-2
+/// metadata (magic VDE2, kind not Log), each (a) put back to its old bytes (lost write)
+/// and (b) its new bytes put at every other block the commit wrote, its own place back
+/// to old bytes (misdirected write). Every state: reads return the right bytes or an
+/// error naming a changed block; fsck names a changed block, or the open fails naming
+/// one. A superblock copy is the exception the pair exists for: its lost or
+/// misdirected write is a crash before it, so the store opens from the other copy with
+/// every byte and fsck is clean (likewise when another block's bytes land on it).
+#[test]
+fn lost_and_misdirected_metadata_writes_are_named() {
+    let (disk, mut want) = populated(Backend::Psync);
+    let vde = disk.open().unwrap();
+    for (i, (k, v)) in want.objects.iter_mut().enumerate().filter(|(i, _)| i % 9 == 0) {
+        *v = bytes(5000 + i as u64, 50 + i);
+        vde.put(k, v).unwrap();
+    }
+    let data = bytes(200, 10 * 4096);
+    vde.vol_write("v", 60, &data, false).unwrap();
+    want.volumes[0].1[60 * 4096..70 * 4096].copy_from_slice(&data);
+    vde.vol_flush().unwrap();
+    let before = std::fs::read(&disk.path).unwrap();
+    vde.checkpoint().unwrap();
+    let after = std::fs::read(&disk.path).unwrap();
+    std::mem::forget(vde);
+    let written: Vec<u64> = (0..(after.len() / 4096) as u64)
+        .filter(|&b| {
+            after[b as usize * 4096..(b as usize + 1) * 4096] != before[b as usize * 4096..(b as usize + 1) * 4096]
+        })
+        .collect();
+    let is_meta = |b: u64| {
+        let blk = &after[b as usize * 4096..];
+        u32::from_le_bytes(blk[..4].try_into().unwrap()) == ironvme::vde::block::MAGIC2
+            && u16::from_le_bytes(blk[4..6].try_into().unwrap()) != NodeKind::Log as u16
+    };
+    let meta: Vec<u64> = written.iter().copied().filter(|&b| is_meta(b)).collect();
+    assert!(meta.len() >= 3, "the commit wrote {written:?}");
+    let blk = |img: &[u8], b: u64| img[b as usize * 4096..(b as usize + 1) * 4096].to_vec();
+    let mut states = 0;
+    for &m in &meta {
+        let mut cases = vec![(vec![(m, blk(&before, m))], vec![m])];
+        for &o in written.iter().filter(|&&o| o != m) {
+            cases.push((vec![(m, blk(&before, m)), (o, blk(&after, m))], vec![m, o]));
+        }
+        for (changes, changed) in cases {
+            let mut img = after.clone();
+            for (b, bytes) in &changes {
+                img[*b as usize * 4096..(*b as usize + 1) * 4096].copy_from_slice(bytes);
+            }
+            std::fs::write(&disk.path, &img).unwrap();
+            states += 1;
+            // The commit's superblock lost or overwritten: as if the commit never happened.
+            let superblock = changed.iter().any(|&b| b < 2);
+            let named = |e: &VdeError| changed.iter().any(|&b| vde_image::names_block(e, b));
+            let vde = match disk.open() {
+                Err(e) => {
+                    assert!(!superblock && named(&e), "{changed:?}: open failed otherwise: {e}");
+                    continue;
+                }
+                Ok(v) => v,
+            };
+            for e in read_everything(&vde, &want) {
+                assert!(!superblock && named(&e), "{changed:?}: a read failed otherwise: {e}");
+            }
+            match vde.fsck() {
+                Ok(r) if superblock => assert!(r.clean(), "{changed:?}: {:?}", r.violations),
+                Ok(r) => assert!(
+                    r.violations
+                        .iter()
+                        .any(|v| changed.iter().any(|&b| names_in_text(v, b))),
+                    "{changed:?}: fsck: {:?}",
+                    r.violations
+                ),
+                Err(e) => assert!(!superblock && named(&e), "{changed:?}: fsck failed otherwise: {e}"),
+            }
+        }
+    }
+    eprintln!(
+        "{} blocks written by the commit, {} of them metadata: {states} states checked",
+        written.len(),
+        meta.len()
+    );
 }

@@ -1178,7 +1178,7 @@ impl Vde {
             return Err(VdeError::ReadOnly);
         }
         Self::check_range(&rec, name, vblock, n)?;
-        self.reserve(&mut st, n, MAX_VOL_EXTENT)
+        st.reserve(&self.log, n, MAX_VOL_EXTENT)
     }
 
     /// Gives back the blocks of a write that failed.
@@ -1415,6 +1415,7 @@ pub fn replay_volume_record(store: &Vde, r: &[u8]) -> Result<bool, VdeError> {
         return Ok(false);
     }
     let mut st = store.state()?;
+    st.space.claim(e.pba, e.len)?;
     let mut h = take_head(&mut st, name)?;
     let res = map(&mut st, &mut h, vblock, &e);
     put_head(&mut st, name, h);

@@ -421,6 +421,33 @@ impl SpaceMap {
         self.set_durable(start, len);
     }
 
+    /// Blocks `start..start + len` named by an intent log record replayed at open are
+    /// reserved (`busy` set), so [`SpaceMap::commit_use`] may follow and nothing is handed
+    /// them again. [`SpaceMap::load`] knows only what the committed txg counts; without
+    /// this a replayed object's or volume's data blocks would look free.
+    ///
+    /// Errors: [`VdeError::Corrupt`] (nothing changed) when the range passes the device's
+    /// end or holds a block the committed txg counts in use (`durable`): a record that
+    /// names blocks of live data cannot have been written by this store's allocator.
+    pub fn claim(&mut self, start: u64, len: u64) -> Result<(), VdeError> {
+        if start.checked_add(len).is_none_or(|e| e > self.total) {
+            return Err(VdeError::Corrupt {
+                block: start,
+                kind: NodeKind::Log.name(),
+                reason: format!("a replayed record names blocks {start}+{len}, past the device's end"),
+            });
+        }
+        if let Some(b) = (start..start + len).find(|&b| bit(&self.durable, b)) {
+            return Err(VdeError::Corrupt {
+                block: b,
+                kind: NodeKind::Log.name(),
+                reason: format!("a replayed record names block {b}, which the committed txg counts in use"),
+            });
+        }
+        self.busy_used += set_bits(&mut self.busy, start, len);
+        Ok(())
+    }
+
     /// A reservation `start..start + len` is given back (`busy` cleared). Panics if the
     /// range passes the device's end.
     pub fn unreserve(&mut self, start: u64, len: u64) {
@@ -619,6 +646,11 @@ impl SpaceMap {
     /// Blocks on the device.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Blocks freed but not yet released for reuse (deferred until two more commits).
+    pub fn deferred_blocks(&self) -> u64 {
+        self.deferred.iter().map(|d| d.2).sum()
     }
 
     /// Whether `block` is in use as of the next committed txg (`durable`); false past the

@@ -200,6 +200,27 @@ impl State {
         e
     }
 
+    /// Reserves `blocks` data blocks in runs of at most `max_run` blocks. When the space
+    /// map has too few free blocks but holds deferred frees (blocks freed in the last two
+    /// txgs), commits until they are released (at most three times) and tries again, as
+    /// ZFS waits for a txg sync when space is short: a delete on a full store gives its
+    /// space back to the next write.
+    ///
+    /// Errors: [`VdeError::NoSpace`] (nothing reserved), commit errors (the store is then
+    /// poisoned).
+    pub fn reserve(&mut self, log: &IntentLog, blocks: u64, max_run: u64) -> Result<Vec<(u64, u64)>, VdeError> {
+        let mut commits = 0;
+        loop {
+            match self.space.reserve(blocks, max_run) {
+                Err(VdeError::NoSpace { .. }) if commits < 3 && self.space.deferred_blocks() > 0 => {
+                    self.commit(log)?;
+                    commits += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Whether dirty metadata or the log asks for a commit.
     pub fn wants_commit(&self, log: &IntentLog) -> bool {
         let dirty = self.objects.dirty_nodes()
@@ -665,6 +686,9 @@ impl Vde {
                     let value = ObjectValue::decode(&body[1 + klen..], first, total).map_err(bad)?;
                     if self.data_verifies(&value)? {
                         let mut st = self.state()?;
+                        for &(s, n, _) in &value.extents {
+                            st.space.claim(s, n)?;
+                        }
                         self.apply_put(&mut st, key, &value)?;
                         true
                     } else {
@@ -755,21 +779,6 @@ impl Vde {
         self.maybe_commit()
     }
 
-    /// Reserves `blocks` blocks as runs of at most `max_run`; when space is short but
-    /// freed blocks wait out their deferral, commits (twice at most: a free becomes
-    /// allocatable after two commits) and tries again.
-    ///
-    /// Errors: [`VdeError::NoSpace`], commit errors, [`VdeError::Poisoned`].
-    pub(super) fn reserve(&self, st: &mut State, blocks: u64, max_run: u64) -> Result<Vec<(u64, u64)>, VdeError> {
-        for _ in 0..2 {
-            match st.space.reserve(blocks, max_run) {
-                Err(VdeError::NoSpace { .. }) if st.space.busy() > st.space.used() => st.commit(&self.log)?,
-                r => return r,
-            }
-        }
-        st.space.reserve(blocks, max_run)
-    }
-
     /// Commits if dirty metadata or the log asks for it.
     pub(super) fn maybe_commit(&self) -> Result<(), VdeError> {
         let mut st = self.state()?;
@@ -794,7 +803,7 @@ impl Vde {
         let blocks = data.len().div_ceil(BLOCK) as u64;
         let runs = {
             let mut st = self.state()?;
-            self.reserve(&mut st, blocks, MAX_EXTENT_BLOCKS)?
+            st.reserve(&self.log, blocks, MAX_EXTENT_BLOCKS)?
         };
         if runs.len() > MAX_EXTENTS {
             let mut st = self.state()?;
