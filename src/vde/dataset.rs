@@ -1415,6 +1415,8 @@ pub fn replay_volume_record(store: &Vde, r: &[u8]) -> Result<bool, VdeError> {
         return Ok(false);
     }
     let mut st = store.state()?;
+    // The loaded map holds the extent free: reserve it first.
+    st.space.claim(e.pba, e.len);
     let mut h = take_head(&mut st, name)?;
     let res = map(&mut st, &mut h, vblock, &e);
     put_head(&mut st, name, h);

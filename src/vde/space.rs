@@ -421,6 +421,20 @@ impl SpaceMap {
         self.set_durable(start, len);
     }
 
+    /// Reserves exactly `start..start + len` (`busy` set), for intent log replay: a
+    /// replayed record names blocks its writer reserved before the crash, which the loaded
+    /// map holds free; they must be busy before [`SpaceMap::commit_use`], or the replay's
+    /// own metadata allocations could take them. Panics if the range passes the device's
+    /// end.
+    pub fn claim(&mut self, start: u64, len: u64) {
+        assert!(
+            start.checked_add(len).is_some_and(|e| e <= self.total),
+            "space map: claim of blocks {start}+{len} past the device's end ({})",
+            self.total
+        );
+        self.busy_used += set_bits(&mut self.busy, start, len);
+    }
+
     /// A reservation `start..start + len` is given back (`busy` cleared). Panics if the
     /// range passes the device's end.
     pub fn unreserve(&mut self, start: u64, len: u64) {

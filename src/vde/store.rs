@@ -665,6 +665,10 @@ impl Vde {
                     let value = ObjectValue::decode(&body[1 + klen..], first, total).map_err(bad)?;
                     if self.data_verifies(&value)? {
                         let mut st = self.state()?;
+                        // The loaded map holds the extents free: reserve them first.
+                        for &(s, n, _) in &value.extents {
+                            st.space.claim(s, n);
+                        }
                         self.apply_put(&mut st, key, &value)?;
                         true
                     } else {
