@@ -16,9 +16,9 @@ mod vde_suite;
 
 use crash_suite::{check_all, check_positions, options, workload};
 use ironvme::Device;
-use ironvme::nvme::crash::CrashConfig;
+use ironvme::nvme::crash::{CrashConfig, WriteLog};
 use ironvme::nvme::sim::{SimConfig, SimController, SimNamespace};
-use ironvme::vde::Vde;
+use ironvme::vde::{Vde, VdeError};
 use std::time::Instant;
 
 /// States checked per test by default (about 13 s of CPU each, debug build).
@@ -125,7 +125,10 @@ fn replay_reserves_the_blocks_it_maps() {
     let again = SimController::new(config(ns));
     again.restore_namespace(1, &image);
     let vde = Vde::open(Device::simulated(again, Default::default()).unwrap(), options()).unwrap();
-    assert!(vde.info().unwrap().pool.replayed >= 7, "the crash left records to replay");
+    assert!(
+        vde.info().unwrap().pool.replayed >= 7,
+        "the crash left records to replay"
+    );
     assert!(vde.info().unwrap().txg > txg);
     let mut out = vec![0u8; data.len()];
     let check = |vde: &Vde, out: &mut Vec<u8>| {
@@ -144,4 +147,44 @@ fn replay_reserves_the_blocks_it_maps() {
     }
     vde.checkpoint().unwrap();
     check(&vde, &mut out);
+}
+
+/// Regression (found by `crash_logwrites` on QEMU's log, 512 B namespace): a crash that
+/// tears format's first superblock write (txg 1, copy 1; copy 0 still zeros) must leave a
+/// device that says "not formatted", as `Vde::format` promises — not "corrupt superblock".
+#[test]
+fn format_torn_in_its_superblock_write_is_not_formatted() {
+    let ns = SimNamespace::new(512, 32 * 1024);
+    let sim = SimController::new(config(ns));
+    let start = sim.namespace_data(1);
+    sim.record_writes(1);
+    drop(Vde::format(Device::simulated(sim.clone(), Default::default()).unwrap(), options()).unwrap());
+    let log = sim.take_write_log().unwrap();
+    // Format's write of copy 1 (VDE block 1: LBAs 8..16), the first one that is not zeros.
+    let i = log
+        .entries
+        .iter()
+        .position(|e| e.slba == 8 && e.data.iter().any(|&b| b != 0))
+        .expect("format writes superblock copy 1");
+    let before = WriteLog {
+        lba_size: 512,
+        entries: log.entries[..i].to_vec(),
+    };
+    let base = before.apply_all(&start).unwrap();
+    let mut tried = 0;
+    for units in [vec![2, 4, 5, 6, 7], vec![0, 1, 2, 3, 4, 5], vec![2, 5, 7], vec![0]] {
+        let mut image = base.clone();
+        for u in units {
+            let at = 8 * 512 + u * 512;
+            image[at..at + 512].copy_from_slice(&log.entries[i].data[u * 512..u * 512 + 512]);
+        }
+        let again = SimController::new(config(ns));
+        again.restore_namespace(1, &image);
+        match Vde::open(Device::simulated(again, Default::default()).unwrap(), options()) {
+            Err(VdeError::NotFormatted) => tried += 1,
+            Err(e) => panic!("a torn format says {e}, not \"not formatted\""),
+            Ok(_) => panic!("a torn format opened"),
+        }
+    }
+    assert_eq!(tried, 4);
 }
