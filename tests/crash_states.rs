@@ -4,7 +4,10 @@
 //! 4 KiB block tears; between blocks of a multi-block write on a 4 KiB one) are each
 //! restored onto a fresh simulated namespace, opened, and checked: every operation
 //! acknowledged before the cut is there with its bytes, one cut in flight is there wholly
-//! or not at all, nothing else is there, and fsck is clean.
+//! or not at all, nothing else is there, and fsck is clean. Volumes: every write or unmap
+//! acknowledged by a completed `vol_flush` holds (or a later one replaced it), each block
+//! reads as a value written to it or zeros, snapshots read exactly what the volume held
+//! when they returned (`crash_suite::check_state`).
 //!
 //! `IRONVME_CRASH_STATES=N` checks N states per test (default [`DEFAULT_STATES`]),
 //! `IRONVME_CRASH_STATES=all` the exhaustive-ish set; `IRONVME_CRASH_SEED` picks them
