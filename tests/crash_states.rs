@@ -96,8 +96,8 @@ fn crash_states_on_4k_blocks() {
     enumerate(SimNamespace::new(4096, 4 * 1024), 1);
 }
 
-/// Two writers at once (format 1 writes their data in parallel and commits one at a
-/// time; format 2 group-commits them).
+/// Two writers at once (their puts share intent log appends: group commit); writer 0
+/// also runs the volume operations.
 #[test]
 fn crash_states_with_two_writers() {
     enumerate(SimNamespace::new(512, 32 * 1024), 2);

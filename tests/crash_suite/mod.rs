@@ -76,7 +76,7 @@ pub struct Op {
     pub n: u64,
     /// What it did.
     pub kind: Kind,
-    /// The key (empty for Format and Checkpoint).
+    /// The key, volume or `VOL@SNAP` (empty for Format, Checkpoint and VolFlush).
     pub key: String,
     /// The write log's position (entries logged) before it started.
     pub start: u64,
@@ -342,10 +342,10 @@ pub enum Outcome {
 /// Checks one crash state: opens the store with `open` (on a copy of the state's image)
 /// and checks that every operation acknowledged before the cut is there with its bytes,
 /// that an operation cut in flight is there wholly or not at all, that nothing else is
-/// there, and that fsck is clean. A state cut before the format was acknowledged may
-/// also say "not formatted" (format 1 promises a cut format never leaves a half-made
-/// store). Errors: what is wrong, for the failure message.
-///
+/// there, and that fsck is clean; then the volumes and snapshots (see [`check_volumes`]).
+/// A state cut before the format was acknowledged may also say "not formatted"
+/// ([`Vde::format`] promises a cut format never leaves a half-made store). Errors: what is
+/// wrong, for the failure message.
 pub fn check_state(
     state: &CrashState,
     ops: &[Op],
