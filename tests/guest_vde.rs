@@ -11,7 +11,6 @@ use ironvme::vde::{Vde, VdeOptions};
 use ironvme::{Backend, Device, OpenOptions};
 use vde_suite::*;
 
-
 fn open_device(spec: &str, backend: Backend) -> Device {
     let o = OpenOptions {
         backend: Some(backend),

@@ -387,9 +387,14 @@ pub fn write_queued(lane: &mut Lane, writes: &mut Vec<(u64, Box<Block>)>) -> Res
 /// neither is valid (format 1, unknown features, damage).
 pub fn read_superblocks(lane: &mut Lane, device_blocks: u64) -> Result<(Superblock2, bool), VdeError> {
     let mut copies = Vec::with_capacity(2);
+    // Copy 1's magic and birth (header offsets 0 and 8).
+    let mut first = (0, 0);
     for at in SUPER2 {
         let mut b = Box::new([0u8; BLOCK]);
         lane.read(at, &mut b[..])?;
+        if at == SUPER2[1] {
+            first = (get32(&b[..], 0), get64(&b[..], 8));
+        }
         copies.push(Superblock2::decode(&b, at, device_blocks));
     }
     let [a, b]: [Result<Superblock2, VdeError>; 2] = copies.try_into().map_err(|_| VdeError::NotFormatted)?;
@@ -408,6 +413,13 @@ pub fn read_superblocks(lane: &mut Lane, device_blocks: u64) -> Result<(Superblo
         }
         (Ok(x), Err(_)) | (Err(_), Ok(x)) => Ok((x, true)),
         (Err(VdeError::NotFormatted), Err(VdeError::NotFormatted)) => Err(VdeError::NotFormatted),
+        // Format writes txg 1 to copy 1 after zeroing both, and every later commit writes
+        // copy 0 first (txg 2): copy 0 blank and copy 1 bad with a blank header or one of
+        // txg 1 is format's superblock write torn by a crash. Format promises "not
+        // formatted" then, never a half-made store.
+        (Err(VdeError::NotFormatted), Err(_)) if first.0 == 0 || (first.0 == block::MAGIC2 && first.1 == 1) => {
+            Err(VdeError::NotFormatted)
+        }
         (Err(e @ VdeError::Unsupported(_)), _) | (_, Err(e @ VdeError::Unsupported(_))) => Err(e),
         (Err(VdeError::NotFormatted), Err(e)) | (Err(e), _) => Err(e),
     }
