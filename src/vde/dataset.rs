@@ -1417,6 +1417,8 @@ pub fn replay_volume_record(store: &Vde, r: &[u8]) -> Result<bool, VdeError> {
         return Ok(false);
     }
     let mut st = store.state()?;
+    // Reserved by the process that wrote them; free in the loaded map.
+    st.space.reserve_at(e.pba, e.len);
     let mut h = take_head(&mut st, name)?;
     let res = map(&mut st, &mut h, vblock, &e);
     put_head(&mut st, name, h);

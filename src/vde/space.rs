@@ -421,6 +421,19 @@ impl SpaceMap {
         self.set_durable(start, len);
     }
 
+    /// Reserves exactly `start..start + len` (`busy` set; bits already set stay set):
+    /// for intent log replay, whose records name blocks a process reserved and wrote
+    /// before it died, before its txg committed — free in the loaded map. Follow with
+    /// [`SpaceMap::commit_use`]. Panics if the range passes the device's end.
+    pub fn reserve_at(&mut self, start: u64, len: u64) {
+        assert!(
+            start.checked_add(len).is_some_and(|e| e <= self.total),
+            "space map: reserve_at of blocks {start}+{len} past the device's end ({})",
+            self.total
+        );
+        self.busy_used += set_bits(&mut self.busy, start, len);
+    }
+
     /// A reservation `start..start + len` is given back (`busy` cleared). Panics if the
     /// range passes the device's end.
     pub fn unreserve(&mut self, start: u64, len: u64) {

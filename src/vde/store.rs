@@ -652,6 +652,10 @@ impl Vde {
                     let value = ObjectValue::decode(&body[1 + klen..], first, total).map_err(bad)?;
                     if self.data_verifies(&value)? {
                         let mut st = self.state()?;
+                        // Reserved by the process that wrote them; free in the loaded map.
+                        for &(s, n, _) in &value.extents {
+                            st.space.reserve_at(s, n);
+                        }
                         self.apply_put(&mut st, key, &value)?;
                         true
                     } else {
