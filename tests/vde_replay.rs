@@ -76,3 +76,21 @@ fn a_put_and_a_flushed_volume_write_are_replayed() {
     let v = disk.open();
     assert_eq!(v.get(b"b").unwrap(), vec![3u8; 9000]);
 }
+
+/// A FUA write over an older, not yet flushed write to the same block, then a Flush: the
+/// log must hold the older write's record first, or replay maps the older data over the
+/// newer (the FUA write's record used to be appended at once, the older one by the Flush
+/// after it).
+#[test]
+fn a_fua_write_is_not_undone_by_the_flush_of_an_older_write() {
+    let disk = Disk::new();
+    let v = disk.format();
+    v.vol_create("v", 1 << 20).unwrap();
+    v.vol_write("v", 0, &[1u8; 4096], false).unwrap();
+    v.vol_write("v", 0, &[2u8; 4096], true).unwrap();
+    v.vol_flush().unwrap();
+    assert_eq!(block0(&v, "v"), vec![2u8; 4096]);
+    crash(v);
+    let v = disk.open();
+    assert_eq!(block0(&v, "v"), vec![2u8; 4096], "the older write came back");
+}
