@@ -175,11 +175,14 @@ pub fn run(format: &dyn Fn() -> Vde, open: &dyn Fn() -> Vde, steps: &[Step]) {
             Step::Create { vol } => {
                 let name = vol_name(vol);
                 let r = v.vol_create(&name, VOL_BLOCKS * BS as u64);
-                if m.vols.contains_key(&name) {
-                    assert!(matches!(r, Err(VdeError::Exists(_))), "{r:?}");
-                } else {
-                    r.unwrap();
-                    m.vols.insert(name, VolModel::default());
+                match m.vols.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(_) => {
+                        assert!(matches!(r, Err(VdeError::Exists(_))), "{r:?}")
+                    }
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        r.unwrap();
+                        e.insert(VolModel::default());
+                    }
                 }
             }
             Step::Write { vol, at, n, seed } => {
