@@ -512,6 +512,8 @@ fn second_openers_refused(dev: &str, aliases: &[&str]) {
     let buf = run_one(&mut q, Op::Read { lba: 3 }, buf).map_err(|e| e.error).unwrap();
     assert!(buf.is_some(), "a read returns its buffer");
     run_one(&mut q, Op::Flush, None).map_err(|e| e.error).unwrap();
+    // Its buffer keeps the device's DMA mappings (and so the VFIO group) open.
+    drop(buf);
     drop(q);
     drop(held);
     // Released: the next opener gets the store.
