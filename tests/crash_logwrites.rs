@@ -5,7 +5,7 @@
 //! opened with the psync backend and checked like `tests/crash_states.rs` does.
 //!
 //! [`crash_states_from_qemu_blklogwrites`] runs on the host (scripts/test runs it after the
-//! power cuts): it boots one guest, which runs [`workload_in_guest`] on the 512 B and the
+//! process crashes): it boots one guest, which runs [`workload_in_guest`] on the 512 B and the
 //! 4 KiB namespace in turn. The guest notes, for each operation, the log file's size before
 //! it and when it was acknowledged (the run directory is 9p without caching, so the size is
 //! QEMU's; QEMU writes an entry's record before completing its request), which the host

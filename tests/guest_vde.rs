@@ -1,9 +1,13 @@
-//! The VDE on QEMU's NVMe controllers: ironvme's VFIO driver on the 4 KiB and 512 B
-//! controllers, and io_uring, io_uring passthrough, ioctl and psync on the kernel-owned
-//! controller — the same checks as on the host (`tests/vde_suite`). Plus the CLI on VFIO,
-//! and writers killed mid-put on VFIO. Runs inside the guest (`scripts/test`).
+//! The VDE (format 2) on QEMU's NVMe controllers: ironvme's VFIO driver on the 4 KiB and
+//! 512 B controllers, and io_uring, io_uring passthrough, ioctl and psync on the
+//! kernel-owned controller — the same object checks as on the host (`tests/vde_suite`),
+//! and the model-based test of volumes, snapshots and clones (`tests/vde_model`) on VFIO.
+//! Plus the CLI on VFIO, volumes as devices (`vde:DEV:VOL`) under `ironvme perf` and
+//! `ironvme verify`, writers killed mid-put on VFIO, and second openers refused. Runs
+//! inside the guest (`scripts/test`).
 
 mod common;
+mod vde_model;
 mod vde_suite;
 
 use common::{OnVfio, env, ironvme, kernel_ctrl};
@@ -82,7 +86,7 @@ fn the_cli_on_vfio() {
         !refused.status.success(),
         "format without --force and no answer must not run"
     );
-    ok(&["vde", "format", dev, "--force", "--inodes", "2048"]);
+    ok(&["vde", "format", dev, "--force"]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("obj");
     let data = bytes(3, 700_000);
@@ -289,4 +293,252 @@ fn a_second_opener_is_refused() {
             assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
         }
     }
+}
+
+/// Model cases per controller in the guest: each formats the store and runs up to
+/// [`MODEL_STEPS`] steps under TCG, so a few keep the guest phase short (the host runs
+/// many more on psync and io_uring, `tests/vde_volumes.rs`).
+const MODEL_CASES: u32 = 8;
+/// Most steps of one model case in the guest.
+const MODEL_STEPS: usize = 80;
+
+/// The model of objects, volumes, snapshots, clones and rollbacks (`tests/vde_model`) on
+/// ironvme's VFIO driver, on the 4 KiB and the 512 B controller, with reopens (each a
+/// controller reset).
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn volumes_snapshots_and_clones_match_the_model_on_vfio() {
+    use proptest::test_runner::{Config, TestRunner};
+    for var in ["IRONVME_VFIO_4K_BDF", "IRONVME_VFIO_512_BDF"] {
+        let ctrl = OnVfio::bind(var);
+        let spec = ctrl.bdf.as_str();
+        let format = || Vde::format(open_device(spec, Backend::Vfio), small()).unwrap();
+        let open = || Vde::open(open_device(spec, Backend::Vfio), small()).unwrap();
+        let mut runner = TestRunner::new(Config {
+            cases: MODEL_CASES,
+            // The host's source tree is read-only in the guest; a failure prints its
+            // minimal steps instead.
+            failure_persistence: None,
+            max_shrink_iters: 64,
+            ..Config::default()
+        });
+        let started = std::time::Instant::now();
+        runner
+            .run(&vde_model::steps(MODEL_STEPS), |steps| {
+                vde_model::run(&format, &open, &steps);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{var} ({spec}): {e}"));
+        println!(
+            "{var}: {MODEL_CASES} model cases in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Runs `ironvme ARGS`; fails the test unless it succeeds. Returns standard output.
+fn cli_ok(args: &[&str]) -> String {
+    let out = ironvme(args);
+    assert!(
+        out.status.success(),
+        "ironvme {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `ironvme ARGS --json`; fails the test unless it succeeds.
+fn cli_json(args: &[&str]) -> serde_json::Value {
+    let text = cli_ok(&[args, &["--json"]].concat());
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("ironvme {args:?}: {e}: {text}"))
+}
+
+/// Runs `ironvme ARGS`; fails the test unless it exits 1. Returns (stdout, stderr).
+fn cli_fails(args: &[&str]) -> (String, String) {
+    let out = ironvme(args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "ironvme {args:?} did not fail: {stdout}{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// A volume on a store on `dev` runs `ironvme perf` and `ironvme verify` unchanged as
+/// `vde:DEV:VOL`, on the store's backend; its snapshot `vde:DEV:VOL@SNAP` reads back what
+/// verify wrote before it even after perf overwrote the volume, and refuses writes.
+fn volume_under_perf_and_verify(dev: &str, backend: &str) {
+    let vol = format!("vde:{dev}:v");
+    let snap = format!("vde:{dev}:v@s");
+    cli_ok(&["vde", "format", dev, "--force"]);
+    cli_ok(&["vde", "vol", "create", dev, "v", "--size", "16m"]);
+    let region = ["--size", "4m", "--seed", "11"];
+    let v = cli_json(&[&["verify", vol.as_str(), "--passes", "2"][..], &region].concat());
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        (v["device"].as_str(), v["backend"].as_str()),
+        (Some(vol.as_str()), Some(backend)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["block_size"].as_u64(), v["blocks"].as_u64()),
+        (Some(4096), Some(1024)),
+        "{v}"
+    );
+    cli_ok(&["vde", "snap", "create", dev, "v@s"]);
+    // Overwrite the volume: random 4 KiB writes from two threads, then mixed I/O.
+    let p = cli_json(&[
+        "perf",
+        &vol,
+        "--rw",
+        "randwrite",
+        "--size",
+        "4m",
+        "--qd",
+        "16",
+        "--threads",
+        "2",
+        "--time",
+        "1",
+    ]);
+    assert_eq!(
+        (p["device"].as_str(), p["backend"].as_str()),
+        (Some(vol.as_str()), Some(backend)),
+        "{p}"
+    );
+    assert!(p["ios"].as_u64().unwrap() > 0 && p["errors"] == 0, "{p}");
+    let p = cli_json(&["perf", &vol, "--rw", "randrw", "--qd", "8", "--time", "1"]);
+    assert!(
+        p["read"]["ios"].as_u64().unwrap() > 0 && p["write"]["ios"].as_u64().unwrap() > 0 && p["errors"] == 0,
+        "{p}"
+    );
+    // The snapshot still holds pass 2 of the verify run; the volume does not.
+    let ro = [&region[..], &["--read-only", "--pass", "2"]].concat();
+    let s = cli_json(&[&["verify", snap.as_str()][..], &ro].concat());
+    assert_eq!(s["ok"], true, "the snapshot changed: {s}");
+    let (out, _) = cli_fails(&[&["verify", vol.as_str()][..], &ro, &["--json"]].concat());
+    let o: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        o["mismatch_count"].as_u64().unwrap() > 0,
+        "perf's writes did not reach the volume: {o}"
+    );
+    // Reads of the snapshot run; writes are refused.
+    let p = cli_json(&["perf", &snap, "--rw", "randread", "--qd", "8", "--time", "1"]);
+    assert!(p["ios"].as_u64().unwrap() > 0 && p["errors"] == 0, "{p}");
+    for args in [
+        &["perf", snap.as_str(), "--rw", "randwrite", "--time", "1"][..],
+        &["verify", snap.as_str(), "--size", "1m", "--seed", "12"],
+    ] {
+        // The reason is in the report (stdout); the summary on stderr.
+        let (out, err) = cli_fails(args);
+        assert!(out.contains("v@s is a snapshot, read-only"), "{args:?}: {out}{err}");
+    }
+    let s = cli_json(&[&["verify", snap.as_str()][..], &ro].concat());
+    assert_eq!(s["ok"], true, "a refused write changed the snapshot: {s}");
+    let f = cli_json(&["vde", "fsck", dev]);
+    assert_eq!(
+        (f["volumes"].as_u64(), f["snapshots"].as_u64()),
+        (Some(1), Some(1)),
+        "{f}"
+    );
+    assert_eq!(f["violations"], serde_json::json!([]), "{f}");
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn a_volume_runs_perf_and_verify_on_vfio_and_io_uring() {
+    {
+        let ctrl = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+        volume_under_perf_and_verify(&ctrl.bdf, "vfio");
+    }
+    // The 512 B namespace: each volume block is eight of its blocks.
+    volume_under_perf_and_verify(&kernel_ns(1), "uring");
+}
+
+/// A second opener of a store whose volume is open (`vde:DEV:VOL`) — another volume, a
+/// snapshot, the store itself through `ironvme vde`, in this process or another — is
+/// refused, naming who holds it; the holder's I/O is unharmed, and once it closes, the
+/// next opener gets the store.
+fn second_openers_refused(dev: &str, aliases: &[&str]) {
+    use ironvme::block::{Op, run_one};
+    cli_ok(&["vde", "format", dev, "--force"]);
+    cli_ok(&["vde", "vol", "create", dev, "v", "--size", "1m"]);
+    cli_ok(&["vde", "vol", "create", dev, "w", "--size", "1m"]);
+    cli_ok(&["vde", "snap", "create", dev, "v@s"]);
+    let me = std::process::id();
+    let held = Device::open(&format!("vde:{dev}:v"), &OpenOptions::default()).expect("open the volume");
+    let mut q = held.create_queue(None, 4).unwrap();
+    let buf = held.dma().allocate(4096).unwrap();
+    let buf = run_one(&mut q, Op::Write { lba: 3, fua: true }, Some(buf))
+        .map_err(|e| e.error)
+        .unwrap();
+    // In this process: a second open of any dataset of the store is refused.
+    for spec in [format!("vde:{dev}:v"), format!("vde:{dev}:w"), format!("vde:{dev}:v@s")] {
+        let e = Device::open(&spec, &OpenOptions::default())
+            .err()
+            .unwrap_or_else(|| panic!("{spec} opened beside the holder"))
+            .to_string();
+        assert!(
+            e.contains("is in use") && e.contains(&format!("(pid {me}, this process)")),
+            "{spec}: {e}"
+        );
+    }
+    // Another process: through `vde:` on every alias of the device, and `ironvme vde`.
+    let mut attempts: Vec<Vec<String>> = Vec::new();
+    for d in std::iter::once(&dev).chain(aliases) {
+        for ds in ["v", "w", "v@s"] {
+            attempts.push(
+                ["perf", &format!("vde:{d}:{ds}"), "--rw", "randread", "--time", "1"]
+                    .map(String::from)
+                    .to_vec(),
+            );
+        }
+        attempts.push(["vde", "vol", "ls", d].map(String::from).to_vec());
+    }
+    attempts.push(["vde", "snap", "create", dev, "v@t"].map(String::from).to_vec());
+    for args in &attempts {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (_, err) = cli_fails(&args);
+        assert!(
+            err.contains("is in use") && err.contains(&format!("(pid {me})")),
+            "{args:?} was not refused naming this process: {err}"
+        );
+    }
+    // The holder's volume still works.
+    let buf = run_one(&mut q, Op::Read { lba: 3 }, buf).map_err(|e| e.error).unwrap();
+    assert!(buf.is_some(), "a read returns its buffer");
+    run_one(&mut q, Op::Flush, None).map_err(|e| e.error).unwrap();
+    // Its buffer keeps the device's DMA mappings (and so the VFIO group) open.
+    drop(buf);
+    drop(q);
+    drop(held);
+    // Released: the next opener gets the store.
+    let p = cli_json(&[
+        "perf",
+        &format!("vde:{dev}:w"),
+        "--rw",
+        "randwrite",
+        "--time",
+        "1",
+        "--qd",
+        "4",
+    ]);
+    assert!(p["ios"].as_u64().unwrap() > 0 && p["errors"] == 0, "{p}");
+    let f = cli_json(&["vde", "fsck", dev]);
+    assert_eq!(f["violations"], serde_json::json!([]), "{f}");
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn a_second_opener_of_a_volume_is_refused_on_vfio_and_io_uring() {
+    {
+        let ctrl = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+        second_openers_refused(&ctrl.bdf, &[]);
+    }
+    let block = kernel_ns(2);
+    second_openers_refused(&block, &[&block.replace("/dev/nvme", "/dev/ng")]);
 }

@@ -1238,12 +1238,15 @@ impl Vde {
         })();
         r.map_err(|e| st.poison(e))?;
         st.ops_since_commit += 1;
+        // Queued behind the records of writes completed earlier, so the log keeps the
+        // order of completion: a FUA write's records appended alone would precede those
+        // of an older write to the same blocks appended by a later Flush, and replay
+        // would map the older data over the newer.
+        st.pending_vol.extend(records);
         if fua {
             drop(st);
-            let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
-            self.append_records(txg, &refs)
+            self.vol_flush()
         } else {
-            st.pending_vol.extend(records);
             if st.wants_commit(&self.log) {
                 st.commit(&self.log)?;
             }

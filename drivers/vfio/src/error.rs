@@ -186,8 +186,10 @@ pub enum Error {
     /// The IOMMU group (or the device) is already open, by another process or another
     /// handle in this one (EBUSY).
     #[error(
-        "{bdf} (IOMMU group {group}) is in use: {} is already open by another process or another ironvme handle (EBUSY); close it first (`fuser -v {}` shows who holds it)",
-        path.display(), path.display()
+        "{bdf} (IOMMU group {group}) is in use: {} is already open by {} (EBUSY); close it first{}",
+        path.display(),
+        if holders.is_empty() { "another process or another ironvme handle".to_string() } else { holders.join(", ") },
+        if holders.is_empty() { format!(" (`fuser -v {}` shows who holds it)", path.display()) } else { String::new() }
     )]
     InUse {
         /// The device.
@@ -196,6 +198,10 @@ pub enum Error {
         group: u32,
         /// The busy node.
         path: PathBuf,
+        /// Who has `path` open, as `/proc/PID/fd` tells: `"ironvme (pid 4242)"`, with
+        /// `", this process"` inside the parentheses for the caller; empty when Linux
+        /// does not say (no permission to read other processes' descriptors).
+        holders: Vec<String>,
     },
 
     /// The kernel speaks another VFIO API version than this driver.

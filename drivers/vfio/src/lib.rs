@@ -49,7 +49,7 @@ use error::{GroupLabel, OsError};
 use group::Group;
 use pci::NVME_CLASS;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vfio_bindings::bindings::vfio::VFIO_PCI_BAR0_REGION_INDEX;
 
@@ -309,10 +309,43 @@ fn opening_error(bdf: Bdf, group: u32, e: OsError) -> Error {
         Some(libc::EBUSY) => Error::InUse {
             bdf,
             group,
+            holders: holders_of(&e.path, Path::new("/proc")),
             path: e.path,
         },
         _ => Error::DeviceOs { bdf, group, source: e },
     }
+}
+
+/// The processes that have `node` open, from the `fd` links under `proc` (`/proc`):
+/// `"NAME (pid PID)"` each, `"NAME (pid PID, this process)"` for the caller, in PID
+/// order. Processes whose descriptors cannot be read are left out.
+pub(crate) fn holders_of(node: &Path, proc: &Path) -> Vec<String> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.into_iter()
+        .filter(|pid| {
+            std::fs::read_dir(proc.join(pid.to_string()).join("fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok)
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == node))
+            })
+        })
+        .map(|pid| {
+            let comm = std::fs::read_to_string(proc.join(pid.to_string()).join("comm")).unwrap_or_default();
+            let comm = match comm.trim() {
+                "" => "a process",
+                c => c,
+            };
+            let this = if pid == me { ", this process" } else { "" };
+            format!("{comm} (pid {pid}{this})")
+        })
+        .collect()
 }
 
 #[cfg(test)]

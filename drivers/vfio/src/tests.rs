@@ -230,6 +230,18 @@ fn a_busy_group_is_in_use() {
     );
     let e = opening_error(bdf, 4, os("VFIO_GROUP_GET_DEVICE_FD", "/dev/vfio/4", libc::EBUSY));
     assert!(matches!(e, Error::InUse { .. }), "{e:?}");
+    // Named holders replace the hint to run fuser.
+    let e = Error::InUse {
+        bdf,
+        group: 4,
+        path: "/dev/vfio/4".into(),
+        holders: vec!["qemu (pid 7)".into(), "ironvme (pid 9, this process)".into()],
+    };
+    assert_eq!(
+        message(&e),
+        "0000:00:05.0 (IOMMU group 4) is in use: /dev/vfio/4 is already open by qemu (pid 7), \
+         ironvme (pid 9, this process) (EBUSY); close it first"
+    );
     let e = opening_error(bdf, 4, os("VFIO_SET_IOMMU", "/dev/vfio/vfio", libc::EINVAL));
     assert!(
         matches!(e, Error::DeviceOs { .. }) && e.errno() == Some(libc::EINVAL),
@@ -269,4 +281,22 @@ fn sysfs_lists_the_members_a_non_viable_error_would_show() {
         .add("0000:01:00.1", 0x8086, 0x10d3, 0x020000, Some("e1000e"), Some(9));
     let members = m.sys.sysfs().group_members(9).unwrap();
     assert_eq!(members.iter().filter(|m| m.blocks_vfio()).count(), 1);
+}
+
+#[test]
+fn the_holders_of_an_open_node_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("group");
+    std::fs::write(&node, b"").unwrap();
+    let proc = std::path::Path::new("/proc");
+    assert_eq!(holders_of(&node, proc), Vec::<String>::new(), "nobody has it open yet");
+    let held = std::fs::File::open(&node).unwrap();
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(
+        holders_of(&node, proc),
+        [format!("{} (pid {}, this process)", comm.trim(), std::process::id())]
+    );
+    drop(held);
+    assert_eq!(holders_of(&node, proc), Vec::<String>::new());
+    assert_eq!(holders_of(&node, &dir.path().join("no-proc")), Vec::<String>::new());
 }
