@@ -615,6 +615,18 @@ impl SpaceMap {
         self.total
     }
 
+    /// Blocks neither in use, reserved nor held by a deferred free: what
+    /// [`SpaceMap::reserve`] can hand out now.
+    pub fn free_now(&self) -> u64 {
+        self.total - self.busy_used
+    }
+
+    /// Blocks freed but still held busy by the deferral (they come back with the second
+    /// [`SpaceMap::committed`] after their free), plus reservations not yet in a txg.
+    pub fn held(&self) -> u64 {
+        self.busy_used - self.used
+    }
+
     /// Whether `block` is in use as of the next committed txg (`durable`); false past the
     /// device's end.
     pub fn is_used(&self, block: u64) -> bool {
