@@ -637,12 +637,6 @@ impl SpaceMap {
         self.used
     }
 
-    /// Blocks not free for allocation: in use, reserved by operations in flight, or freed
-    /// and waiting out their deferral.
-    pub fn busy(&self) -> u64 {
-        self.busy_used
-    }
-
     /// Blocks on the device.
     pub fn total(&self) -> u64 {
         self.total
@@ -651,6 +645,18 @@ impl SpaceMap {
     /// Blocks freed but not yet released for reuse (deferred until two more commits).
     pub fn deferred_blocks(&self) -> u64 {
         self.deferred.iter().map(|d| d.2).sum()
+    }
+
+    /// Blocks neither in use, reserved nor held by a deferred free: what
+    /// [`SpaceMap::reserve`] can hand out now.
+    pub fn free_now(&self) -> u64 {
+        self.total - self.busy_used
+    }
+
+    /// Blocks freed but still held busy by the deferral (they come back with the second
+    /// [`SpaceMap::committed`] after their free), plus reservations not yet in a txg.
+    pub fn held(&self) -> u64 {
+        self.busy_used - self.used
     }
 
     /// Whether `block` is in use as of the next committed txg (`durable`); false past the

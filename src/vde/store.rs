@@ -114,6 +114,9 @@ impl ObjectValue {
     }
 }
 
+/// Held blocks (freed, deferred) below which space alone never asks for a commit.
+const HELD_MIN: u64 = 256;
+
 /// The pool state, behind the store's one metadata lock.
 pub struct State {
     /// The last committed superblock.
@@ -221,18 +224,22 @@ impl State {
         }
     }
 
-    /// Whether dirty metadata or the log asks for a commit.
+    /// Whether dirty metadata, the log or space asks for a commit. Space: blocks freed by
+    /// overwrites stay held until the second commit after their free, so a stream of
+    /// overwrites with few commits (volume writes without Flush) would run out of space
+    /// on a device with room; a commit is due once the held blocks pass a quarter of
+    /// those still free.
     pub fn wants_commit(&self, log: &IntentLog) -> bool {
         let dirty = self.objects.dirty_nodes()
             + self.datasets.dirty_nodes()
             + self.heads.values().map(|h| h.dirty_nodes()).sum::<usize>();
-        // Freed blocks come back only through commits: commit when they (with the
-        // reservations in flight) pass 1/32 of the store.
-        let waiting = self.space.busy() - self.space.used();
+        // Freed blocks come back only through commits (the second after their free):
+        // commit once the held ones pass a quarter of the free ones, or 1/32 of the store.
+        let held = self.space.held();
         dirty > self.dirty_limit
             || log.used() * 2 > self.sb.log_blocks
             || self.pending_vol.len() > 65536
-            || waiting > self.sb.total_blocks / 32
+            || (held >= HELD_MIN && (held * 4 > self.space.free_now() || held > self.sb.total_blocks / 32))
     }
 
     /// Commits the open txg: every dirty tree and the space map at new homes, Flush, the
