@@ -4,7 +4,7 @@
 //! Every change is applied to in-memory copy-on-write trees while txg T is open and
 //! becomes durable one of two ways:
 //!
-//! - **Commit of txg T** ([`State::commit`]): every dirty tree node and space map block
+//! - **Commit of txg T** ([`State::commit`](super::store::State::commit)): every dirty tree node and space map block
 //!   is written at a new home, one Flush, then the superblock copy `T % 2` that points
 //!   at the new roots, and a second Flush. Nothing live is overwritten, so a crash at
 //!   any point leaves the previous superblock's tree intact.

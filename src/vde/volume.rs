@@ -90,8 +90,8 @@ pub struct VolumeDevice {
 impl VolumeDevice {
     /// Opens `spec` with the store's device opened by `options`.
     ///
-    /// Errors: [`Error::Open`] (no such volume, a claim refused), the device's errors,
-    /// the store's ([`Error::Vde`]).
+    /// Errors: [`Error::Open`] (no such volume, a claim refused, the store's errors, which
+    /// name the store's device), the device's own errors.
     pub fn open(spec: &VolumeSpec, options: &OpenOptions) -> Result<VolumeDevice, Error> {
         let full = format!("vde:{}:{}", spec.dev, spec.dataset());
         let open_err = |why: String| Error::Open {
