@@ -1,62 +1,69 @@
-//! Opening a VDE on an arbitrary image: superblocks, region directory, journal replay,
-//! allocation maps, the key index (header, leaves, interior nodes) and inodes, then
-//! listing, reading, `stat`, `info` and `fsck` whatever the image holds.
+//! Opening a format-2 VDE on an arbitrary image: the superblock pair, the space map,
+//! intent log replay, the object index, the dataset directory, every volume's and
+//! snapshot's extent map and dead list, then listing, reading objects and volumes, `stat`,
+//! `info`, `fsck`, and (read-write) a put and a volume write on whatever the image holds.
 //!
 //! # Images
 //!
-//! Random bytes almost never get past the superblock's checksum, so the fuzzer mutates a
-//! real store instead. Two base images of 256 blocks (1 MiB, the smallest store) are made
-//! once per process with the real `Vde::format`, `put` and `delete`: one checkpointed, and
-//! one with three transactions still in the journal (copied from the file before the
-//! store closed), so replay has work to do. Their keys include 24 of 240 bytes, enough for
-//! an index of interior nodes over several leaves.
+//! Random bytes almost never get past a superblock's checksum, so the fuzzer mutates a
+//! real store instead. Two base images of 512 blocks (2 MiB) are made once per process
+//! with the real `Vde::format`, `put`, `delete`, `vol_create`, `vol_write`, `vol_unmap`,
+//! `snap_create` and `clone_snapshot`: one closed (everything committed), and one copied
+//! from the file while the store was open after more durable operations, so their intent
+//! log records are past the superblock's log head and replay has work to do. Long keys
+//! give the object index interior nodes over several leaves.
 //!
-//! The input picks a base (bit 0 of byte 0) and is then a list of edits applied to it (see
-//! `edit`): byte writes, bit flips, whole-block copies (a misdirected or stale block) and
-//! zeroed blocks, and "repairs" that recompute checksums as a buggy or malicious writer
-//! would — a block's trailer, an inode block's extent checksums, the journal's descriptor,
-//! image and commit checksums — so mutated structures get past the checksums and reach
-//! the decoders behind them.
+//! The input's byte 0 picks the base (bit 0) and whether to open read-only (bit 1); the
+//! rest is a list of edits applied to it (see `edit`): byte writes, bit flips,
+//! whole-block copies (a misdirected or stale block), zeroed blocks, 64-bit writes, and
+//! "repairs" that recompute checksums as a buggy or malicious writer would. A repair
+//! either reseals one block in place (its own checksum: enough for superblocks and intent
+//! log blocks, which have no parent) or reseals a metadata block of the base and then
+//! every block pointer that names it, up to the superblocks, as found in the base image
+//! (a tree node's parent, a dataset record holding an extent map's root, the superblock
+//! holding a tree's root). So edited node payloads get past the self-validating pointers
+//! and reach the decoders behind them.
 //!
 //! # Oracles
 //!
-//! 1. Nothing panics (open, list, get, stat, info, fsck, close).
+//! 1. Nothing panics (open, list, get, stat, volume reads, info, fsck, put, volume write,
+//!    close).
 //! 2. Memory is bounded: a counting global allocator aborts the process when, while the
 //!    store is being used, one allocation exceeds `MAX_ONE` (4 MiB) or the bytes live at
 //!    once exceed `MAX_LIVE` (16 MiB) above what the harness held before. Everything a
-//!    store keeps is bounded by the device — 1 MiB here — or by the options below (a
-//!    64-block cache, 256 KiB staging buffers): the journal, the allocation maps, the
-//!    largest object and the largest journal transaction (160 blocks) are all smaller than
-//!    the whole image. An allocation 4× the size of the device can only come from trusting
-//!    a length read from the image.
-//! 3. A `get` returns exactly the bytes the image's checksums vouch for, or an error.
-//!    The harness checks a successful `get(key)` against the image itself, with its own
-//!    reading of the format rather than the store's code: `stat(key)` names the inode; the
-//!    inode-table block holding it, read from the image file after open (open checkpoints,
-//!    so the file holds every block the store uses), must carry a valid trailer (magic,
-//!    kind, its own block number, xxh3-64 of the block) and the inode must be in use and
-//!    name the key (its length and xxh3-64); each of its extents must lie on the image and
-//!    hash to the xxh3-64 the inode records for it; and the returned bytes must be those
-//!    extents' bytes, in order, cut to the inode's size. So even an image whose checksums
-//!    were recomputed by the fuzzer can only make `get` return what those checksums cover.
-//! 4. On the unmodified base images every object reads back as written and fsck is clean
-//!    (checked once at start), so the harness cannot pass by opening nothing.
+//!    store keeps is bounded by the device (2 MiB here) or by the options below (a
+//!    64-block cache, 256 KiB staging buffers). An allocation twice the size of the
+//!    device can only come from trusting a length read from the image.
+//! 3. What a read returns is on the device: a successful `get(key)` returns exactly the
+//!    image's bytes at the extents `stat(key)` names, cut to the size it reports; a
+//!    successful volume read returns, for each piece of `vol_read_plan`, zeros for a hole
+//!    or the image's bytes at the piece's device blocks. The image is read back from the
+//!    file by the harness, not through the store.
+//! 4. A write never changes what an earlier read returned: after a put and a volume
+//!    write on a read-write store, every object that read successfully before reads the
+//!    same bytes again or fails with an error, never other bytes.
+//! 5. On the unmodified base images every object and every volume, snapshot and clone
+//!    block reads back as written and fsck is clean (checked once at start), so the
+//!    harness cannot pass by opening nothing.
 
 #![no_main]
 
-use ironvme::vde::format::{
-    BLOCK, INODE_SIZE, INODES_PER_BLOCK, Kind, PAYLOAD, TRAILER_MAGIC, get16, get32, get64, put64, seal,
-};
+#[path = "../../tests/vde_image/mod.rs"]
+mod vde_image;
+
+use ironvme::vde::block::{BLOCK, BlockPtr, CHECKSUM_AT, HEADER, NodeKind, seal, store_tag};
+use ironvme::vde::format::{get16, get64, put64};
 use ironvme::vde::{Vde, VdeOptions};
 use ironvme::{Backend, Device, OpenOptions};
 use libfuzzer_sys::fuzz_target;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use vde_image::ImageMap;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// One allocation larger than this, while the store is in use, is a failure.
@@ -140,12 +147,65 @@ fn bounded<T>(f: impl FnOnce() -> T) -> T {
     r
 }
 
-/// 256 blocks of 4 KiB: the smallest store `Vde::format` makes.
-const IMAGE_BLOCKS: usize = 256;
+/// 512 blocks of 4 KiB.
+const IMAGE_BLOCKS: usize = 512;
+/// Blocks of the volume `vol` (and so of its snapshot and clone).
+const VOL_BLOCKS: u64 = 48;
+/// Volume blocks one read moves.
+const READ_BLOCKS: u64 = 16;
 
 struct Base {
     image: Vec<u8>,
     objects: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Every dataset's whole contents: name → `VOL_BLOCKS` blocks.
+    volumes: BTreeMap<String, Vec<u8>>,
+    /// Every metadata block the committed state reaches (the superblocks first).
+    meta: Vec<u64>,
+    /// Block → where pointers to it sit: (the block holding the pointer, its offset).
+    parents: HashMap<u64, Vec<(u64, usize)>>,
+}
+
+impl Base {
+    fn new(image: Vec<u8>, objects: BTreeMap<Vec<u8>, Vec<u8>>, volumes: BTreeMap<String, Vec<u8>>) -> Base {
+        let map = ImageMap::read(&image);
+        let mut children: Vec<BlockPtr> = Vec::new();
+        children.extend(map.objects.iter().map(|(p, _)| *p));
+        children.extend(map.datasets.iter().map(|(p, _)| *p));
+        children.extend(map.extents.iter().map(|(_, p, _)| *p));
+        children.extend(map.deadlists.iter().map(|(_, p)| *p));
+        children.extend(map.space.iter().map(|(p, _)| *p));
+        children.sort_by_key(|p| p.addr);
+        children.dedup_by_key(|p| p.addr);
+        let mut meta = vec![0, 1];
+        meta.extend(children.iter().map(|p| p.addr));
+        // Find each child's pointer bytes in every metadata block: a tree node's parent,
+        // a dataset record, a space map indirect block, a superblock.
+        let mut parents: HashMap<u64, Vec<(u64, usize)>> = HashMap::new();
+        for p in &children {
+            let mut want = [0u8; BlockPtr::SIZE];
+            BlockPtr::put(Some(*p), &mut want, 0);
+            for &holder in &meta {
+                let b = &image[holder as usize * BLOCK..(holder as usize + 1) * BLOCK];
+                for at in HEADER..CHECKSUM_AT - BlockPtr::SIZE + 1 {
+                    if b[at..at + BlockPtr::SIZE] == want {
+                        parents.entry(p.addr).or_default().push((holder, at));
+                    }
+                }
+            }
+        }
+        // The harness's own check: every block the state reaches has a pointer to it, so
+        // the repairs reach every decoder.
+        for p in &children {
+            assert!(parents.contains_key(&p.addr), "no pointer to block {} found", p.addr);
+        }
+        Base {
+            image,
+            objects,
+            volumes,
+            meta,
+            parents,
+        }
+    }
 }
 
 struct World {
@@ -155,12 +215,13 @@ struct World {
     bases: [Base; 2],
 }
 
-fn options() -> VdeOptions {
+fn options(read_only: bool) -> VdeOptions {
     VdeOptions {
         stripes: 4,
         lanes: 2,
         staging_bytes: 256 << 10,
         cache_blocks: 64,
+        read_only,
         ..VdeOptions::default()
     }
 }
@@ -178,6 +239,39 @@ fn value(key: &[u8], len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (xxh3_64(key) as usize).wrapping_add(i * 31) as u8)
         .collect()
+}
+
+/// What the base-building operations did, kept as the harness's model.
+struct Model {
+    objects: BTreeMap<Vec<u8>, Vec<u8>>,
+    volumes: BTreeMap<String, Vec<u8>>,
+}
+
+impl Model {
+    fn put(&mut self, vde: &Vde, key: &[u8], len: usize) {
+        let v = value(key, len);
+        vde.put(key, &v).expect("put");
+        self.objects.insert(key.to_vec(), v);
+    }
+    fn write(&mut self, vde: &Vde, vol: &str, vblock: u64, blocks: u64) {
+        let data: Vec<u8> = (0..blocks as usize * BLOCK)
+            .map(|i| (vblock as usize * 7 + i / BLOCK * 13 + vol.len()) as u8 ^ (i as u8))
+            .collect();
+        vde.vol_write(vol, vblock, &data, true).expect("volume write");
+        let at = vblock as usize * BLOCK;
+        self.volumes.get_mut(vol).expect("a volume")[at..at + data.len()].copy_from_slice(&data);
+    }
+    fn unmap(&mut self, vde: &Vde, vol: &str, vblock: u64, blocks: u64) {
+        vde.vol_unmap(vol, vblock, blocks).expect("deallocate");
+        vde.vol_flush().expect("flush");
+        let at = vblock as usize * BLOCK;
+        self.volumes.get_mut(vol).expect("a volume")[at..at + blocks as usize * BLOCK].fill(0);
+    }
+    fn snapshot(&mut self, vde: &Vde, vol: &str, snap: &str) {
+        vde.snap_create(vol, snap).expect("snapshot");
+        let copy = self.volumes[vol].clone();
+        self.volumes.insert(format!("{vol}@{snap}"), copy);
+    }
 }
 
 fn world() -> &'static World {
@@ -202,13 +296,11 @@ fn world() -> &'static World {
         // this process's descriptor.
         std::fs::remove_file(&named).expect("unlink the image file");
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let mut objects = BTreeMap::new();
-        let vde = Vde::format(device(&path), 0, options()).expect("format");
-        let put = |vde: &Vde, objects: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: &[u8], len: usize| {
-            let v = value(key, len);
-            vde.put(key, &v).expect("put");
-            objects.insert(key.to_vec(), v);
+        let mut m = Model {
+            objects: BTreeMap::new(),
+            volumes: BTreeMap::new(),
         };
+        let vde = Vde::format(device(&path), options(false)).expect("format");
         for (key, len) in [
             (&b"empty"[..], 0),
             (b"one", 1),
@@ -216,42 +308,61 @@ fn world() -> &'static World {
             (b"more", 5000),
             (b"three", 9000),
         ] {
-            put(&vde, &mut objects, key, len);
+            m.put(&vde, key, len);
         }
         for i in 0..24 {
             let key = format!("{i:02}-{}", "k".repeat(237)).into_bytes();
-            put(&vde, &mut objects, &key, 100 + i * 13);
+            m.put(&vde, &key, 100 + i * 13);
         }
         vde.delete(b"one").expect("delete");
-        objects.remove(&b"one"[..]);
-        put(&vde, &mut objects, b"more", 6000);
+        m.objects.remove(&b"one"[..]);
+        vde.vol_create("vol", VOL_BLOCKS * BLOCK as u64)
+            .expect("create a volume");
+        m.volumes.insert("vol".into(), vec![0; VOL_BLOCKS as usize * BLOCK]);
+        m.write(&vde, "vol", 0, 8);
+        m.write(&vde, "vol", 20, 3);
+        m.snapshot(&vde, "vol", "s1");
+        // Copy-on-write: a partial overwrite of the shared 8-block extent.
+        m.write(&vde, "vol", 2, 2);
+        m.unmap(&vde, "vol", 21, 1);
+        vde.clone_snapshot("vol", "s1", "cl").expect("clone");
+        let copy = m.volumes["vol@s1"].clone();
+        m.volumes.insert("cl".into(), copy);
+        m.write(&vde, "cl", 5, 4);
+        m.put(&vde, b"more", 6000);
         vde.close().expect("close");
-        let checkpointed = Base {
-            image: read_image(&file),
-            objects: objects.clone(),
-        };
-        // Three transactions left in the journal: copy the file while the store is open.
-        let vde = Vde::open(device(&path), options()).expect("reopen");
-        put(&vde, &mut objects, b"block", 7000);
+        let closed = Base::new(read_image(&file), m.objects.clone(), m.volumes.clone());
+        // Durable operations left in the intent log: copy the file while the store is
+        // open (they are acknowledged, so on the device, but not yet committed).
+        let vde = Vde::open(device(&path), options(false)).expect("reopen");
+        m.put(&vde, b"block", 7000);
         vde.delete(b"three").expect("delete");
-        objects.remove(&b"three"[..]);
-        put(&vde, &mut objects, b"new", 3000);
-        let journalled = Base {
-            image: read_image(&file),
-            objects,
-        };
+        m.objects.remove(&b"three"[..]);
+        m.put(&vde, b"new", 3000);
+        m.write(&vde, "vol", 30, 2);
+        m.write(&vde, "cl", 0, 1);
+        m.snapshot(&vde, "vol", "s2");
+        m.write(&vde, "vol", 31, 1);
+        let logged = Base::new(read_image(&file), m.objects, m.volumes);
         drop(vde);
         let world = World {
             file,
             path,
-            bases: [checkpointed, journalled],
+            bases: [closed, logged],
         };
         for base in &world.bases {
-            let vde = open(&world, &base.image).expect("an unmodified base image opens");
+            let vde = open(&world, &base.image, false).expect("an unmodified base image opens");
             for (k, v) in &base.objects {
                 assert_eq!(vde.get(k).expect("an unmodified object reads back"), *v);
             }
             assert_eq!(vde.list(b"", None, 1000).unwrap().len(), base.objects.len());
+            for (name, want) in &base.volumes {
+                let mut got = vec![0u8; want.len()];
+                vde.vol_read(name, 0, &mut got)
+                    .expect("an unmodified volume reads back");
+                assert!(got == *want, "{name} reads back other bytes");
+            }
+            assert_eq!(datasets(&vde).len(), base.volumes.len());
             let report = vde.fsck().expect("fsck");
             assert!(report.clean(), "{:?}", report.violations);
         }
@@ -265,14 +376,22 @@ fn read_image(file: &std::fs::File) -> Vec<u8> {
     image
 }
 
-fn open(world: &World, image: &[u8]) -> Result<Vde, ironvme::vde::VdeError> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&world.path)
-        .expect("open the image");
-    f.write_all_at(image, 0).expect("write the image");
-    drop(f);
-    Vde::open(device(&world.path), options())
+fn open(world: &World, image: &[u8], read_only: bool) -> Result<Vde, ironvme::vde::VdeError> {
+    world.file.write_all_at(image, 0).expect("write the image");
+    Vde::open(device(&world.path), options(read_only))
+}
+
+/// Up to 16 volumes and snapshots the store lists, with their sizes in blocks.
+fn datasets(vde: &Vde) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    if let Ok(v) = vde.vol_list() {
+        out.extend(v.into_iter().map(|d| (d.name, d.size / BLOCK as u64)));
+    }
+    if let Ok(s) = vde.snap_list(None) {
+        out.extend(s.into_iter().map(|d| (d.name, d.size / BLOCK as u64)));
+    }
+    out.truncate(16);
+    out
 }
 
 /// Reads the input a byte at a time; zero past the end.
@@ -291,7 +410,7 @@ impl Bytes<'_> {
         u64::from_le_bytes(std::array::from_fn(|_| self.u8()))
     }
     fn block(&mut self) -> usize {
-        usize::from(self.u8()) % IMAGE_BLOCKS
+        usize::from(self.u16()) % IMAGE_BLOCKS
     }
     fn offset(&mut self) -> usize {
         usize::from(self.u16()) % BLOCK
@@ -302,66 +421,33 @@ fn block_mut(image: &mut [u8], n: usize) -> &mut [u8; BLOCK] {
     (&mut image[n * BLOCK..(n + 1) * BLOCK]).try_into().expect("one block")
 }
 
-/// Recomputes block `n`'s trailer checksum for the block number it sits at, keeping the
-/// kind and generation it claims (nothing if the kind is unknown).
-fn reseal(image: &mut [u8], n: usize) {
+/// Recomputes block `n`'s checksum for the block number it sits at, keeping the kind,
+/// level and birth its header claims and the tag of the base's store; returns the new
+/// checksum (nothing if the kind is unknown).
+fn reseal(image: &mut [u8], n: usize, tag: u64) -> Option<u64> {
     let b = block_mut(image, n);
-    if let Some(kind) = Kind::from_u32(get32(b, PAYLOAD + 4)) {
-        let generation = get64(b, PAYLOAD + 8);
-        seal(b, kind, generation, n as u64);
-    }
+    let kind = NodeKind::from_u16(get16(b, 4))?;
+    let (level, birth) = (get16(b, 6), get64(b, 8));
+    Some(seal(b, kind, level, birth, n as u64, tag).checksum)
 }
 
-/// Recomputes the extent checksums of every in-use inode in block `n` from the image, then
-/// the block's trailer.
-fn fix_inodes(image: &mut [u8], n: usize) {
-    let snapshot = image.to_vec();
-    let b = block_mut(image, n);
-    for slot in 0..INODES_PER_BLOCK as usize {
-        let s = &mut b[slot * INODE_SIZE..(slot + 1) * INODE_SIZE];
-        if get32(s, 0) != 1 {
-            continue;
-        }
-        for i in 0..usize::from(get16(s, 4)).min(30) {
-            let w = get64(s, 32 + i * 16);
-            let (start, blocks) = ((w & ((1 << 48) - 1)) as usize, (w >> 48) as usize + 1);
-            if let Some(bytes) = snapshot.get(start * BLOCK..(start + blocks) * BLOCK) {
-                put64(s, 40 + i * 16, xxh3_64(bytes));
-            }
-        }
+/// Reseals block `n`, then every pointer the base had to it and the blocks holding them,
+/// up to the superblocks.
+fn reseal_up(image: &mut [u8], base: &Base, n: u64, tag: u64, depth: u32) {
+    let Some(sum) = reseal(image, n as usize, tag) else {
+        return;
+    };
+    if depth == 0 {
+        return;
     }
-    reseal(image, n);
-}
-
-/// Makes every transaction in the journal (at `journal_start`, of `journal_blocks`)
-/// self-consistent again: each image's checksum in its descriptor, the descriptor's
-/// trailer, the commit record's descriptor hash and trailer.
-fn fix_journal(image: &mut [u8], journal_start: usize, journal_blocks: usize) {
-    let mut pos = 0;
-    while pos + 2 <= journal_blocks {
-        let at = journal_start + pos;
-        let n = get32(block_mut(image, at), 8) as usize;
-        if n == 0 || n > 160 || pos + n + 2 > journal_blocks || 32 + 16 * n > PAYLOAD {
-            return;
-        }
-        for i in 0..n {
-            let sum = xxh3_64(&image[(at + 1 + i) * BLOCK..(at + 2 + i) * BLOCK]);
-            put64(block_mut(image, at), 32 + 16 * i + 8, sum);
-        }
-        let desc = block_mut(image, at);
-        let generation = get64(desc, PAYLOAD + 8);
-        seal(desc, Kind::JournalDescriptor, generation, at as u64);
-        let desc_sum = xxh3_64(&desc[..]);
-        let commit = block_mut(image, at + n + 1);
-        put64(commit, 16, desc_sum);
-        let generation = get64(commit, PAYLOAD + 8);
-        seal(commit, Kind::JournalCommit, generation, (at + n + 1) as u64);
-        pos += n + 2;
+    for &(holder, at) in base.parents.get(&n).into_iter().flatten() {
+        put64(block_mut(image, holder as usize), at + 16, sum);
+        reseal_up(image, base, holder, tag, depth - 1);
     }
 }
 
 /// Applies one edit from the input to the image.
-fn edit(image: &mut [u8], b: &mut Bytes, journal: (usize, usize)) {
+fn edit(image: &mut [u8], b: &mut Bytes, base: &Base, tag: u64) {
     match b.u8() % 8 {
         0 => {
             let (blk, off, len) = (b.block(), b.offset(), usize::from(b.u8() % 32) + 1);
@@ -381,109 +467,132 @@ fn edit(image: &mut [u8], b: &mut Bytes, journal: (usize, usize)) {
             image.copy_within(src * BLOCK..(src + 1) * BLOCK, dst * BLOCK);
         }
         3 => block_mut(image, b.block()).fill(0),
-        4 => reseal(image, b.block()),
-        5 => fix_inodes(image, b.block()),
-        6 => fix_journal(image, journal.0, journal.1),
-        _ => {
+        4 => {
+            reseal(image, b.block(), tag);
+        }
+        5 => {
+            let n = base.meta[usize::from(b.u8()) % base.meta.len()];
+            reseal_up(image, base, n, tag, 16);
+        }
+        6 => {
             let (blk, off, v) = (b.block(), b.offset() & !7, b.u64());
-            put64(block_mut(image, blk), off.min(PAYLOAD - 8), v);
+            put64(block_mut(image, blk), off.clamp(8, CHECKSUM_AT - 8), v);
+        }
+        _ => {
+            // Edit a metadata block's payload, then make it and its ancestors verify.
+            let n = base.meta[usize::from(b.u8()) % base.meta.len()];
+            let off = HEADER + usize::from(b.u16()) % (CHECKSUM_AT - HEADER);
+            let len = usize::from(b.u8() % 16) + 1;
+            for i in 0..len.min(CHECKSUM_AT - off) {
+                image[n as usize * BLOCK + off + i] = b.u8();
+            }
+            reseal_up(image, base, n, tag, 16);
         }
     }
 }
 
-/// The oracle of a successful `get(key) == got`, from the image file alone (module docs).
+/// Oracle 3 for objects: a successful `get(key) == got` is the image's bytes at the
+/// extents `stat` names.
 fn check_get(world: &World, vde: &Vde, key: &[u8], got: &[u8]) {
     let st = vde.stat(key).expect("stat of a key get just read");
     assert_eq!(got.len() as u64, st.size, "get returned another length than stat says");
-    let inodes = vde.info().expect("info").layout.inodes;
-    let blockno = inodes.start + st.inode / INODES_PER_BLOCK;
-    let file = &world.file;
-    let mut b = [0u8; BLOCK];
-    file.read_exact_at(&mut b, blockno * BLOCK as u64)
-        .expect("read the inode block");
-    assert_eq!(get32(&b, PAYLOAD), TRAILER_MAGIC, "inode block {blockno}: no trailer");
-    assert_eq!(
-        get32(&b, PAYLOAD + 4),
-        Kind::Inodes as u32,
-        "block {blockno} is no inode block"
-    );
-    assert_eq!(get64(&b, PAYLOAD + 16), blockno, "inode block {blockno} is misdirected");
-    assert_eq!(
-        get64(&b, BLOCK - 8),
-        xxh3_64(&b[..BLOCK - 8]),
-        "inode block {blockno}: bad checksum"
-    );
-    let at = (st.inode % INODES_PER_BLOCK) as usize * INODE_SIZE;
-    let slot = &b[at..at + INODE_SIZE];
-    assert_eq!(get32(slot, 0), 1, "inode {} is not in use", st.inode);
-    assert_eq!(
-        usize::from(get16(slot, 6)),
-        key.len(),
-        "inode {} has another key length",
-        st.inode
-    );
-    assert_eq!(
-        get64(slot, 24),
-        xxh3_64(key),
-        "inode {} belongs to another key",
-        st.inode
-    );
-    assert_eq!(get64(slot, 8), st.size, "inode {} records another size", st.inode);
-    let n = usize::from(get16(slot, 4));
-    assert_eq!(n, st.extents.len(), "inode {}: extent count", st.inode);
     let mut want = Vec::new();
-    for (i, &(start, blocks)) in st.extents.iter().enumerate() {
-        let w = get64(slot, 32 + i * 16);
-        assert_eq!(
-            (w & ((1 << 48) - 1), (w >> 48) + 1),
-            (start, blocks),
-            "inode {} extent {i}",
-            st.inode
-        );
+    for &(start, blocks) in &st.extents {
         let mut bytes = vec![0u8; blocks as usize * BLOCK];
-        file.read_exact_at(&mut bytes, start * BLOCK as u64)
+        world
+            .file
+            .read_exact_at(&mut bytes, start * BLOCK as u64)
             .expect("a returned extent lies on the image");
-        assert_eq!(
-            xxh3_64(&bytes),
-            get64(slot, 40 + i * 16),
-            "extent {i} of {key:?} does not match its checksum"
-        );
         want.extend_from_slice(&bytes);
     }
     want.truncate(st.size as usize);
     assert!(
         got == want.as_slice(),
-        "get({key:?}) returned bytes other than the checksummed extents"
+        "get({key:?}) returned bytes other than its extents'"
     );
+}
+
+/// Oracle 3 for volumes: reads the first blocks of `name` and, where the read succeeds,
+/// checks it against the image at the planned pieces.
+fn check_volume(world: &World, vde: &Vde, name: &str, blocks: u64) {
+    let mut at = 0;
+    while at < blocks.min(4 * READ_BLOCKS) {
+        let n = (blocks - at).min(READ_BLOCKS);
+        let mut got = vec![0u8; n as usize * BLOCK];
+        let read = bounded(|| vde.vol_read(name, at, &mut got));
+        let plan = bounded(|| vde.vol_read_plan(name, at, n));
+        if let (Ok(()), Ok(plan)) = (read, plan) {
+            for (v, len, piece) in plan {
+                let off = ((v - at) as usize) * BLOCK;
+                let dst = &got[off..off + len as usize * BLOCK];
+                match piece {
+                    None => assert!(dst.iter().all(|&x| x == 0), "{name} block {v}: a hole read as non-zero"),
+                    Some(e) => {
+                        let mut want = vec![0u8; dst.len()];
+                        world
+                            .file
+                            .read_exact_at(&mut want, e.pba * BLOCK as u64)
+                            .expect("a planned piece lies on the image");
+                        assert!(
+                            dst == want.as_slice(),
+                            "{name} blocks {v}+{len}: bytes other than device blocks {}",
+                            e.pba
+                        );
+                    }
+                }
+            }
+        }
+        at += n;
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
     let world = world();
     let mut b = Bytes(data);
-    let base = &world.bases[usize::from(b.u8() & 1)];
+    let first = b.u8();
+    let base = &world.bases[usize::from(first & 1)];
+    let read_only = first & 2 != 0;
     let mut image = base.image.clone();
-    // The journal region as the base was formatted (the directory may be edited too).
-    let dir = &base.image[2 * BLOCK..3 * BLOCK];
-    let journal = (get64(dir, 16 + 8) as usize, get64(dir, 16 + 16) as usize);
+    let tag = store_tag(image[80..96].try_into().expect("the superblock's UUID is 16 bytes"));
     let mut edits = 0;
     while !b.0.is_empty() && edits < 64 {
-        edit(&mut image, &mut b, journal);
+        edit(&mut image, &mut b, base, tag);
         edits += 1;
     }
-    let Ok(vde) = bounded(|| open(world, &image)) else {
+    let Ok(vde) = bounded(|| open(world, &image, read_only)) else {
         return;
     };
     let mut keys: Vec<Vec<u8>> = bounded(|| vde.keys(b"").take(4096).map_while(Result::ok).collect());
     keys.extend(base.objects.keys().cloned());
+    let mut read: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for key in &keys {
         if let Ok(got) = bounded(|| vde.get(key)) {
             check_get(world, &vde, key, &got);
+            read.push((key.clone(), got));
         }
         let _ = bounded(|| vde.stat(key));
+    }
+    let sets = bounded(|| datasets(&vde));
+    for (name, blocks) in &sets {
+        check_volume(world, &vde, name, *blocks);
     }
     bounded(|| {
         let _ = vde.info();
         let _ = vde.fsck();
-        drop(vde);
     });
+    if !read_only {
+        let _ = bounded(|| vde.put(b"fuzz-new", &[0x5a; 3 * BLOCK]));
+        if let Some((name, _)) = sets.iter().find(|(n, _)| !n.contains('@')) {
+            let _ = bounded(|| vde.vol_write(name, 1, &[0xa5; BLOCK], true));
+        }
+        for (key, before) in read.iter().filter(|(k, _)| k != b"fuzz-new") {
+            if let Ok(got) = bounded(|| vde.get(key)) {
+                assert!(
+                    got == *before,
+                    "{key:?} reads other bytes after a put and a volume write"
+                );
+            }
+        }
+    }
+    bounded(|| drop(vde));
 });

@@ -155,8 +155,8 @@ pub enum Command {
     /// --allow-write (regular files do not). --read-only checks what an earlier run wrote
     /// (e.g. after a power cycle) without writing. Exits 1 on any mismatch or I/O error.
     Verify(verify::VerifyArgs),
-    /// The Virtual Disk Engine: a crash-safe, checksummed object store on DEV (any
-    /// backend): format, put, get, rm, ls, stat, fsck, info, bench.
+    /// The Virtual Disk Engine: a crash-safe, checksummed store of objects and thin
+    /// volumes, with snapshots and clones, on DEV (any backend).
     Vde {
         /// What to do.
         #[command(subcommand)]

@@ -529,6 +529,12 @@ pub struct DatasetInfo {
     pub clones: u32,
 }
 
+/// `blocks` VDE blocks in bytes, saturating: a count read from a damaged (or forged)
+/// record shows as a huge number (fsck names the record) instead of overflowing.
+fn bytes(blocks: u64) -> u64 {
+    blocks.saturating_mul(BLOCK as u64)
+}
+
 impl Vde {
     fn writable(&self) -> Result<(), VdeError> {
         if self.opts.read_only {
@@ -678,9 +684,9 @@ impl Vde {
                 name: n,
                 kind: DatasetKind::Volume,
                 size: rec.size,
-                refer: rec.refer_blocks * BLOCK as u64,
-                used: (own + snaps) * BLOCK as u64,
-                unique: unique * BLOCK as u64,
+                refer: bytes(rec.refer_blocks),
+                used: bytes(own.saturating_add(snaps)),
+                unique: bytes(unique),
                 created_txg: rec.created_txg,
                 origin: (!rec.origin.is_empty()).then(|| String::from_utf8_lossy(&rec.origin).into_owned()),
                 clones: 0,
@@ -720,12 +726,12 @@ impl Vde {
                         lookup(&mut st, v.as_bytes())?.ok_or_else(|| not_found(v.as_bytes()))?
                     }
                 };
-                let unique = self.dead_between(&next, s.prev_txg, s.created_txg, true)? * BLOCK as u64;
+                let unique = bytes(self.dead_between(&next, s.prev_txg, s.created_txg, true)?);
                 out.push(DatasetInfo {
                     name: String::from_utf8_lossy(name).into_owned(),
                     kind: DatasetKind::Snapshot,
                     size: s.size,
-                    refer: s.refer_blocks * BLOCK as u64,
+                    refer: bytes(s.refer_blocks),
                     used: unique,
                     unique,
                     created_txg: s.created_txg,
