@@ -347,8 +347,7 @@ fn kill(st: &mut State, h: &mut Head, addr: u64, len: u64, birth: u64, kind: u8)
     st.free_released();
     st.released = saved;
     r?;
-    h.rec.dead_blocks += len;
-    Ok(())
+    count_more(&mut h.rec.dead_blocks, len, "dead")
 }
 
 /// The extents overlapping `vblock..vblock + n`, in order, as (first volume block, extent).
@@ -430,7 +429,7 @@ fn unmap(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<(), VdeErr
             r?;
         }
         kill(st, h, e.pba + cut_from, cut_to - cut_from, e.birth, DEAD_DATA)?;
-        h.rec.refer_blocks -= cut_to - cut_from;
+        count_less(&mut h.rec.refer_blocks, cut_to - cut_from, "referenced")?;
     }
     h.dirty = true;
     Ok(())
@@ -443,7 +442,7 @@ fn map(st: &mut State, h: &mut Head, vblock: u64, e: &VolExtent) -> Result<(), V
     route(st, h)?;
     r?;
     st.space.commit_use(e.pba, e.len);
-    h.rec.refer_blocks += e.len;
+    count_more(&mut h.rec.refer_blocks, e.len, "referenced")?;
     h.dirty = true;
     Ok(())
 }
@@ -527,6 +526,28 @@ pub struct DatasetInfo {
     pub origin: Option<String>,
     /// A snapshot's clones.
     pub clones: u32,
+}
+
+/// `*count -= by` for a block count of a dataset record, which was read from the device:
+/// a damaged or forged record whose count is smaller than what it loses is an error
+/// ([`VdeError::Corrupt`]), not an overflow.
+fn count_less(count: &mut u64, by: u64, what: &str) -> Result<(), VdeError> {
+    *count = count.checked_sub(by).ok_or_else(|| VdeError::Corrupt {
+        block: 0,
+        kind: NodeKind::Datasets.name(),
+        reason: format!("a dataset record counts {count} {what} blocks, fewer than the {by} it loses"),
+    })?;
+    Ok(())
+}
+
+/// `*count += by`, likewise.
+fn count_more(count: &mut u64, by: u64, what: &str) -> Result<(), VdeError> {
+    *count = count.checked_add(by).ok_or_else(|| VdeError::Corrupt {
+        block: 0,
+        kind: NodeKind::Datasets.name(),
+        reason: format!("a dataset record counts {count} {what} blocks, too many to add {by}"),
+    })?;
+    Ok(())
 }
 
 /// `blocks` VDE blocks in bytes, saturating: a count read from a damaged (or forged)
@@ -851,7 +872,7 @@ impl Vde {
                     n.deadlist.remove(&mut st.io(), k)?;
                     st.free_released();
                     st.space.free(addr, len);
-                    n.rec.dead_blocks -= len;
+                    count_less(&mut n.rec.dead_blocks, len, "dead")?;
                 }
                 if done {
                     break;
@@ -868,7 +889,7 @@ impl Vde {
                     n.deadlist.insert(&mut st.io(), k, v)?;
                     st.free_released();
                     if v.len() == 5 {
-                        n.rec.dead_blocks += get32(v, 0) as u64;
+                        count_more(&mut n.rec.dead_blocks, get32(v, 0) as u64, "dead")?;
                     }
                 }
             }
@@ -918,7 +939,11 @@ impl Vde {
             origin: full.clone().into_bytes(),
         };
         st.next_dataset_id += 1;
-        s.clones += 1;
+        s.clones = s.clones.checked_add(1).ok_or_else(|| VdeError::Corrupt {
+            block: 0,
+            kind: NodeKind::Datasets.name(),
+            reason: format!("snapshot {full} records {} clones already", s.clones),
+        })?;
         let r = store_rec(&mut st, new.as_bytes(), &rec).and_then(|_| store_rec(&mut st, full.as_bytes(), &s));
         r.map_err(|e| st.poison(e))?;
         st.commit(&self.log)
@@ -1434,7 +1459,28 @@ pub fn replay_volume_record(store: &Vde, r: &[u8]) -> Result<bool, VdeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::BLOCK;
+    use super::{BLOCK, bytes, count_less, count_more};
+    use crate::vde::VdeError;
+
+    /// Found by the `vde_open` fuzz target (seeds `dataset-refer-blocks-*`): a forged
+    /// record's counts overflowed during replay and in `vol ls`.
+    #[test]
+    fn counts_read_from_a_record_cannot_overflow() {
+        let mut n = 3;
+        assert!(matches!(
+            count_less(&mut n, 4, "referenced"),
+            Err(VdeError::Corrupt { .. })
+        ));
+        assert_eq!(n, 3, "unchanged on error");
+        count_less(&mut n, 3, "referenced").unwrap();
+        assert_eq!(n, 0);
+        let mut n = u64::MAX - 1;
+        assert!(matches!(count_more(&mut n, 2, "dead"), Err(VdeError::Corrupt { .. })));
+        count_more(&mut n, 1, "dead").unwrap();
+        assert_eq!(n, u64::MAX);
+        assert_eq!(bytes(u64::MAX / 2), u64::MAX);
+        assert_eq!(bytes(2), 2 * BLOCK as u64);
+    }
     use crate::vde::{Vde, VdeOptions};
     use crate::{Backend, Device, OpenOptions};
 
