@@ -557,6 +557,11 @@ fn bytes(blocks: u64) -> u64 {
 }
 
 impl Vde {
+    /// Takes the topology lock (see the field `topology`).
+    fn topology(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.topology.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn writable(&self) -> Result<(), VdeError> {
         if self.opts.read_only {
             return Err(VdeError::ReadOnly);
@@ -570,6 +575,7 @@ impl Vde {
     /// Errors: [`VdeError::Unsupported`] (name, size), [`VdeError::Exists`], I/O errors.
     pub fn vol_create(&self, name: &str, size: u64) -> Result<(), VdeError> {
         self.writable()?;
+        let _t = self.topology();
         check_name("volume", name)?;
         if size == 0 || size % BLOCK as u64 != 0 || size > (1u64 << 60) {
             return Err(VdeError::Unsupported(format!(
@@ -772,6 +778,7 @@ impl Vde {
     /// (name), I/O errors.
     pub fn snap_create(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
         self.writable()?;
+        let _t = self.topology();
         check_name("snapshot", snap)?;
         let full = format!("{vol}@{snap}");
         let mut st = self.state()?;
@@ -825,6 +832,12 @@ impl Vde {
     /// errors.
     pub fn snap_remove(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
         self.writable()?;
+        let _t = self.topology();
+        self.snap_remove_locked(vol, snap)
+    }
+
+    /// [`Vde::snap_remove`] with the topology lock held.
+    fn snap_remove_locked(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
         let full = format!("{vol}@{snap}");
         let snaps = self.snapshots_of(vol)?;
         let i = snaps
@@ -918,6 +931,7 @@ impl Vde {
     /// Errors: [`VdeError::NotFound`], [`VdeError::Exists`], I/O errors.
     pub fn clone_snapshot(&self, vol: &str, snap: &str, new: &str) -> Result<(), VdeError> {
         self.writable()?;
+        let _t = self.topology();
         check_name("volume", new)?;
         let full = format!("{vol}@{snap}");
         let mut st = self.state()?;
@@ -956,6 +970,7 @@ impl Vde {
     /// snapshot), I/O errors.
     pub fn rollback(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
         self.writable()?;
+        let _t = self.topology();
         let full = format!("{vol}@{snap}");
         let snaps = self.snapshots_of(vol)?;
         let Some((last, s)) = snaps.last() else {
@@ -1004,6 +1019,7 @@ impl Vde {
     /// not `recursive`; a snapshot has clones), I/O errors.
     pub fn vol_remove(&self, vol: &str, recursive: bool) -> Result<(), VdeError> {
         self.writable()?;
+        let _t = self.topology();
         let snaps = self.snapshots_of(vol)?;
         if !snaps.is_empty() && !recursive {
             return Err(VdeError::Unsupported(format!(
@@ -1021,7 +1037,7 @@ impl Vde {
         for (name, _) in snaps.iter().rev() {
             let n = String::from_utf8_lossy(name).into_owned();
             let snap = n.split_once('@').map(|x| x.1).unwrap_or_default().to_string();
-            self.snap_remove(vol, &snap)?;
+            self.snap_remove_locked(vol, &snap)?;
         }
         let mut st = self.state()?;
         let mut h = take_head(&mut st, vol.as_bytes())?;
@@ -1053,6 +1069,7 @@ impl Vde {
     /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (size), I/O errors.
     pub fn vol_resize(&self, vol: &str, size: u64) -> Result<(), VdeError> {
         self.writable()?;
+        let _t = self.topology();
         if size == 0 || size % BLOCK as u64 != 0 || size > (1u64 << 60) {
             return Err(VdeError::Unsupported(format!(
                 "volume size {size} bytes: use a non-zero multiple of {BLOCK} bytes"

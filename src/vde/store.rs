@@ -440,6 +440,11 @@ pub struct Vde {
     pub(super) tag: u64,
     pub(super) acked_ops: std::sync::atomic::AtomicU64,
     pub(super) vol_flush_lock: Mutex<()>,
+    /// Held for the whole of every operation that changes the set of datasets or a
+    /// volume's snapshot chain (volume create, remove, resize; snapshot create, remove;
+    /// clone; rollback), so that what one reads of the snapshot list before it takes the
+    /// state lock is still true when it acts. Taken before `state`, never while holding it.
+    pub(super) topology: Mutex<()>,
     writing: std::sync::atomic::AtomicUsize,
     max_writing: std::sync::atomic::AtomicUsize,
     // Dropped last: lanes and the state's lane hold queues on it.
@@ -645,6 +650,7 @@ impl Vde {
         );
         let store = Vde {
             stripes: (0..stripes).map(|_| RwLock::new(())).collect(),
+            topology: Mutex::new(()),
             state: Mutex::new(state),
             log,
             lanes: Lanes::new(opts.lanes, opts.staging_bytes),
