@@ -351,7 +351,30 @@ fn kill(st: &mut State, h: &mut Head, addr: u64, len: u64, birth: u64, kind: u8)
 }
 
 /// The extents overlapping `vblock..vblock + n`, in order, as (first volume block, extent).
+///
+/// Errors: [`VdeError::Corrupt`] if the map's extents overlap or end past 2^64 (a
+/// damaged or forged map), I/O errors.
 fn overlapping(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Vec<(u64, VolExtent)>, VdeError> {
+    let out = overlapping_unchecked(st, h, vblock, n)?;
+    // Extents of one map never overlap; a damaged (or forged) map whose extents do
+    // would make the callers' arithmetic go wrong.
+    for w in out.windows(2) {
+        if w[1].0 < w[0].0 + w[0].1.len {
+            return Err(VdeError::Corrupt {
+                block: 0,
+                kind: NodeKind::Extents.name(),
+                reason: format!(
+                    "extents at volume blocks {}+{} and {}+{} overlap",
+                    w[0].0, w[0].1.len, w[1].0, w[1].1.len
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// [`overlapping`] without the check that the extents found do not overlap.
+fn overlapping_unchecked(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Vec<(u64, VolExtent)>, VdeError> {
     let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
     let end = vblock + n;
     let mut out = Vec::new();
@@ -366,7 +389,15 @@ fn overlapping(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Vec<
             kind: NodeKind::Extents.name(),
             reason: format!("extent key of {} bytes", k.len()),
         })?;
-        Ok((u64::from_be_bytes(k), e))
+        let s = u64::from_be_bytes(k);
+        if s.checked_add(e.len).is_none() {
+            return Err(VdeError::Corrupt {
+                block: 0,
+                kind: NodeKind::Extents.name(),
+                reason: format!("extent at volume block {s} of {} blocks ends past 2^64", e.len),
+            });
+        }
+        Ok((s, e))
     };
     let mut cursor = vkey(vblock).to_vec();
     if let Some((k, v)) = h.extents.floor(&mut st.io(), &vkey(vblock))? {
@@ -527,6 +558,12 @@ pub struct DatasetInfo {
     /// A snapshot's clones.
     pub clones: u32,
 }
+
+/// Most volume blocks one step of an unmap covers (32 MiB): a Deallocate of a whole
+/// large volume, or a shrink, goes in steps, each with its own intent log record and a
+/// commit when one is due, so the extents it holds and the tree nodes it dirties stay
+/// bounded whatever the volume's size.
+pub const UNMAP_STEP: u64 = 8192;
 
 /// `*count -= by` for a block count of a dataset record, which was read from the device:
 /// a damaged or forged record whose count is smaller than what it loses is an error
@@ -1075,6 +1112,16 @@ impl Vde {
                 "volume size {size} bytes: use a non-zero multiple of {BLOCK} bytes"
             )));
         }
+        // Shrinking: the blocks past the new end are unmapped in bounded steps first;
+        // the unmap under the lock below then finds at most what writes mapped meanwhile.
+        let rec = self.dataset(vol)?;
+        if rec.kind != DatasetKind::Volume {
+            return Err(VdeError::Unsupported(format!("{vol} is not a volume")));
+        }
+        let old = rec.size / BLOCK as u64;
+        if let Some(past) = old.checked_sub(size / BLOCK as u64).filter(|&p| p > 0) {
+            self.vol_unmap(vol, old - past, past)?;
+        }
         let mut st = self.state()?;
         let mut h = take_head(&mut st, vol.as_bytes())?;
         let r = (|| {
@@ -1241,7 +1288,8 @@ impl Vde {
     /// per-block checksums)` from `vblock` on, in the open txg. With `fua`, returns once
     /// durable.
     ///
-    /// Errors: [`VdeError::Poisoned`], I/O errors (of a commit or the log).
+    /// Errors: [`VdeError::NotFound`] (the volume was removed meanwhile; its blocks are
+    /// handed back), [`VdeError::Poisoned`], I/O errors (of a commit or the log).
     pub fn vol_write_end(
         &self,
         name: &str,
@@ -1258,8 +1306,22 @@ impl Vde {
         }
         let txg = st.txg;
         let mut records = Vec::new();
+        let mut h = match take_head(&mut st, name.as_bytes()) {
+            Ok(h) => h,
+            Err(e) => {
+                for &(s, n, _) in &written {
+                    st.space.unreserve(s, n);
+                }
+                // A volume removed while the write was in flight: an error for this
+                // write, not damage to the store.
+                return Err(if matches!(e, VdeError::NotFound(_)) {
+                    e
+                } else {
+                    st.poison(e)
+                });
+            }
+        };
         let r = (|| {
-            let mut h = take_head(&mut st, name.as_bytes())?;
             let mut v = vblock;
             let mut r = Ok(());
             for (pba, len, sums) in written {
@@ -1308,6 +1370,21 @@ impl Vde {
     /// Errors: as [`Vde::vol_write`].
     pub fn vol_unmap(&self, name: &str, vblock: u64, n: u64) -> Result<(), VdeError> {
         self.writable()?;
+        let end = vblock.saturating_add(n);
+        let mut at = vblock;
+        loop {
+            let step = (end - at).min(UNMAP_STEP);
+            self.vol_unmap_step(name, at, step)?;
+            at += step;
+            if at >= end {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One step of [`Vde::vol_unmap`]: at most [`UNMAP_STEP`] blocks, one record, and a
+    /// commit when one is due.
+    fn vol_unmap_step(&self, name: &str, vblock: u64, n: u64) -> Result<(), VdeError> {
         let mut st = self.state()?;
         let txg = st.txg;
         let r = (|| {
@@ -1332,6 +1409,9 @@ impl Vde {
         rec.extend_from_slice(&n.to_le_bytes());
         st.pending_vol.push(rec);
         st.ops_since_commit += 1;
+        if st.wants_commit(&self.log) {
+            st.commit(&self.log)?;
+        }
         Ok(())
     }
 
@@ -1436,12 +1516,24 @@ pub fn replay_volume_record(store: &Vde, r: &[u8]) -> Result<bool, VdeError> {
     let Some(rec) = lookup(&mut st, name)? else {
         return Ok(false);
     };
+    if rec.kind != DatasetKind::Volume {
+        // Only volumes are written; a record naming a snapshot is damaged or forged.
+        return Err(bad(&format!(
+            "it names {}, which is not a volume",
+            String::from_utf8_lossy(name)
+        )));
+    }
     let blocks = rec.size / BLOCK as u64;
     if r[0] == rec::VOL_UNMAP {
         if rest.len() != 8 {
             return Err(bad("unmap length"));
         }
         let n = super::format::get64(rest, 0);
+        if n > UNMAP_STEP {
+            return Err(bad(&format!(
+                "an unmap of {n} blocks (records cover at most {UNMAP_STEP})"
+            )));
+        }
         if vblock.checked_add(n).is_none_or(|e| e > blocks) {
             return Ok(false);
         }

@@ -221,12 +221,22 @@ impl Superblock2 {
         }
         if s.log_start != LOG_START
             || s.log_blocks == 0
-            || s.log_start + s.log_blocks >= s.total_blocks
+            || s.log_start
+                .checked_add(s.log_blocks)
+                .is_none_or(|end| end >= s.total_blocks)
             || s.log_head >= s.log_blocks
         {
             return Err(corrupt(format!(
                 "intent log region {}+{} (head {}) does not fit a store of {} blocks",
                 s.log_start, s.log_blocks, s.log_head, s.total_blocks
+            )));
+        }
+        // Sequence numbers count log blocks written over the store's life; one this large
+        // is damage (and would overflow the log's arithmetic).
+        if s.log_seq > u64::MAX / 4 {
+            return Err(corrupt(format!(
+                "its intent log sequence number {} is implausible",
+                s.log_seq
             )));
         }
         for (name, p) in [("objects", s.objects), ("datasets", s.datasets), ("space", s.space)] {

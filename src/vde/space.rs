@@ -427,8 +427,9 @@ impl SpaceMap {
     /// this a replayed object's or volume's data blocks would look free.
     ///
     /// Errors: [`VdeError::Corrupt`] (nothing changed) when the range passes the device's
-    /// end or holds a block the committed txg counts in use (`durable`): a record that
-    /// names blocks of live data cannot have been written by this store's allocator.
+    /// end or holds a block in use (`busy`: counted by the committed txg, claimed by an
+    /// earlier record, or freed by one and still held): a record that names such blocks
+    /// cannot have been written by this store's allocator.
     pub fn claim(&mut self, start: u64, len: u64) -> Result<(), VdeError> {
         if start.checked_add(len).is_none_or(|e| e > self.total) {
             return Err(VdeError::Corrupt {
@@ -437,11 +438,17 @@ impl SpaceMap {
                 reason: format!("a replayed record names blocks {start}+{len}, past the device's end"),
             });
         }
-        if let Some(b) = (start..start + len).find(|&b| bit(&self.durable, b)) {
+        // `busy`, not only `durable`: at load they are equal, and during replay `busy` also
+        // holds what earlier records claimed, and what they freed (held until the second
+        // commit after): the allocator never hands out a block freed in the same or the
+        // previous txg, so no record of this store names one.
+        if let Some(b) = (start..start + len).find(|&b| bit(&self.busy, b)) {
             return Err(VdeError::Corrupt {
                 block: b,
                 kind: NodeKind::Log.name(),
-                reason: format!("a replayed record names block {b}, which the committed txg counts in use"),
+                reason: format!(
+                    "a replayed record names block {b}, which the committed txg or an earlier record counts in use"
+                ),
             });
         }
         self.busy_used += set_bits(&mut self.busy, start, len);
