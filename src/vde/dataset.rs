@@ -1321,7 +1321,7 @@ impl Vde {
                 });
             }
         };
-        let r = (|| {
+        let r = {
             let mut v = vblock;
             let mut r = Ok(());
             for (pba, len, sums) in written {
@@ -1345,7 +1345,7 @@ impl Vde {
             }
             put_head(&mut st, name.as_bytes(), h);
             r
-        })();
+        };
         r.map_err(|e| st.poison(e))?;
         st.ops_since_commit += 1;
         // Queued behind the records of writes completed earlier, so the log keeps the
