@@ -181,3 +181,141 @@ pub fn names_block(e: &VdeError, block: u64) -> bool {
         _ => false,
     }
 }
+
+/// An image edited behind the store's back so that it still verifies: an edited
+/// metadata block is resealed, and every pointer to it (in the tree nodes and dataset
+/// records the committed state reaches, and in the newest superblock) is fixed, up to
+/// the superblock. The store then opens, and only the invariant the edit breaks is
+/// broken: for the fsck tests.
+pub struct Forge {
+    /// The image's bytes.
+    pub img: Vec<u8>,
+    /// What the unedited image reached.
+    pub map: ImageMap,
+    /// The store tag.
+    pub tag: u64,
+}
+
+impl Forge {
+    /// Maps `img` (an undamaged image).
+    pub fn new(img: Vec<u8>) -> Forge {
+        let map = ImageMap::read(&img);
+        let tag = map.sb.expect("a superblock").1.tag();
+        Forge { img, map, tag }
+    }
+
+    /// Every entry of the tree of `kind` at `root`: (leaf block, key, value).
+    pub fn entries(&self, kind: NodeKind, root: Option<BlockPtr>) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+        let mut io = ImageIo {
+            img: &self.img,
+            tag: self.tag,
+        };
+        let (mut out, mut leaf) = (Vec::new(), 0);
+        Tree::walk(&mut io, kind, root, 0, &mut |v| {
+            match v {
+                Visit::Node { ptr, .. } => leaf = ptr.addr,
+                Visit::Entry { key, value } => out.push((leaf, key.to_vec(), value.to_vec())),
+            }
+            Ok(())
+        })
+        .expect("walk");
+        out
+    }
+
+    /// Every dataset record: (directory leaf, name, record).
+    pub fn datasets(&self) -> Vec<(u64, String, DatasetRec)> {
+        let root = self.map.sb.expect("a superblock").1.datasets;
+        self.entries(NodeKind::Datasets, root)
+            .into_iter()
+            .map(|(leaf, k, v)| (leaf, String::from_utf8(k).unwrap(), DatasetRec::decode(&v).unwrap()))
+            .collect()
+    }
+
+    /// The record of dataset `name`: (directory leaf, record).
+    pub fn dataset(&self, name: &str) -> (u64, DatasetRec) {
+        let (leaf, _, rec) = self.datasets().into_iter().find(|d| d.1 == name).expect("a dataset");
+        (leaf, rec)
+    }
+
+    /// Replaces the one occurrence of `old` in the payload of metadata block `addr` by
+    /// `new` (as long), then reseals it and fixes the pointers to it.
+    pub fn replace(&mut self, addr: u64, old: &[u8], new: &[u8]) {
+        assert_eq!(old.len(), new.len());
+        let at = addr as usize * BLOCK;
+        let payload = &self.img[at + block::HEADER..at + block::CHECKSUM_AT];
+        let hits: Vec<usize> = (0..=payload.len() - old.len())
+            .filter(|&i| &payload[i..i + old.len()] == old)
+            .collect();
+        assert_eq!(hits.len(), 1, "block {addr} holds the bytes to replace once");
+        let before = self.ptr_of(addr);
+        let from = at + block::HEADER + hits[0];
+        self.img[from..from + new.len()].copy_from_slice(new);
+        self.reseal(before);
+    }
+
+    /// The pointer a parent holds for block `addr` as it is now.
+    fn ptr_of(&self, addr: u64) -> BlockPtr {
+        let b = &self.img[addr as usize * BLOCK..];
+        let get = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        BlockPtr {
+            addr,
+            birth: get(8),
+            checksum: get(block::CHECKSUM_AT),
+        }
+    }
+
+    /// Reseals the block `before` pointed to, then every block holding `before`.
+    fn reseal(&mut self, before: BlockPtr) {
+        let addr = before.addr;
+        let b: &mut Block = (&mut self.img[addr as usize * BLOCK..(addr as usize + 1) * BLOCK])
+            .try_into()
+            .unwrap();
+        let kind = NodeKind::from_u16(u16::from_le_bytes([b[4], b[5]])).expect("a node kind");
+        let level = u16::from_le_bytes([b[6], b[7]]);
+        let after = block::seal(b, kind, level, before.birth, addr, self.tag);
+        let (mut old, mut new) = ([0u8; BlockPtr::SIZE], [0u8; BlockPtr::SIZE]);
+        BlockPtr::put(Some(before), &mut old, 0);
+        BlockPtr::put(Some(after), &mut new, 0);
+        let mut holders: Vec<u64> = self.map.objects.iter().map(|n| n.0.addr).collect();
+        holders.extend(self.map.datasets.iter().map(|n| n.0.addr));
+        holders.extend(self.map.extents.iter().map(|n| n.1.addr));
+        holders.extend(self.map.deadlists.iter().map(|n| n.1.addr));
+        holders.extend(self.map.space.iter().map(|n| n.0.addr));
+        holders.sort_unstable();
+        holders.dedup();
+        for h in holders {
+            let at = h as usize * BLOCK;
+            let payload = &self.img[at + block::HEADER..at + block::CHECKSUM_AT];
+            let hits: Vec<usize> = (0..=payload.len() - old.len())
+                .filter(|&i| payload[i..i + old.len()] == old)
+                .collect();
+            if hits.is_empty() {
+                continue;
+            }
+            let parent = self.ptr_of(h);
+            for i in hits {
+                let from = at + block::HEADER + i;
+                self.img[from..from + new.len()].copy_from_slice(&new);
+            }
+            self.reseal(parent);
+        }
+        let (at, mut sb) = self.map.sb.expect("a superblock");
+        for p in [&mut sb.objects, &mut sb.datasets, &mut sb.space] {
+            if *p == Some(before) {
+                *p = Some(after);
+            }
+        }
+        self.map.sb = Some((at, sb));
+        let copy = sb.encode(at);
+        self.img[at as usize * BLOCK..(at as usize + 1) * BLOCK].copy_from_slice(&copy[..]);
+    }
+
+    /// Rewrites dataset `name`'s record with `edit` applied (its encoding keeps its
+    /// length).
+    pub fn edit_dataset(&mut self, name: &str, edit: impl FnOnce(&mut DatasetRec)) {
+        let (leaf, rec) = self.dataset(name);
+        let mut new = rec.clone();
+        edit(&mut new);
+        self.replace(leaf, &rec.encode(), &new.encode());
+    }
+}
