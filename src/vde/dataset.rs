@@ -41,6 +41,16 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Longest data extent of a volume, in blocks (128 KiB): its per-block checksums fit a
 /// tree entry.
 pub const MAX_VOL_EXTENT: u64 = 32;
+/// How many times a volume read whose data fails its checksum looks its extents up
+/// again and retries ([`Vde::vol_read`]). A read plans first (the extents' device blocks
+/// and checksums, under the store's lock) and reads the blocks after (without it); an
+/// overwrite, Write Zeroes or Deallocate in between frees the planned blocks, and once
+/// the second commit after the free releases them another write may reuse them, so the
+/// read finds other bytes although nothing is corrupt. A new plan that differs from the
+/// old one means the volume changed: read again. A new plan equal to the old one means
+/// the blocks are still the volume's and hold the wrong bytes: the corruption is real,
+/// and reported at once.
+pub const READ_REPLANS: usize = 3;
 /// Longest volume or snapshot name, bytes.
 pub const MAX_NAME: usize = 64;
 /// Dead list entry kinds.
@@ -1165,12 +1175,7 @@ impl Vde {
     /// as zeros).
     ///
     /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (range), I/O errors.
-    pub fn vol_read_plan(
-        &self,
-        name: &str,
-        vblock: u64,
-        n: u64,
-    ) -> Result<Vec<(u64, u64, Option<VolExtent>)>, VdeError> {
+    pub fn vol_read_plan(&self, name: &str, vblock: u64, n: u64) -> Result<Pieces, VdeError> {
         let mut st = self.state()?;
         let mut h = take_head(&mut st, name.as_bytes())?;
         let r = Self::check_range(&h.rec, name, vblock, n).and_then(|_| pieces(&mut st, &mut h, vblock, n));
@@ -1179,21 +1184,47 @@ impl Vde {
     }
 
     /// Reads `out.len() / 4096` blocks of volume or snapshot `name` from block `vblock`;
-    /// unwritten blocks read as zeros. Every block is checked against its checksum.
+    /// unwritten blocks read as zeros. Every block is checked against its checksum; a
+    /// block that fails it is looked up again, and read again if the volume changed
+    /// meanwhile (at most [`READ_REPLANS`] times), so a read racing an overwrite returns
+    /// the old data or the new, never an error.
     ///
     /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (range),
-    /// [`VdeError::DataCorrupt`], I/O errors.
+    /// [`VdeError::DataCorrupt`] (the blocks fail their checksums and the volume did not
+    /// change), I/O errors.
     pub fn vol_read(&self, name: &str, vblock: u64, out: &mut [u8]) -> Result<(), VdeError> {
-        let ps = self.vol_read_plan(name, vblock, (out.len() / BLOCK) as u64)?;
+        let n = (out.len() / BLOCK) as u64;
+        let mut plan = self.vol_read_plan(name, vblock, n)?;
+        let mut replans = 0;
+        loop {
+            let err = match self.read_planned(name, vblock, &plan, out) {
+                Err(e @ VdeError::DataCorrupt { .. }) => e,
+                other => return other,
+            };
+            if replans == READ_REPLANS {
+                return Err(err);
+            }
+            replans += 1;
+            let again = self.vol_read_plan(name, vblock, n)?;
+            if again == plan {
+                return Err(err);
+            }
+            plan = again;
+        }
+    }
+
+    /// Reads the pieces of `plan` (from [`Vde::vol_read_plan`] for `vblock..`) into
+    /// `out`, checking every block.
+    fn read_planned(&self, name: &str, vblock: u64, plan: &Pieces, out: &mut [u8]) -> Result<(), VdeError> {
         let mut lane = self.lane()?;
-        for (v, len, e) in ps {
+        for (v, len, e) in plan {
             let at = ((v - vblock) as usize) * BLOCK;
-            let dst = &mut out[at..at + len as usize * BLOCK];
+            let dst = &mut out[at..at + *len as usize * BLOCK];
             match e {
                 None => dst.fill(0),
                 Some(e) => {
                     lane.read(e.pba, dst)?;
-                    self.vol_verify(name, v, &e, dst)?;
+                    self.vol_verify(name, *v, e, dst)?;
                 }
             }
         }

@@ -9,10 +9,12 @@
 //!
 //! A [`VolumeQueue`] owns a queue on the store's device. A read of one extent piece is
 //! submitted there with the caller's buffer and checked against its per-block checksums
-//! when it completes; a write of up to one extent (128 KiB) goes to newly reserved
-//! blocks with the caller's buffer and is mapped when it completes. Holes, reads across
-//! several pieces, longer writes, Write Zeroes, Deallocate and Flush run synchronously
-//! in `submit` and complete at the next poll.
+//! when it completes (one that fails them is done again by [`Vde::vol_read`], which looks
+//! the extents up again: an overwrite may have freed the blocks and another write reused
+//! them since the read was planned); a write of up to one extent (128 KiB) goes to newly
+//! reserved blocks with the caller's buffer and is mapped when it completes. Holes, reads
+//! across several pieces, longer writes, Write Zeroes, Deallocate and Flush run
+//! synchronously in `submit` and complete at the next poll.
 
 use super::dataset::{DatasetKind, MAX_VOL_EXTENT};
 use super::store::Vde;
@@ -340,19 +342,28 @@ impl VolumeQueue {
             self.free.push(slot);
             match s {
                 Slot::Read { tag, vblock, extent } => {
-                    let r = match (c.result, &c.buf) {
-                        (Ok(()), Some(b)) => self.store.vol_verify(&self.name, vblock, &extent, b.as_slice()),
+                    let mut buf = c.buf;
+                    let r = match (c.result, &mut buf) {
+                        (Ok(()), Some(b)) => match self.store.vol_verify(&self.name, vblock, &extent, b.as_slice()) {
+                            // Planned at submission: an overwrite since may have freed the
+                            // blocks and another write reused them. The synchronous read
+                            // looks the extents up again (`READ_REPLANS`).
+                            Err(VdeError::DataCorrupt { .. }) => {
+                                self.store.vol_read(&self.name, vblock, b.as_mut_slice())
+                            }
+                            r => r,
+                        },
                         (Err(st), _) => {
                             self.done.push_back(Completion {
                                 tag,
-                                buf: c.buf,
+                                buf,
                                 result: Err(st),
                             });
                             continue;
                         }
                         (Ok(()), None) => Err(VdeError::Unsupported("the device kept the read buffer".into())),
                     };
-                    self.finish(tag, c.buf, r);
+                    self.finish(tag, buf, r);
                 }
                 Slot::Write {
                     tag,

@@ -3,8 +3,8 @@
 //! and Flushes, snapshots, snapshot deletes, clones, rollbacks, volume creates and
 //! deletes, reopens) run against the store and an in-memory model, and after every
 //! reopen and at the end the store must hold exactly what the model holds, with fsck
-//! clean. `tests/guest_vde.rs` runs it on VFIO in the guest; the steps are those of
-//! `tests/vde_volumes.rs`, which runs it on psync and io_uring on the host.
+//! clean. `tests/vde_volumes.rs` runs it on psync and io_uring on the host,
+//! `tests/guest_vde.rs` on VFIO in the guest.
 #![allow(dead_code)]
 
 use ironvme::vde::{Vde, VdeError};
