@@ -120,9 +120,67 @@ enum Child {
 /// `keys[0]` always empty.
 struct Node {
     level: u16,
-    keys: Vec<Vec<u8>>,
-    vals: Vec<Vec<u8>>,
+    keys: Vec<Bytes>,
+    vals: Vec<Bytes>,
     kids: Vec<Child>,
+}
+
+/// A key or value of a dirty node: up to [`Bytes::INLINE`] bytes in place (every entry
+/// of a dead list, and the keys and short extents of an extent map), longer ones on the
+/// heap. Copying a clean node into a dirty one then allocates nothing per entry for them.
+#[derive(Clone)]
+enum Bytes {
+    Inline { len: u8, buf: [u8; Bytes::INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Bytes {
+    /// Bytes kept in place: a 2-block extent map value (20 + 2 × 8), 40 bytes in all.
+    const INLINE: usize = 38;
+
+    fn new(b: &[u8]) -> Bytes {
+        if b.len() <= Bytes::INLINE {
+            let mut buf = [0; Bytes::INLINE];
+            buf[..b.len()].copy_from_slice(b);
+            Bytes::Inline {
+                len: b.len() as u8,
+                buf,
+            }
+        } else {
+            Bytes::Heap(b.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, buf } => &buf[..usize::from(*len)],
+            Bytes::Heap(b) => b,
+        }
+    }
+
+    /// The bytes as a `Vec` (no copy when they are on the heap).
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Bytes::Inline { .. } => self.as_slice().to_vec(),
+            Bytes::Heap(b) => b.into_vec(),
+        }
+    }
+}
+
+impl Default for Bytes {
+    fn default() -> Bytes {
+        Bytes::Inline {
+            len: 0,
+            buf: [0; Bytes::INLINE],
+        }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
 }
 
 impl Node {
@@ -152,7 +210,7 @@ impl Node {
     /// Splits off the upper part, choosing the cut that best balances the two halves'
     /// bytes; returns the separator (the upper part's first key) and the upper part.
     /// Needs at least 2 entries.
-    fn split(&mut self) -> (Vec<u8>, Node) {
+    fn split(&mut self) -> (Bytes, Node) {
         let n = self.len();
         let sizes_total: usize = (0..n).map(|i| self.entry_size(i)).sum();
         let (mut best, mut best_max, mut left) = (1, usize::MAX, 0);
@@ -188,7 +246,7 @@ impl Node {
     }
 
     /// Appends `right` (the next sibling, separated from this node by `sep`).
-    fn merge(&mut self, sep: Vec<u8>, mut right: Node) {
+    fn merge(&mut self, sep: Bytes, mut right: Node) {
         if self.level > 0 && !right.keys.is_empty() {
             right.keys[0] = sep;
         }
@@ -200,7 +258,7 @@ impl Node {
         if self.level > 0
             && let Some(k) = self.keys.first_mut()
         {
-            k.clear();
+            *k = Bytes::default();
         }
     }
 
@@ -502,13 +560,17 @@ impl<'a> View<'a> {
         if self.level == 0 {
             node.vals.reserve_exact(self.n);
             for i in 0..self.n {
-                node.keys.push(self.key(i).to_vec());
-                node.vals.push(self.value(i).to_vec());
+                node.keys.push(Bytes::new(self.key(i)));
+                node.vals.push(Bytes::new(self.value(i)));
             }
         } else {
             node.kids.reserve_exact(self.n);
             for i in 0..self.n {
-                node.keys.push(if i == 0 { Vec::new() } else { self.key(i).to_vec() });
+                node.keys.push(if i == 0 {
+                    Bytes::default()
+                } else {
+                    Bytes::new(self.key(i))
+                });
                 node.kids.push(Child::Clean(self.ptr(i)));
             }
         }
@@ -862,10 +924,10 @@ fn insert_rec(
 ) -> Result<Option<Vec<u8>>, VdeError> {
     if node.level == 0 {
         return Ok(match node.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-            Ok(i) => Some(std::mem::replace(&mut node.vals[i], value.to_vec())),
+            Ok(i) => Some(std::mem::replace(&mut node.vals[i], Bytes::new(value)).into_vec()),
             Err(i) => {
-                node.keys.insert(i, key.to_vec());
-                node.vals.insert(i, value.to_vec());
+                node.keys.insert(i, Bytes::new(key));
+                node.vals.insert(i, Bytes::new(value));
                 None
             }
         });
@@ -899,7 +961,7 @@ fn remove_rec(
         return Ok(match node.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
             Ok(i) => {
                 node.keys.remove(i);
-                Some(node.vals.remove(i))
+                Some(node.vals.remove(i).into_vec())
             }
             Err(_) => None,
         });
@@ -1070,7 +1132,7 @@ impl Tree {
                 let old = self.root.take().expect("matched above");
                 let mut top = Node {
                     level,
-                    keys: vec![Vec::new()],
+                    keys: vec![Bytes::default()],
                     vals: Vec::new(),
                     kids: vec![old],
                 };
