@@ -123,6 +123,9 @@ struct Node {
     keys: Vec<Bytes>,
     vals: Vec<Bytes>,
     kids: Vec<Child>,
+    /// Encoded payload bytes ([`Node::size`]), kept current by every change: a leaf's
+    /// insert, replace and remove adjust it, rarer changes measure the node again.
+    bytes: usize,
 }
 
 /// A key or value of a dirty node: up to [`Bytes::INLINE`] bytes in place (every entry
@@ -199,7 +202,19 @@ impl Node {
 
     /// Encoded payload bytes.
     fn size(&self) -> usize {
+        debug_assert_eq!(self.bytes, self.measure(), "a node's kept size is stale");
+        self.bytes
+    }
+
+    /// Encoded payload bytes, counted entry by entry.
+    fn measure(&self) -> usize {
         2 + (0..self.len()).map(|i| self.entry_size(i)).sum::<usize>()
+    }
+
+    /// This node with its size counted (after building it or changing it wholesale).
+    fn measured(mut self) -> Node {
+        self.bytes = self.measure();
+        self
     }
 
     /// The child whose range holds `key`.
@@ -236,12 +251,15 @@ impl Node {
             } else {
                 self.kids.split_off(best)
             },
+            bytes: 0,
         };
         let sep = if self.level == 0 {
             right.keys[0].clone()
         } else {
             std::mem::take(&mut right.keys[0])
         };
+        self.bytes = self.measure();
+        right.bytes = right.measure();
         (sep, right)
     }
 
@@ -260,14 +278,16 @@ impl Node {
         {
             *k = Bytes::default();
         }
+        self.bytes = self.measure();
     }
 
     /// Encodes into a payload; every child must be clean.
     fn encode(&self, p: &mut [u8]) -> Result<(), VdeError> {
-        if self.size() > p.len() || self.len() > usize::from(u16::MAX) {
+        // Counted afresh: what is written must not depend on the kept size.
+        let size = self.measure();
+        if size > p.len() || self.len() > usize::from(u16::MAX) {
             return Err(VdeError::Unsupported(format!(
-                "internal error: a tree node of {} bytes does not fit a block",
-                self.size()
+                "internal error: a tree node of {size} bytes does not fit a block"
             )));
         }
         put16(p, 0, self.len() as u16);
@@ -556,6 +576,7 @@ impl<'a> View<'a> {
             keys: Vec::with_capacity(self.n),
             vals: Vec::new(),
             kids: Vec::new(),
+            bytes: 0,
         };
         if self.level == 0 {
             node.vals.reserve_exact(self.n);
@@ -574,7 +595,7 @@ impl<'a> View<'a> {
                 node.kids.push(Child::Clean(self.ptr(i)));
             }
         }
-        node
+        node.measured()
     }
 }
 
@@ -865,6 +886,7 @@ fn split_child(node: &mut Node, i: usize, dirty: &mut usize) {
     let (sep, right) = dirty_ref(&mut node.kids[i]).split();
     node.keys.insert(i + 1, sep);
     node.kids.insert(i + 1, Child::Dirty(Box::new(right)));
+    node.bytes = node.measure();
     *dirty += 1;
 }
 
@@ -899,6 +921,7 @@ fn fix_child(
             Child::Clean(_) => unreachable!("made dirty just above"),
         };
         let sep = node.keys.remove(r);
+        node.bytes = node.measure();
         let left = dirty_ref(&mut node.kids[l]);
         left.merge(sep, right);
         *dirty -= 1;
@@ -908,6 +931,7 @@ fn fix_child(
     } else if len == 0 {
         node.kids.remove(i);
         node.keys.remove(i);
+        node.bytes = node.measure();
         *dirty -= 1;
     }
     Ok(())
@@ -924,10 +948,15 @@ fn insert_rec(
 ) -> Result<Option<Vec<u8>>, VdeError> {
     if node.level == 0 {
         return Ok(match node.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-            Ok(i) => Some(std::mem::replace(&mut node.vals[i], Bytes::new(value)).into_vec()),
+            Ok(i) => {
+                let old = std::mem::replace(&mut node.vals[i], Bytes::new(value));
+                node.bytes = node.bytes + value.len() - old.len();
+                Some(old.into_vec())
+            }
             Err(i) => {
                 node.keys.insert(i, Bytes::new(key));
                 node.vals.insert(i, Bytes::new(value));
+                node.bytes += 4 + key.len() + value.len();
                 None
             }
         });
@@ -960,8 +989,9 @@ fn remove_rec(
     if node.level == 0 {
         return Ok(match node.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
             Ok(i) => {
-                node.keys.remove(i);
-                Some(node.vals.remove(i).into_vec())
+                let (k, v) = (node.keys.remove(i), node.vals.remove(i));
+                node.bytes -= 4 + k.len() + v.len();
+                Some(v.into_vec())
             }
             Err(_) => None,
         });
@@ -1082,12 +1112,16 @@ impl Tree {
         }
         if self.root.is_none() {
             // A fresh leaf root.
-            self.root = Some(Child::Dirty(Box::new(Node {
-                level: 0,
-                keys: Vec::new(),
-                vals: Vec::new(),
-                kids: Vec::new(),
-            })));
+            self.root = Some(Child::Dirty(Box::new(
+                Node {
+                    level: 0,
+                    keys: Vec::new(),
+                    vals: Vec::new(),
+                    kids: Vec::new(),
+                    bytes: 0,
+                }
+                .measured(),
+            )));
             self.dirty += 1;
         }
         let Some(root) = self.root.as_mut() else {
@@ -1135,7 +1169,9 @@ impl Tree {
                     keys: vec![Bytes::default()],
                     vals: Vec::new(),
                     kids: vec![old],
-                };
+                    bytes: 0,
+                }
+                .measured();
                 split_child(&mut top, 0, &mut self.dirty);
                 self.root = Some(Child::Dirty(Box::new(top)));
                 self.dirty += 1;
