@@ -170,13 +170,18 @@ impl VolExtent {
     /// Encoded: `u64 pba, u32 len, u64 birth, len × u64 checksum`.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(20 + 8 * self.sums.len());
+        self.encode_into(&mut v);
+        v
+    }
+
+    /// [`VolExtent::encode`], appended to `v`.
+    pub fn encode_into(&self, v: &mut Vec<u8>) {
         v.extend_from_slice(&self.pba.to_le_bytes());
         v.extend_from_slice(&(self.len as u32).to_le_bytes());
         v.extend_from_slice(&self.birth.to_le_bytes());
         for s in &self.sums {
             v.extend_from_slice(&s.to_le_bytes());
         }
-        v
     }
 
     /// Decodes and checks an extent against a pool `first..total`.
@@ -311,11 +316,17 @@ fn store_rec(st: &mut State, name: &[u8], rec: &DatasetRec) -> Result<(), VdeErr
 /// Opens `name`'s head in `st.heads` (loading its record) and returns it taken out of
 /// the map; put it back with [`put_head`].
 fn take_head(st: &mut State, name: &[u8]) -> Result<Head, VdeError> {
-    if let Some(h) = st.heads.remove(name) {
-        return Ok(h);
+    take_head_keyed(st, name).map(|(_, h)| h)
+}
+
+/// As [`take_head`], with the key to put it back under (`st.heads.insert(key, h)`): an
+/// open head's own, so the per-I/O paths allocate no name.
+fn take_head_keyed(st: &mut State, name: &[u8]) -> Result<(Vec<u8>, Head), VdeError> {
+    if let Some(kh) = st.heads.remove_entry(name) {
+        return Ok(kh);
     }
     let rec = lookup(st, name)?.ok_or_else(|| not_found(name))?;
-    Ok(Head::new(rec))
+    Ok((name.to_vec(), Head::new(rec)))
 }
 
 fn put_head(st: &mut State, name: &[u8], h: Head) {
@@ -339,8 +350,9 @@ fn kill(st: &mut State, h: &mut Head, addr: u64, len: u64, birth: u64, kind: u8)
         st.space.free(addr, len);
         return Ok(());
     }
-    let mut v = (len as u32).to_le_bytes().to_vec();
-    v.push(kind);
+    let mut v = [0u8; 5];
+    v[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    v[4] = kind;
     let saved = std::mem::take(&mut st.released);
     let r = h.deadlist.insert(&mut st.io(), &dkey(birth, addr), &v);
     // Dead-list blocks belong to this dataset alone: freed, never routed.
@@ -369,18 +381,20 @@ fn overlapping(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Vec<
         })?;
         Ok((u64::from_be_bytes(k), e))
     };
-    let mut cursor = vkey(vblock).to_vec();
-    if let Some((k, v)) = h.extents.floor(&mut st.io(), &vkey(vblock))? {
-        let (s, e) = decode(&k, &v)?;
-        if s + e.len > vblock {
-            let covers = s + e.len >= end;
-            out.push((s, e));
-            if covers {
-                return Ok(out);
+    let mut cursor = match h.extents.floor(&mut st.io(), &vkey(vblock))? {
+        Some((k, v)) => {
+            let (s, e) = decode(&k, &v)?;
+            if s + e.len > vblock {
+                let covers = s + e.len >= end;
+                out.push((s, e));
+                if covers {
+                    return Ok(out);
+                }
             }
+            k
         }
-        cursor = k;
-    }
+        None => vkey(vblock).to_vec(),
+    };
     // Pages grow: most ranges end within the next extent or two.
     let mut limit = 2;
     loop {
@@ -495,7 +509,12 @@ fn pieces(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Pieces, V
         }
         let from = at.max(s);
         let to = end.min(s + e.len);
-        out.push((from, to - from, Some(e.slice(from - s, to - from))));
+        let piece = if from == s && to == s + e.len {
+            e
+        } else {
+            e.slice(from - s, to - from)
+        };
+        out.push((from, to - from, Some(piece)));
         at = to;
     }
     if at < end {
@@ -1077,9 +1096,9 @@ impl Vde {
         n: u64,
     ) -> Result<Vec<(u64, u64, Option<VolExtent>)>, VdeError> {
         let mut st = self.state()?;
-        let mut h = take_head(&mut st, name.as_bytes())?;
+        let (key, mut h) = take_head_keyed(&mut st, name.as_bytes())?;
         let r = Self::check_range(&h.rec, name, vblock, n).and_then(|_| pieces(&mut st, &mut h, vblock, n));
-        put_head(&mut st, name.as_bytes(), h);
+        st.heads.insert(key, h);
         r
     }
 
@@ -1211,7 +1230,7 @@ impl Vde {
         let txg = st.txg;
         let mut records = Vec::new();
         let r = (|| {
-            let mut h = take_head(&mut st, name.as_bytes())?;
+            let (key, mut h) = take_head_keyed(&mut st, name.as_bytes())?;
             let mut v = vblock;
             let mut r = Ok(());
             for (pba, len, sums) in written {
@@ -1229,11 +1248,11 @@ impl Vde {
                 rec.push(name.len() as u8);
                 rec.extend_from_slice(name.as_bytes());
                 rec.extend_from_slice(&v.to_le_bytes());
-                rec.extend_from_slice(&e.encode());
+                e.encode_into(&mut rec);
                 records.push(rec);
                 v += len;
             }
-            put_head(&mut st, name.as_bytes(), h);
+            st.heads.insert(key, h);
             r
         })();
         r.map_err(|e| st.poison(e))?;
