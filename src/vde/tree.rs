@@ -399,6 +399,23 @@ impl Layout {
     /// and `want`, and finds its entries. Errors: [`VdeError::Corrupt`] naming the block,
     /// its kind and the first thing wrong.
     fn check(block: &Block, kind: NodeKind, addr: u64, want: Expect<'_>) -> Result<Layout, VdeError> {
+        let mut offs = Vec::new();
+        let level = Layout::scan(block, kind, addr, want, Some(&mut offs))?;
+        Ok(Layout {
+            level,
+            offs: offs.into_boxed_slice(),
+        })
+    }
+
+    /// [`Layout::check`] without keeping anything (so without allocating): the node's
+    /// level, or the error; each entry's offset goes to `offs` when given.
+    fn scan(
+        block: &Block,
+        kind: NodeKind,
+        addr: u64,
+        want: Expect<'_>,
+        mut offs: Option<&mut Vec<u16>>,
+    ) -> Result<u16, VdeError> {
         let bad = |reason: String| VdeError::Corrupt {
             block: addr,
             kind: kind.name(),
@@ -422,11 +439,15 @@ impl Layout {
         if n > MAX_FANOUT {
             return Err(bad(format!("count {n} is more than a node can hold ({MAX_FANOUT})")));
         }
-        let mut offs = Vec::with_capacity(n);
+        if let Some(o) = &mut offs {
+            o.reserve_exact(n);
+        }
         let mut at = 2usize;
         let mut prev: Option<&[u8]> = None;
         for i in 0..n {
-            offs.push(at as u16);
+            if let Some(o) = &mut offs {
+                o.push(at as u16);
+            }
             let fixed = if level == 0 { 4 } else { 2 };
             if at + fixed > p.len() {
                 return Err(bad(format!("entry {i} of {n} starts beyond the payload")));
@@ -485,10 +506,7 @@ impl Layout {
             }
             at = end;
         }
-        Ok(Layout {
-            level,
-            offs: offs.into_boxed_slice(),
-        })
+        Ok(level)
     }
 }
 
@@ -512,15 +530,15 @@ impl<'a> View<'a> {
         let fast = fast.filter(|v| v.fits(want));
         debug_assert_eq!(
             fast.is_some(),
-            Layout::check(&block.block, kind, addr, want).is_ok(),
+            Layout::scan(&block.block, kind, addr, want, None).is_ok(),
             "block {addr}: the kept layout and a full check disagree"
         );
         match fast {
             Some(v) => Ok(v),
-            None => match Layout::check(&block.block, kind, addr, want) {
+            None => match Layout::scan(&block.block, kind, addr, want, None) {
                 Err(e) => Err(e),
-                // Cannot happen (the full check is stricter than the kept one plus `fits`),
-                // but a valid node must never read as corrupt: keep the full check's view.
+                // Cannot happen: the full check is stricter than the kept layout plus
+                // `fits` (debug builds assert that they agree).
                 Ok(_) => Err(VdeError::Corrupt {
                     block: addr,
                     kind: kind.name(),
