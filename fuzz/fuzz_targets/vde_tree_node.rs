@@ -33,7 +33,7 @@
 
 use ironvme::vde::VdeError;
 use ironvme::vde::block::{BLOCK, Block, BlockPtr, NodeKind, PAYLOAD2, check, payload_mut, seal};
-use ironvme::vde::tree::{NodeIo, Tree, Visit};
+use ironvme::vde::tree::{NodeBlock, NodeIo, Tree, Visit};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,7 +45,9 @@ const FIRST: u64 = 10;
 const WALK_BUDGET: usize = 20_000;
 
 struct MemIo {
-    blocks: HashMap<u64, Box<Block>>,
+    /// Handed out shared, as the pool's cache does: a node's layout is found by its first
+    /// parse and kept for every later read, through whichever parent.
+    blocks: HashMap<u64, Arc<NodeBlock>>,
     next: u64,
     txg: u64,
 }
@@ -57,17 +59,20 @@ impl NodeIo for MemIo {
     fn txg(&self) -> u64 {
         self.txg
     }
-    fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<Block>, VdeError> {
-        let b = self.blocks.get(&ptr.addr).map_or([0; BLOCK], |b| **b);
+    fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<NodeBlock>, VdeError> {
+        let b = self
+            .blocks
+            .get(&ptr.addr)
+            .map_or_else(|| Arc::new(NodeBlock::zeroed()), Arc::clone);
         check(&b, ptr.addr, kind, Some(ptr), TAG)?;
-        Ok(Arc::new(b))
+        Ok(b)
     }
     fn alloc(&mut self) -> Result<u64, VdeError> {
         self.next += 1;
         Ok(self.next)
     }
     fn write(&mut self, addr: u64, block: Box<Block>) -> Result<(), VdeError> {
-        self.blocks.insert(addr, block);
+        self.blocks.insert(addr, Arc::new(NodeBlock::new(&block)));
         Ok(())
     }
     fn release(&mut self, _addr: u64, _birth: u64) {
@@ -150,7 +155,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let addr = FIRST + i as u64;
         sealed[i] = Some(seal(&mut b, KIND, level, birth, addr, TAG));
-        io.blocks.insert(addr, b);
+        io.blocks.insert(addr, Arc::new(NodeBlock::new(&b)));
     }
     let root = sealed[0];
 

@@ -180,13 +180,18 @@ impl VolExtent {
     /// Encoded: `u64 pba, u32 len, u64 birth, len × u64 checksum`.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(20 + 8 * self.sums.len());
+        self.encode_into(&mut v);
+        v
+    }
+
+    /// [`VolExtent::encode`], appended to `v`.
+    pub fn encode_into(&self, v: &mut Vec<u8>) {
         v.extend_from_slice(&self.pba.to_le_bytes());
         v.extend_from_slice(&(self.len as u32).to_le_bytes());
         v.extend_from_slice(&self.birth.to_le_bytes());
         for s in &self.sums {
             v.extend_from_slice(&s.to_le_bytes());
         }
-        v
     }
 
     /// Decodes and checks an extent against a pool `first..total`.
@@ -321,11 +326,17 @@ fn store_rec(st: &mut State, name: &[u8], rec: &DatasetRec) -> Result<(), VdeErr
 /// Opens `name`'s head in `st.heads` (loading its record) and returns it taken out of
 /// the map; put it back with [`put_head`].
 fn take_head(st: &mut State, name: &[u8]) -> Result<Head, VdeError> {
-    if let Some(h) = st.heads.remove(name) {
-        return Ok(h);
+    take_head_keyed(st, name).map(|(_, h)| h)
+}
+
+/// As [`take_head`], with the key to put it back under (`st.heads.insert(key, h)`): an
+/// open head's own, so the per-I/O paths allocate no name.
+fn take_head_keyed(st: &mut State, name: &[u8]) -> Result<(Vec<u8>, Head), VdeError> {
+    if let Some(kh) = st.heads.remove_entry(name) {
+        return Ok(kh);
     }
     let rec = lookup(st, name)?.ok_or_else(|| not_found(name))?;
-    Ok(Head::new(rec))
+    Ok((name.to_vec(), Head::new(rec)))
 }
 
 fn put_head(st: &mut State, name: &[u8], h: Head) {
@@ -349,8 +360,9 @@ fn kill(st: &mut State, h: &mut Head, addr: u64, len: u64, birth: u64, kind: u8)
         st.space.free(addr, len);
         return Ok(());
     }
-    let mut v = (len as u32).to_le_bytes().to_vec();
-    v.push(kind);
+    let mut v = [0u8; 5];
+    v[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    v[4] = kind;
     let saved = std::mem::take(&mut st.released);
     let r = h.deadlist.insert(&mut st.io(), &dkey(birth, addr), &v);
     // Dead-list blocks belong to this dataset alone: freed, never routed.
@@ -409,18 +421,20 @@ fn overlapping_unchecked(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> R
         }
         Ok((s, e))
     };
-    let mut cursor = vkey(vblock).to_vec();
-    if let Some((k, v)) = h.extents.floor(&mut st.io(), &vkey(vblock))? {
-        let (s, e) = decode(&k, &v)?;
-        if s + e.len > vblock {
-            let covers = s + e.len >= end;
-            out.push((s, e));
-            if covers {
-                return Ok(out);
+    let mut cursor = match h.extents.floor(&mut st.io(), &vkey(vblock))? {
+        Some((k, v)) => {
+            let (s, e) = decode(&k, &v)?;
+            if s + e.len > vblock {
+                let covers = s + e.len >= end;
+                out.push((s, e));
+                if covers {
+                    return Ok(out);
+                }
             }
+            k
         }
-        cursor = k;
-    }
+        None => vkey(vblock).to_vec(),
+    };
     // Pages grow: most ranges end within the next extent or two.
     let mut limit = 2;
     loop {
@@ -535,7 +549,12 @@ fn pieces(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Pieces, V
         }
         let from = at.max(s);
         let to = end.min(s + e.len);
-        out.push((from, to - from, Some(e.slice(from - s, to - from))));
+        let piece = if from == s && to == s + e.len {
+            e
+        } else {
+            e.slice(from - s, to - from)
+        };
+        out.push((from, to - from, Some(piece)));
         at = to;
     }
     if at < end {
@@ -1177,9 +1196,9 @@ impl Vde {
     /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (range), I/O errors.
     pub fn vol_read_plan(&self, name: &str, vblock: u64, n: u64) -> Result<Pieces, VdeError> {
         let mut st = self.state()?;
-        let mut h = take_head(&mut st, name.as_bytes())?;
+        let (key, mut h) = take_head_keyed(&mut st, name.as_bytes())?;
         let r = Self::check_range(&h.rec, name, vblock, n).and_then(|_| pieces(&mut st, &mut h, vblock, n));
-        put_head(&mut st, name.as_bytes(), h);
+        st.heads.insert(key, h);
         r
     }
 
@@ -1337,8 +1356,8 @@ impl Vde {
         }
         let txg = st.txg;
         let mut records = Vec::new();
-        let mut h = match take_head(&mut st, name.as_bytes()) {
-            Ok(h) => h,
+        let (key, mut h) = match take_head_keyed(&mut st, name.as_bytes()) {
+            Ok(kh) => kh,
             Err(e) => {
                 for &(s, n, _) in &written {
                     st.space.unreserve(s, n);
@@ -1370,11 +1389,11 @@ impl Vde {
                 rec.push(name.len() as u8);
                 rec.extend_from_slice(name.as_bytes());
                 rec.extend_from_slice(&v.to_le_bytes());
-                rec.extend_from_slice(&e.encode());
+                e.encode_into(&mut rec);
                 records.push(rec);
                 v += len;
             }
-            put_head(&mut st, name.as_bytes(), h);
+            st.heads.insert(key, h);
             r
         };
         r.map_err(|e| st.poison(e))?;

@@ -22,7 +22,7 @@ use super::block::{self, BLOCK, Block, BlockPtr, HEADER, NodeKind, check, seal, 
 use super::format::{get32, get64, put32, put64};
 use super::lane::Lane;
 use super::space::SpaceMap;
-use super::tree::{NodeIo, Tree};
+use super::tree::{NodeBlock, NodeIo, Tree};
 use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -288,7 +288,7 @@ pub struct PoolStats {
 /// The metadata cache: clean blocks by number, each with the checksum it was verified
 /// against (a reused block number with other contents is a miss).
 pub struct Cache {
-    lru: LruCache<u64, (u64, Arc<Block>)>,
+    lru: LruCache<u64, (u64, Arc<NodeBlock>)>,
 }
 
 impl Cache {
@@ -332,7 +332,7 @@ impl NodeIo for MetaIo<'_> {
         self.txg
     }
 
-    fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<Block>, VdeError> {
+    fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<NodeBlock>, VdeError> {
         if !self.bypass_cache
             && let Some((sum, b)) = self.cache.lru.get(&ptr.addr)
             && *sum == ptr.checksum
@@ -348,11 +348,11 @@ impl NodeIo for MetaIo<'_> {
                 found: "a pointer past the end of the store".into(),
             });
         }
-        let mut b = Box::new([0u8; BLOCK]);
-        self.lane.read(ptr.addr, &mut b[..])?;
+        let mut b = Arc::new(NodeBlock::zeroed());
+        let bytes = Arc::get_mut(&mut b).expect("not shared yet");
+        self.lane.read(ptr.addr, &mut bytes[..])?;
         self.stats.cache_misses += 1;
         check(&b, ptr.addr, kind, Some(ptr), self.tag)?;
-        let b: Arc<Block> = Arc::from(b);
         if !self.bypass_cache {
             self.cache.lru.put(ptr.addr, (ptr.checksum, Arc::clone(&b)));
         }
@@ -365,8 +365,7 @@ impl NodeIo for MetaIo<'_> {
 
     fn write(&mut self, addr: u64, block: Box<Block>) -> Result<(), VdeError> {
         let sum = get64(&block[..], block::CHECKSUM_AT);
-        let copy: Arc<Block> = Arc::from(block.clone());
-        self.cache.lru.put(addr, (sum, copy));
+        self.cache.lru.put(addr, (sum, Arc::new(NodeBlock::new(&block))));
         self.writes.push((addr, block));
         Ok(())
     }

@@ -51,7 +51,7 @@
 use super::VdeError;
 use super::block::{BLOCK, Block, BlockPtr, NodeKind, PAYLOAD2, payload, payload_mut, seal};
 use super::format::{get16, put16};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The highest level a node may have (a leaf is level 0). A tree needs ~log₄ of its leaves
 /// levels at worst, so 16 is never reached by real data; a node claiming more is corrupt.
@@ -72,8 +72,9 @@ pub trait NodeIo {
     /// The open txg: the birth of every node written now.
     fn txg(&self) -> u64;
     /// The block `ptr` names, read (or taken from a cache) and checked with
-    /// `block::check(.., kind, Some(ptr), tag)`.
-    fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<Block>, VdeError>;
+    /// `block::check(.., kind, Some(ptr), tag)`. A cache should hand out the same
+    /// [`NodeBlock`] while it holds the block: its layout is found once, on the first parse.
+    fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<NodeBlock>, VdeError>;
     /// A block number for a node written in the open txg (never one a committed root reaches).
     fn alloc(&mut self) -> Result<u64, VdeError>;
     /// Writes a sealed block at its number; durable when the txg commits.
@@ -119,9 +120,70 @@ enum Child {
 /// `keys[0]` always empty.
 struct Node {
     level: u16,
-    keys: Vec<Vec<u8>>,
-    vals: Vec<Vec<u8>>,
+    keys: Vec<Bytes>,
+    vals: Vec<Bytes>,
     kids: Vec<Child>,
+    /// Encoded payload bytes ([`Node::size`]), kept current by every change: a leaf's
+    /// insert, replace and remove adjust it, rarer changes measure the node again.
+    bytes: usize,
+}
+
+/// A key or value of a dirty node: up to [`Bytes::INLINE`] bytes in place (every entry
+/// of a dead list, and the keys and short extents of an extent map), longer ones on the
+/// heap. Copying a clean node into a dirty one then allocates nothing per entry for them.
+#[derive(Clone)]
+enum Bytes {
+    Inline { len: u8, buf: [u8; Bytes::INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Bytes {
+    /// Bytes kept in place: a 2-block extent map value (20 + 2 × 8), 40 bytes in all.
+    const INLINE: usize = 38;
+
+    fn new(b: &[u8]) -> Bytes {
+        if b.len() <= Bytes::INLINE {
+            let mut buf = [0; Bytes::INLINE];
+            buf[..b.len()].copy_from_slice(b);
+            Bytes::Inline {
+                len: b.len() as u8,
+                buf,
+            }
+        } else {
+            Bytes::Heap(b.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, buf } => &buf[..usize::from(*len)],
+            Bytes::Heap(b) => b,
+        }
+    }
+
+    /// The bytes as a `Vec` (no copy when they are on the heap).
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Bytes::Inline { .. } => self.as_slice().to_vec(),
+            Bytes::Heap(b) => b.into_vec(),
+        }
+    }
+}
+
+impl Default for Bytes {
+    fn default() -> Bytes {
+        Bytes::Inline {
+            len: 0,
+            buf: [0; Bytes::INLINE],
+        }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
 }
 
 impl Node {
@@ -140,7 +202,19 @@ impl Node {
 
     /// Encoded payload bytes.
     fn size(&self) -> usize {
+        debug_assert_eq!(self.bytes, self.measure(), "a node's kept size is stale");
+        self.bytes
+    }
+
+    /// Encoded payload bytes, counted entry by entry.
+    fn measure(&self) -> usize {
         2 + (0..self.len()).map(|i| self.entry_size(i)).sum::<usize>()
+    }
+
+    /// This node with its size counted (after building it or changing it wholesale).
+    fn measured(mut self) -> Node {
+        self.bytes = self.measure();
+        self
     }
 
     /// The child whose range holds `key`.
@@ -151,7 +225,7 @@ impl Node {
     /// Splits off the upper part, choosing the cut that best balances the two halves'
     /// bytes; returns the separator (the upper part's first key) and the upper part.
     /// Needs at least 2 entries.
-    fn split(&mut self) -> (Vec<u8>, Node) {
+    fn split(&mut self) -> (Bytes, Node) {
         let n = self.len();
         let sizes_total: usize = (0..n).map(|i| self.entry_size(i)).sum();
         let (mut best, mut best_max, mut left) = (1, usize::MAX, 0);
@@ -177,17 +251,20 @@ impl Node {
             } else {
                 self.kids.split_off(best)
             },
+            bytes: 0,
         };
         let sep = if self.level == 0 {
             right.keys[0].clone()
         } else {
             std::mem::take(&mut right.keys[0])
         };
+        self.bytes = self.measure();
+        right.bytes = right.measure();
         (sep, right)
     }
 
     /// Appends `right` (the next sibling, separated from this node by `sep`).
-    fn merge(&mut self, sep: Vec<u8>, mut right: Node) {
+    fn merge(&mut self, sep: Bytes, mut right: Node) {
         if self.level > 0 && !right.keys.is_empty() {
             right.keys[0] = sep;
         }
@@ -199,16 +276,18 @@ impl Node {
         if self.level > 0
             && let Some(k) = self.keys.first_mut()
         {
-            k.clear();
+            *k = Bytes::default();
         }
+        self.bytes = self.measure();
     }
 
     /// Encodes into a payload; every child must be clean.
     fn encode(&self, p: &mut [u8]) -> Result<(), VdeError> {
-        if self.size() > p.len() || self.len() > usize::from(u16::MAX) {
+        // Counted afresh: what is written must not depend on the kept size.
+        let size = self.measure();
+        if size > p.len() || self.len() > usize::from(u16::MAX) {
             return Err(VdeError::Unsupported(format!(
-                "internal error: a tree node of {} bytes does not fit a block",
-                self.size()
+                "internal error: a tree node of {size} bytes does not fit a block"
             )));
         }
         put16(p, 0, self.len() as u16);
@@ -240,12 +319,62 @@ impl Node {
     }
 }
 
+/// A clean node's block as [`NodeIo::read`] returns it: the bytes, and their layout as a
+/// node (where each entry starts) once a tree has validated them. A cache that keeps these
+/// validates each block once, when a tree first reads it, not on every hit.
+pub struct NodeBlock {
+    block: Block,
+    /// `None` until the first parse; then `Some(None)` when the bytes are not a valid node
+    /// on their own (they are then re-checked, and rejected, on every parse).
+    layout: OnceLock<Option<Layout>>,
+}
+
+impl NodeBlock {
+    /// A block of zeros, to read into (through `DerefMut`) before it is shared.
+    pub fn zeroed() -> NodeBlock {
+        NodeBlock {
+            block: [0; BLOCK],
+            layout: OnceLock::new(),
+        }
+    }
+
+    /// `block`'s bytes, not yet parsed.
+    pub fn new(block: &Block) -> NodeBlock {
+        NodeBlock {
+            block: *block,
+            layout: OnceLock::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for NodeBlock {
+    type Target = Block;
+    fn deref(&self) -> &Block {
+        &self.block
+    }
+}
+
+impl std::ops::DerefMut for NodeBlock {
+    /// The bytes, to fill in; forgets any layout found so far.
+    fn deref_mut(&mut self) -> &mut Block {
+        self.layout = OnceLock::new();
+        &mut self.block
+    }
+}
+
+/// Where a node's entries start, found by [`Layout::check`]: what a parse keeps.
+struct Layout {
+    level: u16,
+    /// Payload offset of each entry (`count` of them, 1..=[`MAX_FANOUT`]).
+    offs: Box<[u16]>,
+}
+
 /// A clean node's payload, validated: every offset and length lies inside it.
 struct View<'a> {
     p: &'a [u8],
     level: u16,
     n: usize,
-    offs: [u16; MAX_FANOUT],
+    offs: &'a [u16],
 }
 
 /// What a node read from disk must satisfy besides its own encoding: the level its parent
@@ -265,9 +394,28 @@ impl Expect<'_> {
     };
 }
 
-impl<'a> View<'a> {
-    /// Validates the node `block` read from block number `addr`.
-    fn parse(block: &'a Block, kind: NodeKind, addr: u64, want: Expect<'_>) -> Result<View<'a>, VdeError> {
+impl Layout {
+    /// Validates the node `block` read from block number `addr` against its own encoding
+    /// and `want`, and finds its entries. Errors: [`VdeError::Corrupt`] naming the block,
+    /// its kind and the first thing wrong.
+    fn check(block: &Block, kind: NodeKind, addr: u64, want: Expect<'_>) -> Result<Layout, VdeError> {
+        let mut offs = Vec::new();
+        let level = Layout::scan(block, kind, addr, want, Some(&mut offs))?;
+        Ok(Layout {
+            level,
+            offs: offs.into_boxed_slice(),
+        })
+    }
+
+    /// [`Layout::check`] without keeping anything (so without allocating): the node's
+    /// level, or the error; each entry's offset goes to `offs` when given.
+    fn scan(
+        block: &Block,
+        kind: NodeKind,
+        addr: u64,
+        want: Expect<'_>,
+        mut offs: Option<&mut Vec<u16>>,
+    ) -> Result<u16, VdeError> {
         let bad = |reason: String| VdeError::Corrupt {
             block: addr,
             kind: kind.name(),
@@ -291,11 +439,15 @@ impl<'a> View<'a> {
         if n > MAX_FANOUT {
             return Err(bad(format!("count {n} is more than a node can hold ({MAX_FANOUT})")));
         }
-        let mut offs = [0u16; MAX_FANOUT];
+        if let Some(o) = &mut offs {
+            o.reserve_exact(n);
+        }
         let mut at = 2usize;
         let mut prev: Option<&[u8]> = None;
-        for (i, off) in offs.iter_mut().enumerate().take(n) {
-            *off = at as u16;
+        for i in 0..n {
+            if let Some(o) = &mut offs {
+                o.push(at as u16);
+            }
             let fixed = if level == 0 { 4 } else { 2 };
             if at + fixed > p.len() {
                 return Err(bad(format!("entry {i} of {n} starts beyond the payload")));
@@ -354,7 +506,64 @@ impl<'a> View<'a> {
             }
             at = end;
         }
-        Ok(View { p, level, n, offs })
+        Ok(level)
+    }
+}
+
+impl<'a> View<'a> {
+    /// Validates the node `block` read from block number `addr` against `want`.
+    ///
+    /// The block's own encoding is checked once, by its first parse, and the layout kept
+    /// with it; each parse then checks only what `want` adds (the level, and the range of
+    /// the first and last key: keys ascend strictly). Whatever fails is checked again in
+    /// full, so the error is the one a full check names first.
+    fn parse(block: &'a NodeBlock, kind: NodeKind, addr: u64, want: Expect<'_>) -> Result<View<'a>, VdeError> {
+        let layout = block
+            .layout
+            .get_or_init(|| Layout::check(&block.block, kind, addr, Expect::ROOT).ok());
+        let fast = layout.as_ref().map(|l| View {
+            p: payload(&block.block),
+            level: l.level,
+            n: l.offs.len(),
+            offs: &l.offs,
+        });
+        let fast = fast.filter(|v| v.fits(want));
+        debug_assert_eq!(
+            fast.is_some(),
+            Layout::scan(&block.block, kind, addr, want, None).is_ok(),
+            "block {addr}: the kept layout and a full check disagree"
+        );
+        match fast {
+            Some(v) => Ok(v),
+            None => match Layout::scan(&block.block, kind, addr, want, None) {
+                Err(e) => Err(e),
+                // Cannot happen: the full check is stricter than the kept layout plus
+                // `fits` (debug builds assert that they agree).
+                Ok(_) => Err(VdeError::Corrupt {
+                    block: addr,
+                    kind: kind.name(),
+                    reason: "internal: a node's layout and its full check disagree".into(),
+                }),
+            },
+        }
+    }
+
+    /// Whether this node, valid on its own, satisfies `want` too. Its keys ascend strictly
+    /// (checked with its layout), so the range holds for every key that a full check tests
+    /// (a leaf's keys; an interior node's from key 1) when it holds for the first and last.
+    fn fits(&self, want: Expect<'_>) -> bool {
+        if want.level.is_some_and(|l| l != self.level) {
+            return false;
+        }
+        let first = if self.level == 0 { 0 } else { 1 };
+        if first >= self.n {
+            return true;
+        }
+        let (low, high) = (self.key(first), self.key(self.n - 1));
+        let low_ok = want
+            .lo
+            .is_none_or(|lo| if self.level == 0 { low >= lo } else { low > lo });
+        low_ok && want.hi.is_none_or(|hi| high < hi)
     }
 
     fn key(&self, i: usize) -> &'a [u8] {
@@ -385,21 +594,26 @@ impl<'a> View<'a> {
             keys: Vec::with_capacity(self.n),
             vals: Vec::new(),
             kids: Vec::new(),
+            bytes: 0,
         };
         if self.level == 0 {
             node.vals.reserve_exact(self.n);
             for i in 0..self.n {
-                node.keys.push(self.key(i).to_vec());
-                node.vals.push(self.value(i).to_vec());
+                node.keys.push(Bytes::new(self.key(i)));
+                node.vals.push(Bytes::new(self.value(i)));
             }
         } else {
             node.kids.reserve_exact(self.n);
             for i in 0..self.n {
-                node.keys.push(if i == 0 { Vec::new() } else { self.key(i).to_vec() });
+                node.keys.push(if i == 0 {
+                    Bytes::default()
+                } else {
+                    Bytes::new(self.key(i))
+                });
                 node.kids.push(Child::Clean(self.ptr(i)));
             }
         }
-        node
+        node.measured()
     }
 }
 
@@ -690,6 +904,7 @@ fn split_child(node: &mut Node, i: usize, dirty: &mut usize) {
     let (sep, right) = dirty_ref(&mut node.kids[i]).split();
     node.keys.insert(i + 1, sep);
     node.kids.insert(i + 1, Child::Dirty(Box::new(right)));
+    node.bytes = node.measure();
     *dirty += 1;
 }
 
@@ -724,6 +939,7 @@ fn fix_child(
             Child::Clean(_) => unreachable!("made dirty just above"),
         };
         let sep = node.keys.remove(r);
+        node.bytes = node.measure();
         let left = dirty_ref(&mut node.kids[l]);
         left.merge(sep, right);
         *dirty -= 1;
@@ -733,6 +949,7 @@ fn fix_child(
     } else if len == 0 {
         node.kids.remove(i);
         node.keys.remove(i);
+        node.bytes = node.measure();
         *dirty -= 1;
     }
     Ok(())
@@ -749,10 +966,15 @@ fn insert_rec(
 ) -> Result<Option<Vec<u8>>, VdeError> {
     if node.level == 0 {
         return Ok(match node.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-            Ok(i) => Some(std::mem::replace(&mut node.vals[i], value.to_vec())),
+            Ok(i) => {
+                let old = std::mem::replace(&mut node.vals[i], Bytes::new(value));
+                node.bytes = node.bytes + value.len() - old.len();
+                Some(old.into_vec())
+            }
             Err(i) => {
-                node.keys.insert(i, key.to_vec());
-                node.vals.insert(i, value.to_vec());
+                node.keys.insert(i, Bytes::new(key));
+                node.vals.insert(i, Bytes::new(value));
+                node.bytes += 4 + key.len() + value.len();
                 None
             }
         });
@@ -785,8 +1007,9 @@ fn remove_rec(
     if node.level == 0 {
         return Ok(match node.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
             Ok(i) => {
-                node.keys.remove(i);
-                Some(node.vals.remove(i))
+                let (k, v) = (node.keys.remove(i), node.vals.remove(i));
+                node.bytes -= 4 + k.len() + v.len();
+                Some(v.into_vec())
             }
             Err(_) => None,
         });
@@ -907,12 +1130,16 @@ impl Tree {
         }
         if self.root.is_none() {
             // A fresh leaf root.
-            self.root = Some(Child::Dirty(Box::new(Node {
-                level: 0,
-                keys: Vec::new(),
-                vals: Vec::new(),
-                kids: Vec::new(),
-            })));
+            self.root = Some(Child::Dirty(Box::new(
+                Node {
+                    level: 0,
+                    keys: Vec::new(),
+                    vals: Vec::new(),
+                    kids: Vec::new(),
+                    bytes: 0,
+                }
+                .measured(),
+            )));
             self.dirty += 1;
         }
         let Some(root) = self.root.as_mut() else {
@@ -957,10 +1184,12 @@ impl Tree {
                 let old = self.root.take().expect("matched above");
                 let mut top = Node {
                     level,
-                    keys: vec![Vec::new()],
+                    keys: vec![Bytes::default()],
                     vals: Vec::new(),
                     kids: vec![old],
-                };
+                    bytes: 0,
+                }
+                .measured();
                 split_child(&mut top, 0, &mut self.dirty);
                 self.root = Some(Child::Dirty(Box::new(top)));
                 self.dirty += 1;
@@ -1053,7 +1282,9 @@ mod tests {
         txg: u64,
         next: u64,
         reuse: Vec<u64>,
-        blocks: HashMap<u64, Box<Block>>,
+        /// Live blocks, handed out as they are (so a node's layout is found once, as with
+        /// the pool's cache).
+        blocks: HashMap<u64, Arc<NodeBlock>>,
         /// Every block number handed out by alloc, with the txg it was written in.
         written: HashMap<u64, u64>,
         allocated: Vec<u64>,
@@ -1080,7 +1311,7 @@ mod tests {
             let mut b: Box<Block> = Box::new([0; BLOCK]);
             payload_mut(&mut b)[..payload_bytes.len()].copy_from_slice(payload_bytes);
             let ptr = seal(&mut b, KIND, level, birth, addr, TAG);
-            self.blocks.insert(addr, b);
+            self.blocks.insert(addr, Arc::new(NodeBlock::new(&b)));
             ptr
         }
     }
@@ -1092,11 +1323,14 @@ mod tests {
         fn txg(&self) -> u64 {
             self.txg
         }
-        fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<Block>, VdeError> {
+        fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<NodeBlock>, VdeError> {
             self.reads += 1;
-            let b = self.blocks.get(&ptr.addr).map_or([0; BLOCK], |b| **b);
+            let b = self
+                .blocks
+                .get(&ptr.addr)
+                .map_or_else(|| Arc::new(NodeBlock::zeroed()), Arc::clone);
             check(&b, ptr.addr, kind, Some(ptr), TAG)?;
-            Ok(Arc::new(b))
+            Ok(b)
         }
         fn alloc(&mut self) -> Result<u64, VdeError> {
             let a = self.reuse.pop().unwrap_or_else(|| {
@@ -1115,7 +1349,7 @@ mod tests {
             assert_eq!(get64(&block[..], 8), self.txg, "birth is the open txg");
             assert!(!self.blocks.contains_key(&addr), "block {addr} overwritten while live");
             self.written.insert(addr, self.txg);
-            self.blocks.insert(addr, block);
+            self.blocks.insert(addr, Arc::new(NodeBlock::new(&block)));
             Ok(())
         }
         fn release(&mut self, addr: u64, birth: u64) {
@@ -1399,6 +1633,47 @@ mod tests {
         expect("remove", t.remove(io, key).unwrap_err());
         // Last: a failed insert may have copied (and released) the nodes above the bad one.
         expect("insert", t.insert(io, key, b"v").unwrap_err());
+    }
+
+    /// A node parsed once (its layout kept) and then read through parents that expect
+    /// another level or range fails exactly as a full check of it does, and a node that is
+    /// invalid on its own stays invalid on every parse.
+    #[test]
+    fn a_kept_layout_is_checked_against_each_parent() {
+        let mut io = MemIo::new();
+        let ptr = io.put(500, 0, 1, &leaf(&[(b"b", b"1"), (b"c", b"2"), (b"d", b"3")]));
+        let block = Arc::clone(&io.blocks[&ptr.addr]);
+        let ok = |lo: Option<&'static [u8]>, hi: Option<&'static [u8]>, level| Expect { level, lo, hi };
+        assert!(View::parse(&block, KIND, ptr.addr, Expect::ROOT).is_ok());
+        let wants = [
+            (ok(None, None, Some(1)), false),
+            (ok(None, None, Some(0)), true),
+            (ok(Some(b"b"), Some(b"e"), Some(0)), true),
+            (ok(Some(b"bb"), None, None), false),
+            (ok(Some(b"a"), Some(b"d"), None), false),
+            (ok(Some(b"a"), Some(b"dd"), None), true),
+        ];
+        for (want, valid) in wants {
+            let fast = View::parse(&block, KIND, ptr.addr, want).map(|v| v.n);
+            let full = Layout::check(&block, KIND, ptr.addr, want).map(|l| l.offs.len());
+            assert_eq!(fast.is_ok(), valid);
+            assert_eq!(format!("{fast:?}"), format!("{full:?}"));
+        }
+        // An interior node with one child holds no key a range could exclude.
+        let one = io.put(501, 1, 1, &interior(&[(b"", Some(ptr))]));
+        let block = Arc::clone(&io.blocks[&one.addr]);
+        for want in [Expect::ROOT, ok(Some(b"x"), Some(b"y"), Some(1))] {
+            assert!(View::parse(&block, KIND, one.addr, want).is_ok());
+        }
+        // Keys out of order: rejected on the first parse and on every later one.
+        let bad = io.put(502, 0, 1, &leaf(&[(b"c", b"1"), (b"b", b"2")]));
+        let block = Arc::clone(&io.blocks[&bad.addr]);
+        for _ in 0..2 {
+            let e = View::parse(&block, KIND, bad.addr, Expect::ROOT)
+                .err()
+                .expect("corrupt");
+            assert!(e.to_string().contains("keys out of order"), "{e}");
+        }
     }
 
     #[test]

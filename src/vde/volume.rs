@@ -270,12 +270,14 @@ impl VolumeQueue {
         };
         match op {
             Op::Read { lba } => {
-                let plan = match self.store.vol_read_plan(&self.name, lba, blocks) {
+                let mut plan = match self.store.vol_read_plan(&self.name, lba, blocks) {
                     Ok(p) => p,
                     Err(e) => return Async::Failed(Box::new(e), buf),
                 };
-                let [(_, _, Some(extent))] = plan.as_slice() else {
-                    return Async::NotStarted(buf);
+                // One piece, on the device (not a hole): moved out of the plan.
+                let extent = match plan.pop() {
+                    Some((_, _, Some(e))) if plan.is_empty() => e,
+                    _ => return Async::NotStarted(buf),
                 };
                 let inner_op = Op::Read {
                     lba: extent.pba * self.lbas_per_block,
@@ -286,7 +288,7 @@ impl VolumeQueue {
                         self.slots[slot] = Some(Slot::Read {
                             tag,
                             vblock: lba,
-                            extent: extent.clone(),
+                            extent,
                         });
                         Async::Started
                     }

@@ -8,7 +8,7 @@ use ironvme::vde::block::{self, BLOCK, Block, BlockPtr, NodeKind};
 use ironvme::vde::dataset::{DatasetRec, VolExtent};
 use ironvme::vde::pool::Superblock2;
 use ironvme::vde::store::ObjectValue;
-use ironvme::vde::tree::{NodeIo, Tree, Visit};
+use ironvme::vde::tree::{NodeBlock, NodeIo, Tree, Visit};
 use std::sync::Arc;
 
 /// Reads tree nodes out of an image held in memory, checked against their pointers.
@@ -42,10 +42,10 @@ impl NodeIo for ImageIo<'_> {
     fn txg(&self) -> u64 {
         0
     }
-    fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<Block>, VdeError> {
+    fn read(&mut self, ptr: &BlockPtr, kind: NodeKind) -> Result<Arc<NodeBlock>, VdeError> {
         let b = self.block(ptr.addr)?;
         block::check(&b, ptr.addr, kind, Some(ptr), self.tag)?;
-        Ok(Arc::from(b))
+        Ok(Arc::new(NodeBlock::new(&b)))
     }
     fn alloc(&mut self) -> Result<u64, VdeError> {
         Err(VdeError::ReadOnly)
