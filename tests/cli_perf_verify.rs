@@ -142,7 +142,9 @@ fn perf_prints_one_json_object_on_each_backend() {
             assert_eq!((v["bs"].as_u64(), v["qd"].as_u64()), (Some(4096), Some(8)), "{what}");
             assert!(v["iops"].as_f64().unwrap() > 0.0, "{what}");
             assert_eq!(v["errors"], 0, "{what}");
-            assert!((v["runtime_s"].as_f64().unwrap() - 1.0).abs() < 0.01, "{what}");
+            // The run lasts --time: it never stops early; on a loaded machine the last
+            // completions and the threads' joining may take it a little past.
+            assert!((0.99..1.5).contains(&v["runtime_s"].as_f64().unwrap()), "{what}");
             let per_thread = v["per_thread"].as_array().unwrap();
             assert_eq!(per_thread.len().to_string(), threads, "{what}");
             assert!(per_thread.iter().all(|t| t["iops"].as_f64().unwrap() > 0.0), "{what}");
