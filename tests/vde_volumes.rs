@@ -491,3 +491,19 @@ fn a_damaged_volume_block_still_fails_its_reads() {
         .unwrap();
     assert!(buf.unwrap().as_slice().iter().all(|&b| b == 0));
 }
+
+/// A Deallocate running past the volume's end is refused whole: nothing in it is
+/// unmapped, also when it spans several `UNMAP_STEP`s.
+#[test]
+fn a_deallocate_past_the_end_unmaps_nothing() {
+    use ironvme::vde::dataset::UNMAP_STEP;
+    let disk = Disk::new(Backend::Psync, 64);
+    let v = disk.format();
+    let blocks = 2 * UNMAP_STEP;
+    v.vol_create("v", blocks * BS as u64).unwrap();
+    v.vol_write("v", 0, &block_bytes(5, 0), false).unwrap();
+    assert!(matches!(v.vol_unmap("v", 0, blocks + 1), Err(VdeError::Unsupported(_))));
+    let mut buf = vec![0u8; BS];
+    v.vol_read("v", 0, &mut buf).unwrap();
+    assert!(buf == block_bytes(5, 0), "block 0 was unmapped by a refused Deallocate");
+}

@@ -1420,7 +1420,14 @@ impl Vde {
     /// Errors: as [`Vde::vol_write`].
     pub fn vol_unmap(&self, name: &str, vblock: u64, n: u64) -> Result<(), VdeError> {
         self.writable()?;
-        let end = vblock.saturating_add(n);
+        // The whole range is checked before the first step changes anything: a range
+        // past the end is refused whole, not after its first steps.
+        let rec = self.dataset(name)?;
+        if rec.kind != DatasetKind::Volume {
+            return Err(VdeError::ReadOnly);
+        }
+        Self::check_range(&rec, name, vblock, n)?;
+        let end = vblock + n;
         let mut at = vblock;
         loop {
             let step = (end - at).min(UNMAP_STEP);
