@@ -89,6 +89,8 @@ struct Inner {
     durable: u64,
     /// A leader is writing.
     busy: bool,
+    /// Records the leader is writing: at most one block each, not yet counted in `seq`.
+    inflight: u64,
     /// Offset in the region of the next block to write, and its sequence number.
     head: u64,
     seq: u64,
@@ -155,6 +157,7 @@ impl IntentLog {
                 next_ticket: 1,
                 durable: 1,
                 busy: false,
+                inflight: 0,
                 head,
                 seq,
                 tail_seq: seq,
@@ -203,9 +206,12 @@ impl IntentLog {
     /// they are durable: written, and a Flush completed after. Concurrent callers share
     /// one leader's write and Flush.
     ///
+    /// No records is a no-op.
+    ///
     /// Errors: [`VdeError::NoSpace`] `{ what: "intent log" }` when the log has no room
     /// (commit a txg and retry; nothing was written); the I/O error of the batch that held
-    /// the records; [`VdeError::Poisoned`] after an earlier failure.
+    /// the records; [`VdeError::Poisoned`] after an earlier failure, or after a leader
+    /// panicked while writing.
     pub fn append(&self, txg: u64, records: &[&[u8]]) -> Result<(), VdeError> {
         if let Some(r) = records.iter().find(|r| r.is_empty() || r.len() > MAX_RECORD) {
             return Err(VdeError::Unsupported(format!(
@@ -217,8 +223,13 @@ impl IntentLog {
         if let Some(p) = &g.poisoned {
             return Err(VdeError::Poisoned(p.clone()));
         }
-        // Room: the worst case is one block per record, for everything pending.
-        let want = (g.pending.len() + records.len()) as u64 + 1;
+        // A ticket without records would never be in a batch, and never durable.
+        if records.is_empty() {
+            return Ok(());
+        }
+        // Room: the worst case is one block per record, for everything pending and for
+        // the batch a leader is writing (its blocks are not in `seq` yet).
+        let want = g.inflight + (g.pending.len() + records.len()) as u64 + 1;
         if self.used_locked(&g) + want > self.blocks {
             return Err(VdeError::NoSpace { what: "intent log" });
         }
@@ -250,7 +261,10 @@ impl IntentLog {
         let txg = std::mem::take(&mut g.pending_txg);
         let last_ticket = batch.last().map_or(0, |b| b.0);
         let (head, seq) = (g.head, g.seq);
+        g.inflight = batch.len() as u64;
         drop(g);
+        // If this thread panics below, the followers waiting for it must not wait forever.
+        let unwinding = LeaderGuard(self);
         // Pack records into blocks.
         let mut blocks: Vec<Box<Block>> = Vec::new();
         let mut cur: Vec<&[u8]> = Vec::new();
@@ -298,13 +312,15 @@ impl IntentLog {
             }
             dev.flush()
         })();
+        std::mem::forget(unwinding);
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.busy = false;
+        g.inflight = 0;
         match result {
             Ok(()) => {
                 g.head = (head + n) % self.blocks;
                 g.seq = seq + n;
-                g.durable = last_ticket + 1;
+                g.durable = g.durable.max(last_ticket + 1);
                 g.stats.flushes += 1;
                 g.stats.blocks += n;
                 g.stats.records += batch.len() as u64;
@@ -349,6 +365,19 @@ impl IntentLog {
     /// Counters since the log was made.
     pub fn stats(&self) -> LogStats {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).stats
+    }
+}
+
+/// Armed while a leader writes: dropped only if the leader unwinds (a panic), it poisons
+/// the log and wakes the followers, who would otherwise wait for a leader that is gone.
+struct LeaderGuard<'a>(&'a IntentLog);
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        let mut g = self.0.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.busy = false;
+        g.poisoned = Some("an intent log writer panicked; whether its records are durable is unknown".into());
+        self.0.done.notify_all();
     }
 }
 
@@ -505,6 +534,123 @@ mod tests {
             assert_eq!(got.len(), mine.len());
             assert!(got.iter().zip(mine).all(|(a, b)| *a == b));
         }
+    }
+
+    /// A [`Mem`] whose writes wait for the test: each write reports that it started, then
+    /// goes on when released with `false`, or panics when released with `true`.
+    struct Gated {
+        mem: Mem,
+        started: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<bool>,
+    }
+
+    impl LogDev for Gated {
+        fn write(&mut self, block: u64, data: &[u8]) -> Result<(), VdeError> {
+            self.started.send(()).unwrap();
+            if self.release.recv().unwrap() {
+                panic!("injected panic in a log write");
+            }
+            self.mem.write(block, data)
+        }
+        fn flush(&mut self) -> Result<(), VdeError> {
+            self.mem.flush()
+        }
+        fn read(&mut self, block: u64, out: &mut [u8]) -> Result<(), VdeError> {
+            self.mem.read(block, out)
+        }
+    }
+
+    fn gated(
+        m: &Mem,
+        blocks: u64,
+    ) -> (
+        Arc<IntentLog>,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<bool>,
+    ) {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let dev = Gated {
+            mem: m.clone(),
+            started: started_tx,
+            release: release_rx,
+        };
+        (
+            Arc::new(IntentLog::new(Box::new(dev), START, blocks, TAG, 0, 1)),
+            started,
+            release,
+        )
+    }
+
+    #[test]
+    fn the_room_check_counts_the_batch_being_written() {
+        // 4 blocks: a leader writes 2 records; meanwhile 3 more ask for room. Counting only
+        // what is pending (none), they fit; counting the 2 in flight, they do not. Had
+        // they been written, the third would have wrapped onto block 0, still needed by
+        // replay: the first two acknowledged records would be lost.
+        let blocks = 4;
+        let m = Mem::new((START + blocks) as usize);
+        let (log, started, release) = gated(&m, blocks);
+        let big = vec![7u8; MAX_RECORD];
+        let (l, b) = (Arc::clone(&log), big.clone());
+        let leader = std::thread::spawn(move || l.append(1, &[&b, &b]));
+        started.recv().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (l, b) = (Arc::clone(&log), big.clone());
+        std::thread::spawn(move || tx.send(l.append(1, &[&b, &b, &b])));
+        // Until the second append was refused, or queued behind the leader.
+        let refused = loop {
+            if let Ok(r) = rx.try_recv() {
+                break Some(r);
+            }
+            if log.inner.lock().unwrap().pending.len() == 3 {
+                break None;
+            }
+            std::thread::yield_now();
+        };
+        release.send(false).unwrap();
+        leader.join().unwrap().unwrap();
+        let r = refused.unwrap_or_else(|| {
+            // Queued: it leads next, and its writes (two: it wraps) wait for releases too.
+            release.send(false).unwrap();
+            release.send(false).unwrap();
+            rx.recv().unwrap()
+        });
+        assert!(matches!(r, Err(VdeError::NoSpace { .. })), "{r:?}");
+        let (out, _) = replay_all(&m, blocks, 0, 1);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn an_append_of_no_records_returns_at_once() {
+        let m = Mem::new(20);
+        let log = Arc::new(IntentLog::new(Box::new(m.clone()), START, 16, TAG, 0, 1));
+        log.append(1, &[b"one"]).unwrap();
+        // Not a scoped thread: one that never returns must fail the test, not hang it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = Arc::clone(&log);
+        std::thread::spawn(move || tx.send(l.append(1, &[])));
+        let r = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert!(matches!(r, Ok(Ok(()))), "an empty append did not return: {r:?}");
+        assert_eq!(log.stats().flushes, 1);
+    }
+
+    #[test]
+    fn a_leader_that_panics_poisons_the_log_instead_of_stranding_its_followers() {
+        let m = Mem::new(20);
+        let (log, started, release) = gated(&m, 16);
+        let l = Arc::clone(&log);
+        let leader = std::thread::spawn(move || l.append(1, &[b"one"]));
+        started.recv().unwrap();
+        // The leader is writing: this append waits for it. Not a scoped thread: one that
+        // never returns must fail the test, not hang it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = Arc::clone(&log);
+        std::thread::spawn(move || tx.send(l.append(1, &[b"two"])));
+        release.send(true).unwrap();
+        assert!(leader.join().is_err(), "the leader panicked");
+        let r = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert!(matches!(r, Ok(Err(VdeError::Poisoned(_)))), "the follower got {r:?}");
     }
 
     #[test]
