@@ -474,6 +474,14 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
                 info.total_blocks,
                 info.used_blocks as f64 * 100.0 / info.total_blocks as f64
             )?;
+            writeln!(
+                out,
+                "  reserved for metadata {} blocks; free for data {} blocks",
+                info.reserved_blocks,
+                info.total_blocks
+                    .saturating_sub(info.used_blocks)
+                    .saturating_sub(info.reserved_blocks)
+            )?;
             writeln!(out, "  objects {}, last committed txg {}", info.objects, info.txg)?;
             Ok(())
         }

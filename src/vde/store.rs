@@ -117,6 +117,17 @@ impl ObjectValue {
 /// Held blocks (freed, deferred) below which space alone never asks for a commit.
 const HELD_MIN: u64 = 256;
 
+/// Blocks that data may not take, kept for the metadata of the commits that follow (ZFS's
+/// slop space): a 1/32 of the store, at least 1024 blocks (4 MiB) but at most a quarter
+/// of a small store, and at most 32768 blocks (128 MiB) plus two per space-map bitmap (a
+/// commit may rewrite every bitmap and its indirect blocks). Without it the last data
+/// write takes the blocks the next commit's copy-on-write needs: the commit fails, and a
+/// full store cannot be opened (replay ends in a commit), nor a delete run on it.
+pub fn slop_blocks(total: u64) -> u64 {
+    let bitmaps = total.div_ceil(super::space::BITS_PER_BITMAP);
+    (total / 32).clamp(1024.min(total / 4), 32768 + 2 * bitmaps)
+}
+
 /// The pool state, behind the store's one metadata lock.
 pub struct State {
     /// The last committed superblock.
@@ -207,14 +218,20 @@ impl State {
     /// map has too few free blocks but holds deferred frees (blocks freed in the last two
     /// txgs), commits until they are released (at most three times) and tries again, as
     /// ZFS waits for a txg sync when space is short: a delete on a full store gives its
-    /// space back to the next write.
+    /// space back to the next write. Data never takes the last [`slop_blocks`].
     ///
     /// Errors: [`VdeError::NoSpace`] (nothing reserved), commit errors (the store is then
     /// poisoned).
     pub fn reserve(&mut self, log: &IntentLog, blocks: u64, max_run: u64) -> Result<Vec<(u64, u64)>, VdeError> {
         let mut commits = 0;
+        let slop = slop_blocks(self.sb.total_blocks);
         loop {
-            match self.space.reserve(blocks, max_run) {
+            let r = if self.space.free_now() < blocks.saturating_add(slop) {
+                Err(VdeError::NoSpace { what: "data blocks" })
+            } else {
+                self.space.reserve(blocks, max_run)
+            };
+            match r {
                 Err(VdeError::NoSpace { .. }) if commits < 3 && self.space.deferred_blocks() > 0 => {
                     self.commit(log)?;
                     commits += 1;
@@ -407,6 +424,9 @@ pub struct VdeInfo {
     pub log_blocks: u64,
     /// Blocks in use (metadata, data, superblocks and the log region).
     pub used_blocks: u64,
+    /// Blocks kept for metadata, never given to data ([`slop_blocks`]): data can use
+    /// `total_blocks - used_blocks - reserved_blocks`.
+    pub reserved_blocks: u64,
     /// Objects stored.
     pub objects: u64,
     /// The last committed txg.
@@ -1080,6 +1100,7 @@ impl Vde {
             log_start: st.sb.log_start,
             log_blocks: st.sb.log_blocks,
             used_blocks: st.space.used(),
+            reserved_blocks: slop_blocks(st.sb.total_blocks),
             objects: st.objects_count,
             txg: st.sb.txg,
             uuid: st.sb.uuid.iter().map(|b| format!("{b:02x}")).collect(),
