@@ -265,3 +265,46 @@ fn a_clones_origin_must_exist() {
     let v = fsck(&disk, &f);
     reported(&v, &["dataset c: c's origin v@zz does not exist"]);
 }
+
+/// An extent of snapshot `v@s1` whose birth is after the snapshot was taken.
+#[test]
+fn a_snapshot_extent_born_after_the_snapshot_is_reported() {
+    let (disk, mut f) = healthy();
+    let (_, rec) = f.dataset("v@s1");
+    let (leaf, _, e) = extents(&f, "v@s1").into_iter().next().expect("an extent");
+    let later = VolExtent {
+        birth: rec.created_txg + 1,
+        ..e.clone()
+    };
+    f.replace(leaf, &e.encode(), &later.encode());
+    let v = fsck(&disk, &f);
+    reported(
+        &v,
+        &[
+            "v@s1",
+            &format!("born in txg {}", rec.created_txg + 1),
+            "after the snapshot",
+        ],
+    );
+}
+
+/// Clone `c`'s extent moved onto a block that `v` wrote after its newest snapshot: one
+/// family, so the block is not "referenced twice" across families, but no member but `v`
+/// can hold it.
+#[test]
+fn a_block_a_volume_wrote_after_its_newest_snapshot_is_its_alone() {
+    let (disk, mut f) = healthy();
+    let (_, v) = f.dataset("v");
+    let own = extents(&f, "v")
+        .into_iter()
+        .find(|x| x.1 == 4u64.to_be_bytes())
+        .unwrap()
+        .2;
+    assert!(own.birth > v.prev_txg, "v's write at block 4 came after v@s2");
+    move_extent(&mut f, "c", 8, own.pba);
+    let viol = fsck(&disk, &f);
+    reported(
+        &viol,
+        &[&format!("block {}", own.pba), "born after the volume's newest snapshot"],
+    );
+}

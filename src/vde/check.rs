@@ -1,5 +1,5 @@
 //! `fsck` for format 2: every invariant of the committed state, read from the device
-//! (never from the metadata cache), in memory bounded by the device's size (three bits
+//! (never from the metadata cache), in memory bounded by the device's size (four bits
 //! per block), one tree path, one directory page and, for the clone counts, 1024
 //! snapshot names — not by the number of objects, volumes or snapshots.
 //!
@@ -13,7 +13,10 @@
 //!    the superblocks and intent log, object data, space map blocks and every tree node
 //!    but an extent map's are referenced once; a block an extent map references is
 //!    referenced by nothing else, and by no extent map of another family. A violation
-//!    names the block and its users.
+//!    names the block and its users. Within a family: a snapshot's extents were born no
+//!    later than the snapshot, and a block that a volume's extent map holds and that was
+//!    born after the volume's newest snapshot (its `prev_txg`) is referenced by no other
+//!    member.
 //! 4. Every data extent's bytes match their checksums (each block once).
 //! 5. Counts: the object count; each dataset's referenced blocks and dead-list blocks;
 //!    each snapshot's clones (the volumes naming it as their origin).
@@ -106,7 +109,7 @@ impl Bits {
     }
 }
 
-/// Who references the blocks: three bits a block, and the first [`MAX_NAMED`] blocks
+/// Who references the blocks: four bits a block, and the first [`MAX_NAMED`] blocks
 /// referenced twice.
 struct Refs {
     /// Referenced by anything.
@@ -117,6 +120,9 @@ struct Refs {
     solo: Bits,
     /// Referenced by an extent map of the family being checked.
     family: Bits,
+    /// Of the family being checked, born after its volume's newest snapshot (or its
+    /// origin): that volume's alone, no other member may reference it.
+    own: Bits,
     /// Blocks referenced twice, named after the walks.
     twice: BTreeSet<u64>,
     /// Blocks referenced twice past the first [`MAX_NAMED`].
@@ -277,6 +283,7 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
         seen: Bits::new(total),
         solo: Bits::new(total),
         family: Bits::new(total),
+        own: Bits::new(total),
         twice: BTreeSet::new(),
         more: 0,
     };
@@ -482,6 +489,7 @@ impl Checker<'_> {
     /// dead lists and its volumes' snapshot chains.
     fn family(&mut self, st: &mut State, fams: &mut Families, root: &[u8]) {
         self.refs.family.0.fill(0);
+        self.refs.own.0.fill(0);
         for pass in 0..2 {
             let _ = each_dataset(st, self.dir, None, &mut |st, name, rec| {
                 let Ok(rec) = rec else { return true };
@@ -520,9 +528,28 @@ impl Checker<'_> {
                         if key.len() != 8 {
                             r.violation(format!("{name}: extent key of {} bytes", key.len()));
                         }
+                        if rec.kind == DatasetKind::Snapshot && e.birth > rec.created_txg {
+                            r.violation(format!(
+                                "{name}: extent {}+{} was born in txg {}, after the snapshot (txg {})",
+                                e.pba, e.len, e.birth, rec.created_txg
+                            ));
+                        }
+                        // Born after the volume's newest snapshot: no other member of
+                        // the family can hold it (a snapshot taken since would have
+                        // moved `prev_txg` past it).
+                        let own = rec.kind == DatasetKind::Volume && e.birth > rec.prev_txg;
                         let mut any_new = false;
                         for b in e.pba..e.pba + e.len {
+                            if (own && refs.family.get(b)) || refs.own.get(b) {
+                                r.violation(format!(
+                                    "{name}: block {b} is referenced by another member of its family, \
+                                     but it was born after the volume's newest snapshot"
+                                ));
+                            }
                             any_new |= refs.shared(b);
+                            if own {
+                                refs.own.set(b);
+                            }
                         }
                         if any_new {
                             r.data_blocks += e.len;
