@@ -1323,7 +1323,7 @@ impl Vde {
             return Err(VdeError::ReadOnly);
         }
         Self::check_range(&rec, name, vblock, n)?;
-        st.reserve(&self.log, n, MAX_VOL_EXTENT)
+        st.reserve(&self.log, n, MAX_VOL_EXTENT, usize::MAX)
     }
 
     /// Gives back the blocks of a write that failed.

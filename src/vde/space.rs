@@ -411,6 +411,50 @@ impl SpaceMap {
         Ok(runs)
     }
 
+    /// Reserves `blocks` blocks like [`SpaceMap::reserve`], but only from free runs of at
+    /// least `min_run` blocks (the last run may be shorter: what is left), scanning once
+    /// around the device from the cursor: for an object that may hold only so many
+    /// extents when next-fit from the cursor would cut it into too many pieces. With
+    /// `min_run` = ⌈`blocks` / *n*⌉ (and `max_run` ≥ `min_run`) the result has at most
+    /// *n* runs.
+    ///
+    /// Errors: [`VdeError::NoSpace`] (nothing reserved) when the free runs that long hold
+    /// fewer than `blocks` blocks.
+    pub fn reserve_long_runs(&mut self, blocks: u64, max_run: u64, min_run: u64) -> Result<Vec<(u64, u64)>, VdeError> {
+        let max_run = max_run.max(1);
+        let mut runs = Vec::new();
+        let mut left = blocks;
+        let (mut at, mut scanned) = (self.cursor, 0u64);
+        while left > 0 && scanned < self.total {
+            let Some(s) = self.find_clear(at) else { break };
+            scanned += if s >= at { s - at } else { self.total - at + s };
+            if scanned >= self.total {
+                break;
+            }
+            let len = self.run_len(s, self.total);
+            let mut taken = 0;
+            while left > 0 && len - taken >= min_run.min(left) {
+                let n = (len - taken).min(left).min(max_run);
+                self.busy_used += set_bits(&mut self.busy, s + taken, n);
+                runs.push((s + taken, n));
+                taken += n;
+                left -= n;
+            }
+            scanned += len;
+            at = if s + len >= self.total { 0 } else { s + len };
+        }
+        if left > 0 {
+            for &(s, n) in &runs {
+                self.unreserve(s, n);
+            }
+            return Err(VdeError::NoSpace {
+                what: "contiguous data blocks (the free space is too fragmented)",
+            });
+        }
+        self.cursor = at;
+        Ok(runs)
+    }
+
     /// Blocks `start..start + len`, reserved, become part of the next txg (`durable`
     /// set). Panics if the range passes the device's end.
     pub fn commit_use(&mut self, start: u64, len: u64) {
@@ -849,6 +893,38 @@ mod tests {
             m.unreserve(total - 1, 1);
             assert_eq!(m.alloc_meta().unwrap(), total - 1);
         }
+    }
+
+    #[test]
+    fn long_runs_skip_short_free_pieces_and_are_all_or_nothing() {
+        let mut m = SpaceMap::format(1000, 2);
+        let all = m.reserve(998, u64::MAX).unwrap();
+        assert_eq!(all, vec![(2, 998)]);
+        // Free: every other block of 2..400, and 700..760, 900..1000.
+        for b in (2..400).step_by(2) {
+            m.unreserve(b, 1);
+        }
+        m.unreserve(700, 60);
+        m.unreserve(900, 100);
+        m.cursor = 2;
+        let free = m.free_now();
+        // 150 blocks in at most 3 runs: of 50 or more but the last (what is left).
+        let runs = m.reserve_long_runs(150, 64, 50).unwrap();
+        assert!(
+            runs.len() <= 3 && runs[..runs.len() - 1].iter().all(|r| r.1 >= 50),
+            "{runs:?}"
+        );
+        assert_eq!(runs.iter().map(|r| r.1).sum::<u64>(), 150);
+        assert!(runs.iter().all(|r| r.0 >= 700));
+        for &(s, n) in &runs {
+            m.unreserve(s, n);
+        }
+        // 170 blocks in runs of 100: not there; nothing is left reserved.
+        assert!(matches!(
+            m.reserve_long_runs(170, 256, 100),
+            Err(VdeError::NoSpace { .. })
+        ));
+        assert_eq!(m.free_now(), free);
     }
 
     #[test]

@@ -214,22 +214,40 @@ impl State {
         e
     }
 
-    /// Reserves `blocks` data blocks in runs of at most `max_run` blocks. When the space
-    /// map has too few free blocks but holds deferred frees (blocks freed in the last two
-    /// txgs), commits until they are released (at most three times) and tries again, as
-    /// ZFS waits for a txg sync when space is short: a delete on a full store gives its
-    /// space back to the next write. Data never takes the last [`slop_blocks`].
+    /// Reserves `blocks` data blocks in runs of at most `max_run` blocks, and at most
+    /// `max_runs` runs: next-fit from the cursor, or, when that cuts them into more runs,
+    /// from free runs long enough wherever they are ([`SpaceMap::reserve_long_runs`]).
+    /// When the space map has too few free blocks but holds deferred frees (blocks freed
+    /// in the last two txgs), commits until they are released (at most three times) and
+    /// tries again, as ZFS waits for a txg sync when space is short: a delete on a full
+    /// store gives its space back to the next write. Data never takes the last
+    /// [`slop_blocks`].
     ///
     /// Errors: [`VdeError::NoSpace`] (nothing reserved), commit errors (the store is then
     /// poisoned).
-    pub fn reserve(&mut self, log: &IntentLog, blocks: u64, max_run: u64) -> Result<Vec<(u64, u64)>, VdeError> {
+    pub fn reserve(
+        &mut self,
+        log: &IntentLog,
+        blocks: u64,
+        max_run: u64,
+        max_runs: usize,
+    ) -> Result<Vec<(u64, u64)>, VdeError> {
         let mut commits = 0;
         let slop = slop_blocks(self.sb.total_blocks);
         loop {
             let r = if self.space.free_now() < blocks.saturating_add(slop) {
                 Err(VdeError::NoSpace { what: "data blocks" })
             } else {
-                self.space.reserve(blocks, max_run)
+                match self.space.reserve(blocks, max_run) {
+                    Ok(runs) if runs.len() > max_runs => {
+                        for &(s, n) in &runs {
+                            self.space.unreserve(s, n);
+                        }
+                        let min_run = blocks.div_ceil(max_runs.max(1) as u64);
+                        self.space.reserve_long_runs(blocks, max_run, min_run)
+                    }
+                    r => r,
+                }
             };
             match r {
                 Err(VdeError::NoSpace { .. }) if commits < 3 && self.space.deferred_blocks() > 0 => {
@@ -836,17 +854,9 @@ impl Vde {
         let blocks = data.len().div_ceil(BLOCK) as u64;
         let runs = {
             let mut st = self.state()?;
-            st.reserve(&self.log, blocks, MAX_EXTENT_BLOCKS)?
+            st.reserve(&self.log, blocks, MAX_EXTENT_BLOCKS, MAX_EXTENTS)?
         };
-        if runs.len() > MAX_EXTENTS {
-            let mut st = self.state()?;
-            for &(s, n) in &runs {
-                st.space.unreserve(s, n);
-            }
-            return Err(VdeError::NoSpace {
-                what: "contiguous data blocks (the free space is too fragmented)",
-            });
-        }
+        debug_assert!(runs.len() <= MAX_EXTENTS, "{} runs", runs.len());
         let written = self
             .write_runs(&runs, data)
             .and_then(|w| self.state().map(|st| (w, st)));
