@@ -544,7 +544,7 @@ fn a_full_store_commits_reopens_and_frees() {
         // A thin volume twice the device, written in 64 KiB pieces without Flush.
         let disk = Disk::new(Backend::Psync, mib);
         let v = disk.format();
-        v.vol_create("v", (mib << 21) as u64).unwrap();
+        v.vol_create("v", mib << 21).unwrap();
         let piece = 16u64;
         let mut written = 0;
         loop {

@@ -51,6 +51,7 @@ pub mod lane;
 pub mod pool;
 pub mod space;
 pub mod store;
+pub mod stream;
 pub mod tree;
 pub mod volume;
 
