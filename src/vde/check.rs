@@ -130,6 +130,12 @@ struct Refs {
 }
 
 impl Refs {
+    /// A new family is checked from here: nothing belongs to one.
+    fn new_family(&mut self) {
+        self.family.0.fill(0);
+        self.own.0.fill(0);
+    }
+
     fn twice(&mut self, b: u64) {
         if self.twice.len() < MAX_NAMED {
             self.twice.insert(b);
@@ -409,7 +415,7 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
                 }
                 if let Err(e) = fams.of(st, name, &rec) {
                     ck.r.violation(format!("dataset {n}: {e}"));
-                    ck.refs.family.0.fill(0);
+                    ck.refs.new_family();
                     ck.extents(st, &n, &rec);
                     ck.deadlist(st, &n, &rec);
                 }
@@ -488,8 +494,7 @@ impl Checker<'_> {
     /// Checks the family of volume `root` (no clone): its members' extent maps, then their
     /// dead lists and its volumes' snapshot chains.
     fn family(&mut self, st: &mut State, fams: &mut Families, root: &[u8]) {
-        self.refs.family.0.fill(0);
-        self.refs.own.0.fill(0);
+        self.refs.new_family();
         for pass in 0..2 {
             let _ = each_dataset(st, self.dir, None, &mut |st, name, rec| {
                 let Ok(rec) = rec else { return true };

@@ -421,7 +421,7 @@ impl SpaceMap {
     /// Errors: [`VdeError::NoSpace`] (nothing reserved) when the free runs that long hold
     /// fewer than `blocks` blocks.
     pub fn reserve_long_runs(&mut self, blocks: u64, max_run: u64, min_run: u64) -> Result<Vec<(u64, u64)>, VdeError> {
-        let max_run = max_run.max(1);
+        let (max_run, min_run) = (max_run.max(1), min_run.max(1));
         let mut runs = Vec::new();
         let mut left = blocks;
         let (mut at, mut scanned) = (self.cursor, 0u64);
@@ -431,7 +431,8 @@ impl SpaceMap {
             if scanned >= self.total {
                 break;
             }
-            let len = self.run_len(s, self.total);
+            // Measure no further than this request can use.
+            let len = self.run_len(s, left.max(min_run));
             let mut taken = 0;
             while left > 0 && len - taken >= min_run.min(left) {
                 let n = (len - taken).min(left).min(max_run);
@@ -925,6 +926,13 @@ mod tests {
             Err(VdeError::NoSpace { .. })
         ));
         assert_eq!(m.free_now(), free);
+        // A minimum run of 0 means 1 (it once pushed empty runs forever).
+        m.cursor = 2;
+        let runs = m.reserve_long_runs(5, 64, 0).unwrap();
+        assert!(
+            runs.iter().all(|r| r.1 > 0) && runs.iter().map(|r| r.1).sum::<u64>() == 5,
+            "{runs:?}"
+        );
     }
 
     #[test]

@@ -244,7 +244,18 @@ impl State {
                             self.space.unreserve(s, n);
                         }
                         let min_run = blocks.div_ceil(max_runs.max(1) as u64);
-                        self.space.reserve_long_runs(blocks, max_run, min_run)
+                        match self.space.reserve_long_runs(blocks, max_run, min_run) {
+                            // Runs capped at `max_run` below `min_run` can still be too many.
+                            Ok(runs) if runs.len() > max_runs => {
+                                for &(s, n) in &runs {
+                                    self.space.unreserve(s, n);
+                                }
+                                Err(VdeError::NoSpace {
+                                    what: "contiguous data blocks (the free space is too fragmented)",
+                                })
+                            }
+                            r => r,
+                        }
                     }
                     r => r,
                 }

@@ -74,7 +74,8 @@ const _: () = assert!(101 + MAX_NAME <= HEADER_BYTES - 8);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     /// `data` at byte `offset` of the volume (both multiples of [`STREAM_BLOCK`]; data
-    /// 1..=[`MAX_WRITE`] bytes), checked against its xxh3-64 when read.
+    /// [`STREAM_BLOCK`]..=[`MAX_WRITE`] bytes, whole blocks), checked against its xxh3-64
+    /// when read.
     Write {
         /// Byte offset in the volume.
         offset: u64,
@@ -239,6 +240,12 @@ impl StreamHeader {
         let name = std::str::from_utf8(&h[101..101 + n])
             .map_err(|_| malformed(0, "the snapshot name is not UTF-8"))?
             .to_owned();
+        let named = name.split_once('@').is_some_and(|(vol, snap)| {
+            super::dataset::check_name("volume", vol).is_ok() && super::dataset::check_name("snapshot", snap).is_ok()
+        });
+        if !named {
+            return Err(malformed(0, format!("the snapshot name {name:?} is not VOL@SNAP")));
+        }
         let hd = StreamHeader {
             compat: get64(h, 16),
             incompat,
@@ -527,7 +534,13 @@ impl<R: Read> StreamReader<R> {
                     ));
                 }
                 let mut extra = [0u8; 1];
-                if self.input.read(&mut extra)? != 0 {
+                let more = loop {
+                    match self.input.read(&mut extra) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        r => break r?,
+                    }
+                };
+                if more != 0 {
                     return Err(malformed(self.at, "bytes after the End record"));
                 }
                 self.ended = true;
@@ -705,6 +718,15 @@ mod tests {
         let mut out = Vec::new();
         StreamWriter::new(&mut out, &h).unwrap().finish().unwrap();
         assert_eq!(read_all(&out).unwrap().1, vec![]);
+        // A name that is not VOL@SNAP, each part a dataset name.
+        for bad in ["db", "db@", "@tue", "d b@tue", "db@tue@wed", "db/x@tue"] {
+            let mut h = header(4 << 20);
+            h.name = bad.into();
+            match read_all(&h.encode()) {
+                Err(StreamError::Malformed { reason, .. }) => assert!(reason.contains("VOL@SNAP"), "{bad}: {reason}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]
