@@ -25,7 +25,7 @@ use crate::claim::{Access, Claim};
 use crate::vde::{MAX_OBJECT, Vde, VdeError, VdeOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,74 @@ pub enum VdeCommand {
     Clone(CloneArgs),
     /// Discards every write to VOL since its newest snapshot VOL@SNAP.
     Rollback(SnapArgs),
+    /// Writes snapshot VOL@SNAP as a send stream (docs/vde-stream.md) to standard output
+    /// or -o FILE: whole, or with -i the changes since an earlier snapshot. -t TOKEN sends
+    /// the rest of an interrupted receive instead.
+    Send(SendArgs),
+    /// Receives a send stream from standard input into volume VOL, atomically: the
+    /// snapshot appears only once the whole stream has verified.
+    Recv(RecvArgs),
+    /// Prints the resume token of an interrupted receive into VOL, for `vde send -t`.
+    RecvToken(VolArgs),
+}
+
+/// Arguments of `vde send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The snapshot to send, VOL@SNAP (not with -t).
+    #[arg(required_unless_present = "token", conflicts_with = "token")]
+    pub snapshot: Option<String>,
+    /// Send only the changes since this earlier snapshot: VOL@BASE, or @BASE / BASE for
+    /// one of the same volume (ZFS's `-i`).
+    #[arg(short = 'i', value_name = "BASE")]
+    pub base: Option<String>,
+    /// Write the stream to FILE instead of standard output.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<String>,
+    /// Send what an interrupted receive lacks (`vde recv-token` prints TOKEN).
+    #[arg(short = 't', value_name = "TOKEN", conflicts_with = "base")]
+    pub token: Option<String>,
+    /// Print statistics as one JSON object at the end (extents and bytes shipped, blocks
+    /// skipped, efficiency = stream bytes / volume bytes): on standard output with -o,
+    /// else on standard error.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `vde recv`.
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The volume to receive into (made if it does not exist).
+    pub volume: String,
+    /// First roll VOL back to the stream's base snapshot, deleting newer snapshots.
+    #[arg(short = 'F')]
+    pub force: bool,
+    /// If the receive fails, keep what arrived for `vde send -t` (ZFS's `-s`). A receive
+    /// that is killed or loses power keeps it regardless.
+    #[arg(short = 's')]
+    pub save: bool,
+    /// Discard an interrupted receive into VOL instead of receiving.
+    #[arg(short = 'A')]
+    pub abort: bool,
+    /// Print statistics as one JSON object at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A volume.
+#[derive(Debug, Args)]
+pub struct VolArgs {
+    /// The device.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The volume.
+    pub volume: String,
 }
 
 /// `ironvme vde vol` subcommands.
@@ -500,7 +568,151 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
             vde.rollback(v, s).map_err(|e| fail(&a.store.dev, e))?;
             close(vde, &a.store.dev)
         }
+        VdeCommand::Send(a) => send(a, out),
+        VdeCommand::Recv(a) => recv(a, out),
+        VdeCommand::RecvToken(a) => {
+            let vde = open(&a.store, Access::Shared, "vde recv-token")?;
+            let t = vde.recv_token(&a.volume).map_err(|e| fail(&a.store.dev, e))?;
+            close(vde, &a.store.dev)?;
+            match t {
+                Some(t) => Ok(writeln!(out, "{t}")?),
+                None => Err(CliError::Invalid(format!(
+                    "{}: no interrupted receive into {} is waiting",
+                    a.store.dev, a.volume
+                ))),
+            }
+        }
     }
+}
+
+/// Progress on standard error when it is a terminal: bytes and rate, and with a `total`
+/// (bytes) a bar and ETA.
+fn byte_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
+    if !io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+    let template = match total {
+        Some(_) => "{elapsed:>4} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        None => "{elapsed:>4} {bytes} {binary_bytes_per_sec}",
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    Some(bar)
+}
+
+fn send(a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let token = a
+        .token
+        .as_deref()
+        .map(|t| t.parse::<crate::vde::ResumeToken>())
+        .transpose()
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let base = match (&a.base, &a.snapshot) {
+        (Some(b), Some(s)) if !b.contains('@') || b.starts_with('@') => {
+            let vol = split_snapshot(s)?.0;
+            Some(format!("{vol}@{}", b.trim_start_matches('@')))
+        }
+        (b, _) => b.clone(),
+    };
+    let vde = open(&a.store, Access::Shared, "vde send")?;
+    let mut file;
+    let mut stdout;
+    let sink: &mut dyn Write = match &a.output {
+        Some(path) => {
+            file = io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(path).map_err(|e| CliError::Invalid(format!("{path}: {e}")))?,
+            );
+            &mut file
+        }
+        None => {
+            stdout = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            &mut stdout
+        }
+    };
+    let size = match (&a.snapshot, &token) {
+        (Some(s), _) => vde.dataset(s).map_err(|e| fail(&a.store.dev, e))?.size,
+        _ => 0,
+    };
+    let bar = byte_bar(a.snapshot.as_ref().map(|_| size));
+    let mut tick = |at: u64| {
+        if let Some(b) = &bar {
+            b.set_position(at);
+        }
+    };
+    let stats = match (&token, &a.snapshot) {
+        (Some(t), _) => vde.send_resume(t, sink, &mut tick),
+        (None, Some(s)) => vde.send(s, base.as_deref(), 0, sink, &mut tick),
+        (None, None) => unreachable!("clap requires a snapshot or -t"),
+    }
+    .map_err(|e| fail(&a.store.dev, e))?;
+    sink.flush()?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    close(vde, &a.store.dev)?;
+    if a.json {
+        let v = serde_json::to_value(&stats).map_err(io::Error::from)?;
+        // Standard output carries the stream unless -o took it.
+        return match a.output {
+            Some(_) => write_json(out, &v),
+            None => write_json(&mut io::stderr().lock(), &v),
+        };
+    }
+    Ok(())
+}
+
+fn recv(a: &RecvArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let vde = open(&a.store, Access::Exclusive, "vde recv")?;
+    if a.abort {
+        let had = vde.recv_abort(&a.volume).map_err(|e| fail(&a.store.dev, e))?;
+        close(vde, &a.store.dev)?;
+        if !had {
+            return Err(CliError::Invalid(format!(
+                "{}: no interrupted receive into {} is waiting",
+                a.store.dev, a.volume
+            )));
+        }
+        return Ok(());
+    }
+    // A receive waiting from before is never discarded by this one's failure.
+    let waiting = vde.recv_token(&a.volume).map_err(|e| fail(&a.store.dev, e))?.is_some();
+    let bar = byte_bar(None);
+    let mut tick = |at: u64| {
+        if let Some(b) = &bar {
+            b.set_position(at);
+        }
+    };
+    let mut input = io::BufReader::with_capacity(1 << 20, io::stdin().lock());
+    let r = vde.recv(&a.volume, a.force, &mut input, &mut tick);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let stats = match r {
+        Ok(s) => s,
+        Err(e) => {
+            let kept = match vde.recv_token(&a.volume) {
+                Ok(Some(t)) if a.save || waiting => format!("; what arrived is kept: resume with `vde send -t {t}`"),
+                Ok(Some(_)) => match vde.recv_abort(&a.volume) {
+                    Ok(_) => "; nothing was kept (-s keeps what arrived)".to_string(),
+                    Err(e2) => format!("; discarding what arrived failed too: {e2}"),
+                },
+                _ => String::new(),
+            };
+            let _ = close(vde, &a.store.dev);
+            return Err(CliError::Failed(format!(
+                "{}: receive into {}: {e}{kept}",
+                a.store.dev, a.volume
+            )));
+        }
+    };
+    close(vde, &a.store.dev)?;
+    if a.json {
+        return write_json(out, &serde_json::to_value(&stats).map_err(io::Error::from)?);
+    }
+    Ok(())
 }
 
 /// `VOL@SNAP` as (VOL, SNAP).

@@ -71,8 +71,9 @@ pub enum DatasetKind {
 pub struct DatasetRec {
     /// Volume or snapshot.
     pub kind: DatasetKind,
-    /// Unique id.
-    pub id: u64,
+    /// Globally unique id: random, non-zero; a received dataset keeps its sender's.
+    /// Replication matches snapshots by it (ZFS's `guid`).
+    pub guid: u64,
     /// Size in bytes (a multiple of 4096).
     pub size: u64,
     /// The txg it was created in (a snapshot: the txg whose state it holds).
@@ -95,7 +96,7 @@ pub struct DatasetRec {
 }
 
 impl DatasetRec {
-    /// Encoded: `u8 kind, u8 0, u16 0, u32 block size (4096), u64 id, u64 size,
+    /// Encoded: `u8 kind, u8 0, u16 0, u32 block size (4096), u64 guid, u64 size,
     /// u64 created_txg, u64 prev_txg, BlockPtr extents, BlockPtr deadlist,
     /// u64 refer_blocks, u64 dead_blocks, u32 clones, u8 origin length, origin`.
     pub fn encode(&self) -> Vec<u8> {
@@ -106,7 +107,7 @@ impl DatasetRec {
         };
         v[4..8].copy_from_slice(&(BLOCK as u32).to_le_bytes());
         for (at, x) in [
-            (8, self.id),
+            (8, self.guid),
             (16, self.size),
             (24, self.created_txg),
             (32, self.prev_txg),
@@ -148,7 +149,7 @@ impl DatasetRec {
         }
         Ok(DatasetRec {
             kind,
-            id: get64(v, 8),
+            guid: get64(v, 8),
             size,
             created_txg: get64(v, 24),
             prev_txg: get64(v, 32),
@@ -227,6 +228,16 @@ impl VolExtent {
     }
 }
 
+/// A new dataset GUID: random, non-zero.
+pub fn new_guid() -> u64 {
+    loop {
+        let g = u64::from_le_bytes(super::format::random_uuid()[..8].try_into().expect("8 bytes"));
+        if g != 0 {
+            return g;
+        }
+    }
+}
+
 fn vkey(vblock: u64) -> [u8; 8] {
     vblock.to_be_bytes()
 }
@@ -251,7 +262,8 @@ pub struct Head {
 }
 
 impl Head {
-    fn new(rec: DatasetRec) -> Head {
+    /// A clean head for `rec`: its trees as the record's roots say.
+    pub fn new(rec: DatasetRec) -> Head {
         Head {
             extents: Tree::open(NodeKind::Extents, rec.extents),
             deadlist: Tree::open(NodeKind::Deadlist, rec.deadlist),
@@ -274,7 +286,7 @@ fn corrupt(name: &[u8], reason: String) -> VdeError {
     }
 }
 
-fn not_found(name: &[u8]) -> VdeError {
+pub(super) fn not_found(name: &[u8]) -> VdeError {
     VdeError::NotFound(String::from_utf8_lossy(name).into_owned())
 }
 
@@ -294,7 +306,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), VdeError> {
 }
 
 /// Runs `f` on the tree taken out of `st.datasets` (so `st.io()` can be borrowed).
-fn with_datasets<R>(
+pub(super) fn with_datasets<R>(
     st: &mut State,
     f: impl FnOnce(&mut Tree, &mut State) -> Result<R, VdeError>,
 ) -> Result<R, VdeError> {
@@ -315,7 +327,7 @@ pub fn lookup(st: &mut State, name: &[u8]) -> Result<Option<DatasetRec>, VdeErro
         .transpose()
 }
 
-fn store_rec(st: &mut State, name: &[u8], rec: &DatasetRec) -> Result<(), VdeError> {
+pub(super) fn store_rec(st: &mut State, name: &[u8], rec: &DatasetRec) -> Result<(), VdeError> {
     if let Some(h) = st.heads.get_mut(name) {
         h.rec = rec.clone();
     }
@@ -325,7 +337,7 @@ fn store_rec(st: &mut State, name: &[u8], rec: &DatasetRec) -> Result<(), VdeErr
 
 /// Opens `name`'s head in `st.heads` (loading its record) and returns it taken out of
 /// the map; put it back with [`put_head`].
-fn take_head(st: &mut State, name: &[u8]) -> Result<Head, VdeError> {
+pub(super) fn take_head(st: &mut State, name: &[u8]) -> Result<Head, VdeError> {
     take_head_keyed(st, name).map(|(_, h)| h)
 }
 
@@ -339,8 +351,44 @@ fn take_head_keyed(st: &mut State, name: &[u8]) -> Result<(Vec<u8>, Head), VdeEr
     Ok((name.to_vec(), Head::new(rec)))
 }
 
-fn put_head(st: &mut State, name: &[u8], h: Head) {
+pub(super) fn put_head(st: &mut State, name: &[u8], h: Head) {
     st.heads.insert(name.to_vec(), h);
+}
+
+/// Takes snapshot `full` (`VOL@SNAP`) of volume `vol` with GUID `guid` in the open txg:
+/// the volume's trees are written, the snapshot's record holds its extent map root and
+/// dead list, and the volume starts an empty dead list. The caller commits (or poisons
+/// the store on error).
+pub(super) fn snapshot_head(st: &mut State, vol: &[u8], full: &[u8], guid: u64) -> Result<(), VdeError> {
+    let mut h = take_head(st, vol)?;
+    let r = (|| {
+        let root = h.extents.commit(&mut st.io())?;
+        route(st, &mut h)?;
+        h.rec.extents = root;
+        let saved = std::mem::take(&mut st.released);
+        let dl = h.deadlist.commit(&mut st.io());
+        st.free_released();
+        st.released = saved;
+        h.rec.deadlist = dl?;
+        let txg = st.txg;
+        let snap_rec = DatasetRec {
+            kind: DatasetKind::Snapshot,
+            guid,
+            created_txg: txg,
+            origin: Vec::new(),
+            clones: 0,
+            ..h.rec.clone()
+        };
+        store_rec(st, full, &snap_rec)?;
+        h.rec.prev_txg = txg;
+        h.rec.deadlist = None;
+        h.rec.dead_blocks = 0;
+        h.deadlist = Tree::open(NodeKind::Deadlist, None);
+        h.dirty = true;
+        Ok(())
+    })();
+    put_head(st, vol, h);
+    r
 }
 
 /// Routes the blocks the head's extent map released: born after `prev_txg` → freed; else
@@ -624,7 +672,7 @@ fn bytes(blocks: u64) -> u64 {
 
 impl Vde {
     /// Takes the topology lock (see the field `topology`).
-    fn topology(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(super) fn topology(&self) -> std::sync::MutexGuard<'_, ()> {
         self.topology.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -640,9 +688,14 @@ impl Vde {
     ///
     /// Errors: [`VdeError::Unsupported`] (name, size), [`VdeError::Exists`], I/O errors.
     pub fn vol_create(&self, name: &str, size: u64) -> Result<(), VdeError> {
+        check_name("volume", name)?;
+        self.vol_create_named(name, size)
+    }
+
+    /// [`Vde::vol_create`] without the name check: receive's hidden `VOL%recv`.
+    pub(super) fn vol_create_named(&self, name: &str, size: u64) -> Result<(), VdeError> {
         self.writable()?;
         let _t = self.topology();
-        check_name("volume", name)?;
         if size == 0 || size % BLOCK as u64 != 0 || size > (1u64 << 60) {
             return Err(VdeError::Unsupported(format!(
                 "volume size {size} bytes: use a non-zero multiple of {BLOCK} bytes"
@@ -654,7 +707,7 @@ impl Vde {
         }
         let rec = DatasetRec {
             kind: DatasetKind::Volume,
-            id: st.next_dataset_id,
+            guid: new_guid(),
             size,
             created_txg: st.txg,
             prev_txg: 0,
@@ -665,14 +718,13 @@ impl Vde {
             clones: 0,
             origin: Vec::new(),
         };
-        st.next_dataset_id += 1;
         store_rec(&mut st, name.as_bytes(), &rec).map_err(|e| st.poison(e))?;
         st.commit(&self.log)
     }
 
     /// Every dataset whose name starts with `prefix`, in name order (paged through the
     /// directory; memory is one page plus the result).
-    fn datasets_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, DatasetRec)>, VdeError> {
+    pub(super) fn datasets_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, DatasetRec)>, VdeError> {
         let mut st = self.state()?;
         // Open heads hold newer records than the directory: commit them first.
         if st.heads.values().any(|h| h.dirty) {
@@ -699,7 +751,7 @@ impl Vde {
     }
 
     /// The snapshots of volume `vol`, oldest first.
-    fn snapshots_of(&self, vol: &str) -> Result<Vec<(Vec<u8>, DatasetRec)>, VdeError> {
+    pub(super) fn snapshots_of(&self, vol: &str) -> Result<Vec<(Vec<u8>, DatasetRec)>, VdeError> {
         let mut v = self.datasets_with_prefix(format!("{vol}@").as_bytes())?;
         v.sort_by_key(|(_, r)| r.created_txg);
         Ok(v)
@@ -761,7 +813,10 @@ impl Vde {
     pub fn vol_list(&self) -> Result<Vec<DatasetInfo>, VdeError> {
         let all = self.datasets_with_prefix(b"")?;
         let mut out = Vec::new();
-        for (name, rec) in all.iter().filter(|(_, r)| r.kind == DatasetKind::Volume) {
+        for (name, rec) in all
+            .iter()
+            .filter(|(n, r)| r.kind == DatasetKind::Volume && !n.contains(&b'%'))
+        {
             let n = String::from_utf8_lossy(name).into_owned();
             let origin_txg = self.origin_txg(rec)?;
             let unique = self.born_after(rec, rec.prev_txg)?;
@@ -855,40 +910,7 @@ impl Vde {
         if lookup(&mut st, full.as_bytes())?.is_some() {
             return Err(VdeError::Exists(full));
         }
-        let r = (|| {
-            let mut h = take_head(&mut st, vol.as_bytes())?;
-            let r = (|| {
-                let root = h.extents.commit(&mut st.io())?;
-                route(&mut st, &mut h)?;
-                h.rec.extents = root;
-                let saved = std::mem::take(&mut st.released);
-                let dl = h.deadlist.commit(&mut st.io());
-                st.free_released();
-                st.released = saved;
-                h.rec.deadlist = dl?;
-                let txg = st.txg;
-                let id = st.next_dataset_id;
-                st.next_dataset_id += 1;
-                let snap_rec = DatasetRec {
-                    kind: DatasetKind::Snapshot,
-                    id,
-                    created_txg: txg,
-                    origin: Vec::new(),
-                    clones: 0,
-                    ..h.rec.clone()
-                };
-                store_rec(&mut st, full.as_bytes(), &snap_rec)?;
-                h.rec.prev_txg = txg;
-                h.rec.deadlist = None;
-                h.rec.dead_blocks = 0;
-                h.deadlist = Tree::open(NodeKind::Deadlist, None);
-                h.dirty = true;
-                Ok(())
-            })();
-            put_head(&mut st, vol.as_bytes(), h);
-            r
-        })();
-        r.map_err(|e| st.poison(e))?;
+        snapshot_head(&mut st, vol.as_bytes(), full.as_bytes(), new_guid()).map_err(|e| st.poison(e))?;
         st.commit(&self.log)
     }
 
@@ -903,7 +925,7 @@ impl Vde {
     }
 
     /// [`Vde::snap_remove`] with the topology lock held.
-    fn snap_remove_locked(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
+    pub(super) fn snap_remove_locked(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
         let full = format!("{vol}@{snap}");
         let snaps = self.snapshots_of(vol)?;
         let i = snaps
@@ -996,9 +1018,14 @@ impl Vde {
     ///
     /// Errors: [`VdeError::NotFound`], [`VdeError::Exists`], I/O errors.
     pub fn clone_snapshot(&self, vol: &str, snap: &str, new: &str) -> Result<(), VdeError> {
+        check_name("volume", new)?;
+        self.clone_named(vol, snap, new)
+    }
+
+    /// [`Vde::clone_snapshot`] without the name check: receive's hidden `VOL%recv`.
+    pub(super) fn clone_named(&self, vol: &str, snap: &str, new: &str) -> Result<(), VdeError> {
         self.writable()?;
         let _t = self.topology();
-        check_name("volume", new)?;
         let full = format!("{vol}@{snap}");
         let mut st = self.state()?;
         let mut s = lookup(&mut st, full.as_bytes())?.ok_or_else(|| not_found(full.as_bytes()))?;
@@ -1007,7 +1034,7 @@ impl Vde {
         }
         let rec = DatasetRec {
             kind: DatasetKind::Volume,
-            id: st.next_dataset_id,
+            guid: new_guid(),
             size: s.size,
             created_txg: st.txg,
             prev_txg: s.created_txg,
@@ -1018,7 +1045,6 @@ impl Vde {
             clones: 0,
             origin: full.clone().into_bytes(),
         };
-        st.next_dataset_id += 1;
         s.clones = s.clones.checked_add(1).ok_or_else(|| VdeError::Corrupt {
             block: 0,
             kind: NodeKind::Datasets.name(),

@@ -49,6 +49,7 @@ pub mod format;
 pub mod intent;
 pub mod lane;
 pub mod pool;
+pub mod replicate;
 pub mod space;
 pub mod store;
 pub mod stream;
@@ -58,6 +59,7 @@ pub mod volume;
 pub use self::check::FsckReport;
 pub use self::dataset::{DatasetInfo, DatasetKind};
 pub use self::format::{MAX_KEY, MAX_OBJECT};
+pub use self::replicate::{RecvStats, ResumeToken, SendStats};
 pub use self::store::{ObjectStat, Vde, VdeInfo};
 
 /// Why a VDE operation failed.

@@ -87,8 +87,6 @@ pub struct Superblock2 {
     pub log_seq: u64,
     /// Objects stored.
     pub objects_count: u64,
-    /// The next dataset id to hand out.
-    pub next_dataset_id: u64,
 }
 
 /// Payload offsets of the superblock fields (after the header). Documented byte by byte
@@ -112,9 +110,8 @@ mod sb {
     pub const LOG_HEAD: usize = 200; // u64
     pub const LOG_SEQ: usize = 208; // u64
     pub const OBJECTS_COUNT: usize = 216; // u64
-    pub const NEXT_DATASET: usize = 224; // u64
     /// Everything from here to the checksum is reserved and written as zeros.
-    pub const RESERVED: usize = 232;
+    pub const RESERVED: usize = 224;
 }
 
 /// Magic bytes at payload offset 0 of a format-2 superblock.
@@ -142,7 +139,6 @@ impl Superblock2 {
         put64(&mut b[..], sb::LOG_HEAD, self.log_head);
         put64(&mut b[..], sb::LOG_SEQ, self.log_seq);
         put64(&mut b[..], sb::OBJECTS_COUNT, self.objects_count);
-        put64(&mut b[..], sb::NEXT_DATASET, self.next_dataset_id);
         seal(&mut b, NodeKind::Superblock, 0, self.txg, addr, store_tag(&self.uuid));
         b
     }
@@ -198,7 +194,6 @@ impl Superblock2 {
             log_head: get64(b, sb::LOG_HEAD),
             log_seq: get64(b, sb::LOG_SEQ),
             objects_count: get64(b, sb::OBJECTS_COUNT),
-            next_dataset_id: get64(b, sb::NEXT_DATASET),
         };
         if s.txg != get64(b, 8) {
             return Err(corrupt(format!(

@@ -142,8 +142,6 @@ pub struct State {
     pub datasets: Tree,
     /// Objects stored.
     pub objects_count: u64,
-    /// The next dataset id.
-    pub next_dataset_id: u64,
     /// Open volume heads (dataset.rs): name → in-memory state.
     pub heads: HashMap<Vec<u8>, super::dataset::Head>,
     /// Volume mapping records of the open txg not yet in the intent log: a volume Flush
@@ -331,7 +329,6 @@ impl State {
             log_head,
             log_seq,
             objects_count: self.objects_count,
-            next_dataset_id: self.next_dataset_id,
             ..self.sb
         };
         let at = SUPER2[(txg % 2) as usize];
@@ -588,7 +585,6 @@ impl Vde {
             log_head: 0,
             log_seq: 1,
             objects_count: 0,
-            next_dataset_id: 1,
         };
         let at = SUPER2[(txg % 2) as usize];
         lane.write(at, &sb.encode(at)[..])?;
@@ -645,7 +641,6 @@ impl Vde {
             objects: Tree::open(NodeKind::Objects, sb.objects),
             datasets: Tree::open(NodeKind::Datasets, sb.datasets),
             objects_count: sb.objects_count,
-            next_dataset_id: sb.next_dataset_id,
             heads: HashMap::new(),
             pending_vol: Vec::new(),
             lane,

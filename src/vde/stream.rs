@@ -63,12 +63,18 @@ pub struct StreamHeader {
     pub volume_bytes: u64,
     /// The target snapshot's name (`VOL@SNAP`), 1..=[`MAX_NAME`] bytes of UTF-8.
     pub name: String,
+    /// A resumed stream (`send -t`): the byte offset in the volume its records start at
+    /// (a multiple of [`STREAM_BLOCK`], at most `volume_bytes`); everything before it
+    /// arrived in an earlier, interrupted stream. 0 otherwise.
+    pub resume_offset: u64,
 }
 
 /// Longest snapshot name in a header, bytes: `VOL@SNAP`, each part at most
 /// [`super::dataset::MAX_NAME`].
 pub const MAX_NAME: usize = 2 * super::dataset::MAX_NAME + 1;
-const _: () = assert!(101 + MAX_NAME <= HEADER_BYTES - 8);
+/// Header offset of the resume offset.
+const RESUME_AT: usize = 232;
+const _: () = assert!(101 + MAX_NAME <= RESUME_AT);
 
 /// One record of a stream's body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +172,7 @@ impl StreamHeader {
     /// Encoded: magic, `u32 version, u32 header bytes (256), u64 compat, u64 incompat,
     /// [u8; 16] store UUID, u64 volume GUID, u64 from GUID, u64 from txg, u64 to GUID,
     /// u64 to txg, u64 volume bytes, u32 block size (4096), u8 name length, name, zeros
-    /// to byte 248, u64 xxh3-64 of bytes 0..248`. Panics if the name is empty or longer
+    /// to byte 232, u64 resume offset, u64 xxh3-64 of bytes 0..248`. Panics if the name is empty or longer
     /// than [`MAX_NAME`].
     pub fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut h = [0u8; HEADER_BYTES];
@@ -191,6 +197,7 @@ impl StreamHeader {
         );
         h[100] = name.len() as u8;
         h[101..101 + name.len()].copy_from_slice(name);
+        put64(&mut h, RESUME_AT, self.resume_offset);
         let sum = xxh3_64(&h[..HEADER_BYTES - 8]);
         put64(&mut h, HEADER_BYTES - 8, sum);
         h
@@ -234,7 +241,7 @@ impl StreamHeader {
             ));
         }
         let n = h[100] as usize;
-        if n == 0 || n > MAX_NAME || h[101 + n..HEADER_BYTES - 8].iter().any(|&b| b != 0) {
+        if n == 0 || n > MAX_NAME || h[101 + n..RESUME_AT].iter().any(|&b| b != 0) {
             return Err(malformed(0, "the snapshot name field"));
         }
         let name = std::str::from_utf8(&h[101..101 + n])
@@ -257,7 +264,17 @@ impl StreamHeader {
             to_txg: get64(h, 80),
             volume_bytes: get64(h, 88),
             name,
+            resume_offset: get64(h, RESUME_AT),
         };
+        if hd.resume_offset % STREAM_BLOCK != 0 || hd.resume_offset > hd.volume_bytes {
+            return Err(malformed(
+                0,
+                format!(
+                    "resume offset {} in a volume of {} bytes",
+                    hd.resume_offset, hd.volume_bytes
+                ),
+            ));
+        }
         if hd.volume_bytes % STREAM_BLOCK != 0 {
             return Err(malformed(0, format!("volume size {} bytes", hd.volume_bytes)));
         }
@@ -297,7 +314,7 @@ impl<W: Write> StreamWriter<W> {
             out,
             volume_bytes: header.volume_bytes,
             seed: get64(&h, HEADER_BYTES - 8),
-            next: 0,
+            next: header.resume_offset,
             totals: StreamTotals {
                 stream_bytes: HEADER_BYTES as u64,
                 ..StreamTotals::default()
@@ -411,12 +428,13 @@ impl<R: Read> StreamReader<R> {
         let mut h = [0u8; HEADER_BYTES];
         read_full(&mut input, &mut h, 0, "the header")?;
         let header = StreamHeader::decode(&h)?;
+        let next = header.resume_offset;
         Ok(StreamReader {
             input,
             header,
             seed: get64(&h, HEADER_BYTES - 8),
             at: HEADER_BYTES as u64,
-            next: 0,
+            next,
             totals: StreamTotals {
                 stream_bytes: HEADER_BYTES as u64,
                 ..StreamTotals::default()
@@ -613,6 +631,7 @@ mod tests {
             to_txg: 20,
             volume_bytes,
             name: "db@tuesday".into(),
+            resume_offset: 0,
         }
     }
 

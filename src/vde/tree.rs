@@ -830,10 +830,10 @@ fn walk_rec(
     kind: NodeKind,
     ptr: BlockPtr,
     want: Expect<'_>,
-    min_birth: u64,
+    prune: &mut dyn FnMut(&BlockPtr) -> bool,
     visit: &mut dyn FnMut(Visit<'_>) -> Result<(), VdeError>,
 ) -> Result<(), VdeError> {
-    if ptr.birth <= min_birth {
+    if prune(&ptr) {
         return Ok(());
     }
     let block = io.read(&ptr, kind)?;
@@ -846,7 +846,7 @@ fn walk_rec(
                 value: view.value(i),
             })?;
         } else {
-            walk_rec(io, kind, view.ptr(i), view.expect(i, want), min_birth, visit)?;
+            walk_rec(io, kind, view.ptr(i), view.expect(i, want), prune, visit)?;
         }
     }
     Ok(())
@@ -1258,9 +1258,22 @@ impl Tree {
         min_birth: u64,
         visit: &mut dyn FnMut(Visit<'_>) -> Result<(), VdeError>,
     ) -> Result<(), VdeError> {
+        Tree::walk_pruned(io, kind, root, &mut |p| p.birth <= min_birth, visit)
+    }
+
+    /// [`Tree::walk`], skipping the subtrees whose pointer `prune` returns true for
+    /// (it sees every pointer before its block is read, the root's included). Send uses
+    /// it to skip the subtrees two trees share.
+    pub fn walk_pruned(
+        io: &mut dyn NodeIo,
+        kind: NodeKind,
+        root: Option<BlockPtr>,
+        prune: &mut dyn FnMut(&BlockPtr) -> bool,
+        visit: &mut dyn FnMut(Visit<'_>) -> Result<(), VdeError>,
+    ) -> Result<(), VdeError> {
         match root {
             None => Ok(()),
-            Some(ptr) => walk_rec(io, kind, ptr, Expect::ROOT, min_birth, visit),
+            Some(ptr) => walk_rec(io, kind, ptr, Expect::ROOT, prune, visit),
         }
     }
 }

@@ -1,0 +1,756 @@
+//! Replication: [`Vde::send`] writes a volume snapshot as a stream (`docs/vde-stream.md`),
+//! whole or as the changes since an earlier snapshot, and [`Vde::recv`] applies one
+//! atomically on another store, ZFS's `send`/`recv` over any pipe.
+//!
+//! # Finding the changes
+//!
+//! An incremental from base snapshot B (txg `b`) to snapshot S walks S's extent map and
+//! skips every subtree whose pointer was born at or before `b`: copy-on-write gives a
+//! node a birth at least that of anything below it, so such a subtree is shared with B
+//! unchanged. Extents born after `b` are shipped as Write records; unchanged data is
+//! never read. Ranges that B mapped and S does not (overwritten with zeros, zeroed or
+//! deallocated) are shipped as Free records: B's extent map is walked skipping every
+//! subtree S shares (the pointers the first walk skipped), so only B's rewritten leaves
+//! are read, and what of their entries S's rewritten leaves do not cover is what S no
+//! longer maps. Metadata read and memory are proportional to what
+//! changed, not to the volume.
+//!
+//! # Receiving
+//!
+//! A stream is applied to a hidden volume `VOL%recv` (a clone of the base snapshot for an
+//! incremental, a new volume for a full stream) that users do not see. Only when the
+//! End record has verified does one txg make it the volume (for an incremental into an
+//! existing volume: its extent map and dead list replace the volume's, which equal the
+//! base's) and take the snapshot with the sender's GUID. A receive that stops, is killed
+//! or loses power leaves the volume as it was and the hidden volume holding a prefix of
+//! the stream (volume writes are durable in order): [`Vde::recv_token`] says where to
+//! resume, `send -t` sends the rest, and `recv -A` ([`Vde::recv_abort`]) discards it.
+
+use super::VdeError;
+use super::block::{BLOCK, NodeKind};
+use super::dataset::{
+    DatasetKind, DatasetRec, Head, VolExtent, lookup, not_found, put_head, snapshot_head, store_rec, take_head,
+    with_datasets,
+};
+use super::store::Vde;
+use super::stream::{MAX_WRITE, Record, StreamError, StreamHeader, StreamReader, StreamWriter};
+use super::tree::{Tree, Visit};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// A receive flushes what it wrote every this many bytes (a resume starts at most this
+/// far back).
+pub const RECV_FLUSH_BYTES: u64 = 8 << 20;
+
+/// The hidden volume a receive into `vol` writes.
+pub fn recv_name(vol: &str) -> String {
+    format!("{vol}%recv")
+}
+
+/// What [`Vde::send`] shipped (the statistics `vde send --json` prints).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SendStats {
+    /// The snapshot sent (`VOL@SNAP`) and the base (`VOL@BASE`, or empty for a full
+    /// stream).
+    pub snapshot: String,
+    /// The base snapshot, empty for a full stream.
+    pub base: String,
+    /// Data extents shipped (pieces of the extent map, up to 128 KiB each).
+    pub extents: u64,
+    /// Write records and the data bytes they carry.
+    pub writes: u64,
+    /// Data bytes in Write records.
+    pub write_bytes: u64,
+    /// Free records and the bytes they free.
+    pub frees: u64,
+    /// Bytes the Free records free.
+    pub free_bytes: u64,
+    /// Stream bytes, header and End record included.
+    pub stream_bytes: u64,
+    /// The volume's size at the snapshot, bytes.
+    pub volume_bytes: u64,
+    /// Volume blocks (4 KiB) neither written nor freed by the stream.
+    pub blocks_skipped: u64,
+    /// `stream_bytes / volume_bytes`.
+    pub efficiency: f64,
+}
+
+/// What [`Vde::recv`] applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecvStats {
+    /// The snapshot made, `VOL@SNAP`.
+    pub snapshot: String,
+    /// Write records applied and their data bytes.
+    pub writes: u64,
+    /// Data bytes written.
+    pub write_bytes: u64,
+    /// Free records applied.
+    pub frees: u64,
+    /// Bytes freed.
+    pub free_bytes: u64,
+    /// Stream bytes read.
+    pub stream_bytes: u64,
+    /// The volume offset the stream started at (non-zero for a resumed stream), bytes.
+    pub resumed_at: u64,
+}
+
+/// Where an interrupted receive stopped: enough for the sender to send the rest
+/// (ZFS's `receive_resume_token`). Text form: `1-TO-FROM-OFFSET-SUM`, hex fields, SUM the
+/// low 32 bits of the xxh3-64 of the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeToken {
+    /// The target snapshot's GUID.
+    pub to_guid: u64,
+    /// The base snapshot's GUID, 0 for a full stream.
+    pub from_guid: u64,
+    /// Volume bytes received: the resumed stream starts here (a multiple of 4096).
+    pub offset: u64,
+}
+
+impl std::fmt::Display for ResumeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = format!("1-{:x}-{:x}-{:x}", self.to_guid, self.from_guid, self.offset);
+        write!(f, "{body}-{:x}", xxh3_64(body.as_bytes()) as u32)
+    }
+}
+
+impl std::str::FromStr for ResumeToken {
+    type Err = VdeError;
+
+    fn from_str(s: &str) -> Result<ResumeToken, VdeError> {
+        let bad = || VdeError::Unsupported(format!("{s:?} is not a resume token (vde recv-token prints one)"));
+        let (body, sum) = s.trim().rsplit_once('-').ok_or_else(bad)?;
+        if u32::from_str_radix(sum, 16).ok() != Some(xxh3_64(body.as_bytes()) as u32) {
+            return Err(bad());
+        }
+        let f: Vec<&str> = body.split('-').collect();
+        if f.len() != 4 || f[0] != "1" {
+            return Err(bad());
+        }
+        let hex = |x: &str| u64::from_str_radix(x, 16).map_err(|_| bad());
+        let t = ResumeToken {
+            to_guid: hex(f[1])?,
+            from_guid: hex(f[2])?,
+            offset: hex(f[3])?,
+        };
+        if t.to_guid == 0 || t.offset % BLOCK as u64 != 0 {
+            return Err(bad());
+        }
+        Ok(t)
+    }
+}
+
+fn stream_err(e: StreamError) -> VdeError {
+    match e {
+        StreamError::Io(e) => VdeError::Io {
+            what: "the stream".into(),
+            source: Box::new(e),
+        },
+        e => VdeError::Unsupported(format!("refused: {e}")),
+    }
+}
+
+fn corrupt_extent(r: String) -> VdeError {
+    VdeError::Corrupt {
+        block: 0,
+        kind: NodeKind::Extents.name(),
+        reason: r,
+    }
+}
+
+/// An extent map entry's volume block.
+fn entry_vblock(key: &[u8]) -> Result<u64, VdeError> {
+    let k: [u8; 8] = key
+        .try_into()
+        .map_err(|_| corrupt_extent(format!("extent key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(k))
+}
+
+/// Writes Write and Free records in volume order, coalescing adjacent extents into
+/// Write records of up to [`MAX_WRITE`] bytes.
+struct Emitter<'a, W: Write> {
+    w: StreamWriter<W>,
+    /// Free ranges (blocks), ascending, not yet written.
+    frees: std::vec::IntoIter<(u64, u64)>,
+    next_free: Option<(u64, u64)>,
+    /// Data waiting to be written at block `pending_at`.
+    pending: Vec<u8>,
+    pending_at: u64,
+    /// Blocks before this were sent by an earlier stream (resume).
+    skip_to: u64,
+    stats: &'a mut SendStats,
+}
+
+impl<W: Write> Emitter<'_, W> {
+    /// Frees starting before block `upto`.
+    fn frees_before(&mut self, upto: u64) -> Result<(), VdeError> {
+        while let Some((s, n)) = self.next_free.filter(|f| f.0 < upto) {
+            self.flush()?;
+            let (s, n) = clip(s, n, self.skip_to);
+            if n > 0 {
+                self.w.free(s * BLOCK as u64, n * BLOCK as u64).map_err(stream_err)?;
+            }
+            self.next_free = self.frees.next();
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), VdeError> {
+        if !self.pending.is_empty() {
+            self.w
+                .write(self.pending_at * BLOCK as u64, &self.pending)
+                .map_err(stream_err)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Data `data` for blocks from `vblock`.
+    fn data(&mut self, vblock: u64, data: &[u8]) -> Result<(), VdeError> {
+        self.frees_before(vblock)?;
+        let contiguous = self.pending_at + (self.pending.len() / BLOCK) as u64 == vblock;
+        if !contiguous || self.pending.len() + data.len() > MAX_WRITE {
+            self.flush()?;
+        }
+        if self.pending.is_empty() {
+            self.pending_at = vblock;
+        }
+        self.pending.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Appends range `s..s + n` (at or after the last one's start) to `out`, merging it with
+/// the last one when they touch or overlap.
+fn push_merged(out: &mut Vec<(u64, u64)>, s: u64, n: u64) {
+    match out.last_mut() {
+        Some(l) if s <= l.0 + l.1 => l.1 = l.1.max(s + n - l.0),
+        _ => out.push((s, n)),
+    }
+}
+
+/// `s..s + n` without the blocks before `from`.
+fn clip(s: u64, n: u64, from: u64) -> (u64, u64) {
+    if s >= from {
+        (s, n)
+    } else {
+        (from, (s + n).saturating_sub(from))
+    }
+}
+
+impl Vde {
+    /// Every dataset with GUID `guid`, as (name, record); a received one keeps its
+    /// sender's, so one store may not hold two with one GUID from one sender, but
+    /// several would all be found.
+    fn by_guid(&self, guid: u64) -> Result<Vec<(String, DatasetRec)>, VdeError> {
+        Ok(self
+            .datasets_with_prefix(b"")?
+            .into_iter()
+            .filter(|(_, r)| r.guid == guid)
+            .map(|(n, r)| (String::from_utf8_lossy(&n).into_owned(), r))
+            .collect())
+    }
+
+    /// The snapshot with GUID `guid`.
+    fn snapshot_by_guid(&self, guid: u64, what: &str) -> Result<(String, DatasetRec), VdeError> {
+        self.by_guid(guid)?
+            .into_iter()
+            .find(|(_, r)| r.kind == DatasetKind::Snapshot)
+            .ok_or_else(|| VdeError::NotFound(format!("{what} (a snapshot with GUID {guid:#x}) is not on this store")))
+    }
+
+    /// Whether snapshot `base` precedes snapshot `snap` in `snap`'s history: an earlier
+    /// snapshot of its volume, or of the volume its origin belongs to, and so on.
+    fn precedes(&self, base: &str, base_rec: &DatasetRec, snap: &str, snap_rec: &DatasetRec) -> Result<bool, VdeError> {
+        let (mut vol, mut upto) = (
+            snap.split_once('@').map_or(snap, |x| x.0).to_string(),
+            snap_rec.created_txg,
+        );
+        for _ in 0..1024 {
+            if base.split_once('@').map(|x| x.0) == Some(vol.as_str()) && base_rec.created_txg < upto {
+                return Ok(true);
+            }
+            let v = self.dataset(&vol)?;
+            if v.origin.is_empty() {
+                return Ok(false);
+            }
+            let origin = String::from_utf8_lossy(&v.origin).into_owned();
+            let o = self.dataset(&origin)?;
+            if base == origin {
+                return Ok(true);
+            }
+            vol = origin.split_once('@').map_or(origin.as_str(), |x| x.0).to_string();
+            upto = o.created_txg;
+        }
+        Ok(false)
+    }
+
+    /// Sends snapshot `snap` (`VOL@SNAP`) to `out` as a stream: whole, or with `base`
+    /// (`VOL@BASE`, an earlier snapshot of its volume or of its origin's) the changes
+    /// since it. `resume_offset` (bytes, a multiple of 4096) leaves out what an
+    /// interrupted receive has ([`ResumeToken::offset`]); `progress` sees the volume
+    /// offset reached (bytes).
+    ///
+    /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (not snapshots, a base
+    /// that does not precede `snap`), [`VdeError::DataCorrupt`] (a data block fails its
+    /// checksum: nothing more is sent, and the stream has no End record), I/O errors
+    /// (the device's, or writing `out`).
+    pub fn send(
+        &self,
+        snap: &str,
+        base: Option<&str>,
+        resume_offset: u64,
+        out: &mut dyn Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<SendStats, VdeError> {
+        let (vol, _) = snap
+            .split_once('@')
+            .ok_or_else(|| VdeError::Unsupported(format!("send a snapshot, VOL@SNAP, not {snap:?}")))?;
+        let s = self.dataset(snap)?;
+        let v = self.dataset(vol)?;
+        let b = match base {
+            None => None,
+            Some(bn) => {
+                let b = self.dataset(bn)?;
+                if b.kind != DatasetKind::Snapshot || !self.precedes(bn, &b, snap, &s)? {
+                    return Err(VdeError::Unsupported(format!(
+                        "the base {bn} is not a snapshot earlier in {snap}'s history"
+                    )));
+                }
+                Some(b)
+            }
+        };
+        if resume_offset % BLOCK as u64 != 0 || resume_offset > s.size {
+            return Err(VdeError::Unsupported(format!(
+                "resume offset {resume_offset} in a volume of {} bytes",
+                s.size
+            )));
+        }
+        let min = b.as_ref().map_or(0, |b| b.created_txg);
+        let frees = match &b {
+            Some(b) => self.freed(&s, b)?,
+            None => Vec::new(),
+        };
+        let header = StreamHeader {
+            compat: 0,
+            incompat: 0,
+            store_uuid: self.state()?.sb.uuid,
+            volume_guid: v.guid,
+            from_guid: b.as_ref().map_or(0, |b| b.guid),
+            from_txg: min,
+            to_guid: s.guid,
+            to_txg: s.created_txg,
+            volume_bytes: s.size,
+            name: snap.to_string(),
+            resume_offset,
+        };
+        let mut stats = SendStats {
+            snapshot: snap.to_string(),
+            base: base.unwrap_or_default().to_string(),
+            volume_bytes: s.size,
+            ..SendStats::default()
+        };
+        let mut frees = frees.into_iter();
+        let next_free = frees.next();
+        let mut em = Emitter {
+            w: StreamWriter::new(out, &header).map_err(stream_err)?,
+            frees,
+            next_free,
+            pending: Vec::with_capacity(MAX_WRITE),
+            pending_at: 0,
+            skip_to: resume_offset / BLOCK as u64,
+            stats: &mut stats,
+        };
+        {
+            let mut st = self.state()?;
+            let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
+            let mut lane = self.lane()?;
+            let mut buf = vec![0u8; 32 * BLOCK];
+            Tree::walk(&mut st.io(), NodeKind::Extents, s.extents, min, &mut |vis| {
+                let Visit::Entry { key, value } = vis else {
+                    return Ok(());
+                };
+                let e = VolExtent::decode(value, first, total).map_err(corrupt_extent)?;
+                let vb = entry_vblock(key)?;
+                if e.birth <= min || vb + e.len <= em.skip_to {
+                    return Ok(());
+                }
+                let from = em.skip_to.saturating_sub(vb);
+                let bytes = &mut buf[..e.len as usize * BLOCK];
+                lane.read(e.pba, bytes)?;
+                self.vol_verify(snap, vb, &e, bytes)?;
+                em.stats.extents += 1;
+                em.data(vb + from, &bytes[from as usize * BLOCK..])?;
+                progress((vb + e.len) * BLOCK as u64);
+                Ok(())
+            })?;
+        }
+        em.frees_before(u64::MAX)?;
+        em.flush()?;
+        let t = em.w.finish().map_err(stream_err)?;
+        stats.writes = t.writes;
+        stats.write_bytes = t.write_bytes;
+        stats.frees = t.frees;
+        stats.free_bytes = t.free_bytes;
+        stats.stream_bytes = t.stream_bytes + super::stream::FRAME_BYTES as u64 + 40;
+        let carried = (t.write_bytes + t.free_bytes) / BLOCK as u64;
+        stats.blocks_skipped = (s.size / BLOCK as u64).saturating_sub(carried);
+        stats.efficiency = stats.stream_bytes as f64 / s.size.max(1) as f64;
+        progress(s.size);
+        Ok(stats)
+    }
+
+    /// Ranges (blocks, ascending, merged) that base `b` maps and snapshot `s` does not,
+    /// within `s`'s size. See the module's documentation.
+    fn freed(&self, s: &DatasetRec, b: &DatasetRec) -> Result<Vec<(u64, u64)>, VdeError> {
+        let min = b.created_txg;
+        // S's rewritten leaves: every entry (any birth), and the subtrees S shares with B.
+        let mut shared = HashSet::new();
+        let mut smap: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut cand: Vec<(u64, u64)> = Vec::new();
+        {
+            let mut st = self.state()?;
+            let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
+            let mut prune = |p: &super::block::BlockPtr| {
+                let old = p.birth <= min;
+                if old {
+                    shared.insert(p.addr);
+                }
+                old
+            };
+            Tree::walk_pruned(&mut st.io(), NodeKind::Extents, s.extents, &mut prune, &mut |vis| {
+                if let Visit::Entry { key, value } = vis {
+                    let e = VolExtent::decode(value, first, total).map_err(corrupt_extent)?;
+                    smap.insert(entry_vblock(key)?, e.len);
+                }
+                Ok(())
+            })?;
+            Tree::walk_pruned(
+                &mut st.io(),
+                NodeKind::Extents,
+                b.extents,
+                &mut |p| shared.contains(&p.addr),
+                &mut |vis| {
+                    if let Visit::Entry { key, value } = vis {
+                        let e = VolExtent::decode(value, first, total).map_err(corrupt_extent)?;
+                        cand.push((entry_vblock(key)?, e.len));
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        // Every entry of a rewritten leaf of B that S still maps (whole or in pieces) is
+        // in a rewritten leaf of S: a leaf S shares with B holds the same entries in both,
+        // and one map never holds a key twice nor overlapping extents. So what S's
+        // rewritten leaves leave uncovered of B's rewritten leaves is unmapped in S.
+        let end = s.size / BLOCK as u64;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (v, n) in cand {
+            let (v, e) = (v.min(end), (v + n).min(end));
+            let mut at = v;
+            if let Some((&k, &len)) = smap.range(..=v).next_back() {
+                at = at.max((k + len).min(e));
+            }
+            for (&k, &len) in smap.range(at..e) {
+                if k > at {
+                    push_merged(&mut out, at, k - at);
+                }
+                at = at.max((k + len).min(e));
+            }
+            if at < e {
+                push_merged(&mut out, at, e - at);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Vde::send`] for the rest of an interrupted receive: the snapshots are found by
+    /// the token's GUIDs.
+    ///
+    /// Errors: as [`Vde::send`]; [`VdeError::NotFound`] when a snapshot it names is gone.
+    pub fn send_resume(
+        &self,
+        token: &ResumeToken,
+        out: &mut dyn Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<SendStats, VdeError> {
+        let (snap, _) = self.snapshot_by_guid(token.to_guid, "the token's snapshot")?;
+        let base = match token.from_guid {
+            0 => None,
+            g => Some(self.snapshot_by_guid(g, "the token's base")?.0),
+        };
+        self.send(&snap, base.as_deref(), token.offset, out, progress)
+    }
+
+    /// Where the interrupted receive into `vol` stopped, or `None` if none is waiting.
+    ///
+    /// Errors: I/O errors, [`VdeError::Corrupt`].
+    pub fn recv_token(&self, vol: &str) -> Result<Option<ResumeToken>, VdeError> {
+        let hidden = recv_name(vol);
+        let mut st = self.state()?;
+        let Some(h) = lookup(&mut st, hidden.as_bytes())? else {
+            return Ok(None);
+        };
+        let from_guid = if h.origin.is_empty() {
+            0
+        } else {
+            lookup(&mut st, &h.origin)?.ok_or_else(|| not_found(&h.origin))?.guid
+        };
+        drop(st);
+        // Volume writes become durable in the order they were made, and records come
+        // in volume order: everything below the end of the highest block the receive
+        // wrote has arrived (Frees after it are sent again; freeing twice is harmless).
+        let rec = self.dataset(&hidden)?;
+        let mut st = self.state()?;
+        let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
+        let mut offset = 0;
+        Tree::walk(&mut st.io(), NodeKind::Extents, rec.extents, rec.prev_txg, &mut |vis| {
+            if let Visit::Entry { key, value } = vis {
+                let e = VolExtent::decode(value, first, total).map_err(corrupt_extent)?;
+                if e.birth > rec.prev_txg {
+                    offset = offset.max((entry_vblock(key)? + e.len) * BLOCK as u64);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Some(ResumeToken {
+            to_guid: h.guid,
+            from_guid,
+            offset,
+        }))
+    }
+
+    /// Discards the interrupted receive into `vol` (ZFS's `recv -A`). Returns whether
+    /// there was one.
+    ///
+    /// Errors: I/O errors.
+    pub fn recv_abort(&self, vol: &str) -> Result<bool, VdeError> {
+        match self.vol_remove(&recv_name(vol), false) {
+            Ok(()) => Ok(true),
+            Err(VdeError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Receives a stream from `input` into volume `vol`: a full stream makes a new
+    /// volume; an incremental applies onto `vol` (whose newest snapshot must be the
+    /// stream's base, and which must not have been written since, unless `force`: then
+    /// newer snapshots are deleted and `vol` rolled back to the base), or makes `vol` a
+    /// clone of the base when `vol` does not exist. The snapshot `vol@SNAP` appears,
+    /// with the sender's GUID, only once the whole stream has verified; until then `vol`
+    /// is unchanged. `progress` sees stream bytes read.
+    ///
+    /// Errors: [`VdeError::Unsupported`] for a refused stream (corrupt, truncated, of an
+    /// unknown version or feature, out of range: the message says why; what arrived is
+    /// kept for `send -t`) or a refused target (GUID mismatch, missing base, written
+    /// since the base, a receive already waiting); [`VdeError::Exists`],
+    /// [`VdeError::NoSpace`], I/O errors.
+    pub fn recv(
+        &self,
+        vol: &str,
+        force: bool,
+        input: &mut dyn Read,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<RecvStats, VdeError> {
+        super::dataset::check_name("volume", vol)?;
+        let mut r = StreamReader::new(input).map_err(stream_err)?;
+        let h = r.header().clone();
+        let snap_part = h.name.split_once('@').map_or("", |x| x.1).to_string();
+        let full = format!("{vol}@{snap_part}");
+        let hidden = recv_name(vol);
+        match self.dataset(&full) {
+            Ok(_) => return Err(VdeError::Exists(full)),
+            Err(VdeError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let waiting = self.recv_token(vol)?;
+        if h.resume_offset > 0 || waiting.is_some() {
+            let Some(t) = waiting else {
+                return Err(VdeError::Unsupported(format!(
+                    "the stream resumes a receive at byte {}, but none into {vol} is waiting",
+                    h.resume_offset
+                )));
+            };
+            if h.resume_offset == 0 || t.to_guid != h.to_guid || t.from_guid != h.from_guid {
+                return Err(VdeError::Unsupported(format!(
+                    "a partial receive into {vol} is waiting (resume it with `vde send -t {t}`, or discard it \
+                     with `vde recv -A`); this stream is not its continuation"
+                )));
+            }
+            if h.resume_offset > t.offset {
+                return Err(VdeError::Unsupported(format!(
+                    "the stream resumes at byte {}, but {vol}'s receive has only {} bytes: send with the token {t}",
+                    h.resume_offset, t.offset
+                )));
+            }
+        } else {
+            self.recv_begin(vol, &hidden, &h, force)?;
+        }
+        let mut stats = RecvStats {
+            snapshot: full.clone(),
+            resumed_at: h.resume_offset,
+            ..RecvStats::default()
+        };
+        let mut unflushed = 0u64;
+        loop {
+            // What arrived becomes durable every RECV_FLUSH_BYTES, so an interrupted
+            // receive resumes from near where it stopped.
+            if unflushed >= RECV_FLUSH_BYTES {
+                self.vol_flush()?;
+                unflushed = 0;
+            }
+            let rec = r.next_record().map_err(stream_err)?;
+            match rec {
+                Some(Record::Write { offset, data }) => {
+                    self.vol_write(&hidden, offset / BLOCK as u64, &data, false)?;
+                    stats.writes += 1;
+                    stats.write_bytes += data.len() as u64;
+                    unflushed += data.len() as u64;
+                }
+                Some(Record::Free { offset, len }) => {
+                    self.vol_unmap(&hidden, offset / BLOCK as u64, len / BLOCK as u64)?;
+                    stats.frees += 1;
+                    stats.free_bytes += len;
+                }
+                None => break,
+            }
+            progress(r.position());
+        }
+        stats.stream_bytes = r.position();
+        self.vol_flush()?;
+        self.recv_finish(vol, &hidden, &full, &h)?;
+        Ok(stats)
+    }
+
+    /// Checks the target of a new receive and makes its hidden volume.
+    fn recv_begin(&self, vol: &str, hidden: &str, h: &StreamHeader, force: bool) -> Result<(), VdeError> {
+        let existing = match self.dataset(vol) {
+            Ok(r) => Some(r),
+            Err(VdeError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if h.from_guid == 0 {
+            if existing.is_some() {
+                return Err(VdeError::Exists(format!(
+                    "{vol} (a full stream makes a new volume; receive it under another name)"
+                )));
+            }
+            self.vol_create_named(hidden, h.volume_bytes)?;
+        } else {
+            let base = match &existing {
+                Some(_) => {
+                    // Listing the snapshots commits open heads: the volume's record below
+                    // is then current.
+                    let snaps = self.snapshots_of(vol)?;
+                    let v = self.dataset(vol)?;
+                    if v.kind != DatasetKind::Volume {
+                        return Err(VdeError::Unsupported(format!("{vol} is not a volume")));
+                    }
+                    if v.guid != h.volume_guid {
+                        return Err(VdeError::Unsupported(format!(
+                            "{vol} is another volume than the stream's (GUID {:#x}, the stream's {:#x})",
+                            v.guid, h.volume_guid
+                        )));
+                    }
+                    let Some(at) = snaps.iter().position(|(_, r)| r.guid == h.from_guid) else {
+                        return Err(VdeError::Unsupported(format!(
+                            "{vol} has no snapshot with the stream's base GUID {:#x}",
+                            h.from_guid
+                        )));
+                    };
+                    let base_name = String::from_utf8_lossy(&snaps[at].0).into_owned();
+                    let base_snap = base_name.split_once('@').map_or("", |x| x.1).to_string();
+                    let newer = &snaps[at + 1..];
+                    let written = v.extents != snaps[at].1.extents || v.dead_blocks != 0 || !newer.is_empty();
+                    if written && !force {
+                        return Err(VdeError::Unsupported(if newer.is_empty() {
+                            format!(
+                                "{vol} was written after its snapshot {base_name}, the stream's base; -F rolls it back"
+                            )
+                        } else {
+                            format!(
+                                "{vol} has {} snapshot(s) newer than the stream's base {base_name}; -F deletes them",
+                                newer.len()
+                            )
+                        }));
+                    }
+                    for (n, _) in newer.iter().rev() {
+                        let n = String::from_utf8_lossy(n).into_owned();
+                        self.snap_remove(vol, n.split_once('@').map_or("", |x| x.1))?;
+                    }
+                    if written {
+                        self.rollback(vol, &base_snap)?;
+                    }
+                    base_name
+                }
+                None => self.snapshot_by_guid(h.from_guid, "the stream's base")?.0,
+            };
+            let (bv, bs) = base.split_once('@').expect("a snapshot name");
+            self.clone_named(bv, bs, hidden)?;
+            if self.dataset(hidden)?.size != h.volume_bytes {
+                self.vol_resize(hidden, h.volume_bytes)?;
+            }
+        }
+        // The hidden volume carries the target's GUID: it names the stream it receives.
+        let mut st = self.state()?;
+        let mut hd = take_head(&mut st, hidden.as_bytes())?;
+        hd.rec.guid = h.to_guid;
+        hd.dirty = true;
+        put_head(&mut st, hidden.as_bytes(), hd);
+        st.commit(&self.log)
+    }
+
+    /// Makes the hidden volume `vol` and snapshot `full` in one txg.
+    fn recv_finish(&self, vol: &str, hidden: &str, full: &str, h: &StreamHeader) -> Result<(), VdeError> {
+        let _t = self.topology();
+        let mut st = self.state()?;
+        // Every head's trees written: the records below are current.
+        st.commit(&self.log)?;
+        let r = (|| {
+            let hd = take_head(&mut st, hidden.as_bytes())?;
+            let hid = hd.rec.clone();
+            put_head(&mut st, hidden.as_bytes(), hd);
+            match lookup(&mut st, vol.as_bytes())? {
+                Some(v) => {
+                    // Into the existing volume, which holds exactly the base: the
+                    // received extent map and dead list replace its own.
+                    let origin = lookup(&mut st, &hid.origin)?.ok_or_else(|| not_found(&hid.origin))?;
+                    if v.extents != origin.extents || v.dead_blocks != 0 || v.prev_txg != hid.prev_txg {
+                        return Err(VdeError::Unsupported(format!(
+                            "{vol} changed during the receive; the received data stays in {hidden}"
+                        )));
+                    }
+                    let mut vh = take_head(&mut st, vol.as_bytes())?;
+                    vh.rec.extents = hid.extents;
+                    vh.rec.deadlist = hid.deadlist;
+                    vh.rec.refer_blocks = hid.refer_blocks;
+                    vh.rec.dead_blocks = hid.dead_blocks;
+                    vh.rec.size = hid.size;
+                    vh.extents = Tree::open(NodeKind::Extents, hid.extents);
+                    vh.deadlist = Tree::open(NodeKind::Deadlist, hid.deadlist);
+                    vh.dirty = true;
+                    let rec = vh.rec.clone();
+                    put_head(&mut st, vol.as_bytes(), vh);
+                    store_rec(&mut st, vol.as_bytes(), &rec)?;
+                    let mut o = origin;
+                    o.clones = o.clones.saturating_sub(1);
+                    store_rec(&mut st, &hid.origin, &o)?;
+                }
+                None => {
+                    let rec = DatasetRec {
+                        guid: h.volume_guid,
+                        ..hid.clone()
+                    };
+                    st.heads.insert(vol.as_bytes().to_vec(), Head::new(rec.clone()));
+                    store_rec(&mut st, vol.as_bytes(), &rec)?;
+                }
+            }
+            st.heads.remove(hidden.as_bytes());
+            with_datasets(&mut st, |t, st| t.remove(&mut st.io(), hidden.as_bytes()).map(|_| ()))?;
+            snapshot_head(&mut st, vol.as_bytes(), full.as_bytes(), h.to_guid)
+        })();
+        r.map_err(|e| st.poison(e))?;
+        st.commit(&self.log)
+    }
+}
