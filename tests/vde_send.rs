@@ -354,12 +354,12 @@ fn a_truncated_receive_resumes_from_its_token() {
     }
     snap(&a, "v@s0");
     let (full, _) = send(&a, "v@s0", None);
-    // Cut after ~20 MiB: two periodic flushes (every 8 MiB) made 16 MiB durable.
+    // Cut after ~20 MiB: everything applied counts (the token commits what is open).
     let err = recv(&b, "v", &full[..20 << 20]).unwrap_err();
     assert!(err.to_string().contains("truncated"), "{err}");
     assert!(b.dataset("v").is_err() && b.snap_list(None).unwrap().is_empty());
     let token = b.recv_token("v").unwrap().expect("a token");
-    assert!(token.offset >= 16 << 20, "{token:?}");
+    assert!(token.offset >= 19 << 20, "{token:?}");
     let token: ResumeToken = token.to_string().parse().unwrap();
     // A fresh stream is refused while the receive waits.
     let r = recv(&b, "v", &full);
@@ -445,6 +445,35 @@ fn a_receive_killed_mid_stream_keeps_the_replica_and_resumes_with_send_t() {
     r.stdin.take().unwrap().write_all(&s0).unwrap();
     assert!(r.wait().unwrap().success());
     let s1 = ok(&["vde", "send", da.path(), "v@s1", "-i", "@s0"]);
+    // A stream cut short: with -s the receive keeps what arrived and names the token,
+    // the one `recv-token` prints (it once named the last commit's, 0 here).
+    let mut r = Command::new(env!("CARGO_BIN_EXE_ironvme"))
+        .args(["vde", "recv", db.path(), "v", "-s"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    r.stdin.take().unwrap().write_all(&s1[..12 << 20]).unwrap();
+    let o = r.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains("truncated"), "{err}");
+    let token = String::from_utf8(ok(&["vde", "recv-token", db.path(), "v"])).unwrap();
+    assert!(err.contains(&format!("send -t {}", token.trim())), "{err} / {token}");
+    assert!(
+        token.trim().parse::<ResumeToken>().unwrap().offset >= 11 << 20,
+        "{token}"
+    );
+    ok(&["vde", "recv", db.path(), "v", "-A"]);
+    // Without -s a failed receive keeps nothing.
+    let mut r = Command::new(env!("CARGO_BIN_EXE_ironvme"))
+        .args(["vde", "recv", db.path(), "v"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    r.stdin.take().unwrap().write_all(&s1[..12 << 20]).unwrap();
+    assert!(!r.wait().unwrap().success());
+    assert!(!ironvme(&["vde", "recv-token", db.path(), "v"]).status.success());
     let mut r = Command::new(env!("CARGO_BIN_EXE_ironvme"))
         .args(["vde", "recv", db.path(), "v"])
         .stdin(Stdio::piped())

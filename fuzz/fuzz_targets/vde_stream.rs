@@ -8,6 +8,8 @@
 //!   checksum and each record's chained checksum are recomputed, so the checks behind the
 //!   checksums (types, lengths, ranges, order, the End record's counts) are what is
 //!   fuzzed. Bit 0 clear: the bytes as they are (the checksums themselves are fuzzed).
+//!   Bit 1 set: the rest is not a stream but a resume token as a user types it to
+//!   `vde send -t` (`ResumeToken::from_str`).
 //! - the rest: the stream.
 //!
 //! # Oracles
@@ -17,11 +19,13 @@
 //!    with the header and records the reader returned, to exactly the bytes it read:
 //!    nothing the reader accepts is ambiguous, and nothing is accepted that the writer
 //!    would not have written.
-//! 3. A reader that refused a stream keeps refusing (`next_record` after an error is not called:
+//! 3. A token that parses prints as the same text (trimmed): a token is unambiguous.
+//! 4. A reader that refused a stream keeps refusing (`next_record` after an error is not called:
 //!    the API says not to), and one that returned `None` returns `None` again.
 
 #![no_main]
 
+use ironvme::vde::ResumeToken;
 use ironvme::vde::stream::{FRAME_BYTES, HEADER_BYTES, Record, StreamReader, StreamWriter};
 use libfuzzer_sys::fuzz_target;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -59,6 +63,13 @@ fuzz_target!(|input: &[u8]| {
     let Some((&mode, rest)) = input.split_first() else {
         return;
     };
+    if mode & 2 == 2 {
+        let Ok(text) = std::str::from_utf8(rest) else { return };
+        if let Ok(t) = text.parse::<ResumeToken>() {
+            assert_eq!(t.to_string(), text.trim(), "a token prints as it was read");
+        }
+        return;
+    }
     let mut bytes = rest.to_vec();
     if mode & 1 == 1 {
         reseal(&mut bytes);

@@ -134,7 +134,9 @@ impl std::str::FromStr for ResumeToken {
             from_guid: hex(f[2])?,
             offset: hex(f[3])?,
         };
-        if t.to_guid == 0 || t.offset % BLOCK as u64 != 0 {
+        // One spelling per token: the one Display prints (no '+', capitals or leading
+        // zeros).
+        if t.to_guid == 0 || t.offset % BLOCK as u64 != 0 || t.to_string() != s.trim() {
             return Err(bad());
         }
         Ok(t)
@@ -501,7 +503,13 @@ impl Vde {
         // Volume writes become durable in the order they were made, and records come
         // in volume order: everything below the end of the highest block the receive
         // wrote has arrived (Frees after it are sent again; freeing twice is harmless).
-        let rec = self.dataset(&hidden)?;
+        // Listing commits open heads (durable, then), so the record's root is current.
+        let rec = self
+            .datasets_with_prefix(hidden.as_bytes())?
+            .into_iter()
+            .find(|(n, _)| n == hidden.as_bytes())
+            .ok_or_else(|| not_found(hidden.as_bytes()))?
+            .1;
         let mut st = self.state()?;
         let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
         let mut offset = 0;
@@ -752,5 +760,32 @@ impl Vde {
         })();
         r.map_err(|e| st.poison(e))?;
         st.commit(&self.log)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_reads_back_and_a_changed_one_is_refused() {
+        let t = ResumeToken {
+            to_guid: 0xfeed_beef_1234,
+            from_guid: 0,
+            offset: 16 << 20,
+        };
+        let text = t.to_string();
+        assert_eq!(text.parse::<ResumeToken>().unwrap(), t);
+        assert_eq!(format!(" {text}\n").parse::<ResumeToken>().unwrap(), t);
+        for bad in [
+            text.replacen("1-", "2-", 1),
+            text.replacen("-1000000-", "-2000000-", 1),
+            text.to_uppercase(),
+            text.replacen("1-f", "1-+f", 1),
+            text[..text.len() - 1].to_string(),
+            String::new(),
+        ] {
+            assert!(bad.parse::<ResumeToken>().is_err(), "{bad:?}");
+        }
     }
 }

@@ -172,7 +172,7 @@ impl StreamHeader {
     /// Encoded: magic, `u32 version, u32 header bytes (256), u64 compat, u64 incompat,
     /// [u8; 16] store UUID, u64 volume GUID, u64 from GUID, u64 from txg, u64 to GUID,
     /// u64 to txg, u64 volume bytes, u32 block size (4096), u8 name length, name, zeros
-    /// to byte 232, u64 resume offset, u64 xxh3-64 of bytes 0..248`. Panics if the name is empty or longer
+    /// to byte 232, u64 resume offset, 8 zero bytes, u64 xxh3-64 of bytes 0..248`. Panics if the name is empty or longer
     /// than [`MAX_NAME`].
     pub fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut h = [0u8; HEADER_BYTES];
@@ -243,6 +243,9 @@ impl StreamHeader {
         let n = h[100] as usize;
         if n == 0 || n > MAX_NAME || h[101 + n..RESUME_AT].iter().any(|&b| b != 0) {
             return Err(malformed(0, "the snapshot name field"));
+        }
+        if h[RESUME_AT + 8..HEADER_BYTES - 8].iter().any(|&b| b != 0) {
+            return Err(malformed(0, "reserved header bytes 240..248 are not zero"));
         }
         let name = std::str::from_utf8(&h[101..101 + n])
             .map_err(|_| malformed(0, "the snapshot name is not UTF-8"))?
@@ -737,6 +740,13 @@ mod tests {
         let mut out = Vec::new();
         StreamWriter::new(&mut out, &h).unwrap().finish().unwrap();
         assert_eq!(read_all(&out).unwrap().1, vec![]);
+        // Reserved bytes 240..248 (found by the fuzzer: they were read past, so two
+        // encodings meant one header).
+        let mut b = header(4 << 20).encode();
+        b[243] = 1;
+        let sum = xxh3_64(&b[..HEADER_BYTES - 8]);
+        put64(&mut b, HEADER_BYTES - 8, sum);
+        assert!(matches!(read_all(&b), Err(StreamError::Malformed { .. })));
         // A name that is not VOL@SNAP, each part a dataset name.
         for bad in ["db", "db@", "@tue", "d b@tue", "db@tue@wed", "db/x@tue"] {
             let mut h = header(4 << 20);
