@@ -143,3 +143,61 @@ pub fn ironvme(args: &[&str]) -> Output {
         .output()
         .expect("run ironvme")
 }
+
+/// The xxh3-64 of the whole of volume or snapshot `name` on the store on `spec`, read
+/// through `vde:SPEC:NAME` as any device is read.
+pub fn volume_hash(spec: &str, backend: ironvme::Backend, name: &str) -> u64 {
+    use ironvme::block::{Op, run_one};
+    use ironvme::vde::volume::{VolumeDevice, VolumeSpec};
+    let vs = VolumeSpec::parse(&format!("vde:{spec}:{name}")).unwrap().unwrap();
+    let o = ironvme::OpenOptions {
+        backend: Some(backend),
+        ..Default::default()
+    };
+    let dev = VolumeDevice::open(&vs, &o).unwrap();
+    let blocks = dev.namespace().blocks;
+    let mut q = dev.create_queue(1).unwrap();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let chunk = 32u64;
+    let mut lba = 0;
+    while lba < blocks {
+        let n = chunk.min(blocks - lba);
+        let buf = dev.device().dma().allocate(n as usize * 4096).unwrap();
+        let buf = run_one(&mut q, Op::Read { lba }, Some(buf))
+            .map_err(|e| e.error)
+            .unwrap()
+            .unwrap();
+        h.update(&buf.as_slice()[..n as usize * 4096]);
+        lba += n;
+    }
+    h.digest()
+}
+
+/// `ironvme SEND... | ironvme RECV...` through a pipe; both must succeed. Returns the
+/// statistics both print with --json (send's on standard error).
+pub fn send_recv(send: &[&str], recv: &[&str]) -> (serde_json::Value, serde_json::Value) {
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_ironvme");
+    let mut s = Command::new(bin)
+        .args(send)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = Command::new(bin)
+        .args(recv)
+        .arg("--json")
+        .stdin(s.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    let so = s.wait_with_output().unwrap();
+    assert!(
+        so.status.success() && r.status.success(),
+        "{send:?} | {recv:?}: {}{}",
+        String::from_utf8_lossy(&so.stderr),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+    (json(&so.stderr), json(&r.stdout))
+}
