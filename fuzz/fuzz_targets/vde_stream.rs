@@ -26,7 +26,7 @@
 #![no_main]
 
 use ironvme::vde::ResumeToken;
-use ironvme::vde::stream::{FRAME_BYTES, HEADER_BYTES, Record, StreamReader, StreamWriter};
+use ironvme::vde::stream::{FRAME_BYTES, HEADER_BYTES, Record, StreamReader, StreamWriter, chained_bytes};
 use libfuzzer_sys::fuzz_target;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -53,7 +53,7 @@ fn reseal(s: &mut [u8]) {
             let data = xxh3_64(&s[at + 24..end]);
             s[at + 16..at + 24].copy_from_slice(&data.to_le_bytes());
         }
-        seed = xxh3_64_with_seed(&s[at..end], seed);
+        seed = xxh3_64_with_seed(&s[at..at + chained_bytes(s[at], len)], seed);
         s[end..end + 8].copy_from_slice(&seed.to_le_bytes());
         at = end + 8;
     }

@@ -32,6 +32,14 @@ pub const FRAME_BYTES: usize = 16;
 /// set in its incompat flags is refused.
 pub const INCOMPAT_KNOWN: u64 = 0;
 
+/// How many bytes of a record of type `ty` with `len` payload bytes its chained checksum
+/// covers, from the frame's first byte: the 8-byte frame and the payload, except a Write's
+/// data (its own xxh3-64, in the payload's first 16 bytes, binds it; so data is hashed
+/// once, not twice).
+pub fn chained_bytes(ty: u8, len: usize) -> usize {
+    8 + if ty == kind::WRITE { len.min(16) } else { len }
+}
+
 /// Record types (the first byte of a frame).
 mod kind {
     pub const WRITE: u8 = 1;
@@ -322,7 +330,7 @@ impl<W: Write> StreamWriter<W> {
                 stream_bytes: HEADER_BYTES as u64,
                 ..StreamTotals::default()
             },
-            frame: Vec::with_capacity(FRAME_BYTES + 16 + MAX_WRITE),
+            frame: Vec::with_capacity(FRAME_BYTES + 40),
         })
     }
 
@@ -339,19 +347,20 @@ impl<W: Write> StreamWriter<W> {
         self.next = offset + len;
     }
 
-    /// Appends a record of `type` with `payload`, chaining its checksum.
-    fn record(&mut self, ty: u8, parts: &[&[u8]]) -> Result<(), StreamError> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
+    /// Appends a record of `type` with payload `fixed` then `data` (a Write's data,
+    /// else empty), chaining its checksum over the frame and `fixed`: a Write's data is
+    /// bound by its own checksum, which `fixed` holds.
+    fn record(&mut self, ty: u8, fixed: &[u8], data: &[u8]) -> Result<(), StreamError> {
         self.frame.clear();
         self.frame.extend_from_slice(&[ty, 0, 0, 0]);
-        self.frame.extend_from_slice(&(len as u32).to_le_bytes());
-        for p in parts {
-            self.frame.extend_from_slice(p);
-        }
+        self.frame
+            .extend_from_slice(&((fixed.len() + data.len()) as u32).to_le_bytes());
+        self.frame.extend_from_slice(fixed);
         self.seed = xxh3_64_with_seed(&self.frame, self.seed);
-        self.frame.extend_from_slice(&self.seed.to_le_bytes());
         self.out.write_all(&self.frame)?;
-        self.totals.stream_bytes += self.frame.len() as u64;
+        self.out.write_all(data)?;
+        self.out.write_all(&self.seed.to_le_bytes())?;
+        self.totals.stream_bytes += (self.frame.len() + data.len() + 8) as u64;
         Ok(())
     }
 
@@ -366,7 +375,7 @@ impl<W: Write> StreamWriter<W> {
         let mut fixed = [0u8; 16];
         put64(&mut fixed, 0, offset);
         put64(&mut fixed, 8, xxh3_64(data));
-        self.record(kind::WRITE, &[&fixed, data])?;
+        self.record(kind::WRITE, &fixed, data)?;
         self.totals.writes += 1;
         self.totals.write_bytes += data.len() as u64;
         Ok(())
@@ -381,7 +390,7 @@ impl<W: Write> StreamWriter<W> {
         let mut p = [0u8; 16];
         put64(&mut p, 0, offset);
         put64(&mut p, 8, len);
-        self.record(kind::FREE, &[&p])?;
+        self.record(kind::FREE, &p, &[])?;
         self.totals.frees += 1;
         self.totals.free_bytes += len;
         Ok(())
@@ -399,7 +408,7 @@ impl<W: Write> StreamWriter<W> {
         put64(&mut p, 16, t.frees);
         put64(&mut p, 24, t.free_bytes);
         put64(&mut p, 32, t.stream_bytes);
-        self.record(kind::END, &[&p])?;
+        self.record(kind::END, &p, &[])?;
         self.out.flush()?;
         Ok(t)
     }
@@ -499,7 +508,7 @@ impl<R: Read> StreamReader<R> {
         let found = {
             let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed);
             h.update(&frame);
-            h.update(&payload[..want]);
+            h.update(&payload[..chained_bytes(ty, want) - 8]);
             h.digest()
         };
         let what = |ty: u8| match ty {
@@ -774,7 +783,7 @@ mod tests {
         while at < out.len() {
             let len = get32(&out, at + 4) as usize;
             let rec = &out[at..at + 8 + len];
-            seed = xxh3_64_with_seed(rec, seed);
+            seed = xxh3_64_with_seed(&rec[..chained_bytes(rec[0], len)], seed);
             small.extend_from_slice(rec);
             small.extend_from_slice(&seed.to_le_bytes());
             at += 8 + len + 8;
