@@ -93,8 +93,9 @@ pub struct SendArgs {
     #[arg(short = 't', value_name = "TOKEN", conflicts_with = "base")]
     pub token: Option<String>,
     /// Print statistics as one JSON object at the end (extents and bytes shipped, blocks
-    /// skipped, efficiency = stream bytes / volume bytes): on standard output with -o,
-    /// else on standard error.
+    /// skipped, efficiency = stream bytes / volume bytes, elapsed_s: seconds of the send,
+    /// opening and closing the store not counted): on standard output with -o, else on
+    /// standard error.
     #[arg(long)]
     pub json: bool,
 }
@@ -117,7 +118,8 @@ pub struct RecvArgs {
     /// Discard an interrupted receive into VOL instead of receiving.
     #[arg(short = 'A')]
     pub abort: bool,
-    /// Print statistics as one JSON object at the end.
+    /// Print statistics as one JSON object at the end (records and bytes applied,
+    /// elapsed_s: seconds of the receive, opening and closing the store not counted).
     #[arg(long)]
     pub json: bool,
 }
@@ -642,6 +644,7 @@ fn send(a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
             b.set_position(at);
         }
     };
+    let started = Instant::now();
     let stats = match (&token, &a.snapshot) {
         (Some(t), _) => vde.send_resume(t, sink, &mut tick),
         (None, Some(s)) => vde.send(s, base.as_deref(), 0, sink, &mut tick),
@@ -649,12 +652,14 @@ fn send(a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     .map_err(|e| fail(&a.store.dev, e))?;
     sink.flush()?;
+    let elapsed = started.elapsed().as_secs_f64();
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     close(vde, &a.store.dev)?;
     if a.json {
-        let v = serde_json::to_value(&stats).map_err(io::Error::from)?;
+        let mut v = serde_json::to_value(&stats).map_err(io::Error::from)?;
+        v["elapsed_s"] = elapsed.into();
         // Standard output carries the stream unless -o took it.
         return match a.output {
             Some(_) => write_json(out, &v),
@@ -686,7 +691,9 @@ fn recv(a: &RecvArgs, out: &mut dyn Write) -> Result<(), CliError> {
         }
     };
     let mut input = io::BufReader::with_capacity(1 << 20, io::stdin().lock());
+    let started = Instant::now();
     let r = vde.recv(&a.volume, a.force, &mut input, &mut tick);
+    let elapsed = started.elapsed().as_secs_f64();
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -710,7 +717,9 @@ fn recv(a: &RecvArgs, out: &mut dyn Write) -> Result<(), CliError> {
     };
     close(vde, &a.store.dev)?;
     if a.json {
-        return write_json(out, &serde_json::to_value(&stats).map_err(io::Error::from)?);
+        let mut v = serde_json::to_value(&stats).map_err(io::Error::from)?;
+        v["elapsed_s"] = elapsed.into();
+        return write_json(out, &v);
     }
     Ok(())
 }
