@@ -345,7 +345,7 @@ fn every_flipped_byte_and_sampled_truncations_are_refused_and_changes_nothing() 
 
 #[test]
 fn a_truncated_receive_resumes_from_its_token() {
-    let (da, db) = (Disk::new(96, 4096), Disk::new(96, 512));
+    let (da, db) = (Disk::new(96, 4096), Disk::new(192, 512));
     let (a, b) = (da.format(), db.format());
     let mut rng = Rng(99);
     a.vol_create("v", 32 << 20).unwrap();
@@ -354,15 +354,18 @@ fn a_truncated_receive_resumes_from_its_token() {
     }
     snap(&a, "v@s0");
     let (full, _) = send(&a, "v@s0", None);
-    // Cut after ~20 MiB: everything applied counts (the token commits what is open).
+    // Cut after ~20 MiB: what was applied before the cut is recorded (19 whole 1 MiB
+    // records).
     let err = recv(&b, "v", &full[..20 << 20]).unwrap_err();
     assert!(err.to_string().contains("truncated"), "{err}");
     assert!(b.dataset("v").is_err() && b.snap_list(None).unwrap().is_empty());
     let token = b.recv_token("v").unwrap().expect("a token");
     assert!(token.offset >= 19 << 20, "{token:?}");
     let token: ResumeToken = token.to_string().parse().unwrap();
-    // A fresh stream is refused while the receive waits.
-    let r = recv(&b, "v", &full);
+    // Another stream is refused while the receive waits.
+    a.vol_write("v", 0, &[5; BS], false).unwrap();
+    snap(&a, "v@s1");
+    let r = recv(&b, "v", &send(&a, "v@s1", None).0);
     assert!(r.unwrap_err().to_string().contains("waiting"));
     let mut rest = Vec::new();
     let st = a.send_resume(&token, &mut rest, &mut |_| {}).unwrap();
@@ -372,9 +375,24 @@ fn a_truncated_receive_resumes_from_its_token() {
     assert_same(&a, &b, "v@s0");
     assert!(contents(&b, "v") == contents(&a, "v@s0"));
     assert_clean(&b);
+    // Cut inside the first record: the token's offset is 0, and it still resumes (it
+    // once named a stream no receive would take).
+    let err = recv(&b, "w", &full[..1 << 20]).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    let t0 = b.recv_token("w").unwrap().expect("a token");
+    assert_eq!(t0.offset, 0);
+    let mut again = Vec::new();
+    a.send_resume(&t0, &mut again, &mut |_| {}).unwrap();
+    recv(&b, "w", &again).unwrap();
+    assert!(contents(&b, "w") == contents(&a, "v@s0"));
+    // The same stream from the start continues a waiting receive too.
+    recv(&b, "x", &full[..5 << 20]).unwrap_err();
+    recv(&b, "x", &full).unwrap();
+    assert!(contents(&b, "x") == contents(&a, "v@s0"));
+    assert_clean(&b);
     // A resumed stream with nothing to resume is refused.
-    let r = recv(&b, "w", &rest);
-    assert!(r.unwrap_err().to_string().contains("none into w is waiting"));
+    let r = recv(&b, "y", &rest);
+    assert!(r.unwrap_err().to_string().contains("none into y is waiting"));
 }
 
 #[test]
@@ -512,4 +530,125 @@ fn a_receive_killed_mid_stream_keeps_the_replica_and_resumes_with_send_t() {
     assert_same(&a, &b, "v@s1");
     assert_same(&a, &b, "v@s0");
     assert_clean(&b);
+}
+
+#[test]
+fn shrinks_grows_and_rollbacks_replicate_and_a_rollback_restores_the_size() {
+    let (da, db) = (Disk::new(32, 4096), Disk::new(32, 512));
+    let (a, b) = (da.format(), db.format());
+    a.vol_create("v", 256 * BS as u64).unwrap();
+    a.vol_write("v", 200, &[7; 8 * BS], false).unwrap();
+    snap(&a, "v@p");
+    recv(&b, "v", &send(&a, "v@p", None).0).unwrap();
+    // Shrunk past the data, then rolled back: the size comes back with the data (it once
+    // stayed shrunk, and a send then met extents past the end).
+    a.vol_resize("v", 100 * BS as u64).unwrap();
+    a.rollback("v", "p").unwrap();
+    assert_eq!(a.dataset("v").unwrap().size, 256 * BS as u64);
+    assert!(contents(&a, "v") == contents(&a, "v@p"));
+    snap(&a, "v@s");
+    recv(&b, "v", &send(&a, "v@s", Some("v@p")).0).unwrap();
+    assert_same(&a, &b, "v@s");
+    // Shrunk across data (the blocks past the end freed), then grown: the replica follows.
+    a.vol_resize("v", 204 * BS as u64).unwrap();
+    snap(&a, "v@small");
+    recv(&b, "v", &send(&a, "v@small", Some("v@s")).0).unwrap();
+    assert_same(&a, &b, "v@small");
+    assert_eq!(b.dataset("v").unwrap().size, 204 * BS as u64);
+    a.vol_resize("v", 300 * BS as u64).unwrap();
+    a.vol_write("v", 290, &[9; BS], false).unwrap();
+    snap(&a, "v@big");
+    // From an older base than the newest on the sender (the replica has small too; -F
+    // rolls it back and deletes it).
+    let (old, _) = send(&a, "v@big", Some("v@s"));
+    assert!(recv(&b, "v", &old).unwrap_err().to_string().contains("newer than"));
+    b.recv("v", true, &mut &old[..], &mut |_| {}).unwrap();
+    assert_same(&a, &b, "v@big");
+    assert!(b.dataset("v@small").is_err());
+    assert_eq!(b.dataset("v").unwrap().size, 300 * BS as u64);
+    assert_clean(&a);
+    assert_clean(&b);
+}
+
+#[test]
+fn a_forced_receive_that_fails_changes_nothing_and_refusals_leave_the_store_usable() {
+    let (da, db) = (Disk::new(32, 4096), Disk::new(32, 4096));
+    let (a, b) = (da.format(), db.format());
+    a.vol_create("v", 1 << 20).unwrap();
+    a.vol_write("v", 0, &[1; 64 * BS], false).unwrap();
+    snap(&a, "v@s0");
+    a.vol_write("v", 10, &[2; 32 * BS], false).unwrap();
+    snap(&a, "v@s1");
+    recv(&b, "v", &send(&a, "v@s0", None).0).unwrap();
+    let (inc, _) = send(&a, "v@s1", Some("v@s0"));
+    // The replica moved on: a newer snapshot and writes after it.
+    b.vol_write("v", 3, &[8; BS], false).unwrap();
+    snap(&b, "v@n1");
+    b.vol_write("v", 4, &[9; BS], false).unwrap();
+    let before = contents(&b, "v");
+    // -F with a stream cut short: nothing is deleted or rolled back (it once was before
+    // the stream had arrived).
+    let err = b
+        .recv("v", true, &mut &inc[..inc.len() - 100], &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert!(b.dataset("v@n1").is_ok());
+    assert!(contents(&b, "v") == before);
+    b.recv_abort("v").unwrap();
+    // -F when a snapshot it would delete has a clone: refused before anything changes.
+    b.clone_snapshot("v", "n1", "c").unwrap();
+    let err = b.recv("v", true, &mut &inc[..], &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("clone"), "{err}");
+    assert!(b.dataset("v@n1").is_ok() && contents(&b, "v") == before);
+    assert!(b.recv_token("v").unwrap().is_none());
+    b.vol_remove("c", false).unwrap();
+    // A partial receive, then the volume is written: the resume is refused, and the
+    // store stays usable (a refusal once poisoned it).
+    b.snap_remove("v", "n1").unwrap();
+    b.rollback("v", "s0").unwrap();
+    let cut = recv(&b, "v", &inc[..inc.len() / 2]).unwrap_err();
+    assert!(cut.to_string().contains("truncated"), "{cut}");
+    b.vol_write("v", 5, &[4; BS], false).unwrap();
+    let err = recv(&b, "v", &inc).unwrap_err();
+    assert!(err.to_string().contains("written after"), "{err}");
+    b.vol_write("v", 6, &[4; BS], false).unwrap();
+    // With -F it goes through, rolling the write back.
+    b.recv("v", true, &mut &inc[..], &mut |_| {}).unwrap();
+    assert_same(&a, &b, "v@s1");
+    assert!(contents(&b, "v") == contents(&a, "v@s1"));
+    // A full stream waiting, then a volume of that name made: refused, store usable.
+    let (full1, _) = send(&a, "v@s1", None);
+    recv(&b, "w", &full1[..full1.len() / 2]).unwrap_err();
+    b.vol_create("w", 1 << 20).unwrap();
+    assert!(recv(&b, "w", &full1).unwrap_err().to_string().contains("exists"));
+    b.vol_write("w", 0, &[1; BS], false).unwrap();
+    assert!(b.recv_abort("w").unwrap());
+    assert_clean(&b);
+}
+
+#[test]
+fn the_hidden_volume_of_a_receive_cannot_be_reached() {
+    use ironvme::vde::volume::VolumeSpec;
+    let (da, db) = (Disk::new(32, 4096), Disk::new(32, 4096));
+    let (a, b) = (da.format(), db.format());
+    a.vol_create("v", 1 << 20).unwrap();
+    a.vol_write("v", 0, &[1; 64 * BS], false).unwrap();
+    snap(&a, "v@s0");
+    let (full, _) = send(&a, "v@s0", None);
+    recv(&b, "v", &full[..full.len() / 2]).unwrap_err();
+    let hidden = "v%recv";
+    for r in [
+        b.snap_create(hidden, "x"),
+        b.vol_remove(hidden, true),
+        b.vol_resize(hidden, 4096),
+        b.rollback(hidden, "x"),
+        b.clone_snapshot(hidden, "x", "y"),
+    ] {
+        assert!(r.unwrap_err().to_string().contains("hidden"));
+    }
+    let spec = format!("vde:{}:{hidden}", db.path());
+    assert!(VolumeSpec::parse(&spec).unwrap().is_err());
+    assert!(names(&b).is_empty(), "{:?}", names(&b));
+    recv(&b, "v", &full).unwrap();
+    assert_same(&a, &b, "v@s0");
 }

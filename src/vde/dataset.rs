@@ -93,14 +93,18 @@ pub struct DatasetRec {
     pub clones: u32,
     /// A clone: its origin snapshot `VOL@SNAP` (empty otherwise).
     pub origin: Vec<u8>,
+    /// A receive's hidden volume (`VOL%recv`): the volume byte offset up to which the
+    /// stream's records are applied and durable (a resume starts there); 0 otherwise.
+    pub recv_offset: u64,
 }
 
 impl DatasetRec {
     /// Encoded: `u8 kind, u8 0, u16 0, u32 block size (4096), u64 guid, u64 size,
     /// u64 created_txg, u64 prev_txg, BlockPtr extents, BlockPtr deadlist,
-    /// u64 refer_blocks, u64 dead_blocks, u32 clones, u8 origin length, origin`.
+    /// u64 refer_blocks, u64 dead_blocks, u32 clones, u8 origin length, u64 recv_offset,
+    /// origin`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = vec![0u8; 109];
+        let mut v = vec![0u8; 117];
         v[0] = match self.kind {
             DatasetKind::Volume => 1,
             DatasetKind::Snapshot => 2,
@@ -120,6 +124,7 @@ impl DatasetRec {
         v[96..104].copy_from_slice(&self.dead_blocks.to_le_bytes());
         v[104..108].copy_from_slice(&self.clones.to_le_bytes());
         v[108] = self.origin.len() as u8;
+        v[109..117].copy_from_slice(&self.recv_offset.to_le_bytes());
         v.extend_from_slice(&self.origin);
         v
     }
@@ -128,7 +133,7 @@ impl DatasetRec {
     ///
     /// Errors: a description of what is wrong.
     pub fn decode(v: &[u8]) -> Result<DatasetRec, String> {
-        if v.len() < 109 {
+        if v.len() < 117 {
             return Err(format!("dataset record of {} bytes is too short", v.len()));
         }
         let kind = match v[0] {
@@ -140,7 +145,7 @@ impl DatasetRec {
             return Err(format!("volume block size {} is not {BLOCK}", get32(v, 4)));
         }
         let olen = v[108] as usize;
-        if v.len() != 109 + olen || olen > 2 * MAX_NAME + 1 {
+        if v.len() != 117 + olen || olen > 2 * MAX_NAME + 1 {
             return Err(format!("dataset record of {} bytes with an origin of {olen}", v.len()));
         }
         let size = get64(v, 16);
@@ -158,7 +163,8 @@ impl DatasetRec {
             refer_blocks: get64(v, 88),
             dead_blocks: get64(v, 96),
             clones: get32(v, 104),
-            origin: v[109..].to_vec(),
+            origin: v[117..].to_vec(),
+            recv_offset: get64(v, 109),
         })
     }
 }
@@ -305,6 +311,19 @@ pub fn check_name(what: &str, name: &str) -> Result<(), VdeError> {
     Ok(())
 }
 
+/// Refuses a receive's hidden volume (`VOL%recv`, [`super::replicate`]): only the receive
+/// writes it, and `vde recv -A` discards it.
+///
+/// Errors: [`VdeError::Unsupported`].
+pub fn check_visible(name: &str) -> Result<(), VdeError> {
+    if name.contains('%') {
+        return Err(VdeError::Unsupported(format!(
+            "{name} is a receive's hidden volume: only the receive changes it (`vde recv -A` discards it)"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `f` on the tree taken out of `st.datasets` (so `st.io()` can be borrowed).
 pub(super) fn with_datasets<R>(
     st: &mut State,
@@ -377,6 +396,7 @@ pub(super) fn snapshot_head(st: &mut State, vol: &[u8], full: &[u8], guid: u64) 
             created_txg: txg,
             origin: Vec::new(),
             clones: 0,
+            recv_offset: 0,
             ..h.rec.clone()
         };
         store_rec(st, full, &snap_rec)?;
@@ -689,11 +709,12 @@ impl Vde {
     /// Errors: [`VdeError::Unsupported`] (name, size), [`VdeError::Exists`], I/O errors.
     pub fn vol_create(&self, name: &str, size: u64) -> Result<(), VdeError> {
         check_name("volume", name)?;
-        self.vol_create_named(name, size)
+        self.vol_create_named(name, size, new_guid())
     }
 
-    /// [`Vde::vol_create`] without the name check: receive's hidden `VOL%recv`.
-    pub(super) fn vol_create_named(&self, name: &str, size: u64) -> Result<(), VdeError> {
+    /// [`Vde::vol_create`] without the name check and with GUID `guid`: receive's hidden
+    /// `VOL%recv`.
+    pub(super) fn vol_create_named(&self, name: &str, size: u64, guid: u64) -> Result<(), VdeError> {
         self.writable()?;
         let _t = self.topology();
         if size == 0 || size % BLOCK as u64 != 0 || size > (1u64 << 60) {
@@ -707,7 +728,7 @@ impl Vde {
         }
         let rec = DatasetRec {
             kind: DatasetKind::Volume,
-            guid: new_guid(),
+            guid,
             size,
             created_txg: st.txg,
             prev_txg: 0,
@@ -717,6 +738,7 @@ impl Vde {
             dead_blocks: 0,
             clones: 0,
             origin: Vec::new(),
+            recv_offset: 0,
         };
         store_rec(&mut st, name.as_bytes(), &rec).map_err(|e| st.poison(e))?;
         st.commit(&self.log)
@@ -898,6 +920,7 @@ impl Vde {
     /// Errors: [`VdeError::NotFound`], [`VdeError::Exists`], [`VdeError::Unsupported`]
     /// (name), I/O errors.
     pub fn snap_create(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
+        check_visible(vol)?;
         self.writable()?;
         let _t = self.topology();
         check_name("snapshot", snap)?;
@@ -1019,11 +1042,14 @@ impl Vde {
     /// Errors: [`VdeError::NotFound`], [`VdeError::Exists`], I/O errors.
     pub fn clone_snapshot(&self, vol: &str, snap: &str, new: &str) -> Result<(), VdeError> {
         check_name("volume", new)?;
-        self.clone_named(vol, snap, new)
+        check_visible(vol)?;
+        self.clone_named(vol, snap, new, new_guid(), 0)
     }
 
-    /// [`Vde::clone_snapshot`] without the name check: receive's hidden `VOL%recv`.
-    pub(super) fn clone_named(&self, vol: &str, snap: &str, new: &str) -> Result<(), VdeError> {
+    /// [`Vde::clone_snapshot`] without the name checks, with GUID `guid` and a size of at
+    /// least `size` bytes (growing costs nothing; a smaller size is the caller's resize):
+    /// receive's hidden `VOL%recv`.
+    pub(super) fn clone_named(&self, vol: &str, snap: &str, new: &str, guid: u64, size: u64) -> Result<(), VdeError> {
         self.writable()?;
         let _t = self.topology();
         let full = format!("{vol}@{snap}");
@@ -1034,8 +1060,8 @@ impl Vde {
         }
         let rec = DatasetRec {
             kind: DatasetKind::Volume,
-            guid: new_guid(),
-            size: s.size,
+            guid,
+            size: s.size.max(size),
             created_txg: st.txg,
             prev_txg: s.created_txg,
             extents: s.extents,
@@ -1044,6 +1070,7 @@ impl Vde {
             dead_blocks: 0,
             clones: 0,
             origin: full.clone().into_bytes(),
+            recv_offset: 0,
         };
         s.clones = s.clones.checked_add(1).ok_or_else(|| VdeError::Corrupt {
             block: 0,
@@ -1061,6 +1088,7 @@ impl Vde {
     /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (not the newest
     /// snapshot), I/O errors.
     pub fn rollback(&self, vol: &str, snap: &str) -> Result<(), VdeError> {
+        check_visible(vol)?;
         self.writable()?;
         let _t = self.topology();
         let full = format!("{vol}@{snap}");
@@ -1093,6 +1121,9 @@ impl Vde {
                 h.rec.deadlist = None;
                 h.rec.dead_blocks = 0;
                 h.rec.refer_blocks = s.refer_blocks;
+                // The size too: a volume shrunk after the snapshot gets its end back (its
+                // extents past the smaller size are the snapshot's).
+                h.rec.size = s.size;
                 h.extents = Tree::open(NodeKind::Extents, s.extents);
                 h.deadlist = Tree::open(NodeKind::Deadlist, None);
                 h.dirty = true;
@@ -1110,6 +1141,12 @@ impl Vde {
     /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (it has snapshots and
     /// not `recursive`; a snapshot has clones), I/O errors.
     pub fn vol_remove(&self, vol: &str, recursive: bool) -> Result<(), VdeError> {
+        check_visible(vol)?;
+        self.vol_remove_named(vol, recursive)
+    }
+
+    /// [`Vde::vol_remove`], receive's hidden `VOL%recv` too.
+    pub(super) fn vol_remove_named(&self, vol: &str, recursive: bool) -> Result<(), VdeError> {
         self.writable()?;
         let _t = self.topology();
         let snaps = self.snapshots_of(vol)?;
@@ -1160,6 +1197,12 @@ impl Vde {
     ///
     /// Errors: [`VdeError::NotFound`], [`VdeError::Unsupported`] (size), I/O errors.
     pub fn vol_resize(&self, vol: &str, size: u64) -> Result<(), VdeError> {
+        check_visible(vol)?;
+        self.vol_resize_named(vol, size)
+    }
+
+    /// [`Vde::vol_resize`], receive's hidden `VOL%recv` too.
+    pub(super) fn vol_resize_named(&self, vol: &str, size: u64) -> Result<(), VdeError> {
         self.writable()?;
         let _t = self.topology();
         if size == 0 || size % BLOCK as u64 != 0 || size > (1u64 << 60) {

@@ -43,6 +43,22 @@ use xxhash_rust::xxh3::xxh3_64;
 /// far back).
 pub const RECV_FLUSH_BYTES: u64 = 8 << 20;
 
+/// What a receive does to its volume ([`Vde::recv_target`]).
+enum Target {
+    /// The volume does not exist: a full stream makes it, an incremental makes it a
+    /// clone of the base (name, record).
+    New { base: Option<(String, DatasetRec)> },
+    /// An incremental onto the existing volume, from its snapshot `base`; with -F, the
+    /// `newer` snapshots are deleted and the volume (`written` since the base, or with
+    /// newer snapshots) rolled back first.
+    Existing {
+        base: String,
+        base_rec: DatasetRec,
+        newer: Vec<String>,
+        written: bool,
+    },
+}
+
 /// The hidden volume a receive into `vol` writes.
 pub fn recv_name(vol: &str) -> String {
     format!("{vol}%recv")
@@ -367,6 +383,7 @@ impl Vde {
         {
             let mut st = self.state()?;
             let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
+            let end = s.size / BLOCK as u64;
             let mut lane = self.lane()?;
             let mut buf = vec![0u8; 32 * BLOCK];
             Tree::walk(&mut st.io(), NodeKind::Extents, s.extents, min, &mut |vis| {
@@ -375,7 +392,9 @@ impl Vde {
                 };
                 let e = VolExtent::decode(value, first, total).map_err(corrupt_extent)?;
                 let vb = entry_vblock(key)?;
-                if e.birth <= min || vb + e.len <= em.skip_to {
+                // Nothing past the snapshot's size is its contents.
+                let len = e.len.min(end.saturating_sub(vb));
+                if e.birth <= min || len == 0 || vb + len <= em.skip_to {
                     return Ok(());
                 }
                 let from = em.skip_to.saturating_sub(vb);
@@ -383,8 +402,8 @@ impl Vde {
                 lane.read(e.pba, bytes)?;
                 self.vol_verify(snap, vb, &e, bytes)?;
                 em.stats.extents += 1;
-                em.data(vb + from, &bytes[from as usize * BLOCK..])?;
-                progress((vb + e.len) * BLOCK as u64);
+                em.data(vb + from, &bytes[from as usize * BLOCK..len as usize * BLOCK])?;
+                progress((vb + len) * BLOCK as u64);
                 Ok(())
             })?;
         }
@@ -477,10 +496,41 @@ impl Vde {
         out: &mut dyn Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<SendStats, VdeError> {
-        let (snap, _) = self.snapshot_by_guid(token.to_guid, "the token's snapshot")?;
-        let base = match token.from_guid {
-            0 => None,
-            g => Some(self.snapshot_by_guid(g, "the token's base")?.0),
+        // A store that received one snapshot twice holds two datasets with its GUID: take
+        // a target and base that belong together.
+        let snaps = |guid: u64, what: &str| -> Result<Vec<(String, DatasetRec)>, VdeError> {
+            let v: Vec<_> = self
+                .by_guid(guid)?
+                .into_iter()
+                .filter(|(_, r)| r.kind == DatasetKind::Snapshot)
+                .collect();
+            if v.is_empty() {
+                return Err(VdeError::NotFound(format!(
+                    "{what} (a snapshot with GUID {guid:#x}) is not on this store"
+                )));
+            }
+            Ok(v)
+        };
+        let targets = snaps(token.to_guid, "the token's snapshot")?;
+        let (snap, base) = if token.from_guid == 0 {
+            (targets[0].0.clone(), None)
+        } else {
+            let bases = snaps(token.from_guid, "the token's base")?;
+            let mut pair = None;
+            'find: for (t, tr) in &targets {
+                for (b, br) in &bases {
+                    if self.precedes(b, br, t, tr)? {
+                        pair = Some((t.clone(), Some(b.clone())));
+                        break 'find;
+                    }
+                }
+            }
+            pair.ok_or_else(|| {
+                VdeError::Unsupported(format!(
+                    "the token's base (GUID {:#x}) does not precede its snapshot (GUID {:#x}) here",
+                    token.from_guid, token.to_guid
+                ))
+            })?
         };
         self.send(&snap, base.as_deref(), token.offset, out, progress)
     }
@@ -499,33 +549,10 @@ impl Vde {
         } else {
             lookup(&mut st, &h.origin)?.ok_or_else(|| not_found(&h.origin))?.guid
         };
-        drop(st);
-        // Volume writes become durable in the order they were made, and records come
-        // in volume order: everything below the end of the highest block the receive
-        // wrote has arrived (Frees after it are sent again; freeing twice is harmless).
-        // Listing commits open heads (durable, then), so the record's root is current.
-        let rec = self
-            .datasets_with_prefix(hidden.as_bytes())?
-            .into_iter()
-            .find(|(n, _)| n == hidden.as_bytes())
-            .ok_or_else(|| not_found(hidden.as_bytes()))?
-            .1;
-        let mut st = self.state()?;
-        let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
-        let mut offset = 0;
-        Tree::walk(&mut st.io(), NodeKind::Extents, rec.extents, rec.prev_txg, &mut |vis| {
-            if let Visit::Entry { key, value } = vis {
-                let e = VolExtent::decode(value, first, total).map_err(corrupt_extent)?;
-                if e.birth > rec.prev_txg {
-                    offset = offset.max((entry_vblock(key)? + e.len) * BLOCK as u64);
-                }
-            }
-            Ok(())
-        })?;
         Ok(Some(ResumeToken {
             to_guid: h.guid,
             from_guid,
-            offset,
+            offset: h.recv_offset,
         }))
     }
 
@@ -534,7 +561,7 @@ impl Vde {
     ///
     /// Errors: I/O errors.
     pub fn recv_abort(&self, vol: &str) -> Result<bool, VdeError> {
-        match self.vol_remove(&recv_name(vol), false) {
+        match self.vol_remove_named(&recv_name(vol), false) {
             Ok(()) => Ok(true),
             Err(VdeError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
@@ -543,17 +570,20 @@ impl Vde {
 
     /// Receives a stream from `input` into volume `vol`: a full stream makes a new
     /// volume; an incremental applies onto `vol` (whose newest snapshot must be the
-    /// stream's base, and which must not have been written since, unless `force`: then
-    /// newer snapshots are deleted and `vol` rolled back to the base), or makes `vol` a
-    /// clone of the base when `vol` does not exist. The snapshot `vol@SNAP` appears,
-    /// with the sender's GUID, only once the whole stream has verified; until then `vol`
-    /// is unchanged. `progress` sees stream bytes read.
+    /// stream's base, and which must not have been written since, unless `force`: then,
+    /// once the stream has verified, newer snapshots are deleted and `vol` rolled back to
+    /// the base), or makes `vol` a clone of the base when `vol` does not exist. The
+    /// snapshot `vol@SNAP` appears, with the sender's GUID, only once the whole stream
+    /// has verified; until then `vol` and its snapshots are unchanged. What arrives is
+    /// made durable every [`RECV_FLUSH_BYTES`] and recorded for [`Vde::recv_token`]. A
+    /// stream that continues a waiting receive (the same GUIDs, starting at or before
+    /// where it stopped) resumes it. `progress` sees stream bytes read.
     ///
     /// Errors: [`VdeError::Unsupported`] for a refused stream (corrupt, truncated, of an
     /// unknown version or feature, out of range: the message says why; what arrived is
-    /// kept for `send -t`) or a refused target (GUID mismatch, missing base, written
-    /// since the base, a receive already waiting); [`VdeError::Exists`],
-    /// [`VdeError::NoSpace`], I/O errors.
+    /// kept for a resume or [`Vde::recv_abort`]) or a refused target (GUID mismatch,
+    /// missing base, written since the base, a snapshot to delete with clones, another
+    /// receive waiting); [`VdeError::Exists`], [`VdeError::NoSpace`], I/O errors.
     pub fn recv(
         &self,
         vol: &str,
@@ -572,67 +602,92 @@ impl Vde {
             Err(VdeError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        let waiting = self.recv_token(vol)?;
-        if h.resume_offset > 0 || waiting.is_some() {
-            let Some(t) = waiting else {
+        let target = self.recv_target(vol, &h, force)?;
+        match self.recv_token(vol)? {
+            Some(t) => {
+                if t.to_guid != h.to_guid || t.from_guid != h.from_guid {
+                    return Err(VdeError::Unsupported(format!(
+                        "a partial receive into {vol} is waiting (resume it with `vde send -t {t}`, or discard it \
+                         with `vde recv -A`); this stream is not its continuation"
+                    )));
+                }
+                if h.resume_offset > t.offset {
+                    return Err(VdeError::Unsupported(format!(
+                        "the stream resumes at byte {}, but {vol}'s receive has only {} bytes: send with the token {t}",
+                        h.resume_offset, t.offset
+                    )));
+                }
+            }
+            None if h.resume_offset > 0 => {
                 return Err(VdeError::Unsupported(format!(
                     "the stream resumes a receive at byte {}, but none into {vol} is waiting",
                     h.resume_offset
                 )));
-            };
-            if h.resume_offset == 0 || t.to_guid != h.to_guid || t.from_guid != h.from_guid {
-                return Err(VdeError::Unsupported(format!(
-                    "a partial receive into {vol} is waiting (resume it with `vde send -t {t}`, or discard it \
-                     with `vde recv -A`); this stream is not its continuation"
-                )));
             }
-            if h.resume_offset > t.offset {
-                return Err(VdeError::Unsupported(format!(
-                    "the stream resumes at byte {}, but {vol}'s receive has only {} bytes: send with the token {t}",
-                    h.resume_offset, t.offset
-                )));
-            }
-        } else {
-            self.recv_begin(vol, &hidden, &h, force)?;
+            None => self.recv_begin(&hidden, &h, &target)?,
         }
         let mut stats = RecvStats {
             snapshot: full.clone(),
             resumed_at: h.resume_offset,
             ..RecvStats::default()
         };
-        let mut unflushed = 0u64;
+        let (mut unflushed, mut applied_to) = (0u64, h.resume_offset);
         loop {
-            // What arrived becomes durable every RECV_FLUSH_BYTES, so an interrupted
-            // receive resumes from near where it stopped.
+            // What arrived becomes durable, and is recorded as arrived, every
+            // RECV_FLUSH_BYTES: a resume starts at most that far back.
             if unflushed >= RECV_FLUSH_BYTES {
-                self.vol_flush()?;
+                self.recv_progress(&hidden, applied_to)?;
                 unflushed = 0;
             }
-            let rec = r.next_record().map_err(stream_err)?;
+            let rec = match r.next_record() {
+                Ok(rec) => rec,
+                Err(e) => {
+                    // What was applied before the bad or missing record is good: record
+                    // it, so a resume starts there.
+                    let _ = self.recv_progress(&hidden, applied_to);
+                    return Err(stream_err(e));
+                }
+            };
             match rec {
                 Some(Record::Write { offset, data }) => {
                     self.vol_write(&hidden, offset / BLOCK as u64, &data, false)?;
                     stats.writes += 1;
                     stats.write_bytes += data.len() as u64;
                     unflushed += data.len() as u64;
+                    applied_to = offset + data.len() as u64;
                 }
                 Some(Record::Free { offset, len }) => {
                     self.vol_unmap(&hidden, offset / BLOCK as u64, len / BLOCK as u64)?;
                     stats.frees += 1;
                     stats.free_bytes += len;
+                    applied_to = offset + len;
                 }
                 None => break,
             }
             progress(r.position());
         }
         stats.stream_bytes = r.position();
-        self.vol_flush()?;
-        self.recv_finish(vol, &hidden, &full, &h)?;
+        self.recv_progress(&hidden, h.volume_bytes)?;
+        self.recv_finish(vol, &hidden, &full, &h, force)?;
         Ok(stats)
     }
 
-    /// Checks the target of a new receive and makes its hidden volume.
-    fn recv_begin(&self, vol: &str, hidden: &str, h: &StreamHeader, force: bool) -> Result<(), VdeError> {
+    /// Makes what the receive into `hidden` wrote durable, then records `offset` (bytes
+    /// of the volume whose records are applied) as where a resume would start.
+    fn recv_progress(&self, hidden: &str, offset: u64) -> Result<(), VdeError> {
+        self.vol_flush()?;
+        let mut st = self.state()?;
+        let mut hd = take_head(&mut st, hidden.as_bytes())?;
+        hd.rec.recv_offset = offset;
+        hd.dirty = true;
+        put_head(&mut st, hidden.as_bytes(), hd);
+        st.commit(&self.log)
+    }
+
+    /// What a stream with header `h` would do to `vol`, checked against the store as it
+    /// is now; changes nothing. Checked when a receive starts or resumes, and again
+    /// before it finishes.
+    fn recv_target(&self, vol: &str, h: &StreamHeader, force: bool) -> Result<Target, VdeError> {
         let existing = match self.dataset(vol) {
             Ok(r) => Some(r),
             Err(VdeError::NotFound(_)) => None,
@@ -644,91 +699,121 @@ impl Vde {
                     "{vol} (a full stream makes a new volume; receive it under another name)"
                 )));
             }
-            self.vol_create_named(hidden, h.volume_bytes)?;
-        } else {
-            let base = match &existing {
-                Some(_) => {
-                    // Listing the snapshots commits open heads: the volume's record below
-                    // is then current.
-                    let snaps = self.snapshots_of(vol)?;
-                    let v = self.dataset(vol)?;
-                    if v.kind != DatasetKind::Volume {
-                        return Err(VdeError::Unsupported(format!("{vol} is not a volume")));
-                    }
-                    if v.guid != h.volume_guid {
-                        return Err(VdeError::Unsupported(format!(
-                            "{vol} is another volume than the stream's (GUID {:#x}, the stream's {:#x})",
-                            v.guid, h.volume_guid
-                        )));
-                    }
-                    let Some(at) = snaps.iter().position(|(_, r)| r.guid == h.from_guid) else {
-                        return Err(VdeError::Unsupported(format!(
-                            "{vol} has no snapshot with the stream's base GUID {:#x}",
-                            h.from_guid
-                        )));
-                    };
-                    let base_name = String::from_utf8_lossy(&snaps[at].0).into_owned();
-                    let base_snap = base_name.split_once('@').map_or("", |x| x.1).to_string();
-                    let newer = &snaps[at + 1..];
-                    let written = v.extents != snaps[at].1.extents || v.dead_blocks != 0 || !newer.is_empty();
-                    if written && !force {
-                        return Err(VdeError::Unsupported(if newer.is_empty() {
-                            format!(
-                                "{vol} was written after its snapshot {base_name}, the stream's base; -F rolls it back"
-                            )
-                        } else {
-                            format!(
-                                "{vol} has {} snapshot(s) newer than the stream's base {base_name}; -F deletes them",
-                                newer.len()
-                            )
-                        }));
-                    }
-                    for (n, _) in newer.iter().rev() {
-                        let n = String::from_utf8_lossy(n).into_owned();
-                        self.snap_remove(vol, n.split_once('@').map_or("", |x| x.1))?;
-                    }
-                    if written {
-                        self.rollback(vol, &base_snap)?;
-                    }
-                    base_name
-                }
-                None => self.snapshot_by_guid(h.from_guid, "the stream's base")?.0,
-            };
-            let (bv, bs) = base.split_once('@').expect("a snapshot name");
-            self.clone_named(bv, bs, hidden)?;
-            if self.dataset(hidden)?.size != h.volume_bytes {
-                self.vol_resize(hidden, h.volume_bytes)?;
-            }
+            return Ok(Target::New { base: None });
         }
-        // The hidden volume carries the target's GUID: it names the stream it receives.
-        let mut st = self.state()?;
-        let mut hd = take_head(&mut st, hidden.as_bytes())?;
-        hd.rec.guid = h.to_guid;
-        hd.dirty = true;
-        put_head(&mut st, hidden.as_bytes(), hd);
-        st.commit(&self.log)
+        if existing.is_none() {
+            let (base, rec) = self.snapshot_by_guid(h.from_guid, "the stream's base")?;
+            return Ok(Target::New {
+                base: Some((base, rec)),
+            });
+        }
+        // Listing the snapshots commits open heads: the volume's record below is current.
+        let snaps = self.snapshots_of(vol)?;
+        let v = self.dataset(vol)?;
+        if v.kind != DatasetKind::Volume {
+            return Err(VdeError::Unsupported(format!("{vol} is not a volume")));
+        }
+        if v.guid != h.volume_guid {
+            return Err(VdeError::Unsupported(format!(
+                "{vol} is another volume than the stream's (GUID {:#x}, the stream's {:#x})",
+                v.guid, h.volume_guid
+            )));
+        }
+        let Some(at) = snaps.iter().position(|(_, r)| r.guid == h.from_guid) else {
+            return Err(VdeError::Unsupported(format!(
+                "{vol} has no snapshot with the stream's base GUID {:#x}",
+                h.from_guid
+            )));
+        };
+        let base = String::from_utf8_lossy(&snaps[at].0).into_owned();
+        let newer: Vec<String> = snaps[at + 1..]
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        let written = v.extents != snaps[at].1.extents || v.dead_blocks != 0;
+        if !force && !newer.is_empty() {
+            return Err(VdeError::Unsupported(format!(
+                "{vol} has {} snapshot(s) newer than the stream's base {base}; -F deletes them",
+                newer.len()
+            )));
+        }
+        if !force && written {
+            return Err(VdeError::Unsupported(format!(
+                "{vol} was written after its snapshot {base}, the stream's base; -F rolls it back"
+            )));
+        }
+        if let Some((n, r)) = snaps[at + 1..].iter().find(|(_, r)| r.clones > 0) {
+            return Err(VdeError::Unsupported(format!(
+                "-F would delete {}, which has {} clone(s); nothing was changed",
+                String::from_utf8_lossy(n),
+                r.clones
+            )));
+        }
+        Ok(Target::Existing {
+            base,
+            base_rec: snaps[at].1.clone(),
+            newer,
+            written,
+        })
     }
 
-    /// Makes the hidden volume `vol` and snapshot `full` in one txg.
-    fn recv_finish(&self, vol: &str, hidden: &str, full: &str, h: &StreamHeader) -> Result<(), VdeError> {
+    /// Makes the hidden volume of a new receive, in one txg: a new volume or a clone of
+    /// the base, of the stream's size when that is not smaller, carrying the target
+    /// snapshot's GUID (which names the stream it receives).
+    fn recv_begin(&self, hidden: &str, h: &StreamHeader, target: &Target) -> Result<(), VdeError> {
+        let base = match target {
+            Target::New { base: None } => return self.vol_create_named(hidden, h.volume_bytes, h.to_guid),
+            Target::New { base: Some((b, _)) } => b,
+            Target::Existing { base, .. } => base,
+        };
+        let (bv, bs) = base.split_once('@').expect("a snapshot name");
+        self.clone_named(bv, bs, hidden, h.to_guid, h.volume_bytes)
+    }
+
+    /// Makes the hidden volume `vol` and snapshot `full`. With `force`, first deletes
+    /// the snapshots newer than the base and rolls `vol` back (each its own txg); then
+    /// one txg swaps or renames the hidden volume in and takes the snapshot.
+    fn recv_finish(&self, vol: &str, hidden: &str, full: &str, h: &StreamHeader, force: bool) -> Result<(), VdeError> {
+        if self.dataset(hidden)?.size != h.volume_bytes {
+            self.vol_resize_named(hidden, h.volume_bytes)?;
+        }
+        let target = self.recv_target(vol, h, force)?;
+        if let Target::Existing {
+            base, newer, written, ..
+        } = &target
+        {
+            for n in newer.iter().rev() {
+                self.snap_remove(vol, n.split_once('@').map_or("", |x| x.1))?;
+            }
+            if *written || !newer.is_empty() {
+                self.rollback(vol, base.split_once('@').map_or("", |x| x.1))?;
+            }
+        }
         let _t = self.topology();
         let mut st = self.state()?;
         // Every head's trees written: the records below are current.
         st.commit(&self.log)?;
+        let hid = lookup(&mut st, hidden.as_bytes())?.ok_or_else(|| not_found(hidden.as_bytes()))?;
+        let existing = lookup(&mut st, vol.as_bytes())?;
+        // Checked again under the lock, before anything changes: refusing here leaves the
+        // store as it was (and usable).
+        let origin = match (&existing, &target) {
+            (Some(v), Target::Existing { base_rec, .. }) => {
+                let o = lookup(&mut st, &hid.origin)?.ok_or_else(|| not_found(&hid.origin))?;
+                if v.extents != o.extents || v.dead_blocks != 0 || v.prev_txg != hid.prev_txg || o.guid != base_rec.guid
+                {
+                    return Err(VdeError::Unsupported(format!("{vol} changed during the receive")));
+                }
+                Some(o)
+            }
+            (None, Target::New { .. }) => None,
+            _ => return Err(VdeError::Unsupported(format!("{vol} changed during the receive"))),
+        };
         let r = (|| {
-            let hd = take_head(&mut st, hidden.as_bytes())?;
-            let hid = hd.rec.clone();
-            put_head(&mut st, hidden.as_bytes(), hd);
-            match lookup(&mut st, vol.as_bytes())? {
-                Some(v) => {
+            match origin {
+                Some(mut o) => {
                     // Into the existing volume, which holds exactly the base: the
                     // received extent map and dead list replace its own.
-                    let origin = lookup(&mut st, &hid.origin)?.ok_or_else(|| not_found(&hid.origin))?;
-                    if v.extents != origin.extents || v.dead_blocks != 0 || v.prev_txg != hid.prev_txg {
-                        return Err(VdeError::Unsupported(format!(
-                            "{vol} changed during the receive; the received data stays in {hidden}"
-                        )));
-                    }
                     let mut vh = take_head(&mut st, vol.as_bytes())?;
                     vh.rec.extents = hid.extents;
                     vh.rec.deadlist = hid.deadlist;
@@ -741,13 +826,13 @@ impl Vde {
                     let rec = vh.rec.clone();
                     put_head(&mut st, vol.as_bytes(), vh);
                     store_rec(&mut st, vol.as_bytes(), &rec)?;
-                    let mut o = origin;
                     o.clones = o.clones.saturating_sub(1);
                     store_rec(&mut st, &hid.origin, &o)?;
                 }
                 None => {
                     let rec = DatasetRec {
                         guid: h.volume_guid,
+                        recv_offset: 0,
                         ..hid.clone()
                     };
                     st.heads.insert(vol.as_bytes().to_vec(), Head::new(rec.clone()));

@@ -334,17 +334,26 @@ impl<W: Write> StreamWriter<W> {
         })
     }
 
-    fn check_range(&mut self, offset: u64, len: u64) {
-        assert!(
-            offset % STREAM_BLOCK == 0
-                && len % STREAM_BLOCK == 0
-                && len > 0
-                && offset >= self.next
-                && offset.checked_add(len).is_some_and(|e| e <= self.volume_bytes),
-            "stream record {offset}+{len}: not block-aligned, empty, out of order or past {}",
-            self.volume_bytes
-        );
+    /// Refuses a record no reader would accept, before anything of it is written.
+    fn check_range(&mut self, offset: u64, len: u64, most: u64) -> Result<(), StreamError> {
+        let ok = offset % STREAM_BLOCK == 0
+            && len % STREAM_BLOCK == 0
+            && len > 0
+            && len <= most
+            && offset >= self.next
+            && offset.checked_add(len).is_some_and(|e| e <= self.volume_bytes);
+        if !ok {
+            return Err(malformed(
+                self.totals.stream_bytes,
+                format!(
+                    "the sender made a record for bytes {offset}+{len}: not whole blocks, empty, too long, before \
+                     byte {} or past the volume's {} bytes",
+                    self.next, self.volume_bytes
+                ),
+            ));
+        }
         self.next = offset + len;
+        Ok(())
     }
 
     /// Appends a record of `type` with payload `fixed` then `data` (a Write's data,
@@ -364,14 +373,14 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
-    /// Appends a `Write` of `data` at byte `offset`. Panics if the range is not
-    /// block-aligned, is empty or longer than [`MAX_WRITE`], overlaps or precedes the
-    /// previous record's, or passes the volume's end: the sender's bugs, not input.
+    /// Appends a `Write` of `data` at byte `offset`.
     ///
-    /// Errors: [`StreamError::Io`].
+    /// Errors: [`StreamError::Malformed`] (nothing written) if the range is not
+    /// block-aligned, is empty or longer than [`MAX_WRITE`], overlaps or precedes the
+    /// previous record's, or passes the volume's end: what a reader would refuse;
+    /// [`StreamError::Io`].
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), StreamError> {
-        assert!(data.len() <= MAX_WRITE, "a Write record of {} bytes", data.len());
-        self.check_range(offset, data.len() as u64);
+        self.check_range(offset, data.len() as u64, MAX_WRITE as u64)?;
         let mut fixed = [0u8; 16];
         put64(&mut fixed, 0, offset);
         put64(&mut fixed, 8, xxh3_64(data));
@@ -381,12 +390,11 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
-    /// Appends a `Free` of bytes `offset..offset + len`. Panics like
-    /// [`StreamWriter::write`] (without the length bound).
+    /// Appends a `Free` of bytes `offset..offset + len`.
     ///
-    /// Errors: [`StreamError::Io`].
+    /// Errors: as [`StreamWriter::write`] (without the length bound).
     pub fn free(&mut self, offset: u64, len: u64) -> Result<(), StreamError> {
-        self.check_range(offset, len);
+        self.check_range(offset, len, u64::MAX)?;
         let mut p = [0u8; 16];
         put64(&mut p, 0, offset);
         put64(&mut p, 8, len);

@@ -45,7 +45,8 @@ impl VolumeSpec {
     /// Parses `spec` if it starts with `vde:`; the volume is after the last `:` (volume
     /// names have no `:`, PCI addresses do).
     ///
-    /// Errors: [`Error::Open`] for `vde:` without a device or a volume.
+    /// Errors: [`Error::Open`] for `vde:` without a device or a volume, or naming a
+    /// receive's hidden volume (`VOL%recv`).
     pub fn parse(spec: &str) -> Option<Result<VolumeSpec, Error>> {
         let rest = spec.strip_prefix("vde:")?;
         let bad = |why: &str| Error::Open {
@@ -57,6 +58,12 @@ impl VolumeSpec {
         };
         if dev.is_empty() || vol.is_empty() {
             return Some(Err(bad("empty device or volume")));
+        }
+        if let Err(e) = super::dataset::check_visible(vol) {
+            return Some(Err(Error::Open {
+                device: spec.to_string(),
+                why: e.to_string(),
+            }));
         }
         let (volume, snapshot) = match vol.split_once('@') {
             Some((v, s)) => (v.to_string(), Some(s.to_string())),
