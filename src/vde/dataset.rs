@@ -224,7 +224,7 @@ impl VolExtent {
     }
 
     /// The blocks `from..from + n` of this extent (offsets in blocks).
-    fn slice(&self, from: u64, n: u64) -> VolExtent {
+    pub fn slice(&self, from: u64, n: u64) -> VolExtent {
         VolExtent {
             pba: self.pba + from,
             len: n,

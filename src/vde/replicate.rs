@@ -29,7 +29,7 @@
 use super::VdeError;
 use super::block::{BLOCK, NodeKind};
 use super::dataset::{
-    DatasetKind, DatasetRec, Head, VolExtent, lookup, not_found, put_head, snapshot_head, store_rec, take_head,
+    DatasetKind, DatasetRec, Head, MAX_VOL_EXTENT, VolExtent, lookup, not_found, put_head, snapshot_head, store_rec, take_head,
     with_datasets,
 };
 use super::store::Vde;
@@ -192,8 +192,10 @@ struct Emitter<'a, W: Write> {
     /// Free ranges (blocks), ascending, not yet written.
     frees: std::vec::IntoIter<(u64, u64)>,
     next_free: Option<(u64, u64)>,
-    /// Data waiting to be written at block `pending_at`.
+    /// Data waiting to be written at block `pending_at`: the first `pending_len` bytes of
+    /// `pending` (allocated once, [`MAX_WRITE`] + one extent, and read into in place).
     pending: Vec<u8>,
+    pending_len: usize,
     pending_at: u64,
     /// Blocks before this were sent by an earlier stream (resume).
     skip_to: u64,
@@ -215,27 +217,33 @@ impl<W: Write> Emitter<'_, W> {
     }
 
     fn flush(&mut self) -> Result<(), VdeError> {
-        if !self.pending.is_empty() {
+        if self.pending_len > 0 {
             self.w
-                .write(self.pending_at * BLOCK as u64, &self.pending)
+                .write(self.pending_at * BLOCK as u64, &self.pending[..self.pending_len])
                 .map_err(stream_err)?;
-            self.pending.clear();
+            self.pending_len = 0;
         }
         Ok(())
     }
 
-    /// Data `data` for blocks from `vblock`.
-    fn data(&mut self, vblock: u64, data: &[u8]) -> Result<(), VdeError> {
+    /// Room for the data of `blocks` blocks from `vblock` (at most one extent's), at the
+    /// end of what is pending; the caller fills it, then [`Emitter::filled`].
+    fn slot(&mut self, vblock: u64, blocks: u64) -> Result<&mut [u8], VdeError> {
         self.frees_before(vblock)?;
-        let contiguous = self.pending_at + (self.pending.len() / BLOCK) as u64 == vblock;
-        if !contiguous || self.pending.len() + data.len() > MAX_WRITE {
+        let bytes = blocks as usize * BLOCK;
+        let contiguous = self.pending_at + (self.pending_len / BLOCK) as u64 == vblock;
+        if !contiguous || self.pending_len + bytes > MAX_WRITE {
             self.flush()?;
         }
-        if self.pending.is_empty() {
+        if self.pending_len == 0 {
             self.pending_at = vblock;
         }
-        self.pending.extend_from_slice(data);
-        Ok(())
+        Ok(&mut self.pending[self.pending_len..self.pending_len + bytes])
+    }
+
+    /// The last [`Emitter::slot`] holds its data.
+    fn filled(&mut self, blocks: u64) {
+        self.pending_len += blocks as usize * BLOCK;
     }
 }
 
@@ -375,7 +383,8 @@ impl Vde {
             w: StreamWriter::new(out, &header).map_err(stream_err)?,
             frees,
             next_free,
-            pending: Vec::with_capacity(MAX_WRITE),
+            pending: vec![0u8; MAX_WRITE + MAX_VOL_EXTENT as usize * BLOCK],
+            pending_len: 0,
             pending_at: 0,
             skip_to: resume_offset / BLOCK as u64,
             stats: &mut stats,
@@ -385,7 +394,6 @@ impl Vde {
             let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
             let end = s.size / BLOCK as u64;
             let mut lane = self.lane()?;
-            let mut buf = vec![0u8; 32 * BLOCK];
             Tree::walk(&mut st.io(), NodeKind::Extents, s.extents, min, &mut |vis| {
                 let Visit::Entry { key, value } = vis else {
                     return Ok(());
@@ -397,12 +405,14 @@ impl Vde {
                 if e.birth <= min || len == 0 || vb + len <= em.skip_to {
                     return Ok(());
                 }
+                // The blocks to send, read straight into the record being built.
                 let from = em.skip_to.saturating_sub(vb);
-                let bytes = &mut buf[..e.len as usize * BLOCK];
-                lane.read(e.pba, bytes)?;
-                self.vol_verify(snap, vb, &e, bytes)?;
+                let piece = e.slice(from, len - from);
+                let bytes = em.slot(vb + from, piece.len)?;
+                lane.read(piece.pba, bytes)?;
+                self.vol_verify(snap, vb + from, &piece, bytes)?;
+                em.filled(piece.len);
                 em.stats.extents += 1;
-                em.data(vb + from, &bytes[from as usize * BLOCK..len as usize * BLOCK])?;
                 progress((vb + len) * BLOCK as u64);
                 Ok(())
             })?;

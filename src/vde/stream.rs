@@ -509,14 +509,21 @@ impl<R: Read> StreamReader<R> {
             }
             _ => return Err(malformed(start, format!("unknown record type {ty}"))),
         };
-        let mut payload = vec![0u8; want + 8];
+        // The chained part of the payload, then a Write's data into a buffer of its own
+        // (no copy after), then the checksum.
+        let fixed = chained_bytes(ty, want) - 8;
+        let mut payload = vec![0u8; fixed];
         read_full(&mut self.input, &mut payload, start + 8, "a record")?;
-        self.at = start + 8 + payload.len() as u64;
-        let expected = get64(&payload, want);
+        let mut data = vec![0u8; want - fixed];
+        read_full(&mut self.input, &mut data, start + 8 + fixed as u64, "a record")?;
+        let mut sum = [0u8; 8];
+        read_full(&mut self.input, &mut sum, start + 8 + want as u64, "a record")?;
+        self.at = start + 8 + want as u64 + 8;
+        let expected = u64::from_le_bytes(sum);
         let found = {
             let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed);
             h.update(&frame);
-            h.update(&payload[..chained_bytes(ty, want) - 8]);
+            h.update(&payload);
             h.digest()
         };
         let what = |ty: u8| match ty {
@@ -533,11 +540,9 @@ impl<R: Read> StreamReader<R> {
             });
         }
         self.seed = found;
-        payload.truncate(want);
         match ty {
             kind::WRITE => {
                 let (offset, sum) = (get64(&payload, 0), get64(&payload, 8));
-                let data = payload.split_off(16);
                 self.range(start, offset, data.len() as u64)?;
                 let got = xxh3_64(&data);
                 if got != sum {
