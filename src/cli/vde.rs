@@ -26,6 +26,7 @@ use crate::vde::{MAX_OBJECT, Vde, VdeError, VdeOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use std::io::{self, IsTerminal, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -619,21 +620,13 @@ fn send(a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
         (b, _) => b.clone(),
     };
     let vde = open(&a.store, Access::Shared, "vde send")?;
-    let mut file;
-    let mut stdout;
-    let sink: &mut dyn Write = match &a.output {
-        Some(path) => {
-            file = io::BufWriter::with_capacity(
-                1 << 20,
-                std::fs::File::create(path).map_err(|e| CliError::Invalid(format!("{path}: {e}")))?,
-            );
-            &mut file
-        }
-        None => {
-            stdout = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            &mut stdout
-        }
+    // Unbuffered: the sender writes each record with one vectored write (a buffer would
+    // copy every byte once more).
+    let mut sink = match &a.output {
+        Some(path) => std::fs::File::create(path).map_err(|e| CliError::Invalid(format!("{path}: {e}")))?,
+        None => std::fs::File::from(io::stdout().as_fd().try_clone_to_owned()?),
     };
+    let sink: &mut dyn Write = &mut sink;
     let size = match (&a.snapshot, &token) {
         (Some(s), _) => vde.dataset(s).map_err(|e| fail(&a.store.dev, e))?.size,
         _ => 0,
@@ -690,7 +683,8 @@ fn recv(a: &RecvArgs, out: &mut dyn Write) -> Result<(), CliError> {
             b.set_position(at);
         }
     };
-    let mut input = io::BufReader::with_capacity(1 << 20, io::stdin().lock());
+    // Unbuffered: a Write's data is read straight into its own buffer.
+    let mut input = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned()?);
     let started = Instant::now();
     let r = vde.recv(&a.volume, a.force, &mut input, &mut tick);
     let elapsed = started.elapsed().as_secs_f64();

@@ -84,6 +84,45 @@ impl Lane {
         self.transfer(start, Dir::Read(out))
     }
 
+    /// Reads `len` bytes (a whole number of blocks) from block `start` on, one piece
+    /// (at most [`Lane::piece_bytes`]) at a time, and hands each piece to `f`, in order,
+    /// straight from its staging buffer: no copy, for callers that only look at the bytes
+    /// (checksums, `vde send`). One piece is outstanding at a time.
+    ///
+    /// Errors: [`VdeError::Io`] naming the failed piece; `f`'s error (the rest is not
+    /// read).
+    pub fn read_with(
+        &mut self,
+        start: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]) -> Result<(), VdeError>,
+    ) -> Result<(), VdeError> {
+        debug_assert_eq!(len % BLOCK, 0);
+        self.current = (start, "read");
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(self.piece);
+            let mut err = None;
+            let buf = self.take_buf(&mut None, &mut err);
+            let lba = (start + (at / BLOCK) as u64) * self.lbas_per_block;
+            self.submit(Op::Read { lba }, buf, n, at as u64, &mut err);
+            self.drain(&mut None, &mut err);
+            if let Some(e) = err {
+                return Err(e);
+            }
+            // The one buffer that was out came back last; its bytes are the piece.
+            let piece = self.free.last().expect("the piece's buffer is back");
+            f(&piece.as_slice()[..n])?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Bytes one piece (one command) moves at most.
+    pub fn piece_bytes(&self) -> usize {
+        self.piece
+    }
+
     /// Writes `data` (a whole number of blocks) from block `start` on. Not durable until
     /// [`Lane::flush`].
     ///

@@ -29,11 +29,11 @@
 use super::VdeError;
 use super::block::{BLOCK, NodeKind};
 use super::dataset::{
-    DatasetKind, DatasetRec, Head, MAX_VOL_EXTENT, VolExtent, lookup, not_found, put_head, snapshot_head, store_rec, take_head,
+    DatasetKind, DatasetRec, Head, VolExtent, lookup, not_found, put_head, snapshot_head, store_rec, take_head,
     with_datasets,
 };
 use super::store::Vde;
-use super::stream::{MAX_WRITE, Record, StreamError, StreamHeader, StreamReader, StreamWriter};
+use super::stream::{Record, StreamError, StreamHeader, StreamReader, StreamWriter};
 use super::tree::{Tree, Visit};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
@@ -185,18 +185,13 @@ fn entry_vblock(key: &[u8]) -> Result<u64, VdeError> {
     Ok(u64::from_be_bytes(k))
 }
 
-/// Writes Write and Free records in volume order, coalescing adjacent extents into
-/// Write records of up to [`MAX_WRITE`] bytes.
+/// Writes Write and Free records in volume order: a Write per piece of an extent as the
+/// lane reads it (straight from its staging buffer), the Frees between them.
 struct Emitter<'a, W: Write> {
     w: StreamWriter<W>,
     /// Free ranges (blocks), ascending, not yet written.
     frees: std::vec::IntoIter<(u64, u64)>,
     next_free: Option<(u64, u64)>,
-    /// Data waiting to be written at block `pending_at`: the first `pending_len` bytes of
-    /// `pending` (allocated once, [`MAX_WRITE`] + one extent, and read into in place).
-    pending: Vec<u8>,
-    pending_len: usize,
-    pending_at: u64,
     /// Blocks before this were sent by an earlier stream (resume).
     skip_to: u64,
     stats: &'a mut SendStats,
@@ -206,7 +201,6 @@ impl<W: Write> Emitter<'_, W> {
     /// Frees starting before block `upto`.
     fn frees_before(&mut self, upto: u64) -> Result<(), VdeError> {
         while let Some((s, n)) = self.next_free.filter(|f| f.0 < upto) {
-            self.flush()?;
             let (s, n) = clip(s, n, self.skip_to);
             if n > 0 {
                 self.w.free(s * BLOCK as u64, n * BLOCK as u64).map_err(stream_err)?;
@@ -214,36 +208,6 @@ impl<W: Write> Emitter<'_, W> {
             self.next_free = self.frees.next();
         }
         Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), VdeError> {
-        if self.pending_len > 0 {
-            self.w
-                .write(self.pending_at * BLOCK as u64, &self.pending[..self.pending_len])
-                .map_err(stream_err)?;
-            self.pending_len = 0;
-        }
-        Ok(())
-    }
-
-    /// Room for the data of `blocks` blocks from `vblock` (at most one extent's), at the
-    /// end of what is pending; the caller fills it, then [`Emitter::filled`].
-    fn slot(&mut self, vblock: u64, blocks: u64) -> Result<&mut [u8], VdeError> {
-        self.frees_before(vblock)?;
-        let bytes = blocks as usize * BLOCK;
-        let contiguous = self.pending_at + (self.pending_len / BLOCK) as u64 == vblock;
-        if !contiguous || self.pending_len + bytes > MAX_WRITE {
-            self.flush()?;
-        }
-        if self.pending_len == 0 {
-            self.pending_at = vblock;
-        }
-        Ok(&mut self.pending[self.pending_len..self.pending_len + bytes])
-    }
-
-    /// The last [`Emitter::slot`] holds its data.
-    fn filled(&mut self, blocks: u64) {
-        self.pending_len += blocks as usize * BLOCK;
     }
 }
 
@@ -383,9 +347,6 @@ impl Vde {
             w: StreamWriter::new(out, &header).map_err(stream_err)?,
             frees,
             next_free,
-            pending: vec![0u8; MAX_WRITE + MAX_VOL_EXTENT as usize * BLOCK],
-            pending_len: 0,
-            pending_at: 0,
             skip_to: resume_offset / BLOCK as u64,
             stats: &mut stats,
         };
@@ -405,20 +366,24 @@ impl Vde {
                 if e.birth <= min || len == 0 || vb + len <= em.skip_to {
                     return Ok(());
                 }
-                // The blocks to send, read straight into the record being built.
+                // The blocks to send, each piece checked and written as the lane reads it.
                 let from = em.skip_to.saturating_sub(vb);
                 let piece = e.slice(from, len - from);
-                let bytes = em.slot(vb + from, piece.len)?;
-                lane.read(piece.pba, bytes)?;
-                self.vol_verify(snap, vb + from, &piece, bytes)?;
-                em.filled(piece.len);
+                em.frees_before(vb + from)?;
+                let mut at = 0;
+                lane.read_with(piece.pba, piece.len as usize * BLOCK, &mut |bytes| {
+                    let n = (bytes.len() / BLOCK) as u64;
+                    self.vol_verify(snap, vb + from + at, &piece.slice(at, n), bytes)?;
+                    em.w.write((vb + from + at) * BLOCK as u64, bytes).map_err(stream_err)?;
+                    at += n;
+                    Ok(())
+                })?;
                 em.stats.extents += 1;
                 progress((vb + len) * BLOCK as u64);
                 Ok(())
             })?;
         }
         em.frees_before(u64::MAX)?;
-        em.flush()?;
         let t = em.w.finish().map_err(stream_err)?;
         stats.writes = t.writes;
         stats.write_bytes = t.write_bytes;

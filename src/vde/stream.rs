@@ -12,7 +12,7 @@
 //! Nothing is allocated beyond one record's payload ([`MAX_WRITE`] bytes).
 
 use super::format::{get32, get64, put32, put64};
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// The first 8 bytes of a stream.
@@ -366,9 +366,19 @@ impl<W: Write> StreamWriter<W> {
             .extend_from_slice(&((fixed.len() + data.len()) as u32).to_le_bytes());
         self.frame.extend_from_slice(fixed);
         self.seed = xxh3_64_with_seed(&self.frame, self.seed);
-        self.out.write_all(&self.frame)?;
-        self.out.write_all(data)?;
-        self.out.write_all(&self.seed.to_le_bytes())?;
+        // One vectored write where the sink takes it (a pipe, a file): the data goes
+        // from the caller's buffer to the kernel, copied by nobody else.
+        let sum = self.seed.to_le_bytes();
+        let mut parts = [IoSlice::new(&self.frame), IoSlice::new(data), IoSlice::new(&sum)];
+        let mut parts = &mut parts[..];
+        while !parts.is_empty() {
+            match self.out.write_vectored(parts) {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Ok(n) => IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.totals.stream_bytes += (self.frame.len() + data.len() + 8) as u64;
         Ok(())
     }
