@@ -679,12 +679,14 @@ fn two_processes_never_share_a_store() {
                 Some(("FAIL", k)) => {
                     let err = std::fs::read_to_string(work.path().join(format!("err_{k}"))).unwrap();
                     // The holder is named unless it let go between the refusal and the look
-                    // at /proc/locks.
+                    // at /proc/locks ("another process"), or exited and was reaped between
+                    // that look and the one at /proc/PID/comm ("a process (pid N)").
                     let in_use = format!("{} is in use: locked by ", disk.path.display());
                     assert!(
                         err.starts_with("ironvme: refusing to run vde put: ")
                             && err.contains(&in_use)
-                            && (err.contains("locked by ironvme (pid ") && err.contains("for writing")
+                            && ((err.contains("locked by ironvme (pid ") || err.contains("locked by a process (pid "))
+                                && err.contains("for writing")
                                 || err.contains("locked by another process")),
                         "put {k} failed otherwise: {err}"
                     );
