@@ -64,6 +64,20 @@ impl Disk {
     }
 }
 
+/// A source store (4 KiB blocks) and a replica (`lba`-byte blocks), formatted.
+fn two_stores(a_mib: u64, b_mib: u64, lba: u32) -> (Disk, Disk, Vde, Vde) {
+    let (da, db) = (Disk::new(a_mib, 4096), Disk::new(b_mib, lba));
+    let (a, b) = (da.format(), db.format());
+    (da, db, a, b)
+}
+
+/// Volume `v` of 1 MiB on `a` with its first 64 blocks written, and its snapshot `v@s0`.
+fn small_volume(a: &Vde) {
+    a.vol_create("v", 1 << 20).unwrap();
+    a.vol_write("v", 0, &[1; 64 * BS], false).unwrap();
+    snap(a, "v@s0");
+}
+
 /// xorshift64*: deterministic test data and choices.
 struct Rng(u64);
 
@@ -156,8 +170,7 @@ fn assert_same(a: &Vde, b: &Vde, name: &str) {
 
 #[test]
 fn a_full_send_and_five_incrementals_across_two_clones_replicate_every_snapshot() {
-    let (da, db) = (Disk::new(96, 4096), Disk::new(96, 512));
-    let (a, b) = (da.format(), db.format());
+    let (da, db, a, b) = two_stores(96, 96, 512);
     let mut rng = Rng(0x5eed_5e4d);
     a.vol_create("v", 8 << 20).unwrap();
     mutate(&a, "v", &mut rng, 60);
@@ -216,8 +229,7 @@ fn random_histories_on_deep_extent_maps_replicate_exactly() {
     // Thousands of small extents make a multi-level extent map, so sends prune shared
     // subtrees at every level; large deallocates empty whole leaves (merges).
     for seed in [1u64, 2, 3] {
-        let (da, db) = (Disk::new(96, 4096), Disk::new(96, 512));
-        let (a, b) = (da.format(), db.format());
+        let (_da, _db, a, b) = two_stores(96, 96, 512);
         let mut rng = Rng(seed * 0x9e37_79b9_7f4a_7c15);
         let blocks = 8192u64;
         a.vol_create("v", blocks * BS as u64).unwrap();
@@ -251,8 +263,7 @@ fn random_histories_on_deep_extent_maps_replicate_exactly() {
 
 #[test]
 fn an_incremental_ships_at_most_1_05x_the_bytes_changed() {
-    let (da, db) = (Disk::new(160, 4096), Disk::new(160, 4096));
-    let (a, b) = (da.format(), db.format());
+    let (_da, _db, a, b) = two_stores(160, 160, 4096);
     a.vol_create("v", 64 << 20).unwrap();
     // A full volume, then 1 MiB of random 4 KiB writes.
     let mut rng = Rng(7);
@@ -287,8 +298,7 @@ fn an_incremental_ships_at_most_1_05x_the_bytes_changed() {
 /// A small incremental with Write and Free records, its target store at the base, and
 /// what the target looked like.
 fn small_incremental() -> (Disk, Vde, Vec<u8>, Vec<String>, Vec<u8>) {
-    let (da, db) = (Disk::new(32, 4096), Disk::new(32, 512));
-    let (a, b) = (da.format(), db.format());
+    let (_da, db, a, b) = two_stores(32, 32, 512);
     a.vol_create("v", 1 << 20).unwrap();
     a.vol_write("v", 0, &[1; 16 * BS], false).unwrap();
     snap(&a, "v@s0");
@@ -345,8 +355,7 @@ fn every_flipped_byte_and_sampled_truncations_are_refused_and_changes_nothing() 
 
 #[test]
 fn a_truncated_receive_resumes_from_its_token() {
-    let (da, db) = (Disk::new(96, 4096), Disk::new(192, 512));
-    let (a, b) = (da.format(), db.format());
+    let (_da, _db, a, b) = two_stores(96, 192, 512);
     let mut rng = Rng(99);
     a.vol_create("v", 32 << 20).unwrap();
     for i in 0..32u64 {
@@ -397,8 +406,7 @@ fn a_truncated_receive_resumes_from_its_token() {
 
 #[test]
 fn receives_onto_the_wrong_target_are_refused_with_their_reason() {
-    let (da, db) = (Disk::new(32, 4096), Disk::new(32, 4096));
-    let (a, b) = (da.format(), db.format());
+    let (_da, _db, a, b) = two_stores(32, 32, 4096);
     a.vol_create("v", 1 << 20).unwrap();
     a.vol_write("v", 0, &[1; 4 * BS], false).unwrap();
     snap(&a, "v@s0");
@@ -432,6 +440,19 @@ fn ironvme(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ironvme")).args(args).output().unwrap()
 }
 
+/// `ironvme ARGS` with `input` on its standard input; its output once it exits.
+fn fed(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut r = Command::new(env!("CARGO_BIN_EXE_ironvme"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    r.stdin.take().unwrap().write_all(input).unwrap();
+    r.wait_with_output().unwrap()
+}
+
 fn ok(args: &[&str]) -> Vec<u8> {
     let o = ironvme(args);
     assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
@@ -455,24 +476,11 @@ fn a_receive_killed_mid_stream_keeps_the_replica_and_resumes_with_send_t() {
         db.format().close().unwrap();
     }
     let s0 = ok(&["vde", "send", da.path(), "v@s0"]);
-    let mut r = Command::new(env!("CARGO_BIN_EXE_ironvme"))
-        .args(["vde", "recv", db.path(), "v"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    r.stdin.take().unwrap().write_all(&s0).unwrap();
-    assert!(r.wait().unwrap().success());
+    assert!(fed(&["vde", "recv", db.path(), "v"], &s0).status.success());
     let s1 = ok(&["vde", "send", da.path(), "v@s1", "-i", "@s0"]);
     // A stream cut short: with -s the receive keeps what arrived and names the token,
     // the one `recv-token` prints (it once named the last commit's, 0 here).
-    let mut r = Command::new(env!("CARGO_BIN_EXE_ironvme"))
-        .args(["vde", "recv", db.path(), "v", "-s"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    r.stdin.take().unwrap().write_all(&s1[..12 << 20]).unwrap();
-    let o = r.wait_with_output().unwrap();
+    let o = fed(&["vde", "recv", db.path(), "v", "-s"], &s1[..12 << 20]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success() && err.contains("truncated"), "{err}");
     let token = String::from_utf8(ok(&["vde", "recv-token", db.path(), "v"])).unwrap();
@@ -483,14 +491,7 @@ fn a_receive_killed_mid_stream_keeps_the_replica_and_resumes_with_send_t() {
     );
     ok(&["vde", "recv", db.path(), "v", "-A"]);
     // Without -s a failed receive keeps nothing.
-    let mut r = Command::new(env!("CARGO_BIN_EXE_ironvme"))
-        .args(["vde", "recv", db.path(), "v"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    r.stdin.take().unwrap().write_all(&s1[..12 << 20]).unwrap();
-    assert!(!r.wait().unwrap().success());
+    assert!(!fed(&["vde", "recv", db.path(), "v"], &s1[..12 << 20]).status.success());
     assert!(!ironvme(&["vde", "recv-token", db.path(), "v"]).status.success());
     let mut r = Command::new(env!("CARGO_BIN_EXE_ironvme"))
         .args(["vde", "recv", db.path(), "v"])
@@ -515,14 +516,7 @@ fn a_receive_killed_mid_stream_keeps_the_replica_and_resumes_with_send_t() {
     assert!(t.offset >= 8 << 20, "{t:?}");
     let rest = ok(&["vde", "send", da.path(), "-t", token.trim()]);
     assert!(rest.len() < s1.len());
-    let mut r = Command::new(env!("CARGO_BIN_EXE_ironvme"))
-        .args(["vde", "recv", db.path(), "v", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    r.stdin.take().unwrap().write_all(&rest).unwrap();
-    let o = r.wait_with_output().unwrap();
+    let o = fed(&["vde", "recv", db.path(), "v", "--json"], &rest);
     assert!(o.status.success());
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["resumed_at"], t.offset);
@@ -534,8 +528,7 @@ fn a_receive_killed_mid_stream_keeps_the_replica_and_resumes_with_send_t() {
 
 #[test]
 fn shrinks_grows_and_rollbacks_replicate_and_a_rollback_restores_the_size() {
-    let (da, db) = (Disk::new(32, 4096), Disk::new(32, 512));
-    let (a, b) = (da.format(), db.format());
+    let (_da, _db, a, b) = two_stores(32, 32, 512);
     a.vol_create("v", 256 * BS as u64).unwrap();
     a.vol_write("v", 200, &[7; 8 * BS], false).unwrap();
     snap(&a, "v@p");
@@ -572,11 +565,8 @@ fn shrinks_grows_and_rollbacks_replicate_and_a_rollback_restores_the_size() {
 
 #[test]
 fn a_forced_receive_that_fails_changes_nothing_and_refusals_leave_the_store_usable() {
-    let (da, db) = (Disk::new(32, 4096), Disk::new(32, 4096));
-    let (a, b) = (da.format(), db.format());
-    a.vol_create("v", 1 << 20).unwrap();
-    a.vol_write("v", 0, &[1; 64 * BS], false).unwrap();
-    snap(&a, "v@s0");
+    let (_da, _db, a, b) = two_stores(32, 32, 4096);
+    small_volume(&a);
     a.vol_write("v", 10, &[2; 32 * BS], false).unwrap();
     snap(&a, "v@s1");
     recv(&b, "v", &send(&a, "v@s0", None).0).unwrap();
@@ -629,11 +619,8 @@ fn a_forced_receive_that_fails_changes_nothing_and_refusals_leave_the_store_usab
 #[test]
 fn the_hidden_volume_of_a_receive_cannot_be_reached() {
     use ironvme::vde::volume::VolumeSpec;
-    let (da, db) = (Disk::new(32, 4096), Disk::new(32, 4096));
-    let (a, b) = (da.format(), db.format());
-    a.vol_create("v", 1 << 20).unwrap();
-    a.vol_write("v", 0, &[1; 64 * BS], false).unwrap();
-    snap(&a, "v@s0");
+    let (_da, db, a, b) = two_stores(32, 32, 4096);
+    small_volume(&a);
     let (full, _) = send(&a, "v@s0", None);
     recv(&b, "v", &full[..full.len() / 2]).unwrap_err();
     let hidden = "v%recv";

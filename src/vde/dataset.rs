@@ -381,14 +381,7 @@ pub(super) fn put_head(st: &mut State, name: &[u8], h: Head) {
 pub(super) fn snapshot_head(st: &mut State, vol: &[u8], full: &[u8], guid: u64) -> Result<(), VdeError> {
     let mut h = take_head(st, vol)?;
     let r = (|| {
-        let root = h.extents.commit(&mut st.io())?;
-        route(st, &mut h)?;
-        h.rec.extents = root;
-        let saved = std::mem::take(&mut st.released);
-        let dl = h.deadlist.commit(&mut st.io());
-        st.free_released();
-        st.released = saved;
-        h.rec.deadlist = dl?;
+        write_trees(st, &mut h)?;
         let txg = st.txg;
         let snap_rec = DatasetRec {
             kind: DatasetKind::Snapshot,
@@ -409,6 +402,21 @@ pub(super) fn snapshot_head(st: &mut State, vol: &[u8], full: &[u8], guid: u64) 
     })();
     put_head(st, vol, h);
     r
+}
+
+/// Writes head `h`'s dirty trees and points its record at them: the extent map (the
+/// blocks it released routed: freed, or onto the dead list), then the dead list (its
+/// released blocks are its own: freed).
+fn write_trees(st: &mut State, h: &mut Head) -> Result<(), VdeError> {
+    let root = h.extents.commit(&mut st.io())?;
+    route(st, h)?;
+    h.rec.extents = root;
+    let saved = std::mem::take(&mut st.released);
+    let dl = h.deadlist.commit(&mut st.io());
+    st.free_released();
+    st.released = saved;
+    h.rec.deadlist = dl?;
+    Ok(())
 }
 
 /// Routes the blocks the head's extent map released: born after `prev_txg` → freed; else
@@ -582,17 +590,7 @@ pub fn commit_heads(st: &mut State) -> Result<(), VdeError> {
         .collect();
     for name in names {
         let mut h = st.heads.remove(&name).expect("listed");
-        let r = (|| {
-            let root = h.extents.commit(&mut st.io())?;
-            route(st, &mut h)?;
-            h.rec.extents = root;
-            let saved = std::mem::take(&mut st.released);
-            let dl = h.deadlist.commit(&mut st.io());
-            st.free_released();
-            st.released = saved;
-            h.rec.deadlist = dl?;
-            store_rec(st, &name, &h.rec)
-        })();
+        let r = write_trees(st, &mut h).and_then(|_| store_rec(st, &name, &h.rec));
         h.dirty = false;
         st.heads.insert(name, h);
         r?;
