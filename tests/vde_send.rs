@@ -230,7 +230,7 @@ fn random_histories_on_deep_extent_maps_replicate_exactly() {
     // subtrees at every level; large deallocates empty whole leaves (merges).
     for seed in [1u64, 2, 3] {
         let (_da, _db, a, b) = two_stores(96, 96, 512);
-        let mut rng = Rng(seed * 0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let blocks = 8192u64;
         a.vol_create("v", blocks * BS as u64).unwrap();
         for _ in 0..6000 {
