@@ -471,32 +471,36 @@ fn overlapping(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Vec<
     Ok(out)
 }
 
+/// An extent map entry (key, value) as (first volume block, extent), checked against a
+/// pool `first..total` and against ending past 2^64.
+///
+/// Errors: [`VdeError::Corrupt`] naming what is wrong.
+pub fn decode_entry(k: &[u8], v: &[u8], first: u64, total: u64) -> Result<(u64, VolExtent), VdeError> {
+    let corrupt = |reason: String| VdeError::Corrupt {
+        block: 0,
+        kind: NodeKind::Extents.name(),
+        reason,
+    };
+    let e = VolExtent::decode(v, first, total).map_err(corrupt)?;
+    let k: [u8; 8] = k
+        .try_into()
+        .map_err(|_| corrupt(format!("extent key of {} bytes", k.len())))?;
+    let s = u64::from_be_bytes(k);
+    if s.checked_add(e.len).is_none() {
+        return Err(corrupt(format!(
+            "extent at volume block {s} of {} blocks ends past 2^64",
+            e.len
+        )));
+    }
+    Ok((s, e))
+}
+
 /// [`overlapping`] without the check that the extents found do not overlap.
 fn overlapping_unchecked(st: &mut State, h: &mut Head, vblock: u64, n: u64) -> Result<Vec<(u64, VolExtent)>, VdeError> {
     let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
     let end = vblock + n;
     let mut out = Vec::new();
-    let decode = |k: &[u8], v: &[u8]| -> Result<(u64, VolExtent), VdeError> {
-        let e = VolExtent::decode(v, first, total).map_err(|r| VdeError::Corrupt {
-            block: 0,
-            kind: NodeKind::Extents.name(),
-            reason: r,
-        })?;
-        let k: [u8; 8] = k.try_into().map_err(|_| VdeError::Corrupt {
-            block: 0,
-            kind: NodeKind::Extents.name(),
-            reason: format!("extent key of {} bytes", k.len()),
-        })?;
-        let s = u64::from_be_bytes(k);
-        if s.checked_add(e.len).is_none() {
-            return Err(VdeError::Corrupt {
-                block: 0,
-                kind: NodeKind::Extents.name(),
-                reason: format!("extent at volume block {s} of {} blocks ends past 2^64", e.len),
-            });
-        }
-        Ok((s, e))
-    };
+    let decode = |k: &[u8], v: &[u8]| decode_entry(k, v, first, total);
     let mut cursor = match h.extents.floor(&mut st.io(), &vkey(vblock))? {
         Some((k, v)) => {
             let (s, e) = decode(&k, &v)?;
@@ -812,12 +816,8 @@ impl Vde {
         let (first, total) = (st.sb.pool_start(), st.sb.total_blocks);
         let mut sum = 0;
         Tree::walk(&mut st.io(), NodeKind::Extents, rec.extents, after, &mut |v| {
-            if let Visit::Entry { value, .. } = v {
-                let e = VolExtent::decode(value, first, total).map_err(|r| VdeError::Corrupt {
-                    block: 0,
-                    kind: NodeKind::Extents.name(),
-                    reason: r,
-                })?;
+            if let Visit::Entry { key, value } = v {
+                let (_, e) = decode_entry(key, value, first, total)?;
                 if e.birth > after {
                     sum += e.len;
                 }
@@ -1584,12 +1584,8 @@ fn free_born_after(st: &mut State, root: Option<BlockPtr>, after: u64) -> Result
                     freed.push((ptr.addr, 1));
                 }
             }
-            Visit::Entry { value, .. } => {
-                let e = VolExtent::decode(value, first, total).map_err(|r| VdeError::Corrupt {
-                    block: 0,
-                    kind: NodeKind::Extents.name(),
-                    reason: r,
-                })?;
+            Visit::Entry { key, value } => {
+                let (_, e) = decode_entry(key, value, first, total)?;
                 if e.birth > after {
                     freed.push((e.pba, e.len));
                 }

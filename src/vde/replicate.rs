@@ -29,7 +29,7 @@
 use super::VdeError;
 use super::block::{BLOCK, NodeKind};
 use super::dataset::{
-    DatasetKind, DatasetRec, Head, VolExtent, lookup, not_found, put_head, snapshot_head, store_rec, take_head,
+    DatasetKind, DatasetRec, Head, decode_entry, lookup, not_found, put_head, snapshot_head, store_rec, take_head,
     with_datasets,
 };
 use super::store::Vde;
@@ -169,35 +169,18 @@ fn stream_err(e: StreamError) -> VdeError {
     }
 }
 
-fn corrupt_extent(r: String) -> VdeError {
-    VdeError::Corrupt {
-        block: 0,
-        kind: NodeKind::Extents.name(),
-        reason: r,
-    }
-}
-
-/// An extent map entry's volume block.
-fn entry_vblock(key: &[u8]) -> Result<u64, VdeError> {
-    let k: [u8; 8] = key
-        .try_into()
-        .map_err(|_| corrupt_extent(format!("extent key of {} bytes", key.len())))?;
-    Ok(u64::from_be_bytes(k))
-}
-
 /// Writes Write and Free records in volume order: a Write per piece of an extent as the
 /// lane reads it (straight from its staging buffer), the Frees between them.
-struct Emitter<'a, W: Write> {
+struct Emitter<W: Write> {
     w: StreamWriter<W>,
     /// Free ranges (blocks), ascending, not yet written.
     frees: std::vec::IntoIter<(u64, u64)>,
     next_free: Option<(u64, u64)>,
     /// Blocks before this were sent by an earlier stream (resume).
     skip_to: u64,
-    stats: &'a mut SendStats,
 }
 
-impl<W: Write> Emitter<'_, W> {
+impl<W: Write> Emitter<W> {
     /// Frees starting before block `upto`.
     fn frees_before(&mut self, upto: u64) -> Result<(), VdeError> {
         while let Some((s, n)) = self.next_free.filter(|f| f.0 < upto) {
@@ -348,7 +331,6 @@ impl Vde {
             frees,
             next_free,
             skip_to: resume_offset / BLOCK as u64,
-            stats: &mut stats,
         };
         {
             let mut st = self.state()?;
@@ -359,8 +341,7 @@ impl Vde {
                 let Visit::Entry { key, value } = vis else {
                     return Ok(());
                 };
-                let e = VolExtent::decode(value, first, total).map_err(corrupt_extent)?;
-                let vb = entry_vblock(key)?;
+                let (vb, e) = decode_entry(key, value, first, total)?;
                 // Nothing past the snapshot's size is its contents.
                 let len = e.len.min(end.saturating_sub(vb));
                 if e.birth <= min || len == 0 || vb + len <= em.skip_to {
@@ -378,7 +359,7 @@ impl Vde {
                     at += n;
                     Ok(())
                 })?;
-                em.stats.extents += 1;
+                stats.extents += 1;
                 progress((vb + len) * BLOCK as u64);
                 Ok(())
             })?;
@@ -417,8 +398,8 @@ impl Vde {
             };
             Tree::walk_pruned(&mut st.io(), NodeKind::Extents, s.extents, &mut prune, &mut |vis| {
                 if let Visit::Entry { key, value } = vis {
-                    let e = VolExtent::decode(value, first, total).map_err(corrupt_extent)?;
-                    smap.insert(entry_vblock(key)?, e.len);
+                    let (vb, e) = decode_entry(key, value, first, total)?;
+                    smap.insert(vb, e.len);
                 }
                 Ok(())
             })?;
@@ -429,8 +410,8 @@ impl Vde {
                 &mut |p| shared.contains(&p.addr),
                 &mut |vis| {
                     if let Visit::Entry { key, value } = vis {
-                        let e = VolExtent::decode(value, first, total).map_err(corrupt_extent)?;
-                        cand.push((entry_vblock(key)?, e.len));
+                        let (vb, e) = decode_entry(key, value, first, total)?;
+                        cand.push((vb, e.len));
                     }
                     Ok(())
                 },
