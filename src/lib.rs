@@ -14,6 +14,7 @@ pub mod claim;
 pub mod cli;
 pub mod device;
 mod error;
+pub mod export;
 pub mod vde;
 
 pub use device::{Backend, Device, IoQueue, OpenOptions, Target, choose_backend};

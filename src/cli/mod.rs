@@ -43,6 +43,7 @@ pub mod list;
 pub mod logs;
 pub mod output;
 pub mod perf;
+pub mod serve;
 pub mod vde;
 pub mod verify;
 
@@ -155,6 +156,15 @@ pub enum Command {
     /// --allow-write (regular files do not). --read-only checks what an earlier run wrote
     /// (e.g. after a power cycle) without writing. Exits 1 on any mismatch or I/O error.
     Verify(verify::VerifyArgs),
+    /// Serve namespaces and VDE volumes to other hosts over NVMe/TCP (Linux's nvme-tcp
+    /// initiator: `nvme discover`, `nvme connect`) and NBD (nbd-client, qemu-img).
+    ///
+    /// Runs in the foreground until SIGINT or SIGTERM, then drains outstanding I/O,
+    /// flushes and releases the devices. Listens only on the addresses given (default
+    /// 127.0.0.1). Hosts must be named with --allow-host HOSTNQN unless --allow-any-host.
+    /// Example: serve --nvme-tcp 127.0.0.1:4420 --nqn nqn.2026-12.io.ironvme:disk
+    /// --namespace 0000:00:05.0 --allow-any-host
+    Serve(serve::ServeArgs),
     /// The Virtual Disk Engine: a crash-safe, checksummed store of objects and thin
     /// volumes, with snapshots and clones, on DEV (any backend).
     Vde {
@@ -353,6 +363,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::List(a) => list::run(a, &crate::vfio::Sysfs::system(), out),
         Command::Perf(a) => perf::run(a, out),
         Command::Verify(a) => verify::run(a, out),
+        Command::Serve(a) => serve::run(a, out),
         Command::Vde { command } => vde::run(command, out),
     }?;
     out.flush()?;

@@ -3,7 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// An environment variable `qemu/run` sets in the guest.
 pub fn env(var: &str) -> String {
@@ -200,4 +201,89 @@ pub fn send_recv(send: &[&str], recv: &[&str]) -> (serde_json::Value, serde_json
     );
     let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
     (json(&so.stderr), json(&r.stdout))
+}
+
+/// `ironvme serve` as a child process, logging to a file; killed (and its log printed) if
+/// the test fails.
+pub struct ServerProcess {
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `ironvme ARGS` with `RUST_LOG=info` and waits (up to 60 s) until a TCP
+    /// connection to `addr` succeeds.
+    pub fn start(args: &[&str], addr: &str, log: &Path) -> ServerProcess {
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ironvme"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start ironvme serve");
+        let s = ServerProcess {
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the server never listened:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status (within 60 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the server did not exit after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl ServerProcess {
+    /// Sends signal `sig` (a name `kill` knows, such as `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("the server has exited");
+        run("kill", &[&format!("-{sig}"), &child.id().to_string()]);
+    }
+
+    /// SIGKILL, then waits for the process: the crash the target must survive.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server has exited");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            eprintln!("ironvme serve log:\n{}", self.log());
+        }
+    }
 }

@@ -252,6 +252,54 @@ impl Command {
         self.cdw0 as u8
     }
 
+    /// A submission queue entry from its 64 bytes (little-endian dwords), as a fabrics
+    /// capsule carries it (NVMe over Fabrics 1.1, 2.2).
+    pub fn from_bytes(b: &[u8; 64]) -> Command {
+        let dw = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+        let qw = |i: usize| dw(i) as u64 | (dw(i + 1) as u64) << 32;
+        Command {
+            cdw0: dw(0),
+            nsid: dw(1),
+            cdw2: dw(2),
+            cdw3: dw(3),
+            mptr: qw(4),
+            dptr: [qw(6), qw(8)],
+            cdw10: dw(10),
+            cdw11: dw(11),
+            cdw12: dw(12),
+            cdw13: dw(13),
+            cdw14: dw(14),
+            cdw15: dw(15),
+        }
+    }
+
+    /// The 64 bytes of the entry (the inverse of [`Command::from_bytes`]).
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        let dws = [
+            self.cdw0,
+            self.nsid,
+            self.cdw2,
+            self.cdw3,
+            self.mptr as u32,
+            (self.mptr >> 32) as u32,
+            self.dptr[0] as u32,
+            (self.dptr[0] >> 32) as u32,
+            self.dptr[1] as u32,
+            (self.dptr[1] >> 32) as u32,
+            self.cdw10,
+            self.cdw11,
+            self.cdw12,
+            self.cdw13,
+            self.cdw14,
+            self.cdw15,
+        ];
+        for (i, d) in dws.iter().enumerate() {
+            b[4 * i..4 * i + 4].copy_from_slice(&d.to_le_bytes());
+        }
+        b
+    }
+
     /// The command identifier (CDW0 bits 31:16).
     pub const fn cid(&self) -> u16 {
         (self.cdw0 >> 16) as u16

@@ -34,6 +34,18 @@ impl Completion {
         Status::from_raw(self.status >> 1)
     }
 
+    /// The entry's 16 bytes (little-endian), as a fabrics response capsule carries it.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.dw0.to_le_bytes());
+        b[4..8].copy_from_slice(&self.dw1.to_le_bytes());
+        b[8..10].copy_from_slice(&self.sqhd.to_le_bytes());
+        b[10..12].copy_from_slice(&self.sqid.to_le_bytes());
+        b[12..14].copy_from_slice(&self.cid.to_le_bytes());
+        b[14..16].copy_from_slice(&self.status.to_le_bytes());
+        b
+    }
+
     /// Builds a completion (used by the simulated controller and by tests).
     pub const fn new(cid: u16, sqid: u16, sqhd: u16, status: Status, phase: bool, dw0: u32) -> Completion {
         Completion {

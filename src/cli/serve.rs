@@ -1,0 +1,388 @@
+//! `ironvme serve`: the block export target (NVMe/TCP and NBD), configured from the
+//! command line or a TOML file.
+//!
+//! The command line serves one subsystem:
+//! `serve --nvme-tcp 127.0.0.1:4420 --nqn NQN --namespace SPEC... --allow-host HOSTNQN...`,
+//! and NBD exports with `--nbd 127.0.0.1:10809 --export NAME=SPEC...`. A `--config`
+//! file can name several subsystems and listeners:
+//!
+//! ```toml
+//! nvme_tcp = ["127.0.0.1:4420"]    # listeners
+//! nbd = "127.0.0.1:10809"          # optional
+//! poll_groups = 1                  # optional
+//!
+//! [[subsystem]]
+//! nqn = "nqn.2026-12.io.ironvme:disk0"
+//! namespaces = ["0000:00:05.0", "vde:/dev/nvme0n1:vol"]   # NSIDs 1, 2, ...
+//! allow_hosts = ["nqn.2014-08.org.nvmexpress:uuid:..."]  # or allow_any_host = true
+//! serial = "..."                   # optional (default: from the NQN)
+//! model = "ironvme"                # optional
+//!
+//! [[export]]                       # NBD
+//! name = "disk"
+//! spec = "/dev/nvme0n2"
+//! ```
+//!
+//! Each device is opened once, with an exclusive claim, however many times it is named.
+
+use crate::cli::CliError;
+use crate::export::nvme_tcp::ctrl::{DISCOVERY_NQN, HostPolicy, Subsystem, Target};
+use crate::export::nvme_tcp::{Namespace, Stats};
+use crate::export::{Backing, Stop, nbd};
+use clap::Args;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve NVMe/TCP on ADDR:PORT (default 127.0.0.1:4420). Listens only where told.
+    #[arg(long = "nvme-tcp", value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:4420")]
+    pub nvme_tcp: Option<SocketAddr>,
+    /// The subsystem's NQN (nqn.YYYY-MM.reverse-domain:name).
+    #[arg(long, value_name = "NQN")]
+    pub nqn: Option<String>,
+    /// A namespace of the subsystem, NSIDs in order: a PCI address, /dev/nvmeXnY,
+    /// /dev/ngXnY, a file, or vde:DEV:VOL. Naming it lets initiators write it; a device
+    /// in use (mounted, held) is refused.
+    #[arg(long = "namespace", value_name = "SPEC")]
+    pub namespaces: Vec<String>,
+    /// A host NQN allowed to connect (repeatable).
+    #[arg(long = "allow-host", value_name = "HOSTNQN")]
+    pub allow_hosts: Vec<String>,
+    /// Let any host connect.
+    #[arg(long, conflicts_with = "allow_hosts")]
+    pub allow_any_host: bool,
+    /// Serial number the subsystem's controllers report (default: from the NQN).
+    #[arg(long, value_name = "SN")]
+    pub serial: Option<String>,
+    /// Serve NBD on ADDR:PORT (default 127.0.0.1:10809).
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:10809")]
+    pub nbd: Option<SocketAddr>,
+    /// An NBD export: NAME=SPEC (repeatable).
+    #[arg(long = "export", value_name = "NAME=SPEC")]
+    pub exports: Vec<String>,
+    /// Read listeners, subsystems and exports from a TOML file (instead of the flags
+    /// above).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["nvme_tcp", "nqn", "namespaces", "nbd", "exports"])]
+    pub config: Option<PathBuf>,
+    /// NVMe/TCP poll groups (worker threads), each with its own backend queues.
+    #[arg(long, value_name = "N")]
+    pub poll_groups: Option<usize>,
+    /// Print a stats line (connections, IOPS, errors) every SECS seconds; 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub stats: u64,
+    /// Stats lines as JSON objects.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NVMe/TCP listeners.
+    #[serde(default)]
+    pub nvme_tcp: Vec<SocketAddr>,
+    /// The NBD listener.
+    pub nbd: Option<SocketAddr>,
+    /// Poll groups.
+    pub poll_groups: Option<usize>,
+    /// Subsystems.
+    #[serde(default)]
+    pub subsystem: Vec<SubsystemConfig>,
+    /// NBD exports.
+    #[serde(default)]
+    pub export: Vec<ExportConfig>,
+}
+
+/// One `[[subsystem]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemConfig {
+    /// NQN.
+    pub nqn: String,
+    /// Namespace specs, NSID 1 first.
+    pub namespaces: Vec<String>,
+    /// Host NQNs allowed.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Any host may connect.
+    #[serde(default)]
+    pub allow_any_host: bool,
+    /// Serial number.
+    pub serial: Option<String>,
+    /// Model number.
+    pub model: Option<String>,
+}
+
+/// One `[[export]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Export name.
+    pub name: String,
+    /// Device spec.
+    pub spec: String,
+}
+
+impl ServeArgs {
+    /// The configuration the flags (or the file) describe.
+    ///
+    /// Errors: [`CliError::Invalid`] for an unreadable or malformed file, or flags that
+    /// do not make a target.
+    pub fn config(&self) -> Result<Config, CliError> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+            let mut c: Config =
+                toml::from_str(&text).map_err(|e| CliError::Invalid(format!("{}: {e}", path.display())))?;
+            c.poll_groups = self.poll_groups.or(c.poll_groups);
+            return Ok(c);
+        }
+        let mut c = Config {
+            nvme_tcp: self.nvme_tcp.into_iter().collect(),
+            nbd: self.nbd,
+            poll_groups: self.poll_groups,
+            ..Default::default()
+        };
+        if self.nvme_tcp.is_some() || !self.namespaces.is_empty() {
+            let nqn = self
+                .nqn
+                .clone()
+                .ok_or_else(|| CliError::Invalid("--nvme-tcp needs --nqn NQN for its subsystem".into()))?;
+            c.subsystem.push(SubsystemConfig {
+                nqn,
+                namespaces: self.namespaces.clone(),
+                allow_hosts: self.allow_hosts.clone(),
+                allow_any_host: self.allow_any_host,
+                serial: self.serial.clone(),
+                model: None,
+            });
+        }
+        for e in &self.exports {
+            let (name, spec) = e
+                .split_once('=')
+                .ok_or_else(|| CliError::Invalid(format!("--export {e:?}: expected NAME=SPEC")))?;
+            c.export.push(ExportConfig {
+                name: name.into(),
+                spec: spec.into(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+impl Config {
+    /// Checks that the configuration makes a target: listeners with something to serve,
+    /// valid NQNs, hosts named (or any allowed), unique names.
+    ///
+    /// Errors: [`CliError::Invalid`] saying what is missing or wrong.
+    pub fn check(&self) -> Result<(), CliError> {
+        let bad = |m: String| Err(CliError::Invalid(m));
+        if self.nvme_tcp.is_empty() && self.nbd.is_none() {
+            return bad("nothing to serve on: give --nvme-tcp ADDR:PORT and/or --nbd ADDR:PORT".into());
+        }
+        if !self.nvme_tcp.is_empty() && self.subsystem.is_empty() {
+            return bad("--nvme-tcp needs a subsystem: --nqn NQN --namespace SPEC".into());
+        }
+        if self.nvme_tcp.is_empty() && !self.subsystem.is_empty() {
+            return bad("subsystems need an NVMe/TCP listener (--nvme-tcp ADDR:PORT)".into());
+        }
+        if self.nbd.is_some() == self.export.is_empty() {
+            return bad("--nbd and --export go together: --nbd ADDR:PORT --export NAME=SPEC".into());
+        }
+        let mut nqns = std::collections::HashSet::new();
+        for s in &self.subsystem {
+            check_nqn(&s.nqn)?;
+            if s.nqn == DISCOVERY_NQN || !nqns.insert(&s.nqn) {
+                return bad(format!("subsystem NQN {} is used twice or is the discovery NQN", s.nqn));
+            }
+            if s.namespaces.is_empty() {
+                return bad(format!("subsystem {} has no namespaces (--namespace SPEC)", s.nqn));
+            }
+            if s.allow_hosts.is_empty() && !s.allow_any_host {
+                return bad(format!(
+                    "subsystem {}: no host may connect; give --allow-host HOSTNQN (see /etc/nvme/hostnqn on the \
+                     host) or --allow-any-host",
+                    s.nqn
+                ));
+            }
+            for h in &s.allow_hosts {
+                check_nqn(h)?;
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for e in &self.export {
+            if e.name.is_empty() || e.name.len() > 4096 || !names.insert(&e.name) {
+                return bad(format!("NBD export name {:?} is empty, too long or used twice", e.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An NQN: `nqn.` then at most 223 bytes in all (NVMe Base 2.0, 4.5).
+fn check_nqn(nqn: &str) -> Result<(), CliError> {
+    if !nqn.starts_with("nqn.") || nqn.len() > 223 || nqn.bytes().any(|b| !(0x20..0x7F).contains(&b)) {
+        return Err(CliError::Invalid(format!(
+            "{nqn:?} is not an NQN (\"nqn.\" followed by printable ASCII, at most 223 bytes)"
+        )));
+    }
+    Ok(())
+}
+
+/// A default serial number: 20 hex digits of the NQN's hash.
+fn serial_of(nqn: &str) -> String {
+    format!("{:020x}", xxhash_rust::xxh3::xxh3_64(nqn.as_bytes()) as u128)[..20].to_string()
+}
+
+/// Runs `serve`.
+///
+/// Errors: configuration errors, devices that cannot be opened or are in use, addresses
+/// that cannot be bound, poll groups that cannot start.
+pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let config = args.config()?;
+    config.check()?;
+    let stop = Stop::on_signals().map_err(|e| CliError::Device(format!("cannot install signal handlers: {e}")))?;
+    // Open every device once.
+    let mut opened: HashMap<String, Arc<Backing>> = HashMap::new();
+    let mut open = |spec: &str| -> Result<Arc<Backing>, CliError> {
+        if let Some(b) = opened.get(spec) {
+            return Ok(Arc::clone(b));
+        }
+        let b = Arc::new(Backing::open(spec)?);
+        tracing::info!(
+            spec,
+            backend = %b.device.backend(),
+            block_size = b.info.block_size,
+            blocks = b.info.blocks,
+            "opened"
+        );
+        opened.insert(spec.to_string(), Arc::clone(&b));
+        Ok(b)
+    };
+    let mut subsystems = vec![Arc::new(Subsystem::new(
+        DISCOVERY_NQN.into(),
+        serial_of(DISCOVERY_NQN),
+        "ironvme discovery".into(),
+        Vec::new(),
+        HostPolicy::Any,
+    ))];
+    let mut index = 0;
+    for s in &config.subsystem {
+        let mut namespaces = Vec::new();
+        for (i, spec) in s.namespaces.iter().enumerate() {
+            namespaces.push(Namespace::new(&s.nqn, i as u32 + 1, open(spec)?, index));
+            index += 1;
+        }
+        let hosts = if s.allow_any_host {
+            HostPolicy::Any
+        } else {
+            HostPolicy::Only(s.allow_hosts.clone())
+        };
+        subsystems.push(Arc::new(Subsystem::new(
+            s.nqn.clone(),
+            s.serial.clone().unwrap_or_else(|| serial_of(&s.nqn)),
+            s.model.clone().unwrap_or_else(|| "ironvme".into()),
+            namespaces,
+            hosts,
+        )));
+    }
+    let mut exports = Vec::new();
+    for e in &config.export {
+        exports.push(nbd::Export {
+            name: e.name.clone(),
+            backing: open(&e.spec)?,
+        });
+    }
+    let bind = |addr: &SocketAddr| {
+        TcpListener::bind(addr).map_err(|e| CliError::Device(format!("cannot listen on {addr}: {e}")))
+    };
+    let listeners = config.nvme_tcp.iter().map(bind).collect::<Result<Vec<_>, _>>()?;
+    let bound: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let nbd_listener = config.nbd.as_ref().map(bind).transpose()?;
+    let target = Arc::new(Target {
+        subsystems,
+        listeners: bound.clone(),
+    });
+    for addr in &bound {
+        for s in target.subsystems.iter().skip(1) {
+            tracing::info!(%addr, nqn = %s.nqn, namespaces = s.namespaces.len(), "serving NVMe/TCP");
+        }
+    }
+    if let Some(l) = &nbd_listener {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), exports = exports.len(), "serving NBD");
+    }
+    let stats = Arc::new(Stats::default());
+    let groups = config.poll_groups.unwrap_or(1).max(1);
+    let result = std::thread::scope(|s| {
+        let nbd_thread = nbd_listener.map(|l| {
+            let stop = stop.clone();
+            s.spawn(move || {
+                let r = nbd::serve(l, exports, stop.clone());
+                // An NBD server that failed early stops the NVMe/TCP side too.
+                stop.set();
+                r
+            })
+        });
+        let nvme_thread = (!listeners.is_empty()).then(|| {
+            let (target, stop, stats) = (Arc::clone(&target), stop.clone(), Arc::clone(&stats));
+            s.spawn(move || {
+                let r = crate::export::nvme_tcp::serve(listeners, target, groups, stop.clone(), stats);
+                stop.set();
+                r
+            })
+        });
+        // This thread reports (it owns standard output) until a signal or a failed server
+        // sets `stop`.
+        let every = (args.stats > 0).then(|| Duration::from_secs(args.stats));
+        report(out, &stats, &stop, every, args.json);
+        let nvme = match nvme_thread.map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("the NVMe/TCP target panicked".to_string()),
+            None => Ok(()),
+        };
+        let nbd = nbd_thread.map(|t| t.join());
+        nvme.map_err(CliError::Device)?;
+        match nbd {
+            Some(Ok(Err(e))) => Err(CliError::Device(format!("NBD: {e}"))),
+            Some(Err(_)) => Err(CliError::Device("the NBD server panicked".into())),
+            _ => Ok(()),
+        }
+    });
+    tracing::info!("stopped: outstanding I/O drained, namespaces flushed");
+    result
+}
+
+/// Until `stop` is set, writes a stats line to `out` every `every` (none when `None`).
+fn report(out: &mut dyn Write, stats: &Stats, stop: &Stop, every: Option<Duration>, json: bool) {
+    let mut last = (Instant::now(), stats.ios.load(Ordering::Relaxed));
+    while !stop.is_set() {
+        std::thread::sleep(crate::export::STOP_POLL);
+        if every.is_none_or(|e| last.0.elapsed() < e) {
+            continue;
+        }
+        let ios = stats.ios.load(Ordering::Relaxed);
+        let secs = last.0.elapsed().as_secs_f64();
+        let iops = (ios - last.1) as f64 / secs;
+        let (conns, errors) = (
+            stats.connections.load(Ordering::Relaxed),
+            stats.errors.load(Ordering::Relaxed),
+        );
+        let line = if json {
+            serde_json::json!({"connections": conns, "iops": iops.round(), "ios": ios, "errors": errors}).to_string()
+        } else {
+            format!("connections {conns}  IOPS {iops:.0}  I/Os {ios}  errors {errors}")
+        };
+        // A closed standard output must not stop the target.
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        last = (Instant::now(), ios);
+    }
+}

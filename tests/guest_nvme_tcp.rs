@@ -1,0 +1,259 @@
+//! `ironvme serve --nvme-tcp` in the guest, serving the kernel controller's 4 KiB
+//! namespace (`/dev/nvmeXn2`, io_uring backend) to the Linux kernel's nvme-tcp initiator
+//! through nvme-cli:
+//!
+//! - `nvme discover` lists the subsystem to the allowed host NQN and hides it from others,
+//!   and `nvme connect` from a host NQN not allowed fails;
+//! - `nvme connect` gives a namespace of the same size and block size;
+//! - ext4 is made, mounted, filled, remounted and compared, and `fsck.ext4 -f -n` is clean;
+//! - fio writes random 4 KiB and 64 KiB blocks and reads them back with its verify;
+//! - the target is killed (SIGKILL) during a fio verify run and restarted: the kernel
+//!   reconnects (`--reconnect-delay 1`), the queued I/O is retried, and fio's verify finds
+//!   nothing lost;
+//! - `nvme disconnect`, then SIGTERM stops the target with exit status 0.
+//!
+//! Runs inside the guest (`scripts/test`).
+
+mod common;
+
+use common::{ServerProcess, env, kernel_ctrl, pattern, run};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADDR: &str = "127.0.0.1:4420";
+const NQN: &str = "nqn.2026-12.io.ironvme:guest-test";
+const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:6d1c5e0a-3f3b-4a53-9d9e-1b0c1f1e0a01";
+const STRANGER: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-00000000beef";
+const MNT: &str = "/tmp/nvme-tcp-mnt";
+
+fn sysfs(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
+}
+
+fn start(spec: &str, log: &Path) -> ServerProcess {
+    ServerProcess::start(
+        &[
+            "serve",
+            "--nvme-tcp",
+            ADDR,
+            "--nqn",
+            NQN,
+            "--namespace",
+            spec,
+            "--allow-host",
+            HOST,
+            "--stats",
+            "2",
+        ],
+        ADDR,
+        log,
+    )
+}
+
+/// `nvme CMD -t tcp -a 127.0.0.1 -s 4420 ARGS`, with its output and status.
+fn nvme_tcp(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("nvme")
+        .args([cmd, "-t", "tcp", "-a", "127.0.0.1", "-s", "4420"])
+        .args(args)
+        .output()
+        .expect("run nvme");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The kernel's block device for the served namespace, once it appears (within 60 s).
+fn served_block_device() -> String {
+    let started = Instant::now();
+    loop {
+        for entry in std::fs::read_dir("/sys/block").unwrap().filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("nvme") && sysfs(&format!("/sys/block/{name}/device/subsysnqn")) == NQN {
+                return format!("/dev/{name}");
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no block device for {NQN} appeared"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The initiator's controller for [`NQN`], disconnected when dropped (also when the test
+/// fails), so a failed run leaves no half-attached device behind.
+struct Connected;
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(MNT).output();
+        let _ = Command::new("nvme").args(["disconnect", "-n", NQN]).output();
+    }
+}
+
+/// fio on `dev`: random writes of `bs` over `size`, read back with fio's crc32c verify.
+fn fio_verify(dev: &str, bs: &str, size: &str, engine: &str) -> Command {
+    let mut c = Command::new("fio");
+    c.args([
+        "--name=verify",
+        &format!("--filename={dev}"),
+        "--rw=randwrite",
+        &format!("--bs={bs}"),
+        &format!("--size={size}"),
+        "--iodepth=16",
+        &format!("--ioengine={engine}"),
+        "--direct=1",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--randrepeat=0",
+        "--group_reporting",
+    ]);
+    c
+}
+
+fn fio_ok(mut c: Command) -> String {
+    let out = c.stdin(Stdio::null()).output().expect("run fio");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fio failed ({}):\n{text}", out.status);
+    text
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn kernel_initiator_over_nvme_tcp() {
+    run("ip", &["link", "set", "lo", "up"]);
+    run("modprobe", &["nvme-tcp"]);
+    let spec = format!("{}n2", kernel_ctrl(&env("IRONVME_KERNEL_BDF")).display());
+    let name = &spec[5..];
+    let size: u64 = sysfs(&format!("/sys/block/{name}/size")).parse::<u64>().unwrap() * 512;
+    let lbs = sysfs(&format!("/sys/block/{name}/queue/logical_block_size"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(&spec, &dir.path().join("serve.log"));
+
+    // Discovery shows the subsystem to the allowed host only; a stranger cannot connect.
+    let (ok, out) = nvme_tcp("discover", &["--hostnqn", HOST]);
+    assert!(ok && out.contains(NQN), "nvme discover:\n{out}");
+    let (_, out) = nvme_tcp("discover", &["--hostnqn", STRANGER]);
+    assert!(
+        !out.contains(NQN),
+        "the discovery log shows {NQN} to a host not allowed:\n{out}"
+    );
+    let (ok, out) = nvme_tcp("connect", &["-n", NQN, "--hostnqn", STRANGER]);
+    assert!(!ok, "a host not allowed connected:\n{out}");
+
+    let (ok, out) = nvme_tcp(
+        "connect",
+        &[
+            "-n",
+            NQN,
+            "--hostnqn",
+            HOST,
+            "--reconnect-delay",
+            "1",
+            "--ctrl-loss-tmo",
+            "120",
+        ],
+    );
+    let _connected = Connected;
+    assert!(ok, "nvme connect:\n{out}\n{}", server.log());
+    let dev = served_block_device();
+    let node = &dev[5..];
+    assert_eq!(
+        sysfs(&format!("/sys/block/{node}/size")).parse::<u64>().unwrap() * 512,
+        size
+    );
+    assert_eq!(sysfs(&format!("/sys/block/{node}/queue/logical_block_size")), lbs);
+    let model = sysfs(&format!("/sys/block/{node}/device/model"));
+    assert!(model.starts_with("ironvme"), "model {model:?}");
+
+    // A file system through the initiator.
+    run("mkfs.ext4", &["-F", "-q", &dev]);
+    std::fs::create_dir_all(MNT).unwrap();
+    run("mount", &[&dev, MNT]);
+    let files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("{MNT}/f{i}"), pattern(i + 100, 300_000 * (i as usize + 1))))
+        .collect();
+    for (path, data) in &files {
+        std::fs::write(path, data).unwrap();
+    }
+    run("cp", &["-r", &format!("{}/src", env!("CARGO_MANIFEST_DIR")), MNT]);
+    run("sync", &[]);
+    run("umount", &[MNT]);
+    run("mount", &[&dev, MNT]);
+    for (path, data) in &files {
+        assert!(std::fs::read(path).unwrap() == *data, "{path} read back differs");
+    }
+    run(
+        "diff",
+        &[
+            "-r",
+            &format!("{}/src", env!("CARGO_MANIFEST_DIR")),
+            &format!("{MNT}/src"),
+        ],
+    );
+    run("umount", &[MNT]);
+    run("fsck.ext4", &["-f", "-n", &dev]);
+
+    // fio's verify: 4 KiB through libaio (R2T + H2CData per write), 64 KiB through io_uring.
+    fio_ok(fio_verify(&dev, "4k", "16M", "libaio"));
+    fio_ok(fio_verify(&dev, "64k", "32M", "io_uring"));
+
+    // Kill the target during a verify run, restart it: the kernel reconnects and retries.
+    let fio_log = dir.path().join("fio-kill.log");
+    let mut fio = fio_verify(&dev, "4k", "48M", "libaio");
+    let fio_out = std::fs::File::create(&fio_log).unwrap();
+    let mut fio = fio
+        .stdin(Stdio::null())
+        .stdout(fio_out.try_clone().unwrap())
+        .stderr(fio_out)
+        .spawn()
+        .expect("start fio");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        fio.try_wait().unwrap().is_none(),
+        "fio finished before the target was killed: make the run longer\n{}",
+        std::fs::read_to_string(&fio_log).unwrap_or_default()
+    );
+    server.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut server = start(&spec, &dir.path().join("serve-2.log"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = fio.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            let _ = fio.kill();
+            panic!(
+                "fio did not finish after the restart:\n{}\n{}",
+                std::fs::read_to_string(&fio_log).unwrap_or_default(),
+                server.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = std::fs::read_to_string(&fio_log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "fio across the restart failed ({status}):\n{text}\n{}",
+        server.log()
+    );
+    let dmesg = run("dmesg", &[]);
+    assert!(
+        dmesg.contains("Successfully reconnected"),
+        "the kernel did not log a reconnect:\n{}",
+        dmesg.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+
+    let out = run("nvme", &["disconnect", "-n", NQN]);
+    assert!(out.contains("disconnected 1"), "{out}");
+    let status = server.terminate();
+    let log = server.log();
+    assert!(status.success(), "ironvme serve exited {status}:\n{log}");
+    assert!(log.contains("connections"), "no stats line:\n{log}");
+}
