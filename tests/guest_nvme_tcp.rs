@@ -1,12 +1,15 @@
-//! `ironvme serve --nvme-tcp` in the guest, serving the kernel controller's 4 KiB
-//! namespace (`/dev/nvmeXn2`, io_uring backend) to the Linux kernel's nvme-tcp initiator
-//! through nvme-cli:
+//! `ironvme serve --nvme-tcp` in the guest, serving two namespaces to the Linux kernel's
+//! nvme-tcp initiator through nvme-cli: NSID 1 is the kernel controller's 4 KiB namespace
+//! (`/dev/nvmeXn2`, io_uring backend), NSID 2 a VDE volume on the 4 KiB controller bound
+//! to vfio-pci (`vde:0000:00:05.0:vol`, ironvme's own driver).
 //!
 //! - `nvme discover` lists the subsystem to the allowed host NQN and hides it from others,
 //!   and `nvme connect` from a host NQN not allowed fails;
-//! - `nvme connect` gives a namespace of the same size and block size;
-//! - ext4 is made, mounted, filled, remounted and compared, and `fsck.ext4 -f -n` is clean;
-//! - fio writes random 4 KiB and 64 KiB blocks and reads them back with its verify;
+//! - `nvme connect` gives both namespaces, with their sizes and block sizes;
+//! - ext4 is made on NSID 1, mounted, filled, remounted and compared, and `fsck.ext4 -f
+//!   -n` is clean;
+//! - fio writes random 4 KiB and 64 KiB blocks to NSID 1, and 4 KiB blocks to NSID 2, and
+//!   reads them back with its verify;
 //! - the target is killed (SIGKILL) during a fio verify run and restarted: the kernel
 //!   reconnects (`--reconnect-delay 1`), the queued I/O is retried, and fio's verify finds
 //!   nothing lost;
@@ -16,7 +19,7 @@
 
 mod common;
 
-use common::{ServerProcess, env, kernel_ctrl, pattern, run};
+use common::{OnVfio, ServerProcess, env, ironvme, kernel_ctrl, pattern, run};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,7 +34,7 @@ fn sysfs(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
 }
 
-fn start(spec: &str, log: &Path) -> ServerProcess {
+fn start(specs: [&str; 2], log: &Path) -> ServerProcess {
     ServerProcess::start(
         &[
             "serve",
@@ -40,7 +43,9 @@ fn start(spec: &str, log: &Path) -> ServerProcess {
             "--nqn",
             NQN,
             "--namespace",
-            spec,
+            specs[0],
+            "--namespace",
+            specs[1],
             "--allow-host",
             HOST,
             "--stats",
@@ -66,19 +71,25 @@ fn nvme_tcp(cmd: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The kernel's block device for the served namespace, once it appears (within 60 s).
-fn served_block_device() -> String {
+/// The kernel's block device for namespace `nsid` of [`NQN`], once it appears (within
+/// 60 s).
+fn served_block_device(nsid: u32) -> String {
     let started = Instant::now();
     loop {
         for entry in std::fs::read_dir("/sys/block").unwrap().filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("nvme") && sysfs(&format!("/sys/block/{name}/device/subsysnqn")) == NQN {
+            // The namespace head (nvmeXnY), not a hidden per-path node (nvmeXcZnY).
+            let head = name.strip_prefix("nvme").is_some_and(|r| !r.contains('c'));
+            if head
+                && sysfs(&format!("/sys/block/{name}/device/subsysnqn")) == NQN
+                && sysfs(&format!("/sys/block/{name}/nsid")) == nsid.to_string()
+            {
                 return format!("/dev/{name}");
             }
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "no block device for {NQN} appeared"
+            "no block device for namespace {nsid} of {NQN} appeared"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -132,8 +143,23 @@ fn kernel_initiator_over_nvme_tcp() {
     let name = &spec[5..];
     let size: u64 = sysfs(&format!("/sys/block/{name}/size")).parse::<u64>().unwrap() * 512;
     let lbs = sysfs(&format!("/sys/block/{name}/queue/logical_block_size"));
+    // NSID 2: a VDE volume through ironvme's own driver.
+    let vfio = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let volume = format!("vde:{}:vol", vfio.bdf);
+    for args in [
+        &["vde", "format", &vfio.bdf, "--force"][..],
+        &["vde", "vol", "create", &vfio.bdf, "vol", "--size", "192M"],
+    ] {
+        let out = ironvme(args);
+        assert!(
+            out.status.success(),
+            "ironvme {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let specs = [spec.as_str(), volume.as_str()];
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(&spec, &dir.path().join("serve.log"));
+    let mut server = start(specs, &dir.path().join("serve.log"));
 
     // Discovery shows the subsystem to the allowed host only; a stranger cannot connect.
     let (ok, out) = nvme_tcp("discover", &["--hostnqn", HOST]);
@@ -161,13 +187,19 @@ fn kernel_initiator_over_nvme_tcp() {
     );
     let _connected = Connected;
     assert!(ok, "nvme connect:\n{out}\n{}", server.log());
-    let dev = served_block_device();
+    let dev = served_block_device(1);
     let node = &dev[5..];
     assert_eq!(
         sysfs(&format!("/sys/block/{node}/size")).parse::<u64>().unwrap() * 512,
         size
     );
     assert_eq!(sysfs(&format!("/sys/block/{node}/queue/logical_block_size")), lbs);
+    let vol = served_block_device(2);
+    let vol_node = &vol[5..];
+    assert_eq!(
+        sysfs(&format!("/sys/block/{vol_node}/size")).parse::<u64>().unwrap() * 512,
+        192 << 20
+    );
     let model = sysfs(&format!("/sys/block/{node}/device/model"));
     assert!(model.starts_with("ironvme"), "model {model:?}");
 
@@ -202,6 +234,7 @@ fn kernel_initiator_over_nvme_tcp() {
     // fio's verify: 4 KiB through libaio (R2T + H2CData per write), 64 KiB through io_uring.
     fio_ok(fio_verify(&dev, "4k", "16M", "libaio"));
     fio_ok(fio_verify(&dev, "64k", "32M", "io_uring"));
+    fio_ok(fio_verify(&vol, "4k", "16M", "libaio"));
 
     // Kill the target during a verify run, restart it: the kernel reconnects and retries.
     let fio_log = dir.path().join("fio-kill.log");
@@ -221,7 +254,7 @@ fn kernel_initiator_over_nvme_tcp() {
     );
     server.kill();
     std::thread::sleep(Duration::from_secs(2));
-    let mut server = start(&spec, &dir.path().join("serve-2.log"));
+    let mut server = start(specs, &dir.path().join("serve-2.log"));
     let started = Instant::now();
     let status = loop {
         if let Some(s) = fio.try_wait().unwrap() {
@@ -256,4 +289,5 @@ fn kernel_initiator_over_nvme_tcp() {
     let log = server.log();
     assert!(status.success(), "ironvme serve exited {status}:\n{log}");
     assert!(log.contains("connections"), "no stats line:\n{log}");
+    drop(vfio);
 }

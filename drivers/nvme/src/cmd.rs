@@ -599,6 +599,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bytes_follow_figure_88_and_round_trip() {
+        let mut c = Command::write(7, 0x1_2345_6789, 16, true);
+        c.set_cid(0xA55A);
+        c.mptr = 0x1111_2222_3333_4444;
+        c.dptr = [0x5555_6666_7777_8888, 0x9999_AAAA_BBBB_CCCC];
+        c.cdw13 = 0xD;
+        c.cdw14 = 0xE;
+        c.cdw15 = 0xF;
+        let b = c.to_bytes();
+        assert_eq!(b[0], nvm::WRITE, "opcode: CDW0 bits 7:0");
+        assert_eq!(&b[2..4], &0xA55Au16.to_le_bytes(), "CID: CDW0 bits 31:16");
+        assert_eq!(&b[4..8], &7u32.to_le_bytes(), "NSID: bytes 7:4");
+        assert_eq!(&b[16..24], &c.mptr.to_le_bytes(), "MPTR: bytes 23:16");
+        assert_eq!(&b[24..32], &c.dptr[0].to_le_bytes(), "DPTR: bytes 39:24");
+        assert_eq!(&b[32..40], &c.dptr[1].to_le_bytes());
+        assert_eq!(&b[40..48], &0x1_2345_6789u64.to_le_bytes(), "SLBA: CDW10-11");
+        assert_eq!(&b[48..50], &15u16.to_le_bytes(), "NLB, 0's based: CDW12 bits 15:0");
+        assert_eq!(b[51] >> 6 & 1, 1, "FUA: CDW12 bit 30");
+        assert_eq!(&b[60..64], &0xFu32.to_le_bytes(), "CDW15: bytes 63:60");
+        assert_eq!(Command::from_bytes(&b), c);
+        let any: [u8; 64] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5C);
+        assert_eq!(Command::from_bytes(&any).to_bytes(), any);
+    }
+
+    #[test]
     fn cid_and_opcode_share_cdw0() {
         let mut c = Command::read(1, 0, 8);
         c.set_cid(0xBEEF);

@@ -46,6 +46,20 @@ impl Completion {
         b
     }
 
+    /// A completion from its 16 bytes (the inverse of [`Completion::to_bytes`]), as a
+    /// fabrics response capsule carries it (NVMe over Fabrics 1.1, 2.3).
+    pub fn from_bytes(b: &[u8; 16]) -> Completion {
+        let w = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        Completion {
+            dw0: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            dw1: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            sqhd: w(8),
+            sqid: w(10),
+            cid: w(12),
+            status: w(14),
+        }
+    }
+
     /// Builds a completion (used by the simulated controller and by tests).
     pub const fn new(cid: u16, sqid: u16, sqhd: u16, status: Status, phase: bool, dw0: u32) -> Completion {
         Completion {
@@ -72,5 +86,18 @@ mod tests {
         let ok = Completion::new(5, 1, 9, Status::SUCCESS, false, 7);
         assert!(!ok.phase());
         assert!(ok.status().is_success());
+    }
+
+    #[test]
+    fn bytes_follow_figure_90_and_round_trip() {
+        let c = Completion::new(0xBEEF, 3, 17, Status::LBA_OUT_OF_RANGE, true, 0x1234_5678);
+        let b = c.to_bytes();
+        assert_eq!(&b[0..4], &0x1234_5678u32.to_le_bytes());
+        assert_eq!(&b[8..10], &17u16.to_le_bytes(), "SQHD: DW2 bits 15:0");
+        assert_eq!(&b[10..12], &3u16.to_le_bytes(), "SQID: DW2 bits 31:16");
+        assert_eq!(&b[12..14], &0xBEEFu16.to_le_bytes(), "CID: DW3 bits 15:0");
+        assert_eq!(u16::from_le_bytes([b[14], b[15]]) >> 1, 0x80, "status: DW3 bits 31:17");
+        assert_eq!(b[14] & 1, 1, "phase tag: DW3 bit 16");
+        assert_eq!(Completion::from_bytes(&b), c);
     }
 }
