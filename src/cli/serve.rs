@@ -320,6 +320,7 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(l) = &nbd_listener {
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), exports = exports.len(), "serving NBD");
     }
+    raise_open_file_limit();
     let stats = Arc::new(Stats::default());
     let groups = config.poll_groups.unwrap_or(1).max(1);
     let result = std::thread::scope(|s| {
@@ -359,6 +360,32 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     });
     tracing::info!("stopped: outstanding I/O drained, namespaces flushed");
     result
+}
+
+/// Raises the soft limit on open files (RLIMIT_NOFILE) so the target can hold the
+/// connections it promises (NVMe/TCP's and NBD's `MAX_CONNECTIONS`, and the devices and
+/// epoll instances besides), up to the hard limit; warns when the hard limit is lower.
+/// The usual soft limit of 1024 would leave connections past it in the listen backlog,
+/// neither served nor refused.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let want = (crate::export::nvme_tcp::MAX_CONNECTIONS + nbd::MAX_CONNECTIONS + 1024) as u64;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= want {
+        return;
+    }
+    let new = want.min(hard);
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, new, hard) {
+        tracing::warn!(%e, soft, "cannot raise the open-file limit");
+    } else if new < want {
+        tracing::warn!(
+            limit = new,
+            want,
+            "the open-file hard limit (ulimit -Hn) caps the connections served"
+        );
+    }
 }
 
 /// Until `stop` is set, writes a stats line to `out` every `every` (none when `None`).

@@ -42,6 +42,9 @@ const SGL_INCAPSULE: u8 = 0x01;
 /// SGL descriptor identifier of data moved by R2T/H2CData or C2HData: Transport SGL
 /// Data Block, transport-specific subtype.
 const SGL_TRANSPORT: u8 = 0x5A;
+/// Transient Transport Error (generic status 22h): what a command whose data failed its
+/// digest completes with; the host may retry it.
+const TRANSIENT_TRANSPORT_ERROR: Status = Status::new(0, 0x22);
 
 /// Where a PDU's data goes.
 #[derive(Clone, Copy, Debug)]
@@ -421,13 +424,25 @@ impl Conn {
                 };
                 self.rx = Rx::Ch;
                 if want != Some(got) {
-                    // A data digest error fails the command (NVMe/TCP 1.0, 7.4.6.2)... and,
-                    // as Linux's target does, the connection: the stream may be off.
-                    return Err(PduError {
-                        fes: fes::HEADER_DIGEST_ERROR,
-                        offset: 0,
-                        what: "data digest mismatch",
-                    });
+                    // A data digest error fails the command with Transient Transport Error
+                    // (NVMe/TCP 1.0, 7.4.6.2), not the connection: the header was good, so
+                    // the stream is still in step.
+                    tracing::warn!(peer = %self.peer, "data digest mismatch: failing the command");
+                    match dest {
+                        Dest::Slot { slot, .. } => {
+                            let s = &mut self.slots[slot as usize];
+                            if s.status == Status::SUCCESS {
+                                stats.errors.fetch_add(1, Ordering::Relaxed);
+                                s.status = TRANSIENT_TRANSPORT_ERROR;
+                            }
+                        }
+                        Dest::Admin(cmd) => {
+                            stats.errors.fetch_add(1, Ordering::Relaxed);
+                            self.respond(&cmd, Reply::status(TRANSIENT_TRANSPORT_ERROR));
+                            return Ok(());
+                        }
+                        Dest::Discard => {}
+                    }
                 }
                 self.data_done(dest, len, target, backends, stats);
             }
@@ -484,6 +499,9 @@ impl Conn {
                 self.ended = Some(End::Gone(std::io::Error::other(format!("H2CTermReq, FES {fes:#x}"))));
             }
             pdu_type::CAPSULE_CMD => {
+                // Every capsule moves the SQ head (SQHD), whether the command runs or is
+                // refused.
+                self.sq_received = self.sq_received.wrapping_add(1);
                 let sqe: &[u8; 64] = self.hdr[8..72].try_into().unwrap_or(&[0; 64]);
                 let cmd = Command::from_bytes(sqe);
                 self.capsule(cmd, layout, target, backends, stats);
@@ -571,6 +589,7 @@ impl Conn {
         }
         if len > 0 && inline == 0 && sgl.id != SGL_TRANSPORT {
             self.respond(&cmd, Reply::status(Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr(true)));
+            self.expect_data(layout, Dest::Discard);
             return true;
         }
         if len > 0 && sgl.len as usize != len {
@@ -678,7 +697,12 @@ impl Conn {
                 let s = &mut self.slots[slot as usize];
                 s.got += len;
                 if s.got == s.len {
-                    self.submit(slot, backends);
+                    // A command whose data failed its digest fails without running.
+                    if s.status == Status::SUCCESS {
+                        self.submit(slot, backends);
+                    } else {
+                        self.finish(slot, backends);
+                    }
                 }
             }
             Dest::Discard => {}
@@ -687,7 +711,6 @@ impl Conn {
 
     /// An admin or Fabrics command with its data in `admin_data`.
     fn run_admin(&mut self, cmd: Command, target: &Target) {
-        self.sq_received = self.sq_received.wrapping_add(1);
         let is_fabrics = cmd.opcode() == ctrl::FABRICS_OPCODE;
         let fct = cmd.nsid as u8;
         let reply = match (&self.binding, is_fabrics) {
@@ -804,7 +827,6 @@ impl Conn {
     /// Submits a slot's operations to its namespace's backend queue: one operation, or
     /// one Deallocate per Dataset Management range. No allocation.
     fn submit(&mut self, slot: u16, backends: &mut Backends) {
-        self.sq_received = self.sq_received.wrapping_add(1);
         let tag = self.tag_base | slot as u64;
         let s = &mut self.slots[slot as usize];
         s.state = SlotState::Backend;
@@ -834,9 +856,19 @@ impl Conn {
                 // succeeds doing nothing.
                 if cmd.cdw11 & 1 << 2 != 0 && backends.info(ns).deallocate {
                     let ranges = buf.as_slice()[..s.len].chunks_exact(16).filter_map(dsm_range);
-                    s.ops = ranges.clone().count() as u16;
-                    for op in ranges {
-                        backends.submit(ns, op, None, tag);
+                    let blocks = backends.info(ns).blocks;
+                    let past_end = |op: Op| match op {
+                        Op::Deallocate { lba, blocks: n } => lba.checked_add(n as u64).is_none_or(|e| e > blocks),
+                        _ => false,
+                    };
+                    if ranges.clone().any(past_end) {
+                        // No range is deallocated when one is out of range.
+                        s.status = Status::LBA_OUT_OF_RANGE.with_dnr(true);
+                    } else {
+                        s.ops = ranges.clone().count() as u16;
+                        for op in ranges {
+                            backends.submit(ns, op, None, tag);
+                        }
                     }
                 }
                 backends.give_buffer(ns, buf);
@@ -890,6 +922,11 @@ impl Conn {
         if s.ops == 0 && s.then_flush && s.status == Status::SUCCESS {
             s.then_flush = false;
             s.ops = 1;
+            // The write's buffer is done with: back to the pool now, so a connection that
+            // ends while the Flush runs has nothing to give back.
+            if let Some(buf) = s.buf.take() {
+                backends.give_buffer(ns, buf);
+            }
             backends.submit(ns, Op::Flush, None, self.tag_base | slot as u64);
         } else if s.ops == 0 {
             self.finish(slot, backends);
@@ -903,6 +940,13 @@ impl Conn {
         let cid = s.cmd.cid();
         let is_read = s.cmd.opcode() == io::READ;
         let ok = s.status == Status::SUCCESS;
+        if self.terminated.is_some() {
+            // Nothing follows a C2HTermReq: the result is dropped, the buffer returned.
+            if let Some(buf) = s.buf {
+                backends.give_buffer(s.ns, buf);
+            }
+            return;
+        }
         let cqe = self.cqe(cid, s.status, 0, 0);
         match s.buf {
             Some(buf) if is_read && ok => {
@@ -932,7 +976,13 @@ impl Conn {
         }
     }
 
+    /// Queues a PDU to send; nothing is queued after the C2HTermReq ([`Conn::terminate`]
+    /// queues it last), as NVMe/TCP 1.0, 3.6.2.9 ends the connection with it.
     fn queue(&mut self, out: Out) {
+        if self.terminated.is_some() {
+            debug_assert!(!matches!(out.data, Payload::Dma(..)), "finish returns buffers first");
+            return;
+        }
         self.tx.push_back(out);
     }
 
@@ -1011,10 +1061,10 @@ impl Conn {
     /// Gives back every buffer the connection holds that is not on a backend (the
     /// connection is going away).
     pub fn release(&mut self, backends: &mut Backends) {
+        // A buffer in a slot is the slot's, whatever its state: one on a backend is not
+        // in the slot (it returns with its completion).
         for s in &mut self.slots {
-            if !matches!(s.state, SlotState::Backend)
-                && let Some(buf) = s.buf.take()
-            {
+            if let Some(buf) = s.buf.take() {
                 backends.give_buffer(s.ns, buf);
             }
         }

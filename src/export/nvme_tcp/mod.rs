@@ -23,6 +23,7 @@
 
 pub mod conn;
 pub mod ctrl;
+pub mod fuzzing;
 pub mod pdu;
 
 use super::{Backing, STOP_POLL, Stop};

@@ -349,11 +349,15 @@ impl DataHeader {
     }
 }
 
+/// The most bytes an [`OutHeader`] holds: HPDA 31 puts a data PDU's data at byte 128.
+const OUT_HEADER_MAX: usize = 128;
+
 /// What the controller sends, built in place: a header of at most 24 bytes, its digest,
-/// and the padding up to PDO. The data (if any) and its digest go out beside it.
+/// and the padding up to PDO (128 bytes in all at most). The data (if any) and its
+/// digest go out beside it.
 #[derive(Clone, Copy, Debug)]
 pub struct OutHeader {
-    bytes: [u8; 64],
+    bytes: [u8; OUT_HEADER_MAX],
     len: u8,
 }
 
@@ -364,7 +368,7 @@ impl OutHeader {
     }
 
     fn new(header: &[u8], hdgst: bool, pad_to: usize) -> OutHeader {
-        let mut bytes = [0u8; 64];
+        let mut bytes = [0u8; OUT_HEADER_MAX];
         bytes[..header.len()].copy_from_slice(header);
         let mut len = header.len();
         if hdgst {
