@@ -237,6 +237,42 @@ fn perf_refuses_what_the_device_cannot_do_before_running() {
 }
 
 #[test]
+fn perf_runs_the_completion_mode_asked_for_and_refuses_one_the_backend_cannot_do() {
+    let (_dir, file) = scratch(16 << 20);
+    let f = s(&file);
+    for (backend, mode, ran) in [
+        ("uring", None, "spin"),
+        ("uring", Some("wait"), "wait"),
+        ("uring", Some("spin"), "spin"),
+        ("psync", None, "wait"),
+        ("psync", Some("wait"), "wait"),
+    ] {
+        let mut args = vec!["perf", f, "--rw", "randread", "--time", "1", "--backend", backend];
+        if let Some(m) = mode {
+            args.extend(["--completions", m]);
+        }
+        let v = ok_json(&args);
+        assert_eq!(v["completions"], ran, "{backend} --completions {mode:?}: {v}");
+    }
+    let err = failure(
+        &ironvme(&[
+            "perf",
+            f,
+            "--rw",
+            "randread",
+            "--time",
+            "1",
+            "--backend",
+            "psync",
+            "--completions",
+            "spin",
+        ]),
+        1,
+    );
+    assert!(err.contains("nothing to poll"), "{err}");
+}
+
+#[test]
 fn writing_to_a_device_needs_allow_write() {
     // A PCI address no machine has: the refusal comes before any attempt to open it.
     for args in [

@@ -184,7 +184,8 @@ impl Server {
         });
         let (stop, stats) = (Stop::default(), Arc::new(Stats::default()));
         let (s, st) = (stop.clone(), Arc::clone(&stats));
-        let thread = std::thread::spawn(move || serve(vec![listener], target, groups, s, st));
+        let placement = vec![None; groups];
+        let thread = std::thread::spawn(move || serve(vec![listener], target, &placement, s, st));
         Server {
             addr,
             stop,
@@ -1698,16 +1699,63 @@ fn stat(line: &str, key: &str) -> Option<u64> {
     words.next()?.parse().ok()
 }
 
+/// The CPUs this process may run on (/proc/self/status, Cpus_allowed_list), ascending.
+fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    list.split(',')
+        .flat_map(|r| match r.split_once('-') {
+            Some((a, b)) => a.parse::<usize>().unwrap()..=b.parse().unwrap(),
+            None => r.parse::<usize>().unwrap()..=r.parse().unwrap(),
+        })
+        .collect()
+}
+
+#[test]
+fn ironvme_serve_refuses_a_cpumask_naming_a_cpu_it_may_not_use() {
+    let _g = GATE.read().unwrap_or_else(PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk.img");
+    std::fs::File::create(&file).unwrap().set_len(DISK_BYTES).unwrap();
+    let not_allowed = (0..1024).find(|c| !allowed_cpus().contains(c)).unwrap();
+    for (mask, says) in [
+        (
+            not_allowed.to_string(),
+            format!("CPU {not_allowed} is not one this process may run on"),
+        ),
+        ("0x".to_string(), "not a hex mask".to_string()),
+        ("2-1".to_string(), "bad range".to_string()),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironvme"))
+            .args(["serve", "--nvme-tcp", "127.0.0.1:0", "--nqn", NQN, "--namespace"])
+            .arg(&file)
+            .args(["--allow-any-host", "--cpumask", &mask])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ironvme serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--cpumask {mask} was accepted");
+        assert!(stderr.contains(&says), "--cpumask {mask}: {stderr}");
+    }
+}
+
 #[test]
 fn ironvme_serve_prints_stats_and_exits_0_on_sigterm() {
     let _g = GATE.read().unwrap_or_else(PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("disk.img");
     std::fs::File::create(&file).unwrap().set_len(DISK_BYTES).unwrap();
+    // The poll group pinned (--cpumask) to the last CPU this test may run on.
+    let cpu = allowed_cpus().pop().expect("no CPU in this process's affinity");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_ironvme"))
         .args(["serve", "--nvme-tcp", "127.0.0.1:0", "--nqn", NQN, "--namespace"])
         .arg(&file)
-        .args(["--allow-host", HOST, "--stats", "1"])
+        .args(["--allow-host", HOST, "--stats", "1", "--cpumask", &cpu.to_string()])
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -1728,6 +1776,31 @@ fn ironvme_serve_prints_stats_and_exits_0_on_sigterm() {
         .find_map(|w| w.strip_prefix("addr="))
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no addr= in {serving:?}"));
+
+    // Its poll group thread (started after that line) runs on that CPU only.
+    let pid = child.0.id();
+    let pinned = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "nvmf-pg0"))
+            .filter_map(|t| {
+                let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .map(|v| v.trim().to_string())
+            })
+            .collect()
+    };
+    wait_until("the poll group thread nvmf-pg0", Duration::from_secs(10), || {
+        !pinned().is_empty()
+    });
+    assert_eq!(
+        pinned(),
+        vec![cpu.to_string()],
+        "poll group nvmf-pg0's CPUs (--cpumask {cpu})"
+    );
 
     // One host: an association, some I/O.
     let mut a = Assoc::establish(addr, &Opts::default());

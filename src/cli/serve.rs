@@ -10,6 +10,7 @@
 //! nvme_tcp = ["127.0.0.1:4420"]    # listeners
 //! nbd = "127.0.0.1:10809"          # optional
 //! poll_groups = 1                  # optional
+//! cpumask = "0x2"                  # optional: one poll group pinned to each CPU
 //!
 //! [[subsystem]]
 //! nqn = "nqn.2026-12.io.ironvme:disk0"
@@ -75,6 +76,11 @@ pub struct ServeArgs {
     /// NVMe/TCP poll groups (worker threads), each with its own backend queues.
     #[arg(long, value_name = "N")]
     pub poll_groups: Option<usize>,
+    /// Run one poll group on each of these CPUs, pinned, as SPDK's reactor mask (`-m`):
+    /// a hex mask (0x6) or a list (1,2 or 1-2). A poll group spins while I/O is in
+    /// flight: give it CPUs the initiators and other work do not need.
+    #[arg(long, short = 'm', value_name = "MASK")]
+    pub cpumask: Option<String>,
     /// Print a stats line (connections, IOPS, errors) every SECS seconds; 0: never.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub stats: u64,
@@ -94,6 +100,8 @@ pub struct Config {
     pub nbd: Option<SocketAddr>,
     /// Poll groups.
     pub poll_groups: Option<usize>,
+    /// CPUs for the poll groups, one pinned poll group each (`--cpumask`).
+    pub cpumask: Option<String>,
     /// Subsystems.
     #[serde(default)]
     pub subsystem: Vec<SubsystemConfig>,
@@ -144,12 +152,14 @@ impl ServeArgs {
             let mut c: Config =
                 toml::from_str(&text).map_err(|e| CliError::Invalid(format!("{}: {e}", path.display())))?;
             c.poll_groups = self.poll_groups.or(c.poll_groups);
+            c.cpumask = self.cpumask.clone().or(c.cpumask);
             return Ok(c);
         }
         let mut c = Config {
             nvme_tcp: self.nvme_tcp.into_iter().collect(),
             nbd: self.nbd,
             poll_groups: self.poll_groups,
+            cpumask: self.cpumask.clone(),
             ..Default::default()
         };
         if self.nvme_tcp.is_some() || !self.namespaces.is_empty() {
@@ -322,7 +332,7 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     raise_open_file_limit();
     let stats = Arc::new(Stats::default());
-    let groups = config.poll_groups.unwrap_or(1).max(1);
+    let placement = placement(config.poll_groups, config.cpumask.as_deref())?;
     let result = std::thread::scope(|s| {
         let nbd_thread = nbd_listener.map(|l| {
             let stop = stop.clone();
@@ -336,7 +346,7 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
         let nvme_thread = (!listeners.is_empty()).then(|| {
             let (target, stop, stats) = (Arc::clone(&target), stop.clone(), Arc::clone(&stats));
             s.spawn(move || {
-                let r = crate::export::nvme_tcp::serve(listeners, target, groups, stop.clone(), stats);
+                let r = crate::export::nvme_tcp::serve(listeners, target, &placement, stop.clone(), stats);
                 stop.set();
                 r
             })
@@ -360,6 +370,94 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     });
     tracing::info!("stopped: outstanding I/O drained, namespaces flushed");
     result
+}
+
+/// The CPU of each poll group (`None`: not pinned), from `--poll-groups` and
+/// `--cpumask`: one pinned poll group per CPU of the mask, or `poll_groups` (default 1)
+/// unpinned ones.
+///
+/// Errors: [`CliError::Invalid`] for a malformed mask, a CPU this process may not run
+/// on (its affinity, as `taskset` or a cgroup set it), or a `poll_groups` that differs
+/// from the mask's CPU count.
+fn placement(poll_groups: Option<usize>, cpumask: Option<&str>) -> Result<Vec<Option<usize>>, CliError> {
+    let Some(mask) = cpumask else {
+        return Ok(vec![None; poll_groups.unwrap_or(1).max(1)]);
+    };
+    let cpus = parse_cpumask(mask).map_err(|e| CliError::Invalid(format!("--cpumask {mask}: {e}")))?;
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map_err(|e| CliError::Device(format!("sched_getaffinity: {e}")))?;
+    if let Some(&cpu) = cpus.iter().find(|&&c| !allowed.is_set(c).unwrap_or(false)) {
+        let have: Vec<String> = (0..nix::sched::CpuSet::count())
+            .filter(|&c| allowed.is_set(c).unwrap_or(false))
+            .map(|c| c.to_string())
+            .collect();
+        return Err(CliError::Invalid(format!(
+            "--cpumask {mask}: CPU {cpu} is not one this process may run on (allowed: {})",
+            have.join(",")
+        )));
+    }
+    if let Some(n) = poll_groups
+        && n != cpus.len()
+    {
+        return Err(CliError::Invalid(format!(
+            "--poll-groups {n} but --cpumask {mask} names {} CPU(s): one poll group runs on each",
+            cpus.len()
+        )));
+    }
+    Ok(cpus.into_iter().map(Some).collect())
+}
+
+/// Parses a CPU mask as SPDK's `-m` takes it: a hex mask (`0x6`, CPUs 1 and 2) or a
+/// list of CPUs and ranges (`1,2`, `0-3,8`, optionally in brackets: `[1,2]`). Returns
+/// the CPUs in ascending order, without repeats.
+///
+/// Errors: an empty mask, a bad number or range, a CPU beyond what `sched_setaffinity`
+/// can name.
+fn parse_cpumask(mask: &str) -> Result<Vec<usize>, String> {
+    let limit = nix::sched::CpuSet::count();
+    let mut cpus = std::collections::BTreeSet::new();
+    let m = mask.trim();
+    if let Some(hex) = m.strip_prefix("0x").or_else(|| m.strip_prefix("0X")) {
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("not a hex mask".into());
+        }
+        for (i, d) in hex.bytes().rev().enumerate() {
+            let v = (d as char).to_digit(16).unwrap_or(0);
+            for bit in 0..4 {
+                if v & (1 << bit) != 0 {
+                    cpus.insert(i * 4 + bit);
+                }
+            }
+        }
+    } else {
+        let list = m.strip_prefix('[').and_then(|l| l.strip_suffix(']')).unwrap_or(m);
+        for part in list.split(',') {
+            let num = |t: &str| {
+                t.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad CPU number {:?}", t.trim()))
+            };
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (num(a)?, num(b)?);
+                    if a > b || b >= limit {
+                        return Err(format!("bad range {:?}", part.trim()));
+                    }
+                    cpus.extend(a..=b);
+                }
+                None => {
+                    cpus.insert(num(part)?);
+                }
+            }
+        }
+    }
+    if cpus.is_empty() {
+        return Err("names no CPU".into());
+    }
+    if let Some(&c) = cpus.iter().find(|&&c| c >= limit) {
+        return Err(format!("CPU {c} is beyond the {limit} CPUs sched_setaffinity can name"));
+    }
+    Ok(cpus.into_iter().collect())
 }
 
 /// Raises the soft limit on open files (RLIMIT_NOFILE) so the target can hold the
@@ -411,5 +509,37 @@ fn report(out: &mut dyn Write, stats: &Stats, stop: &Stop, every: Option<Duratio
         // A closed standard output must not stop the target.
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());
         last = (Instant::now(), ios);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpumask_forms() {
+        assert_eq!(parse_cpumask("0x6"), Ok(vec![1, 2]));
+        assert_eq!(parse_cpumask("0X1"), Ok(vec![0]));
+        assert_eq!(parse_cpumask("0x10"), Ok(vec![4]));
+        assert_eq!(parse_cpumask("1"), Ok(vec![1]));
+        assert_eq!(parse_cpumask("3,1,1"), Ok(vec![1, 3]));
+        assert_eq!(parse_cpumask("0-2,8"), Ok(vec![0, 1, 2, 8]));
+        assert_eq!(parse_cpumask("[0, 2]"), Ok(vec![0, 2]));
+    }
+
+    #[test]
+    fn cpumask_errors() {
+        for bad in ["", "0x", "0x0", "0xg", "a", "1,", "3-1", "-1", "1-", "99999", "0-99999"] {
+            assert!(parse_cpumask(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn placement_follows_the_mask_or_the_group_count() {
+        assert_eq!(placement(None, None).unwrap(), vec![None]);
+        assert_eq!(placement(Some(3), None).unwrap(), vec![None; 3]);
+        assert_eq!(placement(None, Some("0")).unwrap(), vec![Some(0)]);
+        assert_eq!(placement(Some(1), Some("0")).unwrap(), vec![Some(0)]);
+        assert!(placement(Some(2), Some("0")).is_err());
     }
 }

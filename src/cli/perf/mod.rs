@@ -28,8 +28,10 @@
 //!   The synchronous backends (psync, ioctl) do each I/O inside `ring`, so a deeper queue
 //!   only delays completions that have already happened: they run at depth 1 per thread,
 //!   as fio's sync engines do, and the report says so. Use `--threads` for parallelism
-//!   there. `--completions wait` makes io_uring sleep in the kernel instead of spinning,
-//!   like fio's default (measured in the TCG guest at QD32: the same IOPS within noise).
+//!   there. `--completions wait` makes the io_uring backends (uring, uring-cmd) sleep in
+//!   io_uring_enter instead of spinning, like fio's default; VFIO can only spin and the
+//!   synchronous backends can only wait, and the other mode is refused there. The
+//!   report gives the mode and the CPU the run used.
 //! - **Writes** need `--allow-write` unless DEV is a regular file ([`target`]). Write
 //!   buffers are filled once with random bytes, never per I/O.
 //! - **Failures.** Every failed I/O is counted and the first few are shown with their
@@ -134,9 +136,11 @@ pub struct PerfArgs {
     #[arg(long, value_enum, value_name = "C", hide = true)]
     pub clock: Option<ClockSource>,
     /// How to wait for completions: `spin` polls in a loop (lowest latency, one busy CPU
-    /// per thread; SPDK's way), `wait` sleeps in the backend where it can (io_uring's
-    /// io_uring_enter with GETEVENTS, as fio does by default). Default: spin, except on
-    /// the synchronous backends (psync, ioctl), which complete inside the submission.
+    /// per thread; SPDK's way), `wait` sleeps in the kernel (io_uring's io_uring_enter
+    /// with GETEVENTS, as fio's io_uring engines do by default). Default: spin, except on
+    /// the synchronous backends (psync, ioctl), which complete inside the submission and
+    /// can only wait. VFIO can only spin (no interrupt mode yet). A mode the backend
+    /// cannot do is refused.
     #[arg(long, value_enum, value_name = "MODE")]
     pub completions: Option<Completions>,
 }
@@ -203,17 +207,31 @@ impl Plan {
             ));
         }
         let synchronous = matches!(backend, Backend::Psync | Backend::Ioctl);
+        let completions = match a.completions {
+            None if synchronous => Completions::Wait,
+            None => Completions::Spin,
+            Some(Completions::Spin) if synchronous => {
+                return invalid(format!(
+                    "--completions spin: the {backend} backend completes each I/O inside its system call, so \
+                     there is nothing to poll; it always waits (the default there)"
+                ));
+            }
+            Some(Completions::Wait) if backend == Backend::Vfio => {
+                return invalid(
+                    "--completions wait: ironvme's VFIO driver has no interrupt mode yet, so its completions \
+                     can only be polled (spin, the default)"
+                        .into(),
+                );
+            }
+            Some(c) => c,
+        };
         Ok(Plan {
             rw: a.rw,
             rwmixread: a.rwmixread,
             bs: a.bs,
             qd: a.qd as usize,
             qd_effective: if synchronous { 1 } else { a.qd as usize },
-            completions: if synchronous {
-                Completions::Wait
-            } else {
-                Completions::Spin
-            },
+            completions,
             threads: a.threads as usize,
             nsid: ns.nsid,
             block_size: ns.block_size,
@@ -672,6 +690,25 @@ mod tests {
         assert_eq!((p.offset(), p.size()), (1 << 20, 15 * 65536));
         let p = Plan::new(&args(&["--rw", "read", "--qd", "64"]), &n, Backend::Psync).unwrap();
         assert_eq!((p.qd, p.qd_effective, p.completions), (64, 1, Completions::Wait));
+        // --completions is what runs, where the backend can do it.
+        for (backend, mode, want) in [
+            (Backend::Uring, "wait", Completions::Wait),
+            (Backend::UringCmd, "wait", Completions::Wait),
+            (Backend::Uring, "spin", Completions::Spin),
+            (Backend::Vfio, "spin", Completions::Spin),
+            (Backend::Psync, "wait", Completions::Wait),
+        ] {
+            let p = Plan::new(&args(&["--rw", "read", "--completions", mode]), &n, backend).unwrap();
+            assert_eq!(p.completions, want, "{backend} --completions {mode}");
+        }
+        let refused = |backend: Backend, mode: &str| {
+            Plan::new(&args(&["--rw", "read", "--completions", mode]), &n, backend)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(Backend::Vfio, "wait").contains("no interrupt mode"));
+        assert!(refused(Backend::Psync, "spin").contains("nothing to poll"));
+        assert!(refused(Backend::Ioctl, "spin").contains("nothing to poll"));
 
         let err = |extra: &[&str]| Plan::new(&args(extra), &n, Backend::Vfio).unwrap_err().to_string();
         assert!(

@@ -435,13 +435,16 @@ impl Group {
     }
 }
 
-/// Serves `target` on `listeners` with `groups` poll groups until `stop` is set.
+/// Serves `target` on `listeners` until `stop` is set, with one poll group per entry of
+/// `placement`: the CPU its thread is pinned to (`sched_setaffinity`), or `None` for
+/// one the scheduler places. An empty `placement` is one unpinned poll group.
 ///
-/// Errors: a poll group cannot start (backend queue or buffers), or polling fails.
+/// Errors: a poll group cannot start (pinning, backend queue or buffers), or polling
+/// fails.
 pub fn serve(
     listeners: Vec<std::net::TcpListener>,
     target: Arc<Target>,
-    groups: usize,
+    placement: &[Option<usize>],
     stop: Stop,
     stats: Arc<Stats>,
 ) -> Result<(), String> {
@@ -454,7 +457,9 @@ pub fn serve(
         let mut handles = Vec::new();
         let started = Arc::new(Mutex::new(Vec::<Result<(), String>>::new()));
         let mut joins = Vec::new();
-        for g in 0..groups.max(1) {
+        let unpinned = [None];
+        let placement = if placement.is_empty() { &unpinned[..] } else { placement };
+        for (g, &cpu) in placement.iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| format!("eventfd: {e}"))?);
@@ -475,7 +480,7 @@ pub fn serve(
                 std::thread::Builder::new()
                     .name(format!("nvmf-pg{g}"))
                     .spawn_scoped(s, move || {
-                        let backends = match Backends::new(namespaces) {
+                        let backends = match cpu.map_or(Ok(()), pin_thread).and_then(|()| Backends::new(namespaces)) {
                             Ok(b) => b,
                             Err(e) => {
                                 started.lock().map(|mut v| v.push(Err(e))).ok();
@@ -514,6 +519,16 @@ pub fn serve(
         }
         accepted
     })
+}
+
+/// Pins the calling thread to `cpu` (sched_setaffinity(2) on thread ID 0: the caller).
+fn pin_thread(cpu: usize) -> Result<(), String> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(|e| format!("CPU {cpu}: {e}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("cannot pin a poll group to CPU {cpu}: {e}"))?;
+    tracing::info!(cpu, "poll group pinned");
+    Ok(())
 }
 
 fn accept_loop(
