@@ -10,7 +10,7 @@
 //! nvme_tcp = ["127.0.0.1:4420"]    # listeners
 //! nbd = "127.0.0.1:10809"          # optional
 //! poll_groups = 1                  # optional
-//! cpumask = "0x2"                  # optional: one poll group pinned to each CPU
+//! cpumask = "0x2"                  # optional: one poll group pinned to each CPU (a string)
 //!
 //! [[subsystem]]
 //! nqn = "nqn.2026-12.io.ironvme:disk0"
@@ -76,9 +76,10 @@ pub struct ServeArgs {
     /// NVMe/TCP poll groups (worker threads), each with its own backend queues.
     #[arg(long, value_name = "N")]
     pub poll_groups: Option<usize>,
-    /// Run one poll group on each of these CPUs, pinned, as SPDK's reactor mask (`-m`):
-    /// a hex mask (0x6) or a list (1,2 or 1-2). A poll group spins while I/O is in
-    /// flight: give it CPUs the initiators and other work do not need.
+    /// Run one poll group on each of these CPUs, pinned, read as SPDK reads its reactor
+    /// mask (`-m`): a hex mask, `0x` optional (0x6 and 6 are CPUs 1 and 2), or a list in
+    /// brackets (`[1,2]` or `[1-2]`). A poll group spins while I/O is in flight: give it CPUs
+    /// the initiators and other work do not need.
     #[arg(long, short = 'm', value_name = "MASK")]
     pub cpumask: Option<String>,
     /// Print a stats line (connections, IOPS, errors) every SECS seconds; 0: never.
@@ -151,8 +152,13 @@ impl ServeArgs {
                 .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", path.display())))?;
             let mut c: Config =
                 toml::from_str(&text).map_err(|e| CliError::Invalid(format!("{}: {e}", path.display())))?;
+            // A CPU mask on the command line replaces the file's placement, poll group
+            // count included.
+            if self.cpumask.is_some() {
+                c.cpumask = self.cpumask.clone();
+                c.poll_groups = None;
+            }
             c.poll_groups = self.poll_groups.or(c.poll_groups);
-            c.cpumask = self.cpumask.clone().or(c.cpumask);
             return Ok(c);
         }
         let mut c = Config {
@@ -204,6 +210,9 @@ impl Config {
         }
         if self.nvme_tcp.is_empty() && !self.subsystem.is_empty() {
             return bad("subsystems need an NVMe/TCP listener (--nvme-tcp ADDR:PORT)".into());
+        }
+        if self.nvme_tcp.is_empty() && self.cpumask.is_some() {
+            return bad("--cpumask places NVMe/TCP poll groups, and nothing is served over NVMe/TCP".into());
         }
         if self.nbd.is_some() == self.export.is_empty() {
             return bad("--nbd and --export go together: --nbd ADDR:PORT --export NAME=SPEC".into());
@@ -260,6 +269,8 @@ fn serial_of(nqn: &str) -> String {
 pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let config = args.config()?;
     config.check()?;
+    // Checked before any device is opened.
+    let placement = placement(config.poll_groups, config.cpumask.as_deref())?;
     let stop = Stop::on_signals().map_err(|e| CliError::Device(format!("cannot install signal handlers: {e}")))?;
     // Open every device once.
     let mut opened: HashMap<String, Arc<Backing>> = HashMap::new();
@@ -332,7 +343,6 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     raise_open_file_limit();
     let stats = Arc::new(Stats::default());
-    let placement = placement(config.poll_groups, config.cpumask.as_deref())?;
     let result = std::thread::scope(|s| {
         let nbd_thread = nbd_listener.map(|l| {
             let stop = stop.clone();
@@ -407,30 +417,18 @@ fn placement(poll_groups: Option<usize>, cpumask: Option<&str>) -> Result<Vec<Op
     Ok(cpus.into_iter().map(Some).collect())
 }
 
-/// Parses a CPU mask as SPDK's `-m` takes it: a hex mask (`0x6`, CPUs 1 and 2) or a
-/// list of CPUs and ranges (`1,2`, `0-3,8`, optionally in brackets: `[1,2]`). Returns
-/// the CPUs in ascending order, without repeats.
+/// Parses a CPU mask as SPDK's `-m` takes it (`spdk_cpuset_parse`): a hex mask, `0x`
+/// optional (`0x6` and `6`: CPUs 1 and 2), or a list of CPUs and ranges in brackets
+/// (`[1,2]`, `[0-3,8]`). Returns the CPUs in ascending order, without repeats.
 ///
-/// Errors: an empty mask, a bad number or range, a CPU beyond what `sched_setaffinity`
-/// can name.
+/// Errors: an empty mask, a bad hex digit, number or range, a CPU beyond what
+/// `sched_setaffinity` can name.
 fn parse_cpumask(mask: &str) -> Result<Vec<usize>, String> {
     let limit = nix::sched::CpuSet::count();
     let mut cpus = std::collections::BTreeSet::new();
     let m = mask.trim();
-    if let Some(hex) = m.strip_prefix("0x").or_else(|| m.strip_prefix("0X")) {
-        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("not a hex mask".into());
-        }
-        for (i, d) in hex.bytes().rev().enumerate() {
-            let v = (d as char).to_digit(16).unwrap_or(0);
-            for bit in 0..4 {
-                if v & (1 << bit) != 0 {
-                    cpus.insert(i * 4 + bit);
-                }
-            }
-        }
-    } else {
-        let list = m.strip_prefix('[').and_then(|l| l.strip_suffix(']')).unwrap_or(m);
+    if let Some(list) = m.strip_prefix('[') {
+        let list = list.strip_suffix(']').ok_or("a list opened with [ must end with ]")?;
         for part in list.split(',') {
             let num = |t: &str| {
                 t.trim()
@@ -440,13 +438,29 @@ fn parse_cpumask(mask: &str) -> Result<Vec<usize>, String> {
             match part.split_once('-') {
                 Some((a, b)) => {
                     let (a, b) = (num(a)?, num(b)?);
-                    if a > b || b >= limit {
+                    if a > b {
                         return Err(format!("bad range {:?}", part.trim()));
+                    }
+                    if b >= limit {
+                        return Err(format!("CPU {b} is beyond the {limit} CPUs sched_setaffinity can name"));
                     }
                     cpus.extend(a..=b);
                 }
                 None => {
                     cpus.insert(num(part)?);
+                }
+            }
+        }
+    } else {
+        let hex = m.strip_prefix("0x").or_else(|| m.strip_prefix("0X")).unwrap_or(m);
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("not a hex mask (0x6) or a list in brackets ([1,2])".into());
+        }
+        for (i, d) in hex.bytes().rev().enumerate() {
+            let v = (d as char).to_digit(16).unwrap_or(0);
+            for bit in 0..4 {
+                if v & (1 << bit) != 0 {
+                    cpus.insert(i * 4 + bit);
                 }
             }
         }
@@ -515,31 +529,81 @@ fn report(out: &mut dyn Write, stats: &Stats, stop: &Stop, every: Option<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn cpumask_forms() {
+        // As SPDK reads -m: hex with or without 0x, lists only in brackets.
         assert_eq!(parse_cpumask("0x6"), Ok(vec![1, 2]));
+        assert_eq!(parse_cpumask("6"), Ok(vec![1, 2]));
         assert_eq!(parse_cpumask("0X1"), Ok(vec![0]));
+        assert_eq!(parse_cpumask("1"), Ok(vec![0]));
         assert_eq!(parse_cpumask("0x10"), Ok(vec![4]));
-        assert_eq!(parse_cpumask("1"), Ok(vec![1]));
-        assert_eq!(parse_cpumask("3,1,1"), Ok(vec![1, 3]));
-        assert_eq!(parse_cpumask("0-2,8"), Ok(vec![0, 1, 2, 8]));
+        assert_eq!(parse_cpumask("[3,1,1]"), Ok(vec![1, 3]));
+        assert_eq!(parse_cpumask("[0-2,8]"), Ok(vec![0, 1, 2, 8]));
         assert_eq!(parse_cpumask("[0, 2]"), Ok(vec![0, 2]));
     }
 
     #[test]
     fn cpumask_errors() {
-        for bad in ["", "0x", "0x0", "0xg", "a", "1,", "3-1", "-1", "1-", "99999", "0-99999"] {
+        for bad in [
+            "",
+            "0x",
+            "0x0",
+            "0",
+            "0xg",
+            "g",
+            "1,2",
+            "[1,]",
+            "[3-1]",
+            "[-1]",
+            "[1-]",
+            "[1",
+            "[99999]",
+            "[0-99999]",
+        ] {
             assert!(parse_cpumask(bad).is_err(), "{bad:?} was accepted");
         }
+        assert!(parse_cpumask("[0-99999]").unwrap_err().contains("beyond"));
     }
 
     #[test]
     fn placement_follows_the_mask_or_the_group_count() {
         assert_eq!(placement(None, None).unwrap(), vec![None]);
         assert_eq!(placement(Some(3), None).unwrap(), vec![None; 3]);
-        assert_eq!(placement(None, Some("0")).unwrap(), vec![Some(0)]);
-        assert_eq!(placement(Some(1), Some("0")).unwrap(), vec![Some(0)]);
-        assert!(placement(Some(2), Some("0")).is_err());
+        // A CPU this test may run on (taskset or a cpuset may leave out CPU 0).
+        let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+        let cpu = (0..nix::sched::CpuSet::count())
+            .find(|&c| allowed.is_set(c).unwrap_or(false))
+            .unwrap();
+        let mask = format!("[{cpu}]");
+        assert_eq!(placement(None, Some(&mask)).unwrap(), vec![Some(cpu)]);
+        assert_eq!(placement(Some(1), Some(&mask)).unwrap(), vec![Some(cpu)]);
+        assert!(placement(Some(2), Some(&mask)).is_err());
+    }
+
+    #[test]
+    fn a_command_line_cpumask_replaces_the_files_placement() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(
+            &path,
+            "nvme_tcp = [\"127.0.0.1:4420\"]\npoll_groups = 2\n[[subsystem]]\nnqn = \"nqn.2026-12.io.ironvme:t\"\n\
+             namespaces = [\"/dev/null\"]\nallow_any_host = true\n",
+        )
+        .unwrap();
+        let args = |extra: &[&str]| {
+            let mut v = vec!["serve", "--config", path.to_str().unwrap()];
+            v.extend_from_slice(extra);
+            crate::cli::Cli::try_parse_from(std::iter::once("ironvme").chain(v)).unwrap()
+        };
+        let config = |cli: crate::cli::Cli| match cli.command {
+            crate::cli::Command::Serve(a) => a.config().unwrap(),
+            _ => unreachable!(),
+        };
+        let c = config(args(&[]));
+        assert_eq!((c.poll_groups, c.cpumask.as_deref()), (Some(2), None));
+        let c = config(args(&["--cpumask", "0x1"]));
+        assert_eq!((c.poll_groups, c.cpumask.as_deref()), (None, Some("0x1")));
     }
 }

@@ -72,7 +72,9 @@ pub enum Completions {
     /// Non-blocking `poll` in a spin loop (VFIO, io_uring): the lowest latency; a CPU per
     /// thread.
     Spin,
-    /// `wait` (backends that do the I/O inside `ring` and have completed it by then).
+    /// [`BlockQueue::wait`]: sleeps in the kernel until a completion arrives (io_uring:
+    /// `io_uring_enter` with GETEVENTS); on the synchronous backends, which do the I/O
+    /// inside `ring`, it finds it done.
     Wait,
 }
 

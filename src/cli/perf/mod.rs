@@ -216,12 +216,12 @@ impl Plan {
                      there is nothing to poll; it always waits (the default there)"
                 ));
             }
-            Some(Completions::Wait) if backend == Backend::Vfio => {
-                return invalid(
-                    "--completions wait: ironvme's VFIO driver has no interrupt mode yet, so its completions \
-                     can only be polled (spin, the default)"
-                        .into(),
-                );
+            Some(Completions::Wait) if !synchronous && !matches!(backend, Backend::Uring | Backend::UringCmd) => {
+                return invalid(format!(
+                    "--completions wait: the {backend} backend has no interrupt mode (ironvme's driver and \
+                     its simulation poll the completion queue), so its completions can only be polled (spin, the \
+                     default)"
+                ));
             }
             Some(c) => c,
         };
