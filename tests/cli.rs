@@ -46,6 +46,14 @@ fn help_lists_every_subcommand() {
         assert!(text.contains(sub), "{sub} missing from\n{text}");
     }
     assert!(text.contains("RUST_LOG"), "{text}");
+    // DEV is a PCI address or a kernel device: the help must not say otherwise.
+    let long = stdout(&ironvme(&["--help"]));
+    assert!(long.contains("/dev/nvme0") && !long.contains("not supported"), "{long}");
+    let identify = stdout(&ironvme(&["identify", "--help"]));
+    assert!(
+        identify.contains("/dev/nvme0") && identify.contains("ioctl passthrough"),
+        "{identify}"
+    );
 }
 
 #[test]

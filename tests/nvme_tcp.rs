@@ -20,6 +20,9 @@
 //!
 //! The kernel initiator is in `tests/guest_nvme_tcp.rs`.
 
+mod common;
+
+use common::pattern;
 use ironvme::export::nvme_tcp::conn::{Conn, MAXH2CDATA};
 use ironvme::export::nvme_tcp::ctrl::{DISCOVERY_NQN, HostPolicy, INLINE_DATA, IO_QUEUE_ENTRIES, Subsystem, Target};
 use ironvme::export::nvme_tcp::{MAX_CONNECTIONS, Namespace, Stats, serve};
@@ -99,19 +102,6 @@ const TRANSIENT_TRANSPORT_ERROR: Status = Status::new(0, 0x22);
 /// Connect Invalid Parameters and Connect Invalid Host (NVMe over Fabrics 1.1, figure 21).
 const CONNECT_INVALID_PARAMETERS: Status = Status::new(1, 0x82);
 const CONNECT_INVALID_HOST: Status = Status::new(1, 0x84);
-
-/// Bytes of a deterministic pattern.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
 
 fn le16(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])

@@ -20,9 +20,9 @@
 //!   nvme-cli has no JSON of its own (`get-feature`'s `value`).
 //! - **Fields the parser does not decode are left out**, never printed as zeros.
 //! - **DEV is resolved in one place** ([`device::parse_device`], [`device::open`]).
-//!   Today only PCI addresses of vfio-pci-bound controllers; kernel device paths are
-//!   refused with the command that binds a controller. Kernel backends will be added
-//!   there without touching the subcommands.
+//!   A PCI address opens the controller through ironvme's VFIO driver; a kernel NVMe
+//!   device (`/dev/nvme0`, `/dev/nvme0n1`, `/dev/ng0n1`, or a bare `nvme0`) is used
+//!   through the kernel's NVMe ioctl passthrough.
 //! - **`identify-ns` without `--nsid` prints every active namespace**: DEV names a
 //!   controller, not a namespace (nvme-cli's `id-ns` on a controller node needs `-n`),
 //!   and NSID 1 need not exist. An inactive NSID is an error, not a page of zeros.
@@ -56,21 +56,27 @@ pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
 /// The DEV help shared by every subcommand that opens a controller.
-const DEV_HELP: &str = "PCI address of an NVMe controller bound to vfio-pci: 0000:00:05.0, 00:05.0 or \
-                        pci:0000:00:05.0 (bind with `scripts/setup.sh bind BDF`). Opening it resets the controller.";
+const DEV_HELP: &str = "The controller: the PCI address of one bound to vfio-pci (0000:00:05.0, 00:05.0 or \
+                        pci:0000:00:05.0; bind with `scripts/setup.sh bind BDF`; opening it resets the \
+                        controller), or a kernel NVMe device (/dev/nvme0, /dev/nvme0n1, /dev/ng0n1 or nvme0), \
+                        used through the kernel's NVMe ioctl passthrough.";
 
 /// ironvme: inspect and manage NVMe controllers through ironvme's userspace driver.
 #[derive(Debug, Parser)]
 #[command(
     name = "ironvme",
     version,
-    about = "Inspect and manage NVMe controllers through ironvme's userspace (VFIO) driver",
-    long_about = "Inspect and manage NVMe controllers through ironvme's userspace (VFIO) driver.\n\n\
+    about = "Inspect, manage, benchmark and serve NVMe controllers through ironvme's userspace (VFIO) driver \
+             or the kernel's",
+    long_about = "Inspect, manage, benchmark and serve NVMe controllers through ironvme's userspace (VFIO) \
+                  driver or the kernel's.\n\n\
                   Output is shaped like nvme-cli's (same field names and order); --json prints one JSON \
                   object with nvme-cli's keys.\n\n\
-                  DEV is the PCI address of a controller bound to vfio-pci (`scripts/setup.sh bind BDF`); \
-                  opening it resets the controller. Kernel device paths (/dev/nvme0) are not supported by \
-                  this build.\n\n\
+                  DEV is the PCI address of a controller bound to vfio-pci (`scripts/setup.sh bind BDF`), \
+                  driven by ironvme's polled driver (opening it resets the controller), or a kernel NVMe \
+                  device (/dev/nvme0, /dev/nvme0n1, /dev/ng0n1), used through the kernel's NVMe ioctl \
+                  passthrough. The I/O commands (perf, verify, vde, serve) also take block devices, \
+                  files and vde:DEV:VOL, on the backend --backend names.\n\n\
                   Warnings and errors are printed on stderr. Set RUST_LOG=debug (or e.g. \
                   RUST_LOG=ironvme_nvme=trace) to see the driver's spans and events too, RUST_LOG=off for \
                   nothing."
