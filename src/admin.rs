@@ -130,12 +130,12 @@ pub fn smart_log(dev: &dyn AdminCommands) -> Result<SmartLog, Error> {
 }
 
 /// The Error Information log (LID 01h): `entries` 64-byte entries (ELPE + 1), empty
-/// ones left out.
+/// ones (Error Count 0) included, as `nvme error-log` prints them.
 ///
 /// Errors: as [`smart_log`].
 pub fn error_log(dev: &dyn AdminCommands, entries: usize) -> Result<Vec<ErrorLogEntry>, Error> {
     let data = get_log_page(dev, LogPageId::ERROR_INFORMATION, NSID_ALL, 0, entries.max(1) * 64)?;
-    Ok(ironvme_nvme::log::parse_error_log(&data)?)
+    Ok(ironvme_nvme::log::parse_error_log_entries(&data)?)
 }
 
 /// The Firmware Slot Information log (LID 03h).

@@ -81,6 +81,16 @@ impl OpenDevice {
         self.spec.to_string()
     }
 
+    /// The device as nvme-cli names it in its headers (`Smart Log for NVME
+    /// device:nvme0`): a kernel node's base name (`nvme0`, `ng0n1`), a PCI address as is.
+    pub fn header_name(&self) -> String {
+        let name = self.name();
+        match name.rsplit_once('/') {
+            Some((_, base)) if !base.is_empty() => base.to_string(),
+            _ => name,
+        }
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.device.backend()

@@ -1,8 +1,9 @@
 //! `identify` (Identify Controller) and `identify-ns` (Identify Namespace), printed as
 //! `nvme id-ctrl` and `nvme id-ns` print them.
 //!
-//! Fields ironvme's parser does not decode yet (for example rrls, nvmsr, hctma, ocfs,
-//! nulbaf) are left out rather than printed as zeros.
+//! Every field nvme-cli 2.3 prints is printed, under its name and in its value format;
+//! the guest test `nvme_cli_and_ironvme_print_the_same_fields` compares the two field by
+//! field, in text and JSON.
 
 use super::device::{self, OpenDevice};
 use super::output::{Record, c_hex, hex_bytes, uuid_string};
@@ -23,11 +24,13 @@ const NS_NAME_WIDTH: usize = 8;
 pub fn controller_record(id: &IdentifyController) -> Record {
     let mut r = Record::new();
     let ieee = u32::from(id.ieee[2]) << 16 | u32::from(id.ieee[1]) << 8 | u32::from(id.ieee[0]);
+    // nvme-cli prints the ASCII fields with their space padding (`%-.*s` of the whole
+    // field), in text and JSON; the parser trims it, so it is put back to the field size.
     r.hex("vid", id.vid)
         .hex("ssvid", id.ssvid)
-        .text("sn", &id.sn)
-        .text("mn", &id.mn)
-        .text("fr", &id.fr)
+        .text("sn", &format!("{:<20}", id.sn))
+        .text("mn", &format!("{:<40}", id.mn))
+        .text("fr", &format!("{:<8}", id.fr))
         .dec("rab", id.rab)
         .field("ieee", format!("{ieee:06x}"), Value::from(ieee))
         .hex("cmic", id.cmic.bits())
@@ -38,11 +41,15 @@ pub fn controller_record(id: &IdentifyController) -> Record {
         .hex("rtd3e", id.rtd3e)
         .hex("oaes", id.oaes)
         .hex("ctratt", id.ctratt)
+        .hex("rrls", id.rrls)
         .dec("cntrltype", id.cntrltype)
         .text("fguid", &uuid_string(&id.fguid))
         .dec("crdt1", id.crdt[0])
         .dec("crdt2", id.crdt[1])
         .dec("crdt3", id.crdt[2])
+        .dec("nvmsr", id.nvmsr)
+        .dec("vwci", id.vwci)
+        .dec("mec", id.mec)
         .hex("oacs", id.oacs.bits())
         .dec("acl", id.acl)
         .dec("aerl", id.aerl)
@@ -59,10 +66,26 @@ pub fn controller_record(id: &IdentifyController) -> Record {
         .dec("hmmin", id.hmmin)
         .u128("tnvmcap", id.tnvmcap)
         .u128("unvmcap", id.unvmcap)
+        .hex("rpmbs", id.rpmbs)
         .dec("edstt", id.edstt)
+        .dec("dsto", id.dsto)
         .dec("fwug", id.fwug)
         .dec("kas", id.kas)
+        .hex("hctma", id.hctma)
+        .dec("mntmt", id.mntmt)
+        .dec("mxtmt", id.mxtmt)
         .hex("sanicap", id.sanicap)
+        .dec("hmminds", id.hmminds)
+        .dec("hmmaxd", id.hmmaxd)
+        .dec("nsetidmax", id.nsetidmax)
+        .dec("endgidmax", id.endgidmax)
+        .dec("anatt", id.anatt)
+        .dec("anacap", id.anacap)
+        .dec("anagrpmax", id.anagrpmax)
+        .dec("nanagrpid", id.nanagrpid)
+        .dec("pels", id.pels)
+        .dec("domainid", id.domainid)
+        .u128("megcap", id.megcap)
         .hex("sqes", id.sqes)
         .hex("cqes", id.cqes)
         .dec("maxcmd", id.maxcmd)
@@ -76,9 +99,22 @@ pub fn controller_record(id: &IdentifyController) -> Record {
         .dec("icsvscc", id.icsvscc)
         .dec("nwpc", id.nwpc)
         .dec("acwu", id.acwu)
+        .hex("ocfs", id.ocfs)
         .hex("sgls", id.sgls)
         .dec("mnan", id.mnan)
+        .u128("maxdna", id.maxdna)
+        .dec("maxcna", id.maxcna)
         .text("subnqn", &id.subnqn);
+    if id.subnqn.is_empty() {
+        // nvme-cli's JSON leaves an empty subnqn out; its text prints the empty line.
+        r.text_only();
+    }
+    r.dec("ioccsz", id.ioccsz)
+        .dec("iorcsz", id.iorcsz)
+        .dec("icdoff", id.icdoff)
+        .hex("fcatt", id.fcatt)
+        .dec("msdbd", id.msdbd)
+        .dec("ofcs", id.ofcs);
     r
 }
 
@@ -130,7 +166,7 @@ fn power_state_text(i: usize, ps: &PowerStateDescriptor) -> String {
         _ => "reserved",
     };
     format!(
-        "ps    {i:>4} : mp:{max_power} {operational} enlat:{} exlat:{} rrt:{} rrl:{}\n            rwt:{} rwl:{} \
+        "ps   {i:>4} : mp:{max_power} {operational} enlat:{} exlat:{} rrt:{} rrl:{}\n            rwt:{} rwl:{} \
          idle_power:{} active_power:{}\n            active_power_workload:{workload}\n",
         ps.enlat,
         ps.exlat,
@@ -185,17 +221,23 @@ pub fn namespace_record(ns: &IdentifyNamespace) -> Record {
         .dec("nabo", ns.nabo)
         .dec("nabspf", ns.nabspf)
         .dec("noiob", ns.noiob)
-        .u128("nvmcap", ns.nvmcap)
-        .dec("npwg", ns.npwg)
-        .dec("npwa", ns.npwa)
-        .dec("npdg", ns.npdg)
-        .dec("npda", ns.npda)
-        .dec("nows", ns.nows)
-        .dec("mssrl", ns.mssrl)
+        .u128("nvmcap", ns.nvmcap);
+    // NSFEAT bit 4 (OPTPERF): NPWG..NOWS are defined; nvme-cli prints them only then.
+    if ns.nsfeat & 0x10 != 0 {
+        r.dec("npwg", ns.npwg)
+            .dec("npwa", ns.npwa)
+            .dec("npdg", ns.npdg)
+            .dec("npda", ns.npda)
+            .dec("nows", ns.nows);
+    }
+    r.dec("mssrl", ns.mssrl)
         .dec("mcl", ns.mcl)
         .dec("msrc", ns.msrc)
+        .dec("nulbaf", ns.nulbaf)
         .dec("anagrpid", ns.anagrpid)
-        .dec("nsattr", ns.nsattr)
+        // nvme-cli 2.3 prints this one name followed by a tab (`"nsattr\t: %u"`).
+        .dec("nsattr\t", ns.nsattr)
+        .key("nsattr")
         .dec("nvmsetid", ns.nvmsetid)
         .dec("endgid", ns.endgid)
         .text("nguid", &hex_bytes(&ns.nguid))
@@ -216,7 +258,8 @@ pub fn render_namespace_text(nsid: u32, ns: &IdentifyNamespace) -> String {
             f.lbads,
             c_hex(u64::from(f.rp))
         );
-        let _ = writeln!(out, "{line}{}", if i == in_use { " (in use)" } else { "" });
+        // nvme-cli's `"rp:%#x %s\n"`: a space, then "(in use)" or nothing.
+        let _ = writeln!(out, "{line} {}", if i == in_use { "(in use)" } else { "" });
     }
     out
 }
@@ -416,9 +459,9 @@ pub(crate) mod tests {
         for expected in [
             "vid       : 0x1b36",
             "ssvid     : 0x1af4",
-            "sn        : ironvme-vfio4k",
-            "mn        : QEMU NVMe Ctrl",
-            "fr        : 7.2.22",
+            "sn        : ironvme-vfio4k      ",
+            "mn        : QEMU NVMe Ctrl                          ",
+            "fr        : 7.2.22  ",
             "rab       : 6",
             "ieee      : 525400",
             "cmic      : 0",
@@ -443,7 +486,7 @@ pub(crate) mod tests {
             "vwc       : 0x7",
             "sgls      : 0x1",
             "subnqn    : nqn.2019-08.org.qemu:ironvme-vfio4k",
-            "ps       0 : mp:25.00W operational enlat:16 exlat:4 rrt:0 rrl:0",
+            "ps      0 : mp:25.00W operational enlat:16 exlat:4 rrt:0 rrl:0",
             "            rwt:0 rwl:0 idle_power:- active_power:-",
             "            active_power_workload:-",
         ] {
@@ -463,7 +506,8 @@ pub(crate) mod tests {
     fn controller_json_has_nvme_cli_keys() {
         let v = render_controller_json(&qemu_controller());
         let text = serde_json::to_string(&v).unwrap();
-        assert!(text.contains(r#""sn":"ironvme-vfio4k""#), "{text}");
+        // Padded to the field's 20 bytes, as nvme-cli prints it.
+        assert!(text.contains(r#""sn":"ironvme-vfio4k      ""#), "{text}");
         let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back["vid"], 0x1b36);
         assert_eq!(back["mdts"], 7);
@@ -495,10 +539,10 @@ pub(crate) mod tests {
         b[2048 + 32 + 22] = (1 << 6) | 2; // active power in 0.0001 W, workload 2
         let text = render_controller_text(&IdentifyController::parse(&b).unwrap());
         assert!(
-            text.contains("ps       0 : mp:0.2500W non-operational enlat:16"),
+            text.contains("ps      0 : mp:0.2500W non-operational enlat:16"),
             "{text}"
         );
-        assert!(text.contains("ps       1 : mp:9.00W operational"), "{text}");
+        assert!(text.contains("ps      1 : mp:9.00W operational"), "{text}");
         assert!(text.contains("idle_power:12.34W active_power:0.0005W"), "{text}");
         assert!(text.contains("active_power_workload:80K 128KiB SW"), "{text}");
     }
@@ -525,10 +569,10 @@ pub(crate) mod tests {
             "anagrpid: 0",
             "nguid   : 00000000000000000000000000000000",
             "eui64   : 0000000000000000",
-            "lbaf  0 : ms:0   lbads:9  rp:0",
-            "lbaf  3 : ms:64  lbads:9  rp:0",
+            "lbaf  0 : ms:0   lbads:9  rp:0 ",
+            "lbaf  3 : ms:64  lbads:9  rp:0 ",
             "lbaf  4 : ms:0   lbads:12 rp:0 (in use)",
-            "lbaf  7 : ms:64  lbads:12 rp:0",
+            "lbaf  7 : ms:64  lbads:12 rp:0 ",
         ] {
             assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
         }

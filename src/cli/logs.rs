@@ -12,9 +12,8 @@ use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
 use std::io::Write;
 
-/// Width of the field names in `nvme smart-log` output.
-const SMART_NAME_WIDTH: usize = 40;
-/// Width of the field names in `nvme error-log` output.
+/// Width of the field names in `nvme error-log` output (`trtype_spec_info`, the only
+/// name not followed by tabs).
 const ERROR_NAME_WIDTH: usize = 16;
 /// The separator line of `nvme error-log`.
 const ERROR_RULE: &str = ".................";
@@ -30,60 +29,77 @@ pub fn smart_record(log: &SmartLog) -> Record {
             Value::String(v.to_string()),
         )
     };
-    r.hex("critical_warning", log.critical_warning.bits()).field(
-        "temperature",
-        kelvin(log.composite_temperature),
-        Value::from(log.composite_temperature),
-    );
+    // The names carry nvme-cli's own tabs and spaces (printed with width 0): its
+    // `printf("critical_warning\t\t\t: %#x\n")` layout, reproduced byte for byte.
+    r.hex("critical_warning\t\t\t", log.critical_warning.bits())
+        .key("critical_warning")
+        .field(
+            "temperature\t\t\t\t",
+            kelvin(log.composite_temperature),
+            Value::from(log.composite_temperature),
+        )
+        .key("temperature");
     let (t, j) = percent(log.available_spare);
-    r.field("available_spare", t, j).key("avail_spare");
+    r.field("available_spare\t\t\t\t", t, j).key("avail_spare");
     let (t, j) = percent(log.available_spare_threshold);
-    r.field("available_spare_threshold", t, j).key("spare_thresh");
+    r.field("available_spare_threshold\t\t", t, j).key("spare_thresh");
     let (t, j) = percent(log.percentage_used);
-    r.field("percentage_used", t, j).key("percent_used");
+    r.field("percentage_used\t\t\t\t", t, j).key("percent_used");
     r.hex(
         "endurance group critical warning summary",
         log.endurance_group_critical_warning_summary,
     )
     .key("endurance_grp_critical_warning_summary");
     let (t, j) = units(log.data_units_read);
-    r.field("Data Units Read", t, j).key("data_units_read");
+    r.field("Data Units Read\t\t\t\t", t, j).key("data_units_read");
     let (t, j) = units(log.data_units_written);
-    r.field("Data Units Written", t, j).key("data_units_written");
-    r.u128("host_read_commands", log.host_read_commands)
-        .u128("host_write_commands", log.host_write_commands)
-        .u128("controller_busy_time", log.controller_busy_time)
-        .u128("power_cycles", log.power_cycles)
-        .u128("power_on_hours", log.power_on_hours)
-        .u128("unsafe_shutdowns", log.unsafe_shutdowns)
-        .u128("media_errors", log.media_errors)
-        .u128("num_err_log_entries", log.num_err_log_entries)
-        .dec("Warning Temperature Time", log.warning_composite_temperature_time)
+    r.field("Data Units Written\t\t\t", t, j).key("data_units_written");
+    r.u128("host_read_commands\t\t\t", log.host_read_commands)
+        .key("host_read_commands")
+        .u128("host_write_commands\t\t\t", log.host_write_commands)
+        .key("host_write_commands")
+        .u128("controller_busy_time\t\t\t", log.controller_busy_time)
+        .key("controller_busy_time")
+        .u128("power_cycles\t\t\t\t", log.power_cycles)
+        .key("power_cycles")
+        .u128("power_on_hours\t\t\t\t", log.power_on_hours)
+        .key("power_on_hours")
+        .u128("unsafe_shutdowns\t\t\t", log.unsafe_shutdowns)
+        .key("unsafe_shutdowns")
+        .u128("media_errors\t\t\t\t", log.media_errors)
+        .key("media_errors")
+        .u128("num_err_log_entries\t\t\t", log.num_err_log_entries)
+        .key("num_err_log_entries")
+        .dec("Warning Temperature Time\t\t", log.warning_composite_temperature_time)
         .key("warning_temp_time")
         .dec(
-            "Critical Composite Temperature Time",
+            "Critical Composite Temperature Time\t",
             log.critical_composite_temperature_time,
         )
         .key("critical_comp_time");
     for (i, sensor) in log.temperature_sensors.iter().enumerate() {
         if let Some(k) = *sensor {
-            r.field(format!("Temperature Sensor {}", i + 1), kelvin(k), Value::from(k))
-                .key(&format!("temperature_sensor_{}", i + 1));
+            r.field(
+                format!("Temperature Sensor {}           ", i + 1),
+                kelvin(k),
+                Value::from(k),
+            )
+            .key(&format!("temperature_sensor_{}", i + 1));
         }
     }
     r.dec(
-        "Thermal Management T1 Trans Count",
+        "Thermal Management T1 Trans Count\t",
         log.thermal_mgmt_temp1_transition_count,
     )
     .key("thm_temp1_trans_count")
     .dec(
-        "Thermal Management T2 Trans Count",
+        "Thermal Management T2 Trans Count\t",
         log.thermal_mgmt_temp2_transition_count,
     )
     .key("thm_temp2_trans_count")
-    .dec("Thermal Management T1 Total Time", log.thermal_mgmt_temp1_total_time)
+    .dec("Thermal Management T1 Total Time\t", log.thermal_mgmt_temp1_total_time)
     .key("thm_temp1_total_time")
-    .dec("Thermal Management T2 Total Time", log.thermal_mgmt_temp2_total_time)
+    .dec("Thermal Management T2 Total Time\t", log.thermal_mgmt_temp2_total_time)
     .key("thm_temp2_total_time");
     r
 }
@@ -91,7 +107,7 @@ pub fn smart_record(log: &SmartLog) -> Record {
 /// The SMART / Health log as `nvme smart-log` prints it for device `dev`.
 pub fn render_smart_text(dev: &str, log: &SmartLog) -> String {
     let mut out = format!("Smart Log for NVME device:{dev} namespace-id:{NSID_ALL:x}\n");
-    smart_record(log).write_human(SMART_NAME_WIDTH, &mut out);
+    smart_record(log).write_human(0, &mut out);
     out
 }
 
@@ -117,38 +133,47 @@ pub fn error_entry_record(e: &ErrorLogEntry) -> Record {
     let status = Status::from_raw(e.status_raw15());
     let status_name = status.name().unwrap_or(status.sct().name());
     let mut r = Record::new();
-    r.dec("error_count", e.error_count)
-        .dec("sqid", e.sqid)
-        .hex("cmdid", e.cid)
+    // nvme-cli aligns these names with tabs (`"sqid\t\t: %d"`); JSON keys have none.
+    r.dec("error_count\t", e.error_count)
+        .key("error_count")
+        .dec("sqid\t\t", e.sqid)
+        .key("sqid")
+        .hex("cmdid\t\t", e.cid)
+        .key("cmdid")
         .field(
-            "status_field",
-            format!("{} ({status_name})", c_hex(u64::from(status.raw()))),
+            "status_field\t",
+            format!("{}({status_name})", c_hex(u64::from(status.raw()))),
             Value::from(status.raw()),
         )
-        .hex("phase_tag", u8::from(e.phase_tag()))
-        .hex("parm_err_loc", e.parameter_error_location)
+        .key("status_field")
+        .hex("phase_tag\t", u8::from(e.phase_tag()))
+        .key("phase_tag")
+        .hex("parm_err_loc\t", e.parameter_error_location)
         .key("parm_error_location")
-        .hex("lba", e.lba)
-        .hex("nsid", e.nsid)
-        .dec("vs", e.vendor_specific_info)
-        .field(
-            "trtype",
-            format!("{} ({})", c_hex(u64::from(e.trtype)), trtype_name(e.trtype)),
-            Value::from(e.trtype),
-        )
-        .hex("cs", e.command_specific_info)
+        .hex("lba\t\t", e.lba)
+        .key("lba")
+        .hex("nsid\t\t", e.nsid)
+        .key("nsid")
+        .dec("vs\t\t", e.vendor_specific_info)
+        .key("vs")
+        .field("trtype\t\t", trtype_name(e.trtype), Value::from(e.trtype))
+        .key("trtype")
+        .hex("cs\t\t", e.command_specific_info)
+        .key("cs")
         .hex("trtype_spec_info", e.transport_type_specific_info);
     r
 }
 
-/// The non-empty error log entries as `nvme error-log` prints them.
+/// The error log entries read (ELPE + 1 by default, empty ones included) as `nvme
+/// error-log` prints them. The status is printed with ironvme's name for it; nvme-cli
+/// adds libnvme's sentence of explanation after a colon.
 pub fn render_error_text(dev: &str, entries: &[ErrorLogEntry]) -> String {
     let mut out = format!(
         "Error Log Entries for device:{dev} entries:{}\n{ERROR_RULE}\n",
         entries.len()
     );
     for (i, e) in entries.iter().enumerate() {
-        let _ = writeln!(out, " Entry[{i:2}]\n{ERROR_RULE}");
+        let _ = writeln!(out, " Entry[{i:2}]   \n{ERROR_RULE}");
         error_entry_record(e).write_human(ERROR_NAME_WIDTH, &mut out);
         let _ = writeln!(out, "{ERROR_RULE}");
     }
@@ -164,28 +189,41 @@ pub fn render_error_json(entries: &[ErrorLogEntry]) -> Value {
     json!({ "errors": errors })
 }
 
-/// The firmware slot log as `nvme fw-log` prints it. Revisions are shown as the text in
-/// the slot (nvme-cli also prints the 8 raw bytes as a hex number; ironvme's parser keeps
-/// only the text).
+/// The slots nvme-cli shows (first byte non-zero), each as (slot number 1..=7, the 8
+/// bytes as a little-endian u64, the bytes with non-graphic ones as `.`).
+fn firmware_slots(log: &FirmwareSlotLog) -> impl Iterator<Item = (usize, u64, String)> + '_ {
+    log.frs_raw
+        .iter()
+        .enumerate()
+        .filter(|(_, raw)| raw[0] != 0)
+        .map(|(i, raw)| {
+            let text = raw
+                .iter()
+                .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+                .collect();
+            (i + 1, u64::from_le_bytes(*raw), text)
+        })
+}
+
+/// The firmware slot log as `nvme fw-log` prints it: `frsN : 0x... (text)`.
 pub fn render_firmware_text(dev: &str, log: &FirmwareSlotLog) -> String {
     let mut out = format!("Firmware Log for device:{dev}\nafi  : {}\n", c_hex(u64::from(log.afi)));
-    for (i, rev) in log.frs.iter().enumerate() {
-        if let Some(rev) = rev {
-            let _ = writeln!(out, "frs{} : {rev}", i + 1);
-        }
+    for (slot, raw, text) in firmware_slots(log) {
+        let _ = writeln!(out, "frs{slot} : {raw:#016x} ({text})");
     }
     out
 }
 
 /// The firmware slot log as `nvme fw-log -o json` prints it: an object under the device
-/// name with `Active Firmware Slot (afi)` and `Firmware Rev Slot N` for non-empty slots.
+/// name with `Active Firmware Slot (afi)` and `Firmware Rev Slot N` (`"u64 (text)"`).
 pub fn render_firmware_json(dev: &str, log: &FirmwareSlotLog) -> Value {
     let mut inner = Map::new();
     inner.insert("Active Firmware Slot (afi)".to_string(), Value::from(log.afi));
-    for (i, rev) in log.frs.iter().enumerate() {
-        if let Some(rev) = rev {
-            inner.insert(format!("Firmware Rev Slot {}", i + 1), Value::String(rev.clone()));
-        }
+    for (slot, raw, text) in firmware_slots(log) {
+        inner.insert(
+            format!("Firmware Rev Slot {slot}"),
+            Value::String(format!("{raw} ({text})")),
+        );
     }
     let mut obj = Map::new();
     obj.insert(dev.to_string(), Value::Object(inner));
@@ -206,7 +244,7 @@ pub fn run_smart(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError>
     if args.json {
         write_json(out, &render_smart_json(&log))
     } else {
-        out.write_all(render_smart_text(&dev.name(), &log).as_bytes())?;
+        out.write_all(render_smart_text(&dev.header_name(), &log).as_bytes())?;
         Ok(())
     }
 }
@@ -221,7 +259,7 @@ pub fn run_error(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError>
     if args.json {
         write_json(out, &render_error_json(&entries))
     } else {
-        out.write_all(render_error_text(&dev.name(), &entries).as_bytes())?;
+        out.write_all(render_error_text(&dev.header_name(), &entries).as_bytes())?;
         Ok(())
     }
 }
@@ -233,9 +271,9 @@ pub fn run_firmware(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliErr
     let dev = open(args)?;
     let log = firmware_slot_log(dev.admin()).map_err(CliError::on(&dev))?;
     if args.json {
-        write_json(out, &render_firmware_json(&dev.name(), &log))
+        write_json(out, &render_firmware_json(&dev.header_name(), &log))
     } else {
-        out.write_all(render_firmware_text(&dev.name(), &log).as_bytes())?;
+        out.write_all(render_firmware_text(&dev.header_name(), &log).as_bytes())?;
         Ok(())
     }
 }
@@ -334,17 +372,17 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "Error Log Entries for device:0000:00:05.0 entries:1");
         assert_eq!(lines[1], ERROR_RULE);
-        assert_eq!(lines[2], " Entry[ 0]");
+        assert_eq!(lines[2], " Entry[ 0]   ");
         for expected in [
-            "error_count     : 9",
-            "sqid            : 1",
-            "cmdid           : 0x12",
-            "status_field    : 0x4281 (Unrecovered Read Error)",
-            "phase_tag       : 0x1",
-            "parm_err_loc    : 0xffff",
-            "lba             : 0x2",
-            "nsid            : 0x1",
-            "trtype          : 0 (The transport type is not indicated or the error is not transport related.)",
+            "error_count\t: 9",
+            "sqid\t\t: 1",
+            "cmdid\t\t: 0x12",
+            "status_field\t: 0x4281(Unrecovered Read Error)",
+            "phase_tag\t: 0x1",
+            "parm_err_loc\t: 0xffff",
+            "lba\t\t: 0x2",
+            "nsid\t\t: 0x1",
+            "trtype\t\t: The transport type is not indicated or the error is not transport related.",
             "trtype_spec_info: 0",
         ] {
             assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
@@ -372,15 +410,16 @@ mod tests {
         let log = FirmwareSlotLog::parse(&b).unwrap();
         assert_eq!(
             render_firmware_text("0000:00:05.0", &log),
-            "Firmware Log for device:0000:00:05.0\nafi  : 0x1\nfrs1 : 1.0\nfrs3 : FW3\n"
+            "Firmware Log for device:0000:00:05.0\nafi  : 0x1\n\
+             frs1 : 0x2020202020302e31 (1.0.....)\nfrs3 : 0x00000000335746 (FW3.....)\n"
         );
         let v = render_firmware_json("0000:00:05.0", &log);
         assert_eq!(
             v,
             json!({"0000:00:05.0": {
                 "Active Firmware Slot (afi)": 1,
-                "Firmware Rev Slot 1": "1.0",
-                "Firmware Rev Slot 3": "FW3"
+                "Firmware Rev Slot 1": "2314885530819505713 (1.0.....)",
+                "Firmware Rev Slot 3": "3364678 (FW3.....)"
             }})
         );
     }

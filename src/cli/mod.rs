@@ -114,13 +114,16 @@ pub enum Command {
     SmartLog(DeviceArgs),
     /// Error Information log (LID 01h), like `nvme error-log`.
     ///
-    /// Reads ELPE + 1 entries (from Identify Controller) and prints the non-empty ones
-    /// (error_count ≠ 0), in the order the controller returns them.
+    /// Reads ELPE + 1 entries (from Identify Controller) and prints every one, empty
+    /// entries (error_count 0) included, in the order the controller returns them, as
+    /// nvme-cli does.
     ErrorLog(DeviceArgs),
     /// Firmware Slot Information log (LID 03h), like `nvme fw-log`.
     ///
     /// afi: bits 2:0 the active slot, bits 6:4 the slot activated at the next reset;
-    /// frsN: the firmware revision text in slot N, for non-empty slots.
+    /// frsN: slot N's 8 bytes as a little-endian hex number, then as text with
+    /// non-printing bytes shown as `.` (nvme-cli's format), for slots whose first byte
+    /// is not zero.
     FwLog(DeviceArgs),
     /// Get Features, like `nvme get-feature -H`.
     ///

@@ -15,8 +15,9 @@ pub struct Field {
     pub key: String,
     /// The human form of the value.
     pub text: String,
-    /// The JSON form of the value.
-    pub json: Value,
+    /// The JSON form of the value; `None` for a field nvme-cli prints only as text (an
+    /// empty `subnqn`).
+    pub json: Option<Value>,
 }
 
 /// An ordered list of [`Field`]s: one source for the human and the JSON output, so the
@@ -39,8 +40,16 @@ impl Record {
             key: name.clone(),
             name,
             text: text.into(),
-            json,
+            json: Some(json),
         });
+        self
+    }
+
+    /// Leaves the last field out of the JSON object (it is still printed as text).
+    pub fn text_only(&mut self) -> &mut Record {
+        if let Some(f) = self.fields.last_mut() {
+            f.json = None;
+        }
         self
     }
 
@@ -83,15 +92,24 @@ impl Record {
 
     /// The JSON object: the fields' keys and JSON values, in order.
     pub fn to_json(&self) -> Map<String, Value> {
-        self.fields.iter().map(|f| (f.key.clone(), f.json.clone())).collect()
+        self.fields
+            .iter()
+            .filter_map(|f| Some((f.key.clone(), f.json.clone()?)))
+            .collect()
     }
 
     /// Appends one `name : text` line per field to `out`, names padded to `width`
-    /// characters (nvme-cli's `%-10s: %s` layout).
+    /// characters (nvme-cli's `%-10s: %s` layout). A name that ends in a tab is printed
+    /// as it is: nvme-cli aligns some fields with tabs (`nsattr\t: `, the SMART log's
+    /// `critical_warning\t\t\t: `).
     pub fn write_human(&self, width: usize, out: &mut String) {
         for f in &self.fields {
             // Writing to a String cannot fail.
-            let _ = writeln!(out, "{:<width$}: {}", f.name, f.text);
+            let _ = if f.name.ends_with('\t') {
+                writeln!(out, "{}: {}", f.name, f.text)
+            } else {
+                writeln!(out, "{:<width$}: {}", f.name, f.text)
+            };
         }
     }
 }

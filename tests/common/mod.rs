@@ -287,3 +287,104 @@ impl Drop for ServerProcess {
         }
     }
 }
+
+/// Compares ironvme's text output with nvme-cli's line by line, so a failure names the
+/// first line that differs, then the line counts (a missing field is a missing line).
+pub fn assert_same_text(ours: &str, theirs: &str) {
+    for (i, (a, b)) in ours.lines().zip(theirs.lines()).enumerate() {
+        assert_eq!(a, b, "line {}: ironvme (left) vs nvme-cli (right)", i + 1);
+    }
+    assert_eq!(
+        ours.lines().count(),
+        theirs.lines().count(),
+        "line counts differ; ironvme:\n{ours}\nnvme-cli:\n{theirs}"
+    );
+    assert_eq!(ours, theirs);
+}
+
+/// Compares ironvme's JSON with nvme-cli's: equal values, and at every level the same
+/// object keys, a missing or extra key named with its path.
+pub fn assert_same_json(ours: &serde_json::Value, theirs: &serde_json::Value) {
+    fn walk(path: &str, ours: &serde_json::Value, theirs: &serde_json::Value) {
+        use serde_json::Value;
+        match (ours, theirs) {
+            (Value::Object(a), Value::Object(b)) => {
+                let missing: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+                let extra: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+                assert!(
+                    missing.is_empty() && extra.is_empty(),
+                    "at {path:?}: ironvme lacks {missing:?} and adds {extra:?}"
+                );
+                for (k, v) in b {
+                    walk(&format!("{path}.{k}"), &a[k], v);
+                }
+            }
+            (Value::Array(a), Value::Array(b)) => {
+                assert_eq!(a.len(), b.len(), "at {path:?}: array lengths differ");
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    walk(&format!("{path}[{i}]"), x, y);
+                }
+            }
+            _ => assert_eq!(ours, theirs, "at {path:?}: ironvme (left) vs nvme-cli (right)"),
+        }
+    }
+    walk("", ours, theirs);
+}
+
+/// `text` with the value of every `name : value` line whose trimmed name is in `names`
+/// replaced by `*`: for counters that may move between two reads (SMART's host
+/// commands, say).
+pub fn mask_text(text: &str, names: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        match line.split_once(':') {
+            Some((name, _)) if names.contains(&name.trim()) => {
+                out.push_str(name);
+                out.push_str(": *");
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Sets every object member named in `keys`, at any depth, to `"*"` (the JSON twin of
+/// [`mask_text`]).
+pub fn mask_json(value: &mut serde_json::Value, keys: &[&str]) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if keys.contains(&k.as_str()) {
+                    *v = Value::from("*");
+                } else {
+                    mask_json(v, keys);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| mask_json(v, keys)),
+        _ => {}
+    }
+}
+
+/// nvme-cli's error-log text without libnvme's sentence of explanation after each status
+/// name (`0(Successful Completion: The command completed without error)` becomes
+/// `0(Successful Completion)`): the one place ironvme's error-log text differs from it.
+pub fn without_libnvme_status_sentences(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        match (line.starts_with("status_field"), line.find("("), line.rfind(')')) {
+            (true, Some(open), Some(close)) if open < close => {
+                let inner = &line[open + 1..close];
+                let name = inner.split_once(": ").map_or(inner, |(name, _)| name);
+                out.push_str(&line[..=open]);
+                out.push_str(name);
+                out.push_str(&line[close..]);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}

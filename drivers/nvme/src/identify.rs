@@ -324,6 +324,8 @@ pub struct IdentifyController {
     pub oaes: u32,
     /// CTRATT (bytes 99:96): controller attributes, raw bits.
     pub ctratt: u32,
+    /// RRLS (bytes 101:100): read recovery levels supported, one bit per level.
+    pub rrls: u16,
     /// CNTRLTYPE (byte 111): controller type — 0 not reported, 1 I/O, 2 discovery,
     /// 3 administrative.
     pub cntrltype: u8,
@@ -331,6 +333,15 @@ pub struct IdentifyController {
     pub fguid: [u8; 16],
     /// CRDT1..CRDT3 (bytes 133:128): command retry delay times, in units of 100 ms.
     pub crdt: [u16; 3],
+    /// NVMSR (byte 253): NVM subsystem report — bit 0 NVMe storage device, bit 1 NVMe
+    /// enclosure.
+    pub nvmsr: u8,
+    /// VWCI (byte 254): VPD write cycle information — bit 7 valid, bits 6:0 write cycles
+    /// remaining.
+    pub vwci: u8,
+    /// MEC (byte 255): management endpoint capabilities — bit 0 SMBus/I2C port, bit 1
+    /// PCIe port.
+    pub mec: u8,
     /// OACS (bytes 257:256): optional admin commands supported.
     pub oacs: Oacs,
     /// ACL (byte 258): abort command limit, 0's based (ACL + 1 concurrent Aborts).
@@ -363,16 +374,53 @@ pub struct IdentifyController {
     pub tnvmcap: u128,
     /// UNVMCAP (bytes 311:296): unallocated NVM capacity, bytes.
     pub unvmcap: u128,
+    /// RPMBS (bytes 315:312): replay protected memory block support, raw bits.
+    pub rpmbs: u32,
     /// EDSTT (bytes 317:316): extended device self-test time, minutes.
     pub edstt: u16,
+    /// DSTO (byte 318): device self-test options (bit 0: one self-test at a time per
+    /// NVM subsystem).
+    pub dsto: u8,
     /// FWUG (byte 319): firmware update granularity, in 4 KiB units (0 = not reported,
     /// FFh = no restriction).
     pub fwug: u8,
     /// KAS (bytes 321:320): keep alive support granularity, in units of 100 ms
     /// (0 = Keep Alive not supported).
     pub kas: u16,
+    /// HCTMA (bytes 323:322): host controlled thermal management attributes (bit 0:
+    /// supported).
+    pub hctma: u16,
+    /// MNTMT (bytes 325:324): minimum thermal management temperature, Kelvin (0 = not
+    /// supported).
+    pub mntmt: u16,
+    /// MXTMT (bytes 327:326): maximum thermal management temperature, Kelvin (0 = not
+    /// supported).
+    pub mxtmt: u16,
     /// SANICAP (bytes 331:328): sanitize capabilities, raw bits.
     pub sanicap: u32,
+    /// HMMINDS (bytes 335:332): host memory buffer minimum descriptor entry size, in
+    /// 4 KiB units (0 = no minimum).
+    pub hmminds: u32,
+    /// HMMAXD (bytes 337:336): host memory maximum descriptors entries (0 = no limit).
+    pub hmmaxd: u16,
+    /// NSETIDMAX (bytes 339:338): NVM set identifier maximum.
+    pub nsetidmax: u16,
+    /// ENDGIDMAX (bytes 341:340): endurance group identifier maximum.
+    pub endgidmax: u16,
+    /// ANATT (byte 342): ANA transition time, seconds.
+    pub anatt: u8,
+    /// ANACAP (byte 343): asymmetric namespace access capabilities, raw bits.
+    pub anacap: u8,
+    /// ANAGRPMAX (bytes 347:344): ANA group identifier maximum.
+    pub anagrpmax: u32,
+    /// NANAGRPID (bytes 351:348): number of ANA group identifiers.
+    pub nanagrpid: u32,
+    /// PELS (bytes 355:352): persistent event log size, in 64 KiB units.
+    pub pels: u32,
+    /// DOMAINID (bytes 357:356): domain identifier.
+    pub domainid: u16,
+    /// MEGCAP (bytes 383:368): max endurance group capacity, bytes.
+    pub megcap: u128,
     /// SQES (byte 512): submission queue entry size — bits 3:0 required, 7:4 maximum, each
     /// log2 of bytes. See [`IdentifyController::sqe_sizes`].
     pub sqes: u8,
@@ -403,14 +451,38 @@ pub struct IdentifyController {
     pub nwpc: u8,
     /// ACWU (bytes 533:532): atomic compare & write unit, in logical blocks, 0's based.
     pub acwu: u16,
+    /// OCFS (bytes 535:534): optional copy formats supported, one bit per format.
+    pub ocfs: u16,
     /// SGLS (bytes 539:536): SGL support, raw bits. Bits 1:0: 00b not supported, 01b
     /// supported, 10b supported with dword alignment and granularity, 11b reserved.
     /// See [`IdentifyController::sgl_supported`].
     pub sgls: u32,
     /// MNAN (bytes 543:540): maximum number of allowed namespaces (0 = not reported).
     pub mnan: u32,
+    /// MAXDNA (bytes 559:544): maximum domain namespace attachments (0 = not reported).
+    pub maxdna: u128,
+    /// MAXCNA (bytes 563:560): maximum I/O controller namespace attachments (0 = not
+    /// reported).
+    pub maxcna: u32,
     /// SUBNQN (bytes 1023:768): NVM subsystem NVMe Qualified Name, padding trimmed.
     pub subnqn: String,
+    /// IOCCSZ (bytes 1795:1792, fabrics only): I/O queue command capsule supported size,
+    /// in 16-byte units.
+    pub ioccsz: u32,
+    /// IORCSZ (bytes 1799:1796, fabrics only): I/O queue response capsule supported size,
+    /// in 16-byte units.
+    pub iorcsz: u32,
+    /// ICDOFF (bytes 1801:1800, fabrics only): in-capsule data offset, in 16-byte units.
+    pub icdoff: u16,
+    /// FCATT (byte 1802, fabrics only): fabrics controller attributes (bit 0: dynamic
+    /// controller model).
+    pub fcatt: u8,
+    /// MSDBD (byte 1803, fabrics only): maximum SGL data block descriptors per capsule
+    /// (0 = no limit).
+    pub msdbd: u8,
+    /// OFCS (bytes 1805:1804, fabrics only): optional fabric commands supported (bit 0:
+    /// Disconnect).
+    pub ofcs: u16,
     /// PSD0..PSDn (bytes 3071:2048): the NPSS + 1 power state descriptors, clamped to the
     /// 32 the structure can hold.
     pub psd: Vec<PowerStateDescriptor>,
@@ -452,9 +524,13 @@ impl IdentifyController {
             rtd3e: le32(buf, 88),
             oaes: le32(buf, 92),
             ctratt: le32(buf, 96),
+            rrls: le16(buf, 100),
             cntrltype: buf[111],
             fguid,
             crdt: [le16(buf, 128), le16(buf, 130), le16(buf, 132)],
+            nvmsr: buf[253],
+            vwci: buf[254],
+            mec: buf[255],
             oacs: Oacs::from_bits_retain(le16(buf, 256)),
             acl: buf[258],
             aerl: buf[259],
@@ -471,10 +547,26 @@ impl IdentifyController {
             hmmin: le32(buf, 276),
             tnvmcap: le128(buf, 280),
             unvmcap: le128(buf, 296),
+            rpmbs: le32(buf, 312),
             edstt: le16(buf, 316),
+            dsto: buf[318],
             fwug: buf[319],
             kas: le16(buf, 320),
+            hctma: le16(buf, 322),
+            mntmt: le16(buf, 324),
+            mxtmt: le16(buf, 326),
             sanicap: le32(buf, 328),
+            hmminds: le32(buf, 332),
+            hmmaxd: le16(buf, 336),
+            nsetidmax: le16(buf, 338),
+            endgidmax: le16(buf, 340),
+            anatt: buf[342],
+            anacap: buf[343],
+            anagrpmax: le32(buf, 344),
+            nanagrpid: le32(buf, 348),
+            pels: le32(buf, 352),
+            domainid: le16(buf, 356),
+            megcap: le128(buf, 368),
             sqes: buf[512],
             cqes: buf[513],
             maxcmd: le16(buf, 514),
@@ -488,9 +580,18 @@ impl IdentifyController {
             icsvscc: buf[530],
             nwpc: buf[531],
             acwu: le16(buf, 532),
+            ocfs: le16(buf, 534),
             sgls: le32(buf, 536),
             mnan: le32(buf, 540),
+            maxdna: le128(buf, 544),
+            maxcna: le32(buf, 560),
             subnqn: ascii(&buf[768..1024]),
+            ioccsz: le32(buf, 1792),
+            iorcsz: le32(buf, 1796),
+            icdoff: le16(buf, 1800),
+            fcatt: buf[1802],
+            msdbd: buf[1803],
+            ofcs: le16(buf, 1804),
             psd,
         })
     }
@@ -671,6 +772,9 @@ pub struct IdentifyNamespace {
     pub mcl: u32,
     /// MSRC (byte 80): maximum source range count for Copy, 0's based.
     pub msrc: u8,
+    /// NULBAF (byte 82): number of unique attribute LBA formats (formats beyond NLBAF
+    /// that are reported separately), 0 when not reported.
+    pub nulbaf: u8,
     /// ANAGRPID (bytes 95:92): ANA group identifier (0 = not in a group).
     pub anagrpid: u32,
     /// NSATTR (byte 99): namespace attributes (bit 0: write protected).
@@ -683,8 +787,9 @@ pub struct IdentifyNamespace {
     pub nguid: [u8; 16],
     /// EUI64 (bytes 127:120): IEEE extended unique identifier (all zero = none).
     pub eui64: [u8; 8],
-    /// LBAF0..LBAFn (bytes 383:128): the NLBAF + 1 supported LBA formats, clamped to the 64
-    /// descriptors the structure holds.
+    /// LBAF0..LBAFn (bytes 383:128): the NLBAF + 1 supported LBA formats and the NULBAF
+    /// unique attribute formats after them, clamped to the 64 descriptors the structure
+    /// holds.
     pub lba_formats: Vec<LbaFormat>,
 }
 
@@ -703,7 +808,9 @@ impl IdentifyNamespace {
     pub fn parse(buf: &[u8]) -> Result<IdentifyNamespace, ParseError> {
         need("Identify Namespace", buf, IDENTIFY_DATA_LEN)?;
         let nlbaf = buf[25];
-        let count = (usize::from(nlbaf) + 1).min(Self::MAX_LBA_FORMATS);
+        // NLBAF + 1 formats, then NULBAF unique attribute formats (NVMe 2.0 §5.17.2.1,
+        // Figure 276), packed in order.
+        let count = (usize::from(nlbaf) + usize::from(buf[82]) + 1).min(Self::MAX_LBA_FORMATS);
         let lba_formats = buf[Self::LBAF_OFFSET..Self::LBAF_OFFSET + 4 * count]
             .chunks_exact(4)
             .map(|c| LbaFormat::from_raw(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
@@ -742,6 +849,7 @@ impl IdentifyNamespace {
             mssrl: le16(buf, 74),
             mcl: le32(buf, 76),
             msrc: buf[80],
+            nulbaf: buf[82],
             anagrpid: le32(buf, 92),
             nsattr: buf[99],
             nvmsetid: le16(buf, 100),

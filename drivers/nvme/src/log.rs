@@ -154,25 +154,30 @@ impl ErrorLogEntry {
 ///
 /// Entries whose Error Count is 0 are empty and are left out of the result, so the
 /// returned `Vec` holds only real errors, in the order of the log (QEMU 7.2 always returns
-/// zeros, i.e. an empty `Vec`). An empty buffer gives an empty `Vec`.
+/// zeros, i.e. an empty `Vec`). An empty buffer gives an empty `Vec`. For every entry,
+/// empty ones included (as `nvme error-log` prints them), see [`parse_error_log_entries`].
 ///
 /// # Errors
 /// [`ParseError::Invalid`] if the length is not a multiple of 64 bytes.
 pub fn parse_error_log(buf: &[u8]) -> Result<Vec<ErrorLogEntry>, ParseError> {
+    let mut entries = parse_error_log_entries(buf)?;
+    entries.retain(|e| e.error_count != 0);
+    Ok(entries)
+}
+
+/// Parses every 64-byte entry of an Error Information log page, empty ones (Error Count
+/// 0) included, in the order of the log.
+///
+/// # Errors
+/// [`ParseError::Invalid`] if the length is not a multiple of 64 bytes.
+pub fn parse_error_log_entries(buf: &[u8]) -> Result<Vec<ErrorLogEntry>, ParseError> {
     if buf.len() % ErrorLogEntry::LEN != 0 {
         return Err(ParseError::Invalid {
             what: "Error Information log",
             reason: format!("length {} is not a multiple of 64 bytes", buf.len()),
         });
     }
-    let mut out = Vec::new();
-    for chunk in buf.chunks_exact(ErrorLogEntry::LEN) {
-        let entry = ErrorLogEntry::parse(chunk)?;
-        if entry.error_count != 0 {
-            out.push(entry);
-        }
-    }
-    Ok(out)
+    buf.chunks_exact(ErrorLogEntry::LEN).map(ErrorLogEntry::parse).collect()
 }
 
 bitflags::bitflags! {
@@ -338,6 +343,9 @@ pub struct FirmwareSlotLog {
     /// padding trimmed; `None` for an empty or unsupported slot (all zeros per the
     /// specification; an all-space field is treated the same).
     pub frs: [Option<String>; 7],
+    /// FRS1..FRS7 as the 8 bytes the controller returned, for tools that print them raw
+    /// (nvme-cli shows a slot whose first byte is non-zero, as a little-endian u64).
+    pub frs_raw: [[u8; 8]; 7],
 }
 
 impl FirmwareSlotLog {
@@ -356,7 +364,16 @@ impl FirmwareSlotLog {
             let s = ascii(&buf[off..off + 8]);
             if s.is_empty() { None } else { Some(s) }
         });
-        Ok(FirmwareSlotLog { afi: buf[0], frs })
+        let frs_raw = std::array::from_fn(|i| {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&buf[8 + 8 * i..16 + 8 * i]);
+            raw
+        });
+        Ok(FirmwareSlotLog {
+            afi: buf[0],
+            frs,
+            frs_raw,
+        })
     }
 
     /// The active firmware slot, AFI bits 2:0 (1..=7 on a conforming controller).

@@ -1,0 +1,88 @@
+//! ironvme's output against nvme-cli 2.3's, byte for byte, from the same data.
+//!
+//! `testdata/nvme-cli-2.3/` holds what nvme-cli 2.3 (libnvme 1.3, Debian bookworm)
+//! printed in the test guest for QEMU's emulated controller (`qemu/run`, the kernel-owned
+//! controller 0000:00:04.0): each structure as nvme-cli read it (`-o binary`), its text
+//! and its JSON (`-o json`). ironvme parses the binary and must print the same text and an
+//! equal JSON object with the same keys. The guest test
+//! `a_kernel_owned_controller_prints_what_nvme_cli_prints` (`tests/guest_cli.rs`)
+//! compares live output the same way.
+
+mod common;
+
+use common::{assert_same_json, assert_same_text};
+use ironvme::cli::identify::{
+    render_controller_json, render_controller_text, render_namespace_json, render_namespace_text,
+};
+use ironvme::cli::logs::{
+    render_error_json, render_error_text, render_firmware_json, render_firmware_text, render_smart_json,
+    render_smart_text,
+};
+use ironvme::nvme::identify::{IdentifyController, IdentifyNamespace};
+use ironvme::nvme::log::{FirmwareSlotLog, SmartLog, parse_error_log_entries};
+use serde_json::Value;
+
+macro_rules! fixture {
+    ($name:literal) => {
+        include_bytes!(concat!("testdata/nvme-cli-2.3/", $name)).as_slice()
+    };
+}
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap()
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+#[test]
+fn id_ctrl() {
+    let id = IdentifyController::parse(fixture!("id-ctrl.bin")).unwrap();
+    assert_same_text(&render_controller_text(&id), text(fixture!("id-ctrl.txt")));
+    assert_same_json(&render_controller_json(&id), &json(fixture!("id-ctrl.json")));
+}
+
+#[test]
+fn id_ns() {
+    for (nsid, bin, txt, js) in [
+        (
+            1,
+            fixture!("id-ns1.bin"),
+            fixture!("id-ns1.txt"),
+            fixture!("id-ns1.json"),
+        ),
+        (
+            2,
+            fixture!("id-ns2.bin"),
+            fixture!("id-ns2.txt"),
+            fixture!("id-ns2.json"),
+        ),
+    ] {
+        let ns = IdentifyNamespace::parse(bin).unwrap();
+        assert_same_text(&render_namespace_text(nsid, &ns), text(txt));
+        assert_same_json(&Value::Object(render_namespace_json(&ns)), &json(js));
+    }
+}
+
+#[test]
+fn smart_log() {
+    let log = SmartLog::parse(fixture!("smart-log.bin")).unwrap();
+    assert_same_text(&render_smart_text("nvme0", &log), text(fixture!("smart-log.txt")));
+    assert_same_json(&render_smart_json(&log), &json(fixture!("smart-log.json")));
+}
+
+#[test]
+fn error_log() {
+    let entries = parse_error_log_entries(fixture!("error-log.bin")).unwrap();
+    let theirs = common::without_libnvme_status_sentences(text(fixture!("error-log.txt")));
+    assert_same_text(&render_error_text("nvme0", &entries), &theirs);
+    assert_same_json(&render_error_json(&entries), &json(fixture!("error-log.json")));
+}
+
+#[test]
+fn fw_log() {
+    let log = FirmwareSlotLog::parse(fixture!("fw-log.bin")).unwrap();
+    assert_same_text(&render_firmware_text("nvme0", &log), text(fixture!("fw-log.txt")));
+    assert_same_json(&render_firmware_json("nvme0", &log), &json(fixture!("fw-log.json")));
+}
