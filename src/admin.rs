@@ -10,7 +10,9 @@ use ironvme_nvme::cmd::Command;
 use ironvme_nvme::ctrl::{Controller, NSID_ALL};
 use ironvme_nvme::features::{FeatureId, FeatureSelect};
 use ironvme_nvme::hw::Registers;
-use ironvme_nvme::identify::{Cns, IdentifyController, IdentifyNamespace, NamespaceDescriptor, NamespaceList};
+use ironvme_nvme::identify::{
+    Cns, IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, NamespaceDescriptor, NamespaceList,
+};
 use ironvme_nvme::log::{ErrorLogEntry, FirmwareSlotLog, LogPageId, SmartLog};
 
 /// Bytes one Get Log Page command reads at most; larger logs are read in pieces.
@@ -60,36 +62,44 @@ impl<R: Registers> AdminCommands for Controller<R> {
     }
 }
 
+/// The 4096-byte data structure Identify returns for `cns` and `nsid` (Base
+/// Specification 2.0, §5.17), as the controller returned it.
+///
+/// Errors: as [`AdminCommands::admin_read`].
+pub fn identify(dev: &dyn AdminCommands, cns: Cns, nsid: u32) -> Result<Vec<u8>, Error> {
+    Ok(dev.admin_read(Command::identify(cns, nsid, 0), IDENTIFY_DATA_LEN)?.1)
+}
+
 /// Identify Controller (CNS 01h).
 ///
 /// Errors: as [`AdminCommands::admin_read`]; [`Error::Parse`].
 pub fn identify_controller(dev: &dyn AdminCommands) -> Result<IdentifyController, Error> {
-    let (_, data) = dev.admin_read(Command::identify(Cns::CONTROLLER, 0, 0), 4096)?;
-    Ok(IdentifyController::parse(&data)?)
+    Ok(IdentifyController::parse(&identify(dev, Cns::CONTROLLER, 0)?)?)
 }
 
 /// Identify Namespace (CNS 00h) of `nsid`.
 ///
 /// Errors: as [`identify_controller`].
 pub fn identify_namespace(dev: &dyn AdminCommands, nsid: u32) -> Result<IdentifyNamespace, Error> {
-    let (_, data) = dev.admin_read(Command::identify(Cns::NAMESPACE, nsid, 0), 4096)?;
-    Ok(IdentifyNamespace::parse(&data)?)
+    Ok(IdentifyNamespace::parse(&identify(dev, Cns::NAMESPACE, nsid)?)?)
 }
 
 /// The active namespace IDs (CNS 02h).
 ///
 /// Errors: as [`identify_controller`].
 pub fn active_namespaces(dev: &dyn AdminCommands) -> Result<Vec<u32>, Error> {
-    let (_, data) = dev.admin_read(Command::identify(Cns::ACTIVE_NAMESPACE_LIST, 0, 0), 4096)?;
-    Ok(NamespaceList::parse(&data)?)
+    Ok(NamespaceList::parse(&identify(dev, Cns::ACTIVE_NAMESPACE_LIST, 0)?)?)
 }
 
 /// The namespace identification descriptors (CNS 03h) of `nsid`.
 ///
 /// Errors: as [`identify_controller`].
 pub fn namespace_descriptors(dev: &dyn AdminCommands, nsid: u32) -> Result<Vec<NamespaceDescriptor>, Error> {
-    let (_, data) = dev.admin_read(Command::identify(Cns::NAMESPACE_ID_DESCRIPTORS, nsid, 0), 4096)?;
-    Ok(ironvme_nvme::identify::parse_namespace_descriptors(&data)?)
+    Ok(ironvme_nvme::identify::parse_namespace_descriptors(&identify(
+        dev,
+        Cns::NAMESPACE_ID_DESCRIPTORS,
+        nsid,
+    )?)?)
 }
 
 /// `len` bytes (a multiple of 4) of log page `lid` for `nsid` from byte `offset` (a
@@ -116,39 +126,55 @@ pub fn get_log_page(
     Ok(out)
 }
 
+/// The SMART / Health Information log (LID 02h), controller-wide: its 512 bytes.
+///
+/// Errors: as [`get_log_page`].
+pub fn smart_log_bytes(dev: &dyn AdminCommands) -> Result<Vec<u8>, Error> {
+    get_log_page(dev, LogPageId::SMART_HEALTH, NSID_ALL, 0, SmartLog::LEN)
+}
+
 /// The SMART / Health Information log (LID 02h), controller-wide.
 ///
 /// Errors: as [`get_log_page`]; [`Error::Parse`].
 pub fn smart_log(dev: &dyn AdminCommands) -> Result<SmartLog, Error> {
-    Ok(SmartLog::parse(&get_log_page(
-        dev,
-        LogPageId::SMART_HEALTH,
-        NSID_ALL,
-        0,
-        512,
-    )?)?)
+    Ok(SmartLog::parse(&smart_log_bytes(dev)?)?)
 }
 
 /// The Error Information log (LID 01h): `entries` 64-byte entries (ELPE + 1), empty
-/// ones (Error Count 0) included, as `nvme error-log` prints them.
+/// ones (Error Count 0) included: `entries` × 64 bytes.
+///
+/// Errors: as [`get_log_page`].
+pub fn error_log_bytes(dev: &dyn AdminCommands, entries: usize) -> Result<Vec<u8>, Error> {
+    get_log_page(
+        dev,
+        LogPageId::ERROR_INFORMATION,
+        NSID_ALL,
+        0,
+        entries.max(1) * ErrorLogEntry::LEN,
+    )
+}
+
+/// The Error Information log (LID 01h), parsed: see [`error_log_bytes`].
 ///
 /// Errors: as [`smart_log`].
 pub fn error_log(dev: &dyn AdminCommands, entries: usize) -> Result<Vec<ErrorLogEntry>, Error> {
-    let data = get_log_page(dev, LogPageId::ERROR_INFORMATION, NSID_ALL, 0, entries.max(1) * 64)?;
-    Ok(ironvme_nvme::log::parse_error_log_entries(&data)?)
+    Ok(ironvme_nvme::log::parse_error_log_entries(&error_log_bytes(
+        dev, entries,
+    )?)?)
+}
+
+/// The Firmware Slot Information log (LID 03h): its 512 bytes.
+///
+/// Errors: as [`get_log_page`].
+pub fn firmware_slot_log_bytes(dev: &dyn AdminCommands) -> Result<Vec<u8>, Error> {
+    get_log_page(dev, LogPageId::FIRMWARE_SLOT, NSID_ALL, 0, FirmwareSlotLog::LEN)
 }
 
 /// The Firmware Slot Information log (LID 03h).
 ///
 /// Errors: as [`smart_log`].
 pub fn firmware_slot_log(dev: &dyn AdminCommands) -> Result<FirmwareSlotLog, Error> {
-    Ok(FirmwareSlotLog::parse(&get_log_page(
-        dev,
-        LogPageId::FIRMWARE_SLOT,
-        NSID_ALL,
-        0,
-        512,
-    )?)?)
+    Ok(FirmwareSlotLog::parse(&firmware_slot_log_bytes(dev)?)?)
 }
 
 /// Get Features `fid` (select `sel`, namespace `nsid`, input `cdw11`); returns DW0 and

@@ -346,6 +346,16 @@ impl Device {
         }
     }
 
+    /// The namespace a kernel namespace node names (`/dev/nvme0n2` → 2) when the device
+    /// was opened from one with the ioctl backend; `None` otherwise (a controller node, a
+    /// PCI address, a file).
+    pub fn node_namespace(&self) -> Option<u32> {
+        match self {
+            Device::Ioctl(d, _) => d.node_namespace(),
+            _ => None,
+        }
+    }
+
     /// The namespace `nsid`, or the first one for `None`.
     ///
     /// Errors: [`Error::Open`] if there is no such namespace.

@@ -36,3 +36,15 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 }
+
+impl Error {
+    /// The NVMe status, when a controller completed a command with an error (through
+    /// ironvme's driver or a kernel passthrough backend).
+    pub fn status(&self) -> Option<ironvme_nvme::status::Status> {
+        match self {
+            Error::Nvme(e) | Error::Init { source: e, .. } => e.status(),
+            Error::Kernel(e) => e.status(),
+            _ => None,
+        }
+    }
+}

@@ -81,8 +81,10 @@ fn every_subcommand_has_help() {
 fn usage_errors_exit_2() {
     for args in [
         &["identify"][..],
-        &["get-feature", "00:05.0"],
+        &["get-feature"],
         &["get-feature", "00:05.0", "--fid", "7", "--sel", "sometimes"],
+        &["id-ctrl", "00:05.0", "-o", "xml"],
+        &["get-log", "00:05.0", "--log-id", "2"],
         &["format", "00:05.0"],
         &["no-such-subcommand"],
     ] {
@@ -229,4 +231,23 @@ fn warnings_are_printed_by_default() {
     let o = ironvme_without_io_uring(&args, &[("RUST_LOG", "off")]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o), "");
+}
+
+/// get-log checks the length and offset (Get Log Page counts dwords) before it opens
+/// anything.
+#[test]
+fn get_log_refuses_lengths_that_are_not_dwords() {
+    for (len, lpo) in [("6", "0"), ("0", "0"), ("512", "2")] {
+        let o = ironvme(&[
+            "get-log",
+            "/dev/nvme-absent-77",
+            "--log-id=2",
+            "--log-len",
+            len,
+            "--lpo",
+            lpo,
+        ]);
+        let err = one_line_failure(&o);
+        assert!(err.contains("must be multiples of 4 bytes"), "{len} {lpo}: {err}");
+    }
 }

@@ -12,7 +12,8 @@ mod common;
 
 use common::{assert_same_json, assert_same_text};
 use ironvme::cli::identify::{
-    render_controller_json, render_controller_text, render_namespace_json, render_namespace_text,
+    render_controller_json, render_controller_text, render_list_ns_json, render_list_ns_text, render_namespace_json,
+    render_namespace_text,
 };
 use ironvme::cli::logs::{
     render_error_json, render_error_text, render_firmware_json, render_firmware_text, render_smart_json,
@@ -85,4 +86,17 @@ fn fw_log() {
     let log = FirmwareSlotLog::parse(fixture!("fw-log.bin")).unwrap();
     assert_same_text(&render_firmware_text("nvme0", &log), text(fixture!("fw-log.txt")));
     assert_same_json(&render_firmware_json("nvme0", &log), &json(fixture!("fw-log.json")));
+}
+
+#[test]
+fn list_ns() {
+    let ids = ironvme::nvme::identify::NamespaceList::parse(&{
+        let mut b = vec![0u8; 4096];
+        b[0..4].copy_from_slice(&1u32.to_le_bytes());
+        b[4..8].copy_from_slice(&2u32.to_le_bytes());
+        b
+    })
+    .unwrap();
+    assert_same_text(&render_list_ns_text(&ids), text(fixture!("list-ns.txt")));
+    assert_same_json(&render_list_ns_json(&ids), &json(fixture!("list-ns.json")));
 }

@@ -91,6 +91,12 @@ impl OpenDevice {
         }
     }
 
+    /// The namespace DEV names when it is a kernel namespace node (`/dev/nvme0n2`,
+    /// `/dev/ng0n2` → 2), as nvme-cli uses it for `id-ns` without `-n`.
+    pub fn node_namespace(&self) -> Option<u32> {
+        self.device.node_namespace()
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.device.backend()

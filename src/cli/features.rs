@@ -2,14 +2,15 @@
 //! the decoded fields of the features ironvme knows.
 
 use super::device;
-use super::output::{hex_bytes, hex_dump, kelvin, utc_date};
+use super::output::{OutputFormat, hex_bytes, hex_dump, kelvin, utc_date};
 use super::{CliError, GetFeatureArgs, Select, write_json};
 use crate::admin::get_feature;
-use crate::nvme::ctrl::ControllerConfig;
+use crate::nvme::ctrl::{ControllerConfig, NSID_ALL};
 use crate::nvme::features::{
     Arbitration, AsyncEventConfig, FeatureId, NumberOfQueues, PowerManagement, TemperatureThreshold, Timestamp,
     VolatileWriteCache,
 };
+use crate::nvme::status::Status;
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
 use std::io::Write;
@@ -284,41 +285,73 @@ pub fn render_json(r: &FeatureReply) -> Value {
     Value::Object(obj)
 }
 
-/// `ironvme get-feature DEV --fid F [--sel S] [--nsid N] [--cdw11 V]`.
+/// `ironvme get-feature DEV [--feature-id F] [--sel S] [--nsid N] [--cdw11 V]`.
+///
+/// Without `--feature-id`, every FID from 01h to FFh in turn, skipping the ones the
+/// controller refuses with Invalid Field in Command (not supported) or Invalid Namespace
+/// or Format (namespace-specific, and DEV names no namespace); JSON is then
+/// `{"features": [...]}`.
+/// `-o binary` prints the data buffer of the features that return one.
 ///
 /// Errors: see [`CliError`]; a feature the controller does not support fails with its
-/// NVMe status (e.g. Invalid Field in Command).
+/// NVMe status (e.g. Invalid Field in Command), as does any other failure while listing.
 pub fn run(args: &GetFeatureArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let spec = device::parse_device(&args.device.dev)?;
     let dev = device::open(spec, ControllerConfig::default())?;
-    // SEL 3 answers in DW0 only; no data is transferred.
-    let len = if args.sel == Select::Supported {
-        0
-    } else {
-        data_len(args.fid, args.cdw11)
+    let nsid = args.nsid.or_else(|| dev.node_namespace()).unwrap_or(NSID_ALL);
+    let read = |fid: u8| -> Result<FeatureReply, crate::Error> {
+        // SEL 3 answers in DW0 only; no data is transferred.
+        let len = if args.sel == Select::Supported {
+            0
+        } else {
+            data_len(fid, args.cdw11)
+        };
+        let (dw0, data) = get_feature(dev.admin(), FeatureId(fid), args.sel.to_nvme(), nsid, args.cdw11, len)?;
+        Ok(FeatureReply {
+            fid,
+            sel: args.sel,
+            nsid,
+            cdw11: args.cdw11,
+            dw0,
+            data,
+        })
     };
-    let (dw0, data) = get_feature(
-        dev.admin(),
-        FeatureId(args.fid),
-        args.sel.to_nvme(),
-        args.nsid,
-        args.cdw11,
-        len,
-    )
-    .map_err(CliError::on(&dev))?;
-    let reply = FeatureReply {
-        fid: args.fid,
-        sel: args.sel,
-        nsid: args.nsid,
-        cdw11: args.cdw11,
-        dw0,
-        data,
+    let replies = match args.fid {
+        Some(fid) => vec![read(fid).map_err(CliError::on(&dev))?],
+        None => {
+            let mut all = Vec::new();
+            for fid in 1..=u8::MAX {
+                match read(fid) {
+                    Ok(reply) => all.push(reply),
+                    // Not supported, or namespace-specific and DEV names no namespace.
+                    Err(e)
+                        if e.status().is_some_and(|s| {
+                            s.same_code(Status::INVALID_FIELD) || s.same_code(Status::INVALID_NAMESPACE_OR_FORMAT)
+                        }) => {}
+                    Err(e) => return Err(CliError::on(&dev)(e)),
+                }
+            }
+            all
+        }
     };
-    if args.device.json {
-        write_json(out, &render_json(&reply))
-    } else {
-        out.write_all(render_text(&reply).as_bytes())?;
-        Ok(())
+    match (args.device.format(), args.fid) {
+        (OutputFormat::Binary, _) => {
+            for r in &replies {
+                out.write_all(&r.data)?;
+            }
+            Ok(())
+        }
+        (OutputFormat::Json, Some(_)) => write_json(out, &render_json(&replies[0])),
+        (OutputFormat::Json, None) => {
+            let all: Vec<Value> = replies.iter().map(render_json).collect();
+            write_json(out, &json!({ "features": all }))
+        }
+        (OutputFormat::Normal, _) => {
+            for r in &replies {
+                out.write_all(render_text(r).as_bytes())?;
+            }
+            Ok(())
+        }
     }
 }
 

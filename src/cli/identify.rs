@@ -6,11 +6,13 @@
 //! field, in text and JSON.
 
 use super::device::{self, OpenDevice};
-use super::output::{Record, c_hex, hex_bytes, uuid_string};
-use super::{CliError, DeviceArgs, IdentifyNsArgs, write_json};
-use crate::admin::{active_namespaces, identify_controller, identify_namespace};
+use super::output::{OutputFormat, Record, c_hex, emit, hex_bytes, uuid_string};
+use super::{CliError, DeviceArgs, IdentifyNsArgs, ListNsArgs};
+use crate::admin::{active_namespaces, identify, identify_namespace};
 use crate::nvme::ctrl::{ControllerConfig, NSID_ALL};
-use crate::nvme::identify::{IdentifyController, IdentifyNamespace, PowerStateDescriptor, PsdFlags};
+use crate::nvme::identify::{
+    Cns, IdentifyController, IdentifyNamespace, NamespaceList, PowerStateDescriptor, PsdFlags,
+};
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
 use std::io::Write;
@@ -276,38 +278,46 @@ pub fn render_namespace_json(ns: &IdentifyNamespace) -> Map<String, Value> {
     obj
 }
 
-/// `ironvme identify DEV`.
+/// `ironvme identify DEV` (`id-ctrl`).
 ///
 /// Errors: see [`CliError`].
 pub fn run_controller(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let spec = device::parse_device(&args.dev)?;
-    let dev = device::open(spec, ControllerConfig::default())?;
-    let id = identify_controller(dev.admin()).map_err(CliError::on(&dev))?;
-    if args.json {
-        write_json(out, &render_controller_json(&id))
-    } else {
-        out.write_all(render_controller_text(&id).as_bytes())?;
-        Ok(())
-    }
+    let dev = device::open(device::parse_device(&args.dev)?, ControllerConfig::default())?;
+    let raw = identify(dev.admin(), Cns::CONTROLLER, 0).map_err(CliError::on(&dev))?;
+    let id = IdentifyController::parse(&raw).map_err(|e| CliError::on(&dev)(e.into()))?;
+    emit(
+        out,
+        args.format(),
+        &raw,
+        || render_controller_text(&id),
+        || render_controller_json(&id),
+    )
 }
 
-/// `ironvme identify-ns DEV [--nsid N]`.
+/// `ironvme identify-ns DEV [--nsid N]` (`id-ns`). Without `--nsid`, a namespace node
+/// means its own namespace and a controller every active one.
 ///
-/// Errors: [`CliError::Invalid`] when `--nsid` names an inactive namespace; see
-/// [`CliError`].
+/// Errors: [`CliError::Invalid`] when `--nsid` names an inactive namespace, or for `-o
+/// binary` of several namespaces; see [`CliError`].
 pub fn run_namespace(args: &IdentifyNsArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let spec = device::parse_device(&args.device.dev)?;
     let dev = device::open(spec, ControllerConfig::default())?;
-    match args.nsid {
+    let format = args.device.format();
+    match args.nsid.or_else(|| dev.node_namespace()) {
         Some(nsid) => {
-            let ns = identify_active(&dev, nsid)?;
-            if args.device.json {
-                write_json(out, &Value::Object(render_namespace_json(&ns)))
-            } else {
-                out.write_all(render_namespace_text(nsid, &ns).as_bytes())?;
-                Ok(())
-            }
+            let (raw, ns) = identify_active(&dev, nsid)?;
+            emit(
+                out,
+                format,
+                &raw,
+                || render_namespace_text(nsid, &ns),
+                || Value::Object(render_namespace_json(&ns)),
+            )
         }
+        None if format == OutputFormat::Binary => Err(CliError::Invalid(format!(
+            "{}: -o binary prints one namespace's data structure: name it with --nsid",
+            dev.name()
+        ))),
         None => {
             let nsids = active_namespaces(dev.admin()).map_err(CliError::on(&dev))?;
             let mut all = Vec::with_capacity(nsids.len());
@@ -315,15 +325,49 @@ pub fn run_namespace(args: &IdentifyNsArgs, out: &mut dyn Write) -> Result<(), C
                 let ns = identify_namespace(dev.admin(), nsid).map_err(CliError::on(&dev))?;
                 all.push((nsid, ns));
             }
-            if args.device.json {
-                write_json(out, &namespaces_json(&all))
-            } else {
+            let text = || {
                 let blocks: Vec<String> = all.iter().map(|(nsid, ns)| render_namespace_text(*nsid, ns)).collect();
-                out.write_all(blocks.join("\n").as_bytes())?;
-                Ok(())
-            }
+                blocks.join("\n")
+            };
+            emit(out, format, &[], text, || namespaces_json(&all))
         }
     }
+}
+
+/// A namespace ID list as `nvme list-ns` prints it: `[%4u]:%#x` per entry.
+pub fn render_list_ns_text(nsids: &[u32]) -> String {
+    let mut out = String::new();
+    for (i, nsid) in nsids.iter().enumerate() {
+        let _ = writeln!(out, "[{i:4}]:{}", c_hex(u64::from(*nsid)));
+    }
+    out
+}
+
+/// A namespace ID list as `nvme list-ns -o json` prints it.
+pub fn render_list_ns_json(nsids: &[u32]) -> Value {
+    let list: Vec<Value> = nsids.iter().map(|nsid| json!({ "nsid": nsid })).collect();
+    json!({ "nsid_list": list })
+}
+
+/// `ironvme list-ns DEV [-n START] [--all]`.
+///
+/// Errors: see [`CliError`].
+pub fn run_list_ns(args: &ListNsArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let dev = device::open(device::parse_device(&args.device.dev)?, ControllerConfig::default())?;
+    let cns = if args.all {
+        Cns::ALLOCATED_NAMESPACE_LIST
+    } else {
+        Cns::ACTIVE_NAMESPACE_LIST
+    };
+    let raw = identify(dev.admin(), cns, args.start - 1).map_err(CliError::on(&dev))?;
+    let nsids = NamespaceList::parse(&raw).map_err(|e| CliError::on(&dev)(e.into()))?;
+    emit(
+        out,
+        args.device.format(),
+        &raw,
+        || render_list_ns_text(&nsids),
+        || render_list_ns_json(&nsids),
+    )
 }
 
 /// `{"namespaces": [{"nsid": N, <nvme-cli's id-ns keys>}, ...]}`.
@@ -340,12 +384,14 @@ pub fn namespaces_json(all: &[(u32, IdentifyNamespace)]) -> Value {
     json!({ "namespaces": list })
 }
 
-/// Identify Namespace `nsid`, refusing an inactive one (the controller answers zeros).
-/// The broadcast NSID FFFFFFFFh (capabilities common to all namespaces) is passed on.
-fn identify_active(dev: &OpenDevice, nsid: u32) -> Result<IdentifyNamespace, CliError> {
-    let ns = identify_namespace(dev.admin(), nsid).map_err(CliError::on(dev))?;
+/// Identify Namespace `nsid` (its bytes and parsed), refusing an inactive one (the
+/// controller answers zeros). The broadcast NSID FFFFFFFFh (capabilities common to all
+/// namespaces) is passed on.
+fn identify_active(dev: &OpenDevice, nsid: u32) -> Result<(Vec<u8>, IdentifyNamespace), CliError> {
+    let raw = identify(dev.admin(), Cns::NAMESPACE, nsid).map_err(CliError::on(dev))?;
+    let ns = IdentifyNamespace::parse(&raw).map_err(|e| CliError::on(dev)(e.into()))?;
     if ns.is_active() || nsid == NSID_ALL {
-        return Ok(ns);
+        return Ok((raw, ns));
     }
     let active = active_namespaces(dev.admin()).map_err(CliError::on(dev))?;
     let list: Vec<String> = active.iter().map(u32::to_string).collect();

@@ -1,12 +1,14 @@
-//! `smart-log`, `error-log` and `fw-log`, printed as `nvme smart-log`, `nvme error-log`
-//! and `nvme fw-log` print them.
+//! `smart-log`, `error-log`, `fw-log` and `get-log`, printed as `nvme smart-log`, `nvme
+//! error-log`, `nvme fw-log` and `nvme get-log` print them.
 
 use super::device::{self, OpenDevice};
-use super::output::{Record, c_hex, kelvin, si_bytes};
-use super::{CliError, DeviceArgs, write_json};
-use crate::admin::{error_log, firmware_slot_log, identify_controller, smart_log};
+use super::output::{OutputFormat, Record, c_hex, emit, hex_bytes, hex_dump, kelvin, si_bytes};
+use super::{CliError, DeviceArgs, GetLogArgs};
+use crate::admin::{error_log_bytes, firmware_slot_log_bytes, get_log_page, identify_controller, smart_log_bytes};
 use crate::nvme::ctrl::{ControllerConfig, NSID_ALL};
-use crate::nvme::log::{ErrorLogEntry, FirmwareSlotLog, SmartLog, data_units_to_bytes};
+use crate::nvme::log::{
+    ErrorLogEntry, FirmwareSlotLog, LogPageId, SmartLog, data_units_to_bytes, parse_error_log_entries,
+};
 use crate::nvme::status::Status;
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
@@ -240,13 +242,15 @@ fn open(args: &DeviceArgs) -> Result<OpenDevice, CliError> {
 /// Errors: see [`CliError`].
 pub fn run_smart(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let dev = open(args)?;
-    let log = smart_log(dev.admin()).map_err(CliError::on(&dev))?;
-    if args.json {
-        write_json(out, &render_smart_json(&log))
-    } else {
-        out.write_all(render_smart_text(&dev.header_name(), &log).as_bytes())?;
-        Ok(())
-    }
+    let raw = smart_log_bytes(dev.admin()).map_err(CliError::on(&dev))?;
+    let log = SmartLog::parse(&raw).map_err(|e| CliError::on(&dev)(e.into()))?;
+    emit(
+        out,
+        args.format(),
+        &raw,
+        || render_smart_text(&dev.header_name(), &log),
+        || render_smart_json(&log),
+    )
 }
 
 /// `ironvme error-log DEV`: reads ELPE + 1 entries (Identify Controller).
@@ -255,13 +259,15 @@ pub fn run_smart(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError>
 pub fn run_error(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let dev = open(args)?;
     let id = identify_controller(dev.admin()).map_err(CliError::on(&dev))?;
-    let entries = error_log(dev.admin(), usize::from(id.elpe) + 1).map_err(CliError::on(&dev))?;
-    if args.json {
-        write_json(out, &render_error_json(&entries))
-    } else {
-        out.write_all(render_error_text(&dev.header_name(), &entries).as_bytes())?;
-        Ok(())
-    }
+    let raw = error_log_bytes(dev.admin(), usize::from(id.elpe) + 1).map_err(CliError::on(&dev))?;
+    let entries = parse_error_log_entries(&raw).map_err(|e| CliError::on(&dev)(e.into()))?;
+    emit(
+        out,
+        args.format(),
+        &raw,
+        || render_error_text(&dev.header_name(), &entries),
+        || render_error_json(&entries),
+    )
 }
 
 /// `ironvme fw-log DEV`.
@@ -269,13 +275,68 @@ pub fn run_error(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError>
 /// Errors: see [`CliError`].
 pub fn run_firmware(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let dev = open(args)?;
-    let log = firmware_slot_log(dev.admin()).map_err(CliError::on(&dev))?;
-    if args.json {
-        write_json(out, &render_firmware_json(&dev.header_name(), &log))
-    } else {
-        out.write_all(render_firmware_text(&dev.header_name(), &log).as_bytes())?;
-        Ok(())
+    let raw = firmware_slot_log_bytes(dev.admin()).map_err(CliError::on(&dev))?;
+    let log = FirmwareSlotLog::parse(&raw).map_err(|e| CliError::on(&dev)(e.into()))?;
+    emit(
+        out,
+        args.format(),
+        &raw,
+        || render_firmware_text(&dev.header_name(), &log),
+        || render_firmware_json(&dev.header_name(), &log),
+    )
+}
+
+/// Any log page as `nvme get-log` prints it: `Device:nvme0 log-id:2
+/// namespace-id:0xffffffff`, then a hex dump.
+pub fn render_get_log_text(dev: &str, lid: u8, nsid: u32, data: &[u8]) -> String {
+    format!(
+        "Device:{dev} log-id:{lid} namespace-id:{}\n{}",
+        c_hex(u64::from(nsid)),
+        hex_dump(data)
+    )
+}
+
+/// `ironvme get-log DEV --log-id LID --log-len BYTES`: Get Log Page of any log.
+///
+/// Errors: [`CliError::Invalid`] when the length or offset is not a non-zero multiple of
+/// 4 (checked before the device is opened); see [`CliError`].
+pub fn run_get_log(args: &GetLogArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if args.log_len == 0 || args.log_len % 4 != 0 || args.lpo % 4 != 0 {
+        return Err(CliError::Invalid(format!(
+            "--log-len {} and --lpo {} must be multiples of 4 bytes, and the length non-zero \
+             (Get Log Page counts dwords)",
+            args.log_len, args.lpo
+        )));
     }
+    let dev = open(&args.device)?;
+    let data = get_log_page(
+        dev.admin(),
+        LogPageId(args.log_id),
+        args.nsid,
+        args.lpo,
+        args.log_len as usize,
+    )
+    .map_err(CliError::on(&dev))?;
+    let format = if args.raw_binary {
+        OutputFormat::Binary
+    } else {
+        args.device.format()
+    };
+    emit(
+        out,
+        format,
+        &data,
+        || render_get_log_text(&dev.header_name(), args.log_id, args.nsid, &data),
+        || {
+            json!({
+                "log_id": args.log_id,
+                "namespace_id": args.nsid,
+                "offset": args.lpo,
+                "length": data.len(),
+                "data": hex_bytes(&data),
+            })
+        },
+    )
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 //!
 //! # Decisions
 //!
-//! - **Output follows nvme-cli** (`nvme id-ctrl`, `id-ns`, `smart-log`, `error-log`,
-//!   `fw-log`, `get-feature -H`, as nvme-cli 2.3 on Debian bookworm prints them): the
+//! - **Command lines and output follow nvme-cli** (`nvme id-ctrl`, `id-ns`, `list-ns`,
+//!   `smart-log`, `error-log`, `fw-log`, `get-log`, `get-feature -H`, as nvme-cli 2.3 on
+//!   Debian bookworm parses and prints them; `-o normal|json|binary`): the
 //!   same field names, order and value formats (C's `%#x`, so zero is `0`), so eyes and
 //!   scripts used to nvme-cli read it unchanged. Each structure is one
 //!   [`output::Record`] that renders both the text and the `--json` object, so the two
@@ -23,9 +24,11 @@
 //!   A PCI address opens the controller through ironvme's VFIO driver; a kernel NVMe
 //!   device (`/dev/nvme0`, `/dev/nvme0n1`, `/dev/ng0n1`, or a bare `nvme0`) is used
 //!   through the kernel's NVMe ioctl passthrough.
-//! - **`identify-ns` without `--nsid` prints every active namespace**: DEV names a
-//!   controller, not a namespace (nvme-cli's `id-ns` on a controller node needs `-n`),
-//!   and NSID 1 need not exist. An inactive NSID is an error, not a page of zeros.
+//! - **`identify-ns` without `--nsid`** prints the namespace DEV names when it is a
+//!   namespace node (`/dev/nvme0n2` → 2, from `NVME_IOCTL_ID`, as nvme-cli does), and
+//!   every active namespace when DEV names a controller (nvme-cli's `id-ns` on a
+//!   controller node needs `-n`, and NSID 1 need not exist). An inactive NSID is an
+//!   error, not a page of zeros.
 //! - **`format` asks first**: it checks the request against Identify data, describes it,
 //!   and formats only after "yes" is typed on the terminal; without a terminal it refuses
 //!   unless `--force`, before opening anything (opening resets the controller). Without
@@ -48,6 +51,7 @@ pub mod vde;
 pub mod verify;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use output::OutputFormat;
 use std::io::{self, Write};
 
 /// Exit status of every failure other than a usage error.
@@ -95,7 +99,8 @@ pub enum Command {
     /// Units as in the specification: mdts is a power of two of the minimum memory page
     /// size (CAP.MPSMIN, 4 KiB on most controllers), wctemp/cctemp are Kelvin, rtd3r/rtd3e
     /// µs, tnvmcap/unvmcap bytes, crdt1-3 and mtfa 100 ms units; power states show mp in
-    /// watts and enlat/exlat in µs. Fields ironvme does not decode yet are left out.
+    /// watts and enlat/exlat in µs.
+    #[command(visible_alias = "id-ctrl")]
     Identify(IdentifyArgs),
     /// Identify Namespace (CNS 00h), like `nvme id-ns`.
     ///
@@ -103,8 +108,11 @@ pub enum Command {
     /// logical blocks, nvmcap bytes; each LBA format line gives its metadata bytes (ms),
     /// log2 of the data size (lbads: 9 = 512 B, 12 = 4096 B) and relative performance
     /// (rp); the format in use is marked "(in use)".
-    #[command(name = "identify-ns")]
+    #[command(name = "identify-ns", visible_alias = "id-ns")]
     IdentifyNs(IdentifyNsArgs),
+    /// The namespace ID list (Identify CNS 02h, or 10h with --all), like `nvme list-ns`:
+    /// `[   0]:0x1` lines, or `{"nsid_list": [{"nsid": 1}, ...]}` as JSON.
+    ListNs(ListNsArgs),
     /// SMART / Health Information log (LID 02h), like `nvme smart-log`.
     ///
     /// Controller-wide (NSID FFFFFFFFh). Temperatures in °C and Kelvin; Data Units are
@@ -112,6 +120,9 @@ pub enum Command {
     /// controller_busy_time and the temperature times are minutes, power_on_hours hours,
     /// the thermal management total times seconds.
     SmartLog(DeviceArgs),
+    /// Get Log Page of any log page ID, like `nvme get-log`: a hex dump, or the log's
+    /// bytes with -b or -o binary.
+    GetLog(GetLogArgs),
     /// Error Information log (LID 01h), like `nvme error-log`.
     ///
     /// Reads ELPE + 1 entries (from Identify Controller) and prints every one, empty
@@ -189,9 +200,24 @@ pub struct DeviceArgs {
     /// The controller.
     #[arg(value_name = "DEV", help = DEV_HELP)]
     pub dev: String,
-    /// Print one JSON object (nvme-cli's keys) instead of text.
-    #[arg(long)]
+    /// Print one JSON object (nvme-cli's keys) instead of text: the same as `-o json`.
+    #[arg(long, conflicts_with = "output_format")]
     pub json: bool,
+    /// Output format, as nvme-cli's -o: normal (text), json, or binary (the data
+    /// structure's bytes as the controller returned them).
+    #[arg(long, short = 'o', value_enum, default_value_t, value_name = "FMT")]
+    pub output_format: OutputFormat,
+}
+
+impl DeviceArgs {
+    /// The output format asked for (`--json` is `-o json`).
+    pub fn format(&self) -> OutputFormat {
+        if self.json {
+            OutputFormat::Json
+        } else {
+            self.output_format
+        }
+    }
 }
 
 /// Arguments of `identify`.
@@ -210,9 +236,50 @@ pub struct IdentifyNsArgs {
     pub device: DeviceArgs,
     /// Namespace ID (1-based, decimal or 0x hex). Default: every active namespace, each
     /// printed in turn; with --json, `{"namespaces": [{"nsid": N, ...}, ...]}`. With
-    /// --nsid, exactly the namespace's object as `nvme id-ns -o json` prints it.
-    #[arg(long, short = 'n', value_name = "N", value_parser = parse_nsid)]
+    /// --nsid, exactly the namespace's object as `nvme id-ns -o json` prints it. DEV
+    /// naming a namespace node (`/dev/nvme0n2`, `/dev/ng0n2`) means that namespace, as in
+    /// nvme-cli.
+    #[arg(long, short = 'n', visible_alias = "namespace-id", value_name = "N", value_parser = parse_nsid)]
     pub nsid: Option<u32>,
+}
+
+/// Arguments of `list-ns`.
+#[derive(Debug, Args)]
+pub struct ListNsArgs {
+    /// The controller and output format (normal or json).
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The first NSID the list may hold (the command asks for NSIDs above N - 1).
+    #[arg(long = "namespace-id", short = 'n', value_name = "N", default_value = "1", value_parser = parse_nsid)]
+    pub start: u32,
+    /// Every allocated namespace, attached or not (CNS 10h; needs Namespace Management).
+    #[arg(long, short = 'a')]
+    pub all: bool,
+}
+
+/// Arguments of `get-log`.
+#[derive(Debug, Args)]
+pub struct GetLogArgs {
+    /// The controller and output format (normal is a hex dump, binary the bytes; json
+    /// an object with the data as a hex string).
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Log Page Identifier (LID), decimal or 0x hex: 1 Error Information, 2 SMART /
+    /// Health, 3 Firmware Slot, ...
+    #[arg(long, short = 'i', value_name = "LID", value_parser = parse_u8)]
+    pub log_id: u8,
+    /// How many bytes to read: a non-zero multiple of 4.
+    #[arg(long, short = 'l', value_name = "BYTES", value_parser = parse_u32)]
+    pub log_len: u32,
+    /// Namespace ID (decimal or 0x hex); default FFFFFFFFh, the controller.
+    #[arg(long = "namespace-id", short = 'n', value_name = "N", value_parser = parse_u32, default_value = "0xffffffff")]
+    pub nsid: u32,
+    /// Log Page Offset in bytes (a multiple of 4).
+    #[arg(long, value_name = "BYTES", value_parser = parse_number, default_value = "0")]
+    pub lpo: u64,
+    /// Print the log's bytes (the same as -o binary).
+    #[arg(long, short = 'b')]
+    pub raw_binary: bool,
 }
 
 /// Get Features Select (SEL, CDW10 bits 10:8).
@@ -253,16 +320,22 @@ pub struct GetFeatureArgs {
     pub device: DeviceArgs,
     /// Feature Identifier (FID), decimal or 0x hex: 1 Arbitration, 2 Power Management,
     /// 4 Temperature Threshold, 6 Volatile Write Cache, 7 Number of Queues, 0xb Async Event
-    /// Configuration, 0xe Timestamp; any other FID prints raw DW0.
-    #[arg(long, short = 'f', value_name = "F", value_parser = parse_u8)]
-    pub fid: u8,
+    /// Configuration, 0xe Timestamp; any other FID prints raw DW0. Without it, every FID
+    /// from 01h to FFh the controller answers, skipping those it refuses as Invalid Field
+    /// in Command or, for namespace-specific features on a controller, Invalid Namespace.
+    #[arg(long = "feature-id", visible_alias = "fid", short = 'f', value_name = "F", value_parser = parse_u8)]
+    pub fid: Option<u8>,
     /// Which value: current, default, saved or supported (capabilities); 0-3 also work.
     #[arg(long, short = 's', value_enum, default_value_t = Select::Current, value_name = "SEL")]
     pub sel: Select,
-    /// Namespace ID for namespace-specific features (decimal or 0x hex); 0 means the
-    /// controller.
-    #[arg(long, short = 'n', value_name = "N", value_parser = parse_u32, default_value = "0")]
-    pub nsid: u32,
+    /// Namespace ID for namespace-specific features (decimal or 0x hex). Default, as in
+    /// nvme-cli: the namespace DEV names when it is a namespace node, else FFFFFFFFh.
+    #[arg(long, short = 'n', visible_alias = "namespace-id", value_name = "N", value_parser = parse_u32)]
+    pub nsid: Option<u32>,
+    /// Decode the value's fields (nvme-cli's -H). ironvme always decodes the features it
+    /// knows, so this changes nothing; it is accepted so nvme-cli command lines work.
+    #[arg(long = "human-readable", short = 'H')]
+    pub human_readable: bool,
     /// Command Dword 11 (decimal or 0x hex): feature-specific input, e.g. TMPSEL (bits
     /// 19:16) and THSEL (bits 21:20) for Temperature Threshold.
     #[arg(long, short = 'c', value_name = "V", value_parser = parse_u32, default_value = "0")]
@@ -364,7 +437,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
         Command::Identify(a) => identify::run_controller(&a.device, out),
         Command::IdentifyNs(a) => identify::run_namespace(a, out),
+        Command::ListNs(a) => identify::run_list_ns(a, out),
         Command::SmartLog(a) => logs::run_smart(a, out),
+        Command::GetLog(a) => logs::run_get_log(a, out),
         Command::ErrorLog(a) => logs::run_error(a, out),
         Command::FwLog(a) => logs::run_firmware(a, out),
         Command::GetFeature(a) => features::run(a, out),
@@ -387,7 +462,7 @@ pub(crate) fn write_json(out: &mut dyn Write, value: &serde_json::Value) -> Resu
 }
 
 /// Parses a number in decimal or with a `0x` prefix in hex.
-fn parse_number(s: &str) -> Result<u64, String> {
+pub fn parse_number(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16),
@@ -434,9 +509,16 @@ mod tests {
     fn get_feature_arguments() {
         let cli = parse(&["get-feature", "00:05.0", "--fid", "0x7"]).unwrap();
         let Command::GetFeature(a) = cli.command else { panic!() };
-        assert_eq!((a.fid, a.sel, a.nsid, a.cdw11), (7, Select::Current, 0, 0));
+        assert_eq!((a.fid, a.sel, a.nsid, a.cdw11), (Some(7), Select::Current, None, 0));
         assert_eq!(a.device.dev, "00:05.0");
-        assert!(!a.device.json);
+        assert_eq!(a.device.format(), OutputFormat::Normal);
+        // nvme-cli's spelling; no feature ID lists them all.
+        let cli = parse(&["get-feature", "/dev/nvme0", "--feature-id=2", "--namespace-id=1", "-H"]).unwrap();
+        let Command::GetFeature(a) = cli.command else { panic!() };
+        assert_eq!((a.fid, a.nsid, a.human_readable), (Some(2), Some(1), true));
+        let cli = parse(&["get-feature", "/dev/nvme0", "-o", "json"]).unwrap();
+        let Command::GetFeature(a) = cli.command else { panic!() };
+        assert_eq!((a.fid, a.device.format()), (None, OutputFormat::Json));
 
         for (text, sel) in [
             ("current", Select::Current),
@@ -453,7 +535,7 @@ mod tests {
         }
         let cli = parse(&["get-feature", "00:05.0", "-f", "4", "-c", "0x100000", "-n", "1"]).unwrap();
         let Command::GetFeature(a) = cli.command else { panic!() };
-        assert_eq!((a.cdw11, a.nsid), (0x10_0000, 1));
+        assert_eq!((a.cdw11, a.nsid), (0x10_0000, Some(1)));
 
         assert_eq!(
             Select::Supported.to_nvme(),
@@ -462,7 +544,7 @@ mod tests {
         for bad in [
             &["get-feature", "00:05.0", "--fid", "7", "--sel", "changed"][..],
             &["get-feature", "00:05.0", "--fid", "0x100"],
-            &["get-feature", "00:05.0"],
+            &["get-feature", "00:05.0", "--json", "-o", "binary"],
             &["get-feature", "--fid", "7"],
         ] {
             let e = parse(bad).unwrap_err();
@@ -503,7 +585,7 @@ mod tests {
     fn other_subcommands() {
         let cli = parse(&["identify-ns", "00:05.0", "--nsid", "2", "--json"]).unwrap();
         let Command::IdentifyNs(a) = cli.command else { panic!() };
-        assert_eq!((a.nsid, a.device.json), (Some(2), true));
+        assert_eq!((a.nsid, a.device.format()), (Some(2), OutputFormat::Json));
         assert!(matches!(
             parse(&["smart-log", "x"]).unwrap().command,
             Command::SmartLog(_)
@@ -519,6 +601,54 @@ mod tests {
         ));
         assert_eq!(parse(&["identify"]).unwrap_err().exit_code(), EXIT_USAGE);
         assert_eq!(parse(&["frobnicate"]).unwrap_err().exit_code(), EXIT_USAGE);
+    }
+
+    /// nvme-cli's command names and flags parse to the same commands.
+    #[test]
+    fn nvme_cli_names_and_flags() {
+        let Command::Identify(a) = parse(&["id-ctrl", "/dev/nvme0", "-o", "binary"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.device.format(), OutputFormat::Binary);
+        let Command::IdentifyNs(a) = parse(&["id-ns", "/dev/nvme0", "--namespace-id=2", "--output-format=json"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!((a.nsid, a.device.format()), (Some(2), OutputFormat::Json));
+        let Command::ListNs(a) = parse(&["list-ns", "/dev/nvme0"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((a.start, a.all), (1, false));
+        let Command::ListNs(a) = parse(&["list-ns", "/dev/nvme0", "-n", "3", "-a"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((a.start, a.all), (3, true));
+        let Command::GetLog(a) = parse(&["get-log", "/dev/nvme0", "--log-id=2", "--log-len=512"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (a.log_id, a.log_len, a.nsid, a.lpo, a.raw_binary),
+            (2, 512, u32::MAX, 0, false)
+        );
+        let Command::GetLog(a) = parse(&["get-log", "nvme0", "-i", "0xc0", "-l", "8", "-n", "1", "-b"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!((a.log_id, a.log_len, a.nsid, a.raw_binary), (0xc0, 8, 1, true));
+        for bad in [
+            &["get-log", "nvme0", "--log-len", "8"][..],
+            &["list-ns", "nvme0", "-n", "0"],
+            &["id-ctrl", "nvme0", "-o", "xml"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), EXIT_USAGE, "{bad:?}");
+        }
     }
 
     #[test]

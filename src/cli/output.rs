@@ -2,6 +2,7 @@
 //! renders both as nvme-cli's `name : value` lines and as a JSON object, and the value
 //! formats nvme-cli uses (C's `%#x`, 128-bit counters, SI sizes, hex dumps, dates).
 
+use super::{CliError, write_json};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
@@ -158,8 +159,8 @@ pub fn kelvin(k: u16) -> String {
     format!("{}°C ({k} Kelvin)", i32::from(k) - 273)
 }
 
-/// A hex dump in nvme-cli's layout: a column header, then 16 bytes per line with the
-/// offset and the printable characters.
+/// A hex dump in nvme-cli's layout (its `d()`): a column header, then 16 bytes per line
+/// with the offset and the bytes `!`..`~` as text (others as `.`).
 pub fn hex_dump(data: &[u8]) -> String {
     let mut out = String::from("       0  1  2  3  4  5  6  7  8  9  a  b  c  d  e  f\n");
     for (i, chunk) in data.chunks(16).enumerate() {
@@ -167,22 +168,48 @@ pub fn hex_dump(data: &[u8]) -> String {
         for b in chunk {
             let _ = write!(out, " {b:02x}");
         }
-        for _ in chunk.len()..16 {
-            out.push_str("   ");
+        // A short last line is padded to where a full one's text starts, plus one space.
+        if chunk.len() < 16 {
+            out.push_str(&" ".repeat(3 * (16 - chunk.len()) + 1));
         }
         let text: String = chunk
             .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() || b == b' ' {
-                    b as char
-                } else {
-                    '.'
-                }
-            })
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
             .collect();
-        let _ = writeln!(out, "  \"{text}\"");
+        let _ = writeln!(out, " \"{text}\"");
     }
     out
+}
+
+/// nvme-cli's `-o/--output-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Text, `name : value` lines.
+    #[default]
+    Normal,
+    /// One JSON object with nvme-cli's keys.
+    Json,
+    /// The structure's bytes exactly as the controller returned them.
+    Binary,
+}
+
+/// Writes a structure read from the controller in `format`: `raw` as is for
+/// [`OutputFormat::Binary`], else the text or the JSON the closures render.
+///
+/// Errors: [`CliError::Io`] when writing fails.
+pub fn emit(
+    out: &mut dyn std::io::Write,
+    format: OutputFormat,
+    raw: &[u8],
+    text: impl FnOnce() -> String,
+    json: impl FnOnce() -> Value,
+) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Normal => out.write_all(text().as_bytes())?,
+        OutputFormat::Json => write_json(out, &json())?,
+        OutputFormat::Binary => out.write_all(raw)?,
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch as a UTC date in the C library's `asctime` layout,
@@ -279,7 +306,9 @@ mod tests {
         );
         let d = hex_dump(b"ABCDEFGHIJKLMNOPQ");
         assert!(d.contains("0000: 41 42"), "{d}");
-        assert!(d.contains("\"ABCDEFGHIJKLMNOP\"\n0010: 51"), "{d}");
+        assert!(d.contains("4f 50 \"ABCDEFGHIJKLMNOP\"\n0010: 51"), "{d}");
+        // Space is not printed as itself, as in nvme-cli.
+        assert!(hex_dump(b"a b").contains("\"a.b\""));
     }
 
     #[test]

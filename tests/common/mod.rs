@@ -11,6 +11,9 @@ pub fn env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run this test inside the guest (qemu/run)"))
 }
 
+/// The `ironvme` binary cargo built for the tests.
+pub const IRONVME: &str = env!("CARGO_BIN_EXE_ironvme");
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -78,16 +81,22 @@ pub fn kernel_ctrl(bdf: &str) -> PathBuf {
 
 /// Runs a command and returns its standard output; fails the test if it fails.
 pub fn run(cmd: &str, args: &[&str]) -> String {
+    String::from_utf8_lossy(&run_bytes(cmd, args)).into_owned()
+}
+
+/// Runs `cmd args`, expects success, returns stdout's bytes.
+pub fn run_bytes(cmd: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new(cmd)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd} {args:?} failed: {}",
+        "{cmd} {args:?} failed ({}): {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out.stdout
 }
 
 /// `key : value` lines as nvme-cli prints Identify data; the value of `key`, trimmed.
@@ -137,7 +146,7 @@ pub fn monitor(command: &str) -> String {
 
 /// Runs the `ironvme` binary with stdin from /dev/null and no RUST_LOG.
 pub fn ironvme(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ironvme"))
+    Command::new(IRONVME)
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

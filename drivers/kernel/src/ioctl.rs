@@ -673,6 +673,8 @@ pub struct IoctlDevice {
     node: Node,
     identify: IdentifyController,
     namespaces: Vec<NamespaceInfo>,
+    /// The namespace a namespace node is (`NVME_IOCTL_ID`); `None` for `/dev/nvmeX`.
+    node_nsid: Option<u32>,
     /// Namespaces of `namespaces` whose format ironvme cannot move data for (metadata,
     /// protection information), for [`IoctlDevice::create_queue`] to refuse.
     refused: Vec<MetadataUnsupported>,
@@ -698,6 +700,7 @@ impl IoctlDevice {
             node,
             identify,
             namespaces: Vec::new(),
+            node_nsid: None,
             refused: Vec::new(),
         };
         dev.rescan()?;
@@ -737,6 +740,7 @@ impl IoctlDevice {
                 let ns = self.file.identify_namespace(nsid)?;
                 let limits = node.disk().map(|d| queue_limits(sys, &d)).unwrap_or_default();
                 add(nsid, &ns, &limits);
+                self.node_nsid = Some(nsid);
             }
         }
         self.namespaces = found;
@@ -752,6 +756,13 @@ impl IoctlDevice {
     /// Identify Controller, as read at open (or the last [`IoctlDevice::rescan`]).
     pub fn identify(&self) -> &IdentifyController {
         &self.identify
+    }
+
+    /// The namespace ID of the node this was opened from when it is a namespace node
+    /// (`/dev/ngXnY`, `/dev/nvmeXnY`; from `NVME_IOCTL_ID`, whatever its format), `None`
+    /// for the controller node `/dev/nvmeX`.
+    pub fn node_namespace(&self) -> Option<u32> {
+        self.node_nsid
     }
 
     /// The active namespaces with a usable LBA format, in NSID order: all of the

@@ -30,6 +30,9 @@ impl Cns {
     pub const ACTIVE_NAMESPACE_LIST: Cns = Cns(0x02);
     /// 03h: Namespace Identification Descriptor list for the NSID in CDW1.
     pub const NAMESPACE_ID_DESCRIPTORS: Cns = Cns(0x03);
+    /// 10h: Allocated Namespace ID list (NSIDs greater than CDW1.NSID, attached or not;
+    /// needs Namespace Management, OACS bit 3). Same layout as the active list.
+    pub const ALLOCATED_NAMESPACE_LIST: Cns = Cns(0x10);
 }
 
 bitflags::bitflags! {
