@@ -120,13 +120,50 @@ fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// The variables setup.sh reads (SPDK's names); a run sees only those a test sets.
+const SETUP_VARS: &[&str] = &[
+    "PCI_ALLOWED",
+    "PCI_BLOCKED",
+    "NRHUGE",
+    "HUGEMEM",
+    "HUGENODE",
+    "CLEAR_HUGE",
+    "SHRINK_HUGE",
+    "SKIP_HUGE",
+    "TARGET_USER",
+    "SUDO_USER",
+    "MEMLOCK",
+];
+
 /// Runs `scripts/setup.sh ARGS...`, returning its output whatever its exit status.
 fn setup_sh(args: &[&str]) -> Output {
+    setup_sh_env(&[], args)
+}
+
+/// Runs `VAR=VALUE... scripts/setup.sh ARGS...` with none of [`SETUP_VARS`] inherited.
+fn setup_sh_env(vars: &[(&str, &str)], args: &[&str]) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.sh");
-    Command::new(&script)
+    let mut cmd = Command::new(&script);
+    for var in SETUP_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(vars.iter().copied())
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", script.display()))
+}
+
+/// [`setup_sh_env`], failing the test unless it succeeds; returns its output.
+fn setup_sh_env_ok(vars: &[(&str, &str)], args: &[&str]) -> String {
+    let out = setup_sh_env(vars, args);
+    let text = text(&out);
+    assert!(
+        out.status.success(),
+        "{vars:?} scripts/setup.sh {} failed ({}):\n{text}",
+        args.join(" "),
+        out.status
+    );
+    text
 }
 
 fn text(out: &Output) -> String {
@@ -138,15 +175,7 @@ fn text(out: &Output) -> String {
 }
 
 fn setup_sh_ok(args: &[&str]) -> String {
-    let out = setup_sh(args);
-    let text = text(&out);
-    assert!(
-        out.status.success(),
-        "scripts/setup.sh {} failed ({}):\n{text}",
-        args.join(" "),
-        out.status
-    );
-    text
+    setup_sh_env_ok(&[], args)
 }
 
 fn run(cmd: &str, args: &[&str]) -> Output {
@@ -306,9 +335,10 @@ fn binding_the_512_controller_gives_it_its_own_iommu_group_and_unbinding_restore
 
 // ---- what setup.sh refuses -----------------------------------------------------------
 
-#[test]
-#[ignore = "guest: runs inside QEMU via scripts/test"]
-fn setup_refuses_to_bind_the_kernel_controller_while_a_namespace_is_mounted() {
+/// Mounts a fresh filesystem on the kernel controller's namespace 2, asks setup.sh to bind
+/// the controller through `bind` (given its BDF), and checks the refusal: exit status 1,
+/// the namespace named and said to be mounted, nothing touched.
+fn refuses_to_bind_the_kernel_controller_while_mounted(bind: impl FnOnce(&str) -> Output) {
     let bdf = guest_env("IRONVME_KERNEL_BDF");
     let _restore = BackToNvme(&bdf);
     let ctrl = controller_of(&bdf).expect("kernel controller not bound to nvme");
@@ -325,11 +355,12 @@ fn setup_refuses_to_bind_the_kernel_controller_while_a_namespace_is_mounted() {
     run("mount", &[&dev, &dir.to_string_lossy()]);
     let mounted = Mounted(dir);
 
-    let out = setup_sh(&["bind", &bdf]);
+    let out = bind(&bdf);
     let said = text(&out);
-    assert!(
-        !out.status.success(),
-        "setup.sh bound {bdf} although {dev} is mounted:\n{said}"
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "setup.sh should refuse {bdf} (exit status 1) while {dev} is mounted:\n{said}"
     );
     assert!(
         said.contains(&ns2.disk) && said.contains("mounted"),
@@ -341,6 +372,20 @@ fn setup_refuses_to_bind_the_kernel_controller_while_a_namespace_is_mounted() {
     assert_eq!(read(pci(&bdf).join("driver_override")), "(null)");
     assert!(is_mounted(&mounted.0), "{} is no longer mounted", mounted.0.display());
     assert_eq!(namespaces(&ctrl).len(), 2);
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn setup_refuses_to_bind_the_kernel_controller_while_a_namespace_is_mounted() {
+    refuses_to_bind_the_kernel_controller_while_mounted(|bdf| setup_sh(&["bind", bdf]));
+}
+
+/// The same refusal when the controller is named SPDK's way, in PCI_ALLOWED, to the
+/// default verb (config).
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn config_refuses_the_kernel_controller_named_in_pci_allowed_while_a_namespace_is_mounted() {
+    refuses_to_bind_the_kernel_controller_while_mounted(|bdf| setup_sh_env(&[("PCI_ALLOWED", bdf)], &[]));
 }
 
 #[test]
@@ -381,4 +426,295 @@ fn setup_refuses_a_bdf_that_does_not_exist_and_leaves_the_others_alone() {
         text(&out)
     );
     assert_eq!(driver_of(&good).as_deref(), Some("nvme"), "{good} was touched");
+}
+
+// ---- SPDK's verbs and variables ------------------------------------------------------
+
+/// Every controller of the default topology, by the variables `qemu/run` exports.
+fn all_controllers() -> Vec<String> {
+    [
+        "IRONVME_KERNEL_BDF",
+        "IRONVME_VFIO_4K_BDF",
+        "IRONVME_VFIO_512_BDF",
+        "IRONVME_FAULT_BDF",
+        "IRONVME_META_BDF",
+    ]
+    .into_iter()
+    .map(guest_env)
+    .collect()
+}
+
+/// The owner (uid) of a file.
+fn owner(path: impl AsRef<Path>) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let path = path.as_ref();
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .uid()
+}
+
+/// The IOMMU group number of a PCI device.
+fn iommu_group(bdf: &str) -> String {
+    let group = fs::read_link(pci(bdf).join("iommu_group")).expect("no IOMMU group");
+    group.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The whitespace-separated fields of the line of `status`'s table for `bdf`.
+fn status_row(stdout: &str, bdf: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .find(|f| f.get(1).map(String::as_str) == Some(bdf))
+        .unwrap_or_else(|| panic!("no row for {bdf} in setup.sh status:\n{stdout}"))
+}
+
+/// Environment variables for one run of setup.sh.
+type Vars<'a> = &'a [(&'a str, &'a str)];
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn config_without_a_named_device_refuses_with_status_2_and_touches_nothing() {
+    let vfio = guest_env("IRONVME_VFIO_4K_BDF");
+    let runs: [(Vars, &[&str]); 4] = [
+        (&[], &[]),
+        (&[], &["config"]),
+        (&[("PCI_ALLOWED", "")], &["config"]),
+        // Blocking one device names none: SPDK's would then bind all the others.
+        (&[("PCI_BLOCKED", &vfio)], &["config"]),
+    ];
+    for (vars, args) in runs {
+        let out = setup_sh_env(vars, args);
+        let said = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{vars:?} setup.sh {args:?} should refuse with exit status 2:\n{said}"
+        );
+        assert!(
+            said.contains("no device named") && said.contains("PCI_ALLOWED"),
+            "{vars:?} setup.sh {args:?} should say no device was named and how to name one:\n{said}"
+        );
+    }
+    for bdf in all_controllers() {
+        assert_eq!(driver_of(&bdf).as_deref(), Some("nvme"), "{bdf} was touched");
+        assert_eq!(read(pci(&bdf).join("driver_override")), "(null)", "{bdf} was touched");
+    }
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn config_binds_what_pci_allowed_names_but_not_pci_blocked_and_reset_gives_it_back() {
+    let bound = guest_env("IRONVME_VFIO_4K_BDF");
+    let blocked = guest_env("IRONVME_VFIO_512_BDF");
+    let _restore = (BackToNvme(&bound), BackToNvme(&blocked));
+
+    let allowed = format!("{bound} {blocked}");
+    let said = setup_sh_env_ok(&[("PCI_ALLOWED", &allowed), ("PCI_BLOCKED", &blocked)], &["config"]);
+    assert_eq!(
+        driver_of(&bound).as_deref(),
+        Some("vfio-pci"),
+        "{bound} not bound:\n{said}"
+    );
+    assert_eq!(
+        driver_of(&blocked).as_deref(),
+        Some("nvme"),
+        "{blocked} is in PCI_BLOCKED:\n{said}"
+    );
+    assert!(
+        said.lines().any(|l| l.contains(&blocked) && l.contains("PCI_BLOCKED")),
+        "setup.sh should say it skipped {blocked} for PCI_BLOCKED:\n{said}"
+    );
+    // As SPDK's: the override is cleared once vfio-pci has the device.
+    assert_eq!(read(pci(&bound).join("driver_override")), "(null)");
+
+    // status: the bound controller has no kernel name and no block devices.
+    let out = setup_sh(&["status"]);
+    let row = status_row(&String::from_utf8_lossy(&out.stdout), &bound);
+    assert_eq!(row[5..], ["vfio-pci", "-", "-"], "status row of {bound}: {row:?}");
+
+    // reset without names gives back every NVMe controller not on nvme, except those
+    // in PCI_BLOCKED.
+    let said = setup_sh_env_ok(&[("PCI_BLOCKED", &bound)], &["reset"]);
+    assert_eq!(
+        driver_of(&bound).as_deref(),
+        Some("vfio-pci"),
+        "reset took a blocked controller:\n{said}"
+    );
+    let said = setup_sh_ok(&["reset"]);
+    assert_eq!(
+        driver_of(&bound).as_deref(),
+        Some("nvme"),
+        "reset did not give {bound} back:\n{said}"
+    );
+    assert!(
+        controller_of(&bound).is_some(),
+        "no kernel controller for {bound} after reset"
+    );
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn status_prints_spdk_columns_with_a_numa_column_for_every_controller() {
+    let out = setup_sh(&["status"]);
+    assert!(out.status.success(), "setup.sh status failed:\n{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout.lines().next(), Some("Hugepages"), "{stdout}");
+    // As SPDK's, the headers go to stderr: `status 2>/dev/null` gives the rows alone.
+    let header = [
+        "Type", "BDF", "Vendor", "Device", "NUMA", "Driver", "Device", "Block", "devices",
+    ];
+    assert!(
+        stderr.lines().any(|l| l.split_whitespace().eq(header)),
+        "no SPDK header {header:?} in:\n{stderr}"
+    );
+    let numa = fs::read_dir("/sys/devices/system/node")
+        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("hugepages").is_dir()))
+        .unwrap_or(false);
+    for bdf in all_controllers() {
+        let row = status_row(&stdout, &bdf);
+        let node = match read(pci(&bdf).join("numa_node")).as_str() {
+            _ if !numa => "-".to_string(),
+            "-1" => "unknown".to_string(),
+            n => n.to_string(),
+        };
+        let ctrl = controller_of(&bdf).unwrap_or_else(|| panic!("{bdf} is not on nvme"));
+        let mut disks: Vec<String> = namespaces(&ctrl).into_iter().map(|n| n.disk).collect();
+        if disks.is_empty() {
+            disks.push("-".into());
+        }
+        let mut shown = row[7..].to_vec();
+        shown.sort();
+        disks.sort();
+        let name = ctrl.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            row[..7],
+            ["NVMe", &bdf, "1b36", "0010", &node, "nvme", &name],
+            "status row of {bdf}"
+        );
+        assert_eq!(shown, disks, "block devices of {bdf} in {row:?}");
+    }
+}
+
+/// Sets a sysfs value for a test and puts the old one back when dropped.
+struct SysfsRestore(PathBuf, String);
+
+impl Drop for SysfsRestore {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.0, format!("{}\n", self.1));
+    }
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn hugepages_follow_spdks_variables_and_cleanup_frees_them_and_clears_stale_overrides() {
+    let global = Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
+    let node0 = Path::new("/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages");
+    assert!(node0.exists(), "the guest has no NUMA node 0");
+    let _restore = SysfsRestore(global.to_path_buf(), read(global));
+    let pages = |path: &Path| -> u64 { read(path).parse().unwrap() };
+    // PCI_ALLOWED=none: no device, hugepages only.
+    let huge = |vars: &[(&str, &str)]| -> String {
+        let mut all = vec![("PCI_ALLOWED", "none")];
+        all.extend_from_slice(vars);
+        setup_sh_env_ok(&all, &[])
+    };
+
+    huge(&[("CLEAR_HUGE", "yes"), ("NRHUGE", "4")]);
+    assert_eq!(pages(global), 4, "NRHUGE=4");
+    // HUGEMEM=5 MB is 3 pages: fewer than reserved, so kept unless SHRINK_HUGE=yes.
+    let said = huge(&[("HUGEMEM", "5")]);
+    assert_eq!(pages(global), 4, "HUGEMEM=5 without SHRINK_HUGE:\n{said}");
+    huge(&[("HUGEMEM", "5"), ("SHRINK_HUGE", "yes")]);
+    assert_eq!(pages(global), 3, "HUGEMEM=5 SHRINK_HUGE=yes");
+    huge(&[("NRHUGE", "8"), ("SKIP_HUGE", "yes")]);
+    assert_eq!(pages(global), 3, "SKIP_HUGE=yes");
+    huge(&[("HUGENODE", "nodes_hp[0]=6")]);
+    assert_eq!(pages(node0), 6, "HUGENODE=nodes_hp[0]=6");
+    huge(&[("HUGENODE", "0"), ("NRHUGE", "2"), ("CLEAR_HUGE", "yes")]);
+    assert_eq!(pages(node0), 2, "HUGENODE=0 NRHUGE=2 CLEAR_HUGE=yes");
+    let said = huge(&[("HUGENODE", "nodes_hp[0]=2,nodes_hp[63]=1")]);
+    assert!(said.contains("node 63 does not exist"), "{said}");
+    assert_eq!(pages(node0), 2);
+
+    // A vfio-pci override left on a controller the kernel drives would hand it to
+    // vfio-pci at its next probe; cleanup clears it (the binding is left alone).
+    let bdf = guest_env("IRONVME_VFIO_512_BDF");
+    let override_path = pci(&bdf).join("driver_override");
+    let _clear = SysfsRestore(override_path.clone(), String::new());
+    fs::write(&override_path, "vfio-pci\n").unwrap();
+
+    let said = setup_sh_ok(&["cleanup"]);
+    assert_eq!(pages(global), 0, "cleanup left hugepages:\n{said}");
+    assert_eq!(read(&override_path), "(null)", "cleanup left the override:\n{said}");
+    assert_eq!(driver_of(&bdf).as_deref(), Some("nvme"));
+}
+
+/// A tmpfs mounted over a directory for a test (the guest's root is read-only).
+struct TmpfsOver(PathBuf);
+
+impl TmpfsOver {
+    fn mount(dir: &Path) -> TmpfsOver {
+        assert!(dir.is_dir(), "{} does not exist", dir.display());
+        run("mount", &["-t", "tmpfs", "ironvme-test", &dir.to_string_lossy()]);
+        TmpfsOver(dir.to_path_buf())
+    }
+}
+
+impl Drop for TmpfsOver {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn target_user_gets_the_vfio_group_and_a_memlock_limit_never_root_and_cleanup_removes_it() {
+    let bdf = guest_env("IRONVME_VFIO_4K_BDF");
+    let _restore = BackToNvme(&bdf);
+    let limits = TmpfsOver::mount(Path::new("/etc/security/limits.d"));
+    let conf = limits.0.join("ironvme-nobody.conf");
+    let nobody: u32 = String::from_utf8_lossy(&run("id", &["-u", "nobody"]).stdout)
+        .trim()
+        .parse()
+        .unwrap();
+
+    // Never for root: the node stays root's, no limit is written.
+    setup_sh_env_ok(&[("TARGET_USER", "root")], &["config", &bdf]);
+    assert_eq!(driver_of(&bdf).as_deref(), Some("vfio-pci"));
+    let node = format!("/dev/vfio/{}", iommu_group(&bdf));
+    assert_eq!(owner(&node), 0, "{node} given away for TARGET_USER=root");
+    assert_eq!(
+        fs::read_dir(&limits.0).unwrap().count(),
+        0,
+        "a limit was written for root"
+    );
+
+    // TARGET_USER defaults to SUDO_USER; the limit is SPDK's 2048 MB (in KB).
+    let said = setup_sh_env_ok(&[("SUDO_USER", "nobody")], &["config", &bdf]);
+    assert_eq!(owner(&node), nobody, "{node} not given to nobody:\n{said}");
+    let text = read(&conf);
+    for kind in ["soft", "hard"] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().eq(["nobody", kind, "memlock", "2097152"])),
+            "no {kind} memlock line of 2048 MB in {}:\n{text}",
+            conf.display()
+        );
+    }
+    setup_sh_env_ok(
+        &[("TARGET_USER", "nobody"), ("MEMLOCK", "unlimited")],
+        &["config", &bdf],
+    );
+    let text = read(&conf);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["nobody", "hard", "memlock", "unlimited"])),
+        "MEMLOCK=unlimited not written:\n{text}"
+    );
+
+    let said = setup_sh_ok(&["cleanup"]);
+    assert!(!conf.exists(), "cleanup left {}:\n{said}", conf.display());
+    setup_sh_ok(&["reset", &bdf]);
+    assert_eq!(driver_of(&bdf).as_deref(), Some("nvme"));
 }
