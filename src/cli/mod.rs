@@ -2,7 +2,7 @@
 //!
 //! One module per concern: [`device`] (what DEV names and how it is opened),
 //! [`output`] (nvme-cli's value formats, one field list for text and JSON),
-//! [`identify`], [`logs`], [`features`], [`format`](mod@format), [`list`]. Each
+//! [`identify`], [`logs`], [`features`], [`format`](mod@format), [`list`], [`rawio`]. Each
 //! subcommand module has pure `render_*` functions from parsed data to text or JSON,
 //! unit-tested with hand-built buffers, and a `run` that opens the device and prints.
 //!
@@ -46,6 +46,7 @@ pub mod list;
 pub mod logs;
 pub mod output;
 pub mod perf;
+pub mod rawio;
 pub mod serve;
 pub mod vde;
 pub mod verify;
@@ -58,6 +59,8 @@ use std::io::{self, Write};
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit status of a usage error (clap's own).
 pub const EXIT_USAGE: i32 = 2;
+/// Exit status when data differs from what it was compared with.
+pub const EXIT_MISMATCH: i32 = 3;
 
 /// The DEV help shared by every subcommand that opens a controller.
 const DEV_HELP: &str = "The controller: the PCI address of one bound to vfio-pci (0000:00:05.0, 00:05.0 or \
@@ -144,6 +147,21 @@ pub enum Command {
     /// Unix epoch); prints raw DW0 for the others, with a hex dump of the data buffer
     /// for features that return one.
     GetFeature(GetFeatureArgs),
+    /// Read blocks, like `nvme read`: -s first LBA, -c block count (0-based), to -d FILE
+    /// or standard output.
+    Read(rawio::DataArgs),
+    /// Write blocks, like `nvme write`: -s first LBA, -c block count (0-based), from -d
+    /// FILE or standard input. Refused while the namespace is mounted or held.
+    Write(rawio::DataArgs),
+    /// Compare blocks with data, like `nvme compare` (NVMe Compare where the backend has
+    /// it, else read and compared here): exits with the mismatch status when they differ.
+    Compare(rawio::DataArgs),
+    /// Flush the volatile write cache, like `nvme flush`.
+    Flush(rawio::FlushArgs),
+    /// Write Zeroes, like `nvme write-zeroes`: -s first LBA, -c block count (0-based).
+    WriteZeroes(rawio::WriteZeroesArgs),
+    /// Dataset Management, like `nvme dsm`: deallocate (-d) the ranges -s LBAS -b COUNTS.
+    Dsm(rawio::DsmArgs),
     /// Format NVM: re-formats a namespace to another LBA format. DESTROYS ITS DATA.
     ///
     /// Checks the request first (Format NVM supported, the LBA format exists, crypto
@@ -409,6 +427,9 @@ pub enum CliError {
     /// been printed.
     #[error("{0}")]
     Failed(String),
+    /// The data differs from what it was compared with (`compare`).
+    #[error("{0}")]
+    Mismatch(String),
     /// Reading sysfs, the terminal, or writing the output failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -417,7 +438,10 @@ pub enum CliError {
 impl CliError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
-        EXIT_FAILURE
+        match self {
+            CliError::Mismatch(_) => EXIT_MISMATCH,
+            _ => EXIT_FAILURE,
+        }
     }
 
     /// Wraps a failure of a command on `device`.
@@ -443,6 +467,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::ErrorLog(a) => logs::run_error(a, out),
         Command::FwLog(a) => logs::run_firmware(a, out),
         Command::GetFeature(a) => features::run(a, out),
+        Command::Read(a) => rawio::run_data(rawio::DataCommand::Read, a, out),
+        Command::Write(a) => rawio::run_data(rawio::DataCommand::Write, a, out),
+        Command::Compare(a) => rawio::run_data(rawio::DataCommand::Compare, a, out),
+        Command::Flush(a) => rawio::run_flush(a),
+        Command::WriteZeroes(a) => rawio::run_write_zeroes(a),
+        Command::Dsm(a) => rawio::run_dsm(a),
         Command::Format(a) => format::run(a, out),
         Command::List(a) => list::run(a, &crate::vfio::Sysfs::system(), out),
         Command::Perf(a) => perf::run(a, out),

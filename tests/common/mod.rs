@@ -14,6 +14,22 @@ pub fn env(var: &str) -> String {
 /// The `ironvme` binary cargo built for the tests.
 pub const IRONVME: &str = env!("CARGO_BIN_EXE_ironvme");
 
+/// Runs ironvme with `input` on its standard input; returns its output.
+pub fn ironvme_with_input(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(IRONVME)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ironvme");
+    // A refusal may close stdin before all of it is written.
+    let _ = child.stdin.take().expect("piped").write_all(input);
+    child.wait_with_output().expect("wait for ironvme")
+}
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -90,9 +106,14 @@ pub fn run_bytes(cmd: &str, args: &[&str]) -> Vec<u8> {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    succeeded(out, &format!("{cmd} {args:?}"))
+}
+
+/// The standard output of a command that must have succeeded (`what` names it).
+pub fn succeeded(out: Output, what: &str) -> Vec<u8> {
     assert!(
         out.status.success(),
-        "{cmd} {args:?} failed ({}): {}",
+        "{what} failed ({}): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
