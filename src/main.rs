@@ -26,9 +26,20 @@ fn init_tracing() {
         .init();
 }
 
+/// Exit statuses: 0 success, [`cli::EXIT_FAILURE`] (1) a device or OS error,
+/// [`cli::EXIT_USAGE`] (2) a usage error, [`cli::EXIT_MISMATCH`] (3) a data mismatch (see
+/// [`CliError::exit_code`]).
 fn main() -> ExitCode {
-    // Usage errors, --help and --version exit here (status 2 for usage errors, 0 else).
-    let args = Cli::parse();
+    // Usage errors, --help and --version end here: clap prints them; --help and
+    // --version exit 0, usage errors EXIT_USAGE.
+    let args = match Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            // Printing fails only when stdout/stderr went away; the status still tells.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { cli::EXIT_USAGE as u8 } else { 0 });
+        }
+    };
     init_tracing();
     let mut stdout = io::stdout().lock();
     match cli::run(&args, &mut stdout) {

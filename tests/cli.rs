@@ -93,6 +93,147 @@ fn usage_errors_exit_2() {
     }
 }
 
+/// ironvme's own checks of the command line, made before any device is opened, are usage
+/// errors too: status 2 and one `ironvme: ` line naming the mistake.
+#[test]
+fn our_own_usage_errors_exit_2() {
+    for (args, says) in [
+        (&["vde", "snap", "create", "absent.img", "nosnap"][..], "write VOL@NAME"),
+        (&["vde", "clone", "absent.img", "v", "c"], "write VOL@NAME"),
+        (&["vde", "send", "absent.img", "-t", "garbage"], "not a resume token"),
+        (&["serve", "--nvme-tcp", "127.0.0.1:0"], "needs --nqn"),
+        (
+            &["serve", "--nbd", "127.0.0.1:0", "--export", "no-equals-sign"],
+            "expected NAME=SPEC",
+        ),
+    ] {
+        let o = ironvme(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("ironvme: ") && err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_documents_the_exit_statuses() {
+    let text = stdout(&ironvme(&["--help"]));
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "Exit status: 0 success; 1 a device or OS error; 2 a usage error",
+        "3 a data mismatch",
+        "vde fsck found violations",
+        "an I/O error wins: 1",
+    ] {
+        assert!(flat.contains(want), "--help lacks {want:?}:\n{text}");
+    }
+    let flat = |t: String| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let verify = flat(stdout(&ironvme(&["verify", "--help"])));
+    assert!(verify.contains("Exits 3 when blocks mismatched"), "{verify}");
+    let fsck = flat(stdout(&ironvme(&["vde", "fsck", "--help"])));
+    assert!(fsck.contains("exits 3 on violations, 1 if a read failed"), "{fsck}");
+}
+
+/// A VDE store in a scratch file with one object; returns the directory, the file and
+/// the byte offset in the file of the object's data.
+fn store_with_an_object() -> (tempfile::TempDir, String, usize) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = dir.path().join("vde.img");
+    std::fs::File::create(&file).unwrap().set_len(64 << 20).unwrap();
+    let object = dir.path().join("object");
+    let pattern: Vec<u8> = b"ironvme-exit-status-test!".repeat(20_000);
+    std::fs::write(&object, &pattern).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    for args in [
+        &["vde", "format", &f, "--force"][..],
+        &["vde", "put", &f, "k", object.to_str().unwrap()],
+        &["vde", "vol", "create", &f, "v", "--size", "4m"],
+        &["vde", "snap", "create", &f, "v@s"],
+    ] {
+        let o = ironvme(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    let image = std::fs::read(&file).unwrap();
+    let at = image
+        .windows(pattern.len().min(4096))
+        .position(|w| w == &pattern[..w.len()])
+        .expect("the object's data in the image");
+    (dir, f, at)
+}
+
+#[test]
+fn vde_fsck_exits_3_on_violations() {
+    let (_dir, f, at) = store_with_an_object();
+    let o = ironvme(&["vde", "fsck", &f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).ends_with("clean\n"), "{}", stdout(&o));
+    // One byte of the object's data changes behind the store's back.
+    let disk = std::fs::OpenOptions::new().read(true).write(true).open(&f).unwrap();
+    let mut b = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&disk, &mut b, at as u64 + 5000).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&disk, &[b[0] ^ 0x20], at as u64 + 5000).unwrap();
+    disk.sync_all().unwrap();
+    let o = ironvme(&["vde", "fsck", &f]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert_eq!(err, format!("ironvme: {f}: fsck found 1 violations\n"));
+    let out = stdout(&o);
+    assert!(
+        out.contains("VIOLATION: object \"k\": extent") && out.contains("does not match its checksum"),
+        "{out}"
+    );
+    assert!(out.ends_with("NOT CLEAN\n"), "{out}");
+    let v: serde_json::Value = serde_json::from_slice(&ironvme(&["vde", "fsck", &f, "--json"]).stdout).unwrap();
+    assert_eq!(
+        (v["violations"].as_array().unwrap().len(), v["io_errors"].as_u64()),
+        (1, Some(0)),
+        "{v}"
+    );
+    // A store that cannot be opened at all is a device error, not a mismatch.
+    let o = ironvme(&["vde", "fsck", "/nonexistent/vde.img"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
+/// Runs ironvme under a pseudo-terminal (`script` from util-linux), so that stdin, stdout
+/// and stderr are a terminal; returns its exit status and everything it wrote.
+fn under_a_terminal(args: &[&str]) -> (Option<i32>, String) {
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_ironvme"))
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let o = std::process::Command::new("script")
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script (util-linux) for a pseudo-terminal");
+    (o.status.code(), stdout(&o))
+}
+
+/// `vde fsck` and `vde send` draw a bar with an ETA when stderr is a terminal, and
+/// write nothing on stderr when it is a pipe.
+#[test]
+fn vde_progress_is_drawn_on_a_terminal_only() {
+    let (dir, f, _) = store_with_an_object();
+    let stream = dir.path().join("stream");
+    let s = stream.to_str().unwrap();
+    for args in [&["vde", "fsck", &f][..], &["vde", "send", &f, "v@s", "-o", s]] {
+        let o = ironvme(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{args:?}: progress on a pipe");
+        let (code, seen) = under_a_terminal(args);
+        assert_eq!(code, Some(0), "{args:?}: {seen}");
+        assert!(
+            seen.contains("ETA") && seen.contains("] "),
+            "{args:?}: no bar in {seen:?}"
+        );
+    }
+    let (_, seen) = under_a_terminal(&["vde", "fsck", &f]);
+    assert!(seen.contains(" blocks ETA"), "{seen:?}");
+    // Where the terminal shows the report, the bar has been cleared before it.
+    assert!(seen.contains("\r\u{1b}[2K") && seen.contains("clean"), "{seen:?}");
+}
+
 #[test]
 fn devices_that_cannot_answer_admin_commands_say_why() {
     // A path that does not exist.

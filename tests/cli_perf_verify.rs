@@ -53,7 +53,7 @@ fn failure(o: &Output, code: i32) -> String {
         "stderr: {err}\nstdout: {}",
         text(&o.stdout)
     );
-    if code == 1 {
+    if code == 1 || code == 3 {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.starts_with("ironvme: "), "{err}");
     }
@@ -332,8 +332,9 @@ fn verify_passes_on_a_good_file_and_finds_every_kind_of_damage() {
         write_block(&disk, 30, bs, &read_block(&disk, 20, bs));
         write_block(&disk, 40, bs, &pass1_block_40);
 
+        // Mismatches alone: exit 3.
         let o = ironvme(&[with(&["--read-only", "--pass", "2"]), vec!["--json"]].concat());
-        let err = failure(&o, 1);
+        let err = failure(&o, 3);
         assert!(err.contains("4 mismatched blocks, 0 I/O errors"), "{backend}: {err}");
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["ok"], false);
@@ -361,7 +362,7 @@ fn verify_passes_on_a_good_file_and_finds_every_kind_of_damage() {
 
         // The same in text: each block with what is wrong with it.
         let o = ironvme(&with(&["--read-only", "--pass", "2"]));
-        failure(&o, 1);
+        failure(&o, 3);
         let out = text(&o.stdout);
         for want in [
             "  pass 2: LBA 5: corruption: checksum mismatch (header intact: LBA 5, pass 2, seed 77)",
@@ -387,7 +388,7 @@ fn verify_passes_on_a_good_file_and_finds_every_kind_of_damage() {
             backend,
             "--json",
         ]);
-        failure(&o, 1);
+        failure(&o, 3);
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["mismatch_count"].as_u64().unwrap(), (1 << 20) / bs);
         assert!(
@@ -419,4 +420,94 @@ fn verify_checks_its_arguments() {
         "{v}"
     );
     assert!(v["seed"].as_u64().unwrap() > 0);
+}
+
+/// Each exit status of verify: 0 intact, 3 a mismatch (one corrupted byte), 2 a usage
+/// error, 1 a device error; the mismatch is reported on stdout with a one-line summary on
+/// stderr.
+#[test]
+fn verify_exit_status_tells_a_mismatch_from_a_failure() {
+    let (_dir, file) = scratch(4 << 20);
+    let f = s(&file);
+    let region = ["--size", "1m", "--seed", "5"];
+    // Write the pattern; check it read-only: intact.
+    assert_eq!(ironvme(&[&["verify", f][..], &region].concat()).status.code(), Some(0));
+    let check = [&["verify", f][..], &region, &["--read-only"]].concat();
+    assert_eq!(ironvme(&check).status.code(), Some(0));
+    // One byte of LBA 3 changes behind verify's back.
+    let disk = OpenOptions::new().read(true).write(true).open(&file).unwrap();
+    let mut b = [0u8; 1];
+    disk.read_exact_at(&mut b, 3 * 512 + 200).unwrap();
+    disk.write_all_at(&[!b[0]], 3 * 512 + 200).unwrap();
+    disk.sync_all().unwrap();
+    let o = ironvme(&check);
+    let err = failure(&o, 3);
+    assert_eq!(
+        err,
+        format!("ironvme: verify on {f}: 1 mismatched blocks, 0 I/O errors\n")
+    );
+    assert!(
+        text(&o.stdout).contains("LBA 3: corruption: checksum mismatch"),
+        "{}",
+        text(&o.stdout)
+    );
+    // A usage error, and a device that cannot be opened.
+    failure(&ironvme(&["verify", f, "--read-only"]), 2);
+    let err = failure(
+        &ironvme(&["verify", "/nonexistent/disk.img", "--read-only", "--seed", "5"]),
+        1,
+    );
+    assert!(err.contains("/nonexistent/disk.img"), "{err}");
+}
+
+/// Runs ironvme under a pseudo-terminal (`script` from util-linux), so that stdin, stdout
+/// and stderr are a terminal; returns its exit status and everything it wrote.
+fn under_a_terminal(args: &[&str]) -> (Option<i32>, String) {
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_ironvme"))
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let o = std::process::Command::new("script")
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script (util-linux) for a pseudo-terminal");
+    (o.status.code(), text(&o.stdout))
+}
+
+/// verify draws a bar with an ETA, naming the pass and phase, when stderr is a terminal;
+/// on a pipe, stderr stays empty and stdout holds only the report.
+#[test]
+fn verify_progress_is_drawn_on_a_terminal_only() {
+    let (_dir, file) = scratch(16 << 20);
+    let args = [
+        "verify",
+        s(&file),
+        "--size",
+        "16m",
+        "--bs",
+        "64k",
+        "--qd",
+        "2",
+        "--passes",
+        "2",
+    ];
+    let o = ironvme(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "", "progress on a pipe");
+    assert!(!text(&o.stdout).contains("ETA"), "{}", text(&o.stdout));
+    let (code, seen) = under_a_terminal(&args);
+    assert_eq!(code, Some(0), "{seen}");
+    for want in [
+        "ETA",
+        "/64.00 MiB",
+        "pass 1: write",
+        "pass 2: read",
+        "OK: 32768 blocks intact",
+    ] {
+        assert!(seen.contains(want), "{want:?} missing under a terminal: {seen:?}");
+    }
+    // The bar is cleared before the report.
+    assert!(seen.contains("\r\u{1b}[2Kverify: dev="), "{seen:?}");
 }

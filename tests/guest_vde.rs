@@ -353,8 +353,15 @@ fn cli_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("ironvme {args:?}: {e}: {text}"))
 }
 
-/// Runs `ironvme ARGS`; fails the test unless it exits 1. Returns (stdout, stderr).
+/// Runs `ironvme ARGS`; fails the test unless it exits 1 (a device or OS error). Returns
+/// (stdout, stderr).
 fn cli_fails(args: &[&str]) -> (String, String) {
+    cli_exits(args, 1)
+}
+
+/// Runs `ironvme ARGS`; fails the test unless it exits with `code`. Returns (stdout,
+/// stderr).
+fn cli_exits(args: &[&str], code: i32) -> (String, String) {
     let out = ironvme(args);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -362,8 +369,8 @@ fn cli_fails(args: &[&str]) -> (String, String) {
     );
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "ironvme {args:?} did not fail: {stdout}{stderr}"
+        Some(code),
+        "ironvme {args:?} did not exit {code}: {stdout}{stderr}"
     );
     (stdout, stderr)
 }
@@ -420,7 +427,8 @@ fn volume_under_perf_and_verify(dev: &str, backend: &str) {
     let ro = [&region[..], &["--read-only", "--pass", "2"]].concat();
     let s = cli_json(&[&["verify", snap.as_str()][..], &ro].concat());
     assert_eq!(s["ok"], true, "the snapshot changed: {s}");
-    let (out, _) = cli_fails(&[&["verify", vol.as_str()][..], &ro, &["--json"]].concat());
+    // Mismatches and no I/O error: exit 3.
+    let (out, _) = cli_exits(&[&["verify", vol.as_str()][..], &ro, &["--json"]].concat(), 3);
     let o: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
         o["mismatch_count"].as_u64().unwrap() > 0,
@@ -433,7 +441,8 @@ fn volume_under_perf_and_verify(dev: &str, backend: &str) {
         &["perf", snap.as_str(), "--rw", "randwrite", "--time", "1"][..],
         &["verify", snap.as_str(), "--size", "1m", "--seed", "12"],
     ] {
-        // The reason is in the report (stdout); the summary on stderr.
+        // The reason is in the report (stdout); the summary on stderr. Failed writes are
+        // I/O errors: exit 1, whatever the read-back found.
         let (out, err) = cli_fails(args);
         assert!(out.contains("v@s is a snapshot, read-only"), "{args:?}: {out}{err}");
     }

@@ -973,6 +973,34 @@ mod power_loss {
         assert!(vde.fsck().unwrap().clean());
     }
 
+    /// A read that fails during fsck is a violation and an I/O error: the report says the
+    /// check is incomplete, so `vde fsck` exits 1, not 3.
+    #[test]
+    fn fsck_counts_failed_reads_as_io_errors() {
+        use ironvme::nvme::cmd::nvm;
+        use ironvme::nvme::sim::{FaultAction, FaultRule};
+        use ironvme::nvme::status::Status;
+        let sim = SimController::new(config());
+        let vde = Vde::format(Device::simulated(sim.clone(), Default::default()).unwrap(), small()).unwrap();
+        vde.put(b"k", &[7u8; 3 * 4096]).unwrap();
+        let r = vde.fsck().unwrap();
+        assert!(r.clean() && r.io_errors == 0, "{r:?}");
+        // The namespace has 4 KiB blocks: a VDE block is one LBA.
+        let (start, n) = vde.stat(b"k").unwrap().extents[0];
+        sim.inject(FaultRule {
+            opcode: Some(nvm::READ),
+            lba: Some(start..start + n),
+            ..FaultRule::new(FaultAction::Status(Status::INTERNAL_ERROR))
+        });
+        let r = vde.fsck().unwrap();
+        assert_eq!(r.io_errors, 1, "{r:?}");
+        assert!(
+            r.violations.iter().any(|v| v.starts_with("object index: ")),
+            "{:?}",
+            r.violations
+        );
+    }
+
     #[test]
     fn the_simulated_controller_runs_the_model() {
         let sim = SimController::new(config());

@@ -308,3 +308,28 @@ fn a_block_a_volume_wrote_after_its_newest_snapshot_is_its_alone() {
         &[&format!("block {}", own.pba), "born after the volume's newest snapshot"],
     );
 }
+
+/// `fsck_with_progress` counts up to its total: on a healthy store fsck reaches every
+/// block in use outside the superblocks and intent log, so the last report is N of N.
+#[test]
+fn fsck_reports_progress_up_to_its_total() {
+    let (disk, f) = healthy();
+    std::fs::write(&disk.path, &f.img).unwrap();
+    let vde = Vde::open(disk.device(), VdeOptions::default()).unwrap();
+    let mut seen = Vec::new();
+    let r = vde.fsck_with_progress(&mut |p| seen.push(p)).unwrap();
+    assert!(r.clean(), "{:?}", r.violations);
+    assert!(seen.len() > 2, "{seen:?}");
+    assert_eq!(seen[0].checked_blocks, 0, "the first report comes before any read");
+    assert!(
+        seen.windows(2).all(|w| w[0].checked_blocks <= w[1].checked_blocks),
+        "{seen:?}"
+    );
+    let last = seen.last().unwrap();
+    assert_eq!(last.checked_blocks, last.total_blocks, "{last:?}");
+    assert!(
+        last.total_blocks > 0 && last.total_blocks < r.used_blocks,
+        "{last:?} {r:?}"
+    );
+    assert_eq!(r.io_errors, 0);
+}

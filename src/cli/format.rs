@@ -2,6 +2,7 @@
 //! person at the terminal to type "yes".
 
 use super::device::{self, OpenDevice};
+use super::progress::Progress;
 use super::{CliError, FormatArgs};
 use crate::admin::{active_namespaces, format_nvm, identify_controller, identify_namespace};
 use crate::claim::{Access, Claim};
@@ -155,6 +156,8 @@ fn namespace_for_check(dev: &OpenDevice, nsid: u32) -> Result<IdentifyNamespace,
 
 /// `ironvme format DEV [--nsid N] --lbaf L [--ses S] [--force]`.
 ///
+/// While Format NVM runs, a spinner turns on stderr when it is a terminal.
+///
 /// Without `--force`, refuses before opening anything when stdin is not a terminal, and
 /// does nothing unless the answer is "yes". On a kernel node it refuses while any
 /// namespace of the controller is in use ([`crate::claim`]), and keeps them claimed until
@@ -206,7 +209,14 @@ pub fn run(args: &FormatArgs, out: &mut dyn Write) -> Result<(), CliError> {
         }
     }
     tracing::info!(device = %name, nsid, lbaf = args.lbaf, ses = args.ses, "Format NVM");
-    format_nvm(dev.admin(), nsid, args.lbaf, args.ses, timeout).map_err(CliError::on(&dev))?;
+    // Format NVM reports no progress of its own: a spinner shows it is still running.
+    let spinner = Progress::spinner(format!(
+        "Format NVM of {name}, namespace {nsid:#x}, to LBA format {} (up to {} s)",
+        args.lbaf, args.timeout
+    ));
+    let formatted = format_nvm(dev.admin(), nsid, args.lbaf, args.ses, timeout);
+    spinner.finish();
+    formatted.map_err(CliError::on(&dev))?;
     writeln!(out, "Success formatting namespace:{nsid:x}")?;
     if nsid != NSID_ALL {
         let after = identify_namespace(dev.admin(), nsid).map_err(CliError::on(&dev))?;

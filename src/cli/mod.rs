@@ -35,8 +35,22 @@
 //!   `--nsid` it formats the only active namespace, and refuses to guess among several.
 //! - **`list` never opens a device**: it reads sysfs only, because opening a
 //!   vfio-pci-bound controller would reset it under whoever uses it.
-//! - **Errors** are one `ironvme: ` line on stderr and exit status 1; usage errors are
-//!   clap's (status 2). A failed NVMe command shows its decoded status.
+//! - **Errors** are one `ironvme: ` line on stderr. A failed NVMe command shows its
+//!   decoded status.
+//! - **Exit status tells scripts what went wrong** ([`CliError::exit_code`]):
+//!   - 0: success;
+//!   - 1 ([`EXIT_FAILURE`]): a device or OS error (opening, a failed command or I/O, a
+//!     refusal to touch a device in use or without consent, an argument the device
+//!     cannot take);
+//!   - 2 ([`EXIT_USAGE`]): a usage error: the command line is wrong whatever the device
+//!     (clap's own errors, and [`CliError::Usage`]: `VOL@SNAP` without `@`, a malformed
+//!     resume token, `serve` flags that make no target);
+//!   - 3 ([`EXIT_MISMATCH`]): the data is not what it should be, and nothing else failed:
+//!     `verify` found mismatched blocks, `vde fsck` found violations, `compare` found
+//!     data that differs. An I/O error in the same run wins (1): the check was incomplete.
+//! - **Progress** ([`progress`]): `verify`, `format`, `perf` and `vde send`, `recv` and
+//!   `fsck` draw a bar (with an ETA where the total is known) or a spinner on stderr
+//!   when it is a terminal, and nothing when it is not.
 
 pub mod device;
 pub mod features;
@@ -46,6 +60,7 @@ pub mod list;
 pub mod logs;
 pub mod output;
 pub mod perf;
+pub mod progress;
 pub mod rawio;
 pub mod serve;
 pub mod vde;
@@ -55,11 +70,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use output::OutputFormat;
 use std::io::{self, Write};
 
-/// Exit status of every failure other than a usage error.
+/// Exit status of a device or OS error: every failure that is neither a usage error nor
+/// a data mismatch.
 pub const EXIT_FAILURE: i32 = 1;
-/// Exit status of a usage error (clap's own).
+/// Exit status of a usage error: clap's own, and [`CliError::Usage`].
 pub const EXIT_USAGE: i32 = 2;
-/// Exit status when data differs from what it was compared with.
+/// Exit status of a data mismatch ([`CliError::Mismatch`]): `verify` found blocks that are
+/// not what was written, `vde fsck` found violations, `compare` found data that differs,
+/// and no I/O failed.
 pub const EXIT_MISMATCH: i32 = 3;
 
 /// The DEV help shared by every subcommand that opens a controller.
@@ -86,7 +104,12 @@ const DEV_HELP: &str = "The controller: the PCI address of one bound to vfio-pci
                   files and vde:DEV:VOL, on the backend --backend names.\n\n\
                   Warnings and errors are printed on stderr. Set RUST_LOG=debug (or e.g. \
                   RUST_LOG=ironvme_nvme=trace) to see the driver's spans and events too, RUST_LOG=off for \
-                  nothing."
+                  nothing. Long runs (verify, format, perf, vde send/recv/fsck) show progress on stderr \
+                  when it is a terminal, and nothing when it is not.\n\n\
+                  Exit status: 0 success; 1 a device or OS error; 2 a usage error (the command line is \
+                  wrong whatever the device); 3 a data mismatch: verify found blocks that are not what \
+                  was written, vde fsck found violations, or compare found data that differs, and no I/O \
+                  failed (an I/O error wins: 1)."
 )]
 pub struct Cli {
     /// The subcommand.
@@ -192,7 +215,8 @@ pub enum Command {
     ///
     /// Destroys the data in the region (default: the first 64 MiB); on a device it needs
     /// --allow-write (regular files do not). --read-only checks what an earlier run wrote
-    /// (e.g. after a power cycle) without writing. Exits 1 on any mismatch or I/O error.
+    /// (e.g. after a power cycle) without writing. Exits 3 when blocks mismatched, 1 on an
+    /// I/O error (even with mismatches).
     Verify(verify::VerifyArgs),
     /// Serve namespaces and VDE volumes to other hosts over NVMe/TCP (Linux's nvme-tcp
     /// initiator: `nvme discover`, `nvme connect`) and NBD (nbd-client, qemu-img).
@@ -395,10 +419,20 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// Why a subcommand failed. Every variant exits with [`EXIT_FAILURE`]; the message is one
-/// line.
+/// Why a subcommand failed; the message is one line. [`CliError::Usage`] exits with
+/// [`EXIT_USAGE`], [`CliError::Mismatch`] with [`EXIT_MISMATCH`], every other variant
+/// with [`EXIT_FAILURE`].
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The command line is wrong whatever the device, in a way clap cannot check (a
+    /// `VOL@SNAP` without `@`, flags that together make no target); nothing was done.
+    #[error("{0}")]
+    Usage(String),
+    /// The command ran to its end and found data that is not what it should be (verify's
+    /// mismatched blocks, fsck's violations, data that differs from what `compare` was
+    /// given), and no I/O failed; its report has been printed.
+    #[error("{0}")]
+    Mismatch(String),
     /// The device is of a kind this build cannot open (kernel device paths).
     #[error("{0}")]
     Unsupported(String),
@@ -423,13 +457,10 @@ pub enum CliError {
         /// What failed.
         source: crate::Error,
     },
-    /// The command ran and found failures (failed I/Os, mismatched data); its report has
-    /// been printed.
+    /// The command ran and failed (failed I/Os, a store that cannot be read); its report
+    /// has been printed.
     #[error("{0}")]
     Failed(String),
-    /// The data differs from what it was compared with (`compare`).
-    #[error("{0}")]
-    Mismatch(String),
     /// Reading sysfs, the terminal, or writing the output failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -439,6 +470,7 @@ impl CliError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
+            CliError::Usage(_) => EXIT_USAGE,
             CliError::Mismatch(_) => EXIT_MISMATCH,
             _ => EXIT_FAILURE,
         }

@@ -144,14 +144,14 @@ pub struct ExportConfig {
 impl ServeArgs {
     /// The configuration the flags (or the file) describe.
     ///
-    /// Errors: [`CliError::Invalid`] for an unreadable or malformed file, or flags that
-    /// do not make a target.
+    /// Errors: [`CliError::Invalid`] for an unreadable file; [`CliError::Usage`] for a
+    /// malformed one, or flags that do not make a target.
     pub fn config(&self) -> Result<Config, CliError> {
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", path.display())))?;
             let mut c: Config =
-                toml::from_str(&text).map_err(|e| CliError::Invalid(format!("{}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
             // A CPU mask on the command line replaces the file's placement, poll group
             // count included.
             if self.cpumask.is_some() {
@@ -172,7 +172,7 @@ impl ServeArgs {
             let nqn = self
                 .nqn
                 .clone()
-                .ok_or_else(|| CliError::Invalid("--nvme-tcp needs --nqn NQN for its subsystem".into()))?;
+                .ok_or_else(|| CliError::Usage("--nvme-tcp needs --nqn NQN for its subsystem".into()))?;
             c.subsystem.push(SubsystemConfig {
                 nqn,
                 namespaces: self.namespaces.clone(),
@@ -185,7 +185,7 @@ impl ServeArgs {
         for e in &self.exports {
             let (name, spec) = e
                 .split_once('=')
-                .ok_or_else(|| CliError::Invalid(format!("--export {e:?}: expected NAME=SPEC")))?;
+                .ok_or_else(|| CliError::Usage(format!("--export {e:?}: expected NAME=SPEC")))?;
             c.export.push(ExportConfig {
                 name: name.into(),
                 spec: spec.into(),
@@ -199,9 +199,9 @@ impl Config {
     /// Checks that the configuration makes a target: listeners with something to serve,
     /// valid NQNs, hosts named (or any allowed), unique names.
     ///
-    /// Errors: [`CliError::Invalid`] saying what is missing or wrong.
+    /// Errors: [`CliError::Usage`] saying what is missing or wrong.
     pub fn check(&self) -> Result<(), CliError> {
-        let bad = |m: String| Err(CliError::Invalid(m));
+        let bad = |m: String| Err(CliError::Usage(m));
         if self.nvme_tcp.is_empty() && self.nbd.is_none() {
             return bad("nothing to serve on: give --nvme-tcp ADDR:PORT and/or --nbd ADDR:PORT".into());
         }
@@ -250,7 +250,7 @@ impl Config {
 /// An NQN: `nqn.` then at most 223 bytes in all (NVMe Base 2.0, 4.5).
 fn check_nqn(nqn: &str) -> Result<(), CliError> {
     if !nqn.starts_with("nqn.") || nqn.len() > 223 || nqn.bytes().any(|b| !(0x20..0x7F).contains(&b)) {
-        return Err(CliError::Invalid(format!(
+        return Err(CliError::Usage(format!(
             "{nqn:?} is not an NQN (\"nqn.\" followed by printable ASCII, at most 223 bytes)"
         )));
     }
@@ -386,14 +386,15 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
 /// `--cpumask`: one pinned poll group per CPU of the mask, or `poll_groups` (default 1)
 /// unpinned ones.
 ///
-/// Errors: [`CliError::Invalid`] for a malformed mask, a CPU this process may not run
-/// on (its affinity, as `taskset` or a cgroup set it), or a `poll_groups` that differs
-/// from the mask's CPU count.
+/// Errors: [`CliError::Usage`] for a malformed mask or a `poll_groups` that differs from
+/// the mask's CPU count; [`CliError::Invalid`] for a CPU this process may not run on (its
+/// affinity, as `taskset` or a cgroup set it: a fact of this machine, not of the command
+/// line).
 fn placement(poll_groups: Option<usize>, cpumask: Option<&str>) -> Result<Vec<Option<usize>>, CliError> {
     let Some(mask) = cpumask else {
         return Ok(vec![None; poll_groups.unwrap_or(1).max(1)]);
     };
-    let cpus = parse_cpumask(mask).map_err(|e| CliError::Invalid(format!("--cpumask {mask}: {e}")))?;
+    let cpus = parse_cpumask(mask).map_err(|e| CliError::Usage(format!("--cpumask {mask}: {e}")))?;
     let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
         .map_err(|e| CliError::Device(format!("sched_getaffinity: {e}")))?;
     if let Some(&cpu) = cpus.iter().find(|&&c| !allowed.is_set(c).unwrap_or(false)) {
@@ -409,7 +410,7 @@ fn placement(poll_groups: Option<usize>, cpumask: Option<&str>) -> Result<Vec<Op
     if let Some(n) = poll_groups
         && n != cpus.len()
     {
-        return Err(CliError::Invalid(format!(
+        return Err(CliError::Usage(format!(
             "--poll-groups {n} but --cpumask {mask} names {} CPU(s): one poll group runs on each",
             cpus.len()
         )));

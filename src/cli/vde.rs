@@ -19,13 +19,14 @@ use super::perf::report::{Latency, PERCENTILES};
 use super::perf::target;
 use super::perf::units::{parse_nonzero_size, parse_positive_duration};
 use super::perf::{BACKEND_HELP, IO_DEV_HELP};
+use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
 use crate::Backend;
 use crate::claim::{Access, Claim};
 use crate::vde::{MAX_OBJECT, Vde, VdeError, VdeOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -45,7 +46,8 @@ pub enum VdeCommand {
     Ls(LsArgs),
     /// Shows an object's size, version (txg) and extents.
     Stat(KeyArgs),
-    /// Checks every invariant of the store and every checksum; exits 1 on any violation.
+    /// Checks every invariant of the store and every checksum; exits 3 on violations, 1
+    /// if a read failed (the check is then incomplete).
     Fsck(StoreJson),
     /// Shows the store's layout and usage.
     Info(StoreJson),
@@ -436,9 +438,14 @@ fn close(store: Store, dev: &str) -> Result<(), CliError> {
 
 /// Runs `ironvme vde ...`.
 ///
-/// Errors: [`CliError::Invalid`] for a missing key or bad argument, [`CliError::Failed`]
-/// for store errors (corruption, I/O) and fsck violations, [`CliError::Refused`] for an
-/// unconfirmed format.
+/// `send`, `recv` and `fsck` show a progress bar on stderr when it is a terminal
+/// ([`Progress`]).
+///
+/// Errors: [`CliError::Usage`] for a malformed `VOL@SNAP` or resume token;
+/// [`CliError::Invalid`] for a missing key or an argument the store cannot take;
+/// [`CliError::Failed`] for store errors (corruption, I/O) and an fsck whose reads failed;
+/// [`CliError::Mismatch`] for fsck violations; [`CliError::Refused`] for an unconfirmed
+/// format.
 pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
         VdeCommand::Format(a) => format(a, out, &mut io::stdin().lock(), &mut io::stderr()),
@@ -487,7 +494,16 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
         VdeCommand::Ls(a) => ls(a, out),
         VdeCommand::Fsck(a) => {
             let vde = open(&a.store, Access::Shared, "vde fsck")?;
-            let r = vde.fsck().map_err(|e| fail(&a.store.dev, e))?;
+            // Drawn from the first report on, which knows the total.
+            let mut bar: Option<Progress> = None;
+            let r = vde
+                .fsck_with_progress(&mut |p| {
+                    let bar = bar.get_or_insert_with(|| Progress::count(p.total_blocks, "blocks"));
+                    bar.set_total(p.total_blocks.max(p.checked_blocks));
+                    bar.set(p.checked_blocks);
+                })
+                .map_err(|e| fail(&a.store.dev, e))?;
+            drop(bar);
             close(vde, &a.store.dev)?;
             if a.json {
                 write_json(out, &serde_json::to_value(&r).map_err(io::Error::from)?)?;
@@ -509,15 +525,7 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
                 }
                 writeln!(out, "{}", if r.clean() { "clean" } else { "NOT CLEAN" })?;
             }
-            if r.clean() {
-                Ok(())
-            } else {
-                Err(CliError::Failed(format!(
-                    "{}: fsck found {} violations",
-                    a.store.dev,
-                    r.violations.len()
-                )))
-            }
+            fsck_outcome(&a.store.dev, &r)
         }
         VdeCommand::Info(a) => {
             let vde = open(&a.store, Access::Shared, "vde info")?;
@@ -588,21 +596,22 @@ pub fn run(cmd: &VdeCommand, out: &mut dyn Write) -> Result<(), CliError> {
     }
 }
 
-/// Progress on standard error when it is a terminal: bytes and rate, and with a `total`
-/// (bytes) a bar and ETA.
-fn byte_bar(total: Option<u64>) -> Option<indicatif::ProgressBar> {
-    if !io::stderr().is_terminal() {
-        return None;
+/// What an fsck report on `dev` makes of the command: success when clean;
+/// [`CliError::Failed`] (exit 1) when a read failed, violations or not (the check is
+/// incomplete); [`CliError::Mismatch`] (exit 3) when it ran through and found violations.
+fn fsck_outcome(dev: &str, r: &crate::vde::FsckReport) -> Result<(), CliError> {
+    if r.clean() {
+        return Ok(());
     }
-    let bar = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
-    let template = match total {
-        Some(_) => "{elapsed:>4} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        None => "{elapsed:>4} {bytes} {binary_bytes_per_sec}",
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
+    let message = format!("{dev}: fsck found {} violations", r.violations.len());
+    if r.io_errors > 0 {
+        Err(CliError::Failed(format!(
+            "{message}, {} of them failed reads (the check is incomplete)",
+            r.io_errors
+        )))
+    } else {
+        Err(CliError::Mismatch(message))
     }
-    Some(bar)
 }
 
 fn send(a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
@@ -611,7 +620,7 @@ fn send(a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
         .as_deref()
         .map(|t| t.parse::<crate::vde::ResumeToken>())
         .transpose()
-        .map_err(|e| CliError::Invalid(e.to_string()))?;
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let base = match (&a.base, &a.snapshot) {
         (Some(b), Some(s)) if !b.contains('@') || b.starts_with('@') => {
             let vol = split_snapshot(s)?.0;
@@ -631,12 +640,8 @@ fn send(a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
         (Some(s), _) => vde.dataset(s).map_err(|e| fail(&a.store.dev, e))?.size,
         _ => 0,
     };
-    let bar = byte_bar(a.snapshot.as_ref().map(|_| size));
-    let mut tick = |at: u64| {
-        if let Some(b) = &bar {
-            b.set_position(at);
-        }
-    };
+    let bar = Progress::bytes(a.snapshot.as_ref().map(|_| size));
+    let mut tick = |at: u64| bar.set(at);
     let started = Instant::now();
     let stats = match (&token, &a.snapshot) {
         (Some(t), _) => vde.send_resume(t, sink, &mut tick),
@@ -646,9 +651,7 @@ fn send(a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
     .map_err(|e| fail(&a.store.dev, e))?;
     sink.flush()?;
     let elapsed = started.elapsed().as_secs_f64();
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    bar.finish();
     close(vde, &a.store.dev)?;
     if a.json {
         let mut v = serde_json::to_value(&stats).map_err(io::Error::from)?;
@@ -677,20 +680,17 @@ fn recv(a: &RecvArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     // A receive waiting from before is never discarded by this one's failure.
     let waiting = vde.recv_token(&a.volume).map_err(|e| fail(&a.store.dev, e))?.is_some();
-    let bar = byte_bar(None);
-    let mut tick = |at: u64| {
-        if let Some(b) = &bar {
-            b.set_position(at);
-        }
-    };
     // Unbuffered: a Write's data is read straight into its own buffer.
     let mut input = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned()?);
+    // A stream from a file (`< FILE`) has a known size, so its bar has an ETA; a pipe's
+    // shows bytes and rate.
+    let size = input.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    let bar = Progress::bytes(size);
+    let mut tick = |at: u64| bar.set(at);
     let started = Instant::now();
     let r = vde.recv(&a.volume, a.force, &mut input, &mut tick);
     let elapsed = started.elapsed().as_secs_f64();
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    bar.finish();
     let stats = match r {
         Ok(s) => s,
         Err(e) => {
@@ -720,11 +720,11 @@ fn recv(a: &RecvArgs, out: &mut dyn Write) -> Result<(), CliError> {
 
 /// `VOL@SNAP` as (VOL, SNAP).
 ///
-/// Errors: [`CliError::Invalid`] without an `@`.
+/// Errors: [`CliError::Usage`] without an `@`.
 fn split_snapshot(s: &str) -> Result<(&str, &str), CliError> {
     s.split_once('@')
         .filter(|(v, n)| !v.is_empty() && !n.is_empty())
-        .ok_or_else(|| CliError::Invalid(format!("{s:?} is not a snapshot: write VOL@NAME")))
+        .ok_or_else(|| CliError::Usage(format!("{s:?} is not a snapshot: write VOL@NAME")))
 }
 
 /// Bytes for tables: 4.0K, 1.5M, 64.0G (binary units, as `zfs list` shows them).
@@ -1069,6 +1069,31 @@ fn hash_speed(data: &[u8]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fsck_violations_exit_3_unless_a_read_failed() {
+        use crate::cli::{EXIT_FAILURE, EXIT_MISMATCH};
+        use crate::vde::FsckReport;
+        assert!(fsck_outcome("d", &FsckReport::default()).is_ok());
+        let mut r = FsckReport {
+            violations: vec!["object \"k\": extent 67+1 does not match its checksum".into()],
+            ..FsckReport::default()
+        };
+        let e = fsck_outcome("d", &r).unwrap_err();
+        assert_eq!(
+            (e.exit_code(), e.to_string()),
+            (EXIT_MISMATCH, "d: fsck found 1 violations".into())
+        );
+        r.violations
+            .push("object index: read of block 70: Input/output error".into());
+        r.io_errors = 1;
+        let e = fsck_outcome("d", &r).unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_FAILURE, "{e}");
+        assert_eq!(
+            e.to_string(),
+            "d: fsck found 2 violations, 1 of them failed reads (the check is incomplete)"
+        );
+    }
 
     #[test]
     fn objects_up_to_the_limit_are_read_and_larger_ones_refused() {

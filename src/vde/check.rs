@@ -70,6 +70,10 @@ pub struct FsckReport {
     pub used_blocks: u64,
     /// Every violation, one line each (the first 1000, each once).
     pub violations: Vec<String>,
+    /// Reads that failed ([`VdeError::Io`]) and stopped a part of the check; each is also
+    /// a violation. What they would have read is unchecked, so a report with any is
+    /// incomplete.
+    pub io_errors: u64,
 }
 
 impl FsckReport {
@@ -82,6 +86,45 @@ impl FsckReport {
         if self.violations.len() < 1000 && !self.violations.contains(&v) {
             self.violations.push(v);
         }
+    }
+
+    /// A part of the check (`what`) stopped with `e`: a violation, and an I/O error when
+    /// `e` is one.
+    fn stopped(&mut self, what: &str, e: &VdeError) {
+        if matches!(e, VdeError::Io { .. }) {
+            self.io_errors += 1;
+        }
+        self.violation(format!("{what}: {e}"));
+    }
+}
+
+/// How far a check has got, for a progress display
+/// ([`Vde::fsck_with_progress`](super::Vde::fsck_with_progress)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsckProgress {
+    /// Distinct blocks reached so far (metadata and data; the superblocks and intent log
+    /// not counted).
+    pub checked_blocks: u64,
+    /// The blocks a healthy store has to reach: those its space map marks in use, less
+    /// the superblocks and intent log. On a damaged store (a leak, a dangling pointer)
+    /// `checked_blocks` may end below or above it.
+    pub total_blocks: u64,
+}
+
+/// Tells a progress callback how many blocks have been reached.
+struct Ticker<'a> {
+    report: &'a mut dyn FnMut(FsckProgress),
+    /// Blocks before the pool (marked reached before the walks).
+    before_pool: u64,
+    total_blocks: u64,
+}
+
+impl Ticker<'_> {
+    fn tick(&mut self, refs: &Refs) {
+        (self.report)(FsckProgress {
+            checked_blocks: refs.reached.saturating_sub(self.before_pool),
+            total_blocks: self.total_blocks,
+        });
     }
 }
 
@@ -127,6 +170,8 @@ struct Refs {
     twice: BTreeSet<u64>,
     /// Blocks referenced twice past the first [`MAX_NAMED`].
     more: u64,
+    /// Blocks in `seen`: the distinct blocks reached so far.
+    reached: u64,
 }
 
 impl Refs {
@@ -149,6 +194,8 @@ impl Refs {
         self.solo.set(b);
         if self.seen.set(b) {
             self.twice(b);
+        } else {
+            self.reached += 1;
         }
     }
 
@@ -156,6 +203,7 @@ impl Refs {
     /// referenced it before.
     fn shared(&mut self, b: u64) -> bool {
         let first = !self.seen.set(b);
+        self.reached += u64::from(first);
         if !first && (self.solo.get(b) || !self.family.get(b)) {
             self.twice(b);
         }
@@ -268,11 +316,13 @@ impl Families {
     }
 }
 
-/// Runs every check on `store` after committing its open txg.
+/// Runs every check on `store` after committing its open txg, telling `progress` after
+/// each block it reads.
 ///
 /// Errors: I/O errors that make going on pointless, [`VdeError::Poisoned`]; everything
-/// else is a violation in the report.
-pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
+/// else is a violation in the report (failed reads counted in
+/// [`FsckReport::io_errors`] too).
+pub fn check(store: &Vde, progress: &mut dyn FnMut(FsckProgress)) -> Result<FsckReport, VdeError> {
     // Data is read through a lane of its own while the walks hold the metadata lane.
     let mut dlane = store.lane()?;
     let mut st = store.state()?;
@@ -285,6 +335,11 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
     let total = sb.total_blocks;
     let first = sb.pool_start();
     let tag = sb.tag();
+    let mut ticker = Ticker {
+        report: progress,
+        before_pool: first,
+        total_blocks: st.space.used().saturating_sub(first),
+    };
     let mut refs = Refs {
         seen: Bits::new(total),
         solo: Bits::new(total),
@@ -292,10 +347,12 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
         own: Bits::new(total),
         twice: BTreeSet::new(),
         more: 0,
+        reached: 0,
     };
     for b in 0..first {
         refs.solo(b);
     }
+    ticker.tick(&refs);
     // 1. Both copies.
     for at in pool::SUPER2 {
         let mut b = Box::new([0u8; BLOCK]);
@@ -321,12 +378,13 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
             super::block::check(&b, ptr.addr, kind, Some(ptr), tag)?;
             refs.solo(ptr.addr);
             r.meta_blocks += 1;
+            ticker.tick(&refs);
             Ok(std::sync::Arc::from(b))
         };
         match SpaceMap::load(total, sb.space, &mut read) {
             Ok(s) => Some(s),
             Err(e) => {
-                r.violation(format!("space map: {e}"));
+                r.stopped("space map", &e);
                 None
             }
         }
@@ -341,6 +399,7 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
                 Visit::Node { ptr, .. } => {
                     refs.solo(ptr.addr);
                     r.meta_blocks += 1;
+                    ticker.tick(&refs);
                 }
                 Visit::Entry { key, value } => {
                     objects += 1;
@@ -354,6 +413,7 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
                                 buf.resize(n as usize * BLOCK, 0);
                                 dlane.read(s, &mut buf)?;
                                 r.bytes_checked += buf.len() as u64;
+                                ticker.tick(&refs);
                                 if xxh3_64_with_seed(&buf, tag) != sum {
                                     r.violation(format!(
                                         "object {:?}: extent {s}+{n} does not match its checksum",
@@ -371,7 +431,7 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
         Tree::walk(&mut io, NodeKind::Objects, sb.objects, 0, &mut visit)
     };
     if let Err(e) = walked {
-        r.violation(format!("object index: {e}"));
+        r.stopped("object index", &e);
     }
     r.objects = objects;
     if objects != sb.objects_count {
@@ -385,10 +445,11 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
         if let Visit::Node { ptr, .. } = v {
             refs.solo(ptr.addr);
             r.meta_blocks += 1;
+            ticker.tick(&refs);
         }
         Ok(())
     }) {
-        r.violation(format!("dataset directory: {e}"));
+        r.stopped("dataset directory", &e);
     }
     let mut fams = Families {
         root: sb.datasets,
@@ -402,6 +463,7 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
         first,
         total,
         tag,
+        ticker: &mut ticker,
     };
     // Every record and its family; the datasets outside any family are checked alone.
     let census = each_dataset(st, sb.datasets, None, &mut |st, name, rec| {
@@ -424,7 +486,7 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
         true
     });
     if let Err(e) = census {
-        ck.r.violation(format!("dataset directory: {e}"));
+        ck.r.stopped("dataset directory", &e);
     }
     // Each family: its extent maps, then its dead lists (their entries must be held by
     // the family's maps) and its volumes' chains.
@@ -479,7 +541,7 @@ pub fn check(store: &Vde) -> Result<FsckReport, VdeError> {
 }
 
 /// What the dataset checks share.
-struct Checker<'a> {
+struct Checker<'a, 'p> {
     dlane: &'a mut Lane,
     r: &'a mut FsckReport,
     refs: &'a mut Refs,
@@ -488,9 +550,10 @@ struct Checker<'a> {
     first: u64,
     total: u64,
     tag: u64,
+    ticker: &'a mut Ticker<'p>,
 }
 
-impl Checker<'_> {
+impl Checker<'_, '_> {
     /// Checks the family of volume `root` (no clone): its members' extent maps, then their
     /// dead lists and its volumes' snapshot chains.
     fn family(&mut self, st: &mut State, fams: &mut Families, root: &[u8]) {
@@ -517,7 +580,9 @@ impl Checker<'_> {
 
     fn extents(&mut self, st: &mut State, name: &str, rec: &DatasetRec) {
         let (first, total, tag) = (self.first, self.total, self.tag);
-        let Checker { dlane, r, refs, .. } = self;
+        let Checker {
+            dlane, r, refs, ticker, ..
+        } = self;
         let mut refer = 0u64;
         let mut buf = Vec::new();
         let walked = Tree::walk(&mut uncached(st), NodeKind::Extents, rec.extents, 0, &mut |v| {
@@ -525,6 +590,7 @@ impl Checker<'_> {
                 Visit::Node { ptr, .. } => {
                     if refs.shared(ptr.addr) {
                         r.meta_blocks += 1;
+                        ticker.tick(refs);
                     }
                 }
                 Visit::Entry { key, value } => match VolExtent::decode(value, first, total) {
@@ -561,6 +627,7 @@ impl Checker<'_> {
                             buf.resize(e.len as usize * BLOCK, 0);
                             dlane.read(e.pba, &mut buf)?;
                             r.bytes_checked += buf.len() as u64;
+                            ticker.tick(refs);
                             for (i, (b, sum)) in buf.chunks(BLOCK).zip(&e.sums).enumerate() {
                                 if xxh3_64_with_seed(b, tag) != *sum {
                                     r.violation(format!(
@@ -577,7 +644,7 @@ impl Checker<'_> {
             Ok(())
         });
         if let Err(e) = walked {
-            r.violation(format!("{name}: extent map: {e}"));
+            r.stopped(&format!("{name}: extent map"), &e);
         }
         if refer != rec.refer_blocks {
             r.violation(format!(
@@ -589,13 +656,14 @@ impl Checker<'_> {
 
     fn deadlist(&mut self, st: &mut State, name: &str, rec: &DatasetRec) {
         let total = self.total;
-        let Checker { r, refs, .. } = self;
+        let Checker { r, refs, ticker, .. } = self;
         let mut dead = 0u64;
         let walked = Tree::walk(&mut uncached(st), NodeKind::Deadlist, rec.deadlist, 0, &mut |v| {
             match v {
                 Visit::Node { ptr, .. } => {
                     refs.solo(ptr.addr);
                     r.meta_blocks += 1;
+                    ticker.tick(refs);
                 }
                 Visit::Entry { key, value } => {
                     if key.len() != 16 || value.len() != 5 {
@@ -639,7 +707,7 @@ impl Checker<'_> {
             Ok(())
         });
         if let Err(e) = walked {
-            r.violation(format!("{name}: dead list: {e}"));
+            r.stopped(&format!("{name}: dead list"), &e);
         }
         if dead != rec.dead_blocks {
             r.violation(format!(

@@ -56,7 +56,7 @@ pub mod stream;
 pub mod tree;
 pub mod volume;
 
-pub use self::check::FsckReport;
+pub use self::check::{FsckProgress, FsckReport};
 pub use self::dataset::{DatasetInfo, DatasetKind};
 pub use self::format::{MAX_KEY, MAX_OBJECT};
 pub use self::replicate::{RecvStats, ResumeToken, SendStats};

@@ -1133,7 +1133,18 @@ impl Vde {
     /// Errors: I/O errors that stop the check, [`VdeError::Poisoned`]; violations are in
     /// the report.
     pub fn fsck(&self) -> Result<super::check::FsckReport, VdeError> {
-        super::check::check(self)
+        self.fsck_with_progress(&mut |_| {})
+    }
+
+    /// [`Vde::fsck`], calling `progress` after each block it reads and checks (every
+    /// metadata block, every data extent), for a progress display.
+    ///
+    /// Errors: as [`Vde::fsck`].
+    pub fn fsck_with_progress(
+        &self,
+        progress: &mut dyn FnMut(super::check::FsckProgress),
+    ) -> Result<super::check::FsckReport, VdeError> {
+        super::check::check(self, progress)
     }
 
     /// Commits the open txg, so the next open has nothing to replay.

@@ -50,6 +50,7 @@ use self::engine::{Completions, Phases, ThreadStats};
 use self::report::{CpuUse, RunInfo, Summary};
 use self::units::{iec_exact, parse_duration, parse_nonzero_size, parse_positive_duration, parse_size, si_count};
 use self::workload::{Generator, Region, Rw, SplitMix64};
+use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
 use crate::block::{BlockQueue, NamespaceInfo};
 use crate::nvme::hw::DmaBuf;
@@ -378,13 +379,17 @@ pub fn execute(device: &Device, plan: &Plan, clock: &Clock, progress: bool) -> R
             return Err(first.unwrap_or_else(|| CliError::Device("a perf thread could not start".into())));
         }
         let began = Instant::now();
-        let bar = progress.then(|| progress_bar(plan.ramp + plan.time));
-        let show = |bar: &Option<indicatif::ProgressBar>, last: &mut (Instant, u64)| {
-            if let Some(bar) = bar {
+        let bar = if progress {
+            Progress::timed(plan.ramp + plan.time)
+        } else {
+            Progress::hidden()
+        };
+        let show = |bar: &Progress, last: &mut (Instant, u64)| {
+            if bar.is_drawn() {
                 let done: u64 = counters.iter().map(|c| c.0.load(Ordering::Relaxed)).sum();
                 let dt = last.0.elapsed().as_secs_f64();
-                bar.set_position(began.elapsed().as_millis() as u64);
-                bar.set_message(format!("IOPS={}", si_count((done - last.1) as f64 / dt.max(1e-3))));
+                bar.set(began.elapsed().as_millis() as u64);
+                bar.message(format!("IOPS={}", si_count((done - last.1) as f64 / dt.max(1e-3))));
                 *last = (Instant::now(), done);
             }
         };
@@ -400,9 +405,7 @@ pub fn execute(device: &Device, plan: &Plan, clock: &Clock, progress: bool) -> R
         let (usage1, wall_s) = (rusage_self(), calibration.instant().elapsed().as_secs_f64());
         let ticks_per_ns = calibration.rate(clock, end);
         finish.wait();
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
+        bar.finish();
         let mut stats = Vec::with_capacity(n);
         for h in handles {
             match h.join() {
@@ -464,8 +467,8 @@ fn prepare(device: &Device, plan: &Plan, t: usize) -> Result<(IoQueue, Vec<DmaBu
 }
 
 /// Sleeps until `deadline`, calling `tick` about twice a second if there is a bar.
-fn sleep_until(deadline: Instant, bar: &Option<indicatif::ProgressBar>, tick: &mut dyn FnMut()) {
-    let step = if bar.is_some() {
+fn sleep_until(deadline: Instant, bar: &Progress, tick: &mut dyn FnMut()) {
+    let step = if bar.is_drawn() {
         Duration::from_millis(500)
     } else {
         Duration::MAX
@@ -478,17 +481,6 @@ fn sleep_until(deadline: Instant, bar: &Option<indicatif::ProgressBar>, tick: &m
         std::thread::sleep(left.min(step));
         tick();
     }
-}
-
-fn progress_bar(total: Duration) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(total.as_millis() as u64),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
 }
 
 /// (user, system) CPU seconds of the whole process so far, and its peak resident set in

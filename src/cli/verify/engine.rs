@@ -160,12 +160,29 @@ impl Findings {
     }
 }
 
-/// Runs `plan` on `device`.
+impl Plan {
+    /// Bytes the run transfers: every block of the region written (unless read-only) and
+    /// read, in every pass. The total of its progress bar.
+    pub fn transfer_bytes(&self) -> u64 {
+        let per_pass = if self.read_only { 1 } else { 2 };
+        self.passes * per_pass * self.blocks * u64::from(self.block_size)
+    }
+}
+
+/// Runs `plan` on `device`, showing nothing.
+///
+/// Errors: see [`verify_with_progress`].
+pub fn verify(device: &Device, plan: &Plan) -> Result<Findings, CliError> {
+    verify_with_progress(device, plan, &Progress::hidden())
+}
+
+/// Runs `plan` on `device`, adding each transfer's bytes to `progress` as it completes
+/// (its total is [`Plan::transfer_bytes`]) and naming the pass and phase in its message.
 ///
 /// Errors: [`CliError::Invalid`] when the queue cannot be as deep as asked;
 /// [`CliError::Device`] when the queue or buffers cannot be created. Failures during the
 /// run are in the [`Findings`].
-pub fn verify(device: &Device, plan: &Plan) -> Result<Findings, CliError> {
+pub fn verify_with_progress(device: &Device, plan: &Plan, progress: &Progress) -> Result<Findings, CliError> {
     let backend = device.backend();
     let mut q = device
         .create_queue(Some(plan.nsid), plan.qd)
@@ -195,7 +212,8 @@ pub fn verify(device: &Device, plan: &Plan) -> Result<Findings, CliError> {
         };
         if !plan.read_only {
             let t = Instant::now();
-            stream(&mut q, &mut pool, plan, pass, true, &mut f);
+            progress.message(format!("pass {pass}: write"));
+            stream(&mut q, &mut pool, plan, pass, true, &mut f, progress);
             if f.fatal.is_none() {
                 if let Err(e) = block::run_one(&mut q, Op::Flush, None) {
                     match e.error {
@@ -214,7 +232,8 @@ pub fn verify(device: &Device, plan: &Plan) -> Result<Findings, CliError> {
         }
         if f.fatal.is_none() {
             let t = Instant::now();
-            stream(&mut q, &mut pool, plan, pass, false, &mut f);
+            progress.message(format!("pass {pass}: read"));
+            stream(&mut q, &mut pool, plan, pass, false, &mut f, progress);
             result.read_s = t.elapsed().as_secs_f64();
         }
         result.mismatches = f.mismatch_count - mismatches;
@@ -229,7 +248,7 @@ pub fn verify(device: &Device, plan: &Plan) -> Result<Findings, CliError> {
 }
 
 /// Writes (stamping) or reads (checking) every block of the region once, with up to
-/// `qd` transfers outstanding.
+/// `qd` transfers outstanding, adding each completed transfer's bytes to `progress`.
 fn stream<Q: BlockQueue>(
     q: &mut Q,
     pool: &mut Vec<(usize, DmaBuf)>,
@@ -237,6 +256,7 @@ fn stream<Q: BlockQueue>(
     pass: u64,
     write: bool,
     f: &mut Findings,
+    progress: &Progress,
 ) {
     let bsz = plan.block_size as usize;
     let end = plan.first_lba + plan.blocks;
@@ -300,6 +320,7 @@ fn stream<Q: BlockQueue>(
         q.wait(plan.qd, |c: Completion| {
             let tag = c.tag as usize;
             let (lba, n) = slots[tag];
+            progress.add(n * bsz as u64);
             match c.result {
                 Err(status) => f.failed(IoFailure {
                     pass,

@@ -47,7 +47,7 @@ mod engine;
 mod report;
 mod stamp;
 
-pub use engine::{Findings, IoFailure, Mismatch, PassResult, Plan, verify};
+pub use engine::{Findings, IoFailure, Mismatch, PassResult, Plan, verify, verify_with_progress};
 pub use report::{Subject, human, json};
 pub use stamp::{CHECKSUM_BYTES, HEADER_BYTES, MAGIC, Problem, Stamp, check_block, stamp_block};
 
@@ -55,6 +55,7 @@ use super::perf::target;
 use super::perf::units::{iec_exact, parse_nonzero_size, parse_size};
 use super::perf::workload::{SplitMix64, mix64};
 use super::perf::{BACKEND_HELP, IO_DEV_HELP, region_bytes};
+use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
 use crate::block::{self, BlockError, BlockQueue, Completion, IoStatus, Op};
 use crate::nvme::hw::DmaBuf;
@@ -121,15 +122,20 @@ pub struct VerifyArgs {
 
 /// Runs `ironvme verify`.
 ///
+/// Shows a progress bar on stderr when it is a terminal ([`Progress`]).
+///
 /// Errors: [`CliError::Refused`] for a write without consent; [`CliError::Invalid`] for
-/// arguments the device cannot take; [`CliError::Failed`] after the report when a block
-/// mismatched or an I/O failed.
+/// arguments the device cannot take; after the report, [`CliError::Failed`] when an I/O
+/// failed (mismatches or not) and [`CliError::Mismatch`] when only blocks mismatched
+/// ([`outcome`]).
 pub fn run(a: &VerifyArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let writes = (!a.read_only).then_some("verify");
     let dev = target::open(&a.dev, a.backend, writes, a.allow_write)?;
     let ns = dev.device.namespace(a.nsid)?;
     let plan = Plan::new(a, &ns)?;
-    let findings = verify(&dev.device, &plan)?;
+    let progress = Progress::bytes(Some(plan.transfer_bytes()));
+    let findings = verify_with_progress(&dev.device, &plan, &progress)?;
+    progress.finish();
     let mut recheck = format!(
         " --offset {} --size {}",
         plan.first_lba * u64::from(plan.block_size),
@@ -152,19 +158,31 @@ pub fn run(a: &VerifyArgs, out: &mut dyn Write) -> Result<(), CliError> {
         write!(out, "{}", human(&subject, &plan, &findings))?;
     }
     out.flush()?;
-    if !findings.ok() {
-        return Err(CliError::Failed(format!(
-            "verify on {}: {} mismatched blocks, {} I/O errors{}",
-            dev.name,
-            findings.mismatch_count,
-            findings.error_count,
-            findings
-                .fatal
-                .as_ref()
-                .map_or(String::new(), |w| format!("; stopped early: {w}"))
-        )));
+    outcome(&dev.name, &findings)
+}
+
+/// What a run's findings on `device` make of the command: success when nothing went
+/// wrong; [`CliError::Failed`] (exit 1) when an I/O failed or the run stopped early,
+/// whatever else it found (the check was incomplete); [`CliError::Mismatch`] (exit 3)
+/// when the only problem is mismatched blocks.
+pub fn outcome(device: &str, findings: &Findings) -> Result<(), CliError> {
+    if findings.ok() {
+        return Ok(());
     }
-    Ok(())
+    let message = format!(
+        "verify on {device}: {} mismatched blocks, {} I/O errors{}",
+        findings.mismatch_count,
+        findings.error_count,
+        findings
+            .fatal
+            .as_ref()
+            .map_or(String::new(), |w| format!("; stopped early: {w}"))
+    );
+    if findings.error_count == 0 && findings.fatal.is_none() {
+        Err(CliError::Mismatch(message))
+    } else {
+        Err(CliError::Failed(message))
+    }
 }
 
 #[cfg(test)]
@@ -419,6 +437,40 @@ mod tests {
             json!({"lba": 2, "pass": 1, "kind": "stale", "problem": "lost write: holds another run's data (seed 9, pass 1), not this run's (seed 42, pass 1)", "found_lba": 2, "found_pass": 1, "found_seed": 9})
         );
         assert_eq!(v["errors"][0]["status"], "Input/output error (os error 5)");
+    }
+
+    #[test]
+    fn mismatches_alone_exit_3_and_an_io_error_wins() {
+        use crate::cli::{EXIT_FAILURE, EXIT_MISMATCH};
+        let mismatch = Mismatch {
+            lba: 7,
+            pass: 1,
+            problem: Problem::Zeros,
+        };
+        let io = IoFailure {
+            pass: 1,
+            op: "read",
+            lba: 0,
+            blocks: 1,
+            status: IoStatus::Os(libc::EIO),
+        };
+        assert!(outcome("d", &Findings::default()).is_ok());
+        let mut f = Findings::default();
+        f.mismatch(mismatch);
+        let e = outcome("d", &f).unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_MISMATCH, "{e}");
+        assert_eq!(e.to_string(), "verify on d: 1 mismatched blocks, 0 I/O errors");
+        f.failed(io.clone());
+        assert_eq!(outcome("d", &f).unwrap_err().exit_code(), EXIT_FAILURE);
+        let mut f = Findings::default();
+        f.failed(io);
+        assert_eq!(outcome("d", &f).unwrap_err().exit_code(), EXIT_FAILURE);
+        let mut f = Findings::default();
+        f.mismatch(mismatch);
+        f.fatal = Some("ring: gone".into());
+        let e = outcome("d", &f).unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_FAILURE);
+        assert!(e.to_string().ends_with("; stopped early: ring: gone"), "{e}");
     }
 
     /// verify on the simulated controller, and what it finds after blocks are damaged
