@@ -764,3 +764,73 @@ fn raw_io_round_trips_with_the_kernel_on_every_backend() {
         "{disk}: zeroed blocks are not zeros"
     );
 }
+
+/// `ironvme list` against live `nvme list`: nvme-cli's table first, identical byte for
+/// byte, then ironvme's controller table; `-o json`'s `Devices` equal to `nvme list -o
+/// json`'s. Once with every controller on the kernel (the 7 namespaces of
+/// `testdata/nvme-cli-2.3/list.txt`), once with one on vfio-pci: it has no kernel nodes,
+/// no row in either tool's table, and is listed from sysfs without being opened.
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn list_prints_what_nvme_list_prints_and_every_controller() {
+    let controllers = topology();
+    for on_vfio in [false, true] {
+        let vfio = on_vfio.then(|| OnVfio::bind("IRONVME_VFIO_4K_BDF"));
+        let theirs = common::run("nvme", &["list"]);
+        let ours = ok(&["list"]);
+        let rows = theirs.lines().count();
+        let head: String = ours.split_inclusive('\n').take(rows).collect();
+        common::assert_same_text(&head, &theirs);
+        if !on_vfio {
+            assert_eq!(rows, 2 + 7, "{theirs}");
+        }
+        assert_eq!(ok(&["list", "-o", "normal"]), ours);
+
+        // Then an empty line and ironvme's view of every controller.
+        let rest: Vec<&str> = ours[theirs.len()..].lines().collect();
+        assert_eq!(rest[0], "", "{ours}");
+        assert!(rest[1].starts_with("BDF "), "{ours}");
+        assert_eq!(rest.len(), 2 + controllers.len(), "{ours}");
+        for (bdf, serial) in &controllers {
+            let line = rest
+                .iter()
+                .find(|l| l.starts_with(bdf.as_str()))
+                .unwrap_or_else(|| panic!("{bdf} missing from\n{ours}"));
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if vfio.as_ref().is_some_and(|v| v.bdf == *bdf) {
+                assert_eq!(&cols[2..], ["vfio-pci", cols[3], "-", "-", "-", "-", "-"], "{line}");
+                assert!(!theirs.contains(serial.as_str()), "{theirs}");
+            } else {
+                assert_eq!((cols[2], cols[5]), ("nvme", serial.as_str()), "{line}");
+                assert!(
+                    theirs.contains(&format!(" {serial:<20} ")),
+                    "{serial} has rows in\n{theirs}"
+                );
+            }
+        }
+
+        let theirs: Value = serde_json::from_str(&common::run("nvme", &["list", "-o", "json"])).unwrap();
+        let ours = ok_json(&["list"]);
+        common::assert_same_json(&ours["Devices"], &theirs["Devices"]);
+        assert_eq!(
+            ours["controllers"].as_array().unwrap().len(),
+            controllers.len(),
+            "{ours}"
+        );
+        let text = ok(&["list", "-o", "json"]);
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), ours);
+        if let Some(v) = &vfio {
+            let c = ours["controllers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["bdf"] == v.bdf.as_str())
+                .unwrap();
+            assert_eq!(
+                (&c["driver"], &c["serial"]),
+                (&Value::from("vfio-pci"), &Value::Null),
+                "{c}"
+            );
+        }
+    }
+}

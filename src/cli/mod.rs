@@ -33,8 +33,9 @@
 //!   and formats only after "yes" is typed on the terminal; without a terminal it refuses
 //!   unless `--force`, before opening anything (opening resets the controller). Without
 //!   `--nsid` it formats the only active namespace, and refuses to guess among several.
-//! - **`list` never opens a device**: it reads sysfs only, because opening a
-//!   vfio-pci-bound controller would reset it under whoever uses it.
+//! - **`list` never opens a vfio-pci-bound controller**, because opening it would reset
+//!   it under whoever uses it: those show what sysfs tells. Kernel namespace nodes are
+//!   asked Identify Namespace through the kernel's admin ioctl, as nvme-cli does.
 //! - **Errors** are one `ironvme: ` line on stderr. A failed NVMe command shows its
 //!   decoded status.
 //! - **Exit status tells scripts what went wrong** ([`CliError::exit_code`]):
@@ -190,15 +191,21 @@ pub enum Command {
     /// Checks the request first (Format NVM supported, the LBA format exists, crypto
     /// erase supported if asked for), shows what will happen and asks you to type "yes".
     Format(FormatArgs),
-    /// The NVMe controllers on the PCI bus (class 010802h), from sysfs only.
+    /// The kernel's NVMe namespaces as `nvme list` shows them, and every NVMe controller
+    /// on the PCI bus (class 010802h).
     ///
-    /// For each controller: BDF, vendor:device ID, bound driver (nvme, vfio-pci or none)
-    /// and IOMMU group. Controllers owned by the kernel nvme driver also show the serial
-    /// number, model and firmware revision from /sys/class/nvme/ and their namespaces
-    /// (/sys/block/nvmeXnY: size in bytes, LBA size in bytes). Controllers bound to
-    /// vfio-pci are NOT opened (opening resets the device under whoever uses it), so only
-    /// what sysfs knows is shown for them; use `ironvme identify BDF` to ask the
-    /// controller itself.
+    /// First nvme-cli 2.3's table, column for column: Node, Generic, SN, Model,
+    /// Namespace, Usage (NUSE / NSZE in bytes), Format (LBA size + metadata size) and FW
+    /// Rev, one row per kernel namespace node, in nvme-cli's order; sizes and formats come
+    /// from Identify Namespace through the kernel's admin ioctl on the node (needs root;
+    /// it changes nothing on the controller). Then, after an empty line, each
+    /// controller's BDF, vendor:device ID, bound driver (nvme, vfio-pci or none), IOMMU
+    /// group, and for kernel-owned ones the controller name, serial number, model,
+    /// firmware revision and namespace block devices, from sysfs. Controllers bound to
+    /// vfio-pci are NOT opened (opening resets the device under whoever uses it): they
+    /// have no kernel nodes, so only what sysfs knows is shown for them; use `ironvme
+    /// identify BDF` to ask the controller itself. -o json (or --json) prints nvme-cli's
+    /// `Devices` array and ironvme's `controllers`.
     List(ListArgs),
     /// An I/O benchmark like fio or spdk_nvme_perf: IOPS, bandwidth, latency percentiles
     /// and CPU use of a timed workload on any backend.
@@ -414,9 +421,13 @@ pub struct FormatArgs {
 /// Arguments of `list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Print one JSON object (`{"controllers": [...]}`) instead of text.
-    #[arg(long)]
+    /// Print one JSON object instead of text: nvme-cli's `Devices` and ironvme's
+    /// `controllers`. The same as `-o json`.
+    #[arg(long, conflicts_with = "output_format")]
     pub json: bool,
+    /// Output format, as nvme-cli's `nvme list -o`: normal (text) or json.
+    #[arg(long, short = 'o', value_enum, default_value_t, value_name = "FMT")]
+    pub output_format: list::ListFormat,
 }
 
 /// Why a subcommand failed; the message is one line. [`CliError::Usage`] exits with
@@ -659,7 +670,7 @@ mod tests {
         assert!(matches!(parse(&["fw-log", "x"]).unwrap().command, Command::FwLog(_)));
         assert!(matches!(
             parse(&["list", "--json"]).unwrap().command,
-            Command::List(ListArgs { json: true })
+            Command::List(ListArgs { json: true, .. })
         ));
         assert_eq!(parse(&["identify"]).unwrap_err().exit_code(), EXIT_USAGE);
         assert_eq!(parse(&["frobnicate"]).unwrap_err().exit_code(), EXIT_USAGE);
