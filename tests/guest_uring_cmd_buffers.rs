@@ -48,16 +48,16 @@ fn registered_buffers_pass_the_probe_on_linux_6_1_and_io_works_with_and_without_
 
     let mut fixed = dev.create_queue(8).unwrap();
     assert!(fixed.fixed_buffers_active(), "the probe read failed on this kernel");
-    assert_eq!(fixed.fixed_regions(), 0, "the probe's slot is emptied after it");
+    assert_eq!(fixed.registered_buffers(), 0, "the probe's slot is emptied after it");
     let mut plain = dev.create_queue_with(8, false).unwrap();
     assert!(!plain.fixed_buffers_active());
 
     let a = pattern(lba, len);
     write(&mut fixed, lba, &a);
-    assert_eq!(fixed.fixed_regions(), 1, "the write used a registered buffer");
+    assert_eq!(fixed.registered_buffers(), 1, "the write used a registered buffer");
     assert_eq!(read(&mut plain, lba, len), a, "written with, read without");
     let b = pattern(lba + 1, len);
     write(&mut plain, lba, &b);
     assert_eq!(read(&mut fixed, lba, len), b, "written without, read with");
-    assert_eq!(plain.fixed_regions(), 0);
+    assert_eq!(plain.registered_buffers(), 0);
 }

@@ -15,28 +15,31 @@
 //!   [`MAX_QUEUE_DEPTH`](crate::ioctl::MAX_QUEUE_DEPTH)): the slot index is the SQE's `user_data`, and the slot holds the
 //!   caller's buffer until the CQE arrives. A Deallocate's 16-byte range lives in the
 //!   slot's part of a per-queue range buffer. Nothing is allocated per operation.
-//! - Fixed buffers: the queue registers a sparse table of [`FIXED_REGIONS`] buffers at
-//!   creation, and the first time a buffer from a new DMA region can use it, registers the
-//!   whole region (one `IORING_REGISTER_BUFFERS_UPDATE`, once per region) and keeps a
-//!   zero-length buffer of that region so it stays mapped while registered. Commands on
+//! - Fixed buffers: the queue registers a sparse table of [`FIXED_BUFFERS`] buffers at
+//!   creation, and the first time a buffer is used, registers the buffer's own pages into
+//!   a free slot (one `IORING_REGISTER_BUFFERS_UPDATE` per distinct buffer, never per
+//!   command: a program that reuses its buffers, as perf and the NVMe/TCP target do,
+//!   registers each once), keeping its DMA region mapped while registered. Commands on
 //!   registered memory carry `IORING_URING_CMD_FIXED` and the table index, so the kernel
 //!   skips pinning user pages per command. Linux 6.0 added fixed-buffer uring_cmd
-//!   (`io_uring_cmd_import_fixed`), and Linux 6.1 honours the flag (a command whose address
-//!   lies outside the registered buffer it names fails with `EFAULT`), with one limit:
-//!   its `blk_rq_map_user_bvec` refuses (`EINVAL`) a command when the registered buffer has
-//!   more pages from the command's first page to the buffer's end than the queue's
-//!   `max_segments` (127 for QEMU's controller) — it counts the rest of the registration,
-//!   not the transfer. Linux 6.12 dropped that check ("block: fix queue limits checks in
-//!   blk_rq_map_user_bvec for real"); Debian's 6.1 has only the earlier fix. So a command
-//!   uses its region's fixed buffer only when it starts within `max_segments` pages of the
-//!   region's end, and a plain user address otherwise: regions of at most `max_segments`
-//!   pages (508 KiB here) always use fixed buffers; in larger ones, only their tail does.
-//!   When the table cannot be registered or is full, or a region cannot be registered
-//!   (`RLIMIT_MEMLOCK`, regions over 1 GiB), commands also use plain addresses, which the
-//!   kernel pins per command. Kernels before 6.1 fail every command carrying the flag
-//!   with `EINVAL` (5.19 refuses any `uring_cmd_flags`), so each queue reads one block
-//!   into a registered buffer when it is created and, if that fails with an OS error,
-//!   uses plain addresses only, with a warning.
+//!   (`io_uring_cmd_import_fixed`), and Linux 6.1 honours the flag (a command whose
+//!   address lies outside the registered buffer it names fails with `EFAULT`), with a
+//!   cost that decides the registration's size: its `blk_rq_map_user_bvec` takes every
+//!   page from the command's first page to the *registered buffer's* end (not the
+//!   transfer's), refuses the command when they are more than the queue's `max_segments`
+//!   (127 for QEMU's controller) and walks them per command. Registering whole DMA
+//!   regions, as the block backend does ([`crate::uring`]), made 4 KiB reads at QD128
+//!   from one 512 KiB region run at about 0.6× the IOPS of plain addresses; registering
+//!   each buffer's pages makes the walk the
+//!   transfer's own pages. Linux 6.12 dropped that check ("block: fix queue limits checks
+//!   in blk_rq_map_user_bvec for real"); Debian's 6.1 has only the earlier fix. A buffer
+//!   larger than `max_segments` pages, one that does not fit the registration made for
+//!   its first page, or one that comes when the table is full or that the kernel refuses
+//!   (`RLIMIT_MEMLOCK`) goes with a plain user address, which the kernel pins per
+//!   command. Kernels before 6.1 fail every command carrying the flag with `EINVAL`
+//!   (5.19 refuses any `uring_cmd_flags`), so each queue reads one block into a
+//!   registered buffer when it is created and, if that fails with an OS error, uses plain
+//!   addresses only, with a warning.
 //! - The namespace's node is a registered file (`IOSQE_FIXED_FILE`) when the kernel
 //!   allows it.
 //! - Admin commands go through the admin ioctl on the same `/dev/ngXnY` node
@@ -57,6 +60,7 @@ use crate::ioctl::{
 };
 use crate::nvme_ioctl::{NVME_URING_CMD_IO, NvmeUringCmd, decode_return};
 use crate::uring::enter::{Enter, InFlight, Ready, Retry, RingTries, WaitErrors, retry_for};
+use crate::uring::fixed::{FixedBuffers, Span};
 use io_uring::types::{Fd, Fixed};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
 use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
@@ -69,12 +73,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Entries in a queue's sparse table of registered buffers: the most DMA regions one
-/// queue uses as fixed buffers (each further region's commands use plain addresses).
-pub const FIXED_REGIONS: usize = 64;
-
-/// Page size of registered buffers, in bytes.
-const PAGE: usize = 4096;
+/// Entries in a queue's sparse table of registered buffers: the most distinct buffers
+/// (each registered as its own pages) one queue uses as fixed buffers; further buffers'
+/// commands use plain addresses.
+pub const FIXED_BUFFERS: usize = 1024;
 
 /// `max_segments` to assume when sysfs does not say.
 const DEFAULT_MAX_SEGMENTS: usize = 64;
@@ -250,6 +252,8 @@ struct Slot {
     buf: Option<DmaBuf>,
     tag: u64,
     busy: bool,
+    /// The registered buffer the command uses, if any.
+    fixed: Option<u16>,
 }
 
 impl InFlight for Slot {
@@ -260,110 +264,6 @@ impl InFlight for Slot {
     fn abandon(&mut self) {
         std::mem::forget(self.buf.take());
     }
-}
-
-/// A region registered (or not) as a fixed buffer.
-#[derive(Debug)]
-struct Registered {
-    base: usize,
-    /// The table index, or `None` if registration failed.
-    index: Option<u16>,
-    /// A zero-length buffer of the region: keeps it mapped while registered.
-    _keep: Option<DmaBuf>,
-}
-
-/// The queue's registered-buffer table.
-#[derive(Debug)]
-struct FixedBuffers {
-    /// The sparse table is registered.
-    enabled: bool,
-    regions: Vec<Registered>,
-    next_index: u16,
-    /// The queue's `max_segments`: see [`FixedBuffers::index_for`].
-    max_segments: usize,
-}
-
-impl FixedBuffers {
-    /// Empties table slot 0 when it holds the only region (the probe's, whose read has
-    /// completed), so the table starts empty; keeps it if the kernel refuses.
-    fn forget_first(&mut self, ring: &IoUring<squeue::Entry128, cqueue::Entry32>) {
-        if !matches!(self.regions.as_slice(), [Registered { index: Some(0), .. }]) {
-            return;
-        }
-        let empty = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
-        // SAFETY: a null, zero-length iovec names no memory: it empties the slot (sparse
-        // tables, Linux 5.19+); no command uses slot 0 (the probe's read has completed).
-        if unsafe { ring.submitter().register_buffers_update(0, &[empty], None) }.is_ok() {
-            self.regions.clear();
-            self.next_index = 0;
-        }
-    }
-
-    /// Forgets the registered regions without unmapping them (commands on them may still
-    /// be in flight), and uses plain addresses from now on.
-    fn leak(&mut self) {
-        for r in &mut self.regions {
-            std::mem::forget(r._keep.take());
-        }
-        self.enabled = false;
-    }
-
-    /// The table index of `buf`'s region, registering the region the first time it is
-    /// used; `None` to use a plain address (see the module documentation for when).
-    fn index_for(&mut self, ring: &IoUring<squeue::Entry128, cqueue::Entry32>, buf: &mut DmaBuf) -> Option<u16> {
-        if !self.enabled {
-            return None;
-        }
-        let (base, len) = buf.region_span();
-        if pages_to_end(base, len, buf.as_ptr() as usize) > self.max_segments {
-            return None;
-        }
-        if let Some(r) = self.regions.iter().find(|r| r.base == base) {
-            return r.index;
-        }
-        if self.regions.len() == FIXED_REGIONS {
-            return None;
-        }
-        let index = self.next_index;
-        let iov = libc::iovec {
-            iov_base: base as *mut libc::c_void,
-            iov_len: len,
-        };
-        // SAFETY: the region (base, len) is mapped while any buffer of it exists; on success
-        // we keep one (`_keep`) until the queue drops, after the ring (declared first in
-        // `UringCmdQueue`), whose closing ends the registration.
-        let registered = unsafe { ring.submitter().register_buffers_update(index as u32, &[iov], None) };
-        match registered {
-            Ok(()) => {
-                self.next_index += 1;
-                self.regions.push(Registered {
-                    base,
-                    index: Some(index),
-                    _keep: Some(buf.region_keeper()),
-                });
-                Some(index)
-            }
-            Err(e) => {
-                tracing::info!(len, error = %e, "uring-cmd: cannot register a buffer region; its commands use plain addresses");
-                self.regions.push(Registered {
-                    base,
-                    index: None,
-                    _keep: None,
-                });
-                None
-            }
-        }
-    }
-}
-
-/// Pages (bvecs) the kernel's iterator over a registered region `base..base + len` holds
-/// from the page of `addr` to the region's end: Linux 6.1 refuses a command when this
-/// exceeds the queue's `max_segments`.
-fn pages_to_end(base: usize, len: usize, addr: usize) -> usize {
-    (base + len).div_ceil(PAGE) - addr / PAGE
 }
 
 /// How the queue names the namespace's node in its SQEs.
@@ -409,7 +309,7 @@ impl std::fmt::Debug for UringCmdQueue {
             .field("nsid", &self.info.nsid)
             .field("depth", &self.slots.len())
             .field("outstanding", &self.outstanding)
-            .field("fixed_regions", &self.fixed.regions.len())
+            .field("registered_buffers", &self.fixed.registered())
             .finish()
     }
 }
@@ -424,7 +324,7 @@ impl UringCmdQueue {
     ) -> Result<UringCmdQueue, KernelError> {
         let mut q = UringCmdQueue::build(file, info, depth, max_segments, fixed_buffers)?;
         q.check_passthrough()?;
-        if q.fixed.enabled {
+        if q.fixed.active() {
             q.probe_fixed_buffers()?;
         }
         Ok(q)
@@ -449,7 +349,7 @@ impl UringCmdQueue {
             )));
         }
         let enabled = fixed_buffers
-            && match ring.submitter().register_buffers_sparse(FIXED_REGIONS as u32) {
+            && match ring.submitter().register_buffers_sparse(FIXED_BUFFERS as u32) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::info!(error = %e, "uring-cmd: no sparse registered-buffer table; using plain addresses");
@@ -465,12 +365,13 @@ impl UringCmdQueue {
         let sys = Enter::new(ring.params().is_feature_ext_arg());
         Ok(UringCmdQueue {
             ring,
-            fixed: FixedBuffers {
+            fixed: FixedBuffers::new(
                 enabled,
-                regions: Vec::with_capacity(FIXED_REGIONS),
-                next_index: 0,
-                max_segments,
-            },
+                Span::Window {
+                    max_pages: max_segments,
+                },
+                FIXED_BUFFERS,
+            ),
             file,
             file_ref,
             info,
@@ -488,16 +389,17 @@ impl UringCmdQueue {
         self.file.path()
     }
 
-    /// How many DMA regions are registered as fixed buffers.
-    pub fn fixed_regions(&self) -> usize {
-        self.fixed.regions.iter().filter(|r| r.index.is_some()).count()
+    /// How many buffers are registered (each as its own pages, see the module
+    /// documentation).
+    pub fn registered_buffers(&self) -> usize {
+        self.fixed.registered()
     }
 
     /// Whether commands use registered buffers (`IORING_URING_CMD_FIXED`): asked for,
     /// the kernel has sparse buffer tables (5.19+), and the probe at creation passed (the
     /// kernel honours the flag: 6.1+).
     pub fn fixed_buffers_active(&self) -> bool {
-        self.fixed.enabled
+        self.fixed.active()
     }
 
     /// Reads LBA 0 into a registered buffer and waits: kernels before 6.1 fail every
@@ -510,10 +412,12 @@ impl UringCmdQueue {
     /// failed the queue (`io_uring_enter` kept failing).
     fn probe_fixed_buffers(&mut self) -> Result<(), KernelError> {
         let mut buf = KernelDma::new(false).allocate(self.info.block_size as usize)?;
-        if self.fixed.index_for(&self.ring, &mut buf).is_none() {
-            // The region could not be registered: nothing to probe, and commands on
-            // regions that cannot be registered use plain addresses anyway.
-            return Ok(());
+        match self.fixed.slot_for(&self.ring.submitter(), &mut buf) {
+            // Counted again when the probe's read is submitted.
+            Some(slot) => self.fixed.complete(slot),
+            // The buffer could not be registered: nothing to probe, and commands on
+            // memory that cannot be registered use plain addresses anyway.
+            None => return Ok(()),
         }
         self.submit(Op::Read { lba: 0 }, Some(buf), 0)
             .map_err(|e| unavailable(format!("cannot queue the registered-buffer probe: {}", e.error)))?;
@@ -530,7 +434,8 @@ impl UringCmdQueue {
         let Some(result) = result else {
             return Ok(());
         };
-        self.fixed.forget_first(&self.ring);
+        // The probe's slot is emptied: its buffer is gone.
+        self.fixed.release_idle(&self.ring.submitter());
         if !fixed_buffers_work(&result) {
             tracing::warn!(
                 path = %self.file.path().display(),
@@ -539,7 +444,7 @@ impl UringCmdQueue {
                  take registered buffers for NVMe passthrough (Linux 6.1+ does); using plain addresses, which the \
                  kernel pins per command"
             );
-            self.fixed.enabled = false;
+            self.fixed.disable();
         }
         Ok(())
     }
@@ -593,10 +498,19 @@ impl UringCmdQueue {
     }
 
     /// Takes a slot's command back after its CQE (`user_data`, `res`).
-    fn complete(slots: &mut [Slot], free: &mut Vec<u32>, user_data: u64, res: i32) -> Option<Completion> {
+    fn complete(
+        slots: &mut [Slot],
+        free: &mut Vec<u32>,
+        fixed: &mut FixedBuffers,
+        user_data: u64,
+        res: i32,
+    ) -> Option<Completion> {
         let slot = slots.get_mut(user_data as usize).filter(|s| s.busy)?;
         slot.busy = false;
         free.push(user_data as u32);
+        if let Some(i) = slot.fixed.take() {
+            fixed.complete(i);
+        }
         let result = if res < 0 {
             Err(IoStatus::Os(-res))
         } else {
@@ -642,7 +556,7 @@ impl BlockQueue for UringCmdQueue {
         let mut buf = buf;
         let (addr, len, fixed) = match (&mut buf, op) {
             (Some(b), _) => {
-                let index = self.fixed.index_for(&self.ring, b);
+                let index = self.fixed.slot_for(&self.ring.submitter(), b);
                 (b.as_ptr() as u64, b.len() as u32, index)
             }
             (None, Op::Deallocate { .. }) => {
@@ -664,12 +578,20 @@ impl BlockQueue for UringCmdQueue {
         };
         if !self.push(slot, &cmd, addr, len, fixed) {
             self.free.push(slot);
+            if let Some(i) = fixed {
+                self.fixed.complete(i);
+            }
             return Err(SubmitError {
                 error: BlockError::QueueFull(self.outstanding),
                 buf,
             });
         }
-        self.slots[slot as usize] = Slot { buf, tag, busy: true };
+        self.slots[slot as usize] = Slot {
+            buf,
+            tag,
+            busy: true,
+            fixed,
+        };
         self.outstanding += 1;
         Ok(())
     }
@@ -698,7 +620,7 @@ impl BlockQueue for UringCmdQueue {
             let Some((user_data, res)) = self.ready.pop() else {
                 break;
             };
-            if let Some(c) = Self::complete(&mut self.slots, &mut self.free, user_data, res) {
+            if let Some(c) = Self::complete(&mut self.slots, &mut self.free, &mut self.fixed, user_data, res) {
                 self.outstanding -= 1;
                 n += 1;
                 on_complete(c);
@@ -716,11 +638,12 @@ impl BlockQueue for UringCmdQueue {
             ring,
             slots,
             free,
+            fixed,
             outstanding,
             ..
         } = self;
         for cqe in ring.completion().take(max - n) {
-            if let Some(c) = Self::complete(slots, free, cqe.user_data(), cqe.result()) {
+            if let Some(c) = Self::complete(slots, free, fixed, cqe.user_data(), cqe.result()) {
                 *outstanding -= 1;
                 n += 1;
                 on_complete(c);
@@ -951,10 +874,10 @@ mod tests {
         assert!(q.fixed_buffers_active());
         q.probe_fixed_buffers().unwrap();
         assert!(!q.fixed_buffers_active(), "the probe failed: plain addresses");
-        assert_eq!(q.fixed_regions(), 0, "the probe's slot was emptied");
+        assert_eq!(q.registered_buffers(), 0, "the probe's slot was emptied");
         assert_eq!(q.outstanding(), 0);
         let mut buf = KernelDma::new(false).allocate(4096).unwrap();
-        assert_eq!(q.fixed.index_for(&q.ring, &mut buf), None);
+        assert_eq!(q.fixed.slot_for(&q.ring.submitter(), &mut buf), None);
     }
 
     #[test]
@@ -998,17 +921,6 @@ mod tests {
             "uring-cmd: unavailable: io_uring NVMe passthrough needs Linux 5.19+: this kernel refuses a ring with \
              128-byte SQEs and 32-byte CQEs (io_uring_setup: EINVAL)"
         );
-    }
-
-    #[test]
-    fn fixed_buffers_are_used_within_max_segments_pages_of_the_region_end() {
-        let base = 0x7f00_0000_0000;
-        assert_eq!(pages_to_end(base, 8192, base), 2);
-        assert_eq!(pages_to_end(base, 8192, base + 4100), 1);
-        // A 2 MiB region (512 pages): only buffers starting in its last 127 pages qualify.
-        assert_eq!(pages_to_end(base, 2 << 20, base), 512);
-        assert_eq!(pages_to_end(base, 2 << 20, base + 385 * 4096), 127);
-        assert_eq!(pages_to_end(base, 2 << 20, base + 385 * 4096 - 4), 128);
     }
 
     #[test]

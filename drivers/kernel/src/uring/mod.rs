@@ -61,7 +61,7 @@
 //! by host address.
 
 pub(crate) mod enter;
-mod fixed;
+pub(crate) mod fixed;
 mod queue;
 
 pub use fixed::FIXED_BUFFER_SLOTS;

@@ -3,7 +3,7 @@
 
 use super::Shared;
 use super::enter::{Enter, InFlight, Ready, RingTries, WaitErrors, retry_for};
-use super::fixed::FixedBuffers;
+use super::fixed::{FixedBuffers, Span};
 use crate::error::{BACKEND_URING, KernelError};
 use crate::geometry::os;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -219,7 +219,7 @@ impl UringQueue {
             pending: false,
             aux_pending: false,
             inflight: 0,
-            fixed: FixedBuffers::new(fixed_active),
+            fixed: FixedBuffers::new(fixed_active, Span::Region, super::FIXED_BUFFER_SLOTS),
             stats: UringStats::default(),
             sys,
             ready: Ready::new(depth),
