@@ -227,7 +227,7 @@ fn perf_refuses_what_the_device_cannot_do_before_running() {
     }
     for bad in [
         &["--rw", "randread", "--bs", "4q"][..],
-        &["--rw", "rw"],
+        &["--rw", "trimwrite"],
         &["--rw", "read", "--time", "soon"],
     ] {
         let mut all = vec!["perf", f];

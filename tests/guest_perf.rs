@@ -2,7 +2,9 @@
 //! driver (`$IRONVME_VFIO_4K_BDF`), and the kernel's controller (`$IRONVME_KERNEL_BDF`,
 //! namespace 2, 4096-byte blocks) through io_uring (`/dev/nvmeXnY`), io_uring passthrough
 //! (`/dev/ngXnY`), the ioctl passthrough (`/dev/nvmeX --nsid 2`) and psync. Plus the fault
-//! controller, whose failing LBA must show up in both reports with its decoded status.
+//! controller, whose failing LBA must show up in both reports with its decoded status, and
+//! `--rw trim|randtrim` (Dataset Management deallocate, a discard on the block device) on
+//! every backend, read back from fio's JSON.
 //!
 //! Every test needs the guest started by `qemu/run` and is ignored on the host. By hand:
 //!
@@ -255,4 +257,63 @@ fn failed_reads_are_reported_with_their_status() {
     let (lba, blocks) = (e["lba"].as_u64().unwrap(), e["blocks"].as_u64().unwrap());
     assert!((lba..lba + blocks).contains(&bad), "{v}");
     assert!(e["status"].as_str().unwrap().contains("Unrecovered Read Error"), "{v}");
+}
+
+/// `ironvme perf DEV --rw trim` and `randtrim` over 8 MiB at 768 MiB, size-based, with
+/// fio's JSON: every trim (NVMe Dataset Management deallocate, a discard on the block
+/// device) succeeds and is counted in `jobs[0].trim`.
+fn trims(label: &str, dev: &str, args: &[&str]) {
+    for rw in ["trim", "randtrim"] {
+        let mut all = vec![
+            "perf",
+            dev,
+            "--rw",
+            rw,
+            "--bs",
+            "64k",
+            "--offset",
+            WRITE_OFFSET,
+            "--size",
+            "8m",
+            "--qd",
+            "8",
+            "--allow-write",
+            "--output-format",
+            "json",
+        ];
+        all.extend_from_slice(args);
+        let o = ironvme(&all);
+        assert!(o.status.success(), "{label} {rw}: {}", text(&o.stderr));
+        let v = json_of(&o, label);
+        let job = &v["jobs"][0];
+        assert_eq!(job["error"], 0, "{label} {rw}: {v}");
+        assert_eq!(
+            (job["trim"]["total_ios"].as_u64(), job["trim"]["io_bytes"].as_u64()),
+            (Some(128), Some(8 << 20)),
+            "{label} {rw}: 8 MiB in 64 KiB trims: {v}"
+        );
+        assert_eq!(job["read"]["total_ios"], 0, "{label} {rw}");
+        eprintln!(
+            "{label:>10}: {rw} 64KiB: {:.0} IOPS, clat mean {:.0} ns",
+            job["trim"]["iops"].as_f64().unwrap(),
+            job["trim"]["clat_ns"]["mean"].as_f64().unwrap()
+        );
+    }
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn trims_on_the_vfio_driver() {
+    let dev = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    trims("vfio", &dev.bdf, &[]);
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn trims_on_the_kernel_backends() {
+    let (ctrl, block, generic) = kernel_namespace("IRONVME_KERNEL_BDF", 2);
+    trims("uring", &block, &[]);
+    trims("psync", &block, &["--backend", "psync"]);
+    trims("uring-cmd", &generic, &[]);
+    trims("ioctl", &ctrl, &["--nsid", "2"]);
 }

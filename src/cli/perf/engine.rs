@@ -1,20 +1,22 @@
 //! One perf thread's I/O loop: keep the queue full for the run, stamp every I/O.
 //!
 //! Everything is allocated before the clock starts: the buffers (one DMA allocation cut
-//! into `qd` chunks), a slot per tag (submit time, LBA, direction), the list of buffers
-//! ready to go, two latency histograms and room for the first error samples. The loop
-//! then does, per I/O, a submit, two clock readings, a histogram record and a vector
-//! push/pop within capacity — no allocation, lock or system call of its own:
+//! into `qd` chunks; none for trims), a slot per tag (submit time, LBA, size, direction),
+//! the list of buffers ready to go, a latency histogram per direction and room for the
+//! first error samples. The loop then does, per I/O, a submit, two clock readings, a
+//! histogram record and a vector push/pop within capacity — no allocation, lock or system
+//! call of its own (the thread's CPU use is read twice per run, not per I/O):
 //!
 //! 1. submit an I/O for every ready buffer (a tag is the buffer's index), then `ring`
 //!    once for the batch;
 //! 2. `poll` (or `wait`, on backends that complete synchronously at `ring`); each
 //!    completion is timestamped, recorded if it finished inside the measured window, and
 //!    its buffer becomes ready again;
-//! 3. after the window ends, stop submitting and drain what is outstanding.
+//! 3. after the window ends (or, in a size-based run, once the thread's bytes are
+//!    submitted), stop submitting and drain what is outstanding.
 
 use super::clock::{Clock, Ticks};
-use super::workload::{Dir, Generator, READ};
+use super::workload::{DIRS, Dir, Generator, Io, READ, TRIM, WRITE};
 use crate::block::{BlockError, BlockQueue, Completion, IoStatus, Op};
 use crate::nvme::hw::DmaBuf;
 use hdrhistogram::Histogram;
@@ -81,7 +83,7 @@ pub enum Completions {
 /// A failed I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorSample {
-    /// Read or write.
+    /// Read, write or trim.
     pub dir: Dir,
     /// Its first LBA.
     pub lba: u64,
@@ -89,21 +91,92 @@ pub struct ErrorSample {
     pub status: IoStatus,
 }
 
+/// CPU use of one thread over the measured window (`getrusage(RUSAGE_THREAD)` when it
+/// began and when the thread stopped).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ThreadCpu {
+    /// User time in seconds.
+    pub user_s: f64,
+    /// System time in seconds.
+    pub sys_s: f64,
+    /// Context switches, voluntary and involuntary.
+    pub ctx: u64,
+    /// Major page faults.
+    pub majf: u64,
+    /// Minor page faults.
+    pub minf: u64,
+}
+
+/// One reading of `getrusage(RUSAGE_THREAD)`, for [`ThreadCpu`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    user_s: f64,
+    sys_s: f64,
+    ctx: u64,
+    majf: u64,
+    minf: u64,
+}
+
+impl Usage {
+    /// The calling thread's usage so far (zeros if the kernel refuses, which it does not
+    /// for a valid pointer).
+    pub fn thread() -> Usage {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `ru` is a writable, aligned rusage; getrusage only fills it.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr()) };
+        if rc != 0 {
+            return Usage::default();
+        }
+        // SAFETY: zero-initialised and filled by the successful call.
+        let ru = unsafe { ru.assume_init() };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let n = |v: libc::c_long| v.max(0) as u64;
+        Usage {
+            user_s: secs(ru.ru_utime),
+            sys_s: secs(ru.ru_stime),
+            ctx: n(ru.ru_nvcsw) + n(ru.ru_nivcsw),
+            majf: n(ru.ru_majflt),
+            minf: n(ru.ru_minflt),
+        }
+    }
+
+    /// What was used from `self` to `later`.
+    pub fn until(&self, later: &Usage) -> ThreadCpu {
+        ThreadCpu {
+            user_s: (later.user_s - self.user_s).max(0.0),
+            sys_s: (later.sys_s - self.sys_s).max(0.0),
+            ctx: later.ctx.saturating_sub(self.ctx),
+            majf: later.majf.saturating_sub(self.majf),
+            minf: later.minf.saturating_sub(self.minf),
+        }
+    }
+}
+
 /// What one thread measured.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ThreadStats {
-    /// Successful I/Os that completed in the measured window, by direction.
-    pub ios: [u64; 2],
+    /// Successful I/Os that were measured, by direction ([`Dir`]).
+    pub ios: [u64; DIRS],
+    /// Their bytes, by direction.
+    pub bytes: [u64; DIRS],
     /// Their latencies (submit to completion) in ticks, by direction.
-    pub latency: [Histogram<u64>; 2],
+    pub latency: [Histogram<u64>; DIRS],
     /// Exact smallest and largest latency in ticks, by direction (`u64::MAX`/0 if none).
-    pub min_max: [(Ticks, Ticks); 2],
+    pub min_max: [(Ticks, Ticks); DIRS],
     /// Failed I/Os (all of them, ramp included).
     pub errors: u64,
     /// The first [`ERROR_SAMPLES`] failed I/Os.
     pub error_samples: Vec<ErrorSample>,
     /// Why the thread stopped early (a refused submission, a failed `ring`).
     pub fatal: Option<String>,
+    /// When the thread's last I/O completed (the clock's reading), [`NOT_YET`] if it
+    /// never ran.
+    pub finished: Ticks,
+    /// CPU the thread used over the measured window.
+    pub cpu: ThreadCpu,
+    /// The CPUs the thread was allowed to run on, read back after pinning
+    /// (`--cpus_allowed`); `None` when not pinned.
+    pub cpus: Option<Vec<usize>>,
 }
 
 impl ThreadStats {
@@ -112,18 +185,57 @@ impl ThreadStats {
     pub fn new(max_latency: Ticks) -> ThreadStats {
         let hist = || Histogram::new_with_bounds(1, max_latency.max(2), 3).expect("valid histogram bounds");
         ThreadStats {
-            ios: [0; 2],
-            latency: [hist(), hist()],
-            min_max: [(u64::MAX, 0); 2],
+            ios: [0; DIRS],
+            bytes: [0; DIRS],
+            latency: [hist(), hist(), hist()],
+            min_max: [(u64::MAX, 0); DIRS],
             errors: 0,
             error_samples: Vec::with_capacity(ERROR_SAMPLES),
             fatal: None,
+            finished: NOT_YET,
+            cpu: ThreadCpu::default(),
+            cpus: None,
         }
     }
 
+    /// Adds `other`'s I/Os, latencies, errors and CPU to these (fio's group_reporting);
+    /// `finished` becomes the later of the two.
+    pub fn merge(&mut self, other: &ThreadStats) {
+        for d in 0..DIRS {
+            self.ios[d] += other.ios[d];
+            self.bytes[d] += other.bytes[d];
+            // Same bounds on both sides (one run): adding cannot fail.
+            let _ = self.latency[d].add(&other.latency[d]);
+            self.min_max[d] = (
+                self.min_max[d].0.min(other.min_max[d].0),
+                self.min_max[d].1.max(other.min_max[d].1),
+            );
+        }
+        self.errors += other.errors;
+        for e in &other.error_samples {
+            if self.error_samples.len() < ERROR_SAMPLES {
+                self.error_samples.push(*e);
+            }
+        }
+        if self.fatal.is_none() {
+            self.fatal.clone_from(&other.fatal);
+        }
+        self.finished = match (self.finished, other.finished) {
+            (NOT_YET, f) | (f, NOT_YET) => f,
+            (a, b) => a.max(b),
+        };
+        let (a, b) = (&mut self.cpu, &other.cpu);
+        a.user_s += b.user_s;
+        a.sys_s += b.sys_s;
+        a.ctx += b.ctx;
+        a.majf += b.majf;
+        a.minf += b.minf;
+    }
+
     #[inline]
-    fn record(&mut self, dir: Dir, latency: Ticks) {
+    fn record(&mut self, dir: Dir, bytes: u64, latency: Ticks) {
         self.ios[dir] += 1;
+        self.bytes[dir] += bytes;
         self.latency[dir].saturating_record(latency);
         let (min, max) = &mut self.min_max[dir];
         *min = (*min).min(latency);
@@ -139,61 +251,117 @@ impl ThreadStats {
     }
 }
 
-/// Submit time, LBA and direction of the I/O under one tag.
+/// Submit time, place, direction and accounting of the I/O under one tag.
 #[derive(Clone, Copy, Default)]
 struct Slot {
     submitted: Ticks,
     lba: u64,
+    bytes: u64,
     dir: Dir,
+    /// Counted toward a size-based run's bytes (submitted inside the measured window).
+    counted: bool,
 }
 
-/// Runs one thread's workload on `q` with `bufs` (one per tag, each a whole I/O) until
-/// `phases` ends, then drains the queue. Latencies above `max_latency` ticks are recorded
-/// as that. `progress` gets the number of completed I/Os (any outcome, ramp included)
-/// after every batch, for the live display.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-pub fn run<Q: BlockQueue>(
-    q: &mut Q,
-    bufs: Vec<DmaBuf>,
-    ios: &mut Generator,
-    clock: &Clock,
-    phases: &Phases,
-    max_latency: Ticks,
-    completions: Completions,
-    progress: &AtomicU64,
-) -> ThreadStats {
+/// How a thread's loop runs, besides its queue, buffers and I/Os.
+#[derive(Clone, Copy)]
+pub struct LoopConfig<'a> {
+    /// The clock every I/O is stamped with.
+    pub clock: &'a Clock,
+    /// The measured window.
+    pub phases: &'a Phases,
+    /// Latencies above this many ticks are recorded as this.
+    pub max_latency: Ticks,
+    /// How to wait for completions.
+    pub completions: Completions,
+    /// A size-based run (fio's `size` without `runtime`): the bytes this thread transfers
+    /// inside the measured window before it stops on its own. `None`: it runs until the
+    /// window ends.
+    pub budget: Option<u64>,
+    /// Logical block size in bytes.
+    pub block_size: u64,
+    /// Gets the number of completed I/Os (any outcome, ramp included) after every batch,
+    /// for the live display.
+    pub progress: &'a AtomicU64,
+}
+
+/// Runs one thread's workload on `q` with `bufs` (one per tag: a buffer of the largest
+/// I/O size for the data workloads, `None` for trims) until the window in `cfg.phases`
+/// ends or, in a size-based run, until its bytes are done; then drains the queue.
+///
+/// What is measured: in a time-based run, every I/O that completes inside the window; in
+/// a size-based run, every I/O submitted inside the window (so that exactly the budget is
+/// measured) that completes before it is cut short (Ctrl-C).
+pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Generator, cfg: LoopConfig) -> ThreadStats {
+    let LoopConfig {
+        clock,
+        phases,
+        max_latency,
+        completions,
+        budget,
+        block_size,
+        progress,
+    } = cfg;
     let qd = bufs.len();
     let mut stats = ThreadStats::new(max_latency);
     let mut slots = vec![Slot::default(); qd];
-    let mut ready: Vec<(usize, DmaBuf)> = bufs.into_iter().enumerate().collect();
+    let mut ready: Vec<(usize, Option<DmaBuf>)> = bufs.into_iter().enumerate().collect();
     let mut done = 0u64;
     let mut stopping = false;
+    let mut left = budget.unwrap_or(u64::MAX);
+    let mut usage: Option<Usage> = None;
 
     loop {
         let (from, until) = phases.get();
+        if usage.is_none() && from != NOT_YET {
+            usage = Some(Usage::thread());
+        }
         stopping |= until != NOT_YET;
-        if !stopping {
-            while let Some((tag, buf)) = ready.pop() {
-                let (lba, dir) = ios.next_io();
-                let op = if dir == READ {
-                    Op::Read { lba }
-                } else {
-                    Op::Write { lba, fua: false }
+        let measuring = from != NOT_YET;
+        if !stopping && left > 0 {
+            while let Some((tag, mut buf)) = ready.pop() {
+                if left == 0 {
+                    ready.push((tag, buf));
+                    break;
+                }
+                let Io { lba, lbas, dir } = ios.next_io();
+                let bytes = lbas * block_size;
+                let op = match dir {
+                    READ => Op::Read { lba },
+                    WRITE => Op::Write { lba, fua: false },
+                    _ => Op::Deallocate {
+                        lba,
+                        blocks: lbas as u32,
+                    },
                 };
+                let data = if dir == TRIM {
+                    None
+                } else if let Some(b) = buf.as_mut() {
+                    if b.len() as u64 != bytes {
+                        // Within the buffer's capacity: it holds the largest size.
+                        let _ = b.set_window(0, bytes as usize);
+                    }
+                    buf.take()
+                } else {
+                    None
+                };
+                let counted = budget.is_some() && measuring;
                 slots[tag] = Slot {
                     submitted: clock.now(),
                     lba,
+                    bytes,
                     dir,
+                    counted,
                 };
-                if let Err(e) = q.submit(op, Some(buf), tag as u64) {
-                    if let Some(buf) = e.buf {
-                        ready.push((tag, buf));
-                    }
+                if let Err(e) = q.submit(op, data, tag as u64) {
+                    ready.push((tag, e.buf.or(buf)));
                     if !matches!(e.error, BlockError::QueueFull(_) | BlockError::Recovering) {
                         stats.fatal = Some(format!("{} of LBA {lba} refused: {}", op.name(), e.error));
                         stopping = true;
                     }
                     break;
+                }
+                if counted {
+                    left = left.saturating_sub(bytes);
                 }
             }
             if let Err(e) = q.ring() {
@@ -201,8 +369,8 @@ pub fn run<Q: BlockQueue>(
                 stopping = true;
             }
         }
-        if q.outstanding() == 0 && (stopping || ready.is_empty()) {
-            if !stopping {
+        if q.outstanding() == 0 && (stopping || left == 0 || ready.is_empty()) {
+            if !stopping && left > 0 {
                 stats.fatal = Some("every buffer was lost to failed commands".into());
             }
             break;
@@ -213,8 +381,9 @@ pub fn run<Q: BlockQueue>(
             done += 1;
             let tag = c.tag as usize;
             let slot = slots[tag];
+            let measured = t < until && if budget.is_some() { slot.counted } else { t >= from };
             match c.result {
-                Ok(()) if t >= from && t < until => stats.record(slot.dir, t.saturating_sub(slot.submitted)),
+                Ok(()) if measured => stats.record(slot.dir, slot.bytes, t.saturating_sub(slot.submitted)),
                 Ok(()) => {}
                 Err(status) => stats.failed(ErrorSample {
                     dir: slot.dir,
@@ -222,8 +391,10 @@ pub fn run<Q: BlockQueue>(
                     status,
                 }),
             }
-            if let Some(buf) = c.buf {
-                ready.push((tag, buf));
+            // A trim has no buffer; a data I/O whose buffer did not come back (VFIO,
+            // after a controller that could not be stopped) loses its tag.
+            if slot.dir == TRIM || c.buf.is_some() {
+                ready.push((tag, c.buf));
             }
         };
         let n = match completions {
@@ -236,6 +407,9 @@ pub fn run<Q: BlockQueue>(
             progress.store(done, Ordering::Relaxed);
         }
     }
+    stats.finished = clock.now();
+    let end = Usage::thread();
+    stats.cpu = usage.unwrap_or(end).until(&end);
     stats
 }
 
@@ -258,7 +432,7 @@ mod tests {
         done: VecDeque<Completion>,
         bad_lba: u64,
         dead: bool,
-        ops: [u64; 2],
+        ops: [u64; 3],
         max_outstanding: usize,
     }
 
@@ -284,7 +458,7 @@ mod tests {
                 done: VecDeque::with_capacity(depth),
                 bad_lba,
                 dead: false,
-                ops: [0; 2],
+                ops: [0; 3],
                 max_outstanding: 0,
             }
         }
@@ -316,7 +490,11 @@ mod tests {
             let (lba, dir) = match op {
                 Op::Read { lba } => (lba, READ),
                 Op::Write { lba, .. } => (lba, WRITE),
-                _ => unreachable!("perf reads and writes only"),
+                Op::Deallocate { lba, .. } => {
+                    assert!(buf.is_none(), "a trim takes no buffer");
+                    (lba, TRIM)
+                }
+                _ => unreachable!("perf reads, writes and trims only"),
             };
             self.ops[dir] += 1;
             let result = if lba == self.bad_lba {
@@ -339,10 +517,31 @@ mod tests {
         }
     }
 
-    fn bufs(n: usize, size: usize) -> Vec<DmaBuf> {
+    fn bufs(n: usize, size: usize) -> Vec<Option<DmaBuf>> {
         DmaBuf::from_region(Arc::new(HeapRegion::new(n * size, 4096, 0).unwrap()))
             .into_chunks(size, n)
             .unwrap()
+            .into_iter()
+            .map(Some)
+            .collect()
+    }
+
+    fn cfg<'a>(
+        clock: &'a Clock,
+        phases: &'a Phases,
+        completions: Completions,
+        budget: Option<u64>,
+        progress: &'a AtomicU64,
+    ) -> LoopConfig<'a> {
+        LoopConfig {
+            clock,
+            phases,
+            max_latency: MAX,
+            completions,
+            budget,
+            block_size: 512,
+            progress,
+        }
     }
 
     /// Runs `body` while another thread ends the ramp after `ramp_ms` and the run
@@ -366,10 +565,10 @@ mod tests {
     fn keeps_the_queue_full_and_counts_errors() {
         let region = Region {
             first_lba: 0,
-            lbas_per_io: 8,
-            slots: 4,
+            granule: 8,
+            granules: 4,
         };
-        let mut ios = Generator::new(Rw::Randrw, 50, region, 3);
+        let mut ios = Generator::new(Rw::Randrw, 50, region, &[(8, 100)], 3);
         let mut q = FakeQueue::new(16, 8);
         let clock = Clock::new(Some(super::super::clock::ClockSource::Instant));
         let progress = AtomicU64::new(0);
@@ -378,11 +577,7 @@ mod tests {
                 &mut q,
                 bufs(16, 4096),
                 &mut ios,
-                &clock,
-                phases,
-                MAX,
-                Completions::Spin,
-                &progress,
+                cfg(&clock, phases, Completions::Spin, None, &progress),
             )
         });
         assert_eq!(q.max_outstanding, 16, "the queue is kept full");
@@ -408,10 +603,10 @@ mod tests {
     fn a_queue_that_never_takes_an_io_ends_at_the_deadline() {
         let region = Region {
             first_lba: 0,
-            lbas_per_io: 8,
-            slots: 4,
+            granule: 8,
+            granules: 4,
         };
-        let mut ios = Generator::new(Rw::Read, 100, region, 3);
+        let mut ios = Generator::new(Rw::Read, 100, region, &[(8, 100)], 3);
         let mut q = FakeQueue::new(0, u64::MAX);
         let clock = Clock::new(Some(super::super::clock::ClockSource::Instant));
         let progress = AtomicU64::new(0);
@@ -420,15 +615,11 @@ mod tests {
                 &mut q,
                 bufs(2, 4096),
                 &mut ios,
-                &clock,
-                phases,
-                MAX,
-                Completions::Wait,
-                &progress,
+                cfg(&clock, phases, Completions::Wait, None, &progress),
             )
         });
         // Queue full with nothing outstanding never clears: the run simply ends.
-        assert_eq!((s.ios, s.errors), ([0, 0], 0));
+        assert_eq!((s.ios, s.errors), ([0, 0, 0], 0));
         assert!(s.fatal.is_none());
     }
 
@@ -436,10 +627,10 @@ mod tests {
     fn a_refused_submission_stops_the_thread() {
         let region = Region {
             first_lba: 0,
-            lbas_per_io: 8,
-            slots: 4,
+            granule: 8,
+            granules: 4,
         };
-        let mut ios = Generator::new(Rw::Read, 100, region, 3);
+        let mut ios = Generator::new(Rw::Read, 100, region, &[(8, 100)], 3);
         let mut q = FakeQueue::new(4, u64::MAX);
         q.dead = true;
         let clock = Clock::new(Some(super::super::clock::ClockSource::Instant));
@@ -450,11 +641,7 @@ mod tests {
                 &mut q,
                 bufs(2, 4096),
                 &mut ios,
-                &clock,
-                phases,
-                MAX,
-                Completions::Spin,
-                &progress,
+                cfg(&clock, phases, Completions::Spin, None, &progress),
             );
             (s, t.elapsed())
         });
@@ -466,6 +653,66 @@ mod tests {
         assert!(
             took < Duration::from_millis(500),
             "stopped at once, not at the end: {took:?}"
+        );
+    }
+
+    #[test]
+    fn a_size_based_run_measures_its_bytes_and_ends_by_itself() {
+        let region = Region {
+            first_lba: 0,
+            granule: 8,
+            granules: 64,
+        };
+        let clock = Clock::new(Some(super::super::clock::ClockSource::Instant));
+        for rw in [Rw::Randread, Rw::Write, Rw::Randtrim] {
+            let mut ios = Generator::new(rw, 100, region, &[(8, 50), (16, 50)], 3);
+            let mut q = FakeQueue::new(8, u64::MAX);
+            let progress = AtomicU64::new(0);
+            let phases = Phases::default();
+            phases.start(clock.now());
+            let budget = 1 << 20;
+            let bufs = if rw.trims() {
+                (0..8).map(|_| None).collect()
+            } else {
+                bufs(8, 8192)
+            };
+            let s = run(
+                &mut q,
+                bufs,
+                &mut ios,
+                cfg(&clock, &phases, Completions::Spin, Some(budget), &progress),
+            );
+            let d = rw.dirs()[0];
+            assert!(s.fatal.is_none() && s.errors == 0, "{rw:?}: {s:?}");
+            // 4 KiB and 8 KiB I/Os: the last one may go past the budget by less than one.
+            assert!(
+                s.bytes[d] >= budget && s.bytes[d] < budget + 8192,
+                "{rw:?}: {:?}",
+                s.bytes
+            );
+            assert_eq!(s.ios[d], q.ops[d], "{rw:?}: every I/O was measured");
+            assert_eq!(s.latency[d].len(), s.ios[d]);
+            assert!(s.ios[d] > 128 && s.ios[d] < 256, "{rw:?}: {:?}", s.ios);
+            assert_ne!(s.finished, NOT_YET);
+        }
+        // Fixed-size I/Os measure the budget exactly; nothing before the window counts.
+        let mut ios = Generator::new(Rw::Randwrite, 0, region, &[(8, 100)], 3);
+        let mut q = FakeQueue::new(4, u64::MAX);
+        let progress = AtomicU64::new(0);
+        let phases = Phases::default();
+        let s = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                phases.start(clock.now());
+            });
+            let c = cfg(&clock, &phases, Completions::Wait, Some(400 * 4096), &progress);
+            run(&mut q, bufs(4, 4096), &mut ios, c)
+        });
+        assert_eq!((s.ios[WRITE], s.bytes[WRITE]), (400, 400 * 4096));
+        assert!(
+            q.ops[WRITE] > 400,
+            "the ramp's writes ran but are not counted: {}",
+            q.ops[WRITE]
         );
     }
 }

@@ -3,10 +3,33 @@
 //!
 //! `--rw`, `--bs`, `--qd` (fio's iodepth, per thread), `--threads` (numjobs), `--time`
 //! (runtime), `--ramp` (ramp_time), `--size`, `--offset` and `--rwmixread` mean what fio
-//! means by them: every thread runs the whole job on its own queue over the same region;
-//! sequential offsets wrap at the end of the region; random offsets are uniform over it
-//! and aligned to `--bs` from `--offset`; `--size` defaults to the whole namespace from
-//! `--offset` on.
+//! means by them, and fio's own spellings are taken too (`--iodepth`, `--numjobs`,
+//! `--runtime`, `--ramp_time`, `--randseed`, `--bssplit`, `--percentile_list`,
+//! `--cpus_allowed`, `--group_reporting`, `--name`, `--output-format`): every thread runs
+//! the whole job on its own queue over the same region; sequential offsets wrap at the
+//! end of the region (`rw`/`readwrite` keeps one position for reads and one for writes,
+//! as fio does); random offsets are uniform over it and aligned to the smallest I/O size
+//! from `--offset`; `--size` defaults to the whole namespace from `--offset` on.
+//!
+//! - **Size-based runs.** `--size` without `--time` runs until every thread has
+//!   transferred `--size` bytes (after the ramp), as fio does without `runtime`; random
+//!   offsets are drawn with replacement (fio's `norandommap`), so some blocks are visited
+//!   twice and others not at all.
+//! - **Trims.** `--rw trim|randtrim` deallocates each I/O's blocks ([`crate::block::Op::Deallocate`]:
+//!   NVMe Dataset Management with the deallocate attribute, a discard on block devices, a
+//!   punched hole in a file); a backend or device that cannot is refused before the run.
+//! - **`--bssplit`** draws each I/O's size by weight (`4k/50:64k/50`); `--bs` is then
+//!   ignored, buffers are as large as the largest size, and offsets align to the smallest.
+//! - **`--cpus_allowed`** pins every I/O thread to the CPUs given (`0-1,3`), or with
+//!   `--cpus_allowed_policy split` each thread to one of them in turn, as fio does. A
+//!   spinning thread then keeps its CPU; without pinning the scheduler may move it.
+//! - **Ctrl-C** (SIGINT) ends the measured window at once: the threads stop submitting,
+//!   drain, and the report covers what was measured until then; the exit status is 0
+//!   unless I/Os failed. A second Ctrl-C kills the process. The I/O threads block SIGINT,
+//!   so their system calls are never interrupted.
+//! - **Output.** Text like fio's (`--output-format normal`, the default), ironvme's own
+//!   JSON object (`--json`), or fio's JSON (`--output-format json` or `json+`, see
+//!   [`fio`]).
 //!
 //! # Decisions
 //!
@@ -40,15 +63,19 @@
 
 pub mod clock;
 pub mod engine;
+pub mod fio;
 pub mod report;
 pub mod target;
 pub mod units;
 pub mod workload;
 
-use self::clock::{Clock, ClockSource};
-use self::engine::{Completions, Phases, ThreadStats};
-use self::report::{CpuUse, RunInfo, Summary};
-use self::units::{iec_exact, parse_duration, parse_nonzero_size, parse_positive_duration, parse_size, si_count};
+use self::clock::{Clock, ClockSource, Ticks};
+use self::engine::{Completions, LoopConfig, NOT_YET, Phases, ThreadStats};
+use self::report::{CpuUse, PERCENTILES, RunInfo, Summary};
+use self::units::{
+    BsSplit, CpuList, PercentileList, iec_exact, parse_bssplit, parse_cpu_list, parse_duration, parse_nonzero_size,
+    parse_percentile_list, parse_positive_duration, parse_size, si_count,
+};
 use self::workload::{Generator, Region, Rw, SplitMix64};
 use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
@@ -57,9 +84,10 @@ use crate::nvme::hw::DmaBuf;
 use crate::{Backend, Device, IoQueue};
 use clap::Args;
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The DEV help of the I/O subcommands.
 pub const IO_DEV_HELP: &str = "The device: a PCI address of a controller bound to vfio-pci (0000:00:05.0; opening it \
@@ -77,19 +105,63 @@ const MAX_LATENCY: Duration = Duration::from_secs(600);
 /// `--time` above which a live IOPS line is shown on a terminal.
 const PROGRESS_AFTER: Duration = Duration::from_secs(3);
 
+/// The measured time when neither `--time` nor `--size` says how long to run.
+const DEFAULT_TIME: Duration = Duration::from_secs(10);
+
+/// How often the main thread looks for Ctrl-C and for threads that are done.
+const WATCH_STEP: Duration = Duration::from_millis(10);
+
+/// `--output-format`: fio's report formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// The text report.
+    Normal,
+    /// fio's JSON.
+    Json,
+    /// fio's JSON with each latency histogram's bins.
+    #[value(name = "json+")]
+    JsonPlus,
+}
+
+/// `--cpus_allowed_policy`: how the threads share `--cpus_allowed` (fio's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpusPolicy {
+    /// Every thread may run on every CPU of the list.
+    Shared,
+    /// Thread N runs on the list's CPU N (modulo its length).
+    Split,
+}
+
+impl CpusPolicy {
+    /// fio's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CpusPolicy::Shared => "shared",
+            CpusPolicy::Split => "split",
+        }
+    }
+}
+
 /// Arguments of `perf`.
 #[derive(Debug, Args)]
 pub struct PerfArgs {
     /// The device.
     #[arg(value_name = "DEV", help = IO_DEV_HELP)]
     pub dev: String,
-    /// The workload, as fio's --rw.
-    #[arg(long, value_enum, value_name = "RW")]
+    /// The workload, as fio's --rw: read, write, randread, randwrite, randrw, rw
+    /// (readwrite: sequential mixed), trim, randtrim (deallocate/discard: refused where
+    /// the backend cannot).
+    #[arg(long, alias = "readwrite", value_enum, value_name = "RW")]
     pub rw: Rw,
     /// Bytes per I/O (fio's bs): a multiple of the logical block size, at most the
     /// largest transfer; binary suffixes (4k = 4096, 1m).
-    #[arg(long, value_name = "SIZE", default_value = "4k", value_parser = parse_nonzero_size)]
+    #[arg(long, alias = "blocksize", value_name = "SIZE", default_value = "4k", value_parser = parse_nonzero_size)]
     pub bs: u64,
+    /// I/O sizes by weight, as fio's bssplit: SIZE/PERCENT entries separated by `:`
+    /// (`4k/50:64k/50`); an entry without a percentage shares what is left. Replaces
+    /// --bs.
+    #[arg(long, value_name = "SPLIT", value_parser = parse_bssplit)]
+    pub bssplit: Option<BsSplit>,
     /// I/Os kept outstanding per thread (fio's iodepth).
     #[arg(long, alias = "iodepth", value_name = "N", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
@@ -98,15 +170,17 @@ pub struct PerfArgs {
     #[arg(long, alias = "numjobs", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: u32,
-    /// Measured run time (fio's runtime, time-based): seconds, or with ms/s/m/h.
-    #[arg(long, alias = "runtime", value_name = "SECS", default_value = "10", value_parser = parse_positive_duration)]
-    pub time: Duration,
-    /// Percentage of reads in randrw.
+    /// Measured run time (fio's runtime, time-based): seconds, or with ms/s/m/h. Default:
+    /// 10 s, unless --size is given without it: then the run is size-based, and each
+    /// thread stops after --size bytes, as fio's jobs do without runtime.
+    #[arg(long, alias = "runtime", value_name = "SECS", value_parser = parse_positive_duration)]
+    pub time: Option<Duration>,
+    /// Percentage of reads in randrw and rw.
     #[arg(long, value_name = "PCT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub rwmixread: u8,
     /// Run before the measured time starts, excluded from the statistics (fio's
     /// ramp_time).
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_duration)]
+    #[arg(long, alias = "ramp_time", value_name = "SECS", default_value = "0", value_parser = parse_duration)]
     pub ramp: Duration,
     #[arg(long, value_name = "B", help = BACKEND_HELP)]
     /// The backend.
@@ -115,23 +189,56 @@ pub struct PerfArgs {
     #[arg(long, short = 'n', value_name = "N", value_parser = parse_nsid)]
     pub nsid: Option<u32>,
     /// Bytes of the region to work on (fio's size). Default: the namespace from --offset
-    /// to its end. Rounded down to a multiple of --bs.
+    /// to its end. Rounded down to a multiple of the (smallest) I/O size. Without --time,
+    /// also the bytes each thread transfers (a size-based run).
     #[arg(long, value_name = "BYTES", value_parser = parse_nonzero_size)]
     pub size: Option<u64>,
     /// Byte offset of the region (a multiple of the logical block size).
     #[arg(long, value_name = "BYTES", default_value = "0", value_parser = parse_size)]
     pub offset: u64,
-    /// Seed of the random offsets; thread N uses SEED + N. Runs with the same seed
-    /// repeat the same offsets (fio's randseed).
-    #[arg(long, value_name = "S", default_value_t = 0x1234_5678)]
+    /// Seed of the random offsets, sizes and directions (fio's randseed); thread N uses
+    /// SEED + N. Runs with the same seed repeat the same offsets.
+    #[arg(long, alias = "randseed", value_name = "S", default_value_t = 0x1234_5678)]
     pub seed: u64,
-    /// Allow a write workload on a device (it destroys the data there). Regular files
-    /// need no confirmation.
+    /// The latency percentiles reported, as fio's percentile_list: `99:99.9:99.99`
+    /// (default: 50, 90, 99, 99.9 and 99.99 in the text and --json; fio's 17 in
+    /// --output-format json).
+    #[arg(long = "percentile_list", alias = "percentile-list", value_name = "LIST",
+          value_parser = parse_percentile_list)]
+    pub percentile_list: Option<PercentileList>,
+    /// Pin the I/O threads to these CPUs, as fio's cpus_allowed: `0-1,3`. Worth doing
+    /// when the threads spin (--completions spin).
+    #[arg(long = "cpus_allowed", alias = "cpus-allowed", value_name = "CPUS", value_parser = parse_cpu_list)]
+    pub cpus_allowed: Option<CpuList>,
+    /// With --cpus_allowed: `shared` (every thread on all of them, fio's default) or
+    /// `split` (thread N on the Nth CPU of the list, wrapping).
+    #[arg(
+        long = "cpus_allowed_policy",
+        alias = "cpus-allowed-policy",
+        value_enum,
+        value_name = "P",
+        default_value = "shared",
+        requires = "cpus_allowed"
+    )]
+    pub cpus_allowed_policy: CpusPolicy,
+    /// The job's name in fio's JSON (fio's name).
+    #[arg(long, value_name = "NAME", default_value = "perf")]
+    pub name: String,
+    /// In fio's JSON, one job for all threads instead of one per thread (fio's
+    /// group_reporting).
+    #[arg(long = "group_reporting", alias = "group-reporting")]
+    pub group_reporting: bool,
+    /// Allow a write or trim workload on a device (it destroys the data there). Regular
+    /// files need no confirmation.
     #[arg(long)]
     pub allow_write: bool,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
+    /// Print ironvme's JSON object instead of text.
+    #[arg(long, conflicts_with = "output_format")]
     pub json: bool,
+    /// Report format, as fio's --output-format: `normal` (text), `json` (fio's JSON shape:
+    /// jobs[].read.iops, clat_ns.percentile, ...), `json+` (with the latency bins).
+    #[arg(long = "output-format", alias = "output_format", value_enum, value_name = "FMT")]
+    pub output_format: Option<OutputFormat>,
     /// Timestamp source: `instant` or `tsc` (default: tsc when Instant::now() is
     /// expensive here).
     #[arg(long, value_enum, value_name = "C", hide = true)]
@@ -151,10 +258,15 @@ pub struct PerfArgs {
 pub struct Plan {
     /// The workload.
     pub rw: Rw,
-    /// Reads in percent (randrw).
+    /// Reads in percent (randrw, rw).
     pub rwmixread: u8,
-    /// Bytes per I/O.
+    /// Bytes per I/O: the largest size with --bssplit (the size of every buffer).
     pub bs: u64,
+    /// The I/O sizes in bytes and their weights in percent (one entry of 100 without
+    /// --bssplit).
+    pub sizes: Vec<(u64, u8)>,
+    /// --bssplit, as given.
+    pub bssplit: Option<BsSplit>,
     /// Queue depth asked for.
     pub qd: usize,
     /// Queue depth run: `qd`, or 1 on synchronous backends.
@@ -169,12 +281,20 @@ pub struct Plan {
     pub block_size: u32,
     /// The region in LBAs.
     pub region: Region,
-    /// Measured time.
-    pub time: Duration,
+    /// Measured time; `None` for a size-based run.
+    pub time: Option<Duration>,
+    /// Bytes each thread transfers in a size-based run.
+    pub budget: Option<u64>,
     /// Ramp time.
     pub ramp: Duration,
     /// Seed of thread 0.
     pub seed: u64,
+    /// The percentiles of the text and `--json` reports.
+    pub percentiles: Vec<f64>,
+    /// The percentiles of fio's JSON.
+    pub fio_percentiles: Vec<f64>,
+    /// CPUs to pin the threads to, and how.
+    pub cpus: Option<(CpuList, CpusPolicy)>,
 }
 
 impl Plan {
@@ -185,26 +305,48 @@ impl Plan {
         let block = u64::from(ns.block_size);
         let capacity = ns.capacity_bytes();
         let invalid = |s: String| Err(CliError::Invalid(s));
-        if a.bs % block != 0 {
-            return invalid(format!(
-                "--bs {} is not a multiple of the namespace's logical block size ({block} bytes)",
-                a.bs
-            ));
+        let sizes = a.bssplit.as_ref().map_or_else(|| vec![(a.bs, 100)], |b| b.0.clone());
+        let what = if a.bssplit.is_some() { "--bssplit size" } else { "--bs" };
+        for &(bs, _) in &sizes {
+            if bs % block != 0 {
+                return invalid(format!(
+                    "{what} {bs} is not a multiple of the namespace's logical block size ({block} bytes)"
+                ));
+            }
+            if a.rw.trims() {
+                // Nothing is transferred; one Dataset Management range holds 2^32 - 1 blocks.
+                if bs / block > u64::from(u32::MAX) {
+                    return invalid(format!(
+                        "{what} {} is more blocks than one deallocate range holds ({})",
+                        iec_exact(bs),
+                        u32::MAX
+                    ));
+                }
+            } else if bs > ns.max_transfer_bytes as u64 {
+                return invalid(format!(
+                    "{what} {} exceeds the largest transfer of one command here ({}, {} bytes: MDTS or the {backend} \
+                     backend's limit)",
+                    iec_exact(bs),
+                    iec_exact(ns.max_transfer_bytes as u64),
+                    ns.max_transfer_bytes
+                ));
+            }
         }
-        if a.bs > ns.max_transfer_bytes as u64 {
+        let min_bs = sizes.iter().map(|s| s.0).min().unwrap_or(a.bs);
+        let max_bs = sizes.iter().map(|s| s.0).max().unwrap_or(a.bs);
+        if a.rw.trims() && !ns.deallocate {
             return invalid(format!(
-                "--bs {} exceeds the largest transfer of one command here ({}, {} bytes: MDTS or the {backend} \
-                 backend's limit)",
-                iec_exact(a.bs),
-                iec_exact(ns.max_transfer_bytes as u64),
-                ns.max_transfer_bytes
+                "--rw {}: the {backend} backend cannot deallocate (discard, NVMe Dataset Management) on this \
+                 device, so there is nothing to trim with; nothing was run",
+                a.rw.name()
             ));
         }
         let (offset, size) = region_bytes(a.offset, a.size, block, capacity)?;
-        if size < a.bs {
+        let granules = size / min_bs;
+        if granules * min_bs < max_bs {
             return invalid(format!(
-                "the region ({size} bytes from offset {offset}) is smaller than one --bs {} I/O",
-                iec_exact(a.bs)
+                "the region ({size} bytes from offset {offset}) is smaller than one {what} {} I/O",
+                iec_exact(max_bs)
             ));
         }
         let synchronous = matches!(backend, Backend::Psync | Backend::Ioctl);
@@ -226,10 +368,33 @@ impl Plan {
             }
             Some(c) => c,
         };
+        let (time, budget) = match (a.time, a.size) {
+            (Some(t), _) => (Some(t), None),
+            (None, Some(_)) => (None, Some(granules * min_bs)),
+            (None, None) => (Some(DEFAULT_TIME), None),
+        };
+        let cpus = match &a.cpus_allowed {
+            Some(list) => {
+                let allowed =
+                    allowed_cpus().map_err(|e| CliError::Device(format!("--cpus_allowed: sched_getaffinity: {e}")))?;
+                if let Some(bad) = list.0.iter().find(|c| !allowed.contains(c)) {
+                    return invalid(format!(
+                        "--cpus_allowed {}: CPU {bad} is not one this process may run on (allowed: {})",
+                        list.fio(),
+                        CpuList(allowed).fio()
+                    ));
+                }
+                Some((list.clone(), a.cpus_allowed_policy))
+            }
+            None => None,
+        };
+        let default_text: Vec<f64> = PERCENTILES.iter().map(|p| p.0).collect();
         Ok(Plan {
             rw: a.rw,
             rwmixread: a.rwmixread,
-            bs: a.bs,
+            bs: max_bs,
+            sizes,
+            bssplit: a.bssplit.clone(),
             qd: a.qd as usize,
             qd_effective: if synchronous { 1 } else { a.qd as usize },
             completions,
@@ -238,18 +403,31 @@ impl Plan {
             block_size: ns.block_size,
             region: Region {
                 first_lba: offset / block,
-                lbas_per_io: a.bs / block,
-                slots: size / a.bs,
+                granule: min_bs / block,
+                granules,
             },
-            time: a.time,
+            time,
+            budget,
             ramp: a.ramp,
             seed: a.seed,
+            percentiles: a.percentile_list.as_ref().map_or(default_text, |l| l.0.clone()),
+            fio_percentiles: a
+                .percentile_list
+                .as_ref()
+                .map_or_else(fio::default_percentiles, |l| l.0.clone()),
+            cpus,
         })
     }
 
-    /// Bytes of the region that I/Os cover (a whole number of `bs`).
+    /// The I/O sizes in logical blocks, with their weights.
+    pub fn sizes_in_blocks(&self) -> Vec<(u64, u8)> {
+        let block = u64::from(self.block_size);
+        self.sizes.iter().map(|&(b, p)| (b / block, p)).collect()
+    }
+
+    /// Bytes of the region that I/Os cover (a whole number of the smallest I/O size).
     pub fn size(&self) -> u64 {
-        self.region.slots * self.bs
+        self.region.lbas() * u64::from(self.block_size)
     }
 
     /// Byte offset of the region.
@@ -289,10 +467,18 @@ pub struct Outcome {
     pub stats: Vec<ThreadStats>,
     /// The clock's rate over the run.
     pub ticks_per_ns: f64,
-    /// Length of the measured window in seconds.
+    /// Length of the measured window in seconds: `--time`, or in a size-based run until
+    /// the last thread finished; shorter when Ctrl-C ended it.
     pub window_s: f64,
+    /// Each thread's measured run in seconds (the window, or in a size-based run until
+    /// that thread finished).
+    pub runtimes_s: Vec<f64>,
+    /// Seconds from the start (ramp included) to the end of the window.
+    pub elapsed_s: f64,
     /// CPU use over the measured window.
     pub cpu: CpuUse,
+    /// Whether `stop` ended the run early.
+    pub interrupted: bool,
 }
 
 /// Waits at a barrier once: when told to, or when dropped — also while unwinding from a
@@ -318,49 +504,69 @@ impl Drop for Arrive<'_> {
 struct Counter(AtomicU64);
 
 /// Runs `plan` on `device`: one queue per thread, started together after every queue
-/// and buffer exists. `progress` shows a live IOPS line on stderr.
+/// and buffer exists. `progress` shows a live IOPS line on stderr. `stop` (set by a
+/// SIGINT handler) ends the run early: what was measured until then is returned.
 ///
 /// Errors: [`CliError::Invalid`] when a queue cannot be as deep as asked; [`CliError::Device`]
-/// when a queue or the buffers cannot be created.
-pub fn execute(device: &Device, plan: &Plan, clock: &Clock, progress: bool) -> Result<Outcome, CliError> {
+/// when a queue or the buffers cannot be created, or a thread cannot be pinned.
+pub fn execute(
+    device: &Device,
+    plan: &Plan,
+    clock: &Clock,
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<Outcome, CliError> {
     let n = plan.threads;
     let start = Barrier::new(n + 1);
     let finish = Barrier::new(n + 1);
     let setup_failed = AtomicBool::new(false);
     let counters: Vec<Counter> = (0..n).map(|_| Counter(AtomicU64::new(0))).collect();
+    let finished = AtomicUsize::new(0);
     let phases = Phases::default();
     let max_latency = clock.ticks_for(MAX_LATENCY);
+    let sizes = plan.sizes_in_blocks();
 
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|t| {
-                let (start, finish, setup_failed, counter, phases) =
-                    (&start, &finish, &setup_failed, &counters[t].0, &phases);
+                let (start, finish, setup_failed, counter, phases, finished, sizes) = (
+                    &start,
+                    &finish,
+                    &setup_failed,
+                    &counters[t].0,
+                    &phases,
+                    &finished,
+                    &sizes,
+                );
                 s.spawn(move || -> Result<ThreadStats, Option<CliError>> {
                     // Declared in this order so that a panic arrives at `start` first.
                     let mut at_finish = Arrive(Some(finish));
                     let mut at_start = Arrive(Some(start));
-                    let setup = prepare(device, plan, t);
+                    // Ctrl-C goes to the main thread, never into an I/O system call here.
+                    block_sigint();
+                    let setup = pin(plan, t).and_then(|cpus| Ok((prepare(device, plan, t)?, cpus)));
                     if setup.is_err() {
                         setup_failed.store(true, Ordering::SeqCst);
                     }
                     at_start.arrive();
-                    let (mut q, bufs) = match setup {
+                    let ((mut q, bufs), cpus) = match setup {
                         Ok(ready) if !setup_failed.load(Ordering::SeqCst) => ready,
                         other => return Err(other.err()),
                     };
                     let seed = plan.seed.wrapping_add(t as u64);
-                    let mut ios = Generator::new(plan.rw, plan.rwmixread, plan.region, seed);
-                    let stats = engine::run(
-                        &mut q,
-                        bufs,
-                        &mut ios,
+                    let mut ios = Generator::new(plan.rw, plan.rwmixread, plan.region, sizes, seed);
+                    let cfg = LoopConfig {
                         clock,
                         phases,
                         max_latency,
-                        plan.completions,
-                        counter,
-                    );
+                        completions: plan.completions,
+                        budget: plan.budget,
+                        block_size: u64::from(plan.block_size),
+                        progress: counter,
+                    };
+                    let mut stats = engine::run(&mut q, bufs, &mut ios, cfg);
+                    stats.cpus = cpus;
+                    finished.fetch_add(1, Ordering::SeqCst);
                     at_finish.arrive();
                     // The queue is deleted here, after the measured window.
                     drop(q);
@@ -379,10 +585,9 @@ pub fn execute(device: &Device, plan: &Plan, clock: &Clock, progress: bool) -> R
             return Err(first.unwrap_or_else(|| CliError::Device("a perf thread could not start".into())));
         }
         let began = Instant::now();
-        let bar = if progress {
-            Progress::timed(plan.ramp + plan.time)
-        } else {
-            Progress::hidden()
+        let bar = match plan.time {
+            Some(time) if progress => Progress::timed(plan.ramp + time),
+            _ => Progress::hidden(),
         };
         let show = |bar: &Progress, last: &mut (Instant, u64)| {
             if bar.is_drawn() {
@@ -394,15 +599,22 @@ pub fn execute(device: &Device, plan: &Plan, clock: &Clock, progress: bool) -> R
             }
         };
         let mut last = (began, 0);
-        sleep_until(began + plan.ramp, &bar, &mut || show(&bar, &mut last));
+        let all_done = || finished.load(Ordering::SeqCst) == n;
+        let mut interrupted = watch(Some(began + plan.ramp), &all_done, stop, &bar, &mut || {
+            show(&bar, &mut last)
+        });
         // The measured window: its ends are read on both clocks, so its length is exact
         // and the tick rate is measured over all of it.
         let (usage0, calibration) = (rusage_self(), clock.calibration());
         phases.start(calibration.ticks());
-        sleep_until(calibration.instant() + plan.time, &bar, &mut || show(&bar, &mut last));
+        if !interrupted {
+            let deadline = plan.time.map(|t| calibration.instant() + t);
+            interrupted = watch(deadline, &all_done, stop, &bar, &mut || show(&bar, &mut last));
+        }
         let end = clock.now();
         phases.end(end);
         let (usage1, wall_s) = (rusage_self(), calibration.instant().elapsed().as_secs_f64());
+        let elapsed_s = began.elapsed().as_secs_f64();
         let ticks_per_ns = calibration.rate(clock, end);
         finish.wait();
         bar.finish();
@@ -414,6 +626,24 @@ pub fn execute(device: &Device, plan: &Plan, clock: &Clock, progress: bool) -> R
                 Err(_) => return Err(CliError::Device("a perf thread panicked".into())),
             }
         }
+        // A size-based run's window ends when its last thread finished; each thread's run
+        // when it did.
+        let since_start = |t: Ticks| t.min(end).saturating_sub(calibration.ticks()) as f64 / ticks_per_ns / 1e9;
+        let (window_s, runtimes_s) = if plan.time.is_none() && !interrupted {
+            let runtimes: Vec<f64> = stats
+                .iter()
+                .map(|s| {
+                    if s.finished == NOT_YET {
+                        0.0
+                    } else {
+                        since_start(s.finished)
+                    }
+                })
+                .collect();
+            (runtimes.iter().copied().fold(0.0, f64::max), runtimes)
+        } else {
+            (wall_s, vec![wall_s; n])
+        };
         let cpu = CpuUse {
             user_s: usage1.0 - usage0.0,
             sys_s: usage1.1 - usage0.1,
@@ -423,15 +653,104 @@ pub fn execute(device: &Device, plan: &Plan, clock: &Clock, progress: bool) -> R
         Ok(Outcome {
             stats,
             ticks_per_ns,
-            window_s: wall_s,
+            window_s,
+            runtimes_s,
+            elapsed_s,
             cpu,
+            interrupted,
         })
     })
 }
 
-/// Creates thread `t`'s queue and its `qd` buffers (one DMA allocation, cut in chunks;
-/// filled with random bytes once if the workload writes).
-fn prepare(device: &Device, plan: &Plan, t: usize) -> Result<(IoQueue, Vec<DmaBuf>), CliError> {
+/// Waits until `deadline` (if any), until `done`, or until `stop`; calls `tick` about
+/// twice a second if there is a bar. Returns whether `stop` ended the wait.
+fn watch(
+    deadline: Option<Instant>,
+    done: &dyn Fn() -> bool,
+    stop: &AtomicBool,
+    bar: &Progress,
+    tick: &mut dyn FnMut(),
+) -> bool {
+    let mut last_tick = Instant::now();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        let now = Instant::now();
+        if done() || deadline.is_some_and(|d| now >= d) {
+            return false;
+        }
+        let left = deadline.map_or(WATCH_STEP, |d| d - now);
+        std::thread::sleep(left.min(WATCH_STEP));
+        if bar.is_drawn() && last_tick.elapsed() >= Duration::from_millis(500) {
+            tick();
+            last_tick = Instant::now();
+        }
+    }
+}
+
+/// Blocks SIGINT in the calling thread (the I/O threads: the main thread takes it).
+fn block_sigint() {
+    // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only
+    // changes the calling thread's mask.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`).
+///
+/// Errors: the system call's.
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a writable cpu_set_t of the size given.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: CPU_ISSET reads the set, for CPUs below CPU_SETSIZE.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Pins the calling thread, thread `t`, as `plan` says; returns the CPUs it may run on
+/// afterwards, read back (`None` when nothing was pinned).
+fn pin(plan: &Plan, t: usize) -> Result<Option<Vec<usize>>, CliError> {
+    let Some((list, policy)) = &plan.cpus else {
+        return Ok(None);
+    };
+    let cpus: Vec<usize> = match policy {
+        CpusPolicy::Shared => list.0.clone(),
+        CpusPolicy::Split => vec![list.0[t % list.0.len()]],
+    };
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in &cpus {
+        // SAFETY: `c` is below CPU_SETSIZE (checked when parsed).
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size given; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(CliError::Device(format!(
+            "thread {t}: cannot pin to CPUs {}: {}",
+            CpuList(cpus).fio(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    let now = allowed_cpus().map_err(|e| CliError::Device(format!("thread {t}: sched_getaffinity: {e}")))?;
+    Ok(Some(now))
+}
+
+/// Creates thread `t`'s queue and its `qd` buffers (one DMA allocation cut in chunks of
+/// the largest I/O size, filled with random bytes once if the workload writes; none for
+/// trims, which move no data).
+fn prepare(device: &Device, plan: &Plan, t: usize) -> Result<(IoQueue, Vec<Option<DmaBuf>>), CliError> {
     let qd = plan.qd_effective;
     let backend = device.backend();
     let q = device.create_queue(Some(plan.nsid), qd).map_err(|e| {
@@ -445,6 +764,9 @@ fn prepare(device: &Device, plan: &Plan, t: usize) -> Result<(IoQueue, Vec<DmaBu
             q.depth()
         )));
     }
+    if plan.rw.trims() {
+        return Ok((q, (0..qd).map(|_| None).collect()));
+    }
     let bs = plan.bs as usize;
     let alloc_err =
         |e: crate::nvme::hw::DmaError| CliError::Device(format!("thread {t}: {qd} buffers of {bs} bytes: {e}"));
@@ -454,7 +776,7 @@ fn prepare(device: &Device, plan: &Plan, t: usize) -> Result<(IoQueue, Vec<DmaBu
         .map_err(alloc_err)?
         .into_chunks(bs, qd)
         .map_err(alloc_err)?;
-    if plan.rw.writes() {
+    if plan.rw.writes_data() {
         let mut rng = SplitMix64::new(plan.seed ^ (t as u64).rotate_left(32));
         for b in &mut bufs {
             for word in b.as_mut_slice().chunks_mut(8) {
@@ -463,24 +785,7 @@ fn prepare(device: &Device, plan: &Plan, t: usize) -> Result<(IoQueue, Vec<DmaBu
             }
         }
     }
-    Ok((q, bufs))
-}
-
-/// Sleeps until `deadline`, calling `tick` about twice a second if there is a bar.
-fn sleep_until(deadline: Instant, bar: &Progress, tick: &mut dyn FnMut()) {
-    let step = if bar.is_drawn() {
-        Duration::from_millis(500)
-    } else {
-        Duration::MAX
-    };
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(step));
-        tick();
-    }
+    Ok((q, bufs.into_iter().map(Some).collect()))
 }
 
 /// (user, system) CPU seconds of the whole process so far, and its peak resident set in
@@ -499,6 +804,37 @@ pub(crate) fn rusage_self() -> (f64, f64, u64) {
     (secs(ru.ru_utime), secs(ru.ru_stime), ru.ru_maxrss.max(0) as u64)
 }
 
+/// Sets `flag` on SIGINT for as long as it lives; a second SIGINT while the flag is set
+/// kills the process (the default action), so a stuck run can still be ended.
+struct SigintFlag {
+    flag: Arc<AtomicBool>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl SigintFlag {
+    fn register() -> SigintFlag {
+        let flag = Arc::new(AtomicBool::new(false));
+        let sig = signal_hook::consts::SIGINT;
+        // The conditional default first: it sees the flag as the previous SIGINT left it.
+        let ids = [
+            signal_hook::flag::register_conditional_default(sig, Arc::clone(&flag)),
+            signal_hook::flag::register(sig, Arc::clone(&flag)),
+        ]
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+        SigintFlag { flag, ids }
+    }
+}
+
+impl Drop for SigintFlag {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
 /// Runs `ironvme perf`.
 ///
 /// Errors: [`CliError::Refused`] for a write without consent; [`CliError::Invalid`] for
@@ -511,8 +847,24 @@ pub fn run(a: &PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let ns = device.namespace(a.nsid)?;
     let plan = Plan::new(a, &ns, device.backend())?;
     let clock = Clock::new(a.clock);
-    let progress = std::io::stderr().is_terminal() && a.time > PROGRESS_AFTER && !a.json;
-    let outcome = execute(device, &plan, &clock, progress)?;
+    let format = if a.json {
+        None
+    } else {
+        Some(a.output_format.unwrap_or(OutputFormat::Normal))
+    };
+    let progress = std::io::stderr().is_terminal()
+        && plan.time.is_some_and(|t| t > PROGRESS_AFTER)
+        && format == Some(OutputFormat::Normal);
+    let sigint = SigintFlag::register();
+    let outcome = execute(device, &plan, &clock, progress, &sigint.flag);
+    drop(sigint);
+    let outcome = outcome?;
+    if outcome.interrupted {
+        eprintln!(
+            "ironvme: perf interrupted (SIGINT) after {:.2}s of measured run: reporting what was measured",
+            outcome.window_s
+        );
+    }
     let info = RunInfo {
         rw: plan.rw,
         rwmixread: plan.rwmixread,
@@ -526,7 +878,7 @@ pub fn run(a: &PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
         block_size: plan.block_size,
         offset: plan.offset(),
         size: plan.size(),
-        time_s: plan.time.as_secs_f64(),
+        time_s: plan.time.map_or(0.0, |t| t.as_secs_f64()),
         ramp_s: plan.ramp.as_secs_f64(),
         clock: clock.source().name(),
         instant_now_ns: clock.instant_cost_ns(),
@@ -534,6 +886,22 @@ pub fn run(a: &PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
             Completions::Spin => "spin",
             Completions::Wait => "wait",
         },
+        name: a.name.clone(),
+        bssplit: plan.bssplit.clone(),
+        percentiles: plan.percentiles.clone(),
+        size_based: plan.budget,
+        interrupted: outcome.interrupted,
+        cpus_allowed: plan.cpus.as_ref().map(|(c, p)| (c.clone(), p.name())),
+        seed: plan.seed,
+        group_reporting: a.group_reporting,
+    };
+    let fio_run = fio::FioRun {
+        stats: &outcome.stats,
+        runtimes_s: &outcome.runtimes_s,
+        ticks_per_ns: outcome.ticks_per_ns,
+        elapsed_s: outcome.elapsed_s,
+        ended: SystemTime::now(),
+        percentiles: &plan.fio_percentiles,
     };
     let summary = Summary::new(
         info,
@@ -542,10 +910,11 @@ pub fn run(a: &PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
         outcome.ticks_per_ns,
         outcome.cpu,
     );
-    if a.json {
-        write_json(out, &summary.json())?;
-    } else {
-        write!(out, "{}", summary.human())?;
+    match format {
+        None => write_json(out, &summary.json())?,
+        Some(OutputFormat::Normal) => write!(out, "{}", summary.human())?,
+        Some(OutputFormat::Json) => write_json(out, &fio::report(&summary.info, &fio_run, fio::Flavor::Json))?,
+        Some(OutputFormat::JsonPlus) => write_json(out, &fio::report(&summary.info, &fio_run, fio::Flavor::JsonPlus))?,
     }
     out.flush()?;
     if summary.failed() {
@@ -611,7 +980,7 @@ mod tests {
         ]);
         assert_eq!(
             (a.rw, a.bs, a.qd, a.threads, a.time),
-            (Rw::Randread, 4096, 8, 2, Duration::from_millis(1500))
+            (Rw::Randread, 4096, 8, 2, Some(Duration::from_millis(1500)))
         );
         assert_eq!(
             (a.rwmixread, a.ramp, a.offset, a.size, a.json),
@@ -634,8 +1003,14 @@ mod tests {
             (70, Some(Backend::UringCmd), Some(1 << 30))
         );
         for bad in [
-            &["--rw", "trim"][..],
+            &["--rw", "write_trim"][..],
             &["--rw", "read", "--bs", "0"],
+            &["--rw", "read", "--bssplit", "4k/50"],
+            &["--rw", "read", "--percentile_list", "101"],
+            &["--rw", "read", "--cpus_allowed", "1-0"],
+            &["--rw", "read", "--cpus_allowed_policy", "split"],
+            &["--rw", "read", "--output-format", "terse"],
+            &["--rw", "read", "--json", "--output-format", "json"],
             &["--rw", "read", "--qd", "0"],
             &["--rw", "read", "--threads", "0"],
             &["--rw", "read", "--time", "0"],
@@ -657,8 +1032,8 @@ mod tests {
             p.region,
             Region {
                 first_lba: 0,
-                lbas_per_io: 1,
-                slots: 1 << 18
+                granule: 1,
+                granules: 1 << 18
             }
         );
         assert_eq!(
@@ -675,8 +1050,8 @@ mod tests {
             p.region,
             Region {
                 first_lba: 256,
-                lbas_per_io: 16,
-                slots: 15
+                granule: 16,
+                granules: 15
             }
         );
         assert_eq!((p.offset(), p.size()), (1 << 20, 15 * 65536));
@@ -717,6 +1092,160 @@ mod tests {
     }
 
     #[test]
+    fn fio_spellings_are_options() {
+        let a = args(&[
+            "--readwrite",
+            "readwrite",
+            "--ramp_time",
+            "2",
+            "--randseed",
+            "77",
+            "--bssplit",
+            "4k/50:64k/50",
+            "--percentile_list",
+            "99:99.9:99.99",
+            "--cpus_allowed",
+            "0-1,3",
+            "--cpus_allowed_policy",
+            "split",
+            "--output-format",
+            "json+",
+            "--group_reporting",
+            "--name",
+            "job1",
+        ]);
+        assert_eq!(a.rw, Rw::ReadWrite);
+        assert_eq!((a.ramp, a.seed), (Duration::from_secs(2), 77));
+        assert_eq!(a.bssplit, Some(BsSplit(vec![(4096, 50), (65536, 50)])));
+        assert_eq!(a.percentile_list, Some(PercentileList(vec![99.0, 99.9, 99.99])));
+        assert_eq!(a.cpus_allowed, Some(CpuList(vec![0, 1, 3])));
+        assert_eq!(a.cpus_allowed_policy, CpusPolicy::Split);
+        assert_eq!(a.output_format, Some(OutputFormat::JsonPlus));
+        assert!(a.group_reporting);
+        assert_eq!(a.name, "job1");
+        for (rw, want) in [("rw", Rw::ReadWrite), ("trim", Rw::Trim), ("randtrim", Rw::Randtrim)] {
+            assert_eq!(args(&["--rw", rw]).rw, want);
+        }
+        // The existing names still work.
+        let a = args(&["--rw", "read", "--ramp", "1", "--seed", "5", "--time", "3"]);
+        assert_eq!(
+            (a.ramp, a.seed, a.time),
+            (Duration::from_secs(1), 5, Some(Duration::from_secs(3)))
+        );
+    }
+
+    #[test]
+    fn size_without_time_is_a_size_based_run() {
+        let n = ns(4096, 1 << 18);
+        let p = Plan::new(&args(&["--rw", "read", "--size", "1m"]), &n, Backend::Uring).unwrap();
+        assert_eq!((p.time, p.budget), (None, Some(1 << 20)));
+        // Rounded down to whole I/Os, like the region.
+        let p = Plan::new(
+            &args(&["--rw", "read", "--size", "1000k", "--bs", "64k"]),
+            &n,
+            Backend::Uring,
+        )
+        .unwrap();
+        assert_eq!(p.budget, Some(15 * 65536));
+        let p = Plan::new(
+            &args(&["--rw", "read", "--size", "1m", "--time", "2"]),
+            &n,
+            Backend::Uring,
+        )
+        .unwrap();
+        assert_eq!((p.time, p.budget), (Some(Duration::from_secs(2)), None));
+        let p = Plan::new(&args(&["--rw", "read"]), &n, Backend::Uring).unwrap();
+        assert_eq!((p.time, p.budget), (Some(DEFAULT_TIME), None));
+    }
+
+    #[test]
+    fn trims_need_deallocate() {
+        let mut n = ns(4096, 1 << 18);
+        for rw in ["trim", "randtrim"] {
+            let e = Plan::new(&args(&["--rw", rw]), &n, Backend::Uring).unwrap_err();
+            assert!(matches!(e, CliError::Invalid(_)), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("--rw {rw}: the uring backend cannot deallocate (discard")),
+                "{e}"
+            );
+        }
+        n.deallocate = true;
+        let p = Plan::new(&args(&["--rw", "randtrim", "--bs", "1m"]), &n, Backend::Uring).unwrap();
+        assert!(
+            p.rw.trims() && p.bs == 1 << 20,
+            "a trim moves no data: MDTS does not limit it"
+        );
+    }
+
+    #[test]
+    fn bssplit_sizes_are_checked_and_set_the_region() {
+        let n = ns(4096, 1 << 18);
+        let p = Plan::new(
+            &args(&["--rw", "randread", "--bssplit", "64k/50:4k/50", "--size", "1m"]),
+            &n,
+            Backend::Uring,
+        )
+        .unwrap();
+        assert_eq!(p.bs, 65536, "buffers hold the largest size");
+        assert_eq!(
+            p.region,
+            Region {
+                first_lba: 0,
+                granule: 1,
+                granules: 256
+            }
+        );
+        assert_eq!(p.sizes_in_blocks(), vec![(16, 50), (1, 50)]);
+        let err = |extra: &[&str]| Plan::new(&args(extra), &n, Backend::Uring).unwrap_err().to_string();
+        assert!(err(&["--rw", "read", "--bssplit", "4k/50:6k/50"]).contains("--bssplit size 6144 is not a multiple"));
+        assert!(err(&["--rw", "read", "--bssplit", "4k/50:1m/50"]).contains("--bssplit size 1MiB exceeds"));
+        assert!(
+            err(&["--rw", "read", "--bssplit", "4k/50:64k/50", "--size", "32k"])
+                .contains("smaller than one --bssplit size 64KiB I/O")
+        );
+    }
+
+    #[test]
+    fn percentile_lists_reach_the_plan() {
+        let n = ns(4096, 1 << 18);
+        let p = Plan::new(&args(&["--rw", "read"]), &n, Backend::Uring).unwrap();
+        assert_eq!(p.percentiles, [50.0, 90.0, 99.0, 99.9, 99.99]);
+        assert_eq!(p.fio_percentiles.len(), 17, "fio's default list in fio's JSON");
+        let p = Plan::new(
+            &args(&["--rw", "read", "--percentile_list", "99.9:99"]),
+            &n,
+            Backend::Uring,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.percentiles.clone(), p.fio_percentiles),
+            (vec![99.0, 99.9], vec![99.0, 99.9])
+        );
+    }
+
+    #[test]
+    fn cpus_allowed_must_be_cpus_this_process_has() {
+        let n = ns(4096, 1 << 18);
+        let mine = allowed_cpus().unwrap();
+        let first = mine[0].to_string();
+        let p = Plan::new(&args(&["--rw", "read", "--cpus_allowed", &first]), &n, Backend::Uring).unwrap();
+        assert_eq!(p.cpus, Some((CpuList(vec![mine[0]]), CpusPolicy::Shared)));
+        let absent = (0..libc::CPU_SETSIZE as usize).find(|c| !mine.contains(c)).unwrap();
+        let e = Plan::new(
+            &args(&["--rw", "read", "--cpus_allowed", &absent.to_string()]),
+            &n,
+            Backend::Uring,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(&format!("CPU {absent} is not one this process may run on")),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn rusage_advances_with_work() {
         let (u0, s0, _) = rusage_self();
         let t = Instant::now();
@@ -741,7 +1270,16 @@ mod tests {
         let device = Device::simulated(sim, Default::default()).unwrap();
         let ns = device.namespace(None).unwrap();
         let clock = Clock::new(None);
-        for rw in ["read", "write", "randread", "randwrite", "randrw"] {
+        for rw in [
+            "read",
+            "write",
+            "randread",
+            "randwrite",
+            "randrw",
+            "rw",
+            "trim",
+            "randtrim",
+        ] {
             let a = args(&[
                 "--rw",
                 rw,
@@ -755,21 +1293,49 @@ mod tests {
                 "50ms",
             ]);
             let plan = Plan::new(&a, &ns, device.backend()).unwrap();
-            let o = execute(&device, &plan, &clock, false).unwrap();
+            let o = execute(&device, &plan, &clock, false, &AtomicBool::new(false)).unwrap();
             assert_eq!(o.stats.len(), 2);
             for s in &o.stats {
-                assert!(
-                    s.ios[0] + s.ios[1] > 0 && s.errors == 0 && s.fatal.is_none(),
-                    "{rw}: {s:?}"
-                );
-                assert_eq!(s.ios[1] > 0, plan.rw.writes(), "{rw}");
+                assert!(s.errors == 0 && s.fatal.is_none(), "{rw}: {s:?}");
+                for d in 0..workload::DIRS {
+                    assert_eq!(s.ios[d] > 0, plan.rw.dirs().contains(&d), "{rw}: {:?}", s.ios);
+                }
             }
             assert!(o.ticks_per_ns > 0.0 && o.cpu.wall_s >= 0.2, "{o:?}");
         }
+        // Size-based, with mixed sizes: each thread measures exactly its bytes and stops.
+        let a = args(&[
+            "--rw",
+            "randwrite",
+            "--bssplit",
+            "4k/50:16k/50",
+            "--size",
+            "4m",
+            "--threads",
+            "2",
+        ]);
+        let plan = Plan::new(&a, &ns, device.backend()).unwrap();
+        let o = execute(&device, &plan, &clock, false, &AtomicBool::new(false)).unwrap();
+        for s in &o.stats {
+            assert!(s.bytes[1] >= 4 << 20 && s.bytes[1] < (4 << 20) + 16384, "{:?}", s.bytes);
+        }
+        assert!(!o.interrupted && o.runtimes_s.iter().all(|&r| r > 0.0 && r <= o.window_s));
+        // A stop flag already set ends the run at once, with what was measured.
+        let a = args(&["--rw", "read", "--time", "60"]);
+        let plan = Plan::new(&a, &ns, device.backend()).unwrap();
+        let t = Instant::now();
+        let o = execute(&device, &plan, &clock, false, &AtomicBool::new(true)).unwrap();
+        assert!(
+            o.interrupted && t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
         // A deeper queue than the controller allows is refused before the run.
         let a = args(&["--rw", "read", "--qd", "4096", "--time", "1"]);
         let plan = Plan::new(&a, &ns, device.backend()).unwrap();
-        let e = execute(&device, &plan, &clock, false).unwrap_err().to_string();
+        let e = execute(&device, &plan, &clock, false, &AtomicBool::new(false))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--qd 4096 is deeper than a sim queue can be here (2047"),
             "{e}"

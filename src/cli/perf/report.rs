@@ -2,8 +2,8 @@
 //! for scripts (one JSON object).
 
 use super::engine::{ErrorSample, ThreadStats};
-use super::units::{iec_exact, si_count};
-use super::workload::{READ, Rw, WRITE};
+use super::units::{BsSplit, CpuList, iec_exact, percentile_name, si_count};
+use super::workload::{DIR_NAMES, DIRS, READ, Rw, TRIM, WRITE};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -45,6 +45,33 @@ pub struct RunInfo {
     pub instant_now_ns: f64,
     /// How completions were awaited (`spin` or `wait`).
     pub completions: &'static str,
+    /// The job's name (fio's `name`).
+    pub name: String,
+    /// I/O sizes and weights, when `--bssplit` chose them (`bs` is then the largest).
+    pub bssplit: Option<BsSplit>,
+    /// The percentiles reported (`--percentile_list`, or [`PERCENTILES`]).
+    pub percentiles: Vec<f64>,
+    /// Bytes each thread transfers in a size-based run; `None` when time-based.
+    pub size_based: Option<u64>,
+    /// Whether Ctrl-C (SIGINT) ended the run early.
+    pub interrupted: bool,
+    /// The CPUs the threads were pinned to (`--cpus_allowed`), and whether each thread
+    /// got one of them (`split`) or all (`shared`).
+    pub cpus_allowed: Option<(CpuList, &'static str)>,
+    /// Seed of thread 0's random sequence.
+    pub seed: u64,
+    /// fio's `group_reporting`: one job for all threads in fio's JSON.
+    pub group_reporting: bool,
+}
+
+impl RunInfo {
+    /// `bs=4KiB`, or `bssplit=4KiB/50:64KiB/50`.
+    pub fn bs_text(&self) -> String {
+        match &self.bssplit {
+            Some(split) => format!("bssplit={}", split.fio()),
+            None => format!("bs={}", iec_exact(self.bs)),
+        }
+    }
 }
 
 /// CPU time of the whole process over the measured window (`getrusage(RUSAGE_SELF)`).
@@ -127,36 +154,69 @@ impl Latency {
     }
 }
 
+/// The latency at each of `list`'s percentiles, in µs: (percentile, µs); empty without
+/// samples.
+pub fn percentiles_us(h: &Histogram<u64>, list: &[f64], ticks_per_ns: f64) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    list.iter()
+        .map(|&p| (p, h.value_at_percentile(p) as f64 / ticks_per_ns / 1000.0))
+        .collect()
+}
+
+/// A percentile as a JSON key of ironvme's report: `99`, `99.9`, `99.99`.
+fn percentile_key(p: f64) -> String {
+    format!("{p}")
+}
+
 /// Throughput and latency of a set of I/Os.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rate {
     /// Successful I/Os in the window.
     pub ios: u64,
+    /// Their bytes.
+    pub bytes: u64,
     /// I/Os per second.
     pub iops: f64,
     /// MiB (2^20 bytes) per second.
     pub mib_per_s: f64,
     /// Latency, if there were I/Os.
     pub lat: Option<Latency>,
+    /// The latency at each reported percentile (`--percentile_list`): (percentile, µs).
+    pub percentiles: Vec<(f64, f64)>,
 }
 
 impl Rate {
-    fn new(ios: u64, seconds: f64, bs: u64, lat: Option<Latency>) -> Rate {
-        let iops = if seconds > 0.0 { ios as f64 / seconds } else { 0.0 };
+    fn new(ios: u64, bytes: u64, seconds: f64, lat: Option<Latency>, percentiles: Vec<(f64, f64)>) -> Rate {
+        let per_s = |v: u64| if seconds > 0.0 { v as f64 / seconds } else { 0.0 };
         Rate {
             ios,
-            iops,
-            mib_per_s: iops * bs as f64 / (1u64 << 20) as f64,
+            bytes,
+            iops: per_s(ios),
+            mib_per_s: per_s(bytes) / (1u64 << 20) as f64,
             lat,
+            percentiles,
         }
     }
 
     fn json(&self) -> Value {
+        let lat = self.lat.map_or(Value::Null, |l| {
+            let mut v = l.json();
+            let pct: serde_json::Map<String, Value> = self
+                .percentiles
+                .iter()
+                .map(|&(p, us)| (percentile_key(p), round3(us)))
+                .collect();
+            v["percentiles"] = Value::Object(pct);
+            v
+        });
         json!({
             "ios": self.ios,
+            "bytes": self.bytes,
             "iops": round3(self.iops),
             "mib_per_s": round3(self.mib_per_s),
-            "lat_us": self.lat.map_or(Value::Null, |l| l.json()),
+            "lat_us": lat,
         })
     }
 }
@@ -170,6 +230,8 @@ pub struct ThreadSummary {
     pub errors: u64,
     /// Why it stopped early, if it did.
     pub fatal: Option<String>,
+    /// The CPUs it was allowed to run on, read back after pinning.
+    pub cpus: Option<Vec<usize>>,
 }
 
 /// The merged results of a run.
@@ -181,8 +243,8 @@ pub struct Summary {
     pub runtime_s: f64,
     /// All I/Os.
     pub all: Rate,
-    /// Reads only, writes only.
-    pub dirs: [Rate; 2],
+    /// Reads only, writes only, trims only.
+    pub dirs: [Rate; DIRS],
     /// Per thread.
     pub threads: Vec<ThreadSummary>,
     /// Failed I/Os.
@@ -199,14 +261,23 @@ impl Summary {
     pub fn new(info: RunInfo, stats: &[ThreadStats], runtime_s: f64, ticks_per_ns: f64, cpu: CpuUse) -> Summary {
         let max_latency = stats.iter().map(|s| s.latency[READ].high()).max().unwrap_or(2);
         let empty = || Histogram::<u64>::new_with_bounds(1, max_latency, 3).expect("valid bounds");
-        let mut dirs = [empty(), empty()];
-        let mut dir_min_max = [(u64::MAX, 0u64); 2];
+        let mut dirs = [empty(), empty(), empty()];
+        let mut dir_min_max = [(u64::MAX, 0u64); DIRS];
         let mut threads = Vec::new();
         let mut error_samples = Vec::new();
+        let rate = |ios: u64, bytes: u64, h: &Histogram<u64>, mm| {
+            Rate::new(
+                ios,
+                bytes,
+                runtime_s,
+                Latency::from_ticks(h, mm, ticks_per_ns),
+                percentiles_us(h, &info.percentiles, ticks_per_ns),
+            )
+        };
         for (i, s) in stats.iter().enumerate() {
             let mut mine = empty();
             let mut mm = (u64::MAX, 0u64);
-            for d in [READ, WRITE] {
+            for d in 0..DIRS {
                 // Same bounds on both sides: adding cannot fail.
                 let _ = dirs[d].add(&s.latency[d]);
                 let _ = mine.add(&s.latency[d]);
@@ -217,35 +288,26 @@ impl Summary {
                 mm = (mm.0.min(s.min_max[d].0), mm.1.max(s.min_max[d].1));
             }
             threads.push(ThreadSummary {
-                all: Rate::new(
-                    s.ios[READ] + s.ios[WRITE],
-                    runtime_s,
-                    info.bs,
-                    Latency::from_ticks(&mine, mm, ticks_per_ns),
-                ),
+                all: rate(s.ios.iter().sum(), s.bytes.iter().sum(), &mine, mm),
                 errors: s.errors,
                 fatal: s.fatal.clone(),
+                cpus: s.cpus.clone(),
             });
             error_samples.extend(s.error_samples.iter().map(|e| (i, *e)));
         }
         error_samples.truncate(super::engine::ERROR_SAMPLES);
         let mut all = empty();
-        let _ = all.add(&dirs[READ]);
-        let _ = all.add(&dirs[WRITE]);
-        let all_mm = (
-            dir_min_max[0].0.min(dir_min_max[1].0),
-            dir_min_max[0].1.max(dir_min_max[1].1),
-        );
-        let rate = |ios: u64, h: &Histogram<u64>, mm| {
-            Rate::new(ios, runtime_s, info.bs, Latency::from_ticks(h, mm, ticks_per_ns))
-        };
+        let mut all_mm = (u64::MAX, 0u64);
+        for d in 0..DIRS {
+            let _ = all.add(&dirs[d]);
+            all_mm = (all_mm.0.min(dir_min_max[d].0), all_mm.1.max(dir_min_max[d].1));
+        }
         let ios = |d: usize| stats.iter().map(|s| s.ios[d]).sum::<u64>();
+        let bytes = |d: usize| stats.iter().map(|s| s.bytes[d]).sum::<u64>();
+        let total = |f: &dyn Fn(usize) -> u64| (0..DIRS).map(f).sum::<u64>();
         Summary {
-            all: rate(ios(READ) + ios(WRITE), &all, all_mm),
-            dirs: [
-                rate(ios(READ), &dirs[READ], dir_min_max[READ]),
-                rate(ios(WRITE), &dirs[WRITE], dir_min_max[WRITE]),
-            ],
+            all: rate(total(&ios), total(&bytes), &all, all_mm),
+            dirs: [READ, WRITE, TRIM].map(|d| rate(ios(d), bytes(d), &dirs[d], dir_min_max[d])),
             errors: stats.iter().map(|s| s.errors).sum(),
             error_samples,
             threads,
@@ -263,7 +325,7 @@ impl Summary {
     /// The header line, like fio's job line.
     pub fn header(&self) -> String {
         let i = &self.info;
-        let mix = if i.rw == Rw::Randrw {
+        let mix = if i.rw.mixed() {
             format!(" rwmixread={}", i.rwmixread)
         } else {
             String::new()
@@ -277,9 +339,9 @@ impl Summary {
             )
         };
         format!(
-            "{}: bs={}{mix} qd={qd} threads={} backend={} dev={} nsid={}",
+            "{}: {}{mix} qd={qd} threads={} backend={} dev={} nsid={}",
             i.rw.name(),
-            iec_exact(i.bs),
+            i.bs_text(),
             i.threads,
             i.backend,
             i.device,
@@ -292,28 +354,35 @@ impl Summary {
         let i = &self.info;
         let mut o = String::new();
         let _ = writeln!(o, "{}", self.header());
+        let ios = match &i.bssplit {
+            Some(_) => format!("{} B blocks", i.block_size),
+            None => format!("{} I/O slots, {} B blocks", i.size / i.bs, i.block_size),
+        };
         let _ = writeln!(
             o,
-            "  region: offset={} size={} ({} I/O slots, {} B blocks), runtime={:.2}s ramp={}s clock={} completions={}",
+            "  region: offset={} size={} ({ios}), runtime={:.2}s ramp={}s clock={} completions={}",
             iec_exact(i.offset),
             iec_exact(i.size),
-            i.size / i.bs,
-            i.block_size,
             self.runtime_s,
             i.ramp_s,
             i.clock,
             i.completions
         );
-        let dirs: &[(usize, &str)] = match i.rw {
-            Rw::Read | Rw::Randread => &[(READ, "read")],
-            Rw::Write | Rw::Randwrite => &[(WRITE, "write")],
-            Rw::Randrw => &[(READ, "read"), (WRITE, "write")],
-        };
-        for &(d, name) in dirs {
-            write_rate(&mut o, name, &self.dirs[d], self.runtime_s, i.bs);
+        if let Some(bytes) = i.size_based {
+            let _ = writeln!(o, "  size-based: {} per thread", iec_exact(bytes));
+        }
+        if let Some((cpus, policy)) = &i.cpus_allowed {
+            let _ = writeln!(o, "  cpus_allowed={} ({policy})", cpus.fio());
+        }
+        if i.interrupted {
+            let _ = writeln!(o, "  interrupted (SIGINT): what was measured until then");
+        }
+        let dirs = i.rw.dirs();
+        for &d in dirs {
+            write_rate(&mut o, DIR_NAMES[d], &self.dirs[d], self.runtime_s);
         }
         if dirs.len() > 1 {
-            write_rate(&mut o, "total", &self.all, self.runtime_s, i.bs);
+            write_rate(&mut o, "total", &self.all, self.runtime_s);
         }
         if self.threads.len() > 1 {
             for (n, t) in self.threads.iter().enumerate() {
@@ -341,8 +410,7 @@ impl Summary {
         );
         let _ = writeln!(o, "  errors: {}", self.errors);
         for (t, e) in &self.error_samples {
-            let op = if e.dir == READ { "read" } else { "write" };
-            let _ = writeln!(o, "    thread {t}: {op} of LBA {}: {}", e.lba, e.status);
+            let _ = writeln!(o, "    thread {t}: {} of LBA {}: {}", DIR_NAMES[e.dir], e.lba, e.status);
         }
         if self.errors > self.error_samples.len() as u64 {
             let _ = writeln!(o, "    ... and {} more", self.errors - self.error_samples.len() as u64);
@@ -364,7 +432,12 @@ impl Summary {
             "qd": i.qd,
             "qd_effective": i.qd_effective,
             "threads": i.threads,
-            "rwmixread": if i.rw == Rw::Randrw { Value::from(i.rwmixread) } else { Value::Null },
+            "rwmixread": if i.rw.mixed() { Value::from(i.rwmixread) } else { Value::Null },
+            "bssplit": i.bssplit.as_ref().map_or(Value::Null, |b| json!(b.0)),
+            "size_based": i.size_based,
+            "interrupted": i.interrupted,
+            "seed": i.seed,
+            "cpus_allowed": i.cpus_allowed.as_ref().map_or(Value::Null, |(c, _)| json!(c.0)),
             "backend": i.backend,
             "device": i.device,
             "nsid": i.nsid,
@@ -382,6 +455,7 @@ impl Summary {
             "lat_us": self.all.lat.map_or(Value::Null, |l| l.json()),
             "read": self.dirs[READ].json(),
             "write": self.dirs[WRITE].json(),
+            "trim": self.dirs[TRIM].json(),
             "cpu": {
                 "user_s": round3(self.cpu.user_s),
                 "sys_s": round3(self.cpu.sys_s),
@@ -396,7 +470,7 @@ impl Summary {
             .map(|(t, e)| {
                 json!({
                     "thread": t,
-                    "op": if e.dir == READ { "read" } else { "write" },
+                    "op": DIR_NAMES[e.dir],
                     "lba": e.lba,
                     "status": e.status.to_string(),
                 })
@@ -411,6 +485,7 @@ impl Summary {
                 r["thread"] = n.into();
                 r["errors"] = t.errors.into();
                 r["stopped"] = t.fatal.clone().map_or(Value::Null, Value::String);
+                r["cpus"] = t.cpus.as_ref().map_or(Value::Null, |c| json!(c));
                 r
             })
             .collect();
@@ -421,15 +496,14 @@ impl Summary {
 }
 
 /// fio's `read: IOPS=..., BW=...` block with latency lines.
-fn write_rate(o: &mut String, name: &str, r: &Rate, runtime_s: f64, bs: u64) {
-    let bytes = r.ios * bs;
+fn write_rate(o: &mut String, name: &str, r: &Rate, runtime_s: f64) {
     let _ = writeln!(
         o,
         "  {name}: IOPS={}, BW={:.1}MiB/s ({:.1}MB/s)({}/{}msec)",
         si_count(r.iops),
         r.mib_per_s,
         r.mib_per_s * 1.048_576,
-        human_bytes(bytes),
+        human_bytes(r.bytes),
         (runtime_s * 1000.0).round()
     );
     if let Some(l) = &r.lat {
@@ -441,10 +515,10 @@ fn write_rate(o: &mut String, name: &str, r: &Rate, runtime_s: f64, bs: u64) {
             us(l.mean),
             us(l.stdev)
         );
-        let pct: Vec<String> = PERCENTILES
+        let pct: Vec<String> = r
+            .percentiles
             .iter()
-            .zip(l.pct)
-            .map(|((_, _, name), v)| format!("{name}={}", us(v)))
+            .map(|&(p, v)| format!("{}={}", percentile_name(p), us(v)))
             .collect();
         let _ = writeln!(o, "    lat percentiles (usec): {}", pct.join(", "));
     }
@@ -507,6 +581,14 @@ mod tests {
             clock: "tsc",
             instant_now_ns: 25.0,
             completions: "spin",
+            name: "perf".into(),
+            bssplit: None,
+            percentiles: PERCENTILES.iter().map(|p| p.0).collect(),
+            size_based: None,
+            interrupted: false,
+            cpus_allowed: None,
+            seed: 1,
+            group_reporting: false,
         }
     }
 
@@ -519,6 +601,7 @@ mod tests {
                 let ticks = (10_000 + k * 1000) * 2;
                 s.latency[d].record(ticks).unwrap();
                 s.ios[d] += 1;
+                s.bytes[d] += 4096;
                 s.min_max[d] = (s.min_max[d].0.min(ticks), s.min_max[d].1.max(ticks));
             }
         }
@@ -655,5 +738,52 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5KiB");
         assert_eq!(human_bytes(10), "10B");
         assert_eq!(round3(1.23456), json!(1.235));
+    }
+
+    #[test]
+    fn percentile_list_sets_the_percentiles_reported() {
+        let mut i = info(Rw::Randread, 1);
+        i.percentiles = vec![25.0, 99.5, 99.995];
+        let s = Summary::new(i, &[thread(100, 0)], 2.0, 2.0, CpuUse::default());
+        let text = s.human();
+        assert!(
+            text.contains("lat percentiles (usec): 25.00th=34.0, 99.50th=109.1, 99.995th=109.1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("50.00th"), "{text}");
+        let v = s.json();
+        let p = &v["read"]["lat_us"]["percentiles"];
+        let near = |key: &str, want: f64| (p[key].as_f64().unwrap() - want).abs() < 0.2;
+        assert!(near("25", 34.0) && near("99.5", 109.0) && near("99.995", 109.0), "{v}");
+        assert_eq!(p.as_object().unwrap().len(), 3);
+        // The fixed keys stay for scripts that read them.
+        assert!(v["lat_us"]["p99_99"].is_number());
+    }
+
+    #[test]
+    fn trims_and_bssplit_report_their_bytes() {
+        let mut i = info(Rw::Randtrim, 1);
+        i.bssplit = Some(BsSplit(vec![(4096, 50), (65536, 50)]));
+        let mut t = ThreadStats::new(2_000_000_000);
+        t.ios[TRIM] = 4;
+        t.bytes[TRIM] = 2 * 4096 + 2 * 65536;
+        for k in 0..4 {
+            t.latency[TRIM].record(20_000 + k).unwrap();
+        }
+        t.min_max[TRIM] = (20_000, 20_003);
+        let s = Summary::new(i, &[t], 2.0, 2.0, CpuUse::default());
+        let text = s.human();
+        assert!(text.starts_with("randtrim: bssplit=4KiB/50:64KiB/50 qd=32"), "{text}");
+        assert!(
+            text.contains("  trim: IOPS=2, BW=0.1MiB/s (0.1MB/s)(136KiB/2000msec)"),
+            "{text}"
+        );
+        assert!(!text.contains("  read:") && !text.contains("  total:"), "{text}");
+        let v = s.json();
+        assert_eq!(
+            (v["trim"]["ios"].as_u64(), v["trim"]["bytes"].as_u64()),
+            (Some(4), Some(139_264))
+        );
+        assert_eq!(v["bssplit"], json!([[4096, 50], [65536, 50]]));
     }
 }

@@ -71,6 +71,180 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// fio's `bssplit`: I/O sizes and their weights in percent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BsSplit(pub Vec<(u64, u8)>);
+
+impl BsSplit {
+    /// fio's spelling: `4KiB/50:64KiB/50`.
+    pub fn fio(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(bs, pct)| format!("{}/{pct}", iec_exact(*bs)))
+            .collect();
+        parts.join(":")
+    }
+}
+
+/// Parses fio's `bssplit`: `SIZE/PCT` entries separated by `:` (`4k/50:64k/50`). An entry
+/// without a percentage (`8k/` or `8k`) shares what the others leave of 100 equally with
+/// the other such entries, as in fio; the weights must then add up to 100. Sizes repeat
+/// as one entry. One list for every direction (fio's per-direction `,` lists are not
+/// taken).
+///
+/// Errors: a message naming the entry and the rule it breaks.
+pub fn parse_bssplit(s: &str) -> Result<BsSplit, String> {
+    if s.contains(',') {
+        return Err(format!(
+            "`{s}`: one bssplit list serves reads, writes and trims alike here (per-direction lists separated by \
+             `,` are not supported)"
+        ));
+    }
+    let mut given: Vec<(u64, Option<u32>)> = Vec::new();
+    for part in s.split(':') {
+        let (size, pct) = part.split_once('/').unwrap_or((part, ""));
+        let size = parse_nonzero_size(size).map_err(|e| format!("bssplit entry `{part}`: {e}"))?;
+        let pct = match pct.trim() {
+            "" => None,
+            p => Some(
+                p.parse::<u32>()
+                    .ok()
+                    .filter(|&v| v <= 100)
+                    .ok_or_else(|| format!("bssplit entry `{part}`: `{p}` is not a percentage (0 to 100)"))?,
+            ),
+        };
+        given.push((size, pct));
+    }
+    let set: u32 = given.iter().filter_map(|(_, p)| *p).sum();
+    let blanks = given.iter().filter(|(_, p)| p.is_none()).count() as u32;
+    if set > 100 || (blanks == 0 && set != 100) {
+        return Err(format!("`{s}`: the bssplit percentages add up to {set}, not 100"));
+    }
+    let mut entries: Vec<(u64, u8)> = Vec::new();
+    let mut blank_index = 0;
+    for (size, pct) in given {
+        let pct = pct.unwrap_or_else(|| {
+            // The blanks share the rest; the first ones get the remainder's odd units.
+            let rest = 100 - set;
+            let share = rest / blanks + u32::from(blank_index < rest % blanks);
+            blank_index += 1;
+            share
+        }) as u8;
+        match entries.iter_mut().find(|(b, _)| *b == size) {
+            Some(e) => e.1 += pct,
+            None => entries.push((size, pct)),
+        }
+    }
+    entries.retain(|&(_, pct)| pct > 0);
+    Ok(BsSplit(entries))
+}
+
+/// fio's `percentile_list`: the latency percentiles reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PercentileList(pub Vec<f64>);
+
+/// fio's default percentile list (its `percentile_list` default).
+pub const FIO_PERCENTILES: [f64; 17] = [
+    1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99,
+];
+
+/// Parses fio's `percentile_list`: percentages separated by `:` (`99:99.9:99.99`), each
+/// above 0 and at most 100, at most 20 of them as in fio; reported in ascending order.
+///
+/// Errors: a message naming the entry.
+pub fn parse_percentile_list(s: &str) -> Result<PercentileList, String> {
+    let mut list = Vec::new();
+    for part in s.split(':') {
+        let v: f64 = part
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v: &f64| *v > 0.0 && *v <= 100.0)
+            .ok_or_else(|| format!("percentile_list entry `{part}` is not a percentile (above 0, at most 100)"))?;
+        list.push(v);
+    }
+    list.sort_by(f64::total_cmp);
+    list.dedup();
+    if list.len() > 20 {
+        return Err(format!(
+            "`{s}`: at most 20 percentiles (fio's limit), not {}",
+            list.len()
+        ));
+    }
+    Ok(PercentileList(list))
+}
+
+/// A percentile as fio names it in its text report (`99.00th`, `99.995th`): two decimals,
+/// more when the value has them.
+pub fn percentile_name(p: f64) -> String {
+    let mut t = format!("{p:.6}");
+    while t.ends_with('0') && t.len() - t.find('.').unwrap_or(0) > 3 {
+        t.pop();
+    }
+    format!("{t}th")
+}
+
+/// fio's `cpus_allowed`: the CPUs perf's I/O threads may run on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+impl CpuList {
+    /// fio's spelling, with ranges: `0-1,3`.
+    pub fn fio(&self) -> String {
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < self.0.len() {
+            let mut j = i;
+            while j + 1 < self.0.len() && self.0[j + 1] == self.0[j] + 1 {
+                j += 1;
+            }
+            parts.push(if i == j {
+                self.0[i].to_string()
+            } else {
+                format!("{}-{}", self.0[i], self.0[j])
+            });
+            i = j + 1;
+        }
+        parts.join(",")
+    }
+}
+
+/// Parses fio's `cpus_allowed`: CPU numbers and ranges separated by commas (`0-1,3`);
+/// ascending, without repeats.
+///
+/// Errors: a message naming the entry.
+pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    let cpu = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&c| c < libc::CPU_SETSIZE as usize)
+            .ok_or_else(|| {
+                format!(
+                    "cpus_allowed entry `{t}` is not a CPU number (0 to {})",
+                    libc::CPU_SETSIZE - 1
+                )
+            })
+    };
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (cpu(a)?, cpu(b)?);
+                if a > b {
+                    return Err(format!("cpus_allowed range `{part}` runs backwards"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(cpu(part)?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(CpuList(cpus))
+}
+
 /// A size in the largest binary unit that divides it exactly: `4KiB`, `128KiB`, `1GiB`,
 /// `1536B`. fio prints block sizes this way.
 pub fn iec_exact(bytes: u64) -> String {
@@ -168,5 +342,65 @@ mod tests {
         assert_eq!(si_count(24_612.0), "24.6k");
         assert_eq!(si_count(246_120.0), "246k");
         assert_eq!(si_count(1_234_567.0), "1.23M");
+    }
+
+    #[test]
+    fn bssplit_as_fio_writes_it() {
+        assert_eq!(
+            parse_bssplit("4k/50:64k/50"),
+            Ok(BsSplit(vec![(4096, 50), (65536, 50)]))
+        );
+        assert_eq!(parse_bssplit("4k"), Ok(BsSplit(vec![(4096, 100)])));
+        // Blanks share the rest; repeats merge; zero weights drop out.
+        assert_eq!(
+            parse_bssplit("4k/10:8k/:16k/:32k/0"),
+            Ok(BsSplit(vec![(4096, 10), (8192, 45), (16384, 45)]))
+        );
+        assert_eq!(parse_bssplit("4k/40:4k/60"), Ok(BsSplit(vec![(4096, 100)])));
+        assert_eq!(parse_bssplit("4k/50:64k/50").unwrap().fio(), "4KiB/50:64KiB/50");
+        for (bad, why) in [
+            ("4k/50:8k/40", "add up to 90, not 100"),
+            ("4k/80:8k/30", "add up to 110"),
+            ("4k/x", "not a percentage"),
+            ("4q/100", "bssplit entry `4q/100`"),
+            ("0/100", "must not be zero"),
+            ("4k/50:8k/50,4k/100", "per-direction"),
+        ] {
+            let e = parse_bssplit(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn percentile_lists_as_fio_writes_them() {
+        assert_eq!(
+            parse_percentile_list("99:99.9:99.99"),
+            Ok(PercentileList(vec![99.0, 99.9, 99.99]))
+        );
+        assert_eq!(parse_percentile_list("50:10:50"), Ok(PercentileList(vec![10.0, 50.0])));
+        for bad in ["0", "101", "x", "99::1"] {
+            assert!(parse_percentile_list(bad).is_err(), "{bad}");
+        }
+        assert!(parse_percentile_list(&vec!["1"; 21].join(":")).is_ok(), "repeats merge");
+        let many: Vec<String> = (1..=21).map(|i| i.to_string()).collect();
+        assert!(
+            parse_percentile_list(&many.join(":"))
+                .unwrap_err()
+                .contains("at most 20")
+        );
+        assert_eq!(percentile_name(99.0), "99.00th");
+        assert_eq!(percentile_name(99.9), "99.90th");
+        assert_eq!(percentile_name(99.995), "99.995th");
+        assert_eq!(percentile_name(5.0), "5.00th");
+    }
+
+    #[test]
+    fn cpu_lists_as_fio_writes_them() {
+        assert_eq!(parse_cpu_list("0-1,3"), Ok(CpuList(vec![0, 1, 3])));
+        assert_eq!(parse_cpu_list("3,0,1-2,2"), Ok(CpuList(vec![0, 1, 2, 3])));
+        assert_eq!(parse_cpu_list("0-1,3,5-7").unwrap().fio(), "0-1,3,5-7");
+        for bad in ["", "a", "3-1", "0-", "99999"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad}");
+        }
     }
 }

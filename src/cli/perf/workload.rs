@@ -51,6 +51,14 @@ pub enum Rw {
     Randwrite,
     /// Random reads and writes, mixed by --rwmixread.
     Randrw,
+    /// Sequential reads and writes, mixed by --rwmixread (fio's rw, also readwrite):
+    /// reads and writes each walk the region in order, from their own position.
+    #[value(name = "rw", alias = "readwrite")]
+    ReadWrite,
+    /// Sequential trims: Dataset Management deallocate (discard) of each I/O's blocks.
+    Trim,
+    /// Random trims.
+    Randtrim,
 }
 
 impl Rw {
@@ -62,25 +70,61 @@ impl Rw {
             Rw::Randread => "randread",
             Rw::Randwrite => "randwrite",
             Rw::Randrw => "randrw",
+            Rw::ReadWrite => "rw",
+            Rw::Trim => "trim",
+            Rw::Randtrim => "randtrim",
         }
     }
 
-    /// Whether the workload writes (and so destroys data).
+    /// Whether the workload changes the data (writes or trims), and so needs consent on
+    /// a device.
     pub const fn writes(self) -> bool {
         !matches!(self, Rw::Read | Rw::Randread)
     }
 
-    /// Whether offsets are random.
-    pub const fn random(self) -> bool {
-        matches!(self, Rw::Randread | Rw::Randwrite | Rw::Randrw)
+    /// Whether the workload writes data from buffers.
+    pub const fn writes_data(self) -> bool {
+        matches!(self, Rw::Write | Rw::Randwrite | Rw::Randrw | Rw::ReadWrite)
     }
 
-    /// Percentage of reads: 100 for read workloads, 0 for write workloads, `mix` for randrw.
+    /// Whether the workload trims (deallocates) instead of transferring data.
+    pub const fn trims(self) -> bool {
+        matches!(self, Rw::Trim | Rw::Randtrim)
+    }
+
+    /// Whether offsets are random.
+    pub const fn random(self) -> bool {
+        matches!(self, Rw::Randread | Rw::Randwrite | Rw::Randrw | Rw::Randtrim)
+    }
+
+    /// Whether reads and writes are mixed by --rwmixread.
+    pub const fn mixed(self) -> bool {
+        matches!(self, Rw::Randrw | Rw::ReadWrite)
+    }
+
+    /// Percentage of reads: 100 for read workloads, 0 for write and trim workloads, `mix`
+    /// for the mixed ones.
     pub const fn read_percent(self, mix: u8) -> u8 {
         match self {
             Rw::Read | Rw::Randread => 100,
-            Rw::Write | Rw::Randwrite => 0,
-            Rw::Randrw => mix,
+            Rw::Write | Rw::Randwrite | Rw::Trim | Rw::Randtrim => 0,
+            Rw::Randrw | Rw::ReadWrite => mix,
+        }
+    }
+
+    /// The direction of the I/Os that are not reads: trims for the trim workloads,
+    /// writes otherwise.
+    pub const fn other_dir(self) -> Dir {
+        if self.trims() { TRIM } else { WRITE }
+    }
+
+    /// The directions the workload does, in fio's order.
+    pub fn dirs(self) -> &'static [Dir] {
+        match self {
+            Rw::Read | Rw::Randread => &[READ],
+            Rw::Write | Rw::Randwrite => &[WRITE],
+            Rw::Randrw | Rw::ReadWrite => &[READ, WRITE],
+            Rw::Trim | Rw::Randtrim => &[TRIM],
         }
     }
 }
@@ -91,66 +135,132 @@ pub type Dir = usize;
 pub const READ: Dir = 0;
 /// Writes.
 pub const WRITE: Dir = 1;
+/// Trims (deallocate).
+pub const TRIM: Dir = 2;
+/// Number of directions.
+pub const DIRS: usize = 3;
+/// fio's names of the directions.
+pub const DIR_NAMES: [&str; DIRS] = ["read", "write", "trim"];
 
-/// Where in the namespace a job works and how it walks it, in logical blocks.
+/// Where in the namespace a job works, in logical blocks. Offsets are multiples of
+/// `granule` blocks from `first_lba` (the smallest I/O size: fio's default blockalign).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
     /// First logical block of the region (`--offset` / block size).
     pub first_lba: u64,
-    /// Logical blocks per I/O (`--bs` / block size).
-    pub lbas_per_io: u64,
-    /// I/O-sized slots in the region (`--size` / `--bs`, rounded down; at least 1).
-    pub slots: u64,
+    /// Logical blocks of the smallest I/O (`--bs`, or the smallest of `--bssplit`).
+    pub granule: u64,
+    /// Granules in the region (`--size` / the smallest I/O, rounded down; at least 1).
+    pub granules: u64,
 }
 
-/// The offset and direction of each I/O of one thread, in order.
+impl Region {
+    /// Logical blocks in the region.
+    pub fn lbas(&self) -> u64 {
+        self.granule * self.granules
+    }
+}
+
+/// One I/O: its first block, its length in blocks and its direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Io {
+    /// First logical block.
+    pub lba: u64,
+    /// Logical blocks.
+    pub lbas: u64,
+    /// Direction.
+    pub dir: Dir,
+}
+
+/// The offset, length and direction of each I/O of one thread, in order.
 #[derive(Clone, Debug)]
 pub struct Generator {
     region: Region,
     random: bool,
     read_percent: u8,
-    next_slot: u64,
+    other: Dir,
+    /// (logical blocks, cumulative percentage) of each I/O size.
+    sizes: Vec<(u64, u32)>,
+    /// Next sequential position of each direction, in blocks from the region's start.
+    next: [u64; DIRS],
     rng: SplitMix64,
 }
 
 impl Generator {
-    /// A generator for `rw` over `region`; `seed` fixes the random sequence (each thread
+    /// A generator for `rw` over `region`, with I/O sizes `sizes` (logical blocks and
+    /// weight in percent, the weights adding up to 100; each a multiple of the region's
+    /// granule and at most the region); `seed` fixes the random sequence (each thread
     /// gets its own seed).
-    pub fn new(rw: Rw, read_percent: u8, region: Region, seed: u64) -> Generator {
-        assert!(region.slots > 0 && region.lbas_per_io > 0, "empty region {region:?}");
+    pub fn new(rw: Rw, read_percent: u8, region: Region, sizes: &[(u64, u8)], seed: u64) -> Generator {
+        assert!(region.granules > 0 && region.granule > 0, "empty region {region:?}");
+        assert!(
+            !sizes.is_empty() && sizes.iter().all(|&(l, _)| l > 0 && l <= region.lbas()),
+            "I/O sizes {sizes:?} do not fit {region:?}"
+        );
+        let mut cumulative = 0u32;
+        let sizes = sizes
+            .iter()
+            .map(|&(lbas, pct)| {
+                cumulative += u32::from(pct);
+                (lbas, cumulative)
+            })
+            .collect();
         Generator {
             region,
             random: rw.random(),
             read_percent: rw.read_percent(read_percent),
-            next_slot: 0,
+            other: rw.other_dir(),
+            sizes,
+            next: [0; DIRS],
             rng: SplitMix64::new(seed),
         }
     }
 
-    /// The next I/O: its first LBA and direction. Sequential offsets wrap to the start
-    /// of the region at its end; random ones are uniform over the region's slots, so
-    /// block-aligned to the I/O size relative to the region's start, as fio's are.
+    /// The next I/O. Sequential offsets wrap to the start of the region where the next
+    /// I/O would not fit; random ones are uniform over the positions where it fits, at
+    /// multiples of the granule from the region's start, as fio's are. Sizes are drawn
+    /// by their weights (fio's bssplit).
     #[inline]
-    pub fn next_io(&mut self) -> (u64, Dir) {
-        let slot = if self.random {
-            self.rng.below(self.region.slots)
-        } else {
-            let s = self.next_slot;
-            self.next_slot = if s + 1 == self.region.slots { 0 } else { s + 1 };
-            s
-        };
+    pub fn next_io(&mut self) -> Io {
         let dir = match self.read_percent {
             100 => READ,
-            0 => WRITE,
+            0 => self.other,
             p => {
                 if self.rng.below(100) < u64::from(p) {
                     READ
                 } else {
-                    WRITE
+                    self.other
                 }
             }
         };
-        (self.region.first_lba + slot * self.region.lbas_per_io, dir)
+        let lbas = if self.sizes.len() == 1 {
+            self.sizes[0].0
+        } else {
+            let r = self.rng.below(100) as u32;
+            self.sizes
+                .iter()
+                .find(|&&(_, cum)| r < cum)
+                .unwrap_or(&self.sizes[self.sizes.len() - 1])
+                .0
+        };
+        let total = self.region.lbas();
+        let offset = if self.random {
+            let positions = (total - lbas) / self.region.granule + 1;
+            self.rng.below(positions) * self.region.granule
+        } else {
+            let pos = &mut self.next[dir];
+            if *pos + lbas > total {
+                *pos = 0;
+            }
+            let at = *pos;
+            *pos += lbas;
+            at
+        };
+        Io {
+            lba: self.region.first_lba + offset,
+            lbas,
+            dir,
+        }
     }
 }
 
@@ -160,9 +270,14 @@ mod tests {
 
     const REGION: Region = Region {
         first_lba: 1000,
-        lbas_per_io: 8,
-        slots: 10,
+        granule: 8,
+        granules: 10,
     };
+    const BS8: [(u64, u8); 1] = [(8, 100)];
+
+    fn generator(rw: Rw, pct: u8, seed: u64) -> Generator {
+        Generator::new(rw, pct, REGION, &BS8, seed)
+    }
 
     #[test]
     fn splitmix_matches_the_reference() {
@@ -191,11 +306,11 @@ mod tests {
 
     #[test]
     fn random_offsets_are_aligned_and_inside_the_region() {
-        let mut g = Generator::new(Rw::Randread, 50, REGION, 42);
+        let mut g = generator(Rw::Randread, 50, 42);
         let mut hit = [false; 10];
         for _ in 0..10_000 {
-            let (lba, dir) = g.next_io();
-            assert_eq!(dir, READ);
+            let Io { lba, lbas, dir } = g.next_io();
+            assert_eq!((dir, lbas), (READ, 8));
             assert!((1000..1080).contains(&lba), "{lba}");
             assert_eq!((lba - 1000) % 8, 0, "{lba} not aligned to the I/O size");
             hit[((lba - 1000) / 8) as usize] = true;
@@ -205,25 +320,80 @@ mod tests {
 
     #[test]
     fn sequential_offsets_wrap_at_the_end() {
-        let mut g = Generator::new(Rw::Write, 50, REGION, 42);
+        let mut g = generator(Rw::Write, 50, 42);
         let lbas: Vec<u64> = (0..12)
             .map(|_| g.next_io())
-            .map(|(l, d)| (assert_eq!(d, WRITE), l).1)
+            .map(|io| (assert_eq!(io.dir, WRITE), io.lba).1)
             .collect();
         assert_eq!(
             lbas,
             [1000, 1008, 1016, 1024, 1032, 1040, 1048, 1056, 1064, 1072, 1000, 1008]
         );
-        let one = Region { slots: 1, ..REGION };
-        let mut g = Generator::new(Rw::Read, 0, one, 0);
-        assert_eq!((g.next_io(), g.next_io()), ((1000, READ), (1000, READ)));
+        let one = Region { granules: 1, ..REGION };
+        let mut g = Generator::new(Rw::Read, 0, one, &BS8, 0);
+        assert_eq!((g.next_io().lba, g.next_io().lba), (1000, 1000));
+    }
+
+    #[test]
+    fn readwrite_walks_reads_and_writes_in_order_each() {
+        // fio's rw: sequential, mixed by rwmixread, each direction from its own position.
+        let mut g = generator(Rw::ReadWrite, 30, 5);
+        let mut next = [1000u64, 1000];
+        let mut count = [0u32; 2];
+        for _ in 0..1000 {
+            let io = g.next_io();
+            assert!(io.dir == READ || io.dir == WRITE, "{io:?}");
+            assert_eq!(io.lba, next[io.dir], "{io:?}");
+            next[io.dir] = if io.lba == 1072 { 1000 } else { io.lba + 8 };
+            count[io.dir] += 1;
+        }
+        assert!((250..350).contains(&count[READ]), "{count:?}");
+    }
+
+    #[test]
+    fn trims_go_in_the_trim_direction() {
+        for rw in [Rw::Trim, Rw::Randtrim] {
+            let mut g = generator(rw, 50, 1);
+            assert!((0..100).all(|_| g.next_io().dir == TRIM), "{rw:?}");
+            assert!(rw.trims() && rw.writes() && !rw.writes_data());
+            assert_eq!(rw.dirs(), &[TRIM]);
+        }
+        let mut g = generator(Rw::Trim, 50, 1);
+        assert_eq!((g.next_io().lba, g.next_io().lba), (1000, 1008));
+    }
+
+    #[test]
+    fn bssplit_draws_sizes_by_weight_and_keeps_them_inside() {
+        // 8 blocks (25%) and 32 blocks (75%) in a 80-block region aligned to 8.
+        let sizes = [(8, 25), (32, 75)];
+        for rw in [Rw::Randread, Rw::Read] {
+            let mut g = Generator::new(rw, 100, REGION, &sizes, 11);
+            let mut big = 0;
+            let mut seq_next = 1000;
+            for _ in 0..40_000 {
+                let Io { lba, lbas, .. } = g.next_io();
+                assert!(lbas == 8 || lbas == 32, "{lbas}");
+                assert!(lba >= 1000 && lba + lbas <= 1080, "{lba}+{lbas}");
+                assert_eq!((lba - 1000) % 8, 0);
+                if rw == Rw::Read {
+                    if seq_next + lbas > 1080 {
+                        seq_next = 1000;
+                    }
+                    assert_eq!(lba, seq_next);
+                    seq_next += lbas;
+                }
+                big += usize::from(lbas == 32);
+            }
+            let share = big as f64 / 400.0;
+            assert!((share - 75.0).abs() < 1.5, "{rw:?}: {share}% of 32-block I/Os");
+        }
     }
 
     #[test]
     fn rwmixread_sets_the_share_of_reads() {
         for pct in [0u8, 10, 50, 90, 100] {
-            let mut g = Generator::new(Rw::Randrw, pct, REGION, 9);
-            let reads = (0..100_000).filter(|_| g.next_io().1 == READ).count() as f64 / 1000.0;
+            let mut g = generator(Rw::Randrw, pct, 9);
+            let reads = (0..100_000).filter(|_| g.next_io().dir == READ).count() as f64 / 1000.0;
             assert!((reads - f64::from(pct)).abs() < 1.0, "{pct}%: {reads}% reads");
         }
     }
@@ -231,8 +401,8 @@ mod tests {
     #[test]
     fn threads_with_different_seeds_differ_and_a_seed_repeats() {
         let run = |seed| {
-            let mut g = Generator::new(Rw::Randread, 100, REGION, seed);
-            (0..32).map(|_| g.next_io().0).collect::<Vec<_>>()
+            let mut g = Generator::new(Rw::Randread, 100, REGION, &[(8, 50), (16, 50)], seed);
+            (0..32).map(|_| g.next_io()).collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
@@ -246,5 +416,7 @@ mod tests {
         assert_eq!(Rw::Randwrite.read_percent(30), 0);
         assert_eq!(Rw::Randrw.read_percent(30), 30);
         assert_eq!(Rw::Randrw.name(), "randrw");
+        assert_eq!(Rw::ReadWrite.name(), "rw");
+        assert!(Rw::ReadWrite.writes_data() && !Rw::ReadWrite.random() && Rw::ReadWrite.mixed());
     }
 }
