@@ -10,7 +10,9 @@
 //! - Submission is batched: [`BlockQueue::submit`] only writes an SQE; [`BlockQueue::ring`]
 //!   is one `io_uring_enter` for everything queued. Completions are reaped by polling the
 //!   CQ ring in memory ([`BlockQueue::poll`] makes no system call when nothing is waiting
-//!   to be submitted); [`BlockQueue::wait`] sleeps in `io_uring_enter` instead of spinning.
+//!   to be submitted, unless the kernel flags completion work for the thread to run:
+//!   see [`crate::uring`]'s cooperative task running); [`BlockQueue::wait`] sleeps in
+//!   `io_uring_enter` instead of spinning.
 //! - Every operation has a slot, allocated with the queue (`depth` of them, at most
 //!   [`MAX_QUEUE_DEPTH`](crate::ioctl::MAX_QUEUE_DEPTH)): the slot index is the SQE's `user_data`, and the slot holds the
 //!   caller's buffer until the CQE arrives. A Deallocate's 16-byte range lives in the
@@ -300,6 +302,8 @@ pub struct UringCmdQueue {
     /// CQEs (DW0 unused) reaped by `ring` to make room in a full completion queue, for
     /// the next `poll`; the failed commands of a failed queue, and why it failed.
     ready: Ready,
+    /// The ring runs completion work cooperatively ([`crate::uring::build_ring`]).
+    cooperative: bool,
 }
 
 impl std::fmt::Debug for UringCmdQueue {
@@ -339,9 +343,9 @@ impl UringCmdQueue {
         fixed_buffers: bool,
     ) -> Result<UringCmdQueue, KernelError> {
         let entries = depth.next_power_of_two() as u32;
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry32>::builder()
-            .build(entries)
-            .map_err(|e| setup_error(file.path(), e))?;
+        let (ring, cooperative) =
+            crate::uring::build_ring(&IoUring::<squeue::Entry128, cqueue::Entry32>::builder(), entries, true)
+                .map_err(|e| setup_error(file.path(), e))?;
         let mut probe = Probe::new();
         if ring.submitter().register_probe(&mut probe).is_ok() && !probe.is_supported(opcode::UringCmd80::CODE) {
             return Err(unavailable(format!(
@@ -381,6 +385,7 @@ impl UringCmdQueue {
             ranges,
             sys,
             ready: Ready::new(depth),
+            cooperative,
         })
     }
 
@@ -640,8 +645,14 @@ impl BlockQueue for UringCmdQueue {
             free,
             fixed,
             outstanding,
+            sys,
+            cooperative,
             ..
         } = self;
+        if n == 0 && *outstanding > 0 && *cooperative && crate::uring::needs_taskrun(ring) {
+            // Completions wait for this thread to run the kernel's work for them.
+            let _ = sys.enter(&ring.submitter(), 0, None);
+        }
         for cqe in ring.completion().take(max - n) {
             if let Some(c) = Self::complete(slots, free, fixed, cqe.user_data(), cqe.result()) {
                 *outstanding -= 1;

@@ -393,6 +393,40 @@ fn uring_round_trips_on_a_file() {
     }
 }
 
+/// On a cooperative ring (Linux 5.19+) the kernel does not interrupt a spinning thread to
+/// post completions: `poll` alone, never `wait`, must still bring every one back.
+#[test]
+fn a_cooperative_ring_completes_everything_through_poll_alone() {
+    if !uring_ok() {
+        return;
+    }
+    let (_dir, path) = scratch_file(1 << 20);
+    let Some(dev) = uring_open(&path, &UringOptions::default()) else {
+        return;
+    };
+    let mut q = dev.create_queue(32).unwrap();
+    assert!(q.cooperative(), "this kernel has IORING_SETUP_COOP_TASKRUN (5.19+)");
+    let sqpoll = UringOptions {
+        sqpoll: true,
+        ..Default::default()
+    };
+    if let Some(Ok(sq)) = uring_open(&path, &sqpoll).map(|d| d.create_queue(8)) {
+        assert!(!sq.cooperative(), "SQPOLL rings refuse the cooperative flags");
+    }
+    let dma = KernelDma::new(false);
+    let bs = q.namespace().block_size as usize;
+    let bufs = dma.allocate(32 * bs).unwrap().into_chunks(bs, 32).unwrap();
+    for (i, b) in bufs.into_iter().enumerate() {
+        q.submit(Op::Read { lba: i as u64 }, Some(b), i as u64).unwrap();
+    }
+    q.ring().unwrap();
+    let mut done = 0;
+    while q.outstanding() > 0 {
+        done += q.poll(32, |c| c.result.unwrap());
+    }
+    assert_eq!(done, 32);
+}
+
 #[test]
 fn uring_zeroes_and_deallocate_on_a_file() {
     if !uring_ok() {

@@ -10,8 +10,10 @@
 //! - `ring` hands every SQE written since the last `ring` to the kernel with one
 //!   `io_uring_enter` (none at all with SQPOLL while the kernel's SQ thread is awake).
 //! - `poll` reaps the CQ without a system call (with IOPOLL it enters the kernel with
-//!   `IORING_ENTER_GETEVENTS`, which is what polls the device); `wait` sleeps in
-//!   `io_uring_enter` until something completes.
+//!   `IORING_ENTER_GETEVENTS`, which is what polls the device; on a cooperative ring it
+//!   enters when the CQ is empty and the kernel flags completion work, see
+//!   *Cooperative task running*); `wait` sleeps in `io_uring_enter` until something
+//!   completes.
 //!
 //! | operation | SQE (`linux/io_uring.h`) |
 //! | --- | --- |
@@ -39,6 +41,16 @@
 //! uses plain `IORING_OP_READ`/`WRITE`; [`UringQueue::stats`] counts all of it.
 //! Registered regions stay mapped until the queue is dropped or
 //! [`UringQueue::release_idle_buffers`] is called.
+//!
+//! **Cooperative task running.** The kernel posts a CQE in the context of the thread
+//! that submitted the operation (task work). By default it interrupts that thread to do
+//! so (`TWA_SIGNAL`: an IPI when the thread runs on another CPU), once per completion
+//! while the thread spins in user space. Rings are created with
+//! `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` where the kernel has them
+//! (5.19+; not with SQPOLL, which refuses them): the kernel then only sets
+//! `IORING_SQ_TASKRUN`, and `poll`, finding the CQ empty and the flag set, enters the
+//! kernel once to run the work of every completion waiting. The cost is
+//! that a queue must be polled by the thread that submitted its operations.
 //!
 //! **Fixed files.** The device's file descriptor is registered with each ring
 //! (`IORING_REGISTER_FILES`), so the kernel skips the fd lookup on every SQE.
@@ -148,6 +160,43 @@ pub fn io_uring_available() -> Result<(), String> {
 }
 
 /// Why `io_uring_setup` failed, in words.
+/// Builds a ring of `entries` SQEs from `builder`, with the kernel asked to run
+/// completion work cooperatively when `cooperative` (and the kernel can: Linux 5.19+):
+/// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG`. Without them, a completion
+/// that arrives while the thread spins in user space interrupts it (`TWA_SIGNAL`, an IPI
+/// when it runs on another CPU) to post the CQE; with them the kernel only sets
+/// `IORING_SQ_TASKRUN`, and the queue's `poll` enters the kernel when it sees the flag
+/// and the completion queue empty (see [`needs_taskrun`]), running the work for a whole
+/// batch in one system call. Returns the ring and whether it is cooperative. Not for
+/// SQPOLL rings, which the kernel refuses these flags on.
+///
+/// Errors: `io_uring_setup`'s, from the plain setup when the cooperative one is refused
+/// with `EINVAL`.
+pub(crate) fn build_ring<S: io_uring::squeue::EntryMarker, C: io_uring::cqueue::EntryMarker>(
+    builder: &io_uring::Builder<S, C>,
+    entries: u32,
+    cooperative: bool,
+) -> std::io::Result<(IoUring<S, C>, bool)> {
+    if cooperative {
+        let mut coop = builder.clone();
+        coop.setup_coop_taskrun().setup_taskrun_flag();
+        match coop.build(entries) {
+            Ok(ring) => return Ok((ring, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    builder.build(entries).map(|ring| (ring, false))
+}
+
+/// Whether a cooperative ring ([`build_ring`]) has completion work waiting for the
+/// thread to enter the kernel (`IORING_SQ_TASKRUN`) while its completion queue is empty.
+pub(crate) fn needs_taskrun<S: io_uring::squeue::EntryMarker, C: io_uring::cqueue::EntryMarker>(
+    ring: &mut IoUring<S, C>,
+) -> bool {
+    ring.completion().is_empty() && ring.submission().taskrun()
+}
+
 fn setup_error(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ENOSYS) => {

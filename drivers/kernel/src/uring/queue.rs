@@ -102,6 +102,11 @@ impl InFlight for Slot {
 /// **without its buffer**, which is leaked (the kernel may still write it), and the queue
 /// refuses everything after ([`BlockError::Dead`]).
 ///
+/// Completions are posted by the kernel in the context of the thread that submitted the
+/// operations: move a queue to another thread only when nothing is in flight (a queue
+/// moved with operations in flight sees them complete only when the submitting thread
+/// next enters the kernel).
+///
 /// Dropping the queue waits up to 75 s (the kernel's I/O timeout plus its recovery) for
 /// every operation still in flight (the kernel may be writing to their buffers), then
 /// unregisters the buffers and closes the ring. Operations still in flight after that,
@@ -129,6 +134,8 @@ pub struct UringQueue {
     /// CQEs reaped by `ring` to make room in a full completion queue, for the next
     /// `poll`; the failed operations of a failed queue, and why it failed.
     ready: Ready,
+    /// The ring runs completion work cooperatively ([`super::build_ring`]).
+    cooperative: bool,
     /// A queue belongs to one thread at a time: `Send`, not `Sync`.
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -150,7 +157,8 @@ impl UringQueue {
         if opts.iopoll {
             builder.setup_iopoll();
         }
-        let ring = builder.build(depth as u32).map_err(|e| ring_setup_error(&shared, e))?;
+        let (ring, cooperative) =
+            super::build_ring(&builder, depth as u32, !opts.sqpoll).map_err(|e| ring_setup_error(&shared, e))?;
         if opts.sqpoll && !opts.fixed_files && !ring.params().is_feature_sqpoll_nonfixed() {
             return Err(KernelError::BadOption {
                 backend: BACKEND_URING,
@@ -224,6 +232,7 @@ impl UringQueue {
             sys,
             ready: Ready::new(depth),
             shared,
+            cooperative,
             _not_sync: PhantomData,
         })
     }
@@ -237,6 +246,12 @@ impl UringQueue {
             table_full_ios: c.table_full,
             ..self.stats
         }
+    }
+
+    /// Whether the ring runs completion work cooperatively (`IORING_SETUP_COOP_TASKRUN`:
+    /// Linux 5.19+, not with SQPOLL); see the module documentation.
+    pub fn cooperative(&self) -> bool {
+        self.cooperative
     }
 
     /// Whether the ring has a registered-buffer table (fixed buffers asked for, and the
@@ -606,7 +621,12 @@ impl BlockQueue for UringQueue {
             // io_uring_enter(GETEVENTS) does (`submit` sets it on IOPOLL rings).
             let _ = self.sys.enter(&self.ring.submitter(), 0, None);
         }
-        let n = ready + self.reap(false, max, &mut on_complete);
+        let mut n = ready + self.reap(false, max, &mut on_complete);
+        if n == 0 && self.cooperative && self.inflight > 0 && super::needs_taskrun(&mut self.ring) {
+            // Completions wait for this thread to run the kernel's work for them.
+            let _ = self.sys.enter(&self.ring.submitter(), 0, None);
+            n = self.reap(false, max, &mut on_complete);
+        }
         if self.aux.is_some() {
             n + self.reap(true, max + ready - n, &mut on_complete)
         } else {
