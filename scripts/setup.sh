@@ -155,16 +155,54 @@ ctrl_of() {
 	done
 }
 
-# DISKS: namespace block devices of controller nvmeN. Without native multipath they are
-# listed as nvmeNnM; with it the controller lists paths nvmeScNnH whose disk is nvmeSnH.
+# Kernel NVMe names, read by the rules of ironvme's one classifier of NVMe device nodes
+# (drivers/kernel/src/node.rs, NvmeName): this script stays bash, as SPDK's does, so it
+# has these twins of the two rules it needs; the test
+# node::tests::setup_sh_reads_names_as_nvme_name_does runs both on the same names.
+# Numbers are decimal without leading zeros, as the kernel writes them.
+NVME_NUM='(0|[1-9][0-9]*)'
+
+# The namespace disk an entry of a controller's sysfs directory (/sys/class/nvme/nvmeX/)
+# stands for, in REPLY: a disk nvmeXnY itself; under native multipath a path nvmeScXnY,
+# its disk nvmeSnY; empty for every other entry (ngXnY, hwmon2, ...). The twin of
+# node::controller_entry_disk.
+ctrl_entry_disk() {
+	REPLY=
+	if [[ $1 =~ ^nvme${NVME_NUM}n${NVME_NUM}$ ]]; then
+		REPLY=$1
+	elif [[ $1 =~ ^nvme${NVME_NUM}c${NVME_NUM}n${NVME_NUM}$ ]]; then
+		REPLY=nvme${BASH_REMATCH[1]}n${BASH_REMATCH[3]}
+	fi
+	return 0
+}
+
+# The generic node (ngXnY) of the namespace named $1 (its disk nvmeXnY, a partition
+# nvmeXnYpZ, a multipath path nvmeScXnY of disk nvmeSnY, or ngXnY itself), in REPLY;
+# empty for anything else (a controller nvmeX). The twin of NvmeName::generic.
+nvme_generic_of() {
+	REPLY=
+	if [[ $1 =~ ^(nvme|ng)${NVME_NUM}n${NVME_NUM}$ ]] ||
+		[[ $1 =~ ^(nvme)${NVME_NUM}n${NVME_NUM}p${NVME_NUM}$ ]]; then
+		REPLY=ng${BASH_REMATCH[2]}n${BASH_REMATCH[3]}
+	elif [[ $1 =~ ^nvme${NVME_NUM}c${NVME_NUM}n${NVME_NUM}$ ]]; then
+		REPLY=ng${BASH_REMATCH[1]}n${BASH_REMATCH[3]}
+	fi
+	return 0
+}
+
+# DISKS: namespace block devices of controller nvmeN: the disks its sysfs entries stand
+# for (ctrl_entry_disk) that exist, each once.
 ctrl_disks() {
-	local p n
+	local p
+	local -A seen=()
 	DISKS=()
 	[ -n "$1" ] || return 0
-	for p in /sys/class/nvme/"$1"/nvme*n*; do
-		n=${p##*/}
-		[[ $n =~ ^nvme([0-9]+)c[0-9]+n([0-9]+)$ ]] && n=nvme${BASH_REMATCH[1]}n${BASH_REMATCH[2]}
-		[ -e "/sys/class/block/$n" ] && DISKS+=("$n")
+	for p in /sys/class/nvme/"$1"/nvme*; do
+		ctrl_entry_disk "${p##*/}"
+		if [ -n "$REPLY" ] && [ -z "${seen[$REPLY]:-}" ] && [ -e "/sys/class/block/$REPLY" ]; then
+			seen[$REPLY]=1
+			DISKS+=("$REPLY")
+		fi
 	done
 	return 0
 }
@@ -315,7 +353,8 @@ in_use_reasons() {
 			for u in "${USES[@]}"; do REASONS+=("namespace $disk: /dev/$d is $u"); done
 			paths+=("/dev/$d")
 		done
-		paths+=("/dev/ng${disk#nvme}")
+		nvme_generic_of "$disk"
+		paths+=("/dev/$REPLY")
 	done
 	openers_of "${paths[@]}"
 	for o in "${OPENERS[@]}"; do
@@ -809,4 +848,5 @@ main() {
 	esac
 }
 
-main "$@"
+# Sourced (by the test of the name rules' twins): define the functions only.
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main "$@"

@@ -52,6 +52,7 @@
 //! not named by Linux; the error says so.
 
 use crate::Target;
+use ironvme_kernel::node::{self, NvmeName};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -298,7 +299,8 @@ fn nodes_for(sys: &Path, dev: &Path, target: &Target, device: &str) -> Result<Ve
         Target::NvmeGeneric(p) => {
             let (parent, name) = char_device_in_sysfs(sys, p)
                 .ok_or_else(|| unknown(format!("sysfs does not show {} as an NVMe generic node", p.display())))?;
-            let disk = head_instance(&name)
+            let disk = NvmeName::parse(&name)
+                .and_then(|n| n.head())
                 .and_then(|head| disk_of_head(&parent, head))
                 .map(|d| dev.join(d))
                 .filter(|d| d.exists());
@@ -326,17 +328,12 @@ fn nodes_for(sys: &Path, dev: &Path, target: &Target, device: &str) -> Result<Ve
 /// instances and hangs it below `subsys->dev`, as `nvme_mpath_set_live` does the head's
 /// disk `nvme%dn%d`; the kernel makes no per-path generic nodes), while the per-path
 /// disks `nvmeScXnY` stay below each controller. drivers/nvme/host/core.c, multipath.c.
-fn disk_of_head(parent: &Path, head: &str) -> Option<String> {
+fn disk_of_head(parent: &Path, head: u32) -> Option<String> {
     std::fs::read_dir(parent)
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| {
-            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            n.strip_prefix("nvme")
-                .and_then(|r| r.split_once('n'))
-                .is_some_and(|(x, y)| digits(x) && y == head)
-        })
+        .find(|n| matches!(NvmeName::parse(n), Some(NvmeName::Disk { head: h, .. }) if h == head))
 }
 
 /// The last component of `dir`.
@@ -358,10 +355,7 @@ fn controllers_in(dir: &Path) -> Option<Vec<String>> {
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            n.strip_prefix("nvme")
-                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-        })
+        .filter(|n| matches!(NvmeName::parse(n), Some(NvmeName::Controller { .. })))
         .collect();
     ctrls.sort();
     Some(ctrls)
@@ -370,11 +364,10 @@ fn controllers_in(dir: &Path) -> Option<Vec<String>> {
 /// The nodes of every namespace of controller `ctrl` (`nvme0`): each one's block device,
 /// or its generic node when the kernel made no block device.
 fn controller_nodes(sys: &Path, dev: &Path, ctrl: &str, device: &str) -> Result<Vec<Node>, ClaimError> {
-    let instance = ctrl.strip_prefix("nvme").unwrap_or_default();
     let mut nodes = Vec::new();
     for ns in ironvme_kernel::ioctl::controller_namespaces(sys, ctrl) {
         let disk = dev.join(&ns.disk);
-        let generic = head_instance(&ns.disk).map(|h| dev.join(format!("ng{instance}n{h}")));
+        let generic = Some(ns.generic()).filter(|g| !g.is_empty()).map(|g| dev.join(g));
         if disk.exists() {
             nodes.push(Node {
                 path: disk,
@@ -406,14 +399,11 @@ fn controllers_of(sys: &Path, target: &Target) -> Option<Vec<String>> {
         // subsystem (see `disk_of_head`).
         Target::NvmeGeneric(p) => controllers_in(&char_device_in_sysfs(sys, p)?.0),
         Target::NvmeBlock(p) => {
-            let rdev = std::fs::metadata(p).ok()?.rdev();
-            let dir = std::fs::canonicalize(sys.join("dev/block").join(format!(
-                "{}:{}",
-                libc::major(rdev),
-                libc::minor(rdev)
-            )))
-            .ok()?;
-            controllers_in(dir.parent()?)
+            let found = node::classify_in(sys, p).ok()?;
+            if !found.kind.is_block() {
+                return None;
+            }
+            controllers_in(found.sysfs_dir?.parent()?)
         }
         _ => None,
     }
@@ -422,28 +412,14 @@ fn controllers_of(sys: &Path, target: &Target) -> Option<Vec<String>> {
 /// For the character device at `path`: (its parent device's sysfs directory, its own
 /// name) — for `/dev/ng0n1` (`.../nvme/nvme0`, or `.../nvme-subsystem/nvme-subsys0` under
 /// native multipath, and `ng0n1`), for `/dev/nvme0` (`.../0000:00:04.0`, `nvme0`) — from
-/// `/sys/dev/char/MAJ:MIN`.
+/// `/sys/dev/char/MAJ:MIN` ([`node::classify_in`]).
 fn char_device_in_sysfs(sys: &Path, path: &Path) -> Option<(PathBuf, String)> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.file_type().is_char_device() {
+    let found = node::classify_in(sys, path).ok()?;
+    if !found.kind.is_char() {
         return None;
     }
-    let rdev = meta.rdev();
-    let dir = std::fs::canonicalize(
-        sys.join("dev/char")
-            .join(format!("{}:{}", libc::major(rdev), libc::minor(rdev))),
-    )
-    .ok()?;
-    let name = dir.file_name()?.to_string_lossy().into_owned();
-    Some((dir.parent()?.to_path_buf(), name))
-}
-
-/// The namespace head instance `Y` of `nvmeXnY`, `ngXnY` or `nvmeScXnY`: the number the
-/// kernel gives a namespace within its subsystem, shared by its block and generic nodes.
-fn head_instance(name: &str) -> Option<&str> {
-    let rest = name.strip_prefix("nvme").or_else(|| name.strip_prefix("ng"))?;
-    let (_, y) = rest.rsplit_once('n')?;
-    (!y.is_empty() && y.bytes().all(|b| b.is_ascii_digit())).then_some(y)
+    let dir = found.sysfs_dir?;
+    Some((dir.parent()?.to_path_buf(), found.name))
 }
 
 fn read_or_empty(path: impl AsRef<Path>) -> String {
@@ -701,15 +677,6 @@ mod tests {
                 "nvme0n1 is mounted on /srv (xfs)"
             ]
         );
-    }
-
-    #[test]
-    fn head_instances() {
-        assert_eq!(head_instance("nvme0n1"), Some("1"));
-        assert_eq!(head_instance("ng3n12"), Some("12"));
-        assert_eq!(head_instance("nvme1c3n2"), Some("2"));
-        assert_eq!(head_instance("nvme0"), None);
-        assert_eq!(head_instance("sda"), None);
     }
 
     /// A fake sysfs and /dev under a temporary directory. Character devices cannot be

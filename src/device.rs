@@ -14,6 +14,7 @@
 
 use crate::admin::AdminCommands;
 use crate::{Error, VfioController};
+use ironvme_kernel::node::{self, NodeKind};
 use ironvme_kernel::{
     IoctlDevice, IoctlQueue, KernelDma, KernelError, PsyncDevice, PsyncQueue, UringCmdDevice, UringCmdQueue,
     UringDevice, UringOptions, UringQueue,
@@ -24,7 +25,6 @@ use ironvme_nvme::ctrl::{ControllerConfig, NamespaceQueue};
 use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
 use ironvme_vfio::MmioBar;
 use std::fmt;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,34 +130,28 @@ impl Target {
     /// Errors: [`Error::Open`] when the path does not exist or is neither a block device,
     /// an NVMe character device, nor a regular file.
     pub fn parse(spec: &str) -> Result<Target, Error> {
-        let bdf = spec.strip_prefix("pci:").unwrap_or(spec);
+        let bdf = pci_address_text(spec);
         if bdf.parse::<ironvme_vfio::Bdf>().is_ok() && !Path::new(spec).exists() {
             return Ok(Target::Pci(bdf.to_string()));
         }
         let path = PathBuf::from(spec);
-        let meta = std::fs::metadata(&path).map_err(|e| Error::Open {
+        let found = node::classify(&path).map_err(|e| Error::Open {
             device: spec.to_string(),
             why: format!("{e} (give a PCI address such as 0000:00:05.0, a device under /dev, or a file)"),
         })?;
-        let name = node_name(&path);
-        let ft = meta.file_type();
-        Ok(if ft.is_block_device() {
-            if is_nvme_name(&name, "nvme", true) {
-                Target::NvmeBlock(path)
-            } else {
-                Target::Block(path)
+        Ok(match found.kind {
+            NodeKind::NvmeDisk => Target::NvmeBlock(path),
+            NodeKind::Block => Target::Block(path),
+            NodeKind::NvmeGeneric => Target::NvmeGeneric(path),
+            NodeKind::NvmeController => Target::NvmeController(path),
+            NodeKind::File => Target::File(path),
+            NodeKind::Char | NodeKind::Other(_) => {
+                return Err(Error::Open {
+                    device: spec.to_string(),
+                    why: "not a block device, an NVMe character device (/dev/nvmeX, /dev/ngXnY) or a regular file"
+                        .into(),
+                });
             }
-        } else if ft.is_char_device() && is_nvme_name(&name, "ng", true) {
-            Target::NvmeGeneric(path)
-        } else if ft.is_char_device() && is_nvme_name(&name, "nvme", false) {
-            Target::NvmeController(path)
-        } else if ft.is_file() {
-            Target::File(path)
-        } else {
-            return Err(Error::Open {
-                device: spec.to_string(),
-                why: "not a block device, an NVMe character device (/dev/nvmeX, /dev/ngXnY) or a regular file".into(),
-            });
         })
     }
 
@@ -183,32 +177,10 @@ impl Target {
     }
 }
 
-/// The file name of the node `path` resolves to (following symlinks), or of `path` itself
-/// when it cannot be resolved.
-fn node_name(path: &Path) -> String {
-    std::fs::canonicalize(path)
-        .ok()
-        .as_deref()
-        .and_then(Path::file_name)
-        .or_else(|| path.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// `nvme0`, `nvme0n1` (`namespace`), `ng0n1`, with an optional `cN`/`pN` suffix.
-fn is_nvme_name(name: &str, prefix: &str, namespace: bool) -> bool {
-    let Some(rest) = name.strip_prefix(prefix) else {
-        return false;
-    };
-    let digits = rest.chars().take_while(char::is_ascii_digit).count();
-    if digits == 0 {
-        return false;
-    }
-    let rest = &rest[digits..];
-    match rest.strip_prefix('n') {
-        Some(ns) => namespace && ns.starts_with(|c: char| c.is_ascii_digit()) && !ns.contains('p'),
-        None => !namespace && rest.is_empty(),
-    }
+/// A DEV argument without its `pci:` prefix: the text to read as a PCI address
+/// ([`ironvme_vfio::Bdf`]: `0000:00:05.0`, `00:05.0`, `pci:0000:00:05.0`).
+pub fn pci_address_text(spec: &str) -> &str {
+    spec.strip_prefix("pci:").unwrap_or(spec)
 }
 
 /// The backend [`Device::open`] uses for `target`: the one `options` asks for, else the
@@ -436,18 +408,12 @@ impl OpenOptions {
     }
 }
 
-/// The PCI address of the controller behind a kernel NVMe device node, from sysfs.
+/// The PCI address of the controller behind a kernel NVMe device node, from sysfs: the
+/// node's controller ([`node::controller_in`]) and its `device` link.
 fn pci_address_of(target: &Target) -> Option<String> {
-    let path = target.path()?;
-    let name = path.file_name()?.to_string_lossy().into_owned();
-    // nvme0 / nvme0n1 / ng0n1 → controller nvme0
-    let digits: String = name
-        .trim_start_matches("nvme")
-        .trim_start_matches("ng")
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    let device = std::fs::canonicalize(format!("/sys/class/nvme/nvme{digits}/device")).ok()?;
+    let found = node::classify(target.path()?).ok()?;
+    let ctrl = node::controller_in(Path::new(node::SYSFS), &found.name)?;
+    let device = std::fs::canonicalize(Path::new(node::SYSFS).join("class/nvme").join(ctrl).join("device")).ok()?;
     Some(device.file_name()?.to_string_lossy().into_owned())
 }
 
@@ -579,35 +545,16 @@ mod tests {
     use super::*;
 
     /// A udev link (`/dev/disk/by-id/nvme-<model>_<serial>` -> `../../nvme0n1`) is
-    /// classified by the node it points to, and the target keeps the path as given.
+    /// classified by the node it points to ([`node::classify`], whose tests cover the
+    /// kinds), and the target keeps the path as given.
     #[test]
     fn links_are_classified_by_the_node_they_point_to() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("nvme0n1"), [0u8; 512]).unwrap();
-        let by_id = dir.path().join("disk/by-id");
-        std::fs::create_dir_all(&by_id).unwrap();
-        let link = by_id.join("nvme-QEMU_NVMe_Ctrl_deadbeef");
-        std::os::unix::fs::symlink("../../nvme0n1", &link).unwrap();
-        assert_eq!(node_name(&link), "nvme0n1");
-        assert!(is_nvme_name(&node_name(&link), "nvme", true));
-        assert_eq!(node_name(&dir.path().join("missing")), "missing");
-        let spec = link.display().to_string();
-        assert_eq!(Target::parse(&spec).unwrap(), Target::File(link));
-    }
-
-    #[test]
-    fn nvme_names_are_recognised() {
-        assert!(is_nvme_name("nvme0", "nvme", false));
-        assert!(is_nvme_name("nvme12", "nvme", false));
-        assert!(!is_nvme_name("nvme0n1", "nvme", false));
-        assert!(is_nvme_name("nvme0n1", "nvme", true));
-        assert!(is_nvme_name("ng3n2", "ng", true));
-        assert!(
-            !is_nvme_name("nvme0n1p1", "nvme", true),
-            "a partition is not a namespace"
-        );
-        assert!(!is_nvme_name("nvme-fabrics", "nvme", false));
-        assert!(!is_nvme_name("sda", "nvme", true));
+        let link = dir.path().join("nvme-QEMU_NVMe_Ctrl_deadbeef");
+        std::os::unix::fs::symlink("nvme0n1", &link).unwrap();
+        assert_eq!(node::classify(&link).unwrap().name, "nvme0n1");
+        assert_eq!(Target::parse(link.to_str().unwrap()).unwrap(), Target::File(link));
     }
 
     #[test]

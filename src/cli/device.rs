@@ -16,6 +16,7 @@ use crate::admin::AdminCommands;
 use crate::nvme::ctrl::ControllerConfig;
 use crate::vfio::Bdf;
 use crate::{Backend, Device, OpenOptions};
+use ironvme_kernel::node::NvmeName;
 use std::path::PathBuf;
 
 /// What a DEV argument names.
@@ -37,8 +38,8 @@ impl std::fmt::Display for DeviceSpec {
     }
 }
 
-/// Parses a DEV argument: a PCI address, or a path (a bare kernel name such as `nvme0` or
-/// `ng0n1` means `/dev/nvme0`, `/dev/ng0n1`).
+/// Parses a DEV argument: a PCI address, or a path (a bare kernel NVMe name,
+/// [`NvmeName`], such as `nvme0` or `ng0n1` means `/dev/nvme0`, `/dev/ng0n1`).
 ///
 /// Errors: [`CliError::Device`] when the text is neither a PCI address nor a path.
 pub fn parse_device(dev: &str) -> Result<DeviceSpec, CliError> {
@@ -46,20 +47,13 @@ pub fn parse_device(dev: &str) -> Result<DeviceSpec, CliError> {
     if text.starts_with('/') {
         return Ok(DeviceSpec::Path(PathBuf::from(text)));
     }
-    if is_kernel_name(text) {
+    if NvmeName::parse(text).is_some() {
         return Ok(DeviceSpec::Path(PathBuf::from("/dev").join(text)));
     }
-    let bdf_text = text.strip_prefix("pci:").unwrap_or(text);
-    let bdf = bdf_text
+    let bdf = crate::device::pci_address_text(text)
         .parse::<Bdf>()
         .map_err(|e| CliError::Device(format!("{e} (or give a kernel NVMe device such as /dev/nvme0)")))?;
     Ok(DeviceSpec::Pci(bdf))
-}
-
-/// A bare kernel name such as `nvme0`, `nvme0n1` or `ng0n1`.
-fn is_kernel_name(text: &str) -> bool {
-    let rest = text.strip_prefix("nvme").or_else(|| text.strip_prefix("ng"));
-    rest.is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 /// An opened device that answers admin commands.

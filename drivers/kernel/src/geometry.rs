@@ -15,10 +15,10 @@
 //! capability flags from the raw facts in those structs.
 
 use crate::error::KernelError;
+use crate::node::{self, NodeKind};
 use ironvme_nvme::block::{GeometrySource, NamespaceInfo};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 /// Largest transfer per operation on a regular file, in bytes. Files have no hardware
@@ -91,56 +91,25 @@ pub enum CharDeviceClass {
     Other,
 }
 
-/// Classifies an open file (or a path's metadata).
+/// Classifies an open file (or a path's metadata) with [`node::classify_metadata`]:
+/// character devices by their sysfs class, or without sysfs by their name (`ngXnY`,
+/// `nvmeX`).
 pub fn kind_of(meta: &std::fs::Metadata, path: &Path) -> FileKind {
-    use std::os::unix::fs::MetadataExt;
-    let ft = meta.file_type();
-    let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
-    if ft.is_block_device() {
-        FileKind::BlockDevice { major, minor }
-    } else if ft.is_file() {
-        FileKind::Regular
-    } else if ft.is_char_device() {
-        FileKind::CharDevice {
+    let found = node::classify_metadata(Path::new(node::SYSFS), meta, path);
+    let (major, minor) = found.devno.unwrap_or_default();
+    match found.kind {
+        NodeKind::NvmeDisk | NodeKind::Block => FileKind::BlockDevice { major, minor },
+        NodeKind::File => FileKind::Regular,
+        NodeKind::NvmeController | NodeKind::NvmeGeneric | NodeKind::Char => FileKind::CharDevice {
             major,
             minor,
-            class: char_device_class(major, minor, path),
-        }
-    } else if ft.is_dir() {
-        FileKind::Other("a directory")
-    } else if ft.is_fifo() {
-        FileKind::Other("a FIFO")
-    } else if ft.is_socket() {
-        FileKind::Other("a socket")
-    } else {
-        FileKind::Other("not a file or block device")
-    }
-}
-
-/// What sysfs says a character device is: the `subsystem` link of
-/// `/sys/dev/char/MAJ:MIN`, or, without sysfs, the device name (`ngXnY`, `nvmeX`).
-pub fn char_device_class(major: u32, minor: u32, path: &Path) -> CharDeviceClass {
-    let subsystem = std::fs::read_link(format!("/sys/dev/char/{major}:{minor}/subsystem"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-    match subsystem.as_deref() {
-        Some("nvme-generic") => return CharDeviceClass::NvmeGeneric,
-        Some("nvme") => return CharDeviceClass::NvmeController,
-        Some(_) => return CharDeviceClass::Other,
-        None => {}
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let generic = name.strip_prefix("ng").and_then(|rest| rest.split_once('n'));
-    if generic.is_some_and(|(c, n)| digits(c) && digits(n)) {
-        CharDeviceClass::NvmeGeneric
-    } else if name.strip_prefix("nvme").is_some_and(digits) {
-        CharDeviceClass::NvmeController
-    } else {
-        CharDeviceClass::Other
+            class: match found.kind {
+                NodeKind::NvmeGeneric => CharDeviceClass::NvmeGeneric,
+                NodeKind::NvmeController => CharDeviceClass::NvmeController,
+                _ => CharDeviceClass::Other,
+            },
+        },
+        NodeKind::Other(what) => FileKind::Other(what),
     }
 }
 
@@ -631,16 +600,6 @@ pub fn refuse_non_block(kind: FileKind, path: &Path, backend: &'static str) -> R
 mod tests {
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn char_devices_are_recognised_by_name_without_sysfs() {
-        let p = |s: &str| char_device_class(u32::MAX, u32::MAX, Path::new(s));
-        assert_eq!(p("/dev/ng0n1"), CharDeviceClass::NvmeGeneric);
-        assert_eq!(p("/dev/ng12n3"), CharDeviceClass::NvmeGeneric);
-        assert_eq!(p("/dev/nvme0"), CharDeviceClass::NvmeController);
-        assert_eq!(p("/dev/nvme0n1"), CharDeviceClass::Other);
-        assert_eq!(p("/dev/null"), CharDeviceClass::Other);
-    }
 
     #[test]
     fn dev_null_is_an_ordinary_char_device() {

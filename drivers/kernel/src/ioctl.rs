@@ -28,6 +28,7 @@
 //! fail-fast), so a device error comes back as the device reported it.
 
 use crate::error::{BACKEND_IOCTL, KernelError};
+use crate::node::{self, NodeKind, NvmeName};
 use crate::nvme_ioctl::{self, NvmePassthruCmd, NvmePassthruCmd64, Passthru};
 use crate::sync_queue::{Executor, SyncQueue};
 use ironvme_nvme::block::{self, BlockError, GeometrySource, IoStatus, NamespaceInfo, Op};
@@ -41,8 +42,6 @@ use nix::errno::Errno;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,7 +57,7 @@ const PAGE: usize = 4096;
 const FALLBACK_MAX_TRANSFER: usize = 128 * 1024;
 
 /// Where sysfs and device nodes live.
-const SYSFS: &str = "/sys";
+const SYSFS: &str = node::SYSFS;
 const DEV: &str = "/dev";
 
 // ---- the kernel's NVMe nodes ------------------------------------------------------------
@@ -81,34 +80,15 @@ impl Node {
         self.controller_path_in(Path::new(SYSFS))
     }
 
-    /// The controller's character device, `/dev/nvmeX`, with `sys` the sysfs root. For a
-    /// namespace node, a controller with a path to the namespace: the node's sysfs
-    /// `device` link names its controller, or under native multipath its subsystem
-    /// (`nvme-subsysS`), which lists its controllers (the lowest-numbered one with a path
-    /// to the namespace is taken). Without that sysfs, the `X` of the node's name, which
-    /// under native multipath is the subsystem's number and may name another controller.
+    /// The controller's character device, `/dev/nvmeX`, with `sys` the sysfs root: for a
+    /// namespace node, a controller with a path to the namespace
+    /// ([`node::controller_in`]).
     pub(crate) fn controller_path_in(&self, sys: &Path) -> String {
-        let found = match self {
-            Node::Controller(name) => Some(name.clone()),
-            Node::Generic(name) => self
-                .disk()
-                .and_then(|disk| controller_of(sys, &sys.join("class/nvme-generic").join(name), &disk)),
-            Node::Block(name) => controller_of(sys, &sys.join("block").join(name), name),
-        };
-        if let Some(ctrl) = found {
-            return format!("{DEV}/{ctrl}");
-        }
         let name = match self {
-            Node::Controller(name) => name.as_str(),
-            Node::Generic(name) => name.strip_prefix("ng").unwrap_or(name),
-            Node::Block(name) => name.strip_prefix("nvme").unwrap_or(name),
+            Node::Controller(name) | Node::Generic(name) | Node::Block(name) => name,
         };
-        let digits: String = name
-            .trim_start_matches("nvme")
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        format!("{DEV}/nvme{digits}")
+        let ctrl = node::controller_in(sys, name).unwrap_or_else(|| name.clone());
+        format!("{DEV}/{ctrl}")
     }
 
     /// Refuses I/O on a namespace formatted with metadata or protection information
@@ -123,14 +103,14 @@ impl Node {
     pub(crate) fn disk(&self) -> Option<String> {
         match self {
             Node::Controller(_) => None,
-            Node::Generic(name) => name.strip_prefix("ng").map(|rest| format!("nvme{rest}")),
+            Node::Generic(name) => NvmeName::parse(name)?.disk().map(|d| d.to_string()),
             Node::Block(name) => Some(name.clone()),
         }
     }
 }
 
-/// Identifies the NVMe node at `path` from its device number and sysfs
-/// (`/sys/dev/{char,block}/MAJ:MIN` and its `subsystem`), without opening it.
+/// Identifies the NVMe node at `path` ([`node::classify`]: from its device number and
+/// sysfs), without opening it.
 ///
 /// Errors: [`KernelError::Os`] if `path` cannot be looked up; [`KernelError::WrongDevice`]
 /// if it is not one of the kernel's NVMe nodes, saying what it is and which nodes work.
@@ -144,7 +124,7 @@ const IOCTL_NEEDS: &str =
     "NVMe ioctl passthrough needs the kernel's NVMe nodes (/dev/nvmeX, /dev/ngXnY or /dev/nvmeXnY)";
 
 fn classify_in(sys: &Path, backend: &'static str, path: &Path, needs: &str) -> Result<Node, KernelError> {
-    let meta = std::fs::metadata(path).map_err(|source| KernelError::Os {
+    let found = node::classify_in(sys, path).map_err(|source| KernelError::Os {
         backend,
         op: "stat",
         path: path.to_owned(),
@@ -155,89 +135,32 @@ fn classify_in(sys: &Path, backend: &'static str, path: &Path, needs: &str) -> R
         path: path.to_owned(),
         why,
     };
-    let ft = meta.file_type();
-    let (class_dir, char_dev) = if ft.is_char_device() {
-        ("char", true)
-    } else if ft.is_block_device() {
-        ("block", false)
-    } else {
-        let kind = if ft.is_dir() {
-            "a directory"
-        } else {
-            "a regular file or other non-device"
-        };
-        return Err(wrong(format!("{kind}, not a character or block device: {needs}")));
-    };
-    let rdev = meta.rdev();
-    let majmin = format!("{}:{}", nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-    let dir = sys.join("dev").join(class_dir).join(&majmin);
-    let name = std::fs::canonicalize(&dir)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_default();
-    let subsystem = std::fs::read_link(dir.join("subsystem"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_default();
-    match (char_dev, subsystem.as_str()) {
-        (true, "nvme") => Ok(Node::Controller(name)),
-        (true, "nvme-generic") => Ok(Node::Generic(name)),
-        (false, "block") if is_nvme_disk(&name) => Ok(Node::Block(name)),
-        _ => {
-            let kind = if char_dev { "character" } else { "block" };
-            let what = if name.is_empty() {
-                format!("{kind} device {majmin}")
-            } else {
-                format!("{kind} device {name} ({majmin}, class {subsystem})")
-            };
-            Err(wrong(format!("{what} is not an NVMe device: {needs}")))
+    let kind = match found.kind {
+        NodeKind::NvmeController => return Ok(Node::Controller(found.name)),
+        NodeKind::NvmeGeneric => return Ok(Node::Generic(found.name)),
+        NodeKind::NvmeDisk => return Ok(Node::Block(found.name)),
+        NodeKind::Char => "character",
+        NodeKind::Block => "block",
+        NodeKind::Other("a directory") => {
+            return Err(wrong(format!("a directory, not a character or block device: {needs}")));
         }
-    }
-}
-
-/// A controller (`nvmeX`) of the namespace node whose sysfs directory is `node` and whose
-/// disk is `disk` (`nvmeXnY`), from the node's `device` link: the controller itself, or
-/// under native multipath the subsystem (`nvme-subsysS`, whose entries `nvmeX` are its
-/// controllers): the lowest-numbered one with a path to `disk`
-/// ([`controller_namespaces`]), else the lowest-numbered. `None` without that sysfs.
-fn controller_of(sys: &Path, node: &Path, disk: &str) -> Option<String> {
-    let parent = std::fs::canonicalize(node.join("device")).ok()?;
-    let name = parent.file_name()?.to_str()?;
-    let number = |n: &str| n.strip_prefix("nvme")?.parse::<u32>().ok();
-    if number(name).is_some() {
-        return Some(name.to_owned());
-    }
-    if !name.starts_with("nvme-subsys") {
-        return None;
-    }
-    let mut ctrls: Vec<(u32, String)> = std::fs::read_dir(&parent)
-        .ok()?
-        .filter_map(|e| {
-            let entry = e.ok()?.file_name().into_string().ok()?;
-            Some((number(&entry)?, entry))
-        })
-        .collect();
-    ctrls.sort();
-    ctrls
-        .iter()
-        .find(|(_, c)| controller_namespaces(sys, c).iter().any(|n| n.disk == disk))
-        .or(ctrls.first())
-        .map(|(_, c)| c.clone())
-}
-
-/// `nvmeXnY` (a namespace's disk, also under native multipath), not a partition
-/// (`nvmeXnYpZ`).
-fn is_nvme_disk(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("nvme") else {
-        return false;
+        NodeKind::File | NodeKind::Other(_) => {
+            return Err(wrong(format!(
+                "a regular file or other non-device, not a character or block device: {needs}"
+            )));
+        }
     };
-    let Some((ctrl, ns)) = rest.split_once('n') else {
-        return false;
+    let majmin = found.majmin();
+    let what = if found.sysfs_dir.is_none() {
+        format!("{kind} device {majmin}")
+    } else {
+        format!(
+            "{kind} device {} ({majmin}, class {})",
+            found.name,
+            found.class.unwrap_or_default()
+        )
     };
-    !ctrl.is_empty()
-        && ctrl.bytes().all(|b| b.is_ascii_digit())
-        && !ns.is_empty()
-        && ns.bytes().all(|b| b.is_ascii_digit())
+    Err(wrong(format!("{what} is not an NVMe device: {needs}")))
 }
 
 /// A namespace of a controller as the kernel shows it.
@@ -252,7 +175,9 @@ pub struct NamespaceNodes {
 impl NamespaceNodes {
     /// The generic node's name, `ngXnY`.
     pub fn generic(&self) -> String {
-        format!("ng{}", &self.disk["nvme".len()..])
+        NvmeName::parse(&self.disk)
+            .and_then(|d| d.generic())
+            .map_or_else(String::new, |g| g.to_string())
     }
 }
 
@@ -268,15 +193,7 @@ pub fn controller_namespaces(sys: &Path, ctrl: &str) -> Vec<NamespaceNodes> {
     let mut found: Vec<NamespaceNodes> = dir
         .filter_map(Result::ok)
         .filter_map(|e| {
-            let entry = e.file_name().to_string_lossy().into_owned();
-            let rest = entry.strip_prefix("nvme")?;
-            let disk = match rest.split_once('c') {
-                Some((subsys, path)) => format!("nvme{subsys}n{}", path.split_once('n')?.1),
-                None => entry.clone(),
-            };
-            if !is_nvme_disk(&disk) {
-                return None;
-            }
+            let disk = node::controller_entry_disk(&e.file_name().to_string_lossy())?.to_string();
             let nsid = std::fs::read_to_string(e.path().join("nsid"))
                 .ok()?
                 .trim()

@@ -19,6 +19,7 @@ pub mod dma;
 pub mod error;
 pub mod geometry;
 pub mod ioctl;
+pub mod node;
 pub mod nvme_ioctl;
 pub mod psync;
 pub mod sync_queue;
