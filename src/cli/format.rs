@@ -182,7 +182,7 @@ pub fn run(args: &FormatArgs, out: &mut dyn Write) -> Result<(), CliError> {
             let target = crate::Target::parse(&text)?;
             Some(
                 Claim::acquire_controller(&target, &text, Access::Exclusive)
-                    .map_err(|e| super::perf::target::refused("format", e))?,
+                    .map_err(|e| super::io_shared::target::refused("format", e))?,
             )
         }
         device::DeviceSpec::Pci(_) => None,

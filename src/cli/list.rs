@@ -25,6 +25,7 @@ use crate::nvme::ctrl::ControllerConfig;
 use crate::nvme::identify::IdentifyNamespace;
 use crate::vfio::pci::NVME_CLASS;
 use crate::vfio::{Bdf, Sysfs};
+use ironvme_kernel::node::NvmeName;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -136,18 +137,13 @@ fn natural_key(s: &str) -> Vec<(String, u64)> {
     out
 }
 
-/// A kernel namespace block device name: `nvme<i>n<j>` (namespace, or multipath head)
-/// or `nvme<i>c<k>n<j>` (one path of a multipath namespace).
+/// A kernel namespace block device name ([`NvmeName`]): `Some(false)` for `nvme<i>n<j>`
+/// (a namespace, or a multipath head), `Some(true)` for `nvme<i>c<k>n<j>` (one path of a
+/// multipath namespace), `None` for anything else.
 fn namespace_kind(name: &str) -> Option<bool> {
-    let rest = name.strip_prefix("nvme")?;
-    let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
-    let (ctrl, ns) = rest.split_once('n')?;
-    if !digits(ns) {
-        return None;
-    }
-    match ctrl.split_once('c') {
-        None if digits(ctrl) => Some(false),
-        Some((a, b)) if digits(a) && digits(b) => Some(true),
+    match NvmeName::parse(name)? {
+        NvmeName::Disk { .. } => Some(false),
+        NvmeName::Path { .. } => Some(true),
         _ => None,
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! One module per concern: [`device`] (what DEV names and how it is opened),
 //! [`output`] (nvme-cli's value formats, one field list for text and JSON),
-//! [`identify`], [`logs`], [`features`], [`format`](mod@format), [`list`], [`rawio`]. Each
+//! [`identify`], [`logs`], [`features`], [`format`](mod@format), [`list`], [`rawio`], and
+//! for the I/O commands ([`perf`], [`verify`], [`vde`], [`rawio`], [`serve`])
+//! [`io_shared`] (opening DEV for I/O, consent and claims, fio's sizes). Each
 //! subcommand module has pure `render_*` functions from parsed data to text or JSON,
 //! unit-tested with hand-built buffers, and a `run` that opens the device and prints.
 //!
@@ -57,6 +59,7 @@ pub mod device;
 pub mod features;
 pub mod format;
 pub mod identify;
+pub mod io_shared;
 pub mod list;
 pub mod logs;
 pub mod output;

@@ -30,8 +30,8 @@
 //!   NVMe backends). The integral-dataset hints (`--idr`, `--idw`) are not supported and
 //!   are refused rather than ignored.
 
-use super::perf::target;
-use super::perf::units::parse_size;
+use super::io_shared::units::parse_size;
+use super::io_shared::{BACKEND_HELP, IO_DEV_HELP, target};
 use super::{CliError, parse_nsid, parse_number};
 use crate::block::{self, IoError, IoStatus, NamespaceInfo, Op};
 use crate::nvme::status::Status;
@@ -41,16 +41,11 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-/// The DEV help of the raw I/O commands.
-const RAW_DEV_HELP: &str = "The device: a PCI address of a controller bound to vfio-pci (opening it resets the \
-                            controller), /dev/nvmeX, /dev/nvmeXnY, /dev/ngXnY, another block device, or a regular \
-                            file.";
-
 /// Where the blocks are: the arguments `read`, `write` and `compare` share.
 #[derive(Debug, Args)]
 pub struct BlocksArgs {
     /// The device.
-    #[arg(value_name = "DEV", help = RAW_DEV_HELP)]
+    #[arg(value_name = "DEV", help = IO_DEV_HELP)]
     pub dev: String,
     /// First logical block (LBA), decimal or 0x hex.
     #[arg(long = "start-block", short = 's', value_name = "LBA", value_parser = parse_number, default_value = "0")]
@@ -61,8 +56,8 @@ pub struct BlocksArgs {
     /// Namespace ID. Default: the namespace DEV names, else the first.
     #[arg(long = "namespace-id", short = 'n', value_name = "N", value_parser = parse_nsid)]
     pub nsid: Option<u32>,
-    /// The backend (vfio, ioctl, uring, uring-cmd, psync). Default: from DEV.
-    #[arg(long, value_name = "B")]
+    /// The backend.
+    #[arg(long, value_name = "B", help = BACKEND_HELP)]
     pub backend: Option<Backend>,
 }
 
@@ -98,13 +93,13 @@ pub struct WriteZeroesArgs {
 #[derive(Debug, Args)]
 pub struct FlushArgs {
     /// The device.
-    #[arg(value_name = "DEV", help = RAW_DEV_HELP)]
+    #[arg(value_name = "DEV", help = IO_DEV_HELP)]
     pub dev: String,
     /// Namespace ID. Default: the namespace DEV names, else the first.
     #[arg(long = "namespace-id", short = 'n', value_name = "N", value_parser = parse_nsid)]
     pub nsid: Option<u32>,
-    /// The backend. Default: from DEV.
-    #[arg(long, value_name = "B")]
+    /// The backend.
+    #[arg(long, value_name = "B", help = BACKEND_HELP)]
     pub backend: Option<Backend>,
 }
 
@@ -112,7 +107,7 @@ pub struct FlushArgs {
 #[derive(Debug, Args)]
 pub struct DsmArgs {
     /// The device.
-    #[arg(value_name = "DEV", help = RAW_DEV_HELP)]
+    #[arg(value_name = "DEV", help = IO_DEV_HELP)]
     pub dev: String,
     /// The ranges' first blocks, comma-separated (`0,1000`).
     #[arg(long = "slbs", short = 's', value_name = "LBAS", value_delimiter = ',', value_parser = parse_number, required = true)]
@@ -133,8 +128,8 @@ pub struct DsmArgs {
     /// Namespace ID. Default: the namespace DEV names, else the first.
     #[arg(long = "namespace-id", short = 'n', value_name = "N", value_parser = parse_nsid)]
     pub nsid: Option<u32>,
-    /// The backend. Default: from DEV.
-    #[arg(long, value_name = "B")]
+    /// The backend.
+    #[arg(long, value_name = "B", help = BACKEND_HELP)]
     pub backend: Option<Backend>,
 }
 

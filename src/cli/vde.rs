@@ -15,10 +15,10 @@
 //! shared claim for an exclusive one, refused like any writer's while someone else holds
 //! DEV, replays the journal and checkpoints, and reads on.
 
+use super::io_shared::target;
+use super::io_shared::units::{parse_nonzero_size, parse_positive_duration};
+use super::io_shared::{BACKEND_HELP, IO_DEV_HELP};
 use super::perf::report::{Latency, PERCENTILES};
-use super::perf::target;
-use super::perf::units::{parse_nonzero_size, parse_positive_duration};
-use super::perf::{BACKEND_HELP, IO_DEV_HELP};
 use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
 use crate::Backend;
@@ -962,7 +962,7 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
     }
     let xxh3_mib_per_s = hash_speed(&data);
     let stop = AtomicBool::new(false);
-    let (user0, sys0, _) = super::perf::rusage_self();
+    let (user0, sys0, _) = super::io_shared::rusage_self();
     let flushes0 = crate::device::flushes_submitted();
     let start = Instant::now();
     let results: Vec<Result<Histogram<u64>, VdeError>> = std::thread::scope(|s| {
@@ -999,7 +999,7 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
     });
     let secs = start.elapsed().as_secs_f64();
     let flushes = crate::device::flushes_submitted() - flushes0;
-    let (user1, sys1, _) = super::perf::rusage_self();
+    let (user1, sys1, _) = super::io_shared::rusage_self();
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
     for r in results {
         all.add(r.map_err(|e| fail(&a.store.dev, e))?).expect("same bounds");

@@ -123,10 +123,12 @@ impl UringCmdDevice {
         let disk = match &node {
             node @ Node::Generic(_) => node.disk().unwrap_or_default(),
             Node::Block(name) => {
+                let generic = crate::node::NvmeName::parse(name)
+                    .and_then(|n| n.generic())
+                    .map_or_else(|| "ngXnY".to_string(), |g| g.to_string());
                 return Err(wrong(format!(
-                    "{name} is the block device of an NVMe namespace; {NEEDS}: use /dev/ng{} \
-                     (or the uring backend for block I/O on /dev/{name})",
-                    &name[4..]
+                    "{name} is the block device of an NVMe namespace; {NEEDS}: use /dev/{generic} \
+                     (or the uring backend for block I/O on /dev/{name})"
                 )));
             }
             Node::Controller(name) => {

@@ -35,9 +35,9 @@
 
 use super::engine::ThreadStats;
 use super::report::RunInfo;
-use super::units::FIO_PERCENTILES;
 use super::workload::{DIR_NAMES, DIRS};
 use crate::block::IoStatus;
+use crate::cli::io_shared::units::FIO_PERCENTILES;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;

@@ -2,8 +2,8 @@
 //! for scripts (one JSON object).
 
 use super::engine::{ErrorSample, ThreadStats};
-use super::units::{BsSplit, CpuList, iec_exact, percentile_name, si_count};
 use super::workload::{DIR_NAMES, DIRS, READ, Rw, TRIM, WRITE};
+use crate::cli::io_shared::units::{BsSplit, CpuList, iec_exact, percentile_name, si_count};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::fmt::Write as _;

@@ -38,7 +38,7 @@
 //! - **Every mismatch is reported**: each one in JSON (up to a million; the count is
 //!   always exact), and in text as runs of consecutive blocks with the same problem.
 //!   I/O errors are listed with their decoded status; their blocks are not checked.
-//! - **Writes need consent** on devices: the rule of `perf` ([`super::perf::target`]).
+//! - **Writes need consent** on devices: the rule of `perf` ([`super::io_shared::target`]).
 //! - It uses only Read, Write and Flush, so it runs on every backend; `--qd` I/Os of
 //!   `--bs` bytes stay outstanding (`wait` for completions: a verify is not a latency
 //!   test).
@@ -51,10 +51,10 @@ pub use engine::{Findings, IoFailure, Mismatch, PassResult, Plan, verify, verify
 pub use report::{Subject, human, json};
 pub use stamp::{CHECKSUM_BYTES, HEADER_BYTES, MAGIC, Problem, Stamp, check_block, stamp_block};
 
-use super::perf::target;
-use super::perf::units::{iec_exact, parse_nonzero_size, parse_size};
-use super::perf::workload::{SplitMix64, mix64};
-use super::perf::{BACKEND_HELP, IO_DEV_HELP, region_bytes};
+use super::io_shared::rng::{SplitMix64, mix64};
+use super::io_shared::target;
+use super::io_shared::units::{iec_exact, parse_nonzero_size, parse_size};
+use super::io_shared::{BACKEND_HELP, IO_DEV_HELP, region_bytes};
 use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
 use crate::block::{self, BlockError, BlockQueue, Completion, IoStatus, Op};
