@@ -504,8 +504,10 @@ bind_one() {
 	done
 }
 
-# reset: the controllers in $@ if any are named, else (SPDK's reset) every NVMe controller
-# not on nvme, PCI_BLOCKED left out either way.
+# reset: the controllers in $@ if any are named, else every NVMe controller on vfio-pci
+# (SPDK's reset takes every one not on nvme; a controller on another driver, pci-stub or
+# uio_pci_generic, may be someone else's and is given back only when named), PCI_BLOCKED
+# left out either way.
 cmd_reset() {
 	need_root reset
 	load_blocked
@@ -516,9 +518,9 @@ cmd_reset() {
 		BDFS=()
 		for dev in "$PCI"/devices/*; do
 			b=${dev##*/}
-			is_nvme "$b" && ! driver_is "$b" nvme && [ -z "${BLOCKED[$b]:-}" ] && BDFS+=("$b")
+			is_nvme "$b" && driver_is "$b" vfio-pci && [ -z "${BLOCKED[$b]:-}" ] && BDFS+=("$b")
 		done
-		[ ${#BDFS[@]} -gt 0 ] || say "every NVMe controller is on nvme already"
+		[ ${#BDFS[@]} -gt 0 ] || say "no NVMe controller is on vfio-pci"
 	fi
 	local b o refused=0
 	for b in "${BDFS[@]}"; do

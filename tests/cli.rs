@@ -388,7 +388,8 @@ fn get_log_refuses_lengths_that_are_not_dwords() {
             "--lpo",
             lpo,
         ]);
-        let err = one_line_failure(&o);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "a usage error: {err}");
         assert!(err.contains("must be multiples of 4 bytes"), "{len} {lpo}: {err}");
     }
 }

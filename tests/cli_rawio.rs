@@ -135,51 +135,90 @@ fn bad_input_is_refused_and_nothing_is_written() {
     let blocks = (1 << 20) / bs;
     let before = std::fs::read(&disk).unwrap();
     let (last, past_end) = ((blocks - 1).to_string(), blocks.to_string());
-    for (args, input, wanted) in [
+    let (two_blocks, big_z) = ((2 * bs).to_string(), (2 * bs + 1).to_string());
+    // (command line, standard input, exit status, what stderr says)
+    for (args, input, code, wanted) in [
         (
             vec!["write", &disk, "-s", "0", "-c", "1"],
             vec![1u8; bs + 1],
-            format!("write needs {} bytes and standard input gave {}", 2 * bs, bs + 1),
+            1,
+            format!(
+                "write needs {} bytes (the blocks -c names) and standard input gave {}",
+                2 * bs,
+                bs + 1
+            ),
+        ),
+        (
+            vec!["write", &disk, "-s", "0", "-c", "1"],
+            vec![1u8; 2 * bs + 1],
+            1,
+            "and standard input gave more; nothing was sent".to_string(),
+        ),
+        (
+            vec!["compare", &disk, "-s", "0", "-c", "0x1", "-z", &big_z],
+            vec![0xee; 2 * bs],
+            2,
+            format!("-z {big_z} bytes is more than the 2 blocks -c names ({two_blocks} bytes"),
+        ),
+        (
+            vec!["read", &disk, "-c", "0", "-f"],
+            vec![],
+            2,
+            "-f/--force-unit-access is for write, not read".to_string(),
         ),
         (
             vec!["write", &disk, "-s", &past_end, "-c", "0"],
             vec![1u8; bs],
+            1,
             format!("outside namespace 1 ({blocks} blocks of {bs} bytes)"),
         ),
         (
             vec!["write", &disk, "-s", &last, "-c", "1"],
             vec![1u8; 2 * bs],
+            1,
             "outside namespace".to_string(),
         ),
         (
-            vec!["write", &disk, "-s", "0", "-c", "65535"],
+            vec!["write", &disk, "-s", "0", "-c", "0xffff"],
             vec![1u8; 16],
+            1,
             "outside namespace".to_string(),
         ),
         (
             vec!["dsm", &disk, "-s", "0,8", "-b", "1", "-d"],
             vec![],
+            2,
             "give one length per start block".to_string(),
+        ),
+        (
+            vec!["dsm", &disk, "-s", "0,8", "-b", "1,0", "-d"],
+            vec![],
+            2,
+            "range 1 (at block 8) has no blocks".to_string(),
         ),
         (
             vec!["dsm", &disk, "-s", "0", "-b", "1"],
             vec![],
+            2,
             "add -d/--ad".to_string(),
         ),
         (
             vec!["write-zeroes", &disk, "-s", "0xffffffffffffffff", "-c", "1"],
             vec![],
+            1,
             "outside namespace".to_string(),
         ),
     ] {
         let o = common::ironvme_with_input(&args, &input);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
         assert!(err.contains(&wanted), "{args:?}: {err}");
     }
     assert!(std::fs::read(&disk).unwrap() == before, "the file changed");
-    let o = common::ironvme(&["write", &disk, "-c", "65536"]);
-    assert_eq!(o.status.code(), Some(2), "a block count above 16 bits is a usage error");
+    for count in ["65536", "0x10000"] {
+        let o = common::ironvme(&["write", &disk, "-c", count]);
+        assert_eq!(o.status.code(), Some(2), "a block count above 16 bits is a usage error");
+    }
 }
 
 #[test]

@@ -49,6 +49,11 @@ pub fn data_len(fid: u8, cdw11: u32) -> usize {
     }
 }
 
+/// The largest data buffer of any Get Features FID, in bytes (LBA Range Type, Host
+/// Memory Buffer, and the NVMe 2.0 data structures of 4 KiB): every Get Features
+/// transfers into a buffer this large.
+const FEATURE_BUFFER_MAX: usize = 4096;
+
 /// nvme-cli's name of a Select value in the value line.
 fn select_name(sel: Select) -> &'static str {
     match sel {
@@ -301,12 +306,22 @@ pub fn run(args: &GetFeatureArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let nsid = args.nsid.or_else(|| dev.node_namespace()).unwrap_or(NSID_ALL);
     let read = |fid: u8| -> Result<FeatureReply, crate::Error> {
         // SEL 3 answers in DW0 only; no data is transferred.
+        let want = match args.data_len {
+            _ if args.sel == Select::Supported => 0,
+            Some(len) => len as usize,
+            None => data_len(fid, args.cdw11),
+        };
+        // A feature whose size ironvme does not know (vendor-specific FIDs, newer ones)
+        // still gets a buffer as large as any feature's data, so a controller that
+        // returns data never DMAs through a null data pointer; only `want` bytes are
+        // shown.
         let len = if args.sel == Select::Supported {
             0
         } else {
-            data_len(fid, args.cdw11)
+            want.max(FEATURE_BUFFER_MAX)
         };
-        let (dw0, data) = get_feature(dev.admin(), FeatureId(fid), args.sel.to_nvme(), nsid, args.cdw11, len)?;
+        let (dw0, mut data) = get_feature(dev.admin(), FeatureId(fid), args.sel.to_nvme(), nsid, args.cdw11, len)?;
+        data.truncate(want);
         Ok(FeatureReply {
             fid,
             sel: args.sel,

@@ -298,11 +298,11 @@ pub fn render_get_log_text(dev: &str, lid: u8, nsid: u32, data: &[u8]) -> String
 
 /// `ironvme get-log DEV --log-id LID --log-len BYTES`: Get Log Page of any log.
 ///
-/// Errors: [`CliError::Invalid`] when the length or offset is not a non-zero multiple of
-/// 4 (checked before the device is opened); see [`CliError`].
+/// Errors: [`CliError::Usage`] when the length or offset is not a non-zero multiple of 4
+/// (checked before the device is opened); see [`CliError`].
 pub fn run_get_log(args: &GetLogArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if args.log_len == 0 || args.log_len % 4 != 0 || args.lpo % 4 != 0 {
-        return Err(CliError::Invalid(format!(
+        return Err(CliError::Usage(format!(
             "--log-len {} and --lpo {} must be multiples of 4 bytes, and the length non-zero \
              (Get Log Page counts dwords)",
             args.log_len, args.lpo

@@ -384,6 +384,10 @@ pub struct GetFeatureArgs {
     /// nvme-cli: the namespace DEV names when it is a namespace node, else FFFFFFFFh.
     #[arg(long, short = 'n', visible_alias = "namespace-id", value_name = "N", value_parser = parse_u32)]
     pub nsid: Option<u32>,
+    /// Bytes of data to show for a feature that returns a buffer (nvme-cli's -l); default:
+    /// the size the specification gives the FID (none for FIDs ironvme does not know).
+    #[arg(long = "data-len", short = 'l', value_name = "BYTES", value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub data_len: Option<u32>,
     /// Decode the value's fields (nvme-cli's -H). ironvme always decodes the features it
     /// knows, so this changes nothing; it is accepted so nvme-cli command lines work.
     #[arg(long = "human-readable", short = 'H')]

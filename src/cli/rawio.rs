@@ -7,10 +7,13 @@
 //!   field is (`-c 0` is one block), up to 65535 (NLB is 16 bits, NVM Command Set §3.2).
 //! - `-z/--data-size` is the buffer size in bytes. nvme-cli requires it; here it may be
 //!   left out. One smaller than the blocks need is rounded up with nvme-cli's note on
-//!   stderr; the transfer is always exactly `(c + 1)` blocks.
+//!   stderr; one larger is refused (it names more data than `-c` moves). The transfer is
+//!   always exactly `(c + 1)` blocks.
 //! - `-d/--data FILE`: where `read` writes the data and where `write` and `compare` take
 //!   it from; standard output or standard input without it. `write` and `compare` refuse
-//!   input shorter than the blocks (nvme-cli would send the zeros it padded with).
+//!   input shorter than the blocks (nvme-cli would send the zeros it padded with) and
+//!   input longer than them (nvme-cli would drop the rest), before anything is sent.
+//! - Numbers are decimal or `0x` hex; `-f/--force-unit-access` is for `write` only.
 //! - `-n/--namespace-id`: default the namespace DEV names, else its first.
 //! - Success is reported on stderr as nvme-cli does (`read: Success`), so standard output
 //!   carries only data.
@@ -19,6 +22,10 @@
 //!
 //! - **A transfer above the device's limit (MDTS, `max_hw_sectors_kb`) is refused**, not
 //!   split: one command is what was asked for, as with nvme-cli.
+//! - **What is checked when.** Arguments that are wrong whatever the device are usage
+//!   errors (exit 2) before anything is opened. The rest (the range against the
+//!   namespace, MDTS, the input's length) needs the device open: nothing is sent when they
+//!   fail, but opening a controller through VFIO has already reset it.
 //! - **Writes hold the same in-use protection as `perf`**: `write`, `write-zeroes` and
 //!   `dsm -d` take the exclusive claim ([`crate::claim`]) that refuses a mounted or held
 //!   namespace. Naming the command is the consent (no `--allow-write`).
@@ -50,8 +57,9 @@ pub struct BlocksArgs {
     /// First logical block (LBA), decimal or 0x hex.
     #[arg(long = "start-block", short = 's', value_name = "LBA", value_parser = parse_number, default_value = "0")]
     pub start_block: u64,
-    /// Number of blocks minus one (0-based, as NVMe's NLB): 0 is one block.
-    #[arg(long = "block-count", short = 'c', value_name = "NLB", default_value_t = 0)]
+    /// Number of blocks minus one (0-based, as NVMe's NLB): 0 is one block; decimal or 0x
+    /// hex, at most 0xffff.
+    #[arg(long = "block-count", short = 'c', value_name = "NLB", default_value = "0", value_parser = parse_nlb)]
     pub block_count: u16,
     /// Namespace ID. Default: the namespace DEV names, else the first.
     #[arg(long = "namespace-id", short = 'n', value_name = "N", value_parser = parse_nsid)]
@@ -118,6 +126,7 @@ pub struct DsmArgs {
         short = 'b',
         value_name = "COUNTS",
         value_delimiter = ',',
+        value_parser = super::parse_u32,
         required = true
     )]
     pub blocks: Vec<u32>,
@@ -131,6 +140,12 @@ pub struct DsmArgs {
     /// The backend.
     #[arg(long, value_name = "B", help = BACKEND_HELP)]
     pub backend: Option<Backend>,
+}
+
+/// A 0-based block count: a `u16`, decimal or 0x hex.
+fn parse_nlb(s: &str) -> Result<u16, String> {
+    let v = parse_number(s)?;
+    u16::try_from(v).map_err(|_| format!("{s}: a block count is 0-based and at most 0xffff (65536 blocks)"))
 }
 
 /// Which data command.
@@ -207,21 +222,31 @@ fn is_compare_failure(e: &IoError) -> bool {
     matches!(e, IoError::Failed { status: IoStatus::Nvme(s), .. } if s.same_code(Status::COMPARE_FAILURE))
 }
 
+/// `e` with the path it concerns.
+fn with_path(p: &std::path::Path, e: std::io::Error) -> CliError {
+    CliError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+}
+
 /// Reads exactly `len` bytes of input from `path` or stdin.
 ///
-/// Errors: [`CliError::Invalid`] when the input is shorter; [`CliError::Io`].
+/// Errors: [`CliError::Invalid`] when the input is shorter or longer; [`CliError::Io`].
 fn read_input(path: Option<&PathBuf>, len: usize, what: &str) -> Result<Vec<u8>, CliError> {
     let mut input: Box<dyn Read> = match path {
-        Some(p) => Box::new(File::open(p).map_err(|e| CliError::Invalid(format!("{}: {e}", p.display())))?),
+        Some(p) => Box::new(File::open(p).map_err(|e| with_path(p, e))?),
         None => Box::new(std::io::stdin().lock()),
     };
-    let mut data = Vec::with_capacity(len);
-    input.by_ref().take(len as u64).read_to_end(&mut data)?;
-    if data.len() < len {
+    let mut data = Vec::with_capacity(len + 1);
+    // One byte more than needed tells input that is too long.
+    input.by_ref().take(len as u64 + 1).read_to_end(&mut data)?;
+    if data.len() != len {
         let from = path.map_or("standard input".to_string(), |p| p.display().to_string());
+        let got = if data.len() > len {
+            "more".to_string()
+        } else {
+            data.len().to_string()
+        };
         return Err(CliError::Invalid(format!(
-            "{what} needs {len} bytes and {from} gave {}; nothing was written",
-            data.len()
+            "{what} needs {len} bytes (the blocks -c names) and {from} gave {got}; nothing was sent"
         )));
     }
     Ok(data)
@@ -235,15 +260,26 @@ fn read_input(path: Option<&PathBuf>, len: usize, what: &str) -> Result<Vec<u8>,
 /// [`CliError::Mismatch`] when `compare` finds the data different.
 pub fn run_data(cmd: DataCommand, a: &DataArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let b = &a.blocks;
+    if a.fua && cmd != DataCommand::Write {
+        return Err(CliError::Usage(format!(
+            "-f/--force-unit-access is for write, not {}",
+            cmd.name()
+        )));
+    }
     let writes = (cmd == DataCommand::Write).then_some("write");
     let o = open(&b.dev, b.backend, b.nsid, writes)?;
     let blocks = u64::from(b.block_count) + 1;
     check_range(&o.ns, b.start_block, blocks)?;
     let len = blocks * u64::from(o.ns.block_size);
-    if let Some(z) = a.data_size
-        && z < len
-    {
-        eprintln!("Rounding data size to fit block count ({len} bytes)");
+    match a.data_size {
+        Some(z) if z < len => eprintln!("Rounding data size to fit block count ({len} bytes)"),
+        Some(z) if z > len => {
+            return Err(CliError::Usage(format!(
+                "-z {z} bytes is more than the {blocks} blocks -c names ({len} bytes of {} each)",
+                o.ns.block_size
+            )));
+        }
+        _ => {}
     }
     let len = usize::try_from(len).expect("at most 65536 blocks of at most 64 KiB");
     if len > o.ns.max_transfer_bytes {
@@ -270,7 +306,7 @@ pub fn run_data(cmd: DataCommand, a: &DataArgs, out: &mut dyn Write) -> Result<(
             let buf = run(&o, &b.dev, Op::Read { lba }, Some(buf))?.expect("a read gives its buffer back");
             let data = &buf.as_slice()[..len];
             match &a.data {
-                Some(p) => std::fs::write(p, data).map_err(|e| CliError::Invalid(format!("{}: {e}", p.display())))?,
+                Some(p) => std::fs::write(p, data).map_err(|e| with_path(p, e))?,
                 None => out.write_all(data)?,
             }
         }
@@ -345,17 +381,24 @@ pub fn run_write_zeroes(a: &WriteZeroesArgs) -> Result<(), CliError> {
 
 /// `ironvme dsm DEV -s LBAS -b COUNTS -d`: deallocates each range.
 ///
-/// Errors: [`CliError::Invalid`] without `-d`, for lists of different lengths, more than
-/// 256 ranges (a DSM command's limit), an empty or out-of-range range, or a backend that
-/// cannot deallocate (checked before anything is sent); as [`run_data`].
+/// Errors: [`CliError::Usage`] without `-d`, for lists of different lengths, more than
+/// 256 ranges (a DSM command's limit) or an empty range (checked before anything is
+/// opened); [`CliError::Invalid`] for a range outside the namespace or a backend that
+/// cannot deallocate (before anything is sent); as [`run_data`].
 pub fn run_dsm(a: &DsmArgs) -> Result<(), CliError> {
     if !a.ad {
-        return Err(CliError::Invalid(
+        return Err(CliError::Usage(
             "dsm: ironvme sends the Deallocate attribute only: add -d/--ad".to_string(),
         ));
     }
+    if let Some(i) = a.blocks.iter().position(|&n| n == 0) {
+        return Err(CliError::Usage(format!(
+            "dsm: range {i} (at block {}) has no blocks",
+            a.slbs.get(i).copied().unwrap_or_default()
+        )));
+    }
     if a.slbs.len() != a.blocks.len() || a.slbs.len() > 256 {
-        return Err(CliError::Invalid(format!(
+        return Err(CliError::Usage(format!(
             "dsm: {} start blocks and {} lengths: give one length per start block, at most 256 ranges",
             a.slbs.len(),
             a.blocks.len()
@@ -370,15 +413,14 @@ pub fn run_dsm(a: &DsmArgs) -> Result<(), CliError> {
         )));
     }
     for (&lba, &blocks) in a.slbs.iter().zip(&a.blocks) {
-        if blocks == 0 {
-            return Err(CliError::Invalid(format!(
-                "dsm: the range at block {lba} has no blocks"
-            )));
-        }
         check_range(&o.ns, lba, u64::from(blocks))?;
     }
-    for (&lba, &blocks) in a.slbs.iter().zip(&a.blocks) {
-        run(&o, &a.dev, Op::Deallocate { lba, blocks }, None)?;
+    for (i, (&lba, &blocks)) in a.slbs.iter().zip(&a.blocks).enumerate() {
+        run(&o, &a.dev, Op::Deallocate { lba, blocks }, None).map_err(|e| {
+            CliError::Failed(format!(
+                "{e} (range {i}, {blocks} blocks at {lba}; the {i} ranges before it were deallocated)"
+            ))
+        })?;
     }
     eprintln!("NVMe DSM: success");
     Ok(())

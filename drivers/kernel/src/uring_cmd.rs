@@ -281,6 +281,11 @@ enum FileRef {
 
 /// An I/O queue on one namespace over io_uring NVMe passthrough.
 ///
+/// Completions are posted in the context of the thread that submitted the commands (see
+/// [`crate::uring`]'s cooperative task running): move a queue to another thread only
+/// when nothing is in flight. Registered buffers keep their DMA regions mapped until the
+/// queue is dropped.
+///
 /// `io_uring_enter` failures are handled as by [`crate::UringQueue`]: `EINTR` retried, `EAGAIN`/`EBUSY` retried after reaping,
 /// `ring` gives up after a bounded number of tries; when `wait` cannot enter the kernel
 /// for 10 s the queue fails, completing its commands without their buffers (leaked: the
@@ -423,8 +428,12 @@ impl UringCmdQueue {
             // Counted again when the probe's read is submitted.
             Some(slot) => self.fixed.complete(slot),
             // The buffer could not be registered: nothing to probe, and commands on
-            // memory that cannot be registered use plain addresses anyway.
-            None => return Ok(()),
+            // memory that cannot be registered use plain addresses anyway. The refused
+            // entry lets go of the probe's buffer.
+            None => {
+                self.fixed.release_idle(&self.ring.submitter());
+                return Ok(());
+            }
         }
         self.submit(Op::Read { lba: 0 }, Some(buf), 0)
             .map_err(|e| unavailable(format!("cannot queue the registered-buffer probe: {}", e.error)))?;

@@ -1,5 +1,7 @@
-//! DEV for the I/O subcommands (`perf`, `verify`): opening it on any backend, and the rule
-//! for writing to it.
+//! DEV for the I/O subcommands (`perf`, `verify`, `vde`, the raw I/O commands, `format`'s
+//! claim, `serve`): opening it on any backend, and the rule for writing to it. The raw
+//! I/O commands (`write`, `write-zeroes`, `dsm`) take the claim but not the consent flag:
+//! naming the command is the consent, as in nvme-cli.
 //!
 //! # Writing needs consent, except to a regular file
 //!

@@ -148,8 +148,10 @@ impl FixedBuffers {
                     i
                 }
                 None => {
+                    // The pages `serves` counts: from the buffer's first page to the
+                    // registration's end.
                     if let Span::Window { max_pages } = self.span
-                        && span_len.div_ceil(PAGE) > max_pages
+                        && (start + span_len).div_ceil(PAGE) - addr / PAGE > max_pages
                     {
                         return None;
                     }

@@ -49,8 +49,10 @@
 //! `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` where the kernel has them
 //! (5.19+; not with SQPOLL, which refuses them): the kernel then only sets
 //! `IORING_SQ_TASKRUN`, and `poll`, finding the CQ empty and the flag set, enters the
-//! kernel once to run the work of every completion waiting. The cost is
-//! that a queue must be polled by the thread that submitted its operations.
+//! kernel once to run the work of every completion waiting. The cost: the kernel does
+//! that work in the submitting thread, so completions polled from another thread are
+//! delayed until the submitting thread next returns to user space; poll a queue from the
+//! thread that submitted its operations.
 //!
 //! **Fixed files.** The device's file descriptor is registered with each ring
 //! (`IORING_REGISTER_FILES`), so the kernel skips the fd lookup on every SQE.
@@ -159,7 +161,6 @@ pub fn io_uring_available() -> Result<(), String> {
     }
 }
 
-/// Why `io_uring_setup` failed, in words.
 /// Builds a ring of `entries` SQEs from `builder`, with the kernel asked to run
 /// completion work cooperatively when `cooperative` (and the kernel can: Linux 5.19+):
 /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG`. Without them, a completion
@@ -197,6 +198,7 @@ pub(crate) fn needs_taskrun<S: io_uring::squeue::EntryMarker, C: io_uring::cqueu
     ring.completion().is_empty() && ring.submission().taskrun()
 }
 
+/// Why `io_uring_setup` failed, in words.
 fn setup_error(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ENOSYS) => {

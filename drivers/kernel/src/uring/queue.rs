@@ -105,7 +105,7 @@ impl InFlight for Slot {
 /// Completions are posted by the kernel in the context of the thread that submitted the
 /// operations: move a queue to another thread only when nothing is in flight (a queue
 /// moved with operations in flight sees them complete only when the submitting thread
-/// next enters the kernel).
+/// next returns to user space).
 ///
 /// Dropping the queue waits up to 75 s (the kernel's I/O timeout plus its recovery) for
 /// every operation still in flight (the kernel may be writing to their buffers), then
