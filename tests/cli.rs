@@ -194,22 +194,6 @@ fn vde_fsck_exits_3_on_violations() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }
 
-/// Runs ironvme under a pseudo-terminal (`script` from util-linux), so that stdin, stdout
-/// and stderr are a terminal; returns its exit status and everything it wrote.
-fn under_a_terminal(args: &[&str]) -> (Option<i32>, String) {
-    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_ironvme"))
-        .chain(args.iter().copied())
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect();
-    let o = std::process::Command::new("script")
-        .args(["-qec", &quoted.join(" "), "/dev/null"])
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run script (util-linux) for a pseudo-terminal");
-    (o.status.code(), stdout(&o))
-}
-
 /// `vde fsck` and `vde send` draw a bar with an ETA when stderr is a terminal, and
 /// write nothing on stderr when it is a pipe.
 #[test]
@@ -221,14 +205,14 @@ fn vde_progress_is_drawn_on_a_terminal_only() {
         let o = ironvme(args);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         assert_eq!(stderr(&o), "", "{args:?}: progress on a pipe");
-        let (code, seen) = under_a_terminal(args);
+        let (code, seen) = common::under_a_terminal(args);
         assert_eq!(code, Some(0), "{args:?}: {seen}");
         assert!(
             seen.contains("ETA") && seen.contains("] "),
             "{args:?}: no bar in {seen:?}"
         );
     }
-    let (_, seen) = under_a_terminal(&["vde", "fsck", &f]);
+    let (_, seen) = common::under_a_terminal(&["vde", "fsck", &f]);
     assert!(seen.contains(" blocks ETA"), "{seen:?}");
     // Where the terminal shows the report, the bar has been cleared before it.
     assert!(seen.contains("\r\u{1b}[2K") && seen.contains("clean"), "{seen:?}");

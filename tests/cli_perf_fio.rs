@@ -17,17 +17,9 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A sparse scratch file of `bytes` bytes, deleted with the directory.
-fn scratch(bytes: u64) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = dir.path().join("disk.img");
-    File::create(&path).unwrap().set_len(bytes).unwrap();
-    (dir, path)
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -105,7 +97,7 @@ const NOT_MEASURED: [&str; 4] = [
 
 #[test]
 fn output_format_json_has_the_shape_of_fios_own() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     let f = s(&file);
     for format in ["json", "json+"] {
         let fio = Command::new(tool("fio"))
@@ -175,7 +167,7 @@ fn output_format_json_has_the_shape_of_fios_own() {
 
 #[test]
 fn fio_jsonplus_clat2csv_reads_perfs_json_plus() {
-    let (dir, file) = scratch(16 << 20);
+    let (dir, file) = common::scratch_file(16 << 20);
     // Size-based: each of the two jobs reads exactly 4 MiB, 1024 I/Os.
     let out = ok(&[
         "perf",
@@ -246,7 +238,7 @@ fn fio_jsonplus_clat2csv_reads_perfs_json_plus() {
 
 #[test]
 fn percentile_list_sets_the_percentiles_everywhere() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     let base = [
         "perf",
         s(&file),
@@ -279,7 +271,7 @@ fn percentile_list_sets_the_percentiles_everywhere() {
 
 #[test]
 fn size_based_runs_and_sequential_mixes_transfer_exactly_size() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     for backend in ["psync", "uring"] {
         for rw in ["rw", "readwrite"] {
             let v = ok_json(&[
@@ -321,7 +313,7 @@ fn size_based_runs_and_sequential_mixes_transfer_exactly_size() {
 
 #[test]
 fn bssplit_mixes_the_sizes_by_weight() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     let v = ok_json(&[
         "perf",
         s(&file),
@@ -370,7 +362,7 @@ fn randseed_repeats_the_offsets() {
     // One random write per 4 KiB block of the first MiB, drawn with replacement: the set
     // of blocks written is the offset sequence, and a fresh file shows it.
     let blocks = |seed: &str, backend: &str| {
-        let (_dir, file) = scratch(4 << 20);
+        let (_dir, file) = common::scratch_file(4 << 20);
         ok_json(&[
             "perf",
             s(&file),
@@ -399,7 +391,7 @@ fn randseed_repeats_the_offsets() {
 
 #[test]
 fn trims_deallocate_the_blocks() {
-    let (_dir, file) = scratch(8 << 20);
+    let (_dir, file) = common::scratch_file(8 << 20);
     let f = s(&file);
     for (rw, backend) in [("trim", "psync"), ("randtrim", "uring")] {
         ok_json(&["perf", f, "--rw", "write", "--size", "2m", "--bs", "64k", "--json"]);
@@ -471,7 +463,7 @@ fn my_cpus() -> Vec<usize> {
 
 #[test]
 fn cpus_allowed_pins_the_threads() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     let cpus = my_cpus();
     let first = cpus[0].to_string();
     let v = ok_json(&[
@@ -552,7 +544,7 @@ const SIGINT: u32 = 2;
 
 #[test]
 fn ctrl_c_stops_the_run_and_reports_what_was_measured() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     for (format, backend) in [
         ("--json", "psync"),
         ("--output-format=json", "uring"),
@@ -617,7 +609,7 @@ fn ctrl_c_stops_the_run_and_reports_what_was_measured() {
 
 #[test]
 fn fio_names_that_were_not_options_before() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     let f = s(&file);
     // --runtime, --iodepth and --numjobs are fio's names of --time, --qd and --threads.
     let v = ok_json(&[

@@ -12,19 +12,11 @@ use common::ironvme;
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 /// The backends a regular file works with.
 const BACKENDS: [&str; 2] = ["psync", "uring"];
-
-/// A sparse scratch file of `bytes` bytes, deleted with the directory.
-fn scratch(bytes: u64) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = dir.path().join("disk.img");
-    File::create(&path).unwrap().set_len(bytes).unwrap();
-    (dir, path)
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -89,7 +81,7 @@ fn help_describes_both_subcommands() {
 
 #[test]
 fn perf_prints_one_json_object_on_each_backend() {
-    let (_dir, file) = scratch(64 << 20);
+    let (_dir, file) = common::scratch_file(64 << 20);
     for backend in BACKENDS {
         for (rw, threads) in [("randread", "1"), ("randrw", "2"), ("write", "1")] {
             let v = ok_json(&[
@@ -163,7 +155,7 @@ fn perf_prints_one_json_object_on_each_backend() {
 
 #[test]
 fn perf_prints_a_fio_like_report() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     let out = ok(&[
         "perf",
         s(&file),
@@ -205,7 +197,7 @@ fn perf_prints_a_fio_like_report() {
 
 #[test]
 fn perf_refuses_what_the_device_cannot_do_before_running() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     let f = s(&file);
     for (args, wanted) in [
         (
@@ -238,7 +230,7 @@ fn perf_refuses_what_the_device_cannot_do_before_running() {
 
 #[test]
 fn perf_runs_the_completion_mode_asked_for_and_refuses_one_the_backend_cannot_do() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     let f = s(&file);
     for (backend, mode, ran) in [
         ("uring", None, "spin"),
@@ -305,7 +297,7 @@ fn write_block(file: &File, lba: u64, bs: u64, data: &[u8]) {
 #[test]
 fn verify_passes_on_a_good_file_and_finds_every_kind_of_damage() {
     for backend in BACKENDS {
-        let (_dir, file) = scratch(4 << 20);
+        let (_dir, file) = common::scratch_file(4 << 20);
         let f = s(&file);
         let region = ["--size", "1m", "--seed", "77", "--backend", backend];
         let with = |extra: &[&'static str]| [&["verify", f][..], &region, extra].concat();
@@ -403,7 +395,7 @@ fn verify_passes_on_a_good_file_and_finds_every_kind_of_damage() {
 
 #[test]
 fn verify_checks_its_arguments() {
-    let (_dir, file) = scratch(1 << 20);
+    let (_dir, file) = common::scratch_file(1 << 20);
     let f = s(&file);
     failure(&ironvme(&["verify", f, "--read-only"]), 2); // needs --seed
     failure(
@@ -427,7 +419,7 @@ fn verify_checks_its_arguments() {
 /// stderr.
 #[test]
 fn verify_exit_status_tells_a_mismatch_from_a_failure() {
-    let (_dir, file) = scratch(4 << 20);
+    let (_dir, file) = common::scratch_file(4 << 20);
     let f = s(&file);
     let region = ["--size", "1m", "--seed", "5"];
     // Write the pattern; check it read-only: intact.
@@ -460,27 +452,11 @@ fn verify_exit_status_tells_a_mismatch_from_a_failure() {
     assert!(err.contains("/nonexistent/disk.img"), "{err}");
 }
 
-/// Runs ironvme under a pseudo-terminal (`script` from util-linux), so that stdin, stdout
-/// and stderr are a terminal; returns its exit status and everything it wrote.
-fn under_a_terminal(args: &[&str]) -> (Option<i32>, String) {
-    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_ironvme"))
-        .chain(args.iter().copied())
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect();
-    let o = std::process::Command::new("script")
-        .args(["-qec", &quoted.join(" "), "/dev/null"])
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run script (util-linux) for a pseudo-terminal");
-    (o.status.code(), text(&o.stdout))
-}
-
 /// verify draws a bar with an ETA, naming the pass and phase, when stderr is a terminal;
 /// on a pipe, stderr stays empty and stdout holds only the report.
 #[test]
 fn verify_progress_is_drawn_on_a_terminal_only() {
-    let (_dir, file) = scratch(16 << 20);
+    let (_dir, file) = common::scratch_file(16 << 20);
     let args = [
         "verify",
         s(&file),
@@ -497,7 +473,7 @@ fn verify_progress_is_drawn_on_a_terminal_only() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stderr), "", "progress on a pipe");
     assert!(!text(&o.stdout).contains("ETA"), "{}", text(&o.stdout));
-    let (code, seen) = under_a_terminal(&args);
+    let (code, seen) = common::under_a_terminal(&args);
     assert_eq!(code, Some(0), "{seen}");
     for want in [
         "ETA",

@@ -418,3 +418,30 @@ pub fn without_libnvme_status_sentences(text: &str) -> String {
     }
     out
 }
+
+/// A sparse scratch file of `bytes` bytes in cargo's scratch directory for integration
+/// tests, deleted with the returned directory.
+pub fn scratch_file(bytes: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a scratch directory");
+    let path = dir.path().join("disk.img");
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(bytes))
+        .expect("a scratch file");
+    (dir, path)
+}
+
+/// Runs ironvme under a pseudo-terminal (`script` from util-linux), so that stdin, stdout
+/// and stderr are a terminal; returns its exit status and everything it wrote.
+pub fn under_a_terminal(args: &[&str]) -> (Option<i32>, String) {
+    let quoted: Vec<String> = std::iter::once(IRONVME)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let o = Command::new("script")
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script (util-linux) for a pseudo-terminal");
+    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+}
