@@ -1,6 +1,7 @@
 //! The CLI's argument parsers for text a user (or a script) types: sizes (`--bs 4k`),
 //! durations (`--runtime 2.5m`), numbers and namespace IDs (decimal or 0x hex), and device
-//! names (PCI addresses, kernel node names). Each either returns a value or an error
+//! names (PCI addresses, kernel node names), and fio's option values (`--bssplit`,
+//! `--percentile_list`, `--cpus_allowed`). Each either returns a value or an error
 //! message, never panics; and what they accept round-trips: a size printed by
 //! `iec_exact` parses back to the same number of bytes.
 //!
@@ -9,7 +10,10 @@
 #![no_main]
 
 use ironvme::cli::device::parse_device;
-use ironvme::cli::perf::units::{iec_exact, parse_duration, parse_nonzero_size, parse_positive_duration, parse_size};
+use ironvme::cli::io_shared::units::{
+    iec_exact, parse_bssplit, parse_cpu_list, parse_duration, parse_nonzero_size, parse_percentile_list,
+    parse_positive_duration, parse_size,
+};
 use ironvme::cli::{parse_nsid, parse_u8, parse_u32};
 use ironvme_vfio::Bdf;
 use libfuzzer_sys::fuzz_target;
@@ -37,4 +41,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(spec) = parse_device(s) {
         let _ = spec.to_string();
     }
+    // fio's option values perf takes: --bssplit, --percentile_list, --cpus_allowed.
+    let _ = parse_bssplit(s);
+    let _ = parse_percentile_list(s);
+    let _ = parse_cpu_list(s);
 });

@@ -9,7 +9,7 @@
 #![no_main]
 
 use ironvme::cli::logs;
-use ironvme_nvme::log::{ErrorLogEntry, FirmwareSlotLog, SmartLog, parse_error_log};
+use ironvme_nvme::log::{ErrorLogEntry, FirmwareSlotLog, SmartLog, parse_error_log, parse_error_log_entries};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,6 +20,11 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = logs::render_error_text("fuzz", &entries);
         let _ = logs::render_error_json(&entries);
+    }
+    if let Ok(all) = parse_error_log_entries(data) {
+        assert_eq!(all.len(), data.len() / ErrorLogEntry::LEN);
+        let _ = logs::render_error_text("fuzz", &all);
+        let _ = logs::render_error_json(&all);
     }
     if let Ok(e) = ErrorLogEntry::parse(data) {
         let _ = logs::error_entry_record(&e);
