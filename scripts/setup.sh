@@ -9,7 +9,7 @@
 #                                       verb). Named: the arguments and PCI_ALLOWED; with
 #                                       neither, config refuses (exit status 2)
 #   scripts/setup.sh reset [BDF...]     give controllers back to the kernel nvme driver: the
-#                                       named ones, else every NVMe controller not on nvme
+#                                       named ones, else every NVMe controller on vfio-pci
 #   scripts/setup.sh status             hugepages per NUMA node, then a line per NVMe
 #                                       controller: Type, BDF, Vendor, Device, NUMA, Driver,
 #                                       Device, Block devices (headers and notes on stderr)
