@@ -239,7 +239,6 @@ pub fn namespace_record(ns: &IdentifyNamespace) -> Record {
         .dec("anagrpid", ns.anagrpid)
         // nvme-cli 2.3 prints this one name followed by a tab (`"nsattr\t: %u"`).
         .dec("nsattr\t", ns.nsattr)
-        .key("nsattr")
         .dec("nvmsetid", ns.nvmsetid)
         .dec("endgid", ns.endgid)
         .text("nguid", &hex_bytes(&ns.nguid))

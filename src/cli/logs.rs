@@ -33,14 +33,11 @@ pub fn smart_record(log: &SmartLog) -> Record {
     };
     // The names carry nvme-cli's own tabs and spaces (printed with width 0): its
     // `printf("critical_warning\t\t\t: %#x\n")` layout, reproduced byte for byte.
-    r.hex("critical_warning\t\t\t", log.critical_warning.bits())
-        .key("critical_warning")
-        .field(
-            "temperature\t\t\t\t",
-            kelvin(log.composite_temperature),
-            Value::from(log.composite_temperature),
-        )
-        .key("temperature");
+    r.hex("critical_warning\t\t\t", log.critical_warning.bits()).field(
+        "temperature\t\t\t\t",
+        kelvin(log.composite_temperature),
+        Value::from(log.composite_temperature),
+    );
     let (t, j) = percent(log.available_spare);
     r.field("available_spare\t\t\t\t", t, j).key("avail_spare");
     let (t, j) = percent(log.available_spare_threshold);
@@ -57,21 +54,13 @@ pub fn smart_record(log: &SmartLog) -> Record {
     let (t, j) = units(log.data_units_written);
     r.field("Data Units Written\t\t\t", t, j).key("data_units_written");
     r.u128("host_read_commands\t\t\t", log.host_read_commands)
-        .key("host_read_commands")
         .u128("host_write_commands\t\t\t", log.host_write_commands)
-        .key("host_write_commands")
         .u128("controller_busy_time\t\t\t", log.controller_busy_time)
-        .key("controller_busy_time")
         .u128("power_cycles\t\t\t\t", log.power_cycles)
-        .key("power_cycles")
         .u128("power_on_hours\t\t\t\t", log.power_on_hours)
-        .key("power_on_hours")
         .u128("unsafe_shutdowns\t\t\t", log.unsafe_shutdowns)
-        .key("unsafe_shutdowns")
         .u128("media_errors\t\t\t\t", log.media_errors)
-        .key("media_errors")
         .u128("num_err_log_entries\t\t\t", log.num_err_log_entries)
-        .key("num_err_log_entries")
         .dec("Warning Temperature Time\t\t", log.warning_composite_temperature_time)
         .key("warning_temp_time")
         .dec(
@@ -137,31 +126,21 @@ pub fn error_entry_record(e: &ErrorLogEntry) -> Record {
     let mut r = Record::new();
     // nvme-cli aligns these names with tabs (`"sqid\t\t: %d"`); JSON keys have none.
     r.dec("error_count\t", e.error_count)
-        .key("error_count")
         .dec("sqid\t\t", e.sqid)
-        .key("sqid")
         .hex("cmdid\t\t", e.cid)
-        .key("cmdid")
         .field(
             "status_field\t",
             format!("{}({status_name})", c_hex(u64::from(status.raw()))),
             Value::from(status.raw()),
         )
-        .key("status_field")
         .hex("phase_tag\t", u8::from(e.phase_tag()))
-        .key("phase_tag")
         .hex("parm_err_loc\t", e.parameter_error_location)
         .key("parm_error_location")
         .hex("lba\t\t", e.lba)
-        .key("lba")
         .hex("nsid\t\t", e.nsid)
-        .key("nsid")
         .dec("vs\t\t", e.vendor_specific_info)
-        .key("vs")
         .field("trtype\t\t", trtype_name(e.trtype), Value::from(e.trtype))
-        .key("trtype")
         .hex("cs\t\t", e.command_specific_info)
-        .key("cs")
         .hex("trtype_spec_info", e.transport_type_specific_info);
     r
 }

@@ -34,11 +34,13 @@ impl Record {
         Record::default()
     }
 
-    /// Appends a field with its text and JSON forms given separately.
+    /// Appends a field with its text and JSON forms given separately. Its JSON key is the
+    /// name without the tabs nvme-cli aligns some text names with (`"sqid\t\t"`: `sqid`);
+    /// [`Record::key`] gives another.
     pub fn field(&mut self, name: impl Into<String>, text: impl Into<String>, json: Value) -> &mut Record {
         let name = name.into();
         self.fields.push(Field {
-            key: name.clone(),
+            key: name.trim_end_matches('\t').to_string(),
             name,
             text: text.into(),
             json: Some(json),
