@@ -184,7 +184,7 @@ pub enum Command {
     /// it, else read and compared here): exits with the mismatch status when they differ.
     Compare(rawio::DataArgs),
     /// Flush the volatile write cache, like `nvme flush`.
-    Flush(rawio::FlushArgs),
+    Flush(rawio::TargetArgs),
     /// Write Zeroes, like `nvme write-zeroes`: -s first LBA, -c block count (0-based).
     WriteZeroes(rawio::WriteZeroesArgs),
     /// Dataset Management, like `nvme dsm`: deallocate (-d) the ranges -s LBAS -b COUNTS.

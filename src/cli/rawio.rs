@@ -41,19 +41,35 @@ use super::io_shared::units::parse_size;
 use super::io_shared::{BACKEND_HELP, IO_DEV_HELP, target};
 use super::{CliError, parse_nsid, parse_number};
 use crate::block::{self, IoError, IoStatus, NamespaceInfo, Op};
+use crate::nvme::hw::DmaBuf;
 use crate::nvme::status::Status;
-use crate::{Backend, Device};
+use crate::{Backend, Device, IoQueue};
 use clap::Args;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-/// Where the blocks are: the arguments `read`, `write` and `compare` share.
+/// The device, namespace and backend: what every raw command names (`flush` nothing else).
 #[derive(Debug, Args)]
-pub struct BlocksArgs {
+pub struct TargetArgs {
     /// The device.
     #[arg(value_name = "DEV", help = IO_DEV_HELP)]
     pub dev: String,
+    /// Namespace ID. Default: the namespace DEV names, else the first.
+    #[arg(long = "namespace-id", short = 'n', value_name = "N", value_parser = parse_nsid)]
+    pub nsid: Option<u32>,
+    /// The backend.
+    #[arg(long, value_name = "B", help = BACKEND_HELP)]
+    pub backend: Option<Backend>,
+}
+
+/// Where the blocks are: the arguments `read`, `write`, `compare` and `write-zeroes`
+/// share.
+#[derive(Debug, Args)]
+pub struct BlocksArgs {
+    /// The device, namespace and backend.
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// First logical block (LBA), decimal or 0x hex.
     #[arg(long = "start-block", short = 's', value_name = "LBA", value_parser = parse_number, default_value = "0")]
     pub start_block: u64,
@@ -61,12 +77,6 @@ pub struct BlocksArgs {
     /// hex, at most 0xffff.
     #[arg(long = "block-count", short = 'c', value_name = "NLB", default_value = "0", value_parser = parse_nlb)]
     pub block_count: u16,
-    /// Namespace ID. Default: the namespace DEV names, else the first.
-    #[arg(long = "namespace-id", short = 'n', value_name = "N", value_parser = parse_nsid)]
-    pub nsid: Option<u32>,
-    /// The backend.
-    #[arg(long, value_name = "B", help = BACKEND_HELP)]
-    pub backend: Option<Backend>,
 }
 
 /// Arguments of `read`, `write` and `compare`.
@@ -97,26 +107,12 @@ pub struct WriteZeroesArgs {
     pub deac: bool,
 }
 
-/// Arguments of `flush`.
-#[derive(Debug, Args)]
-pub struct FlushArgs {
-    /// The device.
-    #[arg(value_name = "DEV", help = IO_DEV_HELP)]
-    pub dev: String,
-    /// Namespace ID. Default: the namespace DEV names, else the first.
-    #[arg(long = "namespace-id", short = 'n', value_name = "N", value_parser = parse_nsid)]
-    pub nsid: Option<u32>,
-    /// The backend.
-    #[arg(long, value_name = "B", help = BACKEND_HELP)]
-    pub backend: Option<Backend>,
-}
-
 /// Arguments of `dsm`.
 #[derive(Debug, Args)]
 pub struct DsmArgs {
-    /// The device.
-    #[arg(value_name = "DEV", help = IO_DEV_HELP)]
-    pub dev: String,
+    /// The device, namespace and backend.
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// The ranges' first blocks, comma-separated (`0,1000`).
     #[arg(long = "slbs", short = 's', value_name = "LBAS", value_delimiter = ',', value_parser = parse_number, required = true)]
     pub slbs: Vec<u64>,
@@ -134,12 +130,6 @@ pub struct DsmArgs {
     /// ironvme sends.
     #[arg(long = "ad", short = 'd')]
     pub ad: bool,
-    /// Namespace ID. Default: the namespace DEV names, else the first.
-    #[arg(long = "namespace-id", short = 'n', value_name = "N", value_parser = parse_nsid)]
-    pub nsid: Option<u32>,
-    /// The backend.
-    #[arg(long, value_name = "B", help = BACKEND_HELP)]
-    pub backend: Option<Backend>,
 }
 
 /// A 0-based block count: a `u16`, decimal or 0x hex.
@@ -169,23 +159,55 @@ impl DataCommand {
     }
 }
 
-/// The device opened for a raw command, its namespace, and the claim held while it runs.
+/// The device opened for a raw command: one queue of depth 1 on its namespace, and the
+/// claim held while the command runs. Field order is drop order.
 struct Opened {
+    queue: IoQueue,
     device: Device,
     ns: NamespaceInfo,
+    /// DEV as named, for messages.
+    name: String,
     _claim: crate::claim::Claim,
 }
 
-/// Opens `dev`; `writes` names a command that changes data (it takes the exclusive claim).
-fn open(dev: &str, backend: Option<Backend>, nsid: Option<u32>, writes: Option<&str>) -> Result<Opened, CliError> {
-    let (device, claim) = target::open(dev, backend, writes, true)?.into_parts();
-    let nsid = nsid.or_else(|| device.node_namespace());
-    let ns = device.namespace(nsid)?;
-    Ok(Opened {
-        device,
-        ns,
-        _claim: claim,
-    })
+impl TargetArgs {
+    /// Opens DEV; `writes` names a command that changes data (it takes the exclusive
+    /// claim).
+    fn open(&self, writes: Option<&str>) -> Result<Opened, CliError> {
+        let (device, claim) = target::open(&self.dev, self.backend, writes, true)?.into_parts();
+        let ns = device.namespace(self.nsid.or_else(|| device.node_namespace()))?;
+        let queue = device.create_queue(Some(ns.nsid), 1)?;
+        Ok(Opened {
+            queue,
+            device,
+            ns,
+            name: self.dev.clone(),
+            _claim: claim,
+        })
+    }
+}
+
+impl Opened {
+    /// Runs `op` to completion, giving back the buffer.
+    ///
+    /// Errors: [`CliError::Failed`] naming the device and the status.
+    fn run(&mut self, op: Op, buf: Option<DmaBuf>) -> Result<Option<DmaBuf>, CliError> {
+        block::run_one(&mut self.queue, op, buf).map_err(|e| CliError::Failed(format!("{}: {}", self.name, e.error)))
+    }
+
+    /// Refuses what the backend cannot do on this device (`what`: "write zeroes").
+    ///
+    /// Errors: [`CliError::Invalid`] when `can` is false.
+    fn need(&self, can: bool, what: &str) -> Result<(), CliError> {
+        if can {
+            return Ok(());
+        }
+        Err(CliError::Invalid(format!(
+            "{}: the {} backend cannot {what} on this device",
+            self.name,
+            self.device.backend()
+        )))
+    }
 }
 
 /// Checks that `blocks` blocks from `lba` lie inside the namespace.
@@ -202,19 +224,6 @@ fn check_range(ns: &NamespaceInfo, lba: u64, blocks: u64) -> Result<(), CliError
         )));
     }
     Ok(())
-}
-
-/// Runs `op` on a fresh queue of the namespace, returning the buffer.
-///
-/// Errors: [`CliError::Failed`] naming the operation and the device's status.
-fn run(
-    o: &Opened,
-    dev: &str,
-    op: Op,
-    buf: Option<crate::nvme::hw::DmaBuf>,
-) -> Result<Option<crate::nvme::hw::DmaBuf>, CliError> {
-    let mut q = o.device.create_queue(Some(o.ns.nsid), 1)?;
-    block::run_one(&mut q, op, buf).map_err(|e| CliError::Failed(format!("{dev}: {}", e.error)))
 }
 
 /// Whether `e` is the NVMe Compare Failure status.
@@ -267,7 +276,7 @@ pub fn run_data(cmd: DataCommand, a: &DataArgs, out: &mut dyn Write) -> Result<(
         )));
     }
     let writes = (cmd == DataCommand::Write).then_some("write");
-    let o = open(&b.dev, b.backend, b.nsid, writes)?;
+    let mut o = b.target.open(writes)?;
     let blocks = u64::from(b.block_count) + 1;
     check_range(&o.ns, b.start_block, blocks)?;
     let len = blocks * u64::from(o.ns.block_size);
@@ -285,7 +294,7 @@ pub fn run_data(cmd: DataCommand, a: &DataArgs, out: &mut dyn Write) -> Result<(
     if len > o.ns.max_transfer_bytes {
         return Err(CliError::Invalid(format!(
             "{}: {len} bytes in one command is above the device's limit of {} bytes (MDTS); use a smaller -c",
-            b.dev, o.ns.max_transfer_bytes
+            o.name, o.ns.max_transfer_bytes
         )));
     }
     let input = match cmd {
@@ -296,14 +305,16 @@ pub fn run_data(cmd: DataCommand, a: &DataArgs, out: &mut dyn Write) -> Result<(
         .device
         .dma()
         .allocate(len)
-        .map_err(|e| CliError::Failed(format!("{}: {e}", b.dev)))?;
+        .map_err(|e| CliError::Failed(format!("{}: {e}", o.name)))?;
     if let Some(data) = &input {
         buf.as_mut_slice()[..len].copy_from_slice(data);
     }
     let lba = b.start_block;
     match cmd {
         DataCommand::Read => {
-            let buf = run(&o, &b.dev, Op::Read { lba }, Some(buf))?.expect("a read gives its buffer back");
+            let buf = o
+                .run(Op::Read { lba }, Some(buf))?
+                .expect("a read gives its buffer back");
             let data = &buf.as_slice()[..len];
             match &a.data {
                 Some(p) => std::fs::write(p, data).map_err(|e| with_path(p, e))?,
@@ -311,30 +322,29 @@ pub fn run_data(cmd: DataCommand, a: &DataArgs, out: &mut dyn Write) -> Result<(
             }
         }
         DataCommand::Write => {
-            run(&o, &b.dev, Op::Write { lba, fua: a.fua }, Some(buf))?;
+            o.run(Op::Write { lba, fua: a.fua }, Some(buf))?;
         }
-        DataCommand::Compare if o.ns.compare => {
-            let mut q = o.device.create_queue(Some(o.ns.nsid), 1)?;
-            match block::run_one(&mut q, Op::Compare { lba }, Some(buf)) {
-                Ok(_) => {}
-                Err(e) if is_compare_failure(&e.error) => {
-                    return Err(CliError::Mismatch(format!(
-                        "{}: compare: the blocks {lba}..{} differ from the data (NVMe Compare Failure)",
-                        b.dev,
-                        lba + blocks
-                    )));
-                }
-                Err(e) => return Err(CliError::Failed(format!("{}: {}", b.dev, e.error))),
+        DataCommand::Compare if o.ns.compare => match block::run_one(&mut o.queue, Op::Compare { lba }, Some(buf)) {
+            Ok(_) => {}
+            Err(e) if is_compare_failure(&e.error) => {
+                return Err(CliError::Mismatch(format!(
+                    "{}: compare: the blocks {lba}..{} differ from the data (NVMe Compare Failure)",
+                    o.name,
+                    lba + blocks
+                )));
             }
-        }
+            Err(e) => return Err(CliError::Failed(format!("{}: {}", o.name, e.error))),
+        },
         DataCommand::Compare => {
             // No NVMe Compare on this backend: read and compare here.
-            let buf = run(&o, &b.dev, Op::Read { lba }, Some(buf))?.expect("a read gives its buffer back");
+            let buf = o
+                .run(Op::Read { lba }, Some(buf))?
+                .expect("a read gives its buffer back");
             let data = input.expect("compare has input");
             if let Some(at) = buf.as_slice()[..len].iter().zip(&data).position(|(x, y)| x != y) {
                 return Err(CliError::Mismatch(format!(
                     "{}: compare: byte {at} (block {}) differs from the data",
-                    b.dev,
+                    o.name,
                     lba + at as u64 / u64::from(o.ns.block_size)
                 )));
             }
@@ -347,9 +357,8 @@ pub fn run_data(cmd: DataCommand, a: &DataArgs, out: &mut dyn Write) -> Result<(
 /// `ironvme flush DEV`: makes every completed write durable.
 ///
 /// Errors: [`CliError::Failed`] when the device fails it; see [`CliError`].
-pub fn run_flush(a: &FlushArgs) -> Result<(), CliError> {
-    let o = open(&a.dev, a.backend, a.nsid, None)?;
-    run(&o, &a.dev, Op::Flush, None)?;
+pub fn run_flush(a: &TargetArgs) -> Result<(), CliError> {
+    a.open(None)?.run(Op::Flush, None)?;
     eprintln!("NVMe Flush: success");
     Ok(())
 }
@@ -359,22 +368,16 @@ pub fn run_flush(a: &FlushArgs) -> Result<(), CliError> {
 /// Errors: as [`run_data`]; [`CliError::Invalid`] when the backend cannot write zeroes.
 pub fn run_write_zeroes(a: &WriteZeroesArgs) -> Result<(), CliError> {
     let b = &a.blocks;
-    let o = open(&b.dev, b.backend, b.nsid, Some("write-zeroes"))?;
+    let mut o = b.target.open(Some("write-zeroes"))?;
     let blocks = u32::from(b.block_count) + 1;
     check_range(&o.ns, b.start_block, u64::from(blocks))?;
-    if !o.ns.write_zeroes {
-        return Err(CliError::Invalid(format!(
-            "{}: the {} backend cannot write zeroes on this device",
-            b.dev,
-            o.device.backend()
-        )));
-    }
+    o.need(o.ns.write_zeroes, "write zeroes")?;
     let op = Op::WriteZeroes {
         lba: b.start_block,
         blocks,
         deallocate: a.deac,
     };
-    run(&o, &b.dev, op, None)?;
+    o.run(op, None)?;
     eprintln!("NVME Write Zeroes Success");
     Ok(())
 }
@@ -404,19 +407,13 @@ pub fn run_dsm(a: &DsmArgs) -> Result<(), CliError> {
             a.blocks.len()
         )));
     }
-    let o = open(&a.dev, a.backend, a.nsid, Some("dsm"))?;
-    if !o.ns.deallocate {
-        return Err(CliError::Invalid(format!(
-            "{}: the {} backend cannot deallocate on this device",
-            a.dev,
-            o.device.backend()
-        )));
-    }
+    let mut o = a.target.open(Some("dsm"))?;
+    o.need(o.ns.deallocate, "deallocate")?;
     for (&lba, &blocks) in a.slbs.iter().zip(&a.blocks) {
         check_range(&o.ns, lba, u64::from(blocks))?;
     }
     for (i, (&lba, &blocks)) in a.slbs.iter().zip(&a.blocks).enumerate() {
-        run(&o, &a.dev, Op::Deallocate { lba, blocks }, None).map_err(|e| {
+        o.run(Op::Deallocate { lba, blocks }, None).map_err(|e| {
             CliError::Failed(format!(
                 "{e} (range {i}, {blocks} blocks at {lba}; the {i} ranges before it were deallocated)"
             ))
