@@ -660,9 +660,8 @@ impl BlockQueue for UringCmdQueue {
             cooperative,
             ..
         } = self;
-        if n == 0 && *outstanding > 0 && *cooperative && crate::uring::needs_taskrun(ring) {
-            // Completions wait for this thread to run the kernel's work for them.
-            let _ = sys.enter(&ring.submitter(), 0, None);
+        if n == 0 {
+            crate::uring::run_task_work(ring, sys, *cooperative, *outstanding > 0);
         }
         for cqe in ring.completion().take(max - n) {
             if let Some(c) = Self::complete(slots, free, fixed, cqe.user_data(), cqe.result()) {

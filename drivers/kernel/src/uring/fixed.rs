@@ -6,6 +6,7 @@
 use io_uring::Submitter;
 use ironvme_nvme::hw::DmaBuf;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Slots in each block-I/O ring's registered-buffer table: how many distinct memory
 /// regions one queue can use as fixed buffers. Allocate a few large regions and split
@@ -39,6 +40,33 @@ pub(crate) enum Span {
     },
 }
 
+/// Hashes the addresses the table is keyed by with one multiply (Fibonacci hashing),
+/// rotated so that both the low bits (the bucket) and the high bits (hashbrown's tag) come
+/// from the product's well-mixed middle: the keys are page-aligned addresses the program
+/// chose, which need no protection from collisions, and the lookup runs on every submit.
+#[derive(Clone, Copy, Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 << 8 | u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_right(32);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
 /// One registration the table knows.
 struct Entry {
     /// The registered bytes: `start..start + len`.
@@ -67,7 +95,7 @@ pub(crate) struct FixedBuffers {
     span: Span,
     entries: Vec<Option<Entry>>,
     /// Registration start → slot.
-    by_start: HashMap<usize, usize>,
+    by_start: HashMap<usize, usize, BuildHasherDefault<AddrHasher>>,
     /// The sparse table exists in the kernel, and I/O uses it.
     active: bool,
     /// Index of the last hit, checked first.
@@ -84,7 +112,7 @@ impl FixedBuffers {
         FixedBuffers {
             span,
             entries,
-            by_start: HashMap::with_capacity(slots),
+            by_start: HashMap::with_capacity_and_hasher(slots, BuildHasherDefault::default()),
             active,
             last: 0,
             counters: FixedCounters::default(),
@@ -102,10 +130,10 @@ impl FixedBuffers {
         self.active = false;
     }
 
-    /// Whether entry `e` serves `addr..addr + len`.
-    fn serves(&self, e: &Entry, addr: usize, len: usize) -> bool {
-        let end = e.start + e.len;
-        addr >= e.start
+    /// Whether a registration of `start..start + span` serves `addr..addr + len`.
+    fn serves(&self, start: usize, span: usize, addr: usize, len: usize) -> bool {
+        let end = start + span;
+        addr >= start
             && addr + len <= end
             && match self.span {
                 Span::Region => true,
@@ -124,7 +152,7 @@ impl FixedBuffers {
         let (addr, len) = (buf.as_ptr() as usize, buf.len());
         let last_serves = self.entries[self.last]
             .as_ref()
-            .is_some_and(|e| self.serves(e, addr, len));
+            .is_some_and(|e| self.serves(e.start, e.len, addr, len));
         let index = if last_serves {
             self.last
         } else {
@@ -142,17 +170,13 @@ impl FixedBuffers {
             match self.by_start.get(&start) {
                 Some(&i) => {
                     let e = self.entries[i].as_ref().expect("indexed slots are full");
-                    if !self.serves(e, addr, len) {
+                    if !self.serves(e.start, e.len, addr, len) {
                         return None;
                     }
                     i
                 }
                 None => {
-                    // The pages `serves` counts: from the buffer's first page to the
-                    // registration's end.
-                    if let Span::Window { max_pages } = self.span
-                        && (start + span_len).div_ceil(PAGE) - addr / PAGE > max_pages
-                    {
+                    if !self.serves(start, span_len, addr, len) {
                         return None;
                     }
                     let Some(free) = self.entries.iter().position(Option::is_none) else {

@@ -167,7 +167,7 @@ pub fn io_uring_available() -> Result<(), String> {
 /// that arrives while the thread spins in user space interrupts it (`TWA_SIGNAL`, an IPI
 /// when it runs on another CPU) to post the CQE; with them the kernel only sets
 /// `IORING_SQ_TASKRUN`, and the queue's `poll` enters the kernel when it sees the flag
-/// and the completion queue empty (see [`needs_taskrun`]), running the work for a whole
+/// and the completion queue empty (see [`run_task_work`]), running the work for a whole
 /// batch in one system call. Returns the ring and whether it is cooperative. Not for
 /// SQPOLL rings, which the kernel refuses these flags on.
 ///
@@ -190,12 +190,22 @@ pub(crate) fn build_ring<S: io_uring::squeue::EntryMarker, C: io_uring::cqueue::
     builder.build(entries).map(|ring| (ring, false))
 }
 
-/// Whether a cooperative ring ([`build_ring`]) has completion work waiting for the
-/// thread to enter the kernel (`IORING_SQ_TASKRUN`) while its completion queue is empty.
-pub(crate) fn needs_taskrun<S: io_uring::squeue::EntryMarker, C: io_uring::cqueue::EntryMarker>(
+/// The step of a queue's `poll` that reaped nothing on a cooperative ring
+/// ([`build_ring`]) with operations in flight: when the kernel flags completion work for
+/// this thread (`IORING_SQ_TASKRUN`) and the completion queue is empty, enters the kernel
+/// once to run it. Returns whether it did (the caller reaps again).
+pub(crate) fn run_task_work<S: io_uring::squeue::EntryMarker, C: io_uring::cqueue::EntryMarker>(
     ring: &mut IoUring<S, C>,
+    sys: &mut enter::Enter,
+    cooperative: bool,
+    in_flight: bool,
 ) -> bool {
-    ring.completion().is_empty() && ring.submission().taskrun()
+    if !cooperative || !in_flight || !ring.completion().is_empty() || !ring.submission().taskrun() {
+        return false;
+    }
+    // An error leaves the work for the next poll or wait.
+    let _ = sys.enter(&ring.submitter(), 0, None);
+    true
 }
 
 /// Why `io_uring_setup` failed, in words.

@@ -622,9 +622,7 @@ impl BlockQueue for UringQueue {
             let _ = self.sys.enter(&self.ring.submitter(), 0, None);
         }
         let mut n = ready + self.reap(false, max, &mut on_complete);
-        if n == 0 && self.cooperative && self.inflight > 0 && super::needs_taskrun(&mut self.ring) {
-            // Completions wait for this thread to run the kernel's work for them.
-            let _ = self.sys.enter(&self.ring.submitter(), 0, None);
+        if n == 0 && super::run_task_work(&mut self.ring, &mut self.sys, self.cooperative, self.inflight > 0) {
             n = self.reap(false, max, &mut on_complete);
         }
         if self.aux.is_some() {
