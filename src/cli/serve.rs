@@ -395,18 +395,7 @@ fn placement(poll_groups: Option<usize>, cpumask: Option<&str>) -> Result<Vec<Op
         return Ok(vec![None; poll_groups.unwrap_or(1).max(1)]);
     };
     let cpus = parse_cpumask(mask).map_err(|e| CliError::Usage(format!("--cpumask {mask}: {e}")))?;
-    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
-        .map_err(|e| CliError::Device(format!("sched_getaffinity: {e}")))?;
-    if let Some(&cpu) = cpus.iter().find(|&&c| !allowed.is_set(c).unwrap_or(false)) {
-        let have: Vec<String> = (0..nix::sched::CpuSet::count())
-            .filter(|&c| allowed.is_set(c).unwrap_or(false))
-            .map(|c| c.to_string())
-            .collect();
-        return Err(CliError::Invalid(format!(
-            "--cpumask {mask}: CPU {cpu} is not one this process may run on (allowed: {})",
-            have.join(",")
-        )));
-    }
+    super::io_shared::cpus::check_allowed(&format!("--cpumask {mask}"), &cpus)?;
     if let Some(n) = poll_groups
         && n != cpus.len()
     {
@@ -430,28 +419,7 @@ fn parse_cpumask(mask: &str) -> Result<Vec<usize>, String> {
     let m = mask.trim();
     if let Some(list) = m.strip_prefix('[') {
         let list = list.strip_suffix(']').ok_or("a list opened with [ must end with ]")?;
-        for part in list.split(',') {
-            let num = |t: &str| {
-                t.trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad CPU number {:?}", t.trim()))
-            };
-            match part.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b) = (num(a)?, num(b)?);
-                    if a > b {
-                        return Err(format!("bad range {:?}", part.trim()));
-                    }
-                    if b >= limit {
-                        return Err(format!("CPU {b} is beyond the {limit} CPUs sched_setaffinity can name"));
-                    }
-                    cpus.extend(a..=b);
-                }
-                None => {
-                    cpus.insert(num(part)?);
-                }
-            }
-        }
+        cpus.extend(super::io_shared::units::parse_cpu_list(list)?.0);
     } else {
         let hex = m.strip_prefix("0x").or_else(|| m.strip_prefix("0X")).unwrap_or(m);
         if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -4,6 +4,7 @@
 //! the region of a namespace a command works on ([`region_bytes`]), and the process's
 //! CPU use ([`rusage_self`]).
 
+pub mod cpus;
 pub mod rng;
 pub mod target;
 pub mod units;

@@ -210,30 +210,29 @@ impl CpuList {
     }
 }
 
-/// Parses fio's `cpus_allowed`: CPU numbers and ranges separated by commas (`0-1,3`);
-/// ascending, without repeats.
+/// Parses a CPU list as fio's `cpus_allowed` and the bracketed form of SPDK's `-m` write
+/// it: CPU numbers and ranges separated by commas (`0-1,3`); ascending, without repeats.
 ///
 /// Errors: a message naming the entry.
 pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
     let mut cpus = Vec::new();
+    let limit = libc::CPU_SETSIZE as usize;
     let cpu = |t: &str| {
-        t.trim()
+        let c = t
+            .trim()
             .parse::<usize>()
-            .ok()
-            .filter(|&c| c < libc::CPU_SETSIZE as usize)
-            .ok_or_else(|| {
-                format!(
-                    "cpus_allowed entry `{t}` is not a CPU number (0 to {})",
-                    libc::CPU_SETSIZE - 1
-                )
-            })
+            .map_err(|_| format!("bad CPU number `{}`", t.trim()))?;
+        if c >= limit {
+            return Err(format!("CPU {c} is beyond the {limit} CPUs sched_setaffinity can name"));
+        }
+        Ok(c)
     };
     for part in s.split(',') {
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (cpu(a)?, cpu(b)?);
                 if a > b {
-                    return Err(format!("cpus_allowed range `{part}` runs backwards"));
+                    return Err(format!("bad range `{}`: it runs backwards", part.trim()));
                 }
                 cpus.extend(a..=b);
             }

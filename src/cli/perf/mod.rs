@@ -71,6 +71,7 @@ use self::clock::{Clock, ClockSource, Ticks};
 use self::engine::{Completions, LoopConfig, NOT_YET, Phases, ThreadStats};
 use self::report::{CpuUse, PERCENTILES, RunInfo, Summary};
 use self::workload::{Generator, Region, Rw, SplitMix64};
+use super::io_shared::cpus::{allowed_cpus, check_allowed, pin_current_thread};
 use super::io_shared::units::{
     BsSplit, CpuList, PercentileList, iec_exact, parse_bssplit, parse_cpu_list, parse_duration, parse_nonzero_size,
     parse_percentile_list, parse_positive_duration, parse_size, si_count,
@@ -364,15 +365,7 @@ impl Plan {
         };
         let cpus = match &a.cpus_allowed {
             Some(list) => {
-                let allowed =
-                    allowed_cpus().map_err(|e| CliError::Device(format!("--cpus_allowed: sched_getaffinity: {e}")))?;
-                if let Some(bad) = list.0.iter().find(|c| !allowed.contains(c)) {
-                    return invalid(format!(
-                        "--cpus_allowed {}: CPU {bad} is not one this process may run on (allowed: {})",
-                        list.fio(),
-                        CpuList(allowed).fio()
-                    ));
-                }
+                check_allowed(&format!("--cpus_allowed {}", list.fio()), &list.0)?;
                 Some((list.clone(), a.cpus_allowed_policy))
             }
             None => None,
@@ -666,23 +659,6 @@ fn block_sigint() {
     }
 }
 
-/// The CPUs the calling thread may run on (`sched_getaffinity`).
-///
-/// Errors: the system call's.
-pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a writable cpu_set_t of the size given.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: CPU_ISSET reads the set, for CPUs below CPU_SETSIZE.
-    Ok((0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect())
-}
-
 /// Pins the calling thread, thread `t`, as `plan` says; returns the CPUs it may run on
 /// afterwards, read back (`None` when nothing was pinned).
 fn pin(plan: &Plan, t: usize) -> Result<Option<Vec<usize>>, CliError> {
@@ -693,22 +669,8 @@ fn pin(plan: &Plan, t: usize) -> Result<Option<Vec<usize>>, CliError> {
         CpusPolicy::Shared => list.0.clone(),
         CpusPolicy::Split => vec![list.0[t % list.0.len()]],
     };
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in &cpus {
-        // SAFETY: `c` is below CPU_SETSIZE (checked when parsed).
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
-    // SAFETY: `set` is a valid cpu_set_t of the size given; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(CliError::Device(format!(
-            "thread {t}: cannot pin to CPUs {}: {}",
-            CpuList(cpus).fio(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    let now = allowed_cpus().map_err(|e| CliError::Device(format!("thread {t}: sched_getaffinity: {e}")))?;
+    pin_current_thread(&cpus).map_err(|e| CliError::Device(format!("thread {t}: {e}")))?;
+    let now = allowed_cpus()?;
     Ok(Some(now))
 }
 

@@ -523,10 +523,7 @@ pub fn serve(
 
 /// Pins the calling thread to `cpu` (sched_setaffinity(2) on thread ID 0: the caller).
 fn pin_thread(cpu: usize) -> Result<(), String> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).map_err(|e| format!("CPU {cpu}: {e}"))?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .map_err(|e| format!("cannot pin a poll group to CPU {cpu}: {e}"))?;
+    crate::cli::io_shared::cpus::pin_current_thread(&[cpu]).map_err(|e| format!("a poll group: {e}"))?;
     tracing::info!(cpu, "poll group pinned");
     Ok(())
 }
