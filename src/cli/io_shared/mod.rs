@@ -45,18 +45,26 @@ pub fn region_bytes(offset: u64, size: Option<u64>, block: u64, capacity: u64) -
     Ok((offset, size))
 }
 
-/// (user, system) CPU seconds of the whole process so far, and its peak resident set in
-/// KiB (`ru_maxrss`).
-pub fn rusage_self() -> (f64, f64, u64) {
+/// `getrusage(who)`: `libc::RUSAGE_SELF` (the process) or `libc::RUSAGE_THREAD` (the
+/// calling thread); `None` if the kernel refuses (it does not for these).
+pub fn getrusage(who: libc::c_int) -> Option<libc::rusage> {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `ru` is a writable, properly aligned rusage; getrusage fills it and has no
-    // other effect. RUSAGE_SELF cannot fail with a valid pointer.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
-    if rc != 0 {
-        return (0.0, 0.0, 0);
-    }
-    // SAFETY: zero-initialised, and filled by the successful call above.
-    let ru = unsafe { ru.assume_init() };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (secs(ru.ru_utime), secs(ru.ru_stime), ru.ru_maxrss.max(0) as u64)
+    // other effect.
+    let rc = unsafe { libc::getrusage(who, ru.as_mut_ptr()) };
+    // SAFETY: zero-initialised, and filled by the call when it succeeded.
+    (rc == 0).then(|| unsafe { ru.assume_init() })
+}
+
+/// A `timeval` in seconds.
+pub fn seconds(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
+}
+
+/// (user, system) CPU seconds of the whole process so far, and its peak resident set in
+/// KiB (`ru_maxrss`); zeros if the kernel refuses.
+pub fn rusage_self() -> (f64, f64, u64) {
+    getrusage(libc::RUSAGE_SELF).map_or((0.0, 0.0, 0), |ru| {
+        (seconds(ru.ru_utime), seconds(ru.ru_stime), ru.ru_maxrss.max(0) as u64)
+    })
 }

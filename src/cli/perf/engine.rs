@@ -121,19 +121,14 @@ impl Usage {
     /// The calling thread's usage so far (zeros if the kernel refuses, which it does not
     /// for a valid pointer).
     pub fn thread() -> Usage {
-        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: `ru` is a writable, aligned rusage; getrusage only fills it.
-        let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr()) };
-        if rc != 0 {
+        use crate::cli::io_shared::{getrusage, seconds};
+        let Some(ru) = getrusage(libc::RUSAGE_THREAD) else {
             return Usage::default();
-        }
-        // SAFETY: zero-initialised and filled by the successful call.
-        let ru = unsafe { ru.assume_init() };
-        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        };
         let n = |v: libc::c_long| v.max(0) as u64;
         Usage {
-            user_s: secs(ru.ru_utime),
-            sys_s: secs(ru.ru_stime),
+            user_s: seconds(ru.ru_utime),
+            sys_s: seconds(ru.ru_stime),
             ctx: n(ru.ru_nvcsw) + n(ru.ru_nivcsw),
             majf: n(ru.ru_majflt),
             minf: n(ru.ru_minflt),
