@@ -1041,7 +1041,7 @@ fn bench(a: &BenchArgs, out: &mut dyn Write) -> Result<(), CliError> {
         let pct: Vec<String> = PERCENTILES
             .iter()
             .zip(l.pct)
-            .map(|((_, key, _), v)| format!("{key} {v:.1}"))
+            .map(|((_, key), v)| format!("{key} {v:.1}"))
             .collect();
         writeln!(
             out,

@@ -114,13 +114,14 @@ pub struct Latency {
     pub pct: [f64; 5],
 }
 
-/// Percentiles reported, and their JSON keys.
-pub const PERCENTILES: [(f64, &str, &str); 5] = [
-    (50.0, "p50", "50.00th"),
-    (90.0, "p90", "90.00th"),
-    (99.0, "p99", "99.00th"),
-    (99.9, "p99_9", "99.90th"),
-    (99.99, "p99_99", "99.99th"),
+/// Percentiles reported by default, and their JSON keys (the text names come from
+/// [`percentile_name`]).
+pub const PERCENTILES: [(f64, &str); 5] = [
+    (50.0, "p50"),
+    (90.0, "p90"),
+    (99.0, "p99"),
+    (99.9, "p99_9"),
+    (99.99, "p99_99"),
 ];
 
 impl Latency {
@@ -136,7 +137,7 @@ impl Latency {
             mean: us(h.mean()),
             max: us(max as f64),
             stdev: us(h.stdev()),
-            pct: PERCENTILES.map(|(p, _, _)| us(h.value_at_percentile(p) as f64)),
+            pct: PERCENTILES.map(|(p, _)| us(h.value_at_percentile(p) as f64)),
         })
     }
 
@@ -147,7 +148,7 @@ impl Latency {
         m.insert("mean".into(), round3(self.mean));
         m.insert("max".into(), round3(self.max));
         m.insert("stdev".into(), round3(self.stdev));
-        for ((_, key, _), v) in PERCENTILES.iter().zip(self.pct) {
+        for ((_, key), v) in PERCENTILES.iter().zip(self.pct) {
             m.insert((*key).into(), round3(v));
         }
         Value::Object(m)
