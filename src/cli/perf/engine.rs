@@ -227,6 +227,16 @@ impl ThreadStats {
         a.minf += b.minf;
     }
 
+    /// Every thread's statistics merged ([`ThreadStats::merge`]); `None` for no threads.
+    pub fn total(stats: &[ThreadStats]) -> Option<ThreadStats> {
+        let (first, rest) = stats.split_first()?;
+        let mut all = first.clone();
+        for s in rest {
+            all.merge(s);
+        }
+        Some(all)
+    }
+
     #[inline]
     fn record(&mut self, dir: Dir, bytes: u64, latency: Ticks) {
         self.ios[dir] += 1;

@@ -73,11 +73,12 @@ pub struct FioRun<'a> {
 
 /// The fio-shaped report of a run.
 pub fn report(info: &RunInfo, run: &FioRun, flavor: Flavor) -> Value {
-    let jobs: Vec<Value> = if info.group_reporting && !run.stats.is_empty() {
-        let mut all = run.stats[0].clone();
-        for s in &run.stats[1..] {
-            all.merge(s);
-        }
+    let total = if info.group_reporting {
+        ThreadStats::total(run.stats)
+    } else {
+        None
+    };
+    let jobs: Vec<Value> = if let Some(all) = total {
         let runtime = run.runtimes_s.iter().copied().fold(0.0, f64::max);
         let cpu_time: f64 = run.runtimes_s.iter().sum();
         vec![job(info, run, &all, runtime, cpu_time, flavor)]

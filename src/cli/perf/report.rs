@@ -262,8 +262,6 @@ impl Summary {
     pub fn new(info: RunInfo, stats: &[ThreadStats], runtime_s: f64, ticks_per_ns: f64, cpu: CpuUse) -> Summary {
         let max_latency = stats.iter().map(|s| s.latency[READ].high()).max().unwrap_or(2);
         let empty = || Histogram::<u64>::new_with_bounds(1, max_latency, 3).expect("valid bounds");
-        let mut dirs = [empty(), empty(), empty()];
-        let mut dir_min_max = [(u64::MAX, 0u64); DIRS];
         let mut threads = Vec::new();
         let mut error_samples = Vec::new();
         let rate = |ios: u64, bytes: u64, h: &Histogram<u64>, mm| {
@@ -280,12 +278,7 @@ impl Summary {
             let mut mm = (u64::MAX, 0u64);
             for d in 0..DIRS {
                 // Same bounds on both sides: adding cannot fail.
-                let _ = dirs[d].add(&s.latency[d]);
                 let _ = mine.add(&s.latency[d]);
-                dir_min_max[d] = (
-                    dir_min_max[d].0.min(s.min_max[d].0),
-                    dir_min_max[d].1.max(s.min_max[d].1),
-                );
                 mm = (mm.0.min(s.min_max[d].0), mm.1.max(s.min_max[d].1));
             }
             threads.push(ThreadSummary {
@@ -297,19 +290,27 @@ impl Summary {
             error_samples.extend(s.error_samples.iter().map(|e| (i, *e)));
         }
         error_samples.truncate(super::engine::ERROR_SAMPLES);
+        // The run's totals: every thread merged.
+        let (dirs, dir_min_max, ios, bytes, errors) = match ThreadStats::total(stats) {
+            Some(t) => (t.latency, t.min_max, t.ios, t.bytes, t.errors),
+            None => (
+                [empty(), empty(), empty()],
+                [(u64::MAX, 0); DIRS],
+                [0; DIRS],
+                [0; DIRS],
+                0,
+            ),
+        };
         let mut all = empty();
         let mut all_mm = (u64::MAX, 0u64);
         for d in 0..DIRS {
             let _ = all.add(&dirs[d]);
             all_mm = (all_mm.0.min(dir_min_max[d].0), all_mm.1.max(dir_min_max[d].1));
         }
-        let ios = |d: usize| stats.iter().map(|s| s.ios[d]).sum::<u64>();
-        let bytes = |d: usize| stats.iter().map(|s| s.bytes[d]).sum::<u64>();
-        let total = |f: &dyn Fn(usize) -> u64| (0..DIRS).map(f).sum::<u64>();
         Summary {
-            all: rate(total(&ios), total(&bytes), &all, all_mm),
-            dirs: [READ, WRITE, TRIM].map(|d| rate(ios(d), bytes(d), &dirs[d], dir_min_max[d])),
-            errors: stats.iter().map(|s| s.errors).sum(),
+            all: rate(ios.iter().sum(), bytes.iter().sum(), &all, all_mm),
+            dirs: [READ, WRITE, TRIM].map(|d| rate(ios[d], bytes[d], &dirs[d], dir_min_max[d])),
+            errors,
             error_samples,
             threads,
             runtime_s,
