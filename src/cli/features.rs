@@ -305,20 +305,17 @@ pub fn run(args: &GetFeatureArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let dev = device::open(spec, ControllerConfig::default())?;
     let nsid = args.nsid.or_else(|| dev.node_namespace()).unwrap_or(NSID_ALL);
     let read = |fid: u8| -> Result<FeatureReply, crate::Error> {
-        // SEL 3 answers in DW0 only; no data is transferred.
-        let want = match args.data_len {
-            _ if args.sel == Select::Supported => 0,
-            Some(len) => len as usize,
-            None => data_len(fid, args.cdw11),
-        };
-        // A feature whose size ironvme does not know (vendor-specific FIDs, newer ones)
-        // still gets a buffer as large as any feature's data, so a controller that
-        // returns data never DMAs through a null data pointer; only `want` bytes are
-        // shown.
-        let len = if args.sel == Select::Supported {
-            0
+        // SEL 3 answers in DW0 only: no data is transferred. Otherwise a feature whose
+        // size ironvme does not know (vendor-specific FIDs, newer ones) still gets a
+        // buffer as large as any feature's data, so a controller that returns data never
+        // DMAs through a null data pointer; only `want` bytes are shown.
+        let want = args
+            .data_len
+            .map_or_else(|| data_len(fid, args.cdw11), |len| len as usize);
+        let (want, len) = if args.sel == Select::Supported {
+            (0, 0)
         } else {
-            want.max(FEATURE_BUFFER_MAX)
+            (want, want.max(FEATURE_BUFFER_MAX))
         };
         let (dw0, mut data) = get_feature(dev.admin(), FeatureId(fid), args.sel.to_nvme(), nsid, args.cdw11, len)?;
         data.truncate(want);

@@ -2,7 +2,7 @@
 //! error-log`, `nvme fw-log` and `nvme get-log` print them.
 
 use super::device::{self, OpenDevice};
-use super::output::{OutputFormat, Record, c_hex, emit, hex_bytes, hex_dump, kelvin, si_bytes};
+use super::output::{OutputFormat, Record, c_hex, emit, hex_bytes, hex_dump, kelvin, printable, si_bytes};
 use super::{CliError, DeviceArgs, GetLogArgs};
 use crate::admin::{error_log_bytes, firmware_slot_log_bytes, get_log_page, identify_controller, smart_log_bytes};
 use crate::nvme::ctrl::{ControllerConfig, NSID_ALL};
@@ -177,13 +177,7 @@ fn firmware_slots(log: &FirmwareSlotLog) -> impl Iterator<Item = (usize, u64, St
         .iter()
         .enumerate()
         .filter(|(_, raw)| raw[0] != 0)
-        .map(|(i, raw)| {
-            let text = raw
-                .iter()
-                .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
-                .collect();
-            (i + 1, u64::from_le_bytes(*raw), text)
-        })
+        .map(|(i, raw)| (i + 1, u64::from_le_bytes(*raw), printable(raw)))
 }
 
 /// The firmware slot log as `nvme fw-log` prints it: `frsN : 0x... (text)`.

@@ -156,6 +156,15 @@ pub fn si_bytes(bytes: u128) -> String {
     format!("{v:.2} {}", UNITS[unit])
 }
 
+/// Bytes as text, `!`..`~` as themselves and any other byte as `.` (nvme-cli's hex dump
+/// and firmware revision text).
+pub fn printable(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+        .collect()
+}
+
 /// A temperature in Kelvin as nvme-cli prints it: `50°C (323 Kelvin)`.
 pub fn kelvin(k: u16) -> String {
     format!("{}°C ({k} Kelvin)", i32::from(k) - 273)
@@ -174,11 +183,7 @@ pub fn hex_dump(data: &[u8]) -> String {
         if chunk.len() < 16 {
             out.push_str(&" ".repeat(3 * (16 - chunk.len()) + 1));
         }
-        let text: String = chunk
-            .iter()
-            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
-            .collect();
-        let _ = writeln!(out, " \"{text}\"");
+        let _ = writeln!(out, " \"{}\"", printable(chunk));
     }
     out
 }

@@ -247,13 +247,23 @@ pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
 /// A size in the largest binary unit that divides it exactly: `4KiB`, `128KiB`, `1GiB`,
 /// `1536B`. fio prints block sizes this way.
 pub fn iec_exact(bytes: u64) -> String {
-    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
-    for (unit, shift) in UNITS {
+    exact_size(bytes, ["TiB", "GiB", "MiB", "KiB", "B"])
+}
+
+/// A size in fio's short spelling (its job options): `4k`, `64k`, `1m`, `1g`, or bytes.
+pub fn fio_size(bytes: u64) -> String {
+    exact_size(bytes, ["t", "g", "m", "k", ""])
+}
+
+/// `bytes` in the largest binary unit that divides it exactly, with `units`' names for
+/// TiB, GiB, MiB, KiB and bytes.
+fn exact_size(bytes: u64, units: [&str; 5]) -> String {
+    for (unit, shift) in units.iter().zip([40u32, 30, 20, 10]) {
         if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
             return format!("{}{unit}", bytes >> shift);
         }
     }
-    format!("{bytes}B")
+    format!("{bytes}{}", units[4])
 }
 
 /// A count with three significant digits and a k/M/G suffix, as fio prints IOPS:

@@ -37,7 +37,7 @@ use super::engine::ThreadStats;
 use super::report::RunInfo;
 use super::workload::{DIR_NAMES, DIRS};
 use crate::block::IoStatus;
-use crate::cli::io_shared::units::FIO_PERCENTILES;
+use crate::cli::io_shared::units::{FIO_PERCENTILES, fio_size};
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -348,16 +348,6 @@ fn ms(secs: f64) -> u64 {
 /// Seconds as fio takes them (`10`, `1.5`).
 fn secs(v: f64) -> String {
     format!("{v}")
-}
-
-/// A size in fio's short spelling: `4k`, `64k`, `1m`, `1g`, or bytes.
-pub fn fio_size(bytes: u64) -> String {
-    for (unit, shift) in [("t", 40), ("g", 30), ("m", 20), ("k", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    bytes.to_string()
 }
 
 /// fio's `time`: the local time as ctime(3) writes it, without the newline
