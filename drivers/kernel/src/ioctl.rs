@@ -620,7 +620,7 @@ impl IoctlDevice {
             node_nsid: None,
             refused: Vec::new(),
         };
-        dev.rescan()?;
+        dev.scan_namespaces()?;
         tracing::debug!(path = %path.display(), namespaces = dev.namespaces.len(), "ioctl: opened");
         Ok(dev)
     }
@@ -629,8 +629,13 @@ impl IoctlDevice {
     ///
     /// Errors: as [`IoctlDevice::open`].
     pub fn rescan(&mut self) -> Result<(), KernelError> {
-        let sys = Path::new(SYSFS);
         self.identify = self.file.identify_controller()?;
+        self.scan_namespaces()
+    }
+
+    /// Reads the namespaces, with the Identify Controller data the device holds.
+    fn scan_namespaces(&mut self) -> Result<(), KernelError> {
+        let sys = Path::new(SYSFS);
         let mut found = Vec::new();
         let mut refused = Vec::new();
         let mut add = |nsid: u32, ns: &IdentifyNamespace, limits: &QueueLimits| {
