@@ -449,57 +449,24 @@ fn libnvme_attr(dir: &Path, name: &str) -> Option<String> {
     (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
-/// How many of `pattern`'s `%d` conversions `sscanf` makes on `s` (literal characters
-/// must match exactly; `%d` takes optional leading whitespace, a sign and digits).
-fn sscanf_ints(s: &str, pattern: &str) -> (usize, Vec<i64>) {
-    let s = s.as_bytes();
-    let p = pattern.as_bytes();
-    let (mut i, mut j) = (0, 0);
-    let mut values = Vec::new();
-    while j < p.len() {
-        if p[j..].starts_with(b"%d") {
-            while i < s.len() && s[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            let start = i;
-            if i < s.len() && (s[i] == b'+' || s[i] == b'-') {
-                i += 1;
-            }
-            let digits = i;
-            while i < s.len() && s[i].is_ascii_digit() {
-                i += 1;
-            }
-            if i == digits {
-                break;
-            }
-            let text = std::str::from_utf8(&s[start..i]).unwrap_or("0");
-            values.push(text.parse::<i64>().unwrap_or(0));
-            j += 2;
-        } else if i < s.len() && s[i] == p[j] {
-            i += 1;
-            j += 1;
-        } else {
-            break;
-        }
-    }
-    (values.len(), values)
-}
-
-/// libnvme's `nvme_namespace_filter`: `nvme%dn%d` (a namespace or multipath head).
+/// libnvme's `nvme_namespace_filter` (`sscanf(name, "nvme%dn%d") == 2`): a namespace
+/// or multipath head, read with the shared classifier ([`NvmeName`]).
 fn is_libnvme_namespace(name: &str) -> bool {
-    sscanf_ints(name, "nvme%dn%d").0 == 2
+    matches!(
+        NvmeName::parse(name),
+        Some(NvmeName::Disk { .. } | NvmeName::Partition { .. })
+    )
 }
 
 /// libnvme's `nvme_ctrls_filter`: `nvme%d`, not a namespace or a path.
 fn is_libnvme_ctrl(name: &str) -> bool {
-    sscanf_ints(name, "nvme%dc%dn%d").0 != 3
-        && sscanf_ints(name, "nvme%dn%d").0 != 2
-        && sscanf_ints(name, "nvme%d").0 == 1
+    matches!(NvmeName::parse(name), Some(NvmeName::Controller { .. }))
 }
 
 /// libnvme's `nvme_subsys_filter`: `nvme-subsys%d`.
 fn is_libnvme_subsystem(name: &str) -> bool {
-    sscanf_ints(name, "nvme-subsys%d").0 == 1
+    name.strip_prefix("nvme-subsys")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `scandir(dir, filter, alphasort)`: the names that pass, in byte order (`nvme10`
@@ -562,12 +529,9 @@ impl KernelNodes<'_> {
     /// `/dev/ngXnY` for `nvmeXnY` if it exists, else `/dev/spkd/ngXnY` (nvme-cli's
     /// spelling) if it exists, else `ngXnY` (nvme-cli's `nvme_generic_full_path`).
     fn generic_path(&self, name: &str) -> String {
-        let (_, v) = sscanf_ints(name, "nvme%dn%d");
-        let generic = format!(
-            "ng{}n{}",
-            v.first().copied().unwrap_or(0) as i32,
-            v.get(1).copied().unwrap_or(0) as i32
-        );
+        let generic = NvmeName::parse(name)
+            .and_then(|n| n.generic())
+            .map_or_else(|| "ng0n0".to_string(), |g| g.to_string());
         if self.dev.join(&generic).exists() {
             format!("/dev/{generic}")
         } else if self.dev.join("spkd").join(&generic).exists() {
