@@ -11,7 +11,7 @@
 //!   is one `io_uring_enter` for everything queued. Completions are reaped by polling the
 //!   CQ ring in memory ([`BlockQueue::poll`] makes no system call when nothing is waiting
 //!   to be submitted, unless the kernel flags completion work for the thread to run:
-//!   see [`crate::uring`]'s cooperative task running); [`BlockQueue::wait`] sleeps in
+//!   see [`crate::uring`]'s task running); [`BlockQueue::wait`] sleeps in
 //!   `io_uring_enter` instead of spinning.
 //! - Every operation has a slot, allocated with the queue (`depth` of them, at most
 //!   [`MAX_QUEUE_DEPTH`](crate::ioctl::MAX_QUEUE_DEPTH)): the slot index is the SQE's `user_data`, and the slot holds the
@@ -61,6 +61,7 @@ use crate::ioctl::{
     Node, PassthruFile, check_depth, check_op, classify, controller_namespaces, namespace_info, queue_limits,
 };
 use crate::nvme_ioctl::{NVME_URING_CMD_IO, NvmeUringCmd, decode_return};
+use crate::uring::TaskRun;
 use crate::uring::enter::{Enter, InFlight, Ready, Retry, RingTries, WaitErrors, retry_for};
 use crate::uring::fixed::{FixedBuffers, Span};
 use io_uring::types::{Fd, Fixed};
@@ -282,7 +283,7 @@ enum FileRef {
 /// An I/O queue on one namespace over io_uring NVMe passthrough.
 ///
 /// Completions are posted in the context of the thread that submitted the commands (see
-/// [`crate::uring`]'s cooperative task running): move a queue to another thread only
+/// [`crate::uring`]'s task running): move a queue to another thread only
 /// when nothing is in flight. Registered buffers keep their DMA regions mapped until the
 /// queue is dropped.
 ///
@@ -309,8 +310,11 @@ pub struct UringCmdQueue {
     /// CQEs (DW0 unused) reaped by `ring` to make room in a full completion queue, for
     /// the next `poll`; the failed commands of a failed queue, and why it failed.
     ready: Ready,
-    /// The ring runs completion work cooperatively ([`crate::uring::build_ring`]).
-    cooperative: bool,
+    /// How the ring runs completion work ([`crate::uring::build_ring`]).
+    taskrun: TaskRun,
+    /// `max_segments` and whether registered buffers were asked for, as created: for
+    /// the ring that replaces a deferred one when the queue moves ([`UringCmdQueue::claim`]).
+    made_with: (usize, bool),
 }
 
 impl std::fmt::Debug for UringCmdQueue {
@@ -333,7 +337,20 @@ impl UringCmdQueue {
         max_segments: usize,
         fixed_buffers: bool,
     ) -> Result<UringCmdQueue, KernelError> {
-        let mut q = UringCmdQueue::build(file, info, depth, max_segments, fixed_buffers)?;
+        UringCmdQueue::create(file, info, depth, max_segments, fixed_buffers, true)
+    }
+
+    /// [`UringCmdQueue::new`], with a ring the calling thread uses alone when
+    /// `single_issuer` ([`TaskRun::Deferred`]).
+    fn create(
+        file: Arc<PassthruFile>,
+        info: NamespaceInfo,
+        depth: usize,
+        max_segments: usize,
+        fixed_buffers: bool,
+        single_issuer: bool,
+    ) -> Result<UringCmdQueue, KernelError> {
+        let mut q = UringCmdQueue::build(file, info, depth, max_segments, fixed_buffers, single_issuer)?;
         q.check_passthrough()?;
         if q.fixed.active() {
             q.probe_fixed_buffers()?;
@@ -348,11 +365,12 @@ impl UringCmdQueue {
         depth: usize,
         max_segments: usize,
         fixed_buffers: bool,
+        single_issuer: bool,
     ) -> Result<UringCmdQueue, KernelError> {
         let entries = depth.next_power_of_two() as u32;
-        let (ring, cooperative) =
-            crate::uring::build_ring(&IoUring::<squeue::Entry128, cqueue::Entry32>::builder(), entries, true)
-                .map_err(|e| setup_error(file.path(), e))?;
+        let builder = IoUring::<squeue::Entry128, cqueue::Entry32>::builder();
+        let (ring, taskrun) = crate::uring::build_ring(&builder, entries, true, single_issuer)
+            .map_err(|e| setup_error(file.path(), e))?;
         let mut probe = Probe::new();
         if ring.submitter().register_probe(&mut probe).is_ok() && !probe.is_supported(opcode::UringCmd80::CODE) {
             return Err(unavailable(format!(
@@ -392,8 +410,49 @@ impl UringCmdQueue {
             ranges,
             sys,
             ready: Ready::new(depth),
-            cooperative,
+            taskrun,
+            made_with: (max_segments, fixed_buffers),
         })
+    }
+
+    /// Whether the ring defers completion work to its one issuing thread
+    /// (`IORING_SETUP_DEFER_TASKRUN`: Linux 6.1+; not after the queue moved to another
+    /// thread). See [`crate::uring`]'s task running.
+    pub fn deferred(&self) -> bool {
+        matches!(self.taskrun, TaskRun::Deferred { .. })
+    }
+
+    /// Makes the ring usable from the calling thread, as [`crate::UringQueue`] does: a
+    /// deferred ring that another thread created is replaced, when nothing is
+    /// outstanding, by a cooperative one (the probes run again); with commands
+    /// outstanding the kernel refuses this thread (`EEXIST`).
+    fn claim(&mut self) {
+        if self.taskrun.usable_here() || self.outstanding > 0 || self.ready.is_dead() {
+            return;
+        }
+        let (max_segments, fixed_buffers) = self.made_with;
+        let depth = self.slots.len();
+        match UringCmdQueue::create(
+            Arc::clone(&self.file),
+            self.info.clone(),
+            depth,
+            max_segments,
+            fixed_buffers,
+            false,
+        ) {
+            Ok(moved) => {
+                tracing::debug!(
+                    path = %self.file.path().display(),
+                    "uring-cmd: queue moved to another thread; its deferred ring is replaced by a cooperative one"
+                );
+                *self = moved;
+            }
+            Err(e) => tracing::warn!(
+                path = %self.file.path().display(),
+                error = %e,
+                "uring-cmd: cannot replace the deferred ring of a queue that moved to another thread"
+            ),
+        }
     }
 
     /// The node the queue's commands go to.
@@ -557,6 +616,7 @@ impl BlockQueue for UringCmdQueue {
         if let Err(error) = self.ready.alive() {
             return Err(SubmitError { error, buf });
         }
+        self.claim();
         if self.free.is_empty() {
             return Err(SubmitError {
                 error: BlockError::QueueFull(self.outstanding),
@@ -613,64 +673,13 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
-        self.ready.alive()?;
-        let mut tries = RingTries::default();
-        while !self.ring.submission().is_empty() {
-            let Err(e) = self.sys.enter(&self.ring.submitter(), 0, None) else {
-                break;
-            };
-            let reap = tries.after(e).map_err(|source| BlockError::Os {
-                op: "io_uring_enter",
-                source,
-            })?;
-            if reap && self.stash_completions() == 0 {
-                std::thread::yield_now();
-            }
-        }
-        Ok(())
+        self.claim();
+        self.ring_here()
     }
 
-    fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some((user_data, res)) = self.ready.pop() else {
-                break;
-            };
-            if let Some(c) = Self::complete(&mut self.slots, &mut self.free, &mut self.fixed, user_data, res) {
-                self.outstanding -= 1;
-                n += 1;
-                on_complete(c);
-            }
-        }
-        if self.ready.is_dead() {
-            // The ring is not reaped again: its late CQEs belong to abandoned slots.
-            return n;
-        }
-        if !self.ring.submission().is_empty() {
-            // A failure leaves the SQEs queued; the next poll or ring tries again.
-            let _ = self.ring();
-        }
-        let UringCmdQueue {
-            ring,
-            slots,
-            free,
-            fixed,
-            outstanding,
-            sys,
-            cooperative,
-            ..
-        } = self;
-        if n == 0 {
-            crate::uring::run_task_work(ring, sys, *cooperative, *outstanding > 0);
-        }
-        for cqe in ring.completion().take(max - n) {
-            if let Some(c) = Self::complete(slots, free, fixed, cqe.user_data(), cqe.result()) {
-                *outstanding -= 1;
-                n += 1;
-                on_complete(c);
-            }
-        }
-        n
+    fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
+        self.claim();
+        self.poll_here(max, on_complete)
     }
 
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
@@ -714,13 +723,86 @@ impl UringCmdQueue {
     }
 }
 
+impl UringCmdQueue {
+    /// `ring`, on the ring as it is ([`UringCmdQueue::claim`] is the caller's business).
+    fn ring_here(&mut self) -> Result<(), BlockError> {
+        self.ready.alive()?;
+        let mut tries = RingTries::default();
+        while !self.ring.submission().is_empty() {
+            let Err(e) = self.sys.enter(&self.ring.submitter(), 0, None) else {
+                break;
+            };
+            let reap = tries.after(e).map_err(|source| BlockError::Os {
+                op: "io_uring_enter",
+                source,
+            })?;
+            if reap && self.stash_completions() == 0 {
+                std::thread::yield_now();
+            }
+        }
+        Ok(())
+    }
+
+    /// `poll`, on the ring as it is.
+    fn poll_here<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some((user_data, res)) = self.ready.pop() else {
+                break;
+            };
+            if let Some(c) = Self::complete(&mut self.slots, &mut self.free, &mut self.fixed, user_data, res) {
+                self.outstanding -= 1;
+                n += 1;
+                on_complete(c);
+            }
+        }
+        if self.ready.is_dead() {
+            // The ring is not reaped again: its late CQEs belong to abandoned slots.
+            return n;
+        }
+        if !self.ring.submission().is_empty() {
+            // A failure leaves the SQEs queued; the next poll or ring tries again.
+            let _ = self.ring_here();
+        }
+        let UringCmdQueue {
+            ring,
+            slots,
+            free,
+            fixed,
+            outstanding,
+            sys,
+            taskrun,
+            ..
+        } = self;
+        if n == 0 {
+            crate::uring::run_task_work(ring, sys, *taskrun, *outstanding > 0);
+        }
+        for cqe in ring.completion().take(max - n) {
+            if let Some(c) = Self::complete(slots, free, fixed, cqe.user_data(), cqe.result()) {
+                *outstanding -= 1;
+                n += 1;
+                on_complete(c);
+            }
+        }
+        n
+    }
+}
+
 impl Drop for UringCmdQueue {
     fn drop(&mut self) {
         let deadline = Instant::now() + self.sys.drain_timeout;
+        // The kernel lets no other thread into a deferred ring (EEXIST): from another
+        // thread the drop can only look at the completion queue now and then.
+        let here = self.taskrun.usable_here();
         while !self.ready.is_dead() && self.outstanding > 0 {
             let now = Instant::now();
             if now >= deadline {
                 break;
+            }
+            if !here {
+                std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
+                self.poll_here(usize::MAX, drop);
+                continue;
             }
             // Waits of at most 1 s, so the deadline is checked.
             let wait = (deadline - now).min(Duration::from_secs(1));
@@ -729,9 +811,9 @@ impl Drop for UringCmdQueue {
                     break;
                 }
             }
-            self.poll(usize::MAX, drop);
+            self.poll_here(usize::MAX, drop);
         }
-        self.poll(usize::MAX, drop);
+        self.poll_here(usize::MAX, drop);
         if self.outstanding > 0 {
             // The kernel may still write to these buffers: leak them rather than free them.
             tracing::error!(
@@ -838,7 +920,7 @@ mod tests {
             volatile_write_cache: true,
             source: ironvme_nvme::block::GeometrySource::Identify,
         };
-        UringCmdQueue::build(Arc::new(file), info, 4, 64, true).unwrap()
+        UringCmdQueue::build(Arc::new(file), info, 4, 64, true, true).unwrap()
     }
 
     #[test]
@@ -903,13 +985,16 @@ mod tests {
 
     #[test]
     fn a_queue_that_fails_during_the_registered_buffer_probe_is_not_handed_out() {
-        let mut q = null_queue();
-        q.sys.error_deadline = Duration::from_millis(100);
-        q.sys.inject.push_back(libc::EBADF);
-        q.sys.inject_forever = true;
-        let (q, e) = within(Duration::from_secs(10), "the probe", move || {
+        // Made, probed and dropped on one thread, as a queue is: only that thread enters
+        // a deferred ring.
+        let e = within(Duration::from_secs(10), "the probe", move || {
+            let mut q = null_queue();
+            q.sys.error_deadline = Duration::from_millis(100);
+            q.sys.inject.push_back(libc::EBADF);
+            q.sys.inject_forever = true;
             let e = q.probe_fixed_buffers();
-            (q, e)
+            drop(q);
+            e
         });
         let e = e.expect_err("the queue is dead").to_string();
         assert!(
@@ -918,7 +1003,6 @@ mod tests {
             ),
             "{e}"
         );
-        within(Duration::from_secs(10), "dropping a failed queue", move || drop(q));
     }
 
     #[test]

@@ -638,6 +638,62 @@ fn uring_queues_on_several_threads() {
     });
 }
 
+/// A queue's ring defers completion work to the thread that created it (Linux 6.1+, as
+/// fio's io_uring engines set up theirs), and the kernel lets no other thread enter it.
+/// A queue that moves to another thread with nothing in flight keeps working there (its
+/// ring is replaced by a cooperative one), and after moving back.
+#[test]
+fn a_queue_used_on_one_thread_then_another_keeps_working() {
+    if !uring_ok() {
+        return;
+    }
+    let (_dir, path) = scratch_file(1 << 20);
+    let opts = UringOptions {
+        block_size: Some(4096),
+        ..Default::default()
+    };
+    let Some(dev) = uring_open(&path, &opts) else { return };
+    let dma = KernelDma::new(false);
+    let mut q = dev.create_queue(8).unwrap();
+    assert!(q.deferred(), "this kernel has IORING_SETUP_DEFER_TASKRUN (6.1+)");
+    let mut b = dma.allocate(4096).unwrap();
+    fill(&mut b, 7, 0, 4096);
+    let b = write(&mut q, 0, b);
+    let (mut q, b) = std::thread::spawn(move || {
+        let mut b = b;
+        fill(&mut b, 7, 1, 4096);
+        let b = write(&mut q, 1, b);
+        assert!(!q.deferred(), "moved: the ring was replaced");
+        assert!(q.cooperative());
+        let back = read(&mut q, &KernelDma::new(false), 0, 2);
+        for lba in 0..2 {
+            assert_pattern(
+                &back.as_slice()[lba * 4096..][..4096],
+                7,
+                lba as u64,
+                4096,
+                "on the second thread",
+            );
+        }
+        (q, b)
+    })
+    .join()
+    .unwrap();
+    let mut b = b;
+    fill(&mut b, 7, 2, 4096);
+    write(&mut q, 2, b);
+    let back = read(&mut q, &dma, 0, 3);
+    for lba in 0..3 {
+        assert_pattern(
+            &back.as_slice()[lba * 4096..][..4096],
+            7,
+            lba as u64,
+            4096,
+            "back on the first thread",
+        );
+    }
+}
+
 #[test]
 fn uring_dropping_a_busy_queue_waits_for_its_operations() {
     if !uring_ok() {

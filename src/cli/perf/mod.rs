@@ -1158,13 +1158,18 @@ mod tests {
 
     #[test]
     fn rusage_advances_with_work() {
+        // Work until 20 ms of CPU time show, or 10 s of wall time pass: on a loaded
+        // machine a fixed wall-clock spin may get little CPU.
         let (u0, s0, _) = rusage_self();
         let t = Instant::now();
         let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(50) {
-            x = std::hint::black_box(x.wrapping_add(1));
+        let (mut u1, mut s1) = (u0, s0);
+        while u1 + s1 - u0 - s0 <= 0.02 && t.elapsed() < Duration::from_secs(10) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            (u1, s1, _) = rusage_self();
         }
-        let (u1, s1, _) = rusage_self();
         assert!(u1 + s1 - u0 - s0 > 0.02, "{u0} {s0} {u1} {s1}");
     }
 

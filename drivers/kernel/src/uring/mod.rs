@@ -42,17 +42,21 @@
 //! Registered regions stay mapped until the queue is dropped or
 //! [`UringQueue::release_idle_buffers`] is called.
 //!
-//! **Cooperative task running.** The kernel posts a CQE in the context of the thread
-//! that submitted the operation (task work). By default it interrupts that thread to do
-//! so (`TWA_SIGNAL`: an IPI when the thread runs on another CPU), once per completion
-//! while the thread spins in user space. Rings are created with
-//! `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` where the kernel has them
-//! (5.19+; not with SQPOLL, which refuses them): the kernel then only sets
-//! `IORING_SQ_TASKRUN`, and `poll`, finding the CQ empty and the flag set, enters the
-//! kernel once to run the work of every completion waiting. The cost: the kernel does
-//! that work in the submitting thread, so completions polled from another thread are
-//! delayed until the submitting thread next returns to user space; poll a queue from the
-//! thread that submitted its operations.
+//! **Task running.** The kernel posts a CQE in the context of the thread that submitted
+//! the operation (task work). By default it interrupts that thread to do so
+//! (`TWA_SIGNAL`: an IPI when the thread runs on another CPU), once per completion while
+//! the thread spins in user space. Rings are created, where the kernel has the flags
+//! (not with SQPOLL, which refuses them), with `IORING_SETUP_TASKRUN_FLAG` and either
+//! (Linux 6.1+) `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`, as fio's
+//! io_uring engines create theirs, or (5.19+) `IORING_SETUP_COOP_TASKRUN`. The kernel
+//! then only sets `IORING_SQ_TASKRUN`, and `poll`, finding the CQ empty and the flag set,
+//! enters the kernel once (with `IORING_ENTER_GETEVENTS`) to run the work of every
+//! completion waiting. A deferred ring keeps that work on the ring's own list and lets
+//! only the thread that created it enter; a queue used from another thread with nothing
+//! in flight replaces its ring with a cooperative one, once, which any thread may then
+//! use. The cost either way: completions wait for the submitting thread, so poll a queue
+//! from the thread that submitted its operations (from another, a deferred ring answers
+//! `EEXIST`, and `wait` fails the queue after its error deadline).
 //!
 //! **Fixed files.** The device's file descriptor is registered with each ring
 //! (`IORING_REGISTER_FILES`), so the kernel skips the fd lookup on every SQE.
@@ -91,6 +95,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::ThreadId;
 
 /// Largest queue depth, in operations (`IORING_MAX_ENTRIES`, `io_uring/io_uring.h`).
 pub const MAX_QUEUE_DEPTH: usize = 32768;
@@ -161,49 +166,111 @@ pub fn io_uring_available() -> Result<(), String> {
     }
 }
 
-/// Builds a ring of `entries` SQEs from `builder`, with the kernel asked to run
-/// completion work cooperatively when `cooperative` (and the kernel can: Linux 5.19+):
-/// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG`. Without them, a completion
-/// that arrives while the thread spins in user space interrupts it (`TWA_SIGNAL`, an IPI
-/// when it runs on another CPU) to post the CQE; with them the kernel only sets
-/// `IORING_SQ_TASKRUN`, and the queue's `poll` enters the kernel when it sees the flag
-/// and the completion queue empty (see [`run_task_work`]), running the work for a whole
-/// batch in one system call. Returns the ring and whether it is cooperative. Not for
-/// SQPOLL rings, which the kernel refuses these flags on.
+/// How a ring's completion work runs: the kernel posts a CQE in the context of the thread
+/// that submitted the operation (task work), and a ring's setup flags decide when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TaskRun {
+    /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG`
+    /// (Linux 6.1+; fio's io_uring engines set up their rings so): the work waits on the
+    /// ring's own list until `issuer`, the thread that created the ring, enters with
+    /// `IORING_ENTER_GETEVENTS`, and is then run for the whole batch. No other thread
+    /// may enter or register anything: the kernel answers `EEXIST`.
+    Deferred {
+        /// The creating thread, the only one the kernel lets in.
+        issuer: ThreadId,
+    },
+    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` (Linux 5.19+): the work
+    /// waits until the submitting thread next enters the kernel; any thread may enter.
+    Cooperative,
+    /// Neither (older kernels, SQPOLL rings): a completion that arrives while the thread
+    /// spins in user space interrupts it (`TWA_SIGNAL`, an IPI when it runs on another
+    /// CPU) to post the CQE.
+    Signalled,
+}
+
+impl TaskRun {
+    /// The kernel sets `IORING_SQ_TASKRUN` when work waits ([`run_task_work`]).
+    pub(crate) fn flagged(self) -> bool {
+        self != TaskRun::Signalled
+    }
+
+    /// Whether the calling thread may enter the ring: false only for a deferred ring
+    /// another thread created.
+    pub(crate) fn usable_here(self) -> bool {
+        match self {
+            TaskRun::Deferred { issuer } => issuer == this_thread(),
+            _ => true,
+        }
+    }
+}
+
+thread_local! {
+    static THIS_THREAD: ThreadId = std::thread::current().id();
+}
+
+/// The calling thread's id, without the reference count `std::thread::current` takes.
+fn this_thread() -> ThreadId {
+    THIS_THREAD.with(|id| *id)
+}
+
+/// Builds a ring of `entries` SQEs from `builder`, with its completion work run the
+/// cheapest way the kernel offers ([`TaskRun`]): deferred when `single_issuer` (the ring
+/// will be used by the calling thread only), else cooperative, else signalled. Without
+/// `IORING_SETUP_TASKRUN_FLAG` a completion that arrives while the thread spins in user
+/// space interrupts it to post the CQE; with it the kernel only sets
+/// `IORING_SQ_TASKRUN`, and the queue's `poll` enters the kernel when it sees the flag and
+/// the completion queue empty (see [`run_task_work`]), running the work for a whole
+/// batch in one system call. Not for SQPOLL rings, which the kernel refuses these flags
+/// on: pass `flagged` false.
 ///
-/// Errors: `io_uring_setup`'s, from the plain setup when the cooperative one is refused
-/// with `EINVAL`.
+/// Errors: `io_uring_setup`'s, from the plain setup when the others are refused with
+/// `EINVAL`.
 pub(crate) fn build_ring<S: io_uring::squeue::EntryMarker, C: io_uring::cqueue::EntryMarker>(
     builder: &io_uring::Builder<S, C>,
     entries: u32,
-    cooperative: bool,
-) -> std::io::Result<(IoUring<S, C>, bool)> {
-    if cooperative {
+    flagged: bool,
+    single_issuer: bool,
+) -> std::io::Result<(IoUring<S, C>, TaskRun)> {
+    let mut tries = Vec::with_capacity(2);
+    if flagged && single_issuer {
+        let mut deferred = builder.clone();
+        deferred
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag();
+        tries.push((deferred, TaskRun::Deferred { issuer: this_thread() }));
+    }
+    if flagged {
         let mut coop = builder.clone();
         coop.setup_coop_taskrun().setup_taskrun_flag();
-        match coop.build(entries) {
-            Ok(ring) => return Ok((ring, true)),
+        tries.push((coop, TaskRun::Cooperative));
+    }
+    for (b, taskrun) in tries {
+        match b.build(entries) {
+            Ok(ring) => return Ok((ring, taskrun)),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(e),
         }
     }
-    builder.build(entries).map(|ring| (ring, false))
+    builder.build(entries).map(|ring| (ring, TaskRun::Signalled))
 }
 
-/// The step of a queue's `poll` that reaped nothing on a cooperative ring
-/// ([`build_ring`]) with operations in flight: when the kernel flags completion work for
-/// this thread (`IORING_SQ_TASKRUN`) and the completion queue is empty, enters the kernel
-/// once to run it. Returns whether it did (the caller reaps again).
+/// The step of a queue's `poll` that reaped nothing on a flagged ring ([`build_ring`])
+/// with operations in flight: when the kernel flags completion work
+/// (`IORING_SQ_TASKRUN`) and the completion queue is empty, enters the kernel once to run
+/// it (with `IORING_ENTER_GETEVENTS`, which a deferred ring needs). Returns whether it
+/// did (the caller reaps again).
 pub(crate) fn run_task_work<S: io_uring::squeue::EntryMarker, C: io_uring::cqueue::EntryMarker>(
     ring: &mut IoUring<S, C>,
     sys: &mut enter::Enter,
-    cooperative: bool,
+    taskrun: TaskRun,
     in_flight: bool,
 ) -> bool {
-    if !cooperative || !in_flight || !ring.completion().is_empty() || !ring.submission().taskrun() {
+    if !taskrun.flagged() || !in_flight || !ring.completion().is_empty() || !ring.submission().taskrun() {
         return false;
     }
-    // An error leaves the work for the next poll or wait.
+    // An error leaves the work for the next poll or wait. (`submit_and_wait` adds
+    // GETEVENTS when the flag is set.)
     let _ = sys.enter(&ring.submitter(), 0, None);
     true
 }
@@ -362,7 +429,7 @@ impl UringDevice {
     /// or SQPOLL without fixed files on a kernel that needs them; [`KernelError::Os`] if
     /// the ring cannot be created or the file registered.
     pub fn create_queue(&self, depth: usize) -> Result<UringQueue, KernelError> {
-        UringQueue::new(Arc::clone(&self.shared), depth)
+        UringQueue::new(Arc::clone(&self.shared), depth, true)
     }
 }
 

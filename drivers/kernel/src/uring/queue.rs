@@ -1,9 +1,9 @@
 //! [`UringQueue`]: one ring (two with IOPOLL), a fixed table of operation slots, and the
 //! registered-buffer table.
 
-use super::Shared;
 use super::enter::{Enter, InFlight, Ready, RingTries, WaitErrors, retry_for};
 use super::fixed::{FixedBuffers, Span};
+use super::{Shared, TaskRun};
 use crate::error::{BACKEND_URING, KernelError};
 use crate::geometry::os;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -103,9 +103,10 @@ impl InFlight for Slot {
 /// refuses everything after ([`BlockError::Dead`]).
 ///
 /// Completions are posted by the kernel in the context of the thread that submitted the
-/// operations: move a queue to another thread only when nothing is in flight (a queue
-/// moved with operations in flight sees them complete only when the submitting thread
-/// next returns to user space).
+/// operations: move a queue to another thread only when nothing is in flight (the first
+/// use there replaces a deferred ring by a cooperative one; a queue moved with operations
+/// in flight cannot complete them on a deferred ring, and on a cooperative one sees them
+/// complete only when the submitting thread next enters the kernel).
 ///
 /// Dropping the queue waits up to 75 s (the kernel's I/O timeout plus its recovery) for
 /// every operation still in flight (the kernel may be writing to their buffers), then
@@ -134,14 +135,16 @@ pub struct UringQueue {
     /// CQEs reaped by `ring` to make room in a full completion queue, for the next
     /// `poll`; the failed operations of a failed queue, and why it failed.
     ready: Ready,
-    /// The ring runs completion work cooperatively ([`super::build_ring`]).
-    cooperative: bool,
+    /// How the ring runs completion work ([`super::build_ring`]).
+    taskrun: TaskRun,
     /// A queue belongs to one thread at a time: `Send`, not `Sync`.
     _not_sync: PhantomData<Cell<()>>,
 }
 
 impl UringQueue {
-    pub(super) fn new(shared: Arc<Shared>, depth: usize) -> Result<UringQueue, KernelError> {
+    /// A queue of `depth` operations whose ring the calling thread uses alone when
+    /// `single_issuer` ([`TaskRun::Deferred`]).
+    pub(super) fn new(shared: Arc<Shared>, depth: usize, single_issuer: bool) -> Result<UringQueue, KernelError> {
         let path = shared.path.as_path();
         let opts = &shared.opts;
         if depth == 0 || depth > super::MAX_QUEUE_DEPTH {
@@ -157,8 +160,8 @@ impl UringQueue {
         if opts.iopoll {
             builder.setup_iopoll();
         }
-        let (ring, cooperative) =
-            super::build_ring(&builder, depth as u32, !opts.sqpoll).map_err(|e| ring_setup_error(&shared, e))?;
+        let (ring, taskrun) = super::build_ring(&builder, depth as u32, !opts.sqpoll, single_issuer)
+            .map_err(|e| ring_setup_error(&shared, e))?;
         if opts.sqpoll && !opts.fixed_files && !ring.params().is_feature_sqpoll_nonfixed() {
             return Err(KernelError::BadOption {
                 backend: BACKEND_URING,
@@ -232,7 +235,7 @@ impl UringQueue {
             sys,
             ready: Ready::new(depth),
             shared,
-            cooperative,
+            taskrun,
             _not_sync: PhantomData,
         })
     }
@@ -248,10 +251,50 @@ impl UringQueue {
         }
     }
 
-    /// Whether the ring runs completion work cooperatively (`IORING_SETUP_COOP_TASKRUN`:
-    /// Linux 5.19+, not with SQPOLL); see the module documentation.
+    /// Whether the kernel flags completion work instead of interrupting the thread
+    /// (`IORING_SETUP_TASKRUN_FLAG` with deferred or cooperative task running: Linux
+    /// 5.19+, not with SQPOLL); see the module documentation.
     pub fn cooperative(&self) -> bool {
-        self.cooperative
+        self.taskrun.flagged()
+    }
+
+    /// Whether the ring defers completion work to its one issuing thread
+    /// (`IORING_SETUP_DEFER_TASKRUN`: Linux 6.1+, not with SQPOLL, and not after the
+    /// queue moved to another thread); see the module documentation.
+    pub fn deferred(&self) -> bool {
+        matches!(self.taskrun, TaskRun::Deferred { .. })
+    }
+
+    /// Makes the ring usable from the calling thread. A deferred ring answers only the
+    /// thread that created it: when the queue has moved to another thread with nothing
+    /// in flight, the ring is replaced by a cooperative one, which any thread may use
+    /// (its registered buffers are registered again on first use). With operations in
+    /// flight nothing changes, and the kernel refuses this thread (`EEXIST`): only the
+    /// issuing thread can complete them.
+    fn claim(&mut self) {
+        if self.taskrun.usable_here() || self.outstanding() > 0 || self.ready.is_dead() {
+            return;
+        }
+        match UringQueue::new(Arc::clone(&self.shared), self.depth, false) {
+            Ok(moved) => {
+                tracing::debug!(
+                    path = %self.shared.path.display(),
+                    "uring: queue moved to another thread; its deferred ring is replaced by a cooperative one"
+                );
+                let UringStats {
+                    fixed_ios, plain_ios, ..
+                } = self.stats;
+                // The old ring closes here; its registrations go with it.
+                *self = moved;
+                self.stats.fixed_ios = fixed_ios;
+                self.stats.plain_ios = plain_ios;
+            }
+            Err(e) => tracing::warn!(
+                path = %self.shared.path.display(),
+                error = %e,
+                "uring: cannot replace the deferred ring of a queue that moved to another thread"
+            ),
+        }
     }
 
     /// Whether the ring has a registered-buffer table (fixed buffers asked for, and the
@@ -269,6 +312,7 @@ impl UringQueue {
     /// hold on it go, so that memory freed by its users is unmapped; returns how many.
     /// Costs one system call per region; a region used again is registered again.
     pub fn release_idle_buffers(&mut self) -> usize {
+        self.claim();
         self.fixed.release_idle(&self.ring.submitter())
     }
 
@@ -506,6 +550,42 @@ impl UringQueue {
     }
 }
 
+impl UringQueue {
+    /// `ring`, on the ring as it is ([`UringQueue::claim`] is the caller's business).
+    fn ring_here(&mut self) -> Result<(), BlockError> {
+        self.ready.alive()?;
+        let main = if self.pending { self.enter(false) } else { Ok(()) };
+        let aux = if self.aux_pending { self.enter(true) } else { Ok(()) };
+        main.and(aux)
+    }
+
+    /// `poll`, on the ring as it is.
+    fn poll_here<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        let ready = self.deliver_ready(max, &mut on_complete);
+        if self.ready.is_dead() {
+            // The rings are not reaped again: their late CQEs belong to abandoned slots.
+            return ready;
+        }
+        let max = max - ready;
+        // An error leaves the SQEs queued; the next poll or ring tries again.
+        let _ = self.ring_here();
+        if self.shared.opts.iopoll && self.inflight > 0 && self.ring.completion().is_empty() {
+            // IOPOLL: completions are found by polling the device, which only
+            // io_uring_enter(GETEVENTS) does (`submit` sets it on IOPOLL rings).
+            let _ = self.sys.enter(&self.ring.submitter(), 0, None);
+        }
+        let mut n = ready + self.reap(false, max, &mut on_complete);
+        if n == 0 && super::run_task_work(&mut self.ring, &mut self.sys, self.taskrun, self.inflight > 0) {
+            n = self.reap(false, max, &mut on_complete);
+        }
+        if self.aux.is_some() {
+            n + self.reap(true, max + ready - n, &mut on_complete)
+        } else {
+            n
+        }
+    }
+}
+
 impl std::fmt::Debug for UringQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringQueue")
@@ -534,6 +614,7 @@ impl BlockQueue for UringQueue {
         if let Err(error) = self.ready.alive() {
             return Err(SubmitError { error, buf });
         }
+        self.claim();
         let blocks = match block::check(&self.shared.info, &op, buf.as_ref()) {
             Ok(n) => n,
             Err(error) => return Err(SubmitError { error, buf }),
@@ -601,35 +682,13 @@ impl BlockQueue for UringQueue {
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
-        self.ready.alive()?;
-        let main = if self.pending { self.enter(false) } else { Ok(()) };
-        let aux = if self.aux_pending { self.enter(true) } else { Ok(()) };
-        main.and(aux)
+        self.claim();
+        self.ring_here()
     }
 
-    fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
-        let ready = self.deliver_ready(max, &mut on_complete);
-        if self.ready.is_dead() {
-            // The rings are not reaped again: their late CQEs belong to abandoned slots.
-            return ready;
-        }
-        let max = max - ready;
-        // An error leaves the SQEs queued; the next poll or ring tries again.
-        let _ = self.ring();
-        if self.shared.opts.iopoll && self.inflight > 0 && self.ring.completion().is_empty() {
-            // IOPOLL: completions are found by polling the device, which only
-            // io_uring_enter(GETEVENTS) does (`submit` sets it on IOPOLL rings).
-            let _ = self.sys.enter(&self.ring.submitter(), 0, None);
-        }
-        let mut n = ready + self.reap(false, max, &mut on_complete);
-        if n == 0 && super::run_task_work(&mut self.ring, &mut self.sys, self.cooperative, self.inflight > 0) {
-            n = self.reap(false, max, &mut on_complete);
-        }
-        if self.aux.is_some() {
-            n + self.reap(true, max + ready - n, &mut on_complete)
-        } else {
-            n
-        }
+    fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
+        self.claim();
+        self.poll_here(max, on_complete)
     }
 
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
@@ -653,14 +712,21 @@ impl Drop for UringQueue {
         // The kernel may still write into the buffers of operations in flight: wait for
         // them (up to the drain timeout) before anything is unmapped.
         let deadline = Instant::now() + self.sys.drain_timeout;
-        let _ = self.ring();
+        let _ = self.ring_here();
+        // The kernel lets no other thread into a deferred ring (EEXIST): from another
+        // thread the drop can only look at the completion queue now and then.
+        let here = self.taskrun.usable_here();
         while !self.ready.is_dead() && self.outstanding() > 0 {
-            if self.poll(usize::MAX, drop) > 0 {
+            if self.poll_here(usize::MAX, drop) > 0 {
                 continue;
             }
             let now = Instant::now();
             if now >= deadline {
                 break;
+            }
+            if !here {
+                std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
+                continue;
             }
             // Waits of at most 1 s, so the deadline is checked.
             match self.wait_one(Some((deadline - now).min(Duration::from_secs(1)))) {
@@ -671,7 +737,7 @@ impl Drop for UringQueue {
                 _ => {}
             }
         }
-        self.poll(usize::MAX, drop);
+        self.poll_here(usize::MAX, drop);
         if self.ready.is_dead() || self.outstanding() > 0 {
             tracing::error!(
                 path = %self.shared.path.display(),
@@ -684,7 +750,11 @@ impl Drop for UringQueue {
             self.fixed.leak();
             return;
         }
-        self.fixed.unregister(&self.ring.submitter());
+        if here {
+            self.fixed.unregister(&self.ring.submitter());
+        }
+        // Else the kernel refuses this thread's unregistration; closing the ring (the
+        // first field to drop, before the table lets go of the regions) releases them.
     }
 }
 
@@ -757,7 +827,7 @@ mod tests {
             deallocate_mode: None,
             polled_chunk_bytes: 0,
         };
-        (UringQueue::new(Arc::new(shared), 4).unwrap(), w)
+        (UringQueue::new(Arc::new(shared), 4, true).unwrap(), w)
     }
 
     fn read_buf() -> DmaBuf {
@@ -811,23 +881,29 @@ mod tests {
 
     #[test]
     fn dropping_a_queue_without_ext_arg_waits_for_a_late_completion_instead_of_leaking() {
-        let (mut q, writer) = pipe_queue();
-        // A Linux 5.6–5.10 kernel: no bounded waits (IORING_FEAT_EXT_ARG).
-        q.sys.ext_arg = false;
-        q.sys.drain_timeout = Duration::from_secs(10);
-        q.submit(Op::Read { lba: 0 }, Some(read_buf()), 1).unwrap();
-        q.ring().unwrap();
-        assert_eq!(q.poll(8, |_| panic!("nothing was written to the pipe")), 0);
-        let write_later = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
-            // EPIPE if the queue (the read end) is gone already: the assertion below says so.
-            let _ = nix::unistd::write(&writer, &[0u8; 512]);
-            writer
+        // All on one thread: only the thread that made a deferred ring can complete its
+        // operations.
+        let took = within(Duration::from_secs(20), "the queue's life", || {
+            let (mut q, writer) = pipe_queue();
+            // A Linux 5.6–5.10 kernel: no bounded waits (IORING_FEAT_EXT_ARG).
+            q.sys.ext_arg = false;
+            q.sys.drain_timeout = Duration::from_secs(10);
+            q.submit(Op::Read { lba: 0 }, Some(read_buf()), 1).unwrap();
+            q.ring().unwrap();
+            assert_eq!(q.poll(8, |_| panic!("nothing was written to the pipe")), 0);
+            let write_later = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                // EPIPE if the queue (the read end) is gone already: the assertion below
+                // says so.
+                let _ = nix::unistd::write(&writer, &[0u8; 512]);
+                writer
+            });
+            let started = Instant::now();
+            drop(q);
+            let took = started.elapsed();
+            drop(write_later.join().unwrap());
+            took
         });
-        let started = Instant::now();
-        within(Duration::from_secs(10), "dropping the queue", move || drop(q));
-        let took = started.elapsed();
-        drop(write_later.join().unwrap());
         assert!(
             took >= Duration::from_millis(200),
             "the drop returned after {took:?}, before the read completed: it leaked the read's buffer"
@@ -835,6 +911,8 @@ mod tests {
         assert!(took < Duration::from_secs(5), "the drop took {took:?}");
     }
 
+    /// Dropped on another thread than the one that made its (deferred) ring, which alone
+    /// can complete the read: the drop still returns, at the drain timeout.
     #[test]
     fn dropping_a_queue_whose_read_never_completes_returns_after_the_drain_timeout() {
         let (mut q, writer) = pipe_queue();
