@@ -366,8 +366,8 @@ const MOVING_SMART_FIELDS: [&str; 12] = [
 
 /// The same command line, nvme-cli's names and flags, given to nvme-cli and to ironvme on
 /// the kernel-owned controller and its namespace nodes prints the same: every line of
-/// text (a field ironvme lacks is a missing line), every JSON key at every level, and
-/// with `-o binary` the same bytes. The one difference allowed is libnvme's sentence
+/// text (a field ironvme lacks is a missing line), with `-H` every decoded line too,
+/// every JSON key at every level, and with `-o binary` the same bytes. The one difference allowed is libnvme's sentence
 /// after a status name in error-log.
 #[test]
 #[ignore = "guest: runs inside QEMU via scripts/test"]
@@ -377,12 +377,22 @@ fn a_kernel_owned_controller_prints_what_nvme_cli_prints() {
         format!("{ctrl}n2"),
         format!("{}n1", ctrl.replace("/dev/nvme", "/dev/ng")),
     );
-    let commands: [&[&str]; 8] = [
+    // The metadata controller's namespaces set the bits the kernel's leave clear
+    // (extended LBAs, protection information type 1).
+    let meta = common::kernel_ctrl(&env("IRONVME_META_BDF")).display().to_string();
+    let commands: [&[&str]; 14] = [
         &["id-ctrl", &ctrl],
         &["id-ns", &ctrl, "--namespace-id=1"],
         // A namespace node means its own namespace.
         &["id-ns", &ns2],
         &["id-ns", &generic1],
+        // -H: bit fields decoded under their lines (the JSON and bytes do not change).
+        &["id-ctrl", &ctrl, "-H"],
+        &["id-ctrl", &ctrl, "--human-readable"],
+        &["id-ns", &ctrl, "--namespace-id=1", "-H"],
+        &["id-ns", &ns2, "-H"],
+        &["id-ns", &meta, "-n", "1", "-H"],
+        &["id-ns", &meta, "-n", "2", "-H"],
         &["smart-log", &ctrl],
         &["error-log", &ctrl],
         &["fw-log", &ctrl],

@@ -2,9 +2,11 @@
 //!
 //! `testdata/nvme-cli-2.3/` holds what nvme-cli 2.3 (libnvme 1.3, Debian bookworm)
 //! printed in the test guest for QEMU's emulated controller (`qemu/run`, the kernel-owned
-//! controller 0000:00:04.0): each structure as nvme-cli read it (`-o binary`), its text
-//! and its JSON (`-o json`). ironvme parses the binary and must print the same text and an
-//! equal JSON object with the same keys. The guest test
+//! controller 0000:00:04.0, and for the namespaces with metadata and protection
+//! information, `meta-*`, the controller 0000:00:08.0): each structure as nvme-cli read it
+//! (`-o binary`), its text, its text with `-H` (`*-H.txt`: bit fields decoded) and its JSON
+//! (`-o json`, which `-H` does not change). ironvme parses the binary and must print the
+//! same text and an equal JSON object with the same keys. The guest test
 //! `a_kernel_owned_controller_prints_what_nvme_cli_prints` (`tests/guest_cli.rs`)
 //! compares live output the same way.
 
@@ -40,28 +42,47 @@ fn json(bytes: &[u8]) -> Value {
 #[test]
 fn id_ctrl() {
     let id = IdentifyController::parse(fixture!("id-ctrl.bin")).unwrap();
-    assert_same_text(&render_controller_text(&id), text(fixture!("id-ctrl.txt")));
+    assert_same_text(&render_controller_text(&id, false), text(fixture!("id-ctrl.txt")));
+    assert_same_text(&render_controller_text(&id, true), text(fixture!("id-ctrl-H.txt")));
     assert_same_json(&render_controller_json(&id), &json(fixture!("id-ctrl.json")));
 }
 
 #[test]
 fn id_ns() {
-    for (nsid, bin, txt, js) in [
+    for (nsid, bin, txt, human, js) in [
         (
             1,
             fixture!("id-ns1.bin"),
             fixture!("id-ns1.txt"),
+            fixture!("id-ns1-H.txt"),
             fixture!("id-ns1.json"),
         ),
         (
             2,
             fixture!("id-ns2.bin"),
             fixture!("id-ns2.txt"),
+            fixture!("id-ns2-H.txt"),
             fixture!("id-ns2.json"),
+        ),
+        // Extended LBAs (FLBAS bit 4) and protection information type 1 (DPS).
+        (
+            1,
+            fixture!("meta-id-ns1.bin"),
+            fixture!("meta-id-ns1.txt"),
+            fixture!("meta-id-ns1-H.txt"),
+            fixture!("meta-id-ns1.json"),
+        ),
+        (
+            2,
+            fixture!("meta-id-ns2.bin"),
+            fixture!("meta-id-ns2.txt"),
+            fixture!("meta-id-ns2-H.txt"),
+            fixture!("meta-id-ns2.json"),
         ),
     ] {
         let ns = IdentifyNamespace::parse(bin).unwrap();
-        assert_same_text(&render_namespace_text(nsid, &ns), text(txt));
+        assert_same_text(&render_namespace_text(nsid, &ns, false), text(txt));
+        assert_same_text(&render_namespace_text(nsid, &ns, true), text(human));
         assert_same_json(&Value::Object(render_namespace_json(&ns)), &json(js));
     }
 }

@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
         for ps in &c.psd {
             let _ = (ps.max_power_microwatts(), ps.non_operational());
         }
-        let _ = identify::render_controller_text(c);
+        for human in [false, true] {
+            let _ = identify::render_controller_text(c, human);
+        }
         let _ = identify::render_controller_json(c);
     }
     let ns = IdentifyNamespace::parse(data);
@@ -45,7 +47,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(ironvme_nvme::identify::LbaFormat::from_raw(f.to_raw()), *f);
             let _ = f.data_size();
         }
-        let _ = identify::render_namespace_text(1, n);
+        for human in [false, true] {
+            let _ = identify::render_namespace_text(1, n, human);
+        }
         let _ = identify::render_namespace_json(n);
         let _ = identify::namespaces_json(&[(1, n.clone())]);
         if let Ok(c) = &ctrl {

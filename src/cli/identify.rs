@@ -1,13 +1,16 @@
 //! `identify` (Identify Controller) and `identify-ns` (Identify Namespace), printed as
 //! `nvme id-ctrl` and `nvme id-ns` print them.
 //!
-//! Every field nvme-cli 2.3 prints is printed, under its name and in its value format;
-//! the guest test `nvme_cli_and_ironvme_print_the_same_fields` compares the two field by
-//! field, in text and JSON.
+//! Every field nvme-cli 2.3 prints is printed, under its name and in its value format,
+//! and with `-H` its bit fields decoded under it as nvme-cli prints them ([`decoded`]);
+//! the guest test `a_kernel_owned_controller_prints_what_nvme_cli_prints` compares the
+//! two byte for byte, in text and JSON.
+
+pub mod decoded;
 
 use super::device::{self, OpenDevice};
 use super::output::{OutputFormat, Record, c_hex, emit, hex_bytes, uuid_string};
-use super::{CliError, DeviceArgs, IdentifyNsArgs, ListNsArgs};
+use super::{CliError, IdentifyArgs, IdentifyNsArgs, ListNsArgs};
 use crate::admin::{active_namespaces, identify, identify_namespace};
 use crate::nvme::ctrl::{ControllerConfig, NSID_ALL};
 use crate::nvme::identify::{
@@ -22,9 +25,10 @@ const CTRL_NAME_WIDTH: usize = 10;
 /// Width of the field names in `nvme id-ns` output (`%-8s: `).
 const NS_NAME_WIDTH: usize = 8;
 
-/// The scalar fields of Identify Controller in `nvme id-ctrl` order, with its formats.
-pub fn controller_record(id: &IdentifyController) -> Record {
-    let mut r = Record::new();
+/// The scalar fields of Identify Controller in `nvme id-ctrl` order, with its formats;
+/// with `human`, the bit fields decoded as `nvme id-ctrl -H` prints them.
+pub fn controller_record(id: &IdentifyController, human: bool) -> Record {
+    let mut r = Record::decoding(human);
     let ieee = u32::from(id.ieee[2]) << 16 | u32::from(id.ieee[1]) << 8 | u32::from(id.ieee[0]);
     // nvme-cli prints the ASCII fields with their space padding (`%-.*s` of the whole
     // field), in text and JSON; the parser trims it, so it is put back to the field size.
@@ -36,73 +40,107 @@ pub fn controller_record(id: &IdentifyController) -> Record {
         .dec("rab", id.rab)
         .field("ieee", format!("{ieee:06x}"), Value::from(ieee))
         .hex("cmic", id.cmic.bits())
+        .decoded(|| decoded::cmic(id.cmic.bits()))
         .dec("mdts", id.mdts)
         .hex("cntlid", id.cntlid)
         .hex("ver", id.ver)
         .hex("rtd3r", id.rtd3r)
         .hex("rtd3e", id.rtd3e)
         .hex("oaes", id.oaes)
+        .decoded(|| decoded::oaes(id.oaes))
         .hex("ctratt", id.ctratt)
+        .decoded(|| decoded::ctratt(id.ctratt))
         .hex("rrls", id.rrls)
         .dec("cntrltype", id.cntrltype)
+        .decoded(|| decoded::cntrltype(id.cntrltype))
         .text("fguid", &uuid_string(&id.fguid))
         .dec("crdt1", id.crdt[0])
         .dec("crdt2", id.crdt[1])
         .dec("crdt3", id.crdt[2])
         .dec("nvmsr", id.nvmsr)
+        .decoded(|| decoded::nvmsr(id.nvmsr))
         .dec("vwci", id.vwci)
+        .decoded(|| decoded::vwci(id.vwci))
         .dec("mec", id.mec)
+        .decoded(|| decoded::mec(id.mec))
         .hex("oacs", id.oacs.bits())
+        .decoded(|| decoded::oacs(id.oacs.bits()))
         .dec("acl", id.acl)
         .dec("aerl", id.aerl)
         .hex("frmw", id.frmw.to_raw())
+        .decoded(|| decoded::frmw(id.frmw.to_raw()))
         .hex("lpa", id.lpa.bits())
+        .decoded(|| decoded::lpa(id.lpa.bits()))
         .dec("elpe", id.elpe)
+        .decoded(|| decoded::zeros_based(id.elpe, "Error Log Page Entries (ELPE)"))
         .dec("npss", id.npss)
+        .decoded(|| decoded::zeros_based(id.npss, "Number of Power States Support (NPSS)"))
         .hex("avscc", id.avscc)
+        .decoded(|| decoded::vendor_specific_format(id.avscc, "Admin"))
         .hex("apsta", id.apsta)
+        .decoded(|| decoded::apsta(id.apsta))
         .dec("wctemp", id.wctemp)
+        .decoded(|| decoded::temperature(id.wctemp, "Warning Composite Temperature Threshold (WCTEMP)"))
         .dec("cctemp", id.cctemp)
+        .decoded(|| decoded::temperature(id.cctemp, "Critical Composite Temperature Threshold (CCTEMP)"))
         .dec("mtfa", id.mtfa)
         .dec("hmpre", id.hmpre)
         .dec("hmmin", id.hmmin)
         .u128("tnvmcap", id.tnvmcap)
+        .decoded(|| decoded::capacity(id.tnvmcap, "Total NVM Capacity (TNVMCAP)"))
         .u128("unvmcap", id.unvmcap)
+        .decoded(|| decoded::capacity(id.unvmcap, "Unallocated NVM Capacity (UNVMCAP)"))
         .hex("rpmbs", id.rpmbs)
+        .decoded(|| decoded::rpmbs(id.rpmbs))
         .dec("edstt", id.edstt)
         .dec("dsto", id.dsto)
         .dec("fwug", id.fwug)
         .dec("kas", id.kas)
         .hex("hctma", id.hctma)
+        .decoded(|| decoded::hctma(id.hctma))
         .dec("mntmt", id.mntmt)
+        .decoded(|| decoded::temperature(id.mntmt, "Minimum Thermal Management Temperature (MNTMT)"))
         .dec("mxtmt", id.mxtmt)
+        .decoded(|| decoded::temperature(id.mxtmt, "Maximum Thermal Management Temperature (MXTMT)"))
         .hex("sanicap", id.sanicap)
+        .decoded(|| decoded::sanicap(id.sanicap))
         .dec("hmminds", id.hmminds)
         .dec("hmmaxd", id.hmmaxd)
         .dec("nsetidmax", id.nsetidmax)
         .dec("endgidmax", id.endgidmax)
         .dec("anatt", id.anatt)
         .dec("anacap", id.anacap)
+        .decoded(|| decoded::anacap(id.anacap))
         .dec("anagrpmax", id.anagrpmax)
         .dec("nanagrpid", id.nanagrpid)
         .dec("pels", id.pels)
         .dec("domainid", id.domainid)
         .u128("megcap", id.megcap)
         .hex("sqes", id.sqes)
+        .decoded(|| decoded::entry_sizes(id.sqes, "SQ"))
         .hex("cqes", id.cqes)
+        .decoded(|| decoded::entry_sizes(id.cqes, "CQ"))
         .dec("maxcmd", id.maxcmd)
         .dec("nn", id.nn)
         .hex("oncs", id.oncs.bits())
+        .decoded(|| decoded::oncs(id.oncs.bits()))
         .hex("fuses", id.fuses)
+        .decoded(|| decoded::fuses(id.fuses))
         .hex("fna", id.fna)
+        .decoded(|| decoded::fna(id.fna))
         .hex("vwc", id.vwc)
+        .decoded(|| decoded::vwc(id.vwc))
         .dec("awun", id.awun)
         .dec("awupf", id.awupf)
         .dec("icsvscc", id.icsvscc)
+        .decoded(|| decoded::vendor_specific_format(id.icsvscc, "NVM"))
         .dec("nwpc", id.nwpc)
+        .decoded(|| decoded::nwpc(id.nwpc))
         .dec("acwu", id.acwu)
         .hex("ocfs", id.ocfs)
+        .decoded(|| decoded::ocfs(id.ocfs))
         .hex("sgls", id.sgls)
+        .decoded(|| decoded::sgls(id.sgls))
         .dec("mnan", id.mnan)
         .u128("maxdna", id.maxdna)
         .dec("maxcna", id.maxcna)
@@ -115,24 +153,28 @@ pub fn controller_record(id: &IdentifyController) -> Record {
         .dec("iorcsz", id.iorcsz)
         .dec("icdoff", id.icdoff)
         .hex("fcatt", id.fcatt)
+        .decoded(|| decoded::fcatt(id.fcatt))
         .dec("msdbd", id.msdbd)
-        .dec("ofcs", id.ofcs);
+        .dec("ofcs", id.ofcs)
+        .decoded(|| decoded::ofcs(id.ofcs));
     r
 }
 
-/// Identify Controller as `nvme id-ctrl` prints it, power states included.
-pub fn render_controller_text(id: &IdentifyController) -> String {
+/// Identify Controller as `nvme id-ctrl` prints it, power states included; with `human`,
+/// as `nvme id-ctrl -H` prints it.
+pub fn render_controller_text(id: &IdentifyController, human: bool) -> String {
     let mut out = String::from("NVME Identify Controller:\n");
-    controller_record(id).write_human(CTRL_NAME_WIDTH, &mut out);
+    controller_record(id, human).write_human(CTRL_NAME_WIDTH, &mut out);
     for (i, ps) in id.psd.iter().enumerate() {
         out.push_str(&power_state_text(i, ps));
     }
     out
 }
 
-/// Identify Controller as `nvme id-ctrl -o json` prints it: the fields, then `psds`.
+/// Identify Controller as `nvme id-ctrl -o json` prints it (with or without `-H`): the
+/// fields, then `psds`.
 pub fn render_controller_json(id: &IdentifyController) -> Value {
-    let mut obj = controller_record(id).to_json();
+    let mut obj = controller_record(id, false).to_json();
     let psds: Vec<Value> = id.psd.iter().map(power_state_json).collect();
     obj.insert("psds".to_string(), Value::Array(psds));
     Value::Object(obj)
@@ -200,22 +242,32 @@ fn power_state_json(ps: &PowerStateDescriptor) -> Value {
     })
 }
 
-/// The scalar fields of Identify Namespace in `nvme id-ns` order, with its formats.
-pub fn namespace_record(ns: &IdentifyNamespace) -> Record {
-    let mut r = Record::new();
+/// The scalar fields of Identify Namespace in `nvme id-ns` order, with its formats;
+/// with `human`, the bit fields decoded as `nvme id-ns -H` prints them.
+pub fn namespace_record(ns: &IdentifyNamespace, human: bool) -> Record {
+    let mut r = Record::decoding(human);
     r.hex("nsze", ns.nsze)
         .hex("ncap", ns.ncap)
         .hex("nuse", ns.nuse)
         .hex("nsfeat", ns.nsfeat)
+        .decoded(|| decoded::nsfeat(ns.nsfeat))
         .dec("nlbaf", ns.nlbaf)
         .hex("flbas", ns.flbas)
+        .decoded(|| decoded::flbas(ns.flbas))
         .hex("mc", ns.mc)
+        .decoded(|| decoded::mc(ns.mc))
         .hex("dpc", ns.dpc)
+        .decoded(|| decoded::dpc(ns.dpc))
         .hex("dps", ns.dps)
+        .decoded(|| decoded::dps(ns.dps))
         .hex("nmic", ns.nmic)
+        .decoded(|| decoded::nmic(ns.nmic))
         .hex("rescap", ns.rescap)
+        .decoded(|| decoded::rescap(ns.rescap))
         .hex("fpi", ns.fpi)
+        .decoded(|| decoded::fpi(ns.fpi))
         .dec("dlfeat", ns.dlfeat)
+        .decoded(|| decoded::dlfeat(ns.dlfeat))
         .dec("nawun", ns.nawun)
         .dec("nawupf", ns.nawupf)
         .dec("nacwu", ns.nacwu)
@@ -247,12 +299,17 @@ pub fn namespace_record(ns: &IdentifyNamespace) -> Record {
 }
 
 /// Identify Namespace `nsid` as `nvme id-ns` prints it: the fields, then one line per LBA
-/// format with the one in use marked `(in use)`.
-pub fn render_namespace_text(nsid: u32, ns: &IdentifyNamespace) -> String {
+/// format with the one in use marked `(in use)`; with `human`, as `nvme id-ns -H` prints
+/// it.
+pub fn render_namespace_text(nsid: u32, ns: &IdentifyNamespace, human: bool) -> String {
     let mut out = format!("NVME Identify Namespace {nsid}:\n");
-    namespace_record(ns).write_human(NS_NAME_WIDTH, &mut out);
+    namespace_record(ns, human).write_human(NS_NAME_WIDTH, &mut out);
     let in_use = ns.current_format_index();
     for (i, f) in ns.lba_formats.iter().enumerate() {
+        if human {
+            out.push_str(&decoded::lba_format(i, f.ms, f.lbads, f.rp, i == in_use));
+            continue;
+        }
         let line = format!(
             "lbaf {i:2} : ms:{:<3} lbads:{:<2} rp:{}",
             f.ms,
@@ -265,9 +322,10 @@ pub fn render_namespace_text(nsid: u32, ns: &IdentifyNamespace) -> String {
     out
 }
 
-/// Identify Namespace as `nvme id-ns -o json` prints it: the fields, then `lbafs`.
+/// Identify Namespace as `nvme id-ns -o json` prints it (with or without `-H`): the
+/// fields, then `lbafs`.
 pub fn render_namespace_json(ns: &IdentifyNamespace) -> Map<String, Value> {
-    let mut obj = namespace_record(ns).to_json();
+    let mut obj = namespace_record(ns, false).to_json();
     let lbafs = ns
         .lba_formats
         .iter()
@@ -277,23 +335,23 @@ pub fn render_namespace_json(ns: &IdentifyNamespace) -> Map<String, Value> {
     obj
 }
 
-/// `ironvme identify DEV` (`id-ctrl`).
+/// `ironvme identify DEV [-H]` (`id-ctrl`).
 ///
 /// Errors: see [`CliError`].
-pub fn run_controller(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let dev = device::open(device::parse_device(&args.dev)?, ControllerConfig::default())?;
+pub fn run_controller(args: &IdentifyArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let dev = device::open(device::parse_device(&args.device.dev)?, ControllerConfig::default())?;
     let raw = identify(dev.admin(), Cns::CONTROLLER, 0).map_err(CliError::on(&dev))?;
     let id = IdentifyController::parse(&raw).map_err(|e| CliError::on(&dev)(e.into()))?;
     emit(
         out,
-        args.format(),
+        args.device.format(),
         &raw,
-        || render_controller_text(&id),
+        || render_controller_text(&id, args.human_readable),
         || render_controller_json(&id),
     )
 }
 
-/// `ironvme identify-ns DEV [--nsid N]` (`id-ns`). Without `--nsid`, a namespace node
+/// `ironvme identify-ns DEV [--nsid N] [-H]` (`id-ns`). Without `--nsid`, a namespace node
 /// means its own namespace and a controller every active one.
 ///
 /// Errors: [`CliError::Invalid`] when `--nsid` names an inactive namespace, or for `-o
@@ -309,7 +367,7 @@ pub fn run_namespace(args: &IdentifyNsArgs, out: &mut dyn Write) -> Result<(), C
                 out,
                 format,
                 &raw,
-                || render_namespace_text(nsid, &ns),
+                || render_namespace_text(nsid, &ns, args.human_readable),
                 || Value::Object(render_namespace_json(&ns)),
             )
         }
@@ -325,7 +383,10 @@ pub fn run_namespace(args: &IdentifyNsArgs, out: &mut dyn Write) -> Result<(), C
                 all.push((nsid, ns));
             }
             let text = || {
-                let blocks: Vec<String> = all.iter().map(|(nsid, ns)| render_namespace_text(*nsid, ns)).collect();
+                let blocks: Vec<String> = all
+                    .iter()
+                    .map(|(nsid, ns)| render_namespace_text(*nsid, ns, args.human_readable))
+                    .collect();
                 blocks.join("\n")
             };
             emit(out, format, &[], text, || namespaces_json(&all))
@@ -498,7 +559,7 @@ pub(crate) mod tests {
 
     #[test]
     fn controller_text_is_nvme_cli_shaped() {
-        let text = render_controller_text(&qemu_controller());
+        let text = render_controller_text(&qemu_controller(), false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "NVME Identify Controller:");
         for expected in [
@@ -582,7 +643,7 @@ pub(crate) mod tests {
         b[2048 + 32 + 18] = 2 << 6; // idle power in 0.01 W
         put(&mut b, 2048 + 32 + 20, &5u16.to_le_bytes());
         b[2048 + 32 + 22] = (1 << 6) | 2; // active power in 0.0001 W, workload 2
-        let text = render_controller_text(&IdentifyController::parse(&b).unwrap());
+        let text = render_controller_text(&IdentifyController::parse(&b).unwrap(), false);
         assert!(
             text.contains("ps      0 : mp:0.2500W non-operational enlat:16"),
             "{text}"
@@ -594,7 +655,7 @@ pub(crate) mod tests {
 
     #[test]
     fn namespace_text_marks_the_format_in_use() {
-        let text = render_namespace_text(1, &qemu_namespace_4k());
+        let text = render_namespace_text(1, &qemu_namespace_4k(), false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "NVME Identify Namespace 1:");
         for expected in [

@@ -10,9 +10,9 @@
 //!
 //! # Decisions
 //!
-//! - **Command lines and output follow nvme-cli** (`nvme id-ctrl`, `id-ns`, `list-ns`,
-//!   `smart-log`, `error-log`, `fw-log`, `get-log`, `get-feature -H`, as nvme-cli 2.3 on
-//!   Debian bookworm parses and prints them; `-o normal|json|binary`): the
+//! - **Command lines and output follow nvme-cli** (`nvme id-ctrl [-H]`, `id-ns [-H]`,
+//!   `list-ns`, `smart-log`, `error-log`, `fw-log`, `get-log`, `get-feature -H`, as
+//!   nvme-cli 2.3 on Debian bookworm parses and prints them; `-o normal|json|binary`): the
 //!   same field names, order and value formats (C's `%#x`, so zero is `0`), so eyes and
 //!   scripts used to nvme-cli read it unchanged. Each structure is one
 //!   [`output::Record`] that renders both the text and the `--json` object, so the two
@@ -278,6 +278,11 @@ pub struct IdentifyArgs {
     /// The controller and output format.
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Decode the bit fields (cmic, oaes, ctratt, oacs, frmw, lpa, sanicap, sqes, oncs,
+    /// vwc, sgls, ...) under their lines, as nvme-cli's -H prints them. Text only: the
+    /// JSON and binary output do not change.
+    #[arg(long = "human-readable", short = 'H')]
+    pub human_readable: bool,
 }
 
 /// Arguments of `identify-ns`.
@@ -293,6 +298,11 @@ pub struct IdentifyNsArgs {
     /// nvme-cli.
     #[arg(long, short = 'n', visible_alias = "namespace-id", value_name = "N", value_parser = parse_nsid)]
     pub nsid: Option<u32>,
+    /// Decode the bit fields (nsfeat, flbas, mc, dpc, dps, nmic, rescap, fpi, dlfeat)
+    /// under their lines and spell out each LBA format's sizes and relative performance,
+    /// as nvme-cli's -H prints them. Text only: the JSON and binary output do not change.
+    #[arg(long = "human-readable", short = 'H')]
+    pub human_readable: bool,
 }
 
 /// Arguments of `list-ns`.
@@ -509,7 +519,7 @@ impl CliError {
 /// `ErrorKind::BrokenPipe`, which the binary treats as a normal end).
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
-        Command::Identify(a) => identify::run_controller(&a.device, out),
+        Command::Identify(a) => identify::run_controller(a, out),
         Command::IdentifyNs(a) => identify::run_namespace(a, out),
         Command::ListNs(a) => identify::run_list_ns(a, out),
         Command::SmartLog(a) => logs::run_smart(a, out),
@@ -583,6 +593,29 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("ironvme").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn identify_human_readable() {
+        for args in [
+            &["id-ctrl", "/dev/nvme0", "-H"][..],
+            &["identify", "/dev/nvme0", "--human-readable", "-o", "normal"],
+        ] {
+            let Command::Identify(a) = parse(args).unwrap().command else {
+                panic!()
+            };
+            assert!(a.human_readable, "{args:?}");
+        }
+        let Command::Identify(a) = parse(&["id-ctrl", "/dev/nvme0"]).unwrap().command else {
+            panic!()
+        };
+        assert!(!a.human_readable);
+        let cli = parse(&["id-ns", "/dev/nvme0", "-n", "2", "-H", "-o", "json"]).unwrap();
+        let Command::IdentifyNs(a) = cli.command else { panic!() };
+        assert_eq!(
+            (a.nsid, a.human_readable, a.device.format()),
+            (Some(2), true, OutputFormat::Json)
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct Field {
     /// The JSON form of the value; `None` for a field nvme-cli prints only as text (an
     /// empty `subnqn`).
     pub json: Option<Value>,
+    /// Lines printed under the field's line, its bits decoded (nvme-cli's `-H`); empty
+    /// when none. Text only: nvme-cli's JSON is the same with or without `-H`.
+    pub decoded: String,
 }
 
 /// An ordered list of [`Field`]s: one source for the human and the JSON output, so the
@@ -26,12 +29,23 @@ pub struct Field {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
     fields: Vec<Field>,
+    /// Whether [`Record::decoded`] keeps what it is given.
+    decode: bool,
 }
 
 impl Record {
     /// An empty record.
     pub fn new() -> Record {
         Record::default()
+    }
+
+    /// An empty record that keeps the decoded lines [`Record::decoded`] gives its fields
+    /// when `decode` is true (nvme-cli's `-H`), and ignores them when it is false.
+    pub fn decoding(decode: bool) -> Record {
+        Record {
+            fields: Vec::new(),
+            decode,
+        }
     }
 
     /// Appends a field with its text and JSON forms given separately. Its JSON key is the
@@ -44,7 +58,19 @@ impl Record {
             name,
             text: text.into(),
             json: Some(json),
+            decoded: String::new(),
         });
+        self
+    }
+
+    /// Gives the last field the lines `lines` renders, printed under it, when the record
+    /// decodes (see [`Record::decoding`]); `lines` is not called otherwise.
+    pub fn decoded(&mut self, lines: impl FnOnce() -> String) -> &mut Record {
+        if self.decode
+            && let Some(f) = self.fields.last_mut()
+        {
+            f.decoded = lines();
+        }
         self
     }
 
@@ -102,9 +128,9 @@ impl Record {
     }
 
     /// Appends one `name : text` line per field to `out`, names padded to `width`
-    /// characters (nvme-cli's `%-10s: %s` layout). A name that ends in a tab is printed
-    /// as it is: nvme-cli aligns some fields with tabs (`nsattr\t: `, the SMART log's
-    /// `critical_warning\t\t\t: `).
+    /// characters (nvme-cli's `%-10s: %s` layout), each followed by its decoded lines. A
+    /// name that ends in a tab is printed as it is: nvme-cli aligns some fields with tabs
+    /// (`nsattr\t: `, the SMART log's `critical_warning\t\t\t: `).
     pub fn write_human(&self, width: usize, out: &mut String) {
         for f in &self.fields {
             // Writing to a String cannot fail.
@@ -113,6 +139,7 @@ impl Record {
             } else {
                 writeln!(out, "{:<width$}: {}", f.name, f.text)
             };
+            out.push_str(&f.decoded);
         }
     }
 }
@@ -285,6 +312,21 @@ mod tests {
         assert_eq!(j.keys().collect::<Vec<_>>(), ["vid", "sn", "mdts", "tnvm"]);
         assert_eq!(j["vid"], 0x1b36);
         assert_eq!(j["tnvm"], Value::String(max));
+    }
+
+    #[test]
+    fn decoded_lines_follow_their_field_in_text_only() {
+        for decode in [false, true] {
+            let mut r = Record::decoding(decode);
+            r.hex("cmic", 1u8)
+                .decoded(|| "  [0:0] : 0x1\tMulti Port\n\n".to_string())
+                .dec("mdts", 7u8);
+            let mut s = String::new();
+            r.write_human(10, &mut s);
+            let decoded = if decode { "  [0:0] : 0x1\tMulti Port\n\n" } else { "" };
+            assert_eq!(s, format!("cmic      : 0x1\n{decoded}mdts      : 7\n"));
+            assert_eq!(r.to_json().keys().collect::<Vec<_>>(), ["cmic", "mdts"]);
+        }
     }
 
     #[test]
