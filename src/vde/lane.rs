@@ -118,6 +118,12 @@ impl Lane {
         Ok(())
     }
 
+    /// Commands in flight on the lane's queue: 0 between transfers, unless one was left
+    /// part-way (a panic).
+    pub fn outstanding(&self) -> usize {
+        self.q.outstanding()
+    }
+
     /// Bytes one piece (one command) moves at most.
     pub fn piece_bytes(&self) -> usize {
         self.piece

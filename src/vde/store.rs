@@ -422,7 +422,17 @@ impl DerefMut for LaneGuard<'_> {
 impl Drop for LaneGuard<'_> {
     fn drop(&mut self) {
         if let Some(l) = self.lane.take() {
-            self.lanes.pool.lock().unwrap_or_else(|e| e.into_inner()).0.push(l);
+            let mut pool = self.lanes.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if l.outstanding() == 0 {
+                pool.0.push(l);
+            } else {
+                // Left mid-transfer (a panic): only this thread may be able to complete
+                // its I/O (a deferred io_uring ring), so the lane is not handed to
+                // another. Dropping it here waits for its I/O; a new lane may be made.
+                pool.1 -= 1;
+                drop(pool);
+                drop(l);
+            }
             self.lanes.free.notify_one();
         }
     }

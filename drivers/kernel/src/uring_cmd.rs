@@ -312,9 +312,9 @@ pub struct UringCmdQueue {
     ready: Ready,
     /// How the ring runs completion work ([`crate::uring::build_ring`]).
     taskrun: TaskRun,
-    /// `max_segments` and whether registered buffers were asked for, as created: for
-    /// the ring that replaces a deferred one when the queue moves ([`UringCmdQueue::claim`]).
-    made_with: (usize, bool),
+    /// `max_segments`, as created: for the ring that replaces a deferred one when the
+    /// queue moves ([`UringCmdQueue::claim`]).
+    made_with: usize,
 }
 
 impl std::fmt::Debug for UringCmdQueue {
@@ -411,7 +411,7 @@ impl UringCmdQueue {
             sys,
             ready: Ready::new(depth),
             taskrun,
-            made_with: (max_segments, fixed_buffers),
+            made_with: max_segments,
         })
     }
 
@@ -424,35 +424,38 @@ impl UringCmdQueue {
 
     /// Makes the ring usable from the calling thread, as [`crate::UringQueue`] does: a
     /// deferred ring that another thread created is replaced, when nothing is
-    /// outstanding, by a cooperative one (the probes run again); with commands
-    /// outstanding the kernel refuses this thread (`EEXIST`).
-    fn claim(&mut self) {
+    /// outstanding, by a cooperative one, with the checks made at creation kept (the
+    /// passthrough check and the registered-buffer probe are not run again; the counters
+    /// and deadlines carry over). With commands outstanding the kernel refuses this
+    /// thread (`EEXIST`).
+    ///
+    /// Errors: [`BlockError::Os`] when the new ring cannot be made; the queue is
+    /// unchanged.
+    fn claim(&mut self) -> Result<(), BlockError> {
         if self.taskrun.usable_here() || self.outstanding > 0 || self.ready.is_dead() {
-            return;
+            return Ok(());
         }
-        let (max_segments, fixed_buffers) = self.made_with;
-        let depth = self.slots.len();
-        match UringCmdQueue::create(
+        let max_segments = self.made_with;
+        let mut moved = UringCmdQueue::build(
             Arc::clone(&self.file),
             self.info.clone(),
-            depth,
+            self.slots.len(),
             max_segments,
-            fixed_buffers,
+            self.fixed.active(),
             false,
-        ) {
-            Ok(moved) => {
-                tracing::debug!(
-                    path = %self.file.path().display(),
-                    "uring-cmd: queue moved to another thread; its deferred ring is replaced by a cooperative one"
-                );
-                *self = moved;
-            }
-            Err(e) => tracing::warn!(
-                path = %self.file.path().display(),
-                error = %e,
-                "uring-cmd: cannot replace the deferred ring of a queue that moved to another thread"
-            ),
-        }
+        )
+        .map_err(|e| BlockError::Os {
+            op: "io_uring_setup (a new ring for the thread the queue moved to)",
+            source: io::Error::other(e.to_string()),
+        })?;
+        tracing::debug!(
+            path = %self.file.path().display(),
+            "uring-cmd: queue moved to another thread; its deferred ring is replaced by a cooperative one"
+        );
+        moved.fixed.counters = self.fixed.counters;
+        std::mem::swap(&mut moved.sys, &mut self.sys);
+        *self = moved;
+        Ok(())
     }
 
     /// The node the queue's commands go to.
@@ -616,7 +619,9 @@ impl BlockQueue for UringCmdQueue {
         if let Err(error) = self.ready.alive() {
             return Err(SubmitError { error, buf });
         }
-        self.claim();
+        if let Err(error) = self.claim() {
+            return Err(SubmitError { error, buf });
+        }
         if self.free.is_empty() {
             return Err(SubmitError {
                 error: BlockError::QueueFull(self.outstanding),
@@ -673,12 +678,15 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
-        self.claim();
+        self.claim()?;
         self.ring_here()
     }
 
     fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
-        self.claim();
+        // A queue claim refuses has nothing outstanding: nothing to reap.
+        if self.claim().is_err() {
+            return 0;
+        }
         self.poll_here(max, on_complete)
     }
 

@@ -659,12 +659,17 @@ fn a_queue_used_on_one_thread_then_another_keeps_working() {
     let mut b = dma.allocate(4096).unwrap();
     fill(&mut b, 7, 0, 4096);
     let b = write(&mut q, 0, b);
+    let before = q.stats();
+    assert_eq!((before.buffer_registrations, before.fixed_ios), (1, 1), "{before:?}");
     let (mut q, b) = std::thread::spawn(move || {
         let mut b = b;
         fill(&mut b, 7, 1, 4096);
         let b = write(&mut q, 1, b);
         assert!(!q.deferred(), "moved: the ring was replaced");
         assert!(q.cooperative());
+        // The counters carry over; the new ring registered the region again.
+        let after = q.stats();
+        assert_eq!((after.buffer_registrations, after.fixed_ios), (2, 2), "{after:?}");
         let back = read(&mut q, &KernelDma::new(false), 0, 2);
         for lba in 0..2 {
             assert_pattern(

@@ -109,7 +109,9 @@ impl InFlight for Slot {
 /// complete only when the submitting thread next enters the kernel).
 ///
 /// Dropping the queue waits up to 75 s (the kernel's I/O timeout plus its recovery) for
-/// every operation still in flight (the kernel may be writing to their buffers), then
+/// every operation still in flight (the kernel may be writing to their buffers; on a
+/// deferred ring dropped by another thread than its creator, which cannot complete them,
+/// that is usually the whole 75 s), then
 /// unregisters the buffers and closes the ring. Operations still in flight after that,
 /// or on a failed queue, keep their buffers and registered regions forever: they are
 /// leaked deliberately rather than unmapped while the kernel may write into them.
@@ -268,33 +270,30 @@ impl UringQueue {
     /// Makes the ring usable from the calling thread. A deferred ring answers only the
     /// thread that created it: when the queue has moved to another thread with nothing
     /// in flight, the ring is replaced by a cooperative one, which any thread may use
-    /// (its registered buffers are registered again on first use). With operations in
-    /// flight nothing changes, and the kernel refuses this thread (`EEXIST`): only the
-    /// issuing thread can complete them.
-    fn claim(&mut self) {
+    /// (its registered buffers are registered again on first use; the counters and the
+    /// deadlines carry over). With operations in flight nothing changes, and the kernel
+    /// refuses this thread (`EEXIST`): only the issuing thread can complete them.
+    ///
+    /// Errors: [`BlockError::Os`] when the new ring cannot be made (`io_uring_setup`,
+    /// `IORING_REGISTER_FILES`); the queue is unchanged.
+    fn claim(&mut self) -> Result<(), BlockError> {
         if self.taskrun.usable_here() || self.outstanding() > 0 || self.ready.is_dead() {
-            return;
+            return Ok(());
         }
-        match UringQueue::new(Arc::clone(&self.shared), self.depth, false) {
-            Ok(moved) => {
-                tracing::debug!(
-                    path = %self.shared.path.display(),
-                    "uring: queue moved to another thread; its deferred ring is replaced by a cooperative one"
-                );
-                let UringStats {
-                    fixed_ios, plain_ios, ..
-                } = self.stats;
-                // The old ring closes here; its registrations go with it.
-                *self = moved;
-                self.stats.fixed_ios = fixed_ios;
-                self.stats.plain_ios = plain_ios;
-            }
-            Err(e) => tracing::warn!(
-                path = %self.shared.path.display(),
-                error = %e,
-                "uring: cannot replace the deferred ring of a queue that moved to another thread"
-            ),
-        }
+        let mut moved = UringQueue::new(Arc::clone(&self.shared), self.depth, false).map_err(|e| BlockError::Os {
+            op: "io_uring_setup (a new ring for the thread the queue moved to)",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        tracing::debug!(
+            path = %self.shared.path.display(),
+            "uring: queue moved to another thread; its deferred ring is replaced by a cooperative one"
+        );
+        moved.stats = self.stats;
+        moved.fixed.counters = self.fixed.counters;
+        std::mem::swap(&mut moved.sys, &mut self.sys);
+        // The old ring closes here; the kernel lets go of its registrations after.
+        *self = moved;
+        Ok(())
     }
 
     /// Whether the ring has a registered-buffer table (fixed buffers asked for, and the
@@ -312,7 +311,9 @@ impl UringQueue {
     /// hold on it go, so that memory freed by its users is unmapped; returns how many.
     /// Costs one system call per region; a region used again is registered again.
     pub fn release_idle_buffers(&mut self) -> usize {
-        self.claim();
+        if self.claim().is_err() {
+            return 0;
+        }
         self.fixed.release_idle(&self.ring.submitter())
     }
 
@@ -614,7 +615,9 @@ impl BlockQueue for UringQueue {
         if let Err(error) = self.ready.alive() {
             return Err(SubmitError { error, buf });
         }
-        self.claim();
+        if let Err(error) = self.claim() {
+            return Err(SubmitError { error, buf });
+        }
         let blocks = match block::check(&self.shared.info, &op, buf.as_ref()) {
             Ok(n) => n,
             Err(error) => return Err(SubmitError { error, buf }),
@@ -682,12 +685,15 @@ impl BlockQueue for UringQueue {
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
-        self.claim();
+        self.claim()?;
         self.ring_here()
     }
 
     fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
-        self.claim();
+        // A queue claim refuses has nothing in flight: nothing to reap.
+        if self.claim().is_err() {
+            return 0;
+        }
         self.poll_here(max, on_complete)
     }
 
@@ -754,7 +760,8 @@ impl Drop for UringQueue {
             self.fixed.unregister(&self.ring.submitter());
         }
         // Else the kernel refuses this thread's unregistration; closing the ring (the
-        // first field to drop, before the table lets go of the regions) releases them.
+        // first field to drop, before the table lets go of the regions) has the kernel
+        // release them (after the close returns; the pages stay pinned until then).
     }
 }
 
