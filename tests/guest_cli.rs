@@ -164,7 +164,7 @@ fn smart_firmware_and_error_logs() {
 #[ignore = "guest: runs inside QEMU via scripts/test"]
 fn get_feature_decodes_number_of_queues() {
     let dev = OnVfio::bind("IRONVME_VFIO_4K_BDF");
-    let text = ok(&["get-feature", &dev.bdf, "--fid", "7"]);
+    let text = ok(&["get-feature", &dev.bdf, "--fid", "7", "-H"]);
     assert!(
         text.starts_with("get-feature:0x07 (Number of Queues), Current value:0x"),
         "{text}"
@@ -185,11 +185,11 @@ fn get_feature_decodes_number_of_queues() {
     let caps = ok(&["get-feature", &dev.bdf, "--fid", "7", "--sel", "supported"]);
     assert!(caps.contains("Supported capabilities value:"), "{caps}");
 
-    let vwc = ok(&["get-feature", &dev.bdf, "-f", "6"]);
+    let vwc = ok(&["get-feature", &dev.bdf, "-f", "6", "-H"]);
     assert!(vwc.contains("Volatile Write Cache Enable (WCE): Enabled"), "{vwc}");
-    let ts = ok(&["get-feature", &dev.bdf, "-f", "0xe"]);
+    let ts = ok(&["get-feature", &dev.bdf, "-f", "0xe", "-H"]);
     assert!(ts.contains("The timestamp is : "), "{ts}");
-    let tt = ok(&["get-feature", &dev.bdf, "-f", "4"]);
+    let tt = ok(&["get-feature", &dev.bdf, "-f", "4", "-H"]);
     assert!(tt.contains("(TMPTH): 70°C (343 Kelvin)"), "{tt}");
 
     // A failing command prints its decoded NVMe status: QEMU wants a namespace for Error
@@ -366,9 +366,10 @@ const MOVING_SMART_FIELDS: [&str; 12] = [
 
 /// The same command line, nvme-cli's names and flags, given to nvme-cli and to ironvme on
 /// the kernel-owned controller and its namespace nodes prints the same: every line of
-/// text (a field ironvme lacks is a missing line), with `-H` every decoded line too,
-/// every JSON key at every level, and with `-o binary` the same bytes. The one difference allowed is libnvme's sentence
-/// after a status name in error-log.
+/// text (a field ironvme lacks is a missing line), with `-H` every decoded line too (id-ctrl,
+/// id-ns, smart-log, get-feature), every JSON key at every level, and with `-o binary` the
+/// same bytes. The one difference allowed is libnvme's sentence after a status name in
+/// error-log.
 #[test]
 #[ignore = "guest: runs inside QEMU via scripts/test"]
 fn a_kernel_owned_controller_prints_what_nvme_cli_prints() {
@@ -380,7 +381,7 @@ fn a_kernel_owned_controller_prints_what_nvme_cli_prints() {
     // The metadata controller's namespaces set the bits the kernel's leave clear
     // (extended LBAs, protection information type 1).
     let meta = common::kernel_ctrl(&env("IRONVME_META_BDF")).display().to_string();
-    let commands: [&[&str]; 14] = [
+    let commands: [&[&str]; 16] = [
         &["id-ctrl", &ctrl],
         &["id-ns", &ctrl, "--namespace-id=1"],
         // A namespace node means its own namespace.
@@ -394,6 +395,9 @@ fn a_kernel_owned_controller_prints_what_nvme_cli_prints() {
         &["id-ns", &meta, "-n", "1", "-H"],
         &["id-ns", &meta, "-n", "2", "-H"],
         &["smart-log", &ctrl],
+        // -H: critical_warning's bits decoded (in JSON, an object of them).
+        &["smart-log", &ctrl, "-H"],
+        &["smart-log", &ctrl, "--human-readable"],
         &["error-log", &ctrl],
         &["fw-log", &ctrl],
         &["list-ns", &ctrl],
@@ -446,6 +450,30 @@ fn a_kernel_owned_controller_prints_what_nvme_cli_prints() {
             "{args:?}: ironvme and nvme-cli differ"
         );
     }
+    // get-feature -f N, with and without -H, for every feature QEMU answers: the value
+    // line, then the decoded fields or the data buffer's hex dump. (nvme-cli 2.3's
+    // get-feature has no JSON.) The timestamp moves between the two reads.
+    for fid in ["1", "2", "4", "6", "7", "8", "9", "0xa", "0xb", "0xe", "0x16", "0x19"] {
+        for extra in [&["-H"][..], &["--human-readable"], &[]] {
+            let args: Vec<&str> = ["get-feature", ctrl.as_str(), "-f", fid]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect();
+            let text = |cmd: &str| {
+                let out = String::from_utf8(common::run_bytes(cmd, &args)).unwrap();
+                common::mask_text(&out, &["The timestamp is", "0000"])
+            };
+            eprintln!("{args:?}: text");
+            common::assert_same_text(&text(common::IRONVME), &text("nvme"));
+        }
+    }
+    // Error Recovery is per namespace in QEMU.
+    let args = ["get-feature", ctrl.as_str(), "-f", "5", "-n", "1", "-H"];
+    common::assert_same_text(
+        &String::from_utf8(common::run_bytes(common::IRONVME, &args)).unwrap(),
+        &String::from_utf8(common::run_bytes("nvme", &args)).unwrap(),
+    );
+
     // get-feature without a feature ID lists every feature the controller answers, each
     // with the value nvme-cli reads for it alone. (nvme-cli 2.3 itself lists nothing: it
     // stops at FID 0.)

@@ -5,14 +5,17 @@
 //! controller 0000:00:04.0, and for the namespaces with metadata and protection
 //! information, `meta-*`, the controller 0000:00:08.0): each structure as nvme-cli read it
 //! (`-o binary`), its text, its text with `-H` (`*-H.txt`: bit fields decoded) and its JSON
-//! (`-o json`, which `-H` does not change). ironvme parses the binary and must print the
-//! same text and an equal JSON object with the same keys. The guest test
+//! (`-o json`, which `-H` changes only for smart-log); for get-feature, which prints no
+//! JSON, the values it printed. ironvme parses the binary and must print the same text and
+//! an equal JSON object with the same keys. The guest test
 //! `a_kernel_owned_controller_prints_what_nvme_cli_prints` (`tests/guest_cli.rs`)
 //! compares live output the same way.
 
 mod common;
 
 use common::{assert_same_json, assert_same_text};
+use ironvme::cli::Select;
+use ironvme::cli::features::{FeatureReply, render_text};
 use ironvme::cli::identify::{
     render_controller_json, render_controller_text, render_list_ns_json, render_list_ns_text, render_namespace_json,
     render_namespace_text,
@@ -21,6 +24,7 @@ use ironvme::cli::logs::{
     render_error_json, render_error_text, render_firmware_json, render_firmware_text, render_smart_json,
     render_smart_text,
 };
+use ironvme::nvme::ctrl::NSID_ALL;
 use ironvme::nvme::identify::{IdentifyController, IdentifyNamespace};
 use ironvme::nvme::log::{FirmwareSlotLog, SmartLog, parse_error_log_entries};
 use serde_json::Value;
@@ -90,8 +94,69 @@ fn id_ns() {
 #[test]
 fn smart_log() {
     let log = SmartLog::parse(fixture!("smart-log.bin")).unwrap();
-    assert_same_text(&render_smart_text("nvme0", &log), text(fixture!("smart-log.txt")));
-    assert_same_json(&render_smart_json(&log), &json(fixture!("smart-log.json")));
+    assert_same_text(
+        &render_smart_text("nvme0", &log, false),
+        text(fixture!("smart-log.txt")),
+    );
+    assert_same_json(&render_smart_json(&log, false), &json(fixture!("smart-log.json")));
+    // -H: critical_warning's bits under its line; in JSON an object of them. The log
+    // with a warning was read after the temperature threshold was set below the
+    // temperature (Temp. Threshold[1] : 1).
+    for (bin, human, human_json) in [
+        (
+            fixture!("smart-log.bin"),
+            fixture!("smart-log-H.txt"),
+            fixture!("smart-log-H.json"),
+        ),
+        (
+            fixture!("smart-log-warning.bin"),
+            fixture!("smart-log-warning-H.txt"),
+            fixture!("smart-log-warning-H.json"),
+        ),
+    ] {
+        let log = SmartLog::parse(bin).unwrap();
+        assert_same_text(&render_smart_text("nvme0", &log, true), text(human));
+        assert_same_json(&render_smart_json(&log, true), &json(human_json));
+    }
+}
+
+/// `get-feature-values.txt` holds, one line per `nvme get-feature -f FID` run, whether it
+/// ran with -H, the FID, the value it printed (DW0) and the data buffer in hex (`-` for
+/// none; the Timestamp's from the time printed); `get-feature-H.txt` and
+/// `get-feature.txt` are what those runs printed, with and without -H, in turn. They
+/// cover every feature QEMU's controller answers, with its defaults and with values set
+/// (Temperature Threshold, Error Recovery, Async Event Configuration).
+#[test]
+fn get_feature() {
+    let mut ours = [String::new(), String::new()];
+    for line in text(fixture!("get-feature-values.txt"))
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+    {
+        let [mode, fid, dw0, data] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+            panic!("{line}")
+        };
+        let num = |s: &str| u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+        let data = match data {
+            "-" => Vec::new(),
+            hex => (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect(),
+        };
+        let reply = FeatureReply {
+            fid: num(fid) as u8,
+            sel: Select::Current,
+            nsid: NSID_ALL,
+            cdw11: 0,
+            dw0: num(dw0),
+            data,
+        };
+        let human = mode == "H";
+        ours[usize::from(human)].push_str(&render_text(&reply, human));
+    }
+    assert_same_text(&ours[0], text(fixture!("get-feature.txt")));
+    assert_same_text(&ours[1], text(fixture!("get-feature-H.txt")));
 }
 
 #[test]

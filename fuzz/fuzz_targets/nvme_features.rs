@@ -70,6 +70,6 @@ fuzz_target!(|data: &[u8]| {
         dw0,
         data: buf[..buf.len().min(len)].to_vec(),
     };
-    let _ = render_text(&reply);
+    let _ = (render_text(&reply, false), render_text(&reply, true));
     let _ = render_json(&reply);
 });

@@ -31,8 +31,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(s) = SmartLog::parse(data) {
         let _ = (s.temperature_celsius(), s.bytes_read(), s.bytes_written());
-        let _ = logs::render_smart_text("fuzz", &s);
-        let _ = logs::render_smart_json(&s);
+        let _ = logs::render_smart_text("fuzz", &s, true);
+        let _ = logs::render_smart_json(&s, true);
     }
     if let Ok(f) = FirmwareSlotLog::parse(data) {
         let _ = (f.active_slot(), f.next_reset_slot(), f.active_revision());

@@ -1,8 +1,10 @@
-//! `get-feature`, printed as `nvme get-feature -H` prints it: the raw value line, then
-//! the decoded fields of the features ironvme knows.
+//! `get-feature`, printed as `nvme get-feature` prints it: the value line, then a hex
+//! dump of the data buffer, or with `-H` the fields decoded ([`decoded`]).
+
+pub mod decoded;
 
 use super::device;
-use super::output::{OutputFormat, hex_bytes, hex_dump, kelvin, utc_date};
+use super::output::{OutputFormat, hex_bytes, hex_dump};
 use super::{CliError, GetFeatureArgs, Select, write_json};
 use crate::admin::get_feature;
 use crate::nvme::ctrl::{ControllerConfig, NSID_ALL};
@@ -74,126 +76,33 @@ fn value_hex(v: u32) -> String {
     }
 }
 
-/// The `Send async event` lines of Asynchronous Event Configuration, most significant
-/// notice first as nvme-cli lists them.
-const ASYNC_EVENT_NOTICES: [(AsyncEventConfig, &str); 9] = [
-    (AsyncEventConfig::DISCOVERY_LOG, "Discovery Log Page Change Notices"),
-    (
-        AsyncEventConfig::NORMAL_NVM_SUBSYSTEM_SHUTDOWN,
-        "Normal NVM Subsystem Shutdown Event Notices",
-    ),
-    (
-        AsyncEventConfig::ENDURANCE_GROUP,
-        "Endurance Group Event Aggregate Log Change Notices",
-    ),
-    (AsyncEventConfig::LBA_STATUS, "LBA Status Information Notices"),
-    (
-        AsyncEventConfig::PREDICTABLE_LATENCY,
-        "Predictable Latency Event Aggregate Log Change Notices",
-    ),
-    (
-        AsyncEventConfig::ANA_CHANGE,
-        "Asymmetric Namespace Access Change Notices",
-    ),
-    (AsyncEventConfig::TELEMETRY_LOG, "Telemetry Log Notices"),
-    (AsyncEventConfig::FIRMWARE_ACTIVATION, "Firmware Activation Notices"),
-    (AsyncEventConfig::NAMESPACE_ATTRIBUTE, "Namespace Attribute Notices"),
-];
-
-/// The decoded fields of a feature value, one tab-indented line each; empty for a
-/// feature ironvme does not decode.
-fn decoded_lines(r: &FeatureReply) -> String {
-    let mut out = String::new();
-    let dw0 = r.dw0;
-    match FeatureId(r.fid) {
-        FeatureId::ARBITRATION => {
-            let a = Arbitration::from_dw0(dw0);
-            let burst = a.burst().map_or("No limit".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "\tHigh Priority Weight   (HPW): {}", u32::from(a.hpw) + 1);
-            let _ = writeln!(out, "\tMedium Priority Weight (MPW): {}", u32::from(a.mpw) + 1);
-            let _ = writeln!(out, "\tLow Priority Weight    (LPW): {}", u32::from(a.lpw) + 1);
-            let _ = writeln!(out, "\tArbitration Burst       (AB): {burst}");
-        }
-        FeatureId::POWER_MANAGEMENT => {
-            let p = PowerManagement::from_dw0(dw0);
-            let hint = match p.wh {
-                0 => "No Workload",
-                1 => "Extended Idle Period with a Burst of Random Writes",
-                2 => "Heavy Sequential Writes",
-                _ => "Reserved",
-            };
-            let _ = writeln!(out, "\tWorkload Hint (WH): {} - {hint}", p.wh);
-            let _ = writeln!(out, "\tPower State   (PS): {}", p.ps);
-        }
-        FeatureId::TEMPERATURE_THRESHOLD => {
-            let t = temperature_threshold(r);
-            let thsel = match t.thsel {
-                0 => "Over Temperature Threshold",
-                1 => "Under Temperature Threshold",
-                _ => "Reserved",
-            };
-            let tmpsel = match t.tmpsel {
-                0 => "Composite Temperature".to_string(),
-                n @ 1..=8 => format!("Temperature Sensor {n}"),
-                0xf => "All Temperature Sensors".to_string(),
-                _ => "Reserved".to_string(),
-            };
-            let _ = writeln!(out, "\tThreshold Type Select         (THSEL): {} - {thsel}", t.thsel);
-            let _ = writeln!(out, "\tThreshold Temperature Select (TMPSEL): {} - {tmpsel}", t.tmpsel);
-            let _ = writeln!(out, "\tTemperature Threshold         (TMPTH): {}", kelvin(t.tmpth));
-        }
-        FeatureId::VOLATILE_WRITE_CACHE => {
-            let on = VolatileWriteCache::from_dw0(dw0).enabled;
-            let _ = writeln!(
-                out,
-                "\tVolatile Write Cache Enable (WCE): {}",
-                if on { "Enabled" } else { "Disabled" }
-            );
-        }
-        FeatureId::NUMBER_OF_QUEUES => {
-            let q = NumberOfQueues::from_dw0(dw0);
-            let _ = writeln!(out, "\tNumber of IO Completion Queues Allocated (NCQA): {}", q.cq);
-            let _ = writeln!(out, "\tNumber of IO Submission Queues Allocated (NSQA): {}", q.sq);
-        }
-        FeatureId::ASYNC_EVENT_CONFIG => {
-            let aec = AsyncEventConfig::from_dw0(dw0);
-            let send = |on: bool| {
-                if on {
-                    "Send async event"
-                } else {
-                    "Do not send async event"
-                }
-            };
-            for (bit, name) in ASYNC_EVENT_NOTICES {
-                let _ = writeln!(out, "\t{name:<58}: {}", send(aec.contains(bit)));
-            }
-            let smart = aec.intersects(AsyncEventConfig::SMART_CRITICAL_WARNINGS);
-            let _ = writeln!(out, "\t{:<58}: {}", "SMART / Health Critical Warnings", send(smart));
-        }
-        FeatureId::TIMESTAMP => match Timestamp::parse(&r.data) {
-            Ok(t) => {
-                let _ = writeln!(out, "\tThe timestamp is : {} ({})", t.millis, utc_date(t.millis));
-                let origin = match t.origin {
-                    0 => "The Timestamp field was cleared to 0h by a Controller Level Reset.",
-                    1 => "The Timestamp field was initialized with a Timestamp value using a Set Features command.",
-                    _ => "Reserved",
-                };
-                let synch = if t.synch {
-                    "The controller may have stopped counting during vendor specific intervals after the \
-                     Timestamp value was initialized."
-                } else {
-                    "The controller counted time in milliseconds continuously since the Timestamp value was \
-                     initialized."
-                };
-                let _ = writeln!(out, "\t{origin}\n\t{synch}");
-            }
-            Err(e) => {
-                let _ = writeln!(out, "\t{e}");
-            }
-        },
-        _ => {}
+/// The name nvme-cli 2.3 gives feature `fid` in the value line (its
+/// `nvme_feature_to_string`): the specification's name ([`FeatureId::name`]), except for
+/// the one nvme-cli shortens and the ones ironvme-nvme does not name.
+pub fn feature_name(fid: u8) -> &'static str {
+    match fid {
+        0x0B => "Async Event Configuration",
+        0x12 => "Read Recovery Level",
+        0x13 => "Predictable Latency Mode Config",
+        0x14 => "Predictable Latency Mode Window",
+        0x15 => "LBA Status Interval",
+        0x16 => "Host Behavior",
+        0x17 => "Sanitize",
+        0x18 => "Endurance Event Group Configuration",
+        0x19 => "I/O Command Set Profile",
+        0x1A => "Spinup Control",
+        0x1D => "Flexible Direct Placement",
+        0x1E => "Flexible Direct Placement Events",
+        0x7D => "Enhanced Controller Metadata",
+        0x7E => "Controller Metadata",
+        0x7F => "Namespace Metadata",
+        0x80 => "Software Progress",
+        0x81 => "Host Identifier",
+        0x82 => "Reservation Notification Mask",
+        0x83 => "Reservation Persistence",
+        0x84 => "Namespace Write Protect",
+        _ => FeatureId(fid).name(),
     }
-    out
 }
 
 /// Temperature Threshold: TMPTH from DW0, and TMPSEL/THSEL as asked in CDW11 (not every
@@ -215,14 +124,14 @@ fn capabilities(dw0: u32) -> [(&'static str, bool); 3] {
     ]
 }
 
-/// The reply as `nvme get-feature -H` prints it: the value line, then the decoded
-/// fields (or, with SEL 3, the capabilities; or a hex dump of the data of a feature
-/// ironvme does not decode).
-pub fn render_text(r: &FeatureReply) -> String {
-    let name = FeatureId(r.fid).name();
+/// The reply as `nvme get-feature` prints it: the value line, then with SEL 3 the
+/// capabilities; else with `human` (`-H`) the fields decoded ([`decoded::fields`]), and
+/// without it a hex dump of the data buffer of a feature that returns one.
+pub fn render_text(r: &FeatureReply, human: bool) -> String {
     let mut out = format!(
-        "get-feature:{:#04x} ({name}), {} value:{}\n",
+        "get-feature:{:#04x} ({}), {} value:{}\n",
         r.fid,
+        feature_name(r.fid),
         select_name(r.sel),
         value_hex(r.dw0)
     );
@@ -232,13 +141,11 @@ pub fn render_text(r: &FeatureReply) -> String {
                 let _ = writeln!(out, "  Feature is {what}");
             }
         }
-        return out;
-    }
-    let decoded = decoded_lines(r);
-    if decoded.is_empty() && !r.data.is_empty() {
+    } else if human {
+        out.push_str(&decoded::fields(r.fid, r.dw0, &r.data));
+    } else if !r.data.is_empty() {
         out.push_str(&hex_dump(&r.data));
     }
-    out.push_str(&decoded);
     out
 }
 
@@ -264,7 +171,7 @@ fn decoded_json(r: &FeatureReply) -> Option<Value> {
 pub fn render_json(r: &FeatureReply) -> Value {
     let mut obj = Map::new();
     obj.insert("feature_id".into(), json!(r.fid));
-    obj.insert("name".into(), json!(FeatureId(r.fid).name()));
+    obj.insert("name".into(), json!(feature_name(r.fid)));
     let sel = match r.sel {
         Select::Current => "current",
         Select::Default => "default",
@@ -360,7 +267,7 @@ pub fn run(args: &GetFeatureArgs, out: &mut dyn Write) -> Result<(), CliError> {
         }
         (OutputFormat::Normal, _) => {
             for r in &replies {
-                out.write_all(render_text(r).as_bytes())?;
+                out.write_all(render_text(r, args.human_readable).as_bytes())?;
             }
             Ok(())
         }
@@ -385,11 +292,14 @@ mod tests {
     #[test]
     fn number_of_queues() {
         let r = reply(7, 0x003f_003f);
+        let line = "get-feature:0x07 (Number of Queues), Current value:0x003f003f\n";
+        assert_eq!(render_text(&r, false), line);
         assert_eq!(
-            render_text(&r),
-            "get-feature:0x07 (Number of Queues), Current value:0x003f003f\n\
-             \tNumber of IO Completion Queues Allocated (NCQA): 64\n\
-             \tNumber of IO Submission Queues Allocated (NSQA): 64\n"
+            render_text(&r, true),
+            format!(
+                "{line}\tNumber of IO Completion Queues Allocated (NCQA): 64\n\
+                 \tNumber of IO Submission Queues Allocated (NSQA): 64\n"
+            )
         );
         let v: Value = serde_json::from_str(&render_json(&r).to_string()).unwrap();
         assert_eq!(v["feature_id"], 7);
@@ -402,16 +312,16 @@ mod tests {
 
     #[test]
     fn the_other_decoded_features() {
-        let text = render_text(&reply(1, 7));
+        let text = render_text(&reply(1, 7), true);
         assert!(
             text.starts_with("get-feature:0x01 (Arbitration), Current value:0x00000007\n"),
             "{text}"
         );
         assert!(text.contains("\tHigh Priority Weight   (HPW): 1\n"), "{text}");
         assert!(text.contains("\tArbitration Burst       (AB): No limit\n"), "{text}");
-        assert!(render_text(&reply(1, 3)).contains("(AB): 8\n"));
+        assert!(render_text(&reply(1, 3), true).contains("(AB): 8\n"));
 
-        let text = render_text(&reply(2, 0));
+        let text = render_text(&reply(2, 0), true);
         assert!(
             text.starts_with("get-feature:0x02 (Power Management), Current value:00000000\n"),
             "{text}"
@@ -421,45 +331,59 @@ mod tests {
             "{text}"
         );
 
-        let text = render_text(&reply(4, 0x157));
+        let text = render_text(&reply(4, 0x157), true);
         assert!(text.contains("(THSEL): 0 - Over Temperature Threshold\n"), "{text}");
         assert!(text.contains("(TMPSEL): 0 - Composite Temperature\n"), "{text}");
         assert!(text.contains("(TMPTH): 70°C (343 Kelvin)\n"), "{text}");
-        let mut under = reply(4, 0x110);
-        under.cdw11 = 0x0012_0000; // THSEL under, TMPSEL sensor 2
-        let text = render_text(&under);
+        // As nvme-cli, the text reads THSEL and TMPSEL from DW0; the JSON takes them from
+        // CDW11 when the controller does not echo them.
+        let text = render_text(&reply(4, 0x0012_0110), true);
         assert!(text.contains("(THSEL): 1 - Under Temperature Threshold\n"), "{text}");
         assert!(text.contains("(TMPSEL): 2 - Temperature Sensor 2\n"), "{text}");
+        let mut under = reply(4, 0x110);
+        under.cdw11 = 0x0012_0000; // THSEL under, TMPSEL sensor 2
+        assert!(render_text(&under, true).contains("(THSEL): 0 - Over"));
         assert_eq!(
             render_json(&under)["value"],
             json!({"tmpth": 0x110, "tmpsel": 2, "thsel": 1})
         );
 
-        assert!(render_text(&reply(6, 1)).contains("\tVolatile Write Cache Enable (WCE): Enabled\n"));
-        assert!(render_text(&reply(6, 0)).contains("(WCE): Disabled\n"));
+        assert!(render_text(&reply(6, 1), true).contains("\tVolatile Write Cache Enable (WCE): Enabled\n"));
+        assert!(render_text(&reply(6, 0), true).contains("(WCE): Disabled\n"));
         assert_eq!(render_json(&reply(6, 1))["value"], json!({"enabled": true}));
 
-        let text = render_text(&reply(0xb, 0x100));
+        let text = render_text(&reply(0xb, 0x100), true);
         assert!(
-            text.starts_with("get-feature:0x0b (Asynchronous Event Configuration)"),
+            text.starts_with("get-feature:0x0b (Async Event Configuration)"),
             "{text}"
         );
         assert!(text.contains("\tNamespace Attribute Notices                               : Send async event\n"));
         assert!(text.contains("\tSMART / Health Critical Warnings                          : Do not send async"));
+        assert!(!text.contains("Shutdown"), "{text}");
         assert_eq!(render_json(&reply(0xb, 0x100))["value"], 0x100);
+        assert_eq!(render_json(&reply(0xb, 0x100))["name"], "Async Event Configuration");
     }
 
     #[test]
     fn timestamp_from_its_data_buffer() {
         let mut r = reply(0xe, 0);
         r.data = vec![0x11, 0x19, 0x10, 0xff, 0xa1, 0x01, 0x02, 0x00];
-        let text = render_text(&r);
+        let line = "get-feature:0x0e (Timestamp), Current value:00000000\n";
         assert_eq!(
-            text,
-            "get-feature:0x0e (Timestamp), Current value:00000000\n\
-             \tThe timestamp is : 1795280607505 (Sat Nov 21 17:03:27 2026 UTC)\n\
-             \tThe Timestamp field was initialized with a Timestamp value using a Set Features command.\n\
-             \tThe controller counted time in milliseconds continuously since the Timestamp value was initialized.\n"
+            render_text(&r, true),
+            format!(
+                "{line}\tThe timestamp is : 1795280607505 (Sat Nov 21 17:03:27 2026 UTC)\n\
+                 \tThe Timestamp field was initialized with a Timestamp value using a Set Features command.\n\
+                 \tThe controller counted time in milliseconds continuously since the Timestamp value was initialized.\n"
+            )
+        );
+        // Without -H, the data buffer as nvme-cli dumps it.
+        assert_eq!(
+            render_text(&r, false),
+            format!(
+                "{line}       0  1  2  3  4  5  6  7  8  9  a  b  c  d  e  f\n\
+                 0000: 11 19 10 ff a1 01 02 00                          \"........\"\n"
+            )
         );
         let v = render_json(&r);
         assert_eq!(
@@ -467,22 +391,30 @@ mod tests {
             json!({"millis": 1_795_280_607_505u64, "synch": false, "origin": 1})
         );
         assert_eq!(v["data"], "111910ffa1010200");
-        r.data.truncate(3);
-        assert!(render_text(&r).contains("Timestamp: need 8 bytes, got 3"));
+        r.data[6] = 0x01; // Synch, origin 0 (reset)
+        let text = render_text(&r, true);
+        assert!(
+            text.contains("\tThe Timestamp field was initialized to \u{2018}0\u{2019} by a Controller Level Reset.\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("after the Timestamp value was initialized\n"), "{text}");
     }
 
     #[test]
     fn unknown_features_print_raw_values() {
-        let text = render_text(&reply(0x80, 0x1234));
-        assert_eq!(text, "get-feature:0x80 (Unknown), Current value:0x00001234\n");
-        let v = render_json(&reply(0x80, 0x1234));
+        for human in [false, true] {
+            let text = render_text(&reply(0x80 | 0x40, 0x1234), human);
+            assert_eq!(text, "get-feature:0xc0 (Unknown), Current value:0x00001234\n");
+        }
+        let v = render_json(&reply(0xc0, 0x1234));
         assert_eq!(v["dw0"], 0x1234);
         assert!(v.get("value").is_none());
         let mut r = reply(0x0c, 1);
         r.data = vec![0x41; 20];
-        let text = render_text(&r);
+        let text = render_text(&r, false);
         assert!(text.contains("0000: 41 41"), "{text}");
         assert!(text.contains("\n0010: 41 41 41 41 "), "{text}");
+        assert_eq!(render_json(&reply(0x16, 0))["name"], "Host Behavior");
     }
 
     #[test]
@@ -490,7 +422,7 @@ mod tests {
         let mut r = reply(7, 4);
         r.sel = Select::Supported;
         assert_eq!(
-            render_text(&r),
+            render_text(&r, true),
             "get-feature:0x07 (Number of Queues), Supported capabilities value:0x00000004\n  Feature is changeable\n"
         );
         let v = render_json(&r);

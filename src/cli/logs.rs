@@ -3,7 +3,7 @@
 
 use super::device::{self, OpenDevice};
 use super::output::{OutputFormat, Record, c_hex, emit, hex_bytes, hex_dump, kelvin, printable, si_bytes};
-use super::{CliError, DeviceArgs, GetLogArgs};
+use super::{CliError, DeviceArgs, GetLogArgs, SmartLogArgs};
 use crate::admin::{error_log_bytes, firmware_slot_log_bytes, get_log_page, identify_controller, smart_log_bytes};
 use crate::nvme::ctrl::{ControllerConfig, NSID_ALL};
 use crate::nvme::log::{
@@ -20,10 +20,50 @@ const ERROR_NAME_WIDTH: usize = 16;
 /// The separator line of `nvme error-log`.
 const ERROR_RULE: &str = ".................";
 
+/// The Critical Warning bits (SMART / Health log byte 0, Base 2.0 §5.16.1.3) as
+/// `nvme smart-log -H` names them, bit 0 first: its text label and its JSON key.
+const CRITICAL_WARNING_BITS: [(&str, &str); 6] = [
+    ("Available Spare", "available_spare"),
+    ("Temp. Threshold", "temp_threshold"),
+    ("NVM subsystem Reliability", "reliability_degraded"),
+    ("Read-only", "ro"),
+    ("Volatile mem. backup failed", "vmbu_failed"),
+    ("Persistent Mem. RO", "pmr_ro"),
+];
+
+/// Critical Warning's bits, one `      Label[bit]   : 0|1` line each, as `nvme smart-log
+/// -H` prints them under its line.
+fn critical_warning_lines(warning: u8) -> String {
+    let mut out = String::new();
+    for (bit, (label, _)) in CRITICAL_WARNING_BITS.iter().enumerate() {
+        let _ = writeln!(out, "      {:<31}: {}", format!("{label}[{bit}]"), (warning >> bit) & 1);
+    }
+    out
+}
+
+/// Critical Warning as `nvme smart-log -H -o json` writes it: `value`, then one key per
+/// bit (0 or 1).
+fn critical_warning_json(warning: u8) -> Value {
+    let mut obj = Map::new();
+    obj.insert("value".to_string(), Value::from(warning));
+    for (bit, (_, key)) in CRITICAL_WARNING_BITS.iter().enumerate() {
+        obj.insert((*key).to_string(), Value::from((warning >> bit) & 1));
+    }
+    Value::Object(obj)
+}
+
 /// The SMART / Health log's fields: nvme-cli's text names, and its JSON keys where they
-/// differ. 128-bit counters are JSON strings, temperatures Kelvin.
-pub fn smart_record(log: &SmartLog) -> Record {
-    let mut r = Record::new();
+/// differ. 128-bit counters are JSON strings, temperatures Kelvin. With `human` (nvme-cli's
+/// `-H`), Critical Warning's bits are decoded under its line, and in JSON it becomes an
+/// object of its bits.
+pub fn smart_record(log: &SmartLog, human: bool) -> Record {
+    let mut r = Record::decoding(human);
+    let warning = log.critical_warning.bits();
+    let warning_json = if human {
+        critical_warning_json(warning)
+    } else {
+        Value::from(warning)
+    };
     let percent = |v: u8| (format!("{v}%"), Value::from(v));
     let units = |v: u128| {
         (
@@ -33,11 +73,13 @@ pub fn smart_record(log: &SmartLog) -> Record {
     };
     // The names carry nvme-cli's own tabs and spaces (printed with width 0): its
     // `printf("critical_warning\t\t\t: %#x\n")` layout, reproduced byte for byte.
-    r.hex("critical_warning\t\t\t", log.critical_warning.bits()).field(
-        "temperature\t\t\t\t",
-        kelvin(log.composite_temperature),
-        Value::from(log.composite_temperature),
-    );
+    r.field("critical_warning\t\t\t", c_hex(u64::from(warning)), warning_json)
+        .decoded(|| critical_warning_lines(warning))
+        .field(
+            "temperature\t\t\t\t",
+            kelvin(log.composite_temperature),
+            Value::from(log.composite_temperature),
+        );
     let (t, j) = percent(log.available_spare);
     r.field("available_spare\t\t\t\t", t, j).key("avail_spare");
     let (t, j) = percent(log.available_spare_threshold);
@@ -95,16 +137,18 @@ pub fn smart_record(log: &SmartLog) -> Record {
     r
 }
 
-/// The SMART / Health log as `nvme smart-log` prints it for device `dev`.
-pub fn render_smart_text(dev: &str, log: &SmartLog) -> String {
+/// The SMART / Health log as `nvme smart-log` prints it for device `dev`; with `human`, as
+/// `nvme smart-log -H` prints it.
+pub fn render_smart_text(dev: &str, log: &SmartLog, human: bool) -> String {
     let mut out = format!("Smart Log for NVME device:{dev} namespace-id:{NSID_ALL:x}\n");
-    smart_record(log).write_human(0, &mut out);
+    smart_record(log, human).write_human(0, &mut out);
     out
 }
 
-/// The SMART / Health log as `nvme smart-log -o json` prints it.
-pub fn render_smart_json(log: &SmartLog) -> Value {
-    Value::Object(smart_record(log).to_json())
+/// The SMART / Health log as `nvme smart-log -o json` prints it; with `human`, as `nvme
+/// smart-log -H -o json` does (`critical_warning` an object of its bits).
+pub fn render_smart_json(log: &SmartLog, human: bool) -> Value {
+    Value::Object(smart_record(log, human).to_json())
 }
 
 /// nvme-cli's description of a Transport Type (TRTYPE) in the error log.
@@ -210,19 +254,19 @@ fn open(args: &DeviceArgs) -> Result<OpenDevice, CliError> {
     device::open(device::parse_device(&args.dev)?, ControllerConfig::default())
 }
 
-/// `ironvme smart-log DEV`.
+/// `ironvme smart-log DEV [-H]`.
 ///
 /// Errors: see [`CliError`].
-pub fn run_smart(args: &DeviceArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let dev = open(args)?;
+pub fn run_smart(args: &SmartLogArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let dev = open(&args.device)?;
     let raw = smart_log_bytes(dev.admin()).map_err(CliError::on(&dev))?;
     let log = SmartLog::parse(&raw).map_err(|e| CliError::on(&dev)(e.into()))?;
     emit(
         out,
-        args.format(),
+        args.device.format(),
         &raw,
-        || render_smart_text(&dev.header_name(), &log),
-        || render_smart_json(&log),
+        || render_smart_text(&dev.header_name(), &log, args.human_readable),
+        || render_smart_json(&log, args.human_readable),
     )
 }
 
@@ -336,7 +380,7 @@ mod tests {
     #[test]
     fn smart_text_is_nvme_cli_shaped() {
         let log = SmartLog::parse(&smart_bytes()).unwrap();
-        let text = render_smart_text("0000:00:05.0", &log);
+        let text = render_smart_text("0000:00:05.0", &log, false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "Smart Log for NVME device:0000:00:05.0 namespace-id:ffffffff");
         let field = |name: &str| {
@@ -371,7 +415,7 @@ mod tests {
     #[test]
     fn smart_json_has_nvme_cli_keys() {
         let log = SmartLog::parse(&smart_bytes()).unwrap();
-        let text = serde_json::to_string(&render_smart_json(&log)).unwrap();
+        let text = serde_json::to_string(&render_smart_json(&log, false)).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["critical_warning"], 2);
         assert_eq!(v["temperature"], 323);

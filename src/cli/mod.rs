@@ -11,7 +11,7 @@
 //! # Decisions
 //!
 //! - **Command lines and output follow nvme-cli** (`nvme id-ctrl [-H]`, `id-ns [-H]`,
-//!   `list-ns`, `smart-log`, `error-log`, `fw-log`, `get-log`, `get-feature -H`, as
+//!   `list-ns`, `smart-log [-H]`, `error-log`, `fw-log`, `get-log`, `get-feature [-H]`, as
 //!   nvme-cli 2.3 on Debian bookworm parses and prints them; `-o normal|json|binary`): the
 //!   same field names, order and value formats (C's `%#x`, so zero is `0`), so eyes and
 //!   scripts used to nvme-cli read it unchanged. Each structure is one
@@ -148,8 +148,8 @@ pub enum Command {
     /// Controller-wide (NSID FFFFFFFFh). Temperatures in °C and Kelvin; Data Units are
     /// thousands of 512-byte units (the size in bytes follows in parentheses);
     /// controller_busy_time and the temperature times are minutes, power_on_hours hours,
-    /// the thermal management total times seconds.
-    SmartLog(DeviceArgs),
+    /// the thermal management total times seconds. -H decodes critical_warning's bits.
+    SmartLog(SmartLogArgs),
     /// Get Log Page of any log page ID, like `nvme get-log`: a hex dump, or the log's
     /// bytes with -b or -o binary.
     GetLog(GetLogArgs),
@@ -166,13 +166,15 @@ pub enum Command {
     /// non-printing bytes shown as `.` (nvme-cli's format), for slots whose first byte
     /// is not zero.
     FwLog(DeviceArgs),
-    /// Get Features, like `nvme get-feature -H`.
+    /// Get Features, like `nvme get-feature`.
     ///
-    /// Decodes Arbitration (01h), Power Management (02h), Temperature Threshold (04h,
-    /// Kelvin and °C), Volatile Write Cache (06h), Number of Queues (07h),
-    /// Asynchronous Event Configuration (0Bh) and Timestamp (0Eh, milliseconds since the
-    /// Unix epoch); prints raw DW0 for the others, with a hex dump of the data buffer
-    /// for features that return one.
+    /// Prints the value (DW0), and a hex dump of the data buffer for features that return
+    /// one; with -H, the fields decoded as nvme-cli prints them instead: Arbitration
+    /// (01h), Power Management (02h), Temperature Threshold (04h, Kelvin and °C), Error
+    /// Recovery (05h), Volatile Write Cache (06h), Number of Queues (07h), Interrupt
+    /// Coalescing (08h), Interrupt Vector Configuration (09h), Write Atomicity (0Ah),
+    /// Async Event Configuration (0Bh), Autonomous Power State Transition (0Ch),
+    /// Timestamp (0Eh, milliseconds since the Unix epoch) and more.
     GetFeature(GetFeatureArgs),
     /// Read blocks, like `nvme read`: -s first LBA, -c block count (0-based), to -d FILE
     /// or standard output.
@@ -285,6 +287,18 @@ pub struct IdentifyArgs {
     pub human_readable: bool,
 }
 
+/// Arguments of `smart-log`.
+#[derive(Debug, Args)]
+pub struct SmartLogArgs {
+    /// The controller and output format.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Decode critical_warning's bits under its line, as nvme-cli's -H prints them; in
+    /// JSON, as nvme-cli's -H writes it, critical_warning becomes an object of its bits.
+    #[arg(long = "human-readable", short = 'H')]
+    pub human_readable: bool,
+}
+
 /// Arguments of `identify-ns`.
 #[derive(Debug, Args)]
 pub struct IdentifyNsArgs {
@@ -382,7 +396,7 @@ pub struct GetFeatureArgs {
     pub device: DeviceArgs,
     /// Feature Identifier (FID), decimal or 0x hex: 1 Arbitration, 2 Power Management,
     /// 4 Temperature Threshold, 6 Volatile Write Cache, 7 Number of Queues, 0xb Async Event
-    /// Configuration, 0xe Timestamp; any other FID prints raw DW0. Without it, every FID
+    /// Configuration, 0xe Timestamp, ... (-H decodes them). Without it, every FID
     /// from 01h to FFh the controller answers, skipping those it refuses as Invalid Field
     /// in Command or, for namespace-specific features on a controller, Invalid Namespace.
     #[arg(long = "feature-id", visible_alias = "fid", short = 'f', value_name = "F", value_parser = parse_u8)]
@@ -398,8 +412,9 @@ pub struct GetFeatureArgs {
     /// the size the specification gives the FID (none for FIDs ironvme does not know).
     #[arg(long = "data-len", short = 'l', value_name = "BYTES", value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub data_len: Option<u32>,
-    /// Decode the value's fields (nvme-cli's -H). ironvme always decodes the features it
-    /// knows, so this changes nothing; it is accepted so nvme-cli command lines work.
+    /// Decode the value's fields under the value line, as nvme-cli's -H prints them,
+    /// instead of the hex dump of the data buffer. Text only: the JSON (which always has
+    /// the decoded `value`) and binary output do not change.
     #[arg(long = "human-readable", short = 'H')]
     pub human_readable: bool,
     /// Command Dword 11 (decimal or 0x hex): feature-specific input, e.g. TMPSEL (bits
@@ -596,7 +611,7 @@ mod tests {
     }
 
     #[test]
-    fn identify_human_readable() {
+    fn human_readable() {
         for args in [
             &["id-ctrl", "/dev/nvme0", "-H"][..],
             &["identify", "/dev/nvme0", "--human-readable", "-o", "normal"],
@@ -616,6 +631,16 @@ mod tests {
             (a.nsid, a.human_readable, a.device.format()),
             (Some(2), true, OutputFormat::Json)
         );
+        let cli = parse(&["smart-log", "/dev/nvme0", "-H", "-o", "json"]).unwrap();
+        let Command::SmartLog(a) = cli.command else { panic!() };
+        assert_eq!((a.human_readable, a.device.format()), (true, OutputFormat::Json));
+        let Command::SmartLog(a) = parse(&["smart-log", "/dev/nvme0"]).unwrap().command else {
+            panic!()
+        };
+        assert!(!a.human_readable);
+        let cli = parse(&["get-feature", "/dev/nvme0", "-f", "4", "--human-readable"]).unwrap();
+        let Command::GetFeature(a) = cli.command else { panic!() };
+        assert_eq!((a.fid, a.human_readable), (Some(4), true));
     }
 
     #[test]
