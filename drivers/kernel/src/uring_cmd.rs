@@ -312,9 +312,6 @@ pub struct UringCmdQueue {
     ready: Ready,
     /// How the ring runs completion work ([`crate::uring::build_ring`]).
     taskrun: TaskRun,
-    /// `max_segments`, as created: for the ring that replaces a deferred one when the
-    /// queue moves ([`UringCmdQueue::claim`]).
-    made_with: usize,
 }
 
 impl std::fmt::Debug for UringCmdQueue {
@@ -337,20 +334,7 @@ impl UringCmdQueue {
         max_segments: usize,
         fixed_buffers: bool,
     ) -> Result<UringCmdQueue, KernelError> {
-        UringCmdQueue::create(file, info, depth, max_segments, fixed_buffers, true)
-    }
-
-    /// [`UringCmdQueue::new`], with a ring the calling thread uses alone when
-    /// `single_issuer` ([`TaskRun::Deferred`]).
-    fn create(
-        file: Arc<PassthruFile>,
-        info: NamespaceInfo,
-        depth: usize,
-        max_segments: usize,
-        fixed_buffers: bool,
-        single_issuer: bool,
-    ) -> Result<UringCmdQueue, KernelError> {
-        let mut q = UringCmdQueue::build(file, info, depth, max_segments, fixed_buffers, single_issuer)?;
+        let mut q = UringCmdQueue::build(file, info, depth, max_segments, fixed_buffers, true)?;
         q.check_passthrough()?;
         if q.fixed.active() {
             q.probe_fixed_buffers()?;
@@ -411,7 +395,6 @@ impl UringCmdQueue {
             sys,
             ready: Ready::new(depth),
             taskrun,
-            made_with: max_segments,
         })
     }
 
@@ -432,10 +415,10 @@ impl UringCmdQueue {
     /// Errors: [`BlockError::Os`] when the new ring cannot be made; the queue is
     /// unchanged.
     fn claim(&mut self) -> Result<(), BlockError> {
-        if self.taskrun.usable_here() || self.outstanding > 0 || self.ready.is_dead() {
+        if !self.taskrun.needs_new_ring(self.outstanding, self.ready.is_dead()) {
             return Ok(());
         }
-        let max_segments = self.made_with;
+        let max_segments = self.fixed.max_pages().expect("passthrough registers windows");
         let mut moved = UringCmdQueue::build(
             Arc::clone(&self.file),
             self.info.clone(),
@@ -444,10 +427,7 @@ impl UringCmdQueue {
             self.fixed.active(),
             false,
         )
-        .map_err(|e| BlockError::Os {
-            op: "io_uring_setup (a new ring for the thread the queue moved to)",
-            source: io::Error::other(e.to_string()),
-        })?;
+        .map_err(crate::uring::new_ring_error)?;
         tracing::debug!(
             path = %self.file.path().display(),
             "uring-cmd: queue moved to another thread; its deferred ring is replaced by a cooperative one"
@@ -799,22 +779,14 @@ impl UringCmdQueue {
 impl Drop for UringCmdQueue {
     fn drop(&mut self) {
         let deadline = Instant::now() + self.sys.drain_timeout;
-        // The kernel lets no other thread into a deferred ring (EEXIST): from another
-        // thread the drop can only look at the completion queue now and then.
-        let here = self.taskrun.usable_here();
         while !self.ready.is_dead() && self.outstanding > 0 {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            if !here {
-                std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
-                self.poll_here(usize::MAX, drop);
-                continue;
-            }
             // Waits of at most 1 s, so the deadline is checked.
             let wait = (deadline - now).min(Duration::from_secs(1));
-            if let Err(e) = self.sys.wait_up_to(&self.ring.submitter(), wait) {
+            if let Err(e) = self.sys.wait_up_to(&self.ring.submitter(), wait, self.taskrun) {
                 if retry_for(&e) == Retry::No {
                     break;
                 }

@@ -20,6 +20,7 @@
 //! Tests put errnos into [`Enter::inject`]: the next calls fail with them without entering
 //! the kernel.
 
+use super::TaskRun;
 use io_uring::Submitter;
 use io_uring::cqueue::EntryMarker;
 use io_uring::types::{SubmitArgs, Timespec};
@@ -321,12 +322,20 @@ impl Enter {
 impl Enter {
     /// Waits at most `limit` for one completion, for a queue being dropped: in the kernel
     /// with `IORING_FEAT_EXT_ARG`; without it (Linux 5.6–5.10 refuse a bounded wait, and
-    /// an unbounded one may never return) sleeps [`NO_EXT_ARG_PAUSE`] so the caller looks
-    /// at the completion queue again. Either way the caller reaps after.
+    /// an unbounded one may never return), or on a deferred ring (`taskrun`) that another
+    /// thread made, sleeps [`NO_EXT_ARG_PAUSE`] so the caller looks at the completion
+    /// queue again. Either way the caller reaps after.
     ///
     /// Errors: as [`Enter::enter`].
-    pub(crate) fn wait_up_to(&mut self, submitter: &Submitter<'_>, limit: Duration) -> io::Result<()> {
-        if !self.ext_arg {
+    pub(crate) fn wait_up_to(
+        &mut self,
+        submitter: &Submitter<'_>,
+        limit: Duration,
+        taskrun: TaskRun,
+    ) -> io::Result<()> {
+        // The kernel lets no other thread into a deferred ring (EEXIST): that thread can
+        // only look at the completion queue now and then.
+        if !self.ext_arg || !taskrun.usable_here() {
             std::thread::sleep(limit.min(NO_EXT_ARG_PAUSE));
             return Ok(());
         }

@@ -130,6 +130,15 @@ impl FixedBuffers {
         self.active = false;
     }
 
+    /// The most pages one registration may span ([`Span::Window`]); `None` for
+    /// [`Span::Region`].
+    pub(crate) fn max_pages(&self) -> Option<usize> {
+        match self.span {
+            Span::Region => None,
+            Span::Window { max_pages } => Some(max_pages),
+        }
+    }
+
     /// Whether a registration of `start..start + span` serves `addr..addr + len`.
     fn serves(&self, start: usize, span: usize, addr: usize, len: usize) -> bool {
         let end = start + span;

@@ -194,6 +194,16 @@ impl TaskRun {
         self != TaskRun::Signalled
     }
 
+    /// Whether a queue on this ring, with `outstanding` operations and `dead` when it
+    /// failed, needs a new (cooperative) ring before the calling thread uses it: a
+    /// deferred ring another thread made, with nothing in flight (only the issuing thread
+    /// could complete it), on a queue that still works.
+    pub(crate) fn needs_new_ring(self, outstanding: usize, dead: bool) -> bool {
+        // The thread check last: while operations are in flight (every submit and poll
+        // of a busy queue) it is not made.
+        outstanding == 0 && !dead && !self.usable_here()
+    }
+
     /// Whether the calling thread may enter the ring: false only for a deferred ring
     /// another thread created.
     pub(crate) fn usable_here(self) -> bool {
@@ -201,6 +211,14 @@ impl TaskRun {
             TaskRun::Deferred { issuer } => issuer == this_thread(),
             _ => true,
         }
+    }
+}
+
+/// The error of a queue whose new ring ([`TaskRun::needs_new_ring`]) could not be made.
+pub(crate) fn new_ring_error(e: KernelError) -> ironvme_nvme::block::BlockError {
+    ironvme_nvme::block::BlockError::Os {
+        op: "io_uring_setup (a new ring for the thread the queue moved to)",
+        source: std::io::Error::other(e.to_string()),
     }
 }
 

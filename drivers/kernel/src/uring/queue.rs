@@ -277,13 +277,10 @@ impl UringQueue {
     /// Errors: [`BlockError::Os`] when the new ring cannot be made (`io_uring_setup`,
     /// `IORING_REGISTER_FILES`); the queue is unchanged.
     fn claim(&mut self) -> Result<(), BlockError> {
-        if self.taskrun.usable_here() || self.outstanding() > 0 || self.ready.is_dead() {
+        if !self.taskrun.needs_new_ring(self.outstanding(), self.ready.is_dead()) {
             return Ok(());
         }
-        let mut moved = UringQueue::new(Arc::clone(&self.shared), self.depth, false).map_err(|e| BlockError::Os {
-            op: "io_uring_setup (a new ring for the thread the queue moved to)",
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let mut moved = UringQueue::new(Arc::clone(&self.shared), self.depth, false).map_err(super::new_ring_error)?;
         tracing::debug!(
             path = %self.shared.path.display(),
             "uring: queue moved to another thread; its deferred ring is replaced by a cooperative one"
@@ -546,7 +543,7 @@ impl UringQueue {
         };
         match limit {
             None => self.sys.enter(&ring.submitter(), 1, None).map(drop),
-            Some(limit) => self.sys.wait_up_to(&ring.submitter(), limit),
+            Some(limit) => self.sys.wait_up_to(&ring.submitter(), limit, self.taskrun),
         }
     }
 }
@@ -719,9 +716,6 @@ impl Drop for UringQueue {
         // them (up to the drain timeout) before anything is unmapped.
         let deadline = Instant::now() + self.sys.drain_timeout;
         let _ = self.ring_here();
-        // The kernel lets no other thread into a deferred ring (EEXIST): from another
-        // thread the drop can only look at the completion queue now and then.
-        let here = self.taskrun.usable_here();
         while !self.ready.is_dead() && self.outstanding() > 0 {
             if self.poll_here(usize::MAX, drop) > 0 {
                 continue;
@@ -729,10 +723,6 @@ impl Drop for UringQueue {
             let now = Instant::now();
             if now >= deadline {
                 break;
-            }
-            if !here {
-                std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
-                continue;
             }
             // Waits of at most 1 s, so the deadline is checked.
             match self.wait_one(Some((deadline - now).min(Duration::from_secs(1)))) {
@@ -756,7 +746,7 @@ impl Drop for UringQueue {
             self.fixed.leak();
             return;
         }
-        if here {
+        if self.taskrun.usable_here() {
             self.fixed.unregister(&self.ring.submitter());
         }
         // Else the kernel refuses this thread's unregistration; closing the ring (the
