@@ -13,7 +13,8 @@
 
 use super::super::output::{kelvin, utc_date};
 use crate::nvme::features::{
-    Arbitration, AsyncEventConfig, FeatureId, NumberOfQueues, PowerManagement, Timestamp, VolatileWriteCache,
+    Arbitration, AsyncEventConfig, FeatureId, NumberOfQueues, PowerManagement, TemperatureThreshold, Timestamp,
+    VolatileWriteCache,
 };
 use std::fmt::Write as _;
 
@@ -93,15 +94,14 @@ pub fn fields(fid: u8, dw0: u32, data: &[u8]) -> String {
         FeatureId::TEMPERATURE_THRESHOLD => {
             // nvme-cli reads THSEL and TMPSEL from DW0, which not every controller fills
             // (QEMU's does not: they print as 0 whatever CDW11 asked).
-            let thsel = (dw0 >> 20) & 0x3;
+            let TemperatureThreshold { tmpth, tmpsel, thsel } = TemperatureThreshold::from_dw0(dw0);
             let thsel_name = match thsel {
-                0 => "Over Temperature Threshold",
-                1 => "Under Temperature Threshold",
+                TemperatureThreshold::THSEL_OVER => "Over Temperature Threshold",
+                TemperatureThreshold::THSEL_UNDER => "Under Temperature Threshold",
                 _ => "Reserved",
             };
-            let tmpsel = (dw0 >> 16) & 0xf;
             let tmpsel_name = match tmpsel {
-                0 => "Composite Temperature".to_string(),
+                TemperatureThreshold::TMPSEL_COMPOSITE => "Composite Temperature".to_string(),
                 n @ 1..=8 => format!("Temperature Sensor {n}"),
                 _ => "Reserved".to_string(),
             };
@@ -109,7 +109,7 @@ pub fn fields(fid: u8, dw0: u32, data: &[u8]) -> String {
             line(format!(
                 "Threshold Temperature Select (TMPSEL): {tmpsel} - {tmpsel_name}"
             ));
-            line(format!("Temperature Threshold         (TMPTH): {}", kelvin(dw0 as u16)));
+            line(format!("Temperature Threshold         (TMPTH): {}", kelvin(tmpth)));
         }
         FeatureId::ERROR_RECOVERY => {
             line(format!(

@@ -9,7 +9,7 @@
 //! masks the wrong bit, `cntrltype` prints the whole byte for bits 1:0 and no empty
 //! line). `tests/testdata/nvme-cli-2.3/*-H.txt` is what nvme-cli printed.
 
-use super::super::output::c_hex;
+use super::super::output::{c_hex, kelvin};
 use std::fmt::Write as _;
 
 /// The decoded lines under one field.
@@ -72,9 +72,8 @@ fn pick<'a>(value: u32, n: u32, a: &'a str, b: &'a str) -> &'a str {
 
 /// A temperature threshold in Kelvin (WCTEMP, CCTEMP, MNTMT, MXTMT):
 /// `" [15:0] : 70°C (343 Kelvin)\t{meaning}"`.
-pub fn temperature(kelvin: u16, meaning: &str) -> String {
-    let celsius = i32::from(kelvin) - 273;
-    format!(" [15:0] : {celsius}°C ({kelvin} Kelvin)\t{meaning}\n\n")
+pub fn temperature(k: u16, meaning: &str) -> String {
+    format!(" [15:0] : {}\t{meaning}\n\n", kelvin(k))
 }
 
 /// A 0's based count of one byte (ELPE, NPSS).
