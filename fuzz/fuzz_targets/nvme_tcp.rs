@@ -67,6 +67,7 @@ use ironvme::export::nvme_tcp::fuzzing::{
 use ironvme::export::nvme_tcp::{conn, pdu};
 use ironvme_nvme::cmd::Command;
 use ironvme_nvme::cmd::admin as op;
+use ironvme_nvme::parse::{le16, le32};
 use ironvme_nvme::status::Status;
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
@@ -93,13 +94,6 @@ thread_local! {
     static RIG: RefCell<Option<Rig>> = const { RefCell::new(None) };
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
 
 /// Oracle 2, and the encoders against the reader (oracle 3).
 fn parsers(b: &[u8]) {

@@ -78,30 +78,20 @@ fn value_hex(v: u32) -> String {
 
 /// The name nvme-cli 2.3 gives feature `fid` in the value line (its
 /// `nvme_feature_to_string`): the specification's name ([`FeatureId::name`]), except for
-/// the one nvme-cli shortens and the ones ironvme-nvme does not name.
+/// the ones nvme-cli names its own way.
 pub fn feature_name(fid: u8) -> &'static str {
-    match fid {
-        0x0B => "Async Event Configuration",
-        0x12 => "Read Recovery Level",
-        0x13 => "Predictable Latency Mode Config",
-        0x14 => "Predictable Latency Mode Window",
-        0x15 => "LBA Status Interval",
-        0x16 => "Host Behavior",
-        0x17 => "Sanitize",
-        0x18 => "Endurance Event Group Configuration",
-        0x19 => "I/O Command Set Profile",
-        0x1A => "Spinup Control",
-        0x1D => "Flexible Direct Placement",
-        0x1E => "Flexible Direct Placement Events",
-        0x7D => "Enhanced Controller Metadata",
-        0x7E => "Controller Metadata",
-        0x7F => "Namespace Metadata",
-        0x80 => "Software Progress",
-        0x81 => "Host Identifier",
-        0x82 => "Reservation Notification Mask",
-        0x83 => "Reservation Persistence",
-        0x84 => "Namespace Write Protect",
-        _ => FeatureId(fid).name(),
+    match FeatureId(fid) {
+        FeatureId::ASYNC_EVENT_CONFIG => "Async Event Configuration",
+        FeatureId::READ_RECOVERY_LEVEL => "Read Recovery Level",
+        FeatureId::LBA_STATUS_INFORMATION => "LBA Status Interval",
+        FeatureId::HOST_BEHAVIOR_SUPPORT => "Host Behavior",
+        FeatureId::SANITIZE_CONFIG => "Sanitize",
+        FeatureId::ENDURANCE_GROUP_EVENT_CONFIG => "Endurance Event Group Configuration",
+        FeatureId::FLEXIBLE_DATA_PLACEMENT => "Flexible Direct Placement",
+        FeatureId::FDP_EVENTS => "Flexible Direct Placement Events",
+        FeatureId::SOFTWARE_PROGRESS_MARKER => "Software Progress",
+        FeatureId::NAMESPACE_WRITE_PROTECTION => "Namespace Write Protect",
+        f => f.name(),
     }
 }
 

@@ -20,7 +20,8 @@ pub struct Field {
     /// empty `subnqn`).
     pub json: Option<Value>,
     /// Lines printed under the field's line, its bits decoded (nvme-cli's `-H`); empty
-    /// when none. Text only: nvme-cli's JSON is the same with or without `-H`.
+    /// when none. Text only: where `-H` changes nvme-cli's JSON too (smart-log's
+    /// `critical_warning`), the caller gives the field a different JSON value.
     pub decoded: String,
 }
 

@@ -192,7 +192,12 @@ impl Opened {
     ///
     /// Errors: [`CliError::Failed`] naming the device and the status.
     fn run(&mut self, op: Op, buf: Option<DmaBuf>) -> Result<Option<DmaBuf>, CliError> {
-        block::run_one(&mut self.queue, op, buf).map_err(|e| CliError::Failed(format!("{}: {}", self.name, e.error)))
+        block::run_one(&mut self.queue, op, buf).map_err(|e| self.failed(e.error))
+    }
+
+    /// [`CliError::Failed`]: `why`, after the device's name.
+    fn failed(&self, why: impl std::fmt::Display) -> CliError {
+        CliError::Failed(format!("{}: {why}", self.name))
     }
 
     /// Refuses what the backend cannot do on this device (`what`: "write zeroes").
@@ -301,11 +306,7 @@ pub fn run_data(cmd: DataCommand, a: &DataArgs, out: &mut dyn Write) -> Result<(
         DataCommand::Read => None,
         _ => Some(read_input(a.data.as_ref(), len, cmd.name())?),
     };
-    let mut buf = o
-        .device
-        .dma()
-        .allocate(len)
-        .map_err(|e| CliError::Failed(format!("{}: {e}", o.name)))?;
+    let mut buf = o.device.dma().allocate(len).map_err(|e| o.failed(e))?;
     if let Some(data) = &input {
         buf.as_mut_slice()[..len].copy_from_slice(data);
     }
@@ -333,7 +334,7 @@ pub fn run_data(cmd: DataCommand, a: &DataArgs, out: &mut dyn Write) -> Result<(
                     lba + blocks
                 )));
             }
-            Err(e) => return Err(CliError::Failed(format!("{}: {}", o.name, e.error))),
+            Err(e) => return Err(o.failed(e.error)),
         },
         DataCommand::Compare => {
             // No NVMe Compare on this backend: read and compare here.
@@ -413,9 +414,10 @@ pub fn run_dsm(a: &DsmArgs) -> Result<(), CliError> {
         check_range(&o.ns, lba, u64::from(blocks))?;
     }
     for (i, (&lba, &blocks)) in a.slbs.iter().zip(&a.blocks).enumerate() {
-        o.run(Op::Deallocate { lba, blocks }, None).map_err(|e| {
-            CliError::Failed(format!(
-                "{e} (range {i}, {blocks} blocks at {lba}; the {i} ranges before it were deallocated)"
+        block::run_one(&mut o.queue, Op::Deallocate { lba, blocks }, None).map_err(|e| {
+            o.failed(format_args!(
+                "{} (range {i}, {blocks} blocks at {lba}; the {i} ranges before it were deallocated)",
+                e.error
             ))
         })?;
     }

@@ -50,9 +50,47 @@ impl FeatureId {
     pub const HOST_CONTROLLED_THERMAL_MGMT: FeatureId = FeatureId(0x10);
     /// 11h: Non-Operational Power State Config (§5.27.1.17).
     pub const NON_OPERATIONAL_POWER_STATE: FeatureId = FeatureId(0x11);
+    /// 12h: Read Recovery Level Config: RRL in DW0 bits 3:0.
+    pub const READ_RECOVERY_LEVEL: FeatureId = FeatureId(0x12);
+    /// 13h: Predictable Latency Mode Config (per NVM Set).
+    pub const PREDICTABLE_LATENCY_MODE_CONFIG: FeatureId = FeatureId(0x13);
+    /// 14h: Predictable Latency Mode Window (per NVM Set).
+    pub const PREDICTABLE_LATENCY_MODE_WINDOW: FeatureId = FeatureId(0x14);
+    /// 15h: LBA Status Information Attributes: LSIRI and LSIPI (100 ms units).
+    pub const LBA_STATUS_INFORMATION: FeatureId = FeatureId(0x15);
+    /// 16h: Host Behavior Support: a 512-byte data buffer.
+    pub const HOST_BEHAVIOR_SUPPORT: FeatureId = FeatureId(0x16);
+    /// 17h: Sanitize Config: NODRM in DW0 bit 0.
+    pub const SANITIZE_CONFIG: FeatureId = FeatureId(0x17);
+    /// 18h: Endurance Group Event Configuration: ENDGID and critical warnings.
+    pub const ENDURANCE_GROUP_EVENT_CONFIG: FeatureId = FeatureId(0x18);
+    /// 19h: I/O Command Set Profile: IOCSCI in DW0 bits 8:0.
+    pub const IO_COMMAND_SET_PROFILE: FeatureId = FeatureId(0x19);
+    /// 1Ah: Spinup Control: SPUCE in DW0 bit 0.
+    pub const SPINUP_CONTROL: FeatureId = FeatureId(0x1A);
+    /// 1Dh: Flexible Data Placement (per Endurance Group).
+    pub const FLEXIBLE_DATA_PLACEMENT: FeatureId = FeatureId(0x1D);
+    /// 1Eh: FDP Events: a data buffer of event types.
+    pub const FDP_EVENTS: FeatureId = FeatureId(0x1E);
+    /// 7Dh: Enhanced Controller Metadata (management interface).
+    pub const ENHANCED_CONTROLLER_METADATA: FeatureId = FeatureId(0x7D);
+    /// 7Eh: Controller Metadata (management interface).
+    pub const CONTROLLER_METADATA: FeatureId = FeatureId(0x7E);
+    /// 7Fh: Namespace Metadata (management interface).
+    pub const NAMESPACE_METADATA: FeatureId = FeatureId(0x7F);
+    /// 80h: Software Progress Marker: PBSLC in DW0 bits 7:0.
+    pub const SOFTWARE_PROGRESS_MARKER: FeatureId = FeatureId(0x80);
+    /// 81h: Host Identifier: an 8- or 16-byte data buffer (HOSTID).
+    pub const HOST_IDENTIFIER: FeatureId = FeatureId(0x81);
+    /// 82h: Reservation Notification Mask: REGPRE, RESREL, RESPRE in DW0 bits 3:1.
+    pub const RESERVATION_NOTIFICATION_MASK: FeatureId = FeatureId(0x82);
+    /// 83h: Reservation Persistence: PTPL in DW0 bit 0.
+    pub const RESERVATION_PERSISTENCE: FeatureId = FeatureId(0x83);
+    /// 84h: Namespace Write Protection Config: WPS in DW0 bits 2:0.
+    pub const NAMESPACE_WRITE_PROTECTION: FeatureId = FeatureId(0x84);
 
-    /// The specification's name of the feature, or `"Unknown"` for an identifier this crate
-    /// does not name.
+    /// The specification's name of the feature (NVMe Base 2.0, with TP4146's Flexible Data
+    /// Placement), or `"Unknown"` for an identifier this crate does not name.
     pub fn name(self) -> &'static str {
         match self {
             Self::ARBITRATION => "Arbitration",
@@ -72,6 +110,25 @@ impl FeatureId {
             Self::KEEP_ALIVE_TIMER => "Keep Alive Timer",
             Self::HOST_CONTROLLED_THERMAL_MGMT => "Host Controlled Thermal Management",
             Self::NON_OPERATIONAL_POWER_STATE => "Non-Operational Power State Config",
+            Self::READ_RECOVERY_LEVEL => "Read Recovery Level Config",
+            Self::PREDICTABLE_LATENCY_MODE_CONFIG => "Predictable Latency Mode Config",
+            Self::PREDICTABLE_LATENCY_MODE_WINDOW => "Predictable Latency Mode Window",
+            Self::LBA_STATUS_INFORMATION => "LBA Status Information Attributes",
+            Self::HOST_BEHAVIOR_SUPPORT => "Host Behavior Support",
+            Self::SANITIZE_CONFIG => "Sanitize Config",
+            Self::ENDURANCE_GROUP_EVENT_CONFIG => "Endurance Group Event Configuration",
+            Self::IO_COMMAND_SET_PROFILE => "I/O Command Set Profile",
+            Self::SPINUP_CONTROL => "Spinup Control",
+            Self::FLEXIBLE_DATA_PLACEMENT => "Flexible Data Placement",
+            Self::FDP_EVENTS => "FDP Events",
+            Self::ENHANCED_CONTROLLER_METADATA => "Enhanced Controller Metadata",
+            Self::CONTROLLER_METADATA => "Controller Metadata",
+            Self::NAMESPACE_METADATA => "Namespace Metadata",
+            Self::SOFTWARE_PROGRESS_MARKER => "Software Progress Marker",
+            Self::HOST_IDENTIFIER => "Host Identifier",
+            Self::RESERVATION_NOTIFICATION_MASK => "Reservation Notification Mask",
+            Self::RESERVATION_PERSISTENCE => "Reservation Persistence",
+            Self::NAMESPACE_WRITE_PROTECTION => "Namespace Write Protection Config",
             _ => "Unknown",
         }
     }
@@ -432,7 +489,9 @@ mod tests {
     fn feature_names() {
         assert_eq!(FeatureId::NUMBER_OF_QUEUES.name(), "Number of Queues");
         assert_eq!(FeatureId(0x0E).name(), "Timestamp");
-        assert_eq!(FeatureId(0x7f).name(), "Unknown");
+        assert_eq!(FeatureId(0x7f).name(), "Namespace Metadata");
+        assert_eq!(FeatureId(0x1b).name(), "Unknown");
+        assert_eq!(FeatureId(0xC0).name(), "Unknown");
         assert_eq!(FeatureId::NON_OPERATIONAL_POWER_STATE.0, 0x11);
     }
 

@@ -40,18 +40,21 @@ pub(crate) fn need(what: &'static str, buf: &[u8], needed: usize) -> Result<(), 
     }
 }
 
-/// Reads a little-endian `u16` at `off`; the caller has checked the length.
-pub(crate) fn le16(buf: &[u8], off: usize) -> u16 {
+/// Reads a little-endian `u16` at byte `off`; the caller has checked the length (panics
+/// past the end).
+pub fn le16(buf: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([buf[off], buf[off + 1]])
 }
 
-/// Reads a little-endian `u32` at `off`; the caller has checked the length.
-pub(crate) fn le32(buf: &[u8], off: usize) -> u32 {
+/// Reads a little-endian `u32` at byte `off`; the caller has checked the length (panics
+/// past the end).
+pub fn le32(buf: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
 }
 
-/// Reads a little-endian `u64` at `off`; the caller has checked the length.
-pub(crate) fn le64(buf: &[u8], off: usize) -> u64 {
+/// Reads a little-endian `u64` at byte `off`; the caller has checked the length (panics
+/// past the end).
+pub fn le64(buf: &[u8], off: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&buf[off..off + 8]);
     u64::from_le_bytes(b)

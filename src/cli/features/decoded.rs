@@ -200,29 +200,31 @@ pub fn fields(fid: u8, dw0: u32, data: &[u8]) -> String {
             "Non-Operational Power State Permissive Mode Enable (NOPPME): {}",
             true_false(dw0 & 1 != 0)
         )),
-        FeatureId(0x12) => line(format!("Read Recovery Level (RRL): {}", dw0 & 0xf)),
-        FeatureId(0x15) => {
+        FeatureId::READ_RECOVERY_LEVEL => line(format!("Read Recovery Level (RRL): {}", dw0 & 0xf)),
+        FeatureId::LBA_STATUS_INFORMATION => {
             line(format!("LBA Status Information Poll Interval (LSIPI)  : {}", dw0 >> 16));
             line(format!(
                 "LBA Status Information Report Interval (LSIRI): {}",
                 dw0 & 0xffff
             ));
         }
-        FeatureId(0x16) => {
+        FeatureId::HOST_BEHAVIOR_SUPPORT => {
             if let Some(b) = data.first() {
                 line(format!("Host Behavior Support: {}", true_false(b & 1 != 0)));
             }
         }
-        FeatureId(0x17) => line(format!("No-Deallocate Response Mode (NODRM) : {}", dw0 & 1)),
-        FeatureId(0x18) => {
+        FeatureId::SANITIZE_CONFIG => line(format!("No-Deallocate Response Mode (NODRM) : {}", dw0 & 1)),
+        FeatureId::ENDURANCE_GROUP_EVENT_CONFIG => {
             line(format!("Endurance Group Identifier (ENDGID): {}", dw0 & 0xffff));
             line(format!("Endurance Group Critical Warnings  : {}", (dw0 >> 16) & 0xff));
         }
-        FeatureId(0x19) => line(format!("I/O Command Set Profile: {}", true_false(dw0 & 1 != 0))),
-        FeatureId(0x1A) => line(format!("Spinup control feature Enabled: {}", true_false(dw0 & 1 != 0))),
-        FeatureId(0x80) => line(format!("Pre-boot Software Load Count (PBSLC): {}", dw0 & 0xff)),
-        FeatureId(0x81) if !data.is_empty() => line(format!("Host Identifier (HOSTID):  {}", le(data, 0, 8))),
-        FeatureId(0x82) => {
+        FeatureId::IO_COMMAND_SET_PROFILE => line(format!("I/O Command Set Profile: {}", true_false(dw0 & 1 != 0))),
+        FeatureId::SPINUP_CONTROL => line(format!("Spinup control feature Enabled: {}", true_false(dw0 & 1 != 0))),
+        FeatureId::SOFTWARE_PROGRESS_MARKER => line(format!("Pre-boot Software Load Count (PBSLC): {}", dw0 & 0xff)),
+        FeatureId::HOST_IDENTIFIER if !data.is_empty() => {
+            line(format!("Host Identifier (HOSTID):  {}", le(data, 0, 8)))
+        }
+        FeatureId::RESERVATION_NOTIFICATION_MASK => {
             line(format!(
                 "Mask Reservation Preempted Notification  (RESPRE): {}",
                 true_false(dw0 & (1 << 3) != 0)
@@ -236,7 +238,7 @@ pub fn fields(fid: u8, dw0: u32, data: &[u8]) -> String {
                 true_false(dw0 & (1 << 1) != 0)
             ));
         }
-        FeatureId(0x83) => line(format!(
+        FeatureId::RESERVATION_PERSISTENCE => line(format!(
             "Persist Through Power Loss (PTPL): {}",
             true_false(dw0 & 1 != 0)
         )),

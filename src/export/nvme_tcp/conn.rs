@@ -25,6 +25,7 @@ use ironvme_nvme::block::Op;
 use ironvme_nvme::cmd::{Command, nvm as io};
 use ironvme_nvme::completion::Completion;
 use ironvme_nvme::hw::DmaBuf;
+use ironvme_nvme::parse::{le16, le32, le64};
 use ironvme_nvme::sgl::SglDescriptor;
 use ironvme_nvme::status::Status;
 use mio::net::TcpStream;
@@ -413,7 +414,7 @@ impl Conn {
                     self.rx = Rx::Ddgst { dest, len, have };
                     return Ok(());
                 }
-                let got = u32::from_le_bytes([self.hdr[0], self.hdr[1], self.hdr[2], self.hdr[3]]);
+                let got = le32(&self.hdr, 0);
                 let want = match dest {
                     Dest::Slot { slot, at } => self.slots[slot as usize]
                         .buf
@@ -462,12 +463,7 @@ impl Conn {
     ) -> Result<(), PduError> {
         let hlen = ch.hlen as usize;
         if layout.header > hlen {
-            let want = u32::from_le_bytes([
-                self.hdr[hlen],
-                self.hdr[hlen + 1],
-                self.hdr[hlen + 2],
-                self.hdr[hlen + 3],
-            ]);
+            let want = le32(&self.hdr, hlen);
             if pdu::digest(&self.hdr[..hlen]) != want {
                 return Err(PduError {
                     fes: fes::HEADER_DIGEST_ERROR,
@@ -494,7 +490,7 @@ impl Conn {
                 });
             }
             pdu_type::H2C_TERM_REQ => {
-                let fes = u16::from_le_bytes([self.hdr[8], self.hdr[9]]);
+                let fes = le16(&self.hdr, 8);
                 tracing::warn!(peer = %self.peer, fes, "the host terminated the connection (H2CTermReq)");
                 self.ended = Some(End::Gone(std::io::Error::other(format!("H2CTermReq, FES {fes:#x}"))));
             }
@@ -1140,8 +1136,8 @@ fn io_check(
 /// One Dataset Management range (NVMe Base 2.0 figure 390, 16 bytes: context
 /// attributes, NLB, SLBA) as a Deallocate; `None` for a range of zero blocks.
 fn dsm_range(r: &[u8]) -> Option<Op> {
-    let nlb = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
-    let slba = u64::from_le_bytes([r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]]);
+    let nlb = le32(r, 4);
+    let slba = le64(r, 8);
     (nlb > 0).then_some(Op::Deallocate { lba: slba, blocks: nlb })
 }
 

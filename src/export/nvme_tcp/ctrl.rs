@@ -13,6 +13,7 @@
 
 use super::Namespace;
 use ironvme_nvme::cmd::Command;
+use ironvme_nvme::parse::le16;
 use ironvme_nvme::status::Status;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -265,10 +266,6 @@ impl Reply {
             ..Default::default()
         }
     }
-}
-
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
 }
 
 /// A NUL-padded string field of the Connect data.

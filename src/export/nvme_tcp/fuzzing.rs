@@ -39,6 +39,7 @@ use super::{Backends, Group, Namespace, Stats, TAG_SLOT_BITS};
 use crate::export::Backing;
 use ironvme_nvme::block::Completion;
 use ironvme_nvme::cmd::Command;
+use ironvme_nvme::parse::le32;
 use ironvme_nvme::sgl::SglDescriptor;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -391,10 +392,6 @@ pub struct Reader {
     plen: usize,
     tail: Option<u16>,
     ended: bool,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 impl Reader {

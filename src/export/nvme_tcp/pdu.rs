@@ -11,6 +11,8 @@
 //! Digests are CRC32C (Castagnoli, the `crc32c` crate), stored little-endian after the
 //! header (HDGST, over the header) and after the data (DDGST, over the data only).
 
+use ironvme_nvme::parse::{le16, le32};
+
 /// PDU types (PDU-type field, byte 0 of the common header).
 pub mod pdu_type {
     /// Initialize Connection Request (host to controller).
@@ -123,7 +125,7 @@ impl CommonHeader {
             flags: b[1],
             hlen: b[2],
             pdo: b[3],
-            plen: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            plen: le32(b, 4),
         }
     }
 
@@ -258,7 +260,7 @@ impl IcReq {
         if b.len() < IC_LEN {
             return Err(PduError::field(4, "ICReq is shorter than 128 bytes"));
         }
-        let pfv = u16::from_le_bytes([b[8], b[9]]);
+        let pfv = le16(b, 8);
         if pfv != 0 {
             return Err(PduError {
                 fes: fes::UNSUPPORTED_PARAMETER,
@@ -278,7 +280,7 @@ impl IcReq {
             hpda: b[10],
             hdgst: b[11] & 1 != 0,
             ddgst: b[11] & 2 != 0,
-            maxr2t: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+            maxr2t: le32(b, 12),
         })
     }
 }
@@ -319,12 +321,11 @@ pub struct DataHeader {
 impl DataHeader {
     /// Parses bytes 8..24 of an H2CData header.
     pub fn parse(b: &[u8]) -> DataHeader {
-        let le32 = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         DataHeader {
-            cccid: u16::from_le_bytes([b[8], b[9]]),
-            ttag: u16::from_le_bytes([b[10], b[11]]),
-            datao: le32(12),
-            datal: le32(16),
+            cccid: le16(b, 8),
+            ttag: le16(b, 10),
+            datao: le32(b, 12),
+            datal: le32(b, 16),
         }
     }
 

@@ -227,15 +227,7 @@ mod tests {
     use crate::identify::{Cns, IdentifyController, IdentifyNamespace};
     use crate::status::Status;
 
-    fn le16(b: &[u8], at: usize) -> u16 {
-        u16::from_le_bytes([b[at], b[at + 1]])
-    }
-    fn le32(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-    }
-    fn le64(b: &[u8], at: usize) -> u64 {
-        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-    }
+    use crate::parse::{le16, le32, le64};
 
     #[test]
     fn identify_controller_layout() {
