@@ -25,7 +25,7 @@ mod common;
 use common::pattern;
 use ironvme::export::nvme_tcp::conn::{Conn, MAXH2CDATA};
 use ironvme::export::nvme_tcp::ctrl::{DISCOVERY_NQN, HostPolicy, INLINE_DATA, IO_QUEUE_ENTRIES, Subsystem, Target};
-use ironvme::export::nvme_tcp::{MAX_CONNECTIONS, Namespace, Stats, serve};
+use ironvme::export::nvme_tcp::{DEFAULT_IDLE_SPIN, MAX_CONNECTIONS, Namespace, Stats, serve};
 use ironvme::export::{Backing, Stop};
 use ironvme_nvme::cmd::{Command, DsmAttributes, DsmRange};
 use ironvme_nvme::completion::Completion;
@@ -175,7 +175,7 @@ impl Server {
         let (stop, stats) = (Stop::default(), Arc::new(Stats::default()));
         let (s, st) = (stop.clone(), Arc::clone(&stats));
         let placement = vec![None; groups];
-        let thread = std::thread::spawn(move || serve(vec![listener], target, &placement, s, st));
+        let thread = std::thread::spawn(move || serve(vec![listener], target, &placement, DEFAULT_IDLE_SPIN, s, st));
         Server {
             addr,
             stop,

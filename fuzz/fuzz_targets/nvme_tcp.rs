@@ -94,7 +94,6 @@ thread_local! {
     static RIG: RefCell<Option<Rig>> = const { RefCell::new(None) };
 }
 
-
 /// Oracle 2, and the encoders against the reader (oracle 3).
 fn parsers(b: &[u8]) {
     for at in 0..b.len().min(32) {
