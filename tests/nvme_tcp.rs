@@ -1734,6 +1734,100 @@ fn ironvme_serve_refuses_a_cpumask_naming_a_cpu_it_may_not_use() {
     }
 }
 
+/// An `ironvme serve` child serving `file` as NSID 1 of subsystem NQN on 127.0.0.1 (a
+/// port the OS picks), with `extra` flags and an info log: its stdout and stderr lines,
+/// the stderr lines seen so far, and the address it bound (from its log).
+struct Spawned {
+    child: Child,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+    err_seen: Vec<String>,
+    addr: SocketAddr,
+}
+
+fn spawn_serve(file: &std::path::Path, extra: &[&str]) -> Spawned {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ironvme"))
+        .args(["serve", "--nvme-tcp", "127.0.0.1:0", "--nqn", NQN, "--namespace"])
+        .arg(file)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ironvme serve");
+    let mut child = Child(child);
+    let out = lines(child.0.stdout.take().unwrap());
+    let err = lines(child.0.stderr.take().unwrap());
+    let mut err_seen = Vec::new();
+    let serving = line_where(&err, &mut err_seen, Duration::from_secs(30), |l| {
+        l.contains("serving NVMe/TCP")
+    })
+    .unwrap_or_else(|| panic!("no \"serving NVMe/TCP\" line:\n{}", err_seen.join("\n")));
+    let addr: SocketAddr = serving
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no addr= in {serving:?}"));
+    Spawned {
+        child,
+        out,
+        err,
+        err_seen,
+        addr,
+    }
+}
+
+/// CPU time (user + system, clock ticks) of the thread named `name` of process `pid`.
+fn thread_cpu_ticks(pid: u32, name: &str) -> u64 {
+    let task = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .unwrap_or_else(|| panic!("no thread {name} in process {pid}"));
+    let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+    // After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
+    let rest: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_poll_group_keeps_polling_for_its_idle_spin_after_work_and_sleeps_without_one() {
+    let _g = GATE.read().unwrap_or_else(PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk.img");
+    std::fs::File::create(&file).unwrap().set_len(DISK_BYTES).unwrap();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let window = Duration::from_millis(600);
+    for (spin_us, polling) in [("1000000", true), ("0", false)] {
+        let s = spawn_serve(
+            &file,
+            &["--allow-host", HOST, "--stats", "0", "--idle-spin-us", spin_us],
+        );
+        let mut a = Assoc::establish(s.addr, &Opts::default());
+        a.verified_io(0, 7);
+        // Within the second after that work: a poll group with a 1 s idle spin polls the
+        // whole window (about 0.6 s of CPU, less on a busy machine); without one it
+        // sleeps in epoll_wait, waking every 100 ms.
+        let before = thread_cpu_ticks(s.child.0.id(), "nvmf-pg0");
+        std::thread::sleep(window);
+        let used_ms = (thread_cpu_ticks(s.child.0.id(), "nvmf-pg0") - before) * 1000 / hz;
+        if polling {
+            assert!(
+                used_ms >= 150,
+                "--idle-spin-us {spin_us}: the poll group used {used_ms} ms of CPU in {window:?}"
+            );
+        } else {
+            assert!(
+                used_ms <= 40,
+                "--idle-spin-us {spin_us}: the poll group used {used_ms} ms of CPU in {window:?}"
+            );
+        }
+        drop(a);
+    }
+}
+
 #[test]
 fn ironvme_serve_prints_stats_and_exits_0_on_sigterm() {
     let _g = GATE.read().unwrap_or_else(PoisonError::into_inner);
@@ -1746,30 +1840,14 @@ fn ironvme_serve_prints_stats_and_exits_0_on_sigterm() {
     let allowed = allowed_cpus();
     let cpu = *allowed.last().expect("no CPU in this process's affinity");
     let mask = format!("[{cpu}]");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ironvme"))
-        .args(["serve", "--nvme-tcp", "127.0.0.1:0", "--nqn", NQN, "--namespace"])
-        .arg(&file)
-        .args(["--allow-host", HOST, "--stats", "1", "--cpumask", &mask])
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start ironvme serve");
-    let mut child = Child(child);
-    let out = lines(child.0.stdout.take().unwrap());
-    let err = lines(child.0.stderr.take().unwrap());
-    let (mut out_seen, mut err_seen) = (Vec::new(), Vec::new());
-    // The address it bound, from its log.
-    let serving = line_where(&err, &mut err_seen, Duration::from_secs(30), |l| {
-        l.contains("serving NVMe/TCP")
-    })
-    .unwrap_or_else(|| panic!("no \"serving NVMe/TCP\" line:\n{}", err_seen.join("\n")));
-    let addr: SocketAddr = serving
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no addr= in {serving:?}"));
+    let Spawned {
+        mut child,
+        out,
+        err,
+        mut err_seen,
+        addr,
+    } = spawn_serve(&file, &["--allow-host", HOST, "--stats", "1", "--cpumask", &mask]);
+    let mut out_seen = Vec::new();
 
     // Its poll group thread (started after that line) runs on that CPU only.
     let pid = child.0.id();

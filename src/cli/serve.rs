@@ -79,13 +79,14 @@ pub struct ServeArgs {
     pub poll_groups: Option<usize>,
     /// Run one poll group on each of these CPUs, pinned, read as SPDK reads its reactor
     /// mask (`-m`): a hex mask, `0x` optional (0x6 and 6 are CPUs 1 and 2), or a list in
-    /// brackets (`[1,2]` or `[1-2]`). A poll group spins while I/O is in flight: give it CPUs
-    /// the initiators and other work do not need.
+    /// brackets (`[1,2]` or `[1-2]`). A poll group spins while I/O is in flight and for
+    /// --idle-spin-us after: give it CPUs the initiators and other work do not need.
     #[arg(long, short = 'm', value_name = "MASK")]
     pub cpumask: Option<String>,
     /// How long, in µs, a poll group keeps polling after its last work before it sleeps
-    /// in epoll_wait [default: 1000]. A host at low queue depth then finds it polling
-    /// rather than asleep (lower latency, for a CPU busy while I/O flows); 0 sleeps at once.
+    /// in epoll_wait (default 1000, at most 1000000). A host at low queue depth then finds
+    /// it polling rather than asleep (lower latency, for a CPU busy while I/O flows); 0
+    /// sleeps at once.
     #[arg(long, value_name = "USEC")]
     pub idle_spin_us: Option<u64>,
     /// Print a stats line (connections, IOPS, errors) every SECS seconds; 0: never.
@@ -206,6 +207,13 @@ impl ServeArgs {
 }
 
 impl Config {
+    /// How long a poll group keeps polling after its last work: `idle_spin_us`, or
+    /// [`DEFAULT_IDLE_SPIN`](crate::export::nvme_tcp::DEFAULT_IDLE_SPIN).
+    pub fn idle_spin(&self) -> Duration {
+        self.idle_spin_us
+            .map_or(crate::export::nvme_tcp::DEFAULT_IDLE_SPIN, Duration::from_micros)
+    }
+
     /// Checks that the configuration makes a target: listeners with something to serve,
     /// valid NQNs, hosts named (or any allowed), unique names.
     ///
@@ -293,9 +301,7 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     config.check()?;
     // Checked before any device is opened.
     let placement = placement(config.poll_groups, config.cpumask.as_deref())?;
-    let idle_spin = config
-        .idle_spin_us
-        .map_or(crate::export::nvme_tcp::DEFAULT_IDLE_SPIN, Duration::from_micros);
+    let idle_spin = config.idle_spin();
     let stop = Stop::on_signals().map_err(|e| CliError::Device(format!("cannot install signal handlers: {e}")))?;
     // Open every device once.
     let mut opened: HashMap<String, Arc<Backing>> = HashMap::new();
@@ -625,6 +631,10 @@ mod tests {
         };
         file("");
         assert_eq!(config(&[]).idle_spin_us, None);
+        assert_eq!(config(&[]).idle_spin(), crate::export::nvme_tcp::DEFAULT_IDLE_SPIN);
+        assert_eq!(config(&["--idle-spin-us", "7"]).idle_spin(), Duration::from_micros(7));
+        file("idle_spin_us = 1000000\n");
+        assert!(config(&[]).check().is_ok(), "1 s is the bound, and allowed");
         file("idle_spin_us = 250\n");
         assert_eq!(config(&[]).idle_spin_us, Some(250));
         assert_eq!(config(&["--idle-spin-us", "0"]).idle_spin_us, Some(0));
@@ -647,6 +657,7 @@ mod tests {
         let crate::cli::Command::Serve(a) = nbd.command else {
             unreachable!()
         };
-        assert!(a.config().unwrap().check().is_err());
+        let e = a.config().unwrap().check().unwrap_err();
+        assert!(e.to_string().contains("nothing is served over NVMe/TCP"), "{e}");
     }
 }

@@ -354,8 +354,12 @@ impl Group {
         let mut last_tick = Instant::now();
         let mut stopping_since: Option<Instant> = None;
         let mut idle_since: Option<Instant> = None;
+        // The last pass had events or completions: work that may have started and ended
+        // within it (a Connect, a Keep Alive, an R2T) restarts the idle window too.
+        let mut worked = false;
         loop {
-            let busy = self.backends.outstanding() > 0
+            let busy = worked
+                || self.backends.outstanding() > 0
                 || self
                     .conns
                     .iter()
@@ -368,6 +372,7 @@ impl Group {
                 tracing::error!(%e, "poll group: epoll failed");
                 return;
             }
+            worked = !events.is_empty();
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     continue;
@@ -396,6 +401,7 @@ impl Group {
             self.backends.ring();
             done.clear();
             self.backends.poll(&mut done);
+            worked |= !done.is_empty();
             for (ns, c) in done.drain(..) {
                 let slot = conn::tag_slot(c.tag);
                 if c.result.is_ok() {
@@ -631,9 +637,9 @@ mod tests {
         let spin = Duration::from_micros(1000);
         let t0 = Instant::now();
         let at = |us: u64| move || t0 + Duration::from_micros(us);
-        let mut since = None;
+        let mut since = Some(t0);
         assert_eq!(epoll_timeout(true, &mut since, spin, at(0)), Duration::ZERO);
-        assert_eq!(since, None);
+        assert_eq!(since, None, "work ends an idle period");
         // Idle from 10 µs on: it keeps polling until 1 ms has passed.
         assert_eq!(epoll_timeout(false, &mut since, spin, at(10)), Duration::ZERO);
         assert_eq!(since, Some(t0 + Duration::from_micros(10)));
