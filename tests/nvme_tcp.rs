@@ -147,9 +147,7 @@ impl Server {
             .with_ansi(false)
             .with_test_writer()
             .try_init();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("disk.img");
-        std::fs::File::create(&file).unwrap().set_len(DISK_BYTES).unwrap();
+        let (dir, file) = disk_image();
         let backing = Arc::new(Backing::open(file.to_str().unwrap()).unwrap());
         let (block_size, blocks) = (backing.info.block_size as usize, backing.info.blocks);
         let subsystem = Arc::new(Subsystem::new(
@@ -1709,9 +1707,7 @@ fn allowed_cpus() -> Vec<usize> {
 #[test]
 fn ironvme_serve_refuses_a_cpumask_naming_a_cpu_it_may_not_use() {
     let _g = GATE.read().unwrap_or_else(PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("disk.img");
-    std::fs::File::create(&file).unwrap().set_len(DISK_BYTES).unwrap();
+    let (_dir, file) = disk_image();
     let not_allowed = (0..1024).find(|c| !allowed_cpus().contains(c)).unwrap();
     for (mask, says) in [
         (
@@ -1778,6 +1774,15 @@ fn spawn_serve(file: &std::path::Path, extra: &[&str]) -> Spawned {
     }
 }
 
+/// A zeroed DISK_BYTES image file in a new temporary directory (kept while the
+/// directory lives).
+fn disk_image() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk.img");
+    std::fs::File::create(&file).unwrap().set_len(DISK_BYTES).unwrap();
+    (dir, file)
+}
+
 /// CPU time (user + system, clock ticks) of the thread named `name` of process `pid`.
 fn thread_cpu_ticks(pid: u32, name: &str) -> u64 {
     let task = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -1794,9 +1799,7 @@ fn thread_cpu_ticks(pid: u32, name: &str) -> u64 {
 #[test]
 fn a_poll_group_keeps_polling_for_its_idle_spin_after_work_and_sleeps_without_one() {
     let _g = GATE.read().unwrap_or_else(PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("disk.img");
-    std::fs::File::create(&file).unwrap().set_len(DISK_BYTES).unwrap();
+    let (_dir, file) = disk_image();
     // SAFETY: sysconf only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let window = Duration::from_millis(600);
@@ -1831,9 +1834,7 @@ fn a_poll_group_keeps_polling_for_its_idle_spin_after_work_and_sleeps_without_on
 #[test]
 fn ironvme_serve_prints_stats_and_exits_0_on_sigterm() {
     let _g = GATE.read().unwrap_or_else(PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("disk.img");
-    std::fs::File::create(&file).unwrap().set_len(DISK_BYTES).unwrap();
+    let (_dir, file) = disk_image();
     // The poll group pinned (--cpumask, a list as SPDK reads it) to the last CPU this
     // test may run on. With only one allowed, an unpinned thread would show the same list:
     // the pinning is then not checked.
