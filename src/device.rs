@@ -359,6 +359,15 @@ impl Device {
         }
     }
 
+    /// Whether the I/O queues use shadow doorbells: `Some` on VFIO (ironvme's driver),
+    /// `None` on the backends whose doorbells the kernel rings.
+    pub fn shadow_doorbells(&self) -> Option<bool> {
+        match self {
+            Device::Vfio(v) => Some(v.controller.shadow_doorbells()),
+            _ => None,
+        }
+    }
+
     /// Admin commands, on backends that can issue them (VFIO, ioctl, io_uring
     /// passthrough).
     pub fn admin(&self) -> Option<&dyn AdminCommands> {

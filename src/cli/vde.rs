@@ -386,7 +386,11 @@ impl std::ops::Deref for Store {
 /// Claims DEV for `access` on behalf of `what` (`"vde put"`) and opens the device.
 fn claim_device(s: &StoreArgs, access: Access, what: &str) -> Result<(crate::Device, Claim), CliError> {
     // Naming the device in a `vde` command is the consent to write it.
-    Ok(target::open_claimed(&s.dev, s.backend, Some((access, what)), true)?.into_parts())
+    let options = crate::OpenOptions {
+        backend: s.backend,
+        ..Default::default()
+    };
+    Ok(target::open_claimed(&s.dev, &options, Some((access, what)), true)?.into_parts())
 }
 
 /// Opens the store for `access` on behalf of `what`. A reader ([`Access::Shared`]) opens

@@ -36,7 +36,12 @@ impl Backing {
     /// Errors: [`CliError::Refused`] when the device is in use (mounted, held by another
     /// ironvme); [`CliError::Ironvme`] when it cannot be opened.
     pub fn open(spec: &str) -> Result<Backing, CliError> {
-        let opened = crate::cli::io_shared::target::open_claimed(spec, None, Some((Access::Exclusive, "serve")), true)?;
+        let opened = crate::cli::io_shared::target::open_claimed(
+            spec,
+            &Default::default(),
+            Some((Access::Exclusive, "serve")),
+            true,
+        )?;
         let (device, claim) = opened.into_parts();
         let info = device.namespace(None)?;
         Ok(Backing {

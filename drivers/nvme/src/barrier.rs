@@ -1,6 +1,8 @@
 //! DMA barriers: the one place that orders host memory accesses against the device.
 //!
-//! Two points of every queue need them (NVMe Base Specification 2.0, §3.3.1.1 and §4.6):
+//! Two points of every queue need them (NVMe Base Specification 2.0, §3.3.1.1 and §4.6),
+//! and shadow doorbells a third ([`dma_mb`], between the shadow write and the EventIdx
+//! read):
 //!
 //! - [`dma_wmb`] after writing submission queue entries (and any PRP list or data the
 //!   command names) and before the SQ tail doorbell write that tells the controller about
@@ -60,6 +62,22 @@ pub fn dma_rmb() {
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Orders every store before it (a shadow doorbell) before every load after it (the
+/// EventIdx the device writes), as the device observes them: the one ordering the two
+/// barriers above do not give, since x86 may let a load pass an older store still in the
+/// store buffer. Linux's `mb()` in `nvme_dbbuf_update_and_check_event`.
+#[inline(always)]
+pub fn dma_mb() {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as in `dma_wmb`: `dmb osh` is a pure ordering instruction.
+    unsafe {
+        std::arch::asm!("dmb osh", options(nostack, preserves_flags));
+    }
+    // x86_64 (an `mfence` or locked instruction) and anything else.
+    #[cfg(not(target_arch = "aarch64"))]
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}
+
 #[cfg(test)]
 mod tests {
     /// The calls a queue must not make itself: CPU fences (which do not order against the
@@ -89,6 +107,7 @@ mod tests {
             ("queue/sq.rs", include_str!("queue/sq.rs")),
             ("queue/mod.rs", include_str!("queue/mod.rs")),
             ("queue/cid.rs", include_str!("queue/cid.rs")),
+            ("ctrl/shadow.rs", include_str!("ctrl/shadow.rs")),
         ];
         for (path, text) in sources {
             for (n, line) in text.lines().enumerate() {

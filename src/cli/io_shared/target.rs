@@ -82,9 +82,25 @@ pub fn open(
     writes: Option<&str>,
     allow_write: bool,
 ) -> Result<IoDevice, CliError> {
+    let options = OpenOptions {
+        backend,
+        ..Default::default()
+    };
+    open_with(dev, &options, writes, allow_write)
+}
+
+/// [`open`] with all of [`OpenOptions`] (the VFIO driver's configuration among them).
+///
+/// Errors: as [`open`].
+pub fn open_with(
+    dev: &str,
+    options: &OpenOptions,
+    writes: Option<&str>,
+    allow_write: bool,
+) -> Result<IoDevice, CliError> {
     match writes {
-        Some(what) => open_claimed(dev, backend, Some((Access::Exclusive, what)), allow_write),
-        None => open_claimed(dev, backend, None, allow_write),
+        Some(what) => open_claimed(dev, options, Some((Access::Exclusive, what)), allow_write),
+        None => open_claimed(dev, options, None, allow_write),
     }
 }
 
@@ -96,7 +112,7 @@ pub fn open(
 /// Errors: as [`open`].
 pub fn open_claimed(
     dev: &str,
-    backend: Option<Backend>,
+    options: &OpenOptions,
     claim: Option<(Access, &str)>,
     allow_write: bool,
 ) -> Result<IoDevice, CliError> {
@@ -105,11 +121,7 @@ pub fn open_claimed(
         // writing a regular file changes only the file), and the device claims the
         // store's device itself (exclusive for a volume, shared for a snapshot).
         spec?;
-        let options = OpenOptions {
-            backend,
-            ..Default::default()
-        };
-        let device = Device::open(dev, &options)?;
+        let device = Device::open(dev, options)?;
         return Ok(IoDevice {
             device,
             name: dev.to_string(),
@@ -128,11 +140,7 @@ pub fn open_claimed(
         }
         None => Claim::none(),
     };
-    let options = OpenOptions {
-        backend,
-        ..Default::default()
-    };
-    let device = Device::open(dev, &options)?;
+    let device = Device::open(dev, options)?;
     let name = match &target {
         Target::Pci(bdf) => bdf.clone(),
         _ => dev.to_string(),

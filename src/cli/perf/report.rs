@@ -45,6 +45,8 @@ pub struct RunInfo {
     pub instant_now_ns: f64,
     /// How completions were awaited (`spin` or `wait`).
     pub completions: &'static str,
+    /// VFIO: whether the I/O queues used shadow doorbells; `None` on other backends.
+    pub shadow_doorbells: Option<bool>,
     /// The job's name (fio's `name`).
     pub name: String,
     /// I/O sizes and weights, when `--bssplit` chose them (`bs` is then the largest).
@@ -451,6 +453,7 @@ impl Summary {
             "clock": i.clock,
             "instant_now_ns": round3(i.instant_now_ns),
             "completions": i.completions,
+            "shadow_doorbells": i.shadow_doorbells,
             "ios": self.all.ios,
             "iops": round3(self.all.iops),
             "mib_per_s": round3(self.all.mib_per_s),
@@ -583,6 +586,7 @@ mod tests {
             clock: "tsc",
             instant_now_ns: 25.0,
             completions: "spin",
+            shadow_doorbells: None,
             name: "perf".into(),
             bssplit: None,
             percentiles: PERCENTILES.iter().map(|p| p.0).collect(),

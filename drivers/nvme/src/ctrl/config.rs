@@ -58,6 +58,10 @@ pub struct ControllerConfig {
     /// Set the controller's Timestamp feature from the host clock at init when supported.
     /// Default true.
     pub set_timestamp: bool,
+    /// Use shadow doorbells (Doorbell Buffer Config, §5.8) for the I/O queues when the
+    /// controller supports them (OACS bit 8). Default false: on QEMU 7.2's controller
+    /// under TCG, the one measured, they cost more than they save (docs/design.md).
+    pub shadow_doorbells: bool,
     /// Called on each recovery step (timeout, abort, reset), in the thread doing it. During
     /// a reset it runs with the admin queue locked, so it must not send admin commands
     /// (that would deadlock). Default none.
@@ -79,6 +83,7 @@ impl Default for ControllerConfig {
             shutdown_timeout: Duration::from_secs(10),
             async_events: true,
             set_timestamp: true,
+            shadow_doorbells: false,
             recovery_observer: None,
         }
     }

@@ -8,11 +8,12 @@
 //! keep requests outstanding; set the Timestamp.
 
 use super::admin::{AdminData, AdminQueue};
+use super::shadow::ShadowDoorbells;
 use super::{ControllerConfig, Error, Namespace};
 use crate::cmd::Command;
 use crate::features::{AsyncEventConfig, FeatureId, NumberOfQueues, Timestamp};
 use crate::hw::{DmaAllocator, Registers};
-use crate::identify::{Cns, IdentifyController, IdentifyNamespace, NamespaceList, Oncs};
+use crate::identify::{Cns, IdentifyController, IdentifyNamespace, NamespaceList, Oacs, Oncs};
 use crate::regs::{Aqa, Cap, Cc, Csts, MAX_ADMIN_QUEUE_ENTRIES, Vs, offset};
 
 /// Smallest admin queue (entries) that takes asynchronous events: a queue of N entries
@@ -40,6 +41,8 @@ pub enum InitState {
     IdentifyController,
     /// Set Features Number of Queues; use min(asked, granted).
     SetNumberOfQueues,
+    /// Doorbell Buffer Config, when asked for and the controller has it (OACS bit 8).
+    ConfigureShadowDoorbells,
     /// Identify the active namespace list (CNS 02h) and each namespace (CNS 00h).
     IdentifyNamespaces,
     /// Set Features Asynchronous Event Configuration; send Asynchronous Event Requests.
@@ -61,6 +64,8 @@ pub(crate) struct Initialized {
     pub(crate) namespaces: Vec<Namespace>,
     pub(crate) max_transfer: usize,
     pub(crate) trace: Vec<InitState>,
+    /// Shadow doorbells the controller took, if any.
+    pub(crate) shadow: Option<ShadowDoorbells>,
 }
 
 /// Polls CSTS until RDY equals `want`, CFS appears, the device vanishes, or `timeout`.
@@ -129,6 +134,20 @@ pub(crate) fn set_number_of_queues<R: Registers>(
     Ok(granted.sq.min(granted.cq))
 }
 
+/// Zeroes the shadow doorbell pages and hands them to the controller (Doorbell Buffer
+/// Config), before any I/O queue exists: at init and after a reset.
+pub(crate) fn configure_shadow_doorbells<R: Registers>(
+    regs: &R,
+    admin: &mut AdminQueue,
+    shadow: &ShadowDoorbells,
+    timeout: Duration,
+) -> Result<(), Error> {
+    shadow.clear();
+    admin
+        .execute(regs, shadow.command(), AdminData::None, timeout)
+        .map(drop)
+}
+
 /// Asynchronous Event Configuration (SMART critical warnings, namespace attribute and
 /// firmware activation notices), then min(AERL + 1, 4) Asynchronous Event Requests.
 pub(crate) fn configure_async_events<R: Registers>(
@@ -157,6 +176,7 @@ struct Machine<'a, R: Registers> {
     io_queues: u16,
     namespaces: Vec<Namespace>,
     max_transfer: usize,
+    shadow: Option<ShadowDoorbells>,
 }
 
 /// Runs the state machine to [`InitState::Ready`].
@@ -177,6 +197,7 @@ pub(crate) fn initialize<R: Registers>(
         io_queues: 0,
         namespaces: Vec::new(),
         max_transfer: 0,
+        shadow: None,
     };
     let mut state = InitState::ReadCapabilities;
     let mut trace = Vec::with_capacity(12);
@@ -202,6 +223,7 @@ pub(crate) fn initialize<R: Registers>(
         namespaces: m.namespaces,
         max_transfer: m.max_transfer,
         trace,
+        shadow: m.shadow,
     })
 }
 
@@ -214,11 +236,12 @@ impl<R: Registers> Machine<'_, R> {
         let Some(admin) = self.admin.take() else {
             return; // nothing the controller could reach was allocated yet
         };
+        let shadow = self.shadow.take();
         match super::recovery::disable(self.regs, self.cap.ready_timeout()) {
-            Ok(()) => drop(admin),
+            Ok(()) => drop((admin, shadow)),
             Err(e) => {
                 tracing::warn!(error = %e, "could not disable the controller after a failed init; leaking the admin queue memory");
-                std::mem::forget(admin);
+                std::mem::forget((admin, shadow));
             }
         }
     }
@@ -264,6 +287,16 @@ impl<R: Registers> Machine<'_, R> {
             }
             InitState::SetNumberOfQueues => {
                 self.set_number_of_queues()?;
+                InitState::ConfigureShadowDoorbells
+            }
+            InitState::ConfigureShadowDoorbells => {
+                let supported = self
+                    .identify
+                    .as_ref()
+                    .is_some_and(|id| id.oacs.contains(Oacs::DOORBELL_BUFFER_CONFIG));
+                if self.config.shadow_doorbells && supported {
+                    self.configure_shadow_doorbells()?;
+                }
                 InitState::IdentifyNamespaces
             }
             InitState::IdentifyNamespaces => {
@@ -379,6 +412,36 @@ impl<R: Registers> Machine<'_, R> {
         let (regs, timeout, asked) = (self.regs, self.config.admin_timeout, self.config.io_queues);
         self.io_queues = set_number_of_queues(regs, self.admin(), asked, timeout)?;
         Ok(())
+    }
+
+    /// Allocates and hands over the shadow doorbell pages. A controller that refuses
+    /// the command, or pages that cannot be used, leave the doorbell registers in use (a
+    /// warning); a controller that does not answer fails init.
+    fn configure_shadow_doorbells(&mut self) -> Result<(), Error> {
+        let shadow = match ShadowDoorbells::allocate(self.dma, self.page_size, self.cap, self.io_queues) {
+            Ok(s) => s,
+            Err(Error::Unsupported(why)) => {
+                tracing::warn!(%why, "not using shadow doorbells");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let (regs, timeout) = (self.regs, self.config.admin_timeout);
+        match configure_shadow_doorbells(regs, self.admin(), &shadow, timeout) {
+            Ok(()) => {
+                self.shadow = Some(shadow);
+                Ok(())
+            }
+            Err(e @ Error::Command { .. }) => {
+                tracing::warn!(error = %e, "controller refused Doorbell Buffer Config; not using shadow doorbells");
+                Ok(())
+            }
+            Err(e) => {
+                // It may still take the pages: they stay until it is disabled.
+                self.shadow = Some(shadow);
+                Err(e)
+            }
+        }
     }
 
     fn identify_namespaces(&mut self) -> Result<(), Error> {

@@ -7,7 +7,9 @@
 //!
 //! Submitting posts commands without ringing the doorbell; [`IoQueuePair::ring`] (or the
 //! next [`IoQueuePair::poll`]) writes the SQ tail doorbell once for the whole batch, and a
-//! poll writes the CQ head doorbell once for all the completions it consumed.
+//! poll writes the CQ head doorbell once for all the completions it consumed. With shadow
+//! doorbells (`ctrl/shadow.rs`) each of those writes goes to the shadow page, and to the
+//! register only when the controller's EventIdx asks for it.
 
 use super::config::DataPointerMode;
 use super::recovery::{Health, RecoveryEvent, ResetReason};
@@ -110,6 +112,19 @@ pub struct IoQueuePair<R: Registers> {
     abort_ticks: u64,
     scan_ticks: u64,
     next_scan: u64,
+    /// Doorbell updates (SQ tail and CQ head), and those written to the registers.
+    doorbells: DoorbellCounts,
+}
+
+/// How many doorbell updates an I/O queue pair made, and how many of them were MMIO
+/// register writes: all of them without shadow doorbells; with them, those the
+/// controller's EventIdx asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DoorbellCounts {
+    /// SQ tail and CQ head updates.
+    pub updates: u64,
+    /// Of those, writes to the doorbell registers.
+    pub mmio: u64,
 }
 
 impl<R: Registers> IoQueuePair<R> {
@@ -139,6 +154,7 @@ impl<R: Registers> IoQueuePair<R> {
             abort_ticks: clock::ticks_for(inner.config.abort_timeout),
             scan_ticks,
             next_scan: clock::now().saturating_add(scan_ticks),
+            doorbells: DoorbellCounts::default(),
             generation,
             sq_db: inner.cap.sq_tail_doorbell(qid),
             cq_db: inner.cap.cq_head_doorbell(qid),
@@ -167,6 +183,11 @@ impl<R: Registers> IoQueuePair<R> {
     /// Commands submitted and not yet completed.
     pub fn outstanding(&self) -> usize {
         self.slots.outstanding()
+    }
+
+    /// Doorbell updates so far, and how many were register writes.
+    pub fn doorbell_counts(&self) -> DoorbellCounts {
+        self.doorbells
     }
 
     /// Whether another command can be submitted now.
@@ -284,7 +305,16 @@ impl<R: Registers> IoQueuePair<R> {
         if let Some(tail) = self.sq.take_doorbell() {
             // The commands must be in memory before the controller hears of them.
             crate::barrier::dma_wmb();
-            self.inner.regs.write32(self.sq_db, tail);
+            self.doorbells.updates += 1;
+            if self
+                .inner
+                .shadow
+                .as_ref()
+                .is_none_or(|s| s.sq_tail(self.qid, tail as u16))
+            {
+                self.doorbells.mmio += 1;
+                self.inner.regs.write32(self.sq_db, tail);
+            }
         }
     }
 
@@ -302,7 +332,16 @@ impl<R: Registers> IoQueuePair<R> {
         self.ring();
         let n = self.reap(max, &mut on_complete);
         if let Some(head) = self.cq.take_doorbell() {
-            self.inner.regs.write32(self.cq_db, head);
+            self.doorbells.updates += 1;
+            if self
+                .inner
+                .shadow
+                .as_ref()
+                .is_none_or(|s| s.cq_head(self.qid, head as u16))
+            {
+                self.doorbells.mmio += 1;
+                self.inner.regs.write32(self.cq_db, head);
+            }
         }
         if !self.slots.is_idle() {
             let now = clock::now();

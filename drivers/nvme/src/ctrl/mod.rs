@@ -18,6 +18,7 @@ mod namespace;
 mod recovery;
 #[cfg(test)]
 mod recovery_tests;
+mod shadow;
 #[cfg(test)]
 mod tests;
 
@@ -26,7 +27,7 @@ pub use block::NamespaceQueue;
 pub use config::{ControllerConfig, DataPointerMode};
 pub use error::Error;
 pub use init::InitState;
-pub use io::{IoCompletion, IoError, IoQueuePair};
+pub use io::{DoorbellCounts, IoCompletion, IoError, IoQueuePair};
 pub use namespace::Namespace;
 pub use recovery::{RecoveryEvent, RecoveryObserver, ResetReason};
 
@@ -80,6 +81,9 @@ pub(crate) struct Inner<R: Registers> {
     /// `qids[i]` is true when QID i + 1 is in use.
     qids: Mutex<Vec<bool>>,
     init_trace: Vec<InitState>,
+    /// Shadow doorbells in use, if any. Dropped with the admin queue, only after a
+    /// successful shutdown: the controller writes the EventIdx page.
+    pub(crate) shadow: ManuallyDrop<Option<shadow::ShadowDoorbells>>,
 }
 
 /// Memory of an I/O queue pair the controller may still use (its deletion failed), kept
@@ -152,6 +156,7 @@ impl<R: Registers> Controller<R> {
             namespaces: RwLock::new(done.namespaces),
             qids: Mutex::new(vec![false; done.io_queues as usize]),
             init_trace: done.trace,
+            shadow: ManuallyDrop::new(done.shadow),
             regs,
             config,
         };
@@ -186,6 +191,12 @@ impl<R: Registers> Controller<R> {
     /// Largest transfer per command in bytes: min(MDTS, `max_transfer_bytes`).
     pub fn max_transfer_bytes(&self) -> usize {
         self.inner.max_transfer
+    }
+
+    /// Whether the I/O queues use shadow doorbells (asked for in the configuration,
+    /// supported and accepted by the controller).
+    pub fn shadow_doorbells(&self) -> bool {
+        self.inner.shadow.is_some()
     }
 
     /// Whether I/O commands use SGLs (the controller supports them and the configuration
@@ -723,6 +734,11 @@ impl<R: Registers> Inner<R> {
             generation,
         };
         let timeout = self.config.admin_timeout;
+        if let Some(s) = self.shadow.as_ref() {
+            // No queue `qid` exists on the controller: its shadow words start at 0, as
+            // the new queues' tail and head do.
+            s.reset_queue(qid);
+        }
         match self.execute_locked(&mut admin, create_cq, AdminData::None, timeout) {
             Ok(_) => {}
             // Refused, or never posted (e.g. the admin queue was full): there is no CQ.
@@ -837,8 +853,12 @@ impl<R: Registers> Drop for Inner<R> {
             Ok(()) => {
                 tracing::debug!("nvme controller shut down");
                 // SAFETY: shutdown completed, so the controller no longer touches the admin
-                // rings or buffers; `admin` is not used after this point.
-                unsafe { ManuallyDrop::drop(&mut self.admin) };
+                // rings or buffers, nor the shadow doorbell pages; neither field is used
+                // after this point.
+                unsafe {
+                    ManuallyDrop::drop(&mut self.admin);
+                    ManuallyDrop::drop(&mut self.shadow);
+                }
             }
             // The controller may still own the admin rings: never free them (they stay
             // in the ManuallyDrop, leaked).

@@ -12,7 +12,8 @@
 //!
 //! A reset (§3.7.2, Controller Level Reset through CC.EN) disables the controller, which
 //! makes it forget every queue and stop touching host memory, then brings the admin queue
-//! back and re-sends Number of Queues and asynchronous event configuration. It runs in the
+//! back and re-sends Number of Queues, Doorbell Buffer Config (when shadow doorbells are in
+//! use) and asynchronous event configuration. It runs in the
 //! thread that found the problem, under the admin lock. I/O queue pairs notice the new
 //! generation on their next poll: they hand back completions already in their CQ, complete
 //! every other outstanding command with [`Status::ABORTED_BY_HOST`] — each exactly once —
@@ -250,7 +251,9 @@ impl<R: Registers> Inner<R> {
     }
 
     /// Re-enables a disabled controller with the admin queue at `admin` and repeats the
-    /// configuration a reset loses: Number of Queues and asynchronous events.
+    /// configuration a reset loses: Number of Queues, shadow doorbells (a controller that
+    /// refuses them now fails the reset: the queue pairs rely on them) and asynchronous
+    /// events.
     fn bring_up(&self, admin: &mut AdminQueue) -> Result<(), Error> {
         let regs = &self.regs;
         init::program_admin_queue(regs, admin);
@@ -263,6 +266,10 @@ impl<R: Registers> Inner<R> {
                 "after reset the controller grants {granted} I/O queues, fewer than the {} in use",
                 self.io_queues
             )));
+        }
+        if let Some(shadow) = self.shadow.as_ref() {
+            // The reset made the controller forget them; the queue pairs still use them.
+            init::configure_shadow_doorbells(regs, admin, shadow, timeout)?;
         }
         if self.config.async_events {
             init::configure_async_events(regs, admin, self.identify.aerl, timeout)?;

@@ -61,6 +61,7 @@ fn init_walks_every_state_and_programs_the_registers() {
             InitState::WaitReady,
             InitState::IdentifyController,
             InitState::SetNumberOfQueues,
+            InitState::ConfigureShadowDoorbells,
             InitState::IdentifyNamespaces,
             InitState::ConfigureAsyncEvents,
             InitState::SetTimestamp,
