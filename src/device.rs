@@ -409,6 +409,14 @@ impl Device {
 }
 
 impl OpenOptions {
+    /// The defaults, with `backend` (`None`: the one the device's kind suggests).
+    pub fn with_backend(backend: Option<Backend>) -> OpenOptions {
+        OpenOptions {
+            backend,
+            ..Default::default()
+        }
+    }
+
     fn uring_with_block_size(&self, block_size: Option<u32>) -> UringOptions {
         UringOptions {
             block_size: block_size.or(self.uring.block_size),

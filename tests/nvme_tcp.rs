@@ -1783,14 +1783,23 @@ fn disk_image() -> (tempfile::TempDir, PathBuf) {
     (dir, file)
 }
 
-/// CPU time (user + system, clock ticks) of the thread named `name` of process `pid`.
-fn thread_cpu_ticks(pid: u32, name: &str) -> u64 {
-    let task = std::fs::read_dir(format!("/proc/{pid}/task"))
+/// The /proc/PID/task/TID directories of process `pid`'s threads named `name`.
+fn threads_named(pid: u32, name: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
-        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .map(|t| t.path())
+        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == name))
+        .collect()
+}
+
+/// CPU time (user + system, clock ticks) of the thread named `name` of process `pid`.
+fn thread_cpu_ticks(pid: u32, name: &str) -> u64 {
+    let task = threads_named(pid, name)
+        .into_iter()
+        .next()
         .unwrap_or_else(|| panic!("no thread {name} in process {pid}"));
-    let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap();
     // After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
     let rest: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
     rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
@@ -1853,12 +1862,10 @@ fn ironvme_serve_prints_stats_and_exits_0_on_sigterm() {
     // Its poll group thread (started after that line) runs on that CPU only.
     let pid = child.0.id();
     let pinned = || -> Vec<String> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .flatten()
-            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "nvmf-pg0"))
+        threads_named(pid, "nvmf-pg0")
+            .into_iter()
             .filter_map(|t| {
-                let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+                let status = std::fs::read_to_string(t.join("status")).ok()?;
                 status
                     .lines()
                     .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))

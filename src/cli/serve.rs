@@ -235,10 +235,11 @@ impl Config {
         if self.nvme_tcp.is_empty() && self.idle_spin_us.is_some() {
             return bad("--idle-spin-us is the NVMe/TCP poll groups', and nothing is served over NVMe/TCP".into());
         }
-        if self.idle_spin_us.is_some_and(|us| us > MAX_IDLE_SPIN_US) {
+        if let Some(us) = self.idle_spin_us
+            && us > MAX_IDLE_SPIN_US
+        {
             return bad(format!(
-                "--idle-spin-us {}: at most {MAX_IDLE_SPIN_US} (1 s); past that a poll group is simply always polling",
-                self.idle_spin_us.unwrap_or_default()
+                "--idle-spin-us {us}: at most {MAX_IDLE_SPIN_US} (1 s); past that a poll group is simply always polling"
             ));
         }
         if self.nbd.is_some() == self.export.is_empty() {

@@ -386,10 +386,7 @@ impl std::ops::Deref for Store {
 /// Claims DEV for `access` on behalf of `what` (`"vde put"`) and opens the device.
 fn claim_device(s: &StoreArgs, access: Access, what: &str) -> Result<(crate::Device, Claim), CliError> {
     // Naming the device in a `vde` command is the consent to write it.
-    let options = crate::OpenOptions {
-        backend: s.backend,
-        ..Default::default()
-    };
+    let options = crate::OpenOptions::with_backend(s.backend);
     Ok(target::open_claimed(&s.dev, &options, Some((access, what)), true)?.into_parts())
 }
 

@@ -82,11 +82,7 @@ pub fn open(
     writes: Option<&str>,
     allow_write: bool,
 ) -> Result<IoDevice, CliError> {
-    let options = OpenOptions {
-        backend,
-        ..Default::default()
-    };
-    open_with(dev, &options, writes, allow_write)
+    open_with(dev, &OpenOptions::with_backend(backend), writes, allow_write)
 }
 
 /// [`open`] with all of [`OpenOptions`] (the VFIO driver's configuration among them).

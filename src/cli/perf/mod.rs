@@ -759,10 +759,7 @@ impl Drop for SigintFlag {
 /// failed.
 pub fn run(a: &PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let what = format!("perf --rw {}", a.rw.name());
-    let mut options = crate::OpenOptions {
-        backend: a.backend,
-        ..Default::default()
-    };
+    let mut options = crate::OpenOptions::with_backend(a.backend);
     options.controller.shadow_doorbells = a.shadow_doorbells;
     let dev = target::open_with(&a.dev, &options, a.rw.writes().then_some(what.as_str()), a.allow_write)?;
     let device = &dev.device;

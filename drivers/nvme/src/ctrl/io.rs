@@ -13,6 +13,7 @@
 
 use super::config::DataPointerMode;
 use super::recovery::{Health, RecoveryEvent, ResetReason};
+use super::shadow::ShadowDoorbells;
 use super::{Error, Inner, Namespace, clock};
 use crate::cmd::{Command, DSM_RANGE_BYTES, DsmAttributes, DsmRange, MAX_DSM_RANGES};
 use crate::hw::{DmaBuf, Registers};
@@ -303,18 +304,27 @@ impl<R: Registers> IoQueuePair<R> {
             return;
         }
         if let Some(tail) = self.sq.take_doorbell() {
-            // The commands must be in memory before the controller hears of them.
-            crate::barrier::dma_wmb();
-            self.doorbells.updates += 1;
-            if self
-                .inner
-                .shadow
-                .as_ref()
-                .is_none_or(|s| s.sq_tail(self.qid, tail as u16))
-            {
-                self.doorbells.mmio += 1;
-                self.inner.regs.write32(self.sq_db, tail);
-            }
+            self.doorbell(self.sq_db, tail, ShadowDoorbells::sq_tail);
+        }
+    }
+
+    /// Writes doorbell `reg` (this pair's SQ tail or CQ head) with `value`: to its shadow
+    /// word through `shadow` ([`ShadowDoorbells::sq_tail`] or `cq_head`) when shadow
+    /// doorbells are in use, and to the register unless the controller's EventIdx says it
+    /// will read the shadow word itself.
+    fn doorbell(&mut self, reg: u32, value: u32, shadow: fn(&ShadowDoorbells, u16, u16) -> bool) {
+        // The commands (or the consumed completions) must be in memory before the
+        // controller hears of them, through the shadow page or the register.
+        crate::barrier::dma_wmb();
+        self.doorbells.updates += 1;
+        if self
+            .inner
+            .shadow
+            .as_ref()
+            .is_none_or(|s| shadow(s, self.qid, value as u16))
+        {
+            self.doorbells.mmio += 1;
+            self.inner.regs.write32(reg, value);
         }
     }
 
@@ -332,16 +342,7 @@ impl<R: Registers> IoQueuePair<R> {
         self.ring();
         let n = self.reap(max, &mut on_complete);
         if let Some(head) = self.cq.take_doorbell() {
-            self.doorbells.updates += 1;
-            if self
-                .inner
-                .shadow
-                .as_ref()
-                .is_none_or(|s| s.cq_head(self.qid, head as u16))
-            {
-                self.doorbells.mmio += 1;
-                self.inner.regs.write32(self.cq_db, head);
-            }
+            self.doorbell(self.cq_db, head, ShadowDoorbells::cq_head);
         }
         if !self.slots.is_idle() {
             let now = clock::now();

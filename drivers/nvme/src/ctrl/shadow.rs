@@ -100,11 +100,10 @@ impl ShadowDoorbells {
     /// Word `w` of `page` (in bounds: callers stay within the page, see `from_pages`).
     fn word(page: &DmaBuf, w: usize) -> &AtomicU32 {
         assert!(w < page.len() / 4, "shadow word {w} outside the page");
-        // SAFETY: the word lies inside the page (checked just above), which is
-        // page-aligned, so 4-byte aligned; the page lives as long as `self` (and the
-        // returned reference borrows it); every access from this process goes through
-        // this atomic view, so there is no mixed non-atomic access.
-        unsafe { AtomicU32::from_ptr((page.as_ptr() as *mut u32).add(w)) }
+        let ptr = page.as_ptr().wrapping_add(4 * w) as *mut u32;
+        // SAFETY: `ptr` is in the page (asserted), 4-byte aligned (page-aligned page), borrowed
+        // with the page; this process touches the words only through this atomic view.
+        unsafe { AtomicU32::from_ptr(ptr) }
     }
 
     /// Doorbell Buffer Config naming both pages.
@@ -137,8 +136,8 @@ impl ShadowDoorbells {
         }
     }
 
-    /// Writes SQ `qid`'s new tail to its shadow doorbell; whether the MMIO doorbell must
-    /// be written too.
+    /// Writes SQ `qid`'s new tail to its shadow doorbell, after the caller's `dma_wmb`;
+    /// whether the MMIO doorbell must be written too.
     pub(crate) fn sq_tail(&self, qid: u16, tail: u16) -> bool {
         self.update(self.sq_word(qid), tail)
     }
@@ -152,8 +151,8 @@ impl ShadowDoorbells {
     fn update(&self, word: usize, value: u16) -> bool {
         let db = Self::word(&self.doorbells, word);
         let old = u32::from_le(db.load(Ordering::Relaxed)) as u16;
-        // The entries (or the consumed completions) before the shadow value.
-        crate::barrier::dma_wmb();
+        // The caller ordered the entries (or the consumed completions) before this store
+        // (`dma_wmb`, as before a register write).
         db.store(u32::from(value).to_le(), Ordering::Relaxed);
         // The shadow value before the EventIdx is read: the controller orders its EventIdx
         // write before its shadow read the same way.
