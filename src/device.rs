@@ -95,6 +95,10 @@ pub struct OpenOptions {
     pub backend: Option<Backend>,
     /// The VFIO driver's configuration.
     pub controller: ControllerConfig,
+    /// VFIO: MSI-X interrupts for the I/O completion queues, so that
+    /// [`crate::block::BlockQueue::wait`] sleeps until one fires instead of spinning
+    /// (interrupt mode). Default false (polled).
+    pub interrupts: bool,
     /// io_uring options (block backend).
     pub uring: UringOptions,
     /// Logical block size for regular files (default: the filesystem's direct I/O
@@ -258,7 +262,11 @@ impl Device {
                         why: "the vfio backend needs an NVMe controller's PCI address (DDDD:BB:DD.F)".into(),
                     })?,
                 };
-                Device::Vfio(Box::new(crate::open_vfio(&bdf, options.controller.clone())?))
+                Device::Vfio(Box::new(crate::open_vfio(
+                    &bdf,
+                    options.controller.clone(),
+                    options.interrupts,
+                )?))
             }
             Backend::Ioctl => Device::Ioctl(IoctlDevice::open(path()?)?, dma()),
             Backend::Uring => Device::Uring(

@@ -36,13 +36,28 @@ pub struct VfioController {
 }
 
 /// Opens the controller at PCI address `bdf` (`0000:00:05.0`, `00:05.0` or
-/// `pci:0000:00:05.0`), which must be bound to vfio-pci, and initialises it.
+/// `pci:0000:00:05.0`), which must be bound to vfio-pci, and initialises it. With
+/// `interrupts`, MSI-X is enabled with a vector for the admin queue and one per I/O queue
+/// ([`ControllerConfig::io_queues`]), and the I/O completion queues signal them (interrupt
+/// mode: `BlockQueue::wait` sleeps); `config.interrupts` is then replaced.
 ///
 /// Errors: [`Error::Vfio`] names the BDF, the IOMMU group and the fix (bound to nvme,
 /// group not viable, no permission, ...); [`Error::Nvme`] if initialisation fails.
-pub fn open_vfio(bdf: &str, config: ControllerConfig) -> Result<VfioController, Error> {
+pub fn open_vfio(bdf: &str, mut config: ControllerConfig, interrupts: bool) -> Result<VfioController, Error> {
     let bdf = bdf.strip_prefix("pci:").unwrap_or(bdf);
-    let dev = ironvme_vfio::open_nvme(bdf)?;
+    let options = ironvme_vfio::OpenOptions {
+        // Vector 0 for the admin queue, one for each I/O queue.
+        msix_vectors: if interrupts {
+            config.io_queues.saturating_add(1)
+        } else {
+            0
+        },
+        ..ironvme_vfio::OpenOptions::default()
+    };
+    let dev = ironvme_vfio::open_nvme_with(bdf, &options)?;
+    if let Some(msix) = &dev.msix {
+        config.interrupts = Some(Arc::clone(msix) as _);
+    }
     let controller = Controller::init(dev.bar, Arc::clone(&dev.dma) as _, config).map_err(|source| Error::Init {
         device: bdf.to_string(),
         source,

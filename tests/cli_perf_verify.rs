@@ -234,10 +234,12 @@ fn perf_runs_the_completion_mode_asked_for_and_refuses_one_the_backend_cannot_do
     let f = s(&file);
     for (backend, mode, ran) in [
         ("uring", None, "spin"),
-        ("uring", Some("wait"), "wait"),
+        ("uring", Some("wait"), "interrupt"),
+        ("uring", Some("interrupt"), "interrupt"),
+        ("uring", Some("hybrid"), "hybrid"),
         ("uring", Some("spin"), "spin"),
-        ("psync", None, "wait"),
-        ("psync", Some("wait"), "wait"),
+        ("psync", None, "interrupt"),
+        ("psync", Some("wait"), "interrupt"),
     ] {
         let mut args = vec!["perf", f, "--rw", "randread", "--time", "1", "--backend", backend];
         if let Some(m) = mode {

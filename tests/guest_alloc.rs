@@ -80,7 +80,7 @@ fn no_heap_allocation_per_io_on_the_vfio_path() {
     const QD: usize = 32;
     const IOS: u64 = 4000;
     let _vfio = OnVfio::bind("IRONVME_VFIO_4K_BDF");
-    let ctrl = ironvme::open_vfio(&env("IRONVME_VFIO_4K_BDF"), ControllerConfig::default())
+    let ctrl = ironvme::open_vfio(&env("IRONVME_VFIO_4K_BDF"), ControllerConfig::default(), false)
         .unwrap()
         .controller;
     let ns = ctrl.namespace(1).unwrap();

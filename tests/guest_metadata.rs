@@ -108,7 +108,7 @@ fn kernel_passthrough_lists_namespaces_with_metadata_and_refuses_their_io() {
 fn the_vfio_driver_initialises_but_refuses_io_on_namespaces_with_metadata() {
     let vfio = OnVfio::bind("IRONVME_META_BDF");
     {
-        let c = ironvme::open_vfio(&vfio.bdf, ControllerConfig::default())
+        let c = ironvme::open_vfio(&vfio.bdf, ControllerConfig::default(), false)
             .unwrap_or_else(|e| panic!("open {}: {e}", vfio.bdf))
             .controller;
         let listed: Vec<(u32, u32, u16)> = c

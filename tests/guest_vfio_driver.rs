@@ -23,7 +23,7 @@ use std::time::Duration;
 type Ctrl = Controller<MmioBar>;
 
 fn open(bdf: &str, config: ControllerConfig) -> Ctrl {
-    ironvme::open_vfio(bdf, config)
+    ironvme::open_vfio(bdf, config, false)
         .unwrap_or_else(|e| panic!("open {bdf}: {e}"))
         .controller
 }
@@ -183,9 +183,10 @@ fn thirty_two_in_flight(ctrl: &Ctrl, q: &mut IoQueuePair<MmioBar>, ns: &Namespac
         // ones: the updates shadow doorbells spare a register write.
         q.ring();
     }
+    // `wait` sleeps on the CQ's MSI-X vector in interrupt mode, and polls without it.
     let mut done = 0;
     while done < 32 {
-        done += q.poll(64, |c| assert!(c.result().is_ok(), "write {}: {}", c.tag, c.status));
+        done += q.wait(64, |c| assert!(c.result().is_ok(), "write {}: {}", c.tag, c.status));
     }
     let bufs = buf(ctrl, 32 * 4096).into_chunks(4096, 32).unwrap();
     for (i, b) in bufs.into_iter().enumerate() {
@@ -193,7 +194,7 @@ fn thirty_two_in_flight(ctrl: &Ctrl, q: &mut IoQueuePair<MmioBar>, ns: &Namespac
     }
     let mut done = 0;
     while done < 32 {
-        done += q.poll(64, |c| {
+        done += q.wait(64, |c| {
             assert!(c.result().is_ok(), "read {}: {}", c.tag, c.status);
             let b = c.buf.as_ref().expect("a read gives its buffer back");
             assert!(
@@ -244,6 +245,52 @@ fn shadow_doorbells_are_used_when_asked_and_survive_a_reset() {
         let mut q2 = ctrl.create_io_queue_pair().unwrap();
         thirty_two_in_flight(&ctrl, &mut q2, &ns, 220_000);
     }
+}
+
+/// Interrupts vfio-pci took for `bdf`'s MSI-X vectors, from /proc/interrupts (lines such
+/// as `45: 12 0 IR-PCI-MSIX-0000:00:05.0 1-edge vfio-msix[1](0000:00:05.0)`), all CPUs.
+fn msix_interrupts(bdf: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/interrupts").unwrap();
+    text.lines()
+        .filter(|l| l.contains("vfio-msix") && l.contains(bdf))
+        .flat_map(|l| l.split_whitespace().skip(1).map_while(|w| w.parse::<u64>().ok()))
+        .sum()
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn interrupt_mode_sleeps_on_msix_and_survives_a_reset() {
+    let _vfio = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let bdf = env("IRONVME_VFIO_4K_BDF");
+    let ctrl = ironvme::open_vfio(&bdf, ControllerConfig::default(), true)
+        .unwrap_or_else(|e| panic!("open {bdf} with interrupts: {e}"))
+        .controller;
+    let ns = ctrl.namespace(1).unwrap();
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    assert_eq!(q.interrupt_vector(), Some(q.qid()), "I/O CQ n signals MSI-X vector n");
+    let irqs = msix_interrupts(&bdf);
+    thirty_two_in_flight(&ctrl, &mut q, &ns, 230_000);
+    // One at a time: every completion comes after the pair went to sleep.
+    for i in 0..16 {
+        q.read_at(&ns, 230_000 + i * 8, buf(&ctrl, 4096)).unwrap();
+    }
+    let (sleeps, taken) = (q.sleep_counts(), msix_interrupts(&bdf) - irqs);
+    eprintln!("interrupt mode: {sleeps:?}, {taken} MSI-X interrupts");
+    // Nearly every read is still in the controller when the pair first polls (QEMU's
+    // controller completes from its own thread, tens of µs later), so it sleeps.
+    assert!(sleeps.woken >= 8, "the vector ended the sleeps: {sleeps:?}");
+    assert!(
+        taken >= sleeps.woken,
+        "vfio-pci took the interrupts: {taken}, {sleeps:?}"
+    );
+    // A reset creates the queues again with their vectors; MSI-X stays enabled.
+    ctrl.reset().unwrap();
+    thirty_two_in_flight(&ctrl, &mut q, &ns, 240_000);
+    for i in 0..16 {
+        q.read_at(&ns, 240_000 + i * 8, buf(&ctrl, 4096)).unwrap();
+    }
+    let after = q.sleep_counts();
+    assert!(after.woken >= sleeps.woken + 8, "woken after the reset too: {after:?}");
 }
 
 #[test]

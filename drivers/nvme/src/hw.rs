@@ -62,6 +62,27 @@ pub trait Registers: Send + Sync {
 #[error("could not clear Bus Master Enable: {0}")]
 pub struct BusMasterError(pub String);
 
+/// Interrupt vectors a thread can sleep on: the controller's MSI-X vectors (PCI Local Bus
+/// 3.0, §6.8.2), each delivered to the host as a counter the way an eventfd is (VFIO's
+/// `VFIO_DEVICE_SET_IRQS` with `VFIO_IRQ_SET_DATA_EVENTFD`). An I/O completion queue
+/// created with IEN = 1 and IV = `vector` (Create I/O Completion Queue, NVMe Base 2.0,
+/// §5.4) signals that vector whenever the controller posts to it.
+///
+/// The driver's rule against lost wake-ups: the signal count is consumed by
+/// [`Self::wait`] *before* the completion queue is read, so a completion posted after
+/// that read signals again and the next wait returns at once.
+pub trait InterruptVectors: Send + Sync + fmt::Debug {
+    /// How many vectors there are (0..count); I/O queue `qid` uses vector `qid` when it is
+    /// below this.
+    fn count(&self) -> u16;
+    /// Sleeps until `vector` has been signalled since the last call (returning at once if
+    /// it already was) or `timeout` passes, and consumes the signals. Returns whether it
+    /// was signalled.
+    ///
+    /// Errors: the OS error of waiting (an eventfd that cannot be polled or read).
+    fn wait(&self, vector: u16, timeout: std::time::Duration) -> std::io::Result<bool>;
+}
+
 /// A contiguous range of memory mapped for device access.
 ///
 /// # Safety

@@ -45,5 +45,5 @@ pub mod status;
 
 pub use cmd::Command;
 pub use completion::Completion;
-pub use hw::{BusMasterError, DmaAllocator, DmaBuf, DmaError, DmaRegion, Registers};
+pub use hw::{BusMasterError, DmaAllocator, DmaBuf, DmaError, DmaRegion, InterruptVectors, Registers};
 pub use status::Status;

@@ -95,6 +95,8 @@ impl Status {
     pub const ABORT_COMMAND_LIMIT_EXCEEDED: Status = Status::new(1, 0x03);
     /// Asynchronous Event Request Limit Exceeded (SCT 1h, SC 05h).
     pub const AER_LIMIT_EXCEEDED: Status = Status::new(1, 0x05);
+    /// Invalid Interrupt Vector (SCT 1h, SC 08h).
+    pub const INVALID_INTERRUPT_VECTOR: Status = Status::new(1, 0x08);
     /// Invalid Log Page (SCT 1h, SC 09h).
     pub const INVALID_LOG_PAGE: Status = Status::new(1, 0x09);
     /// Invalid Format (SCT 1h, SC 0Ah).

@@ -30,9 +30,10 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use vfio_bindings::bindings::vfio::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_INFO_PGSIZES,
-    VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_FLAG_CAPS,
-    vfio_device_info, vfio_group_status, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_iommu_type1_info,
-    vfio_region_info,
+    VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
+    VFIO_IRQ_SET_DATA_NONE, VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_FLAG_CAPS, vfio_device_info,
+    vfio_group_status, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_iommu_type1_info, vfio_irq_info,
+    vfio_irq_set, vfio_region_info,
 };
 
 /// The type byte of every VFIO ioctl (`VFIO_TYPE`, ASCII `';'`).
@@ -59,6 +60,10 @@ pub const VFIO_GROUP_GET_DEVICE_FD: Request = request_code_none!(VFIO_TYPE, VFIO
 pub const VFIO_DEVICE_GET_INFO: Request = request_code_none!(VFIO_TYPE, VFIO_BASE + 7);
 /// `VFIO_DEVICE_GET_REGION_INFO`: device fd, `struct vfio_region_info *`.
 pub const VFIO_DEVICE_GET_REGION_INFO: Request = request_code_none!(VFIO_TYPE, VFIO_BASE + 8);
+/// `VFIO_DEVICE_GET_IRQ_INFO`: device fd, `struct vfio_irq_info *`.
+pub const VFIO_DEVICE_GET_IRQ_INFO: Request = request_code_none!(VFIO_TYPE, VFIO_BASE + 9);
+/// `VFIO_DEVICE_SET_IRQS`: device fd, `struct vfio_irq_set *` followed by its data.
+pub const VFIO_DEVICE_SET_IRQS: Request = request_code_none!(VFIO_TYPE, VFIO_BASE + 10);
 /// `VFIO_DEVICE_RESET`: device fd, no argument.
 pub const VFIO_DEVICE_RESET: Request = request_code_none!(VFIO_TYPE, VFIO_BASE + 11);
 /// `VFIO_IOMMU_GET_INFO`: container fd, `struct vfio_iommu_type1_info *` (+ capabilities).
@@ -117,6 +122,18 @@ mod raw {
         device_get_region_info,
         VFIO_DEVICE_GET_REGION_INFO,
         u64
+    );
+    ioctl_readwrite_bad!(
+        /// `VFIO_DEVICE_GET_IRQ_INFO`.
+        device_get_irq_info,
+        VFIO_DEVICE_GET_IRQ_INFO,
+        vfio_irq_info
+    );
+    ioctl_write_ptr_bad!(
+        /// `VFIO_DEVICE_SET_IRQS` (the buffer extends past the struct by its data).
+        device_set_irqs,
+        VFIO_DEVICE_SET_IRQS,
+        u32
     );
     ioctl_none_bad!(
         /// `VFIO_DEVICE_RESET`.
@@ -248,6 +265,49 @@ pub fn device_get_region_info(device: BorrowedFd<'_>, index: u32) -> io::Result<
         }
     }
     Err(bad_info("region info: argsz kept growing"))
+}
+
+/// `VFIO_DEVICE_GET_IRQ_INFO` for IRQ index `index` (`VFIO_PCI_MSIX_IRQ_INDEX`, ...):
+/// its `VFIO_IRQ_INFO_*` flags and how many vectors it has.
+pub fn device_get_irq_info(device: BorrowedFd<'_>, index: u32) -> io::Result<vfio_irq_info> {
+    let mut info = vfio_irq_info {
+        argsz: argsz::<vfio_irq_info>(),
+        index,
+        ..Default::default()
+    };
+    // SAFETY: `info` is a live vfio_irq_info whose argsz states its size; the kernel
+    // writes at most that many bytes.
+    unsafe { raw::device_get_irq_info(device.as_raw_fd(), &mut info) }.map_err(os)?;
+    Ok(info)
+}
+
+/// `VFIO_DEVICE_SET_IRQS` with `VFIO_IRQ_SET_ACTION_TRIGGER` for IRQ index `index`:
+/// vectors `start..start + fds.len()` signal the given eventfds (-1: that vector signals
+/// nothing) (`VFIO_IRQ_SET_DATA_EVENTFD`). With no fds it disables the index
+/// (`VFIO_IRQ_SET_DATA_NONE`, count 0). For MSI-X the first call enables MSI-X on the
+/// device.
+pub fn device_set_irq_eventfds(device: BorrowedFd<'_>, index: u32, start: u32, fds: &[i32]) -> io::Result<()> {
+    let data = if fds.is_empty() {
+        VFIO_IRQ_SET_DATA_NONE
+    } else {
+        VFIO_IRQ_SET_DATA_EVENTFD
+    };
+    let buf = irq_set_buffer(data | VFIO_IRQ_SET_ACTION_TRIGGER, index, start, fds);
+    // SAFETY: `buf` is a vfio_irq_set (five u32 fields) followed by `fds.len()` i32
+    // eventfds, and its argsz is exactly the buffer's length, so the kernel reads no more;
+    // it only reads through the pointer.
+    unsafe { raw::device_set_irqs(device.as_raw_fd(), buf.as_ptr()) }.map_err(os)?;
+    Ok(())
+}
+
+/// A `struct vfio_irq_set` with its eventfd data, as u32 words (every field is 4 bytes).
+fn irq_set_buffer(flags: u32, index: u32, start: u32, fds: &[i32]) -> Vec<u32> {
+    let header = size_of::<vfio_irq_set>() / 4;
+    let argsz = ((header + fds.len()) * 4) as u32;
+    let mut buf = vec![argsz, flags, index, start, fds.len() as u32];
+    debug_assert_eq!(buf.len(), header);
+    buf.extend(fds.iter().map(|&fd| fd as u32));
+    buf
 }
 
 /// `VFIO_DEVICE_RESET`: resets the device (function-level reset or equivalent).
@@ -531,7 +591,7 @@ mod tests {
     fn request_numbers_match_linux_vfio_h() {
         // Each pair: our constant, and `n` in `_IO(VFIO_TYPE, VFIO_BASE + n)` from
         // include/uapi/linux/vfio.h.
-        let table: [(Request, Request, Request); 12] = [
+        let table: [(Request, Request, Request); 14] = [
             (VFIO_GET_API_VERSION, 0, 0x3b64),
             (VFIO_CHECK_EXTENSION, 1, 0x3b65),
             (VFIO_SET_IOMMU, 2, 0x3b66),
@@ -540,6 +600,8 @@ mod tests {
             (VFIO_GROUP_GET_DEVICE_FD, 6, 0x3b6a),
             (VFIO_DEVICE_GET_INFO, 7, 0x3b6b),
             (VFIO_DEVICE_GET_REGION_INFO, 8, 0x3b6c),
+            (VFIO_DEVICE_GET_IRQ_INFO, 9, 0x3b6d),
+            (VFIO_DEVICE_SET_IRQS, 10, 0x3b6e),
             (VFIO_DEVICE_RESET, 11, 0x3b6f),
             (VFIO_IOMMU_GET_INFO, 12, 0x3b70),
             (VFIO_IOMMU_MAP_DMA, 13, 0x3b71),
@@ -549,6 +611,22 @@ mod tests {
             assert_eq!(ours, io(n), "VFIO_BASE + {n}");
             assert_eq!(ours, literal, "VFIO_BASE + {n}");
         }
+    }
+
+    #[test]
+    fn irq_set_buffer_is_the_kernel_layout() {
+        // include/uapi/linux/vfio.h: argsz, flags, index, start, count, then u8 data[].
+        let b = irq_set_buffer(
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            2,
+            1,
+            &[7, -1, 9],
+        );
+        assert_eq!(b, [32, 4 | 32, 2, 1, 3, 7, u32::MAX, 9]);
+        assert_eq!(
+            irq_set_buffer(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, 2, 0, &[]),
+            [20, 33, 2, 0, 0]
+        );
     }
 
     #[test]

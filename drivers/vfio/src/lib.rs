@@ -34,6 +34,7 @@ pub mod group;
 pub mod ioctl;
 pub mod iommu;
 pub mod iova;
+pub mod msix;
 pub mod pci;
 
 pub use bar::MmioBar;
@@ -41,6 +42,7 @@ pub use config::PciConfig;
 pub use dma::{DmaOptions, DmaStats, HugePages, VfioDma};
 pub use error::Error;
 pub use iommu::DmaMapper;
+pub use msix::MsixVectors;
 pub use pci::{Bdf, PciDevice, Sysfs};
 
 use container::Container;
@@ -72,6 +74,10 @@ pub struct OpenOptions {
     /// Reset the device (`VFIO_DEVICE_RESET`) after opening it, when it supports reset.
     /// Default true.
     pub reset: bool,
+    /// MSI-X vectors to enable, each signalling its own eventfd ([`MsixVectors`]), for a
+    /// driver in interrupt mode: fewer if the device's MSI-X table is smaller. Default 0:
+    /// MSI-X stays off and the driver polls.
+    pub msix_vectors: u16,
 }
 
 impl Default for OpenOptions {
@@ -81,6 +87,7 @@ impl Default for OpenOptions {
             dev_vfio: PathBuf::from("/dev/vfio"),
             dma: DmaOptions::default(),
             reset: true,
+            msix_vectors: 0,
         }
     }
 }
@@ -138,6 +145,8 @@ pub struct VfioNvme {
     pub config: PciConfig,
     /// Facts about the device.
     pub info: NvmeDeviceInfo,
+    /// The MSI-X vectors [`OpenOptions::msix_vectors`] asked for; `None` when it was 0.
+    pub msix: Option<Arc<MsixVectors>>,
 }
 
 /// Opens the NVMe controller at `bdf` (`0000:00:05.0` or `00:05.0`) with the default
@@ -261,6 +270,10 @@ pub fn open_nvme_with(bdf: &str, options: &OpenOptions) -> Result<VfioNvme, Erro
     let command = config.enable_for_polling().map_err(os)?;
 
     let bar = MmioBar::map(Arc::clone(&device), VFIO_PCI_BAR0_REGION_INDEX, MIN_BAR0_BYTES)?;
+    let msix = match options.msix_vectors {
+        0 => None,
+        n => Some(Arc::new(MsixVectors::enable(Arc::clone(&device), n).map_err(os)?)),
+    };
     let mapper: Arc<dyn DmaMapper> = Arc::clone(&container) as Arc<dyn DmaMapper>;
     let dma = VfioDma::new(mapper, options.dma.clone()).map_err(|source| Error::Iova { bdf, group: g, source })?;
     let info = NvmeDeviceInfo {
@@ -288,6 +301,7 @@ pub fn open_nvme_with(bdf: &str, options: &OpenOptions) -> Result<VfioNvme, Erro
         dma: Arc::new(dma),
         config,
         info,
+        msix,
     })
 }
 

@@ -74,10 +74,26 @@ pub enum Completions {
     /// Non-blocking `poll` in a spin loop (VFIO, io_uring): the lowest latency; a CPU per
     /// thread.
     Spin,
-    /// [`BlockQueue::wait`]: sleeps in the kernel until a completion arrives (io_uring:
-    /// `io_uring_enter` with GETEVENTS); on the synchronous backends, which do the I/O
-    /// inside `ring`, it finds it done.
-    Wait,
+    /// [`BlockQueue::wait`]: sleeps until a completion's interrupt arrives (VFIO: on the
+    /// I/O CQ's MSI-X eventfd; io_uring: `io_uring_enter` with GETEVENTS, the kernel
+    /// driver taking the interrupt); on the synchronous backends, which do the I/O inside
+    /// `ring`, it finds it done. `wait` is another name for it.
+    #[value(alias = "wait")]
+    Interrupt,
+    /// Spins on `poll` for a while after the last completion (`--hybrid-spin-us`), then
+    /// sleeps as `interrupt` does.
+    Hybrid,
+}
+
+impl Completions {
+    /// The name the reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Completions::Spin => "spin",
+            Completions::Interrupt => "interrupt",
+            Completions::Hybrid => "hybrid",
+        }
+    }
 }
 
 /// A failed I/O.
@@ -278,6 +294,8 @@ pub struct LoopConfig<'a> {
     pub max_latency: Ticks,
     /// How to wait for completions.
     pub completions: Completions,
+    /// [`Completions::Hybrid`]: how long to spin without a completion before sleeping.
+    pub hybrid_spin: Ticks,
     /// A size-based run (fio's `size` without `runtime`): the bytes this thread transfers
     /// inside the measured window before it stops on its own. `None`: it runs until the
     /// window ends.
@@ -302,10 +320,13 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
         phases,
         max_latency,
         completions,
+        hybrid_spin,
         budget,
         block_size,
         progress,
     } = cfg;
+    // Hybrid: when the polls started coming back empty.
+    let mut idle_since: Option<Ticks> = None;
     let qd = bufs.len();
     let mut stats = ThreadStats::new(max_latency);
     let mut slots = vec![Slot::default(); qd];
@@ -404,7 +425,23 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
         };
         let n = match completions {
             Completions::Spin => q.poll(qd, &mut on_complete),
-            Completions::Wait => q.wait(qd, &mut on_complete),
+            Completions::Interrupt => q.wait(qd, &mut on_complete),
+            Completions::Hybrid => match q.poll(qd, &mut on_complete) {
+                0 if q.outstanding() > 0 => {
+                    let now = clock.now();
+                    let since = *idle_since.get_or_insert(now);
+                    if now.saturating_sub(since) < hybrid_spin {
+                        0
+                    } else {
+                        idle_since = None;
+                        q.wait(qd, &mut on_complete)
+                    }
+                }
+                n => {
+                    idle_since = None;
+                    n
+                }
+            },
         };
         // No PAUSE (`spin_loop`) after an empty poll: each iteration is a whole poll, not
         // a wait on one cache line, and neither SPDK's perf nor fio pause in theirs. Under
@@ -546,6 +583,7 @@ mod tests {
             phases,
             max_latency: MAX,
             completions,
+            hybrid_spin: 0,
             budget,
             block_size: 512,
             progress,
@@ -623,7 +661,7 @@ mod tests {
                 &mut q,
                 bufs(2, 4096),
                 &mut ios,
-                cfg(&clock, phases, Completions::Wait, None, &progress),
+                cfg(&clock, phases, Completions::Interrupt, None, &progress),
             )
         });
         // Queue full with nothing outstanding never clears: the run simply ends.
@@ -713,7 +751,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(20));
                 phases.start(clock.now());
             });
-            let c = cfg(&clock, &phases, Completions::Wait, Some(400 * 4096), &progress);
+            let c = cfg(&clock, &phases, Completions::Interrupt, Some(400 * 4096), &progress);
             run(&mut q, bufs(4, 4096), &mut ios, c)
         });
         assert_eq!((s.ios[WRITE], s.bytes[WRITE]), (400, 400 * 4096));

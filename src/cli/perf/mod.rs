@@ -51,10 +51,11 @@
 //!   The synchronous backends (psync, ioctl) do each I/O inside `ring`, so a deeper queue
 //!   only delays completions that have already happened: they run at depth 1 per thread,
 //!   as fio's sync engines do, and the report says so. Use `--threads` for parallelism
-//!   there. `--completions wait` makes the io_uring backends (uring, uring-cmd) sleep in
-//!   io_uring_enter instead of spinning, like fio's default; VFIO can only spin and the
-//!   synchronous backends can only wait, and the other mode is refused there. The
-//!   report gives the mode and the CPU the run used.
+//!   there. `--completions interrupt` makes VFIO sleep on each I/O completion queue's
+//!   MSI-X eventfd, and the io_uring backends (uring, uring-cmd) sleep in io_uring_enter,
+//!   like fio's default; `hybrid` spins first for `--hybrid-spin-us`. The synchronous
+//!   backends can only wait, and the other modes are refused there. The report gives the
+//!   mode and the CPU the run used.
 //! - **Writes** need `--allow-write` unless DEV is a regular file ([`target`]). Write
 //!   buffers are filled once with random bytes, never per I/O.
 //! - **Failures.** Every failed I/O is counted and the first few are shown with their
@@ -97,6 +98,8 @@ const PROGRESS_AFTER: Duration = Duration::from_secs(3);
 
 /// The measured time when neither `--time` nor `--size` says how long to run.
 const DEFAULT_TIME: Duration = Duration::from_secs(10);
+/// `--hybrid-spin-us`: about one 4 KiB read's device latency on a fast NVMe drive.
+const DEFAULT_HYBRID_SPIN_US: u64 = 20;
 
 /// How often the main thread looks for Ctrl-C and for threads that are done.
 const WATCH_STEP: Duration = Duration::from_millis(10);
@@ -234,13 +237,19 @@ pub struct PerfArgs {
     #[arg(long, value_enum, value_name = "C", hide = true)]
     pub clock: Option<ClockSource>,
     /// How to wait for completions: `spin` polls in a loop (lowest latency, one busy CPU
-    /// per thread; SPDK's way), `wait` sleeps in the kernel (io_uring's io_uring_enter
-    /// with GETEVENTS, as fio's io_uring engines do by default). Default: spin, except on
-    /// the synchronous backends (psync, ioctl), which complete inside the submission and
-    /// can only wait. VFIO can only spin (no interrupt mode yet). A mode the backend
+    /// per thread; SPDK's way); `interrupt` (or `wait`) sleeps until the completion's
+    /// interrupt (VFIO: MSI-X, one eventfd per I/O completion queue; io_uring:
+    /// io_uring_enter with GETEVENTS, as fio's io_uring engines do by default); `hybrid`
+    /// spins for --hybrid-spin-us after the last completion, then sleeps as `interrupt`
+    /// does. Default: spin, except on the synchronous backends (psync, ioctl), which
+    /// complete inside the submission and can only wait (`interrupt`). A mode the backend
     /// cannot do is refused.
     #[arg(long, value_enum, value_name = "MODE")]
     pub completions: Option<Completions>,
+    /// `--completions hybrid`: how long to keep polling without a completion before
+    /// sleeping, in µs.
+    #[arg(long, value_name = "US", default_value_t = DEFAULT_HYBRID_SPIN_US)]
+    pub hybrid_spin_us: u64,
     /// VFIO: use shadow doorbells (Doorbell Buffer Config) when the controller has them:
     /// doorbell values go to a memory page, and to the registers only when the
     /// controller's EventIdx asks. Off by default (on QEMU's controller they cost more than
@@ -269,6 +278,8 @@ pub struct Plan {
     pub qd_effective: usize,
     /// How the loop waits.
     pub completions: Completions,
+    /// `--completions hybrid`: polling before sleeping.
+    pub hybrid_spin: Duration,
     /// Threads.
     pub threads: usize,
     /// Namespace.
@@ -347,19 +358,22 @@ impl Plan {
         }
         let synchronous = matches!(backend, Backend::Psync | Backend::Ioctl);
         let completions = match a.completions {
-            None if synchronous => Completions::Wait,
+            None if synchronous => Completions::Interrupt,
             None => Completions::Spin,
-            Some(Completions::Spin) if synchronous => {
+            Some(c @ (Completions::Spin | Completions::Hybrid)) if synchronous => {
                 return invalid(format!(
-                    "--completions spin: the {backend} backend completes each I/O inside its system call, so \
-                     there is nothing to poll; it always waits (the default there)"
+                    "--completions {}: the {backend} backend completes each I/O inside its system call, so \
+                     there is nothing to poll; it always waits (interrupt, the default there)",
+                    c.name()
                 ));
             }
-            Some(Completions::Wait) if !synchronous && !matches!(backend, Backend::Uring | Backend::UringCmd) => {
+            Some(c @ (Completions::Interrupt | Completions::Hybrid))
+                if !synchronous && !matches!(backend, Backend::Vfio | Backend::Uring | Backend::UringCmd) =>
+            {
                 return invalid(format!(
-                    "--completions wait: the {backend} backend has no interrupt mode (ironvme's driver and \
-                     its simulation poll the completion queue), so its completions can only be polled (spin, the \
-                     default)"
+                    "--completions {}: the {backend} backend has no interrupts (the simulated controller is \
+                     polled), so its completions can only be polled (spin, the default)",
+                    c.name()
                 ));
             }
             Some(c) => c,
@@ -386,6 +400,7 @@ impl Plan {
             qd: a.qd as usize,
             qd_effective: if synchronous { 1 } else { a.qd as usize },
             completions,
+            hybrid_spin: Duration::from_micros(a.hybrid_spin_us),
             threads: a.threads as usize,
             nsid: ns.nsid,
             block_size: ns.block_size,
@@ -524,6 +539,7 @@ pub fn execute(
                         phases,
                         max_latency,
                         completions: plan.completions,
+                        hybrid_spin: clock.ticks_for(plan.hybrid_spin),
                         budget: plan.budget,
                         block_size: u64::from(plan.block_size),
                         progress: counter,
@@ -761,6 +777,8 @@ pub fn run(a: &PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let what = format!("perf --rw {}", a.rw.name());
     let mut options = crate::OpenOptions::with_backend(a.backend);
     options.controller.shadow_doorbells = a.shadow_doorbells;
+    // VFIO: MSI-X for the modes that sleep (other backends ignore it).
+    options.interrupts = matches!(a.completions, Some(Completions::Interrupt | Completions::Hybrid));
     let dev = target::open_with(&a.dev, &options, a.rw.writes().then_some(what.as_str()), a.allow_write)?;
     let device = &dev.device;
     let ns = device.namespace(a.nsid)?;
@@ -801,10 +819,7 @@ pub fn run(a: &PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
         ramp_s: plan.ramp.as_secs_f64(),
         clock: clock.source().name(),
         instant_now_ns: clock.instant_cost_ns(),
-        completions: match plan.completions {
-            Completions::Spin => "spin",
-            Completions::Wait => "wait",
-        },
+        completions: plan.completions.name(),
         shadow_doorbells: device.shadow_doorbells(),
         name: a.name.clone(),
         bssplit: plan.bssplit.clone(),
@@ -976,14 +991,18 @@ mod tests {
         );
         assert_eq!((p.offset(), p.size()), (1 << 20, 15 * 65536));
         let p = Plan::new(&args(&["--rw", "read", "--qd", "64"]), &n, Backend::Psync).unwrap();
-        assert_eq!((p.qd, p.qd_effective, p.completions), (64, 1, Completions::Wait));
+        assert_eq!((p.qd, p.qd_effective, p.completions), (64, 1, Completions::Interrupt));
         // --completions is what runs, where the backend can do it.
         for (backend, mode, want) in [
-            (Backend::Uring, "wait", Completions::Wait),
-            (Backend::UringCmd, "wait", Completions::Wait),
+            (Backend::Uring, "wait", Completions::Interrupt),
+            (Backend::UringCmd, "wait", Completions::Interrupt),
             (Backend::Uring, "spin", Completions::Spin),
+            (Backend::Uring, "hybrid", Completions::Hybrid),
             (Backend::Vfio, "spin", Completions::Spin),
-            (Backend::Psync, "wait", Completions::Wait),
+            (Backend::Vfio, "interrupt", Completions::Interrupt),
+            (Backend::Vfio, "hybrid", Completions::Hybrid),
+            (Backend::Psync, "wait", Completions::Interrupt),
+            (Backend::Psync, "interrupt", Completions::Interrupt),
         ] {
             let p = Plan::new(&args(&["--rw", "read", "--completions", mode]), &n, backend).unwrap();
             assert_eq!(p.completions, want, "{backend} --completions {mode}");
@@ -993,8 +1012,12 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(refused(Backend::Vfio, "wait").contains("no interrupt mode"));
+        #[cfg(feature = "sim")]
+        for mode in ["interrupt", "hybrid"] {
+            assert!(refused(Backend::Sim, mode).contains("no interrupts"));
+        }
         assert!(refused(Backend::Psync, "spin").contains("nothing to poll"));
+        assert!(refused(Backend::Psync, "hybrid").contains("nothing to poll"));
         assert!(refused(Backend::Ioctl, "spin").contains("nothing to poll"));
 
         let err = |extra: &[&str]| Plan::new(&args(extra), &n, Backend::Vfio).unwrap_err().to_string();

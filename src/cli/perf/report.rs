@@ -43,7 +43,7 @@ pub struct RunInfo {
     pub clock: &'static str,
     /// What one `Instant::now()` cost here, in ns (why the clock was chosen).
     pub instant_now_ns: f64,
-    /// How completions were awaited (`spin` or `wait`).
+    /// How completions were awaited (`spin`, `interrupt` or `hybrid`).
     pub completions: &'static str,
     /// VFIO: whether the I/O queues used shadow doorbells; `None` on other backends.
     pub shadow_doorbells: Option<bool>,

@@ -1,6 +1,6 @@
 //! The block interface ([`crate::block::BlockQueue`]) over the VFIO driver's queue pairs.
 
-use super::{Controller, Error, IoQueuePair, Namespace};
+use super::{Controller, Error, IoCompletion, IoQueuePair, Namespace};
 use crate::block::{
     self, BlockError, BlockQueue, Completion, GeometrySource, IoStatus, NamespaceInfo, Op, SubmitError,
 };
@@ -151,9 +151,23 @@ impl<R: Registers> BlockQueue for NamespaceQueue<R> {
         Ok(())
     }
 
-    fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+    fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
+        self.complete(max, on_complete, false)
+    }
+
+    /// Sleeps on the queue pair's interrupt vector when it has one
+    /// ([`IoQueuePair::wait`]); spins otherwise.
+    fn wait<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
+        self.complete(max, on_complete, true)
+    }
+}
+
+impl<R: Registers> NamespaceQueue<R> {
+    /// [`IoQueuePair::poll`] (or, with `wait`, [`IoQueuePair::wait`]) with completions in
+    /// the block interface's terms.
+    fn complete<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F, wait: bool) -> usize {
         let (ranges, marker) = (&mut self.ranges, &self.marker);
-        self.pair.poll(max, |c| {
+        let each = |c: IoCompletion| {
             // A Deallocate's range buffer goes back to the pool; the caller gave none.
             let buf = match c.buf {
                 Some(b) if b.same_region(marker) => {
@@ -172,6 +186,11 @@ impl<R: Registers> BlockQueue for NamespaceQueue<R> {
                 buf,
                 result,
             });
-        })
+        };
+        if wait {
+            self.pair.wait(max, each)
+        } else {
+            self.pair.poll(max, each)
+        }
     }
 }

@@ -68,6 +68,13 @@ pub(crate) fn ticks_for(d: Duration) -> u64 {
     (d.as_secs_f64() * 1e6 * per_us).min(u64::MAX as f64) as u64
 }
 
+/// `ticks` as a duration (the inverse of [`ticks_for`]).
+pub(crate) fn duration_of(ticks: u64) -> Duration {
+    let cal = calibration();
+    let per_us = if cal.per_us > 0.0 { cal.per_us } else { 1000.0 };
+    Duration::from_secs_f64(ticks as f64 / per_us / 1e6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +91,10 @@ mod tests {
         );
         assert!(elapsed <= ticks_for(Duration::from_secs(5)));
         assert_eq!(ticks_for(Duration::ZERO), 0);
+        let ms = duration_of(ticks_for(Duration::from_millis(3)));
+        assert!(
+            ms.abs_diff(Duration::from_millis(3)) < Duration::from_micros(5),
+            "{ms:?}"
+        );
     }
 }

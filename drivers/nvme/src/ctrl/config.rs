@@ -1,6 +1,8 @@
 //! Controller driver configuration.
 
 use super::recovery::RecoveryObserver;
+use crate::hw::InterruptVectors;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How I/O commands describe their data buffer.
@@ -62,6 +64,13 @@ pub struct ControllerConfig {
     /// controller supports them (OACS bit 8). Default false: on QEMU 7.2's controller
     /// under TCG, the one measured, they cost more than they save (docs/design.md).
     pub shadow_doorbells: bool,
+    /// Interrupt vectors for the I/O completion queues (interrupt mode). With them, I/O
+    /// queue `qid` is created with IEN = 1 and IV = `qid` when `qid` is below
+    /// [`InterruptVectors::count`] (vector 0 is the admin queue's, which stays polled),
+    /// and [`super::IoQueuePair::wait`] sleeps on its vector instead of spinning. Queues
+    /// beyond the vectors, and every queue without them, are polled. Default none (all
+    /// polled, no interrupts generated).
+    pub interrupts: Option<Arc<dyn InterruptVectors>>,
     /// Called on each recovery step (timeout, abort, reset), in the thread doing it. During
     /// a reset it runs with the admin queue locked, so it must not send admin commands
     /// (that would deadlock). Default none.
@@ -84,6 +93,7 @@ impl Default for ControllerConfig {
             async_events: true,
             set_timestamp: true,
             shadow_doorbells: false,
+            interrupts: None,
             recovery_observer: None,
         }
     }

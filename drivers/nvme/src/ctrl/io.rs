@@ -16,7 +16,7 @@ use super::recovery::{Health, RecoveryEvent, ResetReason};
 use super::shadow::ShadowDoorbells;
 use super::{Error, Inner, Namespace, clock};
 use crate::cmd::{Command, DSM_RANGE_BYTES, DsmAttributes, DsmRange, MAX_DSM_RANGES};
-use crate::hw::{DmaBuf, Registers};
+use crate::hw::{DmaBuf, InterruptVectors, Registers};
 use crate::prp;
 use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
 use crate::regs::{Csts, offset};
@@ -115,6 +115,20 @@ pub struct IoQueuePair<R: Registers> {
     next_scan: u64,
     /// Doorbell updates (SQ tail and CQ head), and those written to the registers.
     doorbells: DoorbellCounts,
+    /// The CQ's interrupt vector, and where to sleep on it ([`Self::wait`]); `None`: polled.
+    irq: Option<(u16, Arc<dyn InterruptVectors>)>,
+    /// Sleeps on the vector, and those the vector ended (not the timeout).
+    sleeps: SleepCounts,
+}
+
+/// How often [`IoQueuePair::wait`] slept on its interrupt vector, and how many of those
+/// sleeps the interrupt ended (the others hit the deadline-scan timeout).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SleepCounts {
+    /// Sleeps on the vector.
+    pub sleeps: u64,
+    /// Of those, the ones the vector's signal ended.
+    pub woken: u64,
 }
 
 /// How many doorbell updates an I/O queue pair made, and how many of them were MMIO
@@ -156,6 +170,8 @@ impl<R: Registers> IoQueuePair<R> {
             scan_ticks,
             next_scan: clock::now().saturating_add(scan_ticks),
             doorbells: DoorbellCounts::default(),
+            irq: inner.interrupt_vector(qid).zip(inner.config.interrupts.clone()),
+            sleeps: SleepCounts::default(),
             generation,
             sq_db: inner.cap.sq_tail_doorbell(qid),
             cq_db: inner.cap.cq_head_doorbell(qid),
@@ -710,6 +726,53 @@ impl<R: Registers> IoQueuePair<R> {
         )
     }
 
+    /// The MSI-X vector this pair's CQ signals, if it was created with interrupts
+    /// ([`crate::ctrl::ControllerConfig::interrupts`]).
+    pub fn interrupt_vector(&self) -> Option<u16> {
+        self.irq.as_ref().map(|(v, _)| *v)
+    }
+
+    /// How often [`Self::wait`] slept on the interrupt vector, and how often the vector
+    /// woke it.
+    pub fn sleep_counts(&self) -> SleepCounts {
+        self.sleeps
+    }
+
+    /// Like [`Self::poll`], but when nothing completed and commands are outstanding, waits
+    /// for a completion: on the CQ's interrupt vector when it has one (interrupt mode,
+    /// the thread sleeps), else by polling again (spin). Returns how many completed (0
+    /// only when nothing is outstanding). Deadlines are kept: a sleep never outlasts the
+    /// next scan for expired commands.
+    ///
+    /// Errors: a vector that cannot be waited on is logged once and the pair falls back to
+    /// polling.
+    pub fn wait(&mut self, max: usize, mut on_complete: impl FnMut(IoCompletion)) -> usize {
+        loop {
+            let n = self.poll(max, &mut on_complete);
+            if n > 0 || self.slots.is_idle() {
+                return n;
+            }
+            // The signal count is consumed before the next poll reads the CQ, so a
+            // completion posted from now on signals the vector again (the rule of
+            // `InterruptVectors`): no wake-up is lost between the poll and the sleep.
+            if let Some((vector, vectors)) = &self.irq {
+                let timeout = clock::duration_of(self.next_scan.saturating_sub(clock::now()))
+                    .max(std::time::Duration::from_micros(100));
+                match vectors.wait(*vector, timeout) {
+                    Ok(woken) => {
+                        self.sleeps.sleeps += 1;
+                        self.sleeps.woken += woken as u64;
+                    }
+                    Err(e) => {
+                        tracing::warn!(qid = self.qid, vector, error = %e,
+                            "cannot wait on the completion queue's interrupt; polling instead");
+                        self.irq = None;
+                    }
+                }
+            }
+        }
+    }
+
     // --- Synchronous helpers: thin loops over submit + poll ---
 
     /// Submits one command built by `submit` and polls until it completes. The queue must
@@ -727,10 +790,7 @@ impl<R: Registers> IoQueuePair<R> {
         submit(self)?;
         let mut done = None;
         while done.is_none() {
-            self.poll(1, |c| done = Some(c));
-            if done.is_none() {
-                std::hint::spin_loop();
-            }
+            self.wait(1, |c| done = Some(c));
         }
         let c = done.expect("loop ends when set");
         match c.result() {

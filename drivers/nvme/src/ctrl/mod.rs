@@ -27,7 +27,7 @@ pub use block::NamespaceQueue;
 pub use config::{ControllerConfig, DataPointerMode};
 pub use error::Error;
 pub use init::InitState;
-pub use io::{DoorbellCounts, IoCompletion, IoError, IoQueuePair};
+pub use io::{DoorbellCounts, IoCompletion, IoError, IoQueuePair, SleepCounts};
 pub use namespace::Namespace;
 pub use recovery::{RecoveryEvent, RecoveryObserver, ResetReason};
 
@@ -704,6 +704,12 @@ impl<R: Registers> Inner<R> {
         }
     }
 
+    /// The MSI-X vector of I/O queue `qid`'s CQ: `qid` itself when interrupt vectors were
+    /// configured and `qid` is below their count; `None` (polled, IEN = 0) otherwise.
+    pub(crate) fn interrupt_vector(&self, qid: u16) -> Option<u16> {
+        self.config.interrupts.as_ref().filter(|v| qid < v.count()).map(|_| qid)
+    }
+
     /// Create I/O CQ then SQ `qid` over rings at the given IOVAs (one IOVA-contiguous
     /// allocation each, as CAP.CQR asks). Returns the controller generation the queues
     /// belong to. A timeout resets the controller (which then forgets the queues).
@@ -722,7 +728,7 @@ impl<R: Registers> Inner<R> {
                 generation: self.generation.load(Ordering::Acquire),
             });
         }
-        let create_cq = Command::create_io_cq(qid, entries, cq_iova, contiguous, None);
+        let create_cq = Command::create_io_cq(qid, entries, cq_iova, contiguous, self.interrupt_vector(qid));
         let create_sq = Command::create_io_sq(qid, entries, sq_iova, contiguous, 0, qid);
         // Under the admin lock, so no reset can slip between creating the queues and
         // reading the generation they belong to.

@@ -782,3 +782,91 @@ fn admin_queues_too_small_for_async_events_are_refused_and_small_ones_still_work
     }
     assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
 }
+
+/// Interrupt mode on the simulated controller's vectors: queue `qid` is created with
+/// IEN = 1 and IV = `qid`, and `wait` sleeps on it until a delayed completion signals it.
+#[test]
+fn interrupt_mode_sleeps_on_the_queues_vector_until_the_completion_signals_it() {
+    let sim = sim_with(SimConfig::default());
+    let vectors = sim.interrupts();
+    let ctrl = start(
+        &sim,
+        ControllerConfig {
+            interrupts: Some(vectors.clone()),
+            ..ControllerConfig::default()
+        },
+    );
+    let ns = ctrl.namespace(1).unwrap();
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    let qid = q.qid();
+    assert_eq!(q.interrupt_vector(), Some(qid));
+    // Each round: a read the controller completes 30 ms later from its own thread, so
+    // the pair finds nothing on its first poll and must sleep.
+    for round in 0..2 {
+        sim.inject(FaultRule {
+            opcode: Some(crate::cmd::nvm::READ),
+            times: Some(1),
+            action: FaultAction::Delay(std::time::Duration::from_millis(30)),
+            ..Default::default()
+        });
+        let before = (q.sleep_counts(), vectors.signalled(qid));
+        q.read(&ns, 0, buffer(&ctrl, 4096), 7).unwrap();
+        let mut done = Vec::new();
+        while done.is_empty() {
+            q.wait(8, |c| done.push(c.status));
+        }
+        assert_eq!(done, [Status::SUCCESS]);
+        let (sleeps, signals) = (q.sleep_counts(), vectors.signalled(qid));
+        assert_eq!(signals, before.1 + 1, "round {round}: one post, one signal");
+        assert!(
+            sleeps.woken > before.0.woken,
+            "round {round}: the vector ended a sleep: {sleeps:?}"
+        );
+        if round == 0 {
+            // A reset creates the queues again, with their vector.
+            ctrl.reset().unwrap();
+        }
+    }
+    // The admin queue's posts signal vector 0, which nobody sleeps on.
+    assert!(vectors.signalled(0) > 0);
+}
+
+#[test]
+fn without_interrupt_vectors_queues_are_polled_and_signal_nothing() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let ns = ctrl.namespace(1).unwrap();
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    assert_eq!(q.interrupt_vector(), None);
+    q.read_at(&ns, 0, buffer(&ctrl, 4096)).unwrap();
+    assert_eq!(sim.interrupts().signalled(q.qid()), 0);
+    assert_eq!(q.sleep_counts(), SleepCounts::default());
+}
+
+/// Vectors fewer than the queues: queues at or past the count are polled.
+#[test]
+fn queues_past_the_last_vector_are_polled() {
+    #[derive(Debug)]
+    struct OneVector;
+    impl crate::hw::InterruptVectors for OneVector {
+        fn count(&self) -> u16 {
+            1
+        }
+        fn wait(&self, _: u16, _: std::time::Duration) -> std::io::Result<bool> {
+            unreachable!("no I/O queue has a vector")
+        }
+    }
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(
+        &sim,
+        ControllerConfig {
+            interrupts: Some(Arc::new(OneVector)),
+            ..ControllerConfig::default()
+        },
+    );
+    let ns = ctrl.namespace(1).unwrap();
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    assert_eq!(q.interrupt_vector(), None);
+    q.read_at(&ns, 0, buffer(&ctrl, 4096)).unwrap();
+    assert_eq!(sim.interrupts().signalled(q.qid()), 0);
+}

@@ -103,7 +103,13 @@ impl State {
             return Err(Status::INVALID_QUEUE_IDENTIFIER);
         }
         let (base, size) = self.check_new_queue(cmd, 16)?;
-        self.cqs[qid as usize] = Some(Cq::new(base, size));
+        // IEN (CDW11 bit 1) and IV (bits 31:16): a vector the controller does not have is
+        // refused.
+        let vector = (cmd.cdw11 & 0b10 != 0).then_some((cmd.cdw11 >> 16) as u16);
+        if vector.is_some_and(|v| v >= crate::hw::InterruptVectors::count(&*self.interrupts)) {
+            return Err(Status::INVALID_INTERRUPT_VECTOR);
+        }
+        self.cqs[qid as usize] = Some(Cq::new(base, size, vector));
         Ok(0)
     }
 
@@ -373,6 +379,11 @@ mod tests {
             "32 KiB ring in 16 KiB"
         );
         assert_eq!(h.sim.dma_violations().len(), 1);
+        // 64 I/O queues: vectors 0..=64.
+        assert_eq!(
+            h.admin(Command::create_io_cq(1, 16, iova, true, Some(65))).status(),
+            Status::INVALID_INTERRUPT_VECTOR
+        );
         assert_eq!(h.admin(create(1, 16, iova, true)).status(), Status::SUCCESS);
         assert_eq!(
             h.admin(create(1, 16, iova, true)).status(),

@@ -95,7 +95,8 @@
 //!
 //! # Not modelled
 //!
-//! Interrupts (IEN/IV are accepted and ignored), metadata and protection information,
+//! Interrupts other than MSI-X-style signal counters ([`SimController::interrupts`]: no
+//! INTx, masking or coalescing), metadata and protection information,
 //! fused commands, weighted round robin, the CMB/PMR, NVM subsystem reset, non-contiguous
 //! (PRP-list) queues, the Commands Supported and Effects log, power states beyond PS0, and
 //! torn writes (a power cut loses or keeps each command whole; for torn writes, record
@@ -110,6 +111,7 @@ mod features;
 mod hostile;
 mod identify_data;
 mod io;
+mod irq;
 mod logs;
 mod namespace;
 mod power;
@@ -125,6 +127,7 @@ pub use config::{SimConfig, SimNamespace};
 pub use dma::{IOVA_BASE, SimDma};
 pub use fault::{FaultAction, FaultId, FaultRule};
 pub use hostile::{IdentifyLie, Misbehaviour};
+pub use irq::SimInterrupts;
 pub use power::{PowerCutReport, UnflushedWrite};
 pub use regs::RegAccess;
 
@@ -225,6 +228,12 @@ impl SimController {
     /// The configuration the controller was created with.
     pub fn config(&self) -> SimConfig {
         self.lock().cfg.clone()
+    }
+
+    /// The controller's MSI-X vectors (one per queue, admin included): give them to the
+    /// driver as [`crate::ctrl::ControllerConfig::interrupts`] for interrupt mode.
+    pub fn interrupts(&self) -> Arc<SimInterrupts> {
+        Arc::clone(&self.lock().interrupts)
     }
 
     /// The DMA allocator whose memory this controller can reach.

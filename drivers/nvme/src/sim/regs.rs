@@ -310,7 +310,8 @@ impl State {
             tail: 0,
             cqid: 0,
         });
-        self.cqs[0] = Some(Cq::new(self.acq, cq_entries));
+        // The admin CQ has interrupts enabled, always on vector 0.
+        self.cqs[0] = Some(Cq::new(self.acq, cq_entries, Some(0)));
         self.enabled = true;
         self.cfs = false;
         self.shst = 0;

@@ -7,6 +7,7 @@ use super::dma::{DmaFault, DmaTable};
 use super::fault::{FaultAction, FaultTable};
 use super::features::FeatureState;
 use super::hostile::HostileState;
+use super::irq::SimInterrupts;
 use super::logs::ErrorLog;
 use super::namespace::Namespace;
 use super::power::PowerModel;
@@ -78,11 +79,14 @@ pub(super) struct Cq {
     pub(super) phase: bool,
     /// Completions that did not fit, oldest first.
     pub(super) overflow: VecDeque<Pending>,
+    /// The MSI-X vector signalled on each post (IEN = 1), or `None` (IEN = 0).
+    pub(super) vector: Option<u16>,
 }
 
 impl Cq {
-    pub(super) fn new(base: u64, size: u32) -> Cq {
+    pub(super) fn new(base: u64, size: u32, vector: Option<u16>) -> Cq {
         Cq {
+            vector,
             base,
             size,
             head: 0,
@@ -263,6 +267,8 @@ pub(super) struct State {
     // Reused buffers.
     pub(super) scratch: Vec<u8>,
     pub(super) segs: Vec<(u64, u64)>,
+    /// The MSI-X vectors CQs signal.
+    pub(super) interrupts: Arc<SimInterrupts>,
 }
 
 impl State {
@@ -271,6 +277,7 @@ impl State {
         let namespaces = cfg.namespaces.iter().map(Namespace::new).collect();
         let features = FeatureState::new(&cfg);
         State {
+            interrupts: Arc::new(SimInterrupts::new(cfg.max_io_queues.saturating_add(1))),
             dma,
             me,
             created: Instant::now(),
@@ -599,6 +606,9 @@ impl State {
                 cq.tail = (cq.tail + 1) % cq.size;
                 if cq.tail == 0 {
                     cq.phase = !cq.phase;
+                }
+                if let Some(v) = cq.vector {
+                    self.interrupts.signal(v);
                 }
                 self.counters.completions += 1;
             }
