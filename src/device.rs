@@ -32,7 +32,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// ironvme's polled driver through VFIO (a PCI address bound to vfio-pci).
+    /// ironvme's driver through VFIO (a PCI address bound to vfio-pci), polled unless
+    /// [`OpenOptions::interrupts`] asks for interrupt mode.
     Vfio,
     /// The kernel's NVMe ioctl passthrough (`/dev/nvmeX`, `/dev/nvmeXnY`, `/dev/ngXnY`).
     Ioctl,

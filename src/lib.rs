@@ -27,7 +27,8 @@ use ironvme_nvme::ctrl::{Controller, ControllerConfig};
 use ironvme_vfio::{MmioBar, NvmeDeviceInfo};
 use std::sync::Arc;
 
-/// An NVMe controller driven by ironvme's polled driver through VFIO.
+/// An NVMe controller driven by ironvme's driver through VFIO (polled, or in interrupt mode
+/// when opened with interrupts).
 pub struct VfioController {
     /// The initialised controller.
     pub controller: Controller<MmioBar>,

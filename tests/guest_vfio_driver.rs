@@ -1,7 +1,7 @@
-//! ironvme's polled driver on QEMU's NVMe controllers through VFIO: identification, I/O
-//! from one block to MDTS, several threads, Write Zeroes / Deallocate / Compare, bad
-//! requests, injected media errors, command timeouts and recovery, and handing the
-//! controller back to the kernel.
+//! ironvme's driver on QEMU's NVMe controllers through VFIO (polled, and in interrupt mode
+//! on MSI-X): identification, I/O from one block to MDTS, several threads, Write Zeroes /
+//! Deallocate / Compare, bad requests, injected media errors, command timeouts and
+//! recovery, shadow doorbells, and handing the controller back to the kernel.
 //!
 //! Runs inside the guest (`scripts/test`); each test binds the controller it uses to
 //! vfio-pci and gives it back when it ends.

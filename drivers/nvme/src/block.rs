@@ -451,8 +451,9 @@ pub trait BlockQueue {
     fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize;
 
     /// Like [`BlockQueue::poll`], but waits until at least one operation has finished if
-    /// any is outstanding. Backends that can sleep in the kernel (io_uring) do; polled
-    /// backends spin.
+    /// any is outstanding. Backends that can sleep until an interrupt do (io_uring in the
+    /// kernel; ironvme's driver in interrupt mode, on its MSI-X eventfd); polled backends
+    /// spin.
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
         loop {
             let n = self.poll(max, &mut on_complete);

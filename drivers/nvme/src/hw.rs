@@ -77,10 +77,16 @@ pub trait InterruptVectors: Send + Sync + fmt::Debug {
     fn count(&self) -> u16;
     /// Sleeps until `vector` has been signalled since the last call (returning at once if
     /// it already was) or `timeout` passes, and consumes the signals. Returns whether it
-    /// was signalled.
+    /// was signalled; it may also return `false` early (a signal handler ran), and the
+    /// caller then looks at its queue and waits again.
     ///
-    /// Errors: the OS error of waiting (an eventfd that cannot be polled or read).
+    /// Errors: the OS error of waiting (an eventfd that cannot be polled or read), or
+    /// `InvalidInput` for a vector nobody can wait on.
     fn wait(&self, vector: u16, timeout: std::time::Duration) -> std::io::Result<bool>;
+    /// Signals `vector` as if it had fired, so a thread asleep on it wakes. The driver does
+    /// this for every I/O queue's vector when a reset starts and when the controller fails,
+    /// which no interrupt announces.
+    fn kick(&self, vector: u16);
 }
 
 /// A contiguous range of memory mapped for device access.

@@ -3,7 +3,8 @@
 //!
 //! vfio-pci virtualises parts of config space (BARs, the INTx-disable bit, MSI/MSI-X
 //! capabilities); the identity registers and the Memory Space / Bus Master bits pass
-//! through. ironvme polls completions, so [`PciConfig::enable_for_polling`] sets Memory
+//! through. ironvme polls completions, or takes MSI-X interrupts in interrupt mode
+//! ([`crate::MsixVectors`]), never INTx, so [`PciConfig::enable_for_polling`] sets Memory
 //! Space Enable and Bus Master Enable and also Interrupt Disable (INTx off).
 
 use crate::device::Device;

@@ -131,7 +131,8 @@ impl Device {
         &self.file
     }
 
-    fn err(&self, op: &'static str, e: io::Error) -> OsError {
+    /// An [`OsError`] of `op` on this device.
+    pub(crate) fn err(&self, op: &'static str, e: io::Error) -> OsError {
         OsError::new(op, &self.path, e)
     }
 }

@@ -3,8 +3,9 @@
 //! The entry point is [`open_nvme`]: given a PCI address, it checks that the device is
 //! an NVMe controller handed to vfio-pci in a viable IOMMU group, opens it through the
 //! legacy VFIO container/group interface with the Type1v2 IOMMU, resets it, enables
-//! memory space and bus mastering (interrupts off: ironvme polls), maps BAR0 and sets up
-//! a DMA allocator. The result plugs straight into the NVMe driver:
+//! memory space and bus mastering (INTx off; MSI-X only when [`OpenOptions::msix_vectors`]
+//! asks, for interrupt mode), maps BAR0 and sets up a DMA allocator. The result plugs
+//! straight into the NVMe driver:
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

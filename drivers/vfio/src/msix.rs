@@ -2,115 +2,112 @@
 //! `VFIO_PCI_MSIX_IRQ_INDEX` with `VFIO_IRQ_SET_DATA_EVENTFD`), as SPDK's and libvfn's
 //! interrupt modes do. The kernel's vfio-pci takes each interrupt and adds 1 to the
 //! vector's eventfd; a thread sleeps in `ppoll` on it and reads it to consume the signals.
+//!
+//! Vector 0 belongs to the admin queue, which the driver polls: it gets no eventfd, so
+//! vfio-pci requests no host interrupt for it and admin completions cost none.
 
 use crate::device::Device;
 use crate::error::OsError;
 use crate::ioctl;
 use ironvme_nvme::InterruptVectors;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, ppoll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::time::TimeSpec;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::Duration;
 use vfio_bindings::bindings::vfio::{VFIO_IRQ_INFO_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX};
 
-/// A device's MSI-X vectors `0..count`, enabled, each signalling its own eventfd. Dropping
-/// it disables MSI-X again.
+/// A device's MSI-X vectors `0..count`, enabled; vectors 1.. each signal their own eventfd
+/// (vector 0, the admin queue's, signals nothing). Dropping it disables MSI-X again.
 #[derive(Debug)]
 pub struct MsixVectors {
     device: Arc<Device>,
-    eventfds: Vec<OwnedFd>,
+    /// The eventfds of vectors 1..count (index v - 1).
+    eventfds: Vec<EventFd>,
 }
 
 impl MsixVectors {
-    /// Enables MSI-X on `device` with `wanted` vectors, or as many as its MSI-X table has
-    /// if that is fewer (`VFIO_DEVICE_GET_IRQ_INFO` gives the table size).
+    /// Enables MSI-X on `device` with `wanted` vectors (2 at least: vector 0 and one for an
+    /// I/O queue), or as many as its MSI-X table has if that is fewer
+    /// (`VFIO_DEVICE_GET_IRQ_INFO` gives the table size).
     ///
-    /// Errors: `VFIO_DEVICE_GET_IRQ_INFO` or `VFIO_DEVICE_SET_IRQS` failing (ENOTSUP or
-    /// EINVAL when the device has no MSI-X or the host cannot allocate the interrupts),
-    /// EINVAL when VFIO does not deliver MSI-X by eventfd or `wanted` is 0, and `eventfd`
-    /// failing.
+    /// Errors: `VFIO_DEVICE_GET_IRQ_INFO` failing; `InvalidInput` when the device has fewer
+    /// than 2 MSI-X vectors (0: no MSI-X capability), VFIO does not signal them through
+    /// eventfds, or `wanted` is below 2; `eventfd` failing; `VFIO_DEVICE_SET_IRQS` failing
+    /// (e.g. ENOSPC when the host has no interrupt vectors left).
     pub fn enable(device: Arc<Device>, wanted: u16) -> Result<MsixVectors, OsError> {
-        let err = |op, e| OsError::new(op, device.path(), e);
         let info = ioctl::device_get_irq_info(device.file().as_fd(), VFIO_PCI_MSIX_IRQ_INDEX)
-            .map_err(|e| err("VFIO_DEVICE_GET_IRQ_INFO", e))?;
+            .map_err(|e| device.err("VFIO_DEVICE_GET_IRQ_INFO", e))?;
         let count = (wanted as u32).min(info.count);
-        if count == 0 || info.flags & VFIO_IRQ_INFO_EVENTFD == 0 {
+        if count < 2 || info.flags & VFIO_IRQ_INFO_EVENTFD == 0 {
             let why = format!(
-                "MSI-X: the device has {} vectors (flags {:#x}), {wanted} wanted; none usable through eventfds",
+                "MSI-X: the device has {} vectors (VFIO flags {:#x}) and {wanted} were wanted; interrupt mode \
+                 needs 2 signalled through eventfds",
                 info.count, info.flags
             );
-            return Err(err(
+            return Err(device.err(
                 "VFIO_DEVICE_GET_IRQ_INFO",
                 io::Error::new(io::ErrorKind::InvalidInput, why),
             ));
         }
-        let eventfds = (0..count)
+        let eventfds = (1..count)
             .map(|_| {
-                // SAFETY: eventfd takes no pointers; a non-negative return is a new fd
-                // nobody else owns.
-                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-                if fd < 0 {
-                    return Err(err("eventfd", io::Error::last_os_error()));
-                }
-                // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                    .map_err(|e| device.err("eventfd", io::Error::from(e)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let raw: Vec<i32> = eventfds.iter().map(|f| f.as_raw_fd()).collect();
-        ioctl::device_set_irq_eventfds(device.file().as_fd(), VFIO_PCI_MSIX_IRQ_INDEX, 0, &raw)
-            .map_err(|e| err("VFIO_DEVICE_SET_IRQS", e))?;
+        // -1: vector 0 signals nothing.
+        let fds: Vec<i32> = std::iter::once(-1)
+            .chain(eventfds.iter().map(|f| f.as_raw_fd()))
+            .collect();
+        ioctl::device_set_irq_eventfds(device.file().as_fd(), VFIO_PCI_MSIX_IRQ_INDEX, 0, &fds)
+            .map_err(|e| device.err("VFIO_DEVICE_SET_IRQS", e))?;
         tracing::debug!(bdf = %device.bdf(), vectors = count, table = info.count, "MSI-X enabled");
         Ok(MsixVectors { device, eventfds })
+    }
+
+    fn eventfd(&self, vector: u16) -> io::Result<&EventFd> {
+        (vector as usize)
+            .checked_sub(1)
+            .and_then(|i| self.eventfds.get(i))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("no eventfd for MSI-X vector {vector}"),
+                )
+            })
     }
 }
 
 impl InterruptVectors for MsixVectors {
     fn count(&self) -> u16 {
-        self.eventfds.len() as u16
+        self.eventfds.len() as u16 + 1
     }
 
     fn wait(&self, vector: u16, timeout: Duration) -> io::Result<bool> {
-        let fd = self
-            .eventfds
-            .get(vector as usize)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no MSI-X vector {vector}")))?;
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: `pfd` and `ts` are live locals; ppoll reads one pollfd, writes its
-        // revents, and reads the timespec; a null sigmask leaves the mask alone.
-        let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            // A signal ends the sleep early; the caller polls and waits again.
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            };
+        let fd = self.eventfd(vector)?;
+        let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match ppoll(&mut pfd, Some(TimeSpec::from_duration(timeout)), None) {
+            Ok(0) | Err(Errno::EINTR) => return Ok(false),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
         }
-        if r == 0 {
-            return Ok(false);
+        // Only the thread that owns the queue reads its eventfd, so POLLIN means the read
+        // finds a count; EAGAIN all the same is a spurious wake-up, not an error.
+        match fd.read() {
+            Ok(_) => Ok(true),
+            Err(Errno::EAGAIN) => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        let mut count = 0u64;
-        // SAFETY: reads 8 bytes (an eventfd's counter) into a live u64.
-        let n = unsafe { libc::read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
-        if n == 8 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        // Only this thread reads the eventfd, so EAGAIN cannot follow POLLIN; treat it as
-        // a spurious wake-up all the same.
-        if n < 0 && e.kind() == io::ErrorKind::WouldBlock {
-            Ok(false)
-        } else {
-            Err(e)
+    }
+
+    fn kick(&self, vector: u16) {
+        if let Ok(fd) = self.eventfd(vector) {
+            // Only fails when the count would overflow, and then a waiter wakes anyway.
+            let _ = fd.write(1);
         }
     }
 }

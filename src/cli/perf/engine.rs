@@ -80,8 +80,8 @@ pub enum Completions {
     /// `ring`, it finds it done. `wait` is another name for it.
     #[value(alias = "wait")]
     Interrupt,
-    /// Spins on `poll` for a while after the last completion (`--hybrid-spin-us`), then
-    /// sleeps as `interrupt` does.
+    /// Spins on `poll` for a while once the polls come back empty (`--hybrid-spin-us`),
+    /// then sleeps as `interrupt` does.
     Hybrid,
 }
 

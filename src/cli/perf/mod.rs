@@ -246,8 +246,8 @@ pub struct PerfArgs {
     /// cannot do is refused.
     #[arg(long, value_enum, value_name = "MODE")]
     pub completions: Option<Completions>,
-    /// `--completions hybrid`: how long to keep polling without a completion before
-    /// sleeping, in µs.
+    /// `--completions hybrid`: how long to keep polling once the polls come back empty
+    /// before sleeping, in µs (other modes ignore it).
     #[arg(long, value_name = "US", default_value_t = DEFAULT_HYBRID_SPIN_US)]
     pub hybrid_spin_us: u64,
     /// VFIO: use shadow doorbells (Doorbell Buffer Config) when the controller has them:
@@ -371,8 +371,8 @@ impl Plan {
                 if !synchronous && !matches!(backend, Backend::Vfio | Backend::Uring | Backend::UringCmd) =>
             {
                 return invalid(format!(
-                    "--completions {}: the {backend} backend has no interrupts (the simulated controller is \
-                     polled), so its completions can only be polled (spin, the default)",
+                    "--completions {}: the {backend} backend is opened without interrupt vectors here, so its \
+                     completions can only be polled (spin, the default)",
                     c.name()
                 ));
             }
@@ -1014,7 +1014,7 @@ mod tests {
         };
         #[cfg(feature = "sim")]
         for mode in ["interrupt", "hybrid"] {
-            assert!(refused(Backend::Sim, mode).contains("no interrupts"));
+            assert!(refused(Backend::Sim, mode).contains("without interrupt vectors"));
         }
         assert!(refused(Backend::Psync, "spin").contains("nothing to poll"));
         assert!(refused(Backend::Psync, "hybrid").contains("nothing to poll"));

@@ -122,7 +122,9 @@ pub struct IoQueuePair<R: Registers> {
 }
 
 /// How often [`IoQueuePair::wait`] slept on its interrupt vector, and how many of those
-/// sleeps the interrupt ended (the others hit the deadline-scan timeout).
+/// sleeps a signal ended (the others hit the deadline-scan timeout). A signal may be left
+/// over from a completion an earlier poll already took, so `woken` counts some wake-ups
+/// that found nothing new.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SleepCounts {
     /// Sleeps on the vector.
@@ -741,12 +743,17 @@ impl<R: Registers> IoQueuePair<R> {
     /// Like [`Self::poll`], but when nothing completed and commands are outstanding, waits
     /// for a completion: on the CQ's interrupt vector when it has one (interrupt mode,
     /// the thread sleeps), else by polling again (spin). Returns how many completed (0
-    /// only when nothing is outstanding). Deadlines are kept: a sleep never outlasts the
-    /// next scan for expired commands.
+    /// only when nothing is outstanding, or `max` is 0). Deadlines are kept: a sleep ends
+    /// by the next scan for expired commands (or after 100 µs if that is sooner), and a
+    /// reset or a failure of the controller wakes it
+    /// ([`crate::hw::InterruptVectors::kick`]).
     ///
     /// Errors: a vector that cannot be waited on is logged once and the pair falls back to
     /// polling.
     pub fn wait(&mut self, max: usize, mut on_complete: impl FnMut(IoCompletion)) -> usize {
+        if max == 0 {
+            return self.poll(0, on_complete);
+        }
         loop {
             let n = self.poll(max, &mut on_complete);
             if n > 0 || self.slots.is_idle() {

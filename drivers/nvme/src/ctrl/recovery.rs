@@ -164,8 +164,20 @@ impl<R: Registers> Inner<R> {
             }
         }
         self.health.store(Health::Failed as u8, Ordering::Release);
+        self.wake_sleepers();
         if !already_failed {
             self.notify(RecoveryEvent::Failed { reason });
+        }
+    }
+
+    /// Wakes every I/O queue pair asleep on its interrupt vector
+    /// ([`crate::hw::InterruptVectors::kick`]): a reset starting or ending, or the
+    /// controller failing, changes what they must do, and no interrupt announces it.
+    pub(crate) fn wake_sleepers(&self) {
+        if let Some(v) = &self.config.interrupts {
+            for vector in 1..v.count() {
+                v.kick(vector);
+            }
         }
     }
 
@@ -204,6 +216,7 @@ impl<R: Registers> Inner<R> {
             return Err(self.failed_error());
         }
         self.health.store(Health::Resetting as u8, Ordering::Release);
+        self.wake_sleepers();
         self.notify(RecoveryEvent::ResetStarting(reason));
         match self.disable_and_reinit(admin) {
             Ok(()) => {
@@ -219,6 +232,8 @@ impl<R: Registers> Inner<R> {
                 if back.is_err() {
                     return Err(self.failed_error());
                 }
+                // Sleeping pairs create their queues again now, not at their next scan.
+                self.wake_sleepers();
                 self.notify(RecoveryEvent::ResetDone { generation });
                 Ok(())
             }

@@ -783,21 +783,31 @@ fn admin_queues_too_small_for_async_events_are_refused_and_small_ones_still_work
     assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
 }
 
+/// A controller in interrupt mode on the simulator's vectors, its namespace 1 and a queue
+/// pair.
+fn in_interrupt_mode() -> (
+    SimController,
+    Controller<SimController>,
+    Namespace,
+    IoQueuePair<SimController>,
+) {
+    let sim = sim_with(SimConfig::default());
+    let config = ControllerConfig {
+        interrupts: Some(sim.interrupts()),
+        ..ControllerConfig::default()
+    };
+    let ctrl = start(&sim, config);
+    let ns = ctrl.namespace(1).unwrap();
+    let q = ctrl.create_io_queue_pair().unwrap();
+    (sim, ctrl, ns, q)
+}
+
 /// Interrupt mode on the simulated controller's vectors: queue `qid` is created with
 /// IEN = 1 and IV = `qid`, and `wait` sleeps on it until a delayed completion signals it.
 #[test]
 fn interrupt_mode_sleeps_on_the_queues_vector_until_the_completion_signals_it() {
-    let sim = sim_with(SimConfig::default());
+    let (sim, ctrl, ns, mut q) = in_interrupt_mode();
     let vectors = sim.interrupts();
-    let ctrl = start(
-        &sim,
-        ControllerConfig {
-            interrupts: Some(vectors.clone()),
-            ..ControllerConfig::default()
-        },
-    );
-    let ns = ctrl.namespace(1).unwrap();
-    let mut q = ctrl.create_io_queue_pair().unwrap();
     let qid = q.qid();
     assert_eq!(q.interrupt_vector(), Some(qid));
     // Each round: a read the controller completes 30 ms later from its own thread, so
@@ -831,6 +841,35 @@ fn interrupt_mode_sleeps_on_the_queues_vector_until_the_completion_signals_it() 
     assert!(vectors.signalled(0) > 0);
 }
 
+/// A reset on another thread wakes a pair asleep on its vector (no interrupt announces
+/// it): the pair's command, which the reset discarded, completes as aborted by the host
+/// after a signalled wake-up, not when the sleep times out at the next deadline scan.
+#[test]
+fn a_reset_on_another_thread_wakes_a_pair_asleep_on_its_vector() {
+    let (sim, ctrl, ns, mut q) = in_interrupt_mode();
+    // Far beyond the test: only the reset ends this read.
+    sim.inject(FaultRule {
+        opcode: Some(crate::cmd::nvm::READ),
+        times: Some(1),
+        action: FaultAction::Delay(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    });
+    q.read(&ns, 0, buffer(&ctrl, 4096), 1).unwrap();
+    let mut done = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Long enough for the pair to be asleep, shorter than its 500 ms scan.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            ctrl.reset().unwrap();
+        });
+        while done.is_empty() {
+            q.wait(8, |c| done.push(c.status));
+        }
+    });
+    assert_eq!(done, [Status::ABORTED_BY_HOST]);
+    assert!(q.sleep_counts().woken >= 1, "{:?}", q.sleep_counts());
+}
+
 #[test]
 fn without_interrupt_vectors_queues_are_polled_and_signal_nothing() {
     let sim = sim_with(SimConfig::default());
@@ -855,6 +894,7 @@ fn queues_past_the_last_vector_are_polled() {
         fn wait(&self, _: u16, _: std::time::Duration) -> std::io::Result<bool> {
             unreachable!("no I/O queue has a vector")
         }
+        fn kick(&self, _: u16) {}
     }
     let sim = sim_with(SimConfig::default());
     let ctrl = start(

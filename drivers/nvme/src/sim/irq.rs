@@ -34,7 +34,8 @@ impl SimInterrupts {
         }
     }
 
-    /// How often `vector` was signalled since the controller was created.
+    /// How often `vector` was signalled (posts and kicks) since the controller was
+    /// created.
     pub fn signalled(&self, vector: u16) -> u64 {
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.get(vector as usize).map_or(0, |c| c.1)
@@ -46,8 +47,13 @@ impl InterruptVectors for SimInterrupts {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner).len() as u16
     }
 
+    fn kick(&self, vector: u16) {
+        self.signal(vector);
+    }
+
     fn wait(&self, vector: u16, timeout: Duration) -> io::Result<bool> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add is a wait without one.
+        let deadline = Instant::now().checked_add(timeout);
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if vector as usize >= counts.len() {
             return Err(io::Error::new(
@@ -61,15 +67,19 @@ impl InterruptVectors for SimInterrupts {
                 *pending = 0;
                 return Ok(true);
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            counts = self
-                .cond
-                .wait_timeout(counts, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            counts = match deadline {
+                None => self.cond.wait(counts).unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(false);
+                    }
+                    self.cond
+                        .wait_timeout(counts, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
         }
     }
 }
