@@ -534,6 +534,10 @@ impl BlockQueue for IoQueue {
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
         each_backend!(self, q => q.wait(max, on_complete))
     }
+
+    fn steer_interrupts(&mut self, cpu: usize) -> std::io::Result<bool> {
+        each_backend!(self, q => q.steer_interrupts(cpu))
+    }
 }
 
 impl AdminCommands for IoctlDevice {

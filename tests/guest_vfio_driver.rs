@@ -247,14 +247,34 @@ fn shadow_doorbells_are_used_when_asked_and_survive_a_reset() {
     }
 }
 
-/// Interrupts vfio-pci took for `bdf`'s MSI-X vectors, from /proc/interrupts (lines such
-/// as `45: 12 0 IR-PCI-MSIX-0000:00:05.0 1-edge vfio-msix[1](0000:00:05.0)`), all CPUs.
-fn msix_interrupts(bdf: &str) -> u64 {
+/// Interrupts vfio-pci took for `bdf`'s MSI-X vector `vector` (all of them with `None`),
+/// per CPU, from /proc/interrupts (lines such as
+/// `45: 12 0 IR-PCI-MSIX-0000:00:05.0 1-edge vfio-msix[1](0000:00:05.0)`).
+fn msix_per_cpu(bdf: &str, vector: Option<u16>) -> Vec<u64> {
     let text = std::fs::read_to_string("/proc/interrupts").unwrap();
-    text.lines()
-        .filter(|l| l.contains("vfio-msix") && l.contains(bdf))
-        .flat_map(|l| l.split_whitespace().skip(1).map_while(|w| w.parse::<u64>().ok()))
-        .sum()
+    let name = vector.map(|v| format!("vfio-msix[{v}]({bdf})"));
+    let mut per_cpu = Vec::new();
+    for l in text.lines().filter(|l| l.contains("vfio-msix") && l.contains(bdf)) {
+        if name.as_ref().is_some_and(|n| !l.ends_with(n.as_str())) {
+            continue;
+        }
+        for (cpu, n) in l
+            .split_whitespace()
+            .skip(1)
+            .map_while(|w| w.parse::<u64>().ok())
+            .enumerate()
+        {
+            if per_cpu.len() <= cpu {
+                per_cpu.resize(cpu + 1, 0);
+            }
+            per_cpu[cpu] += n;
+        }
+    }
+    per_cpu
+}
+
+fn msix_interrupts(bdf: &str) -> u64 {
+    msix_per_cpu(bdf, None).iter().sum()
 }
 
 #[test]
@@ -291,6 +311,20 @@ fn interrupt_mode_sleeps_on_msix_and_survives_a_reset() {
     }
     let after = q.sleep_counts();
     assert!(after.woken >= sleeps.woken + 8, "woken after the reset too: {after:?}");
+    // Steered to each vCPU in turn, the vector's interrupts arrive there (Linux: its
+    // smp_affinity_list; the guest has two vCPUs).
+    for (cpu, base) in [(1usize, 250_000u64), (0, 260_000)] {
+        assert!(q.steer_interrupt(cpu).unwrap(), "the pair has a vector");
+        let before = msix_per_cpu(&bdf, Some(q.qid()));
+        for i in 0..16 {
+            q.read_at(&ns, base + i * 8, buf(&ctrl, 4096)).unwrap();
+        }
+        let now = msix_per_cpu(&bdf, Some(q.qid()));
+        let delta: Vec<u64> = now.iter().zip(&before).map(|(a, b)| a - b).collect();
+        eprintln!("steered to CPU {cpu}: interrupts per CPU {delta:?}");
+        assert!(delta[cpu] >= 8, "CPU {cpu} took the interrupts: {delta:?}");
+        assert!(delta[1 - cpu] <= 1, "CPU {} took almost none: {delta:?}", 1 - cpu);
+    }
 }
 
 #[test]

@@ -450,6 +450,16 @@ pub trait BlockQueue {
     /// `on_complete` for each; returns how many. Does not wait.
     fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize;
 
+    /// Has the host deliver this queue's completion interrupt to CPU `cpu` (where the
+    /// thread using it is pinned), when the backend takes interrupts itself (ironvme's
+    /// driver in interrupt mode). Returns whether it did; the default does nothing.
+    ///
+    /// Errors: the OS error of setting the interrupt's affinity.
+    fn steer_interrupts(&mut self, cpu: usize) -> std::io::Result<bool> {
+        let _ = cpu;
+        Ok(false)
+    }
+
     /// Like [`BlockQueue::poll`], but waits until at least one operation has finished if
     /// any is outstanding. Backends that can sleep until an interrupt do (io_uring in the
     /// kernel; ironvme's driver in interrupt mode, on its MSI-X eventfd); polled backends

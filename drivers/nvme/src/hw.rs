@@ -84,9 +84,23 @@ pub trait InterruptVectors: Send + Sync + fmt::Debug {
     /// `InvalidInput` for a vector nobody can wait on.
     fn wait(&self, vector: u16, timeout: std::time::Duration) -> std::io::Result<bool>;
     /// Signals `vector` as if it had fired, so a thread asleep on it wakes. The driver does
-    /// this for every I/O queue's vector when a reset starts and when the controller fails,
+    /// this for every I/O queue's vector when a reset ends and when the controller fails,
     /// which no interrupt announces.
     fn kick(&self, vector: u16);
+    /// Has the host take `vector`'s interrupt on CPU `cpu`, so that a thread pinned there
+    /// and asleep on it is woken without an inter-processor interrupt: what Linux's nvme
+    /// driver gets from managed IRQ affinity (each queue's vector bound to the CPUs that
+    /// submit on it).
+    ///
+    /// Errors: `Unsupported` (the default) where the vectors cannot be steered; otherwise
+    /// the OS error of finding or setting the interrupt's affinity.
+    fn steer(&self, vector: u16, cpu: usize) -> std::io::Result<()> {
+        let _ = (vector, cpu);
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "these interrupt vectors cannot be steered",
+        ))
+    }
 }
 
 /// A contiguous range of memory mapped for device access.

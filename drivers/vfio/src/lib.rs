@@ -75,7 +75,8 @@ pub struct OpenOptions {
     /// Reset the device (`VFIO_DEVICE_RESET`) after opening it, when it supports reset.
     /// Default true.
     pub reset: bool,
-    /// MSI-X vectors to enable, each signalling its own eventfd ([`MsixVectors`]), for a
+    /// MSI-X vectors to enable, all but vector 0 (the polled admin queue's) signalling their
+    /// own eventfd ([`MsixVectors`]), for a
     /// driver in interrupt mode: fewer if the device's MSI-X table is smaller. Default 0:
     /// MSI-X stays off and the driver polls.
     pub msix_vectors: u16,

@@ -1,4 +1,4 @@
-//! MSI-X through VFIO: one eventfd per vector (`VFIO_DEVICE_SET_IRQS` on
+//! MSI-X through VFIO: an eventfd per I/O queue's vector (`VFIO_DEVICE_SET_IRQS` on
 //! `VFIO_PCI_MSIX_IRQ_INDEX` with `VFIO_IRQ_SET_DATA_EVENTFD`), as SPDK's and libvfn's
 //! interrupt modes do. The kernel's vfio-pci takes each interrupt and adds 1 to the
 //! vector's eventfd; a thread sleeps in `ppoll` on it and reads it to consume the signals.
@@ -16,6 +16,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::time::TimeSpec;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use vfio_bindings::bindings::vfio::{VFIO_IRQ_INFO_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX};
@@ -90,6 +91,8 @@ impl InterruptVectors for MsixVectors {
     fn wait(&self, vector: u16, timeout: Duration) -> io::Result<bool> {
         let fd = self.eventfd(vector)?;
         let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        // TimeSpec does not clamp: a timeout past i64 seconds would turn negative (EINVAL).
+        let timeout = timeout.min(Duration::from_secs(i32::MAX as u64));
         match ppoll(&mut pfd, Some(TimeSpec::from_duration(timeout)), None) {
             Ok(0) | Err(Errno::EINTR) => return Ok(false),
             Ok(_) => {}
@@ -104,6 +107,15 @@ impl InterruptVectors for MsixVectors {
         }
     }
 
+    fn steer(&self, vector: u16, cpu: usize) -> io::Result<()> {
+        self.eventfd(vector)?;
+        let irq = irq_of(Path::new("/sys"), &self.device.bdf().to_string(), vector)?;
+        let path = format!("/proc/irq/{irq}/smp_affinity_list");
+        std::fs::write(&path, format!("{cpu}\n")).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+        tracing::debug!(bdf = %self.device.bdf(), vector, irq, cpu, "MSI-X vector steered");
+        Ok(())
+    }
+
     fn kick(&self, vector: u16) {
         if let Ok(fd) = self.eventfd(vector) {
             // Only fails when the count would overflow, and then a waiter wakes anyway.
@@ -112,10 +124,66 @@ impl InterruptVectors for MsixVectors {
     }
 }
 
+/// The host IRQ number of MSI-X vector `vector` of device `bdf` as vfio-pci requested it:
+/// the entry of `SYSFS/bus/pci/devices/BDF/msi_irqs/` whose handler
+/// (`SYSFS/kernel/irq/N/actions`) is named `vfio-msix[VECTOR](BDF)`
+/// (`drivers/vfio/pci/vfio_pci_intrs.c`).
+///
+/// Errors: `NotFound` when no IRQ of the device has that handler (MSI-X off, or the
+/// vector has no eventfd); the OS error of reading the directory.
+fn irq_of(sysfs: &Path, bdf: &str, vector: u16) -> io::Result<u32> {
+    let name = format!("vfio-msix[{vector}]({bdf})");
+    let dir = sysfs.join("bus/pci/devices").join(bdf).join("msi_irqs");
+    for entry in std::fs::read_dir(&dir).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))? {
+        let Some(irq) = entry?.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let actions = std::fs::read_to_string(sysfs.join(format!("kernel/irq/{irq}/actions"))).unwrap_or_default();
+        if actions.split(',').any(|a| a.trim() == name) {
+            return Ok(irq);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no IRQ of {bdf} is {name}"),
+    ))
+}
+
 impl Drop for MsixVectors {
     fn drop(&mut self) {
         if let Err(e) = ioctl::device_set_irq_eventfds(self.device.file().as_fd(), VFIO_PCI_MSIX_IRQ_INDEX, 0, &[]) {
             tracing::warn!(bdf = %self.device.bdf(), error = %e, "could not disable MSI-X");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_irq_of_a_vector_is_found_by_its_handler_name() {
+        let sys = tempfile::tempdir().unwrap();
+        let bdf = "0000:00:05.0";
+        let msi = sys.path().join("bus/pci/devices").join(bdf).join("msi_irqs");
+        std::fs::create_dir_all(&msi).unwrap();
+        for (irq, actions) in [
+            (33, "vfio-msix[1](0000:00:05.0)\n"),
+            (34, "vfio-msix[2](0000:00:05.0)\n"),
+            (35, ""),
+        ] {
+            std::fs::write(msi.join(irq.to_string()), "msix\n").unwrap();
+            let d = sys.path().join(format!("kernel/irq/{irq}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("actions"), actions).unwrap();
+        }
+        std::fs::write(msi.join("not-a-number"), "").unwrap();
+        assert_eq!(irq_of(sys.path(), bdf, 2).unwrap(), 34);
+        assert_eq!(irq_of(sys.path(), bdf, 1).unwrap(), 33);
+        assert_eq!(irq_of(sys.path(), bdf, 3).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            irq_of(sys.path(), "0000:00:06.0", 1).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
     }
 }

@@ -188,6 +188,9 @@ pub struct ThreadStats {
     /// The CPUs the thread was allowed to run on, read back after pinning
     /// (`--cpus_allowed`); `None` when not pinned.
     pub cpus: Option<Vec<usize>>,
+    /// The CPU its queue's completion interrupt was steered to (interrupt and hybrid
+    /// modes, a thread pinned to one CPU, a backend that takes interrupts itself).
+    pub interrupt_cpu: Option<usize>,
 }
 
 impl ThreadStats {
@@ -206,6 +209,7 @@ impl ThreadStats {
             finished: NOT_YET,
             cpu: ThreadCpu::default(),
             cpus: None,
+            interrupt_cpu: None,
         }
     }
 

@@ -544,8 +544,10 @@ pub fn execute(
                         block_size: u64::from(plan.block_size),
                         progress: counter,
                     };
+                    let interrupt_cpu = steer(&mut q, plan, cpus.as_deref(), t);
                     let mut stats = engine::run(&mut q, bufs, &mut ios, cfg);
                     stats.cpus = cpus;
+                    stats.interrupt_cpu = interrupt_cpu;
                     finished.fetch_add(1, Ordering::SeqCst);
                     at_finish.arrive();
                     // The queue is deleted here, after the measured window.
@@ -694,6 +696,24 @@ fn pin(plan: &Plan, t: usize) -> Result<Option<Vec<usize>>, CliError> {
     pin_current_thread(&cpus).map_err(|e| CliError::Device(format!("thread {t}: {e}")))?;
     let now = allowed_cpus()?;
     Ok(Some(now))
+}
+
+/// In the modes that sleep, has the completion interrupt of thread `t`'s queue delivered
+/// to the one CPU the thread is pinned to, as Linux's nvme driver binds each queue's
+/// vector to its CPUs: the wake-up then needs no inter-processor interrupt. Returns that
+/// CPU; `None` when spinning, not pinned to one CPU, or the backend takes no interrupts
+/// itself. A failure is a warning: the run goes on with the interrupt where it was.
+fn steer(q: &mut IoQueue, plan: &Plan, cpus: Option<&[usize]>, t: usize) -> Option<usize> {
+    let (Completions::Interrupt | Completions::Hybrid, Some(&[cpu])) = (plan.completions, cpus) else {
+        return None;
+    };
+    match q.steer_interrupts(cpu) {
+        Ok(steered) => steered.then_some(cpu),
+        Err(e) => {
+            tracing::warn!(thread = t, cpu, error = %e, "could not steer the queue's interrupt to the thread's CPU");
+            None
+        }
+    }
 }
 
 /// Creates thread `t`'s queue and its `qd` buffers (one DMA allocation cut in chunks of

@@ -235,6 +235,8 @@ pub struct ThreadSummary {
     pub fatal: Option<String>,
     /// The CPUs it was allowed to run on, read back after pinning.
     pub cpus: Option<Vec<usize>>,
+    /// The CPU its queue's completion interrupt was steered to, if it was.
+    pub interrupt_cpu: Option<usize>,
 }
 
 /// The merged results of a run.
@@ -288,6 +290,7 @@ impl Summary {
                 errors: s.errors,
                 fatal: s.fatal.clone(),
                 cpus: s.cpus.clone(),
+                interrupt_cpu: s.interrupt_cpu,
             });
             error_samples.extend(s.error_samples.iter().map(|e| (i, *e)));
         }
@@ -491,6 +494,7 @@ impl Summary {
                 r["errors"] = t.errors.into();
                 r["stopped"] = t.fatal.clone().map_or(Value::Null, Value::String);
                 r["cpus"] = t.cpus.as_ref().map_or(Value::Null, |c| json!(c));
+                r["interrupt_cpu"] = t.interrupt_cpu.map_or(Value::Null, |c| json!(c));
                 r
             })
             .collect();

@@ -155,6 +155,10 @@ impl<R: Registers> BlockQueue for NamespaceQueue<R> {
         self.complete(max, on_complete, false)
     }
 
+    fn steer_interrupts(&mut self, cpu: usize) -> std::io::Result<bool> {
+        self.pair.steer_interrupt(cpu)
+    }
+
     /// Sleeps on the queue pair's interrupt vector when it has one
     /// ([`IoQueuePair::wait`]); spins otherwise.
     fn wait<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {

@@ -734,6 +734,18 @@ impl<R: Registers> IoQueuePair<R> {
         self.irq.as_ref().map(|(v, _)| *v)
     }
 
+    /// Has the host take this pair's interrupt on CPU `cpu`
+    /// ([`crate::hw::InterruptVectors::steer`]): call it from the thread that uses the
+    /// pair, pinned to `cpu`. Returns `false` when the pair has no interrupt vector.
+    ///
+    /// Errors: as [`crate::hw::InterruptVectors::steer`].
+    pub fn steer_interrupt(&self, cpu: usize) -> std::io::Result<bool> {
+        match &self.irq {
+            Some((vector, vectors)) => vectors.steer(*vector, cpu).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// How often [`Self::wait`] slept on the interrupt vector, and how often the vector
     /// woke it.
     pub fn sleep_counts(&self) -> SleepCounts {
@@ -744,7 +756,7 @@ impl<R: Registers> IoQueuePair<R> {
     /// for a completion: on the CQ's interrupt vector when it has one (interrupt mode,
     /// the thread sleeps), else by polling again (spin). Returns how many completed (0
     /// only when nothing is outstanding, or `max` is 0). Deadlines are kept: a sleep ends
-    /// by the next scan for expired commands (or after 100 µs if that is sooner), and a
+    /// by the next scan for expired commands (it lasts at least 100 µs), and the end of a
     /// reset or a failure of the controller wakes it
     /// ([`crate::hw::InterruptVectors::kick`]).
     ///
@@ -763,8 +775,14 @@ impl<R: Registers> IoQueuePair<R> {
             // completion posted from now on signals the vector again (the rule of
             // `InterruptVectors`): no wake-up is lost between the poll and the sleep.
             if let Some((vector, vectors)) = &self.irq {
-                let timeout = clock::duration_of(self.next_scan.saturating_sub(clock::now()))
-                    .max(std::time::Duration::from_micros(100));
+                // While the controller resets, `poll` returns before its scan (the pair
+                // can do nothing): sleep a whole scan interval then; the reset's end kicks.
+                let ticks = if self.queues_current() {
+                    self.next_scan.saturating_sub(clock::now())
+                } else {
+                    self.scan_ticks
+                };
+                let timeout = clock::duration_of(ticks).max(std::time::Duration::from_micros(100));
                 match vectors.wait(*vector, timeout) {
                     Ok(woken) => {
                         self.sleeps.sleeps += 1;

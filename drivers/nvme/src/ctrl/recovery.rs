@@ -171,8 +171,10 @@ impl<R: Registers> Inner<R> {
     }
 
     /// Wakes every I/O queue pair asleep on its interrupt vector
-    /// ([`crate::hw::InterruptVectors::kick`]): a reset starting or ending, or the
-    /// controller failing, changes what they must do, and no interrupt announces it.
+    /// ([`crate::hw::InterruptVectors::kick`]): a reset that ended (the pairs create their
+    /// queues again) or the controller failing (their commands complete with an error)
+    /// changes what they must do, and no interrupt announces it. A reset's start needs no
+    /// kick: a pair can do nothing until it ends.
     pub(crate) fn wake_sleepers(&self) {
         if let Some(v) = &self.config.interrupts {
             for vector in 1..v.count() {
@@ -216,7 +218,6 @@ impl<R: Registers> Inner<R> {
             return Err(self.failed_error());
         }
         self.health.store(Health::Resetting as u8, Ordering::Release);
-        self.wake_sleepers();
         self.notify(RecoveryEvent::ResetStarting(reason));
         match self.disable_and_reinit(admin) {
             Ok(()) => {

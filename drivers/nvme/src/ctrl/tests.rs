@@ -841,9 +841,10 @@ fn interrupt_mode_sleeps_on_the_queues_vector_until_the_completion_signals_it() 
     assert!(vectors.signalled(0) > 0);
 }
 
-/// A reset on another thread wakes a pair asleep on its vector (no interrupt announces
-/// it): the pair's command, which the reset discarded, completes as aborted by the host
-/// after a signalled wake-up, not when the sleep times out at the next deadline scan.
+/// The end of a reset on another thread wakes a pair asleep on its vector (no interrupt
+/// announces it): the pair's command, which the reset discarded, completes as aborted by
+/// the host after a signalled wake-up, not when the sleep times out at the next deadline
+/// scan.
 #[test]
 fn a_reset_on_another_thread_wakes_a_pair_asleep_on_its_vector() {
     let (sim, ctrl, ns, mut q) = in_interrupt_mode();
