@@ -523,12 +523,17 @@ pub fn execute(
                     let mut at_start = Arrive(Some(start));
                     // Ctrl-C goes to the main thread, never into an I/O system call here.
                     block_sigint();
-                    let setup = pin(plan, t).and_then(|cpus| Ok((prepare(device, plan, t)?, cpus)));
+                    let setup = pin(plan, t).and_then(|cpus| {
+                        let (mut q, bufs) = prepare(device, plan, t)?;
+                        // Before the start barrier: the sysfs walk stays out of the run.
+                        let interrupt_cpu = steer(&mut q, plan, cpus.as_deref(), t);
+                        Ok(((q, bufs), cpus, interrupt_cpu))
+                    });
                     if setup.is_err() {
                         setup_failed.store(true, Ordering::SeqCst);
                     }
                     at_start.arrive();
-                    let ((mut q, bufs), cpus) = match setup {
+                    let ((mut q, bufs), cpus, interrupt_cpu) = match setup {
                         Ok(ready) if !setup_failed.load(Ordering::SeqCst) => ready,
                         other => return Err(other.err()),
                     };
@@ -544,7 +549,6 @@ pub fn execute(
                         block_size: u64::from(plan.block_size),
                         progress: counter,
                     };
-                    let interrupt_cpu = steer(&mut q, plan, cpus.as_deref(), t);
                     let mut stats = engine::run(&mut q, bufs, &mut ios, cfg);
                     stats.cpus = cpus;
                     stats.interrupt_cpu = interrupt_cpu;

@@ -756,8 +756,9 @@ impl<R: Registers> IoQueuePair<R> {
     /// for a completion: on the CQ's interrupt vector when it has one (interrupt mode,
     /// the thread sleeps), else by polling again (spin). Returns how many completed (0
     /// only when nothing is outstanding, or `max` is 0). Deadlines are kept: a sleep ends
-    /// by the next scan for expired commands (it lasts at least 100 µs), and the end of a
-    /// reset or a failure of the controller wakes it
+    /// by the next scan for expired commands (it lasts at least 100 µs; a whole scan
+    /// interval while the controller resets), and the end of a reset or a failure of the
+    /// controller wakes it
     /// ([`crate::hw::InterruptVectors::kick`]).
     ///
     /// Errors: a vector that cannot be waited on is logged once and the pair falls back to
