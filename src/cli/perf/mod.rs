@@ -240,8 +240,8 @@ pub struct PerfArgs {
     /// per thread; SPDK's way); `interrupt` (or `wait`) sleeps until the completion's
     /// interrupt (VFIO: MSI-X, one eventfd per I/O completion queue; io_uring:
     /// io_uring_enter with GETEVENTS, as fio's io_uring engines do by default); `hybrid`
-    /// spins for --hybrid-spin-us after the last completion, then sleeps as `interrupt`
-    /// does. Default: spin, except on the synchronous backends (psync, ioctl), which
+    /// keeps polling for --hybrid-spin-us once the polls come back empty, then sleeps as
+    /// `interrupt` does. Default: spin, except on the synchronous backends (psync, ioctl), which
     /// complete inside the submission and can only wait (`interrupt`). A mode the backend
     /// cannot do is refused.
     #[arg(long, value_enum, value_name = "MODE")]

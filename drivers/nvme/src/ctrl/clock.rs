@@ -61,18 +61,20 @@ pub(crate) fn now() -> u64 {
     cal.origin.elapsed().as_nanos() as u64
 }
 
+/// Ticks per microsecond: the TSC's rate, or 1000 (nanoseconds from `Instant`).
+fn per_us() -> f64 {
+    let cal = calibration();
+    if cal.per_us > 0.0 { cal.per_us } else { 1000.0 }
+}
+
 /// `d` in ticks (saturating).
 pub(crate) fn ticks_for(d: Duration) -> u64 {
-    let cal = calibration();
-    let per_us = if cal.per_us > 0.0 { cal.per_us } else { 1000.0 };
-    (d.as_secs_f64() * 1e6 * per_us).min(u64::MAX as f64) as u64
+    (d.as_secs_f64() * 1e6 * per_us()).min(u64::MAX as f64) as u64
 }
 
 /// `ticks` as a duration (the inverse of [`ticks_for`]).
 pub(crate) fn duration_of(ticks: u64) -> Duration {
-    let cal = calibration();
-    let per_us = if cal.per_us > 0.0 { cal.per_us } else { 1000.0 };
-    Duration::from_secs_f64(ticks as f64 / per_us / 1e6)
+    Duration::from_secs_f64(ticks as f64 / per_us() / 1e6)
 }
 
 #[cfg(test)]

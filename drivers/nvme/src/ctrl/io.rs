@@ -115,8 +115,9 @@ pub struct IoQueuePair<R: Registers> {
     next_scan: u64,
     /// Doorbell updates (SQ tail and CQ head), and those written to the registers.
     doorbells: DoorbellCounts,
-    /// The CQ's interrupt vector, and where to sleep on it ([`Self::wait`]); `None`: polled.
-    irq: Option<(u16, Arc<dyn InterruptVectors>)>,
+    /// Where to sleep on the CQ's interrupt vector, which is `qid` ([`Self::wait`]);
+    /// `None`: polled.
+    irq: Option<Arc<dyn InterruptVectors>>,
     /// Sleeps on the vector, and those the vector ended (not the timeout).
     sleeps: SleepCounts,
 }
@@ -172,7 +173,7 @@ impl<R: Registers> IoQueuePair<R> {
             scan_ticks,
             next_scan: clock::now().saturating_add(scan_ticks),
             doorbells: DoorbellCounts::default(),
-            irq: inner.interrupt_vector(qid).zip(inner.config.interrupts.clone()),
+            irq: inner.interrupt_vector(qid).and(inner.config.interrupts.clone()),
             sleeps: SleepCounts::default(),
             generation,
             sq_db: inner.cap.sq_tail_doorbell(qid),
@@ -731,7 +732,7 @@ impl<R: Registers> IoQueuePair<R> {
     /// The MSI-X vector this pair's CQ signals, if it was created with interrupts
     /// ([`crate::ctrl::ControllerConfig::interrupts`]).
     pub fn interrupt_vector(&self) -> Option<u16> {
-        self.irq.as_ref().map(|(v, _)| *v)
+        self.irq.as_ref().map(|_| self.qid)
     }
 
     /// Has the host take this pair's interrupt on CPU `cpu`
@@ -741,7 +742,7 @@ impl<R: Registers> IoQueuePair<R> {
     /// Errors: as [`crate::hw::InterruptVectors::steer`].
     pub fn steer_interrupt(&self, cpu: usize) -> std::io::Result<bool> {
         match &self.irq {
-            Some((vector, vectors)) => vectors.steer(*vector, cpu).map(|()| true),
+            Some(vectors) => vectors.steer(self.qid, cpu).map(|()| true),
             None => Ok(false),
         }
     }
@@ -775,7 +776,7 @@ impl<R: Registers> IoQueuePair<R> {
             // The signal count is consumed before the next poll reads the CQ, so a
             // completion posted from now on signals the vector again (the rule of
             // `InterruptVectors`): no wake-up is lost between the poll and the sleep.
-            if let Some((vector, vectors)) = &self.irq {
+            if let Some(vectors) = &self.irq {
                 // While the controller resets, `poll` returns before its scan (the pair
                 // can do nothing): sleep a whole scan interval then; the reset's end kicks.
                 let ticks = if self.queues_current() {
@@ -784,13 +785,13 @@ impl<R: Registers> IoQueuePair<R> {
                     self.scan_ticks
                 };
                 let timeout = clock::duration_of(ticks).max(std::time::Duration::from_micros(100));
-                match vectors.wait(*vector, timeout) {
+                match vectors.wait(self.qid, timeout) {
                     Ok(woken) => {
                         self.sleeps.sleeps += 1;
                         self.sleeps.woken += woken as u64;
                     }
                     Err(e) => {
-                        tracing::warn!(qid = self.qid, vector, error = %e,
+                        tracing::warn!(qid = self.qid, error = %e,
                             "cannot wait on the completion queue's interrupt; polling instead");
                         self.irq = None;
                     }
@@ -799,10 +800,11 @@ impl<R: Registers> IoQueuePair<R> {
         }
     }
 
-    // --- Synchronous helpers: thin loops over submit + poll ---
+    // --- Synchronous helpers: thin loops over submit + wait ---
 
-    /// Submits one command built by `submit` and polls until it completes. The queue must
-    /// be idle, so no other caller's completion is consumed here.
+    /// Submits one command built by `submit` and waits until it completes
+    /// ([`Self::wait`]). The queue must be idle, so no other caller's completion is
+    /// consumed here.
     ///
     /// Errors: [`Error::QueueBusy`] if commands are outstanding; the submission's error;
     /// or [`Error::Command`] with the completion status.

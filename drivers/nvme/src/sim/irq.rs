@@ -14,6 +14,8 @@ pub struct SimInterrupts {
     /// Signals not yet consumed by [`InterruptVectors::wait`], and in total, per vector.
     counts: Mutex<Vec<(u64, u64)>>,
     cond: Condvar,
+    /// How many vectors there are (the length of `counts`, which never changes).
+    count: u16,
 }
 
 impl SimInterrupts {
@@ -21,6 +23,7 @@ impl SimInterrupts {
         SimInterrupts {
             counts: Mutex::new(vec![(0, 0); count as usize]),
             cond: Condvar::new(),
+            count,
         }
     }
 
@@ -44,7 +47,7 @@ impl SimInterrupts {
 
 impl InterruptVectors for SimInterrupts {
     fn count(&self) -> u16 {
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner).len() as u16
+        self.count
     }
 
     fn kick(&self, vector: u16) {
