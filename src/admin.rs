@@ -192,19 +192,19 @@ pub fn get_feature(
     dev.admin_read(Command::get_features(fid, sel, nsid, cdw11), data_len)
 }
 
-/// Format NVM of `nsid` to LBA format `lbaf` with secure erase setting `ses`, allowed to
-/// take up to `timeout` ([`AdminCommands::admin_write_within`]). Destroys the namespace's
-/// data.
+pub use crate::nvme::cmd::FormatSettings;
+
+/// Format NVM of `nsid` with `settings`, allowed to take up to `timeout`
+/// ([`AdminCommands::admin_write_within`]). Destroys the namespace's data.
 ///
 /// Errors: as [`AdminCommands::admin_write`].
 pub fn format_nvm(
     dev: &dyn AdminCommands,
     nsid: u32,
-    lbaf: u8,
-    ses: u8,
+    settings: FormatSettings,
     timeout: std::time::Duration,
 ) -> Result<(), Error> {
-    dev.admin_write_within(Command::format_nvm(nsid, lbaf, ses, 0, false, false), &[], timeout)?;
+    dev.admin_write_within(settings.command(nsid), &[], timeout)?;
     Ok(())
 }
 
@@ -235,7 +235,12 @@ mod tests {
     #[test]
     fn format_nvm_gives_the_device_the_callers_timeout() {
         let dev = Recorder::default();
-        format_nvm(&dev, 1, 4, 1, Duration::from_secs(600)).unwrap();
+        let settings = FormatSettings {
+            lbaf: 4,
+            ses: 1,
+            ..FormatSettings::default()
+        };
+        format_nvm(&dev, 1, settings, Duration::from_secs(600)).unwrap();
         assert_eq!(*dev.0.borrow(), [(0x80, Some(Duration::from_secs(600)))]);
     }
 }

@@ -19,7 +19,7 @@ use ironvme_kernel::{
     IoctlDevice, IoctlQueue, KernelDma, KernelError, PsyncDevice, PsyncQueue, UringCmdDevice, UringCmdQueue,
     UringDevice, UringOptions, UringQueue,
 };
-use ironvme_nvme::block::{BlockError, BlockQueue, Completion, NamespaceInfo, Op, SubmitError};
+use ironvme_nvme::block::{BlockError, BlockQueue, Completion, NamespaceInfo, Op, Protection, SubmitError};
 use ironvme_nvme::cmd::Command;
 use ironvme_nvme::ctrl::{ControllerConfig, NamespaceQueue};
 use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
@@ -396,20 +396,50 @@ impl Device {
     /// Errors: the backend's (ring setup, queue creation on the controller, no such
     /// namespace).
     pub fn create_queue(&self, nsid: Option<u32>, depth: usize) -> Result<IoQueue, Error> {
+        self.open_queue(nsid, depth, false)
+    }
+
+    /// [`Self::create_queue`] for a caller that carries metadata
+    /// ([`BlockQueue::submit_with_metadata`]): it opens on a namespace whose metadata
+    /// needs a buffer, where `create_queue` refuses. Backends that cannot carry metadata
+    /// (io_uring block I/O, psync, VDE volumes) give their plain queue, which refuses
+    /// `submit_with_metadata`.
+    ///
+    /// The queue sizes every transfer by the namespace's format as read when the device
+    /// was opened. A namespace reformatted underneath it by another tool (nvme-cli) would
+    /// get commands sized for the old format, data and metadata alike; `ironvme format`
+    /// refuses a namespace another ironvme holds, and on VFIO no other process can reach
+    /// the controller.
+    ///
+    /// Errors: as [`Self::create_queue`].
+    pub fn create_metadata_queue(&self, nsid: Option<u32>, depth: usize) -> Result<IoQueue, Error> {
+        self.open_queue(nsid, depth, true)
+    }
+
+    fn open_queue(&self, nsid: Option<u32>, depth: usize, metadata: bool) -> Result<IoQueue, Error> {
         let ns = self.namespace(nsid)?;
         let entries = (depth + 1).min(u32::MAX as usize) as u32;
         Ok(match self {
-            Device::Vfio(v) => IoQueue::Vfio(NamespaceQueue::new(&v.controller, ns.nsid, entries).map_err(
-                |e| match e {
+            Device::Vfio(v) => {
+                let q = if metadata {
+                    NamespaceQueue::with_metadata(&v.controller, ns.nsid, entries)
+                } else {
+                    NamespaceQueue::new(&v.controller, ns.nsid, entries)
+                };
+                IoQueue::Vfio(q.map_err(|e| match e {
                     // Name the PCI address in the reformatting command.
                     ironvme_nvme::ctrl::Error::MetadataUnsupported(m) => m.on_device(v.info.bdf.to_string()).into(),
                     other => other,
-                },
-            )?),
+                })?)
+            }
+            Device::Ioctl(d, _) if metadata => IoQueue::Ioctl(d.create_metadata_queue(ns.nsid, depth)?),
             Device::Ioctl(d, _) => IoQueue::Ioctl(d.create_queue(ns.nsid, depth)?),
             Device::Uring(d, _) => IoQueue::Uring(d.create_queue(depth)?),
+            Device::UringCmd(d, _) if metadata => IoQueue::UringCmd(d.create_metadata_queue(depth)?),
             Device::UringCmd(d, _) => IoQueue::UringCmd(d.create_queue(depth)?),
             Device::Psync(d, _) => IoQueue::Psync(d.create_queue(depth)?),
+            #[cfg(feature = "sim")]
+            Device::Sim(c) if metadata => IoQueue::Sim(NamespaceQueue::with_metadata(c, ns.nsid, entries)?),
             #[cfg(feature = "sim")]
             Device::Sim(c) => IoQueue::Sim(NamespaceQueue::new(c, ns.nsid, entries)?),
             Device::Volume(v) => IoQueue::Volume(Box::new(v.create_queue(depth)?)),
@@ -518,6 +548,16 @@ impl BlockQueue for IoQueue {
             FLUSHES_SUBMITTED.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn submit_with_metadata(
+        &mut self,
+        op: Op,
+        buf: Option<DmaBuf>,
+        pi: Protection,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        each_backend!(self, q => q.submit_with_metadata(op, buf, pi, tag))
     }
 
     #[inline]

@@ -520,9 +520,19 @@ fn format_nvm_changes_the_lba_format_and_back() {
         .iter()
         .position(|f| f.lbads == 12 && f.ms == 0)
         .expect("QEMU offers 4096 B without metadata");
-    let ns = ctrl.format_nvm(1, four_k as u8, 0).unwrap();
+    let ns = ctrl
+        .format_nvm(
+            1,
+            ironvme::nvme::cmd::FormatSettings {
+                lbaf: four_k as u8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(ns[0].block_size, 4096);
-    let ns = ctrl.format_nvm(1, 0, 0).unwrap();
+    let ns = ctrl
+        .format_nvm(1, ironvme::nvme::cmd::FormatSettings::default())
+        .unwrap();
     assert_eq!(ns[0].block_size, 512);
     let mut q = ctrl.create_io_queue_pair().unwrap();
     round_trip(&ctrl, &mut q, &ns[0], 0, 4096, 0);

@@ -4,7 +4,7 @@
 use super::device::{self, OpenDevice};
 use super::progress::Progress;
 use super::{CliError, FormatArgs};
-use crate::admin::{active_namespaces, format_nvm, identify_controller, identify_namespace};
+use crate::admin::{FormatSettings, active_namespaces, format_nvm, identify_controller, identify_namespace};
 use crate::claim::{Access, Claim};
 use crate::nvme::ctrl::{ControllerConfig, NSID_ALL};
 use crate::nvme::identify::{IdentifyController, IdentifyNamespace, Oacs};
@@ -27,18 +27,38 @@ fn ses_name(ses: u8) -> &'static str {
     }
 }
 
+/// The request of `format`'s arguments.
+pub fn settings(args: &FormatArgs) -> FormatSettings {
+    FormatSettings {
+        lbaf: args.lbaf,
+        ses: args.ses,
+        pi: args.pi,
+        pil: args.pil == 1,
+        mset: args.ms == 1,
+    }
+}
+
 /// Checks a format request against the controller and the namespace (its current
 /// Identify data): Format NVM supported (OACS bit 1), the LBA format exists and has a
-/// supported data size, cryptographic erase supported when asked for (FNA bit 2).
+/// supported data size, cryptographic erase supported when asked for (FNA bit 2); with
+/// protection information, a format with at least 8 bytes of metadata and the PI type
+/// and location the namespace supports (DPC, Identify Namespace byte 28); with extended
+/// LBAs, a format with metadata that the namespace can transfer that way (MC bit 0).
 ///
 /// Errors: [`CliError::Invalid`] naming what does not fit.
 pub fn check_request(
     dev: &str,
     ctrl: &IdentifyController,
     ns: &IdentifyNamespace,
-    lbaf: u8,
-    ses: u8,
+    req: FormatSettings,
 ) -> Result<(), CliError> {
+    let FormatSettings {
+        lbaf,
+        ses,
+        pi,
+        pil,
+        mset,
+    } = req;
     if !ctrl.oacs.contains(Oacs::FORMAT_NVM) {
         return Err(CliError::Invalid(format!(
             "{dev}: the controller does not support Format NVM (OACS bit 1 is clear)"
@@ -58,7 +78,48 @@ pub fn check_request(
                 f.lbads
             )));
         }
-        Some(_) => {}
+        Some(f) => {
+            let invalid = |why: String| Err(CliError::Invalid(format!("{dev}: {why}")));
+            if pi != 0 && (f.ms as usize) < crate::nvme::pi::PI_TUPLE_BYTES {
+                return invalid(format!(
+                    "protection information needs at least 8 bytes of metadata per block; LBA format {lbaf} has {} \
+                     (MS {}): choose a format with metadata (see `ironvme identify-ns`)",
+                    f.ms, f.ms
+                ));
+            }
+            // DPC bits 0..2: PI types 1..3 supported; bit 3: PI first; bit 4: PI last.
+            if pi != 0 && ns.dpc & (1 << (pi - 1)) == 0 {
+                return invalid(format!(
+                    "the namespace does not support protection information type {pi} (DPC {:#04x})",
+                    ns.dpc
+                ));
+            }
+            let location = if pil { (3, "first") } else { (4, "last") };
+            if pi != 0 && ns.dpc & (1 << location.0) == 0 {
+                return invalid(format!(
+                    "the namespace cannot put protection information in the {} 8 bytes of the metadata (DPC {:#04x})",
+                    location.1, ns.dpc
+                ));
+            }
+            if mset && f.ms == 0 {
+                return invalid(format!(
+                    "--ms 1 (extended LBA) needs a format with metadata; LBA format {lbaf} has none"
+                ));
+            }
+            // MC bit 0: metadata at the end of each block; bit 1: in a separate buffer.
+            let (bit, how) = if mset {
+                (0, "at the end of each block")
+            } else {
+                (1, "in a separate buffer")
+            };
+            if f.ms != 0 && ns.mc & (1 << bit) == 0 {
+                return invalid(format!(
+                    "the namespace cannot transfer metadata {how} (MC {:#04x}); use --ms {}",
+                    ns.mc,
+                    if mset { 0 } else { 1 }
+                ));
+            }
+        }
     }
     if ses == 2 && ctrl.fna & FNA_CRYPTO_ERASE == 0 {
         return Err(CliError::Invalid(format!(
@@ -69,7 +130,14 @@ pub fn check_request(
 }
 
 /// The one-paragraph description of what is about to happen, shown before asking.
-pub fn describe(dev: &str, ctrl: &IdentifyController, nsid: u32, ns: &IdentifyNamespace, lbaf: u8, ses: u8) -> String {
+pub fn describe(
+    dev: &str,
+    ctrl: &IdentifyController,
+    nsid: u32,
+    ns: &IdentifyNamespace,
+    req: FormatSettings,
+) -> String {
+    let FormatSettings { lbaf, ses, .. } = req;
     let target = if nsid == NSID_ALL {
         "ALL namespaces".to_string()
     } else {
@@ -81,8 +149,20 @@ pub fn describe(dev: &str, ctrl: &IdentifyController, nsid: u32, ns: &IdentifyNa
             format!("LBA format {i} ({size} B data + {} B metadata)", f.ms)
         })
     };
+    let has_metadata = ns.lba_formats.get(usize::from(lbaf)).is_some_and(|f| f.ms != 0);
+    let layout = if !has_metadata && req.pi == 0 {
+        String::new()
+    } else {
+        let new = crate::nvme::pi::MetadataFormat {
+            bytes: ns.lba_formats.get(usize::from(lbaf)).map_or(0, |f| f.ms),
+            extended: req.mset,
+            pi_type: req.pi,
+            pi_first: req.pil,
+        };
+        format!(" with {new}")
+    };
     format!(
-        "Format {target} of {dev} ({}, serial {}) from {} to {}, secure erase: {}.\n\
+        "Format {target} of {dev} ({}, serial {}) from {} to {}{layout}, secure erase: {}.\n\
          ALL DATA ON {} WILL BE LOST.",
         ctrl.mn,
         ctrl.sn,
@@ -199,22 +279,23 @@ pub fn run(args: &FormatArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let ctrl = identify_controller(dev.admin()).map_err(CliError::on(&dev))?;
     let nsid = choose_nsid(&dev, args.nsid)?;
     let ns = namespace_for_check(&dev, nsid)?;
-    check_request(&name, &ctrl, &ns, args.lbaf, args.ses)?;
+    let req = settings(args);
+    check_request(&name, &ctrl, &ns, req)?;
     if !args.force {
-        let question = describe(&name, &ctrl, nsid, &ns, args.lbaf, args.ses);
+        let question = describe(&name, &ctrl, nsid, &ns, req);
         if !confirm(&question, &mut io::stdin().lock(), &mut io::stderr())? {
             return Err(CliError::Refused(format!(
                 "format of {name} not confirmed; nothing was done"
             )));
         }
     }
-    tracing::info!(device = %name, nsid, lbaf = args.lbaf, ses = args.ses, "Format NVM");
+    tracing::info!(device = %name, nsid, lbaf = args.lbaf, ses = args.ses, mset = args.ms, pi = args.pi, pil = args.pil, "Format NVM");
     // Format NVM reports no progress of its own: a spinner shows it is still running.
     let spinner = Progress::spinner(format!(
         "Format NVM of {name}, namespace {nsid:#x}, to LBA format {} (up to {} s)",
         args.lbaf, args.timeout
     ));
-    let formatted = format_nvm(dev.admin(), nsid, args.lbaf, args.ses, timeout);
+    let formatted = format_nvm(dev.admin(), nsid, req, timeout);
     spinner.finish();
     formatted.map_err(CliError::on(&dev))?;
     writeln!(out, "Success formatting namespace:{nsid:x}")?;
@@ -223,9 +304,10 @@ pub fn run(args: &FormatArgs, out: &mut dyn Write) -> Result<(), CliError> {
         let size = after.block_size().map_or("?".to_string(), |s| s.to_string());
         writeln!(
             out,
-            "namespace {nsid}: LBA format {} in use, {size}-byte blocks, {} blocks",
+            "namespace {nsid}: LBA format {} in use, {size}-byte blocks, {} blocks, {}",
             after.current_format_index(),
-            after.nsze
+            after.nsze,
+            after.metadata_format()
         )?;
     }
     Ok(())
@@ -255,32 +337,100 @@ mod tests {
         }
     }
 
+    fn req(lbaf: u8, ses: u8) -> FormatSettings {
+        FormatSettings {
+            lbaf,
+            ses,
+            ..FormatSettings::default()
+        }
+    }
+
+    #[test]
+    fn protection_information_and_metadata_settings_are_checked() {
+        // QEMU's namespace: formats 1 (512 + 8) and 5 (4096 + 8) carry metadata; DPC 0x1f
+        // (types 1..3, first or last), MC 0x03 (extended or separate).
+        let ctrl = qemu_controller();
+        let ns = qemu_namespace_4k();
+        assert_eq!((ns.dpc, ns.mc), (0x1f, 0x03));
+        let pi = |lbaf, pi, pil, mset| FormatSettings {
+            lbaf,
+            pi,
+            pil,
+            mset,
+            ..FormatSettings::default()
+        };
+        for t in 1..=3 {
+            check_request("d", &ctrl, &ns, pi(1, t, false, false)).unwrap();
+            check_request("d", &ctrl, &ns, pi(5, t, true, true)).unwrap();
+        }
+        let e = check_request("d", &ctrl, &ns, pi(4, 1, false, false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("at least 8 bytes of metadata") && e.contains("LBA format 4 has 0"),
+            "{e}"
+        );
+        let e = check_request("d", &ctrl, &ns, pi(0, 0, false, true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ms 1 (extended LBA) needs a format with metadata"), "{e}");
+        let mut no_t2 = ns.clone();
+        no_t2.dpc = 0x1d;
+        let e = check_request("d", &ctrl, &no_t2, pi(1, 2, false, false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not support protection information type 2"), "{e}");
+        let mut last_only = ns.clone();
+        last_only.dpc = 0x17;
+        let e = check_request("d", &ctrl, &last_only, pi(1, 1, true, false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in the first 8 bytes"), "{e}");
+        let mut separate_only = ns.clone();
+        separate_only.mc = 0x02;
+        let e = check_request("d", &ctrl, &separate_only, pi(1, 0, false, true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot transfer metadata at the end of each block") && e.contains("--ms 0"),
+            "{e}"
+        );
+        let q = describe("0000:00:05.0", &ctrl, 1, &ns, pi(5, 3, true, true));
+        assert!(
+            q.contains(
+                "to LBA format 5 (4096 B data + 8 B metadata) with 8 bytes of metadata at the end of each block \
+                 (extended LBA), protection information type 3 in its first 8 bytes"
+            ),
+            "{q}"
+        );
+    }
+
     #[test]
     fn requests_are_checked_against_the_device() {
         let ctrl = qemu_controller();
         let ns = qemu_namespace_4k();
-        check_request("d", &ctrl, &ns, 0, 0).unwrap();
-        check_request("d", &ctrl, &ns, 7, 1).unwrap();
-        let e = check_request("d", &ctrl, &ns, 8, 0).unwrap_err().to_string();
+        check_request("d", &ctrl, &ns, req(0, 0)).unwrap();
+        check_request("d", &ctrl, &ns, req(7, 1)).unwrap();
+        let e = check_request("d", &ctrl, &ns, req(8, 0)).unwrap_err().to_string();
         assert!(e.contains("LBA format 8 does not exist") && e.contains("0..=7"), "{e}");
-        let e = check_request("d", &ctrl, &ns, 0, 2).unwrap_err().to_string();
+        let e = check_request("d", &ctrl, &ns, req(0, 2)).unwrap_err().to_string();
         assert!(e.contains("cryptographic erase"), "{e}");
 
         let mut no_format = qemu_controller_bytes();
         no_format[256] &= !0x2;
         let no_format = IdentifyController::parse(&no_format).unwrap();
-        let e = check_request("d", &no_format, &ns, 0, 0).unwrap_err().to_string();
+        let e = check_request("d", &no_format, &ns, req(0, 0)).unwrap_err().to_string();
         assert!(e.contains("does not support Format NVM"), "{e}");
 
         let mut bad = ns.clone();
         bad.lba_formats[2].lbads = 0;
-        let e = check_request("d", &ctrl, &bad, 2, 0).unwrap_err().to_string();
+        let e = check_request("d", &ctrl, &bad, req(2, 0)).unwrap_err().to_string();
         assert!(e.contains("not supported"), "{e}");
     }
 
     #[test]
     fn the_question_says_what_will_happen() {
-        let q = describe("0000:00:05.0", &qemu_controller(), 1, &qemu_namespace_4k(), 0, 1);
+        let q = describe("0000:00:05.0", &qemu_controller(), 1, &qemu_namespace_4k(), req(0, 1));
         assert!(
             q.contains("namespace 1 of 0000:00:05.0 (QEMU NVMe Ctrl, serial ironvme-vfio4k)"),
             "{q}"
@@ -289,7 +439,13 @@ mod tests {
         assert!(q.contains("to LBA format 0 (512 B data + 0 B metadata)"), "{q}");
         assert!(q.contains("secure erase: user data erase"), "{q}");
         assert!(q.contains("ALL DATA ON THE NAMESPACE WILL BE LOST"), "{q}");
-        let q = describe("0000:00:05.0", &qemu_controller(), NSID_ALL, &qemu_namespace_4k(), 0, 0);
+        let q = describe(
+            "0000:00:05.0",
+            &qemu_controller(),
+            NSID_ALL,
+            &qemu_namespace_4k(),
+            req(0, 0),
+        );
         assert!(
             q.contains("Format ALL namespaces") && q.contains("THE CONTROLLER"),
             "{q}"

@@ -440,6 +440,19 @@ pub struct FormatArgs {
     /// Secure Erase Setting: 0 none, 1 user data erase, 2 cryptographic erase.
     #[arg(long, short = 's', value_name = "S", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub ses: u8,
+    /// Metadata Setting (MSET), as nvme-cli's `--ms`: 1 transfers the metadata at the end
+    /// of each block (extended LBA), 0 in a separate buffer. Matters only for an LBA
+    /// format with metadata (MS > 0).
+    #[arg(long, short = 'm', value_name = "0|1", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub ms: u8,
+    /// Protection Information type, as nvme-cli's `--pi`: 0 none, 1, 2 or 3 (end-to-end
+    /// data protection; needs an LBA format with at least 8 bytes of metadata).
+    #[arg(long, short = 'i', value_name = "0..3", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub pi: u8,
+    /// Protection Information Location, as nvme-cli's `--pil`: 1 puts the 8-byte PI tuple
+    /// in the first bytes of each block's metadata, 0 in the last.
+    #[arg(long, short = 'p', value_name = "0|1", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub pil: u8,
     /// Do not ask for confirmation. Without it, format asks you to type "yes" on the
     /// terminal, and refuses (exit 1, nothing done) when stdin is not a terminal.
     #[arg(long)]

@@ -141,6 +141,8 @@ impl VolumeDevice {
             compare: false,
             verify: false,
             volatile_write_cache: true,
+            // The VDE's blocks carry no metadata of their own.
+            metadata: crate::nvme::block::MetadataFormat::NONE,
             source: inner.source,
         };
         Ok(VolumeDevice {

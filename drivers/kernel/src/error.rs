@@ -78,9 +78,9 @@ pub enum KernelError {
         /// The namespace ID asked for.
         nsid: u32,
     },
-    /// The namespace is formatted with metadata or protection information, which ironvme
-    /// does not transfer yet: I/O passthrough on it is refused (admin commands and the
-    /// namespace list still work). The message names the LBA format and how to reformat.
+    /// The namespace's metadata needs a buffer, and a queue without one was asked for
+    /// (`create_queue`; `create_metadata_queue` opens). Admin commands and the namespace
+    /// list still work. The message names the LBA format and how to reformat.
     #[error("{backend}: {}: {source}", path.display())]
     MetadataUnsupported {
         /// The backend.

@@ -16,7 +16,7 @@
 
 use crate::error::KernelError;
 use crate::node::{self, NodeKind};
-use ironvme_nvme::block::{GeometrySource, NamespaceInfo};
+use ironvme_nvme::block::{GeometrySource, MetadataFormat, NamespaceInfo};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -214,6 +214,7 @@ impl BlockDeviceGeometry {
             compare: false,
             verify: false,
             volatile_write_cache: self.volatile_write_cache,
+            metadata: MetadataFormat::NONE,
             source: GeometrySource::BlockDevice,
         }
     }
@@ -404,6 +405,7 @@ impl FileGeometry {
             compare: false,
             verify: false,
             volatile_write_cache: true,
+            metadata: MetadataFormat::NONE,
             source: GeometrySource::File,
         }
     }

@@ -31,7 +31,7 @@ use crate::error::{BACKEND_IOCTL, KernelError};
 use crate::node::{self, NodeKind, NvmeName};
 use crate::nvme_ioctl::{self, NvmePassthruCmd, NvmePassthruCmd64, Passthru};
 use crate::sync_queue::{Executor, SyncQueue};
-use ironvme_nvme::block::{self, BlockError, GeometrySource, IoStatus, NamespaceInfo, Op};
+use ironvme_nvme::block::{self, BlockError, GeometrySource, IoStatus, NamespaceInfo, Op, Protection};
 use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange, MAX_BLOCKS_PER_COMMAND};
 use ironvme_nvme::hw::DmaBuf;
 use ironvme_nvme::identify::{
@@ -91,12 +91,11 @@ impl Node {
         format!("{DEV}/{ctrl}")
     }
 
-    /// Refuses I/O on a namespace formatted with metadata or protection information
-    /// ([`IdentifyNamespace::check_no_metadata`]), naming this node's controller in the
+    /// Refuses I/O without metadata buffers on a namespace whose metadata needs one
+    /// ([`IdentifyNamespace::check_plain_io`]), naming this node's controller in the
     /// reformatting command.
-    pub(crate) fn check_no_metadata(&self, nsid: u32, ns: &IdentifyNamespace) -> Result<(), MetadataUnsupported> {
-        ns.check_no_metadata(nsid)
-            .map_err(|e| e.on_device(self.controller_path()))
+    pub(crate) fn check_plain_io(&self, nsid: u32, ns: &IdentifyNamespace) -> Result<(), MetadataUnsupported> {
+        ns.check_plain_io(nsid).map_err(|e| e.on_device(self.controller_path()))
     }
 
     /// The block device (`nvmeXnY`) whose sysfs `queue/` holds this namespace's limits.
@@ -281,9 +280,11 @@ pub(crate) fn namespace_info(
         write_zeroes: ctrl.oncs.contains(Oncs::WRITE_ZEROES),
         deallocate: ctrl.oncs.contains(Oncs::DATASET_MANAGEMENT),
         deallocate_zeroes: ns.dlfeat & 0x7 == 1,
-        compare: ctrl.oncs.contains(Oncs::COMPARE),
+        // Plain Compare would need the metadata.
+        compare: ctrl.oncs.contains(Oncs::COMPARE) && ns.metadata_format().is_none(),
         verify: ctrl.oncs.contains(Oncs::VERIFY),
         volatile_write_cache: ctrl.vwc_present(),
+        metadata: ns.metadata_format(),
         source: GeometrySource::Identify,
     })
 }
@@ -356,17 +357,26 @@ impl PassthruFile {
     /// (`nvme_core.admin_timeout`, 60 s, or `io_timeout`, 30 s) when given (see
     /// [`timeout_ms`]).
     ///
+    /// `metadata` is the user address and length of a separate metadata buffer
+    /// (`metadata`/`metadata_len` of the request; `(0, 0)` for none), which the kernel
+    /// copies through a bounce buffer ([`Transfer`]).
+    ///
     /// # Safety
     ///
-    /// `addr` must point at `len` bytes that stay valid until this returns, writable if the
-    /// opcode moves data from the controller (bit 0 clear: the kernel writes them), and
-    /// not accessed by anyone else meanwhile.
+    /// `addr` must point at `len` bytes, and `metadata.0` at `metadata.1` bytes, that stay
+    /// valid until this returns, writable if the opcode moves data from the controller
+    /// (bit 0 clear: the kernel writes them), and not accessed by anyone else meanwhile.
+    /// `metadata.1` must be exactly the metadata the command moves (NLB × MS), and `(0, 0)`
+    /// unless `cmd` moves data with separate metadata: Linux sizes its bounce buffer by
+    /// `metadata_len` without checking it against the command, so a shorter length lets
+    /// the controller write past the kernel's buffer.
     pub(crate) unsafe fn passthru(
         &self,
         admin: bool,
         cmd: &Command,
         addr: u64,
         len: u32,
+        metadata: (u64, u32),
         timeout: Option<Duration>,
     ) -> Result<u64, IoctlFailure> {
         let fd = self.fd();
@@ -379,6 +389,8 @@ impl PassthruFile {
         if wide.load(Ordering::Relaxed) {
             let mut c = NvmePassthruCmd64 {
                 timeout_ms: timeout_ms(timeout),
+                metadata: metadata.0,
+                metadata_len: metadata.1,
                 ..NvmePassthruCmd64::from_command(cmd, addr, len)
             };
             // SAFETY: `c` names the caller's buffer, valid and exclusive until we return.
@@ -404,6 +416,8 @@ impl PassthruFile {
         }
         let mut c = NvmePassthruCmd {
             timeout_ms: timeout_ms(timeout),
+            metadata: metadata.0,
+            metadata_len: metadata.1,
             ..NvmePassthruCmd::from_command(cmd, addr, len)
         };
         // SAFETY: as above.
@@ -443,7 +457,7 @@ impl PassthruFile {
         let addr = if len == 0 { 0 } else { data.as_mut_ptr() as u64 };
         // SAFETY: `data` is `len` writable bytes owned by this frame and untouched until
         // the ioctl returns.
-        let r = unsafe { self.passthru(true, &cmd, addr, len32, None) };
+        let r = unsafe { self.passthru(true, &cmd, addr, len32, (0, 0), None) };
         let dw0 = self.admin_result(&cmd, r)?;
         Ok((dw0, data))
     }
@@ -465,7 +479,7 @@ impl PassthruFile {
         // SAFETY: the opcode's bit 0 is set (checked above), so the kernel only reads the
         // `data.len()` bytes, which the shared borrow keeps valid and unchanged until the
         // ioctl returns.
-        let r = unsafe { self.passthru(true, &cmd, addr, len32, timeout) };
+        let r = unsafe { self.passthru(true, &cmd, addr, len32, (0, 0), timeout) };
         self.admin_result(&cmd, r)
     }
 
@@ -592,8 +606,9 @@ pub struct IoctlDevice {
     namespaces: Vec<NamespaceInfo>,
     /// The namespace a namespace node is (`NVME_IOCTL_ID`); `None` for `/dev/nvmeX`.
     node_nsid: Option<u32>,
-    /// Namespaces of `namespaces` whose format ironvme cannot move data for (metadata,
-    /// protection information), for [`IoctlDevice::create_queue`] to refuse.
+    /// Namespaces of `namespaces` whose metadata needs a buffer, for
+    /// [`IoctlDevice::create_queue`] to refuse (and [`IoctlDevice::create_metadata_queue`]
+    /// not to).
     refused: Vec<MetadataUnsupported>,
 }
 
@@ -640,7 +655,7 @@ impl IoctlDevice {
         let mut refused = Vec::new();
         let mut add = |nsid: u32, ns: &IdentifyNamespace, limits: &QueueLimits| {
             found.extend(namespace_info(nsid, ns, &self.identify, limits));
-            if let Err(e) = self.node.check_no_metadata(nsid, ns) {
+            if let Err(e) = self.node.check_plain_io(nsid, ns) {
                 refused.push(e);
             }
         };
@@ -729,11 +744,27 @@ impl IoctlDevice {
     /// `/dev/nvmeXnY`, found in `/sys/class/nvme/nvmeX/`).
     ///
     /// Errors: [`KernelError::NoSuchNamespace`]; [`KernelError::MetadataUnsupported`] for
-    /// a namespace formatted with metadata or protection information (see
-    /// [`IdentifyNamespace::check_no_metadata`]); [`KernelError::Invalid`] for a depth out
+    /// a namespace whose metadata needs a buffer (see
+    /// [`IdentifyNamespace::check_plain_io`]); [`KernelError::Invalid`] for a depth out
     /// of range; [`KernelError::WrongDevice`] if the kernel made no node for the
     /// namespace; as [`IoctlDevice::open`] for opening it.
     pub fn create_queue(&self, nsid: u32, depth: usize) -> Result<IoctlQueue, KernelError> {
+        if let Some(why) = self.refused.iter().find(|m| m.nsid == nsid) {
+            return Err(KernelError::MetadataUnsupported {
+                backend: BACKEND_IOCTL,
+                path: self.path().to_owned(),
+                source: Box::new(why.clone()),
+            });
+        }
+        self.create_metadata_queue(nsid, depth)
+    }
+
+    /// [`Self::create_queue`] for a caller that carries metadata
+    /// ([`BlockQueue::submit_with_metadata`](ironvme_nvme::block::BlockQueue::submit_with_metadata)):
+    /// it opens on any namespace.
+    ///
+    /// Errors: as [`Self::create_queue`], without [`KernelError::MetadataUnsupported`].
+    pub fn create_metadata_queue(&self, nsid: u32, depth: usize) -> Result<IoctlQueue, KernelError> {
         let info = self
             .namespaces
             .iter()
@@ -745,13 +776,6 @@ impl IoctlDevice {
                 nsid,
             })?;
         check_depth(BACKEND_IOCTL, depth)?;
-        if let Some(why) = self.refused.iter().find(|m| m.nsid == nsid) {
-            return Err(KernelError::MetadataUnsupported {
-                backend: BACKEND_IOCTL,
-                path: self.path().to_owned(),
-                source: Box::new(why.clone()),
-            });
-        }
         let file = match &self.node {
             Node::Controller(ctrl) => Arc::new(self.open_namespace_node(ctrl, nsid)?),
             _ => Arc::clone(&self.file),
@@ -804,10 +828,63 @@ pub(crate) fn check_depth(backend: &'static str, depth: usize) -> Result<(), Ker
 
 // ---- operations as NVMe commands -------------------------------------------------------------
 
-/// [`block::check`], with the block count as the 32 bits a command carries: Deallocate's
-/// range length is 32 bits, and `block::check` keeps the others to one command.
-pub(crate) fn check_op(ns: &NamespaceInfo, op: &Op, buf: Option<&DmaBuf>) -> Result<u32, BlockError> {
-    Ok(block::check(ns, op, buf)? as u32)
+/// [`block::check`] (or, with protection fields `pi`, [`block::check_with_metadata`]), with the
+/// block count as the 32 bits a command carries: Deallocate's range length is 32 bits,
+/// and the checks keep the others to one command.
+pub(crate) fn check_op(
+    ns: &NamespaceInfo,
+    op: &Op,
+    buf: Option<&DmaBuf>,
+    pi: Option<&Protection>,
+) -> Result<u32, BlockError> {
+    let blocks = match pi {
+        Some(pi) => block::check_with_metadata(ns, op, buf, pi)?,
+        None => block::check(ns, op, buf)?,
+    };
+    Ok(blocks as u32)
+}
+
+/// Where a passthrough command's data and metadata are: the user address and length of
+/// each, as `struct nvme_passthru_cmd64` and `struct nvme_uring_cmd` carry them
+/// (`addr`/`data_len`, `metadata`/`metadata_len`; `include/uapi/linux/nvme_ioctl.h`).
+/// The kernel maps the data and copies the metadata through a bounce buffer of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Transfer {
+    /// Data address (0 for none).
+    pub addr: u64,
+    /// Data bytes.
+    pub len: u32,
+    /// Separate metadata: address and bytes (`(0, 0)` for none).
+    pub metadata: (u64, u32),
+}
+
+impl Transfer {
+    /// The transfer of a buffer of `len` bytes at `addr` that [`check_op`] accepted,
+    /// `blocks` blocks long: all data, unless it carries separate metadata
+    /// (`with_metadata` on a namespace without extended LBAs), whose NLB × MS bytes follow
+    /// the NLB × LBADS of data ([`ironvme_nvme::pi::MetadataFormat::ranges`]). The kernel
+    /// trusts `metadata_len` (it sizes its bounce buffer by it, and the controller moves
+    /// NLB × MS bytes), so it is computed from the command's block count, never from
+    /// what is left of the buffer.
+    ///
+    /// Panics if `len` is not what the check accepted (a bug, not bad input).
+    pub(crate) fn of(ns: &NamespaceInfo, addr: u64, len: usize, blocks: u64, with_metadata: bool) -> Transfer {
+        if !with_metadata || ns.metadata.extended || len == 0 {
+            return Transfer {
+                addr,
+                len: len as u32,
+                metadata: (0, 0),
+            };
+        }
+        let data = ns.metadata.data_bytes(ns.block_size, blocks as usize);
+        let metadata = blocks as usize * ns.metadata.bytes as usize;
+        assert_eq!(data + metadata, len, "a checked buffer holds NLB x (LBADS + MS) bytes");
+        Transfer {
+            addr,
+            len: data as u32,
+            metadata: (addr + data as u64, metadata as u32),
+        }
+    }
 }
 
 // ---- the queue --------------------------------------------------------------------------------
@@ -840,24 +917,30 @@ impl Executor for IoctlNamespace {
         &self.info
     }
 
-    fn check(&self, op: &Op, buf: Option<&DmaBuf>) -> Result<u64, BlockError> {
-        check_op(&self.info, op, buf).map(u64::from)
+    fn check(&self, op: &Op, buf: Option<&DmaBuf>, pi: Option<&Protection>) -> Result<u64, BlockError> {
+        check_op(&self.info, op, buf, pi).map(u64::from)
     }
 
-    fn execute(&self, op: &Op, buf: Option<&mut DmaBuf>, blocks: u64) -> Result<(), IoStatus> {
+    fn execute(&self, op: &Op, buf: Option<&mut DmaBuf>, blocks: u64, pi: Option<&Protection>) -> Result<(), IoStatus> {
         // `check` bounded `blocks` to 32 bits.
-        let cmd = op.command(self.info.nsid, blocks as u32);
+        let cmd = op.command_for(&self.info, blocks as u32, pi);
         let range = op.dsm_range();
-        let (addr, len) = match (&buf, *op) {
-            (Some(b), _) => (b.as_ptr() as u64, b.len() as u32),
-            (None, Op::Deallocate { .. }) => (&range as *const DsmRange as u64, DSM_RANGE_BYTES as u32),
-            (None, _) => (0, 0),
+        let t = match (&buf, *op) {
+            (Some(b), _) => Transfer::of(&self.info, b.as_ptr() as u64, b.len(), blocks, pi.is_some()),
+            (None, Op::Deallocate { .. }) => Transfer {
+                addr: &range as *const DsmRange as u64,
+                len: DSM_RANGE_BYTES as u32,
+                metadata: (0, 0),
+            },
+            (None, _) => Transfer::default(),
         };
         // The DSM range is a local that outlives the call and is only read by the kernel
         // (opcode 09h is host-to-controller).
         // SAFETY: the queue owns the buffer (moved in at submit) and does not touch it until
-        // the ioctl returns; its window is `len` writable bytes at `addr`.
-        match unsafe { self.file.passthru(false, &cmd, addr, len, None) } {
+        // the ioctl returns; its window is `t.len` writable bytes at `t.addr`, followed, with
+        // separate metadata, by the `t.metadata.1` bytes at `t.metadata.0`, which
+        // `Transfer::of` computed as the command's NLB × MS.
+        match unsafe { self.file.passthru(false, &cmd, t.addr, t.len, t.metadata, None) } {
             Ok(_) => Ok(()),
             Err(IoctlFailure::Status(s)) => Err(IoStatus::Nvme(s)),
             Err(IoctlFailure::Os(e, _)) => Err(IoStatus::Os(e.raw_os_error().unwrap_or(libc::EIO))),
@@ -917,6 +1000,7 @@ mod tests {
                 compare: true,
                 verify: false,
                 volatile_write_cache: true,
+                metadata: ironvme_nvme::block::MetadataFormat::NONE,
                 source: GeometrySource::Identify,
             }
         );
@@ -968,6 +1052,40 @@ mod tests {
     }
 
     #[test]
+    fn separate_metadata_follows_the_data_and_extended_lbas_travel_whole() {
+        let mut ns = info();
+        assert_eq!(
+            Transfer::of(&ns, 0x1000, 4096, 8, false),
+            Transfer {
+                addr: 0x1000,
+                len: 4096,
+                metadata: (0, 0)
+            }
+        );
+        ns.block_size = 512;
+        ns.metadata = ironvme_nvme::block::MetadataFormat::from_identify(8, 0, 1);
+        assert_eq!(
+            Transfer::of(&ns, 0x1000, 8 * 520, 8, true),
+            Transfer {
+                addr: 0x1000,
+                len: 4096,
+                metadata: (0x1000 + 4096, 64)
+            }
+        );
+        // PRACT (no metadata buffer): all data.
+        assert_eq!(Transfer::of(&ns, 0x1000, 4096, 8, false).metadata, (0, 0));
+        ns.metadata = ironvme_nvme::block::MetadataFormat::from_identify(8, 0x10, 0);
+        assert_eq!(
+            Transfer::of(&ns, 0x1000, 8 * 520, 8, true),
+            Transfer {
+                addr: 0x1000,
+                len: 8 * 520,
+                metadata: (0, 0)
+            }
+        );
+    }
+
+    #[test]
     fn write_zeroes_longer_than_one_command_is_refused() {
         let mut big = info();
         big.blocks = 1 << 20;
@@ -979,11 +1097,12 @@ mod tests {
                 deallocate: false,
             },
             None,
+            None,
         )
         .unwrap_err();
         assert!(e.to_string().contains("exceeds"), "{e}");
         assert_eq!(
-            check_op(&big, &Op::Deallocate { lba: 0, blocks: 70_000 }, None).unwrap(),
+            check_op(&big, &Op::Deallocate { lba: 0, blocks: 70_000 }, None, None).unwrap(),
             70_000
         );
     }
@@ -1177,9 +1296,9 @@ mod tests {
         b[132..136].copy_from_slice(&((12u32 << 16) | 8).to_le_bytes());
         let ns = IdentifyNamespace::parse(&b).unwrap();
         Node::Generic("ng3n2".into())
-            .check_no_metadata(2, &id_ns(8, 12, 0))
+            .check_plain_io(2, &id_ns(8, 12, 0))
             .unwrap();
-        let e = Node::Generic("ng3n2".into()).check_no_metadata(2, &ns).unwrap_err();
+        let e = Node::Generic("ng3n2".into()).check_plain_io(2, &ns).unwrap_err();
         let e = KernelError::MetadataUnsupported {
             backend: BACKEND_IOCTL,
             path: "/dev/ng3n2".into(),

@@ -21,7 +21,7 @@
 use crate::error::{BACKEND_PSYNC, KernelError};
 use crate::geometry::{self, FallocateSupport, FileKind, os};
 use crate::sync_queue::{Executor, SyncQueue};
-use ironvme_nvme::block::{self, BlockError, IoStatus, NamespaceInfo, Op};
+use ironvme_nvme::block::{self, BlockError, IoStatus, NamespaceInfo, Op, Protection};
 use ironvme_nvme::hw::DmaBuf;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -157,11 +157,25 @@ impl Executor for Arc<PsyncFile> {
         &self.info
     }
 
-    fn check(&self, op: &Op, buf: Option<&DmaBuf>) -> Result<u64, BlockError> {
+    /// Metadata is refused: files have none, and a block device's integrity data is the
+    /// kernel's to generate and check.
+    fn check(&self, op: &Op, buf: Option<&DmaBuf>, pi: Option<&Protection>) -> Result<u64, BlockError> {
+        if pi.is_some() {
+            return Err(BlockError::Unsupported {
+                op: op.name(),
+                reason: "psync does not carry metadata (the kernel handles a block device's integrity data)".into(),
+            });
+        }
         block::check(&self.info, op, buf)
     }
 
-    fn execute(&self, op: &Op, buf: Option<&mut DmaBuf>, blocks: u64) -> Result<(), IoStatus> {
+    fn execute(
+        &self,
+        op: &Op,
+        buf: Option<&mut DmaBuf>,
+        blocks: u64,
+        _pi: Option<&Protection>,
+    ) -> Result<(), IoStatus> {
         let bs = self.info.block_size as u64;
         let file = &self.file;
         let errno = |e: std::io::Error| IoStatus::Os(e.raw_os_error().unwrap_or(libc::EIO));

@@ -58,7 +58,7 @@
 use crate::dma::KernelDma;
 use crate::error::{BACKEND_URING_CMD, KernelError};
 use crate::ioctl::{
-    Node, PassthruFile, check_depth, check_op, classify, controller_namespaces, namespace_info, queue_limits,
+    Node, PassthruFile, Transfer, check_depth, check_op, classify, controller_namespaces, namespace_info, queue_limits,
 };
 use crate::nvme_ioctl::{NVME_URING_CMD_IO, NvmeUringCmd, decode_return};
 use crate::uring::TaskRun;
@@ -66,7 +66,7 @@ use crate::uring::enter::{Enter, InFlight, Ready, Retry, RingTries, WaitErrors, 
 use crate::uring::fixed::{FixedBuffers, Span};
 use io_uring::types::{Fd, Fixed};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
-use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, SubmitError};
+use ironvme_nvme::block::{BlockError, BlockQueue, Completion, IoStatus, NamespaceInfo, Op, Protection, SubmitError};
 use ironvme_nvme::cmd::{Command, DSM_RANGE_BYTES, DsmRange};
 use ironvme_nvme::hw::{DmaAllocator, DmaBuf};
 use ironvme_nvme::identify::{IdentifyController, MetadataUnsupported};
@@ -98,8 +98,9 @@ pub struct UringCmdDevice {
     info: NamespaceInfo,
     /// The kernel queue's `max_segments`.
     max_segments: usize,
-    /// Why I/O on the namespace is refused: a format with metadata or protection
-    /// information ([`UringCmdDevice::create_queue`] refuses it).
+    /// Why I/O without metadata buffers is refused on the namespace: its metadata needs
+    /// one ([`UringCmdDevice::create_queue`] refuses it;
+    /// [`UringCmdDevice::create_metadata_queue`] does not).
     refused: Option<MetadataUnsupported>,
 }
 
@@ -166,7 +167,7 @@ impl UringCmdDevice {
             identify,
             info,
             max_segments,
-            refused: node.check_no_metadata(nsid, &ns).err(),
+            refused: node.check_plain_io(nsid, &ns).err(),
         })
     }
 
@@ -218,9 +219,9 @@ impl UringCmdDevice {
     /// fail every such command with `EINVAL`); if not, the queue uses plain addresses and
     /// a warning says so ([`UringCmdQueue::fixed_buffers_active`]).
     ///
-    /// Errors: [`KernelError::MetadataUnsupported`] for a namespace formatted with metadata
-    /// or protection information (see
-    /// [`IdentifyNamespace::check_no_metadata`](ironvme_nvme::identify::IdentifyNamespace::check_no_metadata));
+    /// Errors: [`KernelError::MetadataUnsupported`] for a namespace whose metadata needs a
+    /// buffer (see
+    /// [`IdentifyNamespace::check_plain_io`](ironvme_nvme::identify::IdentifyNamespace::check_plain_io));
     /// [`KernelError::Unavailable`] when io_uring is missing or disabled or the
     /// kernel is older than 5.19; [`KernelError::Invalid`] for a depth out of range;
     /// [`KernelError::PermissionDenied`]; [`KernelError::Os`]; [`KernelError::Dma`].
@@ -228,12 +229,19 @@ impl UringCmdDevice {
         self.create_queue_with(depth, true)
     }
 
+    /// [`Self::create_queue`] for a caller that carries metadata
+    /// ([`BlockQueue::submit_with_metadata`]): it opens on any namespace.
+    ///
+    /// Errors: as [`Self::create_queue`], without [`KernelError::MetadataUnsupported`].
+    pub fn create_metadata_queue(&self, depth: usize) -> Result<UringCmdQueue, KernelError> {
+        self.open_queue(depth, true)
+    }
+
     /// As [`UringCmdDevice::create_queue`]; without `fixed_buffers`, every command uses a
     /// plain user address (the kernel pins its pages per command) and nothing is probed.
     ///
     /// Errors: as [`UringCmdDevice::create_queue`].
     pub fn create_queue_with(&self, depth: usize, fixed_buffers: bool) -> Result<UringCmdQueue, KernelError> {
-        check_depth(BACKEND_URING_CMD, depth)?;
         if let Some(why) = &self.refused {
             return Err(KernelError::MetadataUnsupported {
                 backend: BACKEND_URING_CMD,
@@ -241,6 +249,11 @@ impl UringCmdDevice {
                 source: Box::new(why.clone()),
             });
         }
+        self.open_queue(depth, fixed_buffers)
+    }
+
+    fn open_queue(&self, depth: usize, fixed_buffers: bool) -> Result<UringCmdQueue, KernelError> {
+        check_depth(BACKEND_URING_CMD, depth)?;
         UringCmdQueue::new(
             Arc::clone(&self.file),
             self.info.clone(),
@@ -456,7 +469,8 @@ impl UringCmdQueue {
         self.fixed.active()
     }
 
-    /// Reads LBA 0 into a registered buffer and waits: kernels before 6.1 fail every
+    /// Reads LBA 0 (with its metadata where plain I/O cannot run) into a registered
+    /// buffer and waits: kernels before 6.1 fail every
     /// command with `IORING_URING_CMD_FIXED` (`EINVAL`), so on any OS error the queue
     /// stops using registered buffers ([`fixed_buffers_work`]), with a warning. The
     /// probe's table slot is emptied again once its read has completed.
@@ -465,7 +479,16 @@ impl UringCmdQueue {
     /// [`KernelError::Unavailable`] if the read cannot be queued, or if waiting for it
     /// failed the queue (`io_uring_enter` kept failing).
     fn probe_fixed_buffers(&mut self) -> Result<(), KernelError> {
-        let mut buf = KernelDma::new(false).allocate(self.info.block_size as usize)?;
+        // On a namespace whose metadata needs a buffer the probe carries one (the block's
+        // metadata after its data, or interleaved), checking nothing.
+        let fmt = self.info.metadata;
+        let carry = !fmt.plain_io();
+        let len = if carry {
+            fmt.bytes_per_block(self.info.block_size)
+        } else {
+            self.info.block_size as usize
+        };
+        let mut buf = KernelDma::new(false).allocate(len)?;
         match self.fixed.slot_for(&self.ring.submitter(), &mut buf) {
             // Counted again when the probe's read is submitted.
             Some(slot) => self.fixed.complete(slot),
@@ -477,8 +500,12 @@ impl UringCmdQueue {
                 return Ok(());
             }
         }
-        self.submit(Op::Read { lba: 0 }, Some(buf), 0)
-            .map_err(|e| unavailable(format!("cannot queue the registered-buffer probe: {}", e.error)))?;
+        let queued = if carry {
+            self.submit_with_metadata(Op::Read { lba: 0 }, Some(buf), Protection::default(), 0)
+        } else {
+            self.submit(Op::Read { lba: 0 }, Some(buf), 0)
+        };
+        queued.map_err(|e| unavailable(format!("cannot queue the registered-buffer probe: {}", e.error)))?;
         let mut result = None;
         while result.is_none() && self.outstanding > 0 {
             self.wait(1, |c| result = Some(c.result));
@@ -495,13 +522,25 @@ impl UringCmdQueue {
         // The probe's slot is emptied: its buffer is gone.
         self.fixed.release_idle(&self.ring.submitter());
         if !fixed_buffers_work(&result) {
-            tracing::warn!(
-                path = %self.file.path().display(),
-                error = %result.expect_err("not working means an error"),
-                "uring-cmd: a read into a registered buffer (IORING_URING_CMD_FIXED) failed: this kernel does not \
-                 take registered buffers for NVMe passthrough (Linux 6.1+ does); using plain addresses, which the \
-                 kernel pins per command"
-            );
+            let error = result.expect_err("not working means an error");
+            if carry {
+                tracing::warn!(
+                    path = %self.file.path().display(),
+                    %error,
+                    "uring-cmd: a read with metadata into a registered buffer (IORING_URING_CMD_FIXED) failed: this \
+                     kernel takes no registered buffers for NVMe passthrough (Linux 6.1+ does), or no metadata for \
+                     this namespace (it needs CONFIG_BLK_DEV_INTEGRITY); using plain addresses, which the kernel \
+                     pins per command"
+                );
+            } else {
+                tracing::warn!(
+                    path = %self.file.path().display(),
+                    %error,
+                    "uring-cmd: a read into a registered buffer (IORING_URING_CMD_FIXED) failed: this kernel does not \
+                     take registered buffers for NVMe passthrough (Linux 6.1+ does); using plain addresses, which \
+                     the kernel pins per command"
+                );
+            }
             self.fixed.disable();
         }
         Ok(())
@@ -537,9 +576,14 @@ impl UringCmdQueue {
         }
     }
 
-    /// Builds and queues the SQE for `cmd` in `slot`, moving `len` bytes at `addr`.
-    fn push(&mut self, slot: u32, cmd: &Command, addr: u64, len: u32, fixed: Option<u16>) -> bool {
-        let payload = NvmeUringCmd::from_command(cmd, addr, len).to_sqe_cmd();
+    /// Builds and queues the SQE for `cmd` in `slot`, moving the data and metadata of `t`.
+    fn push(&mut self, slot: u32, cmd: &Command, t: Transfer, fixed: Option<u16>) -> bool {
+        let payload = NvmeUringCmd {
+            metadata: t.metadata.0,
+            metadata_len: t.metadata.1,
+            ..NvmeUringCmd::from_command(cmd, t.addr, t.len)
+        }
+        .to_sqe_cmd();
         let sqe = match self.file_ref {
             FileRef::Fixed => opcode::UringCmd80::new(Fixed(0), NVME_URING_CMD_IO),
             FileRef::Fd(fd) => opcode::UringCmd80::new(Fd(fd), NVME_URING_CMD_IO),
@@ -551,7 +595,10 @@ impl UringCmdQueue {
         // The caller's buffer moves into `slots[slot]` until `poll` takes the CQE; a DSM
         // range lives in the queue's `ranges`; a registered region is kept mapped by
         // `fixed`; dropping the queue waits for outstanding commands or leaks their memory.
-        // SAFETY: per the above, every address in the SQE stays valid until its CQE is reaped.
+        // `t.metadata.1` is the command's NLB × MS (`Transfer::of`), which the kernel
+        // trusts for the size of its bounce buffer.
+        // SAFETY: per the above, every address in the SQE stays valid until its CQE is
+        // reaped, and the metadata length is the one the controller will move.
         unsafe { self.ring.submission().push(&sqe) }.is_ok()
     }
 
@@ -596,6 +643,52 @@ impl BlockQueue for UringCmdQueue {
     }
 
     fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
+        self.queue(op, buf, None, tag)
+    }
+
+    /// Separate metadata goes in the request's `metadata` field, after the data in the
+    /// same buffer ([`Transfer::of`]); the kernel copies it through a bounce buffer.
+    fn submit_with_metadata(
+        &mut self,
+        op: Op,
+        buf: Option<DmaBuf>,
+        pi: Protection,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        self.queue(op, buf, Some(pi), tag)
+    }
+
+    fn ring(&mut self) -> Result<(), BlockError> {
+        self.claim()?;
+        self.ring_here()
+    }
+
+    fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
+        // A queue claim refuses has nothing outstanding: nothing to reap.
+        if self.claim().is_err() {
+            return 0;
+        }
+        self.poll_here(max, on_complete)
+    }
+    fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
+        let mut errors = WaitErrors::default();
+        loop {
+            let n = self.poll(max, &mut on_complete);
+            if n > 0 || self.outstanding == 0 || max == 0 {
+                return n;
+            }
+            match self.sys.enter(&self.ring.submitter(), 1, None) {
+                Ok(_) => errors.ok(),
+                Err(e) if errors.failed(&e, self.sys.error_deadline) => self.fail(&e),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl UringCmdQueue {
+    /// Checks and queues an operation; `pi` when its buffer carries metadata.
+    fn queue(&mut self, op: Op, buf: Option<DmaBuf>, pi: Option<Protection>, tag: u64) -> Result<(), SubmitError> {
         if let Err(error) = self.ready.alive() {
             return Err(SubmitError { error, buf });
         }
@@ -608,17 +701,18 @@ impl BlockQueue for UringCmdQueue {
                 buf,
             });
         }
-        let blocks = match check_op(&self.info, &op, buf.as_ref()) {
+        let blocks = match check_op(&self.info, &op, buf.as_ref(), pi.as_ref()) {
             Ok(n) => n,
             Err(error) => return Err(SubmitError { error, buf }),
         };
         let slot = self.free.pop().expect("checked non-empty");
-        let cmd = op.command(self.info.nsid, blocks);
+        let cmd = op.command_for(&self.info, blocks, pi.as_ref());
         let mut buf = buf;
-        let (addr, len, fixed) = match (&mut buf, op) {
+        let (t, fixed) = match (&mut buf, op) {
             (Some(b), _) => {
                 let index = self.fixed.slot_for(&self.ring.submitter(), b);
-                (b.as_ptr() as u64, b.len() as u32, index)
+                let t = Transfer::of(&self.info, b.as_ptr() as u64, b.len(), blocks as u64, pi.is_some());
+                (t, index)
             }
             (None, Op::Deallocate { .. }) => {
                 let range: DsmRange = op.dsm_range();
@@ -629,15 +723,17 @@ impl BlockQueue for UringCmdQueue {
                 // which holds `depth` ranges, so `at + 16` is in bounds.
                 unsafe { std::ptr::write_unaligned(self.ranges.as_ptr().add(at).cast::<DsmRange>(), range) };
                 // SAFETY: as above, `at` is within the buffer.
-                (
-                    unsafe { self.ranges.as_ptr().add(at) } as u64,
-                    DSM_RANGE_BYTES as u32,
-                    None,
-                )
+                let addr = unsafe { self.ranges.as_ptr().add(at) } as u64;
+                let t = Transfer {
+                    addr,
+                    len: DSM_RANGE_BYTES as u32,
+                    metadata: (0, 0),
+                };
+                (t, None)
             }
-            (None, _) => (0, 0, None),
+            (None, _) => (Transfer::default(), None),
         };
-        if !self.push(slot, &cmd, addr, len, fixed) {
+        if !self.push(slot, &cmd, t, fixed) {
             self.free.push(slot);
             if let Some(i) = fixed {
                 self.fixed.complete(i);
@@ -655,34 +751,6 @@ impl BlockQueue for UringCmdQueue {
         };
         self.outstanding += 1;
         Ok(())
-    }
-
-    fn ring(&mut self) -> Result<(), BlockError> {
-        self.claim()?;
-        self.ring_here()
-    }
-
-    fn poll<F: FnMut(Completion)>(&mut self, max: usize, on_complete: F) -> usize {
-        // A queue claim refuses has nothing outstanding: nothing to reap.
-        if self.claim().is_err() {
-            return 0;
-        }
-        self.poll_here(max, on_complete)
-    }
-
-    fn wait<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F) -> usize {
-        let mut errors = WaitErrors::default();
-        loop {
-            let n = self.poll(max, &mut on_complete);
-            if n > 0 || self.outstanding == 0 || max == 0 {
-                return n;
-            }
-            match self.sys.enter(&self.ring.submitter(), 1, None) {
-                Ok(_) => errors.ok(),
-                Err(e) if errors.failed(&e, self.sys.error_deadline) => self.fail(&e),
-                Err(_) => {}
-            }
-        }
     }
 }
 
@@ -898,6 +966,7 @@ mod tests {
             compare: true,
             verify: true,
             volatile_write_cache: true,
+            metadata: ironvme_nvme::block::MetadataFormat::NONE,
             source: ironvme_nvme::block::GeometrySource::Identify,
         };
         UringCmdQueue::build(Arc::new(file), info, 4, 64, true, true).unwrap()

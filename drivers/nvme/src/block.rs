@@ -12,12 +12,19 @@
 //!   `ring` notifies it once for the whole batch (one doorbell write, one
 //!   `io_uring_enter`); `poll` hands back [`Completion`]s — tag, buffer and result;
 //! - requests are checked before submission ([`check`]) with errors that say which rule
-//!   was broken ([`BlockError`]); the buffer comes back with the error.
+//!   was broken ([`BlockError`]); the buffer comes back with the error;
+//! - on a namespace whose blocks carry metadata ([`NamespaceInfo::metadata`]),
+//!   [`BlockQueue::submit_with_metadata`] moves it: the one buffer holds NLB × (LBADS + MS)
+//!   bytes, interleaved per block for an extended-LBA format and data first, then the
+//!   metadata of every block, for a separate one ([`MetadataFormat::ranges`]). Plain
+//!   `submit` works there only when the metadata is 8 bytes of protection information,
+//!   which the controller inserts and strips (PRACT, [`Protection::by_controller`]).
 //!
 //! Nothing here allocates per I/O.
 
 use crate::cmd::{Command, DsmAttributes, DsmRange};
 use crate::hw::DmaBuf;
+pub use crate::pi::{MetadataFormat, Protection};
 use crate::status::Status;
 use std::fmt;
 
@@ -90,6 +97,62 @@ impl Op {
         matches!(self, Op::Read { .. } | Op::Write { .. } | Op::Compare { .. })
     }
 
+    /// The first LBA of an operation that carries end-to-end protection fields (read,
+    /// write, compare, verify, write zeroes); `None` for the others.
+    pub const fn protected_lba(&self) -> Option<u64> {
+        match *self {
+            Op::Read { lba }
+            | Op::Write { lba, .. }
+            | Op::Compare { lba }
+            | Op::Verify { lba, .. }
+            | Op::WriteZeroes { lba, .. } => Some(lba),
+            Op::Deallocate { .. } | Op::Flush => None,
+        }
+    }
+
+    /// The protection fields of the operation when the host supplies no PI, on a
+    /// namespace of format `fmt` with protection information (Linux's `nvme_setup_rw`
+    /// and `nvme_setup_write_zeroes`, NVM Command Set 1.0 §5.2.3): reads and writes let
+    /// the controller insert, strip and check it ([`Protection::by_controller`]); Verify
+    /// checks it without PRACT (QEMU refuses PRACT on Verify and Compare); Write Zeroes
+    /// sets PRACT with no check (QEMU refuses PRCHK there). `None` without PI, or for an
+    /// operation without protection fields. Plain Compare is refused on such a namespace
+    /// ([`check`]).
+    pub fn controller_protection(&self, fmt: &MetadataFormat) -> Option<Protection> {
+        if fmt.pi_type == 0 {
+            return None;
+        }
+        match *self {
+            Op::Read { lba } | Op::Write { lba, .. } => Some(Protection::by_controller(fmt, lba)),
+            Op::Verify { lba, .. } => Some(Protection::checked(fmt, lba)),
+            Op::WriteZeroes { lba, .. } => Some(Protection {
+                pract: true,
+                ref_tag: crate::pi::initial_ref_tag(fmt, lba),
+                ..Protection::default()
+            }),
+            Op::Compare { .. } | Op::Deallocate { .. } | Op::Flush => None,
+        }
+    }
+
+    /// The NVM command for the operation on namespace `ns`, `blocks` long (as [`check`] or
+    /// [`check_with_metadata`] counted them), with its protection fields: `host` when the
+    /// caller supplies them ([`BlockQueue::submit_with_metadata`]), else
+    /// [`Op::controller_protection`].
+    pub fn command_for(&self, ns: &NamespaceInfo, blocks: u32, host: Option<&Protection>) -> Command {
+        let mut cmd = self.command(ns.nsid, blocks);
+        if self.protected_lba().is_some() {
+            match host {
+                Some(p) => cmd.set_protection(p),
+                None => {
+                    if let Some(p) = self.controller_protection(&ns.metadata) {
+                        cmd.set_protection(&p);
+                    }
+                }
+            }
+        }
+        cmd
+    }
+
     /// The NVM command for the operation on namespace `nsid`, `blocks` long (as [`check`]
     /// counted them). A Deallocate is Dataset Management with AD set over one range,
     /// [`Op::dsm_range`], which goes in the command's data buffer.
@@ -147,7 +210,8 @@ pub struct NamespaceInfo {
     /// Size in logical blocks.
     pub blocks: u64,
     /// Largest transfer per command, in bytes (MDTS, `max_hw_sectors_kb`, or a backend
-    /// limit).
+    /// limit), as the controller counts it: the data, and for extended LBAs carried with
+    /// their metadata the metadata too (NVM Command Set 1.0 §5.2.3).
     pub max_transfer_bytes: usize,
     /// Required alignment of buffer addresses, in bytes (4 for NVMe DMA; the logical
     /// block size for `O_DIRECT`).
@@ -158,12 +222,17 @@ pub struct NamespaceInfo {
     pub deallocate: bool,
     /// Deallocated blocks read back as zeros.
     pub deallocate_zeroes: bool,
-    /// [`Op::Compare`] works.
+    /// [`Op::Compare`] works through [`BlockQueue::submit`]: the device has Compare, and
+    /// its blocks carry no metadata (which Compare would need, and which QEMU will not
+    /// generate for it with PRACT).
     pub compare: bool,
     /// [`Op::Verify`] works.
     pub verify: bool,
     /// Completed writes sit in a volatile cache until [`Op::Flush`].
     pub volatile_write_cache: bool,
+    /// How each block carries metadata and protection information
+    /// ([`MetadataFormat::NONE`] for block devices and files, whose kernel handles it).
+    pub metadata: MetadataFormat,
     /// Where this came from.
     pub source: GeometrySource,
 }
@@ -172,6 +241,17 @@ impl NamespaceInfo {
     /// Capacity in bytes.
     pub fn capacity_bytes(&self) -> u64 {
         self.blocks.saturating_mul(self.block_size as u64)
+    }
+
+    /// The most blocks one command may move ([`Self::max_transfer_bytes`]), with their
+    /// metadata in the buffer when `with_metadata` (which counts for extended LBAs).
+    pub fn max_transfer_blocks(&self, with_metadata: bool) -> u64 {
+        let per_block = if with_metadata {
+            self.metadata.data_bytes(self.block_size, 1)
+        } else {
+            self.block_size as usize
+        };
+        (self.max_transfer_bytes / per_block) as u64
     }
 }
 
@@ -329,10 +409,76 @@ impl std::error::Error for SubmitError {
 /// the number of blocks it covers (0 for Flush). Every backend calls this before
 /// submitting, so the rules and their error messages are the same everywhere.
 ///
+/// On a namespace with metadata, an operation that moves data is refused unless the
+/// metadata is 8 bytes of protection information the controller inserts and strips
+/// ([`MetadataFormat::plain_io`]): the controller would otherwise write metadata past the
+/// buffer or to address 0.
+///
 /// Errors: [`BlockError::BufferMismatch`], [`BlockError::BadLength`],
 /// [`BlockError::Misaligned`], [`BlockError::TransferTooLarge`],
 /// [`BlockError::LbaOutOfRange`], [`BlockError::Unsupported`].
 pub fn check(ns: &NamespaceInfo, op: &Op, buf: Option<&DmaBuf>) -> Result<u64, BlockError> {
+    if op.needs_buffer() && !ns.metadata.plain_io() {
+        return Err(BlockError::Unsupported {
+            op: op.name(),
+            reason: format!(
+                "namespace {} carries {}, which I/O without a metadata buffer cannot transfer (use \
+                 submit_with_metadata, or reformat the namespace without metadata)",
+                ns.nsid, ns.metadata
+            ),
+        });
+    }
+    check_buffer_and_range(ns, op, buf, false)
+}
+
+/// [`check`] for [`BlockQueue::submit_with_metadata`] with protection fields `pi`: the
+/// buffer holds a whole number of blocks of LBADS + MS bytes each (data and metadata,
+/// [`MetadataFormat::ranges`]). [`NamespaceInfo::max_transfer_bytes`] limits the data,
+/// and for extended LBAs the metadata with it. PRACT with 8 bytes of metadata is refused:
+/// the controller then transfers no metadata, so the buffer's layout would be wrong
+/// (plain [`check`] and `submit` are that path).
+///
+/// Errors: as [`check`]; [`BlockError::Unsupported`] on a namespace without metadata,
+/// with a reserved PI type, or for PRACT with 8 bytes of metadata.
+pub fn check_with_metadata(
+    ns: &NamespaceInfo,
+    op: &Op,
+    buf: Option<&DmaBuf>,
+    pi: &Protection,
+) -> Result<u64, BlockError> {
+    let unsupported = |reason: String| Err(BlockError::Unsupported { op: op.name(), reason });
+    if ns.metadata.bytes == 0 {
+        return unsupported(format!("namespace {} has no metadata (MS 0)", ns.nsid));
+    }
+    if !ns.metadata.supported() {
+        return unsupported(format!(
+            "namespace {} has protection information type {}, which is reserved",
+            ns.nsid, ns.metadata.pi_type
+        ));
+    }
+    if pi.pract && ns.metadata.bytes as usize == crate::pi::PI_TUPLE_BYTES {
+        return unsupported(format!(
+            "with PRACT and 8 bytes of metadata the controller transfers no metadata: submit namespace {}'s data \
+             without it",
+            ns.nsid
+        ));
+    }
+    check_buffer_and_range(ns, op, buf, true)
+}
+
+/// The rules of [`check`]; with `with_metadata`, the buffer carries LBADS + MS bytes per
+/// block.
+fn check_buffer_and_range(
+    ns: &NamespaceInfo,
+    op: &Op,
+    buf: Option<&DmaBuf>,
+    with_metadata: bool,
+) -> Result<u64, BlockError> {
+    let unit = if with_metadata {
+        ns.metadata.bytes_per_block(ns.block_size)
+    } else {
+        ns.block_size as usize
+    };
     let unsupported = |why: &str| BlockError::Unsupported {
         op: op.name(),
         reason: why.to_string(),
@@ -346,13 +492,18 @@ pub fn check(ns: &NamespaceInfo, op: &Op, buf: Option<&DmaBuf>) -> Result<u64, B
     let (lba, blocks) = match *op {
         Op::Read { lba } | Op::Write { lba, .. } | Op::Compare { lba } => {
             let b = buf.expect("checked above");
-            let bs = ns.block_size as usize;
-            if b.is_empty() || b.len() % bs != 0 {
+            if b.is_empty() || b.len() % unit != 0 {
                 return Err(BlockError::BadLength {
                     len: b.len(),
-                    block_size: ns.block_size,
+                    block_size: unit as u32,
                 });
             }
+            // What the controller counts against MDTS: the data pointer's bytes.
+            let transfer = if with_metadata {
+                ns.metadata.data_bytes(ns.block_size, b.len() / unit)
+            } else {
+                b.len()
+            };
             let addr = b.as_ptr() as usize;
             if addr % ns.buffer_alignment != 0 {
                 return Err(BlockError::Misaligned {
@@ -360,18 +511,21 @@ pub fn check(ns: &NamespaceInfo, op: &Op, buf: Option<&DmaBuf>) -> Result<u64, B
                     align: ns.buffer_alignment,
                 });
             }
-            if b.len() > ns.max_transfer_bytes {
+            if transfer > ns.max_transfer_bytes {
                 return Err(BlockError::TransferTooLarge {
-                    bytes: b.len(),
+                    bytes: transfer,
                     max: ns.max_transfer_bytes,
                 });
             }
-            if matches!(op, Op::Compare { .. }) && !ns.compare {
-                return Err(unsupported(
-                    "the device has no Compare command (needs NVMe passthrough or VFIO)",
-                ));
+            // With its metadata in the buffer a Compare needs no PRACT.
+            if matches!(op, Op::Compare { .. }) && !ns.compare && !with_metadata {
+                return Err(unsupported(if ns.metadata.is_none() {
+                    "the device has no Compare command (needs NVMe passthrough or VFIO)"
+                } else {
+                    "Compare on a namespace with metadata needs the metadata (submit_with_metadata)"
+                }));
             }
-            (lba, (b.len() / bs) as u64)
+            (lba, (b.len() / unit) as u64)
         }
         Op::Verify { lba, blocks } => {
             if !ns.verify {
@@ -440,6 +594,31 @@ pub trait BlockQueue {
     ///
     /// Errors: a [`SubmitError`] whose [`BlockError`] says which rule was broken.
     fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError>;
+
+    /// Queues `op` with a buffer that carries metadata as well as data (NLB × (LBADS + MS)
+    /// bytes, laid out as [`MetadataFormat::ranges`] says) and the protection fields `pi`
+    /// (for Verify and Write Zeroes, which move no data, `buf` is `None` and `pi` still
+    /// applies). The host's PI, if any, must already be in the metadata ([`crate::pi::generate`]).
+    ///
+    /// Errors: as [`BlockQueue::submit`] ([`check_with_metadata`]);
+    /// [`BlockError::Unsupported`] from backends that cannot carry metadata (the default:
+    /// io_uring block I/O and psync, whose kernel handles integrity itself).
+    fn submit_with_metadata(
+        &mut self,
+        op: Op,
+        buf: Option<DmaBuf>,
+        pi: Protection,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        let _ = (pi, tag);
+        Err(SubmitError {
+            error: BlockError::Unsupported {
+                op: op.name(),
+                reason: "this backend does not carry metadata (needs ironvme's driver or NVMe passthrough)".to_string(),
+            },
+            buf,
+        })
+    }
 
     /// Notifies the device of everything submitted since the last call.
     ///
@@ -607,6 +786,7 @@ mod tests {
             compare: false,
             verify: true,
             volatile_write_cache: true,
+            metadata: MetadataFormat::NONE,
             source: GeometrySource::File,
         }
     }
@@ -668,6 +848,114 @@ mod tests {
                 None
             )
             .contains("exceeds")
+        );
+    }
+
+    #[test]
+    fn metadata_needs_its_own_submission_unless_the_controller_handles_the_pi() {
+        let mut n = ns();
+        let read = Op::Read { lba: 8 };
+        let none = Protection::default();
+        // 8 bytes of separate metadata without PI: plain data I/O is refused, naming the
+        // format; a buffer of LBADS + MS per block is taken by check_with_metadata.
+        n.metadata = MetadataFormat::from_identify(8, 0, 0);
+        let e = check(&n, &read, Some(&sized(4096))).unwrap_err().to_string();
+        assert!(e.contains("8 bytes of metadata per block in a separate buffer"), "{e}");
+        assert!(e.contains("use submit_with_metadata"), "{e}");
+        assert_eq!(check_with_metadata(&n, &read, Some(&sized(8 * 520)), &none).unwrap(), 8);
+        let e = check_with_metadata(&n, &read, Some(&sized(4096)), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("multiple of the 520-byte block size"), "{e}");
+        // No data moves: Verify, Write Zeroes and Flush need no metadata buffer.
+        check(&n, &Op::Verify { lba: 0, blocks: 8 }, None).unwrap();
+        check(&n, &Op::Flush, None).unwrap();
+        // Separate metadata: the data alone is what the transfer limit counts.
+        let max = n.max_transfer_bytes / 512;
+        assert_eq!(
+            check_with_metadata(&n, &read, Some(&sized(max * 520)), &none).unwrap(),
+            max as u64
+        );
+        // Extended LBAs: the metadata travels with the data, and counts.
+        n.metadata = MetadataFormat::from_identify(8, 0x10, 0);
+        let e = check_with_metadata(&n, &read, Some(&sized(max * 520)), &none).unwrap_err();
+        assert!(
+            matches!(e, BlockError::TransferTooLarge { bytes, .. } if bytes == max * 520),
+            "{e}"
+        );
+        let fits = n.max_transfer_bytes / 520;
+        assert_eq!(n.max_transfer_blocks(true), fits as u64);
+        assert_eq!(n.max_transfer_blocks(false), (n.max_transfer_bytes / 512) as u64);
+        assert_eq!(
+            check_with_metadata(&n, &read, Some(&sized(fits * 520)), &none).unwrap(),
+            fits as u64
+        );
+        // 8 bytes of PI: the controller inserts and strips it (plain I/O); PRACT with a
+        // metadata buffer would move none of it, so that is refused.
+        n.metadata = MetadataFormat::from_identify(8, 0, 1);
+        assert_eq!(check(&n, &read, Some(&sized(4096))).unwrap(), 8);
+        let pract = Protection::by_controller(&n.metadata, 8);
+        let e = check_with_metadata(&n, &read, Some(&sized(8 * 520)), &pract).unwrap_err();
+        assert!(e.to_string().contains("transfers no metadata"), "{e}");
+        let checked = Protection::checked(&n.metadata, 8);
+        check_with_metadata(&n, &read, Some(&sized(8 * 520)), &checked).unwrap();
+        // Compare: refused without the metadata (as the namespace says), taken with it.
+        n.compare = false;
+        let e = check(&n, &Op::Compare { lba: 0 }, Some(&sized(512))).unwrap_err();
+        assert!(e.to_string().contains("needs the metadata"), "{e}");
+        check_with_metadata(&n, &Op::Compare { lba: 0 }, Some(&sized(520)), &checked).unwrap();
+        // Reserved PI types and namespaces without metadata are refused.
+        n.metadata = MetadataFormat::from_identify(8, 0, 6);
+        let e = check_with_metadata(&n, &read, Some(&sized(520)), &none).unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+        assert!(check(&n, &read, Some(&sized(512))).is_err());
+        let e = check_with_metadata(&ns(), &read, Some(&sized(512)), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no metadata"), "{e}");
+    }
+
+    #[test]
+    fn commands_carry_the_protection_fields_of_the_namespace_or_the_caller() {
+        let mut n = ns();
+        let prinfo = |c: &Command| c.cdw12 >> 26 & 0xF;
+        let write = Op::Write {
+            lba: 0x1_0000_0009,
+            fua: false,
+        };
+        // No PI: nothing set.
+        assert_eq!(prinfo(&write.command_for(&n, 8, None)), 0);
+        n.metadata = MetadataFormat::from_identify(8, 0, 1);
+        // Reads and writes: PRACT with guard and reference tag checks at the LBA.
+        let c = write.command_for(&n, 8, None);
+        assert_eq!((prinfo(&c), c.cdw14), (0b1101, 9));
+        // Verify checks without PRACT; Write Zeroes has PRACT and no check.
+        let c = (Op::Verify { lba: 9, blocks: 8 }).command_for(&n, 8, None);
+        assert_eq!((prinfo(&c), c.cdw14), (0b0101, 9));
+        let wz = Op::WriteZeroes {
+            lba: 9,
+            blocks: 8,
+            deallocate: false,
+        };
+        let c = wz.command_for(&n, 8, None);
+        assert_eq!((prinfo(&c), c.cdw14), (0b1000, 9));
+        // Type 3: no reference tag.
+        n.metadata = MetadataFormat::from_identify(8, 0, 3);
+        let c = write.command_for(&n, 8, None);
+        assert_eq!((prinfo(&c), c.cdw14), (0b1100, 0));
+        // The caller's fields win.
+        let p = Protection {
+            check_app_tag: true,
+            app_tag: 7,
+            app_mask: 0xFFFF,
+            ..Protection::default()
+        };
+        let c = write.command_for(&n, 8, Some(&p));
+        assert_eq!((prinfo(&c), c.cdw15), (0b0010, 0xFFFF_0007));
+        assert_eq!(
+            Op::Flush.command_for(&n, 0, Some(&p)).cdw15,
+            0,
+            "flush has no PI fields"
         );
     }
 

@@ -10,6 +10,7 @@
 use crate::features::{FeatureId, FeatureSelect};
 use crate::identify::Cns;
 use crate::log::LogPageId;
+use crate::pi::Protection;
 use crate::sgl::SglDescriptor;
 
 /// Admin command opcodes (Base Specification 2.0, §5, Figure 138).
@@ -555,6 +556,21 @@ impl Command {
         c
     }
 
+    /// Sets the end-to-end protection fields of a Read, Write, Compare, Verify or Write
+    /// Zeroes (NVM Command Set 1.0 §5.2.3, Figures 48 and 49): PRINFO in CDW12 bits 29:26
+    /// (PRACT bit 29, PRCHK guard 28, application tag 27, reference tag 26), the initial
+    /// logical block reference tag (EILBRT/ILBRT) in CDW14, and the application tag in CDW15
+    /// bits 15:0 (ELBAT) with its mask in bits 31:16 (ELBATM).
+    pub fn set_protection(&mut self, p: &Protection) {
+        let prinfo = (p.pract as u32) << 3
+            | (p.check_guard as u32) << 2
+            | (p.check_app_tag as u32) << 1
+            | p.check_ref_tag as u32;
+        self.cdw12 = (self.cdw12 & !(0xF << 26)) | prinfo << 26;
+        self.cdw14 = p.ref_tag;
+        self.cdw15 = (p.app_mask as u32) << 16 | p.app_tag as u32;
+    }
+
     /// Flush (§3.3.2 of the Base Specification, §7.1): makes completed writes to `nsid`
     /// durable (0xFFFF_FFFF flushes all namespaces where the controller allows it).
     pub fn flush(nsid: u32) -> Command {
@@ -591,6 +607,28 @@ impl Command {
             nvm::name(self.opcode())
         };
         name.unwrap_or("Unknown opcode")
+    }
+}
+
+/// What Format NVM sets (Base Specification 2.0 §5.23: CDW10's LBAF, MSET, PI, PIL, SES).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FormatSettings {
+    /// LBA format index (0..=63).
+    pub lbaf: u8,
+    /// Secure Erase Setting: 0 none, 1 user data erase, 2 cryptographic erase.
+    pub ses: u8,
+    /// Protection information type: 0 none, 1, 2 or 3.
+    pub pi: u8,
+    /// PI in the first 8 bytes of the metadata (PIL) rather than the last.
+    pub pil: bool,
+    /// Metadata at the end of each block (MSET: extended LBA) rather than separate.
+    pub mset: bool,
+}
+
+impl FormatSettings {
+    /// The Format NVM command of namespace `nsid` (0xFFFF_FFFF for all).
+    pub fn command(&self, nsid: u32) -> Command {
+        Command::format_nvm(nsid, self.lbaf, self.ses, self.pi, self.pil, self.mset)
     }
 }
 

@@ -905,28 +905,34 @@ impl IdentifyNamespace {
     }
 }
 
-// ---- metadata and protection information: refused until ironvme transfers them ----------
+// ---- metadata and protection information: I/O without a metadata buffer ---------------
 
 impl IdentifyNamespace {
-    /// Whether ironvme can move this namespace's data: `Err` when its current LBA format
-    /// carries metadata (MS ≠ 0) or end-to-end protection information is enabled
-    /// (DPS bits 2:0, the PI type, ≠ 0; bit 3 alone, the PI position, enables nothing). ironvme's commands carry no metadata pointer, so on such a namespace
-    /// the controller would move NLB × (LBADS + MS) bytes into a buffer sized for
-    /// NLB × LBADS (metadata at the end of each block, FLBAS bit 4), or write metadata to
-    /// MPTR = 0 (separate metadata) — NVM Command Set Specification 1.0 §5.2.3 and
-    /// Base Specification 2.0 §5.2.3.
+    /// The current format's metadata layout and protection information
+    /// ([`crate::pi::MetadataFormat`]; none when the current format is missing).
+    pub fn metadata_format(&self) -> crate::pi::MetadataFormat {
+        crate::pi::MetadataFormat::from_identify(self.metadata_size().unwrap_or(0), self.flbas, self.dps)
+    }
+
+    /// Whether I/O without a metadata buffer works on this namespace
+    /// ([`crate::pi::MetadataFormat::plain_io`]): no metadata, or 8 bytes of protection
+    /// information that the controller inserts and strips (PRACT). Any other metadata
+    /// needs a buffer: without one the controller would move NLB × (LBADS + MS) bytes into
+    /// a buffer sized for NLB × LBADS (metadata at the end of each block, FLBAS bit 4), or
+    /// write metadata to MPTR = 0 (separate metadata) — NVM Command Set Specification 1.0
+    /// §5.2.3 and Base Specification 2.0 §5.2.3.
     ///
-    /// The one check every backend makes (the VFIO driver, NVMe ioctl and io_uring
-    /// passthrough) before I/O on a namespace. A namespace whose current format is
-    /// missing passes: other checks refuse it. `nsid` only fills the error.
+    /// The check every backend that sends NVMe commands (the VFIO driver, NVMe ioctl and
+    /// io_uring passthrough) makes when a queue without metadata opens on the namespace.
+    /// A namespace whose current format is missing passes: other checks refuse it. `nsid`
+    /// only fills the error.
     ///
     /// Errors: [`MetadataUnsupported`], naming the format and a format to reformat to.
-    pub fn check_no_metadata(&self, nsid: u32) -> Result<(), MetadataUnsupported> {
+    pub fn check_plain_io(&self, nsid: u32) -> Result<(), MetadataUnsupported> {
         let Some(current) = self.current_format() else {
             return Ok(());
         };
-        // DPS bits 2:0 are the PI type; bit 3 (PI position) means nothing while they are 0.
-        if current.ms == 0 && self.dps & 0x7 == 0 {
+        if self.metadata_format().plain_io() {
             return Ok(());
         }
         let usable = |f: &&LbaFormat| f.ms == 0 && f.data_size().is_some();
@@ -948,9 +954,9 @@ impl IdentifyNamespace {
     }
 }
 
-/// A namespace formatted with metadata or protection information, which ironvme does not
-/// transfer yet (see [`IdentifyNamespace::check_no_metadata`]). The message names the LBA
-/// format (index, LBADS, MS, DPS) and how to reformat the namespace.
+/// A namespace whose metadata I/O without a metadata buffer cannot carry (see
+/// [`IdentifyNamespace::check_plain_io`]). The message names the LBA format (index,
+/// LBADS, MS, DPS), the tool that carries metadata, and how to reformat the namespace.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.message())]
 pub struct MetadataUnsupported {
@@ -993,8 +999,9 @@ impl MetadataUnsupported {
             t => format!("protection information type {t}"),
         };
         let mut m = format!(
-            "namespace {} is formatted with LBA format {} (LBADS {}{}; {metadata}; DPS {:#04x}: {pi}): ironvme does \
-             not transfer metadata or protection information yet, so it refuses I/O on this namespace",
+            "namespace {} is formatted with LBA format {} (LBADS {}{}; {metadata}; DPS {:#04x}: {pi}): I/O without \
+             a metadata buffer cannot carry it, so ironvme refuses plain I/O on this namespace (`ironvme verify` \
+             carries metadata; so does the block interface's submit_with_metadata)",
             self.nsid,
             self.format_index,
             f.lbads,
@@ -1018,7 +1025,7 @@ impl MetadataUnsupported {
                     self.nsid
                 ));
             }
-            None => m.push_str(". The namespace lists no LBA format without metadata, so ironvme cannot use it"),
+            None => m.push_str(". The namespace lists no LBA format without metadata"),
         }
         m
     }
@@ -1454,13 +1461,13 @@ mod tests {
     #[test]
     fn metadata_and_protection_information_are_refused_naming_the_format() {
         let mut b = qemu_ns();
-        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1), Ok(()));
+        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_plain_io(1), Ok(()));
         b[26] = 4;
-        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1), Ok(()));
+        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_plain_io(1), Ok(()));
         // 4096 + 8 bytes at the end of each block: the 4096-byte format without metadata
         // (index 4) is offered.
         b[26] = 5 | (1 << 4);
-        let e = IdentifyNamespace::parse(&b).unwrap().check_no_metadata(2).unwrap_err();
+        let e = IdentifyNamespace::parse(&b).unwrap().check_plain_io(2).unwrap_err();
         assert_eq!(
             (e.format_index, e.format.ms, e.format.lbads, e.extended),
             (5, 8, 12, true)
@@ -1469,42 +1476,42 @@ mod tests {
         assert_eq!(
             e.clone().on_device("/dev/nvme1").to_string(),
             "namespace 2 is formatted with LBA format 5 (LBADS 12: 4096-byte blocks; MS 8: 8 bytes of metadata at \
-             the end of each block (extended LBA); DPS 0x00: no protection information): ironvme does not transfer \
-             metadata or protection information yet, so it refuses I/O on this namespace. Reformat it to LBA \
-             format 4 (LBADS 12: 4096-byte blocks, no metadata), which ERASES the namespace: `ironvme format \
+             the end of each block (extended LBA); DPS 0x00: no protection information): I/O without a metadata buffer \
+             cannot carry it, so ironvme refuses plain I/O on this namespace (`ironvme verify` carries metadata; so \
+             does the block interface's submit_with_metadata). Reformat it to LBA format 4 (LBADS 12: 4096-byte blocks, no metadata), which ERASES the namespace: `ironvme format \
              /dev/nvme1 --nsid 2 --lbaf 4`, or with nvme-cli `nvme format /dev/nvme1 -n 2 -l 4`"
         );
         let msg = e.on_device("0000:00:05.0").to_string();
         assert!(msg.contains("`ironvme format 0000:00:05.0 --nsid 2 --lbaf 4`"), "{msg}");
         assert!(msg.contains("`nvme format /dev/nvmeX -n 2 -l 4`"), "{msg}");
-        // Separate metadata with PI type 1.
+        // Separate metadata with PI type 1: the controller inserts and strips the 8 bytes.
         b[26] = 1;
         b[29] = 1;
-        let e = IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1).unwrap_err();
+        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_plain_io(1), Ok(()));
+        // 8 bytes of separate metadata without PI need a buffer.
+        b[29] = 0;
+        let e = IdentifyNamespace::parse(&b).unwrap().check_plain_io(1).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("LBA format 1 (LBADS 9: 512-byte blocks; MS 8: 8 bytes of metadata per block in a separate buffer; DPS 0x01: protection information type 1)"), "{msg}");
+        assert!(msg.contains("LBA format 1 (LBADS 9: 512-byte blocks; MS 8: 8 bytes of metadata per block in a separate buffer; DPS 0x00: no protection information)"), "{msg}");
         assert!(msg.contains("--lbaf 0`") && msg.contains("ironvme format DEV"), "{msg}");
-        // DPS alone is refused too.
+        b[29] = 1;
+        // DPS alone (PI without metadata) is refused too.
         b[26] = 0;
-        assert!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1).is_err());
+        assert!(IdentifyNamespace::parse(&b).unwrap().check_plain_io(1).is_err());
         // Bit 3 (PI in the first bytes of metadata) with PI type 0 and no metadata is fine;
-        // with a PI type it is refused.
+        // with a PI type and no metadata it is refused.
         b[29] = 0x08;
-        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1), Ok(()));
+        assert_eq!(IdentifyNamespace::parse(&b).unwrap().check_plain_io(1), Ok(()));
         b[29] = 0x09;
-        assert!(IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1).is_err());
+        assert!(IdentifyNamespace::parse(&b).unwrap().check_plain_io(1).is_err());
         // No format without metadata: said so.
         b[29] = 0;
         b[26] = 1;
         b[25] = 0;
         put32(&mut b, 128, LbaFormat { ms: 8, lbads: 9, rp: 0 }.to_raw());
         b[26] = 0;
-        let e = IdentifyNamespace::parse(&b).unwrap().check_no_metadata(1).unwrap_err();
-        assert!(
-            e.to_string()
-                .ends_with("lists no LBA format without metadata, so ironvme cannot use it"),
-            "{e}"
-        );
+        let e = IdentifyNamespace::parse(&b).unwrap().check_plain_io(1).unwrap_err();
+        assert!(e.to_string().ends_with("lists no LBA format without metadata"), "{e}");
     }
 
     #[test]

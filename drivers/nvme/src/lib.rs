@@ -35,6 +35,7 @@ pub mod hw;
 pub mod identify;
 pub mod log;
 pub mod parse;
+pub mod pi;
 pub mod prp;
 pub mod queue;
 pub mod regs;

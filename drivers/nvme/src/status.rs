@@ -109,6 +109,15 @@ impl Status {
     pub const WRITE_FAULT: Status = Status::new(2, 0x80);
     /// Unrecovered Read Error (SCT 2h, SC 81h).
     pub const UNRECOVERED_READ_ERROR: Status = Status::new(2, 0x81);
+    /// Invalid Protection Information (SCT 1h, SC 81h): the command's PRINFO, EILBRT or
+    /// ELBAT fields do not fit the namespace's protection information type.
+    pub const INVALID_PROTECTION_INFORMATION: Status = Status::new(1, 0x81);
+    /// End-to-end Guard Check Error (SCT 2h, SC 82h).
+    pub const GUARD_CHECK_ERROR: Status = Status::new(2, 0x82);
+    /// End-to-end Application Tag Check Error (SCT 2h, SC 83h).
+    pub const APPLICATION_TAG_CHECK_ERROR: Status = Status::new(2, 0x83);
+    /// End-to-end Reference Tag Check Error (SCT 2h, SC 84h).
+    pub const REFERENCE_TAG_CHECK_ERROR: Status = Status::new(2, 0x84);
     /// Compare Failure (SCT 2h, SC 85h).
     pub const COMPARE_FAILURE: Status = Status::new(2, 0x85);
     /// Deallocated or Unwritten Logical Block (SCT 2h, SC 87h).

@@ -500,6 +500,7 @@ mod tests {
                     compare: false,
                     verify: false,
                     volatile_write_cache: false,
+                    metadata: crate::nvme::block::MetadataFormat::NONE,
                     source: GeometrySource::File,
                 },
                 depth,

@@ -1,4 +1,5 @@
-//! Running a verify: writing the stamped region, flushing, reading it back.
+//! Running a verify: writing the stamped region (with its metadata), flushing, reading it
+//! back.
 
 use super::*;
 
@@ -13,7 +14,8 @@ pub struct Plan {
     pub first_lba: u64,
     /// Blocks in the region.
     pub blocks: u64,
-    /// Blocks per transfer.
+    /// Blocks per transfer (their data, `lbas_per_io` × `block_size` bytes, and for
+    /// extended LBAs their metadata with it, fits in one command).
     pub lbas_per_io: u64,
     /// Transfers outstanding.
     pub qd: usize,
@@ -25,6 +27,10 @@ pub struct Plan {
     pub passes: u64,
     /// Check only.
     pub read_only: bool,
+    /// How each block carries metadata: the namespace's format when its blocks carry
+    /// metadata bytes (MS > 0), which verify then writes and checks with the data;
+    /// [`MetadataFormat::NONE`] otherwise.
+    pub metadata: MetadataFormat,
 }
 
 impl Plan {
@@ -53,7 +59,8 @@ impl Plan {
                 a.bs
             )));
         }
-        let max = (ns.max_transfer_bytes as u64 / block).max(1) * block;
+        // With extended LBAs the metadata counts against the transfer limit too.
+        let max = ns.max_transfer_blocks(ns.metadata.bytes > 0).max(1) * block;
         Ok(Plan {
             nsid: ns.nsid,
             block_size: ns.block_size,
@@ -65,11 +72,28 @@ impl Plan {
             first_pass: a.pass,
             passes: if a.read_only { 1 } else { a.passes },
             read_only: a.read_only,
+            metadata: if ns.metadata.bytes > 0 {
+                ns.metadata
+            } else {
+                MetadataFormat::NONE
+            },
         })
     }
 
+    /// Data bytes per transfer (`--bs`, clamped).
     pub(super) fn bs(&self) -> usize {
         self.lbas_per_io as usize * self.block_size as usize
+    }
+
+    /// Whether the blocks carry metadata, moved with [`BlockQueue::submit_with_metadata`].
+    pub fn with_metadata(&self) -> bool {
+        self.metadata.bytes > 0
+    }
+
+    /// Buffer bytes per transfer: `lbas_per_io` × (`block_size` + metadata bytes per
+    /// block), data and metadata laid out as [`MetadataFormat::ranges`] says.
+    pub fn buffer_bytes(&self) -> usize {
+        self.lbas_per_io as usize * self.metadata.bytes_per_block(self.block_size)
     }
 }
 
@@ -179,14 +203,21 @@ pub fn verify(device: &Device, plan: &Plan) -> Result<Findings, CliError> {
 /// Runs `plan` on `device`, adding each transfer's bytes to `progress` as it completes
 /// (its total is [`Plan::transfer_bytes`]) and naming the pass and phase in its message.
 ///
+/// On a namespace whose blocks carry metadata ([`Plan::metadata`]) the queue is opened
+/// with [`Device::create_metadata_queue`] and every transfer carries its blocks' metadata.
+///
 /// Errors: [`CliError::Invalid`] when the queue cannot be as deep as asked;
 /// [`CliError::Device`] when the queue or buffers cannot be created. Failures during the
 /// run are in the [`Findings`].
 pub fn verify_with_progress(device: &Device, plan: &Plan, progress: &Progress) -> Result<Findings, CliError> {
     let backend = device.backend();
-    let mut q = device
-        .create_queue(Some(plan.nsid), plan.qd)
-        .map_err(|e| CliError::Device(format!("cannot create a {backend} queue of depth {}: {e}", plan.qd)))?;
+    let q = if plan.with_metadata() {
+        device.create_metadata_queue(Some(plan.nsid), plan.qd)
+    } else {
+        device.create_queue(Some(plan.nsid), plan.qd)
+    };
+    let mut q =
+        q.map_err(|e| CliError::Device(format!("cannot create a {backend} queue of depth {}: {e}", plan.qd)))?;
     if q.depth() < plan.qd {
         return Err(CliError::Invalid(format!(
             "--qd {} is deeper than a {backend} queue can be here ({} outstanding I/Os at most)",
@@ -194,14 +225,23 @@ pub fn verify_with_progress(device: &Device, plan: &Plan, progress: &Progress) -
             q.depth()
         )));
     }
-    let bs = plan.bs();
-    let alloc_err = |e: crate::nvme::hw::DmaError| CliError::Device(format!("{} buffers of {bs} bytes: {e}", plan.qd));
+    // The stride is rounded up to the block size so that each buffer starts
+    // block-aligned, as without metadata (where the stride is the transfer size).
+    let stride = plan.buffer_bytes().next_multiple_of(plan.block_size as usize);
+    let alloc_err =
+        |e: crate::nvme::hw::DmaError| CliError::Device(format!("{} buffers of {stride} bytes: {e}", plan.qd));
     let bufs = device
         .dma()
-        .allocate(plan.qd * bs)
+        .allocate(plan.qd * stride)
         .map_err(alloc_err)?
-        .into_chunks(bs, plan.qd)
+        .into_chunks(stride, plan.qd)
         .map_err(alloc_err)?;
+    Ok(run(&mut q, bufs, plan, progress))
+}
+
+/// Runs every pass of `plan` on `q` with the transfer buffers `bufs` (at least `plan.qd`
+/// of them, each of at least [`Plan::buffer_bytes`] bytes).
+fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<DmaBuf>, plan: &Plan, progress: &Progress) -> Findings {
     let mut pool: Vec<(usize, DmaBuf)> = bufs.into_iter().enumerate().collect();
     let mut f = Findings::default();
     for pass in plan.first_pass..plan.first_pass + plan.passes {
@@ -213,9 +253,9 @@ pub fn verify_with_progress(device: &Device, plan: &Plan, progress: &Progress) -
         if !plan.read_only {
             let t = Instant::now();
             progress.message(format!("pass {pass}: write"));
-            stream(&mut q, &mut pool, plan, pass, true, &mut f, progress);
+            stream(q, &mut pool, plan, pass, true, &mut f, progress);
             if f.fatal.is_none() {
-                if let Err(e) = block::run_one(&mut q, Op::Flush, None) {
+                if let Err(e) = block::run_one(q, Op::Flush, None) {
                     match e.error {
                         block::IoError::Failed { status, .. } => f.failed(IoFailure {
                             pass,
@@ -233,7 +273,7 @@ pub fn verify_with_progress(device: &Device, plan: &Plan, progress: &Progress) -
         if f.fatal.is_none() {
             let t = Instant::now();
             progress.message(format!("pass {pass}: read"));
-            stream(&mut q, &mut pool, plan, pass, false, &mut f, progress);
+            stream(q, &mut pool, plan, pass, false, &mut f, progress);
             result.read_s = t.elapsed().as_secs_f64();
         }
         result.mismatches = f.mismatch_count - mismatches;
@@ -244,11 +284,12 @@ pub fn verify_with_progress(device: &Device, plan: &Plan, progress: &Progress) -
         }
     }
     f.mismatches.sort_by_key(|m| (m.pass, m.lba));
-    Ok(f)
+    f
 }
 
-/// Writes (stamping) or reads (checking) every block of the region once, with up to
-/// `qd` transfers outstanding, adding each completed transfer's bytes to `progress`.
+/// Writes (stamping) or reads (checking) every block of the region once, with its
+/// metadata when it has some ([`stamp_blocks`], [`check_blocks`]), with up to `qd`
+/// transfers outstanding, adding each completed transfer's data bytes to `progress`.
 fn stream<Q: BlockQueue>(
     q: &mut Q,
     pool: &mut Vec<(usize, DmaBuf)>,
@@ -259,6 +300,7 @@ fn stream<Q: BlockQueue>(
     progress: &Progress,
 ) {
     let bsz = plan.block_size as usize;
+    let unit = plan.metadata.bytes_per_block(plan.block_size);
     let end = plan.first_lba + plan.blocks;
     let mut slots = vec![(0u64, 0u64); plan.qd];
     let mut next = plan.first_lba;
@@ -273,12 +315,16 @@ fn stream<Q: BlockQueue>(
         while !stop && next < end {
             let Some((tag, mut buf)) = pool.pop() else { break };
             let n = plan.lbas_per_io.min(end - next);
-            buf.set_window(0, n as usize * bsz)
+            buf.set_window(0, n as usize * unit)
                 .expect("a buffer holds a whole transfer");
             if write {
-                for (i, b) in buf.as_mut_slice().chunks_exact_mut(bsz).enumerate() {
-                    stamp_block(b, stamp(next + i as u64));
-                }
+                stamp_blocks(
+                    buf.as_mut_slice(),
+                    &plan.metadata,
+                    plan.block_size,
+                    n as usize,
+                    stamp(next),
+                );
             }
             let op = if write {
                 Op::Write { lba: next, fua: false }
@@ -286,7 +332,12 @@ fn stream<Q: BlockQueue>(
                 Op::Read { lba: next }
             };
             slots[tag] = (next, n);
-            match q.submit(op, Some(buf), tag as u64) {
+            let submitted = if plan.with_metadata() {
+                q.submit_with_metadata(op, Some(buf), Protection::checked(&plan.metadata, next), tag as u64)
+            } else {
+                q.submit(op, Some(buf), tag as u64)
+            };
+            match submitted {
                 Ok(()) => next += n,
                 Err(e) => {
                     if let Some(b) = e.buf {
@@ -336,12 +387,20 @@ fn stream<Q: BlockQueue>(
                         ));
                         return;
                     };
-                    for (i, b) in data.chunks_exact(bsz).enumerate() {
-                        let lba = lba + i as u64;
-                        if let Err(problem) = check_block(b, stamp(lba)) {
-                            f.mismatch(Mismatch { lba, pass, problem });
-                        }
-                    }
+                    check_blocks(
+                        data,
+                        &plan.metadata,
+                        plan.block_size,
+                        n as usize,
+                        stamp(lba),
+                        |i, problem| {
+                            f.mismatch(Mismatch {
+                                lba: lba + i as u64,
+                                pass,
+                                problem,
+                            })
+                        },
+                    );
                 }
                 Ok(()) => {}
             }
@@ -349,5 +408,387 @@ fn stream<Q: BlockQueue>(
                 pool.push((tag, b));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{NamespaceInfo, SubmitError};
+    use crate::nvme::Status;
+    use crate::nvme::block::GeometrySource;
+    use crate::nvme::hw::HeapRegion;
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    const BS: u32 = 512;
+
+    /// A namespace in memory: each block's data then its metadata. With `prchk` it checks
+    /// the PI of each transfer with metadata as its protection fields ask (pi::check) and
+    /// fails it with the controller's status; without `carries`, it refuses metadata like
+    /// io_uring block I/O and psync.
+    struct FakeQueue {
+        info: NamespaceInfo,
+        medium: Vec<u8>,
+        prchk: bool,
+        carries: bool,
+        done: VecDeque<Completion>,
+        /// Every transfer with metadata: its operation, LBA and protection fields.
+        seen: Vec<(&'static str, u64, Protection)>,
+        plain: usize,
+    }
+
+    impl FakeQueue {
+        fn new(metadata: MetadataFormat, blocks: u64) -> FakeQueue {
+            FakeQueue {
+                info: NamespaceInfo {
+                    nsid: 1,
+                    block_size: BS,
+                    blocks,
+                    // Eight blocks, with their metadata where it travels with the data.
+                    max_transfer_bytes: 8 * metadata.data_bytes(BS, 1),
+                    buffer_alignment: 4,
+                    write_zeroes: false,
+                    deallocate: false,
+                    deallocate_zeroes: false,
+                    compare: false,
+                    verify: false,
+                    volatile_write_cache: true,
+                    metadata,
+                    source: GeometrySource::Identify,
+                },
+                medium: vec![0; blocks as usize * metadata.bytes_per_block(BS)],
+                prchk: true,
+                carries: true,
+                done: VecDeque::new(),
+                seen: Vec::new(),
+                plain: 0,
+            }
+        }
+
+        /// Byte offset of block `lba`'s data in the medium; its metadata follows it.
+        fn at(&self, lba: u64) -> usize {
+            lba as usize * self.info.metadata.bytes_per_block(BS)
+        }
+
+        fn transfer(&mut self, op: Op, mut buf: Option<DmaBuf>, blocks: usize, pi: Option<Protection>, tag: u64) {
+            let fmt = self.info.metadata;
+            let bs = BS as usize;
+            let prchk = |b: &[u8]| match pi {
+                Some(p) if self.prchk => pi::check(&fmt, BS, b, blocks, &p).map_err(|e| {
+                    IoStatus::Nvme(match e {
+                        pi::PiError::Guard { .. } => Status::GUARD_CHECK_ERROR,
+                        pi::PiError::AppTag { .. } => Status::APPLICATION_TAG_CHECK_ERROR,
+                        pi::PiError::RefTag { .. } => Status::REFERENCE_TAG_CHECK_ERROR,
+                    })
+                }),
+                _ => Ok(()),
+            };
+            let result = match op {
+                Op::Write { lba, .. } => {
+                    let b = buf.as_ref().expect("checked").as_slice();
+                    let r = prchk(b);
+                    if r.is_ok() {
+                        for i in 0..blocks {
+                            let (data, md) = fmt.ranges(BS, blocks, i);
+                            let at = self.at(lba + i as u64);
+                            self.medium[at..at + bs].copy_from_slice(&b[data]);
+                            self.medium[at + bs..at + bs + md.len()].copy_from_slice(&b[md]);
+                        }
+                    }
+                    r
+                }
+                Op::Read { lba } => {
+                    let b = buf.as_mut().expect("checked").as_mut_slice();
+                    for i in 0..blocks {
+                        let (data, md) = fmt.ranges(BS, blocks, i);
+                        let at = self.at(lba + i as u64);
+                        let len = md.len();
+                        b[data].copy_from_slice(&self.medium[at..at + bs]);
+                        b[md].copy_from_slice(&self.medium[at + bs..at + bs + len]);
+                    }
+                    prchk(b)
+                }
+                Op::Flush => Ok(()),
+                other => unreachable!("verify reads, writes and flushes only: {other:?}"),
+            };
+            self.done.push_back(Completion { tag, buf, result });
+        }
+    }
+
+    impl BlockQueue for FakeQueue {
+        fn namespace(&self) -> &NamespaceInfo {
+            &self.info
+        }
+        fn depth(&self) -> usize {
+            64
+        }
+        fn outstanding(&self) -> usize {
+            self.done.len()
+        }
+        fn submit(&mut self, op: Op, buf: Option<DmaBuf>, tag: u64) -> Result<(), SubmitError> {
+            let blocks = match block::check(&self.info, &op, buf.as_ref()) {
+                Ok(n) => n as usize,
+                Err(error) => return Err(SubmitError { error, buf }),
+            };
+            self.plain += 1;
+            self.transfer(op, buf, blocks, None, tag);
+            Ok(())
+        }
+        fn submit_with_metadata(
+            &mut self,
+            op: Op,
+            buf: Option<DmaBuf>,
+            pi: Protection,
+            tag: u64,
+        ) -> Result<(), SubmitError> {
+            let checked = if self.carries {
+                block::check_with_metadata(&self.info, &op, buf.as_ref(), &pi)
+            } else {
+                Err(BlockError::Unsupported {
+                    op: op.name(),
+                    reason: "this backend does not carry metadata".into(),
+                })
+            };
+            let blocks = match checked {
+                Ok(n) => n as usize,
+                Err(error) => return Err(SubmitError { error, buf }),
+            };
+            if let Some(lba) = op.protected_lba() {
+                self.seen.push((op.name(), lba, pi));
+            }
+            self.transfer(op, buf, blocks, Some(pi), tag);
+            Ok(())
+        }
+        fn ring(&mut self) -> Result<(), BlockError> {
+            Ok(())
+        }
+        fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut f: F) -> usize {
+            let n = max.min(self.done.len());
+            self.done.drain(..n).for_each(&mut f);
+            n
+        }
+    }
+
+    /// 64 blocks from LBA 16 in transfers of 8 blocks, 4 outstanding.
+    fn plan(metadata: MetadataFormat, passes: u64, read_only: bool) -> Plan {
+        Plan {
+            nsid: 1,
+            block_size: BS,
+            first_lba: 16,
+            blocks: 64,
+            lbas_per_io: 8,
+            qd: 4,
+            seed: 77,
+            first_pass: 1,
+            passes,
+            read_only,
+            metadata,
+        }
+    }
+
+    fn run_on(q: &mut FakeQueue, plan: &Plan) -> Findings {
+        let bufs = DmaBuf::from_region(Arc::new(
+            HeapRegion::new(plan.qd * plan.buffer_bytes(), 4096, 0).unwrap(),
+        ))
+        .into_chunks(plan.buffer_bytes(), plan.qd)
+        .unwrap();
+        run(q, bufs, plan, &Progress::hidden())
+    }
+
+    const FORMATS: [(u16, u8, u8); 5] = [(8, 0x10, 1), (16, 0, 3 | 8), (16, 0x10, 0), (64, 0, 1), (8, 0, 0)];
+
+    #[test]
+    fn metadata_goes_to_the_device_with_every_block() {
+        for (ms, flbas, dps) in FORMATS {
+            let fmt = MetadataFormat::from_identify(ms, flbas, dps);
+            let mut q = FakeQueue::new(fmt, 128);
+            let p = plan(fmt, 2, false);
+            assert_eq!(p.buffer_bytes(), 8 * (512 + ms as usize));
+            let f = run_on(&mut q, &p);
+            assert!(f.ok(), "{fmt}: {f:?}");
+            assert_eq!(f.passes.len(), 2);
+            // Two passes of 8 writes and 8 reads, each with the protection fields of
+            // its first LBA; only the flushes go without metadata.
+            assert_eq!(q.seen.len(), 32, "{fmt}");
+            assert_eq!(q.plain, 2, "{fmt}");
+            for (op, lba, pi) in &q.seen {
+                assert!(*op == "read" || *op == "write");
+                assert_eq!(*pi, Protection::checked(&fmt, *lba), "{fmt}: {op} at {lba}");
+                assert_eq!(pi.check_guard, fmt.pi_type != 0);
+            }
+            // Each block reached the device with its own data and metadata (the medium
+            // holds one block as a one-block buffer of either layout).
+            for lba in 16..80 {
+                let at = q.at(lba);
+                let one = &q.medium[at..at + fmt.bytes_per_block(BS)];
+                let mut problems = Vec::new();
+                let stamp = Stamp { lba, pass: 2, seed: 77 };
+                check_blocks(one, &fmt, BS, 1, stamp, |_, p| problems.push(p));
+                assert_eq!(problems, [], "{fmt}: LBA {lba}");
+            }
+            assert!(
+                q.medium[..q.at(16)].iter().all(|&b| b == 0),
+                "nothing before the region"
+            );
+        }
+    }
+
+    #[test]
+    fn a_namespace_without_metadata_is_verified_with_plain_io() {
+        let mut q = FakeQueue::new(MetadataFormat::NONE, 128);
+        let f = run_on(&mut q, &plan(MetadataFormat::NONE, 1, false));
+        assert!(f.ok(), "{f:?}");
+        assert_eq!((q.seen.len(), q.plain), (0, 17), "8 writes, a flush, 8 reads");
+        assert_eq!(q.medium.len(), 128 * 512);
+    }
+
+    #[test]
+    fn a_backend_without_metadata_stops_the_run() {
+        let fmt = MetadataFormat::from_identify(16, 0, 1);
+        let mut q = FakeQueue::new(fmt, 128);
+        q.carries = false;
+        let f = run_on(&mut q, &plan(fmt, 1, false));
+        let why = f.fatal.as_deref().unwrap_or_default();
+        assert!(
+            why.starts_with("pass 1: write of LBA 16+8 refused: write is not supported here"),
+            "{why}"
+        );
+        assert_eq!(q.outstanding(), 0);
+    }
+
+    #[test]
+    fn damaged_metadata_and_pi_are_found() {
+        // The tuple first: the guard does not cover the pattern bytes after it.
+        let fmt = MetadataFormat::from_identify(16, 0, 1 | 8);
+        let mut q = FakeQueue::new(fmt, 128);
+        assert!(run_on(&mut q, &plan(fmt, 1, false)).ok());
+        let (bs, at) = (BS as usize, fmt.pi_offset().unwrap());
+        let md = |q: &FakeQueue, lba| q.at(lba) + bs;
+        let m26 = md(&q, 26) + 8;
+        q.medium[m26] ^= 0x40; // a pattern byte
+        let m27 = md(&q, 27) + at + 3;
+        q.medium[m27] ^= 1; // the application tag, which PRCHK leaves out
+        let m34 = md(&q, 34) + at;
+        q.medium[m34] ^= 1; // the guard
+        let d41 = q.at(41) + 100;
+        q.medium[d41] ^= 1; // the data
+        let m50 = md(&q, 50) + at + 7;
+        q.medium[m50] ^= 1; // the reference tag
+        let ro = plan(fmt, 1, true);
+
+        // The device's PI checks fail the transfers holding a bad guard or reference
+        // tag; the host finds the rest.
+        let f = run_on(&mut q, &ro);
+        let errors: Vec<(u64, Status)> = f.errors.iter().map(|e| (e.lba, e.status.nvme().unwrap())).collect();
+        assert_eq!(
+            errors,
+            [
+                (32, Status::GUARD_CHECK_ERROR),
+                (40, Status::GUARD_CHECK_ERROR),
+                (48, Status::REFERENCE_TAG_CHECK_ERROR)
+            ]
+        );
+        let problems: Vec<(u64, Problem)> = f.mismatches.iter().map(|m| (m.lba, m.problem)).collect();
+        let pattern = Stamp {
+            lba: 26,
+            pass: 1,
+            seed: 77,
+        };
+        let mut pattern_bytes = [0u8; 16];
+        stamp_metadata(&mut pattern_bytes, pattern);
+        assert_eq!(
+            problems,
+            [
+                (
+                    26,
+                    Problem::Metadata {
+                        fault: MetadataFault::Pattern {
+                            offset: 8,
+                            found: pattern_bytes[8] ^ 0x40,
+                            expected: pattern_bytes[8],
+                            differing: 1
+                        }
+                    }
+                ),
+                (
+                    27,
+                    Problem::Metadata {
+                        fault: MetadataFault::Pi {
+                            field: PiField::AppTag,
+                            found: 1,
+                            expected: 0
+                        }
+                    }
+                ),
+            ]
+        );
+        let subject = Subject {
+            device: "nvme0n1".into(),
+            backend: "vfio".into(),
+            recheck_args: String::new(),
+        };
+        let text = human(&subject, &ro, &f);
+        assert!(
+            text.contains(
+                "metadata: 16 bytes of metadata per block in a separate buffer, protection information type 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pass 1: read of LBA 32+8 blocks: NVMe status End-to-end Guard Check Error (0x282"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pass 1: LBA 27: bad protection information, data intact: PI application tag 0x0001, expected 0x0000"
+            ),
+            "{text}"
+        );
+
+        // Without the device's checks (or past them) the host tells each damage apart.
+        q.prchk = false;
+        let f = run_on(&mut q, &ro);
+        assert_eq!(f.error_count, 0);
+        let kinds: Vec<(u64, String)> = f
+            .mismatches
+            .iter()
+            .map(|m| {
+                let what = match m.problem {
+                    Problem::Metadata {
+                        fault: MetadataFault::Pi { field, .. },
+                    } => field.key().to_string(),
+                    p => p.kind().to_string(),
+                };
+                (m.lba, what)
+            })
+            .collect();
+        let want = [
+            (26, "metadata"),
+            (27, "app_tag"),
+            (34, "guard"),
+            (41, "corrupt"),
+            (50, "ref_tag"),
+        ];
+        assert_eq!(kinds, want.map(|(l, k)| (l, k.to_string())));
+        assert_eq!(
+            f.mismatches[4].problem,
+            Problem::Metadata {
+                fault: MetadataFault::Pi {
+                    field: PiField::RefTag,
+                    found: 50 ^ 1,
+                    expected: 50
+                }
+            }
+        );
+        let v = json(&subject, &ro, &f);
+        assert_eq!(
+            v["metadata"],
+            serde_json::json!({"bytes": 16, "extended": false, "pi_type": 1, "pi_first": true})
+        );
+        assert_eq!(v["mismatches"][4]["pi_field"], "ref_tag");
+        assert_eq!(v["mismatches"][4]["found"], 51);
+        assert_eq!(v["mismatches"][0]["metadata_offset"], 8);
+        assert_eq!(v["mismatches"][0]["kind"], "metadata");
     }
 }

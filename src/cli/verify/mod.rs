@@ -22,7 +22,45 @@
 //! - **misdirected**: a valid block stamped with another LBA: a write landed in the
 //!   wrong place (or a read read the wrong place);
 //! - **stale**: a valid block for this LBA, but from an earlier pass or another run (a
-//!   different seed): a write was lost and old data survived.
+//!   different seed): a write was lost and old data survived;
+//! - **metadata**: the data is intact but the block's metadata is not (see below).
+//!
+//! # Metadata
+//!
+//! On a namespace whose blocks carry metadata (MS > 0 bytes per block, with or without
+//! end-to-end protection information), every transfer carries its blocks' metadata too
+//! ([`BlockQueue::submit_with_metadata`], on a queue from
+//! [`Device::create_metadata_queue`]). Its buffer holds NLB × (LBADS + MS) bytes for NLB
+//! blocks of LBADS data bytes: each block's data followed by its metadata for an
+//! extended-LBA format, or the data of every block followed by the metadata of every
+//! block for a separate one ([`MetadataFormat::ranges`]); `--bs` counts data bytes only.
+//! Each block's MS metadata bytes are written as:
+//!
+//! - a pattern from SplitMix64 seeded by (LBA, pass, seed), unlike the data's pattern
+//!   ([`stamp_metadata`]);
+//! - with protection information (PI types 1 to 3), the 8-byte PI tuple in place of the
+//!   first or last 8 bytes of the pattern, as the format says ([`pi::generate`]): the
+//!   CRC-16 T10-DIF guard of the block's data (and of the metadata bytes before a
+//!   trailing tuple), application tag 0, and as reference tag the low 32 bits of the
+//!   LBA (types 1 and 2) or 0 (type 3).
+//!
+//! Every write and read asks the controller to check the PI on its way (PRCHK: the
+//! guard, and the reference tag for types 1 and 2; [`Protection::checked`]). A block
+//! whose PI fails there fails its whole command: an I/O error with NVMe status 0x282
+//! (End-to-end Guard Check Error) or 0x284 (End-to-end Reference Tag Check Error), whose
+//! blocks are not checked further. Read back, a block whose data is intact then has its
+//! metadata checked ([`check_blocks`]): the bytes outside the PI tuple must be the
+//! pattern, and the tuple must be exactly the one written (which also catches what
+//! PRCHK leaves out: the application tag, and the reference tag of type 3). A
+//! difference is a **metadata** problem naming the first differing byte or PI field
+//! ([`Problem::Metadata`]). A block whose data is all zeros is **zeros** only when every
+//! metadata byte is 0x00 or 0xFF, as in a deallocated or never-written block;
+//! otherwise it is **corrupt**.
+//!
+//! Metadata is carried by ironvme's VFIO driver and by the NVMe ioctl and io_uring
+//! passthrough (`URING_CMD`) backends. io_uring block I/O and psync go through the
+//! kernel's block layer, which handles integrity itself: there the namespace shows no
+//! metadata and verify checks data only.
 //!
 //! # Decisions
 //!
@@ -40,7 +78,7 @@
 //!   I/O errors are listed with their decoded status; their blocks are not checked.
 //! - **Writes need consent** on devices: the rule of `perf` ([`super::io_shared::target`]).
 //! - It uses only Read, Write and Flush, so it runs on every backend; `--qd` I/Os of
-//!   `--bs` bytes stay outstanding (`wait` for completions: a verify is not a latency
+//!   `--bs` data bytes stay outstanding (`wait` for completions: a verify is not a latency
 //!   test).
 
 mod engine;
@@ -49,7 +87,10 @@ mod stamp;
 
 pub use engine::{Findings, IoFailure, Mismatch, PassResult, Plan, verify, verify_with_progress};
 pub use report::{Subject, human, json};
-pub use stamp::{CHECKSUM_BYTES, HEADER_BYTES, MAGIC, Problem, Stamp, check_block, stamp_block};
+pub use stamp::{
+    CHECKSUM_BYTES, HEADER_BYTES, MAGIC, MetadataFault, PiField, Problem, Stamp, check_block, check_blocks,
+    stamp_block, stamp_blocks, stamp_metadata,
+};
 
 use super::io_shared::rng::{SplitMix64, mix64};
 use super::io_shared::target;
@@ -57,8 +98,9 @@ use super::io_shared::units::{iec_exact, parse_nonzero_size, parse_size};
 use super::io_shared::{BACKEND_HELP, IO_DEV_HELP, region_bytes};
 use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
-use crate::block::{self, BlockError, BlockQueue, Completion, IoStatus, Op};
+use crate::block::{self, BlockError, BlockQueue, Completion, IoStatus, MetadataFormat, Op, Protection};
 use crate::nvme::hw::DmaBuf;
+use crate::nvme::pi;
 use crate::{Backend, Device};
 use clap::Args;
 use serde_json::{Value, json};
@@ -90,8 +132,8 @@ pub struct VerifyArgs {
     /// Pass number of the first pass; with --read-only, the pass the data must be from.
     #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub pass: u64,
-    /// Bytes per transfer (a multiple of the logical block size; clamped to the largest
-    /// transfer of one command).
+    /// Data bytes per transfer (a multiple of the logical block size; clamped to the
+    /// largest transfer of one command). The blocks' metadata, if any, comes on top.
     #[arg(long, value_name = "SIZE", default_value = "128k", value_parser = parse_nonzero_size)]
     pub bs: u64,
     /// Transfers kept outstanding.
@@ -288,6 +330,231 @@ mod tests {
         );
     }
 
+    /// Extended and separate layouts, PI types 0, 1 and 3, the tuple first and last.
+    const FORMATS: [(u16, u8, u8); 6] = [
+        (8, 0x10, 1),
+        (16, 0, 3 | 8),
+        (16, 0x10, 0),
+        (64, 0, 1),
+        (8, 0, 0),
+        (16, 0x10, 3),
+    ];
+
+    /// `blocks` 512-byte blocks with their metadata, stamped from `S`.
+    fn stamped(fmt: &MetadataFormat, blocks: usize) -> Vec<u8> {
+        let mut b = vec![0u8; blocks * fmt.bytes_per_block(512)];
+        stamp_blocks(&mut b, fmt, 512, blocks, S);
+        b
+    }
+
+    fn problems(buf: &[u8], fmt: &MetadataFormat, blocks: usize) -> Vec<(usize, Problem)> {
+        let mut out = Vec::new();
+        check_blocks(buf, fmt, 512, blocks, S, |i, p| out.push((i, p)));
+        out
+    }
+
+    #[test]
+    fn stamped_metadata_checks_out_in_every_layout() {
+        for (ms, flbas, dps) in FORMATS {
+            let fmt = MetadataFormat::from_identify(ms, flbas, dps);
+            let b = stamped(&fmt, 4);
+            assert_eq!(problems(&b, &fmt, 4), [], "{fmt}");
+            // The controller's check agrees (what PRCHK does on the way).
+            pi::check(&fmt, 512, &b, 4, &Protection::checked(&fmt, S.lba)).unwrap();
+            for i in 0..4 {
+                let (data, md) = fmt.ranges(512, 4, i);
+                let stamp = Stamp {
+                    lba: S.lba + i as u64,
+                    ..S
+                };
+                assert_eq!(check_block(&b[data.clone()], stamp), Ok(()), "{fmt}: block {i}");
+                let mut pattern = vec![0u8; ms as usize];
+                stamp_metadata(&mut pattern, stamp);
+                let tuple = fmt.pi_offset().map_or(0..0, |at| at..at + 8);
+                for (j, (&got, &want)) in b[md.clone()].iter().zip(&pattern).enumerate() {
+                    if !tuple.contains(&j) {
+                        assert_eq!(got, want, "{fmt}: block {i} metadata byte {j}");
+                    }
+                }
+                if let Some(at) = fmt.pi_offset() {
+                    let t = pi::PiTuple::from_bytes(b[md.start + at..md.start + at + 8].try_into().unwrap());
+                    let ref_tag = if fmt.pi_type == 3 { 0 } else { 1234 + i as u32 };
+                    assert_eq!((t.app_tag, t.ref_tag), (0, ref_tag), "{fmt}: block {i}");
+                    let before = if at == 0 { &[][..] } else { &b[md.start..md.start + at] };
+                    assert_eq!(t.guard, pi::guard(&b[data], before), "{fmt}: block {i}");
+                }
+            }
+        }
+        // Without metadata, blocks are stamped exactly as one by one.
+        let b = stamped(&MetadataFormat::NONE, 3);
+        for (i, got) in b.chunks(512).enumerate() {
+            assert_eq!(
+                got,
+                block(
+                    512,
+                    Stamp {
+                        lba: S.lba + i as u64,
+                        ..S
+                    }
+                ),
+                "block {i}"
+            );
+        }
+        // The metadata's pattern is not the data's, and differs with LBA, pass and seed.
+        let md = |stamp| {
+            let mut m = [0u8; 64];
+            stamp_metadata(&mut m, stamp);
+            m
+        };
+        assert_ne!(md(S)[..], block(512, S)[32..96]);
+        for other in [Stamp { lba: 1235, ..S }, Stamp { pass: 4, ..S }, Stamp { seed: 1, ..S }] {
+            assert_ne!(md(other), md(S), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn each_metadata_damage_has_its_problem() {
+        for (ms, flbas, dps) in FORMATS {
+            let fmt = MetadataFormat::from_identify(ms, flbas, dps);
+            let b = stamped(&fmt, 4);
+            let (data, md) = fmt.ranges(512, 4, 2);
+            let s2 = Stamp { lba: 1236, ..S };
+            let flipped = |at: usize, bit: u8| {
+                let mut bad = b.clone();
+                bad[at] ^= bit;
+                problems(&bad, &fmt, 4)
+            };
+            // A flipped data byte: corruption (whatever the metadata says).
+            assert_eq!(
+                flipped(data.start + 100, 4),
+                [(2, Problem::Corrupt { header: Some(s2) })],
+                "{fmt}"
+            );
+            // A flipped pattern byte outside the tuple: where and what.
+            let tuple = fmt.pi_offset().map_or(0..0, |at| at..at + 8);
+            if let Some(j) = (0..ms as usize).find(|j| !tuple.contains(j)) {
+                let was = b[md.start + j];
+                assert_eq!(
+                    flipped(md.start + j, 0x40),
+                    [(
+                        2,
+                        Problem::Metadata {
+                            fault: MetadataFault::Pattern {
+                                offset: j as u16,
+                                found: was ^ 0x40,
+                                expected: was,
+                                differing: 1
+                            }
+                        }
+                    )],
+                    "{fmt}"
+                );
+            }
+            let Some(at) = fmt.pi_offset() else { continue };
+            let t = pi::PiTuple::from_bytes(b[md.start + at..md.start + at + 8].try_into().unwrap());
+            let pi = |field, found, expected| {
+                vec![(
+                    2,
+                    Problem::Metadata {
+                        fault: MetadataFault::Pi { field, found, expected },
+                    },
+                )]
+            };
+            // A flipped byte of each field of the tuple: that field, found and written.
+            let g = u32::from(t.guard);
+            assert_eq!(flipped(md.start + at + 1, 1), pi(PiField::Guard, g ^ 1, g), "{fmt}");
+            assert_eq!(
+                flipped(md.start + at + 2, 0x80),
+                pi(PiField::AppTag, 0x8000, 0),
+                "{fmt}"
+            );
+            assert_eq!(
+                flipped(md.start + at + 4, 0x10),
+                pi(PiField::RefTag, t.ref_tag ^ 0x1000_0000, t.ref_tag),
+                "{fmt}"
+            );
+            // An escaped tuple (application tag 0xFFFF) passes a controller's check, but
+            // verify never writes one.
+            let mut esc = b.clone();
+            esc[md.start + at + 2..md.start + at + 4].copy_from_slice(&[0xFF, 0xFF]);
+            pi::check(&fmt, 512, &esc, 4, &Protection::checked(&fmt, S.lba)).unwrap();
+            assert_eq!(problems(&esc, &fmt, 4), pi(PiField::AppTag, 0xFFFF, 0), "{fmt}");
+        }
+    }
+
+    #[test]
+    fn zeroed_blocks_are_zeros_only_with_blank_metadata() {
+        for (ms, flbas, dps) in FORMATS {
+            let fmt = MetadataFormat::from_identify(ms, flbas, dps);
+            let blank = vec![0u8; 2 * fmt.bytes_per_block(512)];
+            assert_eq!(problems(&blank, &fmt, 2), [(0, Problem::Zeros), (1, Problem::Zeros)]);
+            // Metadata of 0xFF (a deallocated block's PI) still reads as never written.
+            let mut ff = blank.clone();
+            for i in 0..2 {
+                let (_, md) = fmt.ranges(512, 2, i);
+                ff[md].fill(0xFF);
+            }
+            assert_eq!(problems(&ff, &fmt, 2), [(0, Problem::Zeros), (1, Problem::Zeros)]);
+            // Zeroed data under metadata that was written: not a blank block.
+            let mut b = stamped(&fmt, 2);
+            let (data, _) = fmt.ranges(512, 2, 1);
+            b[data].fill(0);
+            assert_eq!(problems(&b, &fmt, 2), [(1, Problem::Corrupt { header: None })], "{fmt}");
+        }
+    }
+
+    #[test]
+    fn metadata_problems_describe_themselves() {
+        let pattern = |offset, differing| Problem::Metadata {
+            fault: MetadataFault::Pattern {
+                offset,
+                found: 0x12,
+                expected: 0xab,
+                differing,
+            },
+        };
+        assert_eq!(
+            pattern(3, 1).describe(S, 1),
+            "metadata damaged, data intact: metadata byte 3 is 0x12, not 0xab"
+        );
+        assert_eq!(
+            pattern(3, 5).describe(S, 1),
+            "metadata damaged, data intact: metadata byte 3 is 0x12, not 0xab (5 bytes differ)"
+        );
+        assert_eq!(
+            pattern(3, 5).describe(S, 4),
+            "metadata damaged, data intact: from metadata byte 3"
+        );
+        let pi = |field, found, expected| Problem::Metadata {
+            fault: MetadataFault::Pi { field, found, expected },
+        };
+        assert_eq!(
+            pi(PiField::Guard, 0x1234, 0xbeef).describe(S, 1),
+            "bad protection information, data intact: PI guard 0x1234, expected 0xbeef"
+        );
+        assert_eq!(
+            pi(PiField::RefTag, 7, 1234).describe(S, 1),
+            "bad protection information, data intact: PI reference tag 0x00000007, expected 0x000004d2"
+        );
+        assert_eq!(
+            pi(PiField::AppTag, 1, 0).describe(S, 2),
+            "bad protection information, data intact: PI application tag differs"
+        );
+        assert_eq!(pi(PiField::AppTag, 1, 0).kind(), "metadata");
+        // Runs: the same first byte, or the same PI field.
+        let m = |lba, problem| Mismatch { lba, pass: 1, problem };
+        let list = [
+            m(1, pattern(3, 1)),
+            m(2, pattern(3, 2)),
+            m(3, pattern(4, 1)),
+            m(4, pi(PiField::Guard, 1, 2)),
+            m(5, pi(PiField::Guard, 3, 4)),
+            m(6, pi(PiField::RefTag, 3, 4)),
+        ];
+        let r: Vec<(u64, u64)> = runs(&list).iter().map(|(m, n)| (m.lba, *n)).collect();
+        assert_eq!(r, [(1, 2), (3, 1), (4, 2), (6, 1)]);
+    }
+
     #[test]
     fn consecutive_mismatches_are_listed_as_runs() {
         let m = |lba, pass, problem| Mismatch { lba, pass, problem };
@@ -321,6 +588,7 @@ mod tests {
             compare: false,
             verify: false,
             volatile_write_cache: true,
+            metadata: crate::nvme::block::MetadataFormat::NONE,
             source: GeometrySource::Identify,
         }
     }
@@ -348,6 +616,35 @@ mod tests {
             (2048, 2048),
             "smaller namespace: up to its end"
         );
+        assert_eq!(
+            (p.metadata, p.with_metadata(), p.buffer_bytes()),
+            (MetadataFormat::NONE, false, 65536)
+        );
+        // With metadata: the format recorded, --bs in data bytes up to the transfer limit,
+        // each transfer's buffer holding the blocks' metadata too.
+        let fmt = MetadataFormat::from_identify(16, 0, 1);
+        let p = Plan::new(
+            &args(&[]),
+            &block::NamespaceInfo {
+                metadata: fmt,
+                ..ns(4096, 1 << 20)
+            },
+        )
+        .unwrap();
+        assert_eq!((p.metadata, p.lbas_per_io, p.bs()), (fmt, 16, 65536));
+        assert_eq!(p.buffer_bytes(), 16 * (4096 + 16));
+        // PI without metadata bytes is no format to carry.
+        let odd = MetadataFormat::from_identify(0, 0, 1);
+        let p = Plan::new(
+            &args(&[]),
+            &block::NamespaceInfo {
+                metadata: odd,
+                ..ns(4096, 1 << 20)
+            },
+        )
+        .unwrap();
+        assert!(!p.with_metadata());
+        assert_eq!(p.metadata, MetadataFormat::NONE);
         let p = Plan::new(&args(&["--read-only", "--seed", "5", "--pass", "7"]), &ns(512, 4096)).unwrap();
         assert_eq!((p.seed, p.first_pass, p.passes, p.read_only), (5, 7, 1, true));
         let err = |a: &[&str]| Plan::new(&args(a), &ns(4096, 1024)).unwrap_err().to_string();

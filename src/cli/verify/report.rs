@@ -56,6 +56,15 @@ pub fn human(s: &Subject, plan: &Plan, f: &Findings) -> String {
         plan.qd,
         plan.seed
     );
+    if plan.with_metadata() {
+        let how = if plan.metadata.pi_type == 0 {
+            "a pattern written with each block and checked on read-back"
+        } else {
+            "a pattern and PI written with each block; PI checked by the device on write and read (PRCHK) \
+             and with the pattern on read-back"
+        };
+        let _ = writeln!(o, "metadata: {}: {how}", plan.metadata);
+    }
     let mib = bytes as f64 / f64::from(1 << 20);
     let rate = |secs: f64| {
         if secs > 0.0 {
@@ -176,6 +185,30 @@ pub fn json(s: &Subject, plan: &Plan, f: &Findings) -> Value {
                 v["found_pass"] = h.pass.into();
                 v["found_seed"] = h.seed.into();
             }
+            match m.problem {
+                Problem::Metadata {
+                    fault:
+                        MetadataFault::Pattern {
+                            offset,
+                            found,
+                            expected,
+                            differing,
+                        },
+                } => {
+                    v["metadata_offset"] = offset.into();
+                    v["found"] = found.into();
+                    v["expected"] = expected.into();
+                    v["differing_bytes"] = differing.into();
+                }
+                Problem::Metadata {
+                    fault: MetadataFault::Pi { field, found, expected },
+                } => {
+                    v["pi_field"] = field.key().into();
+                    v["found"] = found.into();
+                    v["expected"] = expected.into();
+                }
+                _ => {}
+            }
             v
         })
         .collect();
@@ -189,7 +222,7 @@ pub fn json(s: &Subject, plan: &Plan, f: &Findings) -> Value {
         .iter()
         .map(|p| json!({"pass": p.pass, "write_s": p.write_s, "read_s": p.read_s, "mismatches": p.mismatches, "errors": p.errors}))
         .collect();
-    json!({
+    let mut v = json!({
         "device": s.device,
         "backend": s.backend,
         "nsid": plan.nsid,
@@ -211,5 +244,10 @@ pub fn json(s: &Subject, plan: &Plan, f: &Findings) -> Value {
         "errors": errors,
         "stopped": f.fatal,
         "ok": f.ok(),
-    })
+    });
+    if plan.with_metadata() {
+        let m = &plan.metadata;
+        v["metadata"] = json!({"bytes": m.bytes, "extended": m.extended, "pi_type": m.pi_type, "pi_first": m.pi_first});
+    }
+    v
 }

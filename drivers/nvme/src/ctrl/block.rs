@@ -2,7 +2,7 @@
 
 use super::{Controller, Error, IoCompletion, IoQueuePair, Namespace};
 use crate::block::{
-    self, BlockError, BlockQueue, Completion, GeometrySource, IoStatus, NamespaceInfo, Op, SubmitError,
+    self, BlockError, BlockQueue, Completion, GeometrySource, IoStatus, NamespaceInfo, Op, Protection, SubmitError,
 };
 use crate::cmd::DSM_RANGE_BYTES;
 use crate::hw::{DmaBuf, Registers};
@@ -21,11 +21,13 @@ impl Namespace {
             deallocate: self.deallocate,
             // DLFEAT bits 2:0 = 001b: deallocated blocks read as zeros.
             deallocate_zeroes: self.identify.dlfeat & 0x7 == 1,
-            compare: self.compare,
+            // Plain Compare would need the metadata.
+            compare: self.compare && self.metadata.is_none(),
             // As advertised in ONCS (QEMU 7.2 executes Verify without advertising it; the
             // controller driver's own `verify` still sends it).
             verify: self.verify,
             volatile_write_cache: self.volatile_write_cache,
+            metadata: self.metadata,
             source: GeometrySource::Identify,
         }
     }
@@ -66,14 +68,24 @@ pub struct NamespaceQueue<R: Registers> {
 }
 
 impl<R: Registers> NamespaceQueue<R> {
-    /// A queue pair of `entries` entries (clamped to CAP.MQES + 1) on namespace `nsid`.
+    /// A queue pair of `entries` entries (clamped to CAP.MQES + 1) on namespace `nsid`,
+    /// for I/O without metadata buffers.
     ///
     /// Errors: [`Error::NoSuchNamespace`]; [`Error::MetadataUnsupported`] for a namespace
-    /// formatted with metadata or protection information; as
+    /// whose metadata needs a buffer ([`Namespace::check_usable`]); as
     /// [`Controller::create_io_queue_pair_sized`].
     pub fn new(ctrl: &Controller<R>, nsid: u32, entries: u32) -> Result<NamespaceQueue<R>, Error> {
+        ctrl.namespace(nsid)?.check_usable()?;
+        Self::with_metadata(ctrl, nsid, entries)
+    }
+
+    /// [`Self::new`] for a caller that carries metadata
+    /// ([`BlockQueue::submit_with_metadata`]): it opens on any namespace. Plain
+    /// submissions are still refused where the metadata needs a buffer ([`block::check`]).
+    ///
+    /// Errors: [`Error::NoSuchNamespace`]; as [`Controller::create_io_queue_pair_sized`].
+    pub fn with_metadata(ctrl: &Controller<R>, nsid: u32, entries: u32) -> Result<NamespaceQueue<R>, Error> {
         let ns = ctrl.namespace(nsid)?;
-        ns.check_usable()?;
         let pair = ctrl.create_io_queue_pair_sized(entries.min(ctrl.cap().max_queue_entries()))?;
         let depth = pair.depth();
         let mut ranges = ctrl
@@ -117,33 +129,23 @@ impl<R: Registers> BlockQueue for NamespaceQueue<R> {
             Ok(n) => n as u32,
             Err(error) => return Err(SubmitError { error, buf }),
         };
-        let cmd = op.command(self.info.nsid, blocks);
-        let buf = if let Op::Deallocate { .. } = op {
-            let Some(mut range) = self.ranges.pop() else {
-                return Err(SubmitError {
-                    error: BlockError::QueueFull(self.outstanding()),
-                    buf,
-                });
-            };
-            range.as_mut_slice().copy_from_slice(&op.dsm_range().to_bytes());
-            Some(range)
-        } else {
-            buf
+        self.post(op, blocks, buf, None, tag)
+    }
+
+    /// Separate metadata goes in MPTR, after the data in the same buffer; extended LBAs
+    /// travel whole through the data pointer.
+    fn submit_with_metadata(
+        &mut self,
+        op: Op,
+        buf: Option<DmaBuf>,
+        pi: Protection,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        let blocks = match block::check_with_metadata(&self.info, &op, buf.as_ref(), &pi) {
+            Ok(n) => n as u32,
+            Err(error) => return Err(SubmitError { error, buf }),
         };
-        self.pair.submit(cmd, buf, tag).map_err(|e| {
-            // A refused Deallocate gives its range buffer back to the pool, not the caller.
-            let buf = match e.buf {
-                Some(b) if self.is_range_buffer(&b) => {
-                    self.ranges.push(b);
-                    None
-                }
-                other => other,
-            };
-            SubmitError {
-                error: e.error.into(),
-                buf,
-            }
-        })
+        self.post(op, blocks, buf, Some(pi), tag)
     }
 
     fn ring(&mut self) -> Result<(), BlockError> {
@@ -167,6 +169,53 @@ impl<R: Registers> BlockQueue for NamespaceQueue<R> {
 }
 
 impl<R: Registers> NamespaceQueue<R> {
+    /// Posts a checked operation of `blocks` blocks; with `host_pi`, its buffer carries
+    /// metadata and the caller's protection fields go in the command.
+    fn post(
+        &mut self,
+        op: Op,
+        blocks: u32,
+        buf: Option<DmaBuf>,
+        host_pi: Option<Protection>,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        let cmd = op.command_for(&self.info, blocks, host_pi.as_ref());
+        let separate = host_pi.is_some() && !self.info.metadata.extended && op.needs_buffer();
+        let buf = if let Op::Deallocate { .. } = op {
+            let Some(mut range) = self.ranges.pop() else {
+                return Err(SubmitError {
+                    error: BlockError::QueueFull(self.outstanding()),
+                    buf,
+                });
+            };
+            range.as_mut_slice().copy_from_slice(&op.dsm_range().to_bytes());
+            Some(range)
+        } else {
+            buf
+        };
+        let submitted = match buf {
+            Some(b) if separate => {
+                let data_len = self.info.metadata.data_bytes(self.info.block_size, blocks as usize);
+                self.pair.submit_with_metadata(cmd, b, data_len, tag)
+            }
+            buf => self.pair.submit(cmd, buf, tag),
+        };
+        submitted.map_err(|e| {
+            // A refused Deallocate gives its range buffer back to the pool, not the caller.
+            let buf = match e.buf {
+                Some(b) if self.is_range_buffer(&b) => {
+                    self.ranges.push(b);
+                    None
+                }
+                other => other,
+            };
+            SubmitError {
+                error: e.error.into(),
+                buf,
+            }
+        })
+    }
+
     /// [`IoQueuePair::poll`] (or, with `wait`, [`IoQueuePair::wait`]) with completions in
     /// the block interface's terms.
     fn complete<F: FnMut(Completion)>(&mut self, max: usize, mut on_complete: F, wait: bool) -> usize {

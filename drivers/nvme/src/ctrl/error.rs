@@ -61,8 +61,9 @@ pub enum Error {
     /// The namespace ID is not an active namespace of this controller.
     #[error("namespace {0} is not an active namespace of this controller")]
     NoSuchNamespace(u32),
-    /// The namespace is formatted with metadata or protection information, which the
-    /// driver does not transfer yet: I/O on it is refused (the namespace is still listed).
+    /// The namespace's metadata needs a buffer, and I/O without one was asked for (a
+    /// plain queue, or the pair's typed read and write); the namespace is still listed and
+    /// [`super::NamespaceQueue::with_metadata`] carries it.
     #[error(transparent)]
     MetadataUnsupported(Box<crate::identify::MetadataUnsupported>),
     /// An I/O names logical blocks outside the namespace.

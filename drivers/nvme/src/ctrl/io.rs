@@ -15,6 +15,7 @@ use super::config::DataPointerMode;
 use super::recovery::{Health, RecoveryEvent, ResetReason};
 use super::shadow::ShadowDoorbells;
 use super::{Error, Inner, Namespace, clock};
+use crate::block::Op;
 use crate::cmd::{Command, DSM_RANGE_BYTES, DsmAttributes, DsmRange, MAX_DSM_RANGES};
 use crate::hw::{DmaBuf, InterruptVectors, Registers};
 use crate::prp;
@@ -216,15 +217,56 @@ impl<R: Registers> IoQueuePair<R> {
     }
 
     /// Posts `cmd` with optional data buffer `buf` under the caller's `tag`, without
-    /// ringing the doorbell. The command's CID and data pointer are filled in here; the
-    /// buffer (its window) must hold the command's whole transfer.
+    /// ringing the doorbell. The command's CID, data pointer and MPTR (0: no metadata) are
+    /// filled in here; the buffer (its window) must hold the command's whole transfer.
     ///
     /// Errors (the buffer comes back in [`IoError::buf`]): [`Error::QueueFull`],
     /// [`Error::WrongDomain`], [`Error::TransferTooLarge`], [`Error::Misaligned`] (not
     /// dword aligned), [`Error::QueueDead`], [`Error::Recovering`] (a controller reset is
     /// in progress or this pair's outstanding commands must be collected with
     /// [`Self::poll`] first).
-    pub fn submit(&mut self, mut cmd: Command, buf: Option<DmaBuf>, tag: u64) -> Result<(), IoError> {
+    pub fn submit(&mut self, cmd: Command, buf: Option<DmaBuf>, tag: u64) -> Result<(), IoError> {
+        self.post(cmd, buf, None, tag)
+    }
+
+    /// [`Self::submit`] for a namespace with separate metadata: `buf` holds the command's
+    /// data (its first `data_len` bytes, which the data pointer covers) followed by its
+    /// metadata, whose address goes in MPTR as one contiguous buffer (NVM Command Set 1.0
+    /// §5.2.3; MPTR with PSDT 00b or 01b). For extended LBAs, where the metadata travels
+    /// with the data, the whole buffer goes through [`Self::submit`].
+    ///
+    /// Crate-private: the controller moves NLB × MS bytes to MPTR whatever the buffer
+    /// holds, so only a caller that checked the buffer against the command and the
+    /// namespace ([`super::NamespaceQueue`], through [`crate::block::check_with_metadata`])
+    /// may send one.
+    ///
+    /// Errors: as [`Self::submit`]; [`Error::BufferMismatch`] if `data_len` is zero, not
+    /// dword-aligned, or leaves no metadata in the buffer.
+    pub(crate) fn submit_with_metadata(
+        &mut self,
+        cmd: Command,
+        buf: DmaBuf,
+        data_len: usize,
+        tag: u64,
+    ) -> Result<(), IoError> {
+        if data_len == 0 || data_len >= buf.len() || data_len % 4 != 0 {
+            return Err(refuse(
+                Error::BufferMismatch("the metadata must follow a non-empty, dword-aligned run of data in the buffer"),
+                Some(buf),
+            ));
+        }
+        self.post(cmd, Some(buf), Some(data_len), tag)
+    }
+
+    /// Posts a command whose buffer's first `data_len` bytes are data and the rest
+    /// metadata (MPTR) when `data_len` is given, else all data.
+    fn post(
+        &mut self,
+        mut cmd: Command,
+        buf: Option<DmaBuf>,
+        data_len: Option<usize>,
+        tag: u64,
+    ) -> Result<(), IoError> {
         if let Some(reason) = self.dead {
             return Err(refuse(Error::QueueDead { qid: self.qid, reason }, buf));
         }
@@ -244,7 +286,10 @@ impl<R: Registers> IoQueuePair<R> {
         if !self.has_room() {
             return Err(refuse(Error::QueueFull(self.outstanding()), buf));
         }
-        let data = buf.as_ref().map(|b| self.check_buffer(b).map(|()| (b.iova(), b.len())));
+        let data = buf.as_ref().map(|b| {
+            let len = data_len.unwrap_or(b.len());
+            self.check_buffer(b, len).map(|()| (b.iova(), len))
+        });
         let data = match data.transpose() {
             Ok(d) => d,
             Err(e) => return Err(refuse(e, buf)),
@@ -268,21 +313,28 @@ impl<R: Registers> IoQueuePair<R> {
                 return Err(refuse(e, f.buf));
             }
         }
+        // The data pointers are the driver's: a raw command's MPTR would have the
+        // controller write metadata wherever it points.
+        cmd.mptr = match (data, data_len) {
+            (Some((iova, len)), Some(_)) => iova + len as u64,
+            _ => 0,
+        };
         cmd.set_cid(cid);
         self.sq.push(&cmd).expect("room was checked");
         Ok(())
     }
 
-    fn check_buffer(&self, b: &DmaBuf) -> Result<(), Error> {
+    /// Checks a buffer whose first `len` bytes the data pointer covers.
+    fn check_buffer(&self, b: &DmaBuf, len: usize) -> Result<(), Error> {
         if b.domain() != self.inner.domain {
             return Err(Error::WrongDomain {
                 buf: b.domain(),
                 queue: self.inner.domain,
             });
         }
-        if b.is_empty() || b.len() > self.inner.max_transfer {
+        if len == 0 || len > self.inner.max_transfer {
             return Err(Error::TransferTooLarge {
-                bytes: b.len(),
+                bytes: len,
                 max: self.inner.max_transfer,
             });
         }
@@ -586,7 +638,7 @@ impl<R: Registers> IoQueuePair<R> {
     /// Errors: [`Error::BadLength`], [`Error::LbaOutOfRange`], [`Error::TransferTooLarge`]
     /// before anything is sent; then as [`Self::submit`].
     pub fn read(&mut self, ns: &Namespace, slba: u64, buf: DmaBuf, tag: u64) -> Result<(), IoError> {
-        self.submit_data(ns, slba, buf, tag, |n| Command::read(ns.nsid, slba, n))
+        self.submit_data(ns, slba, buf, tag, |n| ns.command(Op::Read { lba: slba }, n))
     }
 
     /// Writes `buf` (a whole number of blocks) at `slba`; `fua` asks for durability at
@@ -594,15 +646,20 @@ impl<R: Registers> IoQueuePair<R> {
     ///
     /// Errors: as [`Self::read`].
     pub fn write(&mut self, ns: &Namespace, slba: u64, buf: DmaBuf, fua: bool, tag: u64) -> Result<(), IoError> {
-        self.submit_data(ns, slba, buf, tag, |n| Command::write(ns.nsid, slba, n, fua))
+        self.submit_data(ns, slba, buf, tag, |n| ns.command(Op::Write { lba: slba, fua }, n))
     }
 
     /// Compares `buf` with the blocks at `slba`; a mismatch completes with Compare
     /// Failure (0x285).
     ///
-    /// Errors: as [`Self::read`].
+    /// Errors: as [`Self::read`]; [`Error::Unsupported`] on a namespace with metadata,
+    /// where Compare would need the metadata too.
     pub fn compare(&mut self, ns: &Namespace, slba: u64, buf: DmaBuf, tag: u64) -> Result<(), IoError> {
-        self.submit_data(ns, slba, buf, tag, |n| Command::compare(ns.nsid, slba, n))
+        if !ns.metadata.is_none() {
+            let why = format!("Compare on namespace {} needs its metadata ({})", ns.nsid, ns.metadata);
+            return Err(refuse(Error::Unsupported(why), Some(buf)));
+        }
+        self.submit_data(ns, slba, buf, tag, |n| ns.command(Op::Compare { lba: slba }, n))
     }
 
     fn submit_range(
@@ -643,7 +700,9 @@ impl<R: Registers> IoQueuePair<R> {
     /// Errors: [`Error::LbaOutOfRange`], [`Error::TransferTooLarge`]; then as
     /// [`Self::submit`].
     pub fn verify(&mut self, ns: &Namespace, slba: u64, blocks: u64, tag: u64) -> Result<(), IoError> {
-        self.submit_range(ns, slba, blocks, tag, |n| Command::verify(ns.nsid, slba, n))
+        self.submit_range(ns, slba, blocks, tag, |n| {
+            ns.command(Op::Verify { lba: slba, blocks: n }, n)
+        })
     }
 
     /// Zeroes `blocks` blocks (1..=65536) at `slba`; `deallocate` lets the controller
@@ -659,7 +718,14 @@ impl<R: Registers> IoQueuePair<R> {
         tag: u64,
     ) -> Result<(), IoError> {
         self.submit_range(ns, slba, blocks, tag, |n| {
-            Command::write_zeroes(ns.nsid, slba, n, deallocate)
+            ns.command(
+                Op::WriteZeroes {
+                    lba: slba,
+                    blocks: n,
+                    deallocate,
+                },
+                n,
+            )
         })
     }
 

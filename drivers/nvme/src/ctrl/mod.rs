@@ -456,14 +456,15 @@ impl<R: Registers> Controller<R> {
         Ok(c.dw0)
     }
 
-    /// Format NVM: formats namespace `nsid` with LBA format `lbaf` and secure erase
-    /// setting `ses`, then reads the namespaces again. Destroys the namespace's data.
+    /// Format NVM: formats namespace `nsid` as `settings` say (LBA format, secure erase,
+    /// metadata setting, protection information), then reads the namespaces again.
+    /// Destroys the namespace's data.
     /// I/O queue pairs must not be using the namespace.
     ///
     /// Errors: as [`Self::admin_command`] (the deadline is 10 × the admin timeout).
-    pub fn format_nvm(&self, nsid: u32, lbaf: u8, ses: u8) -> Result<Vec<Namespace>, Error> {
+    pub fn format_nvm(&self, nsid: u32, settings: crate::cmd::FormatSettings) -> Result<Vec<Namespace>, Error> {
         let timeout = self.inner.config.admin_timeout * 10;
-        let cmd = Command::format_nvm(nsid, lbaf, ses, 0, false, false);
+        let cmd = settings.command(nsid);
         self.inner.run_admin_timeout(cmd, AdminData::None, timeout, |_| ())?;
         self.rescan_namespaces()
     }

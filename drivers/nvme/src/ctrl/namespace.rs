@@ -14,8 +14,8 @@ pub struct Namespace {
     pub block_size: u32,
     /// Size in logical blocks (NSZE).
     pub blocks: u64,
-    /// Metadata bytes per block of the current format (0 for none).
-    pub metadata_size: u16,
+    /// How blocks carry metadata and protection information (MS, FLBAS bit 4, DPS).
+    pub metadata: crate::pi::MetadataFormat,
     /// Largest transfer per command in blocks (MDTS and the driver's limit).
     pub max_transfer_blocks: u32,
     /// Write Zeroes is supported (ONCS bit 3).
@@ -57,7 +57,7 @@ impl Namespace {
             nsid,
             block_size,
             blocks: id.nsze,
-            metadata_size: id.metadata_size().unwrap_or(0),
+            metadata: id.metadata_format(),
             max_transfer_blocks,
             write_zeroes: ctrl.oncs.contains(Oncs::WRITE_ZEROES),
             deallocate: ctrl.oncs.contains(Oncs::DATASET_MANAGEMENT),
@@ -66,6 +66,13 @@ impl Namespace {
             volatile_write_cache: ctrl.vwc_present(),
             identify: Box::new(id),
         })
+    }
+
+    /// The NVM command for `op`, `blocks` long, on this namespace, with the protection
+    /// fields the controller needs when the host supplies no PI
+    /// ([`crate::block::Op::command_for`]).
+    pub fn command(&self, op: crate::block::Op, blocks: u32) -> crate::cmd::Command {
+        op.command_for(&self.info(), blocks, None)
     }
 
     /// Capacity in bytes.
@@ -78,14 +85,16 @@ impl Namespace {
         self.max_transfer_blocks as usize * self.block_size as usize
     }
 
-    /// Whether the driver can move this namespace's data: refuses a format with metadata
-    /// or protection information ([`IdentifyNamespace::check_no_metadata`]). Opening a
-    /// queue on the namespace ([`super::NamespaceQueue::new`]) and every read, write and
-    /// compare ([`Self::check_range`]) check it; listing and Identify do not.
+    /// Whether I/O without a metadata buffer works on this namespace: no metadata, or 8
+    /// bytes of protection information the controller inserts and strips
+    /// ([`crate::pi::MetadataFormat::plain_io`], [`IdentifyNamespace::check_plain_io`]). A plain queue
+    /// ([`super::NamespaceQueue::new`]) and the pair's read, write and compare
+    /// ([`Self::check_range`]) check it; a queue that carries metadata
+    /// ([`super::NamespaceQueue::with_metadata`]), listing and Identify do not.
     ///
     /// Errors: [`super::Error::MetadataUnsupported`].
     pub fn check_usable(&self) -> Result<(), super::Error> {
-        Ok(self.identify.check_no_metadata(self.nsid)?)
+        Ok(self.identify.check_plain_io(self.nsid)?)
     }
 
     /// Checks that the namespace is usable ([`Self::check_usable`]) and that `blocks`
@@ -130,11 +139,20 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_with_metadata_is_listed_but_its_io_refused() {
-        let ctrl = IdentifyController::parse(&[0u8; 4096]).unwrap();
+    fn a_namespace_whose_metadata_needs_a_buffer_is_listed_but_its_plain_io_refused() {
+        let mut oncs_compare = [0u8; 4096];
+        oncs_compare[520] = 1;
+        let ctrl = IdentifyController::parse(&oncs_compare).unwrap();
         let plain = Namespace::new(1, identify(0, 0), &ctrl, 128 * 1024).unwrap();
         plain.check_usable().unwrap();
         plain.check_range(0, 8).unwrap();
+        // 8 bytes of protection information: the controller inserts and strips it.
+        let pi = Namespace::new(2, identify(1, 1), &ctrl, 128 * 1024).unwrap();
+        pi.check_usable().unwrap();
+        assert_eq!((pi.metadata.bytes, pi.metadata.pi_type), (8, 1));
+        // Compare would need the metadata.
+        assert!(plain.info().compare);
+        assert!(!pi.info().compare);
         for (flbas, dps) in [(1 | 1 << 4, 0), (1, 0), (0, 1)] {
             let ns = Namespace::new(3, identify(flbas, dps), &ctrl, 128 * 1024).expect("still listed");
             assert_eq!(ns.block_size, 512);

@@ -494,11 +494,27 @@ fn format_changes_the_block_size() {
         ..SimConfig::default()
     });
     let ctrl = start(&sim, ControllerConfig::default());
-    let ns = ctrl.format_nvm(1, 1, 0).unwrap();
+    let ns = ctrl
+        .format_nvm(
+            1,
+            crate::cmd::FormatSettings {
+                lbaf: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!((ns[0].block_size, ns[0].blocks), (4096, 1024));
     assert_eq!(ctrl.namespace(1).unwrap().block_size, 4096);
     assert_eq!(
-        ctrl.format_nvm(1, 5, 0).unwrap_err().status(),
+        ctrl.format_nvm(
+            1,
+            crate::cmd::FormatSettings {
+                lbaf: 5,
+                ..Default::default()
+            }
+        )
+        .unwrap_err()
+        .status(),
         Some(Status::INVALID_FORMAT)
     );
 }
@@ -910,4 +926,31 @@ fn queues_past_the_last_vector_are_polled() {
     assert_eq!(q.interrupt_vector(), None);
     q.read_at(&ns, 0, buffer(&ctrl, 4096)).unwrap();
     assert_eq!(sim.interrupts().signalled(q.qid()), 0);
+}
+
+#[test]
+fn separate_metadata_goes_in_mptr_after_the_data_and_raw_commands_carry_none() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    // 8 blocks of 512 bytes and 8 × 8 bytes of metadata after them, in one buffer.
+    let buf = buffer(&ctrl, 8 * 520);
+    let iova = buf.iova();
+    q.wait_for(|q| q.submit_with_metadata(Command::read(1, 0, 8), buf, 8 * 512, 3))
+        .unwrap();
+    let sent = sim.stats().last_io_command.expect("a read was fetched");
+    assert_eq!(sent.mptr, iova + 8 * 512, "MPTR points after the data");
+    assert_eq!(sent.dptr[0], iova, "the data pointer starts at the buffer");
+    // A raw command's own MPTR is not sent: the driver owns the data pointers.
+    let mut raw = Command::read(1, 0, 1);
+    raw.mptr = 0xdead_0000;
+    q.wait_for(|q| q.submit(raw, Some(buffer(&ctrl, 512)), 4)).unwrap();
+    assert_eq!(sim.stats().last_io_command.unwrap().mptr, 0);
+    // The metadata must follow some data in the buffer.
+    let e = q
+        .submit_with_metadata(Command::read(1, 0, 1), buffer(&ctrl, 512), 512, 5)
+        .unwrap_err();
+    assert!(matches!(e.error, Error::BufferMismatch(_)), "{e}");
+    assert!(e.buf.is_some(), "the buffer comes back");
+    assert_eq!(q.outstanding(), 0);
 }

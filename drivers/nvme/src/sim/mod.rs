@@ -162,6 +162,8 @@ pub struct SimStats {
     /// without moving data or posting a completion (see
     /// [`SimController::set_bar_unreachable`]).
     pub dma_blocked: u64,
+    /// The last I/O command fetched, as the host wrote it (data pointers, MPTR, PRINFO).
+    pub last_io_command: Option<crate::cmd::Command>,
 }
 
 impl SimStats {

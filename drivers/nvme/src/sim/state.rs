@@ -151,6 +151,8 @@ pub(super) struct Counters {
     pub(super) completions: u64,
     pub(super) faults: u64,
     pub(super) dma_blocked: u64,
+    /// The last I/O command fetched, as the host wrote it.
+    pub(super) last_io: Option<Command>,
 }
 
 /// SMART / Health counters.
@@ -326,6 +328,7 @@ impl State {
                 completions: 0,
                 faults: 0,
                 dma_blocked: 0,
+                last_io: None,
             },
             reg_log: VecDeque::with_capacity(REG_LOG_LEN),
             violations: VecDeque::new(),
@@ -392,6 +395,7 @@ impl State {
             completions_posted: self.counters.completions,
             faults_applied: self.counters.faults,
             dma_blocked: self.counters.dma_blocked,
+            last_io_command: self.counters.last_io,
         }
     }
 
@@ -517,6 +521,9 @@ impl State {
             &mut self.counters.io
         };
         counts[cmd.opcode() as usize] += 1;
+        if sqid != 0 {
+            self.counters.last_io = Some(cmd);
+        }
         if !self.faults.is_empty() {
             if let Some(action) = self.faults.take(sqid, &cmd) {
                 self.counters.faults += 1;
