@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
             n.metadata_extended(),
             n.capacity_bytes(),
         );
+        let _ = n.metadata_format().to_string();
         for f in &n.lba_formats {
             assert_eq!(ironvme_nvme::identify::LbaFormat::from_raw(f.to_raw()), *f);
             let _ = f.data_size();
@@ -54,7 +55,17 @@ fuzz_target!(|data: &[u8]| {
         let _ = identify::namespaces_json(&[(1, n.clone())]);
         if let Ok(c) = &ctrl {
             for lbaf in [0u8, 1, n.current_format_index() as u8, 63, 255] {
-                let _ = format::describe("fuzz", c, 1, n, lbaf, 1);
+                for (pi, pil, mset) in [(0, false, false), (1, false, true), (2, true, false), (3, true, true)] {
+                    let req = ironvme::admin::FormatSettings {
+                        lbaf,
+                        ses: 1,
+                        pi,
+                        pil,
+                        mset,
+                    };
+                    let _ = format::check_request("fuzz", c, n, req);
+                    let _ = format::describe("fuzz", c, 1, n, req);
+                }
             }
         }
     }

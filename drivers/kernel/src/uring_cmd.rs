@@ -647,7 +647,7 @@ impl BlockQueue for UringCmdQueue {
     }
 
     /// Separate metadata goes in the request's `metadata` field, after the data in the
-    /// same buffer ([`Transfer::of`]); the kernel copies it through a bounce buffer.
+    /// same buffer; the kernel copies it through a bounce buffer.
     fn submit_with_metadata(
         &mut self,
         op: Op,
