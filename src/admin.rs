@@ -208,6 +208,23 @@ pub fn format_nvm(
     Ok(())
 }
 
+/// Namespace Attachment (Base Specification 2.0, §5.22): attaches namespace `nsid` to the
+/// controllers `controllers` (CNTLIDs), or detaches it from them.
+///
+/// Errors: [`Error::Nvme`] with [`ironvme_nvme::ctrl::Error::Config`] for an empty list or
+/// one of more than 2047 controllers; the device's answer (Namespace Already Attached
+/// 118h, Namespace Not Attached 11Ah, Controller List Invalid 11Ch, ...).
+pub fn namespace_attachment(
+    dev: &dyn AdminCommands,
+    nsid: u32,
+    attach: bool,
+    controllers: &[u16],
+) -> Result<(), Error> {
+    let list = ironvme_nvme::cmd::controller_list(controllers).map_err(ironvme_nvme::ctrl::Error::Config)?;
+    dev.admin_write(Command::namespace_attachment(nsid, attach), &list)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

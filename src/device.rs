@@ -182,6 +182,26 @@ impl Target {
     }
 }
 
+/// Splits a device spec into the device and the namespace it names: `DEV,nsid=N` is
+/// namespace N (decimal or 0x hex) of DEV, anything else (and a path that exists as
+/// written, commas and all) the whole text with no NSID. `serve` and `vde:DEV:VOL` take
+/// it where a flag cannot say which namespace.
+///
+/// Errors: [`Error::Open`] for a `,nsid=` that is not a namespace ID.
+pub fn split_nsid(spec: &str) -> Result<(&str, Option<u32>), Error> {
+    match spec.rsplit_once(",nsid=") {
+        Some((dev, n)) if !Path::new(spec).exists() => {
+            crate::cli::parse_nsid(n)
+                .map(|nsid| (dev, Some(nsid)))
+                .map_err(|why| Error::Open {
+                    device: spec.to_string(),
+                    why,
+                })
+        }
+        _ => Ok((spec, None)),
+    }
+}
+
 /// A DEV argument without its `pci:` prefix: the text to read as a PCI address
 /// ([`ironvme_vfio::Bdf`]: `0000:00:05.0`, `00:05.0`, `pci:0000:00:05.0`).
 pub fn pci_address_text(spec: &str) -> &str {
@@ -613,6 +633,39 @@ impl From<KernelError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_may_name_its_namespace() {
+        assert_eq!(split_nsid("0000:00:05.0").unwrap(), ("0000:00:05.0", None));
+        assert_eq!(split_nsid("0000:00:05.0,nsid=2").unwrap(), ("0000:00:05.0", Some(2)));
+        assert_eq!(split_nsid("/dev/nvme0,nsid=0x10").unwrap(), ("/dev/nvme0", Some(16)));
+        for bad in ["0000:00:05.0,nsid=0", "0000:00:05.0,nsid=", "0000:00:05.0,nsid=two"] {
+            assert!(matches!(split_nsid(bad), Err(Error::Open { .. })), "{bad}");
+        }
+        // A file whose name looks like it is still the file.
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("disk,nsid=2");
+        std::fs::write(&odd, b"").unwrap();
+        let odd = odd.to_str().unwrap();
+        assert_eq!(split_nsid(odd).unwrap(), (odd, None));
+        // A volume's store names its namespace inside the spec.
+        let v = crate::vde::volume::VolumeSpec::parse("vde:0000:00:05.0,nsid=2:vol@s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (v.dev.as_str(), v.nsid, v.dataset()),
+            ("0000:00:05.0", Some(2), "vol@s".into())
+        );
+        let v = crate::vde::volume::VolumeSpec::parse("vde:/dev/nvme0n1:vol")
+            .unwrap()
+            .unwrap();
+        assert_eq!((v.dev.as_str(), v.nsid), ("/dev/nvme0n1", None));
+        assert!(
+            crate::vde::volume::VolumeSpec::parse("vde:0000:00:05.0,nsid=x:vol")
+                .unwrap()
+                .is_err()
+        );
+    }
 
     /// A udev link (`/dev/disk/by-id/nvme-<model>_<serial>` -> `../../nvme0n1`) is
     /// classified by the node it points to ([`node::classify`], whose tests cover the

@@ -810,7 +810,8 @@ fn raw_io_round_trips_with_the_kernel_on_every_backend() {
 /// `ironvme list` against live `nvme list`: nvme-cli's table first, identical byte for
 /// byte, then ironvme's controller table; `-o json`'s `Devices` equal to `nvme list -o
 /// json`'s. Once with every controller on the kernel (the 7 namespaces of
-/// `testdata/nvme-cli-2.3/list.txt`), once with one on vfio-pci: it has no kernel nodes,
+/// `testdata/nvme-cli-2.3/list.txt` and the subsystem controller's one attached
+/// namespace, behind Linux's native multipath), once with one on vfio-pci: it has no kernel nodes,
 /// no row in either tool's table, and is listed from sysfs without being opened.
 #[test]
 #[ignore = "guest: runs inside QEMU via scripts/test"]
@@ -824,7 +825,7 @@ fn list_prints_what_nvme_list_prints_and_every_controller() {
         let head: String = ours.split_inclusive('\n').take(rows).collect();
         common::assert_same_text(&head, &theirs);
         if !on_vfio {
-            assert_eq!(rows, 2 + 7, "{theirs}");
+            assert_eq!(rows, 2 + 8, "{theirs}");
         }
         assert_eq!(ok(&["list", "-o", "normal"]), ours);
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{ServerProcess, env, kernel_ctrl, pattern, run};
+use common::{ServerProcess, env, kernel_ctrl, pattern, run, sysfs};
 use std::process::Command;
 
 const ADDR: &str = "127.0.0.1:10809";
@@ -31,10 +31,6 @@ impl Drop for Attached {
         let _ = Command::new("umount").arg("/tmp/nbd-mnt").output();
         let _ = Command::new("nbd-client").args(["-d", "/dev/nbd0"]).output();
     }
-}
-
-fn sysfs(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
 }
 
 #[test]

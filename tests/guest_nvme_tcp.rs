@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{OnVfio, ServerProcess, env, ironvme, kernel_ctrl, pattern, run};
+use common::{OnVfio, ServerProcess, env, ironvme, kernel_ctrl, pattern, run, served_block_device, sysfs};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,10 +29,6 @@ const NQN: &str = "nqn.2026-12.io.ironvme:guest-test";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:6d1c5e0a-3f3b-4a53-9d9e-1b0c1f1e0a01";
 const STRANGER: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-00000000beef";
 const MNT: &str = "/tmp/nvme-tcp-mnt";
-
-fn sysfs(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
-}
 
 fn start(specs: [&str; 2], log: &Path) -> ServerProcess {
     ServerProcess::start(
@@ -69,30 +65,6 @@ fn nvme_tcp(cmd: &str, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-/// The kernel's block device for namespace `nsid` of [`NQN`], once it appears (within
-/// 60 s).
-fn served_block_device(nsid: u32) -> String {
-    let started = Instant::now();
-    loop {
-        for entry in std::fs::read_dir("/sys/block").unwrap().filter_map(Result::ok) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // The namespace head (nvmeXnY), not a hidden per-path node (nvmeXcZnY).
-            let head = name.strip_prefix("nvme").is_some_and(|r| !r.contains('c'));
-            if head
-                && sysfs(&format!("/sys/block/{name}/device/subsysnqn")) == NQN
-                && sysfs(&format!("/sys/block/{name}/nsid")) == nsid.to_string()
-            {
-                return format!("/dev/{name}");
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no block device for namespace {nsid} of {NQN} appeared"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The initiator's controller for [`NQN`], disconnected when dropped (also when the test
@@ -187,14 +159,14 @@ fn kernel_initiator_over_nvme_tcp() {
     );
     let _connected = Connected;
     assert!(ok, "nvme connect:\n{out}\n{}", server.log());
-    let dev = served_block_device(1);
+    let dev = served_block_device(NQN, 1);
     let node = &dev[5..];
     assert_eq!(
         sysfs(&format!("/sys/block/{node}/size")).parse::<u64>().unwrap() * 512,
         size
     );
     assert_eq!(sysfs(&format!("/sys/block/{node}/queue/logical_block_size")), lbs);
-    let vol = served_block_device(2);
+    let vol = served_block_device(NQN, 2);
     let vol_node = &vol[5..];
     assert_eq!(
         sysfs(&format!("/sys/block/{vol_node}/size")).parse::<u64>().unwrap() * 512,

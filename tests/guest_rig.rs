@@ -438,6 +438,7 @@ fn all_controllers() -> Vec<String> {
         "IRONVME_VFIO_512_BDF",
         "IRONVME_FAULT_BDF",
         "IRONVME_META_BDF",
+        "IRONVME_NSATTACH_BDF",
     ]
     .into_iter()
     .map(guest_env)

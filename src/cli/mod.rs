@@ -2,7 +2,7 @@
 //!
 //! One module per concern: [`device`] (what DEV names and how it is opened),
 //! [`output`] (nvme-cli's value formats, one field list for text and JSON),
-//! [`identify`], [`logs`], [`features`], [`format`](mod@format), [`list`], [`rawio`], and
+//! [`identify`], [`logs`], [`features`], [`format`](mod@format), [`nsattach`], [`list`], [`rawio`], and
 //! for the I/O commands ([`perf`], [`verify`], [`vde`], [`rawio`], [`serve`])
 //! [`io_shared`] (opening DEV for I/O, consent and claims, fio's sizes). Each
 //! subcommand module has pure `render_*` functions from parsed data to text or JSON,
@@ -62,6 +62,7 @@ pub mod identify;
 pub mod io_shared;
 pub mod list;
 pub mod logs;
+pub mod nsattach;
 pub mod output;
 pub mod perf;
 pub mod progress;
@@ -196,6 +197,15 @@ pub enum Command {
     /// Checks the request first (Format NVM supported, the LBA format exists, crypto
     /// erase supported if asked for), shows what will happen and asks you to type "yes".
     Format(FormatArgs),
+    /// Namespace Attachment: attach a namespace of the NVM subsystem to controllers (by
+    /// default DEV's), like `nvme attach-ns`. The controllers report a Namespace
+    /// Attribute Changed event, on which Linux and ironvme read their namespaces again.
+    AttachNs(nsattach::NsAttachArgs),
+    /// Namespace Attachment: detach a namespace from DEV's controller, like
+    /// `nvme detach-ns`. Its data stays in the subsystem; I/O through that controller
+    /// fails until it is attached again. Refused while a namespace of a kernel
+    /// controller is in use, and for controllers other than DEV's.
+    DetachNs(nsattach::NsAttachArgs),
     /// The kernel's NVMe namespaces as `nvme list` shows them, and every NVMe controller
     /// on the PCI bus (class 010802h).
     ///
@@ -562,6 +572,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::WriteZeroes(a) => rawio::run_write_zeroes(a),
         Command::Dsm(a) => rawio::run_dsm(a),
         Command::Format(a) => format::run(a, out),
+        Command::AttachNs(a) => nsattach::run(true, a, out),
+        Command::DetachNs(a) => nsattach::run(false, a, out),
         Command::List(a) => list::run(a, &crate::vfio::Sysfs::system(), out),
         Command::Perf(a) => perf::run(a, out),
         Command::Verify(a) => verify::run(a, out),
@@ -746,6 +758,21 @@ mod tests {
             Command::ErrorLog(_)
         ));
         assert!(matches!(parse(&["fw-log", "x"]).unwrap().command, Command::FwLog(_)));
+        let Command::AttachNs(a) = parse(&["attach-ns", "/dev/nvme0", "--namespace-id", "2", "-c", "0,0x1"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!((a.nsid, a.controllers), (2, vec![0, 1]));
+        let Command::DetachNs(a) = parse(&["detach-ns", "/dev/nvme0", "-n", "3"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((a.nsid, a.controllers), (3, vec![]));
+        assert!(
+            parse(&["detach-ns", "/dev/nvme0"]).is_err(),
+            "the namespace is required"
+        );
         assert!(matches!(
             parse(&["list", "--json"]).unwrap().command,
             Command::List(ListArgs { json: true, .. })

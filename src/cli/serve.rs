@@ -30,7 +30,7 @@
 use crate::cli::CliError;
 use crate::export::nvme_tcp::ctrl::{DISCOVERY_NQN, HostPolicy, Subsystem, Target};
 use crate::export::nvme_tcp::{Namespace, Stats};
-use crate::export::{Backing, Stop, nbd};
+use crate::export::{Backing, OpenedDevices, Stop, nbd};
 use clap::Args;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -51,8 +51,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NQN")]
     pub nqn: Option<String>,
     /// A namespace of the subsystem, NSIDs in order: a PCI address, /dev/nvmeXnY,
-    /// /dev/ngXnY, a file, or vde:DEV:VOL. Naming it lets initiators write it; a device
-    /// in use (mounted, held) is refused.
+    /// /dev/ngXnY, a file, or vde:DEV:VOL; `SPEC,nsid=N` serves namespace N of a
+    /// controller instead of its first. Naming it lets initiators write it; a device in
+    /// use (mounted, held) is refused.
     #[arg(long = "namespace", value_name = "SPEC")]
     pub namespaces: Vec<String>,
     /// A host NQN allowed to connect (repeatable).
@@ -67,7 +68,7 @@ pub struct ServeArgs {
     /// Serve NBD on ADDR:PORT (default 127.0.0.1:10809).
     #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:10809")]
     pub nbd: Option<SocketAddr>,
-    /// An NBD export: NAME=SPEC (repeatable).
+    /// An NBD export: NAME=SPEC (repeatable; SPEC as --namespace takes it).
     #[arg(long = "export", value_name = "NAME=SPEC")]
     pub exports: Vec<String>,
     /// Read listeners, subsystems and exports from a TOML file (instead of the flags
@@ -306,14 +307,16 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let stop = Stop::on_signals().map_err(|e| CliError::Device(format!("cannot install signal handlers: {e}")))?;
     // Open every device once.
     let mut opened: HashMap<String, Arc<Backing>> = HashMap::new();
+    let mut devices = OpenedDevices::default();
     let mut open = |spec: &str| -> Result<Arc<Backing>, CliError> {
         if let Some(b) = opened.get(spec) {
             return Ok(Arc::clone(b));
         }
-        let b = Arc::new(Backing::open(spec)?);
+        let b = Arc::new(Backing::open_in(spec, &mut devices)?);
         tracing::info!(
             spec,
             backend = %b.device.backend(),
+            nsid = b.info.nsid,
             block_size = b.info.block_size,
             blocks = b.info.blocks,
             "opened"

@@ -2,9 +2,11 @@
 //! ([`nvme_tcp`]) and NBD ([`nbd`]), by `ironvme serve`.
 //!
 //! A served namespace is a [`Backing`]: any device spec [`Device::open`] takes (a PCI
-//! address, `/dev/nvmeXnY`, `/dev/ngXnY`, a file, `vde:DEV:VOL`), opened once and held
-//! with an exclusive [`Claim`] for as long as the target runs, so nothing mounts or
-//! writes it meanwhile and a mounted device is refused. Naming a device in `--namespace`
+//! address, `/dev/nvmeXnY`, `/dev/ngXnY`, a file, `vde:DEV:VOL`), optionally followed by
+//! `,nsid=N` to serve namespace N of a controller rather than its first
+//! ([`crate::device::split_nsid`]), opened once and held with an exclusive [`Claim`] for as long as the
+//! target runs, so nothing mounts or writes it meanwhile and a mounted device is refused.
+//! Namespaces of one controller share its device ([`OpenedDevices`]). Naming a device in `--namespace`
 //! or `--export` is the consent to let initiators write it, as naming it in nvmet's
 //! `device_path` is. Each thread that serves I/O creates its own queue on it
 //! ([`Backing::queue`]): no lock per I/O.
@@ -21,29 +23,58 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A namespace served to initiators: the device, its namespace and the claim on it.
 pub struct Backing {
-    /// The device spec as the user wrote it.
+    /// The spec as the user wrote it (with `,nsid=N` if given).
     pub spec: String,
-    /// The open device (dropped before the claim).
-    pub device: Device,
-    /// The served namespace (the device's first).
+    /// The open device, shared by the namespaces served from it (dropped before the
+    /// claim).
+    pub device: Arc<Device>,
+    /// The served namespace (`,nsid=N`, or the device's first).
     pub info: NamespaceInfo,
-    _claim: Claim,
+    _claim: Arc<Claim>,
 }
 
+/// Devices already opened for serving, by device spec: a second namespace of the same
+/// controller uses the device (and the claim) the first one opened, since a controller
+/// can be opened once (a VFIO group has one owner, and a claim one holder).
+#[derive(Default)]
+pub struct OpenedDevices(std::collections::HashMap<String, (Arc<Device>, Arc<Claim>)>);
+
 impl Backing {
-    /// Opens `spec` for serving, with an exclusive claim.
+    /// Opens `spec` (`DEV` or `DEV,nsid=N`) for serving, with an exclusive claim.
     ///
-    /// Errors: [`CliError::Refused`] when the device is in use (mounted, held by another
-    /// ironvme); [`CliError::Ironvme`] when it cannot be opened.
+    /// Errors: as [`Backing::open_in`].
     pub fn open(spec: &str) -> Result<Backing, CliError> {
-        let opened = crate::cli::io_shared::target::open_claimed(
-            spec,
-            &Default::default(),
-            Some((Access::Exclusive, "serve")),
-            true,
-        )?;
-        let (device, claim) = opened.into_parts();
-        let info = device.namespace(None)?;
+        Backing::open_in(spec, &mut OpenedDevices::default())
+    }
+
+    /// Opens `spec` for serving, reusing its device if `opened` has it already.
+    ///
+    /// Errors: [`CliError::Ironvme`] for a malformed `,nsid=`; [`CliError::Refused`] when
+    /// the device is in use (mounted, held by another ironvme); [`CliError::Ironvme`]
+    /// when it cannot be opened or has no such active namespace.
+    pub fn open_in(spec: &str, opened: &mut OpenedDevices) -> Result<Backing, CliError> {
+        // A volume names its namespace inside (vde:DEV,nsid=N:VOL).
+        let (dev, nsid) = if crate::vde::volume::VolumeSpec::parse(spec).is_some() {
+            (spec, None)
+        } else {
+            crate::device::split_nsid(spec)?
+        };
+        let (device, claim) = match opened.0.get(dev) {
+            Some((device, claim)) => (Arc::clone(device), Arc::clone(claim)),
+            None => {
+                let (device, claim) = crate::cli::io_shared::target::open_claimed(
+                    dev,
+                    &Default::default(),
+                    Some((Access::Exclusive, "serve")),
+                    true,
+                )?
+                .into_parts();
+                let shared = (Arc::new(device), Arc::new(claim));
+                opened.0.insert(dev.to_string(), shared.clone());
+                shared
+            }
+        };
+        let info = device.namespace(nsid)?;
         Ok(Backing {
             spec: spec.to_string(),
             device,
@@ -89,5 +120,26 @@ impl Stop {
     /// Whether stopping was asked for.
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_the_device_lacks_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk");
+        std::fs::write(&file, vec![0u8; 1 << 20]).unwrap();
+        let spec = file.to_str().unwrap();
+        let mut opened = OpenedDevices::default();
+        let first = Backing::open_in(spec, &mut opened).unwrap();
+        let again = Backing::open_in(&format!("{spec},nsid=1"), &mut opened).unwrap();
+        assert!(Arc::ptr_eq(&first.device, &again.device), "one device for both");
+        let Err(e) = Backing::open_in(&format!("{spec},nsid=2"), &mut opened) else {
+            panic!("a file has only namespace 1");
+        };
+        assert!(e.to_string().contains("no active namespace 2"), "{e}");
     }
 }

@@ -842,7 +842,7 @@ fn flush_backing(backing: &super::Backing) -> Result<(), String> {
 /// file paths, `RWF_DSYNC`); see [`FuaMode`].
 fn fua_native(backing: &super::Backing) -> bool {
     use crate::{Backend, Device};
-    !matches!(backing.device, Device::Volume(_)) && matches!(backing.device.backend(), Backend::Uring | Backend::Psync)
+    !matches!(*backing.device, Device::Volume(_)) && matches!(backing.device.backend(), Backend::Uring | Backend::Psync)
 }
 
 /// Runs one NBD session on `io` — handshake, then transmission — with the client at

@@ -35,6 +35,8 @@ pub const VOLUME_BLOCK: u32 = 4096;
 pub struct VolumeSpec {
     /// The store's device spec.
     pub dev: String,
+    /// The store's namespace (`vde:DEV,nsid=N:VOL`), or `None` for the device's first.
+    pub nsid: Option<u32>,
     /// The volume.
     pub volume: String,
     /// The snapshot, for `VOL@SNAP`.
@@ -43,10 +45,11 @@ pub struct VolumeSpec {
 
 impl VolumeSpec {
     /// Parses `spec` if it starts with `vde:`; the volume is after the last `:` (volume
-    /// names have no `:`, PCI addresses do).
+    /// names have no `:`, PCI addresses do), and a device ending in `,nsid=N` names the
+    /// store's namespace ([`crate::device::split_nsid`]).
     ///
-    /// Errors: [`Error::Open`] for `vde:` without a device or a volume, or naming a
-    /// receive's hidden volume (`VOL%recv`).
+    /// Errors: [`Error::Open`] for `vde:` without a device or a volume, a malformed
+    /// `,nsid=`, or naming a receive's hidden volume (`VOL%recv`).
     pub fn parse(spec: &str) -> Option<Result<VolumeSpec, Error>> {
         let rest = spec.strip_prefix("vde:")?;
         let bad = |why: &str| Error::Open {
@@ -69,8 +72,13 @@ impl VolumeSpec {
             Some((v, s)) => (v.to_string(), Some(s.to_string())),
             None => (vol.to_string(), None),
         };
+        let (dev, nsid) = match crate::device::split_nsid(dev) {
+            Ok(split) => split,
+            Err(e) => return Some(Err(e)),
+        };
         Some(Ok(VolumeSpec {
             dev: dev.to_string(),
+            nsid,
             volume,
             snapshot,
         }))
@@ -102,7 +110,10 @@ impl VolumeDevice {
     /// Errors: [`Error::Open`] (no such volume, a claim refused, the store's errors, which
     /// name the store's device), the device's own errors.
     pub fn open(spec: &VolumeSpec, options: &OpenOptions) -> Result<VolumeDevice, Error> {
-        let full = format!("vde:{}:{}", spec.dev, spec.dataset());
+        let full = match spec.nsid {
+            Some(n) => format!("vde:{},nsid={n}:{}", spec.dev, spec.dataset()),
+            None => format!("vde:{}:{}", spec.dev, spec.dataset()),
+        };
         let open_err = |why: String| Error::Open {
             device: full.clone(),
             why,
@@ -116,6 +127,7 @@ impl VolumeDevice {
             device,
             VdeOptions {
                 read_only,
+                nsid: spec.nsid,
                 ..Default::default()
             },
         )

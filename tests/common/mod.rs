@@ -445,3 +445,34 @@ pub fn under_a_terminal(args: &[&str]) -> (Option<i32>, String) {
         .expect("run script (util-linux) for a pseudo-terminal");
     (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
 }
+
+/// The trimmed contents of a sysfs file, or "" when it cannot be read.
+#[allow(dead_code)]
+pub fn sysfs(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
+}
+
+/// The kernel initiator's block device (`/dev/nvmeXnY`) for namespace `nsid` of the
+/// NVMe-oF subsystem `nqn`, once it appears (within 60 s).
+#[allow(dead_code)]
+pub fn served_block_device(nqn: &str, nsid: u32) -> String {
+    let started = Instant::now();
+    loop {
+        for entry in std::fs::read_dir("/sys/block").unwrap().filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // The namespace head (nvmeXnY), not a hidden per-path node (nvmeXcZnY).
+            let head = name.strip_prefix("nvme").is_some_and(|r| !r.contains('c'));
+            if head
+                && sysfs(&format!("/sys/block/{name}/device/subsysnqn")) == nqn
+                && sysfs(&format!("/sys/block/{name}/nsid")) == nsid.to_string()
+            {
+                return format!("/dev/{name}");
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no block device for namespace {nsid} of {nqn} appeared"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

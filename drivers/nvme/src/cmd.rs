@@ -218,6 +218,33 @@ impl DsmRange {
 /// The most ranges one Dataset Management command carries (NR is 8 bits, 0's based).
 pub const MAX_DSM_RANGES: usize = 256;
 
+/// Bytes of a Controller List (Base Specification 2.0, §4.4.1, Figure 137), the data of
+/// Namespace Attachment.
+pub const CONTROLLER_LIST_BYTES: usize = 4096;
+
+/// The most controller identifiers a Controller List holds.
+pub const MAX_CONTROLLER_IDS: usize = CONTROLLER_LIST_BYTES / 2 - 1;
+
+/// A Controller List (§4.4.1): the number of identifiers (bytes 1:0), then each
+/// controller identifier (CNTLID, 2 bytes, little-endian), zeros after.
+///
+/// Errors: why the list cannot be made (empty, or more than [`MAX_CONTROLLER_IDS`]
+/// identifiers).
+pub fn controller_list(ids: &[u16]) -> Result<Vec<u8>, String> {
+    if ids.is_empty() || ids.len() > MAX_CONTROLLER_IDS {
+        return Err(format!(
+            "a controller list holds 1 to {MAX_CONTROLLER_IDS} controllers, not {}",
+            ids.len()
+        ));
+    }
+    let mut data = vec![0u8; CONTROLLER_LIST_BYTES];
+    data[0..2].copy_from_slice(&(ids.len() as u16).to_le_bytes());
+    for (i, id) in ids.iter().enumerate() {
+        data[2 + 2 * i..4 + 2 * i].copy_from_slice(&id.to_le_bytes());
+    }
+    Ok(data)
+}
+
 /// Dataset Management attributes (CDW11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DsmAttributes {
@@ -481,6 +508,16 @@ impl Command {
         c
     }
 
+    /// Namespace Attachment (Base Specification 2.0, §5.22): attaches namespace `nsid` to
+    /// (or, with `attach` false, detaches it from) the controllers of the Controller List
+    /// the command carries as its 4096-byte data ([`controller_list`]). SEL is CDW10
+    /// bits 3:0 (0h attach, 1h detach).
+    pub fn namespace_attachment(nsid: u32, attach: bool) -> Command {
+        let mut c = Command::new(admin::NAMESPACE_ATTACHMENT).with_nsid(nsid);
+        c.cdw10 = u32::from(!attach);
+        c
+    }
+
     /// Firmware Image Download (§5.13): `len_bytes` bytes (a non-zero multiple of 4) of the
     /// image at byte `offset` (a multiple of 4). `None` when not dword-aligned.
     pub fn firmware_image_download(offset: u32, len_bytes: u32) -> Option<Command> {
@@ -659,6 +696,23 @@ mod tests {
         assert_eq!(Command::from_bytes(&b), c);
         let any: [u8; 64] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5C);
         assert_eq!(Command::from_bytes(&any).to_bytes(), any);
+    }
+
+    #[test]
+    fn namespace_attachment_carries_sel_and_a_controller_list() {
+        let attach = Command::namespace_attachment(2, true);
+        assert_eq!(
+            (attach.opcode(), attach.nsid, attach.cdw10),
+            (admin::NAMESPACE_ATTACHMENT, 2, 0)
+        );
+        assert_eq!(Command::namespace_attachment(2, false).cdw10, 1, "SEL 1h: detach");
+        let list = controller_list(&[0, 0x1234]).unwrap();
+        assert_eq!(list.len(), CONTROLLER_LIST_BYTES);
+        assert_eq!(&list[..6], &[2, 0, 0, 0, 0x34, 0x12]);
+        assert!(list[6..].iter().all(|&b| b == 0));
+        assert!(controller_list(&[]).is_err());
+        assert!(controller_list(&[7; MAX_CONTROLLER_IDS]).is_ok());
+        assert!(controller_list(&[7; MAX_CONTROLLER_IDS + 1]).is_err());
     }
 
     #[test]

@@ -105,6 +105,12 @@ impl Status {
     pub const INVALID_QUEUE_DELETION: Status = Status::new(1, 0x0C);
     /// Feature Identifier Not Saveable (SCT 1h, SC 0Dh).
     pub const FEATURE_NOT_SAVEABLE: Status = Status::new(1, 0x0D);
+    /// Namespace Already Attached (SCT 1h, SC 18h).
+    pub const NAMESPACE_ALREADY_ATTACHED: Status = Status::new(1, 0x18);
+    /// Namespace Not Attached (SCT 1h, SC 1Ah).
+    pub const NAMESPACE_NOT_ATTACHED: Status = Status::new(1, 0x1A);
+    /// Controller List Invalid (SCT 1h, SC 1Ch).
+    pub const CONTROLLER_LIST_INVALID: Status = Status::new(1, 0x1C);
     /// Write Fault (SCT 2h, SC 80h).
     pub const WRITE_FAULT: Status = Status::new(2, 0x80);
     /// Unrecovered Read Error (SCT 2h, SC 81h).

@@ -72,6 +72,13 @@ impl AsyncEvent {
         }
     }
 
+    /// Whether this is a Namespace Attribute Changed notice (type 2h, information 00h,
+    /// Changed Namespace List log 04h; §5.2, Figure 150): a namespace was attached,
+    /// detached, or its Identify Namespace data changed.
+    pub fn is_namespace_attribute_changed(&self) -> bool {
+        self.event_type == 2 && self.info == 0
+    }
+
     /// The specification's name of the event type.
     pub fn type_name(&self) -> &'static str {
         match self.event_type {
@@ -132,6 +139,9 @@ pub(crate) struct AdminQueue {
     /// Deadline of an event log read: the admin timeout given to
     /// [`Self::start_async_events`].
     event_log_timeout: Duration,
+    /// A Namespace Attribute Changed event arrived since [`Self::take_namespace_change`]
+    /// last looked.
+    namespaces_changed: bool,
 }
 
 impl AdminQueue {
@@ -153,6 +163,7 @@ impl AdminQueue {
             sq_db: cap.sq_tail_doorbell(0),
             cq_db: cap.cq_head_doorbell(0),
             events: VecDeque::with_capacity(MAX_QUEUED_EVENTS),
+            namespaces_changed: false,
             aer_limit: 0,
             event_log,
             logs_to_read: VecDeque::new(),
@@ -190,6 +201,9 @@ impl AdminQueue {
         self.logs_to_read.clear();
         self.reading_log = false;
         self.event_log_deadline = None;
+        // An event may have been lost with the rings: read the namespaces again at the
+        // next poll, as Linux rescans after every reset.
+        self.namespaces_changed = true;
     }
 
     /// Whether the outstanding event log read has passed its deadline. The caller must
@@ -316,6 +330,7 @@ impl AdminQueue {
                     Some(AdminSlot::Aer) => {
                         if c.status().is_success() {
                             let event = AsyncEvent::from_dw0(c.dw0);
+                            self.namespaces_changed |= event.is_namespace_attribute_changed();
                             if self.events.len() == MAX_QUEUED_EVENTS {
                                 self.events.pop_front();
                             }
@@ -417,6 +432,18 @@ impl AdminQueue {
     pub(crate) fn take_events<R: Registers>(&mut self, regs: &R) -> Vec<AsyncEvent> {
         self.reap(regs, None);
         self.events.drain(..).collect()
+    }
+
+    /// Whether a Namespace Attribute Changed event arrived since the last call (which
+    /// clears it); [`Self::note_namespace_change`] sets it again when the rescan it asked
+    /// for failed.
+    pub(crate) fn take_namespace_change(&mut self) -> bool {
+        std::mem::take(&mut self.namespaces_changed)
+    }
+
+    /// Remembers a namespace change still to rescan.
+    pub(crate) fn note_namespace_change(&mut self) {
+        self.namespaces_changed = true;
     }
 
     /// Takes every free CID (as commands nobody waits for) without posting anything, so

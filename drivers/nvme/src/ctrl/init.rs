@@ -14,6 +14,7 @@ use crate::cmd::Command;
 use crate::features::{AsyncEventConfig, FeatureId, NumberOfQueues, Timestamp};
 use crate::hw::{DmaAllocator, Registers};
 use crate::identify::{Cns, IdentifyController, IdentifyNamespace, NamespaceList, Oacs, Oncs};
+use crate::log::LogPageId;
 use crate::regs::{Aqa, Cap, Cc, Csts, MAX_ADMIN_QUEUE_ENTRIES, Vs, offset};
 
 /// Smallest admin queue (entries) that takes asynchronous events: a queue of N entries
@@ -148,20 +149,46 @@ pub(crate) fn configure_shadow_doorbells<R: Registers>(
         .map(drop)
 }
 
-/// Asynchronous Event Configuration (SMART critical warnings, namespace attribute and
-/// firmware activation notices), then min(AERL + 1, 4) Asynchronous Event Requests.
+/// OAES bit 8: the controller sends Namespace Attribute Notices.
+const OAES_NAMESPACE_ATTRIBUTE: u32 = 1 << 8;
+/// OAES bit 9: the controller sends Firmware Activation Notices.
+const OAES_FIRMWARE_ACTIVATION: u32 = 1 << 9;
+
+/// Asynchronous Event Configuration (§5.27.1.7): SMART / Health critical warnings, and the
+/// notices Identify Controller's OAES says the controller sends (namespace attribute,
+/// firmware activation). With namespace attribute notices, then reads the Changed
+/// Namespace List (log 04h, RAE clear): a controller reports a namespace again only once
+/// that log was read, so a change whose event a controller reset lost would otherwise
+/// silence later changes of the same namespace (QEMU 7.2 keeps the list across resets).
+/// Then min(AERL + 1, 4) Asynchronous Event Requests.
 pub(crate) fn configure_async_events<R: Registers>(
     regs: &R,
     admin: &mut AdminQueue,
-    aerl: u8,
+    id: &IdentifyController,
     timeout: Duration,
 ) -> Result<(), Error> {
-    let aec = AsyncEventConfig::SMART_CRITICAL_WARNINGS
-        | AsyncEventConfig::NAMESPACE_ATTRIBUTE
-        | AsyncEventConfig::FIRMWARE_ACTIVATION;
+    let mut aec = AsyncEventConfig::SMART_CRITICAL_WARNINGS;
+    if id.oaes & OAES_NAMESPACE_ATTRIBUTE != 0 {
+        aec |= AsyncEventConfig::NAMESPACE_ATTRIBUTE;
+    }
+    if id.oaes & OAES_FIRMWARE_ACTIVATION != 0 {
+        aec |= AsyncEventConfig::FIRMWARE_ACTIVATION;
+    }
     let cmd = Command::set_features(FeatureId::ASYNC_EVENT_CONFIG, 0, aec.bits(), false);
     admin.execute(regs, cmd, AdminData::None, timeout)?;
-    admin.start_async_events(regs, (aerl as u32 + 1).min(4), timeout)
+    if aec.contains(AsyncEventConfig::NAMESPACE_ATTRIBUTE) {
+        let cmd = Command::get_log_page(LogPageId::CHANGED_NAMESPACE_LIST, super::NSID_ALL, 0, 4096, 0, false)
+            .expect("4096 is a multiple of 4");
+        match admin.execute(regs, cmd, AdminData::FromDevice(4096), timeout) {
+            Ok(_) => {}
+            // A controller that refuses the log still works; its events may stay masked.
+            Err(e) if e.status().is_some() => {
+                tracing::warn!(error = %e, "reading the Changed Namespace List failed");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    admin.start_async_events(regs, (id.aerl as u32 + 1).min(4), timeout)
 }
 
 struct Machine<'a, R: Registers> {
@@ -469,9 +496,9 @@ impl<R: Registers> Machine<'_, R> {
     }
 
     fn configure_async_events(&mut self) -> Result<(), Error> {
-        let aerl = self.identify.as_ref().map_or(0, |id| id.aerl);
+        let id = self.identify.clone().expect("identified before asynchronous events");
         let (regs, timeout) = (self.regs, self.config.admin_timeout);
-        configure_async_events(regs, self.admin(), aerl, timeout)
+        configure_async_events(regs, self.admin(), &id, timeout)
     }
 
     fn set_timestamp(&mut self) -> Result<(), Error> {

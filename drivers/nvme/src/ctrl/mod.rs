@@ -78,6 +78,9 @@ pub(crate) struct Inner<R: Registers> {
     /// and their memory allocated until a reset makes the controller forget them.
     orphans: Mutex<Vec<Orphan>>,
     namespaces: RwLock<Vec<Namespace>>,
+    /// Held across a whole rescan (read, then store), so two rescans cannot leave the
+    /// older list in place.
+    rescan: Mutex<()>,
     /// `qids[i]` is true when QID i + 1 is in use.
     qids: Mutex<Vec<bool>>,
     init_trace: Vec<InitState>,
@@ -154,6 +157,7 @@ impl<R: Registers> Controller<R> {
             orphans: Mutex::new(Vec::new()),
             admin: ManuallyDrop::new(Mutex::new(done.admin)),
             namespaces: RwLock::new(done.namespaces),
+            rescan: Mutex::new(()),
             qids: Mutex::new(vec![false; done.io_queues as usize]),
             init_trace: done.trace,
             shadow: ManuallyDrop::new(done.shadow),
@@ -358,6 +362,7 @@ impl<R: Registers> Controller<R> {
     ///
     /// Errors: as [`Self::identify_controller`].
     pub fn rescan_namespaces(&self) -> Result<Vec<Namespace>, Error> {
+        let _one_at_a_time = self.inner.rescan.lock().expect("rescan lock");
         let mut found = Vec::new();
         for nsid in self.active_namespace_ids()? {
             if let Some(ns) = Namespace::new(
@@ -517,12 +522,61 @@ impl<R: Registers> Controller<R> {
     }
 
     /// Asynchronous events the controller reported since the last call (polls the admin
-    /// queue).
+    /// queue). Their log pages are already read (which clears them). After a Namespace
+    /// Attribute Changed event ([`AsyncEvent::is_namespace_attribute_changed`]) the
+    /// namespaces are read again ([`Self::rescan_namespaces`]), so [`Self::namespaces`]
+    /// shows attached namespaces and no longer shows detached ones; a rescan that fails
+    /// (logged) is tried again on the next call. Queue pairs already open on a namespace
+    /// keep their view of it; I/O to a detached one fails with the controller's status
+    /// (Invalid Namespace or Format, or as QEMU 7.2 answers, Invalid Field in Command).
+    /// As SPDK's `spdk_nvme_ctrlr_process_admin_completions`, call it periodically in a
+    /// long-running program: events are noticed only when the admin queue is polled.
     pub fn take_async_events(&self) -> Vec<AsyncEvent> {
-        let mut admin = self.admin();
-        let events = admin.take_events(&self.inner.regs);
-        self.inner.reset_if_event_log_overdue(&mut admin);
+        let (events, changed) = {
+            let mut admin = self.admin();
+            let events = admin.take_events(&self.inner.regs);
+            self.inner.reset_if_event_log_overdue(&mut admin);
+            (events, admin.take_namespace_change())
+        };
+        if changed {
+            match self.rescan_namespaces() {
+                Ok(_) => {}
+                // A failed controller answers nothing more: no point asking again.
+                Err(error @ Error::ControllerFailed(_)) => {
+                    tracing::warn!(%error, "the namespaces could not be read again after a Namespace Attribute Changed event");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading the namespaces after a Namespace Attribute Changed event failed; trying again at the next poll");
+                    self.admin().note_namespace_change();
+                }
+            }
+        }
         events
+    }
+
+    /// Namespace Attachment (§5.22): attaches namespace `nsid` to the controllers
+    /// `controllers` (CNTLIDs, [`crate::identify::IdentifyController::cntlid`]), or
+    /// detaches it from them. When the list names this controller, its namespaces are read
+    /// again at once (as SPDK does after attaching or detaching); the other controllers
+    /// report the change with a Namespace Attribute Changed event.
+    ///
+    /// Errors: [`Error::Config`] for an empty list or one of more than 2047 controllers;
+    /// [`Error::Unsupported`] when OACS bit 3 (Namespace Management) is clear; as
+    /// [`Self::admin_command`] (Namespace Already Attached 118h, Namespace Not Attached
+    /// 11Ah, Controller List Invalid 11Ch, Invalid Field for an NSID the subsystem does not
+    /// have).
+    pub fn namespace_attachment(&self, nsid: u32, attach: bool, controllers: &[u16]) -> Result<(), Error> {
+        if !self.inner.identify.oacs.contains(Oacs::NAMESPACE_MANAGEMENT) {
+            return Err(Error::Unsupported(
+                "the controller has no namespace management (OACS bit 3 is clear)".into(),
+            ));
+        }
+        let list = crate::cmd::controller_list(controllers).map_err(Error::Config)?;
+        self.admin_command_write(Command::namespace_attachment(nsid, attach), &list)?;
+        if controllers.contains(&self.inner.identify.cntlid) {
+            self.rescan_namespaces()?;
+        }
+        Ok(())
     }
 
     /// Asynchronous Event Requests outstanding now.

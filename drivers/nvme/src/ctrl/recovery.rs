@@ -288,7 +288,7 @@ impl<R: Registers> Inner<R> {
             init::configure_shadow_doorbells(regs, admin, shadow, timeout)?;
         }
         if self.config.async_events {
-            init::configure_async_events(regs, admin, self.identify.aerl, timeout)?;
+            init::configure_async_events(regs, admin, &self.identify, timeout)?;
         }
         Ok(())
     }

@@ -424,6 +424,106 @@ fn async_events_reach_the_caller_and_requests_are_resent() {
     assert_eq!(ctrl.smart_log().unwrap().critical_warning.bits(), 0x02);
 }
 
+/// The active NSIDs the controller lists now.
+fn nsids(namespaces: &[Namespace]) -> Vec<u32> {
+    namespaces.iter().map(|n| n.nsid).collect()
+}
+
+/// Namespace Attachment sent as a raw admin command, as another host or tool would:
+/// this controller learns of it only from the event.
+fn attach_behind_its_back(ctrl: &Controller<SimController>, nsid: u32, attach: bool) {
+    let list = crate::cmd::controller_list(&[ctrl.identify().cntlid]).unwrap();
+    ctrl.admin_command_write(Command::namespace_attachment(nsid, attach), &list)
+        .unwrap();
+}
+
+#[test]
+fn a_namespace_attribute_changed_event_rescans_the_namespaces() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let mut q = ctrl.create_io_queue_pair().unwrap();
+    let second = ctrl.namespace(2).unwrap();
+    attach_behind_its_back(&ctrl, 2, false);
+    // Until the event is taken, the controller's list is the old one.
+    assert_eq!(nsids(&ctrl.namespaces()), [1, 2]);
+    let events = ctrl.take_async_events();
+    assert_eq!(
+        events,
+        [AsyncEvent {
+            event_type: 2,
+            info: 0,
+            log_page: 0x04
+        }]
+    );
+    assert!(events[0].is_namespace_attribute_changed());
+    assert_eq!(nsids(&ctrl.namespaces()), [1], "the detached namespace is gone");
+    assert!(matches!(ctrl.namespace(2), Err(Error::NoSuchNamespace(2))));
+    // A queue pair holding the old view gets the controller's answer.
+    let e = q.read_at(&second, 0, buffer(&ctrl, 4096)).unwrap_err();
+    assert_eq!(e.error.status(), Some(Status::INVALID_NAMESPACE_OR_FORMAT));
+
+    // Attached again (the log read unmasked the event), the rescan finds it, and I/O on
+    // it works.
+    attach_behind_its_back(&ctrl, 2, true);
+    assert_eq!(ctrl.take_async_events().len(), 1);
+    assert_eq!(nsids(&ctrl.namespaces()), [1, 2]);
+    let back = ctrl.namespace(2).unwrap();
+    assert_eq!((back.block_size, back.blocks), (4096, 4096));
+    round_trip(&ctrl, &mut q, &back, 7, 8192, 0, 99);
+    assert!(ctrl.take_async_events().is_empty());
+    assert!(sim.protocol_violations().is_empty(), "{:?}", sim.protocol_violations());
+}
+
+#[test]
+fn namespace_attachment_reads_this_controllers_namespaces_at_once() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let me = ctrl.identify().cntlid;
+    ctrl.namespace_attachment(2, false, &[me]).unwrap();
+    assert_eq!(nsids(&ctrl.namespaces()), [1], "no need to wait for the event");
+    let e = ctrl.namespace_attachment(2, false, &[me]).unwrap_err();
+    assert_eq!(e.status(), Some(Status::NAMESPACE_NOT_ATTACHED));
+    let e = ctrl.namespace_attachment(2, true, &[me + 1]).unwrap_err();
+    assert_eq!(e.status(), Some(Status::CONTROLLER_LIST_INVALID));
+    assert!(matches!(ctrl.namespace_attachment(2, true, &[]), Err(Error::Config(_))));
+    ctrl.namespace_attachment(2, true, &[me]).unwrap();
+    assert_eq!(nsids(&ctrl.namespaces()), [1, 2]);
+    let e = ctrl.namespace_attachment(2, true, &[me]).unwrap_err();
+    assert_eq!(e.status(), Some(Status::NAMESPACE_ALREADY_ATTACHED));
+    assert!(
+        ctrl.take_async_events()
+            .iter()
+            .all(AsyncEvent::is_namespace_attribute_changed)
+    );
+    assert_eq!(nsids(&ctrl.namespaces()), [1, 2]);
+}
+
+#[test]
+fn a_namespace_change_a_reset_lost_is_found_and_later_ones_still_reported() {
+    let sim = sim_with(two_namespaces());
+    let ctrl = start(&sim, ControllerConfig::default());
+    // The event's Changed Namespace List read never completes, and the reset drops it.
+    sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::GET_LOG_PAGE),
+        times: Some(1),
+        ..FaultRule::new(FaultAction::Hang)
+    });
+    attach_behind_its_back(&ctrl, 2, false);
+    ctrl.reset().unwrap();
+    ctrl.take_async_events();
+    assert_eq!(nsids(&ctrl.namespaces()), [1], "rescanned after the reset");
+    // The controller reports nsid 2 again only because its Changed Namespace List was
+    // read after the reset.
+    attach_behind_its_back(&ctrl, 2, true);
+    let events = ctrl.take_async_events();
+    assert!(
+        events.iter().any(AsyncEvent::is_namespace_attribute_changed),
+        "{events:?}"
+    );
+    assert_eq!(nsids(&ctrl.namespaces()), [1, 2]);
+}
+
 #[test]
 fn admin_commands_the_device_rejects_return_their_status() {
     let sim = sim_with(SimConfig::default());

@@ -10,6 +10,7 @@ use super::identify_data as id;
 use super::state::{Cq, Outcome, ParkKind, Sq, State};
 use crate::cmd::{Command, admin};
 use crate::identify::Cns;
+use crate::log::LogPageId;
 use crate::status::Status;
 
 /// The broadcast NSID.
@@ -34,6 +35,7 @@ impl State {
             admin::ABORT => Ok(self.abort(cmd)),
             admin::ASYNC_EVENT_REQUEST => return self.aer(cmd),
             admin::FORMAT_NVM => self.format_nvm(cmd),
+            admin::NAMESPACE_ATTACHMENT => self.namespace_attachment(cmd),
             _ => Err(Status::INVALID_OPCODE),
         };
         Outcome::from(r)
@@ -179,6 +181,42 @@ impl State {
         }
     }
 
+    /// Namespace Attachment (§5.22), as QEMU 7.2's `nvme_ns_attachment`: the controller
+    /// list must name this controller (CNTLID 0); each change adds the NSID to the Changed
+    /// Namespace List and, when it was not there yet, raises a Namespace Attribute Changed
+    /// event.
+    fn namespace_attachment(&mut self, cmd: &Command) -> Result<u32, Status> {
+        let nsid = cmd.nsid;
+        let nn = self.namespaces.len() as u32;
+        if nsid == 0 || nsid > nn {
+            return Err(Status::INVALID_NAMESPACE_OR_FORMAT);
+        }
+        if !self.namespaces[nsid as usize - 1].is_allocated() {
+            return Err(Status::INVALID_FIELD);
+        }
+        self.map(0, cmd, crate::cmd::CONTROLLER_LIST_BYTES as u64)?;
+        self.copy_in(0, cmd, crate::cmd::CONTROLLER_LIST_BYTES)?;
+        let count = u16::from_le_bytes([self.scratch[0], self.scratch[1]]) as usize;
+        let ids: Vec<u16> = (0..count.min(crate::cmd::MAX_CONTROLLER_IDS))
+            .map(|i| u16::from_le_bytes([self.scratch[2 + 2 * i], self.scratch[3 + 2 * i]]))
+            .collect();
+        if ids.is_empty() || ids.iter().any(|&id| id != 0) {
+            return Err(Status::CONTROLLER_LIST_INVALID);
+        }
+        let ns = &mut self.namespaces[nsid as usize - 1];
+        match (cmd.cdw10 & 0xF, ns.attached) {
+            (0, true) => return Err(Status::NAMESPACE_ALREADY_ATTACHED),
+            (1, false) => return Err(Status::NAMESPACE_NOT_ATTACHED),
+            (0, false) => ns.attached = true,
+            (1, true) => ns.attached = false,
+            _ => return Err(Status::INVALID_FIELD),
+        }
+        if self.changed_nsids.insert(nsid) {
+            self.async_event(2 | u32::from(LogPageId::CHANGED_NAMESPACE_LIST.0) << 16);
+        }
+        Ok(0)
+    }
+
     /// Format NVM (§5.23): LBA format 0 (512-byte blocks) or 1 (4096-byte blocks), keeping
     /// the capacity in bytes and erasing the data. The erase is durable at completion: a
     /// later power cut loses none of the namespace's earlier writes either.
@@ -250,7 +288,8 @@ mod tests {
         assert_eq!((b[72], &b[73..76]), (6, &[0x00, 0x54, 0x52][..]));
         assert_eq!(b[77], 7, "MDTS");
         assert_eq!(le32(&b, 80), 0x0001_0400, "VER");
-        assert_eq!(le16(&b, 256), 0x0006, "OACS");
+        assert_eq!(le32(&b, 92), 0x100, "OAES");
+        assert_eq!(le16(&b, 256), 0x000E, "OACS");
         assert_eq!(
             (b[258], b[259], b[260], b[262], b[263]),
             (3, 3, 0x03, 63, 0),

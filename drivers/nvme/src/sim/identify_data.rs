@@ -20,8 +20,9 @@ pub(super) const AERL: u8 = 3;
 pub(super) const ELPE: u8 = 63;
 /// Number of Power States Supported, 0's based (one state).
 pub(super) const NPSS: u8 = 0;
-/// OACS: Format NVM (bit 1) and Firmware Download/Commit (bit 2).
-pub(super) const OACS: u16 = 0x0006;
+/// OACS: Format NVM (bit 1), Firmware Download/Commit (bit 2), and Namespace Management
+/// (bit 3: the simulator has Namespace Attachment only, as QEMU 7.2).
+pub(super) const OACS: u16 = 0x000E;
 /// ONCS: Compare (bit 0), Dataset Management (bit 2), Write Zeroes (bit 3), Timestamp
 /// (bit 6), Verify (bit 7).
 pub(super) const ONCS: u16 = 0x00CD;
@@ -70,6 +71,7 @@ pub(super) fn controller(cfg: &SimConfig) -> Vec<u8> {
     b[77] = cfg.mdts;
     put16(&mut b, 78, 0); // CNTLID
     put32(&mut b, 80, super::regs::VERSION);
+    put32(&mut b, 92, 1 << 8); // OAES: Namespace Attribute Notices, as QEMU 7.2
     b[111] = 1; // CNTRLTYPE: I/O controller
     put16(&mut b, 256, OACS);
     b[258] = ACL;

@@ -106,6 +106,21 @@ impl State {
         b
     }
 
+    /// The Changed Namespace List (log 04h, §5.16.1.5): up to 1024 NSIDs, or FFFFFFFFh
+    /// first when more changed. Reading it empties the list, as QEMU 7.2 does.
+    fn changed_namespace_page(&mut self) -> Vec<u8> {
+        let changed = std::mem::take(&mut self.changed_nsids);
+        let mut page = vec![0u8; 4096];
+        if changed.len() > 1024 {
+            page[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        } else {
+            for (i, nsid) in changed.iter().enumerate() {
+                page[i * 4..i * 4 + 4].copy_from_slice(&nsid.to_le_bytes());
+            }
+        }
+        page
+    }
+
     /// Get Log Page: `Ok(dw0)` or a failing status.
     pub(super) fn get_log_page(&mut self, cmd: &Command) -> Result<u32, Status> {
         let lid = LogPageId(cmd.cdw10 as u8);
@@ -129,6 +144,7 @@ impl State {
                 self.smart_page()
             }
             LogPageId::FIRMWARE_SLOT => self.firmware_page(),
+            LogPageId::CHANGED_NAMESPACE_LIST => self.changed_namespace_page(),
             _ => return Err(Status::INVALID_LOG_PAGE),
         };
         if offset > page.len() as u64 {

@@ -24,6 +24,8 @@ pub(super) struct Namespace {
     pub(super) block_size: u32,
     /// Capacity in logical blocks; 0 for an inactive NSID.
     pub(super) blocks: u64,
+    /// Attached to the controller (Namespace Attachment detaches and attaches it again).
+    pub(super) attached: bool,
     chunks: BTreeMap<u64, Box<[u8]>>,
 }
 
@@ -49,12 +51,18 @@ impl Namespace {
         Namespace {
             block_size: cfg.block_size,
             blocks: cfg.blocks,
+            attached: true,
             chunks: BTreeMap::new(),
         }
     }
 
-    /// Whether the NSID has an active namespace.
+    /// Whether the NSID has an active namespace: allocated and attached.
     pub(super) fn is_active(&self) -> bool {
+        self.is_allocated() && self.attached
+    }
+
+    /// Whether the NSID has a namespace, attached or not.
+    pub(super) fn is_allocated(&self) -> bool {
         self.blocks > 0
     }
 

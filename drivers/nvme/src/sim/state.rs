@@ -253,6 +253,9 @@ pub(super) struct State {
     /// Timestamp feature: the host's value in ms and when it was set.
     pub(super) timestamp: Option<(u64, Instant)>,
     pub(super) namespaces: Vec<Namespace>,
+    /// NSIDs attached or detached since the Changed Namespace List (log 04h) was last
+    /// read.
+    pub(super) changed_nsids: std::collections::BTreeSet<u32>,
     pub(super) faults: FaultTable,
     /// Misbehaviours in progress (the hostile controller).
     pub(super) hostile: HostileState,
@@ -313,6 +316,7 @@ impl State {
             features,
             timestamp: None,
             namespaces,
+            changed_nsids: Default::default(),
             faults: FaultTable::default(),
             hostile: HostileState::default(),
             errors: ErrorLog::default(),
