@@ -38,6 +38,7 @@ pub mod parse;
 pub mod pi;
 pub mod prp;
 pub mod queue;
+pub mod quirks;
 pub mod regs;
 pub mod sgl;
 #[cfg(any(test, feature = "sim"))]

@@ -304,6 +304,10 @@ pub struct LoopConfig<'a> {
     /// inside the measured window before it stops on its own. `None`: it runs until the
     /// window ends.
     pub budget: Option<u64>,
+    /// Whether the run has a ramp (I/O before the measured window). Without one, a
+    /// size-based run submits nothing until the window opens, so that it transfers
+    /// exactly its budget and `--randseed` repeats exactly its offsets.
+    pub ramps: bool,
     /// Logical block size in bytes.
     pub block_size: u64,
     /// Gets the number of completed I/Os (any outcome, ramp included) after every batch,
@@ -326,6 +330,7 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
         completions,
         hybrid_spin,
         budget,
+        ramps,
         block_size,
         progress,
     } = cfg;
@@ -339,6 +344,9 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
     let mut stopping = false;
     let mut left = budget.unwrap_or(u64::MAX);
     let mut usage: Option<Usage> = None;
+    // An I/O drawn but refused (queue full, recovering): the next one submitted, so the
+    // offsets follow the generator's sequence whatever the queue does.
+    let mut refused: Option<Io> = None;
 
     loop {
         let (from, until) = phases.get();
@@ -347,13 +355,15 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
         }
         stopping |= until != NOT_YET;
         let measuring = from != NOT_YET;
-        if !stopping && left > 0 {
+        let may_submit = measuring || budget.is_none() || ramps;
+        if !stopping && left > 0 && may_submit {
             while let Some((tag, mut buf)) = ready.pop() {
                 if left == 0 {
                     ready.push((tag, buf));
                     break;
                 }
-                let Io { lba, lbas, dir } = ios.next_io();
+                let io = refused.take().unwrap_or_else(|| ios.next_io());
+                let Io { lba, lbas, dir } = io;
                 let bytes = lbas * block_size;
                 let op = match dir {
                     READ => Op::Read { lba },
@@ -384,6 +394,7 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
                 };
                 if let Err(e) = q.submit(op, data, tag as u64) {
                     ready.push((tag, e.buf.or(buf)));
+                    refused = Some(io);
                     if !matches!(e.error, BlockError::QueueFull(_) | BlockError::Recovering) {
                         stats.fatal = Some(format!("{} of LBA {lba} refused: {}", op.name(), e.error));
                         stopping = true;
@@ -427,6 +438,12 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
                 ready.push((tag, c.buf));
             }
         };
+        if q.outstanding() == 0 {
+            // Nothing to reap: waiting for the window to open (or to retry a refused
+            // submission). Yield, so the thread that opens it gets the CPU.
+            std::thread::yield_now();
+            continue;
+        }
         let n = match completions {
             Completions::Spin => q.poll(qd, &mut on_complete),
             Completions::Interrupt => q.wait(qd, &mut on_complete),
@@ -590,6 +607,7 @@ mod tests {
             completions,
             hybrid_spin: 0,
             budget,
+            ramps: true,
             block_size: 512,
             progress,
         }

@@ -546,6 +546,7 @@ pub fn execute(
                         completions: plan.completions,
                         hybrid_spin: clock.ticks_for(plan.hybrid_spin),
                         budget: plan.budget,
+                        ramps: !plan.ramp.is_zero(),
                         block_size: u64::from(plan.block_size),
                         progress: counter,
                     };

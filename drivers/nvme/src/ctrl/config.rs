@@ -75,6 +75,10 @@ pub struct ControllerConfig {
     /// a reset it runs with the admin queue locked, so it must not send admin commands
     /// (that would deadlock). Default none.
     pub recovery_observer: Option<RecoveryObserver>,
+    /// What the controller does differently from what it advertises
+    /// ([`crate::quirks`]). `ironvme::open_vfio` adds those of the function's PCI vendor
+    /// and device ID ([`crate::quirks::lookup`]). Default none.
+    pub quirks: crate::quirks::Quirks,
 }
 
 impl Default for ControllerConfig {
@@ -95,6 +99,7 @@ impl Default for ControllerConfig {
             shadow_doorbells: false,
             interrupts: None,
             recovery_observer: None,
+            quirks: crate::quirks::Quirks::empty(),
         }
     }
 }

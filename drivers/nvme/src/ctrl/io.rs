@@ -20,6 +20,7 @@ use crate::cmd::{Command, DSM_RANGE_BYTES, DsmAttributes, DsmRange, MAX_DSM_RANG
 use crate::hw::{DmaBuf, InterruptVectors, Registers};
 use crate::prp;
 use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
+use crate::quirks::Quirks;
 use crate::regs::{Csts, offset};
 use crate::sgl::SglDescriptor;
 use crate::status::Status;
@@ -501,6 +502,12 @@ impl<R: Registers> IoQueuePair<R> {
         let qid = self.qid;
         if !already_aborted {
             self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
+            if self.inner.config.quirks.contains(Quirks::ABORT_NOOP) {
+                // Abort would answer "not aborted" and change nothing: reset now rather
+                // than abort_timeout later.
+                self.start_reset(ResetReason::IoTimeout { qid, cid });
+                return self.recover(on_complete);
+            }
             match self.inner.abort_command(qid, cid) {
                 Ok(aborted) => {
                     self.inner.notify(RecoveryEvent::AbortSent { qid, cid, aborted });

@@ -209,6 +209,12 @@ impl<R: Registers> Controller<R> {
         self.inner.sgl_supported
     }
 
+    /// The quirks the driver applies to this controller
+    /// ([`ControllerConfig::quirks`]).
+    pub fn quirks(&self) -> crate::quirks::Quirks {
+        self.inner.config.quirks
+    }
+
     /// I/O queue pairs available: min(asked, granted).
     pub fn io_queue_limit(&self) -> u16 {
         self.inner.io_queues
@@ -370,6 +376,7 @@ impl<R: Registers> Controller<R> {
                 self.identify_namespace(nsid)?,
                 &self.inner.identify,
                 self.inner.max_transfer,
+                self.inner.config.quirks,
             ) {
                 found.push(ns);
             }

@@ -24,7 +24,8 @@ pub struct Namespace {
     pub deallocate: bool,
     /// Compare is supported (ONCS bit 0).
     pub compare: bool,
-    /// Verify is supported (ONCS bit 7). QEMU 7.2 executes Verify without advertising it.
+    /// Verify is supported (ONCS bit 7, or the controller's
+    /// [`crate::quirks::Quirks::VERIFY_UNADVERTISED`]).
     pub verify: bool,
     /// The controller has a volatile write cache: completed writes are durable only after
     /// a Flush (VWC bit 0).
@@ -43,6 +44,7 @@ impl Namespace {
         id: IdentifyNamespace,
         ctrl: &IdentifyController,
         max_transfer: usize,
+        quirks: crate::quirks::Quirks,
     ) -> Option<Namespace> {
         if !id.is_active() {
             return None;
@@ -62,7 +64,7 @@ impl Namespace {
             write_zeroes: ctrl.oncs.contains(Oncs::WRITE_ZEROES),
             deallocate: ctrl.oncs.contains(Oncs::DATASET_MANAGEMENT),
             compare: ctrl.oncs.contains(Oncs::COMPARE),
-            verify: ctrl.oncs.contains(Oncs::VERIFY),
+            verify: ctrl.oncs.contains(Oncs::VERIFY) || quirks.contains(crate::quirks::Quirks::VERIFY_UNADVERTISED),
             volatile_write_cache: ctrl.vwc_present(),
             identify: Box::new(id),
         })
@@ -125,6 +127,7 @@ mod tests {
     use super::*;
     use crate::ctrl::Error;
     use crate::identify::LbaFormat;
+    use crate::quirks::Quirks;
 
     /// Identify Namespace of 1000 blocks with QEMU's formats 0 (512 B) and 1 (512 + 8 B).
     fn identify(flbas: u8, dps: u8) -> IdentifyNamespace {
@@ -139,22 +142,40 @@ mod tests {
     }
 
     #[test]
+    fn verify_follows_oncs_or_the_quirk() {
+        let mut id = [0u8; 4096];
+        id[520] = 1; // ONCS: Compare only
+        let ctrl = IdentifyController::parse(&id).unwrap();
+        let plain = Namespace::new(1, identify(0, 0), &ctrl, 128 * 1024, Quirks::empty()).unwrap();
+        assert!(!plain.verify);
+        let quirky = Namespace::new(1, identify(0, 0), &ctrl, 128 * 1024, Quirks::VERIFY_UNADVERTISED).unwrap();
+        assert!(quirky.verify);
+        id[520] = 1 | 1 << 7; // Compare and Verify
+        let ctrl = IdentifyController::parse(&id).unwrap();
+        assert!(
+            Namespace::new(1, identify(0, 0), &ctrl, 128 * 1024, Quirks::empty())
+                .unwrap()
+                .verify
+        );
+    }
+
+    #[test]
     fn a_namespace_whose_metadata_needs_a_buffer_is_listed_but_its_plain_io_refused() {
         let mut oncs_compare = [0u8; 4096];
         oncs_compare[520] = 1;
         let ctrl = IdentifyController::parse(&oncs_compare).unwrap();
-        let plain = Namespace::new(1, identify(0, 0), &ctrl, 128 * 1024).unwrap();
+        let plain = Namespace::new(1, identify(0, 0), &ctrl, 128 * 1024, Quirks::empty()).unwrap();
         plain.check_usable().unwrap();
         plain.check_range(0, 8).unwrap();
         // 8 bytes of protection information: the controller inserts and strips it.
-        let pi = Namespace::new(2, identify(1, 1), &ctrl, 128 * 1024).unwrap();
+        let pi = Namespace::new(2, identify(1, 1), &ctrl, 128 * 1024, Quirks::empty()).unwrap();
         pi.check_usable().unwrap();
         assert_eq!((pi.metadata.bytes, pi.metadata.pi_type), (8, 1));
         // Compare would need the metadata.
         assert!(plain.info().compare);
         assert!(!pi.info().compare);
         for (flbas, dps) in [(1 | 1 << 4, 0), (1, 0), (0, 1)] {
-            let ns = Namespace::new(3, identify(flbas, dps), &ctrl, 128 * 1024).expect("still listed");
+            let ns = Namespace::new(3, identify(flbas, dps), &ctrl, 128 * 1024, Quirks::empty()).expect("still listed");
             assert_eq!(ns.block_size, 512);
             let e = ns.check_usable().unwrap_err();
             assert!(matches!(&e, Error::MetadataUnsupported(m) if m.nsid == 3), "{e}");

@@ -201,6 +201,44 @@ fn an_abort_that_does_not_complete_the_command_leads_to_a_reset() {
 }
 
 #[test]
+fn with_the_abort_noop_quirk_a_timeout_resets_without_an_abort() {
+    // QEMU's Abort answers "not aborted" and does nothing: the quirk skips it and the
+    // abort_timeout after it.
+    let r = rig_with(
+        SimConfig::default(),
+        ControllerConfig {
+            io_timeout: Duration::from_millis(100),
+            abort_timeout: Duration::from_secs(1),
+            quirks: crate::quirks::Quirks::ABORT_NOOP,
+            ..Default::default()
+        },
+    );
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        times: Some(1),
+        action: FaultAction::Lost,
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, 2);
+    let done = collect(&mut q, 2);
+    assert_eq!(done[&0].0, Status::ABORTED_BY_HOST);
+    assert!(done[&1].0.is_success());
+    let ev = r.events();
+    assert!(matches!(ev[0], RecoveryEvent::CommandTimedOut { .. }), "{ev:?}");
+    assert!(
+        matches!(ev[1], RecoveryEvent::ResetStarting(ResetReason::IoTimeout { .. })),
+        "{ev:?}"
+    );
+    assert!(
+        !ev.iter().any(|e| matches!(e, RecoveryEvent::AbortSent { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(r.sim.stats().resets, 1);
+    works(&r, &mut q);
+}
+
+#[test]
 fn fatal_status_resets_and_every_outstanding_command_fails_once() {
     let r = rig(SimConfig::default());
     let mut q = r.ctrl.create_io_queue_pair().unwrap();
