@@ -40,9 +40,9 @@ pub struct VfioController {
 /// `pci:0000:00:05.0`), which must be bound to vfio-pci, and initialises it. With
 /// `interrupts`, MSI-X is enabled with a vector for the admin queue and one per I/O queue
 /// ([`ControllerConfig::io_queues`]), and the I/O completion queues signal them (interrupt
-/// mode: `BlockQueue::wait` sleeps); `config.interrupts` is then replaced. The quirks of
-/// the function's PCI vendor and device ID ([`ironvme_nvme::quirks::lookup`]) are added
-/// to `config.quirks`.
+/// mode: `BlockQueue::wait` sleeps); `config.interrupts` is then replaced. Unless
+/// `config.quirks` names them, the quirks are those of the function's PCI vendor and
+/// device ID ([`ironvme_nvme::quirks::lookup`]).
 ///
 /// Errors: [`Error::Vfio`] names the BDF, the IOMMU group and the fix (bound to nvme,
 /// group not viable, no permission, ...); [`Error::Nvme`] if initialisation fails.
@@ -61,17 +61,19 @@ pub fn open_vfio(bdf: &str, mut config: ControllerConfig, interrupts: bool) -> R
     if let Some(msix) = &dev.msix {
         config.interrupts = Some(Arc::clone(msix) as _);
     }
-    let quirks = ironvme_nvme::quirks::lookup(dev.info.vendor_id, dev.info.device_id);
-    if !quirks.is_empty() {
-        tracing::info!(
-            bdf,
-            vendor = dev.info.vendor_id,
-            device = dev.info.device_id,
-            ?quirks,
-            "controller quirks"
-        );
+    if config.quirks.is_none() {
+        let quirks = ironvme_nvme::quirks::lookup(dev.info.vendor_id, dev.info.device_id);
+        if !quirks.is_empty() {
+            tracing::info!(
+                bdf,
+                vendor = dev.info.vendor_id,
+                device = dev.info.device_id,
+                ?quirks,
+                "controller quirks"
+            );
+        }
+        config.quirks = Some(quirks);
     }
-    config.quirks |= quirks;
     let controller = Controller::init(dev.bar, Arc::clone(&dev.dma) as _, config).map_err(|source| Error::Init {
         device: bdf.to_string(),
         source,

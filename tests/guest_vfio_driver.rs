@@ -551,6 +551,13 @@ fn format_nvm_changes_the_lba_format_and_back() {
 #[test]
 #[ignore = "guest: runs inside QEMU via scripts/test"]
 fn a_held_command_times_out_and_recovery_completes_it_with_an_error() {
+    // QEMU's quirks from its PCI ID (ABORT_NOOP: no Abort), then none (Abort, which QEMU
+    // answers "not aborted", then abort_timeout).
+    held_command_recovery(None);
+    held_command_recovery(Some(ironvme::nvme::quirks::Quirks::empty()));
+}
+
+fn held_command_recovery(quirks: Option<ironvme::nvme::quirks::Quirks>) {
     let qdev = env("IRONVME_FAULT_QDEV");
     let _vfio = OnVfio::bind("IRONVME_FAULT_BDF");
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -567,7 +574,9 @@ fn a_held_command_times_out_and_recovery_completes_it_with_an_error() {
     }));
     let config = ControllerConfig {
         io_timeout: Duration::from_secs(2),
+        abort_timeout: Duration::from_secs(2),
         recovery_observer: Some(observer),
+        quirks,
         ..Default::default()
     };
     let ctrl = open(&env("IRONVME_FAULT_BDF"), config);
@@ -601,17 +610,28 @@ fn a_held_command_times_out_and_recovery_completes_it_with_an_error() {
         matches!(events[0], RecoveryEvent::CommandTimedOut { qid: 1, .. }),
         "{events:?}"
     );
-    // QEMU's Abort is a no-op (quirks::ABORT_NOOP, from its PCI ID): no Abort is sent,
-    // the reset follows the deadline at once.
+    // QEMU's Abort is a no-op: with its quirks (ABORT_NOOP, from its PCI ID) no Abort is
+    // sent and the reset follows the deadline at once; without, the Abort says "not
+    // aborted" and the reset follows abort_timeout later.
+    let events = match quirks {
+        None => &events[1..],
+        Some(_) => {
+            assert!(
+                matches!(events[1], RecoveryEvent::AbortSent { aborted: false, .. }),
+                "{events:?}"
+            );
+            &events[2..]
+        }
+    };
     assert!(
         matches!(
-            events[1],
+            events[0],
             RecoveryEvent::ResetStarting(ResetReason::IoTimeout { qid: 1, .. })
         ),
         "{events:?}"
     );
     assert!(
-        matches!(events[2], RecoveryEvent::ResetDone { generation: 1 }),
+        matches!(events[1], RecoveryEvent::ResetDone { generation: 1 }),
         "{events:?}"
     );
     // After the reset the same queue pair works again.

@@ -40,12 +40,22 @@ pub struct QuirkEntry {
 }
 
 /// The quirk table: the first row whose vendor and device match applies.
-pub const TABLE: &[QuirkEntry] = &[QuirkEntry {
-    vendor: 0x1b36,
-    device: 0x0010,
-    name: "QEMU NVM Express controller (hw/nvme)",
-    quirks: Quirks::VERIFY_UNADVERTISED.union(Quirks::ABORT_NOOP),
-}];
+pub const TABLE: &[QuirkEntry] = &[
+    QuirkEntry {
+        vendor: 0x1b36,
+        device: 0x0010,
+        name: "QEMU NVM Express controller (hw/nvme)",
+        quirks: Quirks::VERIFY_UNADVERTISED.union(Quirks::ABORT_NOOP),
+    },
+    // The same device with `use-intel-id=on` (Linux's nvme_id_table: "Qemu emulated
+    // controller").
+    QuirkEntry {
+        vendor: 0x8086,
+        device: 0x5845,
+        name: "QEMU NVM Express controller (hw/nvme, use-intel-id=on)",
+        quirks: Quirks::VERIFY_UNADVERTISED.union(Quirks::ABORT_NOOP),
+    },
+];
 
 /// The quirks of the PCI function `vendor`:`device` (none for a device not in [`TABLE`]).
 pub fn lookup(vendor: u16, device: u16) -> Quirks {
@@ -62,6 +72,7 @@ mod tests {
     #[test]
     fn qemu_has_its_quirks_and_other_devices_none() {
         assert_eq!(lookup(0x1b36, 0x0010), Quirks::VERIFY_UNADVERTISED | Quirks::ABORT_NOOP);
+        assert_eq!(lookup(0x8086, 0x5845), lookup(0x1b36, 0x0010), "use-intel-id=on");
         assert_eq!(lookup(0x1b36, 0x0011), Quirks::empty());
         assert_eq!(lookup(0x8086, 0x0953), Quirks::empty());
         // One row per device: a second would never be reached.

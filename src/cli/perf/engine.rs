@@ -438,9 +438,10 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
                 ready.push((tag, c.buf));
             }
         };
-        if q.outstanding() == 0 {
-            // Nothing to reap: waiting for the window to open (or to retry a refused
-            // submission). Yield, so the thread that opens it gets the CPU.
+        if q.outstanding() == 0 && !may_submit {
+            // Nothing in flight while the window is not open yet: yield, so the thread
+            // that opens it gets the CPU. (A refused submission still polls below: a
+            // recovering queue finishes its recovery there.)
             std::thread::yield_now();
             continue;
         }
@@ -783,5 +784,22 @@ mod tests {
             "the ramp's writes ran but are not counted: {}",
             q.ops[WRITE]
         );
+        // Without a ramp nothing is submitted before the window opens: exactly the budget
+        // is written, so a seed repeats exactly its offsets.
+        let mut ios = Generator::new(Rw::Randwrite, 0, region, &[(8, 100)], 3);
+        let mut q = FakeQueue::new(4, u64::MAX);
+        let phases = Phases::default();
+        let s = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                phases.start(clock.now());
+            });
+            let c = LoopConfig {
+                ramps: false,
+                ..cfg(&clock, &phases, Completions::Interrupt, Some(400 * 4096), &progress)
+            };
+            run(&mut q, bufs(4, 4096), &mut ios, c)
+        });
+        assert_eq!((s.ios[WRITE], q.ops[WRITE]), (400, 400));
     }
 }

@@ -23,8 +23,8 @@ impl Namespace {
             deallocate_zeroes: self.identify.dlfeat & 0x7 == 1,
             // Plain Compare would need the metadata.
             compare: self.compare && self.metadata.is_none(),
-            // As advertised in ONCS (QEMU 7.2 executes Verify without advertising it; the
-            // controller driver's own `verify` still sends it).
+            // As advertised in ONCS, or known from the quirk table (VERIFY_UNADVERTISED);
+            // the controller driver's own `verify` sends it either way.
             verify: self.verify,
             volatile_write_cache: self.volatile_write_cache,
             metadata: self.metadata,

@@ -44,12 +44,14 @@ pub struct ControllerConfig {
     pub data_pointer: DataPointerMode,
     /// Deadline of an admin command. Default 10 s.
     pub admin_timeout: Duration,
-    /// Deadline of an I/O command. When it passes the driver sends Abort; see
-    /// [`Self::abort_timeout`]. Default 30 s (Linux's `nvme_core.io_timeout`).
+    /// Deadline of an I/O command. When it passes the driver sends Abort (see
+    /// [`Self::abort_timeout`]), or resets the controller at once when its Abort is a
+    /// no-op ([`crate::quirks::Quirks::ABORT_NOOP`]). Default 30 s (Linux's
+    /// `nvme_core.io_timeout`).
     pub io_timeout: Duration,
     /// How long a command may take to complete after Abort was sent for it before the
     /// controller is reset, whether the controller answered "aborted" or "not aborted"
-    /// (QEMU always does: the command may still complete by itself). Default 5 s.
+    /// (the command may still complete by itself). Default 5 s.
     pub abort_timeout: Duration,
     /// Longest wait for CSTS.SHST on shutdown when the controller reports no RTD3E.
     /// Default 10 s.
@@ -76,9 +78,11 @@ pub struct ControllerConfig {
     /// (that would deadlock). Default none.
     pub recovery_observer: Option<RecoveryObserver>,
     /// What the controller does differently from what it advertises
-    /// ([`crate::quirks`]). `ironvme::open_vfio` adds those of the function's PCI vendor
-    /// and device ID ([`crate::quirks::lookup`]). Default none.
-    pub quirks: crate::quirks::Quirks,
+    /// ([`crate::quirks`]). `None` (the default): `ironvme::open_vfio` looks the
+    /// function's PCI vendor and device ID up ([`crate::quirks::lookup`]), and a
+    /// controller without a PCI ID (the simulator) has none. `Some(q)`: exactly `q`
+    /// (`Some(Quirks::empty())` turns the table off, e.g. to exercise Abort on QEMU).
+    pub quirks: Option<crate::quirks::Quirks>,
 }
 
 impl Default for ControllerConfig {
@@ -99,7 +103,7 @@ impl Default for ControllerConfig {
             shadow_doorbells: false,
             interrupts: None,
             recovery_observer: None,
-            quirks: crate::quirks::Quirks::empty(),
+            quirks: None,
         }
     }
 }

@@ -487,7 +487,13 @@ impl<R: Registers> Machine<'_, R> {
             self.run(Command::identify(Cns::NAMESPACE, nsid, 0), AdminData::FromDevice(4096))?;
             let id = IdentifyNamespace::parse(self.admin().data(4096))?;
             let ctrl = self.identify.as_ref().expect("identified");
-            match Namespace::new(nsid, id, ctrl, self.max_transfer, self.config.quirks) {
+            match Namespace::new(
+                nsid,
+                id,
+                ctrl,
+                self.max_transfer,
+                self.config.quirks.unwrap_or_default(),
+            ) {
                 Some(ns) => self.namespaces.push(ns),
                 None => tracing::warn!(nsid, "skipping inactive namespace or one with an unusable LBA format"),
             }

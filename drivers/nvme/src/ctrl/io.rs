@@ -405,7 +405,8 @@ impl<R: Registers> IoQueuePair<R> {
     /// completed.
     ///
     /// This is also where recovery happens for this pair: commands past their deadline are
-    /// aborted (and the controller reset if that fails), and after a reset the outstanding
+    /// aborted (and the controller reset if that fails, or at once when the controller's
+    /// Abort is a no-op), and after a reset the outstanding
     /// commands complete with [`Status::ABORTED_BY_HOST`] and the queues are created again.
     pub fn poll(&mut self, max: usize, mut on_complete: impl FnMut(IoCompletion)) -> usize {
         if self.dead.is_some() || !self.queues_current() {
@@ -500,20 +501,30 @@ impl<R: Registers> IoQueuePair<R> {
             return 0;
         };
         let qid = self.qid;
-        if !already_aborted {
+        let abort_noop = self
+            .inner
+            .config
+            .quirks
+            .unwrap_or_default()
+            .contains(Quirks::ABORT_NOOP);
+        let mut reaped = 0;
+        if !already_aborted && abort_noop {
             self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
-            if self.inner.config.quirks.contains(Quirks::ABORT_NOOP) {
-                // Abort would answer "not aborted" and change nothing: reset now rather
-                // than abort_timeout later.
-                self.start_reset(ResetReason::IoTimeout { qid, cid });
-                return self.recover(on_complete);
+            // Abort would answer "not aborted" and change nothing: no Abort, no
+            // abort_timeout. The command may be in the CQ already (a poll reaps at most
+            // its `max`): look there before resetting.
+            reaped = self.reap(usize::MAX, on_complete);
+            if self.slots.get(cid).is_none() {
+                return reaped;
             }
+        } else if !already_aborted {
+            self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
             match self.inner.abort_command(qid, cid) {
                 Ok(aborted) => {
                     self.inner.notify(RecoveryEvent::AbortSent { qid, cid, aborted });
                     // Aborted: its completion (Command Abort Requested) should arrive soon.
                     // Not aborted: the controller may have completed it meanwhile, or still
-                    // be working on it (QEMU never aborts anything). Either way it gets
+                    // be working on it. Either way it gets
                     // `abort_timeout` to show up before the controller is reset; look at the
                     // CQ again now.
                     if let Some(f) = self.slots.get_mut(cid) {
@@ -535,7 +546,7 @@ impl<R: Registers> IoQueuePair<R> {
             }
         }
         self.start_reset(ResetReason::IoTimeout { qid, cid });
-        self.recover(on_complete)
+        reaped + self.recover(on_complete)
     }
 
     /// Gives up on the commands past their deadline (all of them for a fatal controller

@@ -212,7 +212,7 @@ impl<R: Registers> Controller<R> {
     /// The quirks the driver applies to this controller
     /// ([`ControllerConfig::quirks`]).
     pub fn quirks(&self) -> crate::quirks::Quirks {
-        self.inner.config.quirks
+        self.inner.config.quirks.unwrap_or_default()
     }
 
     /// I/O queue pairs available: min(asked, granted).
@@ -376,7 +376,7 @@ impl<R: Registers> Controller<R> {
                 self.identify_namespace(nsid)?,
                 &self.inner.identify,
                 self.inner.max_transfer,
-                self.inner.config.quirks,
+                self.inner.config.quirks.unwrap_or_default(),
             ) {
                 found.push(ns);
             }

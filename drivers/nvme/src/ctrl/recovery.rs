@@ -3,7 +3,8 @@
 //! Every command has a deadline. An I/O command past its deadline is aborted (Abort,
 //! §5.1); the CQ is looked at again, and if the command still has not completed after
 //! [`super::ControllerConfig::abort_timeout`] — whether the controller said it aborted it or
-//! not — the controller is reset. An admin command past its deadline (the reset then runs
+//! not — the controller is reset (at once, after one more look at the CQ, on a controller
+//! with the [`crate::quirks::Quirks::ABORT_NOOP`] quirk). An admin command past its deadline (the reset then runs
 //! under the admin lock, so no other command reuses memory the late command may write),
 //! CSTS.CFS = 1, CSTS.RDY = 0 seen by a
 //! queue pair while no reset runs, or a failed Abort also lead to a reset. Register reads
@@ -32,7 +33,8 @@ use std::sync::atomic::Ordering;
 /// Why the controller is being reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetReason {
-    /// An I/O command passed its deadline and Abort did not complete it.
+    /// An I/O command passed its deadline and Abort did not complete it (or, with
+    /// [`crate::quirks::Quirks::ABORT_NOOP`], none was sent).
     IoTimeout {
         /// Queue of the command.
         qid: u16,

@@ -209,7 +209,7 @@ fn with_the_abort_noop_quirk_a_timeout_resets_without_an_abort() {
         ControllerConfig {
             io_timeout: Duration::from_millis(100),
             abort_timeout: Duration::from_secs(1),
-            quirks: crate::quirks::Quirks::ABORT_NOOP,
+            quirks: Some(crate::quirks::Quirks::ABORT_NOOP),
             ..Default::default()
         },
     );
