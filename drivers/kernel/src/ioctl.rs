@@ -37,6 +37,7 @@ use ironvme_nvme::hw::DmaBuf;
 use ironvme_nvme::identify::{
     Cns, IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, MetadataUnsupported, NamespaceList, Oncs,
 };
+use ironvme_nvme::quirks::Quirks;
 use ironvme_nvme::status::Status;
 use nix::errno::Errno;
 use std::fs::{File, OpenOptions};
@@ -96,6 +97,19 @@ impl Node {
     /// reformatting command.
     pub(crate) fn check_plain_io(&self, nsid: u32, ns: &IdentifyNamespace) -> Result<(), MetadataUnsupported> {
         ns.check_plain_io(nsid).map_err(|e| e.on_device(self.controller_path()))
+    }
+
+    /// The quirks of this node's controller, by its PCI vendor and device ID
+    /// ([`ironvme_nvme::quirks::lookup`]); none when sysfs names no PCI function.
+    pub(crate) fn quirks_in(&self, sys: &Path) -> Quirks {
+        let name = match self {
+            Node::Controller(name) | Node::Generic(name) | Node::Block(name) => name,
+        };
+        node::controller_in(sys, name)
+            .and_then(|ctrl| node::pci_id_in(sys, &ctrl))
+            .map_or(Quirks::empty(), |(vendor, device)| {
+                ironvme_nvme::quirks::lookup(vendor, device)
+            })
     }
 
     /// The block device (`nvmeXnY`) whose sysfs `queue/` holds this namespace's limits.
@@ -240,13 +254,15 @@ pub(crate) fn queue_limits(sys: &Path, disk: &str) -> QueueLimits {
 ///   blocks; 128 KiB when nothing says;
 /// - buffer alignment `dma_alignment` + 1 from sysfs (4 on kernels that set dword
 ///   alignment for NVMe), else 512;
-/// - compare, verify, write zeroes and deallocate from ONCS; deallocated blocks read as
-///   zeros when DLFEAT bits 2:0 are 001b; VWC bit 0 for the volatile write cache.
+/// - compare, verify, write zeroes and deallocate from ONCS (verify also with the
+///   controller's [`Quirks::VERIFY_UNADVERTISED`]); deallocated blocks read as zeros when
+///   DLFEAT bits 2:0 are 001b; VWC bit 0 for the volatile write cache.
 pub(crate) fn namespace_info(
     nsid: u32,
     ns: &IdentifyNamespace,
     ctrl: &IdentifyController,
     limits: &QueueLimits,
+    quirks: Quirks,
 ) -> Option<NamespaceInfo> {
     if !ns.is_active() {
         return None;
@@ -282,7 +298,7 @@ pub(crate) fn namespace_info(
         deallocate_zeroes: ns.dlfeat & 0x7 == 1,
         // Plain Compare would need the metadata.
         compare: ctrl.oncs.contains(Oncs::COMPARE) && ns.metadata_format().is_none(),
-        verify: ctrl.oncs.contains(Oncs::VERIFY),
+        verify: ctrl.oncs.contains(Oncs::VERIFY) || quirks.contains(Quirks::VERIFY_UNADVERTISED),
         volatile_write_cache: ctrl.vwc_present(),
         metadata: ns.metadata_format(),
         source: GeometrySource::Identify,
@@ -653,8 +669,9 @@ impl IoctlDevice {
         let sys = Path::new(SYSFS);
         let mut found = Vec::new();
         let mut refused = Vec::new();
+        let quirks = self.node.quirks_in(sys);
         let mut add = |nsid: u32, ns: &IdentifyNamespace, limits: &QueueLimits| {
-            found.extend(namespace_info(nsid, ns, &self.identify, limits));
+            found.extend(namespace_info(nsid, ns, &self.identify, limits, quirks));
             if let Err(e) = self.node.check_plain_io(nsid, ns) {
                 refused.push(e);
             }
@@ -985,7 +1002,7 @@ mod tests {
             max_segments: Some(127),
             dma_alignment: Some(4),
         };
-        let info = namespace_info(2, &id_ns(262_144, 12, 0x9), &ctrl, &limits).unwrap();
+        let info = namespace_info(2, &id_ns(262_144, 12, 0x9), &ctrl, &limits, Quirks::empty()).unwrap();
         assert_eq!(
             info,
             NamespaceInfo {
@@ -1010,17 +1027,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            namespace_info(1, &id_ns(8, 9, 0), &ctrl, &small)
+            namespace_info(1, &id_ns(8, 9, 0), &ctrl, &small, Quirks::empty())
                 .unwrap()
                 .max_transfer_bytes,
             64 * 1024
         );
-        let none = namespace_info(1, &id_ns(8, 9, 0), &ctrl, &QueueLimits::default()).unwrap();
+        let none = namespace_info(1, &id_ns(8, 9, 0), &ctrl, &QueueLimits::default(), Quirks::empty()).unwrap();
         assert_eq!((none.max_transfer_bytes, none.buffer_alignment), (512 * 1024, 512));
         assert!(!none.deallocate_zeroes);
         // MDTS 0 (no limit) and no sysfs: a conservative 128 KiB; NLB caps 512-byte blocks.
         let unlimited = id_ctrl(0, 0, 0);
-        let n = namespace_info(1, &id_ns(8, 9, 0), &unlimited, &QueueLimits::default()).unwrap();
+        let n = namespace_info(1, &id_ns(8, 9, 0), &unlimited, &QueueLimits::default(), Quirks::empty()).unwrap();
         assert_eq!(n.max_transfer_bytes, 128 * 1024);
         assert!(!n.write_zeroes && !n.compare && !n.volatile_write_cache);
         let big = QueueLimits {
@@ -1028,14 +1045,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            namespace_info(1, &id_ns(8, 9, 0), &unlimited, &big)
+            namespace_info(1, &id_ns(8, 9, 0), &unlimited, &big, Quirks::empty())
                 .unwrap()
                 .max_transfer_bytes,
             65536 * 512
         );
         // Inactive namespaces and unusable formats are left out.
-        assert!(namespace_info(1, &id_ns(0, 9, 0), &ctrl, &limits).is_none());
-        assert!(namespace_info(1, &id_ns(8, 5, 0), &ctrl, &limits).is_none());
+        assert!(namespace_info(1, &id_ns(0, 9, 0), &ctrl, &limits, Quirks::empty()).is_none());
+        assert!(namespace_info(1, &id_ns(8, 5, 0), &ctrl, &limits, Quirks::empty()).is_none());
+    }
+
+    #[test]
+    fn verify_follows_oncs_or_the_controllers_quirk() {
+        let ctrl = id_ctrl(5, 0x0D, 1); // ONCS without Verify (bit 7), as QEMU 7.2
+        let limits = QueueLimits::default();
+        assert!(
+            !namespace_info(1, &id_ns(8, 9, 0), &ctrl, &limits, Quirks::empty())
+                .unwrap()
+                .verify
+        );
+        let quirky = namespace_info(1, &id_ns(8, 9, 0), &ctrl, &limits, Quirks::VERIFY_UNADVERTISED).unwrap();
+        assert!(quirky.verify);
     }
 
     fn info() -> NamespaceInfo {
@@ -1047,6 +1077,7 @@ mod tests {
                 dma_alignment: Some(4),
                 ..Default::default()
             },
+            Quirks::empty(),
         )
         .unwrap()
     }

@@ -357,6 +357,17 @@ fn node_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The PCI vendor and device ID of kernel NVMe controller `ctrl` (`nvmeX`), from its
+/// sysfs `device/vendor` and `device/device` under `sys`; `None` for a controller that is
+/// not a PCI function (NVMe over Fabrics) or when sysfs does not say.
+pub fn pci_id_in(sys: &Path, ctrl: &str) -> Option<(u16, u16)> {
+    let read = |what: &str| -> Option<u16> {
+        let text = std::fs::read_to_string(sys.join("class/nvme").join(ctrl).join("device").join(what)).ok()?;
+        u16::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
+    };
+    Some((read("vendor")?, read("device")?))
+}
+
 /// The controller (`nvmeX`) of the kernel NVMe node named `name` (`nvmeX`, `nvmeXnY`,
 /// `ngXnY`), with `sys` the sysfs root; `None` if `name` is not an NVMe name.
 ///
@@ -682,6 +693,22 @@ mod tests {
         std::fs::create_dir_all(sys.path().join("block")).unwrap();
         std::os::unix::fs::symlink(ctrl.join("nvme0n1"), sys.path().join("block/nvme0n1")).unwrap();
         assert_eq!(controller_in(sys.path(), "nvme0n1").as_deref(), Some("nvme5"));
+    }
+
+    #[test]
+    fn a_controllers_pci_id_is_read_from_its_device() {
+        let sys = tempfile::tempdir().unwrap();
+        let pci = sys.path().join("devices/pci0000:00/0000:00:05.0");
+        std::fs::create_dir_all(&pci).unwrap();
+        std::fs::write(pci.join("vendor"), "0x1b36\n").unwrap();
+        std::fs::write(pci.join("device"), "0x0010\n").unwrap();
+        let ctrl = sys.path().join("class/nvme/nvme2");
+        std::fs::create_dir_all(&ctrl).unwrap();
+        std::os::unix::fs::symlink(&pci, ctrl.join("device")).unwrap();
+        assert_eq!(pci_id_in(sys.path(), "nvme2"), Some((0x1b36, 0x0010)));
+        // A fabrics controller has no PCI function behind it.
+        std::fs::create_dir_all(sys.path().join("class/nvme/nvme3")).unwrap();
+        assert_eq!(pci_id_in(sys.path(), "nvme3"), None);
     }
 
     /// scripts/setup.sh's bash twins of [`controller_entry_disk`] (`ctrl_entry_disk`) and

@@ -153,7 +153,8 @@ impl UringCmdDevice {
         let identify = file.identify_controller()?;
         let ns = file.identify_namespace(nsid)?;
         let limits = queue_limits(Path::new("/sys"), &disk);
-        let info = namespace_info(nsid, &ns, &identify, &limits).ok_or_else(|| KernelError::Invalid {
+        let quirks = node.quirks_in(Path::new("/sys"));
+        let info = namespace_info(nsid, &ns, &identify, &limits, quirks).ok_or_else(|| KernelError::Invalid {
             backend: BACKEND_URING_CMD,
             why: format!(
                 "{}: namespace {nsid} is inactive or has an unusable LBA format",
