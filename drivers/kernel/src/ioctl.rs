@@ -940,7 +940,7 @@ impl Executor for IoctlNamespace {
 
     fn execute(&self, op: &Op, buf: Option<&mut DmaBuf>, blocks: u64, pi: Option<&Protection>) -> Result<(), IoStatus> {
         // `check` bounded `blocks` to 32 bits.
-        let cmd = op.command_for(&self.info, blocks as u32, pi);
+        let cmd = op.command_for(self.info.nsid, &self.info.metadata, blocks as u32, pi);
         let range = op.dsm_range();
         let t = match (&buf, *op) {
             (Some(b), _) => Transfer::of(&self.info, b.as_ptr() as u64, b.len(), blocks, pi.is_some()),
@@ -951,13 +951,14 @@ impl Executor for IoctlNamespace {
             },
             (None, _) => Transfer::default(),
         };
-        // The DSM range is a local that outlives the call and is only read by the kernel
-        // (opcode 09h is host-to-controller).
-        // SAFETY: the queue owns the buffer (moved in at submit) and does not touch it until
-        // the ioctl returns; its window is `t.len` writable bytes at `t.addr`, followed, with
-        // separate metadata, by the `t.metadata.1` bytes at `t.metadata.0`, which
-        // `Transfer::of` computed as the command's NLB × MS.
-        match unsafe { self.file.passthru(false, &cmd, t.addr, t.len, t.metadata, None) } {
+        // SAFETY: with a buffer, the queue owns it (moved in at submit) and does not touch
+        // it until the ioctl returns; its window is `t.len` writable bytes at `t.addr`,
+        // followed, with separate metadata, by the `t.metadata.1` bytes at `t.metadata.0`,
+        // which `Transfer::of` computed as the command's NLB × MS. Without one, `t` is
+        // either empty or the DSM range, a local that outlives the call and that the
+        // kernel only reads (opcode 09h is host-to-controller).
+        let done = unsafe { self.file.passthru(false, &cmd, t.addr, t.len, t.metadata, None) };
+        match done {
             Ok(_) => Ok(()),
             Err(IoctlFailure::Status(s)) => Err(IoStatus::Nvme(s)),
             Err(IoctlFailure::Os(e, _)) => Err(IoStatus::Os(e.raw_os_error().unwrap_or(libc::EIO))),

@@ -707,7 +707,7 @@ impl UringCmdQueue {
             Err(error) => return Err(SubmitError { error, buf }),
         };
         let slot = self.free.pop().expect("checked non-empty");
-        let cmd = op.command_for(&self.info, blocks, pi.as_ref());
+        let cmd = op.command_for(self.info.nsid, &self.info.metadata, blocks, pi.as_ref());
         let mut buf = buf;
         let (t, fixed) = match (&mut buf, op) {
             (Some(b), _) => {

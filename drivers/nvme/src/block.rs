@@ -134,19 +134,18 @@ impl Op {
         }
     }
 
-    /// The NVM command for the operation on namespace `ns`, `blocks` long (as [`check`] or
-    /// [`check_with_metadata`] counted them), with its protection fields: `host` when the
-    /// caller supplies them ([`BlockQueue::submit_with_metadata`]), else
-    /// [`Op::controller_protection`].
-    pub fn command_for(&self, ns: &NamespaceInfo, blocks: u32, host: Option<&Protection>) -> Command {
-        let mut cmd = self.command(ns.nsid, blocks);
-        if self.protected_lba().is_some() {
-            match host {
-                Some(p) => cmd.set_protection(p),
-                None => {
-                    if let Some(p) = self.controller_protection(&ns.metadata) {
-                        cmd.set_protection(&p);
-                    }
+    /// The NVM command for the operation on namespace `nsid` formatted with `metadata`,
+    /// `blocks` long (as [`check`] or [`check_with_metadata`] counted them), with its
+    /// protection fields: `host` when the caller supplies them
+    /// ([`BlockQueue::submit_with_metadata`]), else [`Op::controller_protection`].
+    pub fn command_for(&self, nsid: u32, metadata: &MetadataFormat, blocks: u32, host: Option<&Protection>) -> Command {
+        let mut cmd = self.command(nsid, blocks);
+        match host {
+            Some(p) if self.protected_lba().is_some() => cmd.set_protection(p),
+            Some(_) => {}
+            None => {
+                if let Some(p) = self.controller_protection(metadata) {
+                    cmd.set_protection(&p);
                 }
             }
         }
@@ -924,24 +923,24 @@ mod tests {
             fua: false,
         };
         // No PI: nothing set.
-        assert_eq!(prinfo(&write.command_for(&n, 8, None)), 0);
+        assert_eq!(prinfo(&write.command_for(n.nsid, &n.metadata, 8, None)), 0);
         n.metadata = MetadataFormat::from_identify(8, 0, 1);
         // Reads and writes: PRACT with guard and reference tag checks at the LBA.
-        let c = write.command_for(&n, 8, None);
+        let c = write.command_for(n.nsid, &n.metadata, 8, None);
         assert_eq!((prinfo(&c), c.cdw14), (0b1101, 9));
         // Verify checks without PRACT; Write Zeroes has PRACT and no check.
-        let c = (Op::Verify { lba: 9, blocks: 8 }).command_for(&n, 8, None);
+        let c = (Op::Verify { lba: 9, blocks: 8 }).command_for(n.nsid, &n.metadata, 8, None);
         assert_eq!((prinfo(&c), c.cdw14), (0b0101, 9));
         let wz = Op::WriteZeroes {
             lba: 9,
             blocks: 8,
             deallocate: false,
         };
-        let c = wz.command_for(&n, 8, None);
+        let c = wz.command_for(n.nsid, &n.metadata, 8, None);
         assert_eq!((prinfo(&c), c.cdw14), (0b1000, 9));
         // Type 3: no reference tag.
         n.metadata = MetadataFormat::from_identify(8, 0, 3);
-        let c = write.command_for(&n, 8, None);
+        let c = write.command_for(n.nsid, &n.metadata, 8, None);
         assert_eq!((prinfo(&c), c.cdw14), (0b1100, 0));
         // The caller's fields win.
         let p = Protection {
@@ -950,10 +949,10 @@ mod tests {
             app_mask: 0xFFFF,
             ..Protection::default()
         };
-        let c = write.command_for(&n, 8, Some(&p));
+        let c = write.command_for(n.nsid, &n.metadata, 8, Some(&p));
         assert_eq!((prinfo(&c), c.cdw15), (0b0010, 0xFFFF_0007));
         assert_eq!(
-            Op::Flush.command_for(&n, 0, Some(&p)).cdw15,
+            Op::Flush.command_for(n.nsid, &n.metadata, 0, Some(&p)).cdw15,
             0,
             "flush has no PI fields"
         );

@@ -246,8 +246,7 @@ pub fn json(s: &Subject, plan: &Plan, f: &Findings) -> Value {
         "ok": f.ok(),
     });
     if plan.with_metadata() {
-        let m = &plan.metadata;
-        v["metadata"] = json!({"bytes": m.bytes, "extended": m.extended, "pi_type": m.pi_type, "pi_first": m.pi_first});
+        v["metadata"] = json!(plan.metadata);
     }
     v
 }

@@ -179,7 +179,7 @@ impl<R: Registers> NamespaceQueue<R> {
         host_pi: Option<Protection>,
         tag: u64,
     ) -> Result<(), SubmitError> {
-        let cmd = op.command_for(&self.info, blocks, host_pi.as_ref());
+        let cmd = op.command_for(self.info.nsid, &self.info.metadata, blocks, host_pi.as_ref());
         let separate = host_pi.is_some() && !self.info.metadata.extended && op.needs_buffer();
         let buf = if let Op::Deallocate { .. } = op {
             let Some(mut range) = self.ranges.pop() else {

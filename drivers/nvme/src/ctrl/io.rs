@@ -508,8 +508,10 @@ impl<R: Registers> IoQueuePair<R> {
             .unwrap_or_default()
             .contains(Quirks::ABORT_NOOP);
         let mut reaped = 0;
-        if !already_aborted && abort_noop {
+        if !already_aborted {
             self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
+        }
+        if !already_aborted && abort_noop {
             // Abort would answer "not aborted" and change nothing: no Abort, no
             // abort_timeout. The command may be in the CQ already (a poll reaps at most
             // its `max`): look there before resetting.
@@ -518,7 +520,6 @@ impl<R: Registers> IoQueuePair<R> {
                 return reaped;
             }
         } else if !already_aborted {
-            self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
             match self.inner.abort_command(qid, cid) {
                 Ok(aborted) => {
                     self.inner.notify(RecoveryEvent::AbortSent { qid, cid, aborted });

@@ -74,7 +74,7 @@ impl Namespace {
     /// fields the controller needs when the host supplies no PI
     /// ([`crate::block::Op::command_for`]).
     pub fn command(&self, op: crate::block::Op, blocks: u32) -> crate::cmd::Command {
-        op.command_for(&self.info(), blocks, None)
+        op.command_for(self.nsid, &self.metadata, blocks, None)
     }
 
     /// Capacity in bytes.
