@@ -24,12 +24,18 @@ pub use ironvme_nvme::block;
 pub use ironvme_vfio as vfio;
 
 use ironvme_nvme::ctrl::{Controller, ControllerConfig};
-use ironvme_vfio::{MmioBar, NvmeDeviceInfo};
+use ironvme_vfio::{BarRevoker, DeviceNotifier, MmioBar, Notice, NvmeDeviceInfo};
 use std::sync::Arc;
 
 /// An NVMe controller driven by ironvme's driver through VFIO (polled, or in interrupt mode
 /// when opened with interrupts).
 pub struct VfioController {
+    /// Hands the device back when the kernel asks for it (hot-unplug, unbind) and reports
+    /// PCI Express errors ([`ironvme_vfio::DeviceNotifier`]); `None` if vfio-pci offers no
+    /// request interrupt. It lives as long as this `VfioController`: keep it while clones
+    /// of `controller` or its queue pairs live, or a removal waits until they are all
+    /// dropped. Declared first, so it stops before the controller shuts down.
+    pub notifier: Option<DeviceNotifier>,
     /// The initialised controller.
     pub controller: Controller<MmioBar>,
     /// PCI and IOMMU facts about the device.
@@ -74,12 +80,58 @@ pub fn open_vfio(bdf: &str, mut config: ControllerConfig, interrupts: bool) -> R
         }
         config.quirks = Some(quirks);
     }
+    let device = Arc::clone(dev.bar.device());
+    let bar = dev.bar.revoker();
     let controller = Controller::init(dev.bar, Arc::clone(&dev.dma) as _, config).map_err(|source| Error::Init {
         device: bdf.to_string(),
         source,
     })?;
+    let notifier = DeviceNotifier::enable(Arc::clone(&device), release_on_request(&controller, device, bar))
+        .inspect_err(|e| {
+            tracing::warn!(bdf, error = %e, "no VFIO request interrupt: a hot-unplug or unbind of the device will wait until the controller is dropped");
+        })
+        .ok();
     Ok(VfioController {
+        notifier,
         controller,
         info: dev.info,
     })
+}
+
+/// The [`DeviceNotifier`] handler of a controller opened through VFIO. When the kernel
+/// asks for the device back, [`Controller::removal_requested`] shuts the controller down
+/// and completes its outstanding commands, then the process lets go of the device while
+/// the application may still hold the controller and its queue pairs: BAR0 is replaced by
+/// memory that reads all ones ([`ironvme_vfio::BarRevoker`]) and the device fd by
+/// `/dev/null` ([`ironvme_vfio::device::Device::revoke`]), so vfio-pci can finish the
+/// removal. A PCI Express error goes to [`Controller::pci_error`].
+fn release_on_request(
+    controller: &Controller<MmioBar>,
+    device: Arc<ironvme_vfio::device::Device>,
+    bar: BarRevoker,
+) -> impl FnMut(Notice) + Send + 'static {
+    let controller = controller.downgrade();
+    move |notice| match notice {
+        Notice::RemovalRequested { requests } => {
+            // Held until the device is released, so that the controller is not dropped
+            // (and shut down) in between.
+            let c = controller.upgrade();
+            if let Some(c) = &c {
+                c.removal_requested("the kernel asked for it back (VFIO request interrupt)");
+            }
+            let released = bar
+                .revoke()
+                .and_then(|_| device.revoke().map_err(std::io::Error::other));
+            match released {
+                Ok(()) => tracing::warn!(bdf = %device.bdf(), requests, "device released to the kernel"),
+                Err(e) => tracing::error!(bdf = %device.bdf(), error = %e, "could not release the device"),
+            }
+            drop(c);
+        }
+        Notice::PciError { device_status } => {
+            if let Some(c) = controller.upgrade() {
+                c.pci_error(device_status);
+            }
+        }
+    }
 }

@@ -633,11 +633,34 @@ fn process_crashes_in_qemu() {
     }
 }
 
+/// `qemu/run`'s exit status when the rig failed rather than the command in the guest
+/// (QEMU itself died, the guest kernel panicked, ...).
+const EXIT_RIG: i32 = 125;
+
 /// Boots the default topology on the disks in `disks` (`qemu/run --disks`, created on the
 /// first boot) and runs this binary's guest test `test` there with `envs`, relaying its
 /// output. With `cut`, once the guest prints the marker, waits the duration and kills
 /// QEMU (SIGKILL, via SIGTERM to `qemu/run`), and returns when the marker was seen.
+///
+/// A boot the rig fails before the marker (or, without `cut`, at all) is repeated once:
+/// QEMU 7.2 under TCG now and then dies with SIGSEGV, and to the disks a second boot is
+/// one more power cut, which the store must survive anyway.
 fn boot(
+    disks: &Path,
+    test: &str,
+    envs: &[(&str, String)],
+    cut: Option<(&'static str, Duration)>,
+) -> (std::process::ExitStatus, Option<Instant>) {
+    let (status, seen) = boot_once(disks, test, envs, cut);
+    if status.code() != Some(EXIT_RIG) || seen.is_some() {
+        return (status, seen);
+    }
+    println!("{test}: qemu/run failed ({status}) before the guest got to work; booting once more");
+    boot_once(disks, test, envs, cut)
+}
+
+/// One boot of [`boot`]; with `cut`, `None` when `qemu/run` ended before the marker.
+fn boot_once(
     disks: &Path,
     test: &str,
     envs: &[(&str, String)],
@@ -667,12 +690,19 @@ fn boot(
     });
     let mut seen = None;
     if let Some((marker, after)) = cut {
-        rx.recv_timeout(Duration::from_secs(300))
-            .unwrap_or_else(|_| panic!("{test}: the guest never printed {marker:?}"));
-        seen = Some(Instant::now());
-        std::thread::sleep(after);
-        // SAFETY: kill(2) on our child qemu/run, which kills QEMU with SIGKILL.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(()) => {
+                seen = Some(Instant::now());
+                std::thread::sleep(after);
+                // SAFETY: kill(2) on our child qemu/run, which kills QEMU with SIGKILL.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            }
+            // The output ended: qemu/run is exiting without the marker; its status says why.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{test}: the guest never printed {marker:?}")
+            }
+        }
     }
     let status = child.wait().unwrap();
     relay.join().unwrap();

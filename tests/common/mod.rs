@@ -43,6 +43,11 @@ pub fn driver_of(bdf: &str) -> Option<String> {
 
 /// Runs `scripts/setup.sh <action> <bdf>` and fails the test if it fails.
 pub fn setup(action: &str, bdf: &str) {
+    try_setup(action, bdf).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Runs `scripts/setup.sh <action> <bdf>`; the error holds its exit status and output.
+pub fn try_setup(action: &str, bdf: &str) -> Result<(), String> {
     let script = repo().join("scripts/setup.sh");
     let out = Command::new(&script)
         .args([action, bdf])
@@ -53,11 +58,13 @@ pub fn setup(action: &str, bdf: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "scripts/setup.sh {action} {bdf} failed ({}):\n{text}",
-        out.status
-    );
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/setup.sh {action} {bdf} failed ({}):\n{text}",
+            out.status
+        ));
+    }
+    Ok(())
 }
 
 /// A controller handed to vfio-pci for as long as the guard lives; given back to the
@@ -79,6 +86,14 @@ impl OnVfio {
 
 impl Drop for OnVfio {
     fn drop(&mut self) {
+        // A test that failed already (a hot-unplug test may leave the device unplugged or
+        // half-removed): a second panic would abort the whole test binary.
+        if std::thread::panicking() {
+            if let Err(e) = try_setup("unbind", &self.bdf) {
+                eprintln!("{e}");
+            }
+            return;
+        }
         setup("unbind", &self.bdf);
     }
 }
@@ -154,15 +169,24 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// README "The monitor channel") and returns the reply; fails the test if QEMU reports an
 /// error.
 pub fn monitor(command: &str) -> String {
+    try_monitor(command).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`monitor`] for a command that may fail: the reply, or an error with QEMU's reason.
+pub fn try_monitor(command: &str) -> Result<String, String> {
     let script = repo().join("qemu/monitor");
-    let out = Command::new(&script).arg(command).output().expect("run qemu/monitor");
+    let out = Command::new(&script)
+        .arg(command)
+        .output()
+        .map_err(|e| format!("run qemu/monitor: {e}"))?;
     let reply = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "qemu/monitor {command:?}: {}{reply}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    reply
+    if !out.status.success() {
+        return Err(format!(
+            "qemu/monitor {command:?}: {}{reply}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(reply)
 }
 
 /// Runs the `ironvme` binary with stdin from /dev/null and no RUST_LOG.
@@ -475,4 +499,139 @@ pub fn served_block_device(nqn: &str, nsid: u32) -> String {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+// ---- the hot-pluggable controller (IRONVME_HOTPLUG_*) -----------------------------------
+
+/// How often the hotplug helpers look at sysfs and QEMU again.
+const HOTPLUG_POLL: Duration = Duration::from_millis(100);
+
+/// Polls `done` every [`HOTPLUG_POLL`] (100 ms) until it returns true; an error naming
+/// `what` if that has not happened by `deadline`, or `done`'s own error.
+fn poll_until(deadline: Instant, what: &str, mut done: impl FnMut() -> Result<bool, String>) -> Result<(), String> {
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out waiting until {what}"));
+        }
+        std::thread::sleep(HOTPLUG_POLL);
+    }
+}
+
+/// Whether QEMU has a device with qdev id `qdev` (HMP `qom-list /machine/peripheral`,
+/// which lists the devices given an id, on the command line or by `device_add`).
+pub fn qdev_exists(qdev: &str) -> Result<bool, String> {
+    let listing = try_monitor("qom-list /machine/peripheral")?;
+    Ok(listing
+        .lines()
+        .any(|l| l.split_once(" (").is_some_and(|(name, _)| name == qdev)))
+}
+
+/// The PCI device behind PCIe port `port` (a BDF, `0000:00:10.0`), if there is one: the
+/// entry of its sysfs directory named like a BDF (beside it, `0000:00:10.0:pcie010` and
+/// the like are the port's own services, not devices).
+pub fn device_behind_port(port: &str) -> Option<String> {
+    let is_bdf = |n: &str| {
+        let b = n.as_bytes();
+        b.len() == 12
+            && (b[4], b[7], b[10]) == (b':', b':', b'.')
+            && n.chars()
+                .enumerate()
+                .all(|(i, c)| [4, 7, 10].contains(&i) || c.is_ascii_hexdigit())
+    };
+    std::fs::read_dir(format!("/sys/bus/pci/devices/{port}"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| is_bdf(n))
+}
+
+/// Waits for an unplug begun with HMP `device_del QDEV` to finish, polling every 100 ms:
+/// first until `/sys/bus/pci/devices/BDF` is gone (the guest kernel has removed the
+/// device; while it is bound to vfio-pci that waits for userspace to close the device
+/// and unmap its BARs), then until QEMU no longer lists `qdev` in `qom-list
+/// /machine/peripheral` (it unrealized the device after the guest's ACPI eject; before
+/// that, a `device_add` with the same id fails with "Duplicate ID"). `timeout` bounds
+/// both steps together. Returns the time both took (from this call), or an error naming
+/// the step that did not finish in time (or the monitor's error).
+pub fn hotplug_wait_removed(bdf: &str, qdev: &str, timeout: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let dir = format!("/sys/bus/pci/devices/{bdf}");
+    poll_until(deadline, &format!("the guest kernel removed {dir}"), || {
+        Ok(!Path::new(&dir).exists())
+    })
+    .map_err(|e| format!("{e} ({:?} after device_del's wait began)", started.elapsed()))?;
+    let in_sysfs = started.elapsed();
+    poll_until(
+        deadline,
+        &format!("QEMU unrealized device {qdev:?} (still in qom-list /machine/peripheral)"),
+        || qdev_exists(qdev).map(|there| !there),
+    )
+    .map_err(|e| {
+        format!(
+            "{e} (the guest removed {bdf} after {in_sysfs:?}; {:?} in all)",
+            started.elapsed()
+        )
+    })?;
+    Ok(started.elapsed())
+}
+
+/// Plugs the hot-pluggable controller back after [`hotplug_wait_removed`]: HMP
+/// `device_add $IRONVME_HOTPLUG_DEVICE_ADD` (same qdev id, serial and namespace, whose
+/// data the unplug kept), then waits, polling every 100 ms and up to 60 s per step, for
+/// the device to appear behind `$IRONVME_HOTPLUG_PORT` and for the kernel nvme driver,
+/// which claims it as it appears, to bring it live; binds it to vfio-pci
+/// (`scripts/setup.sh bind`, as [`OnVfio::bind`] does) and waits for its
+/// `/dev/vfio/<group>`. Returns its BDF, read from sysfs (normally
+/// `$IRONVME_HOTPLUG_BDF` again). Fails the test if any step fails.
+pub fn hotplug_readd() -> String {
+    let port = env("IRONVME_HOTPLUG_PORT");
+    let step = Duration::from_secs(60);
+    let check = |r: Result<(), String>| r.unwrap_or_else(|e| panic!("re-adding the hotplug controller: {e}"));
+    monitor(&format!("device_add {}", env("IRONVME_HOTPLUG_DEVICE_ADD")));
+    let mut bdf = None;
+    check(poll_until(
+        Instant::now() + step,
+        &format!("a device appeared behind {port}"),
+        || {
+            bdf = device_behind_port(&port);
+            Ok(bdf.is_some())
+        },
+    ));
+    let bdf = bdf.expect("found");
+    // The kernel binds a driver as it adds the device, right after its sysfs directory
+    // appears (setup.sh binds one that has none, too); nvme's controller reset and
+    // namespace scan go on in the background: let them finish, so that setup.sh's unbind
+    // does not race them.
+    let _ = poll_until(Instant::now() + Duration::from_secs(5), "", || {
+        Ok(driver_of(&bdf).is_some())
+    });
+    if driver_of(&bdf).as_deref() == Some("nvme") {
+        check(poll_until(
+            Instant::now() + step,
+            &format!("{bdf} is live on nvme"),
+            || {
+                let ctrls = std::fs::read_dir(format!("/sys/bus/pci/devices/{bdf}/nvme"));
+                Ok(ctrls
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+                    .any(|c| sysfs(&format!("{}/state", c.path().display())) == "live"))
+            },
+        ));
+    }
+    setup("bind", &bdf);
+    assert_eq!(driver_of(&bdf).as_deref(), Some("vfio-pci"), "{bdf} after bind");
+    let group = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group"))
+        .unwrap_or_else(|e| panic!("{bdf} has no IOMMU group: {e}"));
+    let node = Path::new("/dev/vfio").join(group.file_name().expect("group number"));
+    check(poll_until(
+        Instant::now() + step,
+        &format!("{} exists", node.display()),
+        || Ok(node.exists()),
+    ));
+    bdf
 }

@@ -17,7 +17,9 @@ use crate::ioctl::RegionInfo;
 use ironvme_nvme::hw::{BusMasterError, Registers};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fmt;
-use std::sync::Arc;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_MMAP;
 
 /// A BAR of a VFIO device, memory-mapped.
@@ -29,7 +31,9 @@ pub struct MmioBar {
 
 /// A mapping of device memory with checked, volatile 4- and 8-byte accesses.
 struct Window {
-    map: MmapRaw,
+    /// Shared only with [`BarRevoker`]s, weakly: the mapping lives as long as the window,
+    /// or until a revoke running when the window drops ends.
+    map: Arc<MmapRaw>,
     len: usize,
     index: u32,
 }
@@ -88,7 +92,11 @@ impl MmioBar {
             .map_err(|e| os(crate::error::OsError::new("mmap BAR", device.path(), e)))?;
         tracing::debug!(%bdf, index, len, offset = region.offset, "BAR mapped");
         Ok(MmioBar {
-            window: Window { map, len, index },
+            window: Window {
+                map: Arc::new(map),
+                len,
+                index,
+            },
             region,
             device,
         })
@@ -117,6 +125,96 @@ impl MmioBar {
     /// The device this BAR belongs to.
     pub fn device(&self) -> &Arc<Device> {
         &self.device
+    }
+
+    /// A handle that can later take this BAR's device memory away, for whoever must give
+    /// the device back to the kernel while the registers are still in use (a VFIO request
+    /// interrupt, [`crate::notify`]). It does not keep the mapping alive.
+    pub fn revoker(&self) -> BarRevoker {
+        BarRevoker {
+            map: Arc::downgrade(&self.window.map),
+            index: self.window.index,
+            done: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Takes a BAR's device memory away from the process while its [`MmioBar`] may still be
+/// read and written ([`MmioBar::revoker`]).
+#[derive(Debug)]
+pub struct BarRevoker {
+    map: Weak<MmapRaw>,
+    index: u32,
+    done: AtomicBool,
+}
+
+impl BarRevoker {
+    /// Replaces the BAR's mapping, in one step (`mremap` with `MREMAP_FIXED`), by private
+    /// anonymous memory filled with 0xFF: the mapping no longer holds the VFIO device
+    /// file, every register then reads all ones — what the driver already takes for a
+    /// device that is gone — and writes land in that memory. Never unmapped in between, so
+    /// no access faults and none reads 0 (CSTS.RDY = 0 would look like a controller reset).
+    ///
+    /// Returns false when there was nothing to do: the [`MmioBar`] was dropped (its
+    /// mapping with it) or this revoker ran before.
+    ///
+    /// Errors: `mmap` or `mremap` failing (ENOMEM; EINVAL if the mapping does not start
+    /// on a page). The BAR is then still mapped.
+    pub fn revoke(&self) -> io::Result<bool> {
+        let Some(map) = self.map.upgrade() else {
+            return Ok(false);
+        };
+        if self.done.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        // memmap2 maps VFIO's page-aligned region offsets with no adjustment, so `at` is
+        // where the mapping starts (else mremap fails with EINVAL); the kernel rounds
+        // `len` up to whole pages in both calls.
+        let (at, len) = (map.as_mut_ptr(), map.len());
+        let undo = |e: io::Error| {
+            self.done.store(false, Ordering::Release);
+            e
+        };
+        // SAFETY: a fresh private anonymous mapping the kernel places; no other pointer to
+        // it exists.
+        let fresh = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if fresh == libc::MAP_FAILED {
+            return Err(undo(io::Error::last_os_error()));
+        }
+        // SAFETY: `fresh` is the len-byte mapping just made, used by nothing else.
+        unsafe { std::ptr::write_bytes(fresh.cast::<u8>(), 0xFF, len) };
+        // SAFETY: `at..at + len` is exactly the BAR mapping, kept mapped by `map` (the
+        // upgraded Arc) for this call; MREMAP_FIXED replaces it with `fresh`'s pages in
+        // one step under the process's mmap lock, so concurrent register accesses through
+        // `Window::reg` see either the BAR or the 0xFF page, never a hole. The MmapRaw
+        // later unmaps `at..at + len` as before, which is then this anonymous memory;
+        // `fresh`'s old address is left unmapped by the move and never used again.
+        let moved = unsafe {
+            libc::mremap(
+                fresh,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                at.cast::<libc::c_void>(),
+            )
+        };
+        if moved == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            // SAFETY: the move failed, so `fresh` is still our own len-byte mapping.
+            unsafe { libc::munmap(fresh, len) };
+            return Err(undo(e));
+        }
+        tracing::debug!(index = self.index, len, "BAR mapping replaced by all-ones memory");
+        Ok(true)
     }
 }
 
@@ -226,7 +324,7 @@ mod tests {
     fn window() -> Window {
         let map = MmapRaw::from(MmapOptions::new().len(0x4000).map_anon().unwrap());
         Window {
-            map,
+            map: Arc::new(map),
             len: 0x4000,
             index: 0,
         }
@@ -263,6 +361,63 @@ mod tests {
     #[should_panic(expected = "unaligned")]
     fn an_unaligned_access_panics() {
         let _ = window().read64(0x1004);
+    }
+
+    #[test]
+    fn a_revoked_window_reads_all_ones_and_still_takes_writes() {
+        let w = window();
+        w.write32(0x1c, 1);
+        let revoker = BarRevoker {
+            map: Arc::downgrade(&w.map),
+            index: 0,
+            done: AtomicBool::new(false),
+        };
+        assert!(revoker.revoke().unwrap());
+        assert_eq!((w.read32(0x1c), w.read64(0x3ff8)), (u32::MAX, u64::MAX));
+        w.write32(0x1000, 7);
+        assert_eq!(w.read32(0x1000), 7);
+        assert!(!revoker.revoke().unwrap(), "a second revoke has nothing to do");
+        drop(w);
+        let late = BarRevoker {
+            map: revoker.map.clone(),
+            index: 0,
+            done: AtomicBool::new(false),
+        };
+        assert!(!late.revoke().unwrap(), "nothing to revoke once the BAR is unmapped");
+    }
+
+    #[test]
+    fn a_revoke_under_concurrent_reads_never_shows_anything_but_the_old_value_or_all_ones() {
+        let w = Arc::new(window());
+        w.write32(0x1c, 1); // CSTS.RDY = 1
+        let revoker = BarRevoker {
+            map: Arc::downgrade(&w.map),
+            index: 0,
+            done: AtomicBool::new(false),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (w, stop) = (Arc::clone(&w), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut seen = std::collections::BTreeSet::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        seen.insert(w.read32(0x1c));
+                    }
+                    seen.insert(w.read32(0x1c));
+                    seen
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(revoker.revoke().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            let seen = r.join().unwrap();
+            assert!(seen.iter().all(|&v| v == 1 || v == u32::MAX), "{seen:?}");
+            assert!(seen.contains(&u32::MAX), "the reader saw the revoke: {seen:?}");
+        }
     }
 
     #[test]

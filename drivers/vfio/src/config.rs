@@ -23,8 +23,29 @@ pub mod reg {
     pub const DEVICE_ID: u64 = 0x02;
     /// Command, 16 bits.
     pub const COMMAND: u64 = 0x04;
+    /// Status, 16 bits (bit 4: Capabilities List).
+    pub const STATUS: u64 = 0x06;
     /// Revision ID (bits 7:0) and Class Code (bits 31:8), 32 bits.
     pub const CLASS_REVISION: u64 = 0x08;
+    /// Capabilities Pointer, 8 bits (bits 1:0 reserved).
+    pub const CAPABILITIES: u64 = 0x34;
+    /// Capability ID of the PCI Express Capability (PCIe Base 4.0, §7.5.3).
+    pub const CAP_ID_PCIE: u8 = 0x10;
+    /// Device Status within the PCI Express Capability, 16 bits (PCIe Base 4.0, §7.5.3.5).
+    pub const PCIE_DEVICE_STATUS: u64 = 0x0A;
+}
+
+/// Bits of the PCI Express Device Status register (PCIe Base 4.0, §7.5.3.5): the four
+/// error-detected bits.
+pub mod device_status {
+    /// Correctable Error Detected.
+    pub const CORRECTABLE: u16 = 1 << 0;
+    /// Non-Fatal Error Detected.
+    pub const NON_FATAL: u16 = 1 << 1;
+    /// Fatal Error Detected.
+    pub const FATAL: u16 = 1 << 2;
+    /// Unsupported Request Detected.
+    pub const UNSUPPORTED_REQUEST: u16 = 1 << 3;
 }
 
 /// Bits of the Command register (PCI Local Bus 3.0, §6.2.2).
@@ -112,6 +133,40 @@ impl PciConfig {
         self.check(offset, 2)?;
         self.device
             .write_all_at(&value.to_le_bytes(), self.region.offset + offset)
+    }
+
+    /// The offset of the capability `id` in the capability list, if the device has it
+    /// (PCI Local Bus 3.0, §6.7). The walk stops after 48 entries, so a looping list ends.
+    pub fn capability(&self, id: u8) -> Result<Option<u64>, OsError> {
+        if self.read16(reg::STATUS)? & (1 << 4) == 0 {
+            return Ok(None);
+        }
+        let mut at = (self.read16(reg::CAPABILITIES)? & 0xFC) as u64;
+        for _ in 0..48 {
+            if at < 0x40 {
+                return Ok(None);
+            }
+            let [cap, next] = self.read16(at)?.to_le_bytes();
+            if cap == id {
+                return Ok(Some(at));
+            }
+            at = (next & 0xFC) as u64;
+        }
+        Ok(None)
+    }
+
+    /// The PCI Express Device Status register (PCIe Base 4.0, §7.5.3.5): `None` when the
+    /// device has no PCI Express Capability, or the register reads all ones (the link is
+    /// down or being reset). Read only: vfio-pci lets the user write DEVCTL but not
+    /// DEVSTA, whose error bits the kernel's AER driver clears itself.
+    ///
+    /// Errors: the OS error of a config access (after [`Device::revoke`]: end of file).
+    pub fn pcie_device_status(&self) -> Result<Option<u16>, OsError> {
+        let Some(cap) = self.capability(reg::CAP_ID_PCIE)? else {
+            return Ok(None);
+        };
+        let status = self.read16(cap + reg::PCIE_DEVICE_STATUS)?;
+        Ok((status != u16::MAX).then_some(status))
     }
 
     /// PCI vendor id.

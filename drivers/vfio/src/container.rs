@@ -22,6 +22,7 @@ use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use vfio_bindings::bindings::vfio::{VFIO_API_VERSION, VFIO_TYPE1v2_IOMMU};
 
 /// The container node.
@@ -36,6 +37,8 @@ pub struct Container {
     info: Option<IommuInfo>,
     iova_ranges: Vec<Range<u64>>,
     domain: u64,
+    /// Set by [`Container::revoke`].
+    revoked: AtomicBool,
 }
 
 impl Container {
@@ -71,6 +74,7 @@ impl Container {
             info: None,
             iova_ranges: Vec::new(),
             domain: ironvme_nvme::hw::new_domain_id(),
+            revoked: AtomicBool::new(false),
         })
     }
 
@@ -121,6 +125,17 @@ impl Container {
         self.file.as_fd()
     }
 
+    /// Marks the container's device as given back to the kernel
+    /// ([`crate::device::Device::revoke`]): from here [`DmaMapper::map`] fails with ENODEV
+    /// and [`DmaMapper::unmap`] succeeds whatever `VFIO_IOMMU_UNMAP_DMA` says. When the
+    /// kernel finishes removing the device it detaches the group, and the type1 IOMMU
+    /// driver then unmaps and unpins everything itself; later unmaps fail with EINVAL,
+    /// which is not a leak. The device can no longer reach the memory: vfio-pci clears
+    /// its Bus Master Enable when the last device fd closes.
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
     fn err(&self, op: &'static str, e: io::Error) -> OsError {
         OsError::new(op, &self.path, e)
     }
@@ -128,6 +143,10 @@ impl Container {
 
 impl DmaMapper for Container {
     unsafe fn map(&self, vaddr: NonNull<u8>, iova: u64, len: usize) -> Result<(), OsError> {
+        if self.revoked.load(Ordering::Acquire) {
+            // The device was given back to the kernel.
+            return Err(self.err("VFIO_IOMMU_MAP_DMA", io::Error::from_raw_os_error(libc::ENODEV)));
+        }
         // SAFETY: forwarded from this function's contract: the caller owns the memory and
         // keeps it mapped until `unmap`.
         unsafe { ioctl::iommu_map_dma(self.file.as_fd(), vaddr.as_ptr() as u64, iova, len as u64) }
@@ -135,6 +154,12 @@ impl DmaMapper for Container {
     }
 
     fn unmap(&self, iova: u64, len: usize) -> Result<(), OsError> {
+        if self.revoked.load(Ordering::Acquire) {
+            // Whatever it answers, the kernel unmaps and unpins the range when the group
+            // is detached (see `revoke`).
+            let _ = ioctl::iommu_unmap_dma(self.file.as_fd(), iova, len as u64);
+            return Ok(());
+        }
         let done = ioctl::iommu_unmap_dma(self.file.as_fd(), iova, len as u64)
             .map_err(|e| self.err("VFIO_IOMMU_UNMAP_DMA", e))?;
         if done != len as u64 {

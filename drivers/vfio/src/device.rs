@@ -10,10 +10,11 @@ use crate::ioctl::{self, RegionInfo};
 use crate::pci::Bdf;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET};
 
 /// An open VFIO device.
@@ -28,6 +29,8 @@ pub struct Device {
     num_regions: u32,
     num_irqs: u32,
     container: Arc<Container>,
+    /// Set by [`Device::revoke`].
+    revoked: AtomicBool,
 }
 
 impl Device {
@@ -57,6 +60,7 @@ impl Device {
             num_regions: info.num_regions,
             num_irqs: info.num_irqs,
             container,
+            revoked: AtomicBool::new(false),
         })
     }
 
@@ -124,6 +128,46 @@ impl Device {
     /// Writes all of `buf` at `offset` in the device fd.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<(), OsError> {
         self.file.write_all_at(buf, offset).map_err(|e| self.err("pwrite", e))
+    }
+
+    /// Gives the device back to the kernel while this `Device` (and whatever holds it)
+    /// lives on, as a VFIO request interrupt asks ([`crate::notify`]): the device fd is
+    /// replaced, atomically and under the same number, by an fd of `/dev/null`, so the
+    /// kernel's last reference to the VFIO device file goes once the BARs are unmapped
+    /// too ([`crate::bar::BarRevoker`]); the container refuses new DMA mappings and takes
+    /// every unmap for done ([`Container::revoke`]). From here every ioctl on the device
+    /// fails (ENOTTY), reads find end of file and writes are discarded (and report
+    /// success), so drops skip their ioctls ([`Device::is_revoked`]). Idempotent.
+    ///
+    /// Errors: opening `/dev/null` or `dup3` failing; the device is then still held.
+    pub fn revoke(&self) -> Result<(), OsError> {
+        if self.revoked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| self.err("open /dev/null", e))?;
+        // SAFETY: both fds are open and owned: `null` by this function, the device fd by
+        // `self.file`, which keeps owning the number; dup3 makes that number refer to
+        // /dev/null's open file in one step, so no fd is closed twice and the number never
+        // dangles or gets reused by another open. Other threads may hold the number
+        // borrowed (MSI-X, the notifier, PCI config reads): from here their calls reach
+        // /dev/null and fail (ioctl: ENOTTY, read: end of file) or are discarded (write),
+        // which every caller handles as an error or, for config writes, as lost.
+        if unsafe { libc::dup3(null.as_raw_fd(), self.file.as_raw_fd(), libc::O_CLOEXEC) } < 0 {
+            return Err(self.err("dup3", io::Error::last_os_error()));
+        }
+        self.revoked.store(true, Ordering::Release);
+        self.container.revoke();
+        tracing::info!(bdf = %self.bdf, "VFIO device fd released");
+        Ok(())
+    }
+
+    /// Whether [`Device::revoke`] gave the device back.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     /// The device fd, for mmap.

@@ -300,6 +300,18 @@ pub fn device_set_irq_eventfds(device: BorrowedFd<'_>, index: u32, start: u32, f
     Ok(())
 }
 
+/// `VFIO_DEVICE_SET_IRQS` with `VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER` and
+/// count 1 for vector `start` of IRQ index `index`: the kernel signals that vector's
+/// eventfd itself now ("loopback testing" in `include/uapi/linux/vfio.h`).
+pub fn device_trigger_irq(device: BorrowedFd<'_>, index: u32, start: u32) -> io::Result<()> {
+    let mut buf = irq_set_buffer(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, index, start, &[]);
+    buf[4] = 1; // count: one vector, no data
+    // SAFETY: `buf` is a whole vfio_irq_set (five u32 fields) whose argsz is its length;
+    // with DATA_NONE the kernel reads no data after it, and only reads through the pointer.
+    unsafe { raw::device_set_irqs(device.as_raw_fd(), buf.as_ptr()) }.map_err(os)?;
+    Ok(())
+}
+
 /// A `struct vfio_irq_set` with its eventfd data, as u32 words (every field is 4 bytes).
 fn irq_set_buffer(flags: u32, index: u32, start: u32, fds: &[i32]) -> Vec<u32> {
     let header = size_of::<vfio_irq_set>() / 4;

@@ -19,7 +19,8 @@
 //! sysfs), [`container`] / [`group`] / [`device`] (the VFIO objects), [`iommu`] (the
 //! [`DmaMapper`] trait the DMA allocator is written against), [`config`] (PCI config
 //! space), [`bar`] ([`MmioBar`], the NVMe registers), [`iova`] (the IOVA allocator),
-//! [`dma`] ([`VfioDma`]), [`error`].
+//! [`dma`] ([`VfioDma`]), [`msix`] (interrupt mode), [`notify`] (the request and error
+//! interrupts: hot-unplug and AER), [`error`].
 //!
 //! Ownership: [`MmioBar`] → [`device::Device`] → [`container::Container`] → its groups;
 //! [`VfioDma`] and every DMA buffer → the container. Whatever is dropped last closes the
@@ -36,14 +37,16 @@ pub mod ioctl;
 pub mod iommu;
 pub mod iova;
 pub mod msix;
+pub mod notify;
 pub mod pci;
 
-pub use bar::MmioBar;
+pub use bar::{BarRevoker, MmioBar};
 pub use config::PciConfig;
 pub use dma::{DmaOptions, DmaStats, HugePages, VfioDma};
 pub use error::Error;
 pub use iommu::DmaMapper;
 pub use msix::MsixVectors;
+pub use notify::{DeviceNotifier, Notice, NoticeIrq};
 pub use pci::{Bdf, PciDevice, Sysfs};
 
 use container::Container;

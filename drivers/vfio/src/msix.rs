@@ -151,6 +151,9 @@ fn irq_of(sysfs: &Path, bdf: &str, vector: u16) -> io::Result<u32> {
 
 impl Drop for MsixVectors {
     fn drop(&mut self) {
+        if self.device.is_revoked() {
+            return; // vfio-pci disabled MSI-X itself when it got the device back
+        }
         if let Err(e) = ioctl::device_set_irq_eventfds(self.device.file().as_fd(), VFIO_PCI_MSIX_IRQ_INDEX, 0, &[]) {
             tracing::warn!(bdf = %self.device.bdf(), error = %e, "could not disable MSI-X");
         }

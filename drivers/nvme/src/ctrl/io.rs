@@ -223,7 +223,9 @@ impl<R: Registers> IoQueuePair<R> {
     ///
     /// Errors (the buffer comes back in [`IoError::buf`]): [`Error::QueueFull`],
     /// [`Error::WrongDomain`], [`Error::TransferTooLarge`], [`Error::Misaligned`] (not
-    /// dword aligned), [`Error::QueueDead`], [`Error::Recovering`] (a controller reset is
+    /// dword aligned), [`Error::ControllerFailed`] (with why: the device was removed, it is
+    /// gone, a reset failed; commands still outstanding complete at the next [`Self::poll`]),
+    /// [`Error::QueueDead`], [`Error::Recovering`] (a controller reset is
     /// in progress or this pair's outstanding commands must be collected with
     /// [`Self::poll`] first).
     pub fn submit(&mut self, cmd: Command, buf: Option<DmaBuf>, tag: u64) -> Result<(), IoError> {
@@ -269,7 +271,7 @@ impl<R: Registers> IoQueuePair<R> {
         tag: u64,
     ) -> Result<(), IoError> {
         if let Some(reason) = self.dead {
-            return Err(refuse(Error::QueueDead { qid: self.qid, reason }, buf));
+            return Err(refuse(self.dead_error(reason), buf));
         }
         if !self.queues_current() {
             // A reset happened (or is happening). An idle pair re-creates its queues now;
@@ -278,7 +280,10 @@ impl<R: Registers> IoQueuePair<R> {
                 self.recover(&mut |_| {});
             }
             if let Some(reason) = self.dead {
-                return Err(refuse(Error::QueueDead { qid: self.qid, reason }, buf));
+                return Err(refuse(self.dead_error(reason), buf));
+            }
+            if self.inner.health() == Health::Failed {
+                return Err(refuse(self.inner.failed_error(), buf));
             }
             if !self.queues_current() {
                 return Err(refuse(Error::Recovering { qid: self.qid }, buf));
@@ -562,6 +567,17 @@ impl<R: Registers> IoQueuePair<R> {
         }
         // On failure the controller is marked failed, which recover() handles.
         let _ = self.inner.reset(reason, self.generation);
+    }
+
+    /// Why a dead pair refuses commands: the controller's own failure (e.g. `device
+    /// removed: ...`) when it failed, else what killed this pair.
+    #[cold]
+    fn dead_error(&self, reason: &'static str) -> Error {
+        if self.inner.health() == Health::Failed {
+            self.inner.failed_error()
+        } else {
+            Error::QueueDead { qid: self.qid, reason }
+        }
     }
 
     /// After a reset or a failure: hands back what the CQ still holds, completes every

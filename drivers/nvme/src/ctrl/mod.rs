@@ -122,6 +122,18 @@ pub struct Controller<R: Registers> {
     inner: Arc<Inner<R>>,
 }
 
+/// A [`Controller`] that may have been dropped ([`Controller::downgrade`]).
+pub struct WeakController<R: Registers> {
+    inner: std::sync::Weak<Inner<R>>,
+}
+
+impl<R: Registers> WeakController<R> {
+    /// The controller, if some [`Controller`] handle still holds it.
+    pub fn upgrade(&self) -> Option<Controller<R>> {
+        self.inner.upgrade().map(|inner| Controller { inner })
+    }
+}
+
 impl<R: Registers> Clone for Controller<R> {
     fn clone(&self) -> Self {
         Controller {
@@ -325,6 +337,41 @@ impl<R: Registers> Controller<R> {
     /// Resets completed since init.
     pub fn reset_count(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// The device is about to be taken away: the kernel asked for it back (a VFIO request
+    /// interrupt on hot-unplug, unbind or sysfs remove). Under the admin lock, the
+    /// controller is shut down (CC.SHN: it writes back its volatile write cache) and
+    /// disabled (CC.EN = 0, CSTS.RDY = 0), each only while its registers still answer,
+    /// then marked failed with the reason `device removed: WHY` (a controller that had
+    /// failed already keeps its first reason, and gets no shutdown). Every I/O queue pair then
+    /// completes each outstanding command exactly once at its next poll — what the CQ
+    /// already holds as the controller answered it, the rest with
+    /// [`crate::Status::ABORTED_BY_HOST`] — and sleepers in interrupt mode are woken; later
+    /// submissions and admin commands fail with [`Error::ControllerFailed`]. Afterwards the
+    /// caller releases the device (its fd and BAR mappings). Idempotent: the kernel asks
+    /// again every 10 s until the device is released.
+    pub fn removal_requested(&self, why: &str) {
+        self.inner.remove(format!("device removed: {why}"));
+    }
+
+    /// The platform reported an uncorrectable PCI Express error of the device (AER or DPC
+    /// recovery, relayed by VFIO's error interrupt): reported as
+    /// [`RecoveryEvent::PciError`]. Nothing else is done here: Linux relays it before it
+    /// resets the link for a fatal error (and with DPC the link is down meanwhile), so the
+    /// registers may read all ones for a while. Whatever the error leaves behind (CSTS.CFS,
+    /// CSTS.RDY = 0 after the link reset, a device that stays gone) the queue pairs find and
+    /// recover from as usual.
+    pub fn pci_error(&self, device_status: Option<u16>) {
+        self.inner.notify(RecoveryEvent::PciError { device_status });
+    }
+
+    /// A handle that does not keep the controller alive ([`WeakController::upgrade`]), for
+    /// callbacks such as a device notifier's that must not outlive it.
+    pub fn downgrade(&self) -> WeakController<R> {
+        WeakController {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// Why the controller failed for good, or `None` while it works.
@@ -917,12 +964,20 @@ fn may_still_run(e: &Error) -> bool {
 
 impl<R: Registers> Drop for Inner<R> {
     fn drop(&mut self) {
-        match self.shutdown() {
+        // Failed and quiesced (disabled, or Bus Master Enable cleared): the controller no
+        // longer touches memory, and a shutdown has nothing left to do (or no device).
+        let stopped = self.health() == Health::Failed && self.quiesced.load(Ordering::Acquire);
+        match if stopped { Ok(()) } else { self.shutdown() } {
             Ok(()) => {
-                tracing::debug!("nvme controller shut down");
-                // SAFETY: shutdown completed, so the controller no longer touches the admin
-                // rings or buffers, nor the shadow doorbell pages; neither field is used
-                // after this point.
+                if stopped {
+                    tracing::debug!("nvme controller released: it had failed and was stopped");
+                } else {
+                    tracing::debug!("nvme controller shut down");
+                }
+                // SAFETY: shutdown completed, or the controller was disabled or lost Bus
+                // Master Enable when it failed, so it no longer touches the admin rings or
+                // buffers, nor the shadow doorbell pages; neither field is used after this
+                // point.
                 unsafe {
                     ManuallyDrop::drop(&mut self.admin);
                     ManuallyDrop::drop(&mut self.shadow);

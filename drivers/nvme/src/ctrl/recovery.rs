@@ -81,10 +81,21 @@ pub enum RecoveryEvent {
         /// Resets so far, this one included.
         generation: u64,
     },
-    /// Recovery failed; the controller is unusable.
+    /// Recovery failed, or the device is being removed; the controller is unusable.
     Failed {
         /// Why.
         reason: String,
+    },
+    /// The platform reported an uncorrectable PCI Express error of the device (Linux's
+    /// AER or DPC recovery, relayed by VFIO's error interrupt:
+    /// [`super::Controller::pci_error`]). After a fatal one Linux resets the link, and so
+    /// the controller, behind the driver's back; the queue pairs then see CSTS.RDY = 0 and
+    /// reset it.
+    PciError {
+        /// The PCI Express Device Status register read just after (PCIe Base 4.0,
+        /// §7.5.3.5; bits 0-3: correctable, non-fatal, fatal, unsupported request
+        /// detected), if it could be read and did not read all ones (link down).
+        device_status: Option<u16>,
     },
 }
 
@@ -245,6 +256,45 @@ impl<R: Registers> Inner<R> {
                 Err(e)
             }
         }
+    }
+
+    /// [`super::Controller::removal_requested`]: under the admin lock, so after any reset
+    /// or admin command under way, a normal shutdown (CC.SHN, so the controller writes
+    /// back its volatile cache as before a power-off) and a disable (CC.EN = 0, CSTS.RDY = 0:
+    /// the controller forgets its queues and stops touching memory), each skipped once the
+    /// registers read all ones; then the controller is marked failed with `reason`.
+    pub(crate) fn remove(&self, reason: String) {
+        let admin = self.admin();
+        let disabled = match self.health() {
+            Health::Failed if self.quiesced.load(Ordering::Acquire) => true,
+            // A controller that failed (a reset that did not bring it back, registers
+            // reading all ones) gets no shutdown, which could only wait out its timeout.
+            Health::Failed => disable(&self.regs, self.cap.ready_timeout()).is_ok(),
+            _ => {
+                // As during a reset: the queue pairs leave their commands alone, and do not
+                // take the shutdown's CSTS.RDY = 0 for a controller to reset.
+                let _ = self.health.compare_exchange(
+                    Health::Live as u8,
+                    Health::Resetting as u8,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if let Err(e) = self.shutdown() {
+                    tracing::warn!(error = %e, "shutdown before the removal failed");
+                }
+                match disable(&self.regs, self.cap.ready_timeout()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "disable before the removal failed");
+                        false
+                    }
+                }
+            }
+        };
+        // Still under the admin lock: a reset waiting for it must find the controller
+        // failed, not enable it again.
+        self.fail(reason, disabled);
+        drop(admin);
     }
 
     /// Disables the controller, then brings it back. On error, also says whether the

@@ -54,6 +54,42 @@ impl Rig {
     }
 }
 
+#[test]
+fn a_reset_waiting_behind_a_removal_does_not_enable_the_controller_again() {
+    // The removal's shutdown and disable take a while (CSTS.RDY follows CC.EN after
+    // 200 ms); a reset asked for meanwhile waits for the admin lock, and must then find
+    // the controller failed.
+    let r = rig(SimConfig {
+        ready_delay: Duration::from_millis(200),
+        ..SimConfig::default()
+    });
+    let enables = r.sim.stats().enables;
+    let c = r.ctrl.clone();
+    let removal = std::thread::spawn(move || c.removal_requested("unplugged"));
+    std::thread::sleep(Duration::from_millis(50));
+    let e = r.ctrl.reset().unwrap_err();
+    removal.join().unwrap();
+    assert!(
+        matches!(&e, Error::ControllerFailed(why) if why.starts_with("device removed")),
+        "{e}"
+    );
+    assert_eq!(r.sim.stats().enables, enables, "CC.EN stays 0");
+}
+
+/// A rig whose controller holds every read, and a queue pair with `count` reads
+/// outstanding (tags 0..count).
+fn held_reads(count: u64) -> (Rig, IoQueuePair<SimController>) {
+    let r = rig(SimConfig::default());
+    let mut q = r.ctrl.create_io_queue_pair().unwrap();
+    r.sim.inject(FaultRule {
+        opcode: Some(nvm::READ),
+        action: FaultAction::Hang,
+        ..Default::default()
+    });
+    submit_reads(&r, &mut q, count);
+    (r, q)
+}
+
 /// Polls until `count` completions arrived; fails the test instead of hanging.
 fn collect(q: &mut IoQueuePair<SimController>, count: usize) -> BTreeMap<u64, (Status, bool)> {
     let mut seen = BTreeMap::new();
@@ -240,14 +276,7 @@ fn with_the_abort_noop_quirk_a_timeout_resets_without_an_abort() {
 
 #[test]
 fn fatal_status_resets_and_every_outstanding_command_fails_once() {
-    let r = rig(SimConfig::default());
-    let mut q = r.ctrl.create_io_queue_pair().unwrap();
-    r.sim.inject(FaultRule {
-        opcode: Some(nvm::READ),
-        action: FaultAction::Hang,
-        ..Default::default()
-    });
-    submit_reads(&r, &mut q, 16);
+    let (r, mut q) = held_reads(16);
     q.poll(usize::MAX, |c| panic!("nothing completes while held: {}", c.tag));
     r.sim.clear_faults();
     r.sim.set_fatal(true);
@@ -265,14 +294,7 @@ fn fatal_status_resets_and_every_outstanding_command_fails_once() {
 
 #[test]
 fn a_vanished_device_fails_everything_without_hanging() {
-    let r = rig(SimConfig::default());
-    let mut q = r.ctrl.create_io_queue_pair().unwrap();
-    r.sim.inject(FaultRule {
-        opcode: Some(nvm::READ),
-        action: FaultAction::Hang,
-        ..Default::default()
-    });
-    submit_reads(&r, &mut q, 8);
+    let (r, mut q) = held_reads(8);
     r.sim.set_removed(true);
     let done = collect(&mut q, 8);
     assert!(
@@ -281,10 +303,57 @@ fn a_vanished_device_fails_everything_without_hanging() {
     );
     let ns = r.ctrl.namespace(1).unwrap();
     let e = q.read(&ns, 0, r.buf(512), 99).unwrap_err();
-    assert!(matches!(e.error, Error::QueueDead { .. }), "{e}");
+    assert!(
+        matches!(&e.error, Error::ControllerFailed(why) if why.contains("gone")),
+        "a dead pair says why the controller failed: {e}"
+    );
     assert!(matches!(r.ctrl.identify_controller(), Err(Error::ControllerFailed(_))));
     assert!(r.ctrl.failure().unwrap().contains("gone"));
     assert!(matches!(r.events().last(), Some(RecoveryEvent::Failed { .. })));
+}
+
+#[test]
+fn a_removal_request_shuts_down_completes_everything_once_and_frees_all_memory() {
+    let (r, mut q) = held_reads(8);
+    let before = r.sim.stats();
+    r.ctrl.removal_requested("unplugged");
+    r.ctrl.removal_requested("asked again 10 s later");
+    let after = r.sim.stats();
+    assert_eq!(
+        after.shutdowns,
+        before.shutdowns + 1,
+        "one normal shutdown: the cache is written back"
+    );
+    assert_eq!(after.resets, before.resets + 1, "then disabled (CC.EN = 0)");
+    let done = collect(&mut q, 8);
+    assert!(
+        done.values().all(|&(s, b)| s == Status::ABORTED_BY_HOST && b),
+        "each once, buffers back (the controller is disabled): {done:?}"
+    );
+    let ns = r.ctrl.namespace(1).unwrap();
+    let e = q.read(&ns, 0, r.buf(512), 99).unwrap_err();
+    assert!(
+        matches!(&e.error, Error::ControllerFailed(why) if why == "device removed: unplugged"),
+        "{e}"
+    );
+    let failed: Vec<_> = r
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, RecoveryEvent::Failed { .. }))
+        .collect();
+    assert_eq!(
+        failed,
+        [RecoveryEvent::Failed {
+            reason: "device removed: unplugged".into()
+        }]
+    );
+    // Released to the kernel, the BAR reads all ones; the stopped controller needs no
+    // shutdown at drop, and its admin queue memory is freed.
+    r.sim.set_removed(true);
+    let dma = r.sim.dma();
+    drop((e, q, ns, r.ctrl));
+    assert_eq!(dma.live_regions(), 0, "nothing leaked");
+    assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
 }
 
 #[test]
@@ -772,9 +841,10 @@ fn buffers_are_withheld_when_bus_master_cannot_be_cleared() {
     let _ = r.sim.stats(); // runs due commands
     assert_eq!(r.sim.stats().dma_blocked, 0, "the device still had Bus Master Enable");
     assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
-    // The pair is dead and says so; dropping it and the controller leaks, never frees.
+    // The pair refuses with the controller's failure; dropping it and the controller
+    // leaks, never frees.
     let e = q.read(&ns, 0, r.buf(4096), 2).unwrap_err();
-    assert!(e.to_string().contains("dead"), "{e}");
+    assert!(e.to_string().contains("gone"), "{e}");
     drop(q);
     drop(r.ctrl);
     assert!(r.sim.dma_violations().is_empty(), "{:?}", r.sim.dma_violations());
