@@ -91,6 +91,11 @@ impl OpenDevice {
         self.device.node_namespace()
     }
 
+    /// The opened device.
+    pub fn device(&self) -> &crate::Device {
+        &self.device
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.device.backend()

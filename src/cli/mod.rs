@@ -2,7 +2,7 @@
 //!
 //! One module per concern: [`device`] (what DEV names and how it is opened),
 //! [`output`] (nvme-cli's value formats, one field list for text and JSON),
-//! [`identify`], [`logs`], [`features`], [`format`](mod@format), [`nsattach`], [`list`], [`rawio`], and
+//! [`identify`], [`logs`], [`features`], [`format`](mod@format), [`nsattach`], [`zns`], [`list`], [`rawio`], and
 //! for the I/O commands ([`perf`], [`verify`], [`vde`], [`rawio`], [`serve`])
 //! [`io_shared`] (opening DEV for I/O, consent and claims, fio's sizes). Each
 //! subcommand module has pure `render_*` functions from parsed data to text or JSON,
@@ -70,6 +70,7 @@ pub mod rawio;
 pub mod serve;
 pub mod vde;
 pub mod verify;
+pub mod zns;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use output::OutputFormat;
@@ -206,6 +207,10 @@ pub enum Command {
     /// fails until it is attached again. Refused while a namespace of a kernel
     /// controller is in use, and for controllers other than DEV's.
     DetachNs(nsattach::NsAttachArgs),
+    /// Zoned namespaces, as `nvme zns`: report-zones, and reset, open, close, finish
+    /// (Zone Management Receive and Send).
+    #[command(subcommand)]
+    Zns(zns::ZnsCommand),
     /// The kernel's NVMe namespaces as `nvme list` shows them, and every NVMe controller
     /// on the PCI bus (class 010802h).
     ///
@@ -574,6 +579,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Format(a) => format::run(a, out),
         Command::AttachNs(a) => nsattach::run(true, a, out),
         Command::DetachNs(a) => nsattach::run(false, a, out),
+        Command::Zns(c) => zns::run(c, out),
         Command::List(a) => list::run(a, &crate::vfio::Sysfs::system(), out),
         Command::Perf(a) => perf::run(a, out),
         Command::Verify(a) => verify::run(a, out),

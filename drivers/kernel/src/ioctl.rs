@@ -461,11 +461,18 @@ impl PassthruFile {
     /// length above 4 GiB; [`KernelError::Status`]; [`KernelError::PermissionDenied`];
     /// [`KernelError::Os`].
     pub(crate) fn admin_read(&self, cmd: Command, len: usize) -> Result<(u32, Vec<u8>), KernelError> {
+        self.read_command(true, cmd, len)
+            .map(|(result, data)| (result as u32, data))
+    }
+
+    /// [`PassthruFile::admin_read`] for an admin (`admin`) or I/O command; returns the
+    /// whole 64-bit result (completion DW1:DW0 through the 64-bit ioctls).
+    fn read_command(&self, admin: bool, cmd: Command, len: usize) -> Result<(u64, Vec<u8>), KernelError> {
         if len > 0 && cmd.opcode() & 1 == 1 {
             return Err(self.invalid(format!(
-                "admin_read: opcode {:#04x} ({}) moves data to the controller: use admin_write",
+                "opcode {:#04x} ({}) moves data to the controller, not from it",
                 cmd.opcode(),
-                cmd.name(true)
+                cmd.name(admin)
             )));
         }
         let len32 = self.len32(len)?;
@@ -473,9 +480,9 @@ impl PassthruFile {
         let addr = if len == 0 { 0 } else { data.as_mut_ptr() as u64 };
         // SAFETY: `data` is `len` writable bytes owned by this frame and untouched until
         // the ioctl returns.
-        let r = unsafe { self.passthru(true, &cmd, addr, len32, (0, 0), None) };
-        let dw0 = self.admin_result(&cmd, r)?;
-        Ok((dw0, data))
+        let r = unsafe { self.passthru(admin, &cmd, addr, len32, (0, 0), None) };
+        let result = self.command_result(admin, &cmd, r)?;
+        Ok((result, data))
     }
 
     /// Runs an admin command that moves `data` to the controller (or none); returns
@@ -500,11 +507,15 @@ impl PassthruFile {
     }
 
     fn admin_result(&self, cmd: &Command, r: Result<u64, IoctlFailure>) -> Result<u32, KernelError> {
+        self.command_result(true, cmd, r).map(|result| result as u32)
+    }
+
+    fn command_result(&self, admin: bool, cmd: &Command, r: Result<u64, IoctlFailure>) -> Result<u64, KernelError> {
         match r {
-            Ok(result) => Ok(result as u32),
+            Ok(result) => Ok(result),
             Err(IoctlFailure::Status(status)) => Err(KernelError::Status {
                 backend: self.backend,
-                command: cmd.name(true),
+                command: cmd.name(admin),
                 status,
             }),
             Err(IoctlFailure::Os(e, op)) => Err(self.os_error(op, e)),
@@ -754,6 +765,26 @@ impl IoctlDevice {
     /// Errors: as [`IoctlDevice::admin_read`].
     pub fn admin_write_within(&self, cmd: Command, data: &[u8], timeout: Duration) -> Result<u32, KernelError> {
         self.file.admin_write(cmd, data, Some(timeout))
+    }
+
+    /// Runs an I/O command that moves `len` bytes from the controller (0 for none), one at
+    /// a time through `NVME_IOCTL_IO64_CMD` on this namespace node (zone management, for
+    /// one); returns the command's 64-bit result (completion DW1:DW0) and the data.
+    ///
+    /// Errors: [`KernelError::WrongDevice`] on a controller node (the kernel runs I/O
+    /// commands on a namespace's own node); as [`IoctlDevice::admin_read`].
+    pub fn io_read(&self, cmd: Command, len: usize) -> Result<(u64, Vec<u8>), KernelError> {
+        if self.node_nsid != Some(cmd.nsid) {
+            return Err(KernelError::WrongDevice {
+                backend: "ioctl",
+                path: self.path().to_path_buf(),
+                why: format!(
+                    "an I/O command for namespace {} runs on that namespace's node (/dev/ngXnY or /dev/nvmeXnY)",
+                    cmd.nsid
+                ),
+            });
+        }
+        self.file.read_command(false, cmd, len)
     }
 
     /// An I/O queue of `depth` entries (1..=[`MAX_QUEUE_DEPTH`]) on namespace `nsid`. On

@@ -120,6 +120,9 @@ pub mod nvm {
             DATASET_MANAGEMENT => "Dataset Management",
             VERIFY => "Verify",
             COPY => "Copy",
+            crate::zns::opcode::ZONE_MANAGEMENT_SEND => "Zone Management Send",
+            crate::zns::opcode::ZONE_MANAGEMENT_RECEIVE => "Zone Management Receive",
+            crate::zns::opcode::ZONE_APPEND => "Zone Append",
             _ => return None,
         })
     }

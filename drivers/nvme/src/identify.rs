@@ -33,6 +33,12 @@ impl Cns {
     /// 10h: Allocated Namespace ID list (NSIDs greater than CDW1.NSID, attached or not;
     /// needs Namespace Management, OACS bit 3). Same layout as the active list.
     pub const ALLOCATED_NAMESPACE_LIST: Cns = Cns(0x10);
+    /// 05h: I/O Command Set specific Identify Namespace data for the CSI in CDW11 (for
+    /// zoned namespaces: [`crate::zns::IdentifyZonedNamespace`]).
+    pub const IO_COMMAND_SET_NAMESPACE: Cns = Cns(0x05);
+    /// 06h: I/O Command Set specific Identify Controller data for the CSI in CDW11 (ZNS:
+    /// [`crate::zns::parse_zasl`]).
+    pub const IO_COMMAND_SET_CONTROLLER: Cns = Cns(0x06);
 }
 
 bitflags::bitflags! {

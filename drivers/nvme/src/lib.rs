@@ -44,6 +44,7 @@ pub mod sgl;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod status;
+pub mod zns;
 
 pub use cmd::Command;
 pub use completion::Completion;

@@ -97,6 +97,17 @@ impl Cap {
     pub const fn supports_nvm_command_set(self) -> bool {
         self.css() & 0x01 != 0
     }
+    /// Whether the controller supports I/O command sets besides NVM, selected together
+    /// with CC.CSS = 110b (CAP.CSS bit 6; Base 2.0 §3.1.4.1): the Zoned Namespace command
+    /// set, for one.
+    pub const fn supports_io_command_sets(self) -> bool {
+        self.css() & 0x40 != 0
+    }
+    /// The CC.CSS value to enable with: 110b (all supported I/O command sets) when
+    /// [`Self::supports_io_command_sets`], else 000b (the NVM command set).
+    pub const fn command_set_selection(self) -> u8 {
+        if self.supports_io_command_sets() { 0b110 } else { 0 }
+    }
     /// CAP.BPS: Boot Partition Support (bit 45).
     pub const fn bps(self) -> bool {
         bits64(self.0, 45, 1) != 0
@@ -391,6 +402,12 @@ mod tests {
         assert_eq!(cap.ready_timeout(), Duration::from_millis(7500));
         assert_eq!(cap.dstrd(), 0);
         assert!(cap.supports_nvm_command_set());
+        assert_eq!(cap.command_set_selection(), 0, "NVM alone");
+        // QEMU 7.2 with its ZNS support: NVM, I/O command sets, admin only.
+        let zns = Cap(QEMU_CAP | 0xC0 << 37);
+        assert_eq!(zns.css(), 0xC1);
+        assert!(zns.supports_io_command_sets());
+        assert_eq!(zns.command_set_selection(), 0b110, "all I/O command sets: ZNS too");
         assert_eq!(cap.min_page_size(), 4096);
         assert_eq!(cap.max_page_size(), 65536);
     }

@@ -308,6 +308,17 @@ fn command_specific_name(sc: u8) -> Option<&'static str> {
         0x81 => "Invalid Protection Information",
         0x82 => "Attempted Write to Read Only Range",
         0x83 => "Command Size Limit Exceeded",
+        // Zoned Namespace Command Set 1.1, Figure 26.
+        0xB6 => "Invalid Zone Operation Request",
+        0xB7 => "ZRWA Resources Unavailable",
+        0xB8 => "Zone Boundary Error",
+        0xB9 => "Zone Is Full",
+        0xBA => "Zone Is Read Only",
+        0xBB => "Zone Is Offline",
+        0xBC => "Zone Invalid Write",
+        0xBD => "Too Many Active Zones",
+        0xBE => "Too Many Open Zones",
+        0xBF => "Invalid Zone State Transition",
         _ => return None,
     })
 }
@@ -394,6 +405,8 @@ mod tests {
         assert_eq!(Status::LBA_OUT_OF_RANGE.name(), Some("LBA Out of Range"));
         assert_eq!(Status::INVALID_QUEUE_SIZE.name(), Some("Invalid Queue Size"));
         assert_eq!(Status::WRITE_FAULT.name(), Some("Write Fault"));
+        assert_eq!(Status::new(1, 0xBF).name(), Some("Invalid Zone State Transition"));
+        assert_eq!(Status::new(1, 0xBC).name(), Some("Zone Invalid Write"));
         assert_eq!(Status::COMPARE_FAILURE.code(), 0x285);
         assert_eq!(Status::ABORTED_BY_HOST.name(), Some("Command Aborted By Host"));
         assert_eq!(Status::new(7, 0x10).name(), None);

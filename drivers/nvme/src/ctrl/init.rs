@@ -104,12 +104,14 @@ pub(crate) fn program_admin_queue<R: Registers>(regs: &R, admin: &AdminQueue) {
     regs.write64(offset::ACQ, admin.cq_iova());
 }
 
-/// CC for the NVM command set, round robin, 64-byte SQEs, 16-byte CQEs, memory page
-/// `page_size` bytes, and EN = 1.
-pub(crate) fn enabled_cc(page_size: usize) -> Cc {
+/// CC for every I/O command set the controller supports (`cap`'s
+/// [`Cap::command_set_selection`]: the NVM command set alone, or with the Zoned Namespace
+/// one), round robin, 64-byte SQEs, 16-byte CQEs, memory page `page_size` bytes, and
+/// EN = 1.
+pub(crate) fn enabled_cc(cap: Cap, page_size: usize) -> Cc {
     let mps = (page_size.trailing_zeros() - 12) as u8;
     Cc(0)
-        .with_css(0)
+        .with_css(cap.command_set_selection())
         .with_mps(mps)
         .with_ams(0)
         .with_iosqes(6)
@@ -301,7 +303,7 @@ impl<R: Registers> Machine<'_, R> {
                 InitState::Enable
             }
             InitState::Enable => {
-                self.regs.write32(offset::CC, enabled_cc(self.page_size).0);
+                self.regs.write32(offset::CC, enabled_cc(self.cap, self.page_size).0);
                 InitState::WaitReady
             }
             InitState::WaitReady => {

@@ -40,9 +40,18 @@ pub struct IoCompletion {
     pub status: Status,
     /// Completion DW0 (command specific).
     pub dw0: u32,
+    /// Completion DW1 (command specific; with DW0, Zone Append's first block written:
+    /// [`IoCompletion::dw0_dw1`]).
+    pub dw1: u32,
 }
 
 impl IoCompletion {
+    /// DW1:DW0 as one 64-bit value: for a Zone Append, the first logical block it wrote
+    /// (ZNS 1.1 §3.4.1).
+    pub fn dw0_dw1(&self) -> u64 {
+        self.dw0 as u64 | (self.dw1 as u64) << 32
+    }
+
     /// `Ok(())` on success, else the command's error with its decoded status.
     pub fn result(&self) -> Result<(), Status> {
         if self.status.is_success() {
@@ -464,6 +473,7 @@ impl<R: Registers> IoQueuePair<R> {
                         buf: f.buf,
                         status,
                         dw0: c.dw0,
+                        dw1: c.dw1,
                     });
                 }
                 None => tracing::warn!(
@@ -613,6 +623,7 @@ impl<R: Registers> IoQueuePair<R> {
                 buf,
                 status: Status::ABORTED_BY_HOST,
                 dw0: 0,
+                dw1: 0,
             });
             n += 1;
         }
@@ -695,6 +706,79 @@ impl<R: Registers> IoQueuePair<R> {
             return Err(refuse(Error::Unsupported(why), Some(buf)));
         }
         self.submit_data(ns, slba, buf, tag, |n| ns.command(Op::Compare { lba: slba }, n))
+    }
+
+    /// Zone Append (ZNS 1.1 §3.4.1): writes `buf` (a whole number of blocks) at the write
+    /// pointer of the zone that starts at `zslba`; the completion's
+    /// [`IoCompletion::dw0_dw1`] is the first block written. The controller refuses it
+    /// unless CC.CSS enabled the Zoned Namespace command set (Invalid Opcode) and `zslba`
+    /// starts a zone (Invalid Field); a zone it does not fit fails with Zone Boundary
+    /// Error (0x1B8), a full one with Zone Is Full (0x1B9).
+    ///
+    /// Errors: as [`Self::read`]; [`Error::Unsupported`] on a namespace with metadata.
+    pub fn zone_append(&mut self, ns: &Namespace, zslba: u64, buf: DmaBuf, tag: u64) -> Result<(), IoError> {
+        if !ns.metadata.is_none() {
+            let why = format!("Zone Append on namespace {} with metadata ({})", ns.nsid, ns.metadata);
+            return Err(refuse(Error::Unsupported(why), Some(buf)));
+        }
+        self.submit_data(ns, zslba, buf, tag, |n| Command::zone_append(ns.nsid, zslba, n))
+    }
+
+    /// Zone Management Send (ZNS 1.1 §3.4.3): `action` on the zone starting at `zslba`, or
+    /// with `select_all` on every zone it applies to.
+    ///
+    /// Errors: [`Error::LbaOutOfRange`] if `zslba` is past the namespace; then as
+    /// [`Self::submit`].
+    pub fn zone_management_send(
+        &mut self,
+        ns: &Namespace,
+        zslba: u64,
+        action: crate::zns::ZoneAction,
+        select_all: bool,
+        tag: u64,
+    ) -> Result<(), IoError> {
+        if let Err(e) = ns.check_range(zslba, 1) {
+            return Err(refuse(e, None));
+        }
+        self.submit(
+            Command::zone_management_send(ns.nsid, zslba, action, select_all),
+            None,
+            tag,
+        )
+    }
+
+    /// Zone Management Receive (ZNS 1.1 §3.4.2): a zone report into `buf` (its length a
+    /// multiple of 4, at least 64 bytes) from the zone holding `slba`
+    /// ([`crate::zns::ZoneReport::parse`]); see [`Command::zone_management_receive`] for
+    /// `extended`, `filter` and `partial`.
+    ///
+    /// Errors: [`Error::LbaOutOfRange`]; [`Error::BadLength`] for a buffer of another size;
+    /// then as [`Self::submit`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn zone_management_receive(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buf: DmaBuf,
+        extended: bool,
+        filter: u8,
+        partial: bool,
+        tag: u64,
+    ) -> Result<(), IoError> {
+        if let Err(e) = ns.check_range(slba, 1) {
+            return Err(refuse(e, Some(buf)));
+        }
+        let len = u32::try_from(buf.len()).ok();
+        match len.and_then(|l| Command::zone_management_receive(ns.nsid, slba, l, extended, filter, partial)) {
+            Some(cmd) => self.submit(cmd, Some(buf), tag),
+            None => Err(refuse(
+                Error::BadLength {
+                    len: buf.len(),
+                    block_size: 4,
+                },
+                Some(buf),
+            )),
+        }
     }
 
     fn submit_range(

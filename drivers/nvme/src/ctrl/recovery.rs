@@ -325,7 +325,7 @@ impl<R: Registers> Inner<R> {
     fn bring_up(&self, admin: &mut AdminQueue) -> Result<(), Error> {
         let regs = &self.regs;
         init::program_admin_queue(regs, admin);
-        regs.write32(offset::CC, init::enabled_cc(self.page_size).0);
+        regs.write32(offset::CC, init::enabled_cc(self.cap, self.page_size).0);
         init::wait_ready(regs, true, self.cap.ready_timeout())?;
         let timeout = self.config.admin_timeout;
         let granted = init::set_number_of_queues(regs, admin, self.config.io_queues, timeout)?;

@@ -1,0 +1,41 @@
+//! Zoned Namespace data read from a device: a Zone Management Receive report
+//! ([`ZoneReport::parse`]) with or without descriptor extensions, the zoned Identify
+//! Namespace data ([`IdentifyZonedNamespace::parse`]) and nvme-cli's rendering of a
+//! report (`ironvme zns report-zones`).
+//!
+//! Input: the extension size in 64-byte units (1 byte), then the bytes.
+//!
+//! Invariants checked on every input:
+//! - nothing panics, whatever Number of Zones claims (up to 2^64 - 1) and whatever the
+//!   states, types and write pointers;
+//! - a report never yields more descriptors than the buffer holds, nor more than Number
+//!   of Zones says.
+
+#![no_main]
+
+use ironvme::cli::zns::{report_json, report_text};
+use ironvme_nvme::zns::{IdentifyZonedNamespace, ZONE_DESCRIPTOR_BYTES, ZoneReport};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&ext, body)) = data.split_first() else {
+        return;
+    };
+    let ext = ext as usize * 64;
+    if let Ok(r) = ZoneReport::parse(body, ext) {
+        let fit = (body.len() - ZONE_DESCRIPTOR_BYTES) / (ZONE_DESCRIPTOR_BYTES + ext);
+        assert!(r.descriptors.len() <= fit);
+        assert!(r.descriptors.len() as u64 <= r.zones);
+        let _ = report_text(r.zones, &r.descriptors, true);
+        let _ = report_text(r.zones, &r.descriptors, false);
+        let _ = report_json(r.zones, &r.descriptors);
+        for d in &r.descriptors {
+            let _ = d.state().map(|s| (s.filter(), s.nvme_cli_name()));
+        }
+    }
+    if let Ok(z) = IdentifyZonedNamespace::parse(body) {
+        for f in 0..=IdentifyZonedNamespace::MAX_FORMATS {
+            let _ = z.zone_geometry(f);
+        }
+    }
+});
