@@ -84,6 +84,23 @@ fn zns_commands_print_what_nvme_cli_prints_through_the_kernel() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Invalid Zone State Transition"), "{err}");
+    // A held namespace (here by O_EXCL, as a mount holds it) is not reset under its user.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&ns)
+            .unwrap_or_else(|e| panic!("{ns}: {e}"));
+        let out = ironvme(&["zns", "reset", &ns, "-a"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("refusing to run zns-reset-zone"),
+            "{err}"
+        );
+    }
+    let full = ours(&["zns", "report-zones", &ns, "-S", "5"]);
+    assert!(full.lines().count() > 1, "the finished zone is still full: {full}");
     run("nvme", &["zns", "reset-zone", &ns, "-a"]);
 }
 

@@ -9,11 +9,13 @@
 //! - nothing panics, whatever Number of Zones claims (up to 2^64 - 1) and whatever the
 //!   states, types and write pointers;
 //! - a report never yields more descriptors than the buffer holds, nor more than Number
-//!   of Zones says.
+//!   of Zones says;
+//! - report-zones' loop ([`collect_zones`]) ends after at most one report per zone of
+//!   the namespace plus one, whatever the reports say.
 
 #![no_main]
 
-use ironvme::cli::zns::{report_json, report_text};
+use ironvme::cli::zns::{collect_zones, report_json, report_text};
 use ironvme_nvme::zns::{IdentifyZonedNamespace, ZONE_DESCRIPTOR_BYTES, ZoneReport};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,9 +35,26 @@ fuzz_target!(|data: &[u8]| {
             let _ = d.state().map(|s| (s.filter(), s.nvme_cli_name()));
         }
     }
-    if let Ok(z) = IdentifyZonedNamespace::parse(body) {
+    // Identify data is 4096 bytes, more than libFuzzer's default input: the body,
+    // repeated.
+    let identify: Vec<u8> = body.iter().copied().cycle().take(4096).collect();
+    if let Ok(z) = IdentifyZonedNamespace::parse(&identify) {
         for f in 0..=IdentifyZonedNamespace::MAX_FORMATS {
             let _ = z.zone_geometry(f);
         }
+    }
+    // report-zones' loop over a device whose every report is this one: it ends, and
+    // never collects more than the namespace's zones allow reports for.
+    if body.len() >= 16 {
+        let zone_blocks = u64::from_le_bytes(body[..8].try_into().unwrap()) >> (body[8] % 64);
+        let blocks = u64::from_le_bytes(body[8..16].try_into().unwrap()) >> 40;
+        let mut reports = 0u64;
+        let zones = collect_zones(0, None, zone_blocks, blocks, |_| {
+            reports += 1;
+            ZoneReport::parse(&body[16..], ext)
+        });
+        let most = blocks / zone_blocks.max(1) + 1;
+        assert!(reports <= most, "{reports} reports for {most}");
+        let _ = zones;
     }
 });

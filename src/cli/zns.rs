@@ -6,13 +6,16 @@
 //! namespace node (`/dev/ngXnY`, `/dev/nvmeXnY`). The output is nvme-cli 2.3's.
 
 use super::device::{self, OpenDevice};
+use super::io_shared::target::refused;
 use super::output::OutputFormat;
 use super::{CliError, DEV_HELP, parse_nsid, parse_number, write_json};
 use crate::Device;
 use crate::admin::identify_namespace;
+use crate::claim::{Access, Claim};
 use crate::nvme::cmd::Command;
 use crate::nvme::ctrl::{ControllerConfig, IoCompletion};
 use crate::nvme::identify::Cns;
+use crate::nvme::status::Status;
 use crate::nvme::zns::{
     CSI_ZONED, IdentifyZonedNamespace, ZONE_DESCRIPTOR_BYTES, ZoneAction, ZoneDescriptor, ZoneReport, ZoneState,
 };
@@ -96,8 +99,9 @@ const DESCRIPTORS_PER_REPORT: usize = 1024;
 
 /// Runs a `zns` subcommand.
 ///
-/// Errors: [`CliError::Unsupported`] for a backend that cannot send zone commands (only
-/// VFIO and the ioctl backend can) or a namespace that is not zoned; the controller's
+/// Errors: [`CliError::Unsupported`] for a namespace that is not zoned;
+/// [`CliError::Refused`] for reset, open, close or finish on a kernel namespace that is
+/// mounted or held; [`CliError::Invalid`] for an LBA past the namespace; the controller's
 /// status (Invalid Zone State Transition 0x1BF, Invalid Field for a ZSLBA that starts no
 /// zone, ...) as [`CliError::OnDevice`].
 pub fn run(cmd: &ZnsCommand, out: &mut dyn Write) -> Result<(), CliError> {
@@ -118,38 +122,82 @@ struct Zoned {
     zone_blocks: u64,
     /// NSZE.
     blocks: u64,
+    /// Largest transfer in bytes (MDTS), which bounds a report's size.
+    max_transfer: usize,
+    /// Held while a command that changes data runs.
+    _claim: Claim,
 }
 
 impl Zoned {
-    fn open(target: &ZoneTarget) -> Result<Zoned, CliError> {
-        let dev = device::open(device::parse_device(&target.dev)?, ControllerConfig::default())?;
-        if !matches!(dev.device(), Device::Vfio(_) | Device::Ioctl(..)) {
-            return Err(CliError::Unsupported(format!(
-                "{}: zone commands need ironvme's driver or the NVMe ioctl backend",
-                dev.name()
-            )));
-        }
+    /// Opens the namespace `target` names. `writes` names a command that changes data
+    /// (reset, finish): a kernel node is then claimed exclusively first, so a mounted or
+    /// held namespace is refused, as the raw I/O commands refuse it (a PCI address is
+    /// exclusive by VFIO's own rule).
+    fn open(target: &ZoneTarget, writes: Option<&str>) -> Result<Zoned, CliError> {
+        let spec = device::parse_device(&target.dev)?;
+        let claim = match (&spec, writes) {
+            (device::DeviceSpec::Path(path), Some(what)) => {
+                let text = path.display().to_string();
+                let t = crate::Target::parse(&text)?;
+                Claim::acquire(&t, &text, Access::Exclusive).map_err(|e| refused(what, e))?
+            }
+            _ => Claim::none(),
+        };
+        let dev = device::open(spec, ControllerConfig::default())?;
         let nsid = target.nsid.or_else(|| dev.node_namespace()).unwrap_or(1);
         let id = identify_namespace(dev.admin(), nsid).map_err(CliError::on(&dev))?;
         let cmd = Command::identify_csi(Cns::IO_COMMAND_SET_NAMESPACE, nsid, CSI_ZONED);
-        let raw = dev.admin().admin_read(cmd, crate::nvme::identify::IDENTIFY_DATA_LEN);
-        let zone_blocks = raw
+        let not_zoned = |why: String| {
+            CliError::Unsupported(format!(
+                "{}: namespace {nsid} is not a zoned namespace ({why})",
+                dev.name()
+            ))
+        };
+        let raw = match dev.admin().admin_read(cmd, crate::nvme::identify::IDENTIFY_DATA_LEN) {
+            Ok((_, raw)) => raw,
+            // Invalid Field or Invalid I/O Command Set: no zoned data for this namespace.
+            Err(e) if matches!(e.status().map(|s| s.with_dnr(false)), Some(s) if s == Status::INVALID_FIELD || s == Status::new(1, 0x2C)) =>
+            {
+                return Err(not_zoned(format!(
+                    "the controller has no Zoned Namespace Identify data for it: {e}"
+                )));
+            }
+            Err(e) => return Err(CliError::on(&dev)(e)),
+        };
+        let zone_blocks = IdentifyZonedNamespace::parse(&raw)
             .ok()
-            .and_then(|(_, raw)| IdentifyZonedNamespace::parse(&raw).ok())
             .and_then(|z| z.zone_geometry(id.current_format_index()))
             .map(|(zsze, _)| zsze)
-            .ok_or_else(|| {
-                CliError::Unsupported(format!(
-                    "{}: namespace {nsid} is not a zoned namespace (no Zoned Namespace Identify data with a zone size)",
-                    dev.name()
-                ))
-            })?;
+            .ok_or_else(|| not_zoned("its Zoned Namespace Identify data gives no zone size".into()))?;
+        let max_transfer = dev
+            .device()
+            .namespaces()
+            .iter()
+            .find(|n| n.nsid == nsid)
+            .map_or(ZONE_DESCRIPTOR_BYTES * (1 + DESCRIPTORS_PER_REPORT), |n| {
+                n.max_transfer_bytes
+            });
         Ok(Zoned {
             dev,
             nsid,
             zone_blocks,
             blocks: id.nsze,
+            max_transfer,
+            _claim: claim,
         })
+    }
+
+    /// [`CliError::Invalid`] for an LBA past the namespace, before anything is sent.
+    fn check_lba(&self, lba: u64) -> Result<(), CliError> {
+        if lba < self.blocks {
+            return Ok(());
+        }
+        Err(CliError::Invalid(format!(
+            "{}: LBA {lba:#x} is past the end of namespace {} ({} blocks)",
+            self.dev.name(),
+            self.nsid,
+            self.blocks
+        )))
     }
 
     /// Runs one I/O command that reads `len` bytes (0: none); its 64-bit result and data.
@@ -185,7 +233,11 @@ impl Zoned {
                 let data = c.buf.as_ref().map(|b| b.as_slice()[..len].to_vec()).unwrap_or_default();
                 Ok((c.dw0_dw1(), data))
             }
-            _ => unreachable!("checked at open"),
+            other => Err(CliError::Unsupported(format!(
+                "{}: zone commands need ironvme's driver or the NVMe ioctl backend, not {}",
+                self.dev.name(),
+                other.backend()
+            ))),
         }
     }
 
@@ -198,29 +250,62 @@ impl Zoned {
 }
 
 /// `zns report-zones`: nvme-cli's flow — the total from a 64-byte report from LBA 0, then
-/// reports of up to 1024 zones from `-s`.
+/// reports of up to 1024 zones (fewer if MDTS is smaller) from `-s` ([`collect_zones`]).
 fn report(a: &ReportArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if a.output_format == OutputFormat::Binary {
         return Err(CliError::Usage("report-zones prints normal or json".into()));
     }
-    let z = Zoned::open(&a.target)?;
+    let z = Zoned::open(&a.target, None)?;
+    z.check_lba(a.start_lba)?;
     let total = z.report(0, ZONE_DESCRIPTOR_BYTES, a.state, false)?.zones;
-    let limit = a.descs.unwrap_or(u64::MAX);
-    let mut zones = Vec::new();
-    let mut slba = a.start_lba;
-    while (zones.len() as u64) < limit && slba < z.blocks {
-        let len = ZONE_DESCRIPTOR_BYTES * (1 + DESCRIPTORS_PER_REPORT);
-        let r = z.report(slba, len, a.state, a.partial)?;
-        let Some(last) = r.descriptors.last() else { break };
-        slba = last.start.saturating_add(z.zone_blocks);
-        let room = (limit - zones.len() as u64) as usize;
-        zones.extend(r.descriptors.into_iter().take(room));
-    }
+    let per_report = (z.max_transfer / ZONE_DESCRIPTOR_BYTES)
+        .saturating_sub(1)
+        .clamp(1, DESCRIPTORS_PER_REPORT);
+    let len = ZONE_DESCRIPTOR_BYTES * (1 + per_report);
+    let zones = collect_zones(a.start_lba, a.descs, z.zone_blocks, z.blocks, |slba| {
+        z.report(slba, len, a.state, a.partial)
+    })?;
     match a.output_format {
         OutputFormat::Json => write_json(out, &report_json(total, &zones))?,
         _ => out.write_all(report_text(total, &zones, a.verbose).as_bytes())?,
     }
     Ok(())
+}
+
+/// The zone descriptors from the zone holding `start` on, at most `limit` of them, read
+/// with `fetch(slba)` (one Zone Management Receive from `slba`) report after report: each
+/// next report starts one zone (`zone_blocks`) past the last descriptor, and the reading
+/// stops at the namespace's end (`blocks`), at an empty report, or — a device answering
+/// with zones before where it was asked — when the next start would not move forward.
+/// At most `blocks / zone_blocks + 1` reports are read.
+///
+/// Errors: `fetch`'s.
+pub fn collect_zones<E>(
+    start: u64,
+    limit: Option<u64>,
+    zone_blocks: u64,
+    blocks: u64,
+    mut fetch: impl FnMut(u64) -> Result<ZoneReport, E>,
+) -> Result<Vec<ZoneDescriptor>, E> {
+    let limit = limit.unwrap_or(u64::MAX);
+    let max_reports = (blocks / zone_blocks.max(1)).saturating_add(1);
+    let mut zones = Vec::new();
+    let mut slba = start;
+    for _ in 0..max_reports {
+        if zones.len() as u64 >= limit || slba >= blocks {
+            break;
+        }
+        let r = fetch(slba)?;
+        let Some(last) = r.descriptors.last() else { break };
+        let next = last.start.saturating_add(zone_blocks.max(1));
+        let room = (limit - zones.len() as u64).min(usize::MAX as u64) as usize;
+        zones.extend(r.descriptors.into_iter().take(room));
+        if next <= slba {
+            break;
+        }
+        slba = next;
+    }
+    Ok(zones)
 }
 
 /// C's `%#-10llx` (and `%#-4x` for `width` 4): `0x`-prefixed hex, plain `0` for zero,
@@ -245,6 +330,19 @@ pub fn report_text(total: u64, zones: &[ZoneDescriptor], verbose: bool) -> Strin
             s += &format!("SLBA: {slba} WP: {wp} Cap: {cap} State: {state:<12} Type: {ty:<14}\n");
             let valid = if d.attributes & 0x80 != 0 { "" } else { "Not " };
             s += &format!("Attrs: Zone Descriptor Extension is {valid}Vaild\n");
+            const LIMIT: [&str; 4] = ["", "1", "2", "3"];
+            let zai = d.attributes_info as usize;
+            if d.attributes & 0x04 != 0 {
+                let l = LIMIT[(zai & 0xd) >> 2];
+                s += &format!("       Reset Zone Recommended with Reset Recommended Limit{l}\n");
+            }
+            if d.attributes & 0x02 != 0 {
+                let l = LIMIT[zai & 0x3];
+                s += &format!("       Finish Zone Recommended with Finish Recommended Limit{l}\n");
+            }
+            if d.attributes & 0x01 != 0 {
+                s += "       Zone Finished by Controller\n";
+            }
         } else {
             s += &format!(
                 "SLBA: {slba} WP: {wp} Cap: {cap} State: {} Type: {} Attrs: {} AttrsInfo: {}\n",
@@ -288,19 +386,13 @@ pub fn report_json(total: u64, zones: &[ZoneDescriptor]) -> Value {
 /// A Zone Management Send command, with nvme-cli's line on success
 /// (`zns-reset-zone: Success, action:4 zone:0 all:0 zcapc:0 nsid:1`).
 fn send(action: ZoneAction, a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let z = Zoned::open(&a.target)?;
-    if !a.select_all && a.start_lba >= z.blocks {
-        return Err(CliError::Invalid(format!(
-            "{}: LBA {:#x} is past the end of namespace {} ({} blocks)",
-            z.dev.name(),
-            a.start_lba,
-            z.nsid,
-            z.blocks
-        )));
+    let name = format!("zns-{}", action.nvme_cli_name());
+    let z = Zoned::open(&a.target, Some(&name))?;
+    if !a.select_all {
+        z.check_lba(a.start_lba)?;
     }
     let cmd = Command::zone_management_send(z.nsid, a.start_lba, action, a.select_all);
     let (result, _) = z.io(cmd, 0)?;
-    let name = format!("zns-{}", action.nvme_cli_name());
     if action == ZoneAction::Open {
         writeln!(out, "{name}: Success zone slba:{:x} nsid:{}", a.start_lba, z.nsid)?;
     } else {
@@ -351,5 +443,53 @@ mod tests {
              Attrs: Zone Descriptor Extension is Not Vaild\n"
         );
         assert_eq!(report_json(1, &zones[2..])["zone_list"][0]["state"], "FULL");
+        let mut flagged = zone(0, 0, 0x10);
+        (flagged.attributes, flagged.attributes_info) = (0x07, 0x06);
+        assert_eq!(
+            report_text(1, &[flagged], true),
+            "nr_zones: 1\n\
+             SLBA: 0          WP: 0          Cap: 0x8000     State: EMPTY        Type: SEQWRITE_REQ  \n\
+             Attrs: Zone Descriptor Extension is Not Vaild\n       \
+             Reset Zone Recommended with Reset Recommended Limit1\n       \
+             Finish Zone Recommended with Finish Recommended Limit2\n       \
+             Zone Finished by Controller\n"
+        );
+    }
+
+    /// A device that reports `per` zones of 0x100 blocks from the zone holding the LBA,
+    /// of 8 zones; `back` makes every report start at zone 0 (a device that ignores SLBA).
+    fn device(per: usize, back: bool) -> impl FnMut(u64) -> Result<ZoneReport, ()> {
+        move |slba| {
+            let first = if back { 0 } else { slba / 0x100 };
+            let descriptors: Vec<_> = (first..8).take(per).map(|i| zone(i * 0x100, i * 0x100, 0x10)).collect();
+            Ok(ZoneReport {
+                zones: 8 - first,
+                descriptors,
+            })
+        }
+    }
+
+    #[test]
+    fn zones_are_collected_report_after_report_and_the_loop_always_ends() {
+        let starts = |v: Vec<ZoneDescriptor>| v.iter().map(|d| d.start / 0x100).collect::<Vec<_>>();
+        assert_eq!(
+            starts(collect_zones(0, None, 0x100, 0x800, device(3, false)).unwrap()),
+            [0, 1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(
+            starts(collect_zones(0x250, Some(4), 0x100, 0x800, device(3, false)).unwrap()),
+            [2, 3, 4, 5]
+        );
+        assert_eq!(
+            starts(collect_zones(0x800, None, 0x100, 0x800, device(3, false)).unwrap()),
+            Vec::<u64>::new()
+        );
+        // A device that answers every report from zone 0 does not make it loop.
+        assert_eq!(
+            starts(collect_zones(0x300, None, 0x100, 0x800, device(3, true)).unwrap()),
+            [0, 1, 2]
+        );
+        // Nor does a zone size of 0 (which `Zoned::open` refuses anyway): it ends.
+        assert!(collect_zones(0, None, 0, 0x800, device(3, false)).unwrap().len() <= 3 * 0x801);
     }
 }

@@ -768,23 +768,27 @@ impl IoctlDevice {
     }
 
     /// Runs an I/O command that moves `len` bytes from the controller (0 for none), one at
-    /// a time through `NVME_IOCTL_IO64_CMD` on this namespace node (zone management, for
-    /// one); returns the command's 64-bit result (completion DW1:DW0) and the data.
+    /// a time through `NVME_IOCTL_IO64_CMD` on the command's namespace's node (zone
+    /// management, for one; on the controller node that namespace's own node is opened,
+    /// as [`IoctlDevice::create_queue`] does); returns the command's result (DW1:DW0
+    /// through the 64-bit ioctl, DW0 alone through the 32-bit one of Linux < 5.5) and the
+    /// data.
     ///
-    /// Errors: [`KernelError::WrongDevice`] on a controller node (the kernel runs I/O
-    /// commands on a namespace's own node); as [`IoctlDevice::admin_read`].
+    /// Errors: [`KernelError::WrongDevice`] on another namespace's node, or when the
+    /// kernel made no node for the namespace; as [`IoctlDevice::admin_read`].
     pub fn io_read(&self, cmd: Command, len: usize) -> Result<(u64, Vec<u8>), KernelError> {
-        if self.node_nsid != Some(cmd.nsid) {
-            return Err(KernelError::WrongDevice {
+        match (&self.node, self.node_nsid) {
+            (Node::Controller(ctrl), _) => self.open_namespace_node(ctrl, cmd.nsid)?.read_command(false, cmd, len),
+            (_, Some(nsid)) if nsid == cmd.nsid => self.file.read_command(false, cmd, len),
+            _ => Err(KernelError::WrongDevice {
                 backend: "ioctl",
                 path: self.path().to_path_buf(),
                 why: format!(
                     "an I/O command for namespace {} runs on that namespace's node (/dev/ngXnY or /dev/nvmeXnY)",
                     cmd.nsid
                 ),
-            });
+            }),
         }
-        self.file.read_command(false, cmd, len)
     }
 
     /// An I/O queue of `depth` entries (1..=[`MAX_QUEUE_DEPTH`]) on namespace `nsid`. On

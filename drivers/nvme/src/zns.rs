@@ -34,7 +34,7 @@ pub enum ZoneAction {
     Close = 0x01,
     /// Finish Zone: the zone becomes Full.
     Finish = 0x02,
-    /// Open Zone: an Empty or Closed zone becomes Explicitly Opened.
+    /// Open Zone: an Empty, Implicitly Opened or Closed zone becomes Explicitly Opened.
     Open = 0x03,
     /// Reset Zone: the zone becomes Empty, its write pointer back at its start.
     Reset = 0x04,
@@ -128,7 +128,7 @@ pub const ZONE_DESCRIPTOR_BYTES: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ZoneDescriptor {
-    /// ZT, bits 3:0 of byte 0 ([`ZONE_TYPE_SEQUENTIAL_WRITE_REQUIRED`]).
+    /// ZT, byte 0 as reported (bits 3:0 the type: [`ZONE_TYPE_SEQUENTIAL_WRITE_REQUIRED`]).
     pub zone_type: u8,
     /// ZS, byte 1 as reported: the state in bits 7:4 ([`ZoneDescriptor::state`]).
     pub zs: u8,
@@ -158,7 +158,7 @@ impl ZoneDescriptor {
     pub fn parse(buf: &[u8]) -> Result<ZoneDescriptor, ParseError> {
         need("Zone Descriptor", buf, ZONE_DESCRIPTOR_BYTES)?;
         Ok(ZoneDescriptor {
-            zone_type: buf[0] & 0x0F,
+            zone_type: buf[0],
             zs: buf[1],
             attributes: buf[2],
             attributes_info: buf[3],
@@ -309,15 +309,19 @@ impl Command {
         Some(c)
     }
 
-    /// Zone Append (ZNS 1.1 §3.4.1): `blocks` (1..=65536) logical blocks written at the
-    /// write pointer of the zone starting at `zslba`; the completion's DW0 (low) and DW1
-    /// (high) give the first block written. The data pointer is set when it is posted.
-    pub fn zone_append(nsid: u32, zslba: u64, blocks: u32) -> Command {
+    /// Zone Append (ZNS 1.1 §3.4.1): `blocks` logical blocks written at the write pointer
+    /// of the zone starting at `zslba`; the completion's DW0 (low) and DW1 (high) give the
+    /// first block written. The data pointer is set when it is posted. `None` unless
+    /// `blocks` is 1..=65536 (NLB is 16 bits, 0-based).
+    pub fn zone_append(nsid: u32, zslba: u64, blocks: u32) -> Option<Command> {
+        if !(1..=crate::cmd::MAX_BLOCKS_PER_COMMAND).contains(&blocks) {
+            return None;
+        }
         let mut c = Command::new(opcode::ZONE_APPEND).with_nsid(nsid);
         c.cdw10 = zslba as u32;
         c.cdw11 = (zslba >> 32) as u32;
-        c.cdw12 = blocks.saturating_sub(1) & 0xFFFF;
-        c
+        c.cdw12 = blocks - 1;
+        Some(c)
     }
 }
 
@@ -359,7 +363,8 @@ mod tests {
         let c = Command::zone_management_receive(1, 0, 4096, false, ZoneState::Full.filter(), true).unwrap();
         assert_eq!((c.opcode(), c.cdw12, c.cdw13), (0x7A, 1023, 0x1_0500));
         assert!(Command::zone_management_receive(1, 0, 60, false, 0, false).is_none());
-        let c = Command::zone_append(2, 0x8000, 8);
+        let c = Command::zone_append(2, 0x8000, 8).unwrap();
+        assert!(Command::zone_append(2, 0, 0).is_none() && Command::zone_append(2, 0, 65537).is_none());
         assert_eq!((c.opcode(), c.nsid, c.cdw10, c.cdw12), (0x7D, 2, 0x8000, 7));
         let c = Command::identify_csi(Cns::IO_COMMAND_SET_NAMESPACE, 3, CSI_ZONED);
         assert_eq!((c.cdw10, c.cdw11, c.nsid), (5, 0x0200_0000, 3));

@@ -486,7 +486,16 @@ impl<R: Registers> Machine<'_, R> {
             (1..=nn.min(1024)).collect()
         };
         for nsid in nsids {
-            self.run(Command::identify(Cns::NAMESPACE, nsid, 0), AdminData::FromDevice(4096))?;
+            // With CC.CSS = 110b namespaces of command sets ironvme does not know may be
+            // active; one the controller will not describe is skipped, not fatal.
+            match self.run(Command::identify(Cns::NAMESPACE, nsid, 0), AdminData::FromDevice(4096)) {
+                Ok(_) => {}
+                Err(Error::Command { status, .. }) => {
+                    tracing::warn!(nsid, %status, "skipping a namespace Identify Namespace refuses");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             let id = IdentifyNamespace::parse(self.admin().data(4096))?;
             let ctrl = self.identify.as_ref().expect("identified");
             match Namespace::new(

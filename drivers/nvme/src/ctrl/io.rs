@@ -721,7 +721,31 @@ impl<R: Registers> IoQueuePair<R> {
             let why = format!("Zone Append on namespace {} with metadata ({})", ns.nsid, ns.metadata);
             return Err(refuse(Error::Unsupported(why), Some(buf)));
         }
-        self.submit_data(ns, zslba, buf, tag, |n| Command::zone_append(ns.nsid, zslba, n))
+        let checked = Self::blocks_of(ns, &buf).and_then(|blocks| {
+            ns.check_range(zslba, blocks)?;
+            Command::zone_append(ns.nsid, zslba, blocks as u32).ok_or(Error::TransferTooLarge {
+                bytes: buf.len(),
+                max: ns.max_transfer_bytes(),
+            })
+        });
+        match checked {
+            Ok(cmd) => self.submit(cmd, Some(buf), tag),
+            Err(e) => Err(refuse(e, Some(buf))),
+        }
+    }
+
+    /// [`Error::LbaOutOfRange`] for a zone command whose LBA is past the namespace (zone
+    /// commands move no data, so the namespace's metadata format does not matter).
+    fn zone_lba_check(ns: &Namespace, slba: u64) -> Result<(), Error> {
+        if slba < ns.blocks {
+            return Ok(());
+        }
+        Err(Error::LbaOutOfRange {
+            nsid: ns.nsid,
+            slba,
+            blocks: 1,
+            nsze: ns.blocks,
+        })
     }
 
     /// Zone Management Send (ZNS 1.1 §3.4.3): `action` on the zone starting at `zslba`, or
@@ -737,7 +761,7 @@ impl<R: Registers> IoQueuePair<R> {
         select_all: bool,
         tag: u64,
     ) -> Result<(), IoError> {
-        if let Err(e) = ns.check_range(zslba, 1) {
+        if let Err(e) = Self::zone_lba_check(ns, zslba) {
             return Err(refuse(e, None));
         }
         self.submit(
@@ -765,7 +789,7 @@ impl<R: Registers> IoQueuePair<R> {
         partial: bool,
         tag: u64,
     ) -> Result<(), IoError> {
-        if let Err(e) = ns.check_range(slba, 1) {
+        if let Err(e) = Self::zone_lba_check(ns, slba) {
             return Err(refuse(e, Some(buf)));
         }
         let len = u32::try_from(buf.len()).ok();

@@ -418,9 +418,19 @@ impl<R: Registers> Controller<R> {
         let _one_at_a_time = self.inner.rescan.lock().expect("rescan lock");
         let mut found = Vec::new();
         for nsid in self.active_namespace_ids()? {
+            // As at init: a namespace Identify Namespace refuses (of a command set ironvme
+            // does not know) is skipped.
+            let id = match self.identify_namespace(nsid) {
+                Ok(id) => id,
+                Err(Error::Command { status, .. }) => {
+                    tracing::warn!(nsid, %status, "skipping a namespace Identify Namespace refuses");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(ns) = Namespace::new(
                 nsid,
-                self.identify_namespace(nsid)?,
+                id,
                 &self.inner.identify,
                 self.inner.max_transfer,
                 self.inner.config.quirks.unwrap_or_default(),

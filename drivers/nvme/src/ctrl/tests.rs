@@ -1054,3 +1054,25 @@ fn separate_metadata_goes_in_mptr_after_the_data_and_raw_commands_carry_none() {
     assert!(e.buf.is_some(), "the buffer comes back");
     assert_eq!(q.outstanding(), 0);
 }
+
+#[test]
+fn a_namespace_identify_namespace_refuses_is_skipped_not_fatal() {
+    // With CC.CSS = 110b a controller may have active namespaces of command sets ironvme
+    // does not know; it refuses to describe one with a status: init and a rescan go on
+    // with the others.
+    let sim = SimController::new(two_namespaces());
+    let refuse = FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::IDENTIFY),
+        nsid: Some(2),
+        action: FaultAction::Status(Status::new(1, 0x2C)),
+        ..Default::default()
+    };
+    sim.inject(refuse.clone());
+    let ctrl = start(&sim, ControllerConfig::default());
+    let nsids: Vec<u32> = ctrl.namespaces().iter().map(|n| n.nsid).collect();
+    assert_eq!(nsids, [1]);
+    assert_eq!(ctrl.rescan_namespaces().unwrap().len(), 1);
+    sim.clear_faults();
+    assert_eq!(ctrl.rescan_namespaces().unwrap().len(), 2);
+}
