@@ -154,12 +154,15 @@ fn observer() -> (RecoveryObserver, Arc<Mutex<Vec<RecoveryEvent>>>) {
     (observer, events)
 }
 
-fn open(bdf: &str, observer: RecoveryObserver, interrupts: bool) -> ironvme::VfioController {
+/// Opens `bdf` with a recording observer; the controller and what it records.
+fn open(bdf: &str, interrupts: bool) -> (ironvme::VfioController, Arc<Mutex<Vec<RecoveryEvent>>>) {
+    let (observer, events) = observer();
     let config = ControllerConfig {
         recovery_observer: Some(observer),
         ..ControllerConfig::default()
     };
-    ironvme::open_vfio(bdf, config, interrupts).unwrap_or_else(|e| panic!("open {bdf}: {e}"))
+    let v = ironvme::open_vfio(bdf, config, interrupts).unwrap_or_else(|e| panic!("open {bdf}: {e}"));
+    (v, events)
 }
 
 /// Writes 16 blocks of a pattern at LBA KEPT and flushes them.
@@ -207,8 +210,7 @@ fn storm_until_removed(ctrl: &Ctrl, interrupts: bool, remove: impl FnOnce()) -> 
 fn device_del_mid_io_completes_every_command_once_and_releases_the_device() {
     let vfio = OnVfio::bind("IRONVME_HOTPLUG_BDF");
     let qdev = env("IRONVME_HOTPLUG_QDEV");
-    let (obs, events) = observer();
-    let v = open(&vfio.bdf, obs, false);
+    let (v, events) = open(&vfio.bdf, false);
     assert!(v.notifier.is_some(), "vfio-pci offers the request interrupt");
     assert!(
         v.notifier.as_ref().unwrap().has_error_irq(),
@@ -240,8 +242,7 @@ fn device_del_mid_io_completes_every_command_once_and_releases_the_device() {
     // Plugged back: what was written and flushed before the removal is there.
     let bdf = hotplug_readd();
     assert_eq!(bdf, vfio.bdf, "the controller comes back at the same address");
-    let (obs, _) = observer();
-    let again = open(&bdf, obs, false);
+    let (again, _) = open(&bdf, false);
     assert!(
         read_kept(&again.controller) == pattern(seed, 16 * 4096),
         "data acknowledged before the removal survives it"
@@ -252,8 +253,7 @@ fn device_del_mid_io_completes_every_command_once_and_releases_the_device() {
 #[ignore = "guest: runs inside QEMU via scripts/test"]
 fn an_unbind_in_interrupt_mode_completes_every_command_once_and_returns() {
     let vfio = OnVfio::bind("IRONVME_HOTPLUG_BDF");
-    let (obs, _) = observer();
-    let v = open(&vfio.bdf, obs, true);
+    let (v, _) = open(&vfio.bdf, true);
     let ctrl = v.controller.clone();
     let unbind = Arc::new(Mutex::new(None));
     let s = storm_until_removed(&ctrl, true, || {
@@ -283,8 +283,7 @@ fn an_unbind_in_interrupt_mode_completes_every_command_once_and_returns() {
     assert_eq!(common::driver_of(&vfio.bdf), None, "unbound");
     drop((v, ctrl));
     setup("bind", &vfio.bdf);
-    let (obs, _) = observer();
-    let again = open(&vfio.bdf, obs, false);
+    let (again, _) = open(&vfio.bdf, false);
     again
         .controller
         .namespace(1)
@@ -295,8 +294,7 @@ fn an_unbind_in_interrupt_mode_completes_every_command_once_and_returns() {
 #[ignore = "guest: runs inside QEMU via scripts/test"]
 fn the_request_interrupt_loopback_releases_the_device_and_it_opens_again() {
     let vfio = OnVfio::bind("IRONVME_HOTPLUG_BDF");
-    let (obs, _) = observer();
-    let v = open(&vfio.bdf, obs, false);
+    let (v, _) = open(&vfio.bdf, false);
     let ctrl = v.controller.clone();
     let notifier = v.notifier.as_ref().expect("request interrupt");
     let s = storm_until_removed(&ctrl, false, || {
@@ -310,8 +308,7 @@ fn the_request_interrupt_loopback_releases_the_device_and_it_opens_again() {
         "the device fd is released"
     );
     drop((v, ctrl));
-    let (obs, _) = observer();
-    let again = open(&vfio.bdf, obs, false);
+    let (again, _) = open(&vfio.bdf, false);
     keep(&again.controller, 7);
     assert!(read_kept(&again.controller) == pattern(7, 16 * 4096));
 }
@@ -320,8 +317,7 @@ fn the_request_interrupt_loopback_releases_the_device_and_it_opens_again() {
 #[ignore = "guest: runs inside QEMU via scripts/test"]
 fn an_aer_error_at_the_root_port_is_reported_and_io_goes_on() {
     let vfio = OnVfio::bind("IRONVME_HOTPLUG_BDF");
-    let (obs, events) = observer();
-    let v = open(&vfio.bdf, obs, false);
+    let (v, events) = open(&vfio.bdf, false);
     let port = env("IRONVME_HOTPLUG_PORT_QDEV");
     let pci_errors = || {
         events

@@ -13,7 +13,7 @@ use crate::Device;
 use crate::admin::identify_namespace;
 use crate::claim::{Access, Claim};
 use crate::nvme::cmd::Command;
-use crate::nvme::ctrl::{ControllerConfig, IoCompletion};
+use crate::nvme::ctrl::ControllerConfig;
 use crate::nvme::identify::Cns;
 use crate::nvme::status::Status;
 use crate::nvme::zns::{
@@ -156,7 +156,7 @@ impl Zoned {
         let raw = match dev.admin().admin_read(cmd, crate::nvme::identify::IDENTIFY_DATA_LEN) {
             Ok((_, raw)) => raw,
             // Invalid Field or Invalid I/O Command Set: no zoned data for this namespace.
-            Err(e) if matches!(e.status().map(|s| s.with_dnr(false)), Some(s) if s == Status::INVALID_FIELD || s == Status::new(1, 0x2C)) =>
+            Err(e) if matches!(e.status().map(|s| s.with_dnr(false)), Some(s) if s == Status::INVALID_FIELD || s == Status::INVALID_IO_COMMAND_SET) =>
             {
                 return Err(not_zoned(format!(
                     "the controller has no Zoned Namespace Identify data for it: {e}"
@@ -216,20 +216,15 @@ impl Zoned {
                             .map_err(|e| on(crate::nvme::ctrl::Error::from(e).into()))?,
                     ),
                 };
-                q.submit(cmd, buf, 0).map_err(|e| on(e.error.into()))?;
-                q.ring();
-                let mut done: Option<IoCompletion> = None;
-                while done.is_none() {
-                    q.wait(1, |c| done = Some(c));
-                }
-                let c = done.expect("the loop ends with it");
-                if let Err(status) = c.result() {
-                    let e = crate::nvme::ctrl::Error::Command {
+                let c = q.complete_one(|q| q.submit(cmd, buf, 0)).map_err(|e| match e.error {
+                    // Named by its opcode, as the ioctl path names it.
+                    crate::nvme::ctrl::Error::Command { status, .. } => on(crate::nvme::ctrl::Error::Command {
                         command: cmd.name(false),
                         status,
-                    };
-                    return Err(on(e.into()));
-                }
+                    }
+                    .into()),
+                    other => on(other.into()),
+                })?;
                 let data = c.buf.as_ref().map(|b| b.as_slice()[..len].to_vec()).unwrap_or_default();
                 Ok((c.dw0_dw1(), data))
             }

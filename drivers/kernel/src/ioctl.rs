@@ -298,7 +298,7 @@ pub(crate) fn namespace_info(
         deallocate_zeroes: ns.dlfeat & 0x7 == 1,
         // Plain Compare would need the metadata.
         compare: ctrl.oncs.contains(Oncs::COMPARE) && ns.metadata_format().is_none(),
-        verify: ctrl.oncs.contains(Oncs::VERIFY) || quirks.contains(Quirks::VERIFY_UNADVERTISED),
+        verify: ctrl.verify_supported(quirks),
         volatile_write_cache: ctrl.vwc_present(),
         metadata: ns.metadata_format(),
         source: GeometrySource::Identify,
@@ -986,12 +986,11 @@ impl Executor for IoctlNamespace {
             },
             (None, _) => Transfer::default(),
         };
-        // SAFETY: with a buffer, the queue owns it (moved in at submit) and does not touch
-        // it until the ioctl returns; its window is `t.len` writable bytes at `t.addr`,
-        // followed, with separate metadata, by the `t.metadata.1` bytes at `t.metadata.0`,
-        // which `Transfer::of` computed as the command's NLB × MS. Without one, `t` is
-        // either empty or the DSM range, a local that outlives the call and that the
-        // kernel only reads (opcode 09h is host-to-controller).
+        // With a buffer, its window is `t.len` writable bytes at `t.addr`, followed, with
+        // separate metadata, by the `t.metadata.1` bytes at `t.metadata.0` (`Transfer::of`:
+        // NLB × MS). Without one, `t` is empty or the DSM range, a local the kernel only reads.
+        // SAFETY: the queue owns the buffer (moved in at submit) and does not touch it until
+        // the ioctl returns; the DSM range outlives the call. Both are as described above.
         let done = unsafe { self.file.passthru(false, &cmd, t.addr, t.len, t.metadata, None) };
         match done {
             Ok(_) => Ok(()),

@@ -557,7 +557,7 @@ impl Command {
 
     // --- NVM command set I/O commands (NVM Command Set Specification 1.0, §3) ---
 
-    fn rw(opcode: u8, nsid: u32, slba: u64, blocks: u32, fua: bool) -> Command {
+    pub(crate) fn rw(opcode: u8, nsid: u32, slba: u64, blocks: u32, fua: bool) -> Command {
         debug_assert!((1..=MAX_BLOCKS_PER_COMMAND).contains(&blocks));
         let mut c = Command::new(opcode).with_nsid(nsid);
         c.cdw10 = slba as u32;

@@ -36,9 +36,6 @@ impl Cns {
     /// 05h: I/O Command Set specific Identify Namespace data for the CSI in CDW11 (for
     /// zoned namespaces: [`crate::zns::IdentifyZonedNamespace`]).
     pub const IO_COMMAND_SET_NAMESPACE: Cns = Cns(0x05);
-    /// 06h: I/O Command Set specific Identify Controller data for the CSI in CDW11 (ZNS:
-    /// [`crate::zns::parse_zasl`]).
-    pub const IO_COMMAND_SET_CONTROLLER: Cns = Cns(0x06);
 }
 
 bitflags::bitflags! {
@@ -633,6 +630,12 @@ impl IdentifyController {
     /// a multiple of dwords long.
     pub fn sgl_dword_aligned_required(&self) -> bool {
         self.sgls & 0b11 == 0b10
+    }
+
+    /// Whether Verify may be sent: ONCS bit 7, or a controller whose `quirks` include
+    /// [`crate::quirks::Quirks::VERIFY_UNADVERTISED`].
+    pub fn verify_supported(&self, quirks: crate::quirks::Quirks) -> bool {
+        self.oncs.contains(Oncs::VERIFY) || quirks.contains(crate::quirks::Quirks::VERIFY_UNADVERTISED)
     }
 
     /// VWC bit 0: a volatile write cache is present.

@@ -131,6 +131,9 @@ impl Status {
     /// Command Aborted By Host (SCT 3h, SC 71h): the host driver completed the command
     /// itself, e.g. because the controller was reset while it was outstanding.
     pub const ABORTED_BY_HOST: Status = Status::new(3, 0x71);
+    /// Invalid I/O Command Set (SCT 1h, SC 2Ch): e.g. Identify for a command set the
+    /// namespace does not belong to.
+    pub const INVALID_IO_COMMAND_SET: Status = Status::new(1, 0x2C);
 
     /// A status from its Status Code Type (3 bits) and Status Code, with DNR, More and
     /// CRD clear.

@@ -256,19 +256,9 @@ impl IdentifyZonedNamespace {
     }
 }
 
-/// The Zone Append Size Limit of a ZNS controller (CNS 06h, CSI 02h; ZNS 1.1, Figure 46,
-/// byte 0): the largest Zone Append is 2^ZASL units of the minimum memory page size
-/// (CAP.MPSMIN); 0 means MDTS applies.
-///
-/// Errors: [`ParseError::TooShort`] if `buf` is empty.
-pub fn parse_zasl(buf: &[u8]) -> Result<u8, ParseError> {
-    need("Identify Controller (ZNS)", buf, 1)?;
-    Ok(buf[0])
-}
-
 impl Command {
     /// Identify with a Command Set Identifier (CDW11 bits 31:24; Base 2.0 §5.17.1), for
-    /// [`Cns::IO_COMMAND_SET_NAMESPACE`] and [`Cns::IO_COMMAND_SET_CONTROLLER`].
+    /// [`Cns::IO_COMMAND_SET_NAMESPACE`].
     pub fn identify_csi(cns: Cns, nsid: u32, csi: u8) -> Command {
         let mut c = Command::identify(cns, nsid, 0);
         c.cdw11 = (csi as u32) << 24;
@@ -309,19 +299,11 @@ impl Command {
         Some(c)
     }
 
-    /// Zone Append (ZNS 1.1 §3.4.1): `blocks` logical blocks written at the write pointer
-    /// of the zone starting at `zslba`; the completion's DW0 (low) and DW1 (high) give the
-    /// first block written. The data pointer is set when it is posted. `None` unless
-    /// `blocks` is 1..=65536 (NLB is 16 bits, 0-based).
-    pub fn zone_append(nsid: u32, zslba: u64, blocks: u32) -> Option<Command> {
-        if !(1..=crate::cmd::MAX_BLOCKS_PER_COMMAND).contains(&blocks) {
-            return None;
-        }
-        let mut c = Command::new(opcode::ZONE_APPEND).with_nsid(nsid);
-        c.cdw10 = zslba as u32;
-        c.cdw11 = (zslba >> 32) as u32;
-        c.cdw12 = blocks - 1;
-        Some(c)
+    /// Zone Append (ZNS 1.1 §3.4.1): `blocks` logical blocks (1..=65536) written at the
+    /// write pointer of the zone starting at `zslba`; the completion's DW0 (low) and DW1
+    /// (high) give the first block written. The data pointer is set when it is posted.
+    pub fn zone_append(nsid: u32, zslba: u64, blocks: u32) -> Command {
+        Command::rw(opcode::ZONE_APPEND, nsid, zslba, blocks, false)
     }
 }
 
@@ -363,8 +345,7 @@ mod tests {
         let c = Command::zone_management_receive(1, 0, 4096, false, ZoneState::Full.filter(), true).unwrap();
         assert_eq!((c.opcode(), c.cdw12, c.cdw13), (0x7A, 1023, 0x1_0500));
         assert!(Command::zone_management_receive(1, 0, 60, false, 0, false).is_none());
-        let c = Command::zone_append(2, 0x8000, 8).unwrap();
-        assert!(Command::zone_append(2, 0, 0).is_none() && Command::zone_append(2, 0, 65537).is_none());
+        let c = Command::zone_append(2, 0x8000, 8);
         assert_eq!((c.opcode(), c.nsid, c.cdw10, c.cdw12), (0x7D, 2, 0x8000, 7));
         let c = Command::identify_csi(Cns::IO_COMMAND_SET_NAMESPACE, 3, CSI_ZONED);
         assert_eq!((c.cdw10, c.cdw11, c.nsid), (5, 0x0200_0000, 3));

@@ -192,12 +192,12 @@ impl BarRevoker {
         }
         // SAFETY: `fresh` is the len-byte mapping just made, used by nothing else.
         unsafe { std::ptr::write_bytes(fresh.cast::<u8>(), 0xFF, len) };
+        // MREMAP_FIXED replaces the BAR with `fresh`'s pages in one step under the
+        // process's mmap lock, so concurrent accesses through `Window::reg` see the BAR or
+        // the 0xFF page, never a hole. The MmapRaw later unmaps `at..at + len` as before,
+        // which is then this anonymous memory; `fresh`'s old address is never used again.
         // SAFETY: `at..at + len` is exactly the BAR mapping, kept mapped by `map` (the
-        // upgraded Arc) for this call; MREMAP_FIXED replaces it with `fresh`'s pages in
-        // one step under the process's mmap lock, so concurrent register accesses through
-        // `Window::reg` see either the BAR or the 0xFF page, never a hole. The MmapRaw
-        // later unmaps `at..at + len` as before, which is then this anonymous memory;
-        // `fresh`'s old address is left unmapped by the move and never used again.
+        // upgraded Arc) for this call, and `fresh` is a mapping only this function uses.
         let moved = unsafe {
             libc::mremap(
                 fresh,

@@ -35,19 +35,6 @@ pub mod reg {
     pub const PCIE_DEVICE_STATUS: u64 = 0x0A;
 }
 
-/// Bits of the PCI Express Device Status register (PCIe Base 4.0, §7.5.3.5): the four
-/// error-detected bits.
-pub mod device_status {
-    /// Correctable Error Detected.
-    pub const CORRECTABLE: u16 = 1 << 0;
-    /// Non-Fatal Error Detected.
-    pub const NON_FATAL: u16 = 1 << 1;
-    /// Fatal Error Detected.
-    pub const FATAL: u16 = 1 << 2;
-    /// Unsupported Request Detected.
-    pub const UNSUPPORTED_REQUEST: u16 = 1 << 3;
-}
-
 /// Bits of the Command register (PCI Local Bus 3.0, §6.2.2).
 pub mod command {
     /// Memory Space Enable: the device answers memory accesses to its BARs.

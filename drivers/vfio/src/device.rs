@@ -149,13 +149,12 @@ impl Device {
             .write(true)
             .open("/dev/null")
             .map_err(|e| self.err("open /dev/null", e))?;
-        // SAFETY: both fds are open and owned: `null` by this function, the device fd by
-        // `self.file`, which keeps owning the number; dup3 makes that number refer to
-        // /dev/null's open file in one step, so no fd is closed twice and the number never
-        // dangles or gets reused by another open. Other threads may hold the number
-        // borrowed (MSI-X, the notifier, PCI config reads): from here their calls reach
-        // /dev/null and fail (ioctl: ENOTTY, read: end of file) or are discarded (write),
-        // which every caller handles as an error or, for config writes, as lost.
+        // Other threads may hold the device fd's number borrowed (MSI-X, the notifier, PCI
+        // config reads): from here their calls reach /dev/null and fail (ioctl: ENOTTY,
+        // read: end of file) or are discarded (write), which every caller handles.
+        // SAFETY: both fds are open and owned (`null` here, the device fd by `self.file`,
+        // which keeps the number); dup3 swaps the file behind it in one step, so no fd is
+        // closed twice and the number never dangles or gets reused by another open.
         if unsafe { libc::dup3(null.as_raw_fd(), self.file.as_raw_fd(), libc::O_CLOEXEC) } < 0 {
             return Err(self.err("dup3", io::Error::last_os_error()));
         }

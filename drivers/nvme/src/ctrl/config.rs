@@ -85,6 +85,14 @@ pub struct ControllerConfig {
     pub quirks: Option<crate::quirks::Quirks>,
 }
 
+impl ControllerConfig {
+    /// The quirks the driver applies: [`ControllerConfig::quirks`], none when unset (only
+    /// `ironvme::open_vfio` looks a PCI ID up).
+    pub fn quirks_in_use(&self) -> crate::quirks::Quirks {
+        self.quirks.unwrap_or_default()
+    }
+}
+
 impl Default for ControllerConfig {
     fn default() -> ControllerConfig {
         ControllerConfig {

@@ -486,25 +486,13 @@ impl<R: Registers> Machine<'_, R> {
             (1..=nn.min(1024)).collect()
         };
         for nsid in nsids {
-            // With CC.CSS = 110b namespaces of command sets ironvme does not know may be
-            // active; one the controller will not describe is skipped, not fatal.
-            match self.run(Command::identify(Cns::NAMESPACE, nsid, 0), AdminData::FromDevice(4096)) {
-                Ok(_) => {}
-                Err(Error::Command { status, .. }) => {
-                    tracing::warn!(nsid, %status, "skipping a namespace Identify Namespace refuses");
-                    continue;
-                }
-                Err(e) => return Err(e),
+            if let Err(e) = self.run(Command::identify(Cns::NAMESPACE, nsid, 0), AdminData::FromDevice(4096)) {
+                super::namespace::skip_refused(nsid, e)?;
+                continue;
             }
             let id = IdentifyNamespace::parse(self.admin().data(4096))?;
             let ctrl = self.identify.as_ref().expect("identified");
-            match Namespace::new(
-                nsid,
-                id,
-                ctrl,
-                self.max_transfer,
-                self.config.quirks.unwrap_or_default(),
-            ) {
+            match Namespace::new(nsid, id, ctrl, self.max_transfer, self.config.quirks_in_use()) {
                 Some(ns) => self.namespaces.push(ns),
                 None => tracing::warn!(nsid, "skipping inactive namespace or one with an unusable LBA format"),
             }

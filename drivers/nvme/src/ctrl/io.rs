@@ -516,17 +516,11 @@ impl<R: Registers> IoQueuePair<R> {
             return 0;
         };
         let qid = self.qid;
-        let abort_noop = self
-            .inner
-            .config
-            .quirks
-            .unwrap_or_default()
-            .contains(Quirks::ABORT_NOOP);
         let mut reaped = 0;
-        if !already_aborted {
+        if already_aborted {
+            // Its abort_timeout ran out: reset below.
+        } else if self.inner.config.quirks_in_use().contains(Quirks::ABORT_NOOP) {
             self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
-        }
-        if !already_aborted && abort_noop {
             // Abort would answer "not aborted" and change nothing: no Abort, no
             // abort_timeout. The command may be in the CQ already (a poll reaps at most
             // its `max`): look there before resetting.
@@ -534,7 +528,8 @@ impl<R: Registers> IoQueuePair<R> {
             if self.slots.get(cid).is_none() {
                 return reaped;
             }
-        } else if !already_aborted {
+        } else {
+            self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
             match self.inner.abort_command(qid, cid) {
                 Ok(aborted) => {
                     self.inner.notify(RecoveryEvent::AbortSent { qid, cid, aborted });
@@ -721,17 +716,7 @@ impl<R: Registers> IoQueuePair<R> {
             let why = format!("Zone Append on namespace {} with metadata ({})", ns.nsid, ns.metadata);
             return Err(refuse(Error::Unsupported(why), Some(buf)));
         }
-        let checked = Self::blocks_of(ns, &buf).and_then(|blocks| {
-            ns.check_range(zslba, blocks)?;
-            Command::zone_append(ns.nsid, zslba, blocks as u32).ok_or(Error::TransferTooLarge {
-                bytes: buf.len(),
-                max: ns.max_transfer_bytes(),
-            })
-        });
-        match checked {
-            Ok(cmd) => self.submit(cmd, Some(buf), tag),
-            Err(e) => Err(refuse(e, Some(buf))),
-        }
+        self.submit_data(ns, zslba, buf, tag, |n| Command::zone_append(ns.nsid, zslba, n))
     }
 
     /// [`Error::LbaOutOfRange`] for a zone command whose LBA is past the namespace (zone
@@ -1021,6 +1006,17 @@ impl<R: Registers> IoQueuePair<R> {
         &mut self,
         submit: impl FnOnce(&mut Self) -> Result<(), IoError>,
     ) -> Result<Option<DmaBuf>, IoError> {
+        self.complete_one(submit).map(|c| c.buf)
+    }
+
+    /// [`Self::wait_for`], giving back the whole completion (its DW0 and DW1 too: a Zone
+    /// Append's LBA, a Zone Management Send's result).
+    ///
+    /// Errors: as [`Self::wait_for`].
+    pub fn complete_one(
+        &mut self,
+        submit: impl FnOnce(&mut Self) -> Result<(), IoError>,
+    ) -> Result<IoCompletion, IoError> {
         if !self.slots.is_idle() {
             return Err(refuse(Error::QueueBusy(self.outstanding()), None));
         }
@@ -1031,7 +1027,7 @@ impl<R: Registers> IoQueuePair<R> {
         }
         let c = done.expect("loop ends when set");
         match c.result() {
-            Ok(()) => Ok(c.buf),
+            Ok(()) => Ok(c),
             Err(status) => Err(refuse(
                 Error::Command {
                     command: "I/O command",

@@ -224,7 +224,7 @@ impl<R: Registers> Controller<R> {
     /// The quirks the driver applies to this controller
     /// ([`ControllerConfig::quirks`]).
     pub fn quirks(&self) -> crate::quirks::Quirks {
-        self.inner.config.quirks.unwrap_or_default()
+        self.inner.config.quirks_in_use()
     }
 
     /// I/O queue pairs available: min(asked, granted).
@@ -418,22 +418,19 @@ impl<R: Registers> Controller<R> {
         let _one_at_a_time = self.inner.rescan.lock().expect("rescan lock");
         let mut found = Vec::new();
         for nsid in self.active_namespace_ids()? {
-            // As at init: a namespace Identify Namespace refuses (of a command set ironvme
-            // does not know) is skipped.
             let id = match self.identify_namespace(nsid) {
                 Ok(id) => id,
-                Err(Error::Command { status, .. }) => {
-                    tracing::warn!(nsid, %status, "skipping a namespace Identify Namespace refuses");
+                Err(e) => {
+                    namespace::skip_refused(nsid, e)?;
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             if let Some(ns) = Namespace::new(
                 nsid,
                 id,
                 &self.inner.identify,
                 self.inner.max_transfer,
-                self.inner.config.quirks.unwrap_or_default(),
+                self.inner.config.quirks_in_use(),
             ) {
                 found.push(ns);
             }
@@ -977,17 +974,18 @@ impl<R: Registers> Drop for Inner<R> {
         // Failed and quiesced (disabled, or Bus Master Enable cleared): the controller no
         // longer touches memory, and a shutdown has nothing left to do (or no device).
         let stopped = self.health() == Health::Failed && self.quiesced.load(Ordering::Acquire);
-        match if stopped { Ok(()) } else { self.shutdown() } {
+        let released = if stopped {
+            tracing::debug!("nvme controller released: it had failed and was stopped");
+            Ok(())
+        } else {
+            self.shutdown()
+                .inspect(|()| tracing::debug!("nvme controller shut down"))
+        };
+        match released {
             Ok(()) => {
-                if stopped {
-                    tracing::debug!("nvme controller released: it had failed and was stopped");
-                } else {
-                    tracing::debug!("nvme controller shut down");
-                }
-                // SAFETY: shutdown completed, or the controller was disabled or lost Bus
-                // Master Enable when it failed, so it no longer touches the admin rings or
-                // buffers, nor the shadow doorbell pages; neither field is used after this
-                // point.
+                // Neither field is used after this point.
+                // SAFETY: shutdown completed, or the failed controller was disabled or lost
+                // Bus Master Enable: it touches neither the admin queue nor the shadow pages.
                 unsafe {
                     ManuallyDrop::drop(&mut self.admin);
                     ManuallyDrop::drop(&mut self.shadow);

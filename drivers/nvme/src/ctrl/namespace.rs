@@ -64,7 +64,7 @@ impl Namespace {
             write_zeroes: ctrl.oncs.contains(Oncs::WRITE_ZEROES),
             deallocate: ctrl.oncs.contains(Oncs::DATASET_MANAGEMENT),
             compare: ctrl.oncs.contains(Oncs::COMPARE),
-            verify: ctrl.oncs.contains(Oncs::VERIFY) || quirks.contains(crate::quirks::Quirks::VERIFY_UNADVERTISED),
+            verify: ctrl.verify_supported(quirks),
             volatile_write_cache: ctrl.vwc_present(),
             identify: Box::new(id),
         })
@@ -119,6 +119,20 @@ impl Namespace {
             });
         }
         Ok(())
+    }
+}
+
+/// For a scan of the active namespaces (at init and at a rescan): `Ok` when Identify
+/// Namespace failed for `nsid` with a status, so the namespace is skipped — with
+/// CC.CSS = 110b, namespaces of command sets ironvme does not know may be active, and the
+/// controller may refuse to describe them — else the error, which fails the scan.
+pub(crate) fn skip_refused(nsid: u32, e: super::Error) -> Result<(), super::Error> {
+    match e {
+        super::Error::Command { status, .. } => {
+            tracing::warn!(nsid, %status, "skipping a namespace Identify Namespace refuses");
+            Ok(())
+        }
+        e => Err(e),
     }
 }
 

@@ -1065,7 +1065,7 @@ fn a_namespace_identify_namespace_refuses_is_skipped_not_fatal() {
         qid: Some(0),
         opcode: Some(crate::cmd::admin::IDENTIFY),
         nsid: Some(2),
-        action: FaultAction::Status(Status::new(1, 0x2C)),
+        action: FaultAction::Status(Status::INVALID_IO_COMMAND_SET),
         ..Default::default()
     };
     sim.inject(refuse.clone());
