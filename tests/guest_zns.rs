@@ -225,3 +225,153 @@ fn the_driver_appends_writes_at_the_write_pointer_and_manages_zones() {
         "{text}"
     );
 }
+
+/// ironvme's stdout as JSON; fails the test with its stderr if it fails.
+fn ours_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ours(args)).unwrap_or_else(|e| panic!("ironvme {args:?}: {e}"))
+}
+
+/// ironvme's stderr; fails the test if ironvme succeeds.
+fn refused(args: &[&str]) -> String {
+    let out = ironvme(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "ironvme {args:?} succeeded: {err}");
+    err
+}
+
+/// Each zone's state from `ironvme zns report-zones DEV -o json`.
+fn zone_states(dev: &str) -> Vec<String> {
+    ours_json(&["zns", "report-zones", dev, "-o", "json"])["zone_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| z["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn perf_and_verify_write_zones_by_their_rules() {
+    let blk = format!("{}n1", kernel_ctrl(&env("IRONVME_ZONED_BDF")).display());
+    let ng = blk.replacen("/dev/nvme", "/dev/ng", 1);
+    let cap = zone_capacity();
+    run("nvme", &["zns", "reset-zone", &blk, "-a"]);
+    // verify through io_uring passthrough on two zones (16 MiB): each reset, written up
+    // to its capacity one write at a time, read back; then checked again through the
+    // ioctl backend without writing.
+    let v = ours_json(&["verify", &ng, "--size", "16m", "--allow-write", "--seed", "7", "--json"]);
+    assert_eq!(
+        (v["backend"].as_str(), v["zones"].as_u64()),
+        (Some("uring-cmd"), Some(2)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["blocks"].as_u64(), v["mismatch_count"].as_u64()),
+        (Some(2 * cap), Some(0)),
+        "{v}"
+    );
+    assert_eq!(&zone_states(&blk)[..3], ["FULL", "FULL", "EMPTY"]);
+    let again = ours(&[
+        "verify",
+        &blk,
+        "--backend",
+        "ioctl",
+        "--read-only",
+        "--seed",
+        "7",
+        "--pass",
+        "1",
+        "--size",
+        "16m",
+    ]);
+    assert!(again.contains(&format!("OK: {} blocks intact", 2 * cap)), "{again}");
+    // Only whole zones; not through the kernel's block layer; no trims.
+    let e = refused(&["verify", &ng, "--size", "4m", "--allow-write"]);
+    assert!(e.contains("whole zones"), "{e}");
+    let e = refused(&["verify", &blk, "--size", "16m", "--allow-write"]);
+    assert!(e.contains("is a zoned block device (host-managed)"), "{e}");
+    let e = refused(&["perf", &blk, "--rw", "randwrite", "--time", "1", "--allow-write"]);
+    assert!(e.contains("is a zoned block device (host-managed)"), "{e}");
+    let e = refused(&["perf", &ng, "--rw", "randtrim", "--time", "1", "--allow-write"]);
+    assert!(e.contains("Reset Zone"), "{e}");
+    // Reads through the block layer, anywhere, stay inside their zones.
+    let p = ours_json(&["perf", &blk, "--rw", "randread", "--bs", "64k", "--time", "1", "--json"]);
+    assert!(p["errors"] == 0 && p["read"]["ios"].as_u64() > Some(0), "{p}");
+    // perf's writes are Zone Appends (through URING_CMD here), two threads with a zone
+    // each, filled and reset over and over: more than both zones' capacity is written,
+    // without an error, and no zone but the two is touched.
+    let p = ours_json(&[
+        "perf",
+        &ng,
+        "--rw",
+        "randrw",
+        "--bs",
+        "64k",
+        "--qd",
+        "16",
+        "--threads",
+        "2",
+        "--size",
+        "16m",
+        "--time",
+        "3",
+        "--allow-write",
+        "--json",
+    ]);
+    assert_eq!(p["errors"], 0, "{p}");
+    let written = p["write"]["bytes"].as_u64().unwrap();
+    assert!(written > 2 * cap * 4096, "{written} bytes written: {p}");
+    let states = zone_states(&blk);
+    assert!(states[2..].iter().all(|s| s == "EMPTY"), "{states:?}");
+    // The same through ironvme's driver, one thread at QD32 on four zones, and verify
+    // with three passes.
+    let vfio = OnVfio::bind("IRONVME_ZONED_BDF");
+    let p = ours_json(&[
+        "perf",
+        &vfio.bdf,
+        "--rw",
+        "randwrite",
+        "--bs",
+        "128k",
+        "--qd",
+        "32",
+        "--size",
+        "32m",
+        "--time",
+        "3",
+        "--allow-write",
+        "--json",
+    ]);
+    assert_eq!(p["errors"], 0, "{p}");
+    assert!(p["write"]["bytes"].as_u64().unwrap() > 4 * cap * 4096, "{p}");
+    let e = refused(&[
+        "perf",
+        &vfio.bdf,
+        "--rw",
+        "write",
+        "--bs",
+        "256k",
+        "--time",
+        "1",
+        "--allow-write",
+    ]);
+    assert!(e.contains("Zone Append Size Limit (ZASL) is 128KiB"), "{e}");
+    let v = ours_json(&[
+        "verify",
+        &vfio.bdf,
+        "--size",
+        "32m",
+        "--passes",
+        "3",
+        "--allow-write",
+        "--json",
+    ]);
+    assert_eq!(
+        (v["zones"].as_u64(), v["mismatch_count"].as_u64()),
+        (Some(4), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["error_count"], 0, "{v}");
+    let states = zone_states(&vfio.bdf);
+    assert_eq!(&states[..5], ["FULL", "FULL", "FULL", "FULL", "EMPTY"]);
+}

@@ -1,7 +1,8 @@
 //! Zoned Namespace data read from a device: a Zone Management Receive report
 //! ([`ZoneReport::parse`]) with or without descriptor extensions, the zoned Identify
-//! Namespace data ([`IdentifyZonedNamespace::parse`]) and nvme-cli's rendering of a
-//! report (`ironvme zns report-zones`).
+//! Namespace and Controller data ([`IdentifyZonedNamespace::parse`],
+//! [`zone_append_limit`]), nvme-cli's rendering of a report (`ironvme zns report-zones`)
+//! and what perf and verify make of each zone ([`ZoneSpan::of`], [`ZoneLayout::spans_in`]).
 //!
 //! Input: the extension size in 64-byte units (1 byte), then the bytes.
 //!
@@ -10,13 +11,16 @@
 //!   states, types and write pointers;
 //! - a report never yields more descriptors than the buffer holds, nor more than Number
 //!   of Zones says;
+//! - a zone perf or verify would write has a capacity and no more written than it, and
+//!   the zones of a region lie inside it;
 //! - report-zones' loop ([`collect_zones`]) ends after at most one report per zone of
 //!   the namespace plus one, whatever the reports say.
 
 #![no_main]
 
+use ironvme::cli::io_shared::zones::{ZoneLayout, ZoneSpan};
 use ironvme::cli::zns::{collect_zones, report_json, report_text};
-use ironvme_nvme::zns::{IdentifyZonedNamespace, ZONE_DESCRIPTOR_BYTES, ZoneReport};
+use ironvme_nvme::zns::{IdentifyZonedNamespace, ZONE_DESCRIPTOR_BYTES, ZoneReport, zone_append_limit};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -33,6 +37,19 @@ fuzz_target!(|data: &[u8]| {
         let _ = report_json(r.zones, &r.descriptors);
         for d in &r.descriptors {
             let _ = d.state().map(|s| (s.filter(), s.nvme_cli_name()));
+            if let Some(z) = ZoneSpan::of(d) {
+                assert!(z.capacity > 0 && z.written <= z.capacity, "{z:?} from {d:?}");
+            }
+        }
+        let zone_blocks = u64::from(ext as u32 + 1);
+        let layout = ZoneLayout {
+            zone_blocks,
+            append_limit: zone_append_limit(body, 4096).ok().flatten(),
+            zones: r.descriptors.clone(),
+        };
+        let (first, blocks) = (zone_blocks * 2, zone_blocks * 3);
+        if let Ok(spans) = layout.spans_in(first, blocks, "fuzz") {
+            assert!(spans.iter().all(|z| z.start >= first && z.start - first < blocks));
         }
     }
     // Identify data is 4096 bytes, more than libFuzzer's default input: the body,

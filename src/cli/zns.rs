@@ -18,6 +18,7 @@ use crate::nvme::identify::Cns;
 use crate::nvme::status::Status;
 use crate::nvme::zns::{
     CSI_ZONED, IdentifyZonedNamespace, ZONE_DESCRIPTOR_BYTES, ZoneAction, ZoneDescriptor, ZoneReport, ZoneState,
+    zone_append_limit,
 };
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -114,16 +115,10 @@ pub fn run(cmd: &ZnsCommand, out: &mut dyn Write) -> Result<(), CliError> {
     }
 }
 
-/// A zoned namespace opened for zone commands.
+/// A zoned namespace opened for zone commands by a `zns` subcommand.
 struct Zoned {
     dev: OpenDevice,
     nsid: u32,
-    /// Zone size in logical blocks (ZSZE of the current LBA format).
-    zone_blocks: u64,
-    /// NSZE.
-    blocks: u64,
-    /// Largest transfer in bytes (MDTS), which bounds a report's size.
-    max_transfer: usize,
     /// Held while a command that changes data runs.
     _claim: Claim,
 }
@@ -145,46 +140,113 @@ impl Zoned {
         };
         let dev = device::open(spec, ControllerConfig::default())?;
         let nsid = target.nsid.or_else(|| dev.node_namespace()).unwrap_or(1);
-        let id = identify_namespace(dev.admin(), nsid).map_err(CliError::on(&dev))?;
-        let cmd = Command::identify_csi(Cns::IO_COMMAND_SET_NAMESPACE, nsid, CSI_ZONED);
-        let not_zoned = |why: String| {
+        Ok(Zoned {
+            dev,
+            nsid,
+            _claim: claim,
+        })
+    }
+
+    /// The namespace's zone commands, [`CliError::Unsupported`] when it is not zoned.
+    fn access(&self) -> Result<ZoneAccess<'_>, CliError> {
+        ZoneAccess::new(self.dev.device(), self.dev.name(), self.nsid)?.ok_or_else(|| {
             CliError::Unsupported(format!(
-                "{}: namespace {nsid} is not a zoned namespace ({why})",
-                dev.name()
+                "{}: namespace {} is not a zoned namespace (the controller has no Zoned Namespace Identify data \
+                 for it)",
+                self.dev.name(),
+                self.nsid
             ))
+        })
+    }
+}
+
+/// Zone commands on one zoned namespace of an open device: its zone geometry, and
+/// single commands run to completion outside any I/O queue the caller holds.
+pub struct ZoneAccess<'a> {
+    device: &'a Device,
+    /// The device as the user named it, for errors.
+    name: String,
+    nsid: u32,
+    /// Zone size in logical blocks (ZSZE of the current LBA format).
+    pub zone_blocks: u64,
+    /// NSZE.
+    pub blocks: u64,
+    /// Largest transfer in bytes (MDTS), which bounds a report's size.
+    max_transfer: usize,
+    /// The Zone Append Size Limit in bytes (ZASL), `None` when only MDTS limits it.
+    pub append_limit: Option<usize>,
+}
+
+impl<'a> ZoneAccess<'a> {
+    /// Reads the zoned Identify data of namespace `nsid` of `device` (named `name`):
+    /// `None` when the controller has none for it (Invalid Field, Invalid I/O Command Set
+    /// or Invalid Namespace or Format: not a zoned namespace), or when the backend cannot send admin commands
+    /// (io_uring block I/O, psync, a VDE volume).
+    ///
+    /// Errors: [`CliError::OnDevice`] for any other failed command;
+    /// [`CliError::Unsupported`] for zoned data without a zone size.
+    pub fn new(device: &'a Device, name: String, nsid: u32) -> Result<Option<ZoneAccess<'a>>, CliError> {
+        let Some(admin) = device.admin() else {
+            return Ok(None);
         };
-        let raw = match dev.admin().admin_read(cmd, crate::nvme::identify::IDENTIFY_DATA_LEN) {
+        let on = |e: crate::Error| CliError::OnDevice {
+            device: name.clone(),
+            source: e,
+        };
+        let id = identify_namespace(admin, nsid).map_err(on)?;
+        let len = crate::nvme::identify::IDENTIFY_DATA_LEN;
+        // What a controller answers for a namespace without zoned data: Invalid Field or
+        // Invalid I/O Command Set (NVMe 2.0), Invalid Namespace or Format (some 1.x ones).
+        let refused_as_not_zoned = |e: &crate::Error| {
+            e.status().map(|s| s.with_dnr(false)).is_some_and(|s| {
+                [
+                    Status::INVALID_FIELD,
+                    Status::INVALID_IO_COMMAND_SET,
+                    Status::INVALID_NAMESPACE_OR_FORMAT,
+                ]
+                .contains(&s)
+            })
+        };
+        let raw = match admin.admin_read(
+            Command::identify_csi(Cns::IO_COMMAND_SET_NAMESPACE, nsid, CSI_ZONED),
+            len,
+        ) {
             Ok((_, raw)) => raw,
-            // Invalid Field or Invalid I/O Command Set: no zoned data for this namespace.
-            Err(e) if matches!(e.status().map(|s| s.with_dnr(false)), Some(s) if s == Status::INVALID_FIELD || s == Status::INVALID_IO_COMMAND_SET) =>
-            {
-                return Err(not_zoned(format!(
-                    "the controller has no Zoned Namespace Identify data for it: {e}"
-                )));
-            }
-            Err(e) => return Err(CliError::on(&dev)(e)),
+            Err(e) if refused_as_not_zoned(&e) => return Ok(None),
+            Err(e) => return Err(on(e)),
         };
         let zone_blocks = IdentifyZonedNamespace::parse(&raw)
             .ok()
             .and_then(|z| z.zone_geometry(id.current_format_index()))
             .map(|(zsze, _)| zsze)
-            .ok_or_else(|| not_zoned("its Zoned Namespace Identify data gives no zone size".into()))?;
-        let max_transfer = dev
-            .device()
+            .ok_or_else(|| {
+                CliError::Unsupported(format!(
+                    "{name}: namespace {nsid}'s Zoned Namespace Identify data gives no zone size"
+                ))
+            })?;
+        let append_limit = match admin
+            .admin_read(Command::identify_csi(Cns::IO_COMMAND_SET_CONTROLLER, 0, CSI_ZONED), len)
+        {
+            // The driver and Linux both run the controller with 4 KiB pages (CC.MPS 0).
+            Ok((_, raw)) => zone_append_limit(&raw, 4096).map_err(|e| on(crate::nvme::ctrl::Error::from(e).into()))?,
+            Err(e) => return Err(on(e)),
+        };
+        let max_transfer = device
             .namespaces()
             .iter()
             .find(|n| n.nsid == nsid)
             .map_or(ZONE_DESCRIPTOR_BYTES * (1 + DESCRIPTORS_PER_REPORT), |n| {
                 n.max_transfer_bytes
             });
-        Ok(Zoned {
-            dev,
+        Ok(Some(ZoneAccess {
+            device,
+            name,
             nsid,
             zone_blocks,
             blocks: id.nsze,
             max_transfer,
-            _claim: claim,
-        })
+            append_limit,
+        }))
     }
 
     /// [`CliError::Invalid`] for an LBA past the namespace, before anything is sent.
@@ -194,17 +256,19 @@ impl Zoned {
         }
         Err(CliError::Invalid(format!(
             "{}: LBA {lba:#x} is past the end of namespace {} ({} blocks)",
-            self.dev.name(),
-            self.nsid,
-            self.blocks
+            self.name, self.nsid, self.blocks
         )))
     }
 
     /// Runs one I/O command that reads `len` bytes (0: none); its 64-bit result and data.
     fn io(&self, cmd: Command, len: usize) -> Result<(u64, Vec<u8>), CliError> {
-        let on = |e: crate::Error| CliError::on(&self.dev)(e);
-        match self.dev.device() {
+        let on = |e: crate::Error| CliError::OnDevice {
+            device: self.name.clone(),
+            source: e,
+        };
+        match self.device {
             Device::Ioctl(d, _) => d.io_read(cmd, len).map_err(|e| on(e.into())),
+            Device::UringCmd(d, _) => d.io_read(cmd, len).map_err(|e| on(e.into())),
             Device::Vfio(v) => {
                 let c = &v.controller;
                 let mut q = c.create_io_queue_pair().map_err(|e| on(e.into()))?;
@@ -229,8 +293,8 @@ impl Zoned {
                 Ok((c.dw0_dw1(), data))
             }
             other => Err(CliError::Unsupported(format!(
-                "{}: zone commands need ironvme's driver or the NVMe ioctl backend, not {}",
-                self.dev.name(),
+                "{}: zone commands need ironvme's driver or NVMe passthrough (the ioctl or uring-cmd backend), not {}",
+                self.name,
                 other.backend()
             ))),
         }
@@ -240,7 +304,39 @@ impl Zoned {
         let cmd = Command::zone_management_receive(self.nsid, slba, len as u32, false, filter, partial)
             .expect("a report size of 64 + 64·n bytes");
         let (_, data) = self.io(cmd, len)?;
-        ZoneReport::parse(&data, 0).map_err(|e| CliError::on(&self.dev)(crate::nvme::ctrl::Error::from(e).into()))
+        ZoneReport::parse(&data, 0).map_err(|e| CliError::OnDevice {
+            device: self.name.clone(),
+            source: crate::nvme::ctrl::Error::from(e).into(),
+        })
+    }
+
+    /// Bytes of a report of as many descriptors as one transfer holds (at most 1024).
+    fn report_len(&self) -> usize {
+        let per_report = (self.max_transfer / ZONE_DESCRIPTOR_BYTES)
+            .saturating_sub(1)
+            .clamp(1, DESCRIPTORS_PER_REPORT);
+        ZONE_DESCRIPTOR_BYTES * (1 + per_report)
+    }
+
+    /// Every zone from the one holding `start` on, at most `limit` (all states, full
+    /// reports), read with [`collect_zones`].
+    ///
+    /// Errors: the Zone Management Receive's.
+    pub fn zones(&self, start: u64, limit: Option<u64>) -> Result<Vec<ZoneDescriptor>, CliError> {
+        self.zones_in_state(start, limit, 0, false)
+    }
+
+    fn zones_in_state(
+        &self,
+        start: u64,
+        limit: Option<u64>,
+        filter: u8,
+        partial: bool,
+    ) -> Result<Vec<ZoneDescriptor>, CliError> {
+        let len = self.report_len();
+        collect_zones(start, limit, self.zone_blocks, self.blocks, |slba| {
+            self.report(slba, len, filter, partial)
+        })
     }
 }
 
@@ -250,16 +346,11 @@ fn report(a: &ReportArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if a.output_format == OutputFormat::Binary {
         return Err(CliError::Usage("report-zones prints normal or json".into()));
     }
-    let z = Zoned::open(&a.target, None)?;
+    let zoned = Zoned::open(&a.target, None)?;
+    let z = zoned.access()?;
     z.check_lba(a.start_lba)?;
     let total = z.report(0, ZONE_DESCRIPTOR_BYTES, a.state, false)?.zones;
-    let per_report = (z.max_transfer / ZONE_DESCRIPTOR_BYTES)
-        .saturating_sub(1)
-        .clamp(1, DESCRIPTORS_PER_REPORT);
-    let len = ZONE_DESCRIPTOR_BYTES * (1 + per_report);
-    let zones = collect_zones(a.start_lba, a.descs, z.zone_blocks, z.blocks, |slba| {
-        z.report(slba, len, a.state, a.partial)
-    })?;
+    let zones = z.zones_in_state(a.start_lba, a.descs, a.state, a.partial)?;
     match a.output_format {
         OutputFormat::Json => write_json(out, &report_json(total, &zones))?,
         _ => out.write_all(report_text(total, &zones, a.verbose).as_bytes())?,
@@ -382,7 +473,8 @@ pub fn report_json(total: u64, zones: &[ZoneDescriptor]) -> Value {
 /// (`zns-reset-zone: Success, action:4 zone:0 all:0 zcapc:0 nsid:1`).
 fn send(action: ZoneAction, a: &SendArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let name = format!("zns-{}", action.nvme_cli_name());
-    let z = Zoned::open(&a.target, Some(&name))?;
+    let zoned = Zoned::open(&a.target, Some(&name))?;
+    let z = zoned.access()?;
     if !a.select_all {
         z.check_lba(a.start_lba)?;
     }

@@ -1840,6 +1840,7 @@ mod tests {
             compare: false,
             verify: false,
             volatile_write_cache: true,
+            zone_commands: false,
             metadata: crate::nvme::block::MetadataFormat::NONE,
             source: GeometrySource::File,
         }

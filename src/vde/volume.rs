@@ -153,6 +153,7 @@ impl VolumeDevice {
             compare: false,
             verify: false,
             volatile_write_cache: true,
+            zone_commands: false,
             // The VDE's blocks carry no metadata of their own.
             metadata: crate::nvme::block::MetadataFormat::NONE,
             source: inner.source,
@@ -279,7 +280,9 @@ impl VolumeQueue {
             Op::Write { lba, fua } => s.vol_write(&self.name, lba, buf.as_ref().expect("checked").as_slice(), fua)?,
             Op::WriteZeroes { lba, .. } | Op::Deallocate { lba, .. } => s.vol_unmap(&self.name, lba, blocks)?,
             Op::Flush => s.vol_flush()?,
-            Op::Compare { .. } | Op::Verify { .. } => unreachable!("refused by submit"),
+            Op::Compare { .. } | Op::Verify { .. } | Op::ZoneAppend { .. } | Op::ZoneReset { .. } => {
+                unreachable!("refused by submit (check refuses zone commands here)")
+            }
         }
         Ok(())
     }

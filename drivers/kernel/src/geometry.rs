@@ -214,6 +214,7 @@ impl BlockDeviceGeometry {
             compare: false,
             verify: false,
             volatile_write_cache: self.volatile_write_cache,
+            zone_commands: false,
             metadata: MetadataFormat::NONE,
             source: GeometrySource::BlockDevice,
         }
@@ -293,6 +294,18 @@ pub fn block_device_geometry(
         io_poll: read("io_poll").is_some_and(|s| s == "1"),
         queue_dir,
     })
+}
+
+/// The zoned model of the block device at `path`, from sysfs `queue/zoned`
+/// (Documentation/ABI/stable/sysfs-block): `host-managed` or `host-aware`; `None` for a
+/// conventional device, for anything that is not a block device, or without sysfs.
+pub fn zoned_model(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let FileKind::BlockDevice { major, minor } = kind_of(&meta, path) else {
+        return None;
+    };
+    let model = read_sysfs(&sysfs_queue_dir(major, minor)?.join("zoned"))?;
+    (model != "none").then_some(model)
 }
 
 /// The `queue/` directory of a block device in sysfs: its own, or its disk's for a
@@ -405,6 +418,7 @@ impl FileGeometry {
             compare: false,
             verify: false,
             volatile_write_cache: true,
+            zone_commands: false,
             metadata: MetadataFormat::NONE,
             source: GeometrySource::File,
         }

@@ -300,6 +300,7 @@ pub(crate) fn namespace_info(
         compare: ctrl.oncs.contains(Oncs::COMPARE) && ns.metadata_format().is_none(),
         verify: ctrl.verify_supported(quirks),
         volatile_write_cache: ctrl.vwc_present(),
+        zone_commands: true,
         metadata: ns.metadata_format(),
         source: GeometrySource::Identify,
     })
@@ -467,7 +468,7 @@ impl PassthruFile {
 
     /// [`PassthruFile::admin_read`] for an admin (`admin`) or I/O command; returns the
     /// whole 64-bit result (completion DW1:DW0 through the 64-bit ioctls).
-    fn read_command(&self, admin: bool, cmd: Command, len: usize) -> Result<(u64, Vec<u8>), KernelError> {
+    pub(crate) fn read_command(&self, admin: bool, cmd: Command, len: usize) -> Result<(u64, Vec<u8>), KernelError> {
         if len > 0 && cmd.opcode() & 1 == 1 {
             return Err(self.invalid(format!(
                 "opcode {:#04x} ({}) moves data to the controller, not from it",
@@ -1052,6 +1053,7 @@ mod tests {
                 compare: true,
                 verify: false,
                 volatile_write_cache: true,
+                zone_commands: true,
                 metadata: ironvme_nvme::block::MetadataFormat::NONE,
                 source: GeometrySource::Identify,
             }

@@ -187,6 +187,27 @@ impl UringCmdDevice {
         &self.identify
     }
 
+    /// Runs an I/O command for this node's namespace that moves `len` bytes from the
+    /// controller (0 for none), one at a time outside the queues, through
+    /// `NVME_IOCTL_IO64_CMD` on this node (zone management, for one); returns the
+    /// command's result (DW1:DW0) and the data.
+    ///
+    /// Errors: [`KernelError::WrongDevice`] for a command on another namespace; as
+    /// [`crate::ioctl::IoctlDevice::io_read`].
+    pub fn io_read(&self, cmd: Command, len: usize) -> Result<(u64, Vec<u8>), KernelError> {
+        if cmd.nsid != self.info.nsid {
+            return Err(KernelError::WrongDevice {
+                backend: BACKEND_URING_CMD,
+                path: self.file.path().to_path_buf(),
+                why: format!(
+                    "an I/O command for namespace {} runs on that namespace's node, not namespace {}'s",
+                    cmd.nsid, self.info.nsid
+                ),
+            });
+        }
+        self.file.read_command(false, cmd, len)
+    }
+
     /// Runs an admin command that transfers `len` bytes from the controller (0 for none)
     /// and returns completion DW0 and the data — through the admin ioctl on this node
     /// (`NVME_IOCTL_ADMIN64_CMD`), not io_uring.
@@ -967,6 +988,7 @@ mod tests {
             compare: true,
             verify: true,
             volatile_write_cache: true,
+            zone_commands: false,
             metadata: ironvme_nvme::block::MetadataFormat::NONE,
             source: ironvme_nvme::block::GeometrySource::Identify,
         };

@@ -26,6 +26,7 @@ use crate::cmd::{Command, DsmAttributes, DsmRange};
 use crate::hw::DmaBuf;
 pub use crate::pi::{MetadataFormat, Protection};
 use crate::status::Status;
+use crate::zns::ZoneAction;
 use std::fmt;
 
 /// One I/O operation on a namespace. Block counts and LBAs are in the namespace's
@@ -76,6 +77,23 @@ pub enum Op {
     },
     /// Make every write completed before this one durable.
     Flush,
+    /// Zone Append (NVMe Zoned Namespace Command Set 1.1 §3.4.1): write the buffer (a
+    /// whole number of blocks) at the write pointer of the zone starting at `zslba`; the
+    /// device chooses where, so several may be outstanding on one zone. Only where
+    /// [`NamespaceInfo::zone_commands`] says zone commands reach the device, on a
+    /// namespace without metadata; the Zone Append Size Limit (ZASL) may be below
+    /// [`NamespaceInfo::max_transfer_bytes`].
+    ZoneAppend {
+        /// The zone's first logical block (ZSLBA).
+        zslba: u64,
+    },
+    /// Reset Zone (Zone Management Send with ZSA 04h, ZNS 1.1 §3.4.3.1.4): the zone
+    /// starting at `zslba` becomes Empty, its write pointer back at `zslba` and its data
+    /// gone. Only where [`NamespaceInfo::zone_commands`].
+    ZoneReset {
+        /// The zone's first logical block (ZSLBA).
+        zslba: u64,
+    },
 }
 
 impl Op {
@@ -89,12 +107,18 @@ impl Op {
             Op::WriteZeroes { .. } => "write zeroes",
             Op::Deallocate { .. } => "deallocate",
             Op::Flush => "flush",
+            Op::ZoneAppend { .. } => "zone append",
+            Op::ZoneReset { .. } => "zone reset",
         }
     }
 
-    /// Whether the operation moves data through a buffer (read, write, compare).
+    /// Whether the operation moves data through a buffer (read, write, compare, zone
+    /// append).
     pub const fn needs_buffer(&self) -> bool {
-        matches!(self, Op::Read { .. } | Op::Write { .. } | Op::Compare { .. })
+        matches!(
+            self,
+            Op::Read { .. } | Op::Write { .. } | Op::Compare { .. } | Op::ZoneAppend { .. }
+        )
     }
 
     /// The first LBA of an operation that carries end-to-end protection fields (read,
@@ -106,7 +130,7 @@ impl Op {
             | Op::Compare { lba }
             | Op::Verify { lba, .. }
             | Op::WriteZeroes { lba, .. } => Some(lba),
-            Op::Deallocate { .. } | Op::Flush => None,
+            Op::Deallocate { .. } | Op::Flush | Op::ZoneAppend { .. } | Op::ZoneReset { .. } => None,
         }
     }
 
@@ -130,7 +154,9 @@ impl Op {
                 ref_tag: crate::pi::initial_ref_tag(fmt, lba),
                 ..Protection::default()
             }),
-            Op::Compare { .. } | Op::Deallocate { .. } | Op::Flush => None,
+            Op::Compare { .. } | Op::Deallocate { .. } | Op::Flush | Op::ZoneAppend { .. } | Op::ZoneReset { .. } => {
+                None
+            }
         }
     }
 
@@ -171,6 +197,8 @@ impl Op {
                 },
             ),
             Op::Flush => Command::flush(nsid),
+            Op::ZoneAppend { zslba } => Command::zone_append(nsid, zslba, blocks),
+            Op::ZoneReset { zslba } => Command::zone_management_send(nsid, zslba, ZoneAction::Reset, false),
         }
     }
 
@@ -229,6 +257,12 @@ pub struct NamespaceInfo {
     pub verify: bool,
     /// Completed writes sit in a volatile cache until [`Op::Flush`].
     pub volatile_write_cache: bool,
+    /// The backend sends NVMe I/O commands as built (ironvme's driver, the NVMe ioctl and
+    /// io_uring passthrough), so [`Op::ZoneAppend`] and [`Op::ZoneReset`] reach the
+    /// device — which refuses them (Invalid Command Opcode) on a namespace that is not
+    /// zoned. The kernel's block layer (io_uring block I/O, psync) and VDE volumes do not
+    /// take them.
+    pub zone_commands: bool,
     /// How each block carries metadata and protection information
     /// ([`MetadataFormat::NONE`] for block devices and files, whose kernel handles it).
     pub metadata: MetadataFormat,
@@ -488,8 +522,20 @@ fn check_buffer_and_range(
             needs: op.needs_buffer(),
         });
     }
+    if matches!(op, Op::ZoneAppend { .. } | Op::ZoneReset { .. }) {
+        if !ns.zone_commands {
+            return Err(unsupported(
+                "zone commands need ironvme's driver or NVMe passthrough (the ioctl or uring-cmd backend)",
+            ));
+        }
+        if with_metadata || !ns.metadata.is_none() {
+            return Err(unsupported(
+                "zone commands on a namespace with metadata are not supported",
+            ));
+        }
+    }
     let (lba, blocks) = match *op {
-        Op::Read { lba } | Op::Write { lba, .. } | Op::Compare { lba } => {
+        Op::Read { lba } | Op::Write { lba, .. } | Op::Compare { lba } | Op::ZoneAppend { zslba: lba } => {
             let b = buf.expect("checked above");
             if b.is_empty() || b.len() % unit != 0 {
                 return Err(BlockError::BadLength {
@@ -560,6 +606,8 @@ fn check_buffer_and_range(
             (lba, blocks as u64)
         }
         Op::Flush => return Ok(0),
+        // A reset names its zone by its first block; the device checks that it starts one.
+        Op::ZoneReset { zslba } => (zslba, 1),
     };
     if blocks == 0 || lba.checked_add(blocks).is_none_or(|end| end > ns.blocks) {
         return Err(BlockError::LbaOutOfRange {
@@ -785,6 +833,7 @@ mod tests {
             compare: false,
             verify: true,
             volatile_write_cache: true,
+            zone_commands: false,
             metadata: MetadataFormat::NONE,
             source: GeometrySource::File,
         }
@@ -808,6 +857,45 @@ mod tests {
             8
         );
         assert_eq!(check(&ns(), &Op::Flush, None).unwrap(), 0);
+    }
+
+    #[test]
+    fn zone_commands_reach_only_backends_that_send_them() {
+        let append = (Op::ZoneAppend { zslba: 2048 }).command(1, 8);
+        assert_eq!((append.opcode(), append.slba(), append.nlb()), (0x7D, 2048, 8));
+        let reset = (Op::ZoneReset { zslba: 4096 }).command(1, 1);
+        assert_eq!(
+            (reset.opcode(), reset.cdw10, reset.cdw11, reset.cdw13),
+            (0x79, 4096, 0, 0x04)
+        );
+        let mut n = ns();
+        let e = check(&n, &Op::ZoneReset { zslba: 0 }, None).unwrap_err().to_string();
+        assert!(
+            e.contains("zone reset is not supported here: zone commands need"),
+            "{e}"
+        );
+        let e = check(&n, &Op::ZoneAppend { zslba: 0 }, Some(&sized(512)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("zone append is not supported"), "{e}");
+        n.zone_commands = true;
+        assert_eq!(
+            check(&n, &Op::ZoneAppend { zslba: 992 }, Some(&sized(4096))).unwrap(),
+            8
+        );
+        assert_eq!(check(&n, &Op::ZoneReset { zslba: 999 }, None).unwrap(), 1);
+        let e = |op: Op, b: Option<DmaBuf>| check(&n, &op, b.as_ref()).unwrap_err().to_string();
+        assert!(e(Op::ZoneReset { zslba: 1000 }, None).contains("outside the namespace"));
+        assert!(e(Op::ZoneReset { zslba: 0 }, Some(sized(512))).contains("takes no data buffer"));
+        assert!(e(Op::ZoneAppend { zslba: 993 }, Some(sized(4096))).contains("outside the namespace"));
+        assert!(e(Op::ZoneAppend { zslba: 0 }, None).contains("needs a data buffer"));
+        assert!(e(Op::ZoneAppend { zslba: 0 }, Some(sized(256 * 1024))).contains("exceeds"));
+        n.metadata = MetadataFormat {
+            bytes: 8,
+            ..MetadataFormat::NONE
+        };
+        let e = check(&n, &Op::ZoneReset { zslba: 0 }, None).unwrap_err().to_string();
+        assert!(e.contains("with metadata"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,9 @@ impl Cns {
     /// 05h: I/O Command Set specific Identify Namespace data for the CSI in CDW11 (for
     /// zoned namespaces: [`crate::zns::IdentifyZonedNamespace`]).
     pub const IO_COMMAND_SET_NAMESPACE: Cns = Cns(0x05);
+    /// 06h: I/O Command Set specific Identify Controller data for the CSI in CDW11 (for
+    /// zoned namespaces: the Zone Append Size Limit, [`crate::zns::zone_append_limit`]).
+    pub const IO_COMMAND_SET_CONTROLLER: Cns = Cns(0x06);
 }
 
 bitflags::bitflags! {

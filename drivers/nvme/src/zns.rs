@@ -256,6 +256,22 @@ impl IdentifyZonedNamespace {
     }
 }
 
+/// The Zone Append Size Limit in bytes from the zoned I/O Command Set specific Identify
+/// Controller data (CNS 06h, CSI 02h; ZNS 1.1, Figure 49: ZASL, byte 0, a power of two
+/// in units of the controller's memory page size `page_size`, CC.MPS): `None` when ZASL
+/// is 0 (Zone Append is limited by MDTS alone) or the limit does not fit a `usize`.
+///
+/// Errors: [`ParseError::TooShort`] for an empty buffer.
+pub fn zone_append_limit(buf: &[u8], page_size: usize) -> Result<Option<usize>, ParseError> {
+    need("Identify Controller (ZNS)", buf, 1)?;
+    Ok(match buf[0] {
+        0 => None,
+        zasl => page_size
+            .checked_mul(1usize.checked_shl(u32::from(zasl)).unwrap_or(0))
+            .filter(|&n| n > 0),
+    })
+}
+
 impl Command {
     /// Identify with a Command Set Identifier (CDW11 bits 31:24; Base 2.0 §5.17.1), for
     /// [`Cns::IO_COMMAND_SET_NAMESPACE`].
@@ -310,6 +326,14 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_zone_append_limit_is_pages_times_a_power_of_two() {
+        assert_eq!(zone_append_limit(&[5, 0, 0], 4096).unwrap(), Some(128 * 1024));
+        assert_eq!(zone_append_limit(&[0], 4096).unwrap(), None);
+        assert_eq!(zone_append_limit(&[200], 4096).unwrap(), None);
+        assert!(zone_append_limit(&[], 4096).is_err());
+    }
 
     #[test]
     fn a_report_is_parsed_up_to_what_the_buffer_holds() {

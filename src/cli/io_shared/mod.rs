@@ -8,6 +8,7 @@ pub mod cpus;
 pub mod rng;
 pub mod target;
 pub mod units;
+pub mod zones;
 
 use super::CliError;
 

@@ -17,7 +17,9 @@
 
 use super::clock::{Clock, Ticks};
 use super::workload::{DIRS, Dir, Generator, Io, READ, TRIM, WRITE};
+use super::zones::{Placement, ZoneWriter};
 use crate::block::{BlockError, BlockQueue, Completion, IoStatus, Op};
+use crate::cli::io_shared::zones::ZoneLayout;
 use crate::nvme::hw::DmaBuf;
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -285,6 +287,8 @@ struct Slot {
     dir: Dir,
     /// Counted toward a size-based run's bytes (submitted inside the measured window).
     counted: bool,
+    /// A Zone Append's zone, in the thread's [`ZoneWriter`].
+    zone: usize,
 }
 
 /// How a thread's loop runs, besides its queue, buffers and I/Os.
@@ -313,16 +317,31 @@ pub struct LoopConfig<'a> {
     /// Gets the number of completed I/Os (any outcome, ramp included) after every batch,
     /// for the live display.
     pub progress: &'a AtomicU64,
+    /// On a zoned namespace, its zone size in blocks: reads are kept inside one zone
+    /// ([`ZoneLayout::inside_zone`]).
+    pub zone_blocks: Option<u64>,
 }
 
 /// Runs one thread's workload on `q` with `bufs` (one per tag: a buffer of the largest
 /// I/O size for the data workloads, `None` for trims) until the window in `cfg.phases`
 /// ends or, in a size-based run, until its bytes are done; then drains the queue.
 ///
+/// With `zones` (writes on a zoned namespace), each write is a Zone Append where the
+/// writer places it, and the writer's zone resets are submitted with tags from
+/// `bufs.len()` on: the queue needs room for one more command than there are buffers.
+/// A reset that fails stops the thread. Resets are not I/Os: they are neither measured
+/// nor counted.
+///
 /// What is measured: in a time-based run, every I/O that completes inside the window; in
 /// a size-based run, every I/O submitted inside the window (so that exactly the budget is
 /// measured) that completes before it is cut short (Ctrl-C).
-pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Generator, cfg: LoopConfig) -> ThreadStats {
+pub fn run<Q: BlockQueue>(
+    q: &mut Q,
+    bufs: Vec<Option<DmaBuf>>,
+    ios: &mut Generator,
+    mut zones: Option<&mut ZoneWriter>,
+    cfg: LoopConfig,
+) -> ThreadStats {
     let LoopConfig {
         clock,
         phases,
@@ -333,6 +352,7 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
         ramps,
         block_size,
         progress,
+        zone_blocks,
     } = cfg;
     // Hybrid: when the polls started coming back empty.
     let mut idle_since: Option<Ticks> = None;
@@ -363,16 +383,48 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
                     break;
                 }
                 let io = refused.take().unwrap_or_else(|| ios.next_io());
-                let Io { lba, lbas, dir } = io;
-                let bytes = lbas * block_size;
+                let Io { lba, mut lbas, dir } = io;
+                let mut zone = 0;
                 let op = match dir {
-                    READ => Op::Read { lba },
-                    WRITE => Op::Write { lba, fua: false },
+                    READ => Op::Read {
+                        lba: zone_blocks.map_or(lba, |zb| ZoneLayout::inside_zone(zb, lba, lbas)),
+                    },
+                    WRITE => match zones.as_deref_mut().map(|w| w.place(lbas)) {
+                        None => Op::Write { lba, fua: false },
+                        Some(Placement::Append {
+                            zslba,
+                            lbas: n,
+                            zone: z,
+                        }) => {
+                            (lbas, zone) = (n, z);
+                            Op::ZoneAppend { zslba }
+                        }
+                        Some(placement) => {
+                            ready.push((tag, buf));
+                            refused = Some(io);
+                            if let Placement::Reset { zslba, zone } = placement {
+                                let reset = Op::ZoneReset { zslba };
+                                if let Err(e) = q.submit(reset, None, (qd + zone) as u64) {
+                                    // Tried again at the next write, unless it cannot work.
+                                    if let Some(w) = zones.as_deref_mut() {
+                                        w.reset_done(zone, false);
+                                    }
+                                    if !matches!(e.error, BlockError::QueueFull(_) | BlockError::Recovering) {
+                                        stats.fatal =
+                                            Some(format!("reset of the zone at LBA {zslba} refused: {}", e.error));
+                                        stopping = true;
+                                    }
+                                }
+                            }
+                            break;
+                        }
+                    },
                     _ => Op::Deallocate {
                         lba,
                         blocks: lbas as u32,
                     },
                 };
+                let bytes = lbas * block_size;
                 let data = if dir == TRIM {
                     None
                 } else if let Some(b) = buf.as_mut() {
@@ -387,14 +439,23 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
                 let counted = budget.is_some() && measuring;
                 slots[tag] = Slot {
                     submitted: clock.now(),
-                    lba,
+                    lba: match op {
+                        Op::Read { lba } | Op::ZoneAppend { zslba: lba } => lba,
+                        _ => lba,
+                    },
                     bytes,
                     dir,
                     counted,
+                    zone,
                 };
                 if let Err(e) = q.submit(op, data, tag as u64) {
                     ready.push((tag, e.buf.or(buf)));
                     refused = Some(io);
+                    if let Some(w) = zones.as_deref_mut() {
+                        if let Op::ZoneAppend { .. } = op {
+                            w.unplace(zone, lbas);
+                        }
+                    }
                     if !matches!(e.error, BlockError::QueueFull(_) | BlockError::Recovering) {
                         stats.fatal = Some(format!("{} of LBA {lba} refused: {}", op.name(), e.error));
                         stopping = true;
@@ -418,10 +479,27 @@ pub fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<Option<DmaBuf>>, ios: &mut Genera
         }
 
         let mut on_complete = |c: Completion| {
+            let tag = c.tag as usize;
+            if tag >= qd {
+                // A zone reset (run() only submits them with a writer).
+                let (zone, ok) = (tag - qd, c.result.is_ok());
+                if let Some(w) = zones.as_deref_mut() {
+                    w.reset_done(zone, ok);
+                }
+                if let Err(status) = c.result {
+                    stats.fatal = Some(format!("reset of zone {zone} of this thread failed: {status}"));
+                    stopping = true;
+                }
+                return;
+            }
             let t = clock.now();
             done += 1;
-            let tag = c.tag as usize;
             let slot = slots[tag];
+            if slot.dir == WRITE {
+                if let Some(w) = zones.as_deref_mut() {
+                    w.appended(slot.zone);
+                }
+            }
             let measured = t < until && if budget.is_some() { slot.counted } else { t >= from };
             match c.result {
                 Ok(()) if measured => stats.record(slot.dir, slot.bytes, t.saturating_sub(slot.submitted)),
@@ -501,6 +579,18 @@ mod tests {
         dead: bool,
         ops: [u64; 3],
         max_outstanding: usize,
+        /// A zoned namespace: zone size, capacity, each zone's write pointer (from its
+        /// start) and appends outstanding, and the zone of each outstanding append's tag.
+        zones: Option<Zones>,
+    }
+
+    struct Zones {
+        size: u64,
+        capacity: u64,
+        wp: Vec<u64>,
+        in_flight: Vec<u32>,
+        tag_zone: std::collections::HashMap<u64, usize>,
+        resets: u64,
     }
 
     impl FakeQueue {
@@ -518,6 +608,7 @@ mod tests {
                     compare: false,
                     verify: false,
                     volatile_write_cache: false,
+                    zone_commands: false,
                     metadata: crate::nvme::block::MetadataFormat::NONE,
                     source: GeometrySource::File,
                 },
@@ -528,6 +619,53 @@ mod tests {
                 dead: false,
                 ops: [0; 3],
                 max_outstanding: 0,
+                zones: None,
+            }
+        }
+
+        /// A zoned namespace of `count` zones of `size` blocks, `capacity` writable.
+        fn zoned(depth: usize, size: u64, capacity: u64, count: usize) -> FakeQueue {
+            let mut q = FakeQueue::new(depth, u64::MAX);
+            q.info.zone_commands = true;
+            q.zones = Some(Zones {
+                size,
+                capacity,
+                wp: vec![0; count],
+                in_flight: vec![0; count],
+                tag_zone: Default::default(),
+                resets: 0,
+            });
+            q
+        }
+
+        /// What a zoned device does with `op`: its direction and result.
+        fn zoned_op(&mut self, op: Op, buf: Option<&DmaBuf>, tag: u64) -> (Option<Dir>, Result<(), IoStatus>) {
+            let z = self.zones.as_mut().expect("zoned");
+            let blocks = buf.map_or(0, |b| b.len() as u64 / 512);
+            match op {
+                Op::Read { lba } => {
+                    assert_eq!(lba / z.size, (lba + blocks - 1) / z.size, "a read across zones");
+                    (Some(READ), Ok(()))
+                }
+                Op::ZoneAppend { zslba } => {
+                    assert_eq!(zslba % z.size, 0, "ZSLBA {zslba} starts no zone");
+                    let zone = (zslba / z.size) as usize;
+                    z.tag_zone.insert(tag, zone);
+                    z.in_flight[zone] += 1;
+                    if z.wp[zone] + blocks > z.capacity {
+                        return (Some(WRITE), Err(IoStatus::Nvme(crate::nvme::Status::new(1, 0xB9))));
+                    }
+                    z.wp[zone] += blocks;
+                    (Some(WRITE), Ok(()))
+                }
+                Op::ZoneReset { zslba } => {
+                    let zone = (zslba / z.size) as usize;
+                    assert_eq!(z.in_flight[zone], 0, "zone {zone} reset under its appends");
+                    z.wp[zone] = 0;
+                    z.resets += 1;
+                    (None, Ok(()))
+                }
+                other => panic!("{} on a zoned namespace", other.name()),
             }
         }
     }
@@ -555,6 +693,15 @@ mod tests {
                     buf,
                 });
             }
+            if self.zones.is_some() {
+                let (dir, result) = self.zoned_op(op, buf.as_ref(), tag);
+                if let Some(dir) = dir {
+                    self.ops[dir] += 1;
+                }
+                self.queued.push(Completion { tag, buf, result });
+                self.max_outstanding = self.max_outstanding.max(self.outstanding());
+                return Ok(());
+            }
             let (lba, dir) = match op {
                 Op::Read { lba } => (lba, READ),
                 Op::Write { lba, .. } => (lba, WRITE),
@@ -580,7 +727,14 @@ mod tests {
         }
         fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut f: F) -> usize {
             let n = max.min(self.done.len());
-            self.done.drain(..n).for_each(&mut f);
+            for c in self.done.drain(..n) {
+                if let Some(z) = self.zones.as_mut() {
+                    if let Some(zone) = z.tag_zone.remove(&c.tag) {
+                        z.in_flight[zone] -= 1;
+                    }
+                }
+                f(c);
+            }
             n
         }
     }
@@ -611,6 +765,7 @@ mod tests {
             ramps: true,
             block_size: 512,
             progress,
+            zone_blocks: None,
         }
     }
 
@@ -647,6 +802,7 @@ mod tests {
                 &mut q,
                 bufs(16, 4096),
                 &mut ios,
+                None,
                 cfg(&clock, phases, Completions::Spin, None, &progress),
             )
         });
@@ -669,6 +825,56 @@ mod tests {
         assert!(s.min_max[READ].0 <= s.min_max[READ].1);
     }
 
+    /// Runs a randrw thread with zones `mine` (ZSLBA, ZCAP, written) of a fake zoned
+    /// namespace of four 64-block zones of capacity 48 whose write pointers are `wp`.
+    fn zoned_run(mine: &[(u64, u64, u64)], wp: [u64; 4]) -> (ThreadStats, FakeQueue) {
+        let region = Region {
+            first_lba: 0,
+            granule: 8,
+            granules: 32,
+        };
+        let mut ios = Generator::new(Rw::Randrw, 30, region, &[(8, 50), (24, 50)], 5);
+        let mut q = FakeQueue::zoned(9, 64, 48, 4);
+        q.zones.as_mut().unwrap().wp = wp.to_vec();
+        let mut writer = ZoneWriter::new(mine.iter().copied());
+        let clock = Clock::new(Some(super::super::clock::ClockSource::Instant));
+        let progress = AtomicU64::new(0);
+        let s = timed(&clock, 5, 50, |phases| {
+            let config = LoopConfig {
+                zone_blocks: Some(64),
+                ..cfg(&clock, phases, Completions::Spin, None, &progress)
+            };
+            run(&mut q, bufs(8, 24 * 512), &mut ios, Some(&mut writer), config)
+        });
+        (s, q)
+    }
+
+    #[test]
+    fn zoned_writes_are_appends_that_fill_and_reset_the_threads_zones() {
+        // This thread has zones 1 and 3, and zone 3 already holds 40 blocks; or only zone
+        // 2, so that it resets the zone its last appends went to. The fake device fails
+        // an append past a zone's capacity, and panics on a read across zones or a reset
+        // under appends.
+        for (mine, other) in [
+            (&[(64, 48, 0), (192, 48, 40)][..], [0, 2]),
+            (&[(128, 48, 0)][..], [0, 1]),
+        ] {
+            let (s, q) = zoned_run(mine, [0, 0, 0, 40]);
+            assert!(s.fatal.is_none(), "{:?}", s.fatal);
+            assert_eq!(s.errors, 0, "{:?}", s.error_samples);
+            assert_eq!(q.outstanding(), 0, "drained at the end");
+            let z = q.zones.as_ref().unwrap();
+            assert!(z.resets > 10, "{} resets", z.resets);
+            assert_eq!(
+                (z.wp[other[0]], z.wp[other[1]]),
+                (0, 0),
+                "zones of other threads are not written"
+            );
+            assert!(s.ios[WRITE] > 100 && s.ios[READ] > 100, "{:?}", s.ios);
+            assert!(q.max_outstanding <= 9);
+        }
+    }
+
     #[test]
     fn a_queue_that_never_takes_an_io_ends_at_the_deadline() {
         let region = Region {
@@ -685,6 +891,7 @@ mod tests {
                 &mut q,
                 bufs(2, 4096),
                 &mut ios,
+                None,
                 cfg(&clock, phases, Completions::Interrupt, None, &progress),
             )
         });
@@ -711,6 +918,7 @@ mod tests {
                 &mut q,
                 bufs(2, 4096),
                 &mut ios,
+                None,
                 cfg(&clock, phases, Completions::Spin, None, &progress),
             );
             (s, t.elapsed())
@@ -750,6 +958,7 @@ mod tests {
                 &mut q,
                 bufs,
                 &mut ios,
+                None,
                 cfg(&clock, &phases, Completions::Spin, Some(budget), &progress),
             );
             let d = rw.dirs()[0];
@@ -776,7 +985,7 @@ mod tests {
                 phases.start(clock.now());
             });
             let c = cfg(&clock, &phases, Completions::Interrupt, Some(400 * 4096), &progress);
-            run(&mut q, bufs(4, 4096), &mut ios, c)
+            run(&mut q, bufs(4, 4096), &mut ios, None, c)
         });
         assert_eq!((s.ios[WRITE], s.bytes[WRITE]), (400, 400 * 4096));
         assert!(
@@ -798,7 +1007,7 @@ mod tests {
                 ramps: false,
                 ..cfg(&clock, &phases, Completions::Interrupt, Some(400 * 4096), &progress)
             };
-            run(&mut q, bufs(4, 4096), &mut ios, c)
+            run(&mut q, bufs(4, 4096), &mut ios, None, c)
         });
         assert_eq!((s.ios[WRITE], q.ops[WRITE]), (400, 400));
     }

@@ -18,6 +18,12 @@
 //! - **Trims.** `--rw trim|randtrim` deallocates each I/O's blocks ([`crate::block::Op::Deallocate`]:
 //!   NVMe Dataset Management with the deallocate attribute, a discard on block devices, a
 //!   punched hole in a file); a backend or device that cannot is refused before the run.
+//! - **Zoned namespaces** (found by their zoned Identify data, on a PCI address or an NVMe
+//!   passthrough node): reads stay inside one zone; writes are Zone Appends
+//!   ([`crate::block::Op::ZoneAppend`]) to zones each thread owns, filled one at a time
+//!   and reset ([`crate::block::Op::ZoneReset`]) when the thread comes back to them
+//!   ([`zones`]); the region must be whole zones, and trims are refused. Writing a zoned
+//!   block device through the kernel's block layer (uring, psync) is refused.
 //! - **`--bssplit`** draws each I/O's size by weight (`4k/50:64k/50`); `--bs` is then
 //!   ignored, buffers are as large as the largest size, and offsets align to the smallest.
 //! - **`--cpus_allowed`** pins every I/O thread to the CPUs given (`0-1,3`), or with
@@ -67,16 +73,19 @@ pub mod engine;
 pub mod fio;
 pub mod report;
 pub mod workload;
+pub mod zones;
 
 use self::clock::{Clock, ClockSource, Ticks};
 use self::engine::{Completions, LoopConfig, NOT_YET, Phases, ThreadStats};
 use self::report::{CpuUse, PERCENTILES, RunInfo, Summary};
 use self::workload::{Generator, Region, Rw, SplitMix64};
+use self::zones::ZoneWriter;
 use super::io_shared::cpus::{allowed_cpus, check_allowed, pin_current_thread};
 use super::io_shared::units::{
     BsSplit, CpuList, PercentileList, iec_exact, parse_bssplit, parse_cpu_list, parse_duration, parse_nonzero_size,
     parse_percentile_list, parse_positive_duration, parse_size, si_count,
 };
+use super::io_shared::zones::ZoneLayout;
 use super::io_shared::{BACKEND_HELP, IO_DEV_HELP, region_bytes, rusage_self, target};
 use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
@@ -143,7 +152,8 @@ pub struct PerfArgs {
     pub dev: String,
     /// The workload, as fio's --rw: read, write, randread, randwrite, randrw, rw
     /// (readwrite: sequential mixed), trim, randtrim (deallocate/discard: refused where
-    /// the backend cannot).
+    /// the backend cannot). On a zoned namespace writes are Zone Appends to each thread's
+    /// own zones, which it resets as it comes back to them; trims are refused.
     #[arg(long, alias = "readwrite", value_enum, value_name = "RW")]
     pub rw: Rw,
     /// Bytes per I/O (fio's bs): a multiple of the logical block size, at most the
@@ -302,6 +312,19 @@ pub struct Plan {
     pub fio_percentiles: Vec<f64>,
     /// CPUs to pin the threads to, and how.
     pub cpus: Option<(CpuList, CpusPolicy)>,
+    /// On a zoned namespace, its zones ([`Plan::on_zones`]).
+    pub zones: Option<PlanZones>,
+}
+
+/// A run on a zoned namespace: reads stay inside a zone, writes are Zone Appends
+/// ([`zones`]).
+#[derive(Clone, Debug)]
+pub struct PlanZones {
+    /// ZSZE in logical blocks.
+    pub zone_blocks: u64,
+    /// Each thread's zones as (ZSLBA, ZCAP, blocks written), when the workload writes:
+    /// thread `t` has the region's writable zones `t`, `t + threads`, ...
+    pub writers: Option<Vec<Vec<(u64, u64, u64)>>>,
 }
 
 impl Plan {
@@ -419,7 +442,79 @@ impl Plan {
                 .as_ref()
                 .map_or_else(fio::default_percentiles, |l| l.0.clone()),
             cpus,
+            zones: None,
         })
+    }
+
+    /// The plan on a zoned namespace with zones `layout` ([`PlanZones`]).
+    ///
+    /// Errors: [`CliError::Invalid`] for trims (zones are emptied with Reset Zone); an
+    /// I/O larger than a zone; for writes, a region that is not whole zones
+    /// ([`ZoneLayout::spans_in`]), fewer writable zones than threads, an I/O larger than
+    /// a zone's capacity or than the Zone Append Size Limit.
+    pub fn on_zones(mut self, layout: &ZoneLayout) -> Result<Plan, CliError> {
+        let invalid = |s: String| Err(CliError::Invalid(s));
+        let rw = self.rw.name();
+        if self.rw.trims() {
+            return invalid(format!(
+                "--rw {rw}: a zoned namespace is emptied zone by zone with Reset Zone (ironvme zns reset), not \
+                 deallocated; nothing was run"
+            ));
+        }
+        let block = u64::from(self.block_size);
+        let largest = self.bs / block;
+        if largest > layout.zone_blocks {
+            return invalid(format!(
+                "--bs {} is larger than a zone ({} blocks): an I/O cannot cross a zone boundary",
+                iec_exact(self.bs),
+                layout.zone_blocks
+            ));
+        }
+        let writers = if self.rw.writes() {
+            let spans = layout.spans_in(self.region.first_lba, self.region.lbas(), &format!("perf --rw {rw}"))?;
+            if spans.len() < self.threads {
+                return invalid(format!(
+                    "--threads {}: every thread writes zones of its own, and the region has {} writable zones",
+                    self.threads,
+                    spans.len()
+                ));
+            }
+            let smallest = spans.iter().map(|z| z.capacity).min().unwrap_or(0);
+            if largest > smallest {
+                return invalid(format!(
+                    "--bs {} is larger than the smallest zone capacity in the region ({smallest} blocks)",
+                    iec_exact(self.bs)
+                ));
+            }
+            if let Some(limit) = layout.append_limit.filter(|&l| self.bs > l as u64) {
+                return invalid(format!(
+                    "--bs {}: writes on a zoned namespace are Zone Appends, and the controller's Zone Append Size \
+                     Limit (ZASL) is {}",
+                    iec_exact(self.bs),
+                    iec_exact(limit as u64)
+                ));
+            }
+            let threads = self.threads;
+            Some(
+                (0..threads)
+                    .map(|t| {
+                        spans
+                            .iter()
+                            .skip(t)
+                            .step_by(threads)
+                            .map(|z| (z.start, z.capacity, z.written))
+                            .collect()
+                    })
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        self.zones = Some(PlanZones {
+            zone_blocks: layout.zone_blocks,
+            writers,
+        });
+        Ok(self)
     }
 
     /// The I/O sizes in logical blocks, with their weights.
@@ -549,8 +644,14 @@ pub fn execute(
                         ramps: !plan.ramp.is_zero(),
                         block_size: u64::from(plan.block_size),
                         progress: counter,
+                        zone_blocks: plan.zones.as_ref().map(|z| z.zone_blocks),
                     };
-                    let mut stats = engine::run(&mut q, bufs, &mut ios, cfg);
+                    let mut writer = plan
+                        .zones
+                        .as_ref()
+                        .and_then(|z| z.writers.as_ref())
+                        .map(|w| ZoneWriter::new(w[t].iter().copied()));
+                    let mut stats = engine::run(&mut q, bufs, &mut ios, writer.as_mut(), cfg);
                     stats.cpus = cpus;
                     stats.interrupt_cpu = interrupt_cpu;
                     finished.fetch_add(1, Ordering::SeqCst);
@@ -727,7 +828,9 @@ fn steer(q: &mut IoQueue, plan: &Plan, cpus: Option<&[usize]>, t: usize) -> Opti
 fn prepare(device: &Device, plan: &Plan, t: usize) -> Result<(IoQueue, Vec<Option<DmaBuf>>), CliError> {
     let qd = plan.qd_effective;
     let backend = device.backend();
-    let q = device.create_queue(Some(plan.nsid), qd).map_err(|e| {
+    // Room for a zone reset besides the I/Os (engine::run).
+    let resets = usize::from(plan.zones.as_ref().is_some_and(|z| z.writers.is_some()));
+    let q = device.create_queue(Some(plan.nsid), qd + resets).map_err(|e| {
         CliError::Device(format!(
             "thread {t}: cannot create a {backend} queue of depth {qd}: {e}"
         ))
@@ -808,6 +911,14 @@ pub fn run(a: &PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let device = &dev.device;
     let ns = device.namespace(a.nsid)?;
     let plan = Plan::new(a, &ns, device.backend())?;
+    let plan = match ZoneLayout::probe(device, &dev.name, ns.nsid)? {
+        Some(layout) => plan.on_zones(&layout)?,
+        None if a.rw.writes() => {
+            ZoneLayout::refuse_kernel_zoned(device, &dev.name, &what)?;
+            plan
+        }
+        None => plan,
+    };
     let clock = Clock::new(a.clock);
     let format = if a.json {
         None
@@ -920,6 +1031,7 @@ mod tests {
             compare: false,
             verify: false,
             volatile_write_cache: true,
+            zone_commands: false,
             metadata: crate::nvme::block::MetadataFormat::NONE,
             source: GeometrySource::Identify,
         }
@@ -1058,6 +1170,48 @@ mod tests {
         assert!(err(&["--rw", "read", "--offset", "1g"]).contains("at or beyond the end"));
         assert!(err(&["--rw", "read", "--offset", "4k", "--size", "1g"]).contains("goes beyond the end"));
         assert!(err(&["--rw", "read", "--bs", "8k", "--size", "4k"]).contains("smaller than one --bs 8KiB I/O"));
+    }
+
+    #[test]
+    fn zoned_plans_give_each_writer_its_zones() {
+        // Eight zones of 2048 4 KiB blocks, 1536 writable; zone 5 is read-only.
+        let zones = (0..8u64)
+            .map(|i| crate::cli::io_shared::zones::zone(i * 2048, if i == 5 { 0xD } else { 0x1 }, i * 2048, 1536))
+            .collect();
+        let layout = ZoneLayout {
+            zone_blocks: 2048,
+            append_limit: Some(128 * 1024),
+            zones,
+        };
+        let n = NamespaceInfo {
+            deallocate: true,
+            ..ns(4096, 8 * 2048)
+        };
+        let plan = |extra: &[&str]| Plan::new(&args(extra), &n, Backend::Vfio).unwrap().on_zones(&layout);
+        let p = plan(&["--rw", "randwrite", "--threads", "2"]).unwrap();
+        let z = p.zones.unwrap();
+        assert_eq!(z.zone_blocks, 2048);
+        let starts = |t: usize| z.writers.as_ref().unwrap()[t].iter().map(|w| w.0).collect::<Vec<_>>();
+        assert_eq!(
+            (starts(0), starts(1)),
+            (vec![0, 4096, 8192, 14336], vec![2048, 6144, 12288])
+        );
+        let p = plan(&["--rw", "randread", "--offset", "4k"]).unwrap();
+        assert!(p.zones.unwrap().writers.is_none(), "reads need no whole zones");
+        let err = |extra: &[&str]| plan(extra).unwrap_err().to_string();
+        assert!(err(&["--rw", "trim"]).contains("Reset Zone"));
+        assert!(err(&["--rw", "write", "--bs", "256k"]).contains("Zone Append Size Limit (ZASL) is 128KiB"));
+        assert!(err(&["--rw", "randrw", "--offset", "4k"]).contains("multiples of the zone size (2048 blocks)"));
+        assert!(err(&["--rw", "write", "--size", "8m", "--threads", "2"]).contains("1 writable zones"));
+        let small = ZoneLayout {
+            zone_blocks: 64,
+            ..layout.clone()
+        };
+        let e = Plan::new(&args(&["--rw", "read", "--bs", "512k"]), &n, Backend::Vfio)
+            .unwrap()
+            .on_zones(&small)
+            .unwrap_err();
+        assert!(e.to_string().contains("larger than a zone (64 blocks)"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct Plan {
     /// metadata bytes (MS > 0), which verify then writes and checks with the data;
     /// [`MetadataFormat::NONE`] otherwise.
     pub metadata: MetadataFormat,
+    /// On a zoned namespace, the region's writable zones ([`Plan::on_zones`]): each is
+    /// reset before it is written, written sequentially from its start with one write in
+    /// flight, and written and read up to its capacity (ZCAP), not its size.
+    pub zones: Option<Vec<ZoneSpan>>,
 }
 
 impl Plan {
@@ -77,7 +81,37 @@ impl Plan {
             } else {
                 MetadataFormat::NONE
             },
+            zones: None,
         })
+    }
+
+    /// The plan on a zoned namespace whose zones are `layout` ([`Plan::zones`]).
+    ///
+    /// Errors: [`CliError::Invalid`] for a region that is not whole zones or holds no
+    /// writable zone ([`ZoneLayout::spans_in`]); [`CliError::Unsupported`] for a
+    /// namespace whose blocks carry metadata (zone commands do not take it here).
+    pub fn on_zones(mut self, layout: &ZoneLayout) -> Result<Plan, CliError> {
+        if self.with_metadata() {
+            return Err(CliError::Unsupported(
+                "verify on a zoned namespace whose blocks carry metadata is not supported".into(),
+            ));
+        }
+        self.zones = Some(layout.spans_in(self.first_lba, self.blocks, "verify")?);
+        Ok(self)
+    }
+
+    /// The runs of blocks verify writes and reads, as (first LBA, blocks): the region, or
+    /// on a zoned namespace each zone up to its capacity.
+    pub fn extents(&self) -> Vec<(u64, u64)> {
+        match &self.zones {
+            Some(zones) => zones.iter().map(|z| (z.start, z.capacity)).collect(),
+            None => vec![(self.first_lba, self.blocks)],
+        }
+    }
+
+    /// Blocks written (unless read-only) and checked in each pass: the extents' total.
+    pub fn checked_blocks(&self) -> u64 {
+        self.extents().iter().map(|e| e.1).sum()
     }
 
     /// Data bytes per transfer (`--bs`, clamped).
@@ -189,7 +223,7 @@ impl Plan {
     /// read, in every pass. The total of its progress bar.
     pub fn transfer_bytes(&self) -> u64 {
         let per_pass = if self.read_only { 1 } else { 2 };
-        self.passes * per_pass * self.blocks * u64::from(self.block_size)
+        self.passes * per_pass * self.checked_blocks() * u64::from(self.block_size)
     }
 }
 
@@ -253,7 +287,10 @@ fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<DmaBuf>, plan: &Plan, progress: &Prog
         if !plan.read_only {
             let t = Instant::now();
             progress.message(format!("pass {pass}: write"));
-            stream(q, &mut pool, plan, pass, true, &mut f, progress);
+            reset_zones(q, plan, &mut f);
+            if f.fatal.is_none() {
+                stream(q, &mut pool, plan, pass, true, &mut f, progress);
+            }
             if f.fatal.is_none() {
                 if let Err(e) = block::run_one(q, Op::Flush, None) {
                     match e.error {
@@ -287,9 +324,22 @@ fn run<Q: BlockQueue>(q: &mut Q, bufs: Vec<DmaBuf>, plan: &Plan, progress: &Prog
     f
 }
 
-/// Writes (stamping) or reads (checking) every block of the region once, with its
-/// metadata when it has some ([`stamp_blocks`], [`check_blocks`]), with up to `qd`
-/// transfers outstanding, adding each completed transfer's data bytes to `progress`.
+/// Empties every zone of a zoned plan (Reset Zone) before a pass writes them; the first
+/// failure ends the run.
+fn reset_zones<Q: BlockQueue>(q: &mut Q, plan: &Plan, f: &mut Findings) {
+    for z in plan.zones.iter().flatten() {
+        if let Err(e) = block::run_one(q, Op::ZoneReset { zslba: z.start }, None) {
+            f.fatal = Some(format!("reset of the zone at LBA {}: {}", z.start, e.error));
+            return;
+        }
+    }
+}
+
+/// Writes (stamping) or reads (checking) every block of the plan's extents once
+/// ([`Plan::extents`]), with its metadata when it has some ([`stamp_blocks`],
+/// [`check_blocks`]), with up to `qd` transfers outstanding — on a zoned namespace, writes
+/// at most one per zone, so that each starts at its zone's write pointer — adding each
+/// completed transfer's data bytes to `progress`.
 fn stream<Q: BlockQueue>(
     q: &mut Q,
     pool: &mut Vec<(usize, DmaBuf)>,
@@ -301,9 +351,13 @@ fn stream<Q: BlockQueue>(
 ) {
     let bsz = plan.block_size as usize;
     let unit = plan.metadata.bytes_per_block(plan.block_size);
-    let end = plan.first_lba + plan.blocks;
-    let mut slots = vec![(0u64, 0u64); plan.qd];
-    let mut next = plan.first_lba;
+    // Per extent: the next block, the end, transfers in flight.
+    let mut extents: Vec<(u64, u64, usize)> = plan.extents().iter().map(|&(at, n)| (at, at + n, 0)).collect();
+    let per_extent = if write && plan.zones.is_some() { 1 } else { usize::MAX };
+    // Extents before this one are all submitted.
+    let mut open = 0;
+    // Per tag: first LBA, blocks, extent.
+    let mut slots = vec![(0u64, 0u64, 0usize); plan.qd];
     let mut stop = false;
     let stamp = |lba| Stamp {
         lba,
@@ -312,8 +366,16 @@ fn stream<Q: BlockQueue>(
     };
     loop {
         stop |= f.fatal.is_some();
-        while !stop && next < end {
+        while !stop {
+            while open < extents.len() && extents[open].0 >= extents[open].1 {
+                open += 1;
+            }
+            let Some(e) = (open..extents.len()).find(|&i| extents[i].0 < extents[i].1 && extents[i].2 < per_extent)
+            else {
+                break;
+            };
             let Some((tag, mut buf)) = pool.pop() else { break };
+            let (next, end, _) = extents[e];
             let n = plan.lbas_per_io.min(end - next);
             buf.set_window(0, n as usize * unit)
                 .expect("a buffer holds a whole transfer");
@@ -331,14 +393,17 @@ fn stream<Q: BlockQueue>(
             } else {
                 Op::Read { lba: next }
             };
-            slots[tag] = (next, n);
+            slots[tag] = (next, n, e);
             let submitted = if plan.with_metadata() {
                 q.submit_with_metadata(op, Some(buf), Protection::checked(&plan.metadata, next), tag as u64)
             } else {
                 q.submit(op, Some(buf), tag as u64)
             };
             match submitted {
-                Ok(()) => next += n,
+                Ok(()) => {
+                    extents[e].0 += n;
+                    extents[e].2 += 1;
+                }
                 Err(e) => {
                     if let Some(b) = e.buf {
                         pool.push((tag, b));
@@ -360,7 +425,7 @@ fn stream<Q: BlockQueue>(
             stop = true;
         }
         if q.outstanding() == 0 {
-            if stop || next >= end {
+            if stop || open >= extents.len() {
                 return;
             }
             if pool.is_empty() {
@@ -370,7 +435,8 @@ fn stream<Q: BlockQueue>(
         }
         q.wait(plan.qd, |c: Completion| {
             let tag = c.tag as usize;
-            let (lba, n) = slots[tag];
+            let (lba, n, e) = slots[tag];
+            extents[e].2 -= 1;
             progress.add(n * bsz as u64);
             match c.result {
                 Err(status) => f.failed(IoFailure {
@@ -436,6 +502,22 @@ mod tests {
         /// Every transfer with metadata: its operation, LBA and protection fields.
         seen: Vec<(&'static str, u64, Protection)>,
         plain: usize,
+        /// A zoned namespace: zones of `zone_size` blocks, `zone_capacity` writable.
+        zoned: Option<ZonedFake>,
+    }
+
+    /// Zone state of a [`FakeQueue`]: it fails a Write that does not start at its zone's
+    /// write pointer (Zone Invalid Write) and panics on a second Write in flight on one
+    /// zone, a Reset Zone under one, or a read across zones.
+    struct ZonedFake {
+        size: u64,
+        capacity: u64,
+        wp: Vec<u64>,
+        writing: Vec<bool>,
+        /// The zone of each outstanding write's tag.
+        tag_zone: std::collections::HashMap<u64, usize>,
+        resets: usize,
+        most_reads: usize,
     }
 
     impl FakeQueue {
@@ -454,6 +536,7 @@ mod tests {
                     compare: false,
                     verify: false,
                     volatile_write_cache: true,
+                    zone_commands: false,
                     metadata,
                     source: GeometrySource::Identify,
                 },
@@ -463,6 +546,58 @@ mod tests {
                 done: VecDeque::new(),
                 seen: Vec::new(),
                 plain: 0,
+                zoned: None,
+            }
+        }
+
+        /// A zoned namespace of `zones` zones of `size` blocks, `capacity` writable.
+        fn zoned(zones: usize, size: u64, capacity: u64) -> FakeQueue {
+            let mut q = FakeQueue::new(MetadataFormat::NONE, zones as u64 * size);
+            q.info.zone_commands = true;
+            q.zoned = Some(ZonedFake {
+                size,
+                capacity,
+                wp: vec![0; zones],
+                writing: vec![false; zones],
+                tag_zone: Default::default(),
+                resets: 0,
+                most_reads: 0,
+            });
+            q
+        }
+
+        /// The zone rules for `op` of `blocks` blocks: `Some(result)` when it ends there.
+        fn zone_rules(&mut self, op: Op, blocks: u64, tag: u64) -> Option<Result<(), IoStatus>> {
+            let outstanding = self.done.len();
+            let z = self.zoned.as_mut()?;
+            match op {
+                Op::Write { lba, .. } => {
+                    let zone = (lba / z.size) as usize;
+                    assert!(!z.writing[zone], "a second write in flight on zone {zone}");
+                    z.writing[zone] = true;
+                    z.tag_zone.insert(tag, zone);
+                    if lba != zone as u64 * z.size + z.wp[zone] || z.wp[zone] + blocks > z.capacity {
+                        return Some(Err(IoStatus::Nvme(Status::new(1, 0xBC))));
+                    }
+                    z.wp[zone] += blocks;
+                    None
+                }
+                Op::Read { lba } => {
+                    assert_eq!(lba / z.size, (lba + blocks - 1) / z.size, "a read across zones");
+                    z.most_reads = z.most_reads.max(outstanding + 1);
+                    None
+                }
+                Op::ZoneReset { zslba } => {
+                    let zone = (zslba / z.size) as usize;
+                    assert!(!z.writing[zone], "zone {zone} reset under a write");
+                    z.wp[zone] = 0;
+                    z.resets += 1;
+                    let unit = self.info.metadata.bytes_per_block(BS);
+                    let span = zslba as usize * unit..(zslba + z.size) as usize * unit;
+                    self.medium[span].fill(0);
+                    Some(Ok(()))
+                }
+                _ => None,
             }
         }
 
@@ -474,8 +609,10 @@ mod tests {
         fn transfer(&mut self, op: Op, mut buf: Option<DmaBuf>, blocks: usize, pi: Option<Protection>, tag: u64) {
             let fmt = self.info.metadata;
             let bs = BS as usize;
+            let zoned = self.zone_rules(op, blocks as u64, tag);
+            let checks = self.prchk;
             let prchk = |b: &[u8]| match pi {
-                Some(p) if self.prchk => pi::check(&fmt, BS, b, blocks, &p).map_err(|e| {
+                Some(p) if checks => pi::check(&fmt, BS, b, blocks, &p).map_err(|e| {
                     IoStatus::Nvme(match e {
                         pi::PiError::Guard { .. } => Status::GUARD_CHECK_ERROR,
                         pi::PiError::AppTag { .. } => Status::APPLICATION_TAG_CHECK_ERROR,
@@ -484,8 +621,9 @@ mod tests {
                 }),
                 _ => Ok(()),
             };
-            let result = match op {
-                Op::Write { lba, .. } => {
+            let result = match (zoned, op) {
+                (Some(result), _) => result,
+                (None, Op::Write { lba, .. }) => {
                     let b = buf.as_ref().expect("checked").as_slice();
                     let r = prchk(b);
                     if r.is_ok() {
@@ -498,7 +636,7 @@ mod tests {
                     }
                     r
                 }
-                Op::Read { lba } => {
+                (None, Op::Read { lba }) => {
                     let b = buf.as_mut().expect("checked").as_mut_slice();
                     for i in 0..blocks {
                         let (data, md) = fmt.ranges(BS, blocks, i);
@@ -509,8 +647,8 @@ mod tests {
                     }
                     prchk(b)
                 }
-                Op::Flush => Ok(()),
-                other => unreachable!("verify reads, writes and flushes only: {other:?}"),
+                (None, Op::Flush) => Ok(()),
+                (None, other) => unreachable!("verify reads, writes, flushes and resets only: {other:?}"),
             };
             self.done.push_back(Completion { tag, buf, result });
         }
@@ -565,7 +703,14 @@ mod tests {
         }
         fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut f: F) -> usize {
             let n = max.min(self.done.len());
-            self.done.drain(..n).for_each(&mut f);
+            for c in self.done.drain(..n) {
+                if let Some(z) = self.zoned.as_mut() {
+                    if let Some(zone) = z.tag_zone.remove(&c.tag) {
+                        z.writing[zone] = false;
+                    }
+                }
+                f(c);
+            }
             n
         }
     }
@@ -584,6 +729,7 @@ mod tests {
             passes,
             read_only,
             metadata,
+            zones: None,
         }
     }
 
@@ -632,6 +778,57 @@ mod tests {
                 "nothing before the region"
             );
         }
+    }
+
+    #[test]
+    fn zones_are_reset_then_written_one_write_at_a_time_up_to_their_capacity() {
+        // Four zones of 32 blocks, 20 writable; the region is zones 1 and 2 (LBAs 32..96),
+        // zone 2 holding 4 blocks from before. Transfers of 8 blocks, 4 outstanding.
+        let mut q = FakeQueue::zoned(4, 32, 20);
+        q.zoned.as_mut().unwrap().wp[2] = 4;
+        let layout = ZoneLayout {
+            zone_blocks: 32,
+            append_limit: None,
+            zones: (0..4u64)
+                .map(|i| match i {
+                    2 => crate::cli::io_shared::zones::zone(64, 0x2, 68, 20),
+                    i => crate::cli::io_shared::zones::zone(i * 32, 0x1, i * 32, 20),
+                })
+                .collect(),
+        };
+        let p = Plan {
+            first_lba: 32,
+            blocks: 64,
+            ..plan(MetadataFormat::NONE, 2, false)
+        }
+        .on_zones(&layout)
+        .unwrap();
+        assert_eq!(p.extents(), [(32, 20), (64, 20)]);
+        assert_eq!(p.transfer_bytes(), 2 * 2 * 40 * 512);
+        let f = run_on(&mut q, &p);
+        assert!(f.ok(), "{f:?}");
+        let z = q.zoned.as_ref().unwrap();
+        assert_eq!(z.resets, 4, "each zone, each pass");
+        assert_eq!(z.wp, [0, 20, 20, 0]);
+        assert!(z.most_reads > 1, "reads go at the queue depth");
+        for lba in (32..52).chain(64..84) {
+            let at = q.at(lba);
+            let stamp = Stamp { lba, pass: 2, seed: 77 };
+            let mut problems = Vec::new();
+            check_blocks(&q.medium[at..at + 512], &MetadataFormat::NONE, BS, 1, stamp, |_, p| {
+                problems.push(p)
+            });
+            assert_eq!(problems, [], "LBA {lba}");
+        }
+        assert!(q.medium[q.at(52)..q.at(64)].iter().all(|&b| b == 0), "past ZCAP");
+        // A region that is not whole zones is refused.
+        let e = Plan {
+            first_lba: 16,
+            ..plan(MetadataFormat::NONE, 1, false)
+        }
+        .on_zones(&layout)
+        .unwrap_err();
+        assert!(e.to_string().contains("whole zones"), "{e}");
     }
 
     #[test]

@@ -80,6 +80,13 @@
 //! - It uses only Read, Write and Flush, so it runs on every backend; `--qd` I/Os of
 //!   `--bs` data bytes stay outstanding (`wait` for completions: a verify is not a latency
 //!   test).
+//! - **On a zoned namespace** (found through the zoned Identify data, so with ironvme's
+//!   driver or NVMe passthrough) the region must be whole zones. Each pass resets every
+//!   zone of it (Reset Zone) and writes each zone from its start up to its capacity
+//!   (ZCAP) with plain Writes, one in flight per zone (a Write must start at the write
+//!   pointer, and two on one zone may reach it in either order), `--qd` zones at a time;
+//!   the blocks past ZCAP, which cannot be written, are neither written nor read. The
+//!   read-back reads every zone up to its capacity, at `--qd`.
 
 mod engine;
 mod report;
@@ -95,6 +102,7 @@ pub use stamp::{
 use super::io_shared::rng::{SplitMix64, mix64};
 use super::io_shared::target;
 use super::io_shared::units::{iec_exact, parse_nonzero_size, parse_size};
+use super::io_shared::zones::{ZoneLayout, ZoneSpan};
 use super::io_shared::{BACKEND_HELP, IO_DEV_HELP, region_bytes};
 use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
@@ -175,6 +183,14 @@ pub fn run(a: &VerifyArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let dev = target::open(&a.dev, a.backend, writes, a.allow_write)?;
     let ns = dev.device.namespace(a.nsid)?;
     let plan = Plan::new(a, &ns)?;
+    let plan = match ZoneLayout::probe(&dev.device, &dev.name, ns.nsid)? {
+        Some(layout) => plan.on_zones(&layout)?,
+        // Its read-back too: it would read the blocks past each zone's capacity.
+        None => {
+            ZoneLayout::refuse_kernel_zoned(&dev.device, &dev.name, "verify")?;
+            plan
+        }
+    };
     let progress = Progress::bytes(Some(plan.transfer_bytes()));
     let findings = verify_with_progress(&dev.device, &plan, &progress)?;
     progress.finish();
@@ -588,6 +604,7 @@ mod tests {
             compare: false,
             verify: false,
             volatile_write_cache: true,
+            zone_commands: false,
             metadata: crate::nvme::block::MetadataFormat::NONE,
             source: GeometrySource::Identify,
         }

@@ -56,6 +56,14 @@ pub fn human(s: &Subject, plan: &Plan, f: &Findings) -> String {
         plan.qd,
         plan.seed
     );
+    if let Some(zones) = &plan.zones {
+        let _ = writeln!(
+            o,
+            "zoned: {} zones, each reset, then written from its start to its capacity (ZCAP): {} blocks",
+            zones.len(),
+            plan.checked_blocks()
+        );
+    }
     if plan.with_metadata() {
         let how = if plan.metadata.pi_type == 0 {
             "a pattern written with each block and checked on read-back"
@@ -65,7 +73,9 @@ pub fn human(s: &Subject, plan: &Plan, f: &Findings) -> String {
         };
         let _ = writeln!(o, "metadata: {}: {how}", plan.metadata);
     }
-    let mib = bytes as f64 / f64::from(1 << 20);
+    // What each pass moves: the region, or on a zoned namespace its zones' capacity.
+    let moved = plan.checked_blocks() * bs;
+    let mib = moved as f64 / f64::from(1 << 20);
     let rate = |secs: f64| {
         if secs > 0.0 {
             format!("{:.1}MiB/s", mib / secs)
@@ -75,7 +85,7 @@ pub fn human(s: &Subject, plan: &Plan, f: &Findings) -> String {
     };
     for p in &f.passes {
         let wrote = p.write_s.map_or(String::new(), |w| {
-            format!("wrote {} and flushed in {w:.2}s ({}); ", iec_exact(bytes), rate(w))
+            format!("wrote {} and flushed in {w:.2}s ({}); ", iec_exact(moved), rate(w))
         });
         let _ = writeln!(
             o,
@@ -135,7 +145,7 @@ pub fn human(s: &Subject, plan: &Plan, f: &Findings) -> String {
         let _ = writeln!(
             o,
             "OK: {} blocks intact after {} pass{}",
-            plan.blocks,
+            plan.checked_blocks(),
             plan.passes,
             if plan.passes == 1 { "" } else { "es" }
         );
@@ -234,7 +244,8 @@ pub fn json(s: &Subject, plan: &Plan, f: &Findings) -> Value {
         "seed": plan.seed,
         "read_only": plan.read_only,
         "first_pass": plan.first_pass,
-        "blocks": plan.blocks,
+        "blocks": plan.checked_blocks(),
+        "zones": plan.zones.as_ref().map(Vec::len),
         "passes": plan.passes,
         "pass_results": passes,
         "mismatch_count": f.mismatch_count,

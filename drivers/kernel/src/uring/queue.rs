@@ -812,6 +812,7 @@ mod tests {
                 compare: false,
                 verify: false,
                 volatile_write_cache: false,
+                zone_commands: false,
                 metadata: ironvme_nvme::block::MetadataFormat::NONE,
                 source: GeometrySource::File,
             },

@@ -27,6 +27,7 @@ impl Namespace {
             // the controller driver's own `verify` sends it either way.
             verify: self.verify,
             volatile_write_cache: self.volatile_write_cache,
+            zone_commands: true,
             metadata: self.metadata,
             source: GeometrySource::Identify,
         }
