@@ -11,8 +11,8 @@
 //!   states, types and write pointers;
 //! - a report never yields more descriptors than the buffer holds, nor more than Number
 //!   of Zones says;
-//! - a zone perf or verify would write has a capacity and no more written than it, and
-//!   the zones of a region lie inside it;
+//! - the zones of a region perf or verify would use lie inside it, one per zone in
+//!   order, none written past its capacity nor larger than the zone size;
 //! - report-zones' loop ([`collect_zones`]) ends after at most one report per zone of
 //!   the namespace plus one, whatever the reports say.
 
@@ -41,15 +41,36 @@ fuzz_target!(|data: &[u8]| {
                 assert!(z.capacity > 0 && z.written <= z.capacity, "{z:?} from {d:?}");
             }
         }
-        let zone_blocks = u64::from(ext as u32 + 1);
+        let zone_blocks = (ext / 64) as u64 + 1;
         let layout = ZoneLayout {
             zone_blocks,
             append_limit: zone_append_limit(body, 4096).ok().flatten(),
+            max_active: Some((ext / 64) as u32 + 1),
+            max_open: None,
+            variable_capacity: false,
             zones: r.descriptors.clone(),
         };
         let (first, blocks) = (zone_blocks * 2, zone_blocks * 3);
-        if let Ok(spans) = layout.spans_in(first, blocks, "fuzz") {
-            assert!(spans.iter().all(|z| z.start >= first && z.start - first < blocks));
+        for writes in [true, false] {
+            if let Ok(spans) = layout.spans_in(first, blocks, "fuzz", writes) {
+                // In the region, one per zone, in order.
+                assert!(
+                    spans
+                        .iter()
+                        .all(|z| z.start >= first && z.start + zone_blocks <= first + blocks)
+                );
+                assert!(spans.windows(2).all(|w| w[0].start < w[1].start));
+                assert!(
+                    spans
+                        .iter()
+                        .all(|z| z.written <= z.capacity && z.capacity <= zone_blocks)
+                );
+            }
+        }
+        let (active, open) = layout.active_outside(first, blocks);
+        assert!(open <= active && active as usize <= r.descriptors.len());
+        if let Ok(n) = layout.writable_at_once(first, blocks, 32, "fuzz") {
+            assert!((1..=32).contains(&n));
         }
     }
     // Identify data is 4096 bytes, more than libFuzzer's default input: the body,
@@ -59,6 +80,7 @@ fuzz_target!(|data: &[u8]| {
         for f in 0..=IdentifyZonedNamespace::MAX_FORMATS {
             let _ = z.zone_geometry(f);
         }
+        assert!(z.max_active().is_none_or(|n| n >= 1) && z.max_open().is_none_or(|n| n >= 1));
     }
     // report-zones' loop over a device whose every report is this one: it ends, and
     // never collects more than the namespace's zones allow reports for.

@@ -152,7 +152,7 @@ impl Zoned {
         ZoneAccess::new(self.dev.device(), self.dev.name(), self.nsid)?.ok_or_else(|| {
             CliError::Unsupported(format!(
                 "{}: namespace {} is not a zoned namespace (the controller has no Zoned Namespace Identify data \
-                 for it)",
+                 with a zone size for it)",
                 self.dev.name(),
                 self.nsid
             ))
@@ -175,6 +175,12 @@ pub struct ZoneAccess<'a> {
     max_transfer: usize,
     /// The Zone Append Size Limit in bytes (ZASL), `None` when only MDTS limits it.
     pub append_limit: Option<usize>,
+    /// Zones that may be active (open or closed) at once (MAR + 1), `None` for no limit.
+    pub max_active: Option<u32>,
+    /// Zones that may be open at once (MOR + 1), `None` for no limit.
+    pub max_open: Option<u32>,
+    /// ZOC bit 0: a zone's capacity may change when it is reset.
+    pub variable_capacity: bool,
 }
 
 impl<'a> ZoneAccess<'a> {
@@ -183,8 +189,9 @@ impl<'a> ZoneAccess<'a> {
     /// or Invalid Namespace or Format: not a zoned namespace), or when the backend cannot send admin commands
     /// (io_uring block I/O, psync, a VDE volume).
     ///
-    /// Errors: [`CliError::OnDevice`] for any other failed command;
-    /// [`CliError::Unsupported`] for zoned data without a zone size.
+    /// Zoned data without a zone size for the namespace's format is not zoned either.
+    ///
+    /// Errors: [`CliError::OnDevice`] for any other failed command.
     pub fn new(device: &'a Device, name: String, nsid: u32) -> Result<Option<ZoneAccess<'a>>, CliError> {
         let Some(admin) = device.admin() else {
             return Ok(None);
@@ -215,21 +222,24 @@ impl<'a> ZoneAccess<'a> {
             Err(e) if refused_as_not_zoned(&e) => return Ok(None),
             Err(e) => return Err(on(e)),
         };
-        let zone_blocks = IdentifyZonedNamespace::parse(&raw)
+        // Zoned data without a zone size for the current format (a controller that answers
+        // any CSI with zeros) describes no zoned namespace.
+        let Some((zoned, zone_blocks)) = IdentifyZonedNamespace::parse(&raw)
             .ok()
-            .and_then(|z| z.zone_geometry(id.current_format_index()))
-            .map(|(zsze, _)| zsze)
-            .ok_or_else(|| {
-                CliError::Unsupported(format!(
-                    "{name}: namespace {nsid}'s Zoned Namespace Identify data gives no zone size"
-                ))
-            })?;
+            .and_then(|z| z.zone_geometry(id.current_format_index()).map(|(zsze, _)| (z, zsze)))
+        else {
+            return Ok(None);
+        };
         let append_limit = match admin
             .admin_read(Command::identify_csi(Cns::IO_COMMAND_SET_CONTROLLER, 0, CSI_ZONED), len)
         {
-            // The driver and Linux both run the controller with 4 KiB pages (CC.MPS 0).
+            // ZASL counts CAP.MPSMIN pages: 4 KiB wherever ironvme's driver or Linux runs
+            // the controller (both refuse a larger MPSMIN).
             Ok((_, raw)) => zone_append_limit(&raw, 4096).map_err(|e| on(crate::nvme::ctrl::Error::from(e).into()))?,
-            Err(e) => return Err(on(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no zoned Identify Controller data: Zone Append limited by MDTS alone");
+                None
+            }
         };
         let max_transfer = device
             .namespaces()
@@ -246,6 +256,9 @@ impl<'a> ZoneAccess<'a> {
             blocks: id.nsze,
             max_transfer,
             append_limit,
+            max_active: zoned.max_active(),
+            max_open: zoned.max_open(),
+            variable_capacity: zoned.zoc & 1 != 0,
         }))
     }
 

@@ -528,10 +528,9 @@ fn check_buffer_and_range(
                 "zone commands need ironvme's driver or NVMe passthrough (the ioctl or uring-cmd backend)",
             ));
         }
-        if with_metadata || !ns.metadata.is_none() {
-            return Err(unsupported(
-                "zone commands on a namespace with metadata are not supported",
-            ));
+        // A reset moves no data; an append's metadata would need its own rules here.
+        if matches!(op, Op::ZoneAppend { .. }) && (with_metadata || !ns.metadata.is_none()) {
+            return Err(unsupported("zone append on a namespace with metadata is not supported"));
         }
     }
     let (lba, blocks) = match *op {
@@ -894,8 +893,12 @@ mod tests {
             bytes: 8,
             ..MetadataFormat::NONE
         };
-        let e = check(&n, &Op::ZoneReset { zslba: 0 }, None).unwrap_err().to_string();
-        assert!(e.contains("with metadata"), "{e}");
+        assert_eq!(check(&n, &Op::ZoneReset { zslba: 0 }, None).unwrap(), 1);
+        n.metadata.pi_type = 1;
+        let e = check(&n, &Op::ZoneAppend { zslba: 0 }, Some(&sized(512)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("zone append on a namespace with metadata"), "{e}");
     }
 
     #[test]

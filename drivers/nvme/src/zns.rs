@@ -248,6 +248,16 @@ impl IdentifyZonedNamespace {
         })
     }
 
+    /// Zones that may be active at once (MAR + 1), `None` when MAR is all ones (no limit).
+    pub fn max_active(&self) -> Option<u32> {
+        (self.mar != u32::MAX).then(|| self.mar + 1)
+    }
+
+    /// Zones that may be open at once (MOR + 1), `None` when MOR is all ones (no limit).
+    pub fn max_open(&self) -> Option<u32> {
+        (self.mor != u32::MAX).then(|| self.mor + 1)
+    }
+
     /// Zone size in logical blocks and descriptor extension size in bytes for LBA format
     /// `format` (FLBAS's current index); `None` past the table or when ZSZE is 0.
     pub fn zone_geometry(&self, format: usize) -> Option<(u64, usize)> {
@@ -258,8 +268,9 @@ impl IdentifyZonedNamespace {
 
 /// The Zone Append Size Limit in bytes from the zoned I/O Command Set specific Identify
 /// Controller data (CNS 06h, CSI 02h; ZNS 1.1, Figure 49: ZASL, byte 0, a power of two
-/// in units of the controller's memory page size `page_size`, CC.MPS): `None` when ZASL
-/// is 0 (Zone Append is limited by MDTS alone) or the limit does not fit a `usize`.
+/// in units of the minimum memory page size `page_size`, CAP.MPSMIN, as MDTS is): `None`
+/// when ZASL is 0 (Zone Append is limited by MDTS alone) or the limit does not fit a
+/// `usize`.
 ///
 /// Errors: [`ParseError::TooShort`] for an empty buffer.
 pub fn zone_append_limit(buf: &[u8], page_size: usize) -> Result<Option<usize>, ParseError> {
@@ -326,6 +337,15 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_limits_are_zero_based_and_all_ones_is_none() {
+        let mut buf = vec![0u8; 4096];
+        buf[4..8].copy_from_slice(&3u32.to_le_bytes());
+        buf[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let z = IdentifyZonedNamespace::parse(&buf).unwrap();
+        assert_eq!((z.max_active(), z.max_open()), (Some(4), None));
+    }
 
     #[test]
     fn the_zone_append_limit_is_pages_times_a_power_of_two() {

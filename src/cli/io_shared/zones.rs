@@ -49,6 +49,12 @@ pub struct ZoneLayout {
     pub zone_blocks: u64,
     /// ZASL in bytes: the largest Zone Append (`None`: MDTS alone limits it).
     pub append_limit: Option<usize>,
+    /// Zones that may be active (open or closed) at once: MAR + 1 (`None`: no limit).
+    pub max_active: Option<u32>,
+    /// Zones that may be open at once: MOR + 1 (`None`: no limit).
+    pub max_open: Option<u32>,
+    /// ZOC bit 0 (Variable Zone Capacity): a reset may change a zone's capacity.
+    pub variable_capacity: bool,
     /// Every zone's descriptor, in LBA order.
     pub zones: Vec<ZoneDescriptor>,
 }
@@ -58,8 +64,7 @@ impl ZoneLayout {
     /// is not zoned, or the backend cannot tell (io_uring block I/O, psync, VDE volumes,
     /// which send no NVMe commands).
     ///
-    /// Errors: [`CliError::OnDevice`] for a failed Identify or Zone Management Receive;
-    /// [`CliError::Unsupported`] for zoned Identify data without a zone size.
+    /// Errors: [`CliError::OnDevice`] for a failed Identify or Zone Management Receive.
     pub fn probe(device: &Device, name: &str, nsid: u32) -> Result<Option<ZoneLayout>, CliError> {
         let Some(z) = ZoneAccess::new(device, name.to_string(), nsid)? else {
             return Ok(None);
@@ -67,35 +72,42 @@ impl ZoneLayout {
         Ok(Some(ZoneLayout {
             zone_blocks: z.zone_blocks,
             append_limit: z.append_limit,
+            max_active: z.max_active,
+            max_open: z.max_open,
+            variable_capacity: z.variable_capacity,
             zones: z.zones(0, None)?,
         }))
     }
 
-    /// [`CliError::Unsupported`] when `what` (a command that writes) would write through
-    /// the kernel's block layer (io_uring block I/O, psync) to a zoned block device
-    /// `name` (sysfs `queue/zoned`): perf and verify write zones with NVMe commands, which
-    /// that path does not carry; the error names the backends that do.
+    /// [`CliError::Unsupported`] when `what` would go through the kernel's block layer
+    /// (io_uring block I/O, psync) to a zoned block device `name` (sysfs `queue/zoned`):
+    /// perf's writes and verify need zone reports and Reset Zone, which that path does not
+    /// carry; the error names the ways that do.
     pub fn refuse_kernel_zoned(device: &Device, name: &str, what: &str) -> Result<(), CliError> {
         if !matches!(device.backend(), Backend::Uring | Backend::Psync) {
             return Ok(());
         }
         match ironvme_kernel::geometry::zoned_model(Path::new(name)) {
             Some(model) => Err(CliError::Unsupported(format!(
-                "{what}: {name} is a zoned block device ({model}), whose zones {what} writes with NVMe zone \
-                 commands: use --backend uring-cmd or ioctl (or the namespace's /dev/ngXnY node), or a PCI address"
+                "{what}: {name} is a zoned block device ({model}); {what} on zones needs zone reports and Reset Zone \
+                 through NVMe commands: use --backend ioctl, the namespace's /dev/ngXnY node, or its PCI address"
             ))),
             None => Ok(()),
         }
     }
 
-    /// The writable zones wholly inside the `blocks` blocks from `first_lba`, in order.
+    /// The zones wholly inside the `blocks` blocks from `first_lba`, in order. With
+    /// `writes`, every one of them must be writable ([`ZoneSpan::of`]); without, any
+    /// state goes (a Read Only zone reads, an Offline one fails its reads: both are what
+    /// a read-back must report), and `written` is the capacity.
     ///
     /// Errors: [`CliError::Invalid`] when the region does not start and end on zone
     /// boundaries (a write must start at a zone's write pointer, and verify resets every
-    /// zone it writes), or holds no writable zone; [`CliError::Device`] for a descriptor
-    /// in it that describes no zone of ZSZE blocks (a start off the zone grid, a capacity
+    /// zone it writes), holds no zone, or, with `writes`, holds one that cannot be
+    /// written; [`CliError::Device`] for descriptors that describe no zones of ZSZE blocks
+    /// in LBA order (a start off the zone grid or not after the previous one, a capacity
     /// above the zone size).
-    pub fn spans_in(&self, first_lba: u64, blocks: u64, what: &str) -> Result<Vec<ZoneSpan>, CliError> {
+    pub fn spans_in(&self, first_lba: u64, blocks: u64, what: &str, writes: bool) -> Result<Vec<ZoneSpan>, CliError> {
         let zb = self.zone_blocks;
         if first_lba % zb != 0 || blocks % zb != 0 {
             return Err(CliError::Invalid(format!(
@@ -105,25 +117,72 @@ impl ZoneLayout {
         }
         let end = first_lba + blocks;
         let inside = |d: &&ZoneDescriptor| d.start >= first_lba && d.start.checked_add(zb).is_some_and(|e| e <= end);
-        if let Some(d) = self
-            .zones
-            .iter()
-            .filter(inside)
-            .find(|d| d.start % zb != 0 || d.capacity > zb)
-        {
-            return Err(CliError::Device(format!(
-                "the device reports a zone at LBA {} with a capacity of {} blocks, which is not a zone of {zb} blocks \
-                 (ZSZE)",
-                d.start, d.capacity
-            )));
+        let mut spans: Vec<ZoneSpan> = Vec::new();
+        for d in self.zones.iter().filter(inside) {
+            if d.start % zb != 0 || d.capacity > zb || spans.last().is_some_and(|p| p.start >= d.start) {
+                return Err(CliError::Device(format!(
+                    "the device reports a zone at LBA {} with a capacity of {} blocks, which is not the next zone of \
+                     {zb} blocks (ZSZE)",
+                    d.start, d.capacity
+                )));
+            }
+            let span = match ZoneSpan::of(d) {
+                Some(span) => span,
+                None if writes => {
+                    let state = d.state().map_or("in an unknown state", ZoneState::nvme_cli_name);
+                    return Err(CliError::Invalid(format!(
+                        "{what}: the zone at LBA {} is {state} (write pointer {:#x}, capacity {}): it cannot be \
+                         written; choose a region without it",
+                        d.start, d.write_pointer, d.capacity
+                    )));
+                }
+                None => ZoneSpan {
+                    start: d.start,
+                    capacity: d.capacity,
+                    written: d.capacity,
+                },
+            };
+            spans.push(span);
         }
-        let spans: Vec<ZoneSpan> = self.zones.iter().filter(inside).filter_map(ZoneSpan::of).collect();
         if spans.is_empty() {
             return Err(CliError::Invalid(format!(
-                "{what}: no writable zone (Empty, Open, Closed or Full) between LBA {first_lba} and {end}"
+                "{what}: the device reports no zone between LBA {first_lba} and {end}"
             )));
         }
         Ok(spans)
+    }
+
+    /// Zones active (Implicitly or Explicitly Opened, or Closed) outside the `blocks`
+    /// blocks from `first_lba`, and of those the open ones: what other users hold of the
+    /// controller's active and open zone resources.
+    pub fn active_outside(&self, first_lba: u64, blocks: u64) -> (u32, u32) {
+        let end = first_lba.saturating_add(blocks);
+        let outside = self.zones.iter().filter(|d| d.start < first_lba || d.start >= end);
+        outside.fold((0, 0), |(active, open), d| match d.state() {
+            Some(ZoneState::ImplicitlyOpened | ZoneState::ExplicitlyOpened) => (active + 1, open + 1),
+            Some(ZoneState::Closed) => (active + 1, open),
+            _ => (active, open),
+        })
+    }
+
+    /// How many zones of the region may be written at once, at most `want`: what the
+    /// controller's active and open limits (MAR, MOR) leave after the zones active
+    /// outside the region ([`Self::active_outside`]).
+    ///
+    /// Errors: [`CliError::Invalid`] when they leave none.
+    pub fn writable_at_once(&self, first_lba: u64, blocks: u64, want: usize, what: &str) -> Result<usize, CliError> {
+        let (active, open) = self.active_outside(first_lba, blocks);
+        let room = |limit: Option<u32>, used: u32| limit.map_or(usize::MAX, |l| l.saturating_sub(used) as usize);
+        let n = want.min(room(self.max_active, active)).min(room(self.max_open, open));
+        if n == 0 {
+            return Err(CliError::Invalid(format!(
+                "{what}: the controller allows {} active and {} open zones, and {active} active ({open} open) zones \
+                 outside the region take them all: reset or finish some (ironvme zns reset, zns finish)",
+                self.max_active.map_or("any number of".into(), |n| n.to_string()),
+                self.max_open.map_or("any number of".into(), |n| n.to_string()),
+            )));
+        }
+        Ok(n)
     }
 
     /// `lba` moved back so that `lbas` blocks from it stay inside one zone (a zoned
@@ -174,35 +233,77 @@ mod tests {
         assert_eq!(ZoneSpan::of(&zone(0, 0x1, 0, 0)), None);
     }
 
-    #[test]
-    fn regions_are_whole_zones() {
-        let layout = ZoneLayout {
+    /// Zones of 100 blocks, at most three active.
+    fn layout(zones: Vec<ZoneDescriptor>) -> ZoneLayout {
+        ZoneLayout {
             zone_blocks: 100,
             append_limit: None,
-            zones: vec![zone(0, 0x1, 0, 60), zone(100, 0xF, 100, 60), zone(200, 0xE, 0, 60)],
-        };
-        let starts = |first, n| {
+            max_active: Some(3),
+            max_open: None,
+            variable_capacity: false,
+            zones,
+        }
+    }
+
+    #[test]
+    fn regions_are_whole_zones() {
+        let layout = layout(vec![
+            zone(0, 0x1, 0, 60),
+            zone(100, 0xF, 100, 60),
+            zone(200, 0xE, 0, 60),
+            zone(300, 0x2, 310, 60),
+        ]);
+        let starts = |first, n, writes| {
             layout
-                .spans_in(first, n, "perf")
-                .map(|s| s.iter().map(|z| z.start).collect::<Vec<_>>())
+                .spans_in(first, n, "perf", writes)
+                .map(|s| s.iter().map(|z| (z.start, z.written)).collect::<Vec<_>>())
         };
-        assert_eq!(starts(0, 300).unwrap(), [0, 200]);
-        assert_eq!(starts(200, 100).unwrap(), [200]);
-        let e = starts(50, 100).unwrap_err().to_string();
+        assert_eq!(starts(200, 200, true).unwrap(), [(200, 60), (300, 10)]);
+        // An offline zone cannot be written; read back, it is what it is.
+        let e = starts(0, 300, true).unwrap_err().to_string();
+        assert!(e.contains("the zone at LBA 100 is OFFLINE"), "{e}");
+        assert_eq!(starts(0, 300, false).unwrap(), [(0, 0), (100, 60), (200, 60)]);
+        let e = starts(50, 100, true).unwrap_err().to_string();
         assert!(e.contains("multiples of the zone size (100 blocks)"), "{e}");
-        assert!(starts(0, 150).is_err());
-        let e = starts(100, 100).unwrap_err().to_string();
-        assert!(e.contains("no writable zone"), "{e}");
-        // A device whose descriptors are no zones of ZSZE blocks.
+        assert!(starts(0, 150, false).is_err());
+        let e = starts(400, 100, false).unwrap_err().to_string();
+        assert!(e.contains("no zone between LBA 400 and 500"), "{e}");
+        // Descriptors that are no zones of ZSZE blocks in order.
         let mut odd = layout.clone();
         odd.zones[2].capacity = 101;
-        let e = odd.spans_in(0, 300, "perf").unwrap_err().to_string();
+        let e = odd.spans_in(0, 400, "perf", false).unwrap_err().to_string();
         assert!(e.contains("zone at LBA 200 with a capacity of 101 blocks"), "{e}");
         odd.zones[2] = zone(u64::MAX - 10, 0x1, 0, 60);
-        assert_eq!(
-            odd.spans_in(0, 300, "perf").unwrap().len(),
-            1,
-            "a start near 2^64 is outside"
+        let near_end = odd.spans_in(0, 300, "perf", false).unwrap();
+        assert_eq!(near_end.len(), 2, "a start near 2^64 is outside");
+        let mut twice = layout.clone();
+        twice.zones[1] = twice.zones[0];
+        let e = twice.spans_in(0, 300, "perf", false).unwrap_err().to_string();
+        assert!(e.contains("zone at LBA 0") && e.contains("not the next zone"), "{e}");
+    }
+
+    #[test]
+    fn zones_active_elsewhere_limit_how_many_are_written_at_once() {
+        let layout = layout(vec![
+            zone(0, 0x1, 0, 60),
+            zone(100, 0x4, 110, 60),
+            zone(200, 0x3, 200, 60),
+        ]);
+        // Zone 1 is closed, zone 2 open: outside a region of zone 0 they take two of three.
+        assert_eq!(layout.active_outside(0, 100), (2, 1));
+        assert_eq!(layout.writable_at_once(0, 100, 32, "verify").unwrap(), 1);
+        assert_eq!(layout.writable_at_once(0, 300, 32, "verify").unwrap(), 3);
+        assert_eq!(layout.writable_at_once(0, 300, 2, "verify").unwrap(), 2);
+        let open = ZoneLayout {
+            max_active: None,
+            max_open: Some(1),
+            ..layout.clone()
+        };
+        assert_eq!(open.active_outside(0, 0), (2, 1), "an empty region: every zone");
+        let e = open.writable_at_once(0, 100, 32, "verify").unwrap_err().to_string();
+        assert!(
+            e.contains("allows any number of active and 1 open zones, and 2 active (1 open)"),
+            "{e}"
         );
     }
 

@@ -449,9 +449,11 @@ impl Plan {
     /// The plan on a zoned namespace with zones `layout` ([`PlanZones`]).
     ///
     /// Errors: [`CliError::Invalid`] for trims (zones are emptied with Reset Zone); an
-    /// I/O larger than a zone; for writes, a region that is not whole zones
-    /// ([`ZoneLayout::spans_in`]), fewer writable zones than threads, an I/O larger than
-    /// a zone's capacity or than the Zone Append Size Limit.
+    /// I/O larger than a zone; an offset that starts no zone; for writes, a region that
+    /// is not whole writable zones ([`ZoneLayout::spans_in`]), fewer of them than
+    /// threads, an I/O larger than a zone's capacity or than the Zone Append Size Limit,
+    /// too few active zones left for two per thread ([`ZoneLayout::writable_at_once`]);
+    /// [`CliError::Unsupported`] for writes with Variable Zone Capacity.
     pub fn on_zones(mut self, layout: &ZoneLayout) -> Result<Plan, CliError> {
         let invalid = |s: String| Err(CliError::Invalid(s));
         let rw = self.rw.name();
@@ -463,15 +465,42 @@ impl Plan {
         }
         let block = u64::from(self.block_size);
         let largest = self.bs / block;
-        if largest > layout.zone_blocks {
+        let zb = layout.zone_blocks;
+        if largest > zb {
             return invalid(format!(
-                "--bs {} is larger than a zone ({} blocks): an I/O cannot cross a zone boundary",
-                iec_exact(self.bs),
-                layout.zone_blocks
+                "--bs {} is larger than a zone ({zb} blocks): an I/O cannot cross a zone boundary",
+                iec_exact(self.bs)
             ));
         }
+        // Reads moved back to stay in their zone stay in the region too.
+        if self.region.first_lba % zb != 0 {
+            return invalid(format!(
+                "--offset {} on a zoned namespace must start a zone (a multiple of {zb} blocks)",
+                self.region.first_lba * block
+            ));
+        }
+        let what = format!("perf --rw {rw}");
         let writers = if self.rw.writes() {
-            let spans = layout.spans_in(self.region.first_lba, self.region.lbas(), &format!("perf --rw {rw}"))?;
+            if layout.variable_capacity {
+                return Err(CliError::Unsupported(format!(
+                    "{what}: the namespace's zone capacities may change at every reset (Variable Zone Capacity, ZOC \
+                     bit 0), which perf's writes do not follow"
+                )));
+            }
+            let spans = layout.spans_in(self.region.first_lba, self.region.lbas(), &what, true)?;
+            // Each thread holds two zones active: the one it fills, and the one whose last
+            // appends are completing. Zones already active anywhere count against the limit.
+            let need = 2 * self.threads;
+            let room = layout.writable_at_once(0, 0, need, &what)?;
+            if room < need {
+                return invalid(format!(
+                    "--threads {}: each thread keeps two zones active, and the controller has room for {room} more \
+                     (at most {} active and {} open at once): use fewer threads, or reset or finish open zones",
+                    self.threads,
+                    layout.max_active.map_or("any number".into(), |n| n.to_string()),
+                    layout.max_open.map_or("any number".into(), |n| n.to_string()),
+                ));
+            }
             if spans.len() < self.threads {
                 return invalid(format!(
                     "--threads {}: every thread writes zones of its own, and the region has {} writable zones",
@@ -828,9 +857,7 @@ fn steer(q: &mut IoQueue, plan: &Plan, cpus: Option<&[usize]>, t: usize) -> Opti
 fn prepare(device: &Device, plan: &Plan, t: usize) -> Result<(IoQueue, Vec<Option<DmaBuf>>), CliError> {
     let qd = plan.qd_effective;
     let backend = device.backend();
-    // Room for a zone reset besides the I/Os (engine::run).
-    let resets = usize::from(plan.zones.as_ref().is_some_and(|z| z.writers.is_some()));
-    let q = device.create_queue(Some(plan.nsid), qd + resets).map_err(|e| {
+    let q = device.create_queue(Some(plan.nsid), qd).map_err(|e| {
         CliError::Device(format!(
             "thread {t}: cannot create a {backend} queue of depth {qd}: {e}"
         ))
@@ -1174,13 +1201,17 @@ mod tests {
 
     #[test]
     fn zoned_plans_give_each_writer_its_zones() {
-        // Eight zones of 2048 4 KiB blocks, 1536 writable; zone 5 is read-only.
+        // Eight zones of 2048 4 KiB blocks, 1536 writable; zone 5 is read-only (a write
+        // region without it: the first five zones and the last two).
         let zones = (0..8u64)
             .map(|i| crate::cli::io_shared::zones::zone(i * 2048, if i == 5 { 0xD } else { 0x1 }, i * 2048, 1536))
             .collect();
         let layout = ZoneLayout {
             zone_blocks: 2048,
             append_limit: Some(128 * 1024),
+            max_active: None,
+            max_open: None,
+            variable_capacity: false,
             zones,
         };
         let n = NamespaceInfo {
@@ -1188,20 +1219,46 @@ mod tests {
             ..ns(4096, 8 * 2048)
         };
         let plan = |extra: &[&str]| Plan::new(&args(extra), &n, Backend::Vfio).unwrap().on_zones(&layout);
-        let p = plan(&["--rw", "randwrite", "--threads", "2"]).unwrap();
+        let limited = ZoneLayout {
+            max_active: Some(3),
+            ..layout.clone()
+        };
+        let e = Plan::new(
+            &args(&["--rw", "randwrite", "--threads", "2", "--size", "40m"]),
+            &n,
+            Backend::Vfio,
+        )
+        .unwrap()
+        .on_zones(&limited)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("room for 3 more (at most 3 active and any number open at once)"),
+            "{e}"
+        );
+        let e = Plan::new(&args(&["--rw", "randwrite"]), &n, Backend::Vfio)
+            .unwrap()
+            .on_zones(&ZoneLayout {
+                variable_capacity: true,
+                ..layout.clone()
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("Variable Zone Capacity"), "{e}");
+        let p = plan(&["--rw", "randwrite", "--threads", "2", "--size", "40m"]).unwrap();
         let z = p.zones.unwrap();
         assert_eq!(z.zone_blocks, 2048);
         let starts = |t: usize| z.writers.as_ref().unwrap()[t].iter().map(|w| w.0).collect::<Vec<_>>();
-        assert_eq!(
-            (starts(0), starts(1)),
-            (vec![0, 4096, 8192, 14336], vec![2048, 6144, 12288])
-        );
-        let p = plan(&["--rw", "randread", "--offset", "4k"]).unwrap();
+        assert_eq!((starts(0), starts(1)), (vec![0, 4096, 8192], vec![2048, 6144]));
+        let p = plan(&["--rw", "randread", "--offset", "8m", "--size", "100k"]).unwrap();
         assert!(p.zones.unwrap().writers.is_none(), "reads need no whole zones");
         let err = |extra: &[&str]| plan(extra).unwrap_err().to_string();
+        assert!(err(&["--rw", "randwrite"]).contains("the zone at LBA 10240 is READONLY"));
         assert!(err(&["--rw", "trim"]).contains("Reset Zone"));
-        assert!(err(&["--rw", "write", "--bs", "256k"]).contains("Zone Append Size Limit (ZASL) is 128KiB"));
-        assert!(err(&["--rw", "randrw", "--offset", "4k"]).contains("multiples of the zone size (2048 blocks)"));
+        assert!(
+            err(&["--rw", "write", "--bs", "256k", "--size", "8m"]).contains("Zone Append Size Limit (ZASL) is 128KiB")
+        );
+        assert!(err(&["--rw", "randread", "--offset", "4k"]).contains("must start a zone (a multiple of 2048 blocks)"));
+        assert!(err(&["--rw", "randrw", "--size", "4m"]).contains("multiples of the zone size (2048 blocks)"));
         assert!(err(&["--rw", "write", "--size", "8m", "--threads", "2"]).contains("1 writable zones"));
         let small = ZoneLayout {
             zone_blocks: 64,

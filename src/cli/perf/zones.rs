@@ -12,12 +12,15 @@
 //!
 //! - appends go to the current zone while they fit in its capacity (ZCAP), counting those
 //!   in flight; the last one is cut to the room left, so every zone fills exactly and
-//!   becomes Full — no zone is left open, so a thread holds at most two zones active
-//!   (open or closed: the one it fills and the one whose appends are still completing);
+//!   becomes Full rather than staying open with room no write fits in. A thread so holds
+//!   at most two zones active (open or closed): the one it fills and the one whose last
+//!   appends are completing; at the end of a run (or after a failed append, whose room
+//!   stays counted) the zone being filled stays open until the next run resets it;
 //! - a full zone is left for the next one; a zone that already holds data when the thread
 //!   comes to it (from this run's previous round, or from before the run) is reset first,
 //!   once the appends in flight on it have completed;
-//! - until a reset completes, writes wait; reads go on.
+//! - until that reset completes, the thread waits with the write it drew (its I/Os are
+//!   submitted in the generator's order, reads included), polling what is in flight.
 
 /// One zone of a thread.
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +136,11 @@ impl ZoneWriter {
     pub fn appended(&mut self, zone: usize) {
         let z = &mut self.zones[zone];
         z.in_flight = z.in_flight.saturating_sub(1);
+    }
+
+    /// The first LBA of zone `zone` (ZSLBA).
+    pub fn start(&self, zone: usize) -> u64 {
+        self.zones[zone].start
     }
 
     /// The append [`Self::place`] placed in zone `zone`, `lbas` blocks, was not submitted

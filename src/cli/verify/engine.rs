@@ -31,10 +31,14 @@ pub struct Plan {
     /// metadata bytes (MS > 0), which verify then writes and checks with the data;
     /// [`MetadataFormat::NONE`] otherwise.
     pub metadata: MetadataFormat,
-    /// On a zoned namespace, the region's writable zones ([`Plan::on_zones`]): each is
-    /// reset before it is written, written sequentially from its start with one write in
-    /// flight, and written and read up to its capacity (ZCAP), not its size.
+    /// On a zoned namespace, the region's zones ([`Plan::on_zones`]): each is reset before
+    /// it is written, written sequentially from its start with one write in flight, and
+    /// written and read up to its capacity (ZCAP), not its size.
     pub zones: Option<Vec<ZoneSpan>>,
+    /// On a zoned namespace, how many zones are written at once: `qd`, or fewer when the
+    /// controller's active and open zone limits leave fewer
+    /// ([`ZoneLayout::writable_at_once`]).
+    pub zones_at_once: usize,
 }
 
 impl Plan {
@@ -82,21 +86,36 @@ impl Plan {
                 MetadataFormat::NONE
             },
             zones: None,
+            zones_at_once: a.qd as usize,
         })
     }
 
     /// The plan on a zoned namespace whose zones are `layout` ([`Plan::zones`]).
     ///
-    /// Errors: [`CliError::Invalid`] for a region that is not whole zones or holds no
-    /// writable zone ([`ZoneLayout::spans_in`]); [`CliError::Unsupported`] for a
-    /// namespace whose blocks carry metadata (zone commands do not take it here).
+    /// Errors: [`CliError::Invalid`] for a region that is not whole zones, holds none,
+    /// or (unless read-only) holds one that cannot be written ([`ZoneLayout::spans_in`]),
+    /// or when the controller's active zone limits leave none to write
+    /// ([`ZoneLayout::writable_at_once`]); [`CliError::Unsupported`] for a namespace whose
+    /// blocks carry metadata (zone commands do not take it here) and for writes with
+    /// Variable Zone Capacity.
     pub fn on_zones(mut self, layout: &ZoneLayout) -> Result<Plan, CliError> {
         if self.with_metadata() {
             return Err(CliError::Unsupported(
                 "verify on a zoned namespace whose blocks carry metadata is not supported".into(),
             ));
         }
-        self.zones = Some(layout.spans_in(self.first_lba, self.blocks, "verify")?);
+        let writes = !self.read_only;
+        if writes && layout.variable_capacity {
+            return Err(CliError::Unsupported(
+                "verify: the namespace's zone capacities may change at every reset (Variable Zone Capacity, ZOC bit \
+                 0), so the blocks a pass writes are not known before it resets them"
+                    .into(),
+            ));
+        }
+        self.zones = Some(layout.spans_in(self.first_lba, self.blocks, "verify", writes)?);
+        if writes {
+            self.zones_at_once = layout.writable_at_once(self.first_lba, self.blocks, self.qd, "verify")?;
+        }
         Ok(self)
     }
 
@@ -353,7 +372,13 @@ fn stream<Q: BlockQueue>(
     let unit = plan.metadata.bytes_per_block(plan.block_size);
     // Per extent: the next block, the end, transfers in flight.
     let mut extents: Vec<(u64, u64, usize)> = plan.extents().iter().map(|&(at, n)| (at, at + n, 0)).collect();
-    let per_extent = if write && plan.zones.is_some() { 1 } else { usize::MAX };
+    let zoned_writes = write && plan.zones.is_some();
+    let per_extent = if zoned_writes { 1 } else { usize::MAX };
+    // Extents started and not finished (zones the controller holds active), and how many
+    // may be: on zoned writes, what its active and open limits allow.
+    let mut started = 0;
+    let most_started = if zoned_writes { plan.zones_at_once } else { usize::MAX };
+    let firsts: Vec<u64> = extents.iter().map(|e| e.0).collect();
     // Extents before this one are all submitted.
     let mut open = 0;
     // Per tag: first LBA, blocks, extent.
@@ -370,8 +395,11 @@ fn stream<Q: BlockQueue>(
             while open < extents.len() && extents[open].0 >= extents[open].1 {
                 open += 1;
             }
-            let Some(e) = (open..extents.len()).find(|&i| extents[i].0 < extents[i].1 && extents[i].2 < per_extent)
-            else {
+            let Some(e) = (open..extents.len()).find(|&i| {
+                let (next, end, in_flight) = extents[i];
+                let fresh = next == firsts[i];
+                next < end && in_flight < per_extent && (!fresh || started < most_started)
+            }) else {
                 break;
             };
             let Some((tag, mut buf)) = pool.pop() else { break };
@@ -401,6 +429,7 @@ fn stream<Q: BlockQueue>(
             };
             match submitted {
                 Ok(()) => {
+                    started += usize::from(next == firsts[e]);
                     extents[e].0 += n;
                     extents[e].2 += 1;
                 }
@@ -437,6 +466,14 @@ fn stream<Q: BlockQueue>(
             let tag = c.tag as usize;
             let (lba, n, e) = slots[tag];
             extents[e].2 -= 1;
+            if zoned_writes && c.result.is_err() {
+                // The write pointer stayed behind: every later write in the zone would be
+                // refused. Its unwritten blocks are found on the read-back.
+                extents[e].0 = extents[e].1;
+            }
+            if extents[e].0 >= extents[e].1 && extents[e].2 == 0 {
+                started = started.saturating_sub(1);
+            }
             progress.add(n * bsz as u64);
             match c.result {
                 Err(status) => f.failed(IoFailure {
@@ -518,6 +555,10 @@ mod tests {
         tag_zone: std::collections::HashMap<u64, usize>,
         resets: usize,
         most_reads: usize,
+        /// The most zones partly written at once (active).
+        most_active: usize,
+        /// A Write at this LBA fails (Write Fault) and leaves the write pointer.
+        fail_write_at: Option<u64>,
     }
 
     impl FakeQueue {
@@ -562,6 +603,8 @@ mod tests {
                 tag_zone: Default::default(),
                 resets: 0,
                 most_reads: 0,
+                most_active: 0,
+                fail_write_at: None,
             });
             q
         }
@@ -579,7 +622,12 @@ mod tests {
                     if lba != zone as u64 * z.size + z.wp[zone] || z.wp[zone] + blocks > z.capacity {
                         return Some(Err(IoStatus::Nvme(Status::new(1, 0xBC))));
                     }
+                    if z.fail_write_at == Some(lba) {
+                        return Some(Err(IoStatus::Nvme(Status::new(2, 0x80))));
+                    }
                     z.wp[zone] += blocks;
+                    let active = z.wp.iter().filter(|&&wp| wp > 0 && wp < z.capacity).count();
+                    z.most_active = z.most_active.max(active);
                     None
                 }
                 Op::Read { lba } => {
@@ -730,6 +778,7 @@ mod tests {
             read_only,
             metadata,
             zones: None,
+            zones_at_once: 4,
         }
     }
 
@@ -789,6 +838,9 @@ mod tests {
         let layout = ZoneLayout {
             zone_blocks: 32,
             append_limit: None,
+            max_active: None,
+            max_open: None,
+            variable_capacity: false,
             zones: (0..4u64)
                 .map(|i| match i {
                     2 => crate::cli::io_shared::zones::zone(64, 0x2, 68, 20),
@@ -821,6 +873,26 @@ mod tests {
             assert_eq!(problems, [], "LBA {lba}");
         }
         assert!(q.medium[q.at(52)..q.at(64)].iter().all(|&b| b == 0), "past ZCAP");
+        assert_eq!(z.most_active, 2, "both zones written at once");
+        // One zone at a time when the controller's active limit leaves one; a write that
+        // fails leaves its zone's write pointer, so the rest of the zone is not written
+        // (one I/O error, its blocks and the rest of the zone found blank on read-back).
+        let mut q = FakeQueue::zoned(4, 32, 20);
+        q.zoned.as_mut().unwrap().fail_write_at = Some(72);
+        let one = Plan {
+            zones_at_once: 1,
+            passes: 1,
+            ..p.clone()
+        };
+        let f = run_on(&mut q, &one);
+        assert_eq!(q.zoned.as_ref().unwrap().most_active, 1);
+        assert_eq!((f.error_count, f.errors[0].lba), (1, 72), "{f:?}");
+        assert_eq!(f.mismatch_count, 12, "LBAs 72..84: {f:?}");
+        assert!(
+            f.mismatches
+                .iter()
+                .all(|m| (72..84).contains(&m.lba) && m.problem == Problem::Zeros)
+        );
         // A region that is not whole zones is refused.
         let e = Plan {
             first_lba: 16,

@@ -77,16 +77,22 @@
 //!   always exact), and in text as runs of consecutive blocks with the same problem.
 //!   I/O errors are listed with their decoded status; their blocks are not checked.
 //! - **Writes need consent** on devices: the rule of `perf` ([`super::io_shared::target`]).
-//! - It uses only Read, Write and Flush, so it runs on every backend; `--qd` I/Os of
-//!   `--bs` data bytes stay outstanding (`wait` for completions: a verify is not a latency
-//!   test).
+//! - It uses only Read, Write and Flush, so it runs on every backend (Reset Zone too, on a
+//!   zoned namespace: below); `--qd` I/Os of `--bs` data bytes stay outstanding (`wait`
+//!   for completions: a verify is not a latency test).
 //! - **On a zoned namespace** (found through the zoned Identify data, so with ironvme's
 //!   driver or NVMe passthrough) the region must be whole zones. Each pass resets every
 //!   zone of it (Reset Zone) and writes each zone from its start up to its capacity
 //!   (ZCAP) with plain Writes, one in flight per zone (a Write must start at the write
 //!   pointer, and two on one zone may reach it in either order), `--qd` zones at a time;
-//!   the blocks past ZCAP, which cannot be written, are neither written nor read. The
-//!   read-back reads every zone up to its capacity, at `--qd`.
+//!   the blocks past ZCAP, which cannot be written, are neither written nor read. Fewer
+//!   zones are written at once when the controller's active and open zone limits (MAR,
+//!   MOR), less the zones active outside the region, leave fewer; a write that fails ends
+//!   its zone's writing (the write pointer stayed behind), and the read-back finds the
+//!   rest. The read-back reads every zone up to its capacity, at `--qd`; `--read-only`
+//!   reads every zone of the region whatever its state (an Offline zone's reads fail). A
+//!   zoned block device through the kernel's block layer (uring, psync) is refused: it
+//!   carries no zone reports nor resets.
 
 mod engine;
 mod report;

@@ -57,9 +57,17 @@ pub fn human(s: &Subject, plan: &Plan, f: &Findings) -> String {
         plan.seed
     );
     if let Some(zones) = &plan.zones {
+        let how = if plan.read_only {
+            "each read from its start to its capacity (ZCAP)".to_string()
+        } else {
+            format!(
+                "each reset, then written from its start to its capacity (ZCAP), {} at a time",
+                plan.zones_at_once.min(zones.len())
+            )
+        };
         let _ = writeln!(
             o,
-            "zoned: {} zones, each reset, then written from its start to its capacity (ZCAP): {} blocks",
+            "zoned: {} zones, {how}: {} blocks",
             zones.len(),
             plan.checked_blocks()
         );
