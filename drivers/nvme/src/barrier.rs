@@ -101,9 +101,10 @@ mod tests {
     #[test]
     fn queues_use_these_barriers_and_no_cpu_fence() {
         let sources = [
+            ("queue/pair.rs", include_str!("queue/pair.rs")),
+            ("queue/cq.rs", include_str!("queue/cq.rs")),
             ("ctrl/admin.rs", include_str!("ctrl/admin.rs")),
             ("ctrl/io.rs", include_str!("ctrl/io.rs")),
-            ("queue/cq.rs", include_str!("queue/cq.rs")),
             ("queue/sq.rs", include_str!("queue/sq.rs")),
             ("queue/mod.rs", include_str!("queue/mod.rs")),
             ("queue/cid.rs", include_str!("queue/cid.rs")),
@@ -121,7 +122,8 @@ mod tests {
                 }
             }
         }
-        for (path, text) in &sources[..3] {
+        // The queue pair orders doorbells after the rings; the CQ orders its reads.
+        for (path, text) in &sources[..2] {
             assert!(text.contains("crate::barrier::dma_"), "{path} uses no DMA barrier");
         }
     }

@@ -22,7 +22,7 @@ use crate::completion::Completion;
 use crate::hw::{DmaAllocator, DmaBuf, Registers};
 use crate::log::LogPageId;
 use crate::prp;
-use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
+use crate::queue::{CidTable, CompletionQueue, QueuePair, SubmissionQueue};
 use crate::regs::{Cap, Csts, offset};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -116,14 +116,11 @@ pub(crate) enum AdminData<'a> {
 }
 
 pub(crate) struct AdminQueue {
-    sq: SubmissionQueue,
-    cq: CompletionQueue,
+    rings: QueuePair,
     cids: CidTable<AdminSlot>,
     data: DmaBuf,
     prp_list: DmaBuf,
     page_size: usize,
-    sq_db: u32,
-    cq_db: u32,
     events: VecDeque<AsyncEvent>,
     aer_limit: u32,
     /// Where event log pages are read (never the command data buffer, which a waiting
@@ -154,14 +151,11 @@ impl AdminQueue {
         let prp_list = dma.allocate(list_pages * page_size)?;
         let event_log = dma.allocate(EVENT_LOG_BYTES)?;
         Ok(AdminQueue {
-            sq,
-            cq,
+            rings: QueuePair::new(sq, cq, 0, cap.sq_tail_doorbell(0), cap.cq_head_doorbell(0)),
             cids: CidTable::new(entries as usize - 1),
             data,
             prp_list,
             page_size,
-            sq_db: cap.sq_tail_doorbell(0),
-            cq_db: cap.cq_head_doorbell(0),
             events: VecDeque::with_capacity(MAX_QUEUED_EVENTS),
             namespaces_changed: false,
             aer_limit: 0,
@@ -174,15 +168,15 @@ impl AdminQueue {
     }
 
     pub(crate) fn sq_iova(&self) -> u64 {
-        self.sq.iova()
+        self.rings.sq_iova()
     }
 
     pub(crate) fn cq_iova(&self) -> u64 {
-        self.cq.iova()
+        self.rings.cq_iova()
     }
 
     pub(crate) fn entries(&self) -> u32 {
-        self.sq.entries()
+        self.rings.entries()
     }
 
     /// The admin buffer's first `len` bytes, after a command that read data.
@@ -195,8 +189,7 @@ impl AdminQueue {
     /// disabled (CSTS.RDY = 0), which discards its view of the queues.
     pub(crate) fn reset_rings(&mut self) {
         while self.cids.pop_any().is_some() {}
-        self.sq.reset();
-        self.cq.reset();
+        self.rings.reset();
         self.aer_limit = 0;
         self.logs_to_read.clear();
         self.reading_log = false;
@@ -287,8 +280,9 @@ impl AdminQueue {
         }
     }
 
+    /// Posts `cmd` under a new CID and rings at once: admin commands are not batched.
     fn post<R: Registers>(&mut self, regs: &R, mut cmd: Command, slot: AdminSlot) -> Result<u16, Error> {
-        if self.sq.is_full() {
+        if self.rings.is_full() {
             return Err(Error::QueueFull(self.cids.outstanding()));
         }
         let cid = self
@@ -296,11 +290,8 @@ impl AdminQueue {
             .insert(slot)
             .map_err(|_| Error::QueueFull(self.cids.outstanding()))?;
         cmd.set_cid(cid);
-        self.sq.push(&cmd).expect("checked not full");
-        if let Some(tail) = self.sq.take_doorbell() {
-            crate::barrier::dma_wmb();
-            regs.write32(self.sq_db, tail);
-        }
+        self.rings.post(&cmd).expect("checked not full");
+        self.rings.ring(|reg, value| regs.write32(reg, value));
         Ok(cid)
     }
 
@@ -312,42 +303,36 @@ impl AdminQueue {
         let mut found = None;
         for _ in 0..REAP_ROUNDS {
             let mut resend_aers = 0;
-            while let Some(c) = self.cq.pop() {
-                if c.sqid != 0 {
-                    // The admin CQ serves only the admin SQ: an entry naming another SQ is
-                    // made up, and its CID may be that of a command the device has not
-                    // run yet, whose data buffer and PRP list it will still write.
-                    tracing::warn!(
-                        sqid = c.sqid,
-                        cid = c.cid,
-                        "controller posted a completion for another submission queue on the admin completion queue; ignored"
-                    );
-                    continue;
-                }
-                self.sq.update_head(c.sqhd);
-                match self.cids.remove(c.cid) {
+            let (cids, events, logs_to_read) = (&mut self.cids, &mut self.events, &mut self.logs_to_read);
+            let (changed, aer_limit) = (&mut self.namespaces_changed, &mut self.aer_limit);
+            let (reading_log, log_deadline) = (&mut self.reading_log, &mut self.event_log_deadline);
+            let outstanding = cids.outstanding();
+            self.rings.reap(usize::MAX, outstanding, |c| {
+                let slot = cids.remove(c.cid);
+                let known = slot.is_some();
+                match slot {
                     Some(AdminSlot::Waiting) if Some(c.cid) == want => found = Some(c),
                     Some(AdminSlot::Aer) => {
                         if c.status().is_success() {
                             let event = AsyncEvent::from_dw0(c.dw0);
-                            self.namespaces_changed |= event.is_namespace_attribute_changed();
-                            if self.events.len() == MAX_QUEUED_EVENTS {
-                                self.events.pop_front();
+                            *changed |= event.is_namespace_attribute_changed();
+                            if events.len() == MAX_QUEUED_EVENTS {
+                                events.pop_front();
                             }
-                            self.events.push_back(event);
+                            events.push_back(event);
                             match event.log_page {
                                 0 => resend_aers += 1, // names no log page (reserved)
-                                lid => self.logs_to_read.push_back(LogPageId(lid)),
+                                lid => logs_to_read.push_back(LogPageId(lid)),
                             }
                         } else {
                             // Aborted by a queue deletion or refused: stop asking.
-                            self.aer_limit = self.aer_limit.saturating_sub(1);
+                            *aer_limit = aer_limit.saturating_sub(1);
                             tracing::debug!(status = %c.status(), "asynchronous event request ended");
                         }
                     }
                     Some(AdminSlot::EventLog) => {
-                        self.reading_log = false;
-                        self.event_log_deadline = None;
+                        *reading_log = false;
+                        *log_deadline = None;
                         if !c.status().is_success() {
                             tracing::warn!(status = %c.status(), "reading an event's log page failed; events of its type may stay masked");
                         }
@@ -357,12 +342,9 @@ impl AdminQueue {
                         tracing::debug!(cid = c.cid, "discarding admin completion nobody waits for");
                     }
                 }
-            }
-            // A bogus SQHD must not fill the ring with commands that already completed.
-            self.sq.limit_in_ring(self.cids.outstanding() as u32);
-            if let Some(head) = self.cq.take_doorbell() {
-                regs.write32(self.cq_db, head);
-            }
+                known
+            });
+            self.rings.release(|reg, value| regs.write32(reg, value));
             let mut posted = false;
             for _ in 0..resend_aers {
                 if self.post(regs, Command::async_event_request(), AdminSlot::Aer).is_err() {

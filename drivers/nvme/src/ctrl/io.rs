@@ -19,7 +19,7 @@ use crate::block::Op;
 use crate::cmd::{Command, DSM_RANGE_BYTES, DsmAttributes, DsmRange, MAX_DSM_RANGES};
 use crate::hw::{DmaBuf, InterruptVectors, Registers};
 use crate::prp;
-use crate::queue::{CidTable, CompletionQueue, SubmissionQueue};
+use crate::queue::{CidTable, CompletionQueue, QueuePair, SubmissionQueue};
 use crate::quirks::Quirks;
 use crate::regs::{Csts, offset};
 use crate::sgl::SglDescriptor;
@@ -109,13 +109,10 @@ pub struct IoQueuePair<R: Registers> {
     inner: Arc<Inner<R>>,
     qid: u16,
     // Device-visible memory is dropped only after the controller deleted the queues.
-    sq: ManuallyDrop<SubmissionQueue>,
-    cq: ManuallyDrop<CompletionQueue>,
+    rings: ManuallyDrop<QueuePair>,
     slots: CidTable<InFlight>,
     lists: ManuallyDrop<DmaBuf>,
     list_bytes: usize,
-    sq_db: u32,
-    cq_db: u32,
     use_sgl_above: Option<usize>,
     dead: Option<&'static str>,
     /// The controller generation the queues were created in.
@@ -156,6 +153,26 @@ pub struct DoorbellCounts {
     pub mmio: u64,
 }
 
+/// Writes doorbell `reg` (queue pair `qid`'s SQ tail or CQ head) with `value`, after the
+/// queue pair's write barrier ([`QueuePair::ring`], [`QueuePair::release`]): to its shadow
+/// word through `shadow` ([`ShadowDoorbells::sq_tail`] or `cq_head`) when shadow doorbells
+/// are in use, and to the register unless the controller's EventIdx says it will read the
+/// shadow word itself. Counts both in `counts`.
+fn doorbell<R: Registers>(
+    inner: &Inner<R>,
+    counts: &mut DoorbellCounts,
+    qid: u16,
+    reg: u32,
+    value: u32,
+    shadow: fn(&ShadowDoorbells, u16, u16) -> bool,
+) {
+    counts.updates += 1;
+    if inner.shadow.as_ref().is_none_or(|s| shadow(s, qid, value as u16)) {
+        counts.mmio += 1;
+        inner.regs.write32(reg, value);
+    }
+}
+
 impl<R: Registers> IoQueuePair<R> {
     pub(super) fn new(
         inner: Arc<Inner<R>>,
@@ -187,12 +204,15 @@ impl<R: Registers> IoQueuePair<R> {
             irq: inner.interrupt_vector(qid).and(inner.config.interrupts.clone()),
             sleeps: SleepCounts::default(),
             generation,
-            sq_db: inner.cap.sq_tail_doorbell(qid),
-            cq_db: inner.cap.cq_head_doorbell(qid),
+            rings: ManuallyDrop::new(QueuePair::new(
+                sq,
+                cq,
+                qid,
+                inner.cap.sq_tail_doorbell(qid),
+                inner.cap.cq_head_doorbell(qid),
+            )),
             inner,
             qid,
-            sq: ManuallyDrop::new(sq),
-            cq: ManuallyDrop::new(cq),
             slots: CidTable::new(depth),
             lists: ManuallyDrop::new(lists),
             list_bytes,
@@ -223,7 +243,7 @@ impl<R: Registers> IoQueuePair<R> {
 
     /// Whether another command can be submitted now.
     pub fn has_room(&self) -> bool {
-        !self.slots.is_full() && !self.sq.is_full()
+        !self.slots.is_full() && !self.rings.is_full()
     }
 
     /// Posts `cmd` with optional data buffer `buf` under the caller's `tag`, without
@@ -335,7 +355,7 @@ impl<R: Registers> IoQueuePair<R> {
             _ => 0,
         };
         cmd.set_cid(cid);
-        self.sq.push(&cmd).expect("room was checked");
+        self.rings.post(&cmd).expect("room was checked");
         Ok(())
     }
 
@@ -389,29 +409,9 @@ impl<R: Registers> IoQueuePair<R> {
         if self.dead.is_some() || !self.queues_current() {
             return;
         }
-        if let Some(tail) = self.sq.take_doorbell() {
-            self.doorbell(self.sq_db, tail, ShadowDoorbells::sq_tail);
-        }
-    }
-
-    /// Writes doorbell `reg` (this pair's SQ tail or CQ head) with `value`: to its shadow
-    /// word through `shadow` ([`ShadowDoorbells::sq_tail`] or `cq_head`) when shadow
-    /// doorbells are in use, and to the register unless the controller's EventIdx says it
-    /// will read the shadow word itself.
-    fn doorbell(&mut self, reg: u32, value: u32, shadow: fn(&ShadowDoorbells, u16, u16) -> bool) {
-        // The commands (or the consumed completions) must be in memory before the
-        // controller hears of them, through the shadow page or the register.
-        crate::barrier::dma_wmb();
-        self.doorbells.updates += 1;
-        if self
-            .inner
-            .shadow
-            .as_ref()
-            .is_none_or(|s| shadow(s, self.qid, value as u16))
-        {
-            self.doorbells.mmio += 1;
-            self.inner.regs.write32(reg, value);
-        }
+        let (inner, counts, qid) = (&self.inner, &mut self.doorbells, self.qid);
+        self.rings
+            .ring(|reg, tail| doorbell(inner, counts, qid, reg, tail, ShadowDoorbells::sq_tail));
     }
 
     /// Rings any pending submissions, then consumes up to `max` completions, calling
@@ -428,9 +428,9 @@ impl<R: Registers> IoQueuePair<R> {
         }
         self.ring();
         let n = self.reap(max, &mut on_complete);
-        if let Some(head) = self.cq.take_doorbell() {
-            self.doorbell(self.cq_db, head, ShadowDoorbells::cq_head);
-        }
+        let (inner, counts, qid) = (&self.inner, &mut self.doorbells, self.qid);
+        self.rings
+            .release(|reg, head| doorbell(inner, counts, qid, reg, head, ShadowDoorbells::cq_head));
         if !self.slots.is_idle() {
             let now = clock::now();
             if now >= self.next_scan {
@@ -441,52 +441,33 @@ impl<R: Registers> IoQueuePair<R> {
         n
     }
 
-    /// Consumes up to `max` completions from the CQ.
+    /// Consumes up to `max` completions from the CQ ([`QueuePair::reap`]), without the CQ
+    /// head doorbell ([`Self::poll`] writes it; during a reset the controller does not
+    /// have the queue).
     fn reap(&mut self, max: usize, on_complete: &mut impl FnMut(IoCompletion)) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some(c) = self.cq.pop() else { break };
-            if c.sqid != self.qid {
-                // This CQ serves only this SQ: an entry naming another SQ is made up, and
-                // its CID may be that of a command here the device has not finished.
-                tracing::warn!(
-                    qid = self.qid,
-                    sqid = c.sqid,
-                    cid = c.cid,
-                    "controller posted a completion for another submission queue; ignored"
-                );
-                continue;
+        let (slots, qid) = (&mut self.slots, self.qid);
+        let outstanding = slots.outstanding();
+        self.rings.reap(max, outstanding, |c| match slots.remove(c.cid) {
+            Some(f) => {
+                let status = if f.expired { Status::ABORTED_BY_HOST } else { c.status() };
+                on_complete(IoCompletion {
+                    tag: f.tag,
+                    buf: f.buf,
+                    status,
+                    dw0: c.dw0,
+                    dw1: c.dw1,
+                });
+                true
             }
-            if !self.sq.update_head(c.sqhd) {
+            None => {
                 tracing::warn!(
-                    qid = self.qid,
-                    sqhd = c.sqhd,
-                    "controller reported an impossible SQ head"
-                );
-            }
-            match self.slots.remove(c.cid) {
-                Some(f) => {
-                    n += 1;
-                    let status = if f.expired { Status::ABORTED_BY_HOST } else { c.status() };
-                    on_complete(IoCompletion {
-                        tag: f.tag,
-                        buf: f.buf,
-                        status,
-                        dw0: c.dw0,
-                        dw1: c.dw1,
-                    });
-                }
-                None => tracing::warn!(
-                    qid = self.qid,
+                    qid,
                     cid = c.cid,
                     "completion for a command that is not outstanding (unknown, stale or duplicate CID); ignored"
-                ),
+                );
+                false
             }
-        }
-        // Whatever SQHD said, commands that completed were fetched: a controller whose
-        // SQHD is stuck or bogus cannot fill the ring with commands it already finished.
-        self.sq.limit_in_ring(self.slots.outstanding() as u32);
-        n
+        })
     }
 
     /// The slow path of [`Self::poll`]: looks for expired commands and a failed device.
@@ -626,12 +607,11 @@ impl<R: Registers> IoQueuePair<R> {
             self.dead = Some("the controller failed");
             return n;
         }
-        self.sq.reset();
-        self.cq.reset();
-        let entries = self.sq.entries();
+        self.rings.reset();
+        let entries = self.rings.entries();
         match self
             .inner
-            .create_on_controller(self.qid, entries, self.sq.iova(), self.cq.iova())
+            .create_on_controller(self.qid, entries, self.rings.sq_iova(), self.rings.cq_iova())
         {
             Ok(generation) => self.generation = generation,
             Err(failed) => {
@@ -1068,13 +1048,8 @@ impl<R: Registers> Drop for IoQueuePair<R> {
             }
             // SAFETY: each ManuallyDrop is taken exactly once, here, and `self` is not used
             // afterwards (its fields are never dropped: they are ManuallyDrop).
-            let (sq, cq, lists) = unsafe {
-                (
-                    ManuallyDrop::take(&mut self.sq),
-                    ManuallyDrop::take(&mut self.cq),
-                    ManuallyDrop::take(&mut self.lists),
-                )
-            };
+            let (rings, lists) = unsafe { (ManuallyDrop::take(&mut self.rings), ManuallyDrop::take(&mut self.lists)) };
+            let (sq, cq) = rings.into_rings();
             buffers.push(lists);
             self.inner.adopt_orphan(super::Orphan {
                 qid: self.qid,
@@ -1088,13 +1063,10 @@ impl<R: Registers> Drop for IoQueuePair<R> {
         // pair's memory: it deleted both queues, or a reset since `self.generation` made it
         // forget them (CSTS.RDY = 0 after CC.EN = 0), or it failed quiesced (disabled, or
         // Bus Master Enable cleared) and issues no DMA.
-        // SAFETY: the controller no longer reads the SQ ring (above); this is the only
-        // place it is dropped, and `self` is not used afterwards.
-        unsafe { ManuallyDrop::drop(&mut self.sq) };
-        // SAFETY: as for the SQ: the controller no longer writes the CQ ring; dropped
-        // once, here.
-        unsafe { ManuallyDrop::drop(&mut self.cq) };
-        // SAFETY: as for the SQ: the controller fetches and runs no command of this pair
+        // SAFETY: the controller no longer reads the SQ ring nor writes the CQ ring (above);
+        // this is the only place they are dropped, and `self` is not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.rings) };
+        // SAFETY: as for the rings: the controller fetches and runs no command of this pair
         // any more, so it reads no PRP list page; dropped once, here.
         unsafe { ManuallyDrop::drop(&mut self.lists) };
     }

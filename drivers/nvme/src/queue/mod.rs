@@ -1,16 +1,19 @@
-//! Queue logic on plain memory: submission and completion rings, command identifiers.
+//! Queue logic on plain memory: submission and completion rings, command identifiers,
+//! and the queue pair both the admin queue and the I/O queues are made of.
 //!
 //! NVMe Base Specification 2.0, §3.3 ("Queue Mechanism"). These types touch only host
-//! memory; ringing a doorbell is the caller's job, which is what makes batching possible:
-//! post N commands with [`SubmissionQueue::push`], then write the value returned by
-//! [`SubmissionQueue::take_doorbell`] once.
+//! memory; where a doorbell value is written is the caller's, which is what makes
+//! batching possible: post N commands with [`QueuePair::post`], then [`QueuePair::ring`]
+//! once.
 
 mod cid;
 mod cq;
+mod pair;
 mod sq;
 
 pub use cid::CidTable;
 pub use cq::CompletionQueue;
+pub use pair::QueuePair;
 pub use sq::SubmissionQueue;
 
 /// Size in bytes of a submission queue entry (CC.IOSQES = 6).
