@@ -1046,8 +1046,8 @@ impl<R: Registers> Drop for IoQueuePair<R> {
             while let Some((_, f)) = self.slots.pop_any() {
                 buffers.extend(f.buf);
             }
-            // SAFETY: each ManuallyDrop is taken exactly once, here, and `self` is not used
-            // afterwards (its fields are never dropped: they are ManuallyDrop).
+            // SAFETY: each ManuallyDrop is taken exactly once, here; neither field is touched
+            // again (Drop returns below, and ManuallyDrop fields are never dropped).
             let (rings, lists) = unsafe { (ManuallyDrop::take(&mut self.rings), ManuallyDrop::take(&mut self.lists)) };
             let (sq, cq) = rings.into_rings();
             buffers.push(lists);
@@ -1064,7 +1064,7 @@ impl<R: Registers> Drop for IoQueuePair<R> {
         // forget them (CSTS.RDY = 0 after CC.EN = 0), or it failed quiesced (disabled, or
         // Bus Master Enable cleared) and issues no DMA.
         // SAFETY: the controller no longer reads the SQ ring nor writes the CQ ring (above);
-        // this is the only place they are dropped, and `self` is not used afterwards.
+        // this is the only place they are dropped, and the field is not touched again.
         unsafe { ManuallyDrop::drop(&mut self.rings) };
         // SAFETY: as for the rings: the controller fetches and runs no command of this pair
         // any more, so it reads no PRP list page; dropped once, here.

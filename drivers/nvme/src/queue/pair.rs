@@ -8,7 +8,7 @@ use crate::completion::Completion;
 /// A submission queue, the completion queue its commands complete on, and the offsets of
 /// their doorbell registers (SQ y tail and CQ y head, §3.1.2.1 with CAP.DSTRD).
 ///
-/// Its three steps are the whole protocol with the controller:
+/// Its four steps are the whole protocol with the controller:
 ///
 /// - **post** ([`Self::post`]): a command into the SQ slot at the tail, not yet seen;
 /// - **ring** ([`Self::ring`]): once for everything posted since the last ring, a write
@@ -29,6 +29,9 @@ pub struct QueuePair {
     qid: u16,
     sq_db: u32,
     cq_db: u32,
+    /// A made-up entry or an impossible SQHD was reported (at warn level, once; later
+    /// ones at debug level, so a broken controller cannot flood the log at full IOPS).
+    warned: bool,
 }
 
 impl QueuePair {
@@ -42,6 +45,17 @@ impl QueuePair {
             qid,
             sq_db,
             cq_db,
+            warned: false,
+        }
+    }
+
+    /// Logs a controller fault: the first at warn level, the rest at debug level.
+    #[cold]
+    fn fault(&mut self, what: &str, sqid: u16, cid: u16, sqhd: u16) {
+        if std::mem::replace(&mut self.warned, true) {
+            tracing::debug!(qid = self.qid, sqid, cid, sqhd, "{what}");
+        } else {
+            tracing::warn!(qid = self.qid, sqid, cid, sqhd, "{what} (further ones at debug level)");
         }
     }
 
@@ -101,40 +115,41 @@ impl QueuePair {
     }
 
     /// Consumes new completion entries until `take` has accepted `max` of them or none is
-    /// left, calling `take` with each entry of this pair's SQ; it returns whether the
-    /// entry completed one of the `outstanding` commands (unknown or stale CIDs are the
-    /// caller's to report). Entries naming another SQ are made up (a CQ here serves one
-    /// SQ), and their CID may be that of a command the controller has not run yet: they
-    /// are ignored with a warning. Each entry's SQHD moves the SQ head; then, whatever
-    /// SQHD said, the commands that completed were fetched, so the SQ's in-ring count is
-    /// bounded by the commands still outstanding (a controller whose SQHD is stuck or
-    /// bogus cannot fill the ring with commands it finished). Returns how many `take`
-    /// accepted. The consumed entries are the controller's again after [`Self::release`].
+    /// left, calling `take` with each entry of this pair's SQ; it must return `true` only
+    /// for an entry that completed one of the `outstanding` commands, which is then no
+    /// longer outstanding (unknown or stale CIDs are the caller's to report, with
+    /// `false`). Entries naming another SQ are made up (a CQ here serves one SQ), and
+    /// their CID may be that of a command the controller has not run yet: they are
+    /// ignored. Each entry's SQHD moves the SQ head; then, whatever SQHD said, the
+    /// commands that completed were fetched, so the SQ's in-ring count is bounded by the
+    /// commands still outstanding (a controller whose SQHD is stuck or bogus cannot fill
+    /// the ring with commands it finished). Returns how many `take` accepted. The
+    /// consumed entries are the controller's again after [`Self::release`].
     #[inline]
     pub fn reap(&mut self, max: usize, outstanding: usize, mut take: impl FnMut(Completion) -> bool) -> usize {
         let mut n = 0;
         while n < max {
             let Some(c) = self.cq.pop() else { break };
             if c.sqid != self.qid {
-                tracing::warn!(
-                    qid = self.qid,
-                    sqid = c.sqid,
-                    cid = c.cid,
-                    "controller posted a completion for another submission queue; ignored"
+                self.fault(
+                    "controller posted a completion for another submission queue; ignored",
+                    c.sqid,
+                    c.cid,
+                    c.sqhd,
                 );
                 continue;
             }
             if !self.sq.update_head(c.sqhd) {
-                tracing::warn!(
-                    qid = self.qid,
-                    sqhd = c.sqhd,
-                    "controller reported an impossible SQ head"
-                );
+                self.fault("controller reported an impossible SQ head", c.sqid, c.cid, c.sqhd);
             }
             if take(c) {
                 n += 1;
             }
         }
+        debug_assert!(
+            n <= outstanding,
+            "{n} completions accepted of {outstanding} outstanding"
+        );
         self.sq.limit_in_ring(outstanding.saturating_sub(n) as u32);
         n
     }
@@ -182,9 +197,11 @@ mod tests {
             0x1018,
             0x101c,
         );
-        // Plays the controller: a completion into CQ slot `i` on the first pass (phase 1).
-        let complete = |i: usize, cid: u16, sqid: u16, sqhd: u16| {
-            let c = Completion::new(cid, sqid, sqhd, Status::SUCCESS, true, 0);
+        // Plays the controller: a completion into CQ slot `i` with phase tag `phase` (1 on
+        // the first pass through the ring, 0 on the second).
+        let complete = |i: usize, cid: u16, sqid: u16, sqhd: u16, phase: bool| {
+            debug_assert!(i < 4);
+            let c = Completion::new(cid, sqid, sqhd, Status::SUCCESS, phase, 0);
             // SAFETY: the ring holds 4 entries and i < 4; its memory lives in `qp`, which
             // outlives this closure, and nothing else writes it meanwhile.
             unsafe { ring.add(i).write_volatile(c) };
@@ -199,10 +216,11 @@ mod tests {
         assert!(qp.post(&Command::flush(1)).is_err(), "4 entries hold 3 commands");
         assert!(qp.ring(|r, v| writes.push((r, v))));
         assert_eq!(writes, [(0x1018, 3)], "one doorbell for the batch");
-        // Two completions of SQ 3, and a made-up one naming SQ 1 between them.
-        complete(0, 0, 3, 1);
-        complete(1, 7, 1, 2);
-        complete(2, 1, 3, 2);
+        // Two completions of SQ 3, and a made-up one naming SQ 1 between them whose SQHD
+        // (3) would free a slot if it were believed.
+        complete(0, 0, 3, 1, true);
+        complete(1, 7, 1, 3, true);
+        complete(2, 1, 3, 2, true);
         let mut seen = Vec::new();
         let taken = qp.reap(usize::MAX, 3, |c| {
             seen.push(c.cid);
@@ -212,13 +230,29 @@ mod tests {
         assert!(qp.release(|r, v| writes.push((r, v))));
         assert_eq!(writes[1], (0x101c, 3), "the CQ head moves past all three entries");
         assert!(!qp.release(|r, v| writes.push((r, v))), "nothing consumed since");
-        // `max` counts what `take` accepts; a refused entry is consumed all the same.
-        complete(3, 2, 3, 3);
-        assert_eq!(qp.reap(0, 1, |_| true), 0);
-        assert_eq!(qp.reap(1, 1, |_| false), 0);
+        // SQHD 2: one command is still in the ring, so two slots are free.
+        for cid in 3..5 {
+            let mut cmd = Command::flush(1);
+            cmd.set_cid(cid);
+            qp.post(&cmd).unwrap();
+        }
+        assert!(qp.post(&Command::flush(1)).is_err(), "the made-up SQHD freed nothing");
+        // `max` counts what `take` accepts: an entry it refuses is consumed, not counted.
+        complete(3, 2, 3, 2, true);
+        complete(0, 3, 3, 2, false);
+        let mut calls = 0;
+        let taken = qp.reap(1, 3, |_| {
+            calls += 1;
+            calls > 1
+        });
+        assert_eq!((taken, calls), (1, 2));
         assert!(qp.release(|r, v| writes.push((r, v))));
-        // SQHD said 3, the tail: every command was fetched, so all three slots are free.
-        for cid in 3..6 {
+        assert_eq!(writes[2], (0x101c, 1), "the head wrapped past slot 3 to 1");
+        // A controller whose SQHD is stuck at 2 while every command completed: the ring is
+        // bounded by what is outstanding (none), so all three slots are free again.
+        complete(1, 4, 3, 2, false);
+        assert_eq!(qp.reap(usize::MAX, 1, |_| true), 1);
+        for cid in 5..8 {
             let mut cmd = Command::flush(1);
             cmd.set_cid(cid);
             qp.post(&cmd).unwrap();
