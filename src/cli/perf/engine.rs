@@ -438,13 +438,14 @@ pub fn run<Q: BlockQueue>(
                     None
                 };
                 let counted = budget.is_some() && measuring;
+                // Where it goes: a read moved back into its zone, an append's zone.
+                let at = match op {
+                    Op::Read { lba: at } | Op::ZoneAppend { zslba: at } => at,
+                    _ => lba,
+                };
                 slots[tag] = Slot {
                     submitted: clock.now(),
-                    // Where it went: a read moved back into its zone, an append's zone.
-                    lba: match op {
-                        Op::Read { lba: at } | Op::ZoneAppend { zslba: at } => at,
-                        _ => lba,
-                    },
+                    lba: at,
                     bytes,
                     dir,
                     counted,
@@ -459,7 +460,7 @@ pub fn run<Q: BlockQueue>(
                         }
                     }
                     if !matches!(e.error, BlockError::QueueFull(_) | BlockError::Recovering) {
-                        stats.fatal = Some(format!("{} of LBA {lba} refused: {}", op.name(), e.error));
+                        stats.fatal = Some(format!("{} of LBA {at} refused: {}", op.name(), e.error));
                         stopping = true;
                     }
                     break;

@@ -314,6 +314,10 @@ pub struct Plan {
     pub cpus: Option<(CpuList, CpusPolicy)>,
     /// On a zoned namespace, its zones ([`Plan::on_zones`]).
     pub zones: Option<PlanZones>,
+    /// The region as asked, in bytes (offset, size), before rounding to whole I/Os.
+    pub region_bytes: (u64, u64),
+    /// The namespace's blocks carry metadata.
+    pub with_metadata: bool,
 }
 
 /// A run on a zoned namespace: reads stay inside a zone, writes are Zone Appends
@@ -443,6 +447,8 @@ impl Plan {
                 .map_or_else(fio::default_percentiles, |l| l.0.clone()),
             cpus,
             zones: None,
+            region_bytes: (offset, size),
+            with_metadata: ns.metadata.bytes > 0,
         })
     }
 
@@ -487,25 +493,56 @@ impl Plan {
                      bit 0), which perf's writes do not follow"
                 )));
             }
-            let spans = layout.spans_in(self.region.first_lba, self.region.lbas(), &what, true)?;
-            // Each thread holds two zones active: the one it fills, and the one whose last
-            // appends are completing. Zones already active anywhere count against the limit.
-            let need = 2 * self.threads;
-            let room = layout.writable_at_once(0, 0, need, &what)?;
-            if room < need {
-                return invalid(format!(
-                    "--threads {}: each thread keeps two zones active, and the controller has room for {room} more \
-                     (at most {} active and {} open at once): use fewer threads, or reset or finish open zones",
-                    self.threads,
-                    layout.max_active.map_or("any number".into(), |n| n.to_string()),
-                    layout.max_open.map_or("any number".into(), |n| n.to_string()),
-                ));
+            if self.with_metadata {
+                return Err(CliError::Unsupported(format!(
+                    "{what}: Zone Append on a namespace whose blocks carry metadata is not supported"
+                )));
             }
+            // The region as asked (not rounded to --bs: appends place themselves).
+            let (offset, size) = self.region_bytes;
+            let spans = layout.spans_in(offset / block, size / block, &what, true)?;
             if spans.len() < self.threads {
                 return invalid(format!(
                     "--threads {}: every thread writes zones of its own, and the region has {} writable zones",
                     self.threads,
                     spans.len()
+                ));
+            }
+            // Thread t's zones: every threads-th one from the t-th, starting with one it
+            // holds partly written, if any (where an earlier run stopped), so that it goes
+            // on filling it rather than holding it open while it fills another.
+            let threads = self.threads;
+            let writers: Vec<Vec<(u64, u64, u64)>> = (0..threads)
+                .map(|t| {
+                    let mut mine: Vec<(u64, u64, u64)> = spans
+                        .iter()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|z| (z.start, z.capacity, z.written))
+                        .collect();
+                    let open = |z: &(u64, u64, u64)| z.2 > 0 && z.2 < z.1;
+                    if let Some(first) = mine.iter().position(open) {
+                        mine.rotate_left(first);
+                    }
+                    mine
+                })
+                .collect();
+            // Each thread holds two zones active (the one it fills, the one whose last
+            // appends are completing), and its other partly written zones until it comes
+            // back to them; zones active outside the region count against the limit.
+            let need: usize = writers
+                .iter()
+                .map(|mine| 1 + mine.iter().filter(|z| z.2 > 0 && z.2 < z.1).count().max(1))
+                .sum();
+            let room = layout.writable_at_once(offset / block, size / block, need, &what)?;
+            if room < need {
+                return invalid(format!(
+                    "--threads {}: the threads hold up to {need} zones active at once (two each, and those of their \
+                     zones already partly written), and the controller has room for {room} (at most {} active and {} \
+                     open at once): use fewer threads, or reset or finish open zones",
+                    self.threads,
+                    layout.max_active.map_or("any number".into(), |n| n.to_string()),
+                    layout.max_open.map_or("any number".into(), |n| n.to_string()),
                 ));
             }
             let smallest = spans.iter().map(|z| z.capacity).min().unwrap_or(0);
@@ -523,19 +560,7 @@ impl Plan {
                     iec_exact(limit as u64)
                 ));
             }
-            let threads = self.threads;
-            Some(
-                (0..threads)
-                    .map(|t| {
-                        spans
-                            .iter()
-                            .skip(t)
-                            .step_by(threads)
-                            .map(|z| (z.start, z.capacity, z.written))
-                            .collect()
-                    })
-                    .collect(),
-            )
+            Some(writers)
         } else {
             None
         };
@@ -1233,7 +1258,7 @@ mod tests {
         .unwrap_err();
         assert!(
             e.to_string()
-                .contains("room for 3 more (at most 3 active and any number open at once)"),
+                .contains("up to 4 zones active at once (two each, and those of their zones already partly written), and the controller has room for 3 (at most 3 active and any number open at once)"),
             "{e}"
         );
         let e = Plan::new(&args(&["--rw", "randwrite"]), &n, Backend::Vfio)
@@ -1259,6 +1284,19 @@ mod tests {
         );
         assert!(err(&["--rw", "randread", "--offset", "4k"]).contains("must start a zone (a multiple of 2048 blocks)"));
         assert!(err(&["--rw", "randrw", "--size", "4m"]).contains("multiples of the zone size (2048 blocks)"));
+        // A thread starts in the zone an earlier run left partly written, and it counts.
+        let mut open = layout.clone();
+        open.zones[1] = crate::cli::io_shared::zones::zone(2048, 0x2, 2148, 1536);
+        let p = Plan::new(&args(&["--rw", "randwrite", "--size", "24m"]), &n, Backend::Vfio)
+            .unwrap()
+            .on_zones(&open)
+            .unwrap();
+        let mine = &p.zones.unwrap().writers.unwrap()[0];
+        assert_eq!(mine.iter().map(|z| z.0).collect::<Vec<_>>(), [2048, 4096, 0]);
+        assert_eq!(mine[0].2, 100);
+        // The region as asked, not rounded to whole --bs I/Os: 16 MiB is two zones.
+        let p = plan(&["--rw", "randwrite", "--bs", "12k", "--size", "16m"]).unwrap();
+        assert_eq!(p.zones.unwrap().writers.unwrap()[0].len(), 2);
         assert!(err(&["--rw", "write", "--size", "8m", "--threads", "2"]).contains("1 writable zones"));
         let small = ZoneLayout {
             zone_blocks: 64,

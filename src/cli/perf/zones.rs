@@ -14,11 +14,14 @@
 //!   in flight; the last one is cut to the room left, so every zone fills exactly and
 //!   becomes Full rather than staying open with room no write fits in. A thread so holds
 //!   at most two zones active (open or closed): the one it fills and the one whose last
-//!   appends are completing; at the end of a run (or after a failed append, whose room
-//!   stays counted) the zone being filled stays open until the next run resets it;
-//! - a full zone is left for the next one; a zone that already holds data when the thread
-//!   comes to it (from this run's previous round, or from before the run) is reset first,
-//!   once the appends in flight on it have completed;
+//!   appends are completing; at the end of a run the zone being filled stays open, and
+//!   the next run starts there; after a failed append (whose room stays counted) its zone
+//!   stays open until the thread comes back round to it;
+//! - a full zone is left for the next one, once the zone before it has no append in
+//!   flight; a zone that already holds data when the thread comes to it (from this run's
+//!   previous round, or from before the run) is reset first, once the appends in flight
+//!   on it have completed. The thread's first zone is the one it holds partly written, if
+//!   any (an earlier run stopped there): it goes on appending to it;
 //! - until that reset completes, the thread waits with the write it drew (its I/Os are
 //!   submitted in the generator's order, reads included), polling what is in flight.
 
@@ -124,6 +127,13 @@ impl ZoneWriter {
                     zone,
                 };
             }
+            // Another zone goes active only once the one before this one has drained: a
+            // thread holds at most two (this full one, whose appends may be completing,
+            // and the next).
+            let left = self.current;
+            if self.zones.iter().enumerate().any(|(i, z)| i != left && z.in_flight > 0) {
+                return Placement::Wait;
+            }
             self.current = (self.current + 1) % self.zones.len();
             let next = &mut self.zones[self.current];
             next.needs_reset = next.taken > 0;
@@ -226,6 +236,18 @@ mod tests {
         assert_eq!(w.place(4), Placement::Reset { zslba: 0, zone: 0 });
         w.reset_done(0, true);
         assert!(matches!(w.place(1), Placement::Append { zone: 0, lbas: 1, .. }));
+    }
+
+    #[test]
+    fn a_third_zone_waits_until_the_first_has_drained() {
+        let mut w = ZoneWriter::new([(0, 1, 0), (10, 1, 0), (20, 1, 0)]);
+        assert!(matches!(w.place(1), Placement::Append { zone: 0, .. }));
+        assert!(matches!(w.place(1), Placement::Append { zone: 1, .. }));
+        assert_eq!(w.place(1), Placement::Wait, "zone 0's append is still in flight");
+        w.appended(1);
+        assert_eq!(w.place(1), Placement::Wait, "zone 0's, still");
+        w.appended(0);
+        assert!(matches!(w.place(1), Placement::Append { zone: 2, .. }));
     }
 
     #[test]
