@@ -510,16 +510,9 @@ fn send(action: ZoneAction, a: &SendArgs, out: &mut dyn Write) -> Result<(), Cli
 mod tests {
     use super::*;
 
+    /// A zone of capacity 0x8000 in state `zs` (ZS bits 7:4).
     fn zone(start: u64, wp: u64, zs: u8) -> ZoneDescriptor {
-        ZoneDescriptor {
-            zone_type: 2,
-            zs,
-            attributes: 0,
-            attributes_info: 0,
-            capacity: 0x8000,
-            start,
-            write_pointer: wp,
-        }
+        crate::cli::io_shared::zones::zone(start, zs >> 4, wp, 0x8000)
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub struct ZoneSpan {
 }
 
 impl ZoneSpan {
+    /// Written, but not to its capacity: the zone is active (open or closed).
+    pub fn partly_written(&self) -> bool {
+        self.written > 0 && self.written < self.capacity
+    }
+
     /// The span of a zone descriptor, `None` for a zone that cannot be written (Read Only,
     /// Offline, or an unknown state) or whose descriptor is inconsistent (a write pointer
     /// outside the zone's capacity, a capacity of 0).

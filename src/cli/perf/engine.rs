@@ -838,7 +838,7 @@ mod tests {
         let mut ios = Generator::new(Rw::Randrw, 30, region, &[(8, 50), (24, 50)], 5);
         let mut q = FakeQueue::zoned(depth, 64, 48, 4);
         q.zones.as_mut().unwrap().wp = wp.to_vec();
-        let mut writer = ZoneWriter::new(mine.iter().copied());
+        let mut writer = ZoneWriter::new(super::super::zones::tests::spans(mine));
         let clock = Clock::new(Some(super::super::clock::ClockSource::Instant));
         let progress = AtomicU64::new(0);
         let s = timed(&clock, 5, 50, |phases| {

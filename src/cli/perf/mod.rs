@@ -85,7 +85,7 @@ use super::io_shared::units::{
     BsSplit, CpuList, PercentileList, iec_exact, parse_bssplit, parse_cpu_list, parse_duration, parse_nonzero_size,
     parse_percentile_list, parse_positive_duration, parse_size, si_count,
 };
-use super::io_shared::zones::ZoneLayout;
+use super::io_shared::zones::{ZoneLayout, ZoneSpan};
 use super::io_shared::{BACKEND_HELP, IO_DEV_HELP, region_bytes, rusage_self, target};
 use super::progress::Progress;
 use super::{CliError, parse_nsid, write_json};
@@ -316,8 +316,6 @@ pub struct Plan {
     pub zones: Option<PlanZones>,
     /// The region as asked, in bytes (offset, size), before rounding to whole I/Os.
     pub region_bytes: (u64, u64),
-    /// The namespace's blocks carry metadata.
-    pub with_metadata: bool,
 }
 
 /// A run on a zoned namespace: reads stay inside a zone, writes are Zone Appends
@@ -328,7 +326,7 @@ pub struct PlanZones {
     pub zone_blocks: u64,
     /// Each thread's zones as (ZSLBA, ZCAP, blocks written), when the workload writes:
     /// thread `t` has the region's writable zones `t`, `t + threads`, ...
-    pub writers: Option<Vec<Vec<(u64, u64, u64)>>>,
+    pub writers: Option<Vec<Vec<ZoneSpan>>>,
 }
 
 impl Plan {
@@ -448,7 +446,6 @@ impl Plan {
             cpus,
             zones: None,
             region_bytes: (offset, size),
-            with_metadata: ns.metadata.bytes > 0,
         })
     }
 
@@ -460,7 +457,7 @@ impl Plan {
     /// threads, an I/O larger than a zone's capacity or than the Zone Append Size Limit,
     /// too few active zones left for two per thread ([`ZoneLayout::writable_at_once`]);
     /// [`CliError::Unsupported`] for writes with Variable Zone Capacity.
-    pub fn on_zones(mut self, layout: &ZoneLayout) -> Result<Plan, CliError> {
+    pub fn on_zones(mut self, layout: &ZoneLayout, ns: &NamespaceInfo) -> Result<Plan, CliError> {
         let invalid = |s: String| Err(CliError::Invalid(s));
         let rw = self.rw.name();
         if self.rw.trims() {
@@ -493,7 +490,7 @@ impl Plan {
                      bit 0), which perf's writes do not follow"
                 )));
             }
-            if self.with_metadata {
+            if ns.metadata.bytes > 0 {
                 return Err(CliError::Unsupported(format!(
                     "{what}: Zone Append on a namespace whose blocks carry metadata is not supported"
                 )));
@@ -512,16 +509,10 @@ impl Plan {
             // holds partly written, if any (where an earlier run stopped), so that it goes
             // on filling it rather than holding it open while it fills another.
             let threads = self.threads;
-            let writers: Vec<Vec<(u64, u64, u64)>> = (0..threads)
+            let writers: Vec<Vec<ZoneSpan>> = (0..threads)
                 .map(|t| {
-                    let mut mine: Vec<(u64, u64, u64)> = spans
-                        .iter()
-                        .skip(t)
-                        .step_by(threads)
-                        .map(|z| (z.start, z.capacity, z.written))
-                        .collect();
-                    let open = |z: &(u64, u64, u64)| z.2 > 0 && z.2 < z.1;
-                    if let Some(first) = mine.iter().position(open) {
+                    let mut mine: Vec<ZoneSpan> = spans.iter().skip(t).step_by(threads).copied().collect();
+                    if let Some(first) = mine.iter().position(ZoneSpan::partly_written) {
                         mine.rotate_left(first);
                     }
                     mine
@@ -532,7 +523,7 @@ impl Plan {
             // back to them; zones active outside the region count against the limit.
             let need: usize = writers
                 .iter()
-                .map(|mine| 1 + mine.iter().filter(|z| z.2 > 0 && z.2 < z.1).count().max(1))
+                .map(|mine| 1 + mine.iter().filter(|z| z.partly_written()).count().max(1))
                 .sum();
             let room = layout.writable_at_once(offset / block, size / block, need, &what)?;
             if room < need {
@@ -964,7 +955,7 @@ pub fn run(a: &PerfArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let ns = device.namespace(a.nsid)?;
     let plan = Plan::new(a, &ns, device.backend())?;
     let plan = match ZoneLayout::probe(device, &dev.name, ns.nsid)? {
-        Some(layout) => plan.on_zones(&layout)?,
+        Some(layout) => plan.on_zones(&layout, &ns)?,
         None if a.rw.writes() => {
             ZoneLayout::refuse_kernel_zoned(device, &dev.name, &what)?;
             plan
@@ -1243,7 +1234,11 @@ mod tests {
             deallocate: true,
             ..ns(4096, 8 * 2048)
         };
-        let plan = |extra: &[&str]| Plan::new(&args(extra), &n, Backend::Vfio).unwrap().on_zones(&layout);
+        let plan = |extra: &[&str]| {
+            Plan::new(&args(extra), &n, Backend::Vfio)
+                .unwrap()
+                .on_zones(&layout, &n)
+        };
         let limited = ZoneLayout {
             max_active: Some(3),
             ..layout.clone()
@@ -1254,7 +1249,7 @@ mod tests {
             Backend::Vfio,
         )
         .unwrap()
-        .on_zones(&limited)
+        .on_zones(&limited, &n)
         .unwrap_err();
         assert!(
             e.to_string()
@@ -1263,16 +1258,24 @@ mod tests {
         );
         let e = Plan::new(&args(&["--rw", "randwrite"]), &n, Backend::Vfio)
             .unwrap()
-            .on_zones(&ZoneLayout {
-                variable_capacity: true,
-                ..layout.clone()
-            })
+            .on_zones(
+                &ZoneLayout {
+                    variable_capacity: true,
+                    ..layout.clone()
+                },
+                &n,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("Variable Zone Capacity"), "{e}");
         let p = plan(&["--rw", "randwrite", "--threads", "2", "--size", "40m"]).unwrap();
         let z = p.zones.unwrap();
         assert_eq!(z.zone_blocks, 2048);
-        let starts = |t: usize| z.writers.as_ref().unwrap()[t].iter().map(|w| w.0).collect::<Vec<_>>();
+        let starts = |t: usize| {
+            z.writers.as_ref().unwrap()[t]
+                .iter()
+                .map(|w| w.start)
+                .collect::<Vec<_>>()
+        };
         assert_eq!((starts(0), starts(1)), (vec![0, 4096, 8192], vec![2048, 6144]));
         let p = plan(&["--rw", "randread", "--offset", "8m", "--size", "100k"]).unwrap();
         assert!(p.zones.unwrap().writers.is_none(), "reads need no whole zones");
@@ -1289,11 +1292,11 @@ mod tests {
         open.zones[1] = crate::cli::io_shared::zones::zone(2048, 0x2, 2148, 1536);
         let p = Plan::new(&args(&["--rw", "randwrite", "--size", "24m"]), &n, Backend::Vfio)
             .unwrap()
-            .on_zones(&open)
+            .on_zones(&open, &n)
             .unwrap();
         let mine = &p.zones.unwrap().writers.unwrap()[0];
-        assert_eq!(mine.iter().map(|z| z.0).collect::<Vec<_>>(), [2048, 4096, 0]);
-        assert_eq!(mine[0].2, 100);
+        assert_eq!(mine.iter().map(|z| z.start).collect::<Vec<_>>(), [2048, 4096, 0]);
+        assert_eq!(mine[0].written, 100);
         // The region as asked, not rounded to whole --bs I/Os: 16 MiB is two zones.
         let p = plan(&["--rw", "randwrite", "--bs", "12k", "--size", "16m"]).unwrap();
         assert_eq!(p.zones.unwrap().writers.unwrap()[0].len(), 2);
@@ -1304,7 +1307,7 @@ mod tests {
         };
         let e = Plan::new(&args(&["--rw", "read", "--bs", "512k"]), &n, Backend::Vfio)
             .unwrap()
-            .on_zones(&small)
+            .on_zones(&small, &n)
             .unwrap_err();
         assert!(e.to_string().contains("larger than a zone (64 blocks)"), "{e}");
     }

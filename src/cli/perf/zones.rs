@@ -25,6 +25,8 @@
 //! - until that reset completes, the thread waits with the write it drew (its I/Os are
 //!   submitted in the generator's order, reads included), polling what is in flight.
 
+use crate::cli::io_shared::zones::ZoneSpan;
+
 /// One zone of a thread.
 #[derive(Clone, Copy, Debug)]
 struct Zone {
@@ -76,17 +78,16 @@ pub struct ZoneWriter {
 }
 
 impl ZoneWriter {
-    /// A writer over zones given as (ZSLBA, ZCAP, blocks already written), in the order
-    /// they are filled; it starts at the first.
+    /// A writer over `zones`, in the order they are filled; it starts at the first.
     ///
     /// Panics on an empty list (the plan gives every thread at least one zone).
-    pub fn new(zones: impl IntoIterator<Item = (u64, u64, u64)>) -> ZoneWriter {
+    pub fn new(zones: impl IntoIterator<Item = ZoneSpan>) -> ZoneWriter {
         let zones: Vec<Zone> = zones
             .into_iter()
-            .map(|(start, capacity, written)| Zone {
-                start,
-                capacity,
-                taken: written,
+            .map(|z| Zone {
+                start: z.start,
+                capacity: z.capacity,
+                taken: z.written,
                 in_flight: 0,
                 needs_reset: false,
                 resetting: false,
@@ -175,12 +176,24 @@ impl ZoneWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Zones given as (ZSLBA, ZCAP, blocks written).
+    pub(crate) fn spans(zones: &[(u64, u64, u64)]) -> Vec<ZoneSpan> {
+        zones
+            .iter()
+            .map(|&(start, capacity, written)| ZoneSpan {
+                start,
+                capacity,
+                written,
+            })
+            .collect()
+    }
 
     #[test]
     fn appends_fill_each_zone_exactly_then_move_on() {
-        let mut w = ZoneWriter::new([(0, 10, 0), (100, 10, 0)]);
+        let mut w = ZoneWriter::new(spans(&[(0, 10, 0), (100, 10, 0)]));
         assert_eq!(
             w.place(4),
             Placement::Append {
@@ -219,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_used_zone_is_reset_once_its_appends_complete() {
-        let mut w = ZoneWriter::new([(0, 4, 0), (100, 4, 3)]);
+        let mut w = ZoneWriter::new(spans(&[(0, 4, 0), (100, 4, 3)]));
         assert!(matches!(w.place(4), Placement::Append { zone: 0, lbas: 4, .. }));
         // Zone 1 holds 3 blocks from before the run: reset first.
         assert_eq!(w.place(4), Placement::Reset { zslba: 100, zone: 1 });
@@ -240,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_third_zone_waits_until_the_first_has_drained() {
-        let mut w = ZoneWriter::new([(0, 1, 0), (10, 1, 0), (20, 1, 0)]);
+        let mut w = ZoneWriter::new(spans(&[(0, 1, 0), (10, 1, 0), (20, 1, 0)]));
         assert!(matches!(w.place(1), Placement::Append { zone: 0, .. }));
         assert!(matches!(w.place(1), Placement::Append { zone: 1, .. }));
         assert_eq!(w.place(1), Placement::Wait, "zone 0's append is still in flight");
@@ -252,7 +265,7 @@ mod tests {
 
     #[test]
     fn one_zone_is_reset_and_refilled() {
-        let mut w = ZoneWriter::new([(50, 2, 2)]);
+        let mut w = ZoneWriter::new(spans(&[(50, 2, 2)]));
         assert_eq!(w.place(1), Placement::Reset { zslba: 50, zone: 0 });
         w.reset_done(0, true);
         assert!(matches!(w.place(1), Placement::Append { zslba: 50, .. }));
@@ -266,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_zone_never_takes_more_than_its_capacity() {
-        let mut w = ZoneWriter::new([(0, 7, 0), (7, 5, 0), (12, 9, 0)]);
+        let mut w = ZoneWriter::new(spans(&[(0, 7, 0), (7, 5, 0), (12, 9, 0)]));
         let mut taken = [0u64; 3];
         for i in 0..1000u64 {
             match w.place(1 + i % 3) {

@@ -338,9 +338,11 @@ impl AdminQueue {
                         }
                         resend_aers += 1;
                     }
-                    Some(AdminSlot::Waiting | AdminSlot::Abandoned) | None => {
+                    Some(AdminSlot::Waiting | AdminSlot::Abandoned) => {
                         tracing::debug!(cid = c.cid, "discarding admin completion nobody waits for");
                     }
+                    // No such command: QueuePair::reap reports it.
+                    None => {}
                 }
                 known
             });

@@ -107,7 +107,6 @@ struct InFlight {
 /// when dropped (Delete I/O SQ, then Delete I/O CQ).
 pub struct IoQueuePair<R: Registers> {
     inner: Arc<Inner<R>>,
-    qid: u16,
     // Device-visible memory is dropped only after the controller deleted the queues.
     rings: ManuallyDrop<QueuePair>,
     slots: CidTable<InFlight>,
@@ -212,7 +211,6 @@ impl<R: Registers> IoQueuePair<R> {
                 inner.cap.cq_head_doorbell(qid),
             )),
             inner,
-            qid,
             slots: CidTable::new(depth),
             lists: ManuallyDrop::new(lists),
             list_bytes,
@@ -223,7 +221,7 @@ impl<R: Registers> IoQueuePair<R> {
 
     /// The queue ID (1..=granted).
     pub fn qid(&self) -> u16 {
-        self.qid
+        self.rings.qid()
     }
 
     /// The most commands that can be outstanding at once (queue size − 1).
@@ -315,7 +313,7 @@ impl<R: Registers> IoQueuePair<R> {
                 return Err(refuse(self.inner.failed_error(), buf));
             }
             if !self.queues_current() {
-                return Err(refuse(Error::Recovering { qid: self.qid }, buf));
+                return Err(refuse(Error::Recovering { qid: self.qid() }, buf));
             }
         }
         if !self.has_room() {
@@ -409,7 +407,8 @@ impl<R: Registers> IoQueuePair<R> {
         if self.dead.is_some() || !self.queues_current() {
             return;
         }
-        let (inner, counts, qid) = (&self.inner, &mut self.doorbells, self.qid);
+        let qid = self.qid();
+        let (inner, counts) = (&self.inner, &mut self.doorbells);
         self.rings
             .ring(|reg, tail| doorbell(inner, counts, qid, reg, tail, ShadowDoorbells::sq_tail));
     }
@@ -428,7 +427,8 @@ impl<R: Registers> IoQueuePair<R> {
         }
         self.ring();
         let n = self.reap(max, &mut on_complete);
-        let (inner, counts, qid) = (&self.inner, &mut self.doorbells, self.qid);
+        let qid = self.qid();
+        let (inner, counts) = (&self.inner, &mut self.doorbells);
         self.rings
             .release(|reg, head| doorbell(inner, counts, qid, reg, head, ShadowDoorbells::cq_head));
         if !self.slots.is_idle() {
@@ -445,7 +445,7 @@ impl<R: Registers> IoQueuePair<R> {
     /// head doorbell ([`Self::poll`] writes it; during a reset the controller does not
     /// have the queue).
     fn reap(&mut self, max: usize, on_complete: &mut impl FnMut(IoCompletion)) -> usize {
-        let (slots, qid) = (&mut self.slots, self.qid);
+        let slots = &mut self.slots;
         let outstanding = slots.outstanding();
         self.rings.reap(max, outstanding, |c| match slots.remove(c.cid) {
             Some(f) => {
@@ -459,14 +459,8 @@ impl<R: Registers> IoQueuePair<R> {
                 });
                 true
             }
-            None => {
-                tracing::warn!(
-                    qid,
-                    cid = c.cid,
-                    "completion for a command that is not outstanding (unknown, stale or duplicate CID); ignored"
-                );
-                false
-            }
+            // Unknown, stale or duplicate: QueuePair::reap reports it.
+            None => false,
         })
     }
 
@@ -496,12 +490,14 @@ impl<R: Registers> IoQueuePair<R> {
         let Some((cid, already_aborted, opcode)) = expired.map(|(cid, f)| (cid, f.aborted, f.opcode)) else {
             return 0;
         };
-        let qid = self.qid;
+        let qid = self.qid();
         let mut reaped = 0;
+        if !already_aborted {
+            self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
+        }
         if already_aborted {
             // Its abort_timeout ran out: reset below.
         } else if self.inner.config.quirks_in_use().contains(Quirks::ABORT_NOOP) {
-            self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
             // Abort would answer "not aborted" and change nothing: no Abort, no
             // abort_timeout. The command may be in the CQ already (a poll reaps at most
             // its `max`): look there before resetting.
@@ -510,7 +506,6 @@ impl<R: Registers> IoQueuePair<R> {
                 return reaped;
             }
         } else {
-            self.inner.notify(RecoveryEvent::CommandTimedOut { qid, cid, opcode });
             match self.inner.abort_command(qid, cid) {
                 Ok(aborted) => {
                     self.inner.notify(RecoveryEvent::AbortSent { qid, cid, aborted });
@@ -562,7 +557,10 @@ impl<R: Registers> IoQueuePair<R> {
         if self.inner.health() == Health::Failed {
             self.inner.failed_error()
         } else {
-            Error::QueueDead { qid: self.qid, reason }
+            Error::QueueDead {
+                qid: self.qid(),
+                reason,
+            }
         }
     }
 
@@ -611,11 +609,11 @@ impl<R: Registers> IoQueuePair<R> {
         let entries = self.rings.entries();
         match self
             .inner
-            .create_on_controller(self.qid, entries, self.rings.sq_iova(), self.rings.cq_iova())
+            .create_on_controller(self.qid(), entries, self.rings.sq_iova(), self.rings.cq_iova())
         {
             Ok(generation) => self.generation = generation,
             Err(failed) => {
-                tracing::error!(qid = self.qid, error = %failed.error, "could not re-create I/O queues after a reset");
+                tracing::error!(qid = self.qid(), error = %failed.error, "could not re-create I/O queues after a reset");
                 self.dead = Some("its queues could not be re-created after a reset");
                 if failed.queues_may_exist {
                     // Drop must delete them (or keep their memory) as for a live pair.
@@ -699,20 +697,6 @@ impl<R: Registers> IoQueuePair<R> {
         self.submit_data(ns, zslba, buf, tag, |n| Command::zone_append(ns.nsid, zslba, n))
     }
 
-    /// [`Error::LbaOutOfRange`] for a zone command whose LBA is past the namespace (zone
-    /// commands move no data, so the namespace's metadata format does not matter).
-    fn zone_lba_check(ns: &Namespace, slba: u64) -> Result<(), Error> {
-        if slba < ns.blocks {
-            return Ok(());
-        }
-        Err(Error::LbaOutOfRange {
-            nsid: ns.nsid,
-            slba,
-            blocks: 1,
-            nsze: ns.blocks,
-        })
-    }
-
     /// Zone Management Send (ZNS 1.1 §3.4.3): `action` on the zone starting at `zslba`, or
     /// with `select_all` on every zone it applies to.
     ///
@@ -726,7 +710,7 @@ impl<R: Registers> IoQueuePair<R> {
         select_all: bool,
         tag: u64,
     ) -> Result<(), IoError> {
-        if let Err(e) = Self::zone_lba_check(ns, zslba) {
+        if let Err(e) = ns.check_bounds(zslba, 1) {
             return Err(refuse(e, None));
         }
         self.submit(
@@ -754,7 +738,7 @@ impl<R: Registers> IoQueuePair<R> {
         partial: bool,
         tag: u64,
     ) -> Result<(), IoError> {
-        if let Err(e) = Self::zone_lba_check(ns, slba) {
+        if let Err(e) = ns.check_bounds(slba, 1) {
             return Err(refuse(e, Some(buf)));
         }
         let len = u32::try_from(buf.len()).ok();
@@ -906,7 +890,7 @@ impl<R: Registers> IoQueuePair<R> {
     /// The MSI-X vector this pair's CQ signals, if it was created with interrupts
     /// ([`crate::ctrl::ControllerConfig::interrupts`]).
     pub fn interrupt_vector(&self) -> Option<u16> {
-        self.irq.as_ref().map(|_| self.qid)
+        self.irq.as_ref().map(|_| self.qid())
     }
 
     /// Has the host take this pair's interrupt on CPU `cpu`
@@ -916,7 +900,7 @@ impl<R: Registers> IoQueuePair<R> {
     /// Errors: as [`crate::hw::InterruptVectors::steer`].
     pub fn steer_interrupt(&self, cpu: usize) -> std::io::Result<bool> {
         match &self.irq {
-            Some(vectors) => vectors.steer(self.qid, cpu).map(|()| true),
+            Some(vectors) => vectors.steer(self.qid(), cpu).map(|()| true),
             None => Ok(false),
         }
     }
@@ -959,13 +943,13 @@ impl<R: Registers> IoQueuePair<R> {
                     self.scan_ticks
                 };
                 let timeout = clock::duration_of(ticks).max(std::time::Duration::from_micros(100));
-                match vectors.wait(self.qid, timeout) {
+                match vectors.wait(self.qid(), timeout) {
                     Ok(woken) => {
                         self.sleeps.sleeps += 1;
                         self.sleeps.woken += woken as u64;
                     }
                     Err(e) => {
-                        tracing::warn!(qid = self.qid, error = %e,
+                        tracing::warn!(qid = self.qid(), error = %e,
                             "cannot wait on the completion queue's interrupt; polling instead");
                         self.irq = None;
                     }
@@ -1037,26 +1021,22 @@ impl<R: Registers> IoQueuePair<R> {
 
 impl<R: Registers> Drop for IoQueuePair<R> {
     fn drop(&mut self) {
-        if let Err(e) = self.inner.delete_io_queue_pair(self.qid, self.generation) {
+        if let Err(e) = self.inner.delete_io_queue_pair(self.qid(), self.generation) {
             // The controller may still own the rings and outstanding buffers: keep their
             // memory (and the QID) until a reset makes the controller forget the queues,
             // rather than let the device write into freed memory.
-            tracing::warn!(qid = self.qid, error = %e, outstanding = self.outstanding(), "could not delete I/O queue pair");
+            tracing::warn!(qid = self.qid(), error = %e, outstanding = self.outstanding(), "could not delete I/O queue pair");
             let mut buffers = Vec::with_capacity(self.outstanding() + 1);
             while let Some((_, f)) = self.slots.pop_any() {
                 buffers.extend(f.buf);
             }
+            let qid = self.qid();
             // SAFETY: each ManuallyDrop is taken exactly once, here; neither field is touched
             // again (Drop returns below, and ManuallyDrop fields are never dropped).
             let (rings, lists) = unsafe { (ManuallyDrop::take(&mut self.rings), ManuallyDrop::take(&mut self.lists)) };
             let (sq, cq) = rings.into_rings();
             buffers.push(lists);
-            self.inner.adopt_orphan(super::Orphan {
-                qid: self.qid,
-                sq,
-                cq,
-                buffers,
-            });
+            self.inner.adopt_orphan(super::Orphan { qid, sq, cq, buffers });
             return;
         }
         // `delete_io_queue_pair` returned Ok, so the controller no longer touches this

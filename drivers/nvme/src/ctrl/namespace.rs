@@ -103,6 +103,19 @@ impl Namespace {
     /// blocks at `slba` lie inside it and fit one command.
     pub fn check_range(&self, slba: u64, blocks: u64) -> Result<(), super::Error> {
         self.check_usable()?;
+        self.check_bounds(slba, blocks)?;
+        if blocks > self.max_transfer_blocks as u64 {
+            return Err(super::Error::TransferTooLarge {
+                bytes: (blocks as usize).saturating_mul(self.block_size as usize),
+                max: self.max_transfer_bytes(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`super::Error::LbaOutOfRange`] unless `blocks` (at least 1) blocks at `slba` lie
+    /// inside the namespace. Zone commands, which move no data, check only this.
+    pub(crate) fn check_bounds(&self, slba: u64, blocks: u64) -> Result<(), super::Error> {
         let end = slba.checked_add(blocks);
         if blocks == 0 || end.is_none_or(|e| e > self.blocks) {
             return Err(super::Error::LbaOutOfRange {
@@ -110,12 +123,6 @@ impl Namespace {
                 slba,
                 blocks,
                 nsze: self.blocks,
-            });
-        }
-        if blocks > self.max_transfer_blocks as u64 {
-            return Err(super::Error::TransferTooLarge {
-                bytes: (blocks as usize).saturating_mul(self.block_size as usize),
-                max: self.max_transfer_bytes(),
             });
         }
         Ok(())

@@ -29,8 +29,9 @@ pub struct QueuePair {
     qid: u16,
     sq_db: u32,
     cq_db: u32,
-    /// A made-up entry or an impossible SQHD was reported (at warn level, once; later
-    /// ones at debug level, so a broken controller cannot flood the log at full IOPS).
+    /// A made-up entry, an unknown CID or an impossible SQHD was reported (at warn level,
+    /// once; later ones at debug level, so a broken controller cannot flood the log at
+    /// full IOPS).
     warned: bool,
 }
 
@@ -117,8 +118,8 @@ impl QueuePair {
     /// Consumes new completion entries until `take` has accepted `max` of them or none is
     /// left, calling `take` with each entry of this pair's SQ; it must return `true` only
     /// for an entry that completed one of the `outstanding` commands, which is then no
-    /// longer outstanding (unknown or stale CIDs are the caller's to report, with
-    /// `false`). Entries naming another SQ are made up (a CQ here serves one SQ), and
+    /// longer outstanding; an entry it refuses (an unknown, stale or duplicate CID) is
+    /// reported here as a controller fault. Entries naming another SQ are made up (a CQ here serves one SQ), and
     /// their CID may be that of a command the controller has not run yet: they are
     /// ignored. Each entry's SQHD moves the SQ head; then, whatever SQHD said, the
     /// commands that completed were fetched, so the SQ's in-ring count is bounded by the
@@ -144,6 +145,13 @@ impl QueuePair {
             }
             if take(c) {
                 n += 1;
+            } else {
+                self.fault(
+                    "completion for a command that is not outstanding (unknown, stale or duplicate CID); ignored",
+                    c.sqid,
+                    c.cid,
+                    c.sqhd,
+                );
             }
         }
         debug_assert!(
