@@ -7,7 +7,8 @@
 //! - [`admin`]: admin commands (Identify, log pages, features, Format NVM) over any device
 //!   that can issue them.
 //! - [`claim`]: one writer per device, and none while the kernel uses it.
-//! - [`open_vfio`]: a controller bound to vfio-pci, initialised by ironvme's driver.
+//! - [`open_vfio`]: a controller bound to vfio-pci, initialised by ironvme's driver
+//!   ([`open_vfio_all`]: several at once, from one thread).
 
 pub mod admin;
 pub mod claim;
@@ -23,7 +24,7 @@ pub use ironvme_nvme as nvme;
 pub use ironvme_nvme::block;
 pub use ironvme_vfio as vfio;
 
-use ironvme_nvme::ctrl::{Controller, ControllerConfig};
+use ironvme_nvme::ctrl::{Controller, ControllerConfig, ControllerInit};
 use ironvme_vfio::{BarRevoker, DeviceNotifier, MmioBar, Notice, NvmeDeviceInfo};
 use std::sync::Arc;
 
@@ -52,7 +53,56 @@ pub struct VfioController {
 ///
 /// Errors: [`Error::Vfio`] names the BDF, the IOMMU group and the fix (bound to nvme,
 /// group not viable, no permission, ...); [`Error::Nvme`] if initialisation fails.
-pub fn open_vfio(bdf: &str, mut config: ControllerConfig, interrupts: bool) -> Result<VfioController, Error> {
+pub fn open_vfio(bdf: &str, config: ControllerConfig, interrupts: bool) -> Result<VfioController, Error> {
+    open_vfio_all(&[bdf], config, interrupts)
+        .pop()
+        .expect("one result per address")
+}
+
+/// [`open_vfio`] for several controllers at once: each is opened through VFIO, then this
+/// thread brings them all up together ([`ironvme_nvme::ctrl::init_all`]), so their
+/// CSTS.RDY waits and admin commands overlap. Gives each one's result, in the order of
+/// `bdfs`; a failure of one does not stop the others.
+///
+/// Errors: as [`open_vfio`], for each controller.
+pub fn open_vfio_all(bdfs: &[&str], config: ControllerConfig, interrupts: bool) -> Vec<Result<VfioController, Error>> {
+    let mut attached: Vec<Result<Attached, Error>> = bdfs
+        .iter()
+        .map(|bdf| attach_vfio(bdf, config.clone(), interrupts))
+        .collect();
+    let inits = attached
+        .iter_mut()
+        .filter_map(|a| a.as_mut().ok().and_then(|a| a.init.take()))
+        .collect();
+    let mut controllers = ironvme_nvme::ctrl::init_all(inits).into_iter();
+    attached
+        .into_iter()
+        .map(|a| {
+            let a = a?;
+            let controller = controllers
+                .next()
+                .expect("one controller per attached device")
+                .map_err(|source| Error::Init {
+                    device: a.bdf.clone(),
+                    source,
+                })?;
+            Ok(a.finish(controller))
+        })
+        .collect()
+}
+
+/// A controller opened through VFIO, not yet initialised.
+struct Attached {
+    bdf: String,
+    init: Option<ControllerInit<MmioBar>>,
+    device: Arc<ironvme_vfio::device::Device>,
+    bar: BarRevoker,
+    info: NvmeDeviceInfo,
+}
+
+/// Opens `bdf` through VFIO (with MSI-X vectors when `interrupts`) and prepares its
+/// bring-up with the quirks of its vendor and device ID unless `config` names them.
+fn attach_vfio(bdf: &str, mut config: ControllerConfig, interrupts: bool) -> Result<Attached, Error> {
     let bdf = bdf.strip_prefix("pci:").unwrap_or(bdf);
     let options = ironvme_vfio::OpenOptions {
         // Vector 0 for the admin queue, one for each I/O queue.
@@ -82,20 +132,32 @@ pub fn open_vfio(bdf: &str, mut config: ControllerConfig, interrupts: bool) -> R
     }
     let device = Arc::clone(dev.bar.device());
     let bar = dev.bar.revoker();
-    let controller = Controller::init(dev.bar, Arc::clone(&dev.dma) as _, config).map_err(|source| Error::Init {
-        device: bdf.to_string(),
-        source,
-    })?;
-    let notifier = DeviceNotifier::enable(Arc::clone(&device), release_on_request(&controller, device, bar))
-        .inspect_err(|e| {
-            tracing::warn!(bdf, error = %e, "no VFIO request interrupt: a hot-unplug or unbind of the device will wait until the controller is dropped");
-        })
-        .ok();
-    Ok(VfioController {
-        notifier,
-        controller,
+    Ok(Attached {
+        bdf: bdf.to_string(),
+        init: Some(ControllerInit::new(dev.bar, Arc::clone(&dev.dma) as _, config)),
+        device,
+        bar,
         info: dev.info,
     })
+}
+
+impl Attached {
+    /// Registers the request and error interrupts of the initialised `controller`.
+    fn finish(self, controller: Controller<MmioBar>) -> VfioController {
+        let Attached {
+            bdf, device, bar, info, ..
+        } = self;
+        let notifier = DeviceNotifier::enable(Arc::clone(&device), release_on_request(&controller, device, bar))
+            .inspect_err(|e| {
+                tracing::warn!(bdf, error = %e, "no VFIO request interrupt: a hot-unplug or unbind of the device will wait until the controller is dropped");
+            })
+            .ok();
+        VfioController {
+            notifier,
+            controller,
+            info,
+        }
+    }
 }
 
 /// The [`DeviceNotifier`] handler of a controller opened through VFIO. When the kernel

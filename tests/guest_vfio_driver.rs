@@ -206,6 +206,72 @@ fn thirty_two_in_flight(ctrl: &Ctrl, q: &mut IoQueuePair<MmioBar>, ns: &Namespac
     }
 }
 
+/// One thread brings up both QEMU controllers at once (`open_vfio_all`: one failure, a
+/// controller still on the kernel's nvme driver, does not stop the other), then resets
+/// both at once, polling each reset in turn through the initialisation states, and again
+/// with `Controller::reset_all`; each does I/O before and after.
+#[test]
+#[ignore = "guest: runs inside QEMU via scripts/test"]
+fn one_thread_brings_up_and_resets_two_controllers_at_once() {
+    let _a = OnVfio::bind("IRONVME_VFIO_4K_BDF");
+    let (a, b) = (env("IRONVME_VFIO_4K_BDF"), env("IRONVME_VFIO_512_BDF"));
+    let mut one = ironvme::open_vfio_all(&[&a, &b], ControllerConfig::default(), false);
+    let e = one.pop().unwrap().err().expect("the second controller is on nvme");
+    eprintln!("open_vfio_all, second controller: {e}");
+    assert!(e.to_string().contains(&b), "{e}");
+    one.pop()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the first controller opens anyway: {e}"));
+    drop(one);
+    let _b = OnVfio::bind("IRONVME_VFIO_512_BDF");
+    let opened: Vec<_> = ironvme::open_vfio_all(&[&a, &b], ControllerConfig::default(), false)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("open_vfio_all: {e}")))
+        .collect();
+    let ctrls: Vec<Ctrl> = opened.iter().map(|v| v.controller.clone()).collect();
+    let mut io: Vec<_> = ctrls
+        .iter()
+        .map(|c| (c.namespace(1).unwrap(), c.create_io_queue_pair().unwrap()))
+        .collect();
+    for (i, (c, (ns, q))) in ctrls.iter().zip(&mut io).enumerate() {
+        assert_eq!(c.init_trace().last(), Some(&ironvme::nvme::ctrl::InitState::Ready));
+        thirty_two_in_flight(c, q, ns, 60_000 + i as u64 * 1000);
+    }
+    {
+        let mut resets: Vec<_> = ctrls.iter().map(|c| c.start_reset()).collect();
+        let mut pending_together = 0;
+        let mut results: Vec<Option<Result<(), Error>>> = vec![None, None];
+        while results.iter().any(Option::is_none) {
+            for (r, result) in resets.iter_mut().zip(&mut results) {
+                if result.is_none()
+                    && let std::task::Poll::Ready(done) = r.poll()
+                {
+                    *result = Some(done);
+                }
+            }
+            pending_together += usize::from(results.iter().all(Option::is_none));
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        for (r, result) in resets.iter().zip(results) {
+            result.unwrap().unwrap_or_else(|e| panic!("reset: {e}"));
+            assert_eq!(r.trace().first(), Some(&ironvme::nvme::ctrl::InitState::Disable));
+            assert_eq!(r.trace().last(), Some(&ironvme::nvme::ctrl::InitState::Ready));
+            eprintln!("reset states: {:?}", r.trace());
+        }
+        eprintln!("polls with both resets under way: {pending_together}");
+    }
+    for result in Controller::reset_all(&ctrls) {
+        result.unwrap_or_else(|e| panic!("reset_all: {e}"));
+    }
+    for (i, (c, (ns, q))) in ctrls.iter().zip(&mut io).enumerate() {
+        assert_eq!(c.reset_count(), 2);
+        thirty_two_in_flight(c, q, ns, 64_000 + i as u64 * 1000);
+    }
+    drop(io);
+    drop(ctrls);
+    drop(opened);
+}
+
 #[test]
 #[ignore = "guest: runs inside QEMU via scripts/test"]
 fn shadow_doorbells_are_used_when_asked_and_survive_a_reset() {

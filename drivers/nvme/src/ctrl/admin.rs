@@ -25,6 +25,7 @@ use crate::prp;
 use crate::queue::{CidTable, CompletionQueue, QueuePair, SubmissionQueue};
 use crate::regs::{Cap, Csts, offset};
 use std::collections::VecDeque;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// Bytes of the admin data buffer; larger log pages are read in pieces.
@@ -103,6 +104,14 @@ enum AdminSlot {
     EventLog,
     /// A command whose caller gave up (timed out); its completion is discarded.
     Abandoned,
+}
+
+/// An admin command posted by [`AdminQueue::submit`] and not yet answered.
+pub(crate) struct PendingAdmin {
+    cid: u16,
+    name: &'static str,
+    timeout: Duration,
+    deadline: Instant,
 }
 
 /// Direction and size of an admin command's data.
@@ -208,7 +217,8 @@ impl AdminQueue {
     }
 
     /// Posts `cmd` with `data`, rings the doorbell, and polls until it completes or
-    /// `timeout` passes.
+    /// `timeout` passes: [`Self::submit`], then [`Self::poll_command`] in a loop that
+    /// spins and looks at CSTS and the deadline every 64 spins.
     ///
     /// Errors: [`Error::Command`] with the decoded status if the controller fails the
     /// command; [`Error::Timeout`], [`Error::Fatal`] or [`Error::Removed`] if it does not
@@ -216,10 +226,39 @@ impl AdminQueue {
     pub(crate) fn execute<R: Registers>(
         &mut self,
         regs: &R,
-        mut cmd: Command,
+        cmd: Command,
         data: AdminData<'_>,
         timeout: Duration,
     ) -> Result<Completion, Error> {
+        let pending = self.submit(regs, cmd, data, timeout)?;
+        let mut spins = 0u32;
+        loop {
+            spins += 1;
+            let check = spins % 64 == 0;
+            if let Poll::Ready(result) = self.poll_command(regs, &pending, check) {
+                return result;
+            }
+            if check {
+                std::thread::sleep(Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Posts `cmd` with `data` (copied into the admin buffer when it goes to the device)
+    /// and rings the doorbell, without waiting: [`Self::poll_command`] collects the
+    /// answer. Until then the admin buffer belongs to the command.
+    ///
+    /// Errors: [`Error::TransferTooLarge`] above [`ADMIN_DATA_BYTES`];
+    /// [`Error::QueueFull`]; [`Error::Prp`] / [`Error::Dma`] building the data pointer.
+    pub(crate) fn submit<R: Registers>(
+        &mut self,
+        regs: &R,
+        mut cmd: Command,
+        data: AdminData<'_>,
+        timeout: Duration,
+    ) -> Result<PendingAdmin, Error> {
         let name = cmd.name(true);
         let len = match data {
             AdminData::None => 0,
@@ -242,42 +281,56 @@ impl AdminQueue {
             self.data.reset_window();
         }
         let cid = self.post(regs, cmd, AdminSlot::Waiting)?;
-        let deadline = Instant::now() + timeout;
-        let mut spins = 0u32;
-        loop {
-            if let Some(done) = self.reap(regs, Some(cid)) {
-                return if done.status().is_success() {
-                    Ok(done)
-                } else {
-                    Err(Error::Command {
-                        command: name,
-                        status: done.status(),
-                    })
-                };
-            }
-            spins += 1;
-            if spins % 64 == 0 {
-                let csts = Csts(regs.read32(offset::CSTS));
-                let failure = if csts.is_all_ones() {
-                    Some(Error::Removed { during: name })
-                } else if csts.cfs() {
-                    Some(Error::Fatal { during: name })
-                } else if Instant::now() >= deadline {
-                    Some(Error::Timeout { command: name, timeout })
-                } else {
-                    None
-                };
-                if let Some(e) = failure {
-                    if let Some(slot) = self.cids.get_mut(cid) {
-                        *slot = AdminSlot::Abandoned;
-                    }
-                    return Err(e);
-                }
-                std::thread::sleep(Duration::from_micros(50));
+        Ok(PendingAdmin {
+            cid,
+            name,
+            timeout,
+            deadline: Instant::now() + timeout,
+        })
+    }
+
+    /// Consumes the completions available (asynchronous events included) and gives
+    /// `pending`'s result if it arrived. With `check`, also reads CSTS and the clock: a
+    /// device gone (all ones), CSTS.CFS or the deadline passed end the command with an
+    /// error and abandon its CID (a late completion is discarded). Never waits.
+    ///
+    /// Errors: as [`Self::execute`].
+    pub(crate) fn poll_command<R: Registers>(
+        &mut self,
+        regs: &R,
+        pending: &PendingAdmin,
+        check: bool,
+    ) -> Poll<Result<Completion, Error>> {
+        if let Some(done) = self.reap(regs, Some(pending.cid)) {
+            return Poll::Ready(if done.status().is_success() {
+                Ok(done)
             } else {
-                std::hint::spin_loop();
-            }
+                Err(Error::Command {
+                    command: pending.name,
+                    status: done.status(),
+                })
+            });
         }
+        if !check {
+            return Poll::Pending;
+        }
+        let csts = Csts(regs.read32(offset::CSTS));
+        let failure = if csts.is_all_ones() {
+            Error::Removed { during: pending.name }
+        } else if csts.cfs() {
+            Error::Fatal { during: pending.name }
+        } else if Instant::now() >= pending.deadline {
+            Error::Timeout {
+                command: pending.name,
+                timeout: pending.timeout,
+            }
+        } else {
+            return Poll::Pending;
+        };
+        if let Some(slot) = self.cids.get_mut(pending.cid) {
+            *slot = AdminSlot::Abandoned;
+        }
+        Poll::Ready(Err(failure))
     }
 
     /// Posts `cmd` under a new CID and rings at once: admin commands are not batched.

@@ -7,9 +7,9 @@
 //! Number of Queues; Identify the active namespaces; configure asynchronous events and
 //! keep requests outstanding; set the Timestamp.
 
-use super::admin::{AdminData, AdminQueue};
+use super::admin::{AdminData, AdminQueue, PendingAdmin};
 use super::shadow::ShadowDoorbells;
-use super::{ControllerConfig, Error, Namespace};
+use super::{Controller, ControllerConfig, Error, Namespace};
 use crate::cmd::Command;
 use crate::features::{AsyncEventConfig, FeatureId, NumberOfQueues, Timestamp};
 use crate::hw::{DmaAllocator, Registers};
@@ -21,6 +21,9 @@ use crate::regs::{Aqa, Cap, Cc, Csts, MAX_ADMIN_QUEUE_ENTRIES, Vs, offset};
 /// holds N − 1 commands, and at least one Asynchronous Event Request, the Get Log Page an
 /// event leads to, and one synchronous command must fit at once.
 pub(crate) const MIN_ADMIN_ENTRIES_WITH_EVENTS: u32 = 4;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::{Duration, Instant};
 
 /// The states of controller initialisation, in order.
@@ -69,30 +72,78 @@ pub(crate) struct Initialized {
     pub(crate) shadow: Option<ShadowDoorbells>,
 }
 
-/// Polls CSTS until RDY equals `want`, CFS appears, the device vanishes, or `timeout`.
+/// Reads CSTS once: whether RDY equals `want`.
+///
+/// Errors: [`Error::Removed`] if CSTS reads all ones; [`Error::Fatal`] on CSTS.CFS while
+/// waiting for RDY = 1.
+fn ready_is<R: Registers>(regs: &R, want: bool) -> Result<bool, Error> {
+    let csts = Csts(regs.read32(offset::CSTS));
+    if csts.is_all_ones() {
+        return Err(Error::Removed {
+            during: "waiting for CSTS.RDY",
+        });
+    }
+    if want && !csts.rdy() && csts.cfs() {
+        return Err(Error::Fatal {
+            during: "while enabling",
+        });
+    }
+    Ok(csts.rdy() == want)
+}
+
+/// Polls CSTS until RDY equals `want`, CFS appears, the device vanishes, or `timeout`,
+/// sleeping in between: for the blocking paths (shutdown's disable, removal).
 pub(crate) fn wait_ready<R: Registers>(regs: &R, want: bool, timeout: Duration) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(10);
+    let mut pause = Backoff::default();
     loop {
-        let csts = Csts(regs.read32(offset::CSTS));
-        if csts.is_all_ones() {
-            return Err(Error::Removed {
-                during: "waiting for CSTS.RDY",
-            });
-        }
-        if csts.rdy() == want {
+        if ready_is(regs, want)? {
             return Ok(());
-        }
-        if want && csts.cfs() {
-            return Err(Error::Fatal {
-                during: "while enabling",
-            });
         }
         if Instant::now() >= deadline {
             return Err(Error::ReadyTimeout { want, timeout });
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(10));
+        pause.sleep();
+    }
+}
+
+/// The pause between polls of something that is not done: 10 µs, doubling up to 1 ms,
+/// so a command that completes at once costs little and a wait of seconds (CAP.TO)
+/// costs a poll per millisecond.
+#[derive(Debug)]
+pub(crate) struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff(Duration::from_micros(10))
+    }
+}
+
+impl Backoff {
+    /// Polls `poll` on `task` until it is ready, sleeping between polls; the pause starts
+    /// again from 10 µs whenever `progress` (a state) changes.
+    pub(crate) fn block_on<S, T, P: PartialEq>(
+        task: &mut S,
+        mut poll: impl FnMut(&mut S) -> Poll<T>,
+        progress: impl Fn(&S) -> P,
+    ) -> T {
+        let mut pause = Backoff::default();
+        loop {
+            let before = progress(task);
+            if let Poll::Ready(v) = poll(task) {
+                return v;
+            }
+            if progress(task) != before {
+                pause = Backoff::default();
+            }
+            pause.sleep();
+        }
+    }
+
+    /// Sleeps for the current pause and doubles it.
+    pub(crate) fn sleep(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(Duration::from_millis(1));
     }
 }
 
@@ -119,222 +170,323 @@ pub(crate) fn enabled_cc(cap: Cap, page_size: usize) -> Cc {
         .with_en(true)
 }
 
-/// Set Features Number of Queues asking for `asked` SQ/CQ pairs; returns the pairs the
-/// driver may use: min(asked, granted).
-pub(crate) fn set_number_of_queues<R: Registers>(
-    regs: &R,
-    admin: &mut AdminQueue,
-    asked: u16,
-    timeout: Duration,
-) -> Result<u16, Error> {
-    let asked = NumberOfQueues {
-        sq: asked.max(1),
-        cq: asked.max(1),
-    };
-    let cmd = Command::set_features(FeatureId::NUMBER_OF_QUEUES, 0, asked.to_dw11(), false);
-    let done = admin.execute(regs, cmd, AdminData::None, timeout)?;
-    let granted = NumberOfQueues::granted(asked, done.dw0);
-    Ok(granted.sq.min(granted.cq))
-}
-
-/// Zeroes the shadow doorbell pages and hands them to the controller (Doorbell Buffer
-/// Config), before any I/O queue exists: at init and after a reset.
-pub(crate) fn configure_shadow_doorbells<R: Registers>(
-    regs: &R,
-    admin: &mut AdminQueue,
-    shadow: &ShadowDoorbells,
-    timeout: Duration,
-) -> Result<(), Error> {
-    shadow.clear();
-    admin
-        .execute(regs, shadow.command(), AdminData::None, timeout)
-        .map(drop)
-}
-
 /// OAES bit 8: the controller sends Namespace Attribute Notices.
 const OAES_NAMESPACE_ATTRIBUTE: u32 = 1 << 8;
 /// OAES bit 9: the controller sends Firmware Activation Notices.
 const OAES_FIRMWARE_ACTIVATION: u32 = 1 << 9;
 
-/// Asynchronous Event Configuration (§5.27.1.7): SMART / Health critical warnings, and the
-/// notices Identify Controller's OAES says the controller sends (namespace attribute,
-/// firmware activation). With namespace attribute notices, then reads the Changed
-/// Namespace List (log 04h, RAE clear): a controller reports a namespace again only once
-/// that log was read, so a change whose event a controller reset lost would otherwise
-/// silence later changes of the same namespace (QEMU 7.2 keeps the list across resets).
-/// Then min(AERL + 1, 4) Asynchronous Event Requests.
-pub(crate) fn configure_async_events<R: Registers>(
-    regs: &R,
-    admin: &mut AdminQueue,
-    id: &IdentifyController,
-    timeout: Duration,
-) -> Result<(), Error> {
-    let mut aec = AsyncEventConfig::SMART_CRITICAL_WARNINGS;
-    if id.oaes & OAES_NAMESPACE_ATTRIBUTE != 0 {
-        aec |= AsyncEventConfig::NAMESPACE_ATTRIBUTE;
-    }
-    if id.oaes & OAES_FIRMWARE_ACTIVATION != 0 {
-        aec |= AsyncEventConfig::FIRMWARE_ACTIVATION;
-    }
-    let cmd = Command::set_features(FeatureId::ASYNC_EVENT_CONFIG, 0, aec.bits(), false);
-    admin.execute(regs, cmd, AdminData::None, timeout)?;
-    if aec.contains(AsyncEventConfig::NAMESPACE_ATTRIBUTE) {
-        let cmd = Command::get_log_page(LogPageId::CHANGED_NAMESPACE_LIST, super::NSID_ALL, 0, 4096, 0, false)
-            .expect("4096 is a multiple of 4");
-        match admin.execute(regs, cmd, AdminData::FromDevice(4096), timeout) {
-            Ok(_) => {}
-            // A controller that refuses the log still works; its events may stay masked.
-            Err(e) if e.status().is_some() => {
-                tracing::warn!(error = %e, "reading the Changed Namespace List failed");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    admin.start_async_events(regs, (id.aerl as u32 + 1).min(4), timeout)
+/// Why the state machine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// First bring-up: every state, allocating the admin queue and shadow doorbells.
+    Init,
+    /// A reset of a working controller (§3.7.2): from [`InitState::Disable`], on the
+    /// controller's own admin queue and shadow doorbells. Identify Controller and the
+    /// namespace scan are skipped (what the controller handle reports does not change
+    /// under its users; the admin queue rescans the namespaces at its next poll), and
+    /// the controller must grant at least the `io_queues` I/O queues in use and take
+    /// the shadow doorbells again.
+    Reset {
+        /// I/O queue pairs the controller handle hands out.
+        io_queues: u16,
+    },
 }
 
-struct Machine<'a, R: Registers> {
-    regs: &'a R,
-    dma: &'a dyn DmaAllocator,
-    config: &'a ControllerConfig,
+/// The admin queue a step works on.
+pub(crate) enum AdminAccess<'a> {
+    /// Init's own: empty until [`InitState::ConfigureAdminQueue`] allocates it.
+    Own(&'a mut Option<AdminQueue>),
+    /// A reset's: the controller's, under its admin lock.
+    Controller(&'a mut AdminQueue),
+}
+
+impl AdminAccess<'_> {
+    fn get(&mut self) -> &mut AdminQueue {
+        match self {
+            AdminAccess::Own(q) => q.as_mut().expect("admin queue exists after ConfigureAdminQueue"),
+            AdminAccess::Controller(q) => q,
+        }
+    }
+}
+
+/// What a step of the state machine works with besides its own state.
+pub(crate) struct Cx<'a, R: Registers> {
+    pub(crate) regs: &'a R,
+    pub(crate) dma: &'a dyn DmaAllocator,
+    pub(crate) config: &'a ControllerConfig,
+    pub(crate) admin: AdminAccess<'a>,
+    /// A reset's shadow doorbells in use (the controller's), handed over again.
+    pub(crate) shadow_in_use: Option<&'a ShadowDoorbells>,
+    /// Runs once a reset has seen CSTS.RDY = 0, before the admin queue is programmed
+    /// again: the controller has forgotten every queue, so their memory may be reused.
+    pub(crate) on_disabled: &'a dyn Fn(),
+}
+
+/// Why the state machine stopped short of [`InitState::Ready`].
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) error: Error,
+    /// Whether the controller was seen disabled (CC.EN = 0, CSTS.RDY = 0) after the
+    /// failure, or the failure came before it was enabled again: it then touches no
+    /// memory the machine set up. A failure after [`InitState::Enable`] disables the
+    /// controller again (through [`InitState::Disable`] and [`InitState::WaitNotReady`])
+    /// before it is reported.
+    pub(crate) disabled: bool,
+}
+
+/// The initialisation state machine ([`InitState`]), for a bring-up or a reset. Never
+/// waits: [`Machine::poll`] runs the states it can and returns [`Poll::Pending`] while
+/// CSTS.RDY has not followed CC.EN or an admin command has not completed, so one thread
+/// can drive several controllers.
+pub(crate) struct Machine {
+    purpose: Purpose,
+    state: InitState,
+    trace: Vec<InitState>,
     cap: Cap,
     vs: Vs,
     page_size: usize,
-    admin: Option<AdminQueue>,
     identify: Option<IdentifyController>,
     io_queues: u16,
     namespaces: Vec<Namespace>,
     max_transfer: usize,
+    /// Shadow doorbells init allocated and the controller took.
     shadow: Option<ShadowDoorbells>,
+    /// When the CSTS.RDY wait of the current state gives up (set on its first poll).
+    deadline: Option<Instant>,
+    /// The admin command the current state waits for.
+    pending: Option<PendingAdmin>,
+    /// The current state's next admin command, for states that send several.
+    part: u8,
+    /// Namespaces still to identify.
+    nsids: VecDeque<u32>,
+    /// Whether this run wrote CC.EN = 1.
+    enabled: bool,
+    /// A failure being reported once the controller is disabled again.
+    failure: Option<Error>,
 }
 
-/// Runs the state machine to [`InitState::Ready`].
-pub(crate) fn initialize<R: Registers>(
-    regs: &R,
-    dma: &dyn DmaAllocator,
-    config: &ControllerConfig,
-) -> Result<Initialized, Error> {
-    let mut m = Machine {
-        regs,
-        dma,
-        config,
-        cap: Cap(0),
-        vs: Vs(0),
-        page_size: config.page_size,
-        admin: None,
-        identify: None,
-        io_queues: 0,
-        namespaces: Vec::new(),
-        max_transfer: 0,
-        shadow: None,
-    };
-    let mut state = InitState::ReadCapabilities;
-    let mut trace = Vec::with_capacity(12);
-    while state != InitState::Ready {
-        trace.push(state);
-        tracing::debug!(?state, "nvme controller init");
-        state = match m.step(state) {
-            Ok(next) => next,
-            Err(e) => {
-                m.abandon();
-                return Err(e);
-            }
-        };
+impl Machine {
+    /// A bring-up, from [`InitState::ReadCapabilities`], with `page_size` (CC.MPS).
+    pub(crate) fn init(page_size: usize) -> Machine {
+        Machine::new(
+            Purpose::Init,
+            InitState::ReadCapabilities,
+            Cap(0),
+            Vs(0),
+            page_size,
+            None,
+            0,
+        )
     }
-    trace.push(InitState::Ready);
-    Ok(Initialized {
-        cap: m.cap,
-        vs: m.vs,
-        page_size: m.page_size,
-        admin: m.admin.expect("set in ConfigureAdminQueue"),
-        identify: m.identify.expect("set in IdentifyController"),
-        io_queues: m.io_queues,
-        namespaces: m.namespaces,
-        max_transfer: m.max_transfer,
-        trace,
-        shadow: m.shadow,
-    })
-}
 
-impl<R: Registers> Machine<'_, R> {
-    /// After a failed step: the controller may hold admin commands that still write into
-    /// the admin queue's memory (a timed-out Identify, outstanding event requests). Free
-    /// that memory only once the controller is disabled (CC.EN = 0 and CSTS.RDY = 0 seen);
-    /// if it cannot be disabled, leak it.
-    fn abandon(&mut self) {
-        let Some(admin) = self.admin.take() else {
-            return; // nothing the controller could reach was allocated yet
-        };
-        let shadow = self.shadow.take();
-        match super::recovery::disable(self.regs, self.cap.ready_timeout()) {
-            Ok(()) => drop((admin, shadow)),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not disable the controller after a failed init; leaking the admin queue memory");
-                std::mem::forget((admin, shadow));
+    /// A reset of the controller init described (CAP, VS, page size, Identify
+    /// Controller, maximum transfer), from [`InitState::Disable`].
+    pub(crate) fn reset(
+        cap: Cap,
+        vs: Vs,
+        page_size: usize,
+        identify: IdentifyController,
+        io_queues: u16,
+        max_transfer: usize,
+    ) -> Machine {
+        let mut m = Machine::new(
+            Purpose::Reset { io_queues },
+            InitState::Disable,
+            cap,
+            vs,
+            page_size,
+            Some(identify),
+            io_queues,
+        );
+        m.max_transfer = max_transfer;
+        m
+    }
+
+    fn new(
+        purpose: Purpose,
+        first: InitState,
+        cap: Cap,
+        vs: Vs,
+        page_size: usize,
+        identify: Option<IdentifyController>,
+        io_queues: u16,
+    ) -> Machine {
+        let mut trace = Vec::with_capacity(16);
+        trace.push(first);
+        Machine {
+            purpose,
+            state: first,
+            trace,
+            cap,
+            vs,
+            page_size,
+            identify,
+            io_queues,
+            namespaces: Vec::new(),
+            max_transfer: 0,
+            shadow: None,
+            deadline: None,
+            pending: None,
+            part: 0,
+            nsids: VecDeque::new(),
+            enabled: false,
+            failure: None,
+        }
+    }
+
+    /// The state the machine is in.
+    pub(crate) fn state(&self) -> InitState {
+        self.state
+    }
+
+    /// The states entered so far, in order.
+    pub(crate) fn trace(&self) -> &[InitState] {
+        &self.trace
+    }
+
+    /// Runs states until one has to wait ([`Poll::Pending`]: call again), the machine is
+    /// [`InitState::Ready`], or a state failed. Never sleeps. After a failure past
+    /// [`InitState::Enable`] it first disables the controller again (the failure is then
+    /// reported when CSTS.RDY = 0 is seen, or when that fails too).
+    pub(crate) fn poll<R: Registers>(&mut self, cx: &mut Cx<'_, R>) -> Poll<Result<(), Failure>> {
+        loop {
+            if self.state == InitState::Ready {
+                return Poll::Ready(Ok(()));
+            }
+            match self.step(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(next)) => {
+                    if next == InitState::ConfigureAdminQueue
+                        && let Some(error) = self.failure.take()
+                    {
+                        // Disabled again after the failure.
+                        return Poll::Ready(Err(Failure { error, disabled: true }));
+                    }
+                    self.enter(next);
+                }
+                Poll::Ready(Err(error)) => {
+                    self.pending = None;
+                    if let Some(first) = self.failure.take() {
+                        tracing::warn!(%error, "disabling the controller after a failed step failed too");
+                        return Poll::Ready(Err(Failure {
+                            error: first,
+                            disabled: false,
+                        }));
+                    }
+                    if !self.enabled {
+                        let disabled = !matches!(self.state, InitState::Disable | InitState::WaitNotReady);
+                        return Poll::Ready(Err(Failure { error, disabled }));
+                    }
+                    // Enabled, maybe with an admin command outstanding: disable it before
+                    // anyone may free memory.
+                    tracing::debug!(state = ?self.state, %error, "controller init step failed; disabling it");
+                    self.enabled = false;
+                    self.failure = Some(error);
+                    self.enter(InitState::Disable);
+                }
             }
         }
     }
 
-    fn admin(&mut self) -> &mut AdminQueue {
-        self.admin
-            .as_mut()
-            .expect("admin queue exists after ConfigureAdminQueue")
+    fn enter(&mut self, state: InitState) {
+        tracing::debug!(?state, purpose = ?self.purpose, "nvme controller init");
+        self.state = state;
+        self.trace.push(state);
+        self.deadline = None;
+        self.part = 0;
     }
 
-    fn step(&mut self, state: InitState) -> Result<InitState, Error> {
-        Ok(match state {
+    /// What the machine found out, once [`InitState::Ready`]; `admin` is the queue init
+    /// allocated.
+    pub(crate) fn finish(self, admin: AdminQueue) -> Initialized {
+        debug_assert_eq!(self.state, InitState::Ready);
+        Initialized {
+            cap: self.cap,
+            vs: self.vs,
+            page_size: self.page_size,
+            admin,
+            identify: self.identify.expect("set in IdentifyController"),
+            io_queues: self.io_queues,
+            namespaces: self.namespaces,
+            max_transfer: self.max_transfer,
+            trace: self.trace,
+            shadow: self.shadow,
+        }
+    }
+
+    /// Shadow doorbells init allocated, taken back after a failure (the controller may
+    /// have them until it is disabled).
+    pub(crate) fn take_shadow(&mut self) -> Option<ShadowDoorbells> {
+        self.shadow.take()
+    }
+
+    fn is_reset(&self) -> bool {
+        matches!(self.purpose, Purpose::Reset { .. })
+    }
+
+    /// One state: its next state, or [`Poll::Pending`] while it waits.
+    fn step<R: Registers>(&mut self, cx: &mut Cx<'_, R>) -> Poll<Result<InitState, Error>> {
+        Poll::Ready(Ok(match self.state {
             InitState::ReadCapabilities => {
-                self.read_capabilities()?;
+                self.read_capabilities(cx)?;
                 InitState::Disable
             }
             InitState::Disable => {
-                let cc = Cc(self.regs.read32(offset::CC));
+                if Csts(cx.regs.read32(offset::CSTS)).is_all_ones() {
+                    return Poll::Ready(Err(Error::Removed { during: "disabling" }));
+                }
+                let cc = Cc(cx.regs.read32(offset::CC));
                 if cc.en() {
-                    self.regs.write32(offset::CC, cc.with_en(false).0);
+                    cx.regs.write32(offset::CC, cc.with_en(false).0);
                 }
                 InitState::WaitNotReady
             }
             InitState::WaitNotReady => {
-                wait_ready(self.regs, false, self.cap.ready_timeout())?;
+                ready!(self.wait_ready(cx.regs, false))?;
                 InitState::ConfigureAdminQueue
             }
             InitState::ConfigureAdminQueue => {
-                self.configure_admin_queue()?;
+                self.configure_admin_queue(cx)?;
                 InitState::Enable
             }
             InitState::Enable => {
-                self.regs.write32(offset::CC, enabled_cc(self.cap, self.page_size).0);
+                cx.regs.write32(offset::CC, enabled_cc(self.cap, self.page_size).0);
+                self.enabled = true;
                 InitState::WaitReady
             }
             InitState::WaitReady => {
-                wait_ready(self.regs, true, self.cap.ready_timeout())?;
-                InitState::IdentifyController
+                ready!(self.wait_ready(cx.regs, true))?;
+                if self.is_reset() {
+                    InitState::SetNumberOfQueues
+                } else {
+                    InitState::IdentifyController
+                }
             }
             InitState::IdentifyController => {
-                self.identify_controller()?;
+                let cmd = Command::identify(Cns::CONTROLLER, 0, 0);
+                ready!(self.command(cx, cmd, AdminData::FromDevice(4096)))?;
+                self.identified_controller(cx)?;
                 InitState::SetNumberOfQueues
             }
             InitState::SetNumberOfQueues => {
-                self.set_number_of_queues()?;
+                ready!(self.set_number_of_queues(cx))?;
                 InitState::ConfigureShadowDoorbells
             }
             InitState::ConfigureShadowDoorbells => {
-                let supported = self
-                    .identify
-                    .as_ref()
-                    .is_some_and(|id| id.oacs.contains(Oacs::DOORBELL_BUFFER_CONFIG));
-                if self.config.shadow_doorbells && supported {
-                    self.configure_shadow_doorbells()?;
+                ready!(self.configure_shadow_doorbells(cx))?;
+                if self.is_reset() {
+                    InitState::ConfigureAsyncEvents
+                } else {
+                    InitState::IdentifyNamespaces
                 }
-                InitState::IdentifyNamespaces
             }
             InitState::IdentifyNamespaces => {
-                self.identify_namespaces()?;
+                ready!(self.identify_namespaces(cx))?;
                 InitState::ConfigureAsyncEvents
             }
             InitState::ConfigureAsyncEvents => {
-                if self.config.async_events {
-                    self.configure_async_events()?;
+                if cx.config.async_events {
+                    ready!(self.configure_async_events(cx))?;
                 }
                 InitState::SetTimestamp
             }
@@ -343,22 +495,59 @@ impl<R: Registers> Machine<'_, R> {
                     .identify
                     .as_ref()
                     .is_some_and(|id| id.oncs.contains(Oncs::TIMESTAMP));
-                if self.config.set_timestamp && supported {
-                    self.set_timestamp()?;
+                if cx.config.set_timestamp && supported {
+                    let bytes = Timestamp::from_system_time(std::time::SystemTime::now()).encode();
+                    let cmd = Command::set_features(FeatureId::TIMESTAMP, 0, 0, false);
+                    ready!(self.command(cx, cmd, AdminData::ToDevice(&bytes)))?;
                 }
                 InitState::Ready
             }
             InitState::Ready => InitState::Ready,
-        })
+        }))
     }
 
-    fn read_capabilities(&mut self) -> Result<(), Error> {
-        let cap = Cap(self.regs.read64(offset::CAP));
+    /// Whether CSTS.RDY equals `want`, within CAP.TO of the state's first poll.
+    fn wait_ready<R: Registers>(&mut self, regs: &R, want: bool) -> Poll<Result<(), Error>> {
+        let timeout = self.cap.ready_timeout();
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + timeout);
+        if ready_is(regs, want)? {
+            return Poll::Ready(Ok(()));
+        }
+        if Instant::now() >= deadline {
+            return Poll::Ready(Err(Error::ReadyTimeout { want, timeout }));
+        }
+        Poll::Pending
+    }
+
+    /// Sends `cmd` on the first poll, then gives its completion once it arrives (or its
+    /// failure: a status, the admin timeout, CSTS.CFS, the device gone).
+    fn command<R: Registers>(
+        &mut self,
+        cx: &mut Cx<'_, R>,
+        cmd: Command,
+        data: AdminData<'_>,
+    ) -> Poll<Result<crate::Completion, Error>> {
+        let admin = cx.admin.get();
+        let pending = match self.pending.take() {
+            Some(p) => p,
+            None => admin.submit(cx.regs, cmd, data, cx.config.admin_timeout)?,
+        };
+        match admin.poll_command(cx.regs, &pending, true) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => {
+                self.pending = Some(pending);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn read_capabilities<R: Registers>(&mut self, cx: &Cx<'_, R>) -> Result<(), Error> {
+        let cap = Cap(cx.regs.read64(offset::CAP));
         if cap.0 == u64::MAX {
             return Err(Error::Removed { during: "reading CAP" });
         }
         self.cap = cap;
-        self.vs = Vs(self.regs.read32(offset::VS));
+        self.vs = Vs(cx.regs.read32(offset::VS));
         if !cap.supports_nvm_command_set() {
             return Err(Error::Unsupported(format!(
                 "no NVM command set (CAP.CSS = {:#x})",
@@ -377,7 +566,7 @@ impl<R: Registers> Machine<'_, R> {
         // (§3.3.1, §4.1.1), and the allocator only promises its own alignment. Larger
         // pages buy nothing here (large transfers use SGLs), so they are refused rather
         // than paid for with over-allocation.
-        let align = self.dma.page_size();
+        let align = cx.dma.page_size();
         if ps > align {
             return Err(Error::Config(format!(
                 "page size {ps} bytes is larger than the {align}-byte alignment of the DMA allocator; \
@@ -387,45 +576,47 @@ impl<R: Registers> Machine<'_, R> {
         Ok(())
     }
 
-    fn configure_admin_queue(&mut self) -> Result<(), Error> {
-        let entries = self
-            .config
-            .admin_queue_entries
-            .min(MAX_ADMIN_QUEUE_ENTRIES as u32)
-            .min(self.cap.max_queue_entries());
-        if entries < 2 {
-            return Err(Error::Config(format!(
-                "admin queue of {entries} entries; at least 2 needed"
-            )));
+    /// Init allocates the admin queue; a reset empties the controller's (the controller
+    /// is disabled: it has forgotten it). Both program AQA, ASQ and ACQ.
+    fn configure_admin_queue<R: Registers>(&mut self, cx: &mut Cx<'_, R>) -> Result<(), Error> {
+        if let AdminAccess::Own(slot) = &mut cx.admin {
+            let config = cx.config;
+            let entries = config
+                .admin_queue_entries
+                .min(MAX_ADMIN_QUEUE_ENTRIES as u32)
+                .min(self.cap.max_queue_entries());
+            if entries < 2 {
+                return Err(Error::Config(format!(
+                    "admin queue of {entries} entries; at least 2 needed"
+                )));
+            }
+            if config.async_events && entries < MIN_ADMIN_ENTRIES_WITH_EVENTS {
+                return Err(Error::Config(format!(
+                    "admin queue of {entries} entries (asked {}, CAP.MQES allows {}) is too small for \
+                     asynchronous events: an Asynchronous Event Request, an event's log page read and a \
+                     synchronous command need {MIN_ADMIN_ENTRIES_WITH_EVENTS} entries; use more entries \
+                     or set async_events to false",
+                    config.admin_queue_entries,
+                    self.cap.max_queue_entries()
+                )));
+            }
+            **slot = Some(AdminQueue::new(cx.dma, self.cap, entries, self.page_size)?);
+        } else {
+            // CSTS.RDY = 0: the controller has forgotten every queue and no longer touches
+            // host memory. From here memory is safe to reuse.
+            cx.admin.get().reset_rings();
+            (cx.on_disabled)();
         }
-        if self.config.async_events && entries < MIN_ADMIN_ENTRIES_WITH_EVENTS {
-            return Err(Error::Config(format!(
-                "admin queue of {entries} entries (asked {}, CAP.MQES allows {}) is too small for \
-                 asynchronous events: an Asynchronous Event Request, an event's log page read and a \
-                 synchronous command need {MIN_ADMIN_ENTRIES_WITH_EVENTS} entries; use more entries \
-                 or set async_events to false",
-                self.config.admin_queue_entries,
-                self.cap.max_queue_entries()
-            )));
-        }
-        let admin = AdminQueue::new(self.dma, self.cap, entries, self.page_size)?;
-        program_admin_queue(self.regs, &admin);
-        self.admin = Some(admin);
+        program_admin_queue(cx.regs, cx.admin.get());
         Ok(())
     }
 
-    fn run(&mut self, cmd: Command, data: AdminData<'_>) -> Result<crate::Completion, Error> {
-        let (regs, timeout) = (self.regs, self.config.admin_timeout);
-        self.admin().execute(regs, cmd, data, timeout)
-    }
-
-    fn identify_controller(&mut self) -> Result<(), Error> {
-        self.run(Command::identify(Cns::CONTROLLER, 0, 0), AdminData::FromDevice(4096))?;
-        let id = IdentifyController::parse(self.admin().data(4096))?;
+    fn identified_controller<R: Registers>(&mut self, cx: &mut Cx<'_, R>) -> Result<(), Error> {
+        let id = IdentifyController::parse(cx.admin.get().data(4096))?;
         let mdts = id
             .max_transfer_bytes(self.cap.min_page_size() as u64)
             .unwrap_or(u64::MAX);
-        self.max_transfer = (self.config.max_transfer_bytes as u64).min(mdts) as usize;
+        self.max_transfer = (cx.config.max_transfer_bytes as u64).min(mdts) as usize;
         if self.max_transfer < self.page_size {
             return Err(Error::Unsupported(format!(
                 "maximum transfer of {} bytes is below one page",
@@ -437,82 +628,300 @@ impl<R: Registers> Machine<'_, R> {
         Ok(())
     }
 
-    fn set_number_of_queues(&mut self) -> Result<(), Error> {
-        let (regs, timeout, asked) = (self.regs, self.config.admin_timeout, self.config.io_queues);
-        self.io_queues = set_number_of_queues(regs, self.admin(), asked, timeout)?;
-        Ok(())
+    /// Set Features Number of Queues asking for the configured SQ/CQ pairs; keeps
+    /// min(asked, granted). A reset fails if fewer than the pairs in use are granted.
+    fn set_number_of_queues<R: Registers>(&mut self, cx: &mut Cx<'_, R>) -> Poll<Result<(), Error>> {
+        let asked = NumberOfQueues {
+            sq: cx.config.io_queues.max(1),
+            cq: cx.config.io_queues.max(1),
+        };
+        let cmd = Command::set_features(FeatureId::NUMBER_OF_QUEUES, 0, asked.to_dw11(), false);
+        let done = ready!(self.command(cx, cmd, AdminData::None))?;
+        let granted = NumberOfQueues::granted(asked, done.dw0);
+        let granted = granted.sq.min(granted.cq);
+        if let Purpose::Reset { io_queues } = self.purpose
+            && granted < io_queues
+        {
+            return Poll::Ready(Err(Error::Unsupported(format!(
+                "after reset the controller grants {granted} I/O queues, fewer than the {io_queues} in use"
+            ))));
+        }
+        self.io_queues = granted;
+        Poll::Ready(Ok(()))
     }
 
-    /// Allocates and hands over the shadow doorbell pages. A controller that refuses
-    /// the command, or pages that cannot be used, leave the doorbell registers in use (a
-    /// warning); a controller that does not answer fails init.
-    fn configure_shadow_doorbells(&mut self) -> Result<(), Error> {
-        let shadow = match ShadowDoorbells::allocate(self.dma, self.page_size, self.cap, self.io_queues) {
-            Ok(s) => s,
-            Err(Error::Unsupported(why)) => {
-                tracing::warn!(%why, "not using shadow doorbells");
-                return Ok(());
+    /// Doorbell Buffer Config (§5.8), before any I/O queue exists, with zeroed pages.
+    /// Init: when asked for and OACS bit 8 says the controller has it; pages that cannot
+    /// be used or a controller that refuses the command leave the doorbell registers in
+    /// use (a warning). A reset hands the pages in use over again, and a refusal fails it:
+    /// the queue pairs rely on them.
+    fn configure_shadow_doorbells<R: Registers>(&mut self, cx: &mut Cx<'_, R>) -> Poll<Result<(), Error>> {
+        if let Some(shadow) = cx.shadow_in_use {
+            if self.pending.is_none() {
+                shadow.clear();
             }
-            Err(e) => return Err(e),
-        };
-        let (regs, timeout) = (self.regs, self.config.admin_timeout);
-        match configure_shadow_doorbells(regs, self.admin(), &shadow, timeout) {
-            Ok(()) => {
-                self.shadow = Some(shadow);
-                Ok(())
+            return self.command(cx, shadow.command(), AdminData::None).map_ok(drop);
+        }
+        if self.is_reset() {
+            return Poll::Ready(Ok(()));
+        }
+        if self.pending.is_none() {
+            let supported = self
+                .identify
+                .as_ref()
+                .is_some_and(|id| id.oacs.contains(Oacs::DOORBELL_BUFFER_CONFIG));
+            if !cx.config.shadow_doorbells || !supported {
+                return Poll::Ready(Ok(()));
             }
+            match ShadowDoorbells::allocate(cx.dma, self.page_size, self.cap, self.io_queues) {
+                Ok(s) => {
+                    s.clear();
+                    self.shadow = Some(s);
+                }
+                Err(Error::Unsupported(why)) => {
+                    tracing::warn!(%why, "not using shadow doorbells");
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        let cmd = self.shadow.as_ref().expect("allocated above").command();
+        match ready!(self.command(cx, cmd, AdminData::None)) {
+            Ok(_) => Poll::Ready(Ok(())),
             Err(e @ Error::Command { .. }) => {
                 tracing::warn!(error = %e, "controller refused Doorbell Buffer Config; not using shadow doorbells");
-                Ok(())
+                self.shadow = None;
+                Poll::Ready(Ok(()))
             }
-            Err(e) => {
-                // It may still take the pages: they stay until it is disabled.
-                self.shadow = Some(shadow);
-                Err(e)
-            }
+            // It may still take the pages: they stay until it is disabled.
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
-    fn identify_namespaces(&mut self) -> Result<(), Error> {
-        let nn = self.identify.as_ref().map_or(0, |id| id.nn);
-        // The active namespace list (CNS 02h) exists from NVMe 1.1 on.
-        let nsids = if self.vs >= Vs::new(1, 1, 0) {
-            self.run(
-                Command::identify(Cns::ACTIVE_NAMESPACE_LIST, 0, 0),
-                AdminData::FromDevice(4096),
-            )?;
-            NamespaceList::parse(self.admin().data(4096))?
-        } else {
-            (1..=nn.min(1024)).collect()
-        };
-        for nsid in nsids {
-            if let Err(e) = self.run(Command::identify(Cns::NAMESPACE, nsid, 0), AdminData::FromDevice(4096)) {
+    /// The active namespace list (CNS 02h, from NVMe 1.1 on; NSIDs 1..=NN before), then
+    /// Identify Namespace (CNS 00h) for each; a namespace the controller refuses to
+    /// describe is skipped.
+    fn identify_namespaces<R: Registers>(&mut self, cx: &mut Cx<'_, R>) -> Poll<Result<(), Error>> {
+        if self.part == 0 {
+            if self.vs >= Vs::new(1, 1, 0) {
+                let cmd = Command::identify(Cns::ACTIVE_NAMESPACE_LIST, 0, 0);
+                ready!(self.command(cx, cmd, AdminData::FromDevice(4096)))?;
+                self.nsids = NamespaceList::parse(cx.admin.get().data(4096))?.into();
+            } else {
+                let nn = self.identify.as_ref().map_or(0, |id| id.nn);
+                self.nsids = (1..=nn.min(1024)).collect();
+            }
+            self.part = 1;
+        }
+        while let Some(&nsid) = self.nsids.front() {
+            let cmd = Command::identify(Cns::NAMESPACE, nsid, 0);
+            let done = ready!(self.command(cx, cmd, AdminData::FromDevice(4096)));
+            self.nsids.pop_front();
+            if let Err(e) = done {
                 super::namespace::skip_refused(nsid, e)?;
                 continue;
             }
-            let id = IdentifyNamespace::parse(self.admin().data(4096))?;
+            let id = IdentifyNamespace::parse(cx.admin.get().data(4096))?;
             let ctrl = self.identify.as_ref().expect("identified");
-            match Namespace::new(nsid, id, ctrl, self.max_transfer, self.config.quirks_in_use()) {
+            match Namespace::new(nsid, id, ctrl, self.max_transfer, cx.config.quirks_in_use()) {
                 Some(ns) => self.namespaces.push(ns),
                 None => tracing::warn!(nsid, "skipping inactive namespace or one with an unusable LBA format"),
             }
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
-    fn configure_async_events(&mut self) -> Result<(), Error> {
-        let id = self.identify.clone().expect("identified before asynchronous events");
-        let (regs, timeout) = (self.regs, self.config.admin_timeout);
-        configure_async_events(regs, self.admin(), &id, timeout)
+    /// Asynchronous Event Configuration (§5.27.1.7): SMART / Health critical warnings, and
+    /// the notices Identify Controller's OAES says the controller sends (namespace
+    /// attribute, firmware activation). With namespace attribute notices, then reads the
+    /// Changed Namespace List (log 04h, RAE clear): a controller reports a namespace again
+    /// only once that log was read, so a change whose event a controller reset lost would
+    /// otherwise silence later changes of the same namespace (QEMU 7.2 keeps the list
+    /// across resets). Then min(AERL + 1, 4) Asynchronous Event Requests.
+    fn configure_async_events<R: Registers>(&mut self, cx: &mut Cx<'_, R>) -> Poll<Result<(), Error>> {
+        let id = self.identify.as_ref().expect("identified before asynchronous events");
+        let (oaes, aerl) = (id.oaes, id.aerl);
+        let mut aec = AsyncEventConfig::SMART_CRITICAL_WARNINGS;
+        if oaes & OAES_NAMESPACE_ATTRIBUTE != 0 {
+            aec |= AsyncEventConfig::NAMESPACE_ATTRIBUTE;
+        }
+        if oaes & OAES_FIRMWARE_ACTIVATION != 0 {
+            aec |= AsyncEventConfig::FIRMWARE_ACTIVATION;
+        }
+        if self.part == 0 {
+            let cmd = Command::set_features(FeatureId::ASYNC_EVENT_CONFIG, 0, aec.bits(), false);
+            ready!(self.command(cx, cmd, AdminData::None))?;
+            self.part = 1;
+        }
+        if self.part == 1 && aec.contains(AsyncEventConfig::NAMESPACE_ATTRIBUTE) {
+            let cmd = Command::get_log_page(LogPageId::CHANGED_NAMESPACE_LIST, super::NSID_ALL, 0, 4096, 0, false)
+                .expect("4096 is a multiple of 4");
+            match ready!(self.command(cx, cmd, AdminData::FromDevice(4096))) {
+                Ok(_) => {}
+                // A controller that refuses the log still works; its events may stay masked.
+                Err(e) if e.status().is_some() => {
+                    tracing::warn!(error = %e, "reading the Changed Namespace List failed");
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.part = 2;
+        let timeout = cx.config.admin_timeout;
+        Poll::Ready(
+            cx.admin
+                .get()
+                .start_async_events(cx.regs, (aerl as u32 + 1).min(4), timeout),
+        )
+    }
+}
+
+/// A controller being brought up without blocking: [`Controller::init`], one
+/// [`ControllerInit::poll`] at a time, so one thread can bring up several controllers
+/// at once ([`init_all`]): their CAP.TO waits and admin commands overlap.
+///
+/// Dropping one before it finished disables the controller (waiting up to CAP.TO) and
+/// frees its admin queue, or leaks that memory if the controller does not stop.
+pub struct ControllerInit<R: Registers> {
+    /// Taken when the controller is handed out.
+    regs: Option<R>,
+    dma: Arc<dyn DmaAllocator>,
+    config: ControllerConfig,
+    admin: Option<AdminQueue>,
+    machine: Machine,
+}
+
+impl<R: Registers> ControllerInit<R> {
+    /// Starts bringing up the controller behind `regs`, with queue memory from `dma`.
+    /// Nothing touches the device before the first [`Self::poll`].
+    pub fn new(regs: R, dma: Arc<dyn DmaAllocator>, config: ControllerConfig) -> ControllerInit<R> {
+        let machine = Machine::init(config.page_size);
+        ControllerInit {
+            regs: Some(regs),
+            dma,
+            config,
+            admin: None,
+            machine,
+        }
     }
 
-    fn set_timestamp(&mut self) -> Result<(), Error> {
-        let ts = Timestamp::from_system_time(std::time::SystemTime::now());
-        let bytes = ts.encode();
-        self.run(
-            Command::set_features(FeatureId::TIMESTAMP, 0, 0, false),
-            AdminData::ToDevice(&bytes),
-        )?;
-        Ok(())
+    /// The state bring-up is in ([`InitState::Ready`] once done).
+    pub fn state(&self) -> InitState {
+        self.machine.state()
     }
+
+    /// Runs the states that need no waiting, and returns [`Poll::Pending`] while
+    /// CSTS.RDY has not followed CC.EN or an admin command is outstanding: call again.
+    /// Never sleeps.
+    ///
+    /// Errors: as [`Controller::init`]; a poll after the result was given fails with
+    /// [`Error::Config`].
+    pub fn poll(&mut self) -> Poll<Result<Controller<R>, Error>> {
+        let Some(regs) = self.regs.as_ref() else {
+            return Poll::Ready(Err(Error::Config("controller init polled after it finished".into())));
+        };
+        let mut cx = Cx {
+            regs,
+            dma: self.dma.as_ref(),
+            config: &self.config,
+            admin: AdminAccess::Own(&mut self.admin),
+            shadow_in_use: None,
+            on_disabled: &|| {},
+        };
+        let result = ready!(self.machine.poll(&mut cx));
+        let regs = self.regs.take().expect("checked above");
+        Poll::Ready(match result {
+            Ok(()) => {
+                let machine = std::mem::replace(&mut self.machine, Machine::init(self.config.page_size));
+                let admin = self.admin.take().expect("allocated in ConfigureAdminQueue");
+                let done = machine.finish(admin);
+                Ok(Controller::from_initialized(
+                    regs,
+                    Arc::clone(&self.dma),
+                    self.config.clone(),
+                    done,
+                ))
+            }
+            Err(failure) => {
+                self.release(failure.disabled);
+                Err(failure.error)
+            }
+        })
+    }
+
+    /// Polls until done, sleeping between polls (10 µs, doubling up to 1 ms, from 10 µs
+    /// again at each new state).
+    ///
+    /// Errors: as [`Controller::init`].
+    pub fn wait(mut self) -> Result<Controller<R>, Error> {
+        Backoff::block_on(&mut self, ControllerInit::poll, ControllerInit::state)
+    }
+
+    /// After a failure or when dropped unfinished: frees the admin queue and shadow
+    /// doorbells only if the controller is `disabled`, else leaks them (it may still
+    /// write to them).
+    fn release(&mut self, disabled: bool) {
+        let Some(admin) = self.admin.take() else {
+            return; // nothing the controller could reach was allocated yet
+        };
+        let shadow = self.machine.take_shadow();
+        if disabled {
+            drop((admin, shadow));
+        } else {
+            tracing::warn!("the controller may still use its admin queue after a failed init; leaking its memory");
+            std::mem::forget((admin, shadow));
+        }
+    }
+}
+
+impl<R: Registers> Drop for ControllerInit<R> {
+    fn drop(&mut self) {
+        if self.admin.is_none() {
+            return;
+        }
+        let disabled = match self.regs.as_ref() {
+            Some(regs) => super::recovery::disable(regs, self.machine.cap.ready_timeout())
+                .inspect_err(|e| tracing::warn!(error = %e, "could not disable a controller whose init was dropped"))
+                .is_ok(),
+            None => false,
+        };
+        self.release(disabled);
+    }
+}
+
+/// Brings up every controller of `inits` from this thread, polling each in turn and
+/// sleeping only when none moved on; gives each one's result, in order. A failure of
+/// one does not stop the others.
+pub fn init_all<R: Registers>(inits: Vec<ControllerInit<R>>) -> Vec<Result<Controller<R>, Error>> {
+    poll_all(inits, ControllerInit::poll, ControllerInit::state)
+}
+
+/// Polls every task until each gives its result, in order, sleeping ([`Backoff`]) only
+/// after a round in which no task changed state.
+pub(crate) fn poll_all<T, O>(
+    tasks: Vec<T>,
+    mut poll: impl FnMut(&mut T) -> Poll<O>,
+    state: impl Fn(&T) -> InitState,
+) -> Vec<O> {
+    let mut all: Vec<(T, Option<O>)> = tasks.into_iter().map(|t| (t, None)).collect();
+    Backoff::block_on(
+        &mut all,
+        |all| {
+            for (task, result) in all.iter_mut().filter(|(_, r)| r.is_none()) {
+                if let Poll::Ready(r) = poll(task) {
+                    *result = Some(r);
+                }
+            }
+            if all.iter().all(|(_, r)| r.is_some()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        },
+        |all| {
+            all.iter()
+                .map(|(t, r)| r.is_none().then(|| state(t)))
+                .collect::<Vec<_>>()
+        },
+    );
+    all.into_iter().map(|(_, r)| r.expect("every task finished")).collect()
 }

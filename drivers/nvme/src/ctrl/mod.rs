@@ -26,10 +26,10 @@ pub use admin::AsyncEvent;
 pub use block::NamespaceQueue;
 pub use config::{ControllerConfig, DataPointerMode};
 pub use error::Error;
-pub use init::InitState;
+pub use init::{ControllerInit, InitState, init_all};
 pub use io::{DoorbellCounts, IoCompletion, IoError, IoQueuePair, SleepCounts};
 pub use namespace::Namespace;
-pub use recovery::{RecoveryEvent, RecoveryObserver, ResetReason};
+pub use recovery::{RecoveryEvent, RecoveryObserver, ResetInProgress, ResetReason};
 
 use crate::cmd::Command;
 use crate::completion::Completion;
@@ -149,8 +149,19 @@ impl<R: Registers> Controller<R> {
     /// CSTS.RDY does not follow CC.EN within CAP.TO; [`Error::Fatal`] on CSTS.CFS;
     /// [`Error::Unsupported`] / [`Error::Config`] for capabilities ironvme cannot use;
     /// [`Error::Command`] if an init command fails; [`Error::Dma`] if memory runs out.
+    /// Blocks until done: [`ControllerInit`] polled with short sleeps. To bring up several
+    /// controllers from one thread, use [`ControllerInit`] or [`init_all`].
     pub fn init(regs: R, dma: Arc<dyn DmaAllocator>, config: ControllerConfig) -> Result<Controller<R>, Error> {
-        let done = init::initialize(&regs, dma.as_ref(), &config)?;
+        ControllerInit::new(regs, dma, config).wait()
+    }
+
+    /// The controller the state machine brought up.
+    fn from_initialized(
+        regs: R,
+        dma: Arc<dyn DmaAllocator>,
+        config: ControllerConfig,
+        done: init::Initialized,
+    ) -> Self {
         let sgl_supported = done.identify.sgl_supported();
         let inner = Inner {
             domain: dma.domain(),
@@ -176,7 +187,7 @@ impl<R: Registers> Controller<R> {
             regs,
             config,
         };
-        Ok(Controller { inner: Arc::new(inner) })
+        Controller { inner: Arc::new(inner) }
     }
 
     /// CAP as read at init.
@@ -324,14 +335,53 @@ impl<R: Registers> Controller<R> {
         self.inner.run_admin(cmd, AdminData::ToDevice(data))
     }
 
-    /// Resets the controller (CC.EN 1 → 0 → 1) and brings the admin queue back. Commands
-    /// outstanding on I/O queue pairs complete with [`crate::Status::ABORTED_BY_HOST`] at
-    /// their next poll, and the pairs create their queues again.
+    /// Resets the controller (CC.EN 1 → 0 → 1) through the initialisation state machine
+    /// and brings the admin queue back: [`Self::start_reset`], polled with short sleeps.
+    /// Commands outstanding on I/O queue pairs complete with
+    /// [`crate::Status::ABORTED_BY_HOST`] at their next poll, and the pairs create their
+    /// queues again.
     ///
     /// Errors: the controller did not come back (it is then marked failed).
     pub fn reset(&self) -> Result<(), Error> {
-        let seen = self.inner.generation.load(Ordering::Acquire);
-        self.inner.reset(ResetReason::Requested, seen)
+        self.start_reset().wait()
+    }
+
+    /// Starts a reset without waiting for it: the returned [`ResetInProgress`] holds the
+    /// admin lock (admin commands from other threads wait) and is polled to the end, so
+    /// one thread can reset several controllers at once ([`Self::reset_all`]).
+    pub fn start_reset(&self) -> ResetInProgress<'_, R> {
+        ResetInProgress::start(&self.inner, ResetReason::Requested)
+    }
+
+    /// Resets every controller of `controllers` from this thread ([`Self::start_reset`]
+    /// on each, then polls them in turn); gives each one's result, in order. A
+    /// controller named twice is reset once.
+    pub fn reset_all(controllers: &[Controller<R>]) -> Vec<Result<(), Error>> {
+        let first: Vec<usize> = (0..controllers.len())
+            .map(|i| {
+                (0..i)
+                    .find(|&j| Arc::ptr_eq(&controllers[j].inner, &controllers[i].inner))
+                    .unwrap_or(i)
+            })
+            .collect();
+        let resets = controllers
+            .iter()
+            .zip(&first)
+            .enumerate()
+            .filter(|(i, (_, f))| i == *f)
+            .map(|(_, (c, _))| c.start_reset())
+            .collect();
+        let mut done = init::poll_all(resets, ResetInProgress::poll, ResetInProgress::state).into_iter();
+        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(controllers.len());
+        for (i, c) in controllers.iter().enumerate() {
+            let r = if first[i] == i {
+                done.next().expect("one result per controller reset")
+            } else {
+                c.inner.live()
+            };
+            results.push(r);
+        }
+        results
     }
 
     /// Resets completed since init.

@@ -21,14 +21,15 @@
 //! and create their queues again. The data path only ever reads two atomics for this.
 
 use super::admin::AdminQueue;
-use super::init;
+use super::init::{self, Backoff, InitState, Machine};
 use super::{Error, Inner};
 use crate::cmd::Command;
 use crate::hw::Registers;
 use crate::regs::{Cc, Csts, offset};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::task::{Poll, ready};
 
 /// Why the controller is being reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,22 +218,75 @@ impl<R: Registers> Inner<R> {
     }
 
     /// [`Self::reset`] for a caller that holds the admin lock. Resets happen only under
-    /// that lock, which makes them one at a time.
+    /// that lock, which makes them one at a time. Blocks: the state machine polled with
+    /// short sleeps.
     pub(crate) fn reset_locked(
         &self,
         admin: &mut AdminQueue,
         reason: ResetReason,
         seen_generation: u64,
     ) -> Result<(), Error> {
+        let Some(mut machine) = self.begin_reset(reason, seen_generation)? else {
+            return Ok(());
+        };
+        Backoff::block_on(&mut machine, |m| self.poll_reset(admin, m, reason), Machine::state)
+    }
+
+    /// Ok, or why the controller failed.
+    pub(crate) fn live(&self) -> Result<(), Error> {
+        match self.health() {
+            Health::Failed => Err(self.failed_error()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts a reset under the admin lock the caller holds: `None` when another thread
+    /// reset the controller since `seen_generation`; else the controller is marked
+    /// resetting (the queue pairs leave their commands alone) and the state machine that
+    /// [`Self::poll_reset`] drives is returned.
+    ///
+    /// Errors: [`Error::ControllerFailed`] if the controller had failed already.
+    fn begin_reset(&self, reason: ResetReason, seen_generation: u64) -> Result<Option<Machine>, Error> {
         if self.generation.load(Ordering::Acquire) != seen_generation {
-            return Ok(()); // someone else reset it meanwhile
+            return Ok(None); // someone else reset it meanwhile
         }
-        if self.health() == Health::Failed {
-            return Err(self.failed_error());
-        }
+        self.live()?;
         self.health.store(Health::Resetting as u8, Ordering::Release);
         self.notify(RecoveryEvent::ResetStarting(reason));
-        match self.disable_and_reinit(admin) {
+        Ok(Some(Machine::reset(
+            self.cap,
+            self.vs,
+            self.page_size,
+            self.identify.clone(),
+            self.io_queues,
+            self.max_transfer,
+        )))
+    }
+
+    /// One poll of a reset [`Self::begin_reset`] started: the state machine from
+    /// [`super::InitState::Disable`] (disable, forget the queues and free the orphaned
+    /// ones, program the admin queue, enable, Number of Queues, shadow doorbells,
+    /// asynchronous events, Timestamp). When it ends, the new generation is published, or
+    /// the controller is marked failed.
+    ///
+    /// Errors: the reset's own failure; [`Error::ControllerFailed`] if the controller
+    /// failed while the reset ran (e.g. a queue pair saw its registers read all ones).
+    fn poll_reset(
+        &self,
+        admin: &mut AdminQueue,
+        machine: &mut Machine,
+        reason: ResetReason,
+    ) -> Poll<Result<(), Error>> {
+        let release = || self.release_orphans();
+        let mut cx = init::Cx {
+            regs: &self.regs,
+            dma: self.dma.as_ref(),
+            config: &self.config,
+            admin: init::AdminAccess::Controller(admin),
+            shadow_in_use: self.shadow.as_ref(),
+            on_disabled: &release,
+        };
+        Poll::Ready(match ready!(machine.poll(&mut cx)) {
             Ok(()) => {
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 // fail() runs without the admin lock (a queue pair that read all ones):
@@ -244,18 +298,21 @@ impl<R: Registers> Inner<R> {
                     Ordering::Acquire,
                 );
                 if back.is_err() {
-                    return Err(self.failed_error());
+                    return Poll::Ready(Err(self.failed_error()));
                 }
                 // Sleeping pairs create their queues again now, not at their next scan.
                 self.wake_sleepers();
                 self.notify(RecoveryEvent::ResetDone { generation });
                 Ok(())
             }
-            Err((e, disabled)) => {
-                self.fail(format!("reset after {reason:?} failed: {e}"), disabled);
-                Err(e)
+            Err(failure) => {
+                self.fail(
+                    format!("reset after {reason:?} failed: {}", failure.error),
+                    failure.disabled,
+                );
+                Err(failure.error)
             }
-        }
+        })
     }
 
     /// [`super::Controller::removal_requested`]: under the admin lock, so after any reset
@@ -297,54 +354,6 @@ impl<R: Registers> Inner<R> {
         drop(admin);
     }
 
-    /// Disables the controller, then brings it back. On error, also says whether the
-    /// controller was left disabled (CSTS.RDY = 0 seen), so it no longer touches memory.
-    fn disable_and_reinit(&self, admin: &mut AdminQueue) -> Result<(), (Error, bool)> {
-        if let Err(e) = disable(&self.regs, self.cap.ready_timeout()) {
-            return Err((e, false));
-        }
-        // CSTS.RDY = 0: the controller has forgotten every queue and no longer touches
-        // host memory. From here memory is safe to reuse.
-        admin.reset_rings();
-        self.release_orphans();
-        match self.bring_up(admin) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Enabled again, maybe with a command outstanding: disable it once more
-                // before anyone may free memory.
-                let disabled = disable(&self.regs, self.cap.ready_timeout()).is_ok();
-                Err((e, disabled))
-            }
-        }
-    }
-
-    /// Re-enables a disabled controller with the admin queue at `admin` and repeats the
-    /// configuration a reset loses: Number of Queues, shadow doorbells (a controller that
-    /// refuses them now fails the reset: the queue pairs rely on them) and asynchronous
-    /// events.
-    fn bring_up(&self, admin: &mut AdminQueue) -> Result<(), Error> {
-        let regs = &self.regs;
-        init::program_admin_queue(regs, admin);
-        regs.write32(offset::CC, init::enabled_cc(self.cap, self.page_size).0);
-        init::wait_ready(regs, true, self.cap.ready_timeout())?;
-        let timeout = self.config.admin_timeout;
-        let granted = init::set_number_of_queues(regs, admin, self.config.io_queues, timeout)?;
-        if granted < self.io_queues {
-            return Err(Error::Unsupported(format!(
-                "after reset the controller grants {granted} I/O queues, fewer than the {} in use",
-                self.io_queues
-            )));
-        }
-        if let Some(shadow) = self.shadow.as_ref() {
-            // The reset made the controller forget them; the queue pairs still use them.
-            init::configure_shadow_doorbells(regs, admin, shadow, timeout)?;
-        }
-        if self.config.async_events {
-            init::configure_async_events(regs, admin, &self.identify, timeout)?;
-        }
-        Ok(())
-    }
-
     /// Abort command `cid` on SQ `qid`; `Ok(true)` if the controller says it aborted it.
     pub(crate) fn abort_command(&self, qid: u16, cid: u16) -> Result<bool, Error> {
         let c = self.run_admin(Command::abort(qid, cid), super::admin::AdminData::None)?;
@@ -363,4 +372,79 @@ pub(crate) fn disable<R: Registers>(regs: &R, timeout: std::time::Duration) -> R
     }
     regs.write32(offset::CC, cc.with_en(false).0);
     init::wait_ready(regs, false, timeout)
+}
+
+/// A controller reset under way ([`super::Controller::start_reset`]): holds the admin
+/// lock until it ends, and never waits; [`Self::poll`] it to the end.
+///
+/// Dropping it unfinished finishes the reset first (blocking, up to CAP.TO per
+/// CSTS.RDY wait and the admin timeout per command): a reset half done would leave the
+/// controller disabled with its queue pairs waiting.
+pub struct ResetInProgress<'a, R: Registers> {
+    inner: &'a Inner<R>,
+    admin: MutexGuard<'a, AdminQueue>,
+    reason: ResetReason,
+    /// `None` once finished, or when there was nothing to do.
+    machine: Option<Machine>,
+    /// The states the reset went through.
+    trace: Vec<InitState>,
+}
+
+impl<'a, R: Registers> ResetInProgress<'a, R> {
+    pub(crate) fn start(inner: &'a Inner<R>, reason: ResetReason) -> ResetInProgress<'a, R> {
+        let admin = inner.admin();
+        let seen = inner.generation.load(Ordering::Acquire);
+        // A controller that failed already: nothing to do, poll reports the failure.
+        let machine = inner.begin_reset(reason, seen).ok().flatten();
+        ResetInProgress {
+            inner,
+            admin,
+            reason,
+            machine,
+            trace: Vec::new(),
+        }
+    }
+
+    /// The state the reset is in ([`InitState::Ready`] once it ended).
+    pub fn state(&self) -> InitState {
+        self.machine.as_ref().map_or(InitState::Ready, Machine::state)
+    }
+
+    /// The states the reset has gone through, in order: the initialisation states from
+    /// [`InitState::Disable`] on, without Identify Controller and the namespace scan.
+    pub fn trace(&self) -> &[InitState] {
+        self.machine.as_ref().map_or(&self.trace, Machine::trace)
+    }
+
+    /// Runs the reset's states that need no waiting; [`Poll::Pending`] while CSTS.RDY or
+    /// an admin command is awaited. Never sleeps. Once ended, later polls say whether the
+    /// controller is working.
+    ///
+    /// Errors: the reset failed (the controller is then marked failed), or the
+    /// controller had failed ([`Error::ControllerFailed`]).
+    pub fn poll(&mut self) -> Poll<Result<(), Error>> {
+        let Some(machine) = self.machine.as_mut() else {
+            return Poll::Ready(self.inner.live());
+        };
+        let r = ready!(self.inner.poll_reset(&mut self.admin, machine, self.reason));
+        if let Some(m) = self.machine.take() {
+            self.trace = m.trace().to_vec();
+        }
+        Poll::Ready(r)
+    }
+
+    /// Polls until the reset ends, sleeping between polls.
+    ///
+    /// Errors: as [`Self::poll`].
+    pub fn wait(mut self) -> Result<(), Error> {
+        Backoff::block_on(&mut self, ResetInProgress::poll, ResetInProgress::state)
+    }
+}
+
+impl<R: Registers> Drop for ResetInProgress<'_, R> {
+    fn drop(&mut self) {
+        if self.machine.is_some() {
+            let _ = Backoff::block_on(self, ResetInProgress::poll, ResetInProgress::state);
+        }
+    }
 }

@@ -1076,3 +1076,153 @@ fn a_namespace_identify_namespace_refuses_is_skipped_not_fatal() {
     sim.clear_faults();
     assert_eq!(ctrl.rescan_namespaces().unwrap().len(), 2);
 }
+
+/// Two simulated controllers whose CSTS.RDY follows CC.EN only after `ready_delay`.
+fn slow_pair(ready_delay: std::time::Duration) -> [SimController; 2] {
+    [0, 1].map(|_| {
+        sim_with(SimConfig {
+            ready_delay,
+            ..SimConfig::default()
+        })
+    })
+}
+
+/// Bring-up never waits inside a poll: one thread starts two controllers, both wait for
+/// CSTS.RDY at once, then both wait on an Identify Controller the device holds for a
+/// while; `init_all` finishes both.
+#[test]
+fn one_thread_brings_up_two_controllers_at_once() {
+    let delay = std::time::Duration::from_millis(300);
+    let sims = slow_pair(delay);
+    let mut inits: Vec<_> = sims
+        .iter()
+        .map(|s| ControllerInit::new(s.clone(), Arc::new(s.dma()), ControllerConfig::default()))
+        .collect();
+    for init in &mut inits {
+        assert!(init.poll().is_pending(), "CSTS.RDY follows CC.EN only after {delay:?}");
+        assert_eq!(init.state(), InitState::WaitReady);
+    }
+    for s in &sims {
+        s.inject(FaultRule {
+            qid: Some(0),
+            opcode: Some(crate::cmd::admin::IDENTIFY),
+            times: Some(1),
+            action: FaultAction::Delay(delay),
+            ..Default::default()
+        });
+    }
+    while inits.iter().any(|i| i.state() == InitState::WaitReady) {
+        for init in &mut inits {
+            assert!(
+                init.poll().is_pending(),
+                "the Identify Controller is held for {delay:?}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for init in &mut inits {
+        assert!(init.poll().is_pending());
+        assert_eq!(init.state(), InitState::IdentifyController);
+    }
+    let ctrls: Vec<_> = init_all(inits).into_iter().map(|r| r.expect("init")).collect();
+    for ctrl in &ctrls {
+        assert_eq!(ctrl.init_trace().first(), Some(&InitState::ReadCapabilities));
+        assert_eq!(ctrl.init_trace().last(), Some(&InitState::Ready));
+        assert_eq!(ctrl.namespaces().len(), 1);
+    }
+}
+
+/// A reset goes back through the initialisation states (from Disable, without Identify
+/// Controller and the namespace scan), never waiting inside a poll; `reset_all` resets
+/// two controllers from one thread, and both do I/O again.
+#[test]
+fn resets_run_the_init_states_and_one_thread_resets_two_controllers() {
+    let sims = slow_pair(std::time::Duration::from_millis(200));
+    let ctrls: Vec<_> = sims.iter().map(|s| start(s, ControllerConfig::default())).collect();
+    let mut pairs: Vec<_> = ctrls.iter().map(|c| c.create_io_queue_pair().unwrap()).collect();
+    {
+        let mut resets: Vec<_> = ctrls.iter().map(|c| c.start_reset()).collect();
+        for r in &mut resets {
+            assert!(
+                r.poll().is_pending(),
+                "CSTS.RDY = 0 follows CC.EN = 0 only after the delay"
+            );
+            assert_eq!(r.state(), InitState::WaitNotReady);
+        }
+        let mut r = resets.pop().unwrap();
+        let done = init::Backoff::block_on(&mut r, ResetInProgress::poll, ResetInProgress::state);
+        done.expect("reset");
+        assert_eq!(
+            r.trace(),
+            [
+                InitState::Disable,
+                InitState::WaitNotReady,
+                InitState::ConfigureAdminQueue,
+                InitState::Enable,
+                InitState::WaitReady,
+                InitState::SetNumberOfQueues,
+                InitState::ConfigureShadowDoorbells,
+                InitState::ConfigureAsyncEvents,
+                InitState::SetTimestamp,
+                InitState::Ready,
+            ]
+        );
+        // The other one finishes when dropped.
+    }
+    assert_eq!(ctrls.iter().map(|c| c.reset_count()).collect::<Vec<_>>(), [1, 1]);
+    let twice = [ctrls[0].clone(), ctrls[1].clone(), ctrls[0].clone()];
+    for r in Controller::reset_all(&twice) {
+        r.expect("reset");
+    }
+    assert_eq!(
+        ctrls.iter().map(|c| c.reset_count()).collect::<Vec<_>>(),
+        [2, 2],
+        "each reset once"
+    );
+    for (ctrl, q) in ctrls.iter().zip(&mut pairs) {
+        let ns = ctrl.namespace(1).unwrap();
+        let buf = buffer(ctrl, 4096);
+        q.read(&ns, 0, buf, 1).unwrap();
+        let mut done = Vec::new();
+        while done.is_empty() {
+            q.poll(8, |c| done.push(c.status));
+        }
+        assert_eq!(done, [Status::SUCCESS]);
+        assert!(ctrl.outstanding_async_event_requests() > 0, "events asked for again");
+    }
+}
+
+/// A bring-up that fails after CC.EN = 1 disables the controller again before it
+/// reports the failure, without waiting inside a poll.
+#[test]
+fn a_failed_bring_up_disables_the_controller_before_reporting() {
+    let [sim, _] = slow_pair(std::time::Duration::from_millis(100));
+    sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::IDENTIFY),
+        action: FaultAction::Status(Status::INTERNAL_ERROR),
+        ..Default::default()
+    });
+    let mut init = ControllerInit::new(sim.clone(), Arc::new(sim.dma()), ControllerConfig::default());
+    let mut states = Vec::new();
+    let e = loop {
+        match init.poll() {
+            std::task::Poll::Ready(r) => break r.err().expect("Identify Controller fails"),
+            std::task::Poll::Pending => states.push(init.state()),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!(matches!(e, Error::Command { .. }), "{e}");
+    assert!(states.contains(&InitState::WaitReady), "{states:?}");
+    assert_eq!(
+        states.last(),
+        Some(&InitState::WaitNotReady),
+        "disabling again after the failure: {states:?}"
+    );
+    assert!(!Cc(sim.read32(offset::CC)).en());
+    assert!(!Csts(sim.read32(offset::CSTS)).rdy());
+    assert!(
+        init.poll().is_ready(),
+        "a poll after the result is an error, not a hang"
+    );
+}
