@@ -70,11 +70,20 @@ pub fn open_vfio_all(bdfs: &[&str], config: ControllerConfig, interrupts: bool) 
         .iter()
         .map(|bdf| attach_vfio(bdf, config.clone(), interrupts))
         .collect();
-    let inits = attached
+    let inits: Vec<_> = attached
         .iter_mut()
         .filter_map(|a| a.as_mut().ok().and_then(|a| a.init.take()))
         .collect();
+    let started = std::time::Instant::now();
+    let count = inits.len();
     let mut controllers = ironvme_nvme::ctrl::init_all(inits).into_iter();
+    if count > 1 {
+        tracing::info!(
+            controllers = count,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "controllers brought up together"
+        );
+    }
     attached
         .into_iter()
         .map(|a| {

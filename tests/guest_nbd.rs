@@ -2,12 +2,13 @@
 //! (`/dev/nvmeXn2`, io_uring backend) to the kernel's NBD client: `nbd-client` attaches
 //! `/dev/nbd0`, ext4 is made, mounted, filled, remounted and checked (`fsck.ext4 -f -n`);
 //! then QEMU's client copies an image in and out (`qemu-img convert`, `qemu-img dd`) and
-//! checks patterns (`qemu-io`); SIGTERM stops the server with exit status 0. Runs inside
-//! the guest (`scripts/test`).
+//! checks patterns (`qemu-io`); two more exports, QEMU's two other controllers through
+//! ironvme's driver (brought up together), take patterns; SIGTERM stops the server with
+//! exit status 0. Runs inside the guest (`scripts/test`).
 
 mod common;
 
-use common::{ServerProcess, env, kernel_ctrl, pattern, run, sysfs};
+use common::{OnVfio, ServerProcess, env, kernel_ctrl, pattern, run, sysfs};
 use std::process::Command;
 
 const ADDR: &str = "127.0.0.1:10809";
@@ -45,8 +46,16 @@ fn kernel_and_qemu_clients_over_nbd() {
         * 512;
     let dir = tempfile::tempdir().unwrap();
     let export = format!("disk={spec}");
+    // Two controllers through ironvme's driver, which serve brings up together.
+    let (a, b) = (
+        OnVfio::bind("IRONVME_VFIO_4K_BDF"),
+        OnVfio::bind("IRONVME_VFIO_512_BDF"),
+    );
+    let (export_a, export_b) = (format!("a={}", a.bdf), format!("b=pci:{}", b.bdf));
     let mut server = ServerProcess::start(
-        &["serve", "--nbd", ADDR, "--export", &export],
+        &[
+            "serve", "--nbd", ADDR, "--export", &export, "--export", &export_a, "--export", &export_b,
+        ],
         ADDR,
         &dir.path().join("serve.log"),
     );
@@ -127,8 +136,27 @@ fn kernel_and_qemu_clients_over_nbd() {
     );
     assert!(!out.contains("failed") && !out.contains("error"), "{out}");
 
+    for (name, byte) in [("a", 0x3a), ("b", 0x4b)] {
+        let url = format!("nbd://127.0.0.1:10809/{name}");
+        let out = run(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                &format!("write -P {byte} 1M 256k"),
+                "-c",
+                &format!("read -P {byte} 1M 256k"),
+                &url,
+            ],
+        );
+        assert!(!out.contains("failed") && !out.contains("error"), "{url}: {out}");
+    }
+
     let status = server.terminate();
     let log = server.log();
     assert!(status.success(), "ironvme serve exited {status}:\n{log}");
     assert!(log.contains("NBD transmission"), "{log}");
+    assert!(log.contains("controllers brought up together"), "{log}");
+    drop((a, b));
 }

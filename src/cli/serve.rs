@@ -308,6 +308,11 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     // Open every device once.
     let mut opened: HashMap<String, Arc<Backing>> = HashMap::new();
     let mut devices = OpenedDevices::default();
+    let specs: Vec<&str> = (config.subsystem.iter())
+        .flat_map(|s| s.namespaces.iter().map(String::as_str))
+        .chain(config.export.iter().map(|e| e.spec.as_str()))
+        .collect();
+    devices.open_controllers(&specs)?;
     let mut open = |spec: &str| -> Result<Arc<Backing>, CliError> {
         if let Some(b) = opened.get(spec) {
             return Ok(Arc::clone(b));

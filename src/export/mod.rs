@@ -39,6 +39,45 @@ pub struct Backing {
 #[derive(Default)]
 pub struct OpenedDevices(std::collections::HashMap<String, (Arc<Device>, Arc<Claim>)>);
 
+impl OpenedDevices {
+    /// Opens together, for serving, the controllers `specs` name by PCI address that
+    /// ironvme's driver drives (`DEV` or `DEV,nsid=N`; volumes, paths and devices opened
+    /// already are left to [`Backing::open_in`]): one thread brings them all up at once
+    /// ([`crate::cli::io_shared::target::open_controllers_claimed`]).
+    ///
+    /// Errors: as [`Backing::open_in`], for the first controller that fails.
+    pub fn open_controllers(&mut self, specs: &[&str]) -> Result<(), CliError> {
+        let options = crate::OpenOptions::default();
+        let mut devs: Vec<&str> = Vec::new();
+        for &spec in specs {
+            if crate::vde::volume::VolumeSpec::parse(spec).is_some() {
+                continue;
+            }
+            let (dev, _) = crate::device::split_nsid(spec)?;
+            let target = crate::Target::parse(dev)?;
+            let vfio = matches!(target, crate::Target::Pci(_))
+                && crate::choose_backend(&target, &options).0 == crate::Backend::Vfio;
+            if vfio && !self.0.contains_key(dev) && !devs.contains(&dev) {
+                devs.push(dev);
+            }
+        }
+        if devs.len() < 2 {
+            return Ok(()); // nothing to overlap
+        }
+        let opened = crate::cli::io_shared::target::open_controllers_claimed(
+            &devs,
+            &options,
+            Some((Access::Exclusive, "serve")),
+            true,
+        )?;
+        for (dev, io) in devs.into_iter().zip(opened) {
+            let (device, claim) = io.into_parts();
+            self.0.insert(dev.to_string(), (Arc::new(device), Arc::new(claim)));
+        }
+        Ok(())
+    }
+}
+
 impl Backing {
     /// Opens `spec` (`DEV` or `DEV,nsid=N`) for serving, with an exclusive claim.
     ///

@@ -125,23 +125,66 @@ pub fn open_claimed(
         });
     }
     let target = Target::parse(dev)?;
-    let claim = match claim {
-        Some((access, what)) => {
-            if access == Access::Exclusive
-                && let Some(why) = write_refusal(&target, dev, what, allow_write)
-            {
-                return Err(CliError::Refused(why));
-            }
-            Claim::acquire(&target, dev, access).map_err(|e| refused(what, e))?
-        }
-        None => Claim::none(),
-    };
+    let claim = take_claim(&target, dev, claim, allow_write)?;
     let device = Device::open(dev, options)?;
     let name = match &target {
         Target::Pci(bdf) => bdf.clone(),
         _ => dev.to_string(),
     };
     Ok(IoDevice { device, name, claim })
+}
+
+/// The claim [`open_claimed`] holds on `target` (named `dev`), after the consent check
+/// for an exclusive one.
+///
+/// Errors: [`CliError::Refused`] without consent, or when the device is in use.
+fn take_claim(target: &Target, dev: &str, claim: Option<(Access, &str)>, allow_write: bool) -> Result<Claim, CliError> {
+    Ok(match claim {
+        Some((access, what)) => {
+            if access == Access::Exclusive
+                && let Some(why) = write_refusal(target, dev, what, allow_write)
+            {
+                return Err(CliError::Refused(why));
+            }
+            Claim::acquire(target, dev, access).map_err(|e| refused(what, e))?
+        }
+        None => Claim::none(),
+    })
+}
+
+/// [`open_claimed`] for several controllers named by PCI address (`bdfs`, as the user
+/// wrote them), through ironvme's driver: every claim is taken first (nothing is opened
+/// when one is refused), then this thread brings the controllers up together
+/// ([`crate::open_vfio_all`]), so their CSTS.RDY waits and admin commands overlap.
+///
+/// Errors: as [`open_claimed`], for the first controller that fails.
+pub fn open_controllers_claimed(
+    bdfs: &[&str],
+    options: &OpenOptions,
+    claim: Option<(Access, &str)>,
+    allow_write: bool,
+) -> Result<Vec<IoDevice>, CliError> {
+    let mut claimed = Vec::with_capacity(bdfs.len());
+    for &dev in bdfs {
+        let target = Target::parse(dev)?;
+        let Target::Pci(bdf) = &target else {
+            return Err(CliError::Usage(format!("{dev} is not a PCI address")));
+        };
+        claimed.push((bdf.clone(), take_claim(&target, dev, claim, allow_write)?));
+    }
+    let addresses: Vec<&str> = claimed.iter().map(|(bdf, _)| bdf.as_str()).collect();
+    let opened = crate::open_vfio_all(&addresses, options.controller.clone(), options.interrupts);
+    claimed
+        .into_iter()
+        .zip(opened)
+        .map(|((name, claim), opened)| {
+            Ok(IoDevice {
+                device: Device::Vfio(Box::new(opened?)),
+                name,
+                claim,
+            })
+        })
+        .collect()
 }
 
 /// The refusal of `what` because the device's claim was not granted (nothing was done).

@@ -106,7 +106,10 @@ enum AdminSlot {
     Abandoned,
 }
 
-/// An admin command posted by [`AdminQueue::submit`] and not yet answered.
+/// An admin command posted by [`AdminQueue::submit`] and not yet answered: poll it with
+/// [`AdminQueue::poll_command`] until it ends (a dropped one keeps its CID until the next
+/// reset).
+#[must_use]
 pub(crate) struct PendingAdmin {
     cid: u16,
     name: &'static str,

@@ -226,11 +226,12 @@ pub(crate) struct Cx<'a, R: Registers> {
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) error: Error,
-    /// Whether the controller was seen disabled (CC.EN = 0, CSTS.RDY = 0) after the
-    /// failure, or the failure came before it was enabled again: it then touches no
-    /// memory the machine set up. A failure after [`InitState::Enable`] disables the
-    /// controller again (through [`InitState::Disable`] and [`InitState::WaitNotReady`])
-    /// before it is reported.
+    /// Whether the controller is known to touch no queue memory: it was seen disabled
+    /// (CC.EN = 0, CSTS.RDY = 0) after the failure, or the failure came after that was
+    /// seen and before CC.EN = 1 was written again. False when disabling failed (in
+    /// [`InitState::Disable`] or [`InitState::WaitNotReady`], a reset's first ones
+    /// included). A failure after [`InitState::Enable`] disables the controller again
+    /// (through those two states) before it is reported.
     pub(crate) disabled: bool,
 }
 
@@ -263,6 +264,8 @@ pub(crate) struct Machine {
     enabled: bool,
     /// A failure being reported once the controller is disabled again.
     failure: Option<Error>,
+    /// Admin commands completed so far: with the state, what tells a poll that moved on.
+    completed: u32,
 }
 
 impl Machine {
@@ -331,6 +334,7 @@ impl Machine {
             nsids: VecDeque::new(),
             enabled: false,
             failure: None,
+            completed: 0,
         }
     }
 
@@ -342,6 +346,12 @@ impl Machine {
     /// The states entered so far, in order.
     pub(crate) fn trace(&self) -> &[InitState] {
         &self.trace
+    }
+
+    /// The state and the admin commands completed: changes whenever a poll moved on,
+    /// also inside a state that sends several commands.
+    pub(crate) fn progress(&self) -> (InitState, u32) {
+        (self.state, self.completed)
     }
 
     /// Runs states until one has to wait ([`Poll::Pending`]: call again), the machine is
@@ -498,7 +508,12 @@ impl Machine {
                 if cx.config.set_timestamp && supported {
                     let bytes = Timestamp::from_system_time(std::time::SystemTime::now()).encode();
                     let cmd = Command::set_features(FeatureId::TIMESTAMP, 0, 0, false);
-                    ready!(self.command(cx, cmd, AdminData::ToDevice(&bytes)))?;
+                    match ready!(self.command(cx, cmd, AdminData::ToDevice(&bytes))) {
+                        Ok(_) => {}
+                        // As Linux: the controller works without it.
+                        Err(e @ Error::Command { .. }) => tracing::warn!(error = %e, "setting the Timestamp failed"),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
                 }
                 InitState::Ready
             }
@@ -533,7 +548,10 @@ impl Machine {
             None => admin.submit(cx.regs, cmd, data, cx.config.admin_timeout)?,
         };
         match admin.poll_command(cx.regs, &pending, true) {
-            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Ready(r) => {
+                self.completed += 1;
+                Poll::Ready(r)
+            }
             Poll::Pending => {
                 self.pending = Some(pending);
                 Poll::Pending
@@ -787,7 +805,8 @@ pub struct ControllerInit<R: Registers> {
     dma: Arc<dyn DmaAllocator>,
     config: ControllerConfig,
     admin: Option<AdminQueue>,
-    machine: Machine,
+    /// Taken when the controller is handed out.
+    machine: Option<Machine>,
 }
 
 impl<R: Registers> ControllerInit<R> {
@@ -800,24 +819,33 @@ impl<R: Registers> ControllerInit<R> {
             dma,
             config,
             admin: None,
-            machine,
+            machine: Some(machine),
         }
     }
 
-    /// The state bring-up is in ([`InitState::Ready`] once done).
+    /// The state bring-up is in: [`InitState::Ready`] once the controller was handed
+    /// out; after a failure, the state that reported it.
     pub fn state(&self) -> InitState {
-        self.machine.state()
+        self.machine.as_ref().map_or(InitState::Ready, Machine::state)
+    }
+
+    /// [`Machine::progress`], for the pause between polls.
+    fn progress(&self) -> (InitState, u32) {
+        self.machine.as_ref().map_or((InitState::Ready, 0), Machine::progress)
     }
 
     /// Runs the states that need no waiting, and returns [`Poll::Pending`] while
     /// CSTS.RDY has not followed CC.EN or an admin command is outstanding: call again.
     /// Never sleeps.
     ///
-    /// Errors: as [`Controller::init`]; a poll after the result was given fails with
-    /// [`Error::Config`].
+    /// Errors: as [`Controller::init`].
+    ///
+    /// # Panics
+    ///
+    /// If polled again after it gave its result.
     pub fn poll(&mut self) -> Poll<Result<Controller<R>, Error>> {
-        let Some(regs) = self.regs.as_ref() else {
-            return Poll::Ready(Err(Error::Config("controller init polled after it finished".into())));
+        let (Some(regs), Some(machine)) = (self.regs.as_ref(), self.machine.as_mut()) else {
+            panic!("ControllerInit polled after it gave its result");
         };
         let mut cx = Cx {
             regs,
@@ -827,11 +855,11 @@ impl<R: Registers> ControllerInit<R> {
             shadow_in_use: None,
             on_disabled: &|| {},
         };
-        let result = ready!(self.machine.poll(&mut cx));
+        let result = ready!(machine.poll(&mut cx));
         let regs = self.regs.take().expect("checked above");
         Poll::Ready(match result {
             Ok(()) => {
-                let machine = std::mem::replace(&mut self.machine, Machine::init(self.config.page_size));
+                let machine = self.machine.take().expect("checked above");
                 let admin = self.admin.take().expect("allocated in ConfigureAdminQueue");
                 let done = machine.finish(admin);
                 Ok(Controller::from_initialized(
@@ -853,7 +881,7 @@ impl<R: Registers> ControllerInit<R> {
     ///
     /// Errors: as [`Controller::init`].
     pub fn wait(mut self) -> Result<Controller<R>, Error> {
-        Backoff::block_on(&mut self, ControllerInit::poll, ControllerInit::state)
+        Backoff::block_on(&mut self, ControllerInit::poll, ControllerInit::progress)
     }
 
     /// After a failure or when dropped unfinished: frees the admin queue and shadow
@@ -863,7 +891,7 @@ impl<R: Registers> ControllerInit<R> {
         let Some(admin) = self.admin.take() else {
             return; // nothing the controller could reach was allocated yet
         };
-        let shadow = self.machine.take_shadow();
+        let shadow = self.machine.as_mut().and_then(Machine::take_shadow);
         if disabled {
             drop((admin, shadow));
         } else {
@@ -878,40 +906,50 @@ impl<R: Registers> Drop for ControllerInit<R> {
         if self.admin.is_none() {
             return;
         }
-        let disabled = match self.regs.as_ref() {
-            Some(regs) => super::recovery::disable(regs, self.machine.cap.ready_timeout())
+        let disabled = match (self.regs.as_ref(), self.machine.as_ref()) {
+            // Unwinding: no waiting (a second panic would abort); the memory is leaked.
+            _ if std::thread::panicking() => false,
+            (Some(regs), Some(m)) => super::recovery::disable(regs, m.cap.ready_timeout())
                 .inspect_err(|e| tracing::warn!(error = %e, "could not disable a controller whose init was dropped"))
                 .is_ok(),
-            None => false,
+            _ => false,
         };
         self.release(disabled);
     }
 }
 
-/// Brings up every controller of `inits` from this thread, polling each in turn and
-/// sleeping only when none moved on; gives each one's result, in order. A failure of
-/// one does not stop the others.
+/// Brings up every controller of `inits` from this thread, polling each in turn with a
+/// short sleep after each round (10 µs, doubling up to 1 ms, from 10 µs again whenever
+/// one moved on); gives each one's result, in order. A failure of one does not stop
+/// the others.
 pub fn init_all<R: Registers>(inits: Vec<ControllerInit<R>>) -> Vec<Result<Controller<R>, Error>> {
-    poll_all(inits, ControllerInit::poll, ControllerInit::state)
+    poll_all(inits, ControllerInit::poll, ControllerInit::progress)
 }
 
-/// Polls every task until each gives its result, in order, sleeping ([`Backoff`]) only
-/// after a round in which no task changed state.
-pub(crate) fn poll_all<T, O>(
+/// Polls every task until each gives its result, in order, each finished task dropped
+/// at once; sleeps ([`Backoff`]) after each round, from 10 µs again whenever a task's
+/// `progress` changed.
+pub(crate) fn poll_all<T, O, P: PartialEq>(
     tasks: Vec<T>,
     mut poll: impl FnMut(&mut T) -> Poll<O>,
-    state: impl Fn(&T) -> InitState,
+    progress: impl Fn(&T) -> P,
 ) -> Vec<O> {
-    let mut all: Vec<(T, Option<O>)> = tasks.into_iter().map(|t| (t, None)).collect();
+    enum Slot<T, O> {
+        Running(T),
+        Done(O),
+    }
+    let mut all: Vec<Slot<T, O>> = tasks.into_iter().map(Slot::Running).collect();
     Backoff::block_on(
         &mut all,
         |all| {
-            for (task, result) in all.iter_mut().filter(|(_, r)| r.is_none()) {
-                if let Poll::Ready(r) = poll(task) {
-                    *result = Some(r);
+            for slot in all.iter_mut() {
+                if let Slot::Running(task) = slot
+                    && let Poll::Ready(r) = poll(task)
+                {
+                    *slot = Slot::Done(r); // drops the task
                 }
             }
-            if all.iter().all(|(_, r)| r.is_some()) {
+            if all.iter().all(|s| matches!(s, Slot::Done(_))) {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -919,9 +957,17 @@ pub(crate) fn poll_all<T, O>(
         },
         |all| {
             all.iter()
-                .map(|(t, r)| r.is_none().then(|| state(t)))
+                .map(|s| match s {
+                    Slot::Running(t) => Some(progress(t)),
+                    Slot::Done(_) => None,
+                })
                 .collect::<Vec<_>>()
         },
     );
-    all.into_iter().map(|(_, r)| r.expect("every task finished")).collect()
+    all.into_iter()
+        .map(|s| match s {
+            Slot::Done(r) => r,
+            Slot::Running(_) => unreachable!("block_on returns once every task is done"),
+        })
+        .collect()
 }

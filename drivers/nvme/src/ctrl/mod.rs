@@ -346,42 +346,37 @@ impl<R: Registers> Controller<R> {
         self.start_reset().wait()
     }
 
-    /// Starts a reset without waiting for it: the returned [`ResetInProgress`] holds the
-    /// admin lock (admin commands from other threads wait) and is polled to the end, so
-    /// one thread can reset several controllers at once ([`Self::reset_all`]).
+    /// Starts a reset without waiting for it to end: the returned [`ResetInProgress`]
+    /// is polled to the end, so one thread can reset several controllers at once
+    /// ([`Self::reset_all`]). Takes the admin lock first (waiting for an admin command or
+    /// a reset under way on another thread) and holds it until the reset ends.
     pub fn start_reset(&self) -> ResetInProgress<'_, R> {
         ResetInProgress::start(&self.inner, ResetReason::Requested)
     }
 
     /// Resets every controller of `controllers` from this thread ([`Self::start_reset`]
-    /// on each, then polls them in turn); gives each one's result, in order. A
+    /// on each, taking their admin locks in one global order so that two callers cannot
+    /// deadlock, then polled in turn); gives each one's result, in the order given. A
     /// controller named twice is reset once.
     pub fn reset_all(controllers: &[Controller<R>]) -> Vec<Result<(), Error>> {
-        let first: Vec<usize> = (0..controllers.len())
-            .map(|i| {
-                (0..i)
-                    .find(|&j| Arc::ptr_eq(&controllers[j].inner, &controllers[i].inner))
-                    .unwrap_or(i)
-            })
-            .collect();
-        let resets = controllers
+        let mut order: Vec<&Controller<R>> = controllers.iter().collect();
+        order.sort_by_key(|c| Arc::as_ptr(&c.inner));
+        order.dedup_by_key(|c| Arc::as_ptr(&c.inner));
+        let resets = order.iter().map(|c| c.start_reset()).collect();
+        let done = init::poll_all(resets, ResetInProgress::poll, ResetInProgress::progress);
+        let mut results: Vec<(*const Inner<R>, Result<(), Error>)> =
+            order.iter().map(|c| Arc::as_ptr(&c.inner)).zip(done).collect();
+        controllers
             .iter()
-            .zip(&first)
-            .enumerate()
-            .filter(|(i, (_, f))| i == *f)
-            .map(|(_, (c, _))| c.start_reset())
-            .collect();
-        let mut done = init::poll_all(resets, ResetInProgress::poll, ResetInProgress::state).into_iter();
-        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(controllers.len());
-        for (i, c) in controllers.iter().enumerate() {
-            let r = if first[i] == i {
-                done.next().expect("one result per controller reset")
-            } else {
-                c.inner.live()
-            };
-            results.push(r);
-        }
-        results
+            .map(|c| {
+                let at = results
+                    .iter()
+                    .position(|(p, _)| *p == Arc::as_ptr(&c.inner))
+                    .expect("every controller was reset");
+                // Named again: the reset ran once; say how the controller is now.
+                std::mem::replace(&mut results[at].1, c.inner.live())
+            })
+            .collect()
     }
 
     /// Resets completed since init.

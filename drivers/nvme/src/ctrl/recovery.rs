@@ -11,14 +11,17 @@
 //! of all ones mean the device is gone: Bus Master Enable is cleared and the controller is
 //! marked failed.
 //!
-//! A reset (§3.7.2, Controller Level Reset through CC.EN) disables the controller, which
-//! makes it forget every queue and stop touching host memory, then brings the admin queue
-//! back and re-sends Number of Queues, Doorbell Buffer Config (when shadow doorbells are in
-//! use) and asynchronous event configuration. It runs in the
-//! thread that found the problem, under the admin lock. I/O queue pairs notice the new
-//! generation on their next poll: they hand back completions already in their CQ, complete
-//! every other outstanding command with [`Status::ABORTED_BY_HOST`] — each exactly once —
-//! and create their queues again. The data path only ever reads two atomics for this.
+//! A reset (§3.7.2, Controller Level Reset through CC.EN) runs the initialisation state
+//! machine ([`super::InitState`]) from Disable: it disables the controller, which makes it
+//! forget every queue and stop touching host memory, then brings the admin queue back and
+//! re-sends Number of Queues, Doorbell Buffer Config (when shadow doorbells are in use),
+//! asynchronous event configuration (with the Changed Namespace List read and the
+//! requests) and the Timestamp. One the driver decides on runs in the thread that found
+//! the problem, under the admin lock; [`ResetInProgress`] runs one without waiting. I/O
+//! queue pairs notice the new generation on their next poll: they hand back completions
+//! already in their CQ, complete every other outstanding command with
+//! [`Status::ABORTED_BY_HOST`] — each exactly once — and create their queues again. The
+//! data path only ever reads two atomics for this.
 
 use super::admin::AdminQueue;
 use super::init::{self, Backoff, InitState, Machine};
@@ -229,7 +232,7 @@ impl<R: Registers> Inner<R> {
         let Some(mut machine) = self.begin_reset(reason, seen_generation)? else {
             return Ok(());
         };
-        Backoff::block_on(&mut machine, |m| self.poll_reset(admin, m, reason), Machine::state)
+        Backoff::block_on(&mut machine, |m| self.poll_reset(admin, m, reason), Machine::progress)
     }
 
     /// Ok, or why the controller failed.
@@ -250,8 +253,15 @@ impl<R: Registers> Inner<R> {
         if self.generation.load(Ordering::Acquire) != seen_generation {
             return Ok(None); // someone else reset it meanwhile
         }
-        self.live()?;
-        self.health.store(Health::Resetting as u8, Ordering::Release);
+        // fail() runs without the admin lock: a failure from now on stands.
+        self.health
+            .compare_exchange(
+                Health::Live as u8,
+                Health::Resetting as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map_err(|_| self.failed_error())?;
         self.notify(RecoveryEvent::ResetStarting(reason));
         Ok(Some(Machine::reset(
             self.cap,
@@ -270,13 +280,18 @@ impl<R: Registers> Inner<R> {
     /// the controller is marked failed.
     ///
     /// Errors: the reset's own failure; [`Error::ControllerFailed`] if the controller
-    /// failed while the reset ran (e.g. a queue pair saw its registers read all ones).
+    /// failed while the reset ran (e.g. a queue pair saw its registers read all ones):
+    /// the reset then stops at its next poll.
     fn poll_reset(
         &self,
         admin: &mut AdminQueue,
         machine: &mut Machine,
         reason: ResetReason,
     ) -> Poll<Result<(), Error>> {
+        if self.health() == Health::Failed {
+            // fail() decided what the device may still touch; waiting on it is pointless.
+            return Poll::Ready(Err(self.failed_error()));
+        }
         let release = || self.release_orphans();
         let mut cx = init::Cx {
             regs: &self.regs,
@@ -375,14 +390,19 @@ pub(crate) fn disable<R: Registers>(regs: &R, timeout: std::time::Duration) -> R
 }
 
 /// A controller reset under way ([`super::Controller::start_reset`]): holds the admin
-/// lock until it ends, and never waits; [`Self::poll`] it to the end.
+/// lock until the reset ends, and never waits; [`Self::poll`] it to the end. Not
+/// [`Send`]: polled on the thread that started it, where nothing may need this
+/// controller's admin lock before the reset ends (an admin command, a queue pair of this
+/// controller creating its queues again).
 ///
 /// Dropping it unfinished finishes the reset first (blocking, up to CAP.TO per
 /// CSTS.RDY wait and the admin timeout per command): a reset half done would leave the
-/// controller disabled with its queue pairs waiting.
+/// controller disabled with its queue pairs waiting. While the thread unwinds from a
+/// panic, the controller is marked failed instead (no waiting).
 pub struct ResetInProgress<'a, R: Registers> {
     inner: &'a Inner<R>,
-    admin: MutexGuard<'a, AdminQueue>,
+    /// The admin lock, released as soon as the reset ends.
+    admin: Option<MutexGuard<'a, AdminQueue>>,
     reason: ResetReason,
     /// `None` once finished, or when there was nothing to do.
     machine: Option<Machine>,
@@ -391,6 +411,9 @@ pub struct ResetInProgress<'a, R: Registers> {
 }
 
 impl<'a, R: Registers> ResetInProgress<'a, R> {
+    /// Takes the admin lock (waiting for an admin command or reset under way on another
+    /// thread) and starts the reset: [`RecoveryEvent::ResetStarting`] is reported at
+    /// once. Nothing is started when the controller has failed.
     pub(crate) fn start(inner: &'a Inner<R>, reason: ResetReason) -> ResetInProgress<'a, R> {
         let admin = inner.admin();
         let seen = inner.generation.load(Ordering::Acquire);
@@ -398,16 +421,23 @@ impl<'a, R: Registers> ResetInProgress<'a, R> {
         let machine = inner.begin_reset(reason, seen).ok().flatten();
         ResetInProgress {
             inner,
-            admin,
+            admin: machine.is_some().then_some(admin),
             reason,
             machine,
             trace: Vec::new(),
         }
     }
 
-    /// The state the reset is in ([`InitState::Ready`] once it ended).
+    /// The state the reset is in: [`InitState::Ready`] once it ended, whether it
+    /// succeeded or not ([`Self::poll`] says which), or when it never started because
+    /// the controller had failed.
     pub fn state(&self) -> InitState {
         self.machine.as_ref().map_or(InitState::Ready, Machine::state)
+    }
+
+    /// [`Machine::progress`], for the pause between polls.
+    pub(crate) fn progress(&self) -> (InitState, u32) {
+        self.machine.as_ref().map_or((InitState::Ready, 0), Machine::progress)
     }
 
     /// The states the reset has gone through, in order: the initialisation states from
@@ -417,19 +447,20 @@ impl<'a, R: Registers> ResetInProgress<'a, R> {
     }
 
     /// Runs the reset's states that need no waiting; [`Poll::Pending`] while CSTS.RDY or
-    /// an admin command is awaited. Never sleeps. Once ended, later polls say whether the
-    /// controller is working.
+    /// an admin command is awaited. Never sleeps. Once ended (the admin lock is then
+    /// released), later polls say whether the controller is working.
     ///
     /// Errors: the reset failed (the controller is then marked failed), or the
     /// controller had failed ([`Error::ControllerFailed`]).
     pub fn poll(&mut self) -> Poll<Result<(), Error>> {
-        let Some(machine) = self.machine.as_mut() else {
+        let (Some(machine), Some(admin)) = (self.machine.as_mut(), self.admin.as_mut()) else {
             return Poll::Ready(self.inner.live());
         };
-        let r = ready!(self.inner.poll_reset(&mut self.admin, machine, self.reason));
+        let r = ready!(self.inner.poll_reset(admin, machine, self.reason));
         if let Some(m) = self.machine.take() {
             self.trace = m.trace().to_vec();
         }
+        self.admin = None;
         Poll::Ready(r)
     }
 
@@ -437,14 +468,20 @@ impl<'a, R: Registers> ResetInProgress<'a, R> {
     ///
     /// Errors: as [`Self::poll`].
     pub fn wait(mut self) -> Result<(), Error> {
-        Backoff::block_on(&mut self, ResetInProgress::poll, ResetInProgress::state)
+        Backoff::block_on(&mut self, ResetInProgress::poll, ResetInProgress::progress)
     }
 }
 
 impl<R: Registers> Drop for ResetInProgress<'_, R> {
     fn drop(&mut self) {
-        if self.machine.is_some() {
-            let _ = Backoff::block_on(self, ResetInProgress::poll, ResetInProgress::state);
+        if self.machine.is_none() {
+            return;
         }
+        if std::thread::panicking() {
+            let why = format!("a reset after {:?} was abandoned: its thread panicked", self.reason);
+            self.inner.fail(why, false);
+            return;
+        }
+        let _ = Backoff::block_on(self, ResetInProgress::poll, ResetInProgress::progress);
     }
 }

@@ -1077,6 +1077,16 @@ fn a_namespace_identify_namespace_refuses_is_skipped_not_fatal() {
     assert_eq!(ctrl.rescan_namespaces().unwrap().len(), 2);
 }
 
+/// A reset's states up to Number of Queues.
+const RESET_TO_QUEUES: [InitState; 6] = [
+    InitState::Disable,
+    InitState::WaitNotReady,
+    InitState::ConfigureAdminQueue,
+    InitState::Enable,
+    InitState::WaitReady,
+    InitState::SetNumberOfQueues,
+];
+
 /// Two simulated controllers whose CSTS.RDY follows CC.EN only after `ready_delay`.
 fn slow_pair(ready_delay: std::time::Duration) -> [SimController; 2] {
     [0, 1].map(|_| {
@@ -1150,23 +1160,23 @@ fn resets_run_the_init_states_and_one_thread_resets_two_controllers() {
             assert_eq!(r.state(), InitState::WaitNotReady);
         }
         let mut r = resets.pop().unwrap();
-        let done = init::Backoff::block_on(&mut r, ResetInProgress::poll, ResetInProgress::state);
+        let done = init::Backoff::block_on(&mut r, ResetInProgress::poll, ResetInProgress::progress);
         done.expect("reset");
-        assert_eq!(
-            r.trace(),
-            [
-                InitState::Disable,
-                InitState::WaitNotReady,
-                InitState::ConfigureAdminQueue,
-                InitState::Enable,
-                InitState::WaitReady,
-                InitState::SetNumberOfQueues,
-                InitState::ConfigureShadowDoorbells,
-                InitState::ConfigureAsyncEvents,
-                InitState::SetTimestamp,
-                InitState::Ready,
-            ]
-        );
+        // Ended: the admin lock is free again while the handle lives (another thread's
+        // admin command, here, would otherwise wait until the handle is dropped).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = ctrls[1].clone();
+        std::thread::spawn(move || tx.send(other.identify_controller().map(drop)));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("an admin command runs once the reset ended")
+            .expect("Identify Controller");
+        let rest = [
+            InitState::ConfigureShadowDoorbells,
+            InitState::ConfigureAsyncEvents,
+            InitState::SetTimestamp,
+            InitState::Ready,
+        ];
+        assert_eq!(r.trace(), [&RESET_TO_QUEUES[..], &rest].concat());
         // The other one finishes when dropped.
     }
     assert_eq!(ctrls.iter().map(|c| c.reset_count()).collect::<Vec<_>>(), [1, 1]);
@@ -1221,8 +1231,65 @@ fn a_failed_bring_up_disables_the_controller_before_reporting() {
     );
     assert!(!Cc(sim.read32(offset::CC)).en());
     assert!(!Csts(sim.read32(offset::CSTS)).rdy());
-    assert!(
-        init.poll().is_ready(),
-        "a poll after the result is an error, not a hang"
+    assert_eq!(
+        init.state(),
+        InitState::WaitNotReady,
+        "the state that reported the failure"
     );
+    assert_eq!(
+        sim.dma().live_regions(),
+        0,
+        "the admin queue was freed: the controller is disabled"
+    );
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+}
+
+/// An init dropped while its Identify Controller is outstanding disables the controller
+/// and frees the admin queue; the command the controller held then touches nothing.
+#[test]
+fn a_bring_up_dropped_mid_command_disables_the_controller_and_frees_its_queue() {
+    let sim = sim_with(SimConfig::default());
+    sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::IDENTIFY),
+        times: Some(1),
+        action: FaultAction::Lost,
+        ..Default::default()
+    });
+    let mut init = ControllerInit::new(sim.clone(), Arc::new(sim.dma()), ControllerConfig::default());
+    assert!(init.poll().is_pending());
+    assert_eq!(init.state(), InitState::IdentifyController);
+    assert!(sim.dma().live_regions() > 0);
+    drop(init);
+    assert!(!Cc(sim.read32(offset::CC)).en());
+    assert_eq!(sim.dma().live_regions(), 0);
+    sim.release_held();
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+}
+
+/// A reset that fails after CC.EN = 1 (Number of Queues refused) disables the
+/// controller again through the same states before the controller is marked failed.
+#[test]
+fn a_reset_failing_after_enable_disables_the_controller_again() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    sim.inject(FaultRule {
+        qid: Some(0),
+        opcode: Some(crate::cmd::admin::SET_FEATURES),
+        times: Some(1),
+        action: FaultAction::Status(Status::INTERNAL_ERROR),
+        ..Default::default()
+    });
+    let mut r = ctrl.start_reset();
+    let e = init::Backoff::block_on(&mut r, ResetInProgress::poll, ResetInProgress::progress)
+        .expect_err("Number of Queues is refused");
+    assert!(matches!(e, Error::Command { .. }), "{e}");
+    let again = [InitState::Disable, InitState::WaitNotReady];
+    assert_eq!(r.trace(), [&RESET_TO_QUEUES[..], &again].concat());
+    drop(r);
+    assert!(!Cc(sim.read32(offset::CC)).en());
+    assert!(matches!(ctrl.reset(), Err(Error::ControllerFailed(_))));
+    let failure = ctrl.failure().unwrap_or_default();
+    assert!(failure.contains("Set Features"), "{failure}");
+    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
 }
