@@ -308,16 +308,14 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     // Open every device once.
     let mut opened: HashMap<String, Arc<Backing>> = HashMap::new();
     let mut devices = OpenedDevices::default();
-    let specs: Vec<&str> = (config.subsystem.iter())
-        .flat_map(|s| s.namespaces.iter().map(String::as_str))
-        .chain(config.export.iter().map(|e| e.spec.as_str()))
-        .collect();
-    devices.open_controllers(&specs)?;
-    let mut open = |spec: &str| -> Result<Arc<Backing>, CliError> {
+    let open = |opened: &mut HashMap<String, Arc<Backing>>,
+                devices: &mut OpenedDevices,
+                spec: &str|
+     -> Result<Arc<Backing>, CliError> {
         if let Some(b) = opened.get(spec) {
             return Ok(Arc::clone(b));
         }
-        let b = Arc::new(Backing::open_in(spec, &mut devices)?);
+        let b = Arc::new(Backing::open_in(spec, devices)?);
         tracing::info!(
             spec,
             backend = %b.device.backend(),
@@ -329,6 +327,20 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
         opened.insert(spec.to_string(), Arc::clone(&b));
         Ok(b)
     };
+    let specs: Vec<&str> = (config.subsystem.iter())
+        .flat_map(|s| s.namespaces.iter().map(String::as_str))
+        .chain(config.export.iter().map(|e| e.spec.as_str()))
+        .collect();
+    // Controllers named by PCI address are brought up together, after every other
+    // device was opened and claimed: a refused claim then resets none of them.
+    let together = OpenedDevices::together(&specs)?;
+    for &spec in &specs {
+        let dev = crate::device::split_nsid(spec).map_or(spec, |(dev, _)| dev);
+        if !together.contains(&dev) {
+            open(&mut opened, &mut devices, spec)?;
+        }
+    }
+    devices.open_controllers(&together)?;
     let mut subsystems = vec![Arc::new(Subsystem::new(
         DISCOVERY_NQN.into(),
         serial_of(DISCOVERY_NQN),
@@ -340,7 +352,12 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     for s in &config.subsystem {
         let mut namespaces = Vec::new();
         for (i, spec) in s.namespaces.iter().enumerate() {
-            namespaces.push(Namespace::new(&s.nqn, i as u32 + 1, open(spec)?, index));
+            namespaces.push(Namespace::new(
+                &s.nqn,
+                i as u32 + 1,
+                open(&mut opened, &mut devices, spec)?,
+                index,
+            ));
             index += 1;
         }
         let hosts = if s.allow_any_host {
@@ -360,7 +377,7 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     for e in &config.export {
         exports.push(nbd::Export {
             name: e.name.clone(),
-            backing: open(&e.spec)?,
+            backing: open(&mut opened, &mut devices, &e.spec)?,
         });
     }
     let bind = |addr: &SocketAddr| {

@@ -40,13 +40,13 @@ pub struct Backing {
 pub struct OpenedDevices(std::collections::HashMap<String, (Arc<Device>, Arc<Claim>)>);
 
 impl OpenedDevices {
-    /// Opens together, for serving, the controllers `specs` name by PCI address that
-    /// ironvme's driver drives (`DEV` or `DEV,nsid=N`; volumes, paths and devices opened
-    /// already are left to [`Backing::open_in`]): one thread brings them all up at once
-    /// ([`crate::cli::io_shared::target::open_controllers_claimed`]).
+    /// The controllers `specs` name by PCI address that ironvme's driver drives (`DEV`
+    /// or `DEV,nsid=N`, each once, as written), when there are at least two: the ones
+    /// [`Self::open_controllers`] brings up together. Volumes and paths are not among
+    /// them.
     ///
-    /// Errors: as [`Backing::open_in`], for the first controller that fails.
-    pub fn open_controllers(&mut self, specs: &[&str]) -> Result<(), CliError> {
+    /// Errors: a malformed `,nsid=` or device spec.
+    pub fn together<'a>(specs: &[&'a str]) -> Result<Vec<&'a str>, CliError> {
         let options = crate::OpenOptions::default();
         let mut devs: Vec<&str> = Vec::new();
         for &spec in specs {
@@ -57,20 +57,31 @@ impl OpenedDevices {
             let target = crate::Target::parse(dev)?;
             let vfio = matches!(target, crate::Target::Pci(_))
                 && crate::choose_backend(&target, &options).0 == crate::Backend::Vfio;
-            if vfio && !self.0.contains_key(dev) && !devs.contains(&dev) {
+            if vfio && !devs.contains(&dev) {
                 devs.push(dev);
             }
         }
         if devs.len() < 2 {
-            return Ok(()); // nothing to overlap
+            devs.clear(); // nothing to overlap
         }
+        Ok(devs)
+    }
+
+    /// Opens the controllers `devs` ([`Self::together`]) for serving: one thread brings
+    /// them all up at once ([`crate::cli::io_shared::target::open_controllers_claimed`]).
+    /// [`Backing::open_in`] then finds them opened. Open the other specs first: their
+    /// claims can be refused, and a controller is reset as it is opened.
+    ///
+    /// Errors: as [`Backing::open_in`], for the first controller that fails; nothing of
+    /// this call stays open then.
+    pub fn open_controllers(&mut self, devs: &[&str]) -> Result<(), CliError> {
         let opened = crate::cli::io_shared::target::open_controllers_claimed(
-            &devs,
-            &options,
+            devs,
+            &crate::OpenOptions::default(),
             Some((Access::Exclusive, "serve")),
             true,
         )?;
-        for (dev, io) in devs.into_iter().zip(opened) {
+        for (dev, io) in devs.iter().zip(opened) {
             let (device, claim) = io.into_parts();
             self.0.insert(dev.to_string(), (Arc::new(device), Arc::new(claim)));
         }

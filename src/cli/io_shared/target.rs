@@ -157,7 +157,8 @@ fn take_claim(target: &Target, dev: &str, claim: Option<(Access, &str)>, allow_w
 /// when one is refused), then this thread brings the controllers up together
 /// ([`crate::open_vfio_all`]), so their CSTS.RDY waits and admin commands overlap.
 ///
-/// Errors: as [`open_claimed`], for the first controller that fails.
+/// Errors: as [`open_claimed`], for the first controller that fails (each failure is
+/// logged); nothing stays open or claimed then.
 pub fn open_controllers_claimed(
     bdfs: &[&str],
     options: &OpenOptions,
@@ -173,18 +174,26 @@ pub fn open_controllers_claimed(
         claimed.push((bdf.clone(), take_claim(&target, dev, claim, allow_write)?));
     }
     let addresses: Vec<&str> = claimed.iter().map(|(bdf, _)| bdf.as_str()).collect();
-    let opened = crate::open_vfio_all(&addresses, options.controller.clone(), options.interrupts);
-    claimed
+    let mut devices = Vec::with_capacity(claimed.len());
+    let mut first_error = None;
+    for opened in crate::open_vfio_all(&addresses, options.controller.clone(), options.interrupts) {
+        match opened {
+            Ok(v) => devices.push(Device::Vfio(Box::new(v))),
+            Err(e) => {
+                tracing::error!(error = %e, "opening a controller failed");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        // The devices opened (declared after the claims) close first.
+        return Err(e.into());
+    }
+    Ok(claimed
         .into_iter()
-        .zip(opened)
-        .map(|((name, claim), opened)| {
-            Ok(IoDevice {
-                device: Device::Vfio(Box::new(opened?)),
-                name,
-                claim,
-            })
-        })
-        .collect()
+        .zip(devices)
+        .map(|((name, claim), device)| IoDevice { device, name, claim })
+        .collect())
 }
 
 /// The refusal of `what` because the device's claim was not granted (nothing was done).

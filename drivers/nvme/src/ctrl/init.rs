@@ -798,7 +798,8 @@ impl Machine {
 /// at once ([`init_all`]): their CAP.TO waits and admin commands overlap.
 ///
 /// Dropping one before it finished disables the controller (waiting up to CAP.TO) and
-/// frees its admin queue, or leaks that memory if the controller does not stop.
+/// frees its admin queue, or leaks that memory if the controller does not stop; while
+/// the thread unwinds from a panic it leaks the memory without waiting.
 pub struct ControllerInit<R: Registers> {
     /// Taken when the controller is handed out.
     regs: Option<R>,
@@ -824,7 +825,8 @@ impl<R: Registers> ControllerInit<R> {
     }
 
     /// The state bring-up is in: [`InitState::Ready`] once the controller was handed
-    /// out; after a failure, the state that reported it.
+    /// out; after a failure, the last state entered (after a failure past
+    /// [`InitState::Enable`], the [`InitState::WaitNotReady`] of disabling it again).
     pub fn state(&self) -> InitState {
         self.machine.as_ref().map_or(InitState::Ready, Machine::state)
     }
@@ -877,7 +879,7 @@ impl<R: Registers> ControllerInit<R> {
     }
 
     /// Polls until done, sleeping between polls (10 µs, doubling up to 1 ms, from 10 µs
-    /// again at each new state).
+    /// again whenever a poll moved on: a new state or a completed admin command).
     ///
     /// Errors: as [`Controller::init`].
     pub fn wait(mut self) -> Result<Controller<R>, Error> {

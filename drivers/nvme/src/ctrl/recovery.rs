@@ -229,6 +229,7 @@ impl<R: Registers> Inner<R> {
         reason: ResetReason,
         seen_generation: u64,
     ) -> Result<(), Error> {
+        let _unwinding = FailOnUnwind(self, reason);
         let Some(mut machine) = self.begin_reset(reason, seen_generation)? else {
             return Ok(());
         };
@@ -248,7 +249,8 @@ impl<R: Registers> Inner<R> {
     /// resetting (the queue pairs leave their commands alone) and the state machine that
     /// [`Self::poll_reset`] drives is returned.
     ///
-    /// Errors: [`Error::ControllerFailed`] if the controller had failed already.
+    /// Errors: [`Error::ControllerFailed`] if the controller had failed already, or is
+    /// not live (a reset abandoned by a panic leaves it failed).
     fn begin_reset(&self, reason: ResetReason, seen_generation: u64) -> Result<Option<Machine>, Error> {
         if self.generation.load(Ordering::Acquire) != seen_generation {
             return Ok(None); // someone else reset it meanwhile
@@ -406,6 +408,8 @@ pub struct ResetInProgress<'a, R: Registers> {
     reason: ResetReason,
     /// `None` once finished, or when there was nothing to do.
     machine: Option<Machine>,
+    /// Why the reset could not start, until a poll reports it.
+    refused: Option<Error>,
     /// The states the reset went through.
     trace: Vec<InitState>,
 }
@@ -417,13 +421,21 @@ impl<'a, R: Registers> ResetInProgress<'a, R> {
     pub(crate) fn start(inner: &'a Inner<R>, reason: ResetReason) -> ResetInProgress<'a, R> {
         let admin = inner.admin();
         let seen = inner.generation.load(Ordering::Acquire);
-        // A controller that failed already: nothing to do, poll reports the failure.
-        let machine = inner.begin_reset(reason, seen).ok().flatten();
+        let (machine, refused) = {
+            // From here the controller is resetting; this value's Drop covers it next.
+            let _unwinding = FailOnUnwind(inner, reason);
+            match inner.begin_reset(reason, seen) {
+                Ok(machine) => (machine, None),
+                // A controller that failed already: nothing to do, poll says why.
+                Err(e) => (None, Some(e)),
+            }
+        };
         ResetInProgress {
             inner,
             admin: machine.is_some().then_some(admin),
             reason,
             machine,
+            refused,
             trace: Vec::new(),
         }
     }
@@ -454,7 +466,7 @@ impl<'a, R: Registers> ResetInProgress<'a, R> {
     /// controller had failed ([`Error::ControllerFailed`]).
     pub fn poll(&mut self) -> Poll<Result<(), Error>> {
         let (Some(machine), Some(admin)) = (self.machine.as_mut(), self.admin.as_mut()) else {
-            return Poll::Ready(self.inner.live());
+            return Poll::Ready(self.refused.take().map_or_else(|| self.inner.live(), Err));
         };
         let r = ready!(self.inner.poll_reset(admin, machine, self.reason));
         if let Some(m) = self.machine.take() {
@@ -478,10 +490,24 @@ impl<R: Registers> Drop for ResetInProgress<'_, R> {
             return;
         }
         if std::thread::panicking() {
-            let why = format!("a reset after {:?} was abandoned: its thread panicked", self.reason);
-            self.inner.fail(why, false);
+            // Marks the controller failed, without waiting.
+            drop(FailOnUnwind(self.inner, self.reason));
             return;
         }
         let _ = Backoff::block_on(self, ResetInProgress::poll, ResetInProgress::progress);
+    }
+}
+
+/// Marks the controller failed if the thread unwinds from a panic while a reset runs
+/// (a recovery observer's, or the driver's own): its health would otherwise stay
+/// resetting, with every queue pair waiting. Does nothing when dropped otherwise.
+struct FailOnUnwind<'a, R: Registers>(&'a Inner<R>, ResetReason);
+
+impl<R: Registers> Drop for FailOnUnwind<'_, R> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let why = format!("a reset after {:?} was abandoned: its thread panicked", self.1);
+            self.0.fail(why, false);
+        }
     }
 }

@@ -1180,10 +1180,18 @@ fn resets_run_the_init_states_and_one_thread_resets_two_controllers() {
         // The other one finishes when dropped.
     }
     assert_eq!(ctrls.iter().map(|c| c.reset_count()).collect::<Vec<_>>(), [1, 1]);
-    let twice = [ctrls[0].clone(), ctrls[1].clone(), ctrls[0].clone()];
-    for r in Controller::reset_all(&twice) {
-        r.expect("reset");
-    }
+    // One more controller, failed already, between them: each result is its own.
+    let gone_sim = sim_with(SimConfig::default());
+    let gone = start(&gone_sim, ControllerConfig::default());
+    gone_sim.set_removed(true);
+    assert!(gone.reset().is_err());
+    let given = [ctrls[0].clone(), gone.clone(), ctrls[1].clone(), ctrls[0].clone(), gone];
+    let results = Controller::reset_all(&given);
+    assert_eq!(
+        results.iter().map(Result::is_ok).collect::<Vec<_>>(),
+        [true, false, true, true, false],
+        "{results:?}"
+    );
     assert_eq!(
         ctrls.iter().map(|c| c.reset_count()).collect::<Vec<_>>(),
         [2, 2],
@@ -1262,9 +1270,84 @@ fn a_bring_up_dropped_mid_command_disables_the_controller_and_frees_its_queue() 
     assert!(sim.dma().live_regions() > 0);
     drop(init);
     assert!(!Cc(sim.read32(offset::CC)).en());
-    assert_eq!(sim.dma().live_regions(), 0);
-    sim.release_held();
-    assert!(sim.dma_violations().is_empty(), "{:?}", sim.dma_violations());
+    assert_eq!(sim.dma().live_regions(), 0, "freed only because it was disabled");
+}
+
+#[test]
+#[should_panic(expected = "polled after it gave its result")]
+fn a_bring_up_polled_after_its_result_panics() {
+    let sim = sim_with(SimConfig::default());
+    let mut init = ControllerInit::new(sim.clone(), Arc::new(sim.dma()), ControllerConfig::default());
+    let _ctrl = init::Backoff::block_on(&mut init, ControllerInit::poll, ControllerInit::state).unwrap();
+    let _ = init.poll();
+}
+
+/// A controller that refuses Set Features Timestamp still comes back from a reset (as
+/// Linux, which only warns).
+#[test]
+fn a_refused_timestamp_does_not_fail_a_reset() {
+    let sim = sim_with(SimConfig::default());
+    let config = ControllerConfig {
+        async_events: false,
+        shadow_doorbells: false,
+        ..Default::default()
+    };
+    let ctrl = start(&sim, config);
+    // The reset's Set Features: Number of Queues (passes the first rule), then Timestamp.
+    for action in [
+        FaultAction::Delay(std::time::Duration::from_millis(1)),
+        FaultAction::Status(Status::INTERNAL_ERROR),
+    ] {
+        sim.inject(FaultRule {
+            qid: Some(0),
+            opcode: Some(crate::cmd::admin::SET_FEATURES),
+            times: Some(1),
+            action,
+            ..Default::default()
+        });
+    }
+    ctrl.reset().expect("the reset succeeds without a timestamp");
+    assert_eq!(ctrl.reset_count(), 1);
+    assert!(ctrl.failure().is_none());
+}
+
+/// A reset under way stops at its next poll once another thread marked the controller
+/// failed (registers reading all ones), instead of waiting out CAP.TO.
+#[test]
+fn a_reset_stops_once_the_controller_failed() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    sim.set_ready_delay(std::time::Duration::from_secs(30));
+    let mut r = ctrl.start_reset();
+    assert!(r.poll().is_pending());
+    assert_eq!(r.state(), InitState::WaitNotReady, "CSTS.RDY = 0 comes only after 30 s");
+    ctrl.inner.fail("registers read all ones".into(), false);
+    match r.poll() {
+        std::task::Poll::Ready(Err(Error::ControllerFailed(why))) => assert!(why.contains("all ones"), "{why}"),
+        other => panic!("expected the failure at once, got {other:?}"),
+    }
+    assert_eq!(r.state(), InitState::Ready);
+}
+
+/// A thread that panics with a reset under way leaves the controller failed, not
+/// resetting forever, and does not wait for the reset.
+#[test]
+fn a_reset_abandoned_by_a_panic_fails_the_controller() {
+    let sim = sim_with(SimConfig::default());
+    let ctrl = start(&sim, ControllerConfig::default());
+    sim.set_ready_delay(std::time::Duration::from_secs(30));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut r = ctrl.start_reset();
+        assert!(r.poll().is_pending());
+        panic!("the caller's own bug");
+    }));
+    assert!(caught.is_err());
+    assert!(
+        ctrl.failure().is_some_and(|f| f.contains("panicked")),
+        "{:?}",
+        ctrl.failure()
+    );
+    assert!(matches!(ctrl.reset(), Err(Error::ControllerFailed(_))));
 }
 
 /// A reset that fails after CC.EN = 1 (Number of Queues refused) disables the

@@ -264,6 +264,12 @@ impl SimController {
         self.lock().fatal = on;
     }
 
+    /// From now on, CSTS.RDY follows a change of CC.EN only after `delay`
+    /// ([`SimConfig::ready_delay`]), e.g. to slow down a reset but not the bring-up.
+    pub fn set_ready_delay(&self, delay: std::time::Duration) {
+        self.lock().cfg.ready_delay = delay;
+    }
+
     /// Surprise removal: while on, every register read returns all ones, writes are
     /// ignored and nothing is processed (held commands stay held).
     pub fn set_removed(&self, on: bool) {
