@@ -66,13 +66,15 @@ pub fn open_vfio(bdf: &str, config: ControllerConfig, interrupts: bool) -> Resul
 ///
 /// Errors: as [`open_vfio`], for each controller.
 pub fn open_vfio_all(bdfs: &[&str], config: ControllerConfig, interrupts: bool) -> Vec<Result<VfioController, Error>> {
-    let mut attached: Vec<Result<Attached, Error>> = bdfs
+    let mut inits = Vec::with_capacity(bdfs.len());
+    let attached: Vec<Result<Attached, Error>> = bdfs
         .iter()
-        .map(|bdf| attach_vfio(bdf, config.clone(), interrupts))
-        .collect();
-    let inits: Vec<_> = attached
-        .iter_mut()
-        .filter_map(|a| a.as_mut().ok().and_then(|a| a.init.take()))
+        .map(|bdf| {
+            attach_vfio(bdf, config.clone(), interrupts).map(|(a, init)| {
+                inits.push(init);
+                a
+            })
+        })
         .collect();
     let started = std::time::Instant::now();
     let count = inits.len();
@@ -103,7 +105,6 @@ pub fn open_vfio_all(bdfs: &[&str], config: ControllerConfig, interrupts: bool) 
 /// A controller opened through VFIO, not yet initialised.
 struct Attached {
     bdf: String,
-    init: Option<ControllerInit<MmioBar>>,
     device: Arc<ironvme_vfio::device::Device>,
     bar: BarRevoker,
     info: NvmeDeviceInfo,
@@ -111,7 +112,11 @@ struct Attached {
 
 /// Opens `bdf` through VFIO (with MSI-X vectors when `interrupts`) and prepares its
 /// bring-up with the quirks of its vendor and device ID unless `config` names them.
-fn attach_vfio(bdf: &str, mut config: ControllerConfig, interrupts: bool) -> Result<Attached, Error> {
+fn attach_vfio(
+    bdf: &str,
+    mut config: ControllerConfig,
+    interrupts: bool,
+) -> Result<(Attached, ControllerInit<MmioBar>), Error> {
     let bdf = bdf.strip_prefix("pci:").unwrap_or(bdf);
     let options = ironvme_vfio::OpenOptions {
         // Vector 0 for the admin queue, one for each I/O queue.
@@ -141,21 +146,22 @@ fn attach_vfio(bdf: &str, mut config: ControllerConfig, interrupts: bool) -> Res
     }
     let device = Arc::clone(dev.bar.device());
     let bar = dev.bar.revoker();
-    Ok(Attached {
+    let attached = Attached {
         bdf: bdf.to_string(),
-        init: Some(ControllerInit::new(dev.bar, Arc::clone(&dev.dma) as _, config)),
         device,
         bar,
         info: dev.info,
-    })
+    };
+    Ok((
+        attached,
+        ControllerInit::new(dev.bar, Arc::clone(&dev.dma) as _, config),
+    ))
 }
 
 impl Attached {
     /// Registers the request and error interrupts of the initialised `controller`.
     fn finish(self, controller: Controller<MmioBar>) -> VfioController {
-        let Attached {
-            bdf, device, bar, info, ..
-        } = self;
+        let Attached { bdf, device, bar, info } = self;
         let notifier = DeviceNotifier::enable(Arc::clone(&device), release_on_request(&controller, device, bar))
             .inspect_err(|e| {
                 tracing::warn!(bdf, error = %e, "no VFIO request interrupt: a hot-unplug or unbind of the device will wait until the controller is dropped");

@@ -41,9 +41,8 @@ pub struct OpenedDevices(std::collections::HashMap<String, (Arc<Device>, Arc<Cla
 
 impl OpenedDevices {
     /// The controllers `specs` name by PCI address that ironvme's driver drives (`DEV`
-    /// or `DEV,nsid=N`, each once, as written), when there are at least two: the ones
-    /// [`Self::open_controllers`] brings up together. Volumes and paths are not among
-    /// them.
+    /// or `DEV,nsid=N`, each once, as written): the ones [`Self::open_controllers`]
+    /// brings up together, after the other specs. Volumes and paths are not among them.
     ///
     /// Errors: a malformed `,nsid=` or device spec.
     pub fn together<'a>(specs: &[&'a str]) -> Result<Vec<&'a str>, CliError> {
@@ -60,9 +59,6 @@ impl OpenedDevices {
             if vfio && !devs.contains(&dev) {
                 devs.push(dev);
             }
-        }
-        if devs.len() < 2 {
-            devs.clear(); // nothing to overlap
         }
         Ok(devs)
     }

@@ -271,48 +271,28 @@ pub(crate) struct Machine {
 impl Machine {
     /// A bring-up, from [`InitState::ReadCapabilities`], with `page_size` (CC.MPS).
     pub(crate) fn init(page_size: usize) -> Machine {
-        Machine::new(
-            Purpose::Init,
-            InitState::ReadCapabilities,
-            Cap(0),
-            Vs(0),
-            page_size,
-            None,
-            0,
-        )
+        Machine::new(Purpose::Init, InitState::ReadCapabilities, Cap(0), page_size, None)
     }
 
-    /// A reset of the controller init described (CAP, VS, page size, Identify
-    /// Controller, maximum transfer), from [`InitState::Disable`].
-    pub(crate) fn reset(
-        cap: Cap,
-        vs: Vs,
-        page_size: usize,
-        identify: IdentifyController,
-        io_queues: u16,
-        max_transfer: usize,
-    ) -> Machine {
-        let mut m = Machine::new(
+    /// A reset of the controller init described (CAP, page size, Identify Controller)
+    /// with `io_queues` pairs in use, from [`InitState::Disable`]. VS and the maximum
+    /// transfer are read only by the states a reset skips.
+    pub(crate) fn reset(cap: Cap, page_size: usize, identify: IdentifyController, io_queues: u16) -> Machine {
+        Machine::new(
             Purpose::Reset { io_queues },
             InitState::Disable,
             cap,
-            vs,
             page_size,
             Some(identify),
-            io_queues,
-        );
-        m.max_transfer = max_transfer;
-        m
+        )
     }
 
     fn new(
         purpose: Purpose,
         first: InitState,
         cap: Cap,
-        vs: Vs,
         page_size: usize,
         identify: Option<IdentifyController>,
-        io_queues: u16,
     ) -> Machine {
         let mut trace = Vec::with_capacity(16);
         trace.push(first);
@@ -321,10 +301,10 @@ impl Machine {
             state: first,
             trace,
             cap,
-            vs,
+            vs: Vs(0),
             page_size,
             identify,
-            io_queues,
+            io_queues: 0,
             namespaces: Vec::new(),
             max_transfer: 0,
             shadow: None,
@@ -346,6 +326,11 @@ impl Machine {
     /// The states entered so far, in order.
     pub(crate) fn trace(&self) -> &[InitState] {
         &self.trace
+    }
+
+    /// [`Self::trace`], once the machine is no longer needed.
+    pub(crate) fn into_trace(self) -> Vec<InitState> {
+        self.trace
     }
 
     /// The state and the admin commands completed: changes whenever a poll moved on,
@@ -833,7 +818,7 @@ impl<R: Registers> ControllerInit<R> {
 
     /// [`Machine::progress`], for the pause between polls.
     fn progress(&self) -> (InitState, u32) {
-        self.machine.as_ref().map_or((InitState::Ready, 0), Machine::progress)
+        progress_of(self.machine.as_ref())
     }
 
     /// Runs the states that need no waiting, and returns [`Poll::Pending`] while
@@ -926,6 +911,11 @@ impl<R: Registers> Drop for ControllerInit<R> {
 /// the others.
 pub fn init_all<R: Registers>(inits: Vec<ControllerInit<R>>) -> Vec<Result<Controller<R>, Error>> {
     poll_all(inits, ControllerInit::poll, ControllerInit::progress)
+}
+
+/// The progress of a machine that may have finished ([`InitState::Ready`] then).
+pub(crate) fn progress_of(machine: Option<&Machine>) -> (InitState, u32) {
+    machine.map_or((InitState::Ready, 0), Machine::progress)
 }
 
 /// Polls every task until each gives its result, in order, each finished task dropped

@@ -157,7 +157,7 @@ pub struct DoorbellCounts {
 /// word through `shadow` ([`ShadowDoorbells::sq_tail`] or `cq_head`) when shadow doorbells
 /// are in use, and to the register unless the controller's EventIdx says it will read the
 /// shadow word itself. Counts both in `counts`.
-fn doorbell<R: Registers>(
+fn write_doorbell<R: Registers>(
     inner: &Inner<R>,
     counts: &mut DoorbellCounts,
     qid: u16,
@@ -410,7 +410,7 @@ impl<R: Registers> IoQueuePair<R> {
         let qid = self.qid();
         let (inner, counts) = (&self.inner, &mut self.doorbells);
         self.rings
-            .ring(|reg, tail| doorbell(inner, counts, qid, reg, tail, ShadowDoorbells::sq_tail));
+            .ring(|reg, tail| write_doorbell(inner, counts, qid, reg, tail, ShadowDoorbells::sq_tail));
     }
 
     /// Rings any pending submissions, then consumes up to `max` completions, calling
@@ -430,7 +430,7 @@ impl<R: Registers> IoQueuePair<R> {
         let qid = self.qid();
         let (inner, counts) = (&self.inner, &mut self.doorbells);
         self.rings
-            .release(|reg, head| doorbell(inner, counts, qid, reg, head, ShadowDoorbells::cq_head));
+            .release(|reg, head| write_doorbell(inner, counts, qid, reg, head, ShadowDoorbells::cq_head));
         if !self.slots.is_idle() {
             let now = clock::now();
             if now >= self.next_scan {

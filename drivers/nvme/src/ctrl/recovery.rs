@@ -267,11 +267,9 @@ impl<R: Registers> Inner<R> {
         self.notify(RecoveryEvent::ResetStarting(reason));
         Ok(Some(Machine::reset(
             self.cap,
-            self.vs,
             self.page_size,
             self.identify.clone(),
             self.io_queues,
-            self.max_transfer,
         )))
     }
 
@@ -449,7 +447,7 @@ impl<'a, R: Registers> ResetInProgress<'a, R> {
 
     /// [`Machine::progress`], for the pause between polls.
     pub(crate) fn progress(&self) -> (InitState, u32) {
-        self.machine.as_ref().map_or((InitState::Ready, 0), Machine::progress)
+        init::progress_of(self.machine.as_ref())
     }
 
     /// The states the reset has gone through, in order: the initialisation states from
@@ -470,7 +468,7 @@ impl<'a, R: Registers> ResetInProgress<'a, R> {
         };
         let r = ready!(self.inner.poll_reset(admin, machine, self.reason));
         if let Some(m) = self.machine.take() {
-            self.trace = m.trace().to_vec();
+            self.trace = m.into_trace();
         }
         self.admin = None;
         Poll::Ready(r)

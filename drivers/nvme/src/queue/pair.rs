@@ -106,22 +106,16 @@ impl QueuePair {
     /// doorbell offset, new tail)`. Returns whether it wrote.
     #[inline]
     pub fn ring(&mut self, write: impl FnOnce(u32, u32)) -> bool {
-        let Some(tail) = self.sq.take_doorbell() else {
-            return false;
-        };
-        // The commands must be in memory before the controller hears of them.
-        crate::barrier::dma_wmb();
-        write(self.sq_db, tail);
-        true
+        doorbell(self.sq.take_doorbell(), self.sq_db, write)
     }
 
     /// Consumes new completion entries until `take` has accepted `max` of them or none is
     /// left, calling `take` with each entry of this pair's SQ; it must return `true` only
     /// for an entry that completed one of the `outstanding` commands, which is then no
     /// longer outstanding; an entry it refuses (an unknown, stale or duplicate CID) is
-    /// reported here as a controller fault. Entries naming another SQ are made up (a CQ here serves one SQ), and
-    /// their CID may be that of a command the controller has not run yet: they are
-    /// ignored. Each entry's SQHD moves the SQ head; then, whatever SQHD said, the
+    /// reported here as a controller fault. Entries naming another SQ are made up (a CQ
+    /// here serves one SQ), and their CID may be that of a command the controller has not
+    /// run yet: they are ignored. Each entry's SQHD moves the SQ head; then, whatever SQHD said, the
     /// commands that completed were fetched, so the SQ's in-ring count is bounded by the
     /// commands still outstanding (a controller whose SQHD is stuck or bogus cannot fill
     /// the ring with commands it finished). Returns how many `take` accepted. The
@@ -168,12 +162,7 @@ impl QueuePair {
     /// queue (during a reset): the write would name a queue it does not know.
     #[inline]
     pub fn release(&mut self, write: impl FnOnce(u32, u32)) -> bool {
-        let Some(head) = self.cq.take_doorbell() else {
-            return false;
-        };
-        crate::barrier::dma_wmb();
-        write(self.cq_db, head);
-        true
+        doorbell(self.cq.take_doorbell(), self.cq_db, write)
     }
 
     /// The two rings, for a caller that keeps their memory past the pair (a queue the
@@ -181,6 +170,20 @@ impl QueuePair {
     pub fn into_rings(self) -> (SubmissionQueue, CompletionQueue) {
         (self.sq, self.cq)
     }
+}
+
+/// A doorbell write, if `value` (a new SQ tail or CQ head) is due: a write barrier first
+/// — the SQ entries must be in memory before the controller hears of them, and the CQ
+/// entries read before their slots are given back — then `write(reg, value)`. Returns
+/// whether it wrote.
+#[inline]
+fn doorbell(value: Option<u32>, reg: u32, write: impl FnOnce(u32, u32)) -> bool {
+    let Some(value) = value else {
+        return false;
+    };
+    crate::barrier::dma_wmb();
+    write(reg, value);
+    true
 }
 
 #[cfg(test)]
