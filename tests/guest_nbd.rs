@@ -52,9 +52,12 @@ fn kernel_and_qemu_clients_over_nbd() {
         OnVfio::bind("IRONVME_VFIO_512_BDF"),
     );
     let (export_a, export_b) = (format!("a={}", a.bdf), format!("b=pci:{}", b.bdf));
+    // Controller a again, in its short spelling: the same device, not a second opener.
+    let export_a2 = format!("a2={},nsid=1", a.bdf.strip_prefix("0000:").unwrap());
     let mut server = ServerProcess::start(
         &[
-            "serve", "--nbd", ADDR, "--export", &export, "--export", &export_a, "--export", &export_b,
+            "serve", "--nbd", ADDR, "--export", &export, "--export", &export_a, "--export", &export_b, "--export",
+            &export_a2,
         ],
         ADDR,
         &dir.path().join("serve.log"),
@@ -152,6 +155,14 @@ fn kernel_and_qemu_clients_over_nbd() {
         );
         assert!(!out.contains("failed") && !out.contains("error"), "{url}: {out}");
     }
+    let out = run(
+        "qemu-io",
+        &["-f", "raw", "-c", "read -P 0x3a 1M 256k", "nbd://127.0.0.1:10809/a2"],
+    );
+    assert!(
+        !out.contains("failed") && !out.contains("error"),
+        "a2 reads what a wrote: {out}"
+    );
 
     let status = server.terminate();
     let log = server.log();

@@ -148,9 +148,37 @@ fn perf_and_verify_on_the_vfio_driver() {
         (Some("vfio"), Some(dev.bdf.as_str()))
     );
     assert_eq!(v["qd_effective"], 32);
+    // Spinning, it counts its polls: some idle (the controller is slower than one
+    // poll), some busy (every I/O was submitted and reaped in one).
+    let polls = &v["polls"];
+    let idle = polls["idle_percent"].as_f64().unwrap();
+    assert!(idle > 0.0 && idle < 100.0, "{polls}");
+    assert!(
+        polls["empty"].as_u64().unwrap() < polls["polls"].as_u64().unwrap(),
+        "{polls}"
+    );
     // Two threads, two queue pairs; and a write workload with consent.
     let v = perf_randread("vfio x2", &dev.bdf, &["--threads", "2", "--time", "1"]);
     assert_eq!(v["per_thread"].as_array().unwrap().len(), 2);
+    for t in v["per_thread"].as_array().unwrap() {
+        assert!(t["polls"]["polls"].as_u64().unwrap() > 0, "{t}");
+    }
+    assert_eq!(
+        v["polls"]["polls"].as_u64(),
+        Some(
+            v["per_thread"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["polls"]["polls"].as_u64().unwrap())
+                .sum()
+        ),
+        "the run's polls are its threads'"
+    );
+    // Sleeping on the interrupt, it has no polls to count.
+    let v = perf_randread("vfio irq", &dev.bdf, &["--time", "1", "--completions", "interrupt"]);
+    assert_eq!(v["completions"], "interrupt");
+    assert!(v["polls"].is_null(), "{v}");
     let o = ironvme(&[
         "perf",
         &dev.bdf,

@@ -335,8 +335,7 @@ pub fn run(args: &ServeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     // device was opened and claimed: a refused claim then resets none of them.
     let together = OpenedDevices::together(&specs)?;
     for &spec in &specs {
-        let dev = crate::device::split_nsid(spec).map_or(spec, |(dev, _)| dev);
-        if !together.contains(&dev) {
+        if OpenedDevices::together(&[spec])?.is_empty() {
             open(&mut opened, &mut devices, spec)?;
         }
     }

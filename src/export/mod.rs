@@ -33,16 +33,29 @@ pub struct Backing {
     _claim: Arc<Claim>,
 }
 
-/// Devices already opened for serving, by device spec: a second namespace of the same
-/// controller uses the device (and the claim) the first one opened, since a controller
-/// can be opened once (a VFIO group has one owner, and a claim one holder).
+/// Devices already opened for serving, by device (every spelling of a PCI address or a
+/// path is one device): a second namespace of the same controller uses the device (and
+/// the claim) the first one opened, since a controller can be opened once (a VFIO group
+/// has one owner, and a claim one holder).
 #[derive(Default)]
 pub struct OpenedDevices(std::collections::HashMap<String, (Arc<Device>, Arc<Claim>)>);
 
 impl OpenedDevices {
+    /// The name device `dev` (a spec without `,nsid=`) is kept under, the same for every
+    /// spelling of it: a PCI address in its sysfs form (`00:05.0` and `pci:0000:00:05.0`
+    /// are `0000:00:05.0`), a path that exists as the file it resolves to (a relative
+    /// path, a symbolic link), anything else (a volume) as written.
+    fn key(dev: &str) -> String {
+        match crate::device::pci_address_text(dev).parse::<ironvme_vfio::Bdf>() {
+            Ok(bdf) if !std::path::Path::new(dev).exists() => bdf.to_string(),
+            _ => std::fs::canonicalize(dev).map_or_else(|_| dev.to_string(), |p| p.to_string_lossy().into_owned()),
+        }
+    }
+
     /// The controllers `specs` name by PCI address that ironvme's driver drives (`DEV`
-    /// or `DEV,nsid=N`, each once, as written): the ones [`Self::open_controllers`]
-    /// brings up together, after the other specs. Volumes and paths are not among them.
+    /// or `DEV,nsid=N`, each once, in the first spelling given): the ones
+    /// [`Self::open_controllers`] brings up together, after the other specs. Volumes and
+    /// paths are not among them.
     ///
     /// Errors: a malformed `,nsid=` or device spec.
     pub fn together<'a>(specs: &[&'a str]) -> Result<Vec<&'a str>, CliError> {
@@ -56,7 +69,7 @@ impl OpenedDevices {
             let target = crate::Target::parse(dev)?;
             let vfio = matches!(target, crate::Target::Pci(_))
                 && crate::choose_backend(&target, &options).0 == crate::Backend::Vfio;
-            if vfio && !devs.contains(&dev) {
+            if vfio && !devs.iter().any(|d| Self::key(d) == Self::key(dev)) {
                 devs.push(dev);
             }
         }
@@ -79,7 +92,7 @@ impl OpenedDevices {
         )?;
         for (dev, io) in devs.iter().zip(opened) {
             let (device, claim) = io.into_parts();
-            self.0.insert(dev.to_string(), (Arc::new(device), Arc::new(claim)));
+            self.0.insert(Self::key(dev), (Arc::new(device), Arc::new(claim)));
         }
         Ok(())
     }
@@ -105,7 +118,8 @@ impl Backing {
         } else {
             crate::device::split_nsid(spec)?
         };
-        let (device, claim) = match opened.0.get(dev) {
+        let key = OpenedDevices::key(dev);
+        let (device, claim) = match opened.0.get(&key) {
             Some((device, claim)) => (Arc::clone(device), Arc::clone(claim)),
             None => {
                 let (device, claim) = crate::cli::io_shared::target::open_claimed(
@@ -116,7 +130,7 @@ impl Backing {
                 )?
                 .into_parts();
                 let shared = (Arc::new(device), Arc::new(claim));
-                opened.0.insert(dev.to_string(), shared.clone());
+                opened.0.insert(key, shared.clone());
                 shared
             }
         };
@@ -187,5 +201,26 @@ mod tests {
             panic!("a file has only namespace 1");
         };
         assert!(e.to_string().contains("no active namespace 2"), "{e}");
+        // Another spelling of the same file is the same device, not a second opener.
+        let relative = format!(
+            "{}/../{}/disk",
+            dir.path().display(),
+            dir.path().file_name().unwrap().to_str().unwrap()
+        );
+        let third = Backing::open_in(&relative, &mut opened).unwrap();
+        assert!(Arc::ptr_eq(&first.device, &third.device), "{relative} is {spec}");
+    }
+
+    #[test]
+    fn every_spelling_of_a_pci_address_is_one_controller() {
+        let specs = ["0000:00:05.0", "00:05.0,nsid=2", "pci:0000:00:05.0", "0000:00:06.0"];
+        assert_eq!(
+            OpenedDevices::together(&specs).unwrap(),
+            ["0000:00:05.0", "0000:00:06.0"],
+            "each controller brought up once"
+        );
+        for spec in ["00:05.0", "pci:0000:00:05.0", "pci:00:05.0"] {
+            assert_eq!(OpenedDevices::key(spec), "0000:00:05.0");
+        }
     }
 }

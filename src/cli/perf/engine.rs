@@ -4,8 +4,9 @@
 //! into `qd` chunks; none for trims), a slot per tag (submit time, LBA, size, direction),
 //! the list of buffers ready to go, a latency histogram per direction and room for the
 //! first error samples. The loop then does, per I/O, a submit, two clock readings, a
-//! histogram record and a vector push/pop within capacity — no allocation, lock or system
-//! call of its own (the thread's CPU use is read twice per run, not per I/O):
+//! histogram record and a vector push/pop within capacity, and spinning, one more clock
+//! reading per poll ([`PollStats`]) — no allocation, lock or system call of its own (the
+//! thread's CPU use is read twice per run, not per I/O):
 //!
 //! 1. submit an I/O for every ready buffer (a tag is the buffer's index), then `ring`
 //!    once for the batch;
@@ -165,6 +166,54 @@ impl Usage {
     }
 }
 
+/// A spinning thread's polls over the measured window, split as SPDK's reactor splits its
+/// pollers' time (`spdk_thread_stats`: `busy_tsc`, `idle_tsc`, a poller's call counted
+/// idle when it did no work): an iteration of the loop that neither submitted nor
+/// completed an I/O is idle, its time spent waiting on the device rather than on the
+/// thread's own work (submitting, ringing, reaping, stamping). A thread idle most of the
+/// time is held back by the device, and a cheaper loop would not make it faster.
+///
+/// Counted: the iterations that began and ended inside the window. In a size-based run
+/// the window stays open until the thread has drained, as its measured I/Os do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PollStats {
+    /// Loop iterations counted (each one poll).
+    pub polls: u64,
+    /// Of those, the idle ones: nothing submitted, nothing completed.
+    pub empty: u64,
+    /// Clock ticks spent in all of those iterations.
+    pub ticks: Ticks,
+    /// Of those, the ticks spent in the empty ones.
+    pub empty_ticks: Ticks,
+}
+
+impl PollStats {
+    /// Counts one iteration of `ticks` that submitted or completed `work` I/Os.
+    #[inline]
+    fn count(&mut self, work: usize, ticks: Ticks) {
+        self.polls += 1;
+        self.ticks += ticks;
+        if work == 0 {
+            self.empty += 1;
+            self.empty_ticks += ticks;
+        }
+    }
+
+    /// The share of the polling time spent in idle iterations, in percent; `None` before
+    /// any.
+    pub fn idle_percent(&self) -> Option<f64> {
+        (self.ticks > 0).then(|| self.empty_ticks as f64 * 100.0 / self.ticks as f64)
+    }
+
+    /// Adds another thread's polls to these.
+    fn merge(&mut self, other: &PollStats) {
+        self.polls += other.polls;
+        self.empty += other.empty;
+        self.ticks += other.ticks;
+        self.empty_ticks += other.empty_ticks;
+    }
+}
+
 /// What one thread measured.
 #[derive(Debug, Clone)]
 pub struct ThreadStats {
@@ -193,6 +242,9 @@ pub struct ThreadStats {
     /// The CPU its queue's completion interrupt was steered to (interrupt and hybrid
     /// modes, a thread pinned to one CPU, a backend that takes interrupts itself).
     pub interrupt_cpu: Option<usize>,
+    /// Its polls ([`Completions::Spin`] only: a thread that sleeps in `wait` spends its
+    /// idle time asleep, where no poll counts it).
+    pub polls: Option<PollStats>,
 }
 
 impl ThreadStats {
@@ -212,6 +264,7 @@ impl ThreadStats {
             cpu: ThreadCpu::default(),
             cpus: None,
             interrupt_cpu: None,
+            polls: None,
         }
     }
 
@@ -247,6 +300,9 @@ impl ThreadStats {
         a.ctx += b.ctx;
         a.majf += b.majf;
         a.minf += b.minf;
+        if let Some(theirs) = &other.polls {
+            self.polls.get_or_insert_with(PollStats::default).merge(theirs);
+        }
     }
 
     /// Every thread's statistics merged ([`ThreadStats::merge`]); `None` for no threads.
@@ -357,6 +413,9 @@ pub fn run<Q: BlockQueue>(
     } = cfg;
     // Hybrid: when the polls started coming back empty.
     let mut idle_since: Option<Ticks> = None;
+    // Spin: the polls, and when the last one ended.
+    let mut polls = (completions == Completions::Spin).then(PollStats::default);
+    let mut last_poll = clock.now();
     let qd = bufs.len();
     let mut stats = ThreadStats::new(max_latency);
     let mut slots = vec![Slot::default(); qd];
@@ -370,6 +429,8 @@ pub fn run<Q: BlockQueue>(
     let mut refused: Option<Io> = None;
 
     loop {
+        // I/Os this iteration submitted (for the polls' busy time).
+        let mut submitted = 0;
         let (from, until) = phases.get();
         if usage.is_none() && from != NOT_YET {
             usage = Some(Usage::thread());
@@ -468,6 +529,7 @@ pub fn run<Q: BlockQueue>(
                 if counted {
                     left = left.saturating_sub(bytes);
                 }
+                submitted += 1;
             }
             if let Err(e) = q.ring() {
                 stats.fatal = Some(format!("ring: {e}"));
@@ -553,7 +615,15 @@ pub fn run<Q: BlockQueue>(
         if n > 0 {
             progress.store(done, Ordering::Relaxed);
         }
+        if let Some(p) = polls.as_mut() {
+            let now = clock.now();
+            if from <= last_poll && now < until {
+                p.count(n + submitted, now.saturating_sub(last_poll));
+            }
+            last_poll = now;
+        }
     }
+    stats.polls = polls;
     stats.finished = clock.now();
     let end = Usage::thread();
     stats.cpu = usage.unwrap_or(end).until(&end);
@@ -581,6 +651,10 @@ mod tests {
         dead: bool,
         ops: [u64; 3],
         max_outstanding: usize,
+        /// After each poll that may complete something, this many find nothing (a device
+        /// still busy), and how many of those are left.
+        empty_polls: u64,
+        stalls: u64,
         /// A zoned namespace: zone size, capacity, each zone's write pointer (from its
         /// start) and appends outstanding, and the zone of each outstanding append's tag.
         zones: Option<Zones>,
@@ -621,6 +695,8 @@ mod tests {
                 dead: false,
                 ops: [0; 3],
                 max_outstanding: 0,
+                empty_polls: 0,
+                stalls: 0,
                 zones: None,
             }
         }
@@ -728,6 +804,11 @@ mod tests {
             Ok(())
         }
         fn poll<F: FnMut(Completion)>(&mut self, max: usize, mut f: F) -> usize {
+            if self.stalls > 0 {
+                self.stalls -= 1;
+                return 0;
+            }
+            self.stalls = self.empty_polls;
             let n = max.min(self.done.len());
             for c in self.done.drain(..n) {
                 if let Some(z) = self.zones.as_mut() {
@@ -877,6 +958,56 @@ mod tests {
             );
             assert!(s.ios[WRITE] > 100 && s.ios[READ] > 100, "{:?}", s.ios);
         }
+    }
+
+    /// A spinning thread counts its polls inside the window, and the time of those that
+    /// neither submitted nor completed anything as idle; a sleeping one counts none.
+    #[test]
+    fn spinning_threads_count_their_idle_polls() {
+        let region = Region {
+            first_lba: 0,
+            granule: 8,
+            granules: 4,
+        };
+        let clock = Clock::new(Some(super::super::clock::ClockSource::Instant));
+        let progress = AtomicU64::new(0);
+        let polls = |empty_polls: u64, completions: Completions| {
+            let mut ios = Generator::new(Rw::Randread, 100, region, &[(8, 100)], 3);
+            let mut q = FakeQueue::new(4, u64::MAX);
+            q.empty_polls = empty_polls;
+            let (s, (from, until)) = timed(&clock, 30, 50, |phases| {
+                let s = run(
+                    &mut q,
+                    bufs(4, 4096),
+                    &mut ios,
+                    None,
+                    cfg(&clock, phases, completions, None, &progress),
+                );
+                (s, phases.get())
+            });
+            assert!(s.fatal.is_none(), "{:?}", s.fatal);
+            // Only the window's iterations count (and the one running when it closed, on
+            // a machine that may preempt the thread then): not the 30 ms of ramp.
+            if let Some(p) = s.polls {
+                assert!(p.ticks <= until - from + 10_000_000, "{p:?} in {} ns", until - from);
+            }
+            s.polls
+        };
+        // Every poll completes something: nothing idle.
+        let Some(busy) = polls(0, Completions::Spin) else {
+            panic!("a spinning thread counts its polls")
+        };
+        assert!(busy.polls > 100, "{busy:?}");
+        assert_eq!((busy.empty, busy.empty_ticks, busy.idle_percent()), (0, 0, Some(0.0)));
+        // Two empty polls after each full one: the first of them ends the iteration that
+        // submitted, so it is busy; the second did nothing. One iteration in three.
+        let Some(p) = polls(2, Completions::Spin) else {
+            panic!("a spinning thread counts its polls")
+        };
+        assert!(p.empty.abs_diff(p.polls / 3) <= 1, "{p:?}");
+        let idle = p.idle_percent().unwrap();
+        assert!(idle > 0.0 && idle < 100.0 && p.empty_ticks < p.ticks, "{p:?}: {idle}%");
+        assert_eq!(polls(2, Completions::Interrupt), None, "a sleeping thread has no polls");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A perf run's results: merged statistics, and their rendering for people (fio-like) and
 //! for scripts (one JSON object).
 
-use super::engine::{ErrorSample, ThreadStats};
+use super::engine::{ErrorSample, PollStats, ThreadStats};
 use super::workload::{DIR_NAMES, DIRS, READ, Rw, TRIM, WRITE};
 use crate::cli::io_shared::units::{BsSplit, CpuList, iec_exact, percentile_name, si_count};
 use hdrhistogram::Histogram;
@@ -237,6 +237,8 @@ pub struct ThreadSummary {
     pub cpus: Option<Vec<usize>>,
     /// The CPU its queue's completion interrupt was steered to, if it was.
     pub interrupt_cpu: Option<usize>,
+    /// Its polls, when it spun.
+    pub polls: Option<PollStats>,
 }
 
 /// The merged results of a run.
@@ -258,6 +260,8 @@ pub struct Summary {
     pub error_samples: Vec<(usize, ErrorSample)>,
     /// CPU use over the window.
     pub cpu: CpuUse,
+    /// Every spinning thread's polls together; `None` when none spun.
+    pub polls: Option<PollStats>,
 }
 
 impl Summary {
@@ -291,19 +295,21 @@ impl Summary {
                 fatal: s.fatal.clone(),
                 cpus: s.cpus.clone(),
                 interrupt_cpu: s.interrupt_cpu,
+                polls: s.polls,
             });
             error_samples.extend(s.error_samples.iter().map(|e| (i, *e)));
         }
         error_samples.truncate(super::engine::ERROR_SAMPLES);
         // The run's totals: every thread merged.
-        let (dirs, dir_min_max, ios, bytes, errors) = match ThreadStats::total(stats) {
-            Some(t) => (t.latency, t.min_max, t.ios, t.bytes, t.errors),
+        let (dirs, dir_min_max, ios, bytes, errors, polls) = match ThreadStats::total(stats) {
+            Some(t) => (t.latency, t.min_max, t.ios, t.bytes, t.errors, t.polls),
             None => (
                 [empty(), empty(), empty()],
                 [(u64::MAX, 0); DIRS],
                 [0; DIRS],
                 [0; DIRS],
                 0,
+                None,
             ),
         };
         let mut all = empty();
@@ -320,6 +326,7 @@ impl Summary {
             threads,
             runtime_s,
             cpu,
+            polls,
             info,
         }
     }
@@ -415,6 +422,15 @@ impl Summary {
             c.percent(),
             c.max_rss_kib.div_ceil(1024)
         );
+        if let Some(p) = &self.polls {
+            let _ = writeln!(
+                o,
+                "  polls: {} ({} idle: nothing submitted or completed), idle {} of the polling time",
+                si_count(p.polls as f64),
+                si_count(p.empty as f64),
+                p.idle_percent().map_or("-".to_string(), |v| format!("{v:.1}%"))
+            );
+        }
         let _ = writeln!(o, "  errors: {}", self.errors);
         for (t, e) in &self.error_samples {
             let _ = writeln!(o, "    thread {t}: {} of LBA {}: {}", DIR_NAMES[e.dir], e.lba, e.status);
@@ -470,6 +486,7 @@ impl Summary {
                 "percent": round3(self.cpu.percent()),
             },
             "max_rss_kib": self.cpu.max_rss_kib,
+            "polls": polls_json(self.polls.as_ref()),
             "errors": self.errors,
         });
         let samples: Vec<Value> = self
@@ -495,6 +512,7 @@ impl Summary {
                 r["stopped"] = t.fatal.clone().map_or(Value::Null, Value::String);
                 r["cpus"] = t.cpus.as_ref().map_or(Value::Null, |c| json!(c));
                 r["interrupt_cpu"] = t.interrupt_cpu.map_or(Value::Null, |c| json!(c));
+                r["polls"] = polls_json(t.polls.as_ref());
                 r
             })
             .collect();
@@ -502,6 +520,17 @@ impl Summary {
         v["per_thread"] = Value::Array(threads);
         v
     }
+}
+
+/// A spinning run's polls as JSON (`{polls, empty, idle_percent}`), `null` when none spun.
+fn polls_json(p: Option<&PollStats>) -> Value {
+    p.map_or(Value::Null, |p| {
+        json!({
+            "polls": p.polls,
+            "empty": p.empty,
+            "idle_percent": p.idle_percent().map_or(Value::Null, round3),
+        })
+    })
 }
 
 /// fio's `read: IOPS=..., BW=...` block with latency lines.
@@ -691,6 +720,7 @@ mod tests {
             "per_thread",
             "rwmixread",
             "clock",
+            "polls",
         ] {
             assert!(v.get(key).is_some(), "{key} missing from {v}");
         }
@@ -722,6 +752,36 @@ mod tests {
         let none = Summary::new(info(Rw::Read, 1), &[thread(0, 0)], 1.0, 1.0, CpuUse::default());
         assert!(none.json()["lat_us"].is_null());
         assert!(none.human().contains("IOPS=0"));
+        // Nobody spun: no polls.
+        assert!(v["polls"].is_null() && v["per_thread"][0]["polls"].is_null(), "{v}");
+        assert!(!text.contains("polls:"), "{text}");
+    }
+
+    #[test]
+    fn spinning_threads_polls_add_up() {
+        let (mut a, mut b) = (thread(10, 0), thread(10, 0));
+        a.polls = Some(PollStats {
+            polls: 100,
+            empty: 90,
+            ticks: 1000,
+            empty_ticks: 600,
+        });
+        b.polls = Some(PollStats {
+            polls: 50,
+            empty: 10,
+            ticks: 1000,
+            empty_ticks: 200,
+        });
+        let s = Summary::new(info(Rw::Randread, 2), &[a, b], 2.0, 2.0, CpuUse::default());
+        let v = s.json();
+        assert_eq!(v["polls"], json!({"polls": 150, "empty": 100, "idle_percent": 40.0}));
+        assert_eq!(v["per_thread"][0]["polls"]["idle_percent"], 60.0);
+        assert_eq!(v["per_thread"][1]["polls"]["empty"], 10);
+        let text = s.human();
+        assert!(
+            text.contains("  polls: 150 (100 idle: nothing submitted or completed), idle 40.0% of the polling time"),
+            "{text}"
+        );
     }
 
     #[test]
