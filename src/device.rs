@@ -135,9 +135,8 @@ impl Target {
     /// Errors: [`Error::Open`] when the path does not exist or is neither a block device,
     /// an NVMe character device, nor a regular file.
     pub fn parse(spec: &str) -> Result<Target, Error> {
-        let bdf = pci_address_text(spec);
-        if bdf.parse::<ironvme_vfio::Bdf>().is_ok() && !Path::new(spec).exists() {
-            return Ok(Target::Pci(bdf.to_string()));
+        if pci_address(spec).is_some() {
+            return Ok(Target::Pci(pci_address_text(spec).to_string()));
         }
         let path = PathBuf::from(spec);
         let found = node::classify(&path).map_err(|e| Error::Open {
@@ -206,6 +205,15 @@ pub fn split_nsid(spec: &str) -> Result<(&str, Option<u32>), Error> {
 /// ([`ironvme_vfio::Bdf`]: `0000:00:05.0`, `00:05.0`, `pci:0000:00:05.0`).
 pub fn pci_address_text(spec: &str) -> &str {
     spec.strip_prefix("pci:").unwrap_or(spec)
+}
+
+/// The PCI address a DEV argument names ([`pci_address_text`]), unless no address is
+/// readable in it or a path of that name exists (a file called `00:05.0` is a file).
+pub fn pci_address(spec: &str) -> Option<ironvme_vfio::Bdf> {
+    pci_address_text(spec)
+        .parse::<ironvme_vfio::Bdf>()
+        .ok()
+        .filter(|_| !Path::new(spec).exists())
 }
 
 /// The backend [`Device::open`] uses for `target`: the one `options` asks for, else the

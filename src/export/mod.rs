@@ -46,9 +46,9 @@ impl OpenedDevices {
     /// are `0000:00:05.0`), a path that exists as the file it resolves to (a relative
     /// path, a symbolic link), anything else (a volume) as written.
     fn key(dev: &str) -> String {
-        match crate::device::pci_address_text(dev).parse::<ironvme_vfio::Bdf>() {
-            Ok(bdf) if !std::path::Path::new(dev).exists() => bdf.to_string(),
-            _ => std::fs::canonicalize(dev).map_or_else(|_| dev.to_string(), |p| p.to_string_lossy().into_owned()),
+        match crate::device::pci_address(dev) {
+            Some(bdf) => bdf.to_string(),
+            None => std::fs::canonicalize(dev).map_or_else(|_| dev.to_string(), |p| p.to_string_lossy().into_owned()),
         }
     }
 
@@ -69,7 +69,8 @@ impl OpenedDevices {
             let target = crate::Target::parse(dev)?;
             let vfio = matches!(target, crate::Target::Pci(_))
                 && crate::choose_backend(&target, &options).0 == crate::Backend::Vfio;
-            if vfio && !devs.iter().any(|d| Self::key(d) == Self::key(dev)) {
+            let key = Self::key(dev);
+            if vfio && !devs.iter().any(|d| Self::key(d) == key) {
                 devs.push(dev);
             }
         }

@@ -468,7 +468,6 @@ pub fn run<Q: BlockQueue>(
                             refused = Some(io);
                             if let Placement::Reset { zslba, zone } = placement {
                                 let reset = Op::ZoneReset { zslba };
-                                submitted += 1;
                                 if let Err(e) = q.submit(reset, None, (qd + zone) as u64) {
                                     // Tried again at the next write, unless it cannot work.
                                     if let Some(w) = zones.as_deref_mut() {
@@ -479,6 +478,8 @@ pub fn run<Q: BlockQueue>(
                                             Some(format!("reset of the zone at LBA {zslba} refused: {}", e.error));
                                         stopping = true;
                                     }
+                                } else {
+                                    submitted += 1;
                                 }
                             }
                             break;
